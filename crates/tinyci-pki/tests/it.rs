@@ -1,0 +1,84 @@
+//! Certificates as the rest of tinyci relies on them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+
+use tinyci_pki::{
+    Credentials, Fingerprint, PeerIdentity, PkiError, Role, SiteCa, SiteName, read_text_file,
+    write_secret_file,
+};
+
+fn alpha() -> SiteName {
+    SiteName::new("alpha").unwrap()
+}
+
+#[test]
+fn issued_certificates_carry_their_identity() {
+    let ca = SiteCa::generate(alpha()).unwrap();
+    let site = ca
+        .issue_site_cert(&["localhost".into(), "127.0.0.1".into()])
+        .unwrap();
+    let creds = Credentials::from_pem(&site.cert_pem, &site.key_pem).unwrap();
+    assert_eq!(creds.identity(), &PeerIdentity::site(alpha()));
+
+    let runner = ca.issue_member_cert(Role::Runner, "r1").unwrap();
+    let creds = Credentials::from_pem(&runner.cert_pem, &runner.key_pem).unwrap();
+    assert_eq!(creds.identity().to_string(), "tinyci://alpha/runner/r1");
+    assert!(
+        !format!("{runner:?}").contains("PRIVATE KEY"),
+        "Debug leaks the key"
+    );
+}
+
+#[test]
+fn a_reloaded_ca_keeps_issuing_for_its_site() {
+    let ca = SiteCa::generate(alpha()).unwrap();
+    let again = SiteCa::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
+    assert_eq!(again.site(), &alpha());
+    assert_eq!(again.fingerprint().unwrap(), ca.fingerprint().unwrap());
+    let admin = again.issue_member_cert(Role::Admin, "ana").unwrap();
+    let creds = Credentials::from_pem(&admin.cert_pem, &admin.key_pem).unwrap();
+    assert_eq!(creds.identity().to_string(), "tinyci://alpha/admin/ana");
+}
+
+#[test]
+fn a_leaf_is_not_a_ca() {
+    let ca = SiteCa::generate(alpha()).unwrap();
+    let runner = ca.issue_member_cert(Role::Runner, "r1").unwrap();
+    assert!(matches!(
+        SiteCa::from_pem(&runner.cert_pem, &runner.key_pem),
+        Err(PkiError::NotACa { .. })
+    ));
+}
+
+#[test]
+fn fingerprints_are_sha256_hex_pairs() {
+    let fp = Fingerprint::of_der(b"abc");
+    assert_eq!(
+        fp.to_string(),
+        "ba:78:16:bf:8f:01:cf:ea:41:41:40:de:5d:ae:22:23:b0:03:61:a3:96:17:7a:9c:b4:10:ff:61:f2:00:15:ad"
+    );
+}
+
+#[test]
+fn secret_files_are_0600_even_when_replacing_a_wider_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.key");
+    std::fs::write(&path, "old").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    write_secret_file(&path, b"new").unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(read_text_file(&path, true).unwrap(), "new");
+}
+
+#[test]
+fn readable_secret_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.key");
+    std::fs::write(&path, "secret").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let err = read_text_file(&path, true).unwrap_err();
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+}
