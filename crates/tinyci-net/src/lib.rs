@@ -1,0 +1,103 @@
+//! Transport: mutual-TLS listeners and dialers that carry Cap'n Proto RPC.
+//!
+//! A server accepts TCP, completes a TLS 1.3 handshake that requires a client certificate
+//! (policy from `tinyci-pki`), reads the peer's identity from that certificate and asks the
+//! caller for a bootstrap capability *for that peer*; each connection then runs its own
+//! `RpcSystem`. Everything capnp is `!Send`, so [`serve`] and [`dial`] must run inside a
+//! `tokio::task::LocalSet` on a current-thread runtime.
+//!
+//! This is the only crate that knows `tokio-rustls` (and, later, `mdns-sd`). It knows nothing
+//! of tokens, storage or services: what a peer may do is decided by the bootstrap the caller
+//! builds.
+
+mod client;
+mod server;
+
+use std::time::Duration;
+
+pub use client::{ClientConnection, dial};
+pub use server::{Listener, Peer, ServerStats, serve};
+/// The rustls configuration types `tinyci-pki` builds and this crate consumes.
+pub use tokio_rustls::rustls::{ClientConfig, ServerConfig};
+
+/// Bounds on what a peer can make us hold or parse.
+#[derive(Clone, Debug)]
+pub struct NetLimits {
+    /// Most concurrent connections a listener serves; further ones are closed at once.
+    pub max_connections: usize,
+    /// Time a peer has to complete the TLS handshake (guards against slow-loris peers).
+    pub handshake_timeout: Duration,
+    /// Largest Cap'n Proto message, in 8-byte words. capnp refuses a frame whose segment
+    /// table claims more, before reading it, so this also bounds per-message memory.
+    pub max_message_words: usize,
+    /// Deepest struct/list nesting a message may have.
+    pub max_nesting: i32,
+    /// On shutdown, how long live connections get to finish in-flight calls before they are
+    /// cut.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for NetLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            // 8 MiB: log chunks and source chunks are at most 64 KiB, tokens far less.
+            max_message_words: 1024 * 1024,
+            max_nesting: 64,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl NetLimits {
+    fn reader_options(&self) -> capnp::message::ReaderOptions {
+        let mut options = capnp::message::ReaderOptions::new();
+        options
+            .traversal_limit_in_words(Some(self.max_message_words))
+            .nesting_limit(self.max_nesting);
+        options
+    }
+}
+
+/// Transport failures, each naming the address and the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Binding a listener failed.
+    #[error("failed to listen on {addr}: {source}")]
+    Bind {
+        /// Address asked for.
+        addr: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The TCP connection could not be made.
+    #[error("failed to connect to {addr}: {source}")]
+    Connect {
+        /// Address dialed.
+        addr: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (wrong CA, wrong site identity, certificate refused).
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Handshake {
+        /// Address dialed.
+        addr: String,
+        /// What TLS said.
+        source: std::io::Error,
+    },
+    /// A step took longer than its limit.
+    #[error("{what} with {addr} timed out after {after:?}")]
+    Timeout {
+        /// Which step.
+        what: &'static str,
+        /// Address dialed.
+        addr: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// Certificate policy refused to build a configuration.
+    #[error(transparent)]
+    Pki(#[from] tinyci_pki::PkiError),
+}

@@ -1,0 +1,246 @@
+//! The mTLS capnp-rpc server loop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use capnp_rpc::rpc_twoparty_capnp::Side;
+use capnp_rpc::{RpcSystem, twoparty};
+use tinyci_pki::PeerIdentity;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::{NetError, NetLimits};
+
+/// A bound listener, not yet serving. Binding first lets callers learn the real address (port
+/// 0 in tests) before anything is accepted.
+pub struct Listener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    limits: NetLimits,
+    stats: Arc<ServerStats>,
+}
+
+/// Counters a listener keeps, for status pages, metrics and tests.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections that completed the TLS handshake.
+    pub accepted: AtomicU64,
+    /// Connections closed before serving: handshake failed or timed out, or over the limit.
+    pub refused: AtomicU64,
+    /// Connections being served now.
+    pub active: AtomicU64,
+}
+
+/// The authenticated far end of a connection, handed to the bootstrap factory.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// Identity from the verified client certificate.
+    pub identity: PeerIdentity,
+    /// TCP address it connected from.
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("addr", &self.tcp.local_addr().ok())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// Binds `addr` with the given TLS policy.
+    pub async fn bind(
+        addr: SocketAddr,
+        tls: Arc<ServerConfig>,
+        limits: NetLimits,
+    ) -> Result<Self, NetError> {
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| NetError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
+        Ok(Self {
+            tcp,
+            acceptor: TlsAcceptor::from(tls),
+            limits,
+            stats: Arc::default(),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// The listener's counters; they stay readable after [`serve`] returns.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.stats.clone()
+    }
+}
+
+/// Serves connections until `shutdown` resolves, then stops accepting, gives live
+/// connections [`NetLimits::shutdown_grace`] to finish and cuts the rest.
+///
+/// `bootstrap` is called once per authenticated connection and returns the capability that
+/// peer gets as its bootstrap; it is where identity turns into authority. Must run inside a
+/// `LocalSet`.
+pub async fn serve<B>(listener: Listener, bootstrap: B, shutdown: impl Future<Output = ()>)
+where
+    B: Fn(&Peer) -> capnp::capability::Client + 'static,
+{
+    let Listener {
+        tcp,
+        acceptor,
+        limits,
+        stats,
+    } = listener;
+    let bootstrap = Rc::new(bootstrap);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, addr) = tokio::select! {
+            () = &mut shutdown => break,
+            // Reap finished connection tasks so the set does not grow without bound.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = tcp.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            warn!(%addr, limit = limits.max_connections, "connection limit reached; closing new connection");
+            drop(stream);
+            continue;
+        };
+        let connection = Connection {
+            acceptor: acceptor.clone(),
+            limits: limits.clone(),
+            stats: stats.clone(),
+            bootstrap: bootstrap.clone(),
+        };
+        connections.spawn_local(async move {
+            connection.run(stream, addr).await;
+            drop(permit);
+        });
+    }
+    drop(tcp);
+    info!(
+        live = connections.len(),
+        grace = ?limits.shutdown_grace,
+        "listener closed; waiting for live connections"
+    );
+    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        info!(
+            cut = connections.len(),
+            "grace period over; closing remaining connections"
+        );
+        connections.shutdown().await;
+    }
+}
+
+/// What one connection task needs.
+struct Connection<B> {
+    acceptor: TlsAcceptor,
+    limits: NetLimits,
+    stats: Arc<ServerStats>,
+    bootstrap: Rc<B>,
+}
+
+impl<B> Connection<B>
+where
+    B: Fn(&Peer) -> capnp::capability::Client,
+{
+    /// Handshakes (in this task, so a slow peer never holds up accepting others), then serves
+    /// RPC until the peer goes away or sends something malformed.
+    async fn run(self, stream: TcpStream, addr: SocketAddr) {
+        let stats = &self.stats;
+        // Small RPC frames dominate; don't let Nagle hold them back.
+        let _ = stream.set_nodelay(true);
+        let handshake =
+            tokio::time::timeout(self.limits.handshake_timeout, self.acceptor.accept(stream));
+        let tls = match handshake.await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                info!(%addr, error = %e, "TLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                info!(%addr, timeout = ?self.limits.handshake_timeout, "TLS handshake timed out");
+                return;
+            }
+        };
+        let identity = match tinyci_pki::tls::peer_identity(tls.get_ref().1.peer_certificates()) {
+            Ok(identity) => identity,
+            Err(e) => {
+                // The verifier already checked the identity; this is belt and braces.
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                warn!(%addr, error = %e, "verified certificate has no usable identity");
+                return;
+            }
+        };
+        let peer = Peer { identity, addr };
+        let span = info_span!("connection", peer = %peer.identity, %addr);
+        let client = (self.bootstrap)(&peer);
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let (read, write) = tokio::io::split(tls);
+        let network = twoparty::VatNetwork::new(
+            read.compat(),
+            write.compat_write(),
+            Side::Server,
+            self.limits.reader_options(),
+        );
+        let rpc = RpcSystem::new(Box::new(network), Some(client));
+        async {
+            // A guard, so the count stays right when shutdown aborts this task mid-call.
+            let _active = ActiveGuard::enter(stats);
+            debug!("connected");
+            match rpc.await {
+                Ok(()) => debug!("disconnected"),
+                // Malformed input, a reset, or a TLS alert: this connection only.
+                Err(e) => info!(error = %e, "connection ended with error"),
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+/// Counts a connection as active for as long as it lives.
+struct ActiveGuard<'a>(&'a ServerStats);
+
+impl<'a> ActiveGuard<'a> {
+    fn enter(stats: &'a ServerStats) -> Self {
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}

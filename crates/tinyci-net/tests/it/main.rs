@@ -1,0 +1,344 @@
+//! Transport tests: a real mTLS capnp-rpc server on 127.0.0.1:0 with certificates from real
+//! CAs, and clients that behave well or badly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tinyci_net::{ClientConnection, Listener, NetLimits, ServerStats, dial, serve};
+use tinyci_pki::{Credentials, Role, SiteCa, SiteName, TrustAnchors};
+use tinyci_schema::gateway;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio_rustls::rustls;
+
+mod bad_clients;
+
+/// Runs `f` on a current-thread runtime inside a LocalSet, as every capnp user must.
+fn local<F: Future>(f: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&runtime, f)
+}
+
+fn site(name: &str) -> SiteName {
+    SiteName::new(name).unwrap()
+}
+
+/// A Gateway that only answers `info`, echoing who it thinks the peer is.
+struct EchoGateway {
+    peer: String,
+}
+
+impl gateway::Server for EchoGateway {
+    async fn info(
+        self: Rc<Self>,
+        _: gateway::InfoParams,
+        mut results: gateway::InfoResults,
+    ) -> Result<(), capnp::Error> {
+        let mut info = results.get().init_info();
+        info.set_site_id("alpha");
+        info.set_peer(&self.peer);
+        Ok(())
+    }
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    ca: SiteCa,
+    stats: Arc<ServerStats>,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    /// Starts site `alpha`, trusting its own CA and, if given, partner `beta`'s.
+    async fn start(partner: Option<&SiteCa>, limits: NetLimits) -> Self {
+        // Clients still connected at `stop` are cut after the grace period; keep it short.
+        let limits = NetLimits {
+            shutdown_grace: Duration::from_millis(200),
+            ..limits
+        };
+        let ca = SiteCa::generate(site("alpha")).unwrap();
+        let leaf = ca.issue_site_cert(&["localhost".into()]).unwrap();
+        let creds = Credentials::from_pem(&leaf.cert_pem, &leaf.key_pem).unwrap();
+        let mut trust = TrustAnchors::new(site("alpha"), ca.cert_pem()).unwrap();
+        if let Some(partner) = partner {
+            trust.add_partner(site("beta"), partner.cert_pem()).unwrap();
+        }
+        let tls = tinyci_pki::tls::server_config(&creds, &trust).unwrap();
+        let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), tls, limits)
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = listener.stats();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::task::spawn_local(serve(
+            listener,
+            |peer| {
+                capnp_rpc::new_client::<gateway::Client, _>(EchoGateway {
+                    peer: peer.identity.to_string(),
+                })
+                .client
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            addr,
+            ca,
+            stats,
+            stop: Some(stop),
+            done,
+        }
+    }
+
+    fn client_tls(&self, issuer: &SiteCa, role: Role, name: &str) -> Arc<rustls::ClientConfig> {
+        let leaf = issuer.issue_member_cert(role, name).unwrap();
+        let creds = Credentials::from_pem(&leaf.cert_pem, &leaf.key_pem).unwrap();
+        tinyci_pki::tls::client_config(&creds, self.ca.cert_pem(), site("alpha")).unwrap()
+    }
+
+    async fn connect(
+        &self,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<(gateway::Client, ClientConnection), tinyci_net::NetError> {
+        dial(
+            &self.addr.to_string(),
+            tls,
+            &site("alpha"),
+            &NetLimits::default(),
+        )
+        .await
+    }
+
+    /// Connects as an admin of alpha and returns the peer identity the server saw.
+    async fn good_call(&self) -> String {
+        let tls = self.client_tls(&self.ca, Role::Admin, "ana");
+        let (gw, _conn) = self.connect(tls).await.unwrap();
+        info_peer(&gw).await.unwrap()
+    }
+
+    async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.done.await.unwrap();
+    }
+}
+
+async fn info_peer(gw: &gateway::Client) -> Result<String, capnp::Error> {
+    let response = gw.info_request().send().promise.await?;
+    Ok(response.get()?.get_info()?.get_peer()?.to_string()?)
+}
+
+#[test]
+fn good_client_is_served_with_its_certificate_identity() {
+    local(async {
+        let server = TestServer::start(None, NetLimits::default()).await;
+        assert_eq!(server.good_call().await, "tinyci://alpha/admin/ana");
+        let runner_tls = server.client_tls(&server.ca, Role::Runner, "r1");
+        let (gw, _conn) = server.connect(runner_tls).await.unwrap();
+        assert_eq!(info_peer(&gw).await.unwrap(), "tinyci://alpha/runner/r1");
+        server.stop().await;
+    });
+}
+
+#[test]
+fn client_from_another_ca_is_refused_and_server_keeps_serving() {
+    local(async {
+        let server = TestServer::start(None, NetLimits::default()).await;
+        let mallory = SiteCa::generate(site("alpha")).unwrap();
+        let tls = server.client_tls(&mallory, Role::Admin, "ana");
+        // TLS 1.3: the refusal arrives with the first call, or already at dial.
+        let refused = match server.connect(tls).await {
+            Err(_) => true,
+            Ok((gw, _conn)) => info_peer(&gw).await.is_err(),
+        };
+        assert!(refused, "a certificate from a foreign CA was accepted");
+        assert!(server.stats.refused.load(Ordering::Relaxed) >= 1);
+        assert_eq!(server.good_call().await, "tinyci://alpha/admin/ana");
+        server.stop().await;
+    });
+}
+
+#[test]
+fn partner_ca_vouches_only_for_its_own_site() {
+    local(async {
+        let beta = SiteCa::generate(site("beta")).unwrap();
+        let server = TestServer::start(Some(&beta), NetLimits::default()).await;
+        // beta's site certificate, used as a client: accepted, seen as beta.
+        let beta_site = beta.issue_site_cert(&[]).unwrap();
+        let creds = Credentials::from_pem(&beta_site.cert_pem, &beta_site.key_pem).unwrap();
+        let tls =
+            tinyci_pki::tls::client_config(&creds, server.ca.cert_pem(), site("alpha")).unwrap();
+        let (gw, _conn) = server.connect(tls).await.unwrap();
+        assert_eq!(info_peer(&gw).await.unwrap(), "tinyci://beta/site");
+
+        // A certificate signed by beta's CA that claims to be alpha's admin: refused.
+        let forged = bad_clients::forge_member_cert(&beta, "tinyci://alpha/admin/evil");
+        let tls =
+            tinyci_pki::tls::client_config(&forged, server.ca.cert_pem(), site("alpha")).unwrap();
+        let refused = match server.connect(tls).await {
+            Err(_) => true,
+            Ok((gw, _conn)) => info_peer(&gw).await.is_err(),
+        };
+        assert!(
+            refused,
+            "a partner CA was allowed to vouch for this site's admin"
+        );
+        assert_eq!(server.good_call().await, "tinyci://alpha/admin/ana");
+        server.stop().await;
+    });
+}
+
+#[test]
+fn client_without_certificate_is_refused() {
+    local(async {
+        let server = TestServer::start(None, NetLimits::default()).await;
+        let refused = match server.connect(bad_clients::no_client_cert_config()).await {
+            Err(_) => true,
+            Ok((gw, _conn)) => info_peer(&gw).await.is_err(),
+        };
+        assert!(refused, "a client without a certificate was served");
+        assert_eq!(server.good_call().await, "tinyci://alpha/admin/ana");
+        server.stop().await;
+    });
+}
+
+#[test]
+fn plaintext_tcp_client_is_refused() {
+    local(async {
+        let server = TestServer::start(None, NetLimits::default()).await;
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        // A plausible capnp frame (one segment of one word) sent in the clear.
+        tcp.write_all(&[0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        // The server answers with a TLS alert at most, then closes: read until EOF.
+        let mut total = 0;
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        assert!(
+            total < 64,
+            "the server spoke more than an alert in plaintext"
+        );
+        assert_eq!(server.good_call().await, "tinyci://alpha/admin/ana");
+        server.stop().await;
+    });
+}
+
+#[test]
+fn random_bytes_after_handshake_close_that_connection_only() {
+    local(async {
+        let server = TestServer::start(None, NetLimits::default()).await;
+        // A well-behaved client that stays connected throughout.
+        let tls = server.client_tls(&server.ca, Role::Runner, "steady");
+        let (steady, _steady_conn) = server.connect(tls).await.unwrap();
+        assert_eq!(
+            info_peer(&steady).await.unwrap(),
+            "tinyci://alpha/runner/steady"
+        );
+
+        for seed in 0..3u64 {
+            let tls = server.client_tls(&server.ca, Role::Runner, "noisy");
+            let mut stream = bad_clients::tls_stream(server.addr, tls).await;
+            stream
+                .write_all(&bad_clients::random_bytes(seed, 8192))
+                .await
+                .unwrap();
+            stream.flush().await.unwrap();
+            // The server must hang up on us.
+            let mut buf = vec![0u8; 4096];
+            let closed = tokio::time::timeout(Duration::from_secs(30), async {
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+            assert!(closed.is_ok(), "server kept a connection that sent garbage");
+        }
+        assert_eq!(
+            info_peer(&steady).await.unwrap(),
+            "tinyci://alpha/runner/steady"
+        );
+        assert_eq!(server.good_call().await, "tinyci://alpha/admin/ana");
+        server.stop().await;
+    });
+}
+
+#[test]
+fn client_refuses_a_server_of_another_site() {
+    local(async {
+        let server = TestServer::start(None, NetLimits::default()).await;
+        // Pin a different CA for "alpha": the real server cannot prove it is that alpha.
+        let other = SiteCa::generate(site("alpha")).unwrap();
+        let leaf = server.ca.issue_member_cert(Role::Admin, "ana").unwrap();
+        let creds = Credentials::from_pem(&leaf.cert_pem, &leaf.key_pem).unwrap();
+        let tls = tinyci_pki::tls::client_config(&creds, other.cert_pem(), site("alpha")).unwrap();
+        let err = server.connect(tls).await.err().expect("dial must fail");
+        assert!(err.to_string().contains("TLS handshake"), "{err}");
+
+        // The right CA but expecting site "beta": refused by identity.
+        let tls =
+            tinyci_pki::tls::client_config(&creds, server.ca.cert_pem(), site("beta")).unwrap();
+        assert!(
+            dial::<gateway::Client>(
+                &server.addr.to_string(),
+                tls,
+                &site("beta"),
+                &NetLimits::default()
+            )
+            .await
+            .is_err()
+        );
+        server.stop().await;
+    });
+}
+
+#[test]
+fn connections_over_the_limit_are_closed() {
+    local(async {
+        let limits = NetLimits {
+            max_connections: 1,
+            ..NetLimits::default()
+        };
+        let server = TestServer::start(None, limits).await;
+        let tls = server.client_tls(&server.ca, Role::Admin, "first");
+        let (first, _first_conn) = server.connect(tls).await.unwrap();
+        info_peer(&first).await.unwrap();
+        let tls = server.client_tls(&server.ca, Role::Admin, "second");
+        let second = match server.connect(tls).await {
+            Err(_) => false,
+            Ok((gw, _conn)) => info_peer(&gw).await.is_ok(),
+        };
+        assert!(!second, "a connection over the limit was served");
+        // The first is unaffected.
+        info_peer(&first).await.unwrap();
+        server.stop().await;
+    });
+}
+
+#[test]
+fn shutdown_stops_accepting() {
+    local(async {
+        let server = TestServer::start(None, NetLimits::default()).await;
+        let addr = server.addr;
+        server.stop().await;
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    });
+}
