@@ -1,0 +1,371 @@
+//! Opening the store: directory, lock, LMDB environment, tables, schema version.
+
+use std::cell::Cell;
+use std::fmt;
+use std::fs::{self, File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use heed::types::Bytes;
+use heed::{CommitOrAbort, CommitToken, Database, OnCommit, WithoutTls};
+
+use crate::error::{LmdbError, StoreError};
+use crate::tables::{ALL, META};
+use crate::txn::{MIB, ReadTxn, Tables, WriteTxn};
+
+/// The schema version this build reads and writes. Bump it, and add a step to `migrate`,
+/// whenever data already on disk must change shape.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Key in [`META`] holding the schema version, a big-endian `u32`.
+pub const SCHEMA_VERSION_KEY: &str = "schema_version";
+
+/// Name of the lock file inside the data directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// How to open the store. Both limits are always passed to LMDB: its own defaults (a 1 MiB map,
+/// no named databases) are traps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Maximum size of the store in bytes. Address space only, reserved up front; the file
+    /// grows as data is written. Writes fail with [`StoreError::MapFull`] beyond it. Must be a
+    /// multiple of the OS page size (any whole number of MiB is). Default 4 GiB.
+    pub map_size: usize,
+    /// Maximum number of tables (LMDB named databases); room for the tables later versions
+    /// add. Default 32.
+    pub max_dbs: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            map_size: 4 * 1024 * MIB,
+            max_dbs: 32,
+        }
+    }
+}
+
+/// The site's store: an LMDB environment in a data directory that this process holds
+/// exclusively. Cheap to clone; clones share one environment, which closes (and releases the
+/// directory lock) when the last clone drops.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+/// What a [`Store`] shares between its clones.
+pub(crate) struct Inner {
+    // Field order is drop order: the environment closes before the lock is released.
+    /// The LMDB environment. Read transactions are opened without thread-local storage, so a
+    /// thread may hold several and an async runtime may run them on any thread.
+    env: heed::Env<WithoutTls>,
+    /// Every declared table, by name, created at open.
+    pub(crate) tables: Tables,
+    /// The data directory, as given to [`Store::open`].
+    pub(crate) path: PathBuf,
+    /// The configured map size, for [`StoreError::MapFull`].
+    pub(crate) map_size: usize,
+    /// `<data dir>/LOCK`, exclusively locked for the life of the store.
+    _lock: File,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    ///
+    /// Creates `dir` (mode 0700 on unix) if missing, takes an exclusive lock on `dir/LOCK`
+    /// (failing with [`StoreError::Locked`] if another open store holds it, in this process or
+    /// another), opens LMDB, creates every declared table, and checks the schema version:
+    /// written on a fresh store, migrated if older, refused with [`StoreError::NewerSchema`] if
+    /// newer (nothing is written then).
+    ///
+    /// `dir` must be on a local filesystem (not NFS or similar), and nothing but tinyci may
+    /// modify the files in it while a store is open.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        create_dir(dir)?;
+        let lock = lock(&dir.join(LOCK_FILE))?;
+        if ALL.len() > options.max_dbs as usize {
+            return Err(StoreError::TooManyTables {
+                path: dir.to_owned(),
+                needed: ALL.len(),
+                max_dbs: options.max_dbs,
+            });
+        }
+
+        let mut env_options = heed::EnvOpenOptions::new().read_txn_without_tls();
+        env_options
+            .map_size(options.map_size)
+            .max_dbs(options.max_dbs);
+        // SAFETY: `open` is unsafe because LMDB memory-maps `data.mdb`: modifying the file
+        // other than through this environment while it is mapped is undefined behaviour. We
+        // rule out every such writer of ours: we hold an exclusive lock on `dir/LOCK` (taken
+        // just above and kept until after the environment closes, see `Inner`'s field order),
+        // so no other tinyci store, in this process or another, opens this directory; heed
+        // itself refuses to open one canonical path twice in a process
+        // (`Error::EnvAlreadyOpened`); and we set no unsafe flags (`NO_LOCK`, `NO_SYNC`, ...),
+        // so LMDB's own locking stays in force. What remains is outside our control and
+        // documented for operators: the data directory must be on a local filesystem and not
+        // be edited by other programs while tinyci runs.
+        #[expect(
+            unsafe_code,
+            reason = "heed::EnvOpenOptions::open is unsafe; see SAFETY"
+        )]
+        let env = unsafe { env_options.open(dir) }.map_err(|source| StoreError::Open {
+            path: dir.to_owned(),
+            source: LmdbError(source),
+        })?;
+
+        let (tables, found) = create_tables(&env, dir)?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                env,
+                tables,
+                path: dir.to_owned(),
+                map_size: options.map_size,
+                _lock: lock,
+            }),
+        };
+        match found {
+            Some(SCHEMA_VERSION) => {}
+            None => store.write(set_schema_version)?,
+            Some(older) => store.write(|txn| {
+                migrate(txn, older)?;
+                set_schema_version(txn)
+            })?,
+        }
+        Ok(store)
+    }
+
+    /// The data directory, as given to [`Store::open`].
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The schema version of the open store: always [`SCHEMA_VERSION`], since an older store
+    /// is migrated at open and a newer one is refused.
+    pub fn schema_version(&self) -> u32 {
+        SCHEMA_VERSION
+    }
+
+    /// Runs `f` on a read-only snapshot. Blocks only while beginning the transaction; keep `f`
+    /// short, since a live snapshot keeps LMDB from reusing pages freed after it.
+    pub fn read<R>(
+        &self,
+        f: impl FnOnce(&ReadTxn<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let txn = self
+            .inner
+            .env
+            .read_txn()
+            .map_err(|source| self.begin_error(source))?;
+        f(&ReadTxn::new(&txn, &self.inner))
+    }
+
+    /// Runs `f` in a write transaction: committed (durably) if `f` returns `Ok`, aborted if it
+    /// returns `Err` or panics.
+    ///
+    /// Writers are serialized: this blocks while another thread's write is open. Calling it
+    /// from inside `f` on the same thread would deadlock, so it fails with
+    /// [`StoreError::NestedWrite`] instead. To abort with your own error, return
+    /// [`StoreError::Aborted`].
+    pub fn write<R>(
+        &self,
+        f: impl FnOnce(&mut WriteTxn<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let _writing = WritingGuard::enter(&self.inner.path)?;
+        let txn = self
+            .inner
+            .env
+            .write_txn()
+            .map_err(|source| self.begin_error(source))?;
+        let mut txn = WriteTxn::new(txn, &self.inner);
+        match f(&mut txn) {
+            Ok(value) => {
+                txn.into_inner().commit().map_err(|source| {
+                    self.inner.map_full_or(source, |source| StoreError::Commit {
+                        path: self.inner.path.clone(),
+                        source,
+                    })
+                })?;
+                Ok(value)
+            }
+            Err(error) => {
+                txn.into_inner().abort();
+                Err(error)
+            }
+        }
+    }
+
+    fn begin_error(&self, source: heed::Error) -> StoreError {
+        StoreError::Begin {
+            path: self.inner.path.clone(),
+            source: LmdbError(source),
+        }
+    }
+}
+
+/// Moves a store at schema version `from` (older than [`SCHEMA_VERSION`]) to the current
+/// version, one [`migration`] step per version, inside the write transaction that then records
+/// the new version. Every declared table already exists when this runs.
+fn migrate(txn: &mut WriteTxn<'_>, from: u32) -> Result<(), StoreError> {
+    for version in from..SCHEMA_VERSION {
+        let step = migration(version).ok_or_else(|| StoreError::NoMigration {
+            path: txn.store_inner().path.clone(),
+            from: version,
+        })?;
+        step(txn)?;
+    }
+    Ok(())
+}
+
+/// A migration step: rewrites data stored at one schema version into the next.
+type Migration = fn(&mut WriteTxn<'_>) -> Result<(), StoreError>;
+
+/// The step from `version` to `version + 1`, if this build has one.
+fn migration(version: u32) -> Option<Migration> {
+    #[expect(
+        clippy::match_single_binding,
+        reason = "no migrations yet: each goes above `_` as `n => Some(v{n}_to_v{n+1})`"
+    )]
+    match version {
+        _ => None,
+    }
+}
+
+fn set_schema_version(txn: &mut WriteTxn<'_>) -> Result<(), StoreError> {
+    txn.put(META, SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())
+}
+
+fn create_dir(dir: &Path) -> Result<(), StoreError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|source| StoreError::CreateDir {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// Opens and exclusively locks `path`. The lock belongs to the open file description, so a
+/// second `Store::open` of the same directory fails even within one process.
+fn lock(path: &Path) -> Result<File, StoreError> {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|source| StoreError::LockFile {
+            path: path.to_owned(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: path.to_owned(),
+        }),
+        Err(TryLockError::Error(source)) => Err(StoreError::LockFile {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Creates every declared table and reads the stored schema version (`None` on a fresh
+/// store), in one write transaction that is aborted, leaving the store untouched, if the
+/// version is newer than ours or malformed.
+fn create_tables(
+    env: &heed::Env<WithoutTls>,
+    dir: &Path,
+) -> Result<(Tables, Option<u32>), StoreError> {
+    let init_error = |source| StoreError::Init {
+        path: dir.to_owned(),
+        source: LmdbError(source),
+    };
+    let txn = env.write_txn().map_err(init_error)?;
+    let outcome = env
+        .create_databases_and_commit(txn, |opener, txn| {
+            let meta: Database<'_, Bytes, Bytes> =
+                opener.create_database(txn, Some(META.name()))?;
+            let found = match meta.get(txn, SCHEMA_VERSION_KEY.as_bytes())? {
+                None => None,
+                Some(bytes) => match <[u8; 4]>::try_from(bytes) {
+                    Ok(bytes) => Some(u32::from_be_bytes(bytes)),
+                    Err(_) => {
+                        return Ok(CommitOrAbort::Abort(StoreError::BadSchemaVersion {
+                            path: dir.to_owned(),
+                            len: bytes.len(),
+                        }));
+                    }
+                },
+            };
+            if let Some(found) = found
+                && found > SCHEMA_VERSION
+            {
+                return Ok(CommitOrAbort::Abort(StoreError::NewerSchema {
+                    path: dir.to_owned(),
+                    found,
+                    supported: SCHEMA_VERSION,
+                }));
+            }
+            let mut tables = Vec::with_capacity(ALL.len());
+            for &name in ALL {
+                tables.push((name, opener.create_database(txn, Some(name))?));
+            }
+            Ok(CommitOrAbort::Commit(Created { tables, found }))
+        })
+        .map_err(init_error)?;
+    Result::from(outcome)
+}
+
+/// Tables created in the opening transaction; heed makes their handles `'static` once it
+/// commits.
+struct Created<'e> {
+    tables: Vec<(&'static str, Database<'e, Bytes, Bytes>)>,
+    found: Option<u32>,
+}
+
+impl OnCommit for Created<'_> {
+    type Committed = (Tables, Option<u32>);
+
+    fn on_commit(self, token: &CommitToken) -> Self::Committed {
+        let tables = self
+            .tables
+            .into_iter()
+            .map(|(name, db)| (name, db.on_commit(token)));
+        (tables.collect(), self.found)
+    }
+}
+
+thread_local! {
+    /// Whether this thread is inside [`Store::write`].
+    static WRITING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as writing until dropped (also on panic).
+struct WritingGuard;
+
+impl WritingGuard {
+    fn enter(path: &Path) -> Result<Self, StoreError> {
+        if WRITING.replace(true) {
+            return Err(StoreError::NestedWrite {
+                path: path.to_owned(),
+            });
+        }
+        Ok(Self)
+    }
+}
+
+impl Drop for WritingGuard {
+    fn drop(&mut self) {
+        WRITING.set(false);
+    }
+}

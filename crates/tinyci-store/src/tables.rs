@@ -1,0 +1,231 @@
+//! Every table the store holds, declared once, and the codecs their keys and values use.
+//!
+//! A [`Table`] is a named LMDB database with a key codec and a value codec. Only this module
+//! can declare one (`Table::new` is crate-private), and [`Store::open`](crate::Store::open)
+//! creates every declared table, so a read transaction never meets a missing database.
+//!
+//! # Adding a table
+//!
+//! 1. Append one line to the `tables!` block at the bottom of this file. **Append; never
+//!    rename, reuse or remove a name**: the name is the table's identity on disk, and a store
+//!    written by an older or newer tinyci must keep meaning the same thing. A table that falls
+//!    out of use stays declared, with a doc comment saying so.
+//! 2. Pick codecs. Keys: [`Str`], [`Bytes`] or [`U64Be`] (big-endian, so byte order is
+//!    numeric order and range scans work). Values that are structs: [`Record<T>`], which
+//!    prefixes each value with a version tag (values carry a version; see `STYLE.md`). The
+//!    value types themselves live in this crate too, so the whole on-disk schema is readable
+//!    in one place and `tinyci-store` still depends on no other tinyci crate.
+//! 3. If data already on disk must change shape, bump
+//!    [`SCHEMA_VERSION`](crate::SCHEMA_VERSION) and add a step to `migrate` in `store.rs`. A
+//!    new, empty table needs neither: it is created at open.
+//!
+//! Each table is one LMDB named database and counts against
+//! [`StoreOptions::max_dbs`](crate::StoreOptions::max_dbs).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use heed::{BoxedError, BytesDecode, BytesEncode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Key or value codec: UTF-8 string, ordered bytewise.
+pub use heed::types::Str;
+
+/// Key or value codec: raw bytes, ordered bytewise.
+pub use heed::types::Bytes;
+
+/// Key or value codec: `u64` stored as exactly 8 big-endian bytes, so byte order is numeric
+/// order. (heed's own `U64` decodes the first 8 bytes of anything longer; this one refuses.)
+#[derive(Debug)]
+pub enum U64Be {}
+
+impl BytesEncode<'_> for U64Be {
+    type EItem = u64;
+
+    fn bytes_encode(item: &u64) -> Result<Cow<'_, [u8]>, BoxedError> {
+        Ok(Cow::Owned(item.to_be_bytes().to_vec()))
+    }
+}
+
+impl BytesDecode<'_> for U64Be {
+    type DItem = u64;
+
+    fn bytes_decode(bytes: &[u8]) -> Result<u64, BoxedError> {
+        let bytes = <[u8; 8]>::try_from(bytes).map_err(|_| {
+            format!(
+                "expected 8 bytes for a big-endian u64, found {}",
+                bytes.len()
+            )
+        })?;
+        Ok(u64::from_be_bytes(bytes))
+    }
+}
+
+/// A table declaration: its on-disk name and, as types, its key codec `K` and value codec `V`.
+///
+/// `Copy` and free to pass by value: it holds only the name.
+pub struct Table<K, V> {
+    /// Name of the LMDB named database: the table's identity on disk, so never changed.
+    name: &'static str,
+    /// The codecs exist only as types; `fn() -> _` keeps `Table` `Send + Sync + Copy` whatever
+    /// they are.
+    codecs: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Table<K, V> {
+    /// Declares a table. Crate-private: tables are declared in this module only.
+    pub(crate) const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            codecs: PhantomData,
+        }
+    }
+
+    /// The table's name on disk.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+impl<K, V> Clone for Table<K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K, V> Copy for Table<K, V> {}
+
+impl<K, V> fmt::Debug for Table<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Table").field(&self.name).finish()
+    }
+}
+
+/// The version tag [`Record`] writes in front of every value, and the only one it reads.
+pub const RECORD_VERSION: u8 = 1;
+
+/// Value codec for any `serde` type: `[version tag][postcard bytes]`.
+///
+/// The tag is [`RECORD_VERSION`]; decoding any other tag fails with
+/// [`RecordError::UnknownVersion`] instead of misreading bytes. When a record's shape has to
+/// change incompatibly, the next tag and a migration arrive together.
+///
+/// A marker type: it is never constructed, only named in a [`Table`]'s type.
+pub struct Record<T>(PhantomData<fn() -> T>);
+
+impl<T> fmt::Debug for Record<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Record")
+    }
+}
+
+impl<T: Serialize> Record<T> {
+    /// Encodes `value` as it is stored: the version tag, then postcard.
+    pub fn encode(value: &T) -> Result<Vec<u8>, RecordError> {
+        postcard::to_extend(value, vec![RECORD_VERSION])
+            .map_err(|source| RecordError::Malformed { source })
+    }
+}
+
+impl<T: DeserializeOwned> Record<T> {
+    /// Decodes a stored value, refusing unknown version tags and trailing bytes.
+    pub fn decode(bytes: &[u8]) -> Result<T, RecordError> {
+        let (&tag, body) = bytes.split_first().ok_or(RecordError::Empty)?;
+        if tag != RECORD_VERSION {
+            return Err(RecordError::UnknownVersion {
+                found: tag,
+                supported: RECORD_VERSION,
+            });
+        }
+        let (value, rest) =
+            postcard::take_from_bytes(body).map_err(|source| RecordError::Malformed { source })?;
+        if !rest.is_empty() {
+            return Err(RecordError::TrailingBytes { len: rest.len() });
+        }
+        Ok(value)
+    }
+}
+
+impl<'a, T: Serialize + 'a> BytesEncode<'a> for Record<T> {
+    type EItem = T;
+
+    fn bytes_encode(item: &'a T) -> Result<Cow<'a, [u8]>, BoxedError> {
+        Ok(Cow::Owned(Self::encode(item)?))
+    }
+}
+
+impl<'a, T: DeserializeOwned + 'a> BytesDecode<'a> for Record<T> {
+    type DItem = T;
+
+    fn bytes_decode(bytes: &[u8]) -> Result<T, BoxedError> {
+        Ok(Self::decode(bytes)?)
+    }
+}
+
+/// Why a [`Record`] could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// Zero bytes: not even a version tag.
+    #[error("empty record: no version tag")]
+    Empty,
+    /// The tag is not one this build reads.
+    #[error(
+        "unknown record version tag {found} (this build reads tag {supported}); \
+         was it written by a newer tinyci?"
+    )]
+    UnknownVersion {
+        /// Tag found in the stored bytes.
+        found: u8,
+        /// The tag this build reads and writes.
+        supported: u8,
+    },
+    /// postcard could not (de)serialize the body.
+    #[error("malformed record body: {source}")]
+    Malformed {
+        /// postcard's error.
+        source: postcard::Error,
+    },
+    /// The body decoded but bytes were left over: the stored type differs from the declared one.
+    #[error("{len} unexpected trailing bytes after the record")]
+    TrailingBytes {
+        /// How many bytes were left.
+        len: usize,
+    },
+}
+
+/// Declares tables as `const`s and lists their names in `ALL`, so that a declared table is
+/// always a created table.
+macro_rules! tables {
+    ($( $(#[$attr:meta])* $vis:vis const $NAME:ident: Table<$K:ty, $V:ty> = $name:literal; )*) => {
+        $( $(#[$attr])* $vis const $NAME: Table<$K, $V> = Table::new($name); )*
+
+        /// Every declared table's name, in declaration order: `Store::open` creates them all.
+        pub(crate) const ALL: &[&str] = &[$($name),*];
+    };
+}
+
+tables! {
+    /// Store metadata, keyed by name. `schema_version` (a big-endian `u32`) belongs to
+    /// [`Store::open`](crate::Store::open): nothing else writes it.
+    pub const META: Table<Str, Bytes> = "meta";
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::ALL;
+
+    #[test]
+    fn table_names_are_unique() {
+        let unique: HashSet<_> = ALL.iter().collect();
+        assert_eq!(
+            unique.len(),
+            ALL.len(),
+            "a table name is declared twice: {ALL:?}"
+        );
+    }
+}

@@ -1,0 +1,318 @@
+//! Integration tests for `tinyci-store`: real LMDB environments in temporary directories.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::ops::Bound::Included;
+use std::path::Path;
+
+use expect_test::expect;
+use serde::{Deserialize, Serialize};
+use tinyci_store::tables::META;
+use tinyci_store::{
+    LOCK_FILE, Record, RecordError, SCHEMA_VERSION, SCHEMA_VERSION_KEY, Store, StoreError,
+    StoreOptions,
+};
+
+fn open(dir: &Path) -> Result<Store, StoreError> {
+    Store::open(dir, StoreOptions::default())
+}
+
+/// An error's message with the temporary directory replaced by `$DIR`.
+fn message(error: &StoreError, dir: &Path) -> String {
+    error
+        .to_string()
+        .replace(&dir.display().to_string(), "$DIR")
+}
+
+fn stored_version(store: &Store) -> Option<Vec<u8>> {
+    store
+        .read(|txn| Ok(txn.get(META, SCHEMA_VERSION_KEY)?.map(<[u8]>::to_vec)))
+        .unwrap()
+}
+
+#[test]
+fn fresh_open_creates_the_directory_and_writes_the_schema_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let store = open(&dir).unwrap();
+
+    assert_eq!(store.path(), dir);
+    assert_eq!(store.schema_version(), SCHEMA_VERSION);
+    assert_eq!(
+        stored_version(&store),
+        Some(SCHEMA_VERSION.to_be_bytes().to_vec())
+    );
+    assert!(dir.join(LOCK_FILE).is_file());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "data dir is readable by others: {mode:o}");
+    }
+}
+
+#[test]
+fn reopen_keeps_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).unwrap();
+    store
+        .write(|txn| txn.put(META, "greeting", b"hello"))
+        .unwrap();
+    drop(store);
+
+    let store = open(tmp.path()).unwrap();
+    let greeting = store
+        .read(|txn| Ok(txn.get(META, "greeting")?.map(<[u8]>::to_vec)))
+        .unwrap();
+    assert_eq!(greeting.as_deref(), Some(&b"hello"[..]));
+    assert_eq!(store.schema_version(), SCHEMA_VERSION);
+}
+
+#[test]
+fn a_store_from_a_newer_tinyci_is_refused_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).unwrap();
+    store
+        .write(|txn| txn.put(META, SCHEMA_VERSION_KEY, &999u32.to_be_bytes()))
+        .unwrap();
+    drop(store);
+
+    let error = open(tmp.path()).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StoreError::NewerSchema {
+                found: 999,
+                supported: SCHEMA_VERSION,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    expect![[r#"store at $DIR was written by a newer tinyci (schema version 999; this build supports up to 1); upgrade tinyci or point data_dir elsewhere"#]]
+        .assert_eq(&message(&error, tmp.path()));
+
+    // The refused open released its lock and wrote nothing: the store still says 999.
+    let error = open(tmp.path()).unwrap_err();
+    assert!(
+        matches!(error, StoreError::NewerSchema { found: 999, .. }),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn a_malformed_schema_version_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).unwrap();
+    store
+        .write(|txn| txn.put(META, SCHEMA_VERSION_KEY, b"one"))
+        .unwrap();
+    drop(store);
+
+    let error = open(tmp.path()).unwrap_err();
+    expect![[r#"store at $DIR has a malformed schema_version (3 bytes; expected 4)"#]]
+        .assert_eq(&message(&error, tmp.path()));
+}
+
+#[test]
+fn a_store_with_no_migration_path_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).unwrap();
+    store
+        .write(|txn| txn.put(META, SCHEMA_VERSION_KEY, &0u32.to_be_bytes()))
+        .unwrap();
+    drop(store);
+
+    let error = open(tmp.path()).unwrap_err();
+    expect![[r#"store at $DIR has schema version 0, which this build cannot migrate"#]]
+        .assert_eq(&message(&error, tmp.path()));
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_locked_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = open(tmp.path()).unwrap();
+
+    // The lock belongs to the open file description, so it holds within one process too.
+    let error = open(tmp.path()).unwrap_err();
+    assert!(matches!(error, StoreError::Locked { .. }), "{error:?}");
+    expect![[r#"another tinyci process holds $DIR/LOCK"#]].assert_eq(&message(&error, tmp.path()));
+
+    // A clone shares the first open; dropping every clone releases the directory.
+    let clone = first.clone();
+    drop(first);
+    assert!(matches!(open(tmp.path()), Err(StoreError::Locked { .. })));
+    drop(clone);
+    open(tmp.path()).unwrap();
+}
+
+#[test]
+fn ten_thousand_records_fit_in_one_transaction() {
+    // LMDB's default 1 MiB map fills after a few hundred records like these; this one
+    // transaction writes about 2.5 MiB.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).unwrap();
+    let value = |i: u32| {
+        let mut value = i.to_be_bytes().to_vec();
+        value.resize(256, 0xab);
+        value
+    };
+
+    store
+        .write(|txn| {
+            for i in 0..10_000u32 {
+                txn.put(META, &format!("rec/{i:05}"), &value(i))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+
+    store
+        .read(|txn| {
+            let mut count = 0u32;
+            for entry in txn.iter_prefix(META, "rec/")? {
+                let (key, stored) = entry?;
+                assert_eq!(key, format!("rec/{count:05}"), "keys come back in order");
+                assert_eq!(stored, value(count));
+                count += 1;
+            }
+            assert_eq!(count, 10_000);
+
+            let some: Vec<_> = txn
+                .iter_range(META, &(Included("rec/00010"), Included("rec/00012")))?
+                .map(|entry| entry.map(|(key, _)| key.to_owned()))
+                .collect::<Result<_, _>>()?;
+            assert_eq!(some, ["rec/00010", "rec/00011", "rec/00012"]);
+            assert_eq!(txn.get(META, "rec/09999")?, Some(&value(9999)[..]));
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_map_that_is_too_small_fails_with_advice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        tmp.path(),
+        StoreOptions {
+            map_size: 1024 * 1024,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let error = store
+        .write(|txn| {
+            for i in 0..10_000u32 {
+                txn.put(META, &format!("rec/{i:05}"), &[0u8; 256])?;
+            }
+            Ok(())
+        })
+        .unwrap_err();
+    expect![[r#"store at $DIR is full: its LMDB map size of 1 MiB is reached; raise store.map_size_mib in site.toml"#]]
+        .assert_eq(&message(&error, tmp.path()));
+}
+
+#[test]
+fn a_failed_write_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).unwrap();
+    store.write(|txn| txn.put(META, "kept", b"before")).unwrap();
+
+    let error = store
+        .write(|txn| -> Result<(), _> {
+            txn.put(META, "new", b"x")?;
+            txn.put(META, "kept", b"after")?;
+            assert!(txn.delete(META, SCHEMA_VERSION_KEY)?);
+            // The transaction sees its own writes...
+            assert_eq!(txn.get(META, "new")?, Some(&b"x"[..]));
+            Err(StoreError::Aborted {
+                reason: "changed my mind".into(),
+            })
+        })
+        .unwrap_err();
+    expect![[r#"write transaction aborted: changed my mind"#]].assert_eq(&error.to_string());
+
+    // ...and none of them survive the abort.
+    store
+        .read(|txn| {
+            assert_eq!(txn.get(META, "new")?, None);
+            assert_eq!(txn.get(META, "kept")?, Some(&b"before"[..]));
+            assert!(txn.get(META, SCHEMA_VERSION_KEY)?.is_some());
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_nested_write_fails_instead_of_deadlocking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).unwrap();
+    let error = store
+        .write(|_| store.write(|txn| txn.put(META, "inner", b"x")))
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NestedWrite { .. }), "{error:?}");
+    // The guard is released: writing works again.
+    store.write(|txn| txn.put(META, "after", b"x")).unwrap();
+    // Reads may nest inside reads and writes.
+    store
+        .write(|_| store.read(|r| r.get(META, "nothing").map(drop)))
+        .unwrap();
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Job {
+    id: u64,
+    name: String,
+}
+
+#[test]
+fn records_round_trip_with_their_version_tag() {
+    let job = Job {
+        id: 7,
+        name: "build".into(),
+    };
+    let bytes = Record::encode(&job).unwrap();
+    assert_eq!(bytes[0], tinyci_store::RECORD_VERSION);
+    assert_eq!(Record::<Job>::decode(&bytes).unwrap(), job);
+}
+
+#[test]
+fn records_with_an_unknown_version_tag_are_refused() {
+    let mut bytes = Record::encode(&Job {
+        id: 7,
+        name: "build".into(),
+    })
+    .unwrap();
+    bytes[0] = 2;
+    let error = Record::<Job>::decode(&bytes).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            RecordError::UnknownVersion {
+                found: 2,
+                supported: 1
+            }
+        ),
+        "{error:?}"
+    );
+    expect![[r#"unknown record version tag 2 (this build reads tag 1); was it written by a newer tinyci?"#]]
+        .assert_eq(&error.to_string());
+
+    let error = Record::<Job>::decode(&[]).unwrap_err();
+    expect![[r#"empty record: no version tag"#]].assert_eq(&error.to_string());
+
+    let mut bytes = Record::encode(&Job {
+        id: 7,
+        name: "build".into(),
+    })
+    .unwrap();
+    bytes.push(0);
+    let error = Record::<Job>::decode(&bytes).unwrap_err();
+    expect![[r#"1 unexpected trailing bytes after the record"#]].assert_eq(&error.to_string());
+}
+
+#[test]
+fn store_is_clone_send_sync() {
+    fn assert_traits<T: Clone + Send + Sync + 'static>() {}
+    assert_traits::<Store>();
+}
