@@ -1,0 +1,117 @@
+//! The `tinyci` command. Parses arguments, wires the libraries together, and turns their typed
+//! errors into one readable message and a documented exit code. `anyhow` lives here only.
+
+mod site;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the operation failed (site unreachable, refused, I/O error)
+  2  bad command line
+  3  bad configuration or input (site.toml, key files, existing identity)";
+
+/// tinyci: a capability-secured CI mesh.
+///
+/// Quick start: `tinyci site up` in an empty directory initializes a site named `local`
+/// (certificates in ./certs, store in ./data) and serves it on 127.0.0.1:7433; then
+/// `tinyci site status` talks to it with the admin certificate.
+#[derive(Debug, Parser)]
+#[command(name = "tinyci", version, after_help = EXIT_CODES, max_term_width = 100)]
+struct Cli {
+    /// Log format for diagnostics on stderr (level from RUST_LOG, e.g. RUST_LOG=debug).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, run and inspect a site.
+    #[command(subcommand)]
+    Site(site::SiteCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format, cli.command.default_log_level());
+    let result = match cli.command {
+        Command::Site(command) => site::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+impl Command {
+    /// Long-running commands log progress by default; one-shot commands stay quiet.
+    fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::Site(site::SiteCommand::Up(_)) => "info",
+            Command::Site(_) => "warn",
+        }
+    }
+}
+
+/// Maps an error to the documented exit codes by what kind of error is at its root.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    use tinyci_site::SiteError;
+    use tinyci_site::init::InitError;
+    for cause in error.chain() {
+        if cause.downcast_ref::<tinyci_site::ConfigError>().is_some()
+            || matches!(
+                cause.downcast_ref::<InitError>(),
+                Some(InitError::Exists { .. })
+            )
+            || matches!(
+                cause.downcast_ref::<SiteError>(),
+                Some(
+                    SiteError::Config(_)
+                        | SiteError::Credentials { .. }
+                        | SiteError::WrongSite { .. }
+                        | SiteError::RootKey { .. }
+                        | SiteError::NoAddress(_)
+                )
+            )
+            || cause.downcast_ref::<site::InputError>().is_some()
+        {
+            return 3;
+        }
+    }
+    1
+}
+
+fn init_tracing(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.compact().init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,256 @@
+//! `tinyci site init|up|status`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use tinyci_pki::SiteName;
+use tinyci_site::config::parse_listen;
+use tinyci_site::init::{InitOptions, identity_exists, init_site, write_default_config};
+use tinyci_site::{Site, SiteConfig, connect_admin};
+
+/// Input the user gave that cannot be used (exit code 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct InputError(pub(crate) String);
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SiteCommand {
+    /// Create a site identity: CA, site certificate, admin certificate, Biscuit root key, and
+    /// site.toml if none exists.
+    ///
+    /// Refuses to replace an existing identity unless --force is given: replacing it
+    /// invalidates every certificate and token issued so far.
+    Init(InitArgs),
+    /// Run a site until Ctrl-C or SIGTERM.
+    ///
+    /// With no --config and no ./site.toml, initializes a site named `local` in the current
+    /// directory (./certs, ./data, ./site.toml) and listens on 127.0.0.1:7433.
+    Up(UpArgs),
+    /// Ask a running site who it is, using the admin certificate from site.toml.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// The site's name (lowercase letters, digits, inner hyphens).
+    #[arg(long, default_value = "local")]
+    name: String,
+    /// The site directory: certs/ and site.toml are written here.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Replace an existing identity.
+    #[arg(long)]
+    force: bool,
+    /// Extra DNS name or IP address for the site certificate (repeatable).
+    #[arg(long = "host", value_name = "HOST")]
+    hosts: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// The site configuration [default: ./site.toml, created with the embedded defaults if
+    /// missing].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen on this address instead of site.listen (port 0 picks a free port).
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen)]
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The site configuration [default: ./site.toml].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Dial this address instead of site.listen.
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<SocketAddr>,
+}
+
+pub(crate) fn run(command: SiteCommand) -> Result<()> {
+    match command {
+        SiteCommand::Init(args) => init(args),
+        SiteCommand::Up(args) => up(args),
+        SiteCommand::Status(args) => status(args),
+    }
+}
+
+fn init(args: InitArgs) -> Result<()> {
+    let name = SiteName::new(&args.name).map_err(|e| InputError(format!("--name: {e}")))?;
+    let report = init_site(&InitOptions {
+        dir: args.dir.clone(),
+        name: name.clone(),
+        force: args.force,
+        hosts: args.hosts,
+    })?;
+    println!("initialized site {name} in {}", args.dir.display());
+    for file in &report.files {
+        println!("  wrote {}", file.display());
+    }
+    if report.wrote_config {
+        println!("  wrote {}", report.config.display());
+    } else {
+        println!("  kept existing {}", report.config.display());
+    }
+    println!("CA fingerprint: sha256 {}", report.ca_fingerprint);
+    println!("next: tinyci site up --config {}", report.config.display());
+    Ok(())
+}
+
+/// The config `site up` and `site status` use: the one given, else ./site.toml.
+fn config_path(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| PathBuf::from("site.toml"))
+}
+
+/// With no config anywhere, make the embedded default site in the current directory.
+fn ensure_default_site(path: &Path) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let dir = Path::new(".");
+    if identity_exists(dir) {
+        // Keys are here but the config is gone: name the site after its CA and rewrite it.
+        let ca_pem = tinyci_pki::read_text_file(&dir.join("certs/ca.crt"), false)?;
+        let ca = tinyci_pki::tls::parse_cert_pem(&ca_pem)?;
+        let identity = tinyci_pki::tls::identity_from_der(&ca)?;
+        let written = write_default_config(dir, identity.site_name())?;
+        println!(
+            "wrote {} for the existing site {}",
+            written.display(),
+            identity.site_name()
+        );
+        return Ok(());
+    }
+    let name = SiteName::new("local")?;
+    println!("no site.toml here: initializing site {name} in ./certs and ./data");
+    init_site(&InitOptions {
+        dir: dir.to_owned(),
+        name,
+        force: false,
+        hosts: Vec::new(),
+    })?;
+    Ok(())
+}
+
+fn up(args: UpArgs) -> Result<()> {
+    let embedded = args.config.is_none();
+    let path = config_path(args.config);
+    if embedded {
+        ensure_default_site(&path)?;
+    }
+    let config = SiteConfig::load(&path)?;
+    let site = Site::open(config).context("failed to start the site")?;
+    println!(
+        "site {} opened its store at {}",
+        site.config().name,
+        site.config().data_dir.display()
+    );
+    local_runtime()?.block_on(async move {
+        let listener = site.bind(args.listen).await?;
+        let addr = listener.local_addr()?;
+        println!("listening on {addr}");
+        println!("CA fingerprint: sha256 {}", site.ca_fingerprint());
+        let status_hint = if args.listen.is_some() || site.config().listen.port() == 0 {
+            format!(" --addr {addr}")
+        } else {
+            String::new()
+        };
+        let config_hint = if embedded {
+            String::new()
+        } else {
+            format!(" --config {}", path.display())
+        };
+        println!("next: tinyci site status{config_hint}{status_hint}   (Ctrl-C stops the site)");
+        let stats = site.run(listener, shutdown_signal()).await;
+        println!(
+            "site stopped ({} connections served)",
+            stats.accepted.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        Ok(())
+    })
+}
+
+fn status(args: StatusArgs) -> Result<()> {
+    let path = config_path(args.config);
+    let config = SiteConfig::load(&path)?;
+    local_runtime()?.block_on(async move {
+        let (client, info) = connect_admin(&config, args.addr).await?;
+        println!("site         {}", info.site_id);
+        println!("version      {}", info.version);
+        println!(
+            "uptime       {}",
+            human_duration(Duration::from_millis(info.uptime_millis))
+        );
+        println!("fingerprint  sha256 {}", info.ca_fingerprint);
+        println!("address      {}", client.addr);
+        println!("you are      {}", info.peer);
+        Ok(())
+    })
+}
+
+/// A current-thread runtime driving a LocalSet: capnp-rpc objects are `!Send`.
+struct LocalRuntime {
+    runtime: tokio::runtime::Runtime,
+}
+
+impl LocalRuntime {
+    fn block_on<F: std::future::Future>(self, future: F) -> F::Output {
+        tokio::task::LocalSet::new().block_on(&self.runtime, future)
+    }
+}
+
+fn local_runtime() -> Result<LocalRuntime> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    Ok(LocalRuntime { runtime })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the site");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
+/// `3d 4h`, `2h 5m`, `4m 10s`, `12s`.
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, minutes, seconds) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (days, hours, minutes) {
+        (0, 0, 0) => format!("{seconds}s"),
+        (0, 0, _) => format!("{minutes}m {seconds}s"),
+        (0, _, _) => format!("{hours}h {minutes}m"),
+        _ => format!("{days}d {hours}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(Duration::from_secs(12)), "12s");
+        assert_eq!(human_duration(Duration::from_secs(250)), "4m 10s");
+        assert_eq!(human_duration(Duration::from_secs(7500)), "2h 5m");
+        assert_eq!(
+            human_duration(Duration::from_secs(3 * 86_400 + 4 * 3600)),
+            "3d 4h"
+        );
+    }
+}

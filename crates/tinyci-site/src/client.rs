@@ -1,0 +1,120 @@
+//! Reaching one's own site as its admin (the local CLI's side of `site status`).
+
+use std::net::SocketAddr;
+
+use tinyci_net::{ClientConnection, NetLimits};
+use tinyci_pki::PeerIdentity;
+use tinyci_schema::gateway;
+
+use crate::{SiteConfig, SiteError, load_credentials, read_pem};
+
+/// A confirmed connection to a site: the gateway answered `info`, so the site accepted our
+/// certificate (under TLS 1.3 that is only known after a first call).
+pub struct SiteClient {
+    /// The site's bootstrap capability.
+    pub gateway: gateway::Client,
+    /// Keeps the connection open; dropping it closes the connection.
+    pub connection: ClientConnection,
+    /// The address dialed.
+    pub addr: String,
+}
+
+impl std::fmt::Debug for SiteClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteClient")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SiteClient {
+    /// Calls `Gateway.info`.
+    pub async fn info(&self) -> Result<SiteInfo, SiteError> {
+        let rpc = |source| SiteError::Rpc {
+            addr: self.addr.clone(),
+            source,
+        };
+        let response = self
+            .gateway
+            .info_request()
+            .send()
+            .promise
+            .await
+            .map_err(rpc)?;
+        let info = response.get().and_then(|r| r.get_info()).map_err(rpc)?;
+        let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, SiteError> {
+            t.and_then(|t| t.to_string().map_err(Into::into))
+                .map_err(rpc)
+        };
+        Ok(SiteInfo {
+            site_id: text(info.get_site_id())?,
+            version: text(info.get_version())?,
+            ca_fingerprint: text(info.get_ca_fingerprint())?,
+            uptime_millis: info.get_uptime_millis(),
+            protocol: info.get_protocol(),
+            peer: text(info.get_peer())?,
+        })
+    }
+}
+
+/// `Gateway.info`, as plain data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteInfo {
+    /// The site's name.
+    pub site_id: String,
+    /// Its tinyci version.
+    pub version: String,
+    /// Its CA fingerprint.
+    pub ca_fingerprint: String,
+    /// Milliseconds since it started serving.
+    pub uptime_millis: u64,
+    /// Wire protocol revision.
+    pub protocol: u32,
+    /// How it identified us.
+    pub peer: String,
+}
+
+/// Dials the site described by `config` with its `[admin]` certificate and confirms the
+/// connection with one `Gateway.info` call. `addr` overrides the configured address.
+/// Must run inside a `LocalSet`.
+pub async fn connect_admin(
+    config: &SiteConfig,
+    addr: Option<SocketAddr>,
+) -> Result<(SiteClient, SiteInfo), SiteError> {
+    let addr = addr.or_else(|| config.dial_addr()).ok_or_else(|| {
+        SiteError::NoAddress(format!(
+            "site.listen in {} has port 0 (chosen when the site starts); pass --addr HOST:PORT",
+            config
+                .source
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ))
+    })?;
+    let credentials = load_credentials(
+        "admin.cert",
+        &config.admin_cert,
+        "admin.key",
+        &config.admin_key,
+    )?;
+    let ca_pem = read_pem(&config.ca_cert, "tls.ca_cert", false)?;
+    let tls = tinyci_pki::tls::client_config(&credentials, &ca_pem, config.name.clone()).map_err(
+        |source| SiteError::Credentials {
+            key: "admin.cert",
+            path: config.admin_cert.clone(),
+            source,
+        },
+    )?;
+    let addr = addr.to_string();
+    let (gateway, connection) =
+        tinyci_net::dial::<gateway::Client>(&addr, tls, &config.name, &NetLimits::default())
+            .await?;
+    let client = SiteClient {
+        gateway,
+        connection,
+        addr,
+    };
+    let info = client.info().await?;
+    debug_assert!(info.peer.parse::<PeerIdentity>().is_ok());
+    Ok((client, info))
+}

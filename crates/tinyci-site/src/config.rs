@@ -1,0 +1,330 @@
+//! `site.toml`: parsed strictly (unknown keys are errors), every path resolved against the
+//! file's own directory, every named file checked to exist, every error naming the key or path.
+//!
+//! `site.toml.example` at the repository root documents every key; keep the two in step.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tinyci_pki::SiteName;
+
+/// The port `tinyci site up` listens on when nothing else is said.
+pub const DEFAULT_PORT: u16 = 7433;
+/// Default connection limit (each idle runner holds one connection).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default LMDB map size: virtual address space, not disk; the file grows as data does.
+pub const DEFAULT_MAP_SIZE_MIB: u64 = 4096;
+
+/// A validated site configuration with absolute paths.
+#[derive(Clone, Debug)]
+pub struct SiteConfig {
+    /// Where it was read from (for messages), or `None` for embedded defaults.
+    pub source: Option<PathBuf>,
+    /// The site's name; must match its certificates.
+    pub name: SiteName,
+    /// Address the capnp-rpc mTLS listener binds.
+    pub listen: SocketAddr,
+    /// Most concurrent connections.
+    pub max_connections: usize,
+    /// LMDB directory.
+    pub data_dir: PathBuf,
+    /// LMDB map size in MiB.
+    pub map_size_mib: u64,
+    /// The site CA certificate (PEM).
+    pub ca_cert: PathBuf,
+    /// The site's certificate (PEM).
+    pub cert: PathBuf,
+    /// The site's private key (PEM, mode 0600).
+    pub key: PathBuf,
+    /// The Biscuit root private key (mode 0600).
+    pub root_key: PathBuf,
+    /// The admin client certificate the local CLI uses.
+    pub admin_cert: PathBuf,
+    /// The admin client key the local CLI uses (mode 0600).
+    pub admin_key: PathBuf,
+}
+
+/// Why a configuration was refused. Every variant names the file and the key or path.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, a wrong type or a bad value.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// toml's message, which quotes the line and names the key.
+        message: String,
+    },
+    /// A value is well-formed but not acceptable.
+    #[error("invalid config {path}: {key}: {reason}")]
+    Value {
+        /// The config file.
+        path: PathBuf,
+        /// Dotted key (`site.listen`).
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file the config names does not exist.
+    #[error("invalid config {path}: {key}: file not found: {file}")]
+    MissingFile {
+        /// The config file.
+        path: PathBuf,
+        /// Dotted key.
+        key: &'static str,
+        /// The resolved path that is missing.
+        file: PathBuf,
+    },
+}
+
+/// The on-disk shape. Private: callers get [`SiteConfig`], which is validated.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    site: RawSite,
+    #[serde(default)]
+    store: RawStore,
+    tls: RawTls,
+    grants: RawGrants,
+    admin: RawAdmin,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    name: String,
+    #[serde(default = "default_listen")]
+    listen: ListenAddr,
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    #[serde(default = "default_max_connections")]
+    max_connections: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default = "default_map_size")]
+    map_size_mib: i64,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            map_size_mib: default_map_size(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_cert: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrants {
+    root_key: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn default_listen() -> ListenAddr {
+    ListenAddr(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        DEFAULT_PORT,
+    ))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_max_connections() -> i64 {
+    DEFAULT_MAX_CONNECTIONS as i64
+}
+fn default_map_size() -> i64 {
+    DEFAULT_MAP_SIZE_MIB as i64
+}
+
+/// `host:port` with a port-range message people can act on (the std parser only says
+/// "invalid socket address syntax").
+struct ListenAddr(SocketAddr);
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_listen(&text)
+            .map(ListenAddr)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `127.0.0.1:7433`, `[::1]:7433` or `0.0.0.0:0` with specific errors.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("listen address {text:?} has no port (expected host:port)"))?;
+    let port: u32 = port
+        .parse()
+        .map_err(|_| format!("listen address {text:?}: port {port:?} is not a number"))?;
+    let port = u16::try_from(port).map_err(|_| {
+        format!(
+            "listen address {text:?}: port {port} is out of range (0-65535; 0 picks a free port)"
+        )
+    })?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = host.parse().map_err(|_| {
+        format!(
+            "listen address {text:?}: {host:?} is not an IP address (use 127.0.0.1, ::1 or 0.0.0.0)"
+        )
+    })?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+impl SiteConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates `text` as if read from `path` (relative paths resolve against its directory).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let value = |key, reason: String| ConfigError::Value {
+            path: path.to_owned(),
+            key,
+            reason,
+        };
+        let name = SiteName::new(&raw.site.name).map_err(|e| value("site.name", e.to_string()))?;
+        let max_connections = usize::try_from(raw.site.max_connections)
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .ok_or_else(|| {
+                value(
+                    "site.max_connections",
+                    format!("{} is out of range (1-1000000)", raw.site.max_connections),
+                )
+            })?;
+        let map_size_mib = u64::try_from(raw.store.map_size_mib)
+            .ok()
+            .filter(|n| (16..=1 << 24).contains(n))
+            .ok_or_else(|| {
+                value(
+                    "store.map_size_mib",
+                    format!(
+                        "{} is out of range (16-16777216 MiB)",
+                        raw.store.map_size_mib
+                    ),
+                )
+            })?;
+        let config = Self {
+            source: Some(path.to_owned()),
+            name,
+            listen: raw.site.listen.0,
+            max_connections,
+            data_dir: base.join(raw.site.data_dir),
+            map_size_mib,
+            ca_cert: base.join(raw.tls.ca_cert),
+            cert: base.join(raw.tls.cert),
+            key: base.join(raw.tls.key),
+            root_key: base.join(raw.grants.root_key),
+            admin_cert: base.join(raw.admin.cert),
+            admin_key: base.join(raw.admin.key),
+        };
+        config.check_files()?;
+        Ok(config)
+    }
+
+    /// Every file the config names must exist. (Their contents are checked when loaded.)
+    fn check_files(&self) -> Result<(), ConfigError> {
+        let files: [(&'static str, &Path); 6] = [
+            ("tls.ca_cert", &self.ca_cert),
+            ("tls.cert", &self.cert),
+            ("tls.key", &self.key),
+            ("grants.root_key", &self.root_key),
+            ("admin.cert", &self.admin_cert),
+            ("admin.key", &self.admin_key),
+        ];
+        for (key, file) in files {
+            if !file.is_file() {
+                return Err(ConfigError::MissingFile {
+                    path: self.source.clone().unwrap_or_default(),
+                    key,
+                    file: file.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The address a local client should dial: the listen address, with an unspecified IP
+    /// (0.0.0.0, ::) replaced by loopback. `None` when the port is 0 (chosen at start).
+    pub fn dial_addr(&self) -> Option<SocketAddr> {
+        if self.listen.port() == 0 {
+            return None;
+        }
+        let ip = match self.listen.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        Some(SocketAddr::new(ip, self.listen.port()))
+    }
+}
+
+/// The `site.toml` that `site init` writes: the embedded defaults, naming the files it made.
+pub fn default_config_text(name: &SiteName) -> String {
+    format!(
+        r#"# Written by `tinyci site init`. Every key is documented in site.toml.example.
+# Relative paths are relative to this file's directory.
+
+[site]
+name = "{name}"
+listen = "127.0.0.1:{DEFAULT_PORT}"
+data_dir = "data"
+
+[tls]
+ca_cert = "certs/ca.crt"
+cert = "certs/site.crt"
+key = "certs/site.key"
+
+[grants]
+root_key = "certs/root.key"
+
+[admin]
+cert = "certs/admin.crt"
+key = "certs/admin.key"
+"#
+    )
+}
+
+impl fmt::Display for SiteConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "site {} on {}", self.name, self.listen)
+    }
+}

@@ -1,0 +1,234 @@
+//! A tinyci site: reads `site.toml`, sets up a site's identity on disk (`site init`), opens
+//! its store, and serves the `Gateway` bootstrap over mTLS capnp-rpc (`site up`). Also the
+//! client side of reaching one's own site with the admin certificate (`site status`).
+//!
+//! This crate composes the layers; it owns no wire format, no crypto and no storage engine
+//! (those are `tinyci-schema`, `tinyci-pki`/`tinyci-grant` and `tinyci-store`). It must not
+//! know `anyhow` or `clap`: the CLI turns its typed errors into messages and exit codes.
+
+mod client;
+pub mod config;
+mod gateway;
+pub mod init;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tinyci_net::{Listener, NetLimits, ServerStats};
+use tinyci_pki::{Credentials, Fingerprint, TrustAnchors, read_text_file};
+use tinyci_schema::gateway as gateway_capnp;
+use tinyci_store::{Store, StoreOptions};
+use tracing::info;
+
+pub use client::{SiteClient, connect_admin};
+pub use config::{ConfigError, SiteConfig};
+pub use gateway::{PROTOCOL, SiteFacts};
+
+/// Why a site could not start or be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum SiteError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A certificate or key file is unusable.
+    #[error("{key} ({path}): {source}")]
+    Credentials {
+        /// Config key naming the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: tinyci_pki::PkiError,
+    },
+    /// A certificate names a different site than the config.
+    #[error("{key} ({path}) names {found}, but site.name is {expected}")]
+    WrongSite {
+        /// Config key naming the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Identity in the certificate.
+        found: String,
+        /// `site.name`.
+        expected: String,
+    },
+    /// The Biscuit root key is unusable.
+    #[error("grants.root_key ({path}): {source}")]
+    RootKey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: tinyci_grant::GrantError,
+    },
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] tinyci_store::StoreError),
+    /// Listening or dialing failed.
+    #[error(transparent)]
+    Net(#[from] tinyci_net::NetError),
+    /// The site answered with an error (or the connection broke).
+    #[error("site {addr} refused or failed the call: {source}")]
+    Rpc {
+        /// The address dialed.
+        addr: String,
+        /// What capnp said.
+        source: capnp::Error,
+    },
+    /// No address to dial.
+    #[error("{0}")]
+    NoAddress(String),
+}
+
+/// A site that has loaded its identity and opened its store, ready to listen.
+#[derive(Debug)]
+pub struct Site {
+    config: SiteConfig,
+    store: Store,
+    tls: Arc<tinyci_net::ServerConfig>,
+    ca_fingerprint: Fingerprint,
+}
+
+impl Site {
+    /// Loads certificates and keys named by `config` and opens the store.
+    pub fn open(config: SiteConfig) -> Result<Self, SiteError> {
+        let credentials = load_credentials("tls.cert", &config.cert, "tls.key", &config.key)?;
+        let expected = tinyci_pki::PeerIdentity::site(config.name.clone());
+        if credentials.identity() != &expected {
+            return Err(SiteError::WrongSite {
+                key: "tls.cert",
+                path: config.cert.clone(),
+                found: credentials.identity().to_string(),
+                expected: config.name.to_string(),
+            });
+        }
+        let ca_pem = read_pem(&config.ca_cert, "tls.ca_cert", false)?;
+        let ca_der =
+            tinyci_pki::tls::parse_cert_pem(&ca_pem).map_err(|source| SiteError::Credentials {
+                key: "tls.ca_cert",
+                path: config.ca_cert.clone(),
+                source,
+            })?;
+        let trust = TrustAnchors::new(config.name.clone(), &ca_pem).map_err(|source| {
+            SiteError::Credentials {
+                key: "tls.ca_cert",
+                path: config.ca_cert.clone(),
+                source,
+            }
+        })?;
+        let tls = tinyci_pki::tls::server_config(&credentials, &trust).map_err(|source| {
+            SiteError::Credentials {
+                key: "tls.cert",
+                path: config.cert.clone(),
+                source,
+            }
+        })?;
+        // Loaded now so a bad key fails at start rather than at the first grant.
+        let root_text = read_pem(&config.root_key, "grants.root_key", true)?;
+        tinyci_grant::RootKey::from_secret_str(&root_text).map_err(|source| {
+            SiteError::RootKey {
+                path: config.root_key.clone(),
+                source,
+            }
+        })?;
+        let store = Store::open(
+            &config.data_dir,
+            StoreOptions {
+                map_size: usize::try_from(config.map_size_mib * 1024 * 1024).unwrap_or(usize::MAX),
+                ..StoreOptions::default()
+            },
+        )?;
+        Ok(Self {
+            store,
+            tls,
+            ca_fingerprint: tinyci_pki::Fingerprint::of_der(&ca_der),
+            config,
+        })
+    }
+
+    /// The configuration the site runs with.
+    pub fn config(&self) -> &SiteConfig {
+        &self.config
+    }
+
+    /// The site CA's fingerprint.
+    pub fn ca_fingerprint(&self) -> Fingerprint {
+        self.ca_fingerprint
+    }
+
+    /// The site's store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Binds the listener (`listen` overrides the config's address).
+    pub async fn bind(&self, listen: Option<SocketAddr>) -> Result<Listener, SiteError> {
+        let limits = NetLimits {
+            max_connections: self.config.max_connections,
+            ..NetLimits::default()
+        };
+        Ok(Listener::bind(
+            listen.unwrap_or(self.config.listen),
+            self.tls.clone(),
+            limits,
+        )
+        .await?)
+    }
+
+    /// Serves until `shutdown` resolves. Must run inside a `LocalSet`.
+    pub async fn run(
+        self,
+        listener: Listener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Arc<ServerStats> {
+        let stats = listener.stats();
+        let facts = Rc::new(SiteFacts {
+            name: self.config.name.clone(),
+            ca_fingerprint: self.ca_fingerprint,
+            started: Instant::now(),
+        });
+        let addr = listener.local_addr().ok();
+        info!(site = %facts.name, ?addr, "serving");
+        tinyci_net::serve(
+            listener,
+            move |peer| {
+                capnp_rpc::new_client::<gateway_capnp::Client, _>(gateway::Gateway::new(
+                    facts.clone(),
+                    peer.clone(),
+                ))
+                .client
+            },
+            shutdown,
+        )
+        .await;
+        info!(site = %self.config.name, "stopped serving; closing store");
+        drop(self.store);
+        stats
+    }
+}
+
+fn read_pem(path: &std::path::Path, key: &'static str, secret: bool) -> Result<String, SiteError> {
+    read_text_file(path, secret).map_err(|source| SiteError::Credentials {
+        key,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+pub(crate) fn load_credentials(
+    cert_key: &'static str,
+    cert: &std::path::Path,
+    key_key: &'static str,
+    key: &std::path::Path,
+) -> Result<Credentials, SiteError> {
+    let cert_pem = read_pem(cert, cert_key, false)?;
+    let key_pem = read_pem(key, key_key, true)?;
+    Credentials::from_pem(&cert_pem, &key_pem).map_err(|source| SiteError::Credentials {
+        key: cert_key,
+        path: cert.to_owned(),
+        source,
+    })
+}

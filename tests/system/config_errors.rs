@@ -1,0 +1,110 @@
+//! Bad `site.toml` files: each exits 3 with a message naming the key or path. The messages
+//! are snapshots; `$DIR` stands for the temporary directory.
+
+use expect_test::{Expect, expect};
+
+use crate::support::run_in;
+
+/// Initializes a site in a temp dir, rewrites its site.toml with `edit`, runs `site up` on it
+/// and checks the error message against `expected`.
+fn check(edit: impl FnOnce(String) -> String, expected: Expect) {
+    let dir = tempfile::tempdir().unwrap();
+    let init = run_in(dir.path(), &["site", "init", "--name", "alpha"]);
+    assert!(init.status.success());
+    let config = dir.path().join("site.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, edit(text)).unwrap();
+    let out = run_in(dir.path(), &["site", "up", "--config", "site.toml"]);
+    assert_eq!(out.status.code(), Some(3), "expected exit code 3");
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).replace(&dir.path().display().to_string(), "$DIR");
+    expected.assert_eq(&stderr);
+}
+
+#[test]
+fn unknown_key_is_named() {
+    check(
+        |t| t.replace("[site]\n", "[site]\ncolour = \"blue\"\n"),
+        expect![[r#"
+            error: invalid config site.toml: TOML parse error at line 5, column 1
+              |
+            5 | colour = "blue"
+              | ^^^^^^
+            unknown field `colour`, expected one of `name`, `listen`, `data_dir`, `max_connections`
+        "#]],
+    );
+}
+
+#[test]
+fn port_out_of_range_is_named() {
+    check(
+        |t| t.replace("127.0.0.1:7433", "127.0.0.1:70000"),
+        expect![[r#"
+            error: invalid config site.toml: TOML parse error at line 6, column 10
+              |
+            6 | listen = "127.0.0.1:70000"
+              |          ^^^^^^^^^^^^^^^^^
+            listen address "127.0.0.1:70000": port 70000 is out of range (0-65535; 0 picks a free port)
+        "#]],
+    );
+}
+
+#[test]
+fn missing_cert_file_is_named() {
+    check(
+        |t| t.replace("certs/site.crt", "certs/nope.crt"),
+        expect![[r#"
+            error: invalid config site.toml: tls.cert: file not found: certs/nope.crt
+        "#]],
+    );
+}
+
+#[test]
+fn bad_site_name_is_named() {
+    check(
+        |t| t.replace("name = \"alpha\"", "name = \"Alpha_1\""),
+        expect![[r#"
+            error: invalid config site.toml: site.name: invalid site name "Alpha_1": must be 1-63 lowercase letters, digits or inner hyphens
+        "#]],
+    );
+}
+
+#[test]
+fn missing_section_is_named() {
+    check(
+        |t| t.replace("[grants]\nroot_key = \"certs/root.key\"\n", ""),
+        expect![[r#"
+            error: invalid config site.toml: TOML parse error at line 1, column 1
+              |
+            1 | # Written by `tinyci site init`. Every key is documented in site.toml.example.
+              | ^
+            missing field `grants`
+        "#]],
+    );
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_in(dir.path(), &["site", "up", "--config", "nowhere.toml"]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: cannot read config nowhere.toml: No such file or directory"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn world_readable_key_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    assert!(run_in(dir.path(), &["site", "init"]).status.success());
+    let key = dir.path().join("certs/site.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run_in(dir.path(), &["site", "up", "--config", "site.toml"]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tls.key"), "{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+}

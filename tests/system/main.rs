@@ -1,0 +1,9 @@
+//! Whole-system tests: the real `tinyci` binary, real sites on loopback ports, real mTLS and
+//! LMDB in temporary directories.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod config_errors;
+mod site_lifecycle;

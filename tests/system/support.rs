@@ -1,0 +1,105 @@
+//! Running the real `tinyci` binary.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::Duration;
+
+/// Generous bound for a process to print an expected line. A hang guard, not a timing
+/// assertion: on a loaded machine things are slow, never this slow.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// The `tinyci` binary cargo built for these tests.
+pub(crate) fn tinyci() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tinyci"));
+    // Keep diagnostics quiet and predictable whatever the caller's environment says.
+    command.env_remove("RUST_LOG");
+    command
+}
+
+/// Runs `tinyci args…` in `dir` to completion.
+pub(crate) fn run_in(dir: &Path, args: &[&str]) -> Output {
+    tinyci().current_dir(dir).args(args).output().unwrap()
+}
+
+/// A `tinyci site up` process; killed on drop if still running.
+pub(crate) struct SiteProcess {
+    child: Child,
+    lines: Receiver<String>,
+    /// Everything it printed so far on stdout.
+    pub(crate) stdout: Vec<String>,
+}
+
+impl SiteProcess {
+    /// Starts `tinyci site up args…` in `dir`.
+    pub(crate) fn start(dir: &Path, args: &[&str]) -> Self {
+        let mut child = tinyci()
+            .current_dir(dir)
+            .arg("site")
+            .arg("up")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            stdout: Vec::new(),
+        }
+    }
+
+    /// Waits for a stdout line starting with `prefix` and returns the rest of it.
+    pub(crate) fn wait_for(&mut self, prefix: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(PATIENCE) {
+                Ok(line) => {
+                    self.stdout.push(line.clone());
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.to_owned();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no line starting with {prefix:?}; got {:#?}", self.stdout)
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().unwrap();
+                    panic!(
+                        "site exited ({status}) before printing {prefix:?}; got {:#?}",
+                        self.stdout
+                    )
+                }
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit, returning whether it exited 0 and the
+    /// rest of its stdout.
+    pub(crate) fn terminate(mut self) -> (bool, Vec<String>) {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(killed.success());
+        let status = self.child.wait().unwrap();
+        let rest: Vec<String> = self.lines.try_iter().collect();
+        (status.success(), rest)
+    }
+}
+
+impl Drop for SiteProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
