@@ -35,6 +35,11 @@ impl RootKey {
         self.0.private().to_prefixed_string()
     }
 
+    /// The key pair, for signing and verifying inside this crate.
+    pub(crate) fn key_pair(&self) -> &KeyPair {
+        &self.0
+    }
+
     /// The public key as `ed25519/<hex>`: what verifiers of this site's tokens pin.
     pub fn public_key_string(&self) -> String {
         self.0.public().to_string()
