@@ -108,10 +108,10 @@ fn init_twice_refuses_and_leaves_keys_untouched() {
     let first = run_in(dir.path(), &["site", "init", "--name", "alpha"]);
     assert!(first.status.success(), "{}", text(&first.stderr));
     let before = snapshot_files(dir.path());
-    assert_eq!(before.len(), 8, "{:?}", before.keys());
+    assert_eq!(before.len(), 9, "{:?}", before.keys());
 
     // Every private key is 0600, and the directory holding them is 0700.
-    for name in before.keys().filter(|n| n.ends_with(".key")) {
+    for name in before.keys().filter(|n| n.ends_with(".key") || n.ends_with(".token")) {
         let mode = std::fs::metadata(dir.path().join("certs").join(name))
             .unwrap()
             .permissions()

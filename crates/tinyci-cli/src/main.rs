@@ -1,7 +1,9 @@
 //! The `tinyci` command. Parses arguments, wires the libraries together, and turns their typed
 //! errors into one readable message and a documented exit code. `anyhow` lives here only.
 
+mod grant;
 mod site;
+mod util;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -44,6 +46,11 @@ enum Command {
     /// Create, run and inspect a site.
     #[command(subcommand)]
     Site(site::SiteCommand),
+    /// Mint a grant (a Biscuit token) for a partner site, runner, admin or user.
+    Grant(grant::GrantArgs),
+    /// Narrow, inspect, revoke and list tokens.
+    #[command(subcommand)]
+    Token(grant::TokenCommand),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +58,8 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format, cli.command.default_log_level());
     let result = match cli.command {
         Command::Site(command) => site::run(command),
+        Command::Grant(args) => grant::grant(args),
+        Command::Token(command) => grant::token(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,7 +78,7 @@ impl Command {
     fn default_log_level(&self) -> &'static str {
         match self {
             Command::Site(site::SiteCommand::Up(_)) => "info",
-            Command::Site(_) => "warn",
+            Command::Site(_) | Command::Grant(_) | Command::Token(_) => "warn",
         }
     }
 }
@@ -94,7 +103,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
                         | SiteError::NoAddress(_)
                 )
             )
-            || cause.downcast_ref::<site::InputError>().is_some()
+            || cause.downcast_ref::<util::InputError>().is_some()
         {
             return 3;
         }

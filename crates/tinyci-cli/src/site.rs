@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use crate::util::InputError;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -11,10 +13,7 @@ use tinyci_site::config::parse_listen;
 use tinyci_site::init::{InitOptions, identity_exists, init_site, write_default_config};
 use tinyci_site::{Site, SiteConfig, connect_admin};
 
-/// Input the user gave that cannot be used (exit code 3).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct InputError(pub(crate) String);
+use crate::util::{config_path, local_runtime};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SiteCommand {
@@ -98,11 +97,6 @@ fn init(args: InitArgs) -> Result<()> {
     println!("CA fingerprint: sha256 {}", report.ca_fingerprint);
     println!("next: tinyci site up --config {}", report.config.display());
     Ok(())
-}
-
-/// The config `site up` and `site status` use: the one given, else ./site.toml.
-fn config_path(given: Option<PathBuf>) -> PathBuf {
-    given.unwrap_or_else(|| PathBuf::from("site.toml"))
 }
 
 /// With no config anywhere, make the embedded default site in the current directory.
@@ -189,25 +183,6 @@ fn status(args: StatusArgs) -> Result<()> {
         println!("you are      {}", info.peer);
         Ok(())
     })
-}
-
-/// A current-thread runtime driving a LocalSet: capnp-rpc objects are `!Send`.
-struct LocalRuntime {
-    runtime: tokio::runtime::Runtime,
-}
-
-impl LocalRuntime {
-    fn block_on<F: std::future::Future>(self, future: F) -> F::Output {
-        tokio::task::LocalSet::new().block_on(&self.runtime, future)
-    }
-}
-
-fn local_runtime() -> Result<LocalRuntime> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("failed to start the async runtime")?;
-    Ok(LocalRuntime { runtime })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

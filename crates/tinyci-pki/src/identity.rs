@@ -65,6 +65,8 @@ pub enum Role {
     Admin,
     /// A partner site's client issued by this site (rather than by the partner's own CA).
     Partner,
+    /// A person using the CLI with a personal certificate.
+    User,
 }
 
 impl Role {
@@ -75,6 +77,7 @@ impl Role {
             Role::Runner => "runner",
             Role::Admin => "admin",
             Role::Partner => "partner",
+            Role::User => "user",
         }
     }
 }
@@ -93,9 +96,10 @@ impl FromStr for Role {
             "runner" => Ok(Role::Runner),
             "admin" => Ok(Role::Admin),
             "partner" => Ok(Role::Partner),
+            "user" => Ok(Role::User),
             other => Err(PkiError::InvalidIdentity {
                 uri: other.to_owned(),
-                reason: "role must be one of site, runner, admin, partner",
+                reason: "role must be one of site, runner, admin, partner, user",
             }),
         }
     }
@@ -122,7 +126,7 @@ impl PeerIdentity {
         }
     }
 
-    /// A named member (`runner`, `admin` or `partner`) of `site`.
+    /// A named member (`runner`, `admin`, `partner` or `user`) of `site`.
     pub fn member(site: SiteName, role: Role, name: &str) -> Result<Self, PkiError> {
         if role == Role::Site {
             return Err(PkiError::InvalidIdentity {
@@ -208,7 +212,7 @@ impl FromStr for PeerIdentity {
             .next()
             .ok_or_else(|| invalid("missing role"))?
             .parse()
-            .map_err(|_| invalid("role must be one of site, runner, admin, partner"))?;
+            .map_err(|_| invalid("role must be one of site, runner, admin, partner, user"))?;
         let name = parts.next();
         if parts.next().is_some() {
             return Err(invalid("too many path segments"));
@@ -216,7 +220,7 @@ impl FromStr for PeerIdentity {
         match (role, name) {
             (Role::Site, None) => Ok(Self::site(site)),
             (Role::Site, Some(_)) => Err(invalid("a site identity has no name part")),
-            (_, None) => Err(invalid("runner, admin and partner identities need a name")),
+            (_, None) => Err(invalid("runner, admin, partner and user identities need a name")),
             (role, Some(name)) => Self::member(site, role, name),
         }
     }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use tinyci_net::{ClientConnection, NetLimits};
 use tinyci_pki::PeerIdentity;
-use tinyci_schema::gateway;
+use tinyci_schema::{admin, gateway};
 
 use crate::{SiteConfig, SiteError, load_credentials, read_pem};
 
@@ -117,4 +117,27 @@ pub async fn connect_admin(
     let info = client.info().await?;
     debug_assert!(info.peer.parse::<PeerIdentity>().is_ok());
     Ok((client, info))
+}
+
+/// Connects as in [`connect_admin`] and redeems the admin token from `admin.token` for an
+/// `Admin` capability. Redeem and `Session.admin` travel in one flight (promise pipelining).
+pub async fn admin_capability(
+    config: &SiteConfig,
+    addr: Option<SocketAddr>,
+) -> Result<(SiteClient, admin::Client), SiteError> {
+    let (client, _) = connect_admin(config, addr).await?;
+    let token = read_pem(&config.admin_token, "admin.token", true)?;
+    let mut redeem = client.gateway.redeem_request();
+    redeem.get().set_token(token.trim());
+    let session = redeem.send().pipeline.get_session();
+    let admin = session.admin_request().send().pipeline.get_admin();
+    Ok((client, admin))
+}
+
+/// Describes an RPC failure against `client`'s address.
+pub fn rpc_error(client: &SiteClient, source: capnp::Error) -> SiteError {
+    SiteError::Rpc {
+        addr: client.addr.clone(),
+        source,
+    }
 }

@@ -44,6 +44,8 @@ pub struct SiteConfig {
     pub admin_cert: PathBuf,
     /// The admin client key the local CLI uses (mode 0600).
     pub admin_key: PathBuf,
+    /// The admin grant token the local CLI redeems for an `Admin` capability (mode 0600).
+    pub admin_token: PathBuf,
 }
 
 /// Why a configuration was refused. Every variant names the file and the key or path.
@@ -145,6 +147,7 @@ struct RawGrants {
 struct RawAdmin {
     cert: PathBuf,
     key: PathBuf,
+    token: PathBuf,
 }
 
 fn default_listen() -> ListenAddr {
@@ -255,6 +258,7 @@ impl SiteConfig {
             root_key: base.join(raw.grants.root_key),
             admin_cert: base.join(raw.admin.cert),
             admin_key: base.join(raw.admin.key),
+            admin_token: base.join(raw.admin.token),
         };
         config.check_files()?;
         Ok(config)
@@ -262,13 +266,14 @@ impl SiteConfig {
 
     /// Every file the config names must exist. (Their contents are checked when loaded.)
     fn check_files(&self) -> Result<(), ConfigError> {
-        let files: [(&'static str, &Path); 6] = [
+        let files: [(&'static str, &Path); 7] = [
             ("tls.ca_cert", &self.ca_cert),
             ("tls.cert", &self.cert),
             ("tls.key", &self.key),
             ("grants.root_key", &self.root_key),
             ("admin.cert", &self.admin_cert),
             ("admin.key", &self.admin_key),
+            ("admin.token", &self.admin_token),
         ];
         for (key, file) in files {
             if !file.is_file() {
@@ -319,6 +324,7 @@ root_key = "certs/root.key"
 [admin]
 cert = "certs/admin.crt"
 key = "certs/admin.key"
+token = "certs/admin.token"
 "#
     )
 }

@@ -3,10 +3,16 @@
 use std::rc::Rc;
 use std::time::Instant;
 
+use std::time::SystemTime;
+
+use tinyci_grant::MAX_TOKEN_BYTES;
 use tinyci_net::Peer;
 use tinyci_pki::{Fingerprint, SiteName};
 use tinyci_schema::gateway;
-use tracing::debug;
+use tracing::{debug, info, warn};
+
+use crate::grants::GrantAuthority;
+use crate::session::Session;
 
 /// Wire protocol revision reported in `SiteInfo.protocol`.
 pub const PROTOCOL: u32 = 1;
@@ -25,12 +31,17 @@ pub struct SiteFacts {
 /// A connection's gateway: knows the site's public facts and who is on the other end.
 pub(crate) struct Gateway {
     facts: Rc<SiteFacts>,
+    authority: Rc<GrantAuthority>,
     peer: Peer,
 }
 
 impl Gateway {
-    pub(crate) fn new(facts: Rc<SiteFacts>, peer: Peer) -> Self {
-        Self { facts, peer }
+    pub(crate) fn new(facts: Rc<SiteFacts>, authority: Rc<GrantAuthority>, peer: Peer) -> Self {
+        Self {
+            facts,
+            authority,
+            peer,
+        }
     }
 }
 
@@ -54,13 +65,42 @@ impl gateway::Server for Gateway {
 
     async fn redeem(
         self: Rc<Self>,
-        _: gateway::RedeemParams,
-        _: gateway::RedeemResults,
+        params: gateway::RedeemParams,
+        mut results: gateway::RedeemResults,
     ) -> Result<(), capnp::Error> {
-        debug!(peer = %self.peer.identity, "Gateway.redeem refused: grants not enabled");
-        Err(capnp::Error::unimplemented(
-            "Gateway.redeem: this site does not redeem tokens yet (grants are not enabled in this build)"
-                .to_owned(),
-        ))
+        let token = params.get()?.get_token()?;
+        // Refuse oversized tokens by length alone, before reading them as text.
+        if token.len() as usize > MAX_TOKEN_BYTES {
+            warn!(peer = %self.peer.identity, bytes = token.len(), "redeem refused: token too large");
+            return Err(capnp::Error::failed(
+                tinyci_grant::GrantError::TooLarge {
+                    len: token.len() as usize,
+                    max: MAX_TOKEN_BYTES,
+                }
+                .to_string(),
+            ));
+        }
+        let text = token
+            .to_str()
+            .map_err(|_| capnp::Error::failed("token refused: not UTF-8 text".into()))?;
+        match self
+            .authority
+            .redeem(text, &self.peer.identity, SystemTime::now())
+        {
+            Ok(redeemed) => {
+                info!(
+                    peer = %self.peer.identity,
+                    holder = %redeemed.token.grant().holder,
+                    "token redeemed"
+                );
+                let session = Session::new(self.authority.clone(), redeemed, self.peer.clone());
+                results.get().set_session(capnp_rpc::new_client(session));
+                Ok(())
+            }
+            Err(e) => {
+                warn!(peer = %self.peer.identity, error = %e, "redeem refused");
+                Err(capnp::Error::failed(e.to_string()))
+            }
+        }
     }
 }

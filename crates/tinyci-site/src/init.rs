@@ -10,13 +10,21 @@
 //! certs/site.key                            0600
 //! certs/admin.crt    tinyci://<site>/admin/admin, client auth
 //! certs/admin.key                           0600
+//! certs/admin.token  admin grant bound to admin:admin, no expiry  0600
 //! certs/root.key     Biscuit root private key 0600
 //! certs/root.pub     Biscuit root public key
+//! data/              the store, where the admin grant is recorded
 //! ```
+//!
+//! Admin access: the admin certificate proves *who* is calling; the admin token, minted here
+//! and bound to `admin:admin`, is *what* they may do. `tinyci admin …` and `tinyci token
+//! revoke|list` connect with the certificate and redeem the token for an `Admin` capability,
+//! so admin access is a grant like any other: recorded, listable and revocable.
 
 use std::path::{Path, PathBuf};
 
-use tinyci_grant::RootKey;
+use tinyci_grant::{GrantSpec, Holder, HolderKind, RootKey, Right, mint};
+use tinyci_store::{Store, StoreOptions};
 use tinyci_pki::{Fingerprint, Role, SiteCa, SiteName, write_public_file, write_secret_file};
 
 use crate::config::default_config_text;
@@ -31,13 +39,22 @@ const SITE_CERT: &str = "certs/site.crt";
 const SITE_KEY: &str = "certs/site.key";
 const ADMIN_CERT: &str = "certs/admin.crt";
 const ADMIN_KEY: &str = "certs/admin.key";
+const ADMIN_TOKEN: &str = "certs/admin.token";
 const ROOT_KEY: &str = "certs/root.key";
 const ROOT_PUB: &str = "certs/root.pub";
 const CONFIG: &str = "site.toml";
 
 /// Every file `init` writes that must never be silently replaced.
-const IDENTITY_FILES: [&str; 8] = [
-    CA_CERT, CA_KEY, SITE_CERT, SITE_KEY, ADMIN_CERT, ADMIN_KEY, ROOT_KEY, ROOT_PUB,
+const IDENTITY_FILES: [&str; 9] = [
+    CA_CERT,
+    CA_KEY,
+    SITE_CERT,
+    SITE_KEY,
+    ADMIN_CERT,
+    ADMIN_KEY,
+    ADMIN_TOKEN,
+    ROOT_KEY,
+    ROOT_PUB,
 ];
 
 /// What to initialize.
@@ -83,6 +100,12 @@ pub enum InitError {
     /// Making or writing a key or certificate failed.
     #[error(transparent)]
     Pki(#[from] tinyci_pki::PkiError),
+    /// Minting the admin grant failed.
+    #[error("failed to mint the admin grant: {0}")]
+    Grant(#[from] tinyci_grant::GrantError),
+    /// Recording the admin grant failed.
+    #[error("failed to record the admin grant: {0}")]
+    Store(#[from] tinyci_store::StoreError),
     /// Creating a directory or writing site.toml failed.
     #[error("failed to write {path}: {source}")]
     Io {
@@ -127,6 +150,16 @@ pub fn init_site(options: &InitOptions) -> Result<InitReport, InitError> {
     let site = ca.issue_site_cert(&hosts)?;
     let admin = ca.issue_member_cert(Role::Admin, INITIAL_ADMIN)?;
     let root = RootKey::generate();
+    let admin_grant = GrantSpec {
+        site: options.name.to_string(),
+        holder: Holder::new(HolderKind::Admin, INITIAL_ADMIN)?,
+        rights: [Right::Admin].into(),
+        repos: Default::default(),
+        queues: Default::default(),
+        // Bound to the admin certificate, so a copied token alone is useless; revocable.
+        expires_at: None,
+    };
+    let (admin_token, admin_grant) = mint(&root, &admin_grant)?;
 
     let mut files = Vec::new();
     let mut public = |rel: &str, text: &str| -> Result<(), InitError> {
@@ -149,6 +182,16 @@ pub fn init_site(options: &InitOptions) -> Result<InitReport, InitError> {
     secret(SITE_KEY, &site.key_pem)?;
     secret(ADMIN_KEY, &admin.key_pem)?;
     secret(ROOT_KEY, &format!("{}\n", root.to_secret_string()))?;
+    secret(ADMIN_TOKEN, &format!("{admin_token}\n"))?;
+
+    let store = Store::open(
+        &dir.join("data"),
+        StoreOptions {
+            exclusive: false,
+            ..StoreOptions::default()
+        },
+    )?;
+    crate::grants::record_issued(&store, &admin_grant, "site init")?;
 
     let config = dir.join(CONFIG);
     let wrote_config = !config.exists();

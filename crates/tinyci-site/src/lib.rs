@@ -6,10 +6,15 @@
 //! (those are `tinyci-schema`, `tinyci-pki`/`tinyci-grant` and `tinyci-store`). It must not
 //! know `anyhow` or `clap`: the CLI turns its typed errors into messages and exit codes.
 
+mod caps;
 mod client;
 pub mod config;
 mod gateway;
+mod grants;
 pub mod init;
+mod membrane;
+mod rpc;
+mod session;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,7 +29,8 @@ use tinyci_schema::gateway as gateway_capnp;
 use tinyci_store::{Store, StoreOptions};
 use tracing::info;
 
-pub use client::{SiteClient, connect_admin};
+pub use client::{SiteClient, SiteInfo, admin_capability, connect_admin, rpc_error};
+pub use grants::record_issued;
 pub use config::{ConfigError, SiteConfig};
 pub use gateway::{PROTOCOL, SiteFacts};
 
@@ -90,6 +96,7 @@ pub struct Site {
     store: Store,
     tls: Arc<tinyci_net::ServerConfig>,
     ca_fingerprint: Fingerprint,
+    authority: Rc<grants::GrantAuthority>,
 }
 
 impl Site {
@@ -126,14 +133,7 @@ impl Site {
                 source,
             }
         })?;
-        // Loaded now so a bad key fails at start rather than at the first grant.
-        let root_text = read_pem(&config.root_key, "grants.root_key", true)?;
-        tinyci_grant::RootKey::from_secret_str(&root_text).map_err(|source| {
-            SiteError::RootKey {
-                path: config.root_key.clone(),
-                source,
-            }
-        })?;
+        let root = load_root_key(&config)?;
         let store = Store::open(
             &config.data_dir,
             StoreOptions {
@@ -141,10 +141,16 @@ impl Site {
                 ..StoreOptions::default()
             },
         )?;
+        let authority = Rc::new(grants::GrantAuthority::load(
+            config.name.clone(),
+            root,
+            store.clone(),
+        )?);
         Ok(Self {
             store,
             tls,
             ca_fingerprint: tinyci_pki::Fingerprint::of_der(&ca_der),
+            authority,
             config,
         })
     }
@@ -192,11 +198,13 @@ impl Site {
         });
         let addr = listener.local_addr().ok();
         info!(site = %facts.name, ?addr, "serving");
+        let authority = self.authority.clone();
         tinyci_net::serve(
             listener,
             move |peer| {
                 capnp_rpc::new_client::<gateway_capnp::Client, _>(gateway::Gateway::new(
                     facts.clone(),
+                    authority.clone(),
                     peer.clone(),
                 ))
                 .client
@@ -208,6 +216,27 @@ impl Site {
         drop(self.store);
         stats
     }
+}
+
+/// Loads the Biscuit root key named by `grants.root_key` (must be mode 0600).
+pub fn load_root_key(config: &SiteConfig) -> Result<tinyci_grant::RootKey, SiteError> {
+    let text = read_pem(&config.root_key, "grants.root_key", true)?;
+    tinyci_grant::RootKey::from_secret_str(&text).map_err(|source| SiteError::RootKey {
+        path: config.root_key.clone(),
+        source,
+    })
+}
+
+/// Opens the store beside a possibly running site, for offline tools (`tinyci grant`).
+pub fn open_store_for_tool(config: &SiteConfig) -> Result<Store, SiteError> {
+    Ok(Store::open(
+        &config.data_dir,
+        StoreOptions {
+            map_size: usize::try_from(config.map_size_mib * 1024 * 1024).unwrap_or(usize::MAX),
+            exclusive: false,
+            ..StoreOptions::default()
+        },
+    )?)
 }
 
 fn read_pem(path: &std::path::Path, key: &'static str, secret: bool) -> Result<String, SiteError> {

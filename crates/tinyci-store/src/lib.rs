@@ -15,6 +15,7 @@
 #![deny(unsafe_code)]
 
 mod error;
+pub mod records;
 mod store;
 pub mod tables;
 mod txn;

@@ -34,6 +34,10 @@ pub struct StoreOptions {
     /// Maximum number of tables (LMDB named databases); room for the tables later versions
     /// add. Default 32.
     pub max_dbs: u32,
+    /// Take the directory's exclusive lock (a site does). Offline tools that write beside a
+    /// running site (`tinyci grant` recording what it minted) open without it: LMDB itself
+    /// serializes writers across processes; the lock only keeps two *sites* off one store.
+    pub exclusive: bool,
 }
 
 impl Default for StoreOptions {
@@ -41,6 +45,7 @@ impl Default for StoreOptions {
         Self {
             map_size: 4 * 1024 * MIB,
             max_dbs: 32,
+            exclusive: true,
         }
     }
 }
@@ -65,8 +70,9 @@ pub(crate) struct Inner {
     pub(crate) path: PathBuf,
     /// The configured map size, for [`StoreError::MapFull`].
     pub(crate) map_size: usize,
-    /// `<data dir>/LOCK`, exclusively locked for the life of the store.
-    _lock: File,
+    /// `<data dir>/LOCK`, exclusively locked for the life of the store (`None` for a tool
+    /// opened with `exclusive: false`).
+    _lock: Option<File>,
 }
 
 impl fmt::Debug for Store {
@@ -90,7 +96,11 @@ impl Store {
     /// modify the files in it while a store is open.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         create_dir(dir)?;
-        let lock = lock(&dir.join(LOCK_FILE))?;
+        let lock = if options.exclusive {
+            Some(lock(&dir.join(LOCK_FILE))?)
+        } else {
+            None
+        };
         if ALL.len() > options.max_dbs as usize {
             return Err(StoreError::TooManyTables {
                 path: dir.to_owned(),
@@ -104,15 +114,16 @@ impl Store {
             .map_size(options.map_size)
             .max_dbs(options.max_dbs);
         // SAFETY: `open` is unsafe because LMDB memory-maps `data.mdb`: modifying the file
-        // other than through this environment while it is mapped is undefined behaviour. We
-        // rule out every such writer of ours: we hold an exclusive lock on `dir/LOCK` (taken
-        // just above and kept until after the environment closes, see `Inner`'s field order),
-        // so no other tinyci store, in this process or another, opens this directory; heed
-        // itself refuses to open one canonical path twice in a process
-        // (`Error::EnvAlreadyOpened`); and we set no unsafe flags (`NO_LOCK`, `NO_SYNC`, ...),
-        // so LMDB's own locking stays in force. What remains is outside our control and
-        // documented for operators: the data directory must be on a local filesystem and not
-        // be edited by other programs while tinyci runs.
+        // other than through an LMDB environment while it is mapped is undefined behaviour.
+        // Every writer of ours goes through LMDB: other tinyci processes (a tool opened with
+        // `exclusive: false` beside a running site) use their own environments, which LMDB
+        // coordinates through its lock file; heed refuses to open one canonical path twice in
+        // a process (`Error::EnvAlreadyOpened`); and we set no unsafe flags (`NO_LOCK`,
+        // `NO_SYNC`, ...), so LMDB's own locking stays in force. Our exclusive `dir/LOCK` (held
+        // until after the environment closes, see `Inner`'s field order) additionally keeps a
+        // second *site* off the store. What remains is outside our control and documented for
+        // operators: the data directory must be on a local filesystem and not be edited by
+        // other programs while tinyci runs.
         #[expect(
             unsafe_code,
             reason = "heed::EnvOpenOptions::open is unsafe; see SAFETY"

@@ -211,6 +211,14 @@ tables! {
     /// Store metadata, keyed by name. `schema_version` (a big-endian `u32`) belongs to
     /// [`Store::open`](crate::Store::open): nothing else writes it.
     pub const META: Table<Str, Bytes> = "meta";
+
+    /// Grants this site minted, keyed by the authority block's revocation id (hex). Never the
+    /// token itself: a record says what was granted, to whom, by whom and when.
+    pub const GRANTS: Table<Str, Record<crate::records::IssuedGrant>> = "grants";
+
+    /// Revoked token blocks, keyed by revocation id (hex). Loaded at start; a token any of
+    /// whose blocks is listed here is refused.
+    pub const REVOKED: Table<Str, Record<crate::records::Revocation>> = "revoked";
 }
 
 #[cfg(test)]

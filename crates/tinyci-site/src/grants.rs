@@ -1,0 +1,233 @@
+//! The site's side of grants: redeeming tokens for connections (the only place tokens are
+//! checked), revoking them durably, and recording what was minted.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tinyci_grant::{GrantError, RootKey, VerifiedToken};
+use tinyci_pki::{PeerIdentity, Role, SiteName};
+use tinyci_store::records::{IssuedGrant, Revocation};
+use tinyci_store::tables::{GRANTS, REVOKED};
+use tinyci_store::{Store, StoreError};
+
+use crate::membrane::{LiveSessions, Liveness};
+
+/// A revocation id: 64 bytes of signature, as 128 lowercase hex digits.
+pub(crate) fn is_revocation_id(text: &str) -> bool {
+    text.len() == 128 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The holder names a connection's certificate identity answers to. A partner site's members
+/// (certificates from its pinned CA, or `partner/<name>` certificates we issued) all act as
+/// `site:<partner>`; our own members act as themselves.
+pub(crate) fn holder_names(peer: &PeerIdentity, this_site: &SiteName) -> Vec<String> {
+    if peer.site_name() != this_site {
+        return vec![format!("site:{}", peer.site_name())];
+    }
+    let name = peer.name().unwrap_or_default();
+    match peer.role() {
+        Role::Site => vec![format!("site:{this_site}")],
+        Role::Partner => vec![format!("site:{name}")],
+        Role::Runner => vec![format!("runner:{name}")],
+        Role::Admin => vec![format!("admin:{name}")],
+        Role::User => vec![format!("user:{name}")],
+    }
+}
+
+/// A token redeemed for one connection.
+pub(crate) struct Redeemed {
+    pub(crate) token: VerifiedToken,
+    pub(crate) liveness: Rc<Liveness>,
+    pub(crate) peer_names: Vec<String>,
+}
+
+/// Everything the gateway needs to redeem and revoke tokens. One per site, shared by every
+/// connection (single-threaded: it lives on the site's LocalSet).
+pub(crate) struct GrantAuthority {
+    site: SiteName,
+    root: RootKey,
+    store: Store,
+    /// Revoked ids, loaded from the store at start and kept in step with it.
+    revoked: RefCell<HashSet<String>>,
+    live: LiveSessions,
+}
+
+impl std::fmt::Debug for GrantAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrantAuthority")
+            .field("site", &self.site)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrantAuthority {
+    /// Loads the revoked ids from the store.
+    pub(crate) fn load(site: SiteName, root: RootKey, store: Store) -> Result<Self, StoreError> {
+        let revoked = store.read(|txn| {
+            txn.iter_range(REVOKED, &..)?
+                .map(|entry| entry.map(|(id, _)| id.to_owned()))
+                .collect::<Result<HashSet<String>, _>>()
+        })?;
+        Ok(Self {
+            site,
+            root,
+            store,
+            revoked: RefCell::new(revoked),
+            live: LiveSessions::default(),
+        })
+    }
+
+    pub(crate) fn site(&self) -> &SiteName {
+        &self.site
+    }
+
+    /// Checks a token for a connection: size, signature, revocation, holder binding and
+    /// expiry. Rights and scopes are checked later, when the session hands out a capability.
+    pub(crate) fn redeem(
+        &self,
+        text: &str,
+        peer: &PeerIdentity,
+        now: SystemTime,
+    ) -> Result<Redeemed, GrantError> {
+        let token = tinyci_grant::verify(text, &self.root)?;
+        let grant = token.grant();
+        if let Some(id) = grant
+            .revocation_ids
+            .iter()
+            .find(|id| self.revoked.borrow().contains(*id))
+        {
+            return Err(GrantError::Revoked {
+                id: crate::membrane::short_id(id).to_owned(),
+            });
+        }
+        if grant.site != self.site.as_str() {
+            return Err(GrantError::Denied {
+                operation: "redeem".into(),
+                reason: format!("the token was issued for site {}", grant.site),
+            });
+        }
+        let peer_names = holder_names(peer, &self.site);
+        if !peer_names.contains(&grant.holder.to_string()) {
+            return Err(GrantError::WrongHolder {
+                holder: grant.holder.to_string(),
+            });
+        }
+        if let Some(at) = grant.expires_at
+            && at <= now
+        {
+            return Err(GrantError::Expired {
+                at: tinyci_grant::format_time(at),
+            });
+        }
+        let liveness = Liveness::new(grant.expires_at);
+        self.live.register(&grant.revocation_ids, &liveness);
+        Ok(Redeemed {
+            token,
+            liveness,
+            peer_names,
+        })
+    }
+
+    /// Revokes a whole token (its last block, so the token and everything attenuated from it
+    /// die, but not the token it was attenuated from) or one revocation id. Durable before
+    /// live sessions are cut; returns the ids revoked and how many live sessions died.
+    pub(crate) async fn revoke(
+        self: &Rc<Self>,
+        token_or_id: &str,
+        by: &PeerIdentity,
+    ) -> Result<(Vec<String>, usize), RevokeError> {
+        let text = token_or_id.trim();
+        let id = if is_revocation_id(text) {
+            text.to_ascii_lowercase()
+        } else {
+            let token = tinyci_grant::verify(text, &self.root).map_err(RevokeError::Token)?;
+            token
+                .grant()
+                .revocation_ids
+                .last()
+                .cloned()
+                .ok_or(RevokeError::NotFound)?
+        };
+        let record = Revocation {
+            revoked_at: unix_now(),
+            revoked_by: by.to_string(),
+        };
+        let store = self.store.clone();
+        let key = id.clone();
+        tokio::task::spawn_blocking(move || {
+            store.write(|txn| txn.put(REVOKED, key.as_str(), &record))
+        })
+        .await
+        .map_err(|e| RevokeError::Store(e.to_string()))?
+        .map_err(|e| RevokeError::Store(e.to_string()))?;
+        self.revoked.borrow_mut().insert(id.clone());
+        let killed = self.live.revoke(&id);
+        Ok((vec![id], killed))
+    }
+
+    /// Every recorded grant, with whether any of its ids was revoked.
+    pub(crate) async fn issued(&self) -> Result<Vec<(IssuedGrant, bool)>, StoreError> {
+        let store = self.store.clone();
+        let grants = tokio::task::spawn_blocking(move || {
+            store.read(|txn| {
+                txn.iter_range(GRANTS, &..)?
+                    .map(|entry| entry.map(|(_, grant)| grant))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Aborted {
+            reason: e.to_string().into(),
+        })??;
+        let revoked = self.revoked.borrow();
+        Ok(grants
+            .into_iter()
+            .map(|g| {
+                let dead = g.revocation_ids.iter().any(|id| revoked.contains(id));
+                (g, dead)
+            })
+            .collect())
+    }
+}
+
+/// Why a revocation failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RevokeError {
+    #[error("cannot revoke: {0}")]
+    Token(GrantError),
+    #[error("cannot revoke: the token has no blocks")]
+    NotFound,
+    #[error("cannot revoke: failed to record the revocation: {0}")]
+    Store(String),
+}
+
+/// Records a minted grant in `store` (offline minting and `site init`).
+pub fn record_issued(
+    store: &Store,
+    grant: &tinyci_grant::Grant,
+    issued_by: &str,
+) -> Result<(), StoreError> {
+    let key = grant.revocation_ids.first().cloned().unwrap_or_default();
+    let record = IssuedGrant {
+        holder: grant.holder.to_string(),
+        rights: grant.rights.iter().map(|r| r.to_string()).collect(),
+        repos: grant.repos.iter().cloned().collect(),
+        queues: grant.queues.iter().cloned().collect(),
+        expires_at: grant
+            .expires_at
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs()),
+        revocation_ids: grant.revocation_ids.clone(),
+        issued_by: issued_by.to_owned(),
+        issued_at: unix_now(),
+    };
+    store.write(|txn| txn.put(GRANTS, key.as_str(), &record))
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,172 @@
+//! `Session`: what a redeemed token became. Each method authorizes one right on one scope
+//! (once, when the capability is made) and returns a capability bound to exactly that scope
+//! and to the session's [`Liveness`].
+
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tinyci_grant::vocab::{validate_queue, validate_repo};
+use tinyci_grant::{Context, Grant, Operation, Right};
+use tinyci_net::Peer;
+use tinyci_schema::{grant_info, session};
+use tracing::{debug, info};
+
+use crate::caps::{AdminCap, LogReaderCap, SubmitterCap, WorkerCap};
+use crate::grants::{GrantAuthority, Redeemed};
+use crate::rpc::read_text;
+
+pub(crate) struct Session {
+    authority: Rc<GrantAuthority>,
+    redeemed: Redeemed,
+    peer: Peer,
+}
+
+impl Session {
+    pub(crate) fn new(authority: Rc<GrantAuthority>, redeemed: Redeemed, peer: Peer) -> Self {
+        Self {
+            authority,
+            redeemed,
+            peer,
+        }
+    }
+
+    /// Authorizes `right` on `resource` for this session's peer, now. The only token check
+    /// after redemption, made once per capability handed out, never per call on it.
+    fn authorize(&self, right: Right, resource: &str) -> Result<(), capnp::Error> {
+        self.redeemed.liveness.check()?;
+        let ctx = Context {
+            this_site: self.authority.site().as_str(),
+            peer: &self.redeemed.peer_names,
+            now: SystemTime::now(),
+        };
+        let op = Operation::new(right, resource);
+        match self.redeemed.token.authorize(&op, &ctx) {
+            Ok(()) => {
+                debug!(peer = %self.peer.identity, %op, "session granted capability");
+                Ok(())
+            }
+            Err(e) => {
+                info!(peer = %self.peer.identity, %op, error = %e, "session denied capability");
+                Err(capnp::Error::failed(e.to_string()))
+            }
+        }
+    }
+}
+
+impl session::Server for Session {
+    async fn grant(
+        self: Rc<Self>,
+        _: session::GrantParams,
+        mut results: session::GrantResults,
+    ) -> Result<(), capnp::Error> {
+        self.redeemed.liveness.check()?;
+        fill_grant_info(results.get().init_grant(), self.redeemed.token.grant());
+        Ok(())
+    }
+
+    async fn submitter(
+        self: Rc<Self>,
+        params: session::SubmitterParams,
+        mut results: session::SubmitterResults,
+    ) -> Result<(), capnp::Error> {
+        let repo = read_text(params.get()?.get_repo(), "repo")?;
+        validate_repo(&repo).map_err(|e| capnp::Error::failed(e.to_string()))?;
+        self.authorize(Right::QueueSubmit, &repo)?;
+        let cap = SubmitterCap::new(repo, self.redeemed.liveness.clone());
+        results.get().set_submitter(capnp_rpc::new_client(cap));
+        Ok(())
+    }
+
+    async fn worker(
+        self: Rc<Self>,
+        params: session::WorkerParams,
+        mut results: session::WorkerResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let queue = read_text(params.get_queue(), "queue")?;
+        validate_queue(&queue).map_err(|e| capnp::Error::failed(e.to_string()))?;
+        if queue == "*" {
+            return Err(capnp::Error::failed(
+                "a worker takes from one named queue, not '*'".into(),
+            ));
+        }
+        let runner = read_text(params.get_runner()?.get_name(), "runner.name")?;
+        // A runner of this site may only speak for itself.
+        if let (tinyci_pki::Role::Runner, Some(own)) =
+            (self.peer.identity.role(), self.peer.identity.name())
+            && runner != own
+        {
+            return Err(capnp::Error::failed(format!(
+                "runner name {runner:?} does not match this connection's certificate ({})",
+                self.peer.identity
+            )));
+        }
+        self.authorize(Right::QueueTake, &queue)?;
+        let cap = WorkerCap::new(queue, runner, self.redeemed.liveness.clone());
+        results.get().set_worker(capnp_rpc::new_client(cap));
+        Ok(())
+    }
+
+    async fn logs(
+        self: Rc<Self>,
+        params: session::LogsParams,
+        mut results: session::LogsResults,
+    ) -> Result<(), capnp::Error> {
+        let repo = read_text(params.get()?.get_scope()?.get_repo(), "scope.repo")?;
+        validate_repo(&repo).map_err(|e| capnp::Error::failed(e.to_string()))?;
+        self.authorize(Right::LogsRead, &repo)?;
+        let cap = LogReaderCap::new(repo, self.redeemed.liveness.clone());
+        results.get().set_reader(capnp_rpc::new_client(cap));
+        Ok(())
+    }
+
+    async fn admin(
+        self: Rc<Self>,
+        _: session::AdminParams,
+        mut results: session::AdminResults,
+    ) -> Result<(), capnp::Error> {
+        self.authorize(Right::Admin, self.authority.site().as_str())?;
+        let cap = AdminCap::new(
+            self.authority.clone(),
+            self.peer.identity.clone(),
+            self.redeemed.liveness.clone(),
+        );
+        results.get().set_admin(capnp_rpc::new_client(cap));
+        Ok(())
+    }
+}
+
+/// Writes a grant's description (never the token) into `info`.
+pub(crate) fn fill_grant_info(mut info: grant_info::Builder<'_>, grant: &Grant) {
+    info.set_holder(grant.holder.to_string());
+    let mut rights = info.reborrow().init_rights(len(grant.rights.len()));
+    for (i, right) in grant.rights.iter().enumerate() {
+        rights.set(len(i), right.as_str());
+    }
+    let mut repos = info.reborrow().init_repos(len(grant.repos.len()));
+    for (i, repo) in grant.repos.iter().enumerate() {
+        repos.set(len(i), repo.as_str());
+    }
+    let mut queues = info.reborrow().init_queues(len(grant.queues.len()));
+    for (i, queue) in grant.queues.iter().enumerate() {
+        queues.set(len(i), queue.as_str());
+    }
+    info.set_expires_at(grant.expires_at.map_or(0, epoch_millis));
+    let mut ids = info
+        .reborrow()
+        .init_revocation_ids(len(grant.revocation_ids.len()));
+    for (i, id) in grant.revocation_ids.iter().enumerate() {
+        ids.set(len(i), id.as_str());
+    }
+    info.set_summary(grant.summary());
+}
+
+/// A list length or index as capnp wants it. Grants are tiny; saturate rather than wrap.
+pub(crate) fn len(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+pub(crate) fn epoch_millis(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
