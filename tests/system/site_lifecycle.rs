@@ -111,7 +111,10 @@ fn init_twice_refuses_and_leaves_keys_untouched() {
     assert_eq!(before.len(), 9, "{:?}", before.keys());
 
     // Every private key is 0600, and the directory holding them is 0700.
-    for name in before.keys().filter(|n| n.ends_with(".key") || n.ends_with(".token")) {
+    for name in before
+        .keys()
+        .filter(|n| n.ends_with(".key") || n.ends_with(".token"))
+    {
         let mode = std::fs::metadata(dir.path().join("certs").join(name))
             .unwrap()
             .permissions()

@@ -9,9 +9,7 @@ use clap::{Args, Subcommand};
 use tinyci_grant::{Attenuation, GrantSpec, Holder, Right, UnverifiedToken, format_time, mint};
 use tinyci_site::{SiteConfig, admin_capability, load_root_key, open_store_for_tool, rpc_error};
 
-use crate::util::{
-    InputError, config_path, emit_token, local_runtime, parse_ttl, read_token_arg,
-};
+use crate::util::{InputError, config_path, emit_token, local_runtime, parse_ttl, read_token_arg};
 
 /// Mint a grant: a Biscuit token naming exactly what its holder may do at this site.
 ///
@@ -230,7 +228,15 @@ fn list(args: ListArgs) -> Result<()> {
             .collect::<capnp::Result<Vec<_>>>()
             .map_err(|e| rpc_error(&client, e))?;
         print_table(
-            &["REVOCATION ID", "HOLDER", "RIGHTS", "SCOPE", "EXPIRES", "STATUS", "ISSUED BY"],
+            &[
+                "REVOCATION ID",
+                "HOLDER",
+                "RIGHTS",
+                "SCOPE",
+                "EXPIRES",
+                "STATUS",
+                "ISSUED BY",
+            ],
             &rows,
         );
         Ok(())
@@ -273,7 +279,11 @@ fn grant_row(g: tinyci_schema::issued_grant::Reader<'_>) -> capnp::Result<Vec<St
         id,
         info.get_holder()?.to_string()?,
         list(info.get_rights()?)?.join(","),
-        if scope.is_empty() { "-".into() } else { scope.join(", ") },
+        if scope.is_empty() {
+            "-".into()
+        } else {
+            scope.join(", ")
+        },
         expires,
         status.to_owned(),
         g.get_issued_by()?.to_string()?,

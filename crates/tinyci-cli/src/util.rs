@@ -64,8 +64,14 @@ pub(crate) fn read_token_arg(arg: &str) -> Result<String> {
 
 /// `90s`, `30m`, `12h`, `7d`, `2w`.
 pub(crate) fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("invalid duration {text:?}: expected a number and a unit (s, m, h, d, w), e.g. 7d or 12h");
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
+    let invalid = || {
+        format!(
+            "invalid duration {text:?}: expected a number and a unit (s, m, h, d, w), e.g. 7d or 12h"
+        )
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().map_err(|_| invalid())?;
     let unit_secs = match unit {

@@ -220,7 +220,9 @@ impl FromStr for PeerIdentity {
         match (role, name) {
             (Role::Site, None) => Ok(Self::site(site)),
             (Role::Site, Some(_)) => Err(invalid("a site identity has no name part")),
-            (_, None) => Err(invalid("runner, admin, partner and user identities need a name")),
+            (_, None) => Err(invalid(
+                "runner, admin, partner and user identities need a name",
+            )),
             (role, Some(name)) => Self::member(site, role, name),
         }
     }

@@ -182,12 +182,23 @@ impl admin::Server for AdminCap {
             entry.set_revoked(*revoked);
             let mut grant = entry.init_grant();
             grant.set_holder(&record.holder);
-            set_list(grant.reborrow().init_rights(len(record.rights.len())), &record.rights);
-            set_list(grant.reborrow().init_repos(len(record.repos.len())), &record.repos);
-            set_list(grant.reborrow().init_queues(len(record.queues.len())), &record.queues);
+            set_list(
+                grant.reborrow().init_rights(len(record.rights.len())),
+                &record.rights,
+            );
+            set_list(
+                grant.reborrow().init_repos(len(record.repos.len())),
+                &record.repos,
+            );
+            set_list(
+                grant.reborrow().init_queues(len(record.queues.len())),
+                &record.queues,
+            );
             grant.set_expires_at(record.expires_at.map_or(0, secs_to_millis));
             set_list(
-                grant.reborrow().init_revocation_ids(len(record.revocation_ids.len())),
+                grant
+                    .reborrow()
+                    .init_revocation_ids(len(record.revocation_ids.len())),
                 &record.revocation_ids,
             );
         }
@@ -206,7 +217,7 @@ impl admin::Server for AdminCap {
             .revoke(&target, &self.peer)
             .await
             .map_err(|e| capnp::Error::failed(e.to_string()))?;
-        info!(by = %self.peer, ids = ?ids, live_sessions_cut = killed, "revoked");
+        info!(ids = ?ids, live_sessions_cut = killed, "revoked");
         set_list(results.get().init_revoked_ids(len(ids.len())), &ids);
         Ok(())
     }

@@ -51,7 +51,7 @@ impl gateway::Server for Gateway {
         _: gateway::InfoParams,
         mut results: gateway::InfoResults,
     ) -> Result<(), capnp::Error> {
-        debug!(peer = %self.peer.identity, "Gateway.info");
+        debug!("Gateway.info");
         let mut info = results.get().init_info();
         info.set_site_id(self.facts.name.as_str());
         info.set_version(env!("CARGO_PKG_VERSION"));
@@ -70,11 +70,11 @@ impl gateway::Server for Gateway {
     ) -> Result<(), capnp::Error> {
         let token = params.get()?.get_token()?;
         // Refuse oversized tokens by length alone, before reading them as text.
-        if token.len() as usize > MAX_TOKEN_BYTES {
-            warn!(peer = %self.peer.identity, bytes = token.len(), "redeem refused: token too large");
+        if token.len() > MAX_TOKEN_BYTES {
+            warn!(bytes = token.len(), "redeem refused: token too large");
             return Err(capnp::Error::failed(
                 tinyci_grant::GrantError::TooLarge {
-                    len: token.len() as usize,
+                    len: token.len(),
                     max: MAX_TOKEN_BYTES,
                 }
                 .to_string(),
@@ -88,17 +88,13 @@ impl gateway::Server for Gateway {
             .redeem(text, &self.peer.identity, SystemTime::now())
         {
             Ok(redeemed) => {
-                info!(
-                    peer = %self.peer.identity,
-                    holder = %redeemed.token.grant().holder,
-                    "token redeemed"
-                );
+                info!(holder = %redeemed.token.grant().holder, "token redeemed");
                 let session = Session::new(self.authority.clone(), redeemed, self.peer.clone());
                 results.get().set_session(capnp_rpc::new_client(session));
                 Ok(())
             }
             Err(e) => {
-                warn!(peer = %self.peer.identity, error = %e, "redeem refused");
+                warn!(error = %e, "redeem refused");
                 Err(capnp::Error::failed(e.to_string()))
             }
         }

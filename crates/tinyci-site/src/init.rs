@@ -23,9 +23,9 @@
 
 use std::path::{Path, PathBuf};
 
-use tinyci_grant::{GrantSpec, Holder, HolderKind, RootKey, Right, mint};
-use tinyci_store::{Store, StoreOptions};
+use tinyci_grant::{GrantSpec, Holder, HolderKind, Right, RootKey, mint};
 use tinyci_pki::{Fingerprint, Role, SiteCa, SiteName, write_public_file, write_secret_file};
+use tinyci_store::{Store, StoreOptions};
 
 use crate::config::default_config_text;
 

@@ -30,9 +30,9 @@ use tinyci_store::{Store, StoreOptions};
 use tracing::info;
 
 pub use client::{SiteClient, SiteInfo, admin_capability, connect_admin, rpc_error};
-pub use grants::record_issued;
 pub use config::{ConfigError, SiteConfig};
 pub use gateway::{PROTOCOL, SiteFacts};
+pub use grants::record_issued;
 
 /// Why a site could not start or be reached.
 #[derive(Debug, thiserror::Error)]

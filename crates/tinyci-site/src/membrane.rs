@@ -81,7 +81,9 @@ impl Liveness {
             () = expiry => {}
         }
         // The clock can be a hair behind the timer; report expiry as of the deadline.
-        let at = self.expires_at.map_or_else(SystemTime::now, |at| at.max(SystemTime::now()));
+        let at = self
+            .expires_at
+            .map_or_else(SystemTime::now, |at| at.max(SystemTime::now()));
         capnp::Error::failed(
             self.why_dead(at)
                 .unwrap_or_else(|| "capability is no longer valid".into()),
@@ -89,7 +91,9 @@ impl Liveness {
     }
 
     fn revoke(&self, id: &str) {
-        self.revoked.borrow_mut().get_or_insert_with(|| id.to_owned());
+        self.revoked
+            .borrow_mut()
+            .get_or_insert_with(|| id.to_owned());
         self.revoked_signal.send_replace(true);
     }
 }

@@ -42,11 +42,11 @@ impl Session {
         let op = Operation::new(right, resource);
         match self.redeemed.token.authorize(&op, &ctx) {
             Ok(()) => {
-                debug!(peer = %self.peer.identity, %op, "session granted capability");
+                debug!(%op, "session granted capability");
                 Ok(())
             }
             Err(e) => {
-                info!(peer = %self.peer.identity, %op, error = %e, "session denied capability");
+                info!(%op, error = %e, "session denied capability");
                 Err(capnp::Error::failed(e.to_string()))
             }
         }

@@ -1,0 +1,7 @@
+//! A real site in-process: real mTLS on 127.0.0.1:0, real LMDB in a temp dir, clients with
+//! certificates from the site's CA, tokens minted with the site's root key.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod grants;
+mod support;

@@ -1,0 +1,185 @@
+//! Starting and stopping a site, connecting as anyone, minting tokens.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use tinyci_grant::{GrantSpec, RootKey};
+use tinyci_net::{ClientConnection, NetLimits};
+use tinyci_pki::{Credentials, Role, SiteCa, SiteName};
+use tinyci_schema::gateway;
+use tinyci_site::init::{InitOptions, init_site};
+use tinyci_site::{Site, SiteConfig};
+use tokio::sync::oneshot;
+
+/// Runs `f` on a current-thread runtime inside a LocalSet.
+pub(crate) fn local<F: std::future::Future>(f: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&runtime, f)
+}
+
+/// A site named `alpha` in a temp dir.
+pub(crate) struct TestSite {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: SiteConfig,
+    pub(crate) ca: SiteCa,
+    pub(crate) root: RootKey,
+    running: Option<Running>,
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl TestSite {
+    pub(crate) async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        init_site(&InitOptions {
+            dir: dir.path().to_owned(),
+            name: SiteName::new("alpha").unwrap(),
+            force: false,
+            hosts: Vec::new(),
+        })
+        .unwrap();
+        let config = SiteConfig::load(&dir.path().join("site.toml")).unwrap();
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+        let ca = SiteCa::from_pem(
+            &read(&dir.path().join("certs/ca.crt")),
+            &read(&dir.path().join("certs/ca.key")),
+        )
+        .unwrap();
+        let root = tinyci_site::load_root_key(&config).unwrap();
+        let mut site = Self {
+            dir,
+            config,
+            ca,
+            root,
+            running: None,
+        };
+        site.up().await;
+        site
+    }
+
+    /// Opens the store and serves (again, after [`TestSite::down`]).
+    pub(crate) async fn up(&mut self) {
+        let site = Site::open(self.config.clone()).unwrap();
+        let listener = site
+            .bind(Some("127.0.0.1:0".parse().unwrap()))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::task::spawn_local(async move {
+            site.run(listener, async move {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        self.running = Some(Running { addr, stop, done });
+    }
+
+    /// Stops serving and closes the store, as a site shutdown does.
+    pub(crate) async fn down(&mut self) {
+        let running = self.running.take().unwrap();
+        running.stop.send(()).unwrap();
+        running.done.await.unwrap();
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.running.as_ref().unwrap().addr
+    }
+
+    /// Connects with a fresh certificate for `role`/`name` of this site (`Role::Site` for the
+    /// site's own identity).
+    pub(crate) async fn connect(
+        &self,
+        role: Role,
+        name: &str,
+    ) -> (gateway::Client, ClientConnection) {
+        let leaf = if role == Role::Site {
+            self.ca.issue_site_cert(&[]).unwrap()
+        } else {
+            self.ca.issue_member_cert(role, name).unwrap()
+        };
+        let creds = Credentials::from_pem(&leaf.cert_pem, &leaf.key_pem).unwrap();
+        let tls = tinyci_pki::tls::client_config(
+            &creds,
+            self.ca.cert_pem(),
+            SiteName::new("alpha").unwrap(),
+        )
+        .unwrap();
+        tinyci_net::dial(
+            &self.addr().to_string(),
+            tls,
+            &SiteName::new("alpha").unwrap(),
+            &NetLimits::default(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Mints a token with this site's root key.
+    pub(crate) fn mint(
+        &self,
+        holder: &str,
+        rights: &[&str],
+        repos: &[&str],
+        queues: &[&str],
+        expires_at: Option<SystemTime>,
+    ) -> String {
+        let spec = GrantSpec {
+            site: "alpha".into(),
+            holder: holder.parse().unwrap(),
+            rights: rights.iter().map(|r| r.parse().unwrap()).collect(),
+            repos: repos.iter().map(|s| s.to_string()).collect(),
+            queues: queues.iter().map(|s| s.to_string()).collect(),
+            expires_at,
+        };
+        tinyci_grant::mint(&self.root, &spec).unwrap().0
+    }
+
+    pub(crate) fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.path("certs/admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+}
+
+/// The text of an RPC error, as a client sees it.
+pub(crate) fn error_text(e: capnp::Error) -> String {
+    e.to_string()
+}
+
+/// Redeems `token` on `gateway` and returns the session (pipelined: not awaited).
+pub(crate) fn redeem(gateway: &gateway::Client, token: &str) -> tinyci_schema::session::Client {
+    let mut request = gateway.redeem_request();
+    request.get().set_token(token);
+    request.send().pipeline.get_session()
+}
+
+/// Confirms a session works by asking what it may do; returns the summary or the error text.
+pub(crate) async fn grant_summary(
+    session: &tinyci_schema::session::Client,
+) -> Result<String, String> {
+    let response = session
+        .grant_request()
+        .send()
+        .promise
+        .await
+        .map_err(error_text)?;
+    let grant = response
+        .get()
+        .and_then(|r| r.get_grant())
+        .map_err(error_text)?;
+    Ok(grant.get_summary().unwrap().to_string().unwrap())
+}
