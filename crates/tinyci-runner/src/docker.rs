@@ -1,0 +1,306 @@
+//! The Docker executor: runs each job in a fresh container through the Docker Engine API
+//! (`DOCKER_HOST` or the default socket), with the source tree bind-mounted at the task's
+//! mountpoint. Cancel and timeout are `stop` (SIGTERM, then SIGKILL after the grace period)
+//! then `kill`; the container is removed on every path.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use tracing::{debug, warn};
+
+use crate::exec::{
+    ExecOutcome, ExecSpec, Interruption, MAX_CHUNK, OutputChunk, OutputSink, StopSignal, Stream,
+    base_env, system_line,
+};
+
+/// Label put on every container this executor creates, valued with the run label, so
+/// leftovers of a crashed runner can be found and removed.
+pub const CONTAINER_LABEL: &str = "org.tinyci.run";
+
+/// Why the Docker executor is unavailable or an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    /// No Docker API reachable (no socket, daemon down, or refused).
+    #[error("no Docker API reachable ({0})")]
+    Unreachable(String),
+    /// An API call failed.
+    #[error("docker {what} failed: {source}")]
+    Api {
+        /// The operation.
+        what: &'static str,
+        /// bollard's error.
+        source: bollard::errors::Error,
+    },
+}
+
+/// Runs jobs in containers.
+#[derive(Clone, Debug)]
+pub struct DockerExecutor {
+    docker: Docker,
+}
+
+impl DockerExecutor {
+    /// Connects to the Docker API named by `DOCKER_HOST` (or the default socket), agrees on
+    /// an API version with the daemon, and checks it answers.
+    pub async fn connect() -> Result<Self, DockerError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| DockerError::Unreachable(e.to_string()))?;
+        // bollard speaks a newer API than many daemons; negotiate down to the daemon's.
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| DockerError::Unreachable(e.to_string()))?;
+        docker
+            .ping()
+            .await
+            .map_err(|e| DockerError::Unreachable(e.to_string()))?;
+        Ok(Self { docker })
+    }
+
+    /// Imports a root filesystem tarball as image `repo:tag` (what `docker import` does). No
+    /// registry involved: this is how tests and air-gapped sites get images.
+    pub async fn import_image(
+        &self,
+        tarball: Vec<u8>,
+        repo: &str,
+        tag: &str,
+    ) -> Result<(), DockerError> {
+        let options = CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .repo(repo)
+            .tag(tag)
+            .build();
+        let mut progress = self.docker.create_image(
+            Some(options),
+            Some(bollard::body_full(tarball.into())),
+            None,
+        );
+        while let Some(step) = progress.next().await {
+            step.map_err(|source| DockerError::Api {
+                what: "image import",
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Names of containers that carry [`CONTAINER_LABEL`] (running or not).
+    pub async fn labelled_containers(&self) -> Result<Vec<String>, DockerError> {
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&HashMap::from([("label", vec![CONTAINER_LABEL])]))
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|source| DockerError::Api {
+                what: "list containers",
+                source,
+            })?;
+        Ok(containers.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// Runs `spec` in a new container, streaming its output into `out`.
+    pub async fn run(&self, spec: &ExecSpec, out: &OutputSink, stop: StopSignal) -> ExecOutcome {
+        if spec.image.is_empty() {
+            return ExecOutcome::errored(
+                "the docker executor needs an image (set `image` on the run or `default_image` in task.yml or tinyci.yml)",
+            );
+        }
+        let id = match self.create(spec).await {
+            Ok(id) => id,
+            Err(e) => return ExecOutcome::errored(e.to_string()),
+        };
+        let outcome = self.run_created(&id, spec, out, stop).await;
+        self.remove(&id).await;
+        outcome
+    }
+
+    async fn create(&self, spec: &ExecSpec) -> Result<String, DockerError> {
+        let cmd = match spec.command.as_slice() {
+            [line] => vec!["/bin/sh".to_owned(), "-c".to_owned(), line.clone()],
+            argv => argv.to_vec(),
+        };
+        let workdir = if spec.workdir.starts_with('/') {
+            spec.workdir.clone()
+        } else {
+            format!("{}/{}", spec.mountpoint.trim_end_matches('/'), spec.workdir)
+        };
+        let env = base_env(spec)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(cmd),
+            env: Some(env),
+            working_dir: Some(workdir),
+            labels: Some(HashMap::from([(
+                CONTAINER_LABEL.to_owned(),
+                spec.label.clone(),
+            )])),
+            host_config: Some(HostConfig {
+                binds: Some(vec![format!(
+                    "{}:{}",
+                    spec.source_dir.display(),
+                    spec.mountpoint
+                )]),
+                privileged: Some(spec.privileged),
+                ..HostConfig::default()
+            }),
+            ..ContainerCreateBody::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|source| DockerError::Api {
+                what: "create container",
+                source,
+            })?;
+        Ok(created.id)
+    }
+
+    async fn run_created(
+        &self,
+        id: &str,
+        spec: &ExecSpec,
+        out: &OutputSink,
+        mut stop: StopSignal,
+    ) -> ExecOutcome {
+        if let Err(source) = self.docker.start_container(id, None).await {
+            return ExecOutcome::errored(
+                DockerError::Api {
+                    what: "start container",
+                    source,
+                }
+                .to_string(),
+            );
+        }
+        let logs = self.forward_logs(id, out.clone());
+        let interruption = tokio::select! {
+            code = self.exit_code(id) => {
+                let _ = logs.await;
+                return match code {
+                    Ok(code) => ExecOutcome::exited(code),
+                    Err(e) => ExecOutcome::errored(e.to_string()),
+                };
+            }
+            () = tokio::time::sleep(spec.timeout) => Interruption::Timeout(spec.timeout),
+            reason = stop.requested() => Interruption::Stop(reason),
+        };
+        system_line(
+            out,
+            format!("tinyci: {interruption}; stopping the container"),
+        )
+        .await;
+        let grace = i32::try_from(spec.grace.as_secs()).unwrap_or(i32::MAX);
+        let stop_options = StopContainerOptionsBuilder::default().t(grace).build();
+        if let Err(e) = self.docker.stop_container(id, Some(stop_options)).await {
+            debug!(container = id, error = %e, "stop failed; killing");
+        }
+        let kill = KillContainerOptionsBuilder::default()
+            .signal("SIGKILL")
+            .build();
+        let _ = self.docker.kill_container(id, Some(kill)).await;
+        let code = self.exit_code(id).await.ok();
+        let _ = logs.await;
+        interruption.outcome(code)
+    }
+
+    /// Waits for the container to stop and returns its exit code.
+    async fn exit_code(&self, id: &str) -> Result<i32, DockerError> {
+        let options = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
+        let mut wait = self.docker.wait_container(id, Some(options));
+        match wait.next().await {
+            Some(Ok(response)) => Ok(code_of(response.status_code)),
+            // A non-zero exit arrives as this error, not as a response.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+                Ok(code_of(code))
+            }
+            Some(Err(source)) => Err(DockerError::Api {
+                what: "wait for container",
+                source,
+            }),
+            None => Ok(-1),
+        }
+    }
+
+    /// Follows the container's output into `out` until it stops.
+    fn forward_logs(&self, id: &str, out: OutputSink) -> tokio::task::JoinHandle<()> {
+        let options = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut logs = self.docker.logs(id, Some(options));
+        tokio::spawn(async move {
+            while let Some(item) = logs.next().await {
+                let (stream, bytes) = match item {
+                    Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                        (Stream::Stdout, message)
+                    }
+                    Ok(LogOutput::StdErr { message }) => (Stream::Stderr, message),
+                    Ok(LogOutput::StdIn { .. }) => continue,
+                    Err(e) => {
+                        warn!(error = %e, "container log stream failed");
+                        break;
+                    }
+                };
+                for piece in bytes.chunks(MAX_CHUNK) {
+                    let chunk = OutputChunk {
+                        stream,
+                        at: SystemTime::now(),
+                        data: piece.to_vec(),
+                    };
+                    if out.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    }
+
+    async fn remove(&self, id: &str) {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        // Retry briefly: removal can race the daemon's own cleanup of a just-killed container.
+        for attempt in 0..5u64 {
+            match self
+                .docker
+                .remove_container(id, Some(options.clone()))
+                .await
+            {
+                Ok(()) => return,
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {
+                    return;
+                }
+                Err(e) => {
+                    warn!(container = id, attempt, error = %e, "failed to remove container");
+                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+                }
+            }
+        }
+    }
+}
+
+fn code_of(code: i64) -> i32 {
+    i32::try_from(code).unwrap_or(-1)
+}

@@ -1,0 +1,221 @@
+//! The shell executor: runs the command as a child process in its own process group, so that
+//! stopping a run (cancel, timeout, or the command simply ending) reaches every process it
+//! started.
+
+use std::path::Component;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use tracing::{debug, warn};
+
+use crate::exec::{
+    ExecOutcome, ExecSpec, Interruption, MAX_CHUNK, OutputChunk, OutputSink, StopSignal, Stream,
+    base_env, system_line,
+};
+
+/// Runs jobs as local processes. Used when no Docker API socket is reachable, and for the
+/// embedded runner of `tinyci site up`.
+#[derive(Clone, Debug, Default)]
+pub struct ShellExecutor;
+
+impl ShellExecutor {
+    /// Runs `spec` to completion, streaming output into `out`, stopping early on `stop` or at
+    /// the timeout.
+    pub async fn run(
+        &self,
+        spec: &ExecSpec,
+        out: &OutputSink,
+        mut stop: StopSignal,
+    ) -> ExecOutcome {
+        let workdir = match resolve_workdir(spec) {
+            Ok(dir) => dir,
+            Err(e) => return ExecOutcome::errored(e),
+        };
+        let Some((program, args)) = argv(&spec.command) else {
+            return ExecOutcome::errored("the run has no command");
+        };
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .current_dir(&workdir)
+            .env_clear()
+            .envs(base_env(spec))
+            .env("HOME", &workdir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: signals to the group reach the whole tree.
+            .process_group(0)
+            // If this future is dropped (runner shutting down), don't leave the leader behind.
+            .kill_on_drop(true);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => return ExecOutcome::errored(format!("failed to start {program:?}: {e}")),
+        };
+        let group = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw);
+        let stdout = child
+            .stdout
+            .take()
+            .map(|r| pump(r, Stream::Stdout, out.clone()));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|r| pump(r, Stream::Stderr, out.clone()));
+
+        let interruption = tokio::select! {
+            status = child.wait() => {
+                // The leader is gone; anything it left running in its group goes too.
+                signal_group(group, Signal::SIGKILL);
+                finish_pumps(stdout, stderr).await;
+                return match status {
+                    Ok(status) => ExecOutcome::exited(exit_code(status)),
+                    Err(e) => ExecOutcome::errored(format!("failed to wait for the command: {e}")),
+                };
+            }
+            () = tokio::time::sleep(spec.timeout) => Interruption::Timeout(spec.timeout),
+            reason = stop.requested() => Interruption::Stop(reason),
+        };
+        system_line(
+            out,
+            format!("tinyci: {interruption}; stopping the process group"),
+        )
+        .await;
+        let code = terminate(&mut child, group, spec.grace, out).await;
+        finish_pumps(stdout, stderr).await;
+        interruption.outcome(code)
+    }
+}
+
+/// `sh -c LINE` for a single string, the argv itself otherwise.
+fn argv(command: &[String]) -> Option<(&str, Vec<&str>)> {
+    match command {
+        [] => None,
+        [line] => Some(("sh", vec!["-c", line.as_str()])),
+        [program, args @ ..] => Some((program.as_str(), args.iter().map(String::as_str).collect())),
+    }
+}
+
+/// The run's working directory inside the source tree. Refuses paths that leave it.
+fn resolve_workdir(spec: &ExecSpec) -> Result<std::path::PathBuf, String> {
+    let relative = std::path::Path::new(&spec.workdir);
+    let escapes = relative.components().any(|c| {
+        matches!(
+            c,
+            Component::ParentDir | Component::RootDir | Component::Prefix(_)
+        )
+    });
+    if escapes {
+        return Err(format!(
+            "workdir {:?} leaves the source tree (the shell executor needs a relative path)",
+            spec.workdir
+        ));
+    }
+    // Join normal components only, so "." and "./x" give clean paths.
+    let mut dir = spec.source_dir.clone();
+    dir.extend(
+        relative
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_))),
+    );
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "workdir {:?} does not exist in the source tree",
+            spec.workdir
+        ))
+    }
+}
+
+/// SIGTERM to the group, SIGKILL after the grace period; returns the leader's exit code.
+async fn terminate(
+    child: &mut Child,
+    group: Option<Pid>,
+    grace: Duration,
+    out: &OutputSink,
+) -> Option<i32> {
+    signal_group(group, Signal::SIGTERM);
+    let status = match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            system_line(
+                out,
+                format!(
+                    "tinyci: still running {}s after SIGTERM; sending SIGKILL",
+                    grace.as_secs()
+                ),
+            )
+            .await;
+            signal_group(group, Signal::SIGKILL);
+            child.wait().await.ok()
+        }
+    };
+    // Stragglers that ignored SIGTERM while the leader exited.
+    signal_group(group, Signal::SIGKILL);
+    status.map(exit_code)
+}
+
+fn signal_group(group: Option<Pid>, signal: Signal) {
+    let Some(group) = group else { return };
+    match killpg(group, signal) {
+        // ESRCH: the group is already empty.
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => warn!(%group, ?signal, error = %e, "failed to signal process group"),
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|signal| 128 + signal))
+        .unwrap_or(-1)
+}
+
+/// Forwards a pipe into the output sink in chunks of at most [`MAX_CHUNK`].
+fn pump(
+    mut reader: impl AsyncRead + Unpin + Send + 'static,
+    stream: Stream,
+    out: OutputSink,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; MAX_CHUNK];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    let chunk = OutputChunk {
+                        stream,
+                        at: SystemTime::now(),
+                        data: buf[..n].to_vec(),
+                    };
+                    if out.send(chunk).await.is_err() {
+                        // Nobody is listening any more; keep draining so the process
+                        // does not block on a full pipe.
+                        debug!(?stream, "output receiver gone; discarding");
+                    }
+                }
+                Err(e) => {
+                    warn!(?stream, error = %e, "failed to read command output");
+                    break;
+                }
+            }
+        }
+    })
+}
+
+async fn finish_pumps(
+    stdout: Option<tokio::task::JoinHandle<()>>,
+    stderr: Option<tokio::task::JoinHandle<()>>,
+) {
+    for pump in [stdout, stderr].into_iter().flatten() {
+        let _ = pump.await;
+    }
+}

@@ -1,0 +1,134 @@
+//! The Docker executor against the machine's Docker Engine, with a busybox image imported
+//! locally (no registry). Skips, saying why, where no Docker API is reachable.
+
+use std::time::Duration;
+
+use tinyci_runner::{DockerExecutor, Verdict, stop_pair};
+use tokio::sync::mpsc;
+
+use crate::support::{collect, spec, wait_for_stdout};
+
+const IMAGE: &str = "tinyci-test/busybox:1";
+
+/// A root filesystem holding Debian's static busybox and the applets the tests use.
+fn busybox_rootfs() -> Option<Vec<u8>> {
+    let busybox = std::fs::read("/bin/busybox").ok()?;
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(busybox.len() as u64);
+    header.set_mode(0o755);
+    header.set_cksum();
+    tar.append_data(&mut header, "bin/busybox", busybox.as_slice())
+        .ok()?;
+    for applet in ["sh", "echo", "sleep", "cat", "ls", "true", "false"] {
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        link.set_mode(0o777);
+        tar.append_link(&mut link, format!("bin/{applet}"), "busybox")
+            .ok()?;
+    }
+    for dir in ["tmp", "src"] {
+        let mut d = tar::Header::new_gnu();
+        d.set_entry_type(tar::EntryType::Directory);
+        d.set_size(0);
+        d.set_mode(0o1777);
+        tar.append_data(&mut d, dir, std::io::empty()).ok()?;
+    }
+    tar.into_inner().ok()
+}
+
+async fn executor() -> Option<DockerExecutor> {
+    let docker = match DockerExecutor::connect().await {
+        Ok(docker) => docker,
+        Err(e) => {
+            eprintln!("SKIP docker executor tests: {e}");
+            return None;
+        }
+    };
+    let Some(rootfs) = busybox_rootfs() else {
+        eprintln!(
+            "SKIP docker executor tests: /bin/busybox missing (Debian: apt-get install busybox-static)"
+        );
+        return None;
+    };
+    let (repo, tag) = IMAGE.split_once(':').unwrap();
+    docker.import_image(rootfs, repo, tag).await.unwrap();
+    Some(docker)
+}
+
+// One test, scenarios in sequence: they share the image and the "no container left" check.
+#[tokio::test]
+async fn containers_run_report_exit_status_obey_cancel_and_timeout_and_leave_nothing() {
+    let Some(docker) = executor().await else {
+        return;
+    };
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("hello.txt"), "from the source tree\n").unwrap();
+    let before = docker.labelled_containers().await.unwrap();
+
+    // Output from both streams, the mounted source, and a non-zero exit status.
+    let (tx, rx) = mpsc::channel(64);
+    let (_stop, signal) = stop_pair();
+    let mut job = spec(source.path(), &["cat hello.txt; echo oops >&2; exit 7"]);
+    job.image = IMAGE.into();
+    let outcome = docker.run(&job, &tx, signal).await;
+    drop(tx);
+    let output = collect(rx).await;
+    assert_eq!(outcome.verdict, Verdict::Failed, "{outcome:?}");
+    assert_eq!(outcome.exit_code, Some(7));
+    assert_eq!(output.stdout, b"from the source tree\n");
+    assert_eq!(output.stderr, b"oops\n");
+
+    // Passing.
+    let (tx, rx) = mpsc::channel(64);
+    let (_stop, signal) = stop_pair();
+    let mut job = spec(source.path(), &["true"]);
+    job.image = IMAGE.into();
+    let outcome = docker.run(&job, &tx, signal).await;
+    drop(tx);
+    collect(rx).await;
+    assert_eq!(outcome.verdict, Verdict::Passed, "{outcome:?}");
+
+    // Cancel: stop then kill.
+    let (tx, mut rx) = mpsc::channel(64);
+    let (stop, signal) = stop_pair();
+    let mut job = spec(source.path(), &["echo ready; sleep 1000"]);
+    job.image = IMAGE.into();
+    job.grace = Duration::from_secs(1);
+    let runner = docker.clone();
+    let run = tokio::spawn(async move { runner.run(&job, &tx, signal).await });
+    wait_for_stdout(&mut rx, "ready").await;
+    stop.stop("superseded");
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let outcome = run.await.unwrap();
+    drain.await.unwrap();
+    assert_eq!(outcome.verdict, Verdict::Canceled, "{outcome:?}");
+    assert_eq!(outcome.message, "canceled: superseded");
+
+    // Timeout.
+    let (tx, rx) = mpsc::channel(64);
+    let (_stop, signal) = stop_pair();
+    let mut job = spec(source.path(), &["sleep 1000"]);
+    job.image = IMAGE.into();
+    job.timeout = Duration::from_millis(500);
+    job.grace = Duration::from_secs(1);
+    let outcome = docker.run(&job, &tx, signal).await;
+    drop(tx);
+    collect(rx).await;
+    assert_eq!(outcome.verdict, Verdict::TimedOut, "{outcome:?}");
+
+    // A missing image is an error of the run, not of the runner.
+    let (tx, _rx) = mpsc::channel(64);
+    let (_stop, signal) = stop_pair();
+    let mut job = spec(source.path(), &["true"]);
+    job.image = "tinyci-test/no-such-image:0".into();
+    let outcome = docker.run(&job, &tx, signal).await;
+    assert_eq!(outcome.verdict, Verdict::Errored, "{outcome:?}");
+
+    assert_eq!(
+        docker.labelled_containers().await.unwrap(),
+        before,
+        "a container was left behind"
+    );
+}

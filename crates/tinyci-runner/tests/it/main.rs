@@ -1,0 +1,7 @@
+//! Executors running real processes and real containers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod docker;
+mod shell;
+mod support;
