@@ -7,4 +7,5 @@ mod support;
 
 mod config_errors;
 mod grants;
+mod runners;
 mod site_lifecycle;

@@ -2,6 +2,7 @@
 //! errors into one readable message and a documented exit code. `anyhow` lives here only.
 
 mod grant;
+mod runner;
 mod site;
 mod util;
 
@@ -51,6 +52,9 @@ enum Command {
     /// Narrow, inspect, revoke and list tokens.
     #[command(subcommand)]
     Token(grant::TokenCommand),
+    /// Provision runners.
+    #[command(subcommand)]
+    Runner(runner::RunnerCommand),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Site(command) => site::run(command),
         Command::Grant(args) => grant::grant(args),
         Command::Token(command) => grant::token(command),
+        Command::Runner(command) => runner::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,7 +83,7 @@ impl Command {
     fn default_log_level(&self) -> &'static str {
         match self {
             Command::Site(site::SiteCommand::Up(_)) => "info",
-            Command::Site(_) | Command::Grant(_) | Command::Token(_) => "warn",
+            Command::Site(_) | Command::Grant(_) | Command::Token(_) | Command::Runner(_) => "warn",
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct SiteConfig {
     pub map_size_mib: u64,
     /// The site CA certificate (PEM).
     pub ca_cert: PathBuf,
+    /// The site CA key, for offline issuing (`runner add`); the running site never reads it.
+    pub ca_key: Option<PathBuf>,
     /// The site's certificate (PEM).
     pub cert: PathBuf,
     /// The site's private key (PEM, mode 0600).
@@ -132,6 +134,7 @@ impl Default for RawStore {
 #[serde(deny_unknown_fields)]
 struct RawTls {
     ca_cert: PathBuf,
+    ca_key: Option<PathBuf>,
     cert: PathBuf,
     key: PathBuf,
 }
@@ -253,6 +256,7 @@ impl SiteConfig {
             data_dir: base.join(raw.site.data_dir),
             map_size_mib,
             ca_cert: base.join(raw.tls.ca_cert),
+            ca_key: raw.tls.ca_key.map(|k| base.join(k)),
             cert: base.join(raw.tls.cert),
             key: base.join(raw.tls.key),
             root_key: base.join(raw.grants.root_key),
@@ -275,7 +279,8 @@ impl SiteConfig {
             ("admin.key", &self.admin_key),
             ("admin.token", &self.admin_token),
         ];
-        for (key, file) in files {
+        let optional = self.ca_key.as_deref().map(|k| ("tls.ca_key", k));
+        for (key, file) in files.into_iter().chain(optional) {
             if !file.is_file() {
                 return Err(ConfigError::MissingFile {
                     path: self.source.clone().unwrap_or_default(),
@@ -315,6 +320,7 @@ data_dir = "data"
 
 [tls]
 ca_cert = "certs/ca.crt"
+ca_key = "certs/ca.key"
 cert = "certs/site.crt"
 key = "certs/site.key"
 

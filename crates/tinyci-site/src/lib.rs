@@ -6,6 +6,7 @@
 //! (those are `tinyci-schema`, `tinyci-pki`/`tinyci-grant` and `tinyci-store`). It must not
 //! know `anyhow` or `clap`: the CLI turns its typed errors into messages and exit codes.
 
+pub mod bundle;
 mod caps;
 mod client;
 pub mod config;
