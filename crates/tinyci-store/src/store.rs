@@ -63,7 +63,7 @@ pub(crate) struct Inner {
     // Field order is drop order: the environment closes before the lock is released.
     /// The LMDB environment. Read transactions are opened without thread-local storage, so a
     /// thread may hold several and an async runtime may run them on any thread.
-    env: heed::Env<WithoutTls>,
+    pub(crate) env: heed::Env<WithoutTls>,
     /// Every declared table, by name, created at open.
     pub(crate) tables: Tables,
     /// The data directory, as given to [`Store::open`].

@@ -149,6 +149,39 @@ impl<'t> WriteTxn<'t> {
         self.inner
     }
 
+    /// Runs `f` in a nested transaction: its writes join this transaction if it returns `Ok`
+    /// and are rolled back alone if it returns `Err`. What group commit uses so one failing
+    /// change does not spoil the others in its batch.
+    pub fn nested<R>(
+        &mut self,
+        f: impl FnOnce(&mut WriteTxn<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let inner = self.inner;
+        let child = inner
+            .env
+            .nested_write_txn(&mut self.txn)
+            .map_err(|source| StoreError::Begin {
+                path: inner.path.clone(),
+                source: crate::error::LmdbError(source),
+            })?;
+        let mut child = WriteTxn::new(child, inner);
+        match f(&mut child) {
+            Ok(value) => {
+                child.into_inner().commit().map_err(|source| {
+                    inner.map_full_or(source, |source| StoreError::Commit {
+                        path: inner.path.clone(),
+                        source,
+                    })
+                })?;
+                Ok(value)
+            }
+            Err(e) => {
+                child.into_inner().abort();
+                Err(e)
+            }
+        }
+    }
+
     /// This transaction seen read-only (uncommitted writes included).
     fn reader(&self) -> ReadTxn<'_> {
         ReadTxn::new(&self.txn, self.inner)

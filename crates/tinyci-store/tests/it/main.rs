@@ -316,3 +316,76 @@ fn store_is_clone_send_sync() {
     fn assert_traits<T: Clone + Send + Sync + 'static>() {}
     assert_traits::<Store>();
 }
+
+mod group_commit {
+    //! The group committer batches concurrent changes into shared durable commits.
+
+    use futures::future::join_all;
+    use tinyci_store::tables::META;
+    use tinyci_store::{GroupCommitter, Store, StoreError, StoreOptions};
+
+    #[test]
+    fn concurrent_changes_all_commit_and_are_visible_once_acknowledged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+        let (committer, writer) = GroupCommitter::start(store.clone()).unwrap();
+        let writes = (0..500u32).map(|i| {
+            let committer = committer.clone();
+            let store = store.clone();
+            async move {
+                let key = format!("k{i:04}");
+                let stored = key.clone();
+                committer
+                    .write(move |txn| txn.put(META, stored.as_str(), &i.to_be_bytes()[..]))
+                    .await
+                    .unwrap();
+                // Acknowledged means committed: a new read transaction sees it.
+                let seen = store
+                    .read(|txn| Ok(txn.get(META, key.as_str())?.map(<[u8]>::to_vec)))
+                    .unwrap();
+                assert_eq!(seen.as_deref(), Some(&i.to_be_bytes()[..]));
+            }
+        });
+        futures::executor::block_on(join_all(writes));
+        drop(committer);
+        writer.join();
+        let count = store
+            .read(|txn| Ok(txn.iter_prefix(META, "k")?.count()))
+            .unwrap();
+        assert_eq!(count, 500);
+    }
+
+    #[test]
+    fn a_failing_change_is_rolled_back_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+        let (committer, writer) = GroupCommitter::start(store.clone()).unwrap();
+        let good = committer.write(|txn| txn.put(META, "good", b"1".as_slice()));
+        let bad = committer.write(|txn| {
+            txn.put(META, "bad", b"1".as_slice())?;
+            Err::<(), _>(StoreError::Aborted {
+                reason: "refused by the caller".into(),
+            })
+        });
+        let also_good = committer.write(|txn| txn.put(META, "also-good", b"1".as_slice()));
+        let (good, bad, also_good) =
+            futures::executor::block_on(async { futures::join!(good, bad, also_good) });
+        good.unwrap();
+        also_good.unwrap();
+        let err = bad.unwrap_err();
+        assert!(err.to_string().contains("refused by the caller"), "{err}");
+        drop(committer);
+        writer.join();
+        store
+            .read(|txn| {
+                assert!(txn.get(META, "good")?.is_some());
+                assert!(txn.get(META, "also-good")?.is_some());
+                assert!(
+                    txn.get(META, "bad")?.is_none(),
+                    "the failed change leaked a write"
+                );
+                Ok(())
+            })
+            .unwrap();
+    }
+}
