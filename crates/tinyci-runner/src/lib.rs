@@ -3,16 +3,21 @@
 //!
 //! This is the only crate that knows `bollard`. Executors know nothing of capnp, tokens or
 //! the site: they take an [`ExecSpec`], an [`OutputSink`] and a [`StopSignal`], and return
-//! an [`ExecOutcome`]. The job loop that talks to a site (leases, heartbeats, log streaming)
-//! is built on top of them.
+//! an [`ExecOutcome`]. The agent ([`run_agent`]) is the job loop on top of them: it holds
+//! the runner's `Worker` capabilities and talks to the site (leases, heartbeats, log
+//! streaming). It never sees repository credentials: sources come through `Job.source`.
 
+mod agent;
 mod docker;
 mod exec;
 mod shell;
+mod source;
 
+pub use agent::{AgentConfig, AgentControl, AgentStopper, Executor, agent_control, run_agent};
 pub use docker::{CONTAINER_LABEL, DockerError, DockerExecutor};
 pub use exec::{
     ExecOutcome, ExecSpec, MAX_CHUNK, OutputChunk, OutputSink, StopHandle, StopSignal, Stream,
     Verdict, stop_pair,
 };
 pub use shell::ShellExecutor;
+pub use source::MAX_SOURCE_BYTES;
