@@ -9,20 +9,25 @@ use tinyci_pki::PeerIdentity;
 use tinyci_schema::{admin, log_reader, submitter, worker};
 use tracing::info;
 
-use crate::grants::GrantAuthority;
+use crate::Services;
 use crate::membrane::Liveness;
 use crate::rpc::{not_yet, read_text};
 use crate::session::len;
 
 /// `Submitter` for one repository.
 pub(crate) struct SubmitterCap {
+    services: Rc<Services>,
     repo: String,
     liveness: Rc<Liveness>,
 }
 
 impl SubmitterCap {
-    pub(crate) fn new(repo: String, liveness: Rc<Liveness>) -> Self {
-        Self { repo, liveness }
+    pub(crate) fn new(services: Rc<Services>, repo: String, liveness: Rc<Liveness>) -> Self {
+        Self {
+            services,
+            repo,
+            liveness,
+        }
     }
 }
 
@@ -30,10 +35,16 @@ impl submitter::Server for SubmitterCap {
     async fn upload(
         self: Rc<Self>,
         _: submitter::UploadParams,
-        _: submitter::UploadResults,
+        mut results: submitter::UploadResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
-        Err(not_yet("Submitter.upload", "uploading sources"))
+        let upload = self
+            .services
+            .sources
+            .upload()
+            .map_err(|e| capnp::Error::failed(format!("cannot start an upload: {e}")))?;
+        results.get().set_sink(capnp_rpc::new_client(upload));
+        Ok(())
     }
 
     async fn submit(
@@ -143,19 +154,19 @@ impl log_reader::Server for LogReaderCap {
 
 /// `Admin` for the whole site.
 pub(crate) struct AdminCap {
-    authority: Rc<GrantAuthority>,
+    services: Rc<Services>,
     peer: PeerIdentity,
     liveness: Rc<Liveness>,
 }
 
 impl AdminCap {
     pub(crate) fn new(
-        authority: Rc<GrantAuthority>,
+        services: Rc<Services>,
         peer: PeerIdentity,
         liveness: Rc<Liveness>,
     ) -> Self {
         Self {
-            authority,
+            services,
             peer,
             liveness,
         }
@@ -170,7 +181,8 @@ impl admin::Server for AdminCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let issued = self
-            .authority
+            .services
+            .grants
             .issued()
             .await
             .map_err(|e| capnp::Error::failed(format!("failed to read grants: {e}")))?;
@@ -213,7 +225,8 @@ impl admin::Server for AdminCap {
         self.liveness.check()?;
         let target = read_text(params.get()?.get_token_or_id(), "tokenOrId")?;
         let (ids, killed) = self
-            .authority
+            .services
+            .grants
             .revoke(&target, &self.peer)
             .await
             .map_err(|e| capnp::Error::failed(e.to_string()))?;

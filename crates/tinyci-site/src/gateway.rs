@@ -11,7 +11,7 @@ use tinyci_pki::{Fingerprint, SiteName};
 use tinyci_schema::gateway;
 use tracing::{debug, info, warn};
 
-use crate::grants::GrantAuthority;
+use crate::Services;
 use crate::session::Session;
 
 /// Wire protocol revision reported in `SiteInfo.protocol`.
@@ -31,15 +31,15 @@ pub struct SiteFacts {
 /// A connection's gateway: knows the site's public facts and who is on the other end.
 pub(crate) struct Gateway {
     facts: Rc<SiteFacts>,
-    authority: Rc<GrantAuthority>,
+    services: Rc<Services>,
     peer: Peer,
 }
 
 impl Gateway {
-    pub(crate) fn new(facts: Rc<SiteFacts>, authority: Rc<GrantAuthority>, peer: Peer) -> Self {
+    pub(crate) fn new(facts: Rc<SiteFacts>, services: Rc<Services>, peer: Peer) -> Self {
         Self {
             facts,
-            authority,
+            services,
             peer,
         }
     }
@@ -84,12 +84,13 @@ impl gateway::Server for Gateway {
             .to_str()
             .map_err(|_| capnp::Error::failed("token refused: not UTF-8 text".into()))?;
         match self
-            .authority
+            .services
+            .grants
             .redeem(text, &self.peer.identity, SystemTime::now())
         {
             Ok(redeemed) => {
                 info!(holder = %redeemed.token.grant().holder, "token redeemed");
-                let session = Session::new(self.authority.clone(), redeemed, self.peer.clone());
+                let session = Session::new(self.services.clone(), redeemed, self.peer.clone());
                 results.get().set_session(capnp_rpc::new_client(session));
                 Ok(())
             }

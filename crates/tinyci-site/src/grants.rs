@@ -134,7 +134,7 @@ impl GrantAuthority {
     /// die, but not the token it was attenuated from) or one revocation id. Durable before
     /// live sessions are cut; returns the ids revoked and how many live sessions died.
     pub(crate) async fn revoke(
-        self: &Rc<Self>,
+        &self,
         token_or_id: &str,
         by: &PeerIdentity,
     ) -> Result<(Vec<String>, usize), RevokeError> {

@@ -16,6 +16,7 @@ pub mod init;
 mod membrane;
 mod rpc;
 mod session;
+mod sources;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -85,6 +86,14 @@ pub enum SiteError {
         /// What capnp said.
         source: capnp::Error,
     },
+    /// A directory under the data dir could not be created.
+    #[error("cannot create {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
     /// No address to dial.
     #[error("{0}")]
     NoAddress(String),
@@ -97,7 +106,17 @@ pub struct Site {
     store: Store,
     tls: Arc<tinyci_net::ServerConfig>,
     ca_fingerprint: Fingerprint,
-    authority: Rc<grants::GrantAuthority>,
+    services: Rc<Services>,
+}
+
+/// The services every connection's gateway and sessions share. Single-threaded: it lives on
+/// the site's LocalSet.
+#[derive(Debug)]
+pub(crate) struct Services {
+    /// Redeeming and revoking grants.
+    pub(crate) grants: grants::GrantAuthority,
+    /// Source archives.
+    pub(crate) sources: sources::SourceStore,
 }
 
 impl Site {
@@ -142,16 +161,19 @@ impl Site {
                 ..StoreOptions::default()
             },
         )?;
-        let authority = Rc::new(grants::GrantAuthority::load(
-            config.name.clone(),
-            root,
-            store.clone(),
-        )?);
+        let grants = grants::GrantAuthority::load(config.name.clone(), root, store.clone())?;
+        let sources = sources::SourceStore::open(&config.data_dir).map_err(|source| {
+            SiteError::DataDir {
+                path: config.data_dir.join("sources"),
+                source,
+            }
+        })?;
+        let services = Rc::new(Services { grants, sources });
         Ok(Self {
             store,
             tls,
             ca_fingerprint: tinyci_pki::Fingerprint::of_der(&ca_der),
-            authority,
+            services,
             config,
         })
     }
@@ -199,13 +221,13 @@ impl Site {
         });
         let addr = listener.local_addr().ok();
         info!(site = %facts.name, ?addr, "serving");
-        let authority = self.authority.clone();
+        let services = self.services.clone();
         tinyci_net::serve(
             listener,
             move |peer| {
                 capnp_rpc::new_client::<gateway_capnp::Client, _>(gateway::Gateway::new(
                     facts.clone(),
-                    authority.clone(),
+                    services.clone(),
                     peer.clone(),
                 ))
                 .client

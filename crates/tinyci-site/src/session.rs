@@ -12,19 +12,20 @@ use tinyci_schema::{grant_info, session};
 use tracing::{debug, info};
 
 use crate::caps::{AdminCap, LogReaderCap, SubmitterCap, WorkerCap};
-use crate::grants::{GrantAuthority, Redeemed};
+use crate::Services;
+use crate::grants::Redeemed;
 use crate::rpc::read_text;
 
 pub(crate) struct Session {
-    authority: Rc<GrantAuthority>,
+    services: Rc<Services>,
     redeemed: Redeemed,
     peer: Peer,
 }
 
 impl Session {
-    pub(crate) fn new(authority: Rc<GrantAuthority>, redeemed: Redeemed, peer: Peer) -> Self {
+    pub(crate) fn new(services: Rc<Services>, redeemed: Redeemed, peer: Peer) -> Self {
         Self {
-            authority,
+            services,
             redeemed,
             peer,
         }
@@ -35,7 +36,7 @@ impl Session {
     fn authorize(&self, right: Right, resource: &str) -> Result<(), capnp::Error> {
         self.redeemed.liveness.check()?;
         let ctx = Context {
-            this_site: self.authority.site().as_str(),
+            this_site: self.services.grants.site().as_str(),
             peer: &self.redeemed.peer_names,
             now: SystemTime::now(),
         };
@@ -72,7 +73,7 @@ impl session::Server for Session {
         let repo = read_text(params.get()?.get_repo(), "repo")?;
         validate_repo(&repo).map_err(|e| capnp::Error::failed(e.to_string()))?;
         self.authorize(Right::QueueSubmit, &repo)?;
-        let cap = SubmitterCap::new(repo, self.redeemed.liveness.clone());
+        let cap = SubmitterCap::new(self.services.clone(), repo, self.redeemed.liveness.clone());
         results.get().set_submitter(capnp_rpc::new_client(cap));
         Ok(())
     }
@@ -125,9 +126,9 @@ impl session::Server for Session {
         _: session::AdminParams,
         mut results: session::AdminResults,
     ) -> Result<(), capnp::Error> {
-        self.authorize(Right::Admin, self.authority.site().as_str())?;
+        self.authorize(Right::Admin, self.services.grants.site().as_str())?;
         let cap = AdminCap::new(
-            self.authority.clone(),
+            self.services.clone(),
             self.peer.identity.clone(),
             self.redeemed.liveness.clone(),
         );
