@@ -33,3 +33,23 @@ pub struct Revocation {
     /// Who revoked it (peer identity).
     pub revoked_by: String,
 }
+
+/// A piece of a run's log. Keyed by run id and byte offset (both big-endian), so a range
+/// scan reads a run's log in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    /// 0 stdout, 1 stderr, 2 system.
+    pub stream: u8,
+    /// When the runner read it (Unix microseconds).
+    pub timestamp_micros: i64,
+    /// The bytes (at most 64 KiB).
+    pub data: Vec<u8>,
+}
+
+/// The key of a log chunk: run id then offset, big-endian.
+pub fn log_key(run: u64, offset: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&run.to_be_bytes());
+    key[8..].copy_from_slice(&offset.to_be_bytes());
+    key
+}

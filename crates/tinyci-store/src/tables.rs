@@ -219,6 +219,26 @@ tables! {
     /// Revoked token blocks, keyed by revocation id (hex). Loaded at start; a token any of
     /// whose blocks is listed here is refused.
     pub const REVOKED: Table<Str, Record<crate::records::Revocation>> = "revoked";
+
+    /// Log chunks, keyed by [`crate::records::log_key`] (run id, byte offset).
+    pub const LOG_CHUNKS: Table<Bytes, Record<crate::records::LogChunk>> = "log_chunks";
+
+    /// Runs by id (big-endian). The value is a `Record` of `tinyci_queue::StoredRun`, encoded
+    /// by tinyci-queue: its state machine is `tinyci_core::Run`, a type this crate cannot
+    /// name, so the table is declared with raw bytes and the queue owns the codec.
+    pub const RUNS: Table<U64Be, Bytes> = "runs";
+
+    /// Submissions by id (big-endian); value a `Record` of `tinyci_queue::StoredSubmission`,
+    /// encoded by tinyci-queue like [`RUNS`].
+    pub const SUBMISSIONS: Table<U64Be, Bytes> = "submissions";
+
+    /// Queued runs per queue: key `<queue name> 0x00 <run id, big-endian>`, empty value. A
+    /// prefix scan of one queue yields its runs in id order, which is FIFO.
+    pub const QUEUED: Table<Bytes, Bytes> = "queued";
+
+    /// The latest submission per branch: key `<repo> 0x00 <ref>`, value the submission id
+    /// (big-endian): what a newer submission supersedes.
+    pub const BRANCH_HEADS: Table<Bytes, U64Be> = "branch_heads";
 }
 
 #[cfg(test)]

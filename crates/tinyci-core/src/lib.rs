@@ -1,0 +1,31 @@
+//! tinyci's domain types and rules: typed IDs and names ([`SubmissionId`], [`RunId`],
+//! [`QueueName`], [`RepoName`]); the `tinyci.yml` and `task.yml` formats carried over from
+//! tinyCI, parsed strictly with errors that name file, field and line ([`RepoConfig`],
+//! [`TaskFile`]); choosing the tasks a diff touches and resolving each of their runs with
+//! tinyCI's precedence ([`select_tasks`], [`plan`]); and the run/lease state machine
+//! ([`Run::apply`]). Everything here is plain data with serde derives, so the store can
+//! persist it and the site can carry it.
+//!
+//! This crate is sans-IO: it reads no files, opens no sockets and never asks the OS for the
+//! time (callers pass `now` in milliseconds, so leases are tested on a virtual clock). It
+//! must not depend on tokio, capnp, heed or any other tinyci crate; file contents arrive as
+//! bytes and directory listings as maps.
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod ids;
+mod paths;
+mod plan;
+mod run;
+
+pub use config::{
+    ConfigError, ConfigErrorKind, DEFAULT_TIMEOUT_SECS, MAX_CONFIG_BYTES, MergeOptions, Position,
+    REPO_CONFIG_FILE, RepoConfig, Resources, RunSpec, TASK_FILE, TaskFile,
+};
+pub use ids::{IdError, QueueName, RepoName, RunId, SubmissionId};
+pub use plan::{Plan, PlanError, PlannedRun, plan, resolve_run, select_tasks};
+pub use run::{
+    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LEASE_DURATION, DEFAULT_MAX_ATTEMPTS, Lease, LeaseId,
+    LeasePolicy, Outcome, Run, RunEvent, RunStatus, Transition, TransitionError,
+};

@@ -1,0 +1,836 @@
+//! The durable, leased run queue of a site: submissions become runs on named FIFO queues;
+//! workers wait for runs (push: a waiting worker is handed a run the moment one is queued);
+//! leases are heartbeated and expire; lost leases requeue the run with its attempt count, up
+//! to the policy's maximum; completion is recorded exactly once; a newer submission on the
+//! same repository and ref cancels the older one's unfinished runs.
+//!
+//! Every state change goes through `tinyci_core::Run::apply` (the state machine) and, when
+//! it must survive a crash, through the store's group committer before anyone is told:
+//! a submission is acknowledged only once it and its runs are durable, a lease only once it
+//! is recorded. Heartbeats are not persisted: a restarted site requeues every run that was
+//! leased, because the leases died with the connections that held them.
+//!
+//! Single-threaded (`Rc`/`RefCell`), living on the site's LocalSet. Knows nothing of capnp:
+//! the site wraps it in capabilities. Must not depend on capnp, rustls or biscuit-auth.
+
+mod records;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tinyci_core::{
+    LeaseId, LeasePolicy, Outcome, PlannedRun, Run, RunEvent, RunId, RunStatus, SubmissionId,
+    Transition, TransitionError,
+};
+use tinyci_store::tables::{BRANCH_HEADS, META, QUEUED, RUNS, SUBMISSIONS};
+use tinyci_store::{GroupCommitter, Record, Store, StoreError, WriteTxn};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+pub use records::{StoredRun, StoredSubmission};
+
+/// Key in `META` of the next id to hand out (runs and submissions share one sequence).
+const NEXT_ID_KEY: &str = "queue.next_id";
+
+/// Milliseconds since the Unix epoch, from the site's clock.
+pub type Clock = Rc<dyn Fn() -> u64>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Rc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    })
+}
+
+/// Why a queue operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The store failed; nothing was changed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A stored record could not be read.
+    #[error("corrupt {what} record {id}: {reason}")]
+    Corrupt {
+        /// Runs or submissions.
+        what: &'static str,
+        /// Its id.
+        id: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The run state machine refused the event.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// No such run (or not an unfinished one, where that matters).
+    #[error("no run {0}")]
+    NoRun(RunId),
+    /// No such submission.
+    #[error("no submission {0}")]
+    NoSubmission(SubmissionId),
+    /// The queue is shutting down.
+    #[error("the queue is shutting down")]
+    Closed,
+}
+
+/// A new submission, already planned.
+#[derive(Clone, Debug)]
+pub struct NewSubmission {
+    /// `owner/name`.
+    pub repo: String,
+    /// `refs/heads/…`, or a commit id.
+    pub git_ref: String,
+    /// Commit id.
+    pub sha: String,
+    /// Human title.
+    pub title: String,
+    /// Who submitted it (peer identity).
+    pub submitted_by: String,
+    /// The stored source archive's SHA-256.
+    pub source_sha256: Vec<u8>,
+    /// The runs, fully resolved.
+    pub runs: Vec<PlannedRun>,
+}
+
+/// What a worker gets: a run leased to it.
+#[derive(Clone, Debug)]
+pub struct Leased {
+    /// The run, as stored (spec included).
+    pub run: StoredRun,
+    /// The lease the worker holds.
+    pub lease: LeaseId,
+    /// When it expires unless heartbeated (ms).
+    pub expires_at: u64,
+}
+
+/// Called when a leased run is asked to stop (the site forwards it to `JobControl.cancel`).
+pub type CancelHook = Rc<dyn Fn(String)>;
+
+/// A change to a run, for watchers of its submission.
+pub type RunUpdate = StoredRun;
+
+struct Waiter {
+    runner: String,
+    tx: oneshot::Sender<()>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Unfinished runs.
+    live: HashMap<RunId, StoredRun>,
+    /// Queued run ids per queue; ids grow, so the set's order is FIFO.
+    queued: HashMap<String, BTreeSet<RunId>>,
+    /// Workers waiting per queue, oldest first.
+    waiters: HashMap<String, VecDeque<Waiter>>,
+    /// Who to tell when a leased run must stop.
+    cancel_hooks: HashMap<RunId, CancelHook>,
+    /// Watchers per submission.
+    watchers: HashMap<SubmissionId, Vec<mpsc::UnboundedSender<RunUpdate>>>,
+    /// Paused queues lease nothing.
+    paused: BTreeSet<String>,
+}
+
+/// The queue. Create with [`Queue::open`]; drive lease expiry with [`Queue::run_expiry`].
+pub struct Queue {
+    store: Store,
+    committer: GroupCommitter,
+    policy: LeasePolicy,
+    clock: Clock,
+    state: RefCell<State>,
+    /// Wakes the expiry loop when leases change.
+    leases_changed: Notify,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+fn decode_run(id: u64, bytes: &[u8]) -> Result<StoredRun, QueueError> {
+    Record::<StoredRun>::decode(bytes).map_err(|e| QueueError::Corrupt {
+        what: "run",
+        id,
+        reason: e.to_string(),
+    })
+}
+
+fn decode_submission(id: u64, bytes: &[u8]) -> Result<StoredSubmission, QueueError> {
+    Record::<StoredSubmission>::decode(bytes).map_err(|e| QueueError::Corrupt {
+        what: "submission",
+        id,
+        reason: e.to_string(),
+    })
+}
+
+fn queued_key(queue: &str, run: RunId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(queue.len() + 9);
+    key.extend_from_slice(queue.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&run.get().to_be_bytes());
+    key
+}
+
+fn branch_key(repo: &str, git_ref: &str) -> Vec<u8> {
+    let mut key = repo.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(git_ref.as_bytes());
+    key
+}
+
+fn store_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Aborted {
+        reason: e.to_string().into(),
+    }
+}
+
+/// Writes a run and keeps the FIFO index in step with its status.
+fn put_run(txn: &mut WriteTxn<'_>, run: &StoredRun) -> Result<(), StoreError> {
+    let bytes = Record::<StoredRun>::encode(run).map_err(store_error)?;
+    txn.put(RUNS, &run.id().get(), &bytes[..])?;
+    let key = queued_key(run.spec.queue.as_ref(), run.id());
+    if run.state.status() == RunStatus::Queued {
+        txn.put(QUEUED, &key[..], &[][..])?;
+    } else {
+        txn.delete(QUEUED, &key[..])?;
+    }
+    Ok(())
+}
+
+impl Queue {
+    /// Loads unfinished runs. Runs that were leased when the site stopped lost their leases
+    /// with it: they are requeued now (counting the attempt), or given up if out of attempts.
+    pub async fn open(
+        store: Store,
+        committer: GroupCommitter,
+        policy: LeasePolicy,
+        clock: Clock,
+    ) -> Result<Rc<Self>, QueueError> {
+        let stored: Vec<(u64, Vec<u8>)> = store.read(|txn| {
+            txn.iter_range(RUNS, &..)?
+                .map(|entry| entry.map(|(id, bytes)| (id, bytes.to_vec())))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let queue = Rc::new(Self {
+            store,
+            committer,
+            policy,
+            clock,
+            state: RefCell::new(State::default()),
+            leases_changed: Notify::new(),
+        });
+        let now = (queue.clock)();
+        let mut recovered = Vec::new();
+        for (id, bytes) in stored {
+            let mut run = decode_run(id, &bytes)?;
+            if run.state.status().is_final() {
+                continue;
+            }
+            if let Some(lease) = run.state.lease().cloned() {
+                // The lease died with the previous process.
+                let at = now.max(lease.expires_at);
+                run.state.apply(RunEvent::LeaseExpired, at)?;
+                run.runner = None;
+                recovered.push(run.clone());
+            }
+            if run.state.status().is_final() {
+                continue;
+            }
+            queue.track(run);
+        }
+        if !recovered.is_empty() {
+            info!(runs = recovered.len(), "requeued runs whose leases ended with the last process");
+            let to_write = recovered.clone();
+            queue
+                .committer
+                .write(move |txn| {
+                    for run in &to_write {
+                        put_run(txn, run)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        Ok(queue)
+    }
+
+    fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// Adds an unfinished run to memory (and its queue, if queued).
+    fn track(&self, run: StoredRun) {
+        let mut state = self.state.borrow_mut();
+        if run.state.status() == RunStatus::Queued {
+            state
+                .queued
+                .entry(run.spec.queue.to_string())
+                .or_default()
+                .insert(run.id());
+        }
+        state.live.insert(run.id(), run);
+    }
+
+    /// Durably records a submission and its runs, supersedes older unfinished runs on the
+    /// same repository and ref, and queues the new runs. Returns once durable.
+    pub async fn submit(&self, new: NewSubmission) -> Result<(StoredSubmission, Vec<StoredRun>), QueueError> {
+        let now = self.now();
+        let policy = self.policy;
+        let count = new.runs.len() as u64;
+        let branch = branch_key(&new.repo, &new.git_ref);
+        let (submission, runs, previous) = self
+            .committer
+            .write(move |txn| {
+                let next = txn
+                    .get(META, NEXT_ID_KEY)?
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map_or(1, u64::from_be_bytes);
+                let submission_id = SubmissionId(next);
+                let mut runs = Vec::new();
+                for (i, spec) in new.runs.into_iter().enumerate() {
+                    let id = RunId(next + 1 + i as u64);
+                    runs.push(StoredRun {
+                        state: Run::new(id, &policy, now),
+                        submission: submission_id,
+                        repo: new.repo.clone(),
+                        git_ref: new.git_ref.clone(),
+                        sha: new.sha.clone(),
+                        spec,
+                        runner: None,
+                        started_at: None,
+                        message: None,
+                    });
+                }
+                let submission = StoredSubmission {
+                    id: submission_id,
+                    repo: new.repo,
+                    git_ref: new.git_ref,
+                    sha: new.sha,
+                    title: new.title,
+                    submitted_by: new.submitted_by,
+                    created_at: now,
+                    source_sha256: new.source_sha256,
+                    runs: runs.iter().map(StoredRun::id).collect(),
+                };
+                let bytes = Record::<StoredSubmission>::encode(&submission).map_err(store_error)?;
+                txn.put(SUBMISSIONS, &submission_id.get(), &bytes[..])?;
+                for run in &runs {
+                    put_run(txn, run)?;
+                }
+                let previous = txn.get(BRANCH_HEADS, &branch[..])?;
+                txn.put(BRANCH_HEADS, &branch[..], &submission_id.get())?;
+                txn.put(META, NEXT_ID_KEY, &(next + 1 + count).to_be_bytes()[..])?;
+                Ok((submission, runs, previous))
+            })
+            .await?;
+        info!(submission = %submission.id, runs = runs.len(), repo = %submission.repo, git_ref = %submission.git_ref, "submission queued");
+        let mut queues = BTreeSet::new();
+        for run in &runs {
+            queues.insert(run.spec.queue.to_string());
+            self.track(run.clone());
+        }
+        if let Some(previous) = previous.map(SubmissionId) {
+            let reason = format!("superseded by submission {}", submission.id);
+            if let Err(e) = self.cancel_submission(previous, &reason).await {
+                warn!(error = %e, %previous, "failed to cancel superseded runs");
+            }
+        }
+        for queue in queues {
+            self.wake(&queue);
+        }
+        Ok((submission, runs))
+    }
+
+    /// Wakes the oldest worker waiting on `queue`, if a run is there for it.
+    fn wake(&self, queue: &str) {
+        let mut state = self.state.borrow_mut();
+        if state.paused.contains(queue) {
+            return;
+        }
+        let available = state.queued.get(queue).map_or(0, BTreeSet::len);
+        let Some(waiters) = state.waiters.get_mut(queue) else {
+            return;
+        };
+        let mut woken = 0;
+        while woken < available {
+            let Some(waiter) = waiters.pop_front() else { break };
+            if waiter.tx.send(()).is_ok() {
+                woken += 1;
+            }
+        }
+    }
+
+    /// Waits until a run of `queue` can be leased to `runner`, then leases it (durably) and
+    /// returns it. `on_cancel` is called if the run is asked to stop while leased. Cancel-safe:
+    /// dropping the future before it resolves leases nothing.
+    pub async fn next(&self, queue: &str, runner: &str, on_cancel: CancelHook) -> Result<Leased, QueueError> {
+        loop {
+            match self.take_or_wait(queue, runner) {
+                Take::Run(id) => match self.lease(id, runner, on_cancel.clone()).await {
+                    Ok(leased) => return Ok(leased),
+                    Err(e) => warn!(run = %id, error = %e, "lease failed; trying the next run"),
+                },
+                // Woken when a run is queued here (or the queue is resumed).
+                Take::Wait(rx) => rx.await.map_err(|_| QueueError::Closed)?,
+            }
+        }
+    }
+
+    /// Takes the oldest queued run of `queue`, or registers `runner` as waiting for one.
+    fn take_or_wait(&self, queue: &str, runner: &str) -> Take {
+        let mut state = self.state.borrow_mut();
+        if !state.paused.contains(queue)
+            && let Some(id) = state.queued.get_mut(queue).and_then(BTreeSet::pop_first)
+        {
+            return Take::Run(id);
+        }
+        let (tx, rx) = oneshot::channel();
+        state
+            .waiters
+            .entry(queue.to_owned())
+            .or_default()
+            .push_back(Waiter {
+                runner: runner.to_owned(),
+                tx,
+            });
+        Take::Wait(rx)
+    }
+
+    /// Leases a run taken off its queue. On failure the run goes back on the queue.
+    async fn lease(&self, id: RunId, runner: &str, on_cancel: CancelHook) -> Result<Leased, QueueError> {
+        let now = self.now();
+        let expires_at = self.policy.expiry(now);
+        let mut run = self
+            .state
+            .borrow()
+            .live
+            .get(&id)
+            .cloned()
+            .ok_or(QueueError::NoRun(id))?;
+        let transition = run.state.apply(
+            RunEvent::Lease {
+                runner: runner.to_owned(),
+                expires_at,
+            },
+            now,
+        )?;
+        let Transition::Leased(lease) = transition else {
+            return Err(QueueError::Transition(TransitionError::NotQueued {
+                run: id,
+                status: run.state.status(),
+            }));
+        };
+        run.runner = Some(runner.to_owned());
+        let to_write = run.clone();
+        // Guard: if this future is dropped mid-write, put the run back on its queue.
+        let guard = Requeue {
+            queue: self,
+            id,
+            armed: true,
+        };
+        let written = self.committer.write(move |txn| put_run(txn, &to_write)).await;
+        let mut guard = guard;
+        guard.armed = false;
+        if let Err(e) = written {
+            self.requeue_in_memory(id);
+            return Err(e.into());
+        }
+        {
+            let mut state = self.state.borrow_mut();
+            state.live.insert(id, run.clone());
+            state.cancel_hooks.insert(id, on_cancel);
+        }
+        self.leases_changed.notify_one();
+        self.notify(&run);
+        debug!(run = %id, %runner, lease = %lease.id, "leased");
+        Ok(Leased {
+            run,
+            lease: lease.id,
+            expires_at: lease.expires_at,
+        })
+    }
+
+    fn requeue_in_memory(&self, id: RunId) {
+        let queue = {
+            let mut state = self.state.borrow_mut();
+            let Some(run) = state.live.get(&id) else { return };
+            let queue = run.spec.queue.to_string();
+            state.queued.entry(queue.clone()).or_default().insert(id);
+            queue
+        };
+        self.wake(&queue);
+    }
+
+    /// Applies `event` to a live run, persists it if `durable`, and updates memory, queues,
+    /// waiters and watchers. Returns the transition.
+    async fn change(&self, id: RunId, event: RunEvent, durable: bool) -> Result<Transition, QueueError> {
+        self.change_at(id, event, durable, self.now()).await
+    }
+
+    /// [`Queue::change`] with the event's time given.
+    async fn change_at(
+        &self,
+        id: RunId,
+        event: RunEvent,
+        durable: bool,
+        now: u64,
+    ) -> Result<Transition, QueueError> {
+        let mut run = self
+            .state
+            .borrow()
+            .live
+            .get(&id)
+            .cloned()
+            .ok_or(QueueError::NoRun(id))?;
+        let transition = run.state.apply(event, now)?;
+        match &transition {
+            Transition::Started => run.started_at = Some(now),
+            Transition::Requeued { .. } => run.runner = None,
+            Transition::GaveUp(outcome) => run.message = outcome.message.clone(),
+            // A cancel's reason (set by `cancel_run`) says more than the generic message.
+            Transition::Canceled(outcome) if run.message.is_none() => {
+                run.message = outcome.message.clone();
+            }
+            _ => {}
+        }
+        let unchanged = matches!(
+            transition,
+            Transition::Unchanged | Transition::AlreadyCompleted(_)
+        );
+        if durable && !unchanged {
+            let to_write = run.clone();
+            self.committer.write(move |txn| put_run(txn, &to_write)).await?;
+        }
+        let status = run.state.status();
+        let queue = run.spec.queue.to_string();
+        {
+            let mut state = self.state.borrow_mut();
+            if status.is_final() {
+                state.live.remove(&id);
+                state.cancel_hooks.remove(&id);
+                if let Some(q) = state.queued.get_mut(&queue) {
+                    q.remove(&id);
+                }
+            } else {
+                if status == RunStatus::Queued {
+                    state.queued.entry(queue.clone()).or_default().insert(id);
+                    state.cancel_hooks.remove(&id);
+                }
+                state.live.insert(id, run.clone());
+            }
+        }
+        if !unchanged {
+            self.notify(&run);
+        }
+        if status == RunStatus::Queued {
+            self.wake(&queue);
+        }
+        self.leases_changed.notify_one();
+        Ok(transition)
+    }
+
+    /// The lease holder started the run.
+    pub async fn started(&self, id: RunId, lease: LeaseId) -> Result<(), QueueError> {
+        self.change(id, RunEvent::Start { lease }, true).await.map(drop)
+    }
+
+    /// Renews a lease; returns the new expiry. Not persisted (see the crate docs).
+    pub async fn heartbeat(&self, id: RunId, lease: LeaseId) -> Result<u64, QueueError> {
+        let expires_at = self.policy.expiry(self.now());
+        match self.change(id, RunEvent::Heartbeat { lease, expires_at }, false).await? {
+            Transition::Extended { expires_at } => Ok(expires_at),
+            _ => Ok(expires_at),
+        }
+    }
+
+    /// Records the lease holder's outcome, once. Repeating it is harmless.
+    pub async fn complete(
+        &self,
+        id: RunId,
+        lease: LeaseId,
+        status: RunStatus,
+        exit_code: Option<i32>,
+        message: String,
+    ) -> Result<Outcome, QueueError> {
+        let live = self.state.borrow().live.contains_key(&id);
+        if !live {
+            // Already final: answer from the store (exactly one outcome is ever recorded).
+            let run = self.run(id)?.ok_or(QueueError::NoRun(id))?;
+            return match run.state.outcome() {
+                Some(outcome) if outcome.lease == Some(lease) => Ok(outcome.clone()),
+                _ => Err(QueueError::Transition(TransitionError::Final {
+                    run: id,
+                    status: run.state.status(),
+                })),
+            };
+        }
+        if let Some(run) = self.state.borrow_mut().live.get_mut(&id) {
+            run.message = Some(message);
+        }
+        match self
+            .change(id, RunEvent::Complete { lease, status, exit_code }, true)
+            .await?
+        {
+            Transition::Completed(outcome) | Transition::AlreadyCompleted(outcome) => Ok(outcome),
+            other => Err(QueueError::Store(store_error(format!("unexpected transition {other:?}")))),
+        }
+    }
+
+    /// The holder gave the lease back (its `Job` was dropped without completing): requeue.
+    pub async fn release(&self, id: RunId, lease: LeaseId) {
+        let current = self
+            .state
+            .borrow()
+            .live
+            .get(&id)
+            .and_then(|r| r.state.lease().cloned());
+        let Some(current) = current.filter(|l| l.id == lease) else {
+            return;
+        };
+        // A returned lease is a lost lease that need not wait for its expiry.
+        let at = self.now().max(current.expires_at);
+        if let Err(e) = self.change_at(id, RunEvent::LeaseExpired, true, at).await {
+            warn!(run = %id, error = %e, "failed to requeue a returned lease");
+        }
+    }
+
+    /// Cancels one run: a queued one ends now; a leased one is told to stop (its holder then
+    /// completes it as canceled, or its lease lapses). Returns whether anything changed.
+    pub async fn cancel_run(&self, id: RunId, reason: &str) -> Result<bool, QueueError> {
+        if !self.state.borrow().live.contains_key(&id) {
+            return Ok(false);
+        }
+        if let Some(run) = self.state.borrow_mut().live.get_mut(&id) {
+            run.message = Some(reason.to_owned());
+        }
+        let transition = self.change(id, RunEvent::Cancel, true).await?;
+        match transition {
+            Transition::CancelRequested => {
+                let hook = self.state.borrow().cancel_hooks.get(&id).cloned();
+                if let Some(hook) = hook {
+                    hook(reason.to_owned());
+                }
+                Ok(true)
+            }
+            Transition::Canceled(_) => Ok(true),
+            _ => Ok(false),
+        }
+    }
+
+    /// Cancels every unfinished run of a submission; returns how many.
+    pub async fn cancel_submission(&self, id: SubmissionId, reason: &str) -> Result<u32, QueueError> {
+        let submission = self.submission(id)?.ok_or(QueueError::NoSubmission(id))?;
+        let mut count = 0;
+        for run in submission.runs {
+            if self.cancel_run(run, reason).await? {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Requeues (or gives up) every run whose lease has expired by now.
+    pub async fn expire_leases(&self) -> usize {
+        let now = self.now();
+        let expired: Vec<RunId> = self
+            .state
+            .borrow()
+            .live
+            .values()
+            .filter(|r| r.state.lease_expired(now))
+            .map(StoredRun::id)
+            .collect();
+        let mut n = 0;
+        for id in expired {
+            match self.change(id, RunEvent::LeaseExpired, true).await {
+                Ok(t) => {
+                    n += 1;
+                    info!(run = %id, transition = ?t, "lease expired");
+                }
+                Err(e) => warn!(run = %id, error = %e, "failed to expire a lease"),
+            }
+        }
+        n
+    }
+
+    /// Runs lease expiry forever: sleeps until the earliest lease expiry (or until leases
+    /// change), then expires what is due. Spawn it on the site's LocalSet.
+    pub async fn run_expiry(self: Rc<Self>) {
+        loop {
+            let next = self
+                .state
+                .borrow()
+                .live
+                .values()
+                .filter_map(|r| r.state.lease().map(|l| l.expires_at))
+                .min();
+            let wait = next.map(|at| Duration::from_millis(at.saturating_sub(self.now()) + 1));
+            tokio::select! {
+                () = async {
+                    match wait {
+                        Some(wait) => tokio::time::sleep(wait).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {
+                    self.expire_leases().await;
+                }
+                () = self.leases_changed.notified() => {}
+            }
+        }
+    }
+
+    /// Pauses or resumes a queue.
+    pub fn set_paused(&self, queue: &str, paused: bool) {
+        let mut state = self.state.borrow_mut();
+        if paused {
+            state.paused.insert(queue.to_owned());
+        } else {
+            state.paused.remove(queue);
+        }
+        drop(state);
+        if !paused {
+            self.wake(queue);
+        }
+    }
+
+    /// Watches a submission's runs: every change is sent until the receiver is dropped.
+    pub fn watch(&self, id: SubmissionId) -> mpsc::UnboundedReceiver<RunUpdate> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.state.borrow_mut().watchers.entry(id).or_default().push(tx);
+        rx
+    }
+
+    fn notify(&self, run: &StoredRun) {
+        let mut state = self.state.borrow_mut();
+        if let Some(watchers) = state.watchers.get_mut(&run.submission) {
+            watchers.retain(|w| w.send(run.clone()).is_ok());
+        }
+    }
+
+    /// A run as it is now (live state if unfinished, else stored).
+    pub fn run(&self, id: RunId) -> Result<Option<StoredRun>, QueueError> {
+        if let Some(run) = self.state.borrow().live.get(&id) {
+            return Ok(Some(run.clone()));
+        }
+        let bytes = self
+            .store
+            .read(|txn| Ok(txn.get(RUNS, &id.get())?.map(<[u8]>::to_vec)))?;
+        bytes.map(|b| decode_run(id.get(), &b)).transpose()
+    }
+
+    /// A submission as stored.
+    pub fn submission(&self, id: SubmissionId) -> Result<Option<StoredSubmission>, QueueError> {
+        let bytes = self
+            .store
+            .read(|txn| Ok(txn.get(SUBMISSIONS, &id.get())?.map(<[u8]>::to_vec)))?;
+        bytes.map(|b| decode_submission(id.get(), &b)).transpose()
+    }
+
+    /// The runs of a submission, current.
+    pub fn submission_runs(&self, id: SubmissionId) -> Result<Vec<StoredRun>, QueueError> {
+        let submission = self.submission(id)?.ok_or(QueueError::NoSubmission(id))?;
+        let mut runs = Vec::new();
+        for run in submission.runs {
+            if let Some(run) = self.run(run)? {
+                runs.push(run);
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Every run, newest first, up to `limit`.
+    pub fn runs(&self, limit: usize) -> Result<Vec<StoredRun>, QueueError> {
+        let stored: Vec<(u64, Vec<u8>)> = self.store.read(|txn| {
+            let mut all = txn
+                .iter_range(RUNS, &..)?
+                .map(|entry| entry.map(|(id, bytes)| (id, bytes.to_vec())))
+                .collect::<Result<Vec<_>, _>>()?;
+            all.reverse();
+            all.truncate(limit);
+            Ok(all)
+        })?;
+        stored
+            .into_iter()
+            .map(|(id, bytes)| {
+                let live = self.state.borrow().live.get(&RunId(id)).cloned();
+                live.map_or_else(|| decode_run(id, &bytes), Ok)
+            })
+            .collect()
+    }
+
+    /// Depth (queued runs) and leased/running runs per queue, plus waiting workers.
+    pub fn queues(&self) -> BTreeMap<String, QueueStats> {
+        let state = self.state.borrow();
+        let mut out: BTreeMap<String, QueueStats> = BTreeMap::new();
+        for (queue, ids) in &state.queued {
+            out.entry(queue.clone()).or_default().depth = ids.len();
+        }
+        for run in state.live.values() {
+            if matches!(run.state.status(), RunStatus::Leased | RunStatus::Running) {
+                out.entry(run.spec.queue.to_string()).or_default().active += 1;
+            }
+        }
+        for (queue, waiters) in &state.waiters {
+            let waiting = waiters.iter().filter(|w| !w.tx.is_closed()).count();
+            out.entry(queue.clone()).or_default().waiting = waiting;
+        }
+        for queue in &state.paused {
+            out.entry(queue.clone()).or_default().paused = true;
+        }
+        out
+    }
+
+    /// Names of runners currently waiting for work, per queue.
+    pub fn waiting_runners(&self) -> BTreeMap<String, Vec<String>> {
+        let state = self.state.borrow();
+        state
+            .waiters
+            .iter()
+            .map(|(q, w)| {
+                (
+                    q.clone(),
+                    w.iter().filter(|w| !w.tx.is_closed()).map(|w| w.runner.clone()).collect(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// What [`Queue::take_or_wait`] found.
+enum Take {
+    Run(RunId),
+    Wait(oneshot::Receiver<()>),
+}
+
+/// Per-queue numbers for status pages and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Runs waiting.
+    pub depth: usize,
+    /// Runs leased or running.
+    pub active: usize,
+    /// Workers waiting for a run.
+    pub waiting: usize,
+    /// Whether the queue is paused.
+    pub paused: bool,
+}
+
+/// Puts a run back on its queue if a lease in progress is abandoned.
+struct Requeue<'q> {
+    queue: &'q Queue,
+    id: RunId,
+    armed: bool,
+}
+
+impl Drop for Requeue<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.queue.requeue_in_memory(self.id);
+        }
+    }
+}
