@@ -1,7 +1,9 @@
 //! The `tinyci` command. Parses arguments, wires the libraries together, and turns their typed
 //! errors into one readable message and a documented exit code. `anyhow` lives here only.
 
+mod gitsource;
 mod grant;
+mod jobs;
 mod runner;
 mod site;
 mod util;
@@ -52,9 +54,15 @@ enum Command {
     /// Narrow, inspect, revoke and list tokens.
     #[command(subcommand)]
     Token(grant::TokenCommand),
-    /// Provision runners.
+    /// Run a runner (`--bundle FILE`) or provision one (`runner add`).
+    Runner(runner::RunnerArgs),
+    /// Submit a local git checkout to run its tasks.
+    Submit(jobs::SubmitArgs),
+    /// Cancel a run or a submission.
+    Cancel(jobs::CancelArgs),
+    /// Inspect the site (runs, queues) with the admin capability.
     #[command(subcommand)]
-    Runner(runner::RunnerCommand),
+    Admin(jobs::AdminCommand),
 }
 
 fn main() -> ExitCode {
@@ -64,7 +72,10 @@ fn main() -> ExitCode {
         Command::Site(command) => site::run(command),
         Command::Grant(args) => grant::grant(args),
         Command::Token(command) => grant::token(command),
-        Command::Runner(command) => runner::run(command),
+        Command::Runner(args) => runner::run(args),
+        Command::Submit(args) => jobs::submit(args),
+        Command::Cancel(args) => jobs::cancel(args),
+        Command::Admin(command) => jobs::admin(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,8 +93,8 @@ impl Command {
     /// Long-running commands log progress by default; one-shot commands stay quiet.
     fn default_log_level(&self) -> &'static str {
         match self {
-            Command::Site(site::SiteCommand::Up(_)) => "info",
-            Command::Site(_) | Command::Grant(_) | Command::Token(_) | Command::Runner(_) => "warn",
+            Command::Site(site::SiteCommand::Up(_)) | Command::Runner(_) => "info",
+            _ => "warn",
         }
     }
 }

@@ -8,7 +8,52 @@ use clap::{Args, Subcommand};
 use tinyci_site::SiteConfig;
 use tinyci_site::bundle::{NewRunner, RunnerBundle};
 
-use crate::util::{InputError, config_path, parse_ttl};
+use tinyci_runner::{
+    AgentConfig, AgentStopper, DockerExecutor, Executor, ShellExecutor, agent_control, run_agent,
+};
+
+use crate::util::{InputError, config_path, local_runtime, parse_ttl};
+
+/// Run a runner, or provision one (`tinyci runner add`).
+///
+/// `tinyci runner --bundle r1.bundle` connects to the site named in the bundle, takes jobs
+/// from the bundle's queues and runs them (Docker if a Docker API answers, else the shell).
+/// SIGTERM drains: current runs finish, no new ones start. SIGINT (Ctrl-C) cancels current
+/// runs and exits.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct RunnerArgs {
+    #[command(subcommand)]
+    command: Option<RunnerCommand>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The runner bundle from `tinyci runner add`.
+    #[arg(long, value_name = "FILE")]
+    bundle: Option<PathBuf>,
+    /// Runs executed at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: u16,
+    /// How to execute jobs.
+    #[arg(long, value_enum, default_value_t = ExecutorChoice::Auto)]
+    executor: ExecutorChoice,
+    /// Where job sources are unpacked [default: a directory under the system temp dir].
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ExecutorChoice {
+    /// Docker if a Docker API answers (DOCKER_HOST or the default socket), else shell.
+    Auto,
+    /// Local processes.
+    Shell,
+    /// Containers through the Docker API (fails if none answers).
+    Docker,
+}
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RunnerCommand {
@@ -45,9 +90,89 @@ pub(crate) struct AddArgs {
     config: Option<PathBuf>,
 }
 
-pub(crate) fn run(command: RunnerCommand) -> Result<()> {
-    match command {
-        RunnerCommand::Add(args) => add(args),
+pub(crate) fn run(args: RunnerArgs) -> Result<()> {
+    match args.command {
+        Some(RunnerCommand::Add(add_args)) => add(add_args),
+        None => serve(args.run),
+    }
+}
+
+fn serve(args: RunArgs) -> Result<()> {
+    let Some(path) = args.bundle else {
+        return Err(InputError(
+            "give --bundle FILE (from `tinyci runner add`), or use `tinyci runner add`".into(),
+        )
+        .into());
+    };
+    let bundle = RunnerBundle::load(&path).map_err(|e| InputError(e.to_string()))?;
+    let tls = bundle.client_tls().map_err(|e| InputError(e.to_string()))?;
+    let site = tinyci_pki::SiteName::new(&bundle.site)?;
+    let work_root = args
+        .work_dir
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("tinyci-runner-{}", bundle.runner)));
+    std::fs::create_dir_all(&work_root)?;
+    local_runtime()?.block_on(async move {
+        let executor = match args.executor {
+            ExecutorChoice::Shell => Executor::Shell(ShellExecutor),
+            ExecutorChoice::Docker => Executor::Docker(DockerExecutor::connect().await?),
+            ExecutorChoice::Auto => {
+                let (executor, why_not_docker) = Executor::detect().await;
+                if let Some(why) = why_not_docker {
+                    println!("no Docker API ({why}); using the shell executor");
+                }
+                executor
+            }
+        };
+        println!(
+            "runner {} of site {}: {} slot(s) on {}, {} executor",
+            bundle.runner,
+            bundle.site,
+            args.jobs,
+            bundle.queues.join(", "),
+            executor.name()
+        );
+        let config = AgentConfig {
+            site,
+            addresses: bundle.addresses.clone(),
+            tls,
+            token: bundle.token.clone(),
+            name: bundle.runner.clone(),
+            queues: bundle.queues.clone(),
+            slots: usize::from(args.jobs),
+            executor,
+            work_root,
+            limits: tinyci_net::NetLimits::default(),
+            max_backoff: Duration::from_secs(30),
+        };
+        let (stopper, control) = agent_control();
+        tokio::task::spawn_local(stop_on_signals(stopper));
+        run_agent(config, control).await;
+        println!("runner stopped");
+        Ok(())
+    })
+}
+
+/// SIGTERM drains, SIGINT cancels.
+async fn stop_on_signals(stopper: AgentStopper) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot listen for signals; the runner stops only when killed");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                println!("SIGTERM: finishing current runs, taking no new ones");
+                stopper.drain();
+            }
+            _ = int.recv() => {
+                println!("SIGINT: canceling current runs");
+                stopper.cancel();
+            }
+        }
     }
 }
 

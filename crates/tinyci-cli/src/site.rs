@@ -57,6 +57,9 @@ pub(crate) struct UpArgs {
     /// Listen on this address instead of site.listen (port 0 picks a free port).
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen)]
     listen: Option<SocketAddr>,
+    /// Do not start the embedded runner (shell executor, queue `default`).
+    #[arg(long)]
+    no_local_runner: bool,
 }
 
 #[derive(Debug, Args)]
@@ -136,13 +139,15 @@ fn up(args: UpArgs) -> Result<()> {
         ensure_default_site(&path)?;
     }
     let config = SiteConfig::load(&path)?;
-    let site = Site::open(config).context("failed to start the site")?;
-    println!(
-        "site {} opened its store at {}",
-        site.config().name,
-        site.config().data_dir.display()
-    );
     local_runtime()?.block_on(async move {
+        let site = Site::open(config)
+            .await
+            .context("failed to start the site")?;
+        println!(
+            "site {} opened its store at {}",
+            site.config().name,
+            site.config().data_dir.display()
+        );
         let listener = site.bind(args.listen).await?;
         let addr = listener.local_addr()?;
         println!("listening on {addr}");
@@ -158,7 +163,29 @@ fn up(args: UpArgs) -> Result<()> {
             format!(" --config {}", path.display())
         };
         println!("next: tinyci site status{config_hint}{status_hint}   (Ctrl-C stops the site)");
+        let local_runner = if args.no_local_runner {
+            None
+        } else {
+            match local_runner(&site, addr) {
+                Ok(config) => {
+                    let (_stopper, control) = tinyci_runner::agent_control();
+                    println!("local runner attached (shell executor, queue default)");
+                    Some(tokio::task::spawn_local(tinyci_runner::run_agent(
+                        config, control,
+                    )))
+                }
+                Err(e) => {
+                    println!("no local runner: {e:#}");
+                    None
+                }
+            }
+        };
         let stats = site.run(listener, shutdown_signal()).await;
+        // Runs the local runner held lose their leases with the site; they are requeued
+        // at the next start.
+        if let Some(runner) = local_runner {
+            runner.abort();
+        }
         println!(
             "site stopped ({} connections served)",
             stats.accepted.load(std::sync::atomic::Ordering::Relaxed)
@@ -228,4 +255,49 @@ mod tests {
             "3d 4h"
         );
     }
+}
+
+/// The embedded runner: provisioned once into `<data>/local-runner.bundle`, then pointed at
+/// the address the site actually bound.
+fn local_runner(site: &Site, addr: SocketAddr) -> Result<tinyci_runner::AgentConfig> {
+    use tinyci_site::bundle::{NewRunner, RunnerBundle};
+    let config = site.config();
+    let path = config.data_dir.join("local-runner.bundle");
+    let mut bundle = if path.exists() {
+        RunnerBundle::load(&path)?
+    } else {
+        let bundle = RunnerBundle::issue_recording_in(
+            config,
+            &NewRunner {
+                name: "local".into(),
+                queues: vec!["default".into()],
+                addresses: vec![addr.to_string()],
+                expires_at: None,
+            },
+            site.store(),
+        )?;
+        bundle.write(&path)?;
+        bundle
+    };
+    let dial = if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    bundle.addresses = vec![dial.to_string()];
+    let work_root = config.data_dir.join("local-runner");
+    std::fs::create_dir_all(&work_root)?;
+    Ok(tinyci_runner::AgentConfig {
+        site: config.name.clone(),
+        addresses: bundle.addresses.clone(),
+        tls: bundle.client_tls()?,
+        token: bundle.token.clone(),
+        name: bundle.runner.clone(),
+        queues: bundle.queues.clone(),
+        slots: 2,
+        executor: tinyci_runner::Executor::Shell(tinyci_runner::ShellExecutor),
+        work_root,
+        limits: tinyci_net::NetLimits::default(),
+        max_backoff: std::time::Duration::from_secs(5),
+    })
 }

@@ -244,7 +244,10 @@ impl Queue {
             queue.track(run);
         }
         if !recovered.is_empty() {
-            info!(runs = recovered.len(), "requeued runs whose leases ended with the last process");
+            info!(
+                runs = recovered.len(),
+                "requeued runs whose leases ended with the last process"
+            );
             let to_write = recovered.clone();
             queue
                 .committer
@@ -278,7 +281,10 @@ impl Queue {
 
     /// Durably records a submission and its runs, supersedes older unfinished runs on the
     /// same repository and ref, and queues the new runs. Returns once durable.
-    pub async fn submit(&self, new: NewSubmission) -> Result<(StoredSubmission, Vec<StoredRun>), QueueError> {
+    pub async fn submit(
+        &self,
+        new: NewSubmission,
+    ) -> Result<(StoredSubmission, Vec<StoredRun>), QueueError> {
         let now = self.now();
         let policy = self.policy;
         let count = new.runs.len() as u64;
@@ -358,7 +364,9 @@ impl Queue {
         };
         let mut woken = 0;
         while woken < available {
-            let Some(waiter) = waiters.pop_front() else { break };
+            let Some(waiter) = waiters.pop_front() else {
+                break;
+            };
             if waiter.tx.send(()).is_ok() {
                 woken += 1;
             }
@@ -368,7 +376,12 @@ impl Queue {
     /// Waits until a run of `queue` can be leased to `runner`, then leases it (durably) and
     /// returns it. `on_cancel` is called if the run is asked to stop while leased. Cancel-safe:
     /// dropping the future before it resolves leases nothing.
-    pub async fn next(&self, queue: &str, runner: &str, on_cancel: CancelHook) -> Result<Leased, QueueError> {
+    pub async fn next(
+        &self,
+        queue: &str,
+        runner: &str,
+        on_cancel: CancelHook,
+    ) -> Result<Leased, QueueError> {
         loop {
             match self.take_or_wait(queue, runner) {
                 Take::Run(id) => match self.lease(id, runner, on_cancel.clone()).await {
@@ -402,7 +415,12 @@ impl Queue {
     }
 
     /// Leases a run taken off its queue. On failure the run goes back on the queue.
-    async fn lease(&self, id: RunId, runner: &str, on_cancel: CancelHook) -> Result<Leased, QueueError> {
+    async fn lease(
+        &self,
+        id: RunId,
+        runner: &str,
+        on_cancel: CancelHook,
+    ) -> Result<Leased, QueueError> {
         let now = self.now();
         let expires_at = self.policy.expiry(now);
         let mut run = self
@@ -433,7 +451,10 @@ impl Queue {
             id,
             armed: true,
         };
-        let written = self.committer.write(move |txn| put_run(txn, &to_write)).await;
+        let written = self
+            .committer
+            .write(move |txn| put_run(txn, &to_write))
+            .await;
         let mut guard = guard;
         guard.armed = false;
         if let Err(e) = written {
@@ -458,7 +479,9 @@ impl Queue {
     fn requeue_in_memory(&self, id: RunId) {
         let queue = {
             let mut state = self.state.borrow_mut();
-            let Some(run) = state.live.get(&id) else { return };
+            let Some(run) = state.live.get(&id) else {
+                return;
+            };
             let queue = run.spec.queue.to_string();
             state.queued.entry(queue.clone()).or_default().insert(id);
             queue
@@ -468,7 +491,12 @@ impl Queue {
 
     /// Applies `event` to a live run, persists it if `durable`, and updates memory, queues,
     /// waiters and watchers. Returns the transition.
-    async fn change(&self, id: RunId, event: RunEvent, durable: bool) -> Result<Transition, QueueError> {
+    async fn change(
+        &self,
+        id: RunId,
+        event: RunEvent,
+        durable: bool,
+    ) -> Result<Transition, QueueError> {
         self.change_at(id, event, durable, self.now()).await
     }
 
@@ -504,7 +532,9 @@ impl Queue {
         );
         if durable && !unchanged {
             let to_write = run.clone();
-            self.committer.write(move |txn| put_run(txn, &to_write)).await?;
+            self.committer
+                .write(move |txn| put_run(txn, &to_write))
+                .await?;
         }
         let status = run.state.status();
         let queue = run.spec.queue.to_string();
@@ -536,13 +566,18 @@ impl Queue {
 
     /// The lease holder started the run.
     pub async fn started(&self, id: RunId, lease: LeaseId) -> Result<(), QueueError> {
-        self.change(id, RunEvent::Start { lease }, true).await.map(drop)
+        self.change(id, RunEvent::Start { lease }, true)
+            .await
+            .map(drop)
     }
 
     /// Renews a lease; returns the new expiry. Not persisted (see the crate docs).
     pub async fn heartbeat(&self, id: RunId, lease: LeaseId) -> Result<u64, QueueError> {
         let expires_at = self.policy.expiry(self.now());
-        match self.change(id, RunEvent::Heartbeat { lease, expires_at }, false).await? {
+        match self
+            .change(id, RunEvent::Heartbeat { lease, expires_at }, false)
+            .await?
+        {
             Transition::Extended { expires_at } => Ok(expires_at),
             _ => Ok(expires_at),
         }
@@ -573,11 +608,21 @@ impl Queue {
             run.message = Some(message);
         }
         match self
-            .change(id, RunEvent::Complete { lease, status, exit_code }, true)
+            .change(
+                id,
+                RunEvent::Complete {
+                    lease,
+                    status,
+                    exit_code,
+                },
+                true,
+            )
             .await?
         {
             Transition::Completed(outcome) | Transition::AlreadyCompleted(outcome) => Ok(outcome),
-            other => Err(QueueError::Store(store_error(format!("unexpected transition {other:?}")))),
+            other => Err(QueueError::Store(store_error(format!(
+                "unexpected transition {other:?}"
+            )))),
         }
     }
 
@@ -623,7 +668,11 @@ impl Queue {
     }
 
     /// Cancels every unfinished run of a submission; returns how many.
-    pub async fn cancel_submission(&self, id: SubmissionId, reason: &str) -> Result<u32, QueueError> {
+    pub async fn cancel_submission(
+        &self,
+        id: SubmissionId,
+        reason: &str,
+    ) -> Result<u32, QueueError> {
         let submission = self.submission(id)?.ok_or(QueueError::NoSubmission(id))?;
         let mut count = 0;
         for run in submission.runs {
@@ -701,7 +750,12 @@ impl Queue {
     /// Watches a submission's runs: every change is sent until the receiver is dropped.
     pub fn watch(&self, id: SubmissionId) -> mpsc::UnboundedReceiver<RunUpdate> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.state.borrow_mut().watchers.entry(id).or_default().push(tx);
+        self.state
+            .borrow_mut()
+            .watchers
+            .entry(id)
+            .or_default()
+            .push(tx);
         rx
     }
 
@@ -794,7 +848,10 @@ impl Queue {
             .map(|(q, w)| {
                 (
                     q.clone(),
-                    w.iter().filter(|w| !w.tx.is_closed()).map(|w| w.runner.clone()).collect(),
+                    w.iter()
+                        .filter(|w| !w.tx.is_closed())
+                        .map(|w| w.runner.clone())
+                        .collect(),
                 )
             })
             .collect()

@@ -94,6 +94,17 @@ impl RunnerBundle {
     /// Issues a runner certificate and a holder-bound `queue:take` grant for `runner`,
     /// records the grant, and returns the bundle (not yet written).
     pub fn issue(config: &SiteConfig, runner: &NewRunner) -> Result<Self, BundleError> {
+        let store = open_store_for_tool(config)?;
+        Self::issue_recording_in(config, runner, &store)
+    }
+
+    /// [`RunnerBundle::issue`], recording the grant in an already open store (the site's
+    /// own, when `site up` provisions its local runner).
+    pub fn issue_recording_in(
+        config: &SiteConfig,
+        runner: &NewRunner,
+        store: &tinyci_store::Store,
+    ) -> Result<Self, BundleError> {
         let ca_key_path = config.ca_key.as_ref().ok_or(BundleError::NoCaKey)?;
         let ca_pem = read_pem(&config.ca_cert, "tls.ca_cert", false)?;
         let ca_key = read_pem(ca_key_path, "tls.ca_key", true)?;
@@ -111,12 +122,7 @@ impl RunnerBundle {
         let leaf = ca.issue_member_cert(Role::Runner, &runner.name)?;
         let root = load_root_key(config)?;
         let (token, grant) = mint(&root, &spec)?;
-        let store = open_store_for_tool(config)?;
-        crate::grants::record_issued(
-            &store,
-            &grant,
-            &format!("tinyci runner add {}", runner.name),
-        )?;
+        crate::grants::record_issued(store, &grant, &format!("tinyci runner add {}", runner.name))?;
         let addresses = if runner.addresses.is_empty() {
             config
                 .dial_addr()
@@ -151,6 +157,13 @@ impl RunnerBundle {
         );
         write_secret_file(path, text.as_bytes())?;
         Ok(())
+    }
+
+    /// The runner's mTLS client configuration (pinned CA, its certificate).
+    pub fn client_tls(&self) -> Result<std::sync::Arc<tinyci_net::ClientConfig>, BundleError> {
+        let site = SiteName::new(&self.site)?;
+        let creds = tinyci_pki::Credentials::from_pem(&self.cert, &self.key)?;
+        Ok(tinyci_pki::tls::client_config(&creds, &self.ca_cert, site)?)
     }
 
     /// Reads a bundle, refusing one readable by group or others.

@@ -5,11 +5,13 @@
 
 use std::rc::Rc;
 
+use tinyci_core::{RunId, SubmissionId};
 use tinyci_pki::PeerIdentity;
-use tinyci_schema::{admin, log_reader, submitter, worker};
+use tinyci_schema::{admin, log_reader, submitter};
 use tracing::info;
 
 use crate::Services;
+use crate::jobs::{TicketCap, fill_run_info};
 use crate::membrane::Liveness;
 use crate::rpc::{not_yet, read_text};
 use crate::session::len;
@@ -18,14 +20,22 @@ use crate::session::len;
 pub(crate) struct SubmitterCap {
     services: Rc<Services>,
     repo: String,
+    /// Who submits (the peer's identity), recorded on each submission.
+    submitted_by: String,
     liveness: Rc<Liveness>,
 }
 
 impl SubmitterCap {
-    pub(crate) fn new(services: Rc<Services>, repo: String, liveness: Rc<Liveness>) -> Self {
+    pub(crate) fn new(
+        services: Rc<Services>,
+        repo: String,
+        submitted_by: String,
+        liveness: Rc<Liveness>,
+    ) -> Self {
         Self {
             services,
             repo,
+            submitted_by,
             liveness,
         }
     }
@@ -49,55 +59,40 @@ impl submitter::Server for SubmitterCap {
 
     async fn submit(
         self: Rc<Self>,
-        _: submitter::SubmitParams,
-        _: submitter::SubmitResults,
+        params: submitter::SubmitParams,
+        mut results: submitter::SubmitResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
-        Err(not_yet("Submitter.submit", "submitting runs"))
+        let submission = crate::jobs::submit(
+            &self.services,
+            &self.repo,
+            &self.submitted_by,
+            params.get()?,
+        )
+        .await?;
+        let ticket = TicketCap::new(self.services.clone(), submission.id, self.liveness.clone());
+        results.get().set_ticket(capnp_rpc::new_client(ticket));
+        Ok(())
     }
 
     async fn ticket(
         self: Rc<Self>,
         params: submitter::TicketParams,
-        _: submitter::TicketResults,
+        mut results: submitter::TicketResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let id = read_text(params.get()?.get_submission_id(), "submissionId")?;
-        Err(capnp::Error::failed(format!(
-            "no submission {id:?} in repository {}",
-            self.repo
-        )))
-    }
-}
-
-/// `Worker` for one queue and one runner.
-pub(crate) struct WorkerCap {
-    queue: String,
-    runner: String,
-    liveness: Rc<Liveness>,
-}
-
-impl WorkerCap {
-    pub(crate) fn new(queue: String, runner: String, liveness: Rc<Liveness>) -> Self {
-        Self {
-            queue,
-            runner,
-            liveness,
+        let not_found =
+            || capnp::Error::failed(format!("no submission {id:?} in repository {}", self.repo));
+        let parsed: SubmissionId = id.parse().map_err(|_| not_found())?;
+        // A submitter for one repository sees only that repository's submissions.
+        match self.services.queue.submission(parsed) {
+            Ok(Some(s)) if s.repo == self.repo => {}
+            _ => return Err(not_found()),
         }
-    }
-}
-
-impl worker::Server for WorkerCap {
-    /// Parks until a job is leased to this worker. No queue feeds workers yet, so the call
-    /// resolves only when the capability dies, with the reason.
-    async fn next(
-        self: Rc<Self>,
-        _: worker::NextParams,
-        _: worker::NextResults,
-    ) -> Result<(), capnp::Error> {
-        self.liveness.check()?;
-        info!(queue = %self.queue, runner = %self.runner, "worker waiting for a job");
-        Err(self.liveness.dead().await)
+        let ticket = TicketCap::new(self.services.clone(), parsed, self.liveness.clone());
+        results.get().set_ticket(capnp_rpc::new_client(ticket));
+        Ok(())
     }
 }
 
@@ -160,11 +155,7 @@ pub(crate) struct AdminCap {
 }
 
 impl AdminCap {
-    pub(crate) fn new(
-        services: Rc<Services>,
-        peer: PeerIdentity,
-        liveness: Rc<Liveness>,
-    ) -> Self {
+    pub(crate) fn new(services: Rc<Services>, peer: PeerIdentity, liveness: Rc<Liveness>) -> Self {
         Self {
             services,
             peer,
@@ -214,6 +205,132 @@ impl admin::Server for AdminCap {
                 &record.revocation_ids,
             );
         }
+        Ok(())
+    }
+
+    async fn runs(
+        self: Rc<Self>,
+        params: admin::RunsParams,
+        mut results: admin::RunsResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let filter = params.get()?.get_filter()?;
+        let repo = read_text(filter.get_repo(), "filter.repo")?;
+        let git_ref = read_text(filter.get_ref(), "filter.ref")?;
+        let status = read_text(filter.get_status(), "filter.status")?;
+        let limit = match filter.get_limit() {
+            0 => 100,
+            n => n.min(10_000) as usize,
+        };
+        // Scan newest first, filter, and stop at the limit.
+        let runs = self
+            .services
+            .queue
+            .runs(limit.saturating_mul(20).max(1000))
+            .map_err(|e| capnp::Error::failed(e.to_string()))?;
+        let selected: Vec<_> = runs
+            .into_iter()
+            .filter(|r| repo.is_empty() || r.repo == repo)
+            .filter(|r| git_ref.is_empty() || r.git_ref == git_ref)
+            .filter(|r| status.is_empty() || r.state.status().as_str() == status)
+            .take(limit)
+            .collect();
+        let mut list = results.get().init_runs(len(selected.len()));
+        for (i, run) in selected.iter().enumerate() {
+            fill_run_info(list.reborrow().get(len(i)), run);
+        }
+        Ok(())
+    }
+
+    async fn queues(
+        self: Rc<Self>,
+        _: admin::QueuesParams,
+        mut results: admin::QueuesResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let queues = self.services.queue.queues();
+        let mut list = results.get().init_queues(len(queues.len()));
+        for (i, (name, stats)) in queues.iter().enumerate() {
+            let mut q = list.reborrow().get(len(i));
+            q.set_name(name);
+            q.set_depth(len(stats.depth));
+            q.set_leased(len(stats.active));
+            q.set_paused(stats.paused);
+        }
+        Ok(())
+    }
+
+    async fn set_queue(
+        self: Rc<Self>,
+        params: admin::SetQueueParams,
+        _: admin::SetQueueResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let params = params.get()?;
+        let name = read_text(params.get_name(), "name")?;
+        self.services.queue.set_paused(&name, params.get_paused());
+        Ok(())
+    }
+
+    async fn cancel(
+        self: Rc<Self>,
+        params: admin::CancelParams,
+        mut results: admin::CancelResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let params = params.get()?;
+        let id = read_text(params.get_id(), "id")?;
+        let reason = read_text(params.get_reason(), "reason")?;
+        let reason = if reason.is_empty() {
+            format!("canceled by {}", self.peer)
+        } else {
+            reason
+        };
+        let queue = &self.services.queue;
+        let canceled = if let Ok(run) = id.parse::<RunId>() {
+            if queue
+                .run(run)
+                .map_err(|e| capnp::Error::failed(e.to_string()))?
+                .is_none()
+            {
+                return Err(capnp::Error::failed(format!("no run {id}")));
+            }
+            u32::from(
+                queue
+                    .cancel_run(run, &reason)
+                    .await
+                    .map_err(|e| capnp::Error::failed(e.to_string()))?,
+            )
+        } else if let Ok(submission) = id.parse::<SubmissionId>() {
+            queue
+                .cancel_submission(submission, &reason)
+                .await
+                .map_err(|e| capnp::Error::failed(e.to_string()))?
+        } else {
+            return Err(capnp::Error::failed(format!(
+                "{id:?} is neither a run (r-N) nor a submission (s-N)"
+            )));
+        };
+        results.get().set_canceled(canceled);
+        Ok(())
+    }
+
+    async fn submitter(
+        self: Rc<Self>,
+        params: admin::SubmitterParams,
+        mut results: admin::SubmitterResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let repo = read_text(params.get()?.get_repo(), "repo")?;
+        tinyci_grant::vocab::validate_repo(&repo)
+            .map_err(|e| capnp::Error::failed(e.to_string()))?;
+        let cap = SubmitterCap::new(
+            self.services.clone(),
+            repo,
+            self.peer.to_string(),
+            self.liveness.clone(),
+        );
+        results.get().set_submitter(capnp_rpc::new_client(cap));
         Ok(())
     }
 

@@ -13,6 +13,8 @@ pub mod config;
 mod gateway;
 mod grants;
 pub mod init;
+mod jobs;
+mod logs;
 mod membrane;
 mod rpc;
 mod session;
@@ -86,6 +88,9 @@ pub enum SiteError {
         /// What capnp said.
         source: capnp::Error,
     },
+    /// The queue could not be loaded.
+    #[error("cannot load the run queue: {0}")]
+    Queue(String),
     /// A directory under the data dir could not be created.
     #[error("cannot create {path}: {source}")]
     DataDir {
@@ -117,11 +122,19 @@ pub(crate) struct Services {
     pub(crate) grants: grants::GrantAuthority,
     /// Source archives.
     pub(crate) sources: sources::SourceStore,
+    /// Submissions, runs, leases.
+    pub(crate) queue: Rc<tinyci_queue::Queue>,
+    /// The store, for reads.
+    pub(crate) store: Store,
+    /// The store's group-commit writer, for durable writes from the RPC thread.
+    pub(crate) committer: tinyci_store::GroupCommitter,
 }
 
 impl Site {
-    /// Loads certificates and keys named by `config` and opens the store.
-    pub fn open(config: SiteConfig) -> Result<Self, SiteError> {
+    /// Loads certificates and keys named by `config`, opens the store and the queue (runs
+    /// whose leases died with the previous process are requeued here). Must run inside a
+    /// `LocalSet`.
+    pub async fn open(config: SiteConfig) -> Result<Self, SiteError> {
         let credentials = load_credentials("tls.cert", &config.cert, "tls.key", &config.key)?;
         let expected = tinyci_pki::PeerIdentity::site(config.name.clone());
         if credentials.identity() != &expected {
@@ -162,13 +175,27 @@ impl Site {
             },
         )?;
         let grants = grants::GrantAuthority::load(config.name.clone(), root, store.clone())?;
-        let sources = sources::SourceStore::open(&config.data_dir).map_err(|source| {
-            SiteError::DataDir {
+        let sources =
+            sources::SourceStore::open(&config.data_dir).map_err(|source| SiteError::DataDir {
                 path: config.data_dir.join("sources"),
                 source,
-            }
-        })?;
-        let services = Rc::new(Services { grants, sources });
+            })?;
+        let (committer, _writer) = tinyci_store::GroupCommitter::start(store.clone())?;
+        let queue = tinyci_queue::Queue::open(
+            store.clone(),
+            committer.clone(),
+            tinyci_core::LeasePolicy::default(),
+            tinyci_queue::system_clock(),
+        )
+        .await
+        .map_err(|e| SiteError::Queue(e.to_string()))?;
+        let services = Rc::new(Services {
+            grants,
+            sources,
+            queue,
+            store: store.clone(),
+            committer,
+        });
         Ok(Self {
             store,
             tls,
@@ -214,6 +241,8 @@ impl Site {
         shutdown: impl Future<Output = ()>,
     ) -> Arc<ServerStats> {
         let stats = listener.stats();
+        // Lease expiry runs as long as the site serves.
+        let expiry = tokio::task::spawn_local(self.services.queue.clone().run_expiry());
         let facts = Rc::new(SiteFacts {
             name: self.config.name.clone(),
             ca_fingerprint: self.ca_fingerprint,
@@ -235,6 +264,7 @@ impl Site {
             shutdown,
         )
         .await;
+        expiry.abort();
         info!(site = %self.config.name, "stopped serving; closing store");
         drop(self.store);
         stats

@@ -11,9 +11,10 @@ use tinyci_net::Peer;
 use tinyci_schema::{grant_info, session};
 use tracing::{debug, info};
 
-use crate::caps::{AdminCap, LogReaderCap, SubmitterCap, WorkerCap};
 use crate::Services;
+use crate::caps::{AdminCap, LogReaderCap, SubmitterCap};
 use crate::grants::Redeemed;
+use crate::jobs::WorkerCap;
 use crate::rpc::read_text;
 
 pub(crate) struct Session {
@@ -73,7 +74,12 @@ impl session::Server for Session {
         let repo = read_text(params.get()?.get_repo(), "repo")?;
         validate_repo(&repo).map_err(|e| capnp::Error::failed(e.to_string()))?;
         self.authorize(Right::QueueSubmit, &repo)?;
-        let cap = SubmitterCap::new(self.services.clone(), repo, self.redeemed.liveness.clone());
+        let cap = SubmitterCap::new(
+            self.services.clone(),
+            repo,
+            self.peer.identity.to_string(),
+            self.redeemed.liveness.clone(),
+        );
         results.get().set_submitter(capnp_rpc::new_client(cap));
         Ok(())
     }
@@ -103,7 +109,12 @@ impl session::Server for Session {
             )));
         }
         self.authorize(Right::QueueTake, &queue)?;
-        let cap = WorkerCap::new(queue, runner, self.redeemed.liveness.clone());
+        let cap = WorkerCap::new(
+            self.services.clone(),
+            queue,
+            runner,
+            self.redeemed.liveness.clone(),
+        );
         results.get().set_worker(capnp_rpc::new_client(cap));
         Ok(())
     }

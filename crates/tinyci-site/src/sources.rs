@@ -190,8 +190,12 @@ pub(crate) fn task_files(archive: &Path) -> Result<BTreeMap<String, String>, Arc
             return Err(ArchiveError::TooMany);
         }
         let mut bytes = Vec::new();
-        entry.by_ref().take(MAX_TASK_FILE_BYTES).read_to_end(&mut bytes)?;
-        let text = String::from_utf8(bytes).map_err(|_| ArchiveError::NotText { path: path.clone() })?;
+        entry
+            .by_ref()
+            .take(MAX_TASK_FILE_BYTES)
+            .read_to_end(&mut bytes)?;
+        let text =
+            String::from_utf8(bytes).map_err(|_| ArchiveError::NotText { path: path.clone() })?;
         files.insert(path, text);
     }
     Ok(files)
@@ -200,7 +204,8 @@ pub(crate) fn task_files(archive: &Path) -> Result<BTreeMap<String, String>, Arc
 /// Streams the archive at `path` into `sink` with capnp flow control, then finishes it with
 /// the archive's SHA-256.
 pub(crate) async fn stream_to(path: &Path, sink: byte_sink::Client) -> Result<(), capnp::Error> {
-    let io = |e: std::io::Error| capnp::Error::failed(format!("cannot read the source archive: {e}"));
+    let io =
+        |e: std::io::Error| capnp::Error::failed(format!("cannot read the source archive: {e}"));
     let mut file = tokio::fs::File::open(path).await.map_err(io)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];

@@ -11,7 +11,10 @@ use tinyci_queue::{Clock, NewSubmission, Queue};
 use tinyci_store::{GroupCommitter, GroupWriterThread, Store, StoreOptions};
 
 fn local<F: std::future::Future>(f: F) -> F::Output {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     tokio::task::LocalSet::new().block_on(&runtime, f)
 }
 
@@ -28,7 +31,8 @@ impl ManualClock {
         Rc::new(move || now.get())
     }
     fn advance(&self, by: Duration) {
-        self.0.set(self.0.get() + u64::try_from(by.as_millis()).unwrap());
+        self.0
+            .set(self.0.get() + u64::try_from(by.as_millis()).unwrap());
     }
 }
 
@@ -39,15 +43,23 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap(), clock: ManualClock::new() }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            clock: ManualClock::new(),
+        }
     }
 
     async fn open(&self) -> (Rc<Queue>, GroupCommitter, GroupWriterThread) {
         let store = Store::open(self.dir.path(), StoreOptions::default()).unwrap();
         let (committer, writer) = GroupCommitter::start(store.clone()).unwrap();
-        let queue = Queue::open(store, committer.clone(), LeasePolicy::default(), self.clock.clock())
-            .await
-            .unwrap();
+        let queue = Queue::open(
+            store,
+            committer.clone(),
+            LeasePolicy::default(),
+            self.clock.clock(),
+        )
+        .await
+        .unwrap();
         (queue, committer, writer)
     }
 }
@@ -92,7 +104,14 @@ fn runs_are_leased_fifo_and_completed_exactly_once() {
         let f = Fixture::new();
         let (queue, _c, _w) = f.open().await;
         let (sub, runs) = queue
-            .submit(submission("refs/heads/main", vec![planned("a", "one"), planned("a", "two"), planned("b", "three")]))
+            .submit(submission(
+                "refs/heads/main",
+                vec![
+                    planned("a", "one"),
+                    planned("a", "two"),
+                    planned("b", "three"),
+                ],
+            ))
             .await
             .unwrap();
         assert_eq!(runs.len(), 3);
@@ -103,13 +122,25 @@ fn runs_are_leased_fifo_and_completed_exactly_once() {
         assert_eq!(first.run.state.attempt(), 1);
         queue.started(first.run.id(), first.lease).await.unwrap();
         let outcome = queue
-            .complete(first.run.id(), first.lease, RunStatus::Failed, Some(2), "exit code 2".into())
+            .complete(
+                first.run.id(),
+                first.lease,
+                RunStatus::Failed,
+                Some(2),
+                "exit code 2".into(),
+            )
             .await
             .unwrap();
         assert_eq!(outcome.status, RunStatus::Failed);
         // Repeating the completion is harmless and returns the recorded outcome.
         let again = queue
-            .complete(first.run.id(), first.lease, RunStatus::Passed, Some(0), "again".into())
+            .complete(
+                first.run.id(),
+                first.lease,
+                RunStatus::Passed,
+                Some(0),
+                "again".into(),
+            )
             .await
             .unwrap();
         assert_eq!(again, outcome);
@@ -132,8 +163,14 @@ fn a_waiting_worker_is_handed_a_run_as_soon_as_one_is_queued() {
         // Let the worker park, then queue a run on another queue and on its own.
         tokio::task::yield_now().await;
         assert_eq!(queue.queues()["gpu"].waiting, 1);
-        queue.submit(submission("refs/heads/x", vec![planned("cpu", "c")])).await.unwrap();
-        queue.submit(submission("refs/heads/y", vec![planned("gpu", "g")])).await.unwrap();
+        queue
+            .submit(submission("refs/heads/x", vec![planned("cpu", "c")]))
+            .await
+            .unwrap();
+        queue
+            .submit(submission("refs/heads/y", vec![planned("gpu", "g")]))
+            .await
+            .unwrap();
         let leased = waiting.await.unwrap().unwrap();
         assert_eq!(leased.run.spec.name, "g");
         assert_eq!(queue.queues()["cpu"].depth, 1);
@@ -145,25 +182,51 @@ fn lost_leases_requeue_with_attempts_until_the_run_gives_up() {
     local(async {
         let f = Fixture::new();
         let (queue, _c, _w) = f.open().await;
-        queue.submit(submission("refs/heads/main", vec![planned("a", "flaky")])).await.unwrap();
+        queue
+            .submit(submission("refs/heads/main", vec![planned("a", "flaky")]))
+            .await
+            .unwrap();
         let policy = LeasePolicy::default();
         for attempt in 1..=policy.max_attempts {
             let leased = queue.next("a", "runner:r1", no_hook()).await.unwrap();
             assert_eq!(leased.run.state.attempt(), attempt);
             // A heartbeat extends the lease; then the runner goes silent.
             f.clock.advance(policy.lease_duration / 2);
-            queue.heartbeat(leased.run.id(), leased.lease).await.unwrap();
+            queue
+                .heartbeat(leased.run.id(), leased.lease)
+                .await
+                .unwrap();
             f.clock.advance(policy.lease_duration / 2);
-            assert_eq!(queue.expire_leases().await, 0, "a heartbeated lease expired early");
+            assert_eq!(
+                queue.expire_leases().await,
+                0,
+                "a heartbeated lease expired early"
+            );
             f.clock.advance(policy.lease_duration);
             assert_eq!(queue.expire_leases().await, 1);
             // The old holder's completion is refused.
-            let late = queue.complete(leased.run.id(), leased.lease, RunStatus::Passed, Some(0), String::new()).await;
+            let late = queue
+                .complete(
+                    leased.run.id(),
+                    leased.lease,
+                    RunStatus::Passed,
+                    Some(0),
+                    String::new(),
+                )
+                .await;
             assert!(late.is_err());
         }
         let runs = queue.runs(10).unwrap();
         assert_eq!(runs[0].state.status(), RunStatus::Errored);
-        assert!(runs[0].message.as_deref().unwrap_or_default().contains("lease"), "{:?}", runs[0].message);
+        assert!(
+            runs[0]
+                .message
+                .as_deref()
+                .unwrap_or_default()
+                .contains("lease"),
+            "{:?}",
+            runs[0].message
+        );
         assert_eq!(queue.queues().get("a").map_or(0, |q| q.depth), 0);
     });
 }
@@ -175,7 +238,10 @@ fn a_restart_requeues_leased_runs_and_loses_nothing() {
         let ids = {
             let (queue, committer, writer) = f.open().await;
             let runs = (0..200).map(|i| planned("a", &format!("run{i}"))).collect();
-            let (_, runs) = queue.submit(submission("refs/heads/main", runs)).await.unwrap();
+            let (_, runs) = queue
+                .submit(submission("refs/heads/main", runs))
+                .await
+                .unwrap();
             for _ in 0..5 {
                 queue.next("a", "runner:r1", no_hook()).await.unwrap();
             }
@@ -188,7 +254,16 @@ fn a_restart_requeues_leased_runs_and_loses_nothing() {
         let mut completed = 0;
         for _ in 0..200 {
             let leased = queue.next("a", "runner:r2", no_hook()).await.unwrap();
-            queue.complete(leased.run.id(), leased.lease, RunStatus::Passed, Some(0), String::new()).await.unwrap();
+            queue
+                .complete(
+                    leased.run.id(),
+                    leased.lease,
+                    RunStatus::Passed,
+                    Some(0),
+                    String::new(),
+                )
+                .await
+                .unwrap();
             completed += 1;
         }
         assert_eq!(completed, 200);
@@ -205,7 +280,10 @@ fn cancel_ends_queued_runs_and_tells_holders_of_leased_ones() {
         let f = Fixture::new();
         let (queue, _c, _w) = f.open().await;
         let (sub, runs) = queue
-            .submit(submission("refs/heads/main", vec![planned("a", "held"), planned("a", "waiting")]))
+            .submit(submission(
+                "refs/heads/main",
+                vec![planned("a", "held"), planned("a", "waiting")],
+            ))
             .await
             .unwrap();
         let told = Rc::new(std::cell::RefCell::new(Vec::new()));
@@ -214,11 +292,29 @@ fn cancel_ends_queued_runs_and_tells_holders_of_leased_ones() {
             Rc::new(move |reason: String| told.borrow_mut().push(reason))
         };
         let leased = queue.next("a", "runner:r1", hook).await.unwrap();
-        assert_eq!(queue.cancel_submission(sub.id, "user asked").await.unwrap(), 2);
+        assert_eq!(
+            queue.cancel_submission(sub.id, "user asked").await.unwrap(),
+            2
+        );
         assert_eq!(told.borrow().as_slice(), ["user asked".to_owned()]);
-        assert_eq!(queue.run(runs[1].id()).unwrap().unwrap().state.status(), RunStatus::Canceled);
-        queue.complete(leased.run.id(), leased.lease, RunStatus::Canceled, None, "canceled".into()).await.unwrap();
-        assert_eq!(queue.run(leased.run.id()).unwrap().unwrap().state.status(), RunStatus::Canceled);
+        assert_eq!(
+            queue.run(runs[1].id()).unwrap().unwrap().state.status(),
+            RunStatus::Canceled
+        );
+        queue
+            .complete(
+                leased.run.id(),
+                leased.lease,
+                RunStatus::Canceled,
+                None,
+                "canceled".into(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            queue.run(leased.run.id()).unwrap().unwrap().state.status(),
+            RunStatus::Canceled
+        );
     });
 }
 
@@ -227,13 +323,28 @@ fn a_newer_submission_on_the_same_ref_supersedes_the_older() {
     local(async {
         let f = Fixture::new();
         let (queue, _c, _w) = f.open().await;
-        let (_, old) = queue.submit(submission("refs/heads/pr", vec![planned("a", "old")])).await.unwrap();
-        let (_, other) = queue.submit(submission("refs/heads/other", vec![planned("a", "other")])).await.unwrap();
-        let (new_sub, _) = queue.submit(submission("refs/heads/pr", vec![planned("a", "new")])).await.unwrap();
+        let (_, old) = queue
+            .submit(submission("refs/heads/pr", vec![planned("a", "old")]))
+            .await
+            .unwrap();
+        let (_, other) = queue
+            .submit(submission("refs/heads/other", vec![planned("a", "other")]))
+            .await
+            .unwrap();
+        let (new_sub, _) = queue
+            .submit(submission("refs/heads/pr", vec![planned("a", "new")]))
+            .await
+            .unwrap();
         let old = queue.run(old[0].id()).unwrap().unwrap();
         assert_eq!(old.state.status(), RunStatus::Canceled);
-        assert_eq!(old.message.as_deref(), Some(format!("superseded by submission {}", new_sub.id).as_str()));
-        assert_eq!(queue.run(other[0].id()).unwrap().unwrap().state.status(), RunStatus::Queued);
+        assert_eq!(
+            old.message.as_deref(),
+            Some(format!("superseded by submission {}", new_sub.id).as_str())
+        );
+        assert_eq!(
+            queue.run(other[0].id()).unwrap().unwrap().state.status(),
+            RunStatus::Queued
+        );
     });
 }
 
@@ -250,7 +361,10 @@ fn a_returned_lease_requeues_at_once_and_an_abandoned_wait_leases_nothing() {
         tokio::task::yield_now().await;
         abandoned.abort();
         let _ = abandoned.await;
-        queue.submit(submission("refs/heads/main", vec![planned("a", "x")])).await.unwrap();
+        queue
+            .submit(submission("refs/heads/main", vec![planned("a", "x")]))
+            .await
+            .unwrap();
         assert_eq!(queue.queues()["a"].depth, 1);
         let leased = queue.next("a", "runner:r1", no_hook()).await.unwrap();
         queue.release(leased.run.id(), leased.lease).await;

@@ -67,7 +67,7 @@ impl TestSite {
 
     /// Opens the store and serves (again, after [`TestSite::down`]).
     pub(crate) async fn up(&mut self) {
-        let site = Site::open(self.config.clone()).unwrap();
+        let site = Site::open(self.config.clone()).await.unwrap();
         let listener = site
             .bind(Some("127.0.0.1:0".parse().unwrap()))
             .await

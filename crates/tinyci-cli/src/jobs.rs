@@ -1,0 +1,346 @@
+//! `tinyci submit`, `tinyci cancel`, `tinyci admin runs|queues`.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use sha2::{Digest, Sha256};
+use tinyci_schema::{RunStatus, run_info, run_observer, submission_info};
+use tinyci_site::{SiteConfig, admin_capability, rpc_error};
+use tokio::sync::oneshot;
+
+use crate::gitsource;
+use crate::util::{config_path, local_runtime};
+
+/// Chunk size for uploads (the wire contract's limit).
+const CHUNK: usize = 64 * 1024;
+
+/// Submit a local git checkout: upload its source and run the tasks its changes select.
+///
+/// Tasks are selected by diffing against the default branch (origin/HEAD, else main or
+/// master); `--all` runs every task. Uses the admin certificate and token from site.toml.
+#[derive(Debug, Args)]
+pub(crate) struct SubmitArgs {
+    /// The checkout to submit [default: the current directory].
+    #[arg(default_value = ".")]
+    path: PathBuf,
+    /// The revision to submit (a branch, tag or commit).
+    #[arg(long = "ref", value_name = "REF", default_value = "HEAD")]
+    git_ref: String,
+    /// Run every task, not just those the diff selects.
+    #[arg(long)]
+    all: bool,
+    /// Show each run's progress until all end; exit non-zero unless every run passed.
+    #[arg(long)]
+    wait: bool,
+    /// The repository name [default: from the origin remote, else local/<directory>].
+    #[arg(long, value_name = "OWNER/NAME")]
+    repo: Option<String>,
+    /// The site configuration [default: ./site.toml].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Dial this address instead of site.listen.
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<SocketAddr>,
+}
+
+/// Cancel a run (r-N) or every unfinished run of a submission (s-N).
+///
+/// Queued runs end at once; running ones are stopped by their runner (SIGTERM to the process
+/// group, SIGKILL after a grace period; containers are stopped then killed).
+#[derive(Debug, Args)]
+pub(crate) struct CancelArgs {
+    /// A run (r-N) or submission (s-N) id.
+    id: String,
+    /// Why, recorded on the run.
+    #[arg(long)]
+    reason: Option<String>,
+    /// The site configuration [default: ./site.toml].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Dial this address instead of site.listen.
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AdminCommand {
+    /// List runs, newest first.
+    Runs(RunsArgs),
+    /// List queues with their depth and active runs.
+    Queues(SiteArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SiteArgs {
+    /// The site configuration [default: ./site.toml].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Dial this address instead of site.listen.
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunsArgs {
+    /// Only this repository.
+    #[arg(long, value_name = "OWNER/NAME")]
+    repo: Option<String>,
+    /// Only this ref.
+    #[arg(long = "ref", value_name = "REF")]
+    git_ref: Option<String>,
+    /// Only this status (queued, leased, running, passed, failed, canceled, timed_out, errored).
+    #[arg(long)]
+    status: Option<String>,
+    /// At most this many.
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    #[command(flatten)]
+    site: SiteArgs,
+}
+
+pub(crate) fn status_word(status: Result<RunStatus, capnp::NotInSchema>) -> &'static str {
+    match status {
+        Ok(RunStatus::Queued) => "queued",
+        Ok(RunStatus::Leased) => "leased",
+        Ok(RunStatus::Running) => "running",
+        Ok(RunStatus::Passed) => "passed",
+        Ok(RunStatus::Failed) => "failed",
+        Ok(RunStatus::Canceled) => "canceled",
+        Ok(RunStatus::TimedOut) => "timed out",
+        Ok(RunStatus::Errored) => "errored",
+        Err(_) => "unknown",
+    }
+}
+
+fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> String {
+    t.ok().and_then(|t| t.to_string().ok()).unwrap_or_default()
+}
+
+/// One line per run: `r-7  build:test  queue default  passed (exit code 0) on runner:r1`.
+fn run_line(run: run_info::Reader<'_>) -> String {
+    let mut line = format!(
+        "{:<8} {}:{}  queue {}  {}",
+        text(run.get_id()),
+        text(run.get_task()),
+        text(run.get_name()),
+        text(run.get_queue()),
+        status_word(run.get_status())
+    );
+    let message = text(run.get_message());
+    if !message.is_empty() {
+        line.push_str(&format!(" ({message})"));
+    }
+    let runner = text(run.get_runner());
+    if !runner.is_empty() {
+        line.push_str(&format!(" on {runner}"));
+    }
+    if run.get_attempt() > 1 {
+        line.push_str(&format!(", attempt {}", run.get_attempt()));
+    }
+    line
+}
+
+pub(crate) fn submit(args: SubmitArgs) -> Result<()> {
+    let config = SiteConfig::load(&config_path(args.config))?;
+    let source = gitsource::read(&args.path, &args.git_ref, args.repo.as_deref())?;
+    eprintln!(
+        "submitting {} {} ({}), {} bytes of source",
+        source.repo,
+        source.git_ref,
+        &source.sha[..source.sha.len().min(12)],
+        source.archive.len()
+    );
+    let all = args.all || source.changed.is_none();
+    local_runtime()?.block_on(async move {
+        let (client, admin) = admin_capability(&config, args.addr).await?;
+        let rpc = |e| rpc_error(&client, e);
+        let mut get = admin.submitter_request();
+        get.get().set_repo(&source.repo);
+        let submitter = get.send().pipeline.get_submitter();
+
+        // Upload with flow control, then submit what was uploaded.
+        let sink = submitter.upload_request().send().pipeline.get_sink();
+        let digest = Sha256::digest(&source.archive);
+        for chunk in source.archive.chunks(CHUNK) {
+            let mut write = sink.write_request();
+            write.get().set_chunk(chunk);
+            write.send().await.map_err(rpc)?;
+        }
+        let mut finish = sink.finish_request();
+        finish.get().set_sha256(digest.as_slice());
+        finish.send().promise.await.map_err(rpc)?;
+
+        let mut request = submitter.submit_request();
+        {
+            let mut r = request.get().init_request();
+            r.set_ref(&source.git_ref);
+            r.set_sha(&source.sha);
+            r.set_all(all);
+            r.set_source_sha256(digest.as_slice());
+            r.set_title(&source.title);
+            let changed = source.changed.as_deref().unwrap_or_default();
+            let mut list = r.init_changed_paths(u32::try_from(changed.len()).unwrap_or(u32::MAX));
+            for (i, path) in changed.iter().enumerate() {
+                list.set(u32::try_from(i).unwrap_or(u32::MAX), path.as_str());
+            }
+        }
+        let ticket = request.send().pipeline.get_ticket();
+        let runs = ticket.runs_request().send().promise.await.map_err(rpc)?;
+        let runs = runs.get().and_then(|r| r.get_runs()).map_err(rpc)?;
+        let info = ticket
+            .submission_request()
+            .send()
+            .promise
+            .await
+            .map_err(rpc)?;
+        let info = info.get().and_then(|r| r.get_submission()).map_err(rpc)?;
+        let id = text(info.get_id());
+        println!("submission {id}: {} runs", runs.len());
+        for run in runs.iter() {
+            println!("  {}", run_line(run));
+        }
+        if !args.wait || runs.is_empty() {
+            return Ok(());
+        }
+        let (ended_tx, ended_rx) = oneshot::channel();
+        let observer = Observer {
+            ended: RefCell::new(Some(ended_tx)),
+        };
+        let mut watch = ticket.watch_request();
+        watch.get().set_observer(capnp_rpc::new_client(observer));
+        let handle = watch.send().promise.await.map_err(rpc)?;
+        let status = ended_rx
+            .await
+            .context("the site stopped reporting progress")?;
+        drop(handle);
+        if status == "passed" {
+            println!("submission {id} passed");
+            Ok(())
+        } else {
+            bail!("submission {id} {status}")
+        }
+    })
+}
+
+/// Prints run changes as the site pushes them.
+struct Observer {
+    ended: RefCell<Option<oneshot::Sender<String>>>,
+}
+
+impl run_observer::Server for Observer {
+    async fn changed(
+        self: Rc<Self>,
+        params: run_observer::ChangedParams,
+    ) -> Result<(), capnp::Error> {
+        println!("  {}", run_line(params.get()?.get_run()?));
+        Ok(())
+    }
+
+    async fn ended(
+        self: Rc<Self>,
+        params: run_observer::EndedParams,
+        _: run_observer::EndedResults,
+    ) -> Result<(), capnp::Error> {
+        let submission: submission_info::Reader<'_> = params.get()?.get_submission()?;
+        let status = status_word(submission.get_status()).to_owned();
+        if let Some(tx) = self.ended.borrow_mut().take() {
+            let _ = tx.send(status);
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn cancel(args: CancelArgs) -> Result<()> {
+    let config = SiteConfig::load(&config_path(args.config))?;
+    local_runtime()?.block_on(async move {
+        let (client, admin) = admin_capability(&config, args.addr).await?;
+        let mut request = admin.cancel_request();
+        request.get().set_id(&args.id);
+        request
+            .get()
+            .set_reason(args.reason.as_deref().unwrap_or_default());
+        let response = request
+            .send()
+            .promise
+            .await
+            .map_err(|e| rpc_error(&client, e))?;
+        let n = response
+            .get()
+            .map_err(|e| rpc_error(&client, e))?
+            .get_canceled();
+        println!("canceled {n} run{}", if n == 1 { "" } else { "s" });
+        Ok(())
+    })
+}
+
+pub(crate) fn admin(command: AdminCommand) -> Result<()> {
+    match command {
+        AdminCommand::Runs(args) => runs(args),
+        AdminCommand::Queues(args) => queues(args),
+    }
+}
+
+fn runs(args: RunsArgs) -> Result<()> {
+    let config = SiteConfig::load(&config_path(args.site.config))?;
+    local_runtime()?.block_on(async move {
+        let (client, admin) = admin_capability(&config, args.site.addr).await?;
+        let mut request = admin.runs_request();
+        {
+            let mut filter = request.get().init_filter();
+            filter.set_repo(args.repo.as_deref().unwrap_or_default());
+            filter.set_ref(args.git_ref.as_deref().unwrap_or_default());
+            filter.set_status(args.status.as_deref().unwrap_or_default());
+            filter.set_limit(args.limit);
+        }
+        let response = request
+            .send()
+            .promise
+            .await
+            .map_err(|e| rpc_error(&client, e))?;
+        let runs = response
+            .get()
+            .and_then(|r| r.get_runs())
+            .map_err(|e| rpc_error(&client, e))?;
+        for run in runs.iter() {
+            println!(
+                "{} {}  {}",
+                text(run.get_submission_id()),
+                text(run.get_repo()),
+                run_line(run)
+            );
+        }
+        Ok(())
+    })
+}
+
+fn queues(args: SiteArgs) -> Result<()> {
+    let config = SiteConfig::load(&config_path(args.config))?;
+    local_runtime()?.block_on(async move {
+        let (client, admin) = admin_capability(&config, args.addr).await?;
+        let response = admin
+            .queues_request()
+            .send()
+            .promise
+            .await
+            .map_err(|e| rpc_error(&client, e))?;
+        let queues = response
+            .get()
+            .and_then(|r| r.get_queues())
+            .map_err(|e| rpc_error(&client, e))?;
+        println!("{:<20} {:>7} {:>7}  PAUSED", "QUEUE", "QUEUED", "ACTIVE");
+        for q in queues.iter() {
+            println!(
+                "{:<20} {:>7} {:>7}  {}",
+                text(q.get_name()),
+                q.get_depth(),
+                q.get_leased(),
+                if q.get_paused() { "yes" } else { "no" }
+            );
+        }
+        Ok(())
+    })
+}

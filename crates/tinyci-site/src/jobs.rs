@@ -1,0 +1,564 @@
+//! Jobs over the wire: `Worker.next` parks on the queue until a run is leased to it (push),
+//! the `Job` capability is the lease (dropping it returns the lease), `Submitter.submit`
+//! plans and queues a submission, and a `Ticket` follows it.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use tinyci_core::{LeaseId, RepoConfig, RunId, RunStatus as CoreStatus, SubmissionId, TaskFile};
+use tinyci_queue::{Leased, NewSubmission, QueueError, StoredRun, StoredSubmission};
+use tinyci_schema::{
+    RunStatus, handle, job, job_control, run_info, run_observer, submission_info, submitter,
+    ticket, worker,
+};
+use tracing::{info, warn};
+
+use crate::Services;
+use crate::logs::{LogSinkCap, stored_length};
+use crate::membrane::Liveness;
+use crate::rpc::{not_yet, read_text};
+use crate::session::len;
+
+/// Maps the state machine's status to the wire's.
+pub(crate) fn wire_status(status: CoreStatus) -> RunStatus {
+    match status {
+        CoreStatus::Queued => RunStatus::Queued,
+        CoreStatus::Leased => RunStatus::Leased,
+        CoreStatus::Running => RunStatus::Running,
+        CoreStatus::Passed => RunStatus::Passed,
+        CoreStatus::Failed => RunStatus::Failed,
+        CoreStatus::Canceled => RunStatus::Canceled,
+        CoreStatus::TimedOut => RunStatus::TimedOut,
+        CoreStatus::Errored => RunStatus::Errored,
+    }
+}
+
+fn core_status(status: RunStatus) -> CoreStatus {
+    match status {
+        RunStatus::Queued => CoreStatus::Queued,
+        RunStatus::Leased => CoreStatus::Leased,
+        RunStatus::Running => CoreStatus::Running,
+        RunStatus::Passed => CoreStatus::Passed,
+        RunStatus::Failed => CoreStatus::Failed,
+        RunStatus::Canceled => CoreStatus::Canceled,
+        RunStatus::TimedOut => CoreStatus::TimedOut,
+        RunStatus::Errored => CoreStatus::Errored,
+    }
+}
+
+fn millis(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// Writes a run's description.
+pub(crate) fn fill_run_info(mut info: run_info::Builder<'_>, run: &StoredRun) {
+    info.set_id(run.id().to_string());
+    info.set_submission_id(run.submission.to_string());
+    info.set_repo(&run.repo);
+    info.set_ref(&run.git_ref);
+    info.set_task(&run.spec.task_dir);
+    info.set_name(&run.spec.name);
+    info.set_queue(run.spec.queue.as_ref());
+    info.set_status(wire_status(run.state.status()));
+    info.set_attempt(run.state.attempt());
+    info.set_runner(run.runner.as_deref().unwrap_or_default());
+    let outcome = run.state.outcome();
+    info.set_exit_code(outcome.and_then(|o| o.exit_code).unwrap_or(-1));
+    info.set_created_at(millis(run.state.created_at()));
+    info.set_started_at(run.started_at.map_or(0, millis));
+    info.set_finished_at(outcome.map_or(0, |o| millis(o.finished_at)));
+    let message = run
+        .message
+        .clone()
+        .or_else(|| outcome.and_then(|o| o.message.clone()))
+        .or_else(|| {
+            outcome
+                .and_then(|o| o.exit_code)
+                .map(|c| format!("exit code {c}"))
+        })
+        .unwrap_or_default();
+    info.set_message(message);
+}
+
+/// The aggregate status of a submission: the worst final status once every run ended.
+pub(crate) fn submission_status(runs: &[StoredRun]) -> CoreStatus {
+    if runs.iter().any(|r| !r.state.status().is_final()) {
+        return if runs.iter().any(|r| r.state.status() != CoreStatus::Queued) {
+            CoreStatus::Running
+        } else {
+            CoreStatus::Queued
+        };
+    }
+    let rank = |s: CoreStatus| match s {
+        CoreStatus::Passed => 0,
+        CoreStatus::Canceled => 1,
+        CoreStatus::Failed => 2,
+        CoreStatus::TimedOut => 3,
+        _ => 4,
+    };
+    runs.iter()
+        .map(|r| r.state.status())
+        .max_by_key(|s| rank(*s))
+        .unwrap_or(CoreStatus::Passed)
+}
+
+pub(crate) fn fill_submission_info(
+    mut info: submission_info::Builder<'_>,
+    submission: &StoredSubmission,
+    runs: &[StoredRun],
+) {
+    info.set_id(submission.id.to_string());
+    info.set_repo(&submission.repo);
+    info.set_ref(&submission.git_ref);
+    info.set_sha(&submission.sha);
+    info.set_status(wire_status(submission_status(runs)));
+    info.set_created_at(millis(submission.created_at));
+    info.set_submitted_by(&submission.submitted_by);
+    info.set_run_count(len(submission.runs.len()));
+}
+
+fn queue_error(e: QueueError) -> capnp::Error {
+    capnp::Error::failed(e.to_string())
+}
+
+/// `Worker` for one queue and one runner.
+pub(crate) struct WorkerCap {
+    services: Rc<Services>,
+    queue: String,
+    runner: String,
+    liveness: Rc<Liveness>,
+}
+
+impl WorkerCap {
+    pub(crate) fn new(
+        services: Rc<Services>,
+        queue: String,
+        runner: String,
+        liveness: Rc<Liveness>,
+    ) -> Self {
+        Self {
+            services,
+            queue,
+            runner,
+            liveness,
+        }
+    }
+}
+
+impl worker::Server for WorkerCap {
+    async fn next(
+        self: Rc<Self>,
+        params: worker::NextParams,
+        mut results: worker::NextResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let control: job_control::Client = params.get()?.get_control()?;
+        let on_cancel: tinyci_queue::CancelHook = Rc::new(move |reason: String| {
+            let mut request = control.cancel_request();
+            request.get().set_reason(&reason);
+            let call = request.send().promise;
+            tokio::task::spawn_local(async move {
+                if let Err(e) = call.await {
+                    warn!(error = %e, "could not tell the runner to cancel");
+                }
+            });
+        });
+        let leased = tokio::select! {
+            leased = self.services.queue.next(&self.queue, &self.runner, on_cancel) => leased.map_err(queue_error)?,
+            dead = self.liveness.dead() => return Err(dead),
+        };
+        info!(run = %leased.run.id(), runner = %self.runner, attempt = leased.run.state.attempt(), "job leased");
+        let source = self
+            .services
+            .queue
+            .submission(leased.run.submission)
+            .ok()
+            .flatten()
+            .map(|s| s.source_sha256)
+            .unwrap_or_default();
+        let job = JobCap {
+            services: self.services.clone(),
+            run: leased.run.id(),
+            lease: leased.lease,
+            leased,
+            source,
+            liveness: self.liveness.clone(),
+            completed: Cell::new(false),
+        };
+        results.get().set_job(capnp_rpc::new_client(job));
+        Ok(())
+    }
+}
+
+/// One lease of one run. Dropped without `complete`, it returns the lease.
+pub(crate) struct JobCap {
+    services: Rc<Services>,
+    run: RunId,
+    lease: LeaseId,
+    leased: Leased,
+    source: Vec<u8>,
+    liveness: Rc<Liveness>,
+    completed: Cell<bool>,
+}
+
+impl Drop for JobCap {
+    fn drop(&mut self) {
+        if self.completed.get() {
+            return;
+        }
+        let queue = self.services.queue.clone();
+        let (run, lease) = (self.run, self.lease);
+        // The runner let go (or its connection died): requeue now rather than at expiry.
+        tokio::task::spawn_local(async move { queue.release(run, lease).await });
+    }
+}
+
+impl job::Server for JobCap {
+    async fn spec(
+        self: Rc<Self>,
+        _: job::SpecParams,
+        mut results: job::SpecResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let run = &self.leased.run;
+        let spec = &run.spec;
+        let mut out = results.get().init_spec();
+        fill_run_info(out.reborrow().init_run(), run);
+        out.set_sha(&run.sha);
+        let mut command = out.reborrow().init_command(len(spec.command.len()));
+        for (i, arg) in spec.command.iter().enumerate() {
+            command.set(len(i), arg.as_str());
+        }
+        out.set_image(spec.image.as_deref().unwrap_or_default());
+        out.set_mountpoint(&spec.mountpoint);
+        // The shell executor wants a path inside the source; send the workdir relative to
+        // the mountpoint when it lies under it (the Docker executor accepts either).
+        let workdir = spec
+            .workdir
+            .strip_prefix(&spec.mountpoint)
+            .map(|rest| rest.trim_start_matches('/'))
+            .map(|rest| if rest.is_empty() { "." } else { rest })
+            .unwrap_or(&spec.workdir);
+        out.set_workdir(workdir);
+        let mut env = out.reborrow().init_env(len(spec.env.len()));
+        for (i, (k, v)) in spec.env.iter().enumerate() {
+            let mut kv = env.reborrow().get(len(i));
+            kv.set_key(k);
+            kv.set_value(v);
+        }
+        out.set_timeout_seconds(u32::try_from(spec.timeout_secs).unwrap_or(u32::MAX));
+        out.set_privileged(spec.privileged);
+        let mut metadata = out.reborrow().init_metadata(len(spec.metadata.len()));
+        for (i, (k, v)) in spec.metadata.iter().enumerate() {
+            let mut kv = metadata.reborrow().get(len(i));
+            kv.set_key(k);
+            kv.set_value(v);
+        }
+        let mut artifacts = out.reborrow().init_artifacts(len(spec.artifacts.len()));
+        for (i, a) in spec.artifacts.iter().enumerate() {
+            artifacts.set(len(i), a.as_str());
+        }
+        out.set_lease_expires_at(millis(self.leased.expires_at));
+        Ok(())
+    }
+
+    async fn source(
+        self: Rc<Self>,
+        params: job::SourceParams,
+        _: job::SourceResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let sink = params.get()?.get_sink()?;
+        let path = self.services.sources.path(&self.source).ok_or_else(|| {
+            capnp::Error::failed("the run's source archive is missing at the site".into())
+        })?;
+        crate::sources::stream_to(&path, sink).await
+    }
+
+    async fn log(
+        self: Rc<Self>,
+        _: job::LogParams,
+        mut results: job::LogResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let store = self.services.store.clone();
+        let run = self.run.get();
+        let start = tokio::task::spawn_blocking(move || stored_length(&store, run))
+            .await
+            .map_err(|e| capnp::Error::failed(e.to_string()))?
+            .map_err(|e| capnp::Error::failed(format!("cannot read the log: {e}")))?;
+        let sink = LogSinkCap::new(
+            run,
+            start,
+            self.services.committer.clone(),
+            self.liveness.clone(),
+        );
+        results.get().set_sink(capnp_rpc::new_client(sink));
+        Ok(())
+    }
+
+    async fn artifacts(
+        self: Rc<Self>,
+        _: job::ArtifactsParams,
+        _: job::ArtifactsResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        Err(not_yet("Job.artifacts", "storing artifacts"))
+    }
+
+    async fn heartbeat(
+        self: Rc<Self>,
+        _: job::HeartbeatParams,
+        mut results: job::HeartbeatResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let expires = self
+            .services
+            .queue
+            .heartbeat(self.run, self.lease)
+            .await
+            .map_err(queue_error)?;
+        results.get().set_lease_expires_at(millis(expires));
+        Ok(())
+    }
+
+    async fn started(
+        self: Rc<Self>,
+        _: job::StartedParams,
+        _: job::StartedResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        self.services
+            .queue
+            .started(self.run, self.lease)
+            .await
+            .map_err(queue_error)
+    }
+
+    async fn complete(
+        self: Rc<Self>,
+        params: job::CompleteParams,
+        _: job::CompleteResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let outcome = params.get()?.get_outcome()?;
+        let status = core_status(
+            outcome
+                .get_status()
+                .map_err(|_| capnp::Error::failed("unknown run status in outcome".into()))?,
+        );
+        let exit_code = Some(outcome.get_exit_code()).filter(|c| *c >= 0);
+        let message = read_text(outcome.get_message(), "outcome.message")?;
+        let recorded = self
+            .services
+            .queue
+            .complete(self.run, self.lease, status, exit_code, message)
+            .await
+            .map_err(queue_error)?;
+        self.completed.set(true);
+        info!(run = %self.run, status = %recorded.status, exit_code = ?recorded.exit_code, "run completed");
+        Ok(())
+    }
+}
+
+/// Plans and queues a submission from an uploaded archive.
+pub(crate) async fn submit(
+    services: &Rc<Services>,
+    repo: &str,
+    submitted_by: &str,
+    request: submitter::submit_params::Reader<'_>,
+) -> Result<StoredSubmission, capnp::Error> {
+    let request = request.get_request()?;
+    let source_sha256 = request.get_source_sha256()?.to_vec();
+    let path = services.sources.path(&source_sha256).ok_or_else(|| {
+        capnp::Error::failed(
+            "no uploaded source archive has that SHA-256; upload it with Submitter.upload first"
+                .into(),
+        )
+    })?;
+    let archive = path.clone();
+    let files = tokio::task::spawn_blocking(move || crate::sources::task_files(&archive))
+        .await
+        .map_err(|e| capnp::Error::failed(e.to_string()))?
+        .map_err(|e| capnp::Error::failed(e.to_string()))?;
+    let repo_config = match files.get(tinyci_core::REPO_CONFIG_FILE) {
+        Some(text) => RepoConfig::parse(tinyci_core::REPO_CONFIG_FILE, text.as_bytes()),
+        None => {
+            return Err(capnp::Error::failed(format!(
+                "the repository has no {} at its root",
+                tinyci_core::REPO_CONFIG_FILE
+            )));
+        }
+    }
+    .map_err(|e| capnp::Error::failed(e.to_string()))?;
+    let mut tasks = BTreeMap::new();
+    for (file, text) in &files {
+        if file == tinyci_core::REPO_CONFIG_FILE {
+            continue;
+        }
+        let dir = file.rsplit_once('/').map_or(".", |(dir, _)| dir).to_owned();
+        let task = TaskFile::parse(file, text.as_bytes(), &repo_config)
+            .map_err(|e| capnp::Error::failed(e.to_string()))?;
+        tasks.insert(dir, task);
+    }
+    let changed = request
+        .get_changed_paths()?
+        .iter()
+        .map(|p| {
+            p.map_err(capnp::Error::from)
+                .and_then(|p| Ok(p.to_string()?))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let plan = tinyci_core::plan(&repo_config, &tasks, &changed, request.get_all())
+        .map_err(|e| capnp::Error::failed(e.to_string()))?;
+    let (submission, _) = services
+        .queue
+        .submit(NewSubmission {
+            repo: repo.to_owned(),
+            git_ref: read_text(request.get_ref(), "ref")?,
+            sha: read_text(request.get_sha(), "sha")?,
+            title: read_text(request.get_title(), "title")?,
+            submitted_by: submitted_by.to_owned(),
+            source_sha256,
+            runs: plan.runs,
+        })
+        .await
+        .map_err(queue_error)?;
+    Ok(submission)
+}
+
+/// `Ticket` for one submission.
+pub(crate) struct TicketCap {
+    services: Rc<Services>,
+    id: SubmissionId,
+    liveness: Rc<Liveness>,
+}
+
+impl TicketCap {
+    pub(crate) fn new(services: Rc<Services>, id: SubmissionId, liveness: Rc<Liveness>) -> Self {
+        Self {
+            services,
+            id,
+            liveness,
+        }
+    }
+
+    fn load(&self) -> Result<(StoredSubmission, Vec<StoredRun>), capnp::Error> {
+        let queue = &self.services.queue;
+        let submission = queue
+            .submission(self.id)
+            .map_err(queue_error)?
+            .ok_or_else(|| capnp::Error::failed(format!("no submission {}", self.id)))?;
+        let runs = queue.submission_runs(self.id).map_err(queue_error)?;
+        Ok((submission, runs))
+    }
+}
+
+impl ticket::Server for TicketCap {
+    async fn submission(
+        self: Rc<Self>,
+        _: ticket::SubmissionParams,
+        mut results: ticket::SubmissionResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let (submission, runs) = self.load()?;
+        fill_submission_info(results.get().init_submission(), &submission, &runs);
+        Ok(())
+    }
+
+    async fn runs(
+        self: Rc<Self>,
+        _: ticket::RunsParams,
+        mut results: ticket::RunsResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let (_, runs) = self.load()?;
+        let mut list = results.get().init_runs(len(runs.len()));
+        for (i, run) in runs.iter().enumerate() {
+            fill_run_info(list.reborrow().get(len(i)), run);
+        }
+        Ok(())
+    }
+
+    async fn cancel(
+        self: Rc<Self>,
+        params: ticket::CancelParams,
+        _: ticket::CancelResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let reason = read_text(params.get()?.get_reason(), "reason")?;
+        let reason = if reason.is_empty() {
+            "canceled by request".to_owned()
+        } else {
+            reason
+        };
+        self.services
+            .queue
+            .cancel_submission(self.id, &reason)
+            .await
+            .map_err(queue_error)?;
+        Ok(())
+    }
+
+    async fn watch(
+        self: Rc<Self>,
+        params: ticket::WatchParams,
+        mut results: ticket::WatchResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let observer: run_observer::Client = params.get()?.get_observer()?;
+        let mut updates = self.services.queue.watch(self.id);
+        let (submission, runs) = self.load()?;
+        let ticket = self.clone();
+        let task = tokio::task::spawn_local(async move {
+            let mut current: BTreeMap<RunId, StoredRun> =
+                runs.into_iter().map(|r| (r.id(), r)).collect();
+            for run in current.values() {
+                if send_change(&observer, run).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                if current.values().all(|r| r.state.status().is_final()) {
+                    let runs: Vec<StoredRun> = current.values().cloned().collect();
+                    let mut ended = observer.ended_request();
+                    fill_submission_info(ended.get().init_submission(), &submission, &runs);
+                    let _ = ended.send().promise.await;
+                    return;
+                }
+                let Some(run) = updates.recv().await else {
+                    return;
+                };
+                if ticket.liveness.check().is_err() {
+                    return;
+                }
+                if send_change(&observer, &run).await.is_err() {
+                    return;
+                }
+                current.insert(run.id(), run);
+            }
+        });
+        results
+            .get()
+            .set_handle(capnp_rpc::new_client(WatchHandle(task)));
+        Ok(())
+    }
+}
+
+async fn send_change(observer: &run_observer::Client, run: &StoredRun) -> Result<(), capnp::Error> {
+    let mut request = observer.changed_request();
+    fill_run_info(request.get().init_run(), run);
+    request.send().await
+}
+
+/// Stops a watch when dropped.
+struct WatchHandle(tokio::task::JoinHandle<()>);
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl handle::Server for WatchHandle {}
