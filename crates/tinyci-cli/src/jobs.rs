@@ -200,10 +200,10 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<()> {
         let info = info.get().and_then(|r| r.get_submission()).map_err(rpc)?;
         let id = text(info.get_id());
         println!("submission {id}: {} runs", runs.len());
-        for run in runs.iter() {
-            println!("  {}", run_line(run));
-        }
         if !args.wait || runs.is_empty() {
+            for run in runs.iter() {
+                println!("  {}", run_line(run));
+            }
             return Ok(());
         }
         let (ended_tx, ended_rx) = oneshot::channel();

@@ -241,22 +241,6 @@ fn human_duration(d: Duration) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_naturally() {
-        assert_eq!(human_duration(Duration::from_secs(12)), "12s");
-        assert_eq!(human_duration(Duration::from_secs(250)), "4m 10s");
-        assert_eq!(human_duration(Duration::from_secs(7500)), "2h 5m");
-        assert_eq!(
-            human_duration(Duration::from_secs(3 * 86_400 + 4 * 3600)),
-            "3d 4h"
-        );
-    }
-}
-
 /// The embedded runner: provisioned once into `<data>/local-runner.bundle`, then pointed at
 /// the address the site actually bound.
 fn local_runner(site: &Site, addr: SocketAddr) -> Result<tinyci_runner::AgentConfig> {
@@ -300,4 +284,20 @@ fn local_runner(site: &Site, addr: SocketAddr) -> Result<tinyci_runner::AgentCon
         limits: tinyci_net::NetLimits::default(),
         max_backoff: std::time::Duration::from_secs(5),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(Duration::from_secs(12)), "12s");
+        assert_eq!(human_duration(Duration::from_secs(250)), "4m 10s");
+        assert_eq!(human_duration(Duration::from_secs(7500)), "2h 5m");
+        assert_eq!(
+            human_duration(Duration::from_secs(3 * 86_400 + 4 * 3600)),
+            "3d 4h"
+        );
+    }
 }

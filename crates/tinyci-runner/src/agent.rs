@@ -146,12 +146,18 @@ impl AgentStopper {
 }
 
 impl AgentControl {
+    /// Resolves once a drain is asked for. A dropped stopper asks for nothing: the agent
+    /// then runs until its task is dropped.
     async fn drained(&mut self) {
-        let _ = self.drain.wait_for(|d| *d).await;
+        if self.drain.wait_for(|d| *d).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     async fn canceled(&mut self) {
-        let _ = self.cancel.wait_for(|c| *c).await;
+        if self.cancel.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     fn is_draining(&self) -> bool {
@@ -230,13 +236,18 @@ async fn serve_session(config: Rc<AgentConfig>, control: AgentControl) -> Sessio
         info.set_hostname(hostname());
         info.set_slots(u32::try_from(config.slots).unwrap_or(u32::MAX));
         info.init_executors(1).set(0, config.executor.name());
-        // Confirm each worker now, so a refused grant is reported clearly and once.
-        let worker = request.send().pipeline.get_worker();
-        if let Err(e) = worker.client.when_resolved().await {
-            return SessionEnd::Lost(format!(
-                "site {addr} refused a worker for queue {queue}: {e}"
-            ));
-        }
+        // Await each worker now, so a refused grant is reported clearly and once.
+        let worker = match request.send().promise.await {
+            Ok(response) => match response.get().and_then(|r| r.get_worker()) {
+                Ok(worker) => worker,
+                Err(e) => return SessionEnd::Lost(format!("malformed worker from {addr}: {e}")),
+            },
+            Err(e) => {
+                return SessionEnd::Lost(format!(
+                    "site {addr} refused a worker for queue {queue}: {e}"
+                ));
+            }
+        };
         workers.push(worker);
     }
     info!(%addr, queues = ?config.queues, slots = config.slots, executor = config.executor.name(), "connected; waiting for jobs");

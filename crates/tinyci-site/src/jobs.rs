@@ -405,10 +405,7 @@ pub(crate) async fn submit(
     let changed = request
         .get_changed_paths()?
         .iter()
-        .map(|p| {
-            p.map_err(capnp::Error::from)
-                .and_then(|p| Ok(p.to_string()?))
-        })
+        .map(|p| p.and_then(|p| Ok(p.to_string()?)))
         .collect::<Result<Vec<_>, _>>()?;
     let plan = tinyci_core::plan(&repo_config, &tasks, &changed, request.get_all())
         .map_err(|e| capnp::Error::failed(e.to_string()))?;
