@@ -602,4 +602,7 @@ interface Admin {
 
   submitter @13 (repo :Text) -> (submitter :Submitter);
   # A submitter for any repository, for operators.
+
+  ticket @14 (submissionId :Text) -> (ticket :Ticket);
+  # Any submission's ticket, for operators (to follow or cancel it).
 }

@@ -7,5 +7,6 @@ mod support;
 
 mod config_errors;
 mod grants;
+mod jobs;
 mod runners;
 mod site_lifecycle;

@@ -34,10 +34,15 @@ pub(crate) struct SiteProcess {
 impl SiteProcess {
     /// Starts `tinyci site up args…` in `dir`.
     pub(crate) fn start(dir: &Path, args: &[&str]) -> Self {
+        let mut full = vec!["site", "up"];
+        full.extend_from_slice(args);
+        Self::spawn(dir, &full)
+    }
+
+    /// Starts `tinyci args…` in `dir` (any long-running command: a runner, `submit --wait`).
+    pub(crate) fn spawn(dir: &Path, args: &[&str]) -> Self {
         let mut child = tinyci()
             .current_dir(dir)
-            .arg("site")
-            .arg("up")
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -85,6 +90,26 @@ impl SiteProcess {
         }
     }
 
+    /// The process id.
+    #[allow(dead_code, reason = "for tests that signal processes by pid")]
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL (a crash) and waits for it.
+    pub(crate) fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit; returns its exit code and the rest of its stdout.
+    pub(crate) fn wait(mut self) -> (Option<i32>, Vec<String>) {
+        let status = self.child.wait().unwrap();
+        let mut rest = std::mem::take(&mut self.stdout);
+        rest.extend(self.lines.iter());
+        (status.code(), rest)
+    }
+
     /// Sends SIGTERM and waits for the process to exit, returning whether it exited 0 and the
     /// rest of its stdout.
     pub(crate) fn terminate(mut self) -> (bool, Vec<String>) {
@@ -101,5 +126,49 @@ impl Drop for SiteProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Makes a git repository in `dir` holding `files`, committed on branch `main`.
+pub(crate) fn git_repo(dir: &Path, files: &[(&str, &str)]) {
+    for (path, text) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .current_dir(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "test repository"]);
+}
+
+/// Initializes site `alpha` in `dir`, optionally appending to its site.toml.
+pub(crate) fn init_site(dir: &Path, extra_config: &str) {
+    let init = run_in(dir, &["site", "init", "--name", "alpha"]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    if !extra_config.is_empty() {
+        let path = dir.join("site.toml");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(extra_config);
+        std::fs::write(path, text).unwrap();
     }
 }

@@ -206,23 +206,58 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<()> {
             }
             return Ok(());
         }
-        let (ended_tx, ended_rx) = oneshot::channel();
-        let observer = Observer {
-            ended: RefCell::new(Some(ended_tx)),
-        };
-        let mut watch = ticket.watch_request();
-        watch.get().set_observer(capnp_rpc::new_client(observer));
-        let handle = watch.send().promise.await.map_err(rpc)?;
-        let status = ended_rx
+        follow(&ticket, &id)
             .await
-            .context("the site stopped reporting progress")?;
-        drop(handle);
-        if status == "passed" {
-            println!("submission {id} passed");
-            Ok(())
-        } else {
-            bail!("submission {id} {status}")
-        }
+            .map_err(|e| match e.downcast::<capnp::Error>() {
+                Ok(e) => rpc(e).into(),
+                Err(e) => e,
+            })
+    })
+}
+
+/// Prints every run change of a submission until it ends; fails unless it passed.
+async fn follow(ticket: &tinyci_schema::ticket::Client, id: &str) -> Result<()> {
+    let (ended_tx, ended_rx) = oneshot::channel();
+    let observer = Observer {
+        ended: RefCell::new(Some(ended_tx)),
+    };
+    let mut watch = ticket.watch_request();
+    watch.get().set_observer(capnp_rpc::new_client(observer));
+    let handle = watch.send().promise.await?;
+    let status = ended_rx
+        .await
+        .context("the site stopped reporting progress")?;
+    drop(handle);
+    if status == "passed" {
+        println!("submission {id} passed");
+        Ok(())
+    } else {
+        bail!("submission {id} {status}")
+    }
+}
+
+/// Follow a submission until every run ends; exit non-zero unless all passed.
+#[derive(Debug, Args)]
+pub(crate) struct WaitArgs {
+    /// The submission (s-N).
+    id: String,
+    #[command(flatten)]
+    site: SiteArgs,
+}
+
+pub(crate) fn wait(args: WaitArgs) -> Result<()> {
+    let config = SiteConfig::load(&config_path(args.site.config))?;
+    local_runtime()?.block_on(async move {
+        let (client, admin) = admin_capability(&config, args.site.addr).await?;
+        let mut request = admin.ticket_request();
+        request.get().set_submission_id(&args.id);
+        let ticket = request.send().pipeline.get_ticket();
+        follow(&ticket, &args.id)
+            .await
+            .map_err(|e| match e.downcast::<capnp::Error>() {
+                Ok(e) => rpc_error(&client, e).into(),
+                Err(e) => e,
+            })
     })
 }
 

@@ -60,6 +60,8 @@ enum Command {
     Submit(jobs::SubmitArgs),
     /// Cancel a run or a submission.
     Cancel(jobs::CancelArgs),
+    /// Follow a submission until it ends.
+    Wait(jobs::WaitArgs),
     /// Inspect the site (runs, queues) with the admin capability.
     #[command(subcommand)]
     Admin(jobs::AdminCommand),
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::Runner(args) => runner::run(args),
         Command::Submit(args) => jobs::submit(args),
         Command::Cancel(args) => jobs::cancel(args),
+        Command::Wait(args) => jobs::wait(args),
         Command::Admin(command) => jobs::admin(command),
     };
     match result {

@@ -180,12 +180,17 @@ fn up(args: UpArgs) -> Result<()> {
                 }
             }
         };
-        let stats = site.run(listener, shutdown_signal()).await;
-        // Runs the local runner held lose their leases with the site; they are requeued
-        // at the next start.
-        if let Some(runner) = local_runner {
-            runner.abort();
-        }
+        // On shutdown the local runner goes first, so its connection does not hold the
+        // site's grace period; runs it held lose their leases with the site and are
+        // requeued at the next start.
+        let local_runner = local_runner.map(|task| task.abort_handle());
+        let shutdown = async move {
+            shutdown_signal().await;
+            if let Some(runner) = local_runner {
+                runner.abort();
+            }
+        };
+        let stats = site.run(listener, shutdown).await;
         println!(
             "site stopped ({} connections served)",
             stats.accepted.load(std::sync::atomic::Ordering::Relaxed)

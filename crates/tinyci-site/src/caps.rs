@@ -334,6 +334,30 @@ impl admin::Server for AdminCap {
         Ok(())
     }
 
+    async fn ticket(
+        self: Rc<Self>,
+        params: admin::TicketParams,
+        mut results: admin::TicketResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let id = read_text(params.get()?.get_submission_id(), "submissionId")?;
+        let parsed: SubmissionId = id
+            .parse()
+            .map_err(|_| capnp::Error::failed(format!("{id:?} is not a submission id (s-N)")))?;
+        if self
+            .services
+            .queue
+            .submission(parsed)
+            .map_err(|e| capnp::Error::failed(e.to_string()))?
+            .is_none()
+        {
+            return Err(capnp::Error::failed(format!("no submission {id}")));
+        }
+        let ticket = TicketCap::new(self.services.clone(), parsed, self.liveness.clone());
+        results.get().set_ticket(capnp_rpc::new_client(ticket));
+        Ok(())
+    }
+
     async fn revoke(
         self: Rc<Self>,
         params: admin::RevokeParams,

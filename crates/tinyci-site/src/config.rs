@@ -48,6 +48,8 @@ pub struct SiteConfig {
     pub admin_key: PathBuf,
     /// The admin grant token the local CLI redeems for an `Admin` capability (mode 0600).
     pub admin_token: PathBuf,
+    /// Lease length and retry limit for runs.
+    pub lease_policy: tinyci_core::LeasePolicy,
 }
 
 /// Why a configuration was refused. Every variant names the file and the key or path.
@@ -98,6 +100,8 @@ struct RawConfig {
     site: RawSite,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    queue: RawQueue,
     tls: RawTls,
     grants: RawGrants,
     admin: RawAdmin,
@@ -128,6 +132,31 @@ impl Default for RawStore {
             map_size_mib: default_map_size(),
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    #[serde(default = "default_lease_seconds")]
+    lease_seconds: i64,
+    #[serde(default = "default_max_attempts")]
+    max_attempts: i64,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        Self {
+            lease_seconds: default_lease_seconds(),
+            max_attempts: default_max_attempts(),
+        }
+    }
+}
+
+fn default_lease_seconds() -> i64 {
+    30
+}
+fn default_max_attempts() -> i64 {
+    3
 }
 
 #[derive(Deserialize)]
@@ -248,8 +277,33 @@ impl SiteConfig {
                     ),
                 )
             })?;
+        let lease_seconds = u64::try_from(raw.queue.lease_seconds)
+            .ok()
+            .filter(|n| (1..=86_400).contains(n))
+            .ok_or_else(|| {
+                value(
+                    "queue.lease_seconds",
+                    format!("{} is out of range (1-86400)", raw.queue.lease_seconds),
+                )
+            })?;
+        let max_attempts = u32::try_from(raw.queue.max_attempts)
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| {
+                value(
+                    "queue.max_attempts",
+                    format!("{} is out of range (1-100)", raw.queue.max_attempts),
+                )
+            })?;
+        let lease = std::time::Duration::from_secs(lease_seconds);
+        let lease_policy = tinyci_core::LeasePolicy {
+            lease_duration: lease,
+            heartbeat_interval: lease / 3,
+            max_attempts,
+        };
         let config = Self {
             source: Some(path.to_owned()),
+            lease_policy,
             name,
             listen: raw.site.listen.0,
             max_connections,

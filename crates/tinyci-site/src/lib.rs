@@ -184,7 +184,7 @@ impl Site {
         let queue = tinyci_queue::Queue::open(
             store.clone(),
             committer.clone(),
-            tinyci_core::LeasePolicy::default(),
+            config.lease_policy,
             tinyci_queue::system_clock(),
         )
         .await

@@ -1,0 +1,392 @@
+//! Jobs end to end with real processes: a site, runners, `tinyci submit`, `tinyci cancel`.
+
+use std::path::Path;
+
+use crate::support::{SiteProcess, git_repo, init_site, run_in};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A repository with three task directories of two runs each; `c/fails` exits 3.
+fn three_tasks(dir: &Path) {
+    let task = |first: &str, second: &str| {
+        format!(
+            "mountpoint: /src\nruns:\n  first:\n    command: [\"sh\", \"-c\", \"{first}\"]\n  second:\n    command: [\"sh\", \"-c\", \"{second}\"]\n"
+        )
+    };
+    git_repo(
+        dir,
+        &[
+            ("tinyci.yml", "queue: default\n"),
+            ("a/task.yml", &task("echo a1", "echo a2")),
+            ("b/task.yml", &task("echo b1", "echo b2 >&2")),
+            ("c/task.yml", &task("echo c1", "echo failing; exit 3")),
+        ],
+    );
+}
+
+#[test]
+fn the_hello_example_passes_on_the_embedded_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut site = SiteProcess::start(dir.path(), &["--listen", "127.0.0.1:0"]);
+    let addr = site.wait_for("listening on ").trim().to_owned();
+    site.wait_for("local runner attached");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello");
+    let submit = run_in(
+        dir.path(),
+        &[
+            "submit",
+            example.to_str().unwrap(),
+            "--all",
+            "--wait",
+            "--addr",
+            &addr,
+        ],
+    );
+    let out = text(&submit.stdout);
+    assert!(submit.status.success(), "{out}\n{}", text(&submit.stderr));
+    assert!(out.contains("submission s-1: 3 runs"), "{out}");
+    assert!(
+        out.contains(".:say-hello  queue default  passed (exit code 0) on local"),
+        "{out}"
+    );
+    assert!(
+        out.contains("greet:shout  queue default  passed (exit code 0) on local"),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("submission s-1 passed"), "{out}");
+    let (clean, _) = site.terminate();
+    assert!(clean);
+}
+
+#[test]
+fn two_runners_run_three_tasks_and_a_failure_fails_the_submission() {
+    let dir = tempfile::tempdir().unwrap();
+    init_site(dir.path(), "");
+    let repo = tempfile::tempdir().unwrap();
+    three_tasks(repo.path());
+    let mut site = SiteProcess::start(
+        dir.path(),
+        &[
+            "--config",
+            "site.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-local-runner",
+        ],
+    );
+    let addr = site.wait_for("listening on ").trim().to_owned();
+    let mut runners = Vec::new();
+    for name in ["r1", "r2"] {
+        let added = run_in(
+            dir.path(),
+            &["runner", "add", name, "--queue", "default", "--addr", &addr],
+        );
+        assert!(added.status.success(), "{}", text(&added.stderr));
+        let bundle = format!("{name}.bundle");
+        let mut runner = SiteProcess::spawn(
+            dir.path(),
+            &["runner", "--bundle", &bundle, "--executor", "shell"],
+        );
+        runner.wait_for(&format!("runner {name} of site alpha"));
+        runners.push(runner);
+    }
+    let submit = run_in(
+        dir.path(),
+        &[
+            "submit",
+            repo.path().to_str().unwrap(),
+            "--all",
+            "--wait",
+            "--addr",
+            &addr,
+            "--repo",
+            "org/three",
+        ],
+    );
+    let out = text(&submit.stdout);
+    assert_eq!(submit.status.code(), Some(1), "{out}");
+    assert!(out.contains("submission s-1: 6 runs"), "{out}");
+    assert!(
+        text(&submit.stderr).contains("error: submission s-1 failed"),
+        "{}",
+        text(&submit.stderr)
+    );
+
+    let runs = run_in(
+        dir.path(),
+        &["admin", "runs", "--repo", "org/three", "--addr", &addr],
+    );
+    let listed = text(&runs.stdout);
+    assert_eq!(listed.lines().count(), 6, "{listed}");
+    assert_eq!(
+        listed
+            .lines()
+            .filter(|l| l.contains(" passed (exit code 0)"))
+            .count(),
+        5,
+        "{listed}"
+    );
+    let failed = listed.lines().find(|l| l.contains("c:second")).unwrap();
+    assert!(failed.contains("failed (exit code 3)"), "{failed}");
+    // Both runners took work, each run once.
+    for runner in ["r1", "r2"] {
+        assert!(
+            listed.contains(&format!("on {runner}")),
+            "{runner} ran nothing:\n{listed}"
+        );
+    }
+    for runner in runners {
+        let (clean, _) = runner.terminate();
+        assert!(clean);
+    }
+    let (clean, _) = site.terminate();
+    assert!(clean);
+}
+
+#[test]
+fn cancel_reaches_a_running_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let pidfile = repo.path().join("job.pid");
+    git_repo(
+        repo.path(),
+        &[
+            ("tinyci.yml", ""),
+            (
+                "task.yml",
+                &format!(
+                    "mountpoint: /src\nruns:\n  forever:\n    command: [\"sh\", \"-c\", \"echo $$ > {}; sleep 1000\"]\n",
+                    pidfile.display()
+                ),
+            ),
+        ],
+    );
+    let mut site = SiteProcess::start(dir.path(), &["--listen", "127.0.0.1:0"]);
+    let addr = site.wait_for("listening on ").trim().to_owned();
+    site.wait_for("local runner attached");
+    let mut submit = SiteProcess::spawn(
+        dir.path(),
+        &[
+            "submit",
+            repo.path().to_str().unwrap(),
+            "--wait",
+            "--addr",
+            &addr,
+        ],
+    );
+    let running = submit.wait_for("  r-2 ");
+    let running = if running.contains("running") {
+        running
+    } else {
+        submit.wait_for("  r-2 ")
+    };
+    let running = if running.contains("running") {
+        running
+    } else {
+        submit.wait_for("  r-2 ")
+    };
+    assert!(running.contains("running on local"), "{running}");
+    let canceled = run_in(
+        dir.path(),
+        &[
+            "cancel",
+            "r-2",
+            "--reason",
+            "testing cancel",
+            "--addr",
+            &addr,
+        ],
+    );
+    assert!(canceled.status.success(), "{}", text(&canceled.stderr));
+    assert_eq!(text(&canceled.stdout), "canceled 1 run\n");
+    let (code, lines) = submit.wait();
+    assert_eq!(code, Some(1), "{lines:#?}");
+    let last_run = lines.iter().rev().find(|l| l.contains("r-2 ")).unwrap();
+    assert!(last_run.contains("canceled"), "{lines:#?}");
+    // The job's shell is gone.
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().next());
+    assert!(
+        matches!(state, None | Some("Z") | Some("X")),
+        "job process survived: {stat}"
+    );
+    let (clean, _) = site.terminate();
+    assert!(clean);
+}
+
+#[test]
+fn a_run_whose_runner_is_killed_is_retried_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    // Short leases so the lost one expires quickly.
+    init_site(dir.path(), "\n[queue]\nlease_seconds = 2\n");
+    let repo = tempfile::tempdir().unwrap();
+    let marker = repo.path().join("first-attempt");
+    let pidfile = repo.path().join("first.pid");
+    // The first attempt hangs (its runner is killed under it); the second passes.
+    let command = format!(
+        "if [ -e {m} ]; then echo second attempt; else touch {m}; echo $$ > {p}; sleep 1000; fi",
+        m = marker.display(),
+        p = pidfile.display()
+    );
+    git_repo(
+        repo.path(),
+        &[
+            ("tinyci.yml", ""),
+            (
+                "task.yml",
+                &format!(
+                    "mountpoint: /src\nruns:\n  flaky:\n    command: [\"sh\", \"-c\", \"{command}\"]\n"
+                ),
+            ),
+        ],
+    );
+    let mut site = SiteProcess::start(
+        dir.path(),
+        &[
+            "--config",
+            "site.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-local-runner",
+        ],
+    );
+    let addr = site.wait_for("listening on ").trim().to_owned();
+    for name in ["r1", "r2"] {
+        assert!(
+            run_in(
+                dir.path(),
+                &["runner", "add", name, "--queue", "default", "--addr", &addr]
+            )
+            .status
+            .success()
+        );
+    }
+    let mut r1 = SiteProcess::spawn(
+        dir.path(),
+        &["runner", "--bundle", "r1.bundle", "--executor", "shell"],
+    );
+    r1.wait_for("runner r1 of site alpha");
+    let mut submit = SiteProcess::spawn(
+        dir.path(),
+        &[
+            "submit",
+            repo.path().to_str().unwrap(),
+            "--wait",
+            "--addr",
+            &addr,
+        ],
+    );
+    loop {
+        if submit.wait_for("  r-2 ").contains("running on r1") {
+            break;
+        }
+    }
+    // "running" is reported when the runner starts the command; kill it only once the
+    // command has really begun (it writes the marker first thing).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !pidfile.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first attempt never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    r1.kill9();
+    let mut r2 = SiteProcess::spawn(
+        dir.path(),
+        &["runner", "--bundle", "r2.bundle", "--executor", "shell"],
+    );
+    r2.wait_for("runner r2 of site alpha");
+    let (code, lines) = submit.wait();
+    assert_eq!(code, Some(0), "{lines:#?}");
+    let last = lines.iter().rev().find(|l| l.contains("r-2 ")).unwrap();
+    assert!(
+        last.contains("passed (exit code 0) on r2, attempt 2"),
+        "{lines:#?}"
+    );
+    // The first attempt's orphaned shell is ours to clean up (its runner died with -9).
+    if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &format!("-{}", pid.trim())])
+            .status();
+        let _ = std::process::Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status();
+    }
+    let (clean, _) = r2.terminate();
+    assert!(clean);
+    let (clean, _) = site.terminate();
+    assert!(clean);
+}
+
+#[test]
+fn a_killed_site_loses_no_acknowledged_run() {
+    let dir = tempfile::tempdir().unwrap();
+    init_site(dir.path(), "");
+    let repo = tempfile::tempdir().unwrap();
+    let mut task = String::from("mountpoint: /src\nruns:\n");
+    for i in 0..200 {
+        task.push_str(&format!("  run{i:03}:\n    command: [\"true\"]\n"));
+    }
+    git_repo(repo.path(), &[("tinyci.yml", ""), ("task.yml", &task)]);
+    let mut site = SiteProcess::start(
+        dir.path(),
+        &[
+            "--config",
+            "site.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-local-runner",
+        ],
+    );
+    let addr = site.wait_for("listening on ").trim().to_owned();
+    let submit = run_in(
+        dir.path(),
+        &["submit", repo.path().to_str().unwrap(), "--addr", &addr],
+    );
+    assert!(submit.status.success(), "{}", text(&submit.stderr));
+    assert!(text(&submit.stdout).contains("submission s-1: 200 runs"));
+    // Acknowledged: now crash the site.
+    site.kill9();
+
+    let mut site = SiteProcess::start(
+        dir.path(),
+        &["--config", "site.toml", "--listen", "127.0.0.1:0"],
+    );
+    let addr = site.wait_for("listening on ").trim().to_owned();
+    site.wait_for("local runner attached");
+    // Follow the submission the crash interrupted until it ends.
+    let waited = run_in(dir.path(), &["wait", "s-1", "--addr", &addr]);
+    assert!(
+        waited.status.success(),
+        "{}\n{}",
+        text(&waited.stdout),
+        text(&waited.stderr)
+    );
+    let runs = run_in(
+        dir.path(),
+        &["admin", "runs", "--limit", "1000", "--addr", &addr],
+    );
+    let listed = text(&runs.stdout);
+    assert_eq!(
+        listed.lines().filter(|l| l.contains(" passed ")).count(),
+        200,
+        "{listed}"
+    );
+    assert_eq!(listed.lines().count(), 200, "{listed}");
+    let mut names: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), 200, "a run was recorded twice or lost");
+    let (clean, _) = site.terminate();
+    assert!(clean);
+}
