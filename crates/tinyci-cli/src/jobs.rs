@@ -72,6 +72,8 @@ pub(crate) enum AdminCommand {
     Runs(RunsArgs),
     /// List queues with their depth and active runs.
     Queues(SiteArgs),
+    /// List connected runners: the queues they wait on and the runs they hold.
+    Runners(SiteArgs),
 }
 
 #[derive(Debug, Args)]
@@ -316,6 +318,7 @@ pub(crate) fn admin(command: AdminCommand) -> Result<()> {
     match command {
         AdminCommand::Runs(args) => runs(args),
         AdminCommand::Queues(args) => queues(args),
+        AdminCommand::Runners(args) => runners(args),
     }
 }
 
@@ -374,6 +377,43 @@ fn queues(args: SiteArgs) -> Result<()> {
                 q.get_depth(),
                 q.get_leased(),
                 if q.get_paused() { "yes" } else { "no" }
+            );
+        }
+        Ok(())
+    })
+}
+
+fn runners(args: SiteArgs) -> Result<()> {
+    let config = SiteConfig::load(&config_path(args.config))?;
+    local_runtime()?.block_on(async move {
+        let (client, admin) = admin_capability(&config, args.addr).await?;
+        let response = admin
+            .runners_request()
+            .send()
+            .promise
+            .await
+            .map_err(|e| rpc_error(&client, e))?;
+        let runners = response
+            .get()
+            .and_then(|r| r.get_runners())
+            .map_err(|e| rpc_error(&client, e))?;
+        println!("{:<20} {:<24} RUNS", "RUNNER", "WAITING ON");
+        for r in runners.iter() {
+            let list = |l: capnp::Result<capnp::text_list::Reader<'_>>| -> String {
+                let items: Vec<String> =
+                    l.map(|l| l.iter().map(text).collect()).unwrap_or_default();
+                if items.is_empty() {
+                    "-".into()
+                } else {
+                    items.join(",")
+                }
+            };
+            let name = r.get_info().map(|i| text(i.get_name())).unwrap_or_default();
+            println!(
+                "{:<20} {:<24} {}",
+                name,
+                list(r.get_queues()),
+                list(r.get_active_runs())
             );
         }
         Ok(())

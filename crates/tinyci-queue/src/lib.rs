@@ -839,6 +839,33 @@ impl Queue {
         out
     }
 
+    /// Every runner the queue knows right now: waiting for work or holding runs, with the
+    /// queues it waits on and the runs it holds.
+    pub fn runners(&self) -> BTreeMap<String, RunnerActivity> {
+        let state = self.state.borrow();
+        let mut out: BTreeMap<String, RunnerActivity> = BTreeMap::new();
+        for (queue, waiters) in &state.waiters {
+            for waiter in waiters.iter().filter(|w| !w.tx.is_closed()) {
+                let entry = out.entry(waiter.runner.clone()).or_default();
+                if !entry.waiting_on.contains(queue) {
+                    entry.waiting_on.push(queue.clone());
+                }
+            }
+        }
+        for run in state.live.values() {
+            if let (Some(runner), true) = (
+                &run.runner,
+                matches!(run.state.status(), RunStatus::Leased | RunStatus::Running),
+            ) {
+                out.entry(runner.clone())
+                    .or_default()
+                    .holding
+                    .push(run.id());
+            }
+        }
+        out
+    }
+
     /// Names of runners currently waiting for work, per queue.
     pub fn waiting_runners(&self) -> BTreeMap<String, Vec<String>> {
         let state = self.state.borrow();
@@ -862,6 +889,15 @@ impl Queue {
 enum Take {
     Run(RunId),
     Wait(oneshot::Receiver<()>),
+}
+
+/// What one runner is doing, as far as the queue can see.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunnerActivity {
+    /// Queues it has a worker waiting on.
+    pub waiting_on: Vec<String>,
+    /// Runs it holds leases on.
+    pub holding: Vec<RunId>,
 }
 
 /// Per-queue numbers for status pages and metrics.

@@ -242,6 +242,29 @@ impl admin::Server for AdminCap {
         Ok(())
     }
 
+    async fn runners(
+        self: Rc<Self>,
+        _: admin::RunnersParams,
+        mut results: admin::RunnersResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let runners = self.services.queue.runners();
+        let mut list = results.get().init_runners(len(runners.len()));
+        for (i, (name, activity)) in runners.iter().enumerate() {
+            let mut r = list.reborrow().get(len(i));
+            r.reborrow().init_info().set_name(name);
+            let mut queues = r.reborrow().init_queues(len(activity.waiting_on.len()));
+            for (j, q) in activity.waiting_on.iter().enumerate() {
+                queues.set(len(j), q.as_str());
+            }
+            let mut runs = r.reborrow().init_active_runs(len(activity.holding.len()));
+            for (j, run) in activity.holding.iter().enumerate() {
+                runs.set(len(j), run.to_string());
+            }
+        }
+        Ok(())
+    }
+
     async fn queues(
         self: Rc<Self>,
         _: admin::QueuesParams,
