@@ -140,11 +140,22 @@ fn two_runners_run_three_tasks_and_a_failure_fails_the_submission() {
     // Both runners are back to waiting, and the queue is empty.
     let listed = text(&run_in(dir.path(), &["admin", "runners", "--addr", &addr]).stdout);
     for runner in ["r1", "r2"] {
-        let row = listed.lines().find(|l| l.starts_with(runner)).unwrap_or_else(|| panic!("{listed}"));
-        assert!(row.contains("default") && row.trim_end().ends_with('-'), "{row}");
+        let row = listed
+            .lines()
+            .find(|l| l.starts_with(runner))
+            .unwrap_or_else(|| panic!("{listed}"));
+        assert!(
+            row.contains("default") && row.trim_end().ends_with('-'),
+            "{row}"
+        );
     }
     let queues = text(&run_in(dir.path(), &["admin", "queues", "--addr", &addr]).stdout);
-    assert!(queues.lines().any(|l| l.starts_with("default") && l.split_whitespace().nth(1) == Some("0")), "{queues}");
+    assert!(
+        queues
+            .lines()
+            .any(|l| l.starts_with("default") && l.split_whitespace().nth(1) == Some("0")),
+        "{queues}"
+    );
     for runner in runners {
         let (clean, _) = runner.terminate();
         assert!(clean);
