@@ -409,3 +409,131 @@ fn a_killed_site_loses_no_acknowledged_run() {
     let (clean, _) = site.terminate();
     assert!(clean);
 }
+
+/// A free loopback port (bound and released; the site binds it again right away).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn runners_reconnect_after_a_site_restart_drain_on_sigterm_and_cancel_on_sigint() {
+    let dir = tempfile::tempdir().unwrap();
+    init_site(dir.path(), "");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let listen = [
+        "--config",
+        "site.toml",
+        "--listen",
+        addr.as_str(),
+        "--no-local-runner",
+    ];
+    let mut site = SiteProcess::start(dir.path(), &listen);
+    site.wait_for("listening on ");
+    assert!(
+        run_in(
+            dir.path(),
+            &["runner", "add", "r1", "--queue", "default", "--addr", &addr]
+        )
+        .status
+        .success()
+    );
+    let mut runner = SiteProcess::spawn(
+        dir.path(),
+        &["runner", "--bundle", "r1.bundle", "--executor", "shell"],
+    );
+    runner.wait_for("runner r1 of site alpha");
+
+    // The site goes away and comes back: the runner reconnects by itself.
+    let (clean, _) = site.terminate();
+    assert!(clean);
+    let mut site = SiteProcess::start(dir.path(), &listen);
+    site.wait_for("listening on ");
+    let repo = tempfile::tempdir().unwrap();
+    let gate = repo.path().join("gate");
+    git_repo(
+        repo.path(),
+        &[
+            ("tinyci.yml", ""),
+            (
+                "task.yml",
+                &format!(
+                    "mountpoint: /src\nruns:\n  gated:\n    command: [\"sh\", \"-c\", \"echo waiting; while [ ! -e {g} ]; do sleep 0.05; done; echo released\"]\n",
+                    g = gate.display()
+                ),
+            ),
+        ],
+    );
+    let mut submit = SiteProcess::spawn(
+        dir.path(),
+        &[
+            "submit",
+            repo.path().to_str().unwrap(),
+            "--wait",
+            "--addr",
+            &addr,
+        ],
+    );
+    loop {
+        if submit.wait_for("  r-2 ").contains("running on r1") {
+            break;
+        }
+    }
+
+    // SIGTERM drains: the running job finishes (we release it), nothing new is taken.
+    runner.signal("-TERM");
+    runner.wait_for("SIGTERM: finishing current runs");
+    std::fs::write(&gate, "go").unwrap();
+    let (code, lines) = submit.wait();
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("r-2 ") && l.contains("passed")),
+        "{lines:#?}"
+    );
+    let (code, _) = runner.wait();
+    assert_eq!(code, Some(0));
+
+    // SIGINT cancels what is running and exits.
+    std::fs::remove_file(&gate).unwrap();
+    let mut runner = SiteProcess::spawn(
+        dir.path(),
+        &["runner", "--bundle", "r1.bundle", "--executor", "shell"],
+    );
+    runner.wait_for("runner r1 of site alpha");
+    let mut submit = SiteProcess::spawn(
+        dir.path(),
+        &[
+            "submit",
+            repo.path().to_str().unwrap(),
+            "--wait",
+            "--addr",
+            &addr,
+        ],
+    );
+    loop {
+        if submit.wait_for("  r-4 ").contains("running on r1") {
+            break;
+        }
+    }
+    // SIGINT stops the running job and exits; the run goes back on its queue for another
+    // runner rather than failing.
+    runner.signal("-INT");
+    let (code, _) = runner.wait();
+    assert_eq!(code, Some(0));
+    loop {
+        if submit.wait_for("  r-4 ").contains("queued") {
+            break;
+        }
+    }
+    let canceled = run_in(dir.path(), &["cancel", "s-3", "--addr", &addr]);
+    assert!(canceled.status.success(), "{}", text(&canceled.stderr));
+    let (code, lines) = submit.wait();
+    assert_eq!(code, Some(1), "{lines:#?}");
+    let (clean, _) = site.terminate();
+    assert!(clean);
+}

@@ -90,10 +90,16 @@ impl SiteProcess {
         }
     }
 
-    /// The process id.
-    #[allow(dead_code, reason = "for tests that signal processes by pid")]
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+    /// Sends a signal (`-TERM`, `-INT`) without waiting.
+    pub(crate) fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
     }
 
     /// Kills the process with SIGKILL (a crash) and waits for it.

@@ -12,6 +12,7 @@ use tinyci_runner::{
     AgentConfig, AgentStopper, DockerExecutor, Executor, ShellExecutor, agent_control, run_agent,
 };
 
+use crate::util::say;
 use crate::util::{InputError, config_path, local_runtime, parse_ttl};
 
 /// Run a runner, or provision one (`tinyci runner add`).
@@ -118,12 +119,12 @@ fn serve(args: RunArgs) -> Result<()> {
             ExecutorChoice::Auto => {
                 let (executor, why_not_docker) = Executor::detect().await;
                 if let Some(why) = why_not_docker {
-                    println!("no Docker API ({why}); using the shell executor");
+                    say!("no Docker API ({why}); using the shell executor");
                 }
                 executor
             }
         };
-        println!(
+        say!(
             "runner {} of site {}: {} slot(s) on {}, {} executor",
             bundle.runner,
             bundle.site,
@@ -147,7 +148,7 @@ fn serve(args: RunArgs) -> Result<()> {
         let (stopper, control) = agent_control();
         tokio::task::spawn_local(stop_on_signals(stopper));
         run_agent(config, control).await;
-        println!("runner stopped");
+        say!("runner stopped");
         Ok(())
     })
 }
@@ -165,11 +166,11 @@ async fn stop_on_signals(stopper: AgentStopper) {
     loop {
         tokio::select! {
             _ = term.recv() => {
-                println!("SIGTERM: finishing current runs, taking no new ones");
+                say!("SIGTERM: finishing current runs, taking no new ones");
                 stopper.drain();
             }
             _ = int.recv() => {
-                println!("SIGINT: canceling current runs");
+                say!("SIGINT: canceling current runs");
                 stopper.cancel();
             }
         }
@@ -223,13 +224,13 @@ fn add(args: AddArgs) -> Result<()> {
         }
     })?;
     bundle.write(&out)?;
-    println!(
+    say!(
         "runner {} may take jobs from {} at site {}",
         bundle.runner,
         bundle.queues.join(", "),
         bundle.site
     );
-    println!(
+    say!(
         "wrote {} (mode 0600): copy it to the runner host; it holds the runner's key",
         out.display()
     );

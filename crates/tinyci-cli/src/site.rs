@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::util::InputError;
+use crate::util::say;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -88,17 +89,17 @@ fn init(args: InitArgs) -> Result<()> {
         force: args.force,
         hosts: args.hosts,
     })?;
-    println!("initialized site {name} in {}", args.dir.display());
+    say!("initialized site {name} in {}", args.dir.display());
     for file in &report.files {
-        println!("  wrote {}", file.display());
+        say!("  wrote {}", file.display());
     }
     if report.wrote_config {
-        println!("  wrote {}", report.config.display());
+        say!("  wrote {}", report.config.display());
     } else {
-        println!("  kept existing {}", report.config.display());
+        say!("  kept existing {}", report.config.display());
     }
-    println!("CA fingerprint: sha256 {}", report.ca_fingerprint);
-    println!("next: tinyci site up --config {}", report.config.display());
+    say!("CA fingerprint: sha256 {}", report.ca_fingerprint);
+    say!("next: tinyci site up --config {}", report.config.display());
     Ok(())
 }
 
@@ -114,7 +115,7 @@ fn ensure_default_site(path: &Path) -> Result<()> {
         let ca = tinyci_pki::tls::parse_cert_pem(&ca_pem)?;
         let identity = tinyci_pki::tls::identity_from_der(&ca)?;
         let written = write_default_config(dir, identity.site_name())?;
-        println!(
+        say!(
             "wrote {} for the existing site {}",
             written.display(),
             identity.site_name()
@@ -122,7 +123,7 @@ fn ensure_default_site(path: &Path) -> Result<()> {
         return Ok(());
     }
     let name = SiteName::new("local")?;
-    println!("no site.toml here: initializing site {name} in ./certs and ./data");
+    say!("no site.toml here: initializing site {name} in ./certs and ./data");
     init_site(&InitOptions {
         dir: dir.to_owned(),
         name,
@@ -143,15 +144,15 @@ fn up(args: UpArgs) -> Result<()> {
         let site = Site::open(config)
             .await
             .context("failed to start the site")?;
-        println!(
+        say!(
             "site {} opened its store at {}",
             site.config().name,
             site.config().data_dir.display()
         );
         let listener = site.bind(args.listen).await?;
         let addr = listener.local_addr()?;
-        println!("listening on {addr}");
-        println!("CA fingerprint: sha256 {}", site.ca_fingerprint());
+        say!("listening on {addr}");
+        say!("CA fingerprint: sha256 {}", site.ca_fingerprint());
         let status_hint = if args.listen.is_some() || site.config().listen.port() == 0 {
             format!(" --addr {addr}")
         } else {
@@ -162,20 +163,20 @@ fn up(args: UpArgs) -> Result<()> {
         } else {
             format!(" --config {}", path.display())
         };
-        println!("next: tinyci site status{config_hint}{status_hint}   (Ctrl-C stops the site)");
+        say!("next: tinyci site status{config_hint}{status_hint}   (Ctrl-C stops the site)");
         let local_runner = if args.no_local_runner {
             None
         } else {
             match local_runner(&site, addr) {
                 Ok(config) => {
                     let (_stopper, control) = tinyci_runner::agent_control();
-                    println!("local runner attached (shell executor, queue default)");
+                    say!("local runner attached (shell executor, queue default)");
                     Some(tokio::task::spawn_local(tinyci_runner::run_agent(
                         config, control,
                     )))
                 }
                 Err(e) => {
-                    println!("no local runner: {e:#}");
+                    say!("no local runner: {e:#}");
                     None
                 }
             }
@@ -191,7 +192,7 @@ fn up(args: UpArgs) -> Result<()> {
             }
         };
         let stats = site.run(listener, shutdown).await;
-        println!(
+        say!(
             "site stopped ({} connections served)",
             stats.accepted.load(std::sync::atomic::Ordering::Relaxed)
         );
@@ -204,15 +205,15 @@ fn status(args: StatusArgs) -> Result<()> {
     let config = SiteConfig::load(&path)?;
     local_runtime()?.block_on(async move {
         let (client, info) = connect_admin(&config, args.addr).await?;
-        println!("site         {}", info.site_id);
-        println!("version      {}", info.version);
-        println!(
+        say!("site         {}", info.site_id);
+        say!("version      {}", info.version);
+        say!(
             "uptime       {}",
             human_duration(Duration::from_millis(info.uptime_millis))
         );
-        println!("fingerprint  sha256 {}", info.ca_fingerprint);
-        println!("address      {}", client.addr);
-        println!("you are      {}", info.peer);
+        say!("fingerprint  sha256 {}", info.ca_fingerprint);
+        say!("address      {}", client.addr);
+        say!("you are      {}", info.peer);
         Ok(())
     })
 }

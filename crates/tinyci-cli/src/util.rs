@@ -6,6 +6,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+/// `println!` for long-running commands: a closed stdout (`tinyci site up | head`) must not
+/// crash a site or a runner, so write errors are ignored instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+pub(crate) use say;
+
 /// Input the user gave that cannot be used (exit code 3).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -320,13 +320,20 @@ async fn run_slot(
         let outcome = tokio::select! {
             outcome = &mut run => outcome,
             () = cancel_all.canceled() => {
+                // The operator stopped this runner, not the run: stop the process, report
+                // nothing, and let the dropped Job hand the lease back so the run is retried
+                // on another runner.
                 stop.stop("the runner is shutting down");
-                run.await
+                let _ = run.await;
+                None
             }
         };
         *current.borrow_mut() = None;
         if let Some(outcome) = outcome {
             complete(&job, &outcome).await;
+        }
+        if control.is_draining() {
+            return;
         }
     }
 }
