@@ -19,8 +19,8 @@ use crate::util::{InputError, config_path, local_runtime, parse_ttl};
 ///
 /// `tinyci runner --bundle r1.bundle` connects to the site named in the bundle, takes jobs
 /// from the bundle's queues and runs them (Docker if a Docker API answers, else the shell).
-/// SIGTERM drains: current runs finish, no new ones start. SIGINT (Ctrl-C) cancels current
-/// runs and exits.
+/// SIGTERM drains: current runs finish, no new ones start. SIGINT (Ctrl-C) stops current
+/// runs and exits; their leases go back to the queue, so another runner retries them.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct RunnerArgs {
@@ -170,7 +170,7 @@ async fn stop_on_signals(stopper: AgentStopper) {
                 stopper.drain();
             }
             _ = int.recv() => {
-                say!("SIGINT: canceling current runs");
+                say!("SIGINT: stopping current runs; they go back to the queue");
                 stopper.cancel();
             }
         }

@@ -105,7 +105,7 @@ impl std::fmt::Debug for AgentConfig {
 }
 
 /// How the agent is asked to stop: `drain` finishes current runs and takes no new ones
-/// (SIGTERM); `cancel` also cancels current runs (SIGINT).
+/// (SIGTERM); `cancel` also stops current runs and hands their leases back (SIGINT).
 #[derive(Clone, Debug)]
 pub struct AgentControl {
     drain: watch::Receiver<bool>,
