@@ -537,3 +537,84 @@ fn runners_reconnect_after_a_site_restart_drain_on_sigterm_and_cancel_on_sigint(
     let (clean, _) = site.terminate();
     assert!(clean);
 }
+
+#[test]
+fn a_runner_can_join_with_a_site_address_and_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    init_site(dir.path(), "");
+    let repo = tempfile::tempdir().unwrap();
+    git_repo(
+        repo.path(),
+        &[
+            ("tinyci.yml", ""),
+            (
+                "task.yml",
+                "mountpoint: /src\nruns:\n  hi:\n    command: [\"echo\", \"hi\"]\n",
+            ),
+        ],
+    );
+    let mut site = SiteProcess::start(
+        dir.path(),
+        &[
+            "--config",
+            "site.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-local-runner",
+        ],
+    );
+    let addr = site.wait_for("listening on ").trim().to_owned();
+    // A grant held by this site itself: the runner connects with the site's own identity.
+    let granted = run_in(
+        dir.path(),
+        &[
+            "grant",
+            "--to",
+            "site:alpha",
+            "--right",
+            "queue:take",
+            "--queue",
+            "default",
+            "--ttl",
+            "1h",
+            "--out",
+            "self.token",
+        ],
+    );
+    assert!(granted.status.success(), "{}", text(&granted.stderr));
+    let mut runner = SiteProcess::spawn(
+        dir.path(),
+        &[
+            "runner",
+            "--site",
+            &addr,
+            "--token",
+            "self.token",
+            "--config",
+            "site.toml",
+            "--executor",
+            "shell",
+        ],
+    );
+    runner.wait_for("runner alpha-runner of site alpha: 1 slot(s) on default");
+    let submit = run_in(
+        dir.path(),
+        &[
+            "submit",
+            repo.path().to_str().unwrap(),
+            "--wait",
+            "--addr",
+            &addr,
+        ],
+    );
+    let out = text(&submit.stdout);
+    assert!(submit.status.success(), "{out}\n{}", text(&submit.stderr));
+    assert!(
+        out.contains("passed (exit code 0) on alpha-runner"),
+        "{out}"
+    );
+    let (clean, _) = runner.terminate();
+    assert!(clean);
+    let (clean, _) = site.terminate();
+    assert!(clean);
+}

@@ -13,7 +13,7 @@ use tinyci_runner::{
 };
 
 use crate::util::say;
-use crate::util::{InputError, config_path, local_runtime, parse_ttl};
+use crate::util::{InputError, config_path, local_runtime, parse_ttl, read_token_arg};
 
 /// Run a runner, or provision one (`tinyci runner add`).
 ///
@@ -33,8 +33,22 @@ pub(crate) struct RunnerArgs {
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     /// The runner bundle from `tinyci runner add`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["site", "token"])]
     bundle: Option<PathBuf>,
+    /// Instead of a bundle: the site's address, with --token. The runner then connects with
+    /// this host's own site identity (certificate and pins from --config), so the grant must
+    /// be held by this site (`site:<name>`).
+    #[arg(long, value_name = "HOST:PORT", requires = "token")]
+    site: Option<String>,
+    /// The grant to redeem (text, file, or - for standard input), with --site.
+    #[arg(long, value_name = "TOKEN|FILE", requires = "site")]
+    token: Option<String>,
+    /// Queue to take from, with --site (repeatable) [default: the queues the grant names].
+    #[arg(long = "queue", value_name = "QUEUE", requires = "site")]
+    queues: Vec<String>,
+    /// This host's site configuration, with --site [default: ./site.toml].
+    #[arg(long, value_name = "FILE", requires = "site")]
+    config: Option<PathBuf>,
     /// Runs executed at once.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: u16,
@@ -98,19 +112,91 @@ pub(crate) fn run(args: RunnerArgs) -> Result<()> {
     }
 }
 
-fn serve(args: RunArgs) -> Result<()> {
-    let Some(path) = args.bundle else {
-        return Err(InputError(
-            "give --bundle FILE (from `tinyci runner add`), or use `tinyci runner add`".into(),
-        )
-        .into());
-    };
-    let bundle = RunnerBundle::load(&path).map_err(|e| InputError(e.to_string()))?;
+/// Where a runner joins and as whom.
+struct Joining {
+    site: tinyci_pki::SiteName,
+    addresses: Vec<String>,
+    tls: std::sync::Arc<tinyci_net::ClientConfig>,
+    token: String,
+    name: String,
+    queues: Vec<String>,
+}
+
+fn from_bundle(path: &std::path::Path) -> Result<Joining> {
+    let bundle = RunnerBundle::load(path).map_err(|e| InputError(e.to_string()))?;
     let tls = bundle.client_tls().map_err(|e| InputError(e.to_string()))?;
-    let site = tinyci_pki::SiteName::new(&bundle.site)?;
+    Ok(Joining {
+        site: tinyci_pki::SiteName::new(&bundle.site)?,
+        addresses: bundle.addresses,
+        tls,
+        token: bundle.token,
+        name: bundle.runner,
+        queues: bundle.queues,
+    })
+}
+
+/// `--site ADDR --token FILE`: this host's site identity, the grant's site and queues.
+fn from_token(
+    addr: &str,
+    token: &str,
+    config: Option<PathBuf>,
+    queues: Vec<String>,
+) -> Result<Joining> {
+    let config = SiteConfig::load(&config_path(config))?;
+    let token = read_token_arg(token)?;
+    let grant = tinyci_grant::UnverifiedToken::parse(&token)
+        .and_then(|t| t.inspect())
+        .map_err(|e| InputError(e.to_string()))?
+        .grant;
+    let target = tinyci_pki::SiteName::new(&grant.site)?;
+    if target != config.name {
+        return Err(InputError(format!(
+            "the token is for site {target}, and no CA is pinned for it here; joining partner \
+             sites needs their CA pinned under federation/"
+        ))
+        .into());
+    }
+    let ca = tinyci_pki::read_text_file(&config.ca_cert, false)?;
+    let cert = tinyci_pki::read_text_file(&config.cert, false)?;
+    let key = tinyci_pki::read_text_file(&config.key, true)?;
+    let creds = tinyci_pki::Credentials::from_pem(&cert, &key)?;
+    let tls = tinyci_pki::tls::client_config(&creds, &ca, target.clone())?;
+    let queues = if queues.is_empty() {
+        grant.queues.iter().filter(|q| *q != "*").cloned().collect()
+    } else {
+        queues
+    };
+    if queues.is_empty() {
+        return Err(InputError("the grant names no queue; pass --queue QUEUE".into()).into());
+    }
+    Ok(Joining {
+        site: target,
+        addresses: vec![addr.to_owned()],
+        tls,
+        token,
+        name: format!("{}-runner", config.name),
+        queues,
+    })
+}
+
+fn serve(args: RunArgs) -> Result<()> {
+    let joining = match (&args.bundle, &args.site, &args.token) {
+        (Some(path), _, _) => from_bundle(path)?,
+        (None, Some(addr), Some(token)) => {
+            from_token(addr, token, args.config.clone(), args.queues.clone())?
+        }
+        _ => {
+            return Err(InputError(
+                "give --bundle FILE (from `tinyci runner add`), or --site HOST:PORT --token FILE"
+                    .into(),
+            )
+            .into());
+        }
+    };
     let work_root = args
         .work_dir
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("tinyci-runner-{}", bundle.runner)));
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("tinyci-runner-{}", joining.name)));
     std::fs::create_dir_all(&work_root)?;
     local_runtime()?.block_on(async move {
         let executor = match args.executor {
@@ -126,19 +212,19 @@ fn serve(args: RunArgs) -> Result<()> {
         };
         say!(
             "runner {} of site {}: {} slot(s) on {}, {} executor",
-            bundle.runner,
-            bundle.site,
+            joining.name,
+            joining.site,
             args.jobs,
-            bundle.queues.join(", "),
+            joining.queues.join(", "),
             executor.name()
         );
         let config = AgentConfig {
-            site,
-            addresses: bundle.addresses.clone(),
-            tls,
-            token: bundle.token.clone(),
-            name: bundle.runner.clone(),
-            queues: bundle.queues.clone(),
+            site: joining.site,
+            addresses: joining.addresses,
+            tls: joining.tls,
+            token: joining.token,
+            name: joining.name,
+            queues: joining.queues,
             slots: usize::from(args.jobs),
             executor,
             work_root,
