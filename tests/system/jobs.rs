@@ -130,6 +130,24 @@ fn two_runners_run_three_tasks_and_a_failure_fails_the_submission() {
     );
     let failed = listed.lines().find(|l| l.contains("c:second")).unwrap();
     assert!(failed.contains("failed (exit code 3)"), "{failed}");
+    // Its log was streamed and stored; `tinyci logs` prints it and exits non-zero.
+    let run_id = failed.split_whitespace().nth(2).unwrap();
+    let log = run_in(dir.path(), &["logs", run_id, "--addr", &addr]);
+    assert_eq!(text(&log.stdout), "failing\n");
+    assert_eq!(log.status.code(), Some(1));
+    assert!(text(&log.stderr).contains(&format!("run {run_id} failed")));
+    let passed = listed.lines().find(|l| l.contains("b:second")).unwrap();
+    let log = run_in(
+        dir.path(),
+        &[
+            "logs",
+            passed.split_whitespace().nth(2).unwrap(),
+            "--addr",
+            &addr,
+        ],
+    );
+    assert_eq!(text(&log.stdout), "b2\n", "stderr is kept in the log too");
+    assert!(log.status.success());
     // Both runners took work, each run once.
     for runner in ["r1", "r2"] {
         assert!(

@@ -419,3 +419,66 @@ fn runners(args: SiteArgs) -> Result<()> {
         Ok(())
     })
 }
+
+/// Print a run's stored log (stdout, stderr and tinyci's own lines, in arrival order).
+///
+/// Exits 0 if the run passed or is still going, 1 if it ended otherwise. Uses the admin
+/// certificate and token from site.toml.
+#[derive(Debug, Args)]
+pub(crate) struct LogsArgs {
+    /// The run (r-N).
+    run: String,
+    /// Start at this byte offset of the log.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    #[command(flatten)]
+    site: SiteArgs,
+}
+
+pub(crate) fn logs(args: LogsArgs) -> Result<()> {
+    use std::io::Write as _;
+    let config = SiteConfig::load(&config_path(args.site.config))?;
+    local_runtime()?.block_on(async move {
+        let (client, admin) = admin_capability(&config, args.site.addr).await?;
+        let mut request = admin.logs_request();
+        request.get().set_repo("*");
+        let reader = request.send().pipeline.get_reader();
+        let mut from = args.from;
+        let mut stdout = std::io::stdout().lock();
+        loop {
+            let mut read = reader.read_request();
+            read.get().set_run(&args.run);
+            read.get().set_from(from);
+            read.get().set_max(1024 * 1024);
+            let response = read
+                .send()
+                .promise
+                .await
+                .map_err(|e| rpc_error(&client, e))?;
+            let response = response.get().map_err(|e| rpc_error(&client, e))?;
+            let chunks = response.get_chunks().map_err(|e| rpc_error(&client, e))?;
+            let mut got = 0u64;
+            for chunk in chunks.iter() {
+                let data = chunk.get_data().map_err(|e| rpc_error(&client, e))?;
+                stdout.write_all(data)?;
+                got += data.len() as u64;
+            }
+            from += got;
+            if response.get_done() {
+                let status = status_word(response.get_status());
+                stdout.flush()?;
+                return if status == "passed" {
+                    Ok(())
+                } else {
+                    bail!("run {} {status}", args.run)
+                };
+            }
+            if got == 0 {
+                // Still running and nothing new stored: print what there is and stop
+                // (following live output is `logs -f`, with the logs work).
+                stdout.flush()?;
+                return Ok(());
+            }
+        }
+    })
+}

@@ -62,6 +62,8 @@ enum Command {
     Cancel(jobs::CancelArgs),
     /// Follow a submission until it ends.
     Wait(jobs::WaitArgs),
+    /// Print a run's log.
+    Logs(jobs::LogsArgs),
     /// Inspect the site (runs, queues) with the admin capability.
     #[command(subcommand)]
     Admin(jobs::AdminCommand),
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
         Command::Submit(args) => jobs::submit(args),
         Command::Cancel(args) => jobs::cancel(args),
         Command::Wait(args) => jobs::wait(args),
+        Command::Logs(args) => jobs::logs(args),
         Command::Admin(command) => jobs::admin(command),
     };
     match result {

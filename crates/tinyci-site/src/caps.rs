@@ -96,30 +96,88 @@ impl submitter::Server for SubmitterCap {
     }
 }
 
-/// `LogReader` for one repository.
+/// `LogReader` for one repository (`*` for every repository, for operators).
 pub(crate) struct LogReaderCap {
+    services: Rc<Services>,
     repo: String,
     liveness: Rc<Liveness>,
 }
 
+/// Most log bytes one `read` returns.
+const MAX_READ: u32 = 1024 * 1024;
+
 impl LogReaderCap {
-    pub(crate) fn new(repo: String, liveness: Rc<Liveness>) -> Self {
-        Self { repo, liveness }
+    pub(crate) fn new(services: Rc<Services>, repo: String, liveness: Rc<Liveness>) -> Self {
+        Self {
+            services,
+            repo,
+            liveness,
+        }
     }
 
     fn unavailable(&self, method: &str) -> Result<(), capnp::Error> {
         self.liveness.check()?;
-        Err(not_yet(method, &format!("reading logs of {}", self.repo)))
+        Err(not_yet(
+            method,
+            &format!("this part of reading logs of {}", self.repo),
+        ))
+    }
+
+    /// The run, if it exists and belongs to this reader's repository.
+    fn run(&self, id: &str) -> Result<tinyci_queue::StoredRun, capnp::Error> {
+        let not_found =
+            || capnp::Error::failed(format!("no run {id:?} in repository {}", self.repo));
+        let parsed: RunId = id.parse().map_err(|_| not_found())?;
+        match self.services.queue.run(parsed) {
+            Ok(Some(run)) if self.repo == "*" || run.repo == self.repo => Ok(run),
+            Ok(_) => Err(not_found()),
+            Err(e) => Err(capnp::Error::failed(e.to_string())),
+        }
     }
 }
 
 impl log_reader::Server for LogReaderCap {
     async fn read(
         self: Rc<Self>,
-        _: log_reader::ReadParams,
-        _: log_reader::ReadResults,
+        params: log_reader::ReadParams,
+        mut results: log_reader::ReadResults,
     ) -> Result<(), capnp::Error> {
-        self.unavailable("LogReader.read")
+        self.liveness.check()?;
+        let params = params.get()?;
+        let id = read_text(params.get_run(), "run")?;
+        let run = self.run(&id)?;
+        let from = params.get_from();
+        let max = params.get_max().clamp(1, MAX_READ) as usize;
+        let store = self.services.store.clone();
+        let run_id = run.id().get();
+        let chunks = tokio::task::spawn_blocking(move || {
+            crate::logs::read_chunks(&store, run_id, from, max)
+        })
+        .await
+        .map_err(|e| capnp::Error::failed(e.to_string()))?
+        .map_err(|e| capnp::Error::failed(format!("cannot read the log: {e}")))?;
+        let status = run.state.status();
+        let returned: u64 = chunks.iter().map(|(_, c)| c.data.len() as u64).sum();
+        // Done once the run is over and this read reached the end of what was stored.
+        let stored_end = crate::logs::stored_length(&self.services.store, run_id)
+            .map_err(|e| capnp::Error::failed(format!("cannot read the log: {e}")))?;
+        let done = status.is_final() && from + returned >= stored_end;
+        let mut out = results.get();
+        out.set_done(done);
+        out.set_status(crate::jobs::wire_status(status));
+        let mut list = out.init_chunks(len(chunks.len()));
+        for (i, (offset, chunk)) in chunks.iter().enumerate() {
+            let mut c = list.reborrow().get(len(i));
+            c.set_offset(*offset);
+            c.set_stream(match chunk.stream {
+                0 => tinyci_schema::LogStream::Stdout,
+                1 => tinyci_schema::LogStream::Stderr,
+                _ => tinyci_schema::LogStream::System,
+            });
+            c.set_timestamp_micros(chunk.timestamp_micros);
+            c.set_data(&chunk.data);
+        }
+        Ok(())
     }
 
     async fn follow(
@@ -354,6 +412,20 @@ impl admin::Server for AdminCap {
             self.liveness.clone(),
         );
         results.get().set_submitter(capnp_rpc::new_client(cap));
+        Ok(())
+    }
+
+    async fn logs(
+        self: Rc<Self>,
+        params: admin::LogsParams,
+        mut results: admin::LogsResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let repo = read_text(params.get()?.get_repo(), "repo")?;
+        tinyci_grant::vocab::validate_repo(&repo)
+            .map_err(|e| capnp::Error::failed(e.to_string()))?;
+        let cap = LogReaderCap::new(self.services.clone(), repo, self.liveness.clone());
+        results.get().set_reader(capnp_rpc::new_client(cap));
         Ok(())
     }
 

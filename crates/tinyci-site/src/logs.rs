@@ -31,6 +31,45 @@ pub(crate) fn stored_length(store: &Store, run: u64) -> Result<u64, StoreError> 
     })
 }
 
+/// Up to `max` bytes of a run's log from byte `from`, as `(offset, chunk)` in order (the
+/// first chunk trimmed to start at `from`).
+pub(crate) fn read_chunks(
+    store: &Store,
+    run: u64,
+    from: u64,
+    max: usize,
+) -> Result<Vec<(u64, LogChunk)>, StoreError> {
+    store.read(|txn| {
+        let mut out = Vec::new();
+        let mut taken = 0usize;
+        for entry in txn.iter_prefix(LOG_CHUNKS, &run.to_be_bytes()[..])? {
+            let (key, mut chunk) = entry?;
+            let offset = key
+                .get(8..16)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_be_bytes);
+            let end = offset + chunk.data.len() as u64;
+            if end <= from {
+                continue;
+            }
+            let skip = usize::try_from(from.saturating_sub(offset)).unwrap_or(usize::MAX);
+            let start = offset.max(from);
+            if skip > 0 {
+                chunk.data.drain(..skip.min(chunk.data.len()));
+            }
+            if taken > 0 && taken + chunk.data.len() > max {
+                break;
+            }
+            taken += chunk.data.len();
+            out.push((start, chunk));
+            if taken >= max {
+                break;
+            }
+        }
+        Ok(out)
+    })
+}
+
 /// A run's `LogSink`, valid while its job's lease is.
 pub(crate) struct LogSinkCap {
     run: u64,

@@ -127,7 +127,7 @@ impl session::Server for Session {
         let repo = read_text(params.get()?.get_scope()?.get_repo(), "scope.repo")?;
         validate_repo(&repo).map_err(|e| capnp::Error::failed(e.to_string()))?;
         self.authorize(Right::LogsRead, &repo)?;
-        let cap = LogReaderCap::new(repo, self.redeemed.liveness.clone());
+        let cap = LogReaderCap::new(self.services.clone(), repo, self.redeemed.liveness.clone());
         results.get().set_reader(capnp_rpc::new_client(cap));
         Ok(())
     }
