@@ -8,6 +8,11 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Reads `submit --wait` progress until run `id` reports `state` (e.g. "running on r1").
+fn wait_for_run(submit: &mut SiteProcess, id: &str, state: &str) {
+    while !submit.wait_for(&format!("  {id} ")).contains(state) {}
+}
+
 /// A repository with three task directories of two runs each; `c/fails` exits 3.
 fn three_tasks(dir: &Path) {
     let task = |first: &str, second: &str| {
@@ -213,18 +218,7 @@ fn cancel_reaches_a_running_job() {
             &addr,
         ],
     );
-    let running = submit.wait_for("  r-2 ");
-    let running = if running.contains("running") {
-        running
-    } else {
-        submit.wait_for("  r-2 ")
-    };
-    let running = if running.contains("running") {
-        running
-    } else {
-        submit.wait_for("  r-2 ")
-    };
-    assert!(running.contains("running on local"), "{running}");
+    wait_for_run(&mut submit, "r-2", "running on local");
     let canceled = run_in(
         dir.path(),
         &[
@@ -319,11 +313,7 @@ fn a_run_whose_runner_is_killed_is_retried_elsewhere() {
             &addr,
         ],
     );
-    loop {
-        if submit.wait_for("  r-2 ").contains("running on r1") {
-            break;
-        }
-    }
+    wait_for_run(&mut submit, "r-2", "running on r1");
     // "running" is reported when the runner starts the command; kill it only once the
     // command has really begun (it writes the marker first thing).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -495,11 +485,7 @@ fn runners_reconnect_after_a_site_restart_drain_on_sigterm_and_cancel_on_sigint(
             &addr,
         ],
     );
-    loop {
-        if submit.wait_for("  r-2 ").contains("running on r1") {
-            break;
-        }
-    }
+    wait_for_run(&mut submit, "r-2", "running on r1");
 
     // SIGTERM drains: the running job finishes (we release it), nothing new is taken.
     runner.signal("-TERM");
@@ -533,21 +519,13 @@ fn runners_reconnect_after_a_site_restart_drain_on_sigterm_and_cancel_on_sigint(
             &addr,
         ],
     );
-    loop {
-        if submit.wait_for("  r-4 ").contains("running on r1") {
-            break;
-        }
-    }
+    wait_for_run(&mut submit, "r-4", "running on r1");
     // SIGINT stops the running job and exits; the run goes back on its queue for another
     // runner rather than failing.
     runner.signal("-INT");
     let (code, _) = runner.wait();
     assert_eq!(code, Some(0));
-    loop {
-        if submit.wait_for("  r-4 ").contains("queued") {
-            break;
-        }
-    }
+    wait_for_run(&mut submit, "r-4", "queued");
     let canceled = run_in(dir.path(), &["cancel", "s-3", "--addr", &addr]);
     assert!(canceled.status.success(), "{}", text(&canceled.stderr));
     let (code, lines) = submit.wait();
