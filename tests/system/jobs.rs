@@ -13,6 +13,23 @@ fn wait_for_run(submit: &mut SiteProcess, id: &str, state: &str) {
     while !submit.wait_for(&format!("  {id} ")).contains(state) {}
 }
 
+/// Starts `tinyci runner --bundle <name>.bundle` (shell executor) and waits until it runs.
+fn start_runner(dir: &Path, name: &str) -> SiteProcess {
+    let bundle = format!("{name}.bundle");
+    let mut runner =
+        SiteProcess::spawn(dir, &["runner", "--bundle", &bundle, "--executor", "shell"]);
+    runner.wait_for(&format!("runner {name} of site alpha"));
+    runner
+}
+
+/// Starts `tinyci submit <repo> --wait` against `addr`, to follow its progress lines.
+fn start_submit_wait(dir: &Path, repo: &Path, addr: &str) -> SiteProcess {
+    SiteProcess::spawn(
+        dir,
+        &["submit", repo.to_str().unwrap(), "--wait", "--addr", addr],
+    )
+}
+
 /// A repository with three task directories of two runs each; `c/fails` exits 3.
 fn three_tasks(dir: &Path) {
     let task = |first: &str, second: &str| {
@@ -89,13 +106,7 @@ fn two_runners_run_three_tasks_and_a_failure_fails_the_submission() {
             &["runner", "add", name, "--queue", "default", "--addr", &addr],
         );
         assert!(added.status.success(), "{}", text(&added.stderr));
-        let bundle = format!("{name}.bundle");
-        let mut runner = SiteProcess::spawn(
-            dir.path(),
-            &["runner", "--bundle", &bundle, "--executor", "shell"],
-        );
-        runner.wait_for(&format!("runner {name} of site alpha"));
-        runners.push(runner);
+        runners.push(start_runner(dir.path(), name));
     }
     let submit = run_in(
         dir.path(),
@@ -208,16 +219,7 @@ fn cancel_reaches_a_running_job() {
     let mut site = SiteProcess::start(dir.path(), &["--listen", "127.0.0.1:0"]);
     let addr = site.wait_for("listening on ").trim().to_owned();
     site.wait_for("local runner attached");
-    let mut submit = SiteProcess::spawn(
-        dir.path(),
-        &[
-            "submit",
-            repo.path().to_str().unwrap(),
-            "--wait",
-            "--addr",
-            &addr,
-        ],
-    );
+    let mut submit = start_submit_wait(dir.path(), repo.path(), &addr);
     wait_for_run(&mut submit, "r-2", "running on local");
     let canceled = run_in(
         dir.path(),
@@ -298,21 +300,8 @@ fn a_run_whose_runner_is_killed_is_retried_elsewhere() {
             .success()
         );
     }
-    let mut r1 = SiteProcess::spawn(
-        dir.path(),
-        &["runner", "--bundle", "r1.bundle", "--executor", "shell"],
-    );
-    r1.wait_for("runner r1 of site alpha");
-    let mut submit = SiteProcess::spawn(
-        dir.path(),
-        &[
-            "submit",
-            repo.path().to_str().unwrap(),
-            "--wait",
-            "--addr",
-            &addr,
-        ],
-    );
+    let r1 = start_runner(dir.path(), "r1");
+    let mut submit = start_submit_wait(dir.path(), repo.path(), &addr);
     wait_for_run(&mut submit, "r-2", "running on r1");
     // "running" is reported when the runner starts the command; kill it only once the
     // command has really begun (it writes the marker first thing).
@@ -325,11 +314,7 @@ fn a_run_whose_runner_is_killed_is_retried_elsewhere() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     r1.kill9();
-    let mut r2 = SiteProcess::spawn(
-        dir.path(),
-        &["runner", "--bundle", "r2.bundle", "--executor", "shell"],
-    );
-    r2.wait_for("runner r2 of site alpha");
+    let r2 = start_runner(dir.path(), "r2");
     let (code, lines) = submit.wait();
     assert_eq!(code, Some(0), "{lines:#?}");
     let last = lines.iter().rev().find(|l| l.contains("r-2 ")).unwrap();
@@ -449,11 +434,7 @@ fn runners_reconnect_after_a_site_restart_drain_on_sigterm_and_cancel_on_sigint(
         .status
         .success()
     );
-    let mut runner = SiteProcess::spawn(
-        dir.path(),
-        &["runner", "--bundle", "r1.bundle", "--executor", "shell"],
-    );
-    runner.wait_for("runner r1 of site alpha");
+    let mut runner = start_runner(dir.path(), "r1");
 
     // The site goes away and comes back: the runner reconnects by itself.
     let (clean, _) = site.terminate();
@@ -475,16 +456,7 @@ fn runners_reconnect_after_a_site_restart_drain_on_sigterm_and_cancel_on_sigint(
             ),
         ],
     );
-    let mut submit = SiteProcess::spawn(
-        dir.path(),
-        &[
-            "submit",
-            repo.path().to_str().unwrap(),
-            "--wait",
-            "--addr",
-            &addr,
-        ],
-    );
+    let mut submit = start_submit_wait(dir.path(), repo.path(), &addr);
     wait_for_run(&mut submit, "r-2", "running on r1");
 
     // SIGTERM drains: the running job finishes (we release it), nothing new is taken.
@@ -502,23 +474,10 @@ fn runners_reconnect_after_a_site_restart_drain_on_sigterm_and_cancel_on_sigint(
     let (code, _) = runner.wait();
     assert_eq!(code, Some(0));
 
-    // SIGINT cancels what is running and exits.
+    // SIGINT stops what is running, hands it back to the queue, and exits.
     std::fs::remove_file(&gate).unwrap();
-    let mut runner = SiteProcess::spawn(
-        dir.path(),
-        &["runner", "--bundle", "r1.bundle", "--executor", "shell"],
-    );
-    runner.wait_for("runner r1 of site alpha");
-    let mut submit = SiteProcess::spawn(
-        dir.path(),
-        &[
-            "submit",
-            repo.path().to_str().unwrap(),
-            "--wait",
-            "--addr",
-            &addr,
-        ],
-    );
+    let runner = start_runner(dir.path(), "r1");
+    let mut submit = start_submit_wait(dir.path(), repo.path(), &addr);
     wait_for_run(&mut submit, "r-4", "running on r1");
     // SIGINT stops the running job and exits; the run goes back on its queue for another
     // runner rather than failing.
