@@ -2,6 +2,9 @@
 
 use std::path::Path;
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
 use crate::support::{SiteProcess, git_repo, init_site, run_in};
 
 fn text(bytes: &[u8]) -> String {
@@ -323,13 +326,11 @@ fn a_run_whose_runner_is_killed_is_retried_elsewhere() {
         "{lines:#?}"
     );
     // The first attempt's orphaned shell is ours to clean up (its runner died with -9).
-    if let Ok(pid) = std::fs::read_to_string(&pidfile) {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &format!("-{}", pid.trim())])
-            .status();
-        let _ = std::process::Command::new("kill")
-            .args(["-9", pid.trim()])
-            .status();
+    if let Ok(pid) = std::fs::read_to_string(&pidfile)
+        && let Ok(pid) = pid.trim().parse::<i32>()
+        && pid > 1
+    {
+        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
     }
     let (clean, _) = r2.terminate();
     assert!(clean);
@@ -460,7 +461,7 @@ fn runners_reconnect_after_a_site_restart_drain_on_sigterm_and_cancel_on_sigint(
     wait_for_run(&mut submit, "r-2", "running on r1");
 
     // SIGTERM drains: the running job finishes (we release it), nothing new is taken.
-    runner.signal("-TERM");
+    runner.signal(Signal::SIGTERM);
     runner.wait_for("SIGTERM: finishing current runs");
     std::fs::write(&gate, "go").unwrap();
     let (code, lines) = submit.wait();
@@ -481,7 +482,7 @@ fn runners_reconnect_after_a_site_restart_drain_on_sigterm_and_cancel_on_sigint(
     wait_for_run(&mut submit, "r-4", "running on r1");
     // SIGINT stops the running job and exits; the run goes back on its queue for another
     // runner rather than failing.
-    runner.signal("-INT");
+    runner.signal(Signal::SIGINT);
     let (code, _) = runner.wait();
     assert_eq!(code, Some(0));
     wait_for_run(&mut submit, "r-4", "queued");

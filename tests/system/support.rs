@@ -6,6 +6,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
 /// Generous bound for a process to print an expected line. A hang guard, not a timing
 /// assertion: on a loaded machine things are slow, never this slow.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -90,16 +93,13 @@ impl SiteProcess {
         }
     }
 
-    /// Sends a signal (`-TERM`, `-INT`) without waiting.
-    pub(crate) fn signal(&self, signal: &str) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args([signal, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+    /// Sends a signal without waiting.
+    ///
+    /// Through `kill(2)`, never the `kill` command: procps-ng 4.0.2's `kill -9 -<pgid>`
+    /// misparses the group and can signal `-1` (every process the user owns).
+    pub(crate) fn signal(&self, signal: Signal) {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, signal).unwrap();
     }
 
     /// Kills the process with SIGKILL (a crash) and waits for it.
@@ -119,9 +119,7 @@ impl SiteProcess {
     /// Sends SIGTERM and waits for the process to exit, returning whether it exited 0 and the
     /// rest of its stdout.
     pub(crate) fn terminate(mut self) -> (bool, Vec<String>) {
-        let pid = self.child.id().to_string();
-        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(killed.success());
+        self.signal(Signal::SIGTERM);
         let status = self.child.wait().unwrap();
         let rest: Vec<String> = self.lines.try_iter().collect();
         (status.success(), rest)
