@@ -360,11 +360,27 @@ async fn run_job(
         Err(e) => return Some(ExecOutcome::errored(e)),
     };
     let lease_expires = spec.get_lease_expires_at();
+    let artifacts: Vec<String> = spec
+        .get_artifacts()
+        .map(|list| {
+            list.iter()
+                .filter_map(|a| a.ok().and_then(|a| a.to_string().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
     let span = info_span!("run", run = %label);
     async move {
         info!("leased");
         let workdir = exec.source_dir.clone();
-        let outcome = run_leased(job, exec, lease_expires, signal, &config.executor).await;
+        let outcome = run_leased(
+            job,
+            exec,
+            lease_expires,
+            signal,
+            &config.executor,
+            &artifacts,
+        )
+        .await;
         if let Err(e) = std::fs::remove_dir_all(workdir.parent().unwrap_or(&workdir)) {
             warn!(error = %e, "failed to remove the run's directory");
         }
@@ -381,6 +397,7 @@ async fn run_leased(
     lease_expires: i64,
     signal: crate::StopSignal,
     executor: &Executor,
+    artifacts: &[String],
 ) -> ExecOutcome {
     // Source: the site streams the archive into our sink; then we unpack it.
     let archive = exec.source_dir.with_extension("tar");
@@ -405,24 +422,45 @@ async fn run_leased(
     let (out_tx, out_rx) = mpsc::channel::<OutputChunk>(16);
     let forward = forward_output(log.clone(), out_rx);
     let heartbeat = heartbeat(job.clone(), lease_expires);
+    tokio::pin!(heartbeat);
     let (lost_tx, lost_rx) = stop_pair();
-    let run = async {
-        // Stop when cancelled by the site or when the lease is lost.
-        let merged = merge_stops(signal, lost_rx);
-        let outcome = executor.run(&exec, &out_tx, merged).await;
+    let work = async {
+        let mut lost = false;
+        let outcome = {
+            let run = async {
+                // Stop when cancelled by the site or when the lease is lost.
+                let merged = merge_stops(signal, lost_rx);
+                executor.run(&exec, &out_tx, merged).await
+            };
+            tokio::pin!(run);
+            tokio::select! {
+                outcome = &mut run => outcome,
+                Err(why) = &mut heartbeat => {
+                    warn!(error = %why, "stopping the run");
+                    lost = true;
+                    lost_tx.stop(&why);
+                    run.await
+                }
+            }
+        };
+        if !lost && !artifacts.is_empty() {
+            let upload = crate::upload_run_artifacts(job, &exec, artifacts);
+            tokio::pin!(upload);
+            let report = tokio::select! {
+                report = &mut upload => Some(report),
+                Err(why) = &mut heartbeat => {
+                    warn!(error = %why, "lost the lease while uploading artifacts");
+                    None
+                }
+            };
+            for chunk in report.iter().flat_map(crate::ArtifactReport::log_chunks) {
+                let _ = out_tx.send(chunk).await;
+            }
+        }
         drop(out_tx);
         outcome
     };
-    tokio::pin!(run);
-    let outcome = tokio::select! {
-        outcome = &mut run => outcome,
-        Err(why) = heartbeat => {
-            warn!(error = %why, "stopping the run");
-            lost_tx.stop(&why);
-            run.await
-        }
-    };
-    forward.await;
+    let (outcome, ()) = tokio::join!(work, forward);
     let _ = log.close_request().send().promise.await;
     outcome
 }
@@ -462,9 +500,26 @@ async fn heartbeat(job: job::Client, mut expires_at_ms: i64) -> Result<(), Strin
 }
 
 /// Streams output chunks to the site's log sink; capnp streaming applies backpressure, which
-/// reaches the process through the bounded channel.
+/// reaches the process through the bounded channel. Starts where the site's stored log ends,
+/// so a retried run's log continues after the earlier attempt's instead of colliding with it.
 async fn forward_output(log: log_sink::Client, mut rx: mpsc::Receiver<OutputChunk>) {
-    let mut offset: u64 = 0;
+    let start = match log.acknowledged_request().send().promise.await {
+        Ok(response) => response.get().map(|r| r.get_offset()),
+        Err(e) => Err(e),
+    };
+    let mut offset = match start {
+        // The log was cut at its size limit: the site discards whatever follows.
+        Ok(u64::MAX) => {
+            while rx.recv().await.is_some() {}
+            return;
+        }
+        Ok(offset) => offset,
+        Err(e) => {
+            warn!(error = %e, "the site's log is unavailable; output is being dropped");
+            while rx.recv().await.is_some() {}
+            return;
+        }
+    };
     while let Some(chunk) = rx.recv().await {
         let len = chunk.data.len() as u64;
         let mut request = log.write_request();
@@ -536,9 +591,17 @@ fn exec_spec(
     {
         return Err(format!("malformed run id {label:?}"));
     }
-    let dir = work_root.join(format!("{label}-{attempt}"));
+    // Unique per process and run: two runners may share a work root (same name on one host,
+    // or runners of two sites whose run ids coincide), and must never share a directory.
+    static NEXT_DIR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let serial = NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = work_root.join(format!("{label}-{attempt}-{}-{serial}", std::process::id()));
+    std::fs::create_dir_all(work_root)
+        .map_err(|e| format!("cannot create {}: {e}", work_root.display()))?;
+    // `create_dir`, not `create_dir_all`: an existing directory is someone else's.
+    std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let source_dir = dir.join("src");
-    std::fs::create_dir_all(&source_dir)
+    std::fs::create_dir(&source_dir)
         .map_err(|e| format!("cannot create {}: {e}", source_dir.display()))?;
     let exec = ExecSpec {
         label: label.clone(),

@@ -6,14 +6,21 @@
 //! an [`ExecOutcome`]. The agent ([`run_agent`]) is the job loop on top of them: it holds
 //! the runner's `Worker` capabilities and talks to the site (leases, heartbeats, log
 //! streaming). It never sees repository credentials: sources come through `Job.source`.
+//! After a run, [`upload_artifacts`] collects the files its task names and streams them
+//! through `Job.artifacts`, refusing anything that would leave the run's source tree.
 
 mod agent;
+mod artifacts;
 mod docker;
 mod exec;
 mod shell;
 mod source;
 
 pub use agent::{AgentConfig, AgentControl, AgentStopper, Executor, agent_control, run_agent};
+pub use artifacts::{
+    ArtifactReport, MAX_ARTIFACTS, RefusedArtifact, UploadedArtifact, host_workdir,
+    upload_artifacts, upload_run_artifacts,
+};
 pub use docker::{CONTAINER_LABEL, DockerError, DockerExecutor};
 pub use exec::{
     ExecOutcome, ExecSpec, MAX_CHUNK, OutputChunk, OutputSink, StopHandle, StopSignal, Stream,
