@@ -12,12 +12,12 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// Reads `submit --wait` progress until run `id` reports `state` (e.g. "running on r1").
-fn wait_for_run(submit: &mut SiteProcess, id: &str, state: &str) {
+pub(crate) fn wait_for_run(submit: &mut SiteProcess, id: &str, state: &str) {
     while !submit.wait_for(&format!("  {id} ")).contains(state) {}
 }
 
 /// Starts `tinyci runner --bundle <name>.bundle` (shell executor) and waits until it runs.
-fn start_runner(dir: &Path, name: &str) -> SiteProcess {
+pub(crate) fn start_runner(dir: &Path, name: &str) -> SiteProcess {
     let bundle = format!("{name}.bundle");
     let mut runner =
         SiteProcess::spawn(dir, &["runner", "--bundle", &bundle, "--executor", "shell"]);
@@ -26,7 +26,7 @@ fn start_runner(dir: &Path, name: &str) -> SiteProcess {
 }
 
 /// Starts `tinyci submit <repo> --wait` against `addr`, to follow its progress lines.
-fn start_submit_wait(dir: &Path, repo: &Path, addr: &str) -> SiteProcess {
+pub(crate) fn start_submit_wait(dir: &Path, repo: &Path, addr: &str) -> SiteProcess {
     SiteProcess::spawn(
         dir,
         &["submit", repo.to_str().unwrap(), "--wait", "--addr", addr],

@@ -5,8 +5,10 @@
 
 mod support;
 
+mod artifacts;
 mod config_errors;
 mod grants;
 mod jobs;
+mod logs;
 mod runners;
 mod site_lifecycle;

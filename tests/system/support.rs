@@ -161,6 +161,24 @@ pub(crate) fn git_repo(dir: &Path, files: &[(&str, &str)]) {
     git(&["commit", "-q", "-m", "test repository"]);
 }
 
+/// Initializes site `alpha` with `extra` config and starts it without a local runner; returns
+/// it and its address.
+pub(crate) fn start_site(dir: &Path, extra: &str) -> (SiteProcess, String) {
+    init_site(dir, extra);
+    let mut site = SiteProcess::start(
+        dir,
+        &[
+            "--config",
+            "site.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-local-runner",
+        ],
+    );
+    let addr = site.wait_for("listening on ").trim().to_owned();
+    (site, addr)
+}
+
 /// Initializes site `alpha` in `dir`, optionally appending to its site.toml.
 pub(crate) fn init_site(dir: &Path, extra_config: &str) {
     let init = run_in(dir, &["site", "init", "--name", "alpha"]);

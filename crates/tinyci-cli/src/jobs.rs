@@ -8,7 +8,7 @@ use std::rc::Rc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use sha2::{Digest, Sha256};
-use tinyci_schema::{RunStatus, run_info, run_observer, submission_info};
+use tinyci_schema::{RunStatus, log_observer, log_reader, run_info, run_observer, submission_info};
 use tinyci_site::{SiteConfig, admin_capability, rpc_error};
 use tokio::sync::oneshot;
 
@@ -420,10 +420,12 @@ fn runners(args: SiteArgs) -> Result<()> {
     })
 }
 
-/// Print a run's stored log (stdout, stderr and tinyci's own lines, in arrival order).
+/// Print a run's log (stdout, stderr and tinyci's own lines, in arrival order).
 ///
-/// Exits 0 if the run passed or is still going, 1 if it ended otherwise. Uses the admin
-/// certificate and token from site.toml.
+/// Without `-f`, prints what is stored now. With `-f`, keeps printing output as the runner
+/// streams it and returns when the run ends. Exits 0 if the run passed (or, without `-f`, is
+/// still going), 1 if it ended otherwise. Uses the admin certificate and token from
+/// site.toml.
 #[derive(Debug, Args)]
 pub(crate) struct LogsArgs {
     /// The run (r-N).
@@ -431,54 +433,219 @@ pub(crate) struct LogsArgs {
     /// Start at this byte offset of the log.
     #[arg(long, default_value_t = 0)]
     from: u64,
+    /// Follow: print live output until the run ends.
+    #[arg(short, long)]
+    follow: bool,
+    /// Print only these streams (repeatable) [default: all].
+    #[arg(long, value_enum, value_name = "STREAM")]
+    stream: Vec<StreamArg>,
     #[command(flatten)]
     site: SiteArgs,
 }
 
+/// A stream of a run's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum StreamArg {
+    /// The command's standard output.
+    Stdout,
+    /// The command's standard error.
+    Stderr,
+    /// Lines tinyci itself wrote (truncation, timeouts, attempts).
+    System,
+}
+
+/// Which streams to print.
+#[derive(Debug, Clone, Copy)]
+struct StreamFilter([bool; 3]);
+
+impl StreamFilter {
+    fn new(streams: &[StreamArg]) -> Self {
+        if streams.is_empty() {
+            return Self([true; 3]);
+        }
+        let mut wanted = [false; 3];
+        for stream in streams {
+            wanted[*stream as usize] = true;
+        }
+        Self(wanted)
+    }
+
+    fn wants(self, stream: Result<tinyci_schema::LogStream, capnp::NotInSchema>) -> bool {
+        match stream {
+            Ok(tinyci_schema::LogStream::Stdout) => self.0[0],
+            Ok(tinyci_schema::LogStream::Stderr) => self.0[1],
+            Ok(tinyci_schema::LogStream::System) | Err(_) => self.0[2],
+        }
+    }
+}
+
 pub(crate) fn logs(args: LogsArgs) -> Result<()> {
-    use std::io::Write as _;
-    let config = SiteConfig::load(&config_path(args.site.config))?;
+    let config = SiteConfig::load(&config_path(args.site.config.clone()))?;
     local_runtime()?.block_on(async move {
-        let (client, admin) = admin_capability(&config, args.site.addr).await?;
+        let (mut client, admin) = admin_capability(&config, args.site.addr).await?;
         let mut request = admin.logs_request();
         request.get().set_repo("*");
         let reader = request.send().pipeline.get_reader();
-        let mut from = args.from;
-        let mut stdout = std::io::stdout().lock();
-        loop {
-            let mut read = reader.read_request();
-            read.get().set_run(&args.run);
-            read.get().set_from(from);
-            read.get().set_max(1024 * 1024);
-            let response = read
-                .send()
-                .promise
-                .await
-                .map_err(|e| rpc_error(&client, e))?;
-            let response = response.get().map_err(|e| rpc_error(&client, e))?;
-            let chunks = response.get_chunks().map_err(|e| rpc_error(&client, e))?;
-            let mut got = 0u64;
-            for chunk in chunks.iter() {
-                let data = chunk.get_data().map_err(|e| rpc_error(&client, e))?;
-                stdout.write_all(data)?;
-                got += data.len() as u64;
+        let filter = StreamFilter::new(&args.stream);
+        let status = if args.follow {
+            follow_log(&mut client, &reader, &args.run, args.from, filter).await?
+        } else {
+            match print_stored_log(&client, &reader, &args.run, args.from, filter).await? {
+                Some(status) => status,
+                None => return Ok(()),
             }
-            from += got;
-            if response.get_done() {
-                let status = status_word(response.get_status());
-                stdout.flush()?;
-                return if status == "passed" {
-                    Ok(())
-                } else {
-                    bail!("run {} {status}", args.run)
-                };
-            }
-            if got == 0 {
-                // Still running and nothing new stored: print what there is and stop
-                // (following live output is `logs -f`, with the logs work).
-                stdout.flush()?;
-                return Ok(());
-            }
+        };
+        let word = status_word(Ok(status));
+        if status == RunStatus::Passed {
+            Ok(())
+        } else {
+            bail!("run {} {word}", args.run)
         }
     })
+}
+
+/// Prints the stored log; the run's final status once it ended and all was printed, `None`
+/// while it is still going.
+async fn print_stored_log(
+    client: &tinyci_site::SiteClient,
+    reader: &log_reader::Client,
+    run: &str,
+    mut from: u64,
+    filter: StreamFilter,
+) -> Result<Option<RunStatus>> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        let mut read = reader.read_request();
+        read.get().set_run(run);
+        read.get().set_from(from);
+        read.get().set_max(1024 * 1024);
+        let response = read
+            .send()
+            .promise
+            .await
+            .map_err(|e| rpc_error(client, e))?;
+        let response = response.get().map_err(|e| rpc_error(client, e))?;
+        let chunks = response.get_chunks().map_err(|e| rpc_error(client, e))?;
+        let mut got = 0u64;
+        for chunk in chunks.iter() {
+            let data = chunk.get_data().map_err(|e| rpc_error(client, e))?;
+            if filter.wants(chunk.get_stream()) {
+                stdout.write_all(data)?;
+            }
+            got += data.len() as u64;
+        }
+        from += got;
+        if response.get_done() {
+            stdout.flush()?;
+            let status = response
+                .get_status()
+                .map_err(|e| anyhow::anyhow!("the site sent an unknown run status: {e}"))?;
+            return Ok(Some(status));
+        }
+        if got == 0 {
+            // Still running and nothing new stored: print what there is and stop.
+            stdout.flush()?;
+            return Ok(None);
+        }
+    }
+}
+
+/// Follows the log live through a `LogObserver` until the run ends; returns its status.
+async fn follow_log(
+    client: &mut tinyci_site::SiteClient,
+    reader: &log_reader::Client,
+    run: &str,
+    from: u64,
+    filter: StreamFilter,
+) -> Result<RunStatus> {
+    let (done_tx, done_rx) = oneshot::channel();
+    let observer: log_observer::Client = capnp_rpc::new_client(LogPrinter {
+        next: std::cell::Cell::new(from),
+        filter,
+        done: RefCell::new(Some(done_tx)),
+    });
+    let mut request = reader.follow_request();
+    request.get().set_run(run);
+    request.get().set_from(from);
+    request.get().set_observer(observer);
+    // Holding the handle keeps the follow going; dropping it (on return) ends it.
+    let _handle = request
+        .send()
+        .promise
+        .await
+        .map_err(|e| rpc_error(client, e))?
+        .get()
+        .and_then(|r| r.get_handle())
+        .map_err(|e| rpc_error(client, e))?;
+    let site = client.addr.clone();
+    tokio::select! {
+        ended = done_rx => match ended {
+            Ok(Ok(status)) => Ok(status),
+            Ok(Err(why)) => bail!("following run {run}: {why}"),
+            Err(_) => bail!("following run {run}: the site stopped sending"),
+        },
+        closed = client.connection.closed() => match closed {
+            Ok(()) => bail!("following run {run}: site {site} closed the connection"),
+            Err(e) => bail!("following run {run}: lost site {site}: {e}"),
+        },
+    }
+}
+
+/// `LogObserver`: prints each chunk as it arrives.
+struct LogPrinter {
+    /// Offset the next chunk should start at; repeats are skipped.
+    next: std::cell::Cell<u64>,
+    filter: StreamFilter,
+    done: RefCell<Option<oneshot::Sender<Result<RunStatus, String>>>>,
+}
+
+impl LogPrinter {
+    fn finish(&self, result: Result<RunStatus, String>) {
+        if let Some(tx) = self.done.borrow_mut().take() {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl log_observer::Server for LogPrinter {
+    async fn chunk(self: Rc<Self>, params: log_observer::ChunkParams) -> Result<(), capnp::Error> {
+        use std::io::Write as _;
+        let chunk = params.get()?.get_chunk()?;
+        let data = chunk.get_data()?;
+        let offset = chunk.get_offset();
+        let end = offset + data.len() as u64;
+        let next = self.next.get();
+        if end <= next {
+            return Ok(());
+        }
+        if !self.filter.wants(chunk.get_stream()) {
+            self.next.set(end);
+            return Ok(());
+        }
+        let skip = usize::try_from(next.saturating_sub(offset)).unwrap_or(usize::MAX);
+        let mut stdout = std::io::stdout().lock();
+        let written = stdout
+            .write_all(data.get(skip..).unwrap_or_default())
+            .and_then(|()| stdout.flush());
+        if let Err(e) = written {
+            // Nobody reads our output any more (`| head`): stop following.
+            self.finish(Err(format!("cannot write the log: {e}")));
+            return Err(capnp::Error::failed(format!("the follower stopped: {e}")));
+        }
+        self.next.set(end);
+        Ok(())
+    }
+
+    async fn done(
+        self: Rc<Self>,
+        params: log_observer::DoneParams,
+        _: log_observer::DoneResults,
+    ) -> Result<(), capnp::Error> {
+        match params.get()?.get_status() {
+            Ok(status) => self.finish(Ok(status)),
+            Err(e) => self.finish(Err(format!("the site sent an unknown run status: {e}"))),
+        }
+        Ok(())
+    }
 }

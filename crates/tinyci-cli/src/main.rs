@@ -1,6 +1,7 @@
 //! The `tinyci` command. Parses arguments, wires the libraries together, and turns their typed
 //! errors into one readable message and a documented exit code. `anyhow` lives here only.
 
+mod artifacts;
 mod gitsource;
 mod grant;
 mod jobs;
@@ -64,6 +65,8 @@ enum Command {
     Wait(jobs::WaitArgs),
     /// Print a run's log.
     Logs(jobs::LogsArgs),
+    /// List a run's artifacts, or download one (--get NAME -o FILE).
+    Artifacts(artifacts::ArtifactsArgs),
     /// Inspect the site (runs, queues) with the admin capability.
     #[command(subcommand)]
     Admin(jobs::AdminCommand),
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::Cancel(args) => jobs::cancel(args),
         Command::Wait(args) => jobs::wait(args),
         Command::Logs(args) => jobs::logs(args),
+        Command::Artifacts(args) => artifacts::artifacts(args),
         Command::Admin(command) => jobs::admin(command),
     };
     match result {

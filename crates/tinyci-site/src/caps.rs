@@ -13,7 +13,7 @@ use tracing::info;
 use crate::Services;
 use crate::jobs::{TicketCap, fill_run_info};
 use crate::membrane::Liveness;
-use crate::rpc::{not_yet, read_text};
+use crate::rpc::read_text;
 use crate::session::len;
 
 /// `Submitter` for one repository.
@@ -115,14 +115,6 @@ impl LogReaderCap {
         }
     }
 
-    fn unavailable(&self, method: &str) -> Result<(), capnp::Error> {
-        self.liveness.check()?;
-        Err(not_yet(
-            method,
-            &format!("this part of reading logs of {}", self.repo),
-        ))
-    }
-
     /// The run, if it exists and belongs to this reader's repository.
     fn run(&self, id: &str) -> Result<tinyci_queue::StoredRun, capnp::Error> {
         let not_found =
@@ -169,11 +161,7 @@ impl log_reader::Server for LogReaderCap {
         for (i, (offset, chunk)) in chunks.iter().enumerate() {
             let mut c = list.reborrow().get(len(i));
             c.set_offset(*offset);
-            c.set_stream(match chunk.stream {
-                0 => tinyci_schema::LogStream::Stdout,
-                1 => tinyci_schema::LogStream::Stderr,
-                _ => tinyci_schema::LogStream::System,
-            });
+            c.set_stream(crate::logs::wire_stream(chunk.stream));
             c.set_timestamp_micros(chunk.timestamp_micros);
             c.set_data(&chunk.data);
         }
@@ -182,26 +170,79 @@ impl log_reader::Server for LogReaderCap {
 
     async fn follow(
         self: Rc<Self>,
-        _: log_reader::FollowParams,
-        _: log_reader::FollowResults,
+        params: log_reader::FollowParams,
+        mut results: log_reader::FollowResults,
     ) -> Result<(), capnp::Error> {
-        self.unavailable("LogReader.follow")
+        self.liveness.check()?;
+        let params = params.get()?;
+        let id = read_text(params.get_run(), "run")?;
+        let run = self.run(&id)?;
+        let from = params.get_from();
+        let observer = params.get_observer()?;
+        let services = self.services.clone();
+        let queue = services.queue.clone();
+        let run_id = run.id();
+        let source = crate::logs::FollowSource {
+            run: run_id.get(),
+            max_bytes: services.log_max_run_bytes,
+            status: Rc::new(move || queue.run(run_id).ok().flatten().map(|r| r.state.status())),
+            changes: services.queue.watch(run.submission),
+        };
+        let liveness = self.liveness.clone();
+        let task = tokio::task::spawn_local(async move {
+            let follow = crate::logs::follow(
+                services.logs.clone(),
+                services.store.clone(),
+                source,
+                from,
+                observer,
+            );
+            // A revoked or expired grant ends the follow too.
+            tokio::select! {
+                result = follow => {
+                    if let Err(e) = result {
+                        tracing::debug!(run = %run_id, error = %e, "follow ended");
+                    }
+                }
+                why = liveness.dead() => {
+                    tracing::debug!(run = %run_id, error = %why, "follow ended");
+                }
+            }
+        });
+        results
+            .get()
+            .set_handle(capnp_rpc::new_client(crate::jobs::WatchHandle(task)));
+        Ok(())
     }
 
     async fn artifacts(
         self: Rc<Self>,
-        _: log_reader::ArtifactsParams,
-        _: log_reader::ArtifactsResults,
+        params: log_reader::ArtifactsParams,
+        mut results: log_reader::ArtifactsResults,
     ) -> Result<(), capnp::Error> {
-        self.unavailable("LogReader.artifacts")
+        self.liveness.check()?;
+        let id = read_text(params.get()?.get_run(), "run")?;
+        // The same repository scoping as `read`: another repository's run is "no run".
+        let run = self.run(&id)?;
+        let records = crate::assets::list(&self.services.store, run.id()).map_err(|e| {
+            capnp::Error::failed(format!("cannot list the artifacts of run {id}: {e}"))
+        })?;
+        crate::assets::fill_list(results.get().init_artifacts(len(records.len())), &records);
+        Ok(())
     }
 
     async fn download(
         self: Rc<Self>,
-        _: log_reader::DownloadParams,
+        params: log_reader::DownloadParams,
         _: log_reader::DownloadResults,
     ) -> Result<(), capnp::Error> {
-        self.unavailable("LogReader.download")
+        self.liveness.check()?;
+        let params = params.get()?;
+        let id = read_text(params.get_run(), "run")?;
+        let name = read_text(params.get_name(), "name")?;
+        let sink = params.get_sink()?;
+        let run = self.run(&id)?;
+        crate::assets::download(&self.services, run.id(), &name, sink).await
     }
 }
 

@@ -50,6 +50,13 @@ pub struct SiteConfig {
     pub admin_token: PathBuf,
     /// Lease length and retry limit for runs.
     pub lease_policy: tinyci_core::LeasePolicy,
+    /// Largest artifact accepted, in bytes (`artifacts.max_bytes`).
+    pub artifact_max_bytes: u64,
+    /// Largest log a run keeps, in bytes (`logs.max_run_bytes`); the rest is cut with a
+    /// marker line.
+    pub log_max_run_bytes: u64,
+    /// When finished runs' logs and artifacts are deleted (`[retention]`).
+    pub retention: crate::retention::RetentionPolicy,
 }
 
 /// Why a configuration was refused. Every variant names the file and the key or path.
@@ -102,6 +109,12 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     queue: RawQueue,
+    #[serde(default)]
+    artifacts: RawArtifacts,
+    #[serde(default)]
+    logs: RawLogs,
+    #[serde(default)]
+    retention: RawRetention,
     tls: RawTls,
     grants: RawGrants,
     admin: RawAdmin,
@@ -157,6 +170,107 @@ fn default_lease_seconds() -> i64 {
 }
 fn default_max_attempts() -> i64 {
     3
+}
+
+/// `[retention]`. Ages are durations like `30d`, `12h`, `90m`, `45s`, or `never`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    #[serde(default = "default_max_age")]
+    logs_max_age: String,
+    #[serde(default = "default_max_age")]
+    artifacts_max_age: String,
+    /// 0: no cap.
+    #[serde(default)]
+    max_total_bytes: i64,
+    #[serde(default = "default_sweep_every")]
+    sweep_every: String,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        Self {
+            logs_max_age: default_max_age(),
+            artifacts_max_age: default_max_age(),
+            max_total_bytes: 0,
+            sweep_every: default_sweep_every(),
+        }
+    }
+}
+
+fn default_max_age() -> String {
+    "30d".into()
+}
+
+fn default_sweep_every() -> String {
+    "1h".into()
+}
+
+/// Parses `30d`, `12h`, `90m`, `45s`; `never` is `None`.
+fn parse_age(text: &str) -> Result<Option<std::time::Duration>, String> {
+    let text = text.trim();
+    if text == "never" {
+        return Ok(None);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (like 30d, 12h, 90m, 45s or never)"))?;
+    let seconds = match unit {
+        "d" => number.checked_mul(86_400),
+        "h" => number.checked_mul(3_600),
+        "m" => number.checked_mul(60),
+        "s" => Some(number),
+        _ => None,
+    }
+    .filter(|s| *s <= 100 * 365 * 86_400)
+    .ok_or_else(|| {
+        format!(
+            "{text:?} is not a duration (like 30d, 12h, 90m, 45s or never) of at most 100 years"
+        )
+    })?;
+    Ok(Some(std::time::Duration::from_secs(seconds)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogs {
+    #[serde(default = "default_log_max_run_bytes")]
+    max_run_bytes: i64,
+}
+
+impl Default for RawLogs {
+    fn default() -> Self {
+        Self {
+            max_run_bytes: default_log_max_run_bytes(),
+        }
+    }
+}
+
+fn default_log_max_run_bytes() -> i64 {
+    i64::try_from(crate::logs::DEFAULT_MAX_RUN_LOG_BYTES).unwrap_or(i64::MAX)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArtifacts {
+    #[serde(default = "default_artifact_max_bytes")]
+    max_bytes: i64,
+}
+
+impl Default for RawArtifacts {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_artifact_max_bytes(),
+        }
+    }
+}
+
+fn default_artifact_max_bytes() -> i64 {
+    i64::try_from(crate::assets::DEFAULT_MAX_ARTIFACT_BYTES).unwrap_or(i64::MAX)
 }
 
 #[derive(Deserialize)]
@@ -295,6 +409,63 @@ impl SiteConfig {
                     format!("{} is out of range (1-100)", raw.queue.max_attempts),
                 )
             })?;
+        // At least one chunk, at most 1 TiB: a larger "limit" is a typo, not a policy.
+        let log_max_run_bytes = u64::try_from(raw.logs.max_run_bytes)
+            .ok()
+            .filter(|n| (1024..=1 << 40).contains(n))
+            .ok_or_else(|| {
+                value(
+                    "logs.max_run_bytes",
+                    format!(
+                        "{} is out of range (1024 bytes to 1 TiB)",
+                        raw.logs.max_run_bytes
+                    ),
+                )
+            })?;
+        let logs_max_age = parse_age(&raw.retention.logs_max_age)
+            .map_err(|why| value("retention.logs_max_age", why))?;
+        let artifacts_max_age = parse_age(&raw.retention.artifacts_max_age)
+            .map_err(|why| value("retention.artifacts_max_age", why))?;
+        let max_total_bytes = u64::try_from(raw.retention.max_total_bytes).map_err(|_| {
+            value(
+                "retention.max_total_bytes",
+                format!(
+                    "{} is negative (0 means no cap)",
+                    raw.retention.max_total_bytes
+                ),
+            )
+        })?;
+        let every = parse_age(&raw.retention.sweep_every)
+            .map_err(|why| value("retention.sweep_every", why))?
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                value(
+                    "retention.sweep_every",
+                    format!(
+                        "{:?}: the sweeper needs an interval of at least 1s",
+                        raw.retention.sweep_every
+                    ),
+                )
+            })?;
+        let retention = crate::retention::RetentionPolicy {
+            logs_max_age,
+            artifacts_max_age,
+            max_total_bytes: (max_total_bytes > 0).then_some(max_total_bytes),
+            every,
+        };
+        let max_run = crate::assets::MAX_RUN_ARTIFACT_BYTES;
+        let artifact_max_bytes = u64::try_from(raw.artifacts.max_bytes)
+            .ok()
+            .filter(|n| (1..=max_run).contains(n))
+            .ok_or_else(|| {
+                value(
+                    "artifacts.max_bytes",
+                    format!(
+                        "{} is out of range (1-{max_run}, the per-run total)",
+                        raw.artifacts.max_bytes
+                    ),
+                )
+            })?;
         let lease = std::time::Duration::from_secs(lease_seconds);
         let lease_policy = tinyci_core::LeasePolicy {
             lease_duration: lease,
@@ -304,6 +475,9 @@ impl SiteConfig {
         let config = Self {
             source: Some(path.to_owned()),
             lease_policy,
+            artifact_max_bytes,
+            log_max_run_bytes,
+            retention,
             name,
             listen: raw.site.listen.0,
             max_connections,

@@ -15,9 +15,8 @@ use tinyci_schema::{
 use tracing::{info, warn};
 
 use crate::Services;
-use crate::logs::{LogSinkCap, stored_length};
 use crate::membrane::Liveness;
-use crate::rpc::{not_yet, read_text};
+use crate::rpc::read_text;
 use crate::session::len;
 
 /// Maps the state machine's status to the wire's.
@@ -282,18 +281,18 @@ impl job::Server for JobCap {
         mut results: job::LogResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
-        let store = self.services.store.clone();
-        let run = self.run.get();
-        let start = tokio::task::spawn_blocking(move || stored_length(&store, run))
-            .await
-            .map_err(|e| capnp::Error::failed(e.to_string()))?
-            .map_err(|e| capnp::Error::failed(format!("cannot read the log: {e}")))?;
-        let sink = LogSinkCap::new(
-            run,
-            start,
-            self.services.committer.clone(),
-            self.liveness.clone(),
-        );
+        let services = &self.services;
+        let sink = services
+            .logs
+            .sink(
+                &services.store,
+                services.committer.clone(),
+                self.run.get(),
+                self.lease.0,
+                services.log_max_run_bytes,
+                self.liveness.clone(),
+            )
+            .await?;
         results.get().set_sink(capnp_rpc::new_client(sink));
         Ok(())
     }
@@ -301,10 +300,17 @@ impl job::Server for JobCap {
     async fn artifacts(
         self: Rc<Self>,
         _: job::ArtifactsParams,
-        _: job::ArtifactsResults,
+        mut results: job::ArtifactsResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
-        Err(not_yet("Job.artifacts", "storing artifacts"))
+        let sink = crate::assets::AssetSinkCap::new(
+            self.services.clone(),
+            self.run,
+            self.lease,
+            self.liveness.clone(),
+        );
+        results.get().set_sink(capnp_rpc::new_client(sink));
+        Ok(())
     }
 
     async fn heartbeat(
@@ -549,8 +555,8 @@ async fn send_change(observer: &run_observer::Client, run: &StoredRun) -> Result
     request.send().await
 }
 
-/// Stops a watch when dropped.
-struct WatchHandle(tokio::task::JoinHandle<()>);
+/// Stops a watch or a follow when dropped.
+pub(crate) struct WatchHandle(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for WatchHandle {
     fn drop(&mut self) {

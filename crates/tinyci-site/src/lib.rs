@@ -6,6 +6,7 @@
 //! (those are `tinyci-schema`, `tinyci-pki`/`tinyci-grant` and `tinyci-store`). It must not
 //! know `anyhow` or `clap`: the CLI turns its typed errors into messages and exit codes.
 
+mod assets;
 pub mod bundle;
 mod caps;
 mod client;
@@ -16,6 +17,7 @@ pub mod init;
 mod jobs;
 mod logs;
 mod membrane;
+mod retention;
 mod rpc;
 mod session;
 mod sources;
@@ -37,6 +39,8 @@ pub use client::{SiteClient, SiteInfo, admin_capability, connect_admin, rpc_erro
 pub use config::{ConfigError, SiteConfig};
 pub use gateway::{PROTOCOL, SiteFacts};
 pub use grants::record_issued;
+pub use logs::{DEFAULT_MAX_RUN_LOG_BYTES, FOLLOWER_BUFFER_BOUND, FollowStats};
+pub use retention::RetentionPolicy;
 
 /// Why a site could not start or be reached.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +116,11 @@ pub struct Site {
     tls: Arc<tinyci_net::ServerConfig>,
     ca_fingerprint: Fingerprint,
     services: Rc<Services>,
+    /// Retention sweeps finished since start.
+    sweeps: tokio::sync::watch::Sender<u64>,
+    /// The store's writer thread, joined at shutdown: it holds the store open until every
+    /// committer is gone.
+    writer: tinyci_store::GroupWriterThread,
 }
 
 /// The services every connection's gateway and sessions share. Single-threaded: it lives on
@@ -122,12 +131,18 @@ pub(crate) struct Services {
     pub(crate) grants: grants::GrantAuthority,
     /// Source archives.
     pub(crate) sources: sources::SourceStore,
+    /// Artifact bytes and the per-artifact limit.
+    pub(crate) artifacts: Rc<assets::ArtifactStore>,
     /// Submissions, runs, leases.
     pub(crate) queue: Rc<tinyci_queue::Queue>,
     /// The store, for reads.
     pub(crate) store: Store,
     /// The store's group-commit writer, for durable writes from the RPC thread.
     pub(crate) committer: tinyci_store::GroupCommitter,
+    /// Logs being written or followed.
+    pub(crate) logs: Rc<logs::LogHub>,
+    /// `[logs] max_run_bytes`.
+    pub(crate) log_max_run_bytes: u64,
 }
 
 impl Site {
@@ -180,7 +195,12 @@ impl Site {
                 path: config.data_dir.join("sources"),
                 source,
             })?;
-        let (committer, _writer) = tinyci_store::GroupCommitter::start(store.clone())?;
+        let artifacts = assets::ArtifactStore::open(&config.data_dir, config.artifact_max_bytes)
+            .map_err(|source| SiteError::DataDir {
+                path: config.data_dir.join("artifacts"),
+                source,
+            })?;
+        let (committer, writer) = tinyci_store::GroupCommitter::start(store.clone())?;
         let queue = tinyci_queue::Queue::open(
             store.clone(),
             committer.clone(),
@@ -192,15 +212,20 @@ impl Site {
         let services = Rc::new(Services {
             grants,
             sources,
+            artifacts: Rc::new(artifacts),
             queue,
             store: store.clone(),
             committer,
+            logs: Rc::default(),
+            log_max_run_bytes: config.log_max_run_bytes,
         });
         Ok(Self {
             store,
             tls,
             ca_fingerprint: tinyci_pki::Fingerprint::of_der(&ca_der),
             services,
+            sweeps: tokio::sync::watch::channel(0).0,
+            writer,
             config,
         })
     }
@@ -215,7 +240,17 @@ impl Site {
         self.ca_fingerprint
     }
 
-    /// The site's store.
+    /// Counts finished retention sweeps (the first runs at start).
+    pub fn retention_sweeps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.sweeps.subscribe()
+    }
+
+    /// What log followers cost the site (live counters).
+    pub fn follow_stats(&self) -> Rc<logs::FollowStats> {
+        self.services.logs.stats.clone()
+    }
+
+    /// The store.
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -243,6 +278,13 @@ impl Site {
         let stats = listener.stats();
         // Lease expiry runs as long as the site serves.
         let expiry = tokio::task::spawn_local(self.services.queue.clone().run_expiry());
+        let (stop_sweeper, sweeper_stop) = tokio::sync::oneshot::channel();
+        let sweeper = tokio::task::spawn_local(retention::run_sweeper(
+            self.services.clone(),
+            self.config.retention,
+            self.sweeps.clone(),
+            sweeper_stop,
+        ));
         let facts = Rc::new(SiteFacts {
             name: self.config.name.clone(),
             ca_fingerprint: self.ca_fingerprint,
@@ -265,8 +307,29 @@ impl Site {
         )
         .await;
         expiry.abort();
+        let _ = stop_sweeper.send(());
+        // Wait until both are really gone: they hold the store open through `services`.
+        let _ = expiry.await;
+        let _ = sweeper.await;
         info!(site = %self.config.name, "stopped serving; closing store");
-        drop(self.store);
+        let Self {
+            config,
+            store,
+            services,
+            writer,
+            ..
+        } = self;
+        drop((store, services));
+        // The writer exits once the last committer is dropped; tasks that still hold one
+        // (aborted, not yet dropped) go as this thread yields. Until then the store stays
+        // open and locked, so a restart in this process must wait for it.
+        let joined = tokio::task::spawn_blocking(move || writer.join());
+        if tokio::time::timeout(std::time::Duration::from_secs(30), joined)
+            .await
+            .is_err()
+        {
+            tracing::warn!(site = %config.name, "the store writer did not stop within 30s");
+        }
         stats
     }
 }

@@ -9,11 +9,3 @@ pub(crate) fn read_text(
     text.to_string()
         .map_err(|e| capnp::Error::failed(format!("malformed {name}: not UTF-8 ({e})")))
 }
-
-/// The error for a method whose capability exists (and is scoped) but whose service lands in
-/// a later release.
-pub(crate) fn not_yet(method: &str, what: &str) -> capnp::Error {
-    capnp::Error::unimplemented(format!(
-        "{method}: {what} is not available in this build of tinyci yet"
-    ))
-}

@@ -53,3 +53,74 @@ pub fn log_key(run: u64, offset: u64) -> [u8; 16] {
     key[8..].copy_from_slice(&offset.to_be_bytes());
     key
 }
+
+/// One stored artifact of a run. Keyed by [`artifact_key`]; its bytes are a file named by
+/// `sha256` (the site's blob store), so identical content is stored once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    /// Path relative to the run's working directory, `/`-separated (also in the key; kept
+    /// here so a record read on its own says what it is).
+    pub name: String,
+    /// Length in bytes, checked against what arrived.
+    pub size: u64,
+    /// SHA-256 of the content: its address in the blob store, checked at upload and sent
+    /// with every download so the reader can check it too.
+    pub sha256: [u8; 32],
+    /// When the upload completed (Unix microseconds).
+    pub stored_at_micros: i64,
+    /// The attempt (lease) of the run that uploaded it: a retried run replaces artifacts of
+    /// the same name, and this says which attempt's bytes these are.
+    pub attempt: u32,
+}
+
+/// The key of an artifact: the run id (big-endian) then the name's bytes. A prefix scan on
+/// the run id's 8 bytes lists the run's artifacts.
+pub fn artifact_key(run: u64, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + name.len());
+    key.extend_from_slice(&run.to_be_bytes());
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::tables::{ALL, ARTIFACTS};
+    use crate::{Record, Store, StoreOptions};
+
+    #[test]
+    fn artifact_records_round_trip_and_list_by_run_in_name_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+        let record = |name: &str, byte: u8| ArtifactRecord {
+            name: name.to_owned(),
+            size: 3,
+            sha256: [byte; 32],
+            stored_at_micros: 1_700_000_000_000_000,
+            attempt: 1,
+        };
+        store
+            .write(|txn| {
+                // Run 2's artifacts, and a neighbour whose id shares no prefix with them.
+                for (run, name, byte) in [(2, "z.txt", 1), (2, "out/a.bin", 2), (3, "a", 3)] {
+                    txn.put(ARTIFACTS, &artifact_key(run, name)[..], &record(name, byte))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let listed: Vec<ArtifactRecord> = store
+            .read(|txn| {
+                txn.iter_prefix(ARTIFACTS, &2u64.to_be_bytes()[..])?
+                    .map(|e| e.map(|(_, v)| v))
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(listed, [record("out/a.bin", 2), record("z.txt", 1)]);
+        // The hash is stored as its 32 bytes, not length-prefixed.
+        let encoded = Record::<ArtifactRecord>::encode(&record("a", 9)).unwrap();
+        assert!(encoded.windows(32).any(|w| w == [9; 32]));
+        assert!(ALL.contains(&ARTIFACTS.name()));
+    }
+}

@@ -239,6 +239,11 @@ tables! {
     /// The latest submission per branch: key `<repo> 0x00 <ref>`, value the submission id
     /// (big-endian): what a newer submission supersedes.
     pub const BRANCH_HEADS: Table<Bytes, U64Be> = "branch_heads";
+
+    /// Artifacts of runs, keyed by [`crate::records::artifact_key`] (run id big-endian, then
+    /// the artifact's name), so a prefix scan lists one run's artifacts in name order. The
+    /// bytes live outside LMDB, content-addressed by the record's SHA-256.
+    pub const ARTIFACTS: Table<Bytes, Record<crate::records::ArtifactRecord>> = "artifacts";
 }
 
 #[cfg(test)]

@@ -32,6 +32,8 @@ pub(crate) struct TestSite {
 
 struct Running {
     addr: SocketAddr,
+    follow_stats: std::rc::Rc<tinyci_site::FollowStats>,
+    sweeps: tokio::sync::watch::Receiver<u64>,
     stop: oneshot::Sender<()>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -73,6 +75,8 @@ impl TestSite {
             .await
             .unwrap();
         let addr = listener.local_addr().unwrap();
+        let follow_stats = site.follow_stats();
+        let sweeps = site.retention_sweeps();
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::task::spawn_local(async move {
             site.run(listener, async move {
@@ -80,7 +84,13 @@ impl TestSite {
             })
             .await;
         });
-        self.running = Some(Running { addr, stop, done });
+        self.running = Some(Running {
+            addr,
+            follow_stats,
+            sweeps,
+            stop,
+            done,
+        });
     }
 
     /// Stops serving and closes the store, as a site shutdown does.
@@ -88,6 +98,31 @@ impl TestSite {
         let running = self.running.take().unwrap();
         running.stop.send(()).unwrap();
         running.done.await.unwrap();
+    }
+
+    /// The running site's follower counters.
+    pub(crate) fn follow_stats(&self) -> std::rc::Rc<tinyci_site::FollowStats> {
+        self.running.as_ref().unwrap().follow_stats.clone()
+    }
+
+    /// Waits until the running site finished `n` retention sweeps.
+    pub(crate) async fn sweeps_done(&mut self, n: u64) {
+        let sweeps = &mut self.running.as_mut().unwrap().sweeps;
+        sweeps.wait_for(|done| *done >= n).await.unwrap();
+    }
+
+    /// Restarts the site with its site.toml as `init` wrote it plus `extra`.
+    pub(crate) async fn restart_with(&mut self, extra: &str) {
+        let toml = self.path("site.toml");
+        let original = self.path("site.toml.orig");
+        if !original.exists() {
+            std::fs::copy(&toml, &original).unwrap();
+        }
+        let text = std::fs::read_to_string(&original).unwrap();
+        std::fs::write(&toml, format!("{text}\n{extra}\n")).unwrap();
+        self.down().await;
+        self.config = tinyci_site::SiteConfig::load(&toml).unwrap();
+        self.up().await;
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {

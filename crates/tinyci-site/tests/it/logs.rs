@@ -1,0 +1,435 @@
+//! Logs through a real site: a hand-driven runner streams into `Job.log()`, followers attach
+//! through `LogReader.follow`. Driving the runner side by hand lets the tests control exactly
+//! when bytes are written and look at the site's follower counters.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tinyci_pki::Role;
+use tinyci_schema::{
+    LogStream, RunStatus, job, job_control, log_observer, log_reader, log_sink, session,
+};
+use tokio::sync::oneshot;
+
+use crate::support::{TestSite, local, redeem};
+
+fn hours(h: u64) -> Option<SystemTime> {
+    Some(SystemTime::now() + Duration::from_secs(h * 3600))
+}
+
+/// A source archive with one task of one run.
+fn source_tar() -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, text) in [
+        ("tinyci.yml", ""),
+        (
+            "task.yml",
+            "mountpoint: /src\nruns:\n  build:\n    command: [\"true\"]\n",
+        ),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, path, text.as_bytes())
+            .unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+/// Submits one run of `org/x` and returns its id (`r-N`).
+async fn submit_one(session: &session::Client) -> String {
+    let mut request = session.submitter_request();
+    request.get().set_repo("org/x");
+    let submitter = request.send().pipeline.get_submitter();
+    let sink = submitter.upload_request().send().pipeline.get_sink();
+    let tar = source_tar();
+    for piece in tar.chunks(64 * 1024) {
+        let mut write = sink.write_request();
+        write.get().set_chunk(piece);
+        write.send().await.unwrap();
+    }
+    let sha = Sha256::digest(&tar);
+    let mut finish = sink.finish_request();
+    finish.get().set_sha256(&sha);
+    finish.send().promise.await.unwrap();
+    let mut submit = submitter.submit_request();
+    {
+        let mut r = submit.get().init_request();
+        r.set_ref("refs/heads/main");
+        r.set_sha("0123456789abcdef0123456789abcdef01234567");
+        r.set_all(true);
+        r.set_source_sha256(&sha);
+    }
+    let ticket = submit.send().pipeline.get_ticket();
+    let runs = ticket.runs_request().send().promise.await.unwrap();
+    let runs = runs.get().unwrap().get_runs().unwrap();
+    assert_eq!(runs.len(), 1);
+    runs.get(0).get_id().unwrap().to_string().unwrap()
+}
+
+struct NoControl;
+impl job_control::Server for NoControl {}
+
+/// Leases the next run as runner `r1`.
+async fn lease(session: &session::Client) -> job::Client {
+    let mut request = session.worker_request();
+    request.get().set_queue("default");
+    request.get().init_runner().set_name("r1");
+    let worker = request.send().pipeline.get_worker();
+    let mut next = worker.next_request();
+    next.get().set_control(capnp_rpc::new_client(NoControl));
+    let job = next.send().promise.await.unwrap();
+    job.get().unwrap().get_job().unwrap()
+}
+
+async fn write(sink: &log_sink::Client, offset: u64, stream: LogStream, data: &[u8]) {
+    let mut request = sink.write_request();
+    let mut chunk = request.get().init_chunk();
+    chunk.set_offset(offset);
+    chunk.set_stream(stream);
+    chunk.set_data(data);
+    request.send().await.unwrap();
+}
+
+async fn complete(job: &job::Client) {
+    let mut request = job.complete_request();
+    request.get().init_outcome().set_status(RunStatus::Passed);
+    request.send().promise.await.unwrap();
+}
+
+/// What a follower received.
+#[derive(Default)]
+struct Received {
+    bytes: Vec<u8>,
+    done: Option<RunStatus>,
+}
+
+/// A follower that keeps everything; `done` fires when the site says the run ended.
+struct Collector {
+    received: Rc<RefCell<Received>>,
+    done: RefCell<Option<oneshot::Sender<()>>>,
+    first: RefCell<Option<oneshot::Sender<()>>>,
+}
+
+impl log_observer::Server for Collector {
+    async fn chunk(self: Rc<Self>, params: log_observer::ChunkParams) -> Result<(), capnp::Error> {
+        let chunk = params.get()?.get_chunk()?;
+        let mut received = self.received.borrow_mut();
+        assert_eq!(
+            chunk.get_offset(),
+            received.bytes.len() as u64,
+            "chunks arrive in order, without gaps or repeats"
+        );
+        received.bytes.extend_from_slice(chunk.get_data()?);
+        if let Some(tx) = self.first.borrow_mut().take() {
+            let _ = tx.send(());
+        }
+        Ok(())
+    }
+
+    async fn done(
+        self: Rc<Self>,
+        params: log_observer::DoneParams,
+        _: log_observer::DoneResults,
+    ) -> Result<(), capnp::Error> {
+        self.received.borrow_mut().done = Some(params.get()?.get_status()?);
+        if let Some(tx) = self.done.borrow_mut().take() {
+            let _ = tx.send(());
+        }
+        Ok(())
+    }
+}
+
+struct Following {
+    received: Rc<RefCell<Received>>,
+    first: oneshot::Receiver<()>,
+    done: oneshot::Receiver<()>,
+    _handle: tinyci_schema::handle::Client,
+}
+
+async fn follow(reader: &log_reader::Client, run: &str) -> Following {
+    let received = Rc::new(RefCell::new(Received::default()));
+    let (done_tx, done) = oneshot::channel();
+    let (first_tx, first) = oneshot::channel();
+    let observer: log_observer::Client = capnp_rpc::new_client(Collector {
+        received: received.clone(),
+        done: RefCell::new(Some(done_tx)),
+        first: RefCell::new(Some(first_tx)),
+    });
+    let mut request = reader.follow_request();
+    request.get().set_run(run);
+    request.get().set_observer(observer);
+    let response = request.send().promise.await.unwrap();
+    Following {
+        received,
+        first,
+        done,
+        _handle: response.get().unwrap().get_handle().unwrap(),
+    }
+}
+
+/// A follower that never finishes taking a chunk: it has stopped reading.
+struct Stalled {
+    calls: Rc<RefCell<u64>>,
+}
+
+impl log_observer::Server for Stalled {
+    async fn chunk(self: Rc<Self>, _: log_observer::ChunkParams) -> Result<(), capnp::Error> {
+        *self.calls.borrow_mut() += 1;
+        std::future::pending().await
+    }
+}
+
+fn reader_for(session: &session::Client, repo: &str) -> log_reader::Client {
+    let mut request = session.logs_request();
+    request.get().init_scope().set_repo(repo);
+    request.send().pipeline.get_reader()
+}
+
+#[test]
+fn followers_before_during_and_after_get_the_same_log_and_a_stalled_one_costs_a_bounded_buffer() {
+    local(async {
+        let site = TestSite::start().await;
+        let (gateway, _connection) = site.connect(Role::Runner, "r1").await;
+        let token = site.mint(
+            "runner:r1",
+            &["queue:submit", "queue:take", "logs:read"],
+            &["org/x"],
+            &["default"],
+            hours(1),
+        );
+        let session = redeem(&gateway, &token);
+        let run = submit_one(&session).await;
+        let reader = reader_for(&session, "org/x");
+
+        // Attached before the run starts; and one that stops reading at once.
+        let mut before = follow(&reader, &run).await;
+        let calls = Rc::new(RefCell::new(0));
+        let mut stall = reader.follow_request();
+        stall.get().set_run(&run);
+        stall.get().set_observer(capnp_rpc::new_client(Stalled {
+            calls: calls.clone(),
+        }));
+        let _stalled_handle = stall.send().promise.await.unwrap();
+
+        let job = lease(&session).await;
+        job.started_request().send().promise.await.unwrap();
+        let sink = job.log_request().send().pipeline.get_sink();
+        // 10 MiB in 64 KiB chunks, stdout and stderr interleaved.
+        let chunk_len = 64 * 1024;
+        let total_chunks = 160u64;
+        let mut expected = Vec::new();
+        let mut during = None;
+        for i in 0..total_chunks {
+            let byte = u8::try_from(i % 251).unwrap();
+            let data = vec![byte; chunk_len];
+            let stream = if i % 2 == 0 {
+                LogStream::Stdout
+            } else {
+                LogStream::Stderr
+            };
+            write(&sink, i * chunk_len as u64, stream, &data).await;
+            expected.extend_from_slice(&data);
+            if i == total_chunks / 2 {
+                // Attached while the run streams.
+                during = Some(follow(&reader, &run).await);
+            }
+        }
+        // Every write was taken although one follower reads nothing: the runner was not
+        // slowed by it.
+        sink.close_request().send().promise.await.unwrap();
+        complete(&job).await;
+
+        let mut during = during.unwrap();
+        (&mut before.first).await.unwrap();
+        (&mut during.first).await.unwrap();
+        (&mut before.done).await.unwrap();
+        (&mut during.done).await.unwrap();
+        let mut after = follow(&reader, &run).await;
+        (&mut after.done).await.unwrap();
+        for following in [&before, &during, &after] {
+            let received = following.received.borrow();
+            assert_eq!(received.done, Some(RunStatus::Passed));
+            assert_eq!(received.bytes.len(), expected.len());
+            assert!(received.bytes == expected, "a follower got different bytes");
+        }
+
+        let stats = site.follow_stats();
+        assert!(
+            *calls.borrow() >= 1,
+            "the stalled follower was offered output"
+        );
+        assert!(
+            stats.peak_buffered_bytes_per_follower() <= tinyci_site::FOLLOWER_BUFFER_BOUND,
+            "a follower held {} bytes, over the bound of {}",
+            stats.peak_buffered_bytes_per_follower(),
+            tinyci_site::FOLLOWER_BUFFER_BOUND
+        );
+        // What is held now is the stalled follower's share only.
+        assert!(stats.buffered_bytes() <= tinyci_site::FOLLOWER_BUFFER_BOUND);
+        assert!(
+            stats.buffered_bytes() > 0,
+            "the stalled follower holds its batch"
+        );
+        assert!(stats.active() >= 1);
+    });
+}
+
+#[test]
+fn a_log_is_cut_at_its_limit_with_a_marker_and_the_run_still_completes() {
+    local(async {
+        let mut site = TestSite::start().await;
+        // A small limit, set the way an operator would.
+        site.restart_with("[logs]\nmax_run_bytes = 100000").await;
+        let (gateway, _connection) = site.connect(Role::Runner, "r1").await;
+        let token = site.mint(
+            "runner:r1",
+            &["queue:submit", "queue:take", "logs:read"],
+            &["org/x"],
+            &["default"],
+            hours(1),
+        );
+        let session = redeem(&gateway, &token);
+        let run = submit_one(&session).await;
+        let job = lease(&session).await;
+        job.started_request().send().promise.await.unwrap();
+        let sink = job.log_request().send().pipeline.get_sink();
+        for i in 0..4u64 {
+            write(&sink, i * 40_000, LogStream::Stdout, &[b'x'; 40_000]).await;
+        }
+        sink.close_request().send().promise.await.unwrap();
+        let acknowledged = sink.acknowledged_request().send().promise.await.unwrap();
+        assert_eq!(
+            acknowledged.get().unwrap().get_offset(),
+            u64::MAX,
+            "a cut log takes everything: nothing to resend"
+        );
+        complete(&job).await;
+
+        let reader = reader_for(&session, "org/x");
+        let mut request = reader.read_request();
+        request.get().set_run(&run);
+        request.get().set_max(1 << 20);
+        let response = request.send().promise.await.unwrap();
+        let chunks = response.get().unwrap().get_chunks().unwrap();
+        let mut text = Vec::new();
+        for chunk in chunks.iter() {
+            text.extend_from_slice(chunk.get_data().unwrap());
+        }
+        assert!(response.get().unwrap().get_done());
+        assert_eq!(&text[..100_000], &[b'x'; 100_000][..]);
+        let marker = String::from_utf8_lossy(&text[100_000..]);
+        assert!(
+            marker.contains("log truncated") && marker.contains("100000 bytes"),
+            "{marker}"
+        );
+    });
+}
+
+#[test]
+fn a_reader_of_one_repository_cannot_follow_or_read_another() {
+    local(async {
+        let site = TestSite::start().await;
+        let (gateway, _connection) = site.connect(Role::Runner, "r1").await;
+        let token = site.mint(
+            "runner:r1",
+            &["queue:submit", "logs:read"],
+            &["org/x"],
+            &[],
+            hours(1),
+        );
+        let session = redeem(&gateway, &token);
+        let run = submit_one(&session).await;
+        let (user, _c) = site.connect(Role::User, "ana").await;
+        let only_a = site.mint("user:ana", &["logs:read"], &["org/a"], &[], hours(1));
+        let session_a = redeem(&user, &only_a);
+        let reader = reader_for(&session_a, "org/a");
+        let mut request = reader.read_request();
+        request.get().set_run(&run);
+        let err = crate::support::error_text(request.send().promise.await.err().unwrap());
+        assert!(
+            err.contains(&format!("no run \"{run}\" in repository org/a")),
+            "{err}"
+        );
+        let mut request = reader.follow_request();
+        request.get().set_run(&run);
+        request.get().set_observer(capnp_rpc::new_client(Stalled {
+            calls: Rc::default(),
+        }));
+        let err = crate::support::error_text(request.send().promise.await.err().unwrap());
+        assert!(err.contains("in repository org/a"), "{err}");
+        // And the grant cannot be stretched to repo org/x.
+        let mut request = session_a.logs_request();
+        request.get().init_scope().set_repo("org/x");
+        let reader_x = request.send().pipeline.get_reader();
+        let mut read = reader_x.read_request();
+        read.get().set_run(&run);
+        let err = crate::support::error_text(read.send().promise.await.err().unwrap());
+        assert!(err.contains("denied logs:read on repo org/x"), "{err}");
+    });
+}
+
+/// Reads a run's whole stored log.
+async fn stored_log(reader: &log_reader::Client, run: &str) -> Vec<u8> {
+    let mut request = reader.read_request();
+    request.get().set_run(run);
+    request.get().set_max(1 << 20);
+    let response = request.send().promise.await.unwrap();
+    let mut bytes = Vec::new();
+    for chunk in response.get().unwrap().get_chunks().unwrap().iter() {
+        bytes.extend_from_slice(chunk.get_data().unwrap());
+    }
+    bytes
+}
+
+#[test]
+fn retention_deletes_the_oldest_output_over_the_cap_then_everything_past_its_age() {
+    local(async {
+        let mut site = TestSite::start().await;
+        let token = site.mint(
+            "runner:r1",
+            &["queue:submit", "queue:take", "logs:read"],
+            &["org/x"],
+            &["default"],
+            hours(1),
+        );
+        let mut runs = Vec::new();
+        {
+            let (gateway, _connection) = site.connect(Role::Runner, "r1").await;
+            let session = redeem(&gateway, &token);
+            for _ in 0..2 {
+                let run = submit_one(&session).await;
+                let job = lease(&session).await;
+                job.started_request().send().promise.await.unwrap();
+                let sink = job.log_request().send().pipeline.get_sink();
+                write(&sink, 0, LogStream::Stdout, &[b'y'; 60_000]).await;
+                sink.close_request().send().promise.await.unwrap();
+                complete(&job).await;
+                runs.push(run);
+            }
+        }
+        // 120 kB stored, cap 100 kB: the run that finished first loses its log.
+        site.restart_with("[retention]\nlogs_max_age = \"never\"\nmax_total_bytes = 100000")
+            .await;
+        site.sweeps_done(1).await;
+        let (gateway, _connection) = site.connect(Role::Runner, "r1").await;
+        let session = redeem(&gateway, &token);
+        let reader = reader_for(&session, "org/x");
+        assert!(stored_log(&reader, &runs[0]).await.is_empty());
+        assert_eq!(stored_log(&reader, &runs[1]).await.len(), 60_000);
+        drop((reader, session, gateway, _connection));
+
+        // Logs older than 0s: everything finished goes.
+        site.restart_with("[retention]\nlogs_max_age = \"0s\"")
+            .await;
+        site.sweeps_done(1).await;
+        let (gateway, _connection) = site.connect(Role::Runner, "r1").await;
+        let session = redeem(&gateway, &token);
+        let reader = reader_for(&session, "org/x");
+        assert!(stored_log(&reader, &runs[1]).await.is_empty());
+    });
+}

@@ -1,0 +1,122 @@
+//! Logs end to end: what a command prints is what `tinyci logs` gives back, byte for byte and
+//! stream by stream, and live followers see the same log as readers after the fact.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::jobs::{start_runner, start_submit_wait, wait_for_run};
+use crate::support::{SiteProcess, git_repo, run_in, start_site};
+
+/// A site (no embedded runner) and a shell runner `r1`; returns (site, runner, address).
+fn site_with_runner(dir: &Path) -> (SiteProcess, SiteProcess, String) {
+    let (site, addr) = start_site(dir, "");
+    let added = run_in(
+        dir,
+        &["runner", "add", "r1", "--queue", "default", "--addr", &addr],
+    );
+    assert!(added.status.success());
+    let runner = start_runner(dir, "r1");
+    (site, runner, addr)
+}
+
+fn task(command: &str) -> String {
+    format!("mountpoint: /src\nruns:\n  main:\n    command: [\"sh\", \"-c\", \"{command}\"]\n")
+}
+
+/// `tinyci logs args… --addr addr`.
+fn logs(dir: &Path, addr: &str, args: &[&str]) -> std::process::Output {
+    let mut full = vec!["logs", "--addr", addr];
+    full.extend_from_slice(args);
+    run_in(dir, &full)
+}
+
+#[test]
+fn ten_megabytes_of_interleaved_stdout_and_stderr_come_back_exactly_per_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (site, runner, addr) = site_with_runner(dir.path());
+    let out = tempfile::tempdir().unwrap();
+    let d = out.path().display();
+    // Random bytes (not lines), written to both streams at once so chunks interleave.
+    let command = format!(
+        "head -c 5242880 /dev/urandom > {d}/out.bin; head -c 5242880 /dev/urandom > {d}/err.bin; \
+         cat {d}/out.bin & cat {d}/err.bin >&2 & wait"
+    );
+    let repo = tempfile::tempdir().unwrap();
+    git_repo(
+        repo.path(),
+        &[("tinyci.yml", ""), ("task.yml", &task(&command))],
+    );
+    let (code, lines) = start_submit_wait(dir.path(), repo.path(), &addr).wait();
+    assert_eq!(code, Some(0), "{lines:#?}");
+
+    for (stream, file) in [("stdout", "out.bin"), ("stderr", "err.bin")] {
+        let got = logs(dir.path(), &addr, &["r-2", "--stream", stream]);
+        assert!(
+            got.status.success(),
+            "{}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+        let emitted = std::fs::read(out.path().join(file)).unwrap();
+        assert_eq!(got.stdout.len(), emitted.len(), "{stream}");
+        assert_eq!(
+            Sha256::digest(&got.stdout),
+            Sha256::digest(&emitted),
+            "{stream} differs"
+        );
+    }
+    // Both streams really were interleaved in the stored log, not one after the other.
+    let all = logs(dir.path(), &addr, &["r-2"]);
+    assert_eq!(all.stdout.len(), 2 * 5_242_880);
+    drop((runner, site));
+}
+
+#[test]
+fn followers_during_and_after_a_run_print_the_same_complete_log_and_its_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let (site, runner, addr) = site_with_runner(dir.path());
+    let gate = tempfile::tempdir().unwrap();
+    let go = gate.path().join("go");
+    // Prints a first line, waits for the test to open the gate, prints the rest, fails.
+    let command = format!(
+        "echo first; while [ ! -e {go} ]; do sleep 0.05; done; seq 1 20000; echo last >&2; exit 4",
+        go = go.display()
+    );
+    let repo = tempfile::tempdir().unwrap();
+    git_repo(
+        repo.path(),
+        &[("tinyci.yml", ""), ("task.yml", &task(&command))],
+    );
+    let mut submit = start_submit_wait(dir.path(), repo.path(), &addr);
+    wait_for_run(&mut submit, "r-2", "running on r1");
+
+    let mut during_early = SiteProcess::spawn(dir.path(), &["logs", "r-2", "-f", "--addr", &addr]);
+    during_early.wait_for("first");
+    let mut during_late = SiteProcess::spawn(dir.path(), &["logs", "-f", "r-2", "--addr", &addr]);
+    during_late.wait_for("first");
+    std::fs::write(&go, "").unwrap();
+    let (code, lines) = submit.wait();
+    assert_eq!(code, Some(1), "{lines:#?}");
+
+    let after = logs(dir.path(), &addr, &["r-2", "-f"]);
+    let stored = logs(dir.path(), &addr, &["r-2"]);
+    let expected: Vec<String> = std::iter::once("first".to_owned())
+        .chain((1..=20000).map(|n| n.to_string()))
+        .chain(std::iter::once("last".to_owned()))
+        .collect();
+    for (name, (code, lines)) in [
+        ("during (early)", during_early.wait()),
+        ("during (late)", during_late.wait()),
+    ] {
+        assert_eq!(code, Some(1), "{name}: a failed run exits non-zero");
+        assert_eq!(lines, expected, "{name}");
+    }
+    for (name, output) in [("after", &after), ("stored", &stored)] {
+        assert_eq!(output.status.code(), Some(1), "{name}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(text.lines().collect::<Vec<_>>(), expected, "{name}");
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(err.contains("run r-2 failed"), "{name}: {err}");
+    }
+    drop((runner, site));
+}
