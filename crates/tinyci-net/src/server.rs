@@ -107,6 +107,10 @@ where
     } = listener;
     let bootstrap = Rc::new(bootstrap);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Fired when the grace period is over: connections disconnect cleanly (capnp-rpc clears
+    // its tables, dropping every capability) rather than being dropped mid-flight, which
+    // can leave capabilities alive in reference cycles.
+    let (cut_tx, cut) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -135,6 +139,7 @@ where
             limits: limits.clone(),
             stats: stats.clone(),
             bootstrap: bootstrap.clone(),
+            cut: cut.clone(),
         };
         connections.spawn_local(async move {
             connection.run(stream, addr).await;
@@ -156,7 +161,14 @@ where
             cut = connections.len(),
             "grace period over; closing remaining connections"
         );
-        connections.shutdown().await;
+        cut_tx.send_replace(true);
+        let disconnected = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if disconnected.is_err() {
+            connections.shutdown().await;
+        }
     }
 }
 
@@ -166,6 +178,8 @@ struct Connection<B> {
     limits: NetLimits,
     stats: Arc<ServerStats>,
     bootstrap: Rc<B>,
+    /// Becomes true when the server cuts remaining connections.
+    cut: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<B> Connection<B>
@@ -213,12 +227,21 @@ where
             Side::Server,
             self.limits.reader_options(),
         );
-        let rpc = RpcSystem::new(Box::new(network), Some(client));
+        let mut rpc = RpcSystem::new(Box::new(network), Some(client));
+        let disconnector = rpc.get_disconnector();
+        let mut cut = self.cut.clone();
         async {
             // A guard, so the count stays right when shutdown aborts this task mid-call.
             let _active = ActiveGuard::enter(stats);
             debug!("connected");
-            match rpc.await {
+            let ended = tokio::select! {
+                ended = &mut rpc => ended,
+                _ = cut.wait_for(|cut| *cut) => {
+                    let (ended, _) = futures::future::join(&mut rpc, disconnector).await;
+                    ended
+                }
+            };
+            match ended {
                 Ok(()) => debug!("disconnected"),
                 // Malformed input, a reset, or a TLS alert: this connection only.
                 Err(e) => info!(error = %e, "connection ended with error"),
