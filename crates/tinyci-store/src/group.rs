@@ -73,6 +73,11 @@ impl GroupWriterThread {
     pub fn join(self) {
         let _ = self.0.join();
     }
+
+    /// Whether the writer has stopped (every committer dropped, everything committed).
+    pub fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
 }
 
 impl GroupCommitter {
