@@ -316,6 +316,11 @@ interface Worker {
   next @0 (control :JobControl) -> (job :Job);
   # Resolves when a run is leased to this worker: push, not poll. The site calls `control`
   # to cancel the run. Several `next` calls may be outstanding (one per free slot).
+
+  resume @1 (run :Text, attempt :UInt32, control :JobControl) -> (job :Job);
+  # Takes back a run this runner was executing when its connection was lost (or the site
+  # restarted): its lease (`attempt`) is renewed and `control` replaces the old one. Fails if
+  # the lease was lost meanwhile; the runner must then stop the run.
 }
 
 interface JobControl {
@@ -386,7 +391,7 @@ struct Outcome {
 }
 
 interface Job {
-  # One leased run. Dropping it without `complete` returns the lease to the queue.
+  # One leased run. Released (see `release`) or completed, its lease ends.
 
   spec @0 () -> (spec :JobSpec);
   # What to run.
@@ -408,6 +413,11 @@ interface Job {
 
   complete @6 (outcome :Outcome) -> ();
   # Records the final outcome. Idempotent per lease: repeating it is harmless.
+
+  release @7 () -> ();
+  # Gives the lease back now (the runner is shutting down): the run is requeued at once. A
+  # `Job` dropped before `started` is released too; one dropped after it (a lost connection)
+  # keeps its lease until it expires, so its runner can `Worker.resume` it.
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -405,7 +405,7 @@ fn a_killed_site_loses_no_acknowledged_run() {
 }
 
 /// A free loopback port (bound and released; the site binds it again right away).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

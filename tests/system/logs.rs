@@ -6,7 +6,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::jobs::{start_runner, start_submit_wait, wait_for_run};
-use crate::support::{SiteProcess, git_repo, run_in, start_site};
+use crate::support::{SiteProcess, git_repo, init_site, run_in, start_site};
 
 /// A site (no embedded runner) and a shell runner `r1`; returns (site, runner, address).
 fn site_with_runner(dir: &Path) -> (SiteProcess, SiteProcess, String) {
@@ -119,4 +119,92 @@ fn followers_during_and_after_a_run_print_the_same_complete_log_and_its_status()
         assert!(err.contains("run r-2 failed"), "{name}: {err}");
     }
     drop((runner, site));
+}
+
+#[test]
+fn a_site_killed_and_restarted_mid_stream_keeps_the_log_whole_and_the_run_on_its_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    init_site(dir.path(), "");
+    // The runner's bundle names this address, so the restarted site must listen there again.
+    let addr = format!("127.0.0.1:{}", crate::jobs::free_port());
+    let listen = [
+        "--config",
+        "site.toml",
+        "--listen",
+        addr.as_str(),
+        "--no-local-runner",
+    ];
+    let mut site = SiteProcess::start(dir.path(), &listen);
+    site.wait_for("listening on ");
+    let added = run_in(
+        dir.path(),
+        &["runner", "add", "r1", "--queue", "default", "--addr", &addr],
+    );
+    assert!(added.status.success());
+    let runner = start_runner(dir.path(), "r1");
+
+    let gate = tempfile::tempdir().unwrap();
+    let (streaming, go) = (gate.path().join("streaming"), gate.path().join("go"));
+    // Streams a first part, waits while the test kills the site, streams the rest (into the
+    // runner's buffer while the site is down), and passes.
+    let command = format!(
+        "seq 1 20000; touch {s}; while [ ! -e {g} ]; do sleep 0.05; done; seq 20001 200000",
+        s = streaming.display(),
+        g = go.display()
+    );
+    let repo = tempfile::tempdir().unwrap();
+    git_repo(
+        repo.path(),
+        &[("tinyci.yml", ""), ("task.yml", &task(&command))],
+    );
+    let submitted = run_in(
+        dir.path(),
+        &["submit", repo.path().to_str().unwrap(), "--addr", &addr],
+    );
+    assert!(
+        submitted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submitted.stderr)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !streaming.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    site.kill9();
+    std::fs::write(&go, "").unwrap();
+    let mut site = SiteProcess::start(dir.path(), &listen);
+    site.wait_for("listening on ");
+
+    // Follow to the end: the runner resumes its lease and resends what was not stored.
+    let followed = logs(dir.path(), &addr, &["r-2", "-f", "--stream", "stdout"]);
+    assert!(
+        followed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&followed.stderr)
+    );
+    let expected: String = (1..=200_000).map(|n| format!("{n}\n")).collect();
+    let got = String::from_utf8_lossy(&followed.stdout);
+    assert!(
+        got == expected,
+        "the log has a gap or a duplicate: {} bytes, expected {}",
+        got.len(),
+        expected.len()
+    );
+    // Still attempt 1 on r1: the run was resumed, not rerun.
+    let runs = run_in(dir.path(), &["admin", "runs", "--addr", &addr]);
+    let table = String::from_utf8_lossy(&runs.stdout);
+    let line = table
+        .lines()
+        .find(|l| l.contains("r-2"))
+        .unwrap_or_default();
+    assert!(line.contains("passed (exit code 0) on r1"), "{table}");
+    assert!(!line.contains("attempt"), "the run was rerun: {table}");
+    drop(runner);
+    let (clean, _) = site.terminate();
+    assert!(clean);
 }

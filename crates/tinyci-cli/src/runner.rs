@@ -281,6 +281,13 @@ fn add(args: AddArgs) -> Result<()> {
         )
         .into());
     }
+    if args.name == tinyci_site::bundle::EMBEDDED_RUNNER {
+        return Err(InputError(format!(
+            "the runner name {:?} is reserved for the runner `tinyci site up` embeds; pick another",
+            args.name
+        ))
+        .into());
+    }
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from(format!("{}.bundle", args.name)));

@@ -182,8 +182,7 @@ fn up(args: UpArgs) -> Result<()> {
             }
         };
         // On shutdown the local runner goes first, so its connection does not hold the
-        // site's grace period; runs it held lose their leases with the site and are
-        // requeued at the next start.
+        // site's grace period; the runs it held are requeued at the next start.
         let local_runner = local_runner.map(|task| task.abort_handle());
         let shutdown = async move {
             shutdown_signal().await;
@@ -259,7 +258,7 @@ fn local_runner(site: &Site, addr: SocketAddr) -> Result<tinyci_runner::AgentCon
         let bundle = RunnerBundle::issue_recording_in(
             config,
             &NewRunner {
-                name: "local".into(),
+                name: tinyci_site::bundle::EMBEDDED_RUNNER.into(),
                 queues: vec!["default".into()],
                 addresses: vec![addr.to_string()],
                 expires_at: None,

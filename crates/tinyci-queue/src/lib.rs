@@ -7,8 +7,8 @@
 //! Every state change goes through `tinyci_core::Run::apply` (the state machine) and, when
 //! it must survive a crash, through the store's group committer before anyone is told:
 //! a submission is acknowledged only once it and its runs are durable, a lease only once it
-//! is recorded. Heartbeats are not persisted: a restarted site requeues every run that was
-//! leased, because the leases died with the connections that held them.
+//! is recorded. Heartbeats are not persisted: a restarted site gives every lease one full
+//! period to be resumed by its runner (which may have outlived the site), then requeues it.
 //!
 //! Single-threaded (`Rc`/`RefCell`), living on the site's LocalSet. Knows nothing of capnp:
 //! the site wraps it in capabilities. Must not depend on capnp, rustls or biscuit-auth.
@@ -74,6 +74,19 @@ pub enum QueueError {
     /// The queue is shutting down.
     #[error("the queue is shutting down")]
     Closed,
+    /// A runner tried to resume a lease it no longer holds.
+    #[error(
+        "run {run} cannot be resumed by {runner}: lease {lease} was lost (expired, requeued or \
+         held by another runner)"
+    )]
+    LeaseLost {
+        /// The run.
+        run: RunId,
+        /// The lease presented.
+        lease: LeaseId,
+        /// Who presented it.
+        runner: String,
+    },
 }
 
 /// A new submission, already planned.
@@ -203,8 +216,9 @@ fn put_run(txn: &mut WriteTxn<'_>, run: &StoredRun) -> Result<(), StoreError> {
 }
 
 impl Queue {
-    /// Loads unfinished runs. Runs that were leased when the site stopped lost their leases
-    /// with it: they are requeued now (counting the attempt), or given up if out of attempts.
+    /// Loads unfinished runs. Runs that were leased when the site stopped keep their leases
+    /// for one more lease period from now, so runners that outlived the site can resume them
+    /// ([`Queue::resume`]); unresumed, they expire and are requeued as usual.
     pub async fn open(
         store: Store,
         committer: GroupCommitter,
@@ -226,22 +240,40 @@ impl Queue {
         });
         let now = (queue.clock)();
         let mut recovered = Vec::new();
+        let mut kept = 0usize;
         for (id, bytes) in stored {
             let mut run = decode_run(id, &bytes)?;
             if run.state.status().is_final() {
                 continue;
             }
             if let Some(lease) = run.state.lease().cloned() {
-                // The lease died with the previous process.
-                let at = now.max(lease.expires_at);
-                run.state.apply(RunEvent::LeaseExpired, at)?;
-                run.runner = None;
-                recovered.push(run.clone());
+                // The runner may have outlived us: give its lease one full period from now to
+                // be resumed (`Queue::resume`); expiry requeues it otherwise. Heartbeats are
+                // not persisted, so the stored expiry is stale: apply the renewal as of that
+                // expiry, the last moment the state machine accepts it.
+                let renewal = RunEvent::Heartbeat {
+                    lease: lease.id,
+                    expires_at: queue.policy.expiry(now),
+                };
+                if run.state.apply(renewal, lease.expires_at.min(now)).is_err() {
+                    let at = now.max(lease.expires_at);
+                    run.state.apply(RunEvent::LeaseExpired, at)?;
+                    run.runner = None;
+                    recovered.push(run.clone());
+                } else {
+                    kept += 1;
+                }
             }
             if run.state.status().is_final() {
                 continue;
             }
             queue.track(run);
+        }
+        if kept > 0 {
+            info!(
+                runs = kept,
+                "leases from the last process wait one lease period for their runners to resume"
+            );
         }
         if !recovered.is_empty() {
             info!(
@@ -626,7 +658,95 @@ impl Queue {
         }
     }
 
-    /// The holder gave the lease back (its `Job` was dropped without completing): requeue.
+    /// The holder of `lease` reconnected (after a lost connection or a site restart) and
+    /// takes its run back: the lease is renewed and `on_cancel` replaces the old connection's
+    /// hook. A cancel asked for while it was away is passed on at once. Fails if the lease was
+    /// lost meanwhile (expired, requeued, given to someone else) or belongs to another runner.
+    pub async fn resume(
+        &self,
+        id: RunId,
+        lease: LeaseId,
+        runner: &str,
+        on_cancel: CancelHook,
+    ) -> Result<Leased, QueueError> {
+        let current = self
+            .state
+            .borrow()
+            .live
+            .get(&id)
+            .and_then(|r| r.state.lease().cloned());
+        match current {
+            Some(current) if current.id == lease && current.runner == runner => {}
+            _ => {
+                return Err(QueueError::LeaseLost {
+                    run: id,
+                    lease,
+                    runner: runner.to_owned(),
+                });
+            }
+        }
+        let expires_at = self.heartbeat(id, lease).await?;
+        let run = self
+            .state
+            .borrow()
+            .live
+            .get(&id)
+            .cloned()
+            .ok_or(QueueError::NoRun(id))?;
+        self.state
+            .borrow_mut()
+            .cancel_hooks
+            .insert(id, on_cancel.clone());
+        if run.state.cancel_requested() {
+            on_cancel(run.message.clone().unwrap_or_else(|| "canceled".into()));
+        }
+        info!(run = %id, %runner, %lease, "lease resumed");
+        Ok(Leased {
+            run,
+            lease,
+            expires_at,
+        })
+    }
+
+    /// The holder of `lease` went away without giving it back (its connection died): forget
+    /// how to reach it. The lease stays until it expires or is resumed; a cancel meanwhile
+    /// is kept and passed on at resume. (The hook holds the dead connection's objects, so
+    /// keeping it would keep them alive.)
+    pub fn detach(&self, id: RunId, lease: LeaseId) {
+        let mut state = self.state.borrow_mut();
+        let holds = state
+            .live
+            .get(&id)
+            .and_then(|r| r.state.lease())
+            .is_some_and(|l| l.id == lease);
+        if holds {
+            state.cancel_hooks.remove(&id);
+        }
+    }
+
+    /// Hands back every lease `runner` holds, as if each `Job` were released: for a runner
+    /// known to be gone (the embedded runner, which dies with the site). Returns how many.
+    pub async fn release_runner(&self, runner: &str) -> usize {
+        let held: Vec<(RunId, LeaseId)> = self
+            .state
+            .borrow()
+            .live
+            .values()
+            .filter_map(|r| {
+                r.state
+                    .lease()
+                    .filter(|l| l.runner == runner)
+                    .map(|l| (r.id(), l.id))
+            })
+            .collect();
+        for (id, lease) in &held {
+            self.release(*id, *lease).await;
+        }
+        held.len()
+    }
+
+    /// The holder gave the lease back (`Job.release`, or a `Job` dropped before it started):
+    /// requeue now rather than at expiry.
     pub async fn release(&self, id: RunId, lease: LeaseId) {
         let current = self
             .state

@@ -165,39 +165,99 @@ impl AgentControl {
     }
 }
 
-/// Why a session with the site ended.
-enum SessionEnd {
-    /// Asked to stop; everything finished.
-    Stopped,
-    /// The connection or the grant failed.
-    Lost(String),
+/// Bytes of output a job keeps until the site confirms them durable: what a runner buffers
+/// while its site is unreachable. Past it the runner stops reading the command's output, so
+/// the command blocks on its pipes (nothing is dropped) until the site is back.
+pub const MAX_UNACKED_LOG_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How many bytes are sent between two `LogSink.acknowledged` calls that trim the buffer.
+const ACK_EVERY: u64 = 1024 * 1024;
+
+/// The agent's current connection to its site: `None` while disconnected. Slots wait on it
+/// for work; running jobs wait on it to resume their leases after an outage.
+type SiteLink = watch::Sender<Option<Rc<Connected>>>;
+
+/// One live connection: its serial number and one worker per queue.
+struct Connected {
+    serial: u64,
+    workers: BTreeMap<String, worker::Client>,
+    /// A slot whose worker was refused (revoked grant) asks for a fresh connection here,
+    /// which re-redeems the grant and reports clearly why it fails.
+    renew: Rc<tokio::sync::Notify>,
 }
 
 /// Runs the agent until drained or canceled. Connection failures are retried with backoff;
-/// a refused grant is retried too (an operator may fix it), and logged each time.
+/// a refused grant is retried too (an operator may fix it), and logged each time. Jobs keep
+/// running while the site is away and resume their leases when it is back.
 pub async fn run_agent(config: AgentConfig, mut control: AgentControl) {
     let config = Rc::new(config);
+    let link: Rc<SiteLink> = Rc::new(watch::channel(None).0);
+    let mut slots = tokio::task::JoinSet::new();
+    for slot in 0..config.slots.max(1) {
+        let span = info_span!("slot", slot);
+        slots.spawn_local(run_slot(config.clone(), link.clone(), control.clone()).instrument(span));
+    }
     let mut backoff = Duration::from_millis(200);
+    let mut serial = 0u64;
     loop {
-        if control.is_draining() {
-            return;
-        }
-        match serve_session(config.clone(), control.clone()).await {
-            SessionEnd::Stopped => return,
-            SessionEnd::Lost(why) => {
-                warn!(error = %why, retry_in = ?backoff, "lost the site; reconnecting");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = control.drained() => return,
+        let ended = match connect(&config).await {
+            Ok((workers, mut connection, addr)) => {
+                serial += 1;
+                backoff = Duration::from_millis(200);
+                let renew = Rc::new(tokio::sync::Notify::new());
+                link.send_replace(Some(Rc::new(Connected {
+                    serial,
+                    workers,
+                    renew: renew.clone(),
+                })));
+                info!(%addr, queues = ?config.queues, slots = config.slots, executor = config.executor.name(), "connected; waiting for jobs");
+                let lost = tokio::select! {
+                    ended = connection.closed() => Some(match ended {
+                        Ok(()) => "the site closed the connection".to_owned(),
+                        Err(e) => e.to_string(),
+                    }),
+                    () = renew.notified() => Some("the site stopped handing out jobs".to_owned()),
+                    () = all_done(&mut slots) => None,
+                };
+                link.send_replace(None);
+                match lost {
+                    None => return,
+                    Some(why) => why,
                 }
-                backoff = (backoff * 2).min(config.max_backoff);
+            }
+            Err(why) => why,
+        };
+        warn!(error = %ended, retry_in = ?backoff, "lost the site; reconnecting");
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = all_done(&mut slots) => return,
+            () = control.canceled() => {
+                // Nothing to hand back without a site; stop what runs and leave.
+                link.send_replace(None);
+                all_done(&mut slots).await;
+                return;
             }
         }
+        backoff = (backoff * 2).min(config.max_backoff);
     }
 }
 
-/// One connection: dial, confirm, redeem, get workers, run slots until stopped or lost.
-async fn serve_session(config: Rc<AgentConfig>, control: AgentControl) -> SessionEnd {
+/// Resolves once every slot has returned.
+async fn all_done(slots: &mut tokio::task::JoinSet<()>) {
+    while slots.join_next().await.is_some() {}
+}
+
+/// Dials the site, confirms it, redeems the grant and asks for one worker per queue.
+async fn connect(
+    config: &AgentConfig,
+) -> Result<
+    (
+        BTreeMap<String, worker::Client>,
+        tinyci_net::ClientConnection,
+        String,
+    ),
+    String,
+> {
     let mut last_error = String::from("no site address");
     let mut connected = None;
     for addr in &config.addresses {
@@ -216,17 +276,17 @@ async fn serve_session(config: Rc<AgentConfig>, control: AgentControl) -> Sessio
             Err(e) => last_error = e.to_string(),
         }
     }
-    let Some((addr, (gateway, mut connection))) = connected else {
-        return SessionEnd::Lost(last_error);
+    let Some((addr, (gateway, connection))) = connected else {
+        return Err(last_error);
     };
     // TLS 1.3 reports a refused client certificate only on the first call.
     if let Err(e) = gateway.info_request().send().promise.await {
-        return SessionEnd::Lost(format!("site {addr} refused the connection: {e}"));
+        return Err(format!("site {addr} refused the connection: {e}"));
     }
     let mut redeem = gateway.redeem_request();
     redeem.get().set_token(&config.token);
     let session = redeem.send().pipeline.get_session();
-    let mut workers = Vec::new();
+    let mut workers = BTreeMap::new();
     for queue in &config.queues {
         let mut request = session.worker_request();
         request.get().set_queue(queue);
@@ -238,82 +298,87 @@ async fn serve_session(config: Rc<AgentConfig>, control: AgentControl) -> Sessio
         info.init_executors(1).set(0, config.executor.name());
         // Await each worker now, so a refused grant is reported clearly and once.
         let worker = match request.send().promise.await {
-            Ok(response) => match response.get().and_then(|r| r.get_worker()) {
-                Ok(worker) => worker,
-                Err(e) => return SessionEnd::Lost(format!("malformed worker from {addr}: {e}")),
-            },
+            Ok(response) => response
+                .get()
+                .and_then(|r| r.get_worker())
+                .map_err(|e| format!("malformed worker from {addr}: {e}"))?,
             Err(e) => {
-                return SessionEnd::Lost(format!(
+                return Err(format!(
                     "site {addr} refused a worker for queue {queue}: {e}"
                 ));
             }
         };
-        workers.push(worker);
+        workers.insert(queue.clone(), worker);
     }
-    info!(%addr, queues = ?config.queues, slots = config.slots, executor = config.executor.name(), "connected; waiting for jobs");
-    let workers = Rc::new(workers);
-    let mut slots = tokio::task::JoinSet::new();
-    for slot in 0..config.slots.max(1) {
-        let span = info_span!("slot", slot);
-        slots.spawn_local(
-            run_slot(config.clone(), workers.clone(), control.clone()).instrument(span),
-        );
-    }
-    let lost = tokio::select! {
-        ended = connection.closed() => Some(match ended {
-            Ok(()) => "the site closed the connection".to_owned(),
-            Err(e) => e.to_string(),
-        }),
-        () = async { while slots.join_next().await.is_some() {} } => None,
-    };
-    match lost {
-        None if control.is_draining() => SessionEnd::Stopped,
-        None => SessionEnd::Lost("the site stopped handing out jobs".into()),
-        Some(why) => {
-            // Runs in flight lost their leases with the connection; stop them.
-            slots.shutdown().await;
-            SessionEnd::Lost(why)
-        }
-    }
+    Ok((workers, connection, addr))
+}
+
+/// Whether a call failed because the connection went away (rather than being refused).
+fn disconnected(e: &capnp::Error) -> bool {
+    e.kind == capnp::ErrorKind::Disconnected
 }
 
 /// One slot: wait for a job on any queue, run it, repeat; stop when drained.
-async fn run_slot(
-    config: Rc<AgentConfig>,
-    workers: Rc<Vec<worker::Client>>,
-    mut control: AgentControl,
-) {
+async fn run_slot(config: Rc<AgentConfig>, link: Rc<SiteLink>, mut control: AgentControl) {
     let current: Rc<RefCell<Option<StopHandle>>> = Rc::default();
     let job_control: job_control::Client = capnp_rpc::new_client(Control {
         current: current.clone(),
     });
+    let mut connection = link.subscribe();
     loop {
         if control.is_draining() {
             return;
         }
-        let waits = workers.iter().map(|w| {
+        let connected = tokio::select! {
+            connected = connection.wait_for(Option::is_some) => match connected {
+                Ok(c) => c.clone(),
+                Err(_) => return,
+            },
+            () = control.drained() => return,
+        };
+        let Some(connected) = connected else { continue };
+        let waits = connected.workers.iter().map(|(queue, w)| {
             let mut next = w.next_request();
             next.get().set_control(job_control.clone());
-            next.send().promise.boxed_local()
+            let queue = queue.clone();
+            next.send()
+                .promise
+                .map(move |result| (queue, result))
+                .boxed_local()
         });
         let first = select_all(waits);
-        let job = tokio::select! {
+        let (queue, job) = tokio::select! {
             // Dropping the other pending calls cancels them; a job the site leased in the
-            // race is dropped too, which returns its lease.
-            (result, _, _) = first => match result {
-                Ok(response) => match response.get().and_then(|r| r.get_job()) {
-                    Ok(job) => job,
-                    Err(e) => { warn!(error = %e, "malformed job"); continue; }
-                },
+            // race is dropped before it started, which hands it back at once.
+            ((queue, result), _, _) = first => match result.and_then(|r| r.get()?.get_job()) {
+                Ok(job) => (queue, job),
+                Err(e) if disconnected(&e) => continue,
                 Err(e) => {
-                    warn!(error = %e, "the site stopped giving jobs");
-                    return;
+                    warn!(error = %e, "the site stopped giving jobs; reconnecting");
+                    connected.renew.notify_one();
+                    tokio::select! {
+                        _ = connection.changed() => continue,
+                        () = control.drained() => return,
+                    }
                 }
             },
             () = control.drained() => return,
         };
+        let serial = connected.serial;
+        drop(connected);
         let (stop, signal) = stop_pair();
         *current.borrow_mut() = Some(stop.clone());
+        let job = Rc::new(JobLink {
+            queue,
+            run: RefCell::default(),
+            attempt: std::cell::Cell::new(0),
+            control: job_control.clone(),
+            job: RefCell::new(job),
+            generation: std::cell::Cell::new(0),
+            serial: std::cell::Cell::new(serial),
+            link: link.clone(),
+            reattaching: tokio::sync::Mutex::new(()),
+        });
         let mut cancel_all = control.clone();
         let run = run_job(&config, &job, signal);
         tokio::pin!(run);
@@ -321,10 +386,10 @@ async fn run_slot(
             outcome = &mut run => outcome,
             () = cancel_all.canceled() => {
                 // The operator stopped this runner, not the run: stop the process, report
-                // nothing, and let the dropped Job hand the lease back so the run is retried
-                // on another runner.
+                // nothing, and hand the lease back so the run is retried elsewhere.
                 stop.stop("the runner is shutting down");
                 let _ = run.await;
+                let _ = job.current().0.release_request().send().promise.await;
                 None
             }
         };
@@ -338,12 +403,106 @@ async fn run_slot(
     }
 }
 
+/// A running job's handle on its lease, valid across reconnections: after the connection is
+/// lost it waits for the agent's next one and resumes the lease there (`Worker.resume`).
+struct JobLink {
+    queue: String,
+    run: RefCell<String>,
+    attempt: std::cell::Cell<u32>,
+    control: job_control::Client,
+    job: RefCell<job::Client>,
+    /// Bumped at each resume: a failure seen on an older `job` is already dealt with.
+    generation: std::cell::Cell<u64>,
+    /// The connection `job` lives on.
+    serial: std::cell::Cell<u64>,
+    link: Rc<SiteLink>,
+    reattaching: tokio::sync::Mutex<()>,
+}
+
+impl JobLink {
+    /// Whether a call that failed with `e` was cut by a lost connection rather than refused.
+    /// A transport failure does not always arrive as `Disconnected` (a TLS stream cut
+    /// without close_notify is `Failed`), so wait briefly for the agent to notice the
+    /// connection closing too.
+    async fn lost_connection(&self, e: &capnp::Error) -> bool {
+        if disconnected(e) {
+            return true;
+        }
+        let serial = self.serial.get();
+        let mut link = self.link.subscribe();
+        let moved = link.wait_for(|c| c.as_ref().is_none_or(|c| c.serial != serial));
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), moved).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// The job capability now, and its generation.
+    fn current(&self) -> (job::Client, u64) {
+        (self.job.borrow().clone(), self.generation.get())
+    }
+
+    /// After a call on generation `failed` was cut by a lost connection: waits for a newer
+    /// connection and resumes the lease there. `Err` if the site refuses (the lease is lost).
+    async fn reattach(&self, failed: u64) -> Result<job::Client, String> {
+        let _one_at_a_time = self.reattaching.lock().await;
+        if self.generation.get() != failed {
+            return Ok(self.job.borrow().clone());
+        }
+        let mut link = self.link.subscribe();
+        loop {
+            let serial = self.serial.get();
+            let connected = link
+                .wait_for(|c| c.as_ref().is_some_and(|c| c.serial != serial))
+                .await
+                .map_err(|_| "the runner is stopping".to_owned())?
+                .clone();
+            let Some(connected) = connected else { continue };
+            let Some(worker) = connected.workers.get(&self.queue) else {
+                return Err(format!(
+                    "the site no longer gives a worker for queue {}",
+                    self.queue
+                ));
+            };
+            let mut request = worker.resume_request();
+            request.get().set_run(self.run.borrow().as_str());
+            request.get().set_attempt(self.attempt.get());
+            request.get().set_control(self.control.clone());
+            match request.send().promise.await {
+                Ok(response) => {
+                    let job = response
+                        .get()
+                        .and_then(|r| r.get_job())
+                        .map_err(|e| format!("malformed job from the site: {e}"))?;
+                    *self.job.borrow_mut() = job.clone();
+                    self.generation.set(self.generation.get() + 1);
+                    self.serial.set(connected.serial);
+                    info!("resumed the lease after reconnecting");
+                    return Ok(job);
+                }
+                Err(e)
+                    if disconnected(&e)
+                        || self
+                            .link
+                            .borrow()
+                            .as_ref()
+                            .is_none_or(|c| c.serial != connected.serial) =>
+                {
+                    self.serial.set(connected.serial);
+                }
+                Err(e) => return Err(format!("the site would not resume the run: {e}")),
+            }
+        }
+    }
+}
+
 /// Runs one job; `None` if the lease was lost before it could run.
 async fn run_job(
     config: &AgentConfig,
-    job: &job::Client,
+    link: &Rc<JobLink>,
     signal: crate::StopSignal,
 ) -> Option<ExecOutcome> {
+    let (job, _) = link.current();
     let spec = match job.spec_request().send().promise.await {
         Ok(response) => response,
         Err(e) => {
@@ -359,6 +518,9 @@ async fn run_job(
         Ok(pair) => pair,
         Err(e) => return Some(ExecOutcome::errored(e)),
     };
+    *link.run.borrow_mut() = label.clone();
+    link.attempt
+        .set(spec.get_run().map(|r| r.get_attempt()).unwrap_or_default());
     let lease_expires = spec.get_lease_expires_at();
     let artifacts: Vec<String> = spec
         .get_artifacts()
@@ -373,7 +535,7 @@ async fn run_job(
         info!("leased");
         let workdir = exec.source_dir.clone();
         let outcome = run_leased(
-            job,
+            link,
             exec,
             lease_expires,
             signal,
@@ -392,13 +554,14 @@ async fn run_job(
 }
 
 async fn run_leased(
-    job: &job::Client,
+    link: &Rc<JobLink>,
     exec: ExecSpec,
     lease_expires: i64,
     signal: crate::StopSignal,
     executor: &Executor,
     artifacts: &[String],
 ) -> ExecOutcome {
+    let (job, _) = link.current();
     // Source: the site streams the archive into our sink; then we unpack it.
     let archive = exec.source_dir.with_extension("tar");
     let sink = SourceSink::create(&archive);
@@ -414,14 +577,15 @@ async fn run_leased(
     if let Err(e) = unpack(&archive, &exec.source_dir) {
         return ExecOutcome::errored(format!("failed to unpack the source: {e}"));
     }
-    let log = job.log_request().send().pipeline.get_sink();
     if let Err(e) = job.started_request().send().promise.await {
         return ExecOutcome::errored(format!("the site refused the start: {e}"));
     }
 
     let (out_tx, out_rx) = mpsc::channel::<OutputChunk>(16);
-    let forward = forward_output(log.clone(), out_rx);
-    let heartbeat = heartbeat(job.clone(), lease_expires);
+    // Output is forwarded while the command runs (the channel is small: a command writing
+    // more than it holds would otherwise block on its own output).
+    let forward = forward_output(link, out_rx);
+    let heartbeat = keep_lease(link, lease_expires);
     tokio::pin!(heartbeat);
     let (lost_tx, lost_rx) = stop_pair();
     let work = async {
@@ -435,7 +599,7 @@ async fn run_leased(
             tokio::pin!(run);
             tokio::select! {
                 outcome = &mut run => outcome,
-                Err(why) = &mut heartbeat => {
+                why = &mut heartbeat => {
                     warn!(error = %why, "stopping the run");
                     lost = true;
                     lost_tx.stop(&why);
@@ -444,11 +608,12 @@ async fn run_leased(
             }
         };
         if !lost && !artifacts.is_empty() {
-            let upload = crate::upload_run_artifacts(job, &exec, artifacts);
+            let (job, _) = link.current();
+            let upload = crate::upload_run_artifacts(&job, &exec, artifacts);
             tokio::pin!(upload);
             let report = tokio::select! {
                 report = &mut upload => Some(report),
-                Err(why) = &mut heartbeat => {
+                why = &mut heartbeat => {
                     warn!(error = %why, "lost the lease while uploading artifacts");
                     None
                 }
@@ -461,7 +626,6 @@ async fn run_leased(
         outcome
     };
     let (outcome, ()) = tokio::join!(work, forward);
-    let _ = log.close_request().send().promise.await;
     outcome
 }
 
@@ -478,8 +642,9 @@ fn merge_stops(mut a: crate::StopSignal, mut b: crate::StopSignal) -> crate::Sto
     signal
 }
 
-/// Extends the lease at a third of its length until it fails.
-async fn heartbeat(job: job::Client, mut expires_at_ms: i64) -> Result<(), String> {
+/// Extends the lease at a third of its length; through an outage it waits for the agent to
+/// reconnect and resumes the lease. Returns why the lease was lost.
+async fn keep_lease(link: &JobLink, mut expires_at_ms: i64) -> String {
     loop {
         let now = now_millis();
         let left = expires_at_ms.saturating_sub(now).max(300);
@@ -487,79 +652,271 @@ async fn heartbeat(job: job::Client, mut expires_at_ms: i64) -> Result<(), Strin
             u64::try_from(left / 3).unwrap_or(100),
         ))
         .await;
+        let (job, generation) = link.current();
         match job.heartbeat_request().send().promise.await {
-            Ok(response) => {
-                expires_at_ms = response
-                    .get()
-                    .map(|r| r.get_lease_expires_at())
-                    .map_err(|e| format!("lease lost: {e}"))?;
+            Ok(response) => match response.get().map(|r| r.get_lease_expires_at()) {
+                Ok(at) => expires_at_ms = at,
+                Err(e) => return format!("lease lost: {e}"),
+            },
+            Err(e) if link.lost_connection(&e).await => {
+                warn!("lost the site while running; the run goes on and resumes when it is back");
+                if let Err(why) = link.reattach(generation).await {
+                    return why;
+                }
+                // Renew right away on the new connection.
+                expires_at_ms = now_millis();
             }
-            Err(e) => return Err(format!("lease lost: {e}")),
+            Err(e) => return format!("lease lost: {e}"),
         }
     }
 }
 
-/// Streams output chunks to the site's log sink; capnp streaming applies backpressure, which
-/// reaches the process through the bounded channel. Starts where the site's stored log ends,
-/// so a retried run's log continues after the earlier attempt's instead of colliding with it.
-async fn forward_output(log: log_sink::Client, mut rx: mpsc::Receiver<OutputChunk>) {
-    let start = match log.acknowledged_request().send().promise.await {
-        Ok(response) => response.get().map(|r| r.get_offset()),
-        Err(e) => Err(e),
-    };
-    let mut offset = match start {
-        // The log was cut at its size limit: the site discards whatever follows.
-        Ok(u64::MAX) => {
-            while rx.recv().await.is_some() {}
-            return;
+/// Output sent to the site but not yet confirmed durable, resent after an outage.
+#[derive(Default)]
+struct Unacked {
+    chunks: std::collections::VecDeque<(u64, OutputChunk)>,
+    bytes: u64,
+}
+
+impl Unacked {
+    /// Forgets everything the site has stored (below `acknowledged`).
+    fn trim(&mut self, acknowledged: u64) {
+        while let Some((offset, chunk)) = self.chunks.front_mut() {
+            let len = chunk.data.len() as u64;
+            if *offset + len <= acknowledged {
+                self.bytes -= len;
+                self.chunks.pop_front();
+            } else {
+                if *offset < acknowledged {
+                    // Straddles the acknowledged offset: keep the unstored tail.
+                    let cut = usize::try_from(acknowledged - *offset).unwrap_or(usize::MAX);
+                    chunk.data.drain(..cut.min(chunk.data.len()));
+                    self.bytes -= acknowledged - *offset;
+                    *offset = acknowledged;
+                }
+                break;
+            }
         }
-        Ok(offset) => offset,
-        Err(e) => {
-            warn!(error = %e, "the site's log is unavailable; output is being dropped");
-            while rx.recv().await.is_some() {}
-            return;
+    }
+}
+
+/// Where a job's log stands on the site.
+enum SinkState {
+    /// Writing to this sink.
+    Open(log_sink::Client),
+    /// The log was cut at its size limit (or cannot be written): output is dropped.
+    Discarding,
+}
+
+fn write_request(
+    sink: &log_sink::Client,
+    offset: u64,
+    chunk: &OutputChunk,
+) -> capnp::capability::StreamingRequest<log_sink::write_params::Owned> {
+    let mut request = sink.write_request();
+    let mut c = request.get().init_chunk();
+    c.set_offset(offset);
+    c.set_stream(match chunk.stream {
+        Stream::Stdout => tinyci_schema::LogStream::Stdout,
+        Stream::Stderr => tinyci_schema::LogStream::Stderr,
+        Stream::System => tinyci_schema::LogStream::System,
+    });
+    c.set_timestamp_micros(micros(chunk.at));
+    c.set_data(&chunk.data);
+    request
+}
+
+async fn acknowledged(sink: &log_sink::Client) -> Result<u64, capnp::Error> {
+    let response = sink.acknowledged_request().send().promise.await?;
+    Ok(response.get()?.get_offset())
+}
+
+/// Gets a log sink on the current job (resuming the lease first if the connection is gone),
+/// trims `unacked` to what the site stored, and resends the rest. Returns the sink and the
+/// offset the site's log continues at.
+async fn resync(link: &JobLink, unacked: &mut Unacked) -> Result<(SinkState, u64), String> {
+    loop {
+        let (job, generation) = link.current();
+        let sink = job.log_request().send().pipeline.get_sink();
+        let stored = match acknowledged(&sink).await {
+            Ok(stored) => stored,
+            Err(e) if link.lost_connection(&e).await => {
+                link.reattach(generation).await?;
+                continue;
+            }
+            Err(e) => return Err(format!("the site's log is unavailable: {e}")),
+        };
+        if stored == u64::MAX {
+            // Cut at its size limit: the site takes nothing more.
+            unacked.chunks.clear();
+            unacked.bytes = 0;
+            return Ok((SinkState::Discarding, u64::MAX));
+        }
+        unacked.trim(stored);
+        let mut failed = None;
+        for (offset, chunk) in &unacked.chunks {
+            if let Err(e) = write_request(&sink, *offset, chunk).send().await {
+                failed = Some(e);
+                break;
+            }
+        }
+        match failed {
+            None => {
+                let end = unacked
+                    .chunks
+                    .back()
+                    .map_or(stored, |(o, c)| o + c.data.len() as u64);
+                return Ok((SinkState::Open(sink), end));
+            }
+            Some(e) if link.lost_connection(&e).await => {
+                link.reattach(generation).await?;
+            }
+            Some(e) => return Err(format!("the site refused the log: {e}")),
+        }
+    }
+}
+
+/// Streams output chunks to the job's log sink with capnp flow control (backpressure reaches
+/// the process through the bounded channel). Keeps what the site has not confirmed durable,
+/// up to [`MAX_UNACKED_LOG_BYTES`], and after an outage resumes at the site's acknowledged
+/// offset: no gap, no duplicate. Starts where the stored log ends, so a retried run's log
+/// continues after the earlier attempt's. Closes the log (all of it durable) at the end.
+async fn forward_output(link: &JobLink, mut rx: mpsc::Receiver<OutputChunk>) {
+    let mut unacked = Unacked::default();
+    let (mut sink, mut next) = match resync(link, &mut unacked).await {
+        Ok(pair) => pair,
+        Err(why) => {
+            warn!(error = %why, "output of this run is being dropped");
+            (SinkState::Discarding, 0)
         }
     };
-    while let Some(chunk) = rx.recv().await {
+    let mut since_ack = 0u64;
+    loop {
+        if unacked.bytes >= MAX_UNACKED_LOG_BYTES {
+            // Full: wait for the site to confirm some before reading more output.
+            if let SinkState::Open(open) = &sink {
+                match acknowledged(open).await {
+                    Ok(stored) if stored == u64::MAX => {
+                        unacked = Unacked::default();
+                        sink = SinkState::Discarding;
+                    }
+                    Ok(stored) => {
+                        let before = unacked.bytes;
+                        unacked.trim(stored);
+                        if unacked.bytes == before {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    Err(_) => {
+                        // The connection is gone: resync waits for it and resends.
+                        match resync(link, &mut unacked).await {
+                            Ok((s, _)) => sink = s,
+                            Err(why) => {
+                                warn!(error = %why, "output of this run is being dropped");
+                                sink = SinkState::Discarding;
+                            }
+                        }
+                    }
+                }
+            } else {
+                unacked = Unacked::default();
+            }
+            continue;
+        }
+        let Some(chunk) = rx.recv().await else { break };
+        let SinkState::Open(open) = &sink else {
+            continue;
+        };
+        let offset = next;
         let len = chunk.data.len() as u64;
-        let mut request = log.write_request();
-        {
-            let mut c = request.get().init_chunk();
-            c.set_offset(offset);
-            c.set_stream(match chunk.stream {
-                Stream::Stdout => tinyci_schema::LogStream::Stdout,
-                Stream::Stderr => tinyci_schema::LogStream::Stderr,
-                Stream::System => tinyci_schema::LogStream::System,
-            });
-            c.set_timestamp_micros(micros(chunk.at));
-            c.set_data(&chunk.data);
+        next += len;
+        let sent = write_request(open, offset, &chunk).send().await;
+        unacked.chunks.push_back((offset, chunk));
+        unacked.bytes += len;
+        since_ack += len;
+        let mut cut = sent.err();
+        if cut.is_none() && since_ack >= ACK_EVERY {
+            since_ack = 0;
+            match acknowledged(open).await {
+                Ok(u64::MAX) => {
+                    unacked = Unacked::default();
+                    sink = SinkState::Discarding;
+                    continue;
+                }
+                Ok(stored) => unacked.trim(stored),
+                Err(e) => cut = Some(e),
+            }
         }
-        if let Err(e) = request.send().await {
-            // Keep draining so the job is not blocked on a dead log.
-            warn!(error = %e, "log stream failed; output is being dropped");
-            while rx.recv().await.is_some() {}
-            return;
+        if let Some(e) = cut {
+            if !link.lost_connection(&e).await {
+                warn!(error = %e, "the site refused the log; output is being dropped");
+                sink = SinkState::Discarding;
+                continue;
+            }
+            match resync(link, &mut unacked).await {
+                Ok((s, end)) => {
+                    if matches!(s, SinkState::Open(_)) {
+                        next = end;
+                    }
+                    sink = s;
+                }
+                Err(why) => {
+                    warn!(error = %why, "output of this run is being dropped");
+                    sink = SinkState::Discarding;
+                }
+            }
         }
-        offset += len;
+    }
+    // Everything written: close, which resolves once all of it is durable.
+    loop {
+        let SinkState::Open(open) = &sink else { return };
+        match open.close_request().send().promise.await {
+            Ok(_) => return,
+            Err(e) if link.lost_connection(&e).await => match resync(link, &mut unacked).await {
+                Ok((s, _)) => sink = s,
+                Err(why) => {
+                    warn!(error = %why, "the end of this run's output may be lost");
+                    return;
+                }
+            },
+            Err(e) => {
+                warn!(error = %e, "the site could not store the end of the log");
+                return;
+            }
+        }
     }
 }
 
-async fn complete(job: &job::Client, outcome: &ExecOutcome) {
-    let mut request = job.complete_request();
-    {
-        let mut o = request.get().init_outcome();
-        o.set_status(match outcome.verdict {
-            Verdict::Passed => RunStatus::Passed,
-            Verdict::Failed => RunStatus::Failed,
-            Verdict::TimedOut => RunStatus::TimedOut,
-            Verdict::Canceled => RunStatus::Canceled,
-            Verdict::Errored => RunStatus::Errored,
-        });
-        o.set_exit_code(outcome.exit_code.unwrap_or(-1));
-        o.set_message(&outcome.message);
-    }
-    if let Err(e) = request.send().promise.await {
-        warn!(error = %e, "the site did not take the outcome; it will retry the run");
+/// Reports the outcome, resuming the lease first if the connection was lost meanwhile.
+async fn complete(link: &JobLink, outcome: &ExecOutcome) {
+    loop {
+        let (job, generation) = link.current();
+        let mut request = job.complete_request();
+        {
+            let mut o = request.get().init_outcome();
+            o.set_status(match outcome.verdict {
+                Verdict::Passed => RunStatus::Passed,
+                Verdict::Failed => RunStatus::Failed,
+                Verdict::TimedOut => RunStatus::TimedOut,
+                Verdict::Canceled => RunStatus::Canceled,
+                Verdict::Errored => RunStatus::Errored,
+            });
+            o.set_exit_code(outcome.exit_code.unwrap_or(-1));
+            o.set_message(&outcome.message);
+        }
+        match request.send().promise.await {
+            Ok(_) => return,
+            Err(e) if link.lost_connection(&e).await => {
+                if let Err(why) = link.reattach(generation).await {
+                    warn!(error = %why, "the outcome could not be reported; the site will retry the run");
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "the site did not take the outcome; it will retry the run");
+                return;
+            }
+        }
     }
 }
 

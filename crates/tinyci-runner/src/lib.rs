@@ -16,7 +16,10 @@ mod exec;
 mod shell;
 mod source;
 
-pub use agent::{AgentConfig, AgentControl, AgentStopper, Executor, agent_control, run_agent};
+pub use agent::{
+    AgentConfig, AgentControl, AgentStopper, Executor, MAX_UNACKED_LOG_BYTES, agent_control,
+    run_agent,
+};
 pub use artifacts::{
     ArtifactReport, MAX_ARTIFACTS, RefusedArtifact, UploadedArtifact, host_workdir,
     upload_artifacts, upload_run_artifacts,

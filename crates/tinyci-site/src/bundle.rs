@@ -11,6 +11,10 @@ use tinyci_pki::{Role, SiteCa, SiteName, read_text_file, write_secret_file};
 
 use crate::{SiteConfig, SiteError, load_root_key, open_store_for_tool, read_pem};
 
+/// The name of the runner `tinyci site up` embeds. It lives and dies with the site process,
+/// so a starting site hands back whatever it held; no other runner may take the name.
+pub const EMBEDDED_RUNNER: &str = "local";
+
 /// Format revision written into every bundle.
 const BUNDLE_VERSION: u32 = 1;
 

@@ -153,44 +153,72 @@ impl worker::Server for WorkerCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let control: job_control::Client = params.get()?.get_control()?;
-        let on_cancel: tinyci_queue::CancelHook = Rc::new(move |reason: String| {
-            let mut request = control.cancel_request();
-            request.get().set_reason(&reason);
-            let call = request.send().promise;
-            tokio::task::spawn_local(async move {
-                if let Err(e) = call.await {
-                    warn!(error = %e, "could not tell the runner to cancel");
-                }
-            });
-        });
         let leased = tokio::select! {
-            leased = self.services.queue.next(&self.queue, &self.runner, on_cancel) => leased.map_err(queue_error)?,
+            leased = self.services.queue.next(&self.queue, &self.runner, cancel_hook(control)) => leased.map_err(queue_error)?,
             dead = self.liveness.dead() => return Err(dead),
         };
         info!(run = %leased.run.id(), runner = %self.runner, attempt = leased.run.state.attempt(), "job leased");
-        let source = self
+        let job = JobCap::new(self.services.clone(), leased, self.liveness.clone(), false);
+        results.get().set_job(capnp_rpc::new_client(job));
+        Ok(())
+    }
+
+    async fn resume(
+        self: Rc<Self>,
+        params: worker::ResumeParams,
+        mut results: worker::ResumeResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let params = params.get()?;
+        let id = read_text(params.get_run(), "run")?;
+        let run: RunId = id
+            .parse()
+            .map_err(|_| capnp::Error::failed(format!("malformed run id {id:?}")))?;
+        let control: job_control::Client = params.get_control()?;
+        // The worker is bound to one queue: a run of another queue is not this worker's.
+        match self.services.queue.run(run).map_err(queue_error)? {
+            Some(stored) if stored.spec.queue.as_ref() == self.queue.as_str() => {}
+            _ => {
+                return Err(capnp::Error::failed(format!(
+                    "cannot resume {id}: no such run on queue {}",
+                    self.queue
+                )));
+            }
+        }
+        let leased = self
             .services
             .queue
-            .submission(leased.run.submission)
-            .ok()
-            .flatten()
-            .map(|s| s.source_sha256)
-            .unwrap_or_default();
-        let job = JobCap {
-            services: self.services.clone(),
-            run: leased.run.id(),
-            lease: leased.lease,
-            leased,
-            source,
-            liveness: self.liveness.clone(),
-            completed: Cell::new(false),
-        };
+            .resume(
+                run,
+                LeaseId(params.get_attempt()),
+                &self.runner,
+                cancel_hook(control),
+            )
+            .await
+            .map_err(queue_error)?;
+        let job = JobCap::new(self.services.clone(), leased, self.liveness.clone(), true);
         results.get().set_job(capnp_rpc::new_client(job));
         Ok(())
     }
 }
 
-/// One lease of one run. Dropped without `complete`, it returns the lease.
+/// Forwards a run's cancel to the runner's `JobControl`.
+fn cancel_hook(control: job_control::Client) -> tinyci_queue::CancelHook {
+    Rc::new(move |reason: String| {
+        let mut request = control.cancel_request();
+        request.get().set_reason(&reason);
+        let call = request.send().promise;
+        tokio::task::spawn_local(async move {
+            if let Err(e) = call.await {
+                warn!(error = %e, "could not tell the runner to cancel");
+            }
+        });
+    })
+}
+
+/// One lease of one run. Released (explicitly, or by being dropped before the run
+/// started) it requeues the run at once; dropped after the start (typically: the runner's
+/// connection died) it leaves the lease to run out, so the runner can `Worker.resume` it.
 pub(crate) struct JobCap {
     services: Rc<Services>,
     run: RunId,
@@ -198,18 +226,55 @@ pub(crate) struct JobCap {
     leased: Leased,
     source: Vec<u8>,
     liveness: Rc<Liveness>,
-    completed: Cell<bool>,
+    /// Completed or released: the lease is settled.
+    settled: Cell<bool>,
+    /// The runner said it started the command.
+    started: Cell<bool>,
 }
 
-impl Drop for JobCap {
-    fn drop(&mut self) {
-        if self.completed.get() {
+impl JobCap {
+    fn new(services: Rc<Services>, leased: Leased, liveness: Rc<Liveness>, started: bool) -> Self {
+        let source = services
+            .queue
+            .submission(leased.run.submission)
+            .ok()
+            .flatten()
+            .map(|s| s.source_sha256)
+            .unwrap_or_default();
+        Self {
+            services,
+            run: leased.run.id(),
+            lease: leased.lease,
+            leased,
+            source,
+            liveness,
+            settled: Cell::new(false),
+            started: Cell::new(started),
+        }
+    }
+
+    fn release_now(&self) {
+        if self.settled.replace(true) {
             return;
         }
         let queue = self.services.queue.clone();
         let (run, lease) = (self.run, self.lease);
-        // The runner let go (or its connection died): requeue now rather than at expiry.
         tokio::task::spawn_local(async move { queue.release(run, lease).await });
+    }
+}
+
+impl Drop for JobCap {
+    fn drop(&mut self) {
+        if self.settled.get() {
+            return;
+        }
+        if self.started.get() {
+            info!(run = %self.run, lease = %self.lease, "job dropped while running; its lease stays until it expires, for the runner to resume");
+            self.services.queue.detach(self.run, self.lease);
+        } else {
+            // Nothing ran: hand the run to the next runner now rather than at expiry.
+            self.release_now();
+        }
     }
 }
 
@@ -339,7 +404,20 @@ impl job::Server for JobCap {
             .queue
             .started(self.run, self.lease)
             .await
-            .map_err(queue_error)
+            .map_err(queue_error)?;
+        self.started.set(true);
+        Ok(())
+    }
+
+    async fn release(
+        self: Rc<Self>,
+        _: job::ReleaseParams,
+        _: job::ReleaseResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        info!(run = %self.run, lease = %self.lease, "lease released by the runner");
+        self.release_now();
+        Ok(())
     }
 
     async fn complete(
@@ -362,7 +440,7 @@ impl job::Server for JobCap {
             .complete(self.run, self.lease, status, exit_code, message)
             .await
             .map_err(queue_error)?;
-        self.completed.set(true);
+        self.settled.set(true);
         info!(run = %self.run, status = %recorded.status, exit_code = ?recorded.exit_code, "run completed");
         Ok(())
     }

@@ -209,6 +209,11 @@ impl Site {
         )
         .await
         .map_err(|e| SiteError::Queue(e.to_string()))?;
+        // The embedded runner died with the last process: its leases need not wait.
+        let released = queue.release_runner(bundle::EMBEDDED_RUNNER).await;
+        if released > 0 {
+            info!(runs = released, "requeued runs the embedded runner held");
+        }
         let services = Rc::new(Services {
             grants,
             sources,
@@ -322,13 +327,16 @@ impl Site {
         drop((store, services));
         // The writer exits once the last committer is dropped; tasks that still hold one
         // (aborted, not yet dropped) go as this thread yields. Until then the store stays
-        // open and locked, so a restart in this process must wait for it.
-        let joined = tokio::task::spawn_blocking(move || writer.join());
-        if tokio::time::timeout(std::time::Duration::from_secs(30), joined)
-            .await
-            .is_err()
-        {
-            tracing::warn!(site = %config.name, "the store writer did not stop within 30s");
+        // open and locked, so a restart in this process must wait for it. Never block here:
+        // a task that outlives this wait is dropped only with the LocalSet, after we return.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !writer.is_finished() && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if writer.is_finished() {
+            writer.join();
+        } else {
+            tracing::warn!(site = %config.name, "the store writer is still held open; it closes when the process's tasks end");
         }
         stats
     }

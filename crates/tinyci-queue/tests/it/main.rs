@@ -232,24 +232,44 @@ fn lost_leases_requeue_with_attempts_until_the_run_gives_up() {
 }
 
 #[test]
-fn a_restart_requeues_leased_runs_and_loses_nothing() {
+fn a_restart_keeps_leases_for_their_runners_to_resume_and_loses_nothing() {
     local(async {
         let f = Fixture::new();
-        let ids = {
+        let (ids, held) = {
             let (queue, committer, writer) = f.open().await;
             let runs = (0..200).map(|i| planned("a", &format!("run{i}"))).collect();
             let (_, runs) = queue
                 .submit(submission("refs/heads/main", runs))
                 .await
                 .unwrap();
+            let mut held = Vec::new();
             for _ in 0..5 {
-                queue.next("a", "runner:r1", no_hook()).await.unwrap();
+                let leased = queue.next("a", "runner:r1", no_hook()).await.unwrap();
+                held.push((leased.run.id(), leased.lease));
             }
             drop((queue, committer));
             writer.join();
-            runs.iter().map(|r| r.id()).collect::<Vec<_>>()
+            (runs.iter().map(|r| r.id()).collect::<Vec<_>>(), held)
         };
         let (queue, _c, _w) = f.open().await;
+        // The leases survived the restart: their runner may still be running them.
+        assert_eq!(queue.queues()["a"].depth, 195);
+        let (id, lease) = held[0];
+        let err = queue
+            .resume(id, lease, "runner:r2", no_hook())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("cannot be resumed by runner:r2"),
+            "{err}"
+        );
+        let resumed = queue
+            .resume(id, lease, "runner:r1", no_hook())
+            .await
+            .unwrap();
+        assert_eq!(resumed.run.state.attempt(), 1);
+        // A runner known to be gone hands its leases back at once (the resumed one too).
+        assert_eq!(queue.release_runner("runner:r1").await, 5);
         assert_eq!(queue.queues()["a"].depth, 200);
         let mut completed = 0;
         for _ in 0..200 {
