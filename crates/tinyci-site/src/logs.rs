@@ -125,7 +125,7 @@ async fn load_chunks(
 /// Counters of what followers cost the site, for operators and tests.
 #[derive(Debug, Default)]
 pub struct FollowStats {
-    active: Cell<u64>,
+    active: watch::Sender<u64>,
     buffered: Cell<u64>,
     peak_buffered: Cell<u64>,
     delivered: Cell<u64>,
@@ -134,7 +134,12 @@ pub struct FollowStats {
 impl FollowStats {
     /// Followers attached now.
     pub fn active(&self) -> u64 {
-        self.active.get()
+        *self.active.borrow()
+    }
+
+    /// Watches the number of attached followers.
+    pub fn watch_active(&self) -> watch::Receiver<u64> {
+        self.active.subscribe()
     }
 
     /// Log bytes held for all followers now.
@@ -463,7 +468,7 @@ pub(crate) async fn follow(
     let stats = hub.stats.clone();
     let log = hub.get(&store, run, max_bytes).await?;
     let mut durable = log.durable.subscribe();
-    stats.active.set(stats.active.get() + 1);
+    stats.active.send_modify(|n| *n += 1);
     let _active = ActiveGuard(stats.clone());
     loop {
         // Mark the current length seen *before* reading, so a write landing after the read
@@ -563,7 +568,7 @@ struct ActiveGuard(Rc<FollowStats>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.set(self.0.active.get().saturating_sub(1));
+        self.0.active.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

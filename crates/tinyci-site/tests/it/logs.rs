@@ -214,7 +214,7 @@ fn followers_before_during_and_after_get_the_same_log_and_a_stalled_one_costs_a_
         stall.get().set_observer(capnp_rpc::new_client(Stalled {
             calls: calls.clone(),
         }));
-        let _stalled_handle = stall.send().promise.await.unwrap();
+        let stalled_handle = stall.send().promise.await.unwrap();
 
         let job = lease(&session).await;
         job.started_request().send().promise.await.unwrap();
@@ -269,13 +269,20 @@ fn followers_before_during_and_after_get_the_same_log_and_a_stalled_one_costs_a_
             stats.peak_buffered_bytes_per_follower(),
             tinyci_site::FOLLOWER_BUFFER_BOUND
         );
-        // What is held now is the stalled follower's share only.
+        // The others end once their `done` is answered; the stalled one stays, holding no
+        // more than the bound.
+        let mut active = stats.watch_active();
+        active.wait_for(|n| *n == 1).await.unwrap();
         assert!(stats.buffered_bytes() <= tinyci_site::FOLLOWER_BUFFER_BOUND);
         assert!(
             stats.buffered_bytes() > 0,
             "the stalled follower holds its batch"
         );
-        assert!(stats.active() >= 1);
+
+        // Dropping its handle ends it and frees what the site held for it.
+        drop(stalled_handle);
+        active.wait_for(|n| *n == 0).await.unwrap();
+        assert_eq!(stats.buffered_bytes(), 0);
     });
 }
 
