@@ -5,7 +5,7 @@ use std::path::Path;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::support::{SiteProcess, git_repo, init_site, run_in};
+use crate::support::{SiteProcess, git_repo, init_site, run_in, wait_for_file};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -308,14 +308,7 @@ fn a_run_whose_runner_is_killed_is_retried_elsewhere() {
     wait_for_run(&mut submit, "r-2", "running on r1");
     // "running" is reported when the runner starts the command; kill it only once the
     // command has really begun (it writes the marker first thing).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !pidfile.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first attempt never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_file(&pidfile, "the first attempt never started");
     r1.kill9();
     let r2 = start_runner(dir.path(), "r2");
     let (code, lines) = submit.wait();

@@ -6,7 +6,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::jobs::{start_runner, start_submit_wait, wait_for_run};
-use crate::support::{SiteProcess, git_repo, init_site, run_in, start_site};
+use crate::support::{SiteProcess, git_repo, init_site, run_in, start_site, wait_for_file};
 
 /// A site (no embedded runner) and a shell runner `r1`; returns (site, runner, address).
 fn site_with_runner(dir: &Path) -> (SiteProcess, SiteProcess, String) {
@@ -166,14 +166,7 @@ fn a_site_killed_and_restarted_mid_stream_keeps_the_log_whole_and_the_run_on_its
         "{}",
         String::from_utf8_lossy(&submitted.stderr)
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !streaming.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the run never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_file(&streaming, "the run never started");
 
     site.kill9();
     std::fs::write(&go, "").unwrap();

@@ -179,6 +179,16 @@ pub(crate) fn start_site(dir: &Path, extra: &str) -> (SiteProcess, String) {
     (site, addr)
 }
 
+/// Waits until a job's command creates `path` (a marker it writes when it reaches a point
+/// the test must wait for); panics naming `what` after [`PATIENCE`].
+pub(crate) fn wait_for_file(path: &Path, what: &str) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Initializes site `alpha` in `dir`, optionally appending to its site.toml.
 pub(crate) fn init_site(dir: &Path, extra_config: &str) {
     let init = run_in(dir, &["site", "init", "--name", "alpha"]);

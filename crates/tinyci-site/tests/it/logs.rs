@@ -190,19 +190,25 @@ fn reader_for(session: &session::Client, repo: &str) -> log_reader::Client {
     request.send().pipeline.get_reader()
 }
 
+/// A session of runner `r1` that may submit to and read logs of `org/x` and take from
+/// `default`; keep the connection alive while using it.
+async fn runner_session(site: &TestSite) -> (session::Client, tinyci_net::ClientConnection) {
+    let (gateway, connection) = site.connect(Role::Runner, "r1").await;
+    let token = site.mint(
+        "runner:r1",
+        &["queue:submit", "queue:take", "logs:read"],
+        &["org/x"],
+        &["default"],
+        hours(1),
+    );
+    (redeem(&gateway, &token), connection)
+}
+
 #[test]
 fn followers_before_during_and_after_get_the_same_log_and_a_stalled_one_costs_a_bounded_buffer() {
     local(async {
         let site = TestSite::start().await;
-        let (gateway, _connection) = site.connect(Role::Runner, "r1").await;
-        let token = site.mint(
-            "runner:r1",
-            &["queue:submit", "queue:take", "logs:read"],
-            &["org/x"],
-            &["default"],
-            hours(1),
-        );
-        let session = redeem(&gateway, &token);
+        let (session, _connection) = runner_session(&site).await;
         let run = submit_one(&session).await;
         let reader = reader_for(&session, "org/x");
 
@@ -292,15 +298,7 @@ fn a_log_is_cut_at_its_limit_with_a_marker_and_the_run_still_completes() {
         let mut site = TestSite::start().await;
         // A small limit, set the way an operator would.
         site.restart_with("[logs]\nmax_run_bytes = 100000").await;
-        let (gateway, _connection) = site.connect(Role::Runner, "r1").await;
-        let token = site.mint(
-            "runner:r1",
-            &["queue:submit", "queue:take", "logs:read"],
-            &["org/x"],
-            &["default"],
-            hours(1),
-        );
-        let session = redeem(&gateway, &token);
+        let (session, _connection) = runner_session(&site).await;
         let run = submit_one(&session).await;
         let job = lease(&session).await;
         job.started_request().send().promise.await.unwrap();
@@ -341,15 +339,7 @@ fn a_log_is_cut_at_its_limit_with_a_marker_and_the_run_still_completes() {
 fn a_reader_of_one_repository_cannot_follow_or_read_another() {
     local(async {
         let site = TestSite::start().await;
-        let (gateway, _connection) = site.connect(Role::Runner, "r1").await;
-        let token = site.mint(
-            "runner:r1",
-            &["queue:submit", "logs:read"],
-            &["org/x"],
-            &[],
-            hours(1),
-        );
-        let session = redeem(&gateway, &token);
+        let (session, _connection) = runner_session(&site).await;
         let run = submit_one(&session).await;
         let (user, _c) = site.connect(Role::User, "ana").await;
         let only_a = site.mint("user:ana", &["logs:read"], &["org/a"], &[], hours(1));
@@ -397,17 +387,9 @@ async fn stored_log(reader: &log_reader::Client, run: &str) -> Vec<u8> {
 fn retention_deletes_the_oldest_output_over_the_cap_then_everything_past_its_age() {
     local(async {
         let mut site = TestSite::start().await;
-        let token = site.mint(
-            "runner:r1",
-            &["queue:submit", "queue:take", "logs:read"],
-            &["org/x"],
-            &["default"],
-            hours(1),
-        );
         let mut runs = Vec::new();
         {
-            let (gateway, _connection) = site.connect(Role::Runner, "r1").await;
-            let session = redeem(&gateway, &token);
+            let (session, _connection) = runner_session(&site).await;
             for _ in 0..2 {
                 let run = submit_one(&session).await;
                 let job = lease(&session).await;
@@ -423,19 +405,18 @@ fn retention_deletes_the_oldest_output_over_the_cap_then_everything_past_its_age
         site.restart_with("[retention]\nlogs_max_age = \"never\"\nmax_total_bytes = 100000")
             .await;
         site.sweeps_done(1).await;
-        let (gateway, _connection) = site.connect(Role::Runner, "r1").await;
-        let session = redeem(&gateway, &token);
-        let reader = reader_for(&session, "org/x");
-        assert!(stored_log(&reader, &runs[0]).await.is_empty());
-        assert_eq!(stored_log(&reader, &runs[1]).await.len(), 60_000);
-        drop((reader, session, gateway, _connection));
+        {
+            let (session, _connection) = runner_session(&site).await;
+            let reader = reader_for(&session, "org/x");
+            assert!(stored_log(&reader, &runs[0]).await.is_empty());
+            assert_eq!(stored_log(&reader, &runs[1]).await.len(), 60_000);
+        }
 
         // Logs older than 0s: everything finished goes.
         site.restart_with("[retention]\nlogs_max_age = \"0s\"")
             .await;
         site.sweeps_done(1).await;
-        let (gateway, _connection) = site.connect(Role::Runner, "r1").await;
-        let session = redeem(&gateway, &token);
+        let (session, _connection) = runner_session(&site).await;
         let reader = reader_for(&session, "org/x");
         assert!(stored_log(&reader, &runs[1]).await.is_empty());
     });
