@@ -5,7 +5,7 @@ use std::path::Path;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::support::{SiteProcess, git_repo, init_site, run_in, wait_for_file};
+use crate::support::{SiteProcess, git_repo, init_site, run_in, serve_site, wait_for_file};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -91,17 +91,7 @@ fn two_runners_run_three_tasks_and_a_failure_fails_the_submission() {
     init_site(dir.path(), "");
     let repo = tempfile::tempdir().unwrap();
     three_tasks(repo.path());
-    let mut site = SiteProcess::start(
-        dir.path(),
-        &[
-            "--config",
-            "site.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-local-runner",
-        ],
-    );
-    let addr = site.wait_for("listening on ").trim().to_owned();
+    let (site, addr) = serve_site(dir.path());
     let mut runners = Vec::new();
     for name in ["r1", "r2"] {
         let added = run_in(
@@ -282,17 +272,7 @@ fn a_run_whose_runner_is_killed_is_retried_elsewhere() {
             ),
         ],
     );
-    let mut site = SiteProcess::start(
-        dir.path(),
-        &[
-            "--config",
-            "site.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-local-runner",
-        ],
-    );
-    let addr = site.wait_for("listening on ").trim().to_owned();
+    let (site, addr) = serve_site(dir.path());
     for name in ["r1", "r2"] {
         assert!(
             run_in(
@@ -341,17 +321,7 @@ fn a_killed_site_loses_no_acknowledged_run() {
         task.push_str(&format!("  run{i:03}:\n    command: [\"true\"]\n"));
     }
     git_repo(repo.path(), &[("tinyci.yml", ""), ("task.yml", &task)]);
-    let mut site = SiteProcess::start(
-        dir.path(),
-        &[
-            "--config",
-            "site.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-local-runner",
-        ],
-    );
-    let addr = site.wait_for("listening on ").trim().to_owned();
+    let (site, addr) = serve_site(dir.path());
     let submit = run_in(
         dir.path(),
         &["submit", repo.path().to_str().unwrap(), "--addr", &addr],
@@ -502,17 +472,7 @@ fn a_runner_can_join_with_a_site_address_and_a_token() {
             ),
         ],
     );
-    let mut site = SiteProcess::start(
-        dir.path(),
-        &[
-            "--config",
-            "site.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-local-runner",
-        ],
-    );
-    let addr = site.wait_for("listening on ").trim().to_owned();
+    let (site, addr) = serve_site(dir.path());
     // A grant held by this site itself: the runner connects with the site's own identity.
     let granted = run_in(
         dir.path(),

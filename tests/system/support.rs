@@ -165,6 +165,12 @@ pub(crate) fn git_repo(dir: &Path, files: &[(&str, &str)]) {
 /// it and its address.
 pub(crate) fn start_site(dir: &Path, extra: &str) -> (SiteProcess, String) {
     init_site(dir, extra);
+    serve_site(dir)
+}
+
+/// Starts the site initialized in `dir` on an ephemeral port without a local runner; returns
+/// it and its address.
+pub(crate) fn serve_site(dir: &Path) -> (SiteProcess, String) {
     let mut site = SiteProcess::start(
         dir,
         &[
