@@ -352,12 +352,15 @@ async fn run_slot(config: Rc<AgentConfig>, link: Rc<SiteLink>, mut control: Agen
             // race is dropped before it started, which hands it back at once.
             ((queue, result), _, _) = first => match result.and_then(|r| r.get()?.get_job()) {
                 Ok(job) => (queue, job),
-                Err(e) if disconnected(&e) => continue,
                 Err(e) => {
-                    warn!(error = %e, "the site stopped giving jobs; reconnecting");
-                    connected.renew.notify_one();
+                    if !disconnected(&e) {
+                        warn!(error = %e, "the site stopped giving jobs; reconnecting");
+                        connected.renew.notify_one();
+                    }
+                    // Either way this connection is done for: wait for the next one rather
+                    // than asking the dead one again.
                     tokio::select! {
-                        _ = connection.changed() => continue,
+                        _ = connection.wait_for(|c| c.as_ref().is_none_or(|c| c.serial != connected.serial)) => continue,
                         () = control.drained() => return,
                     }
                 }
