@@ -167,6 +167,12 @@ fn a_site_killed_and_restarted_mid_stream_keeps_the_log_whole_and_the_run_on_its
         String::from_utf8_lossy(&submitted.stderr)
     );
     wait_for_file(&streaming, "the run never started");
+    // A follower attached before the crash rides it out too.
+    let mut early = SiteProcess::spawn(
+        dir.path(),
+        &["logs", "r-2", "-f", "--stream", "stdout", "--addr", &addr],
+    );
+    early.wait_for("1");
 
     site.kill9();
     std::fs::write(&go, "").unwrap();
@@ -187,6 +193,14 @@ fn a_site_killed_and_restarted_mid_stream_keeps_the_log_whole_and_the_run_on_its
         "the log has a gap or a duplicate: {} bytes, expected {}",
         got.len(),
         expected.len()
+    );
+    let (code, lines) = early.wait();
+    assert_eq!(code, Some(0), "the early follower failed");
+    let expected_lines: Vec<String> = (1..=200_000).map(|n| n.to_string()).collect();
+    assert!(
+        lines == expected_lines,
+        "the early follower saw a gap or a duplicate: {} lines",
+        lines.len()
     );
     // Still attempt 1 on r1: the run was resumed, not rerun.
     let runs = run_in(dir.path(), &["admin", "runs", "--addr", &addr]);

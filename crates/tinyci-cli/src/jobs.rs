@@ -423,7 +423,8 @@ fn runners(args: SiteArgs) -> Result<()> {
 /// Print a run's log (stdout, stderr and tinyci's own lines, in arrival order).
 ///
 /// Without `-f`, prints what is stored now. With `-f`, keeps printing output as the runner
-/// streams it and returns when the run ends. Exits 0 if the run passed (or, without `-f`, is
+/// streams it and returns when the run ends; if the site goes away meanwhile it reconnects
+/// (for up to 5 minutes) and goes on from the last byte printed. Exits 0 if the run passed (or, without `-f`, is
 /// still going), 1 if it ended otherwise. Uses the admin certificate and token from
 /// site.toml.
 #[derive(Debug, Args)]
@@ -482,14 +483,11 @@ impl StreamFilter {
 pub(crate) fn logs(args: LogsArgs) -> Result<()> {
     let config = SiteConfig::load(&config_path(args.site.config.clone()))?;
     local_runtime()?.block_on(async move {
-        let (mut client, admin) = admin_capability(&config, args.site.addr).await?;
-        let mut request = admin.logs_request();
-        request.get().set_repo("*");
-        let reader = request.send().pipeline.get_reader();
         let filter = StreamFilter::new(&args.stream);
         let status = if args.follow {
-            follow_log(&mut client, &reader, &args.run, args.from, filter).await?
+            follow_across_restarts(&config, args.site.addr, &args.run, args.from, filter).await?
         } else {
+            let (client, reader) = log_reader_of(&config, args.site.addr).await?;
             match print_stored_log(&client, &reader, &args.run, args.from, filter).await? {
                 Some(status) => status,
                 None => return Ok(()),
@@ -552,50 +550,116 @@ async fn print_stored_log(
 }
 
 /// Follows the log live through a `LogObserver` until the run ends; returns its status.
-async fn follow_log(
-    client: &mut tinyci_site::SiteClient,
-    reader: &log_reader::Client,
+/// Connects with the admin certificate and token and opens a reader of every repository.
+async fn log_reader_of(
+    config: &SiteConfig,
+    addr: Option<SocketAddr>,
+) -> Result<(tinyci_site::SiteClient, log_reader::Client)> {
+    let (client, admin) = admin_capability(config, addr).await?;
+    let mut request = admin.logs_request();
+    request.get().set_repo("*");
+    let reader = request.send().pipeline.get_reader();
+    Ok((client, reader))
+}
+
+/// How long `logs -f` keeps trying to reach a site that went away.
+const FOLLOW_RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Follows until the run ends, reconnecting (and continuing from the last byte printed) when
+/// the site goes away, as runners do.
+async fn follow_across_restarts(
+    config: &SiteConfig,
+    addr: Option<SocketAddr>,
     run: &str,
     from: u64,
     filter: StreamFilter,
 ) -> Result<RunStatus> {
+    let next = Rc::new(std::cell::Cell::new(from));
+    let (mut client, mut reader) = log_reader_of(config, addr).await?;
+    loop {
+        let lost = match follow_log(&mut client, &reader, run, &next, filter).await {
+            Followed::Ended(status) => return Ok(status),
+            Followed::Failed(e) => return Err(e),
+            Followed::Lost(why) => why,
+        };
+        eprintln!("following run {run}: {lost}; reconnecting");
+        let deadline = std::time::Instant::now() + FOLLOW_RECONNECT_FOR;
+        let mut backoff = std::time::Duration::from_millis(200);
+        loop {
+            tokio::time::sleep(backoff).await;
+            match log_reader_of(config, addr).await {
+                Ok(pair) => {
+                    (client, reader) = pair;
+                    break;
+                }
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    return Err(e.context(format!(
+                        "following run {run}: the site did not come back within {}s",
+                        FOLLOW_RECONNECT_FOR.as_secs()
+                    )));
+                }
+                Err(_) => backoff = (backoff * 2).min(std::time::Duration::from_secs(5)),
+            }
+        }
+    }
+}
+
+/// How one follow ended.
+enum Followed {
+    /// The run ended with this status and all its log was printed.
+    Ended(RunStatus),
+    /// The connection went away (the site may come back).
+    Lost(String),
+    /// Refused or failed for good.
+    Failed(anyhow::Error),
+}
+
+/// Follows the log live through a `LogObserver` from `next` (advanced as chunks print).
+async fn follow_log(
+    client: &mut tinyci_site::SiteClient,
+    reader: &log_reader::Client,
+    run: &str,
+    next: &Rc<std::cell::Cell<u64>>,
+    filter: StreamFilter,
+) -> Followed {
     let (done_tx, done_rx) = oneshot::channel();
     let observer: log_observer::Client = capnp_rpc::new_client(LogPrinter {
-        next: std::cell::Cell::new(from),
+        next: next.clone(),
         filter,
         done: RefCell::new(Some(done_tx)),
     });
     let mut request = reader.follow_request();
     request.get().set_run(run);
-    request.get().set_from(from);
+    request.get().set_from(next.get());
     request.get().set_observer(observer);
     // Holding the handle keeps the follow going; dropping it (on return) ends it.
-    let _handle = request
-        .send()
-        .promise
-        .await
-        .map_err(|e| rpc_error(client, e))?
-        .get()
-        .and_then(|r| r.get_handle())
-        .map_err(|e| rpc_error(client, e))?;
+    let handle = match request.send().promise.await {
+        Ok(response) => response.get().and_then(|r| r.get_handle()),
+        Err(e) => Err(e),
+    };
+    let _handle = match handle {
+        Ok(handle) => handle,
+        Err(e) if e.kind == capnp::ErrorKind::Disconnected => return Followed::Lost(e.to_string()),
+        Err(e) => return Followed::Failed(rpc_error(client, e).into()),
+    };
     let site = client.addr.clone();
     tokio::select! {
         ended = done_rx => match ended {
-            Ok(Ok(status)) => Ok(status),
-            Ok(Err(why)) => bail!("following run {run}: {why}"),
-            Err(_) => bail!("following run {run}: the site stopped sending"),
+            Ok(Ok(status)) => Followed::Ended(status),
+            Ok(Err(why)) => Followed::Failed(anyhow::anyhow!("following run {run}: {why}")),
+            Err(_) => Followed::Lost(format!("site {site} stopped sending")),
         },
         closed = client.connection.closed() => match closed {
-            Ok(()) => bail!("following run {run}: site {site} closed the connection"),
-            Err(e) => bail!("following run {run}: lost site {site}: {e}"),
+            Ok(()) => Followed::Lost(format!("site {site} closed the connection")),
+            Err(e) => Followed::Lost(format!("lost site {site}: {e}")),
         },
     }
 }
 
 /// `LogObserver`: prints each chunk as it arrives.
 struct LogPrinter {
-    /// Offset the next chunk should start at; repeats are skipped.
-    next: std::cell::Cell<u64>,
+    /// Offset the next chunk should start at; repeats are skipped. Shared across reconnects.
+    next: Rc<std::cell::Cell<u64>>,
     filter: StreamFilter,
     done: RefCell<Option<oneshot::Sender<Result<RunStatus, String>>>>,
 }
