@@ -40,12 +40,8 @@ pub(crate) struct ArtifactsArgs {
     /// only repository with --token].
     #[arg(long, value_name = "OWNER/NAME")]
     repo: Option<String>,
-    /// The site configuration [default: ./site.toml].
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Dial this address instead of site.listen.
-    #[arg(long, value_name = "HOST:PORT")]
-    addr: Option<SocketAddr>,
+    #[command(flatten)]
+    site: crate::jobs::SiteArgs,
 }
 
 /// One listed artifact.
@@ -56,11 +52,16 @@ struct Listed {
 }
 
 pub(crate) fn artifacts(args: ArtifactsArgs) -> Result<()> {
-    let config = SiteConfig::load(&config_path(args.config.clone()))?;
+    let config = SiteConfig::load(&config_path(args.site.config.clone()))?;
     let token = args.token.as_deref().map(read_token_arg).transpose()?;
     local_runtime()?.block_on(async move {
-        let (client, reader) =
-            log_reader(&config, args.addr, token.as_deref(), args.repo.as_deref()).await?;
+        let (client, reader) = log_reader(
+            &config,
+            args.site.addr,
+            token.as_deref(),
+            args.repo.as_deref(),
+        )
+        .await?;
         let rpc = |e| rpc_error(&client, e);
         let mut request = reader.artifacts_request();
         request.get().set_run(&args.run);

@@ -80,10 +80,10 @@ pub(crate) enum AdminCommand {
 pub(crate) struct SiteArgs {
     /// The site configuration [default: ./site.toml].
     #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Dial this address instead of site.listen.
     #[arg(long, value_name = "HOST:PORT")]
-    addr: Option<SocketAddr>,
+    pub(crate) addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]

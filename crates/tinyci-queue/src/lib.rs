@@ -658,6 +658,15 @@ impl Queue {
         }
     }
 
+    /// The current lease of an unfinished run, if it is leased.
+    fn current_lease(&self, id: RunId) -> Option<tinyci_core::Lease> {
+        self.state
+            .borrow()
+            .live
+            .get(&id)
+            .and_then(|r| r.state.lease().cloned())
+    }
+
     /// The holder of `lease` reconnected (after a lost connection or a site restart) and
     /// takes its run back: the lease is renewed and `on_cancel` replaces the old connection's
     /// hook. A cancel asked for while it was away is passed on at once. Fails if the lease was
@@ -669,12 +678,7 @@ impl Queue {
         runner: &str,
         on_cancel: CancelHook,
     ) -> Result<Leased, QueueError> {
-        let current = self
-            .state
-            .borrow()
-            .live
-            .get(&id)
-            .and_then(|r| r.state.lease().cloned());
+        let current = self.current_lease(id);
         match current {
             Some(current) if current.id == lease && current.runner == runner => {}
             _ => {
@@ -713,14 +717,8 @@ impl Queue {
     /// is kept and passed on at resume. (The hook holds the dead connection's objects, so
     /// keeping it would keep them alive.)
     pub fn detach(&self, id: RunId, lease: LeaseId) {
-        let mut state = self.state.borrow_mut();
-        let holds = state
-            .live
-            .get(&id)
-            .and_then(|r| r.state.lease())
-            .is_some_and(|l| l.id == lease);
-        if holds {
-            state.cancel_hooks.remove(&id);
+        if self.current_lease(id).is_some_and(|l| l.id == lease) {
+            self.state.borrow_mut().cancel_hooks.remove(&id);
         }
     }
 
@@ -748,12 +746,7 @@ impl Queue {
     /// The holder gave the lease back (`Job.release`, or a `Job` dropped before it started):
     /// requeue now rather than at expiry.
     pub async fn release(&self, id: RunId, lease: LeaseId) {
-        let current = self
-            .state
-            .borrow()
-            .live
-            .get(&id)
-            .and_then(|r| r.state.lease().cloned());
+        let current = self.current_lease(id);
         let Some(current) = current.filter(|l| l.id == lease) else {
             return;
         };

@@ -786,43 +786,30 @@ async fn resync(link: &JobLink, unacked: &mut Unacked) -> Result<(SinkState, u64
 /// continues after the earlier attempt's. Closes the log (all of it durable) at the end.
 async fn forward_output(link: &JobLink, mut rx: mpsc::Receiver<OutputChunk>) {
     let mut unacked = Unacked::default();
-    let (mut sink, mut next) = match resync(link, &mut unacked).await {
-        Ok(pair) => pair,
-        Err(why) => {
-            warn!(error = %why, "output of this run is being dropped");
-            (SinkState::Discarding, 0)
-        }
-    };
+    let mut next = 0;
+    let mut sink = reopen(link, &mut unacked, &mut next).await;
     let mut since_ack = 0u64;
     loop {
         if unacked.bytes >= MAX_UNACKED_LOG_BYTES {
             // Full: wait for the site to confirm some before reading more output.
-            if let SinkState::Open(open) = &sink {
-                match acknowledged(open).await {
-                    Ok(stored) if stored == u64::MAX => {
-                        unacked = Unacked::default();
-                        sink = SinkState::Discarding;
-                    }
-                    Ok(stored) => {
-                        let before = unacked.bytes;
-                        unacked.trim(stored);
-                        if unacked.bytes == before {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                    Err(_) => {
-                        // The connection is gone: resync waits for it and resends.
-                        match resync(link, &mut unacked).await {
-                            Ok((s, _)) => sink = s,
-                            Err(why) => {
-                                warn!(error = %why, "output of this run is being dropped");
-                                sink = SinkState::Discarding;
-                            }
-                        }
+            let SinkState::Open(open) = &sink else {
+                unacked = Unacked::default();
+                continue;
+            };
+            match acknowledged(open).await {
+                Ok(u64::MAX) => {
+                    unacked = Unacked::default();
+                    sink = SinkState::Discarding;
+                }
+                Ok(stored) => {
+                    let before = unacked.bytes;
+                    unacked.trim(stored);
+                    if unacked.bytes == before {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
-            } else {
-                unacked = Unacked::default();
+                // Typically the connection is gone: reopen waits for it and resends.
+                Err(_) => sink = reopen(link, &mut unacked, &mut next).await,
             }
             continue;
         }
@@ -851,41 +838,41 @@ async fn forward_output(link: &JobLink, mut rx: mpsc::Receiver<OutputChunk>) {
             }
         }
         if let Some(e) = cut {
-            if !link.lost_connection(&e).await {
+            sink = if link.lost_connection(&e).await {
+                reopen(link, &mut unacked, &mut next).await
+            } else {
                 warn!(error = %e, "the site refused the log; output is being dropped");
-                sink = SinkState::Discarding;
-                continue;
-            }
-            match resync(link, &mut unacked).await {
-                Ok((s, end)) => {
-                    if matches!(s, SinkState::Open(_)) {
-                        next = end;
-                    }
-                    sink = s;
-                }
-                Err(why) => {
-                    warn!(error = %why, "output of this run is being dropped");
-                    sink = SinkState::Discarding;
-                }
-            }
+                SinkState::Discarding
+            };
         }
     }
     // Everything written: close, which resolves once all of it is durable.
-    loop {
-        let SinkState::Open(open) = &sink else { return };
+    while let SinkState::Open(open) = &sink {
         match open.close_request().send().promise.await {
             Ok(_) => return,
-            Err(e) if link.lost_connection(&e).await => match resync(link, &mut unacked).await {
-                Ok((s, _)) => sink = s,
-                Err(why) => {
-                    warn!(error = %why, "the end of this run's output may be lost");
-                    return;
-                }
-            },
+            Err(e) if link.lost_connection(&e).await => {
+                sink = reopen(link, &mut unacked, &mut next).await;
+            }
             Err(e) => {
                 warn!(error = %e, "the site could not store the end of the log");
                 return;
             }
+        }
+    }
+}
+
+/// [`resync`], moving `next` to where the site's log continues; when the site will not take
+/// the log any more, a discarding sink (and a warning).
+async fn reopen(link: &JobLink, unacked: &mut Unacked, next: &mut u64) -> SinkState {
+    match resync(link, unacked).await {
+        Ok((SinkState::Open(sink), end)) => {
+            *next = end;
+            SinkState::Open(sink)
+        }
+        Ok((discarding, _)) => discarding,
+        Err(why) => {
+            warn!(error = %why, "output of this run is being dropped");
+            SinkState::Discarding
         }
     }
 }
