@@ -27,9 +27,27 @@
 //! this_site("alpha");                  // the site authorizing
 //! time(2026-11-27T20:00:00Z);          // now
 //! operation("queue:take");             // the right being exercised
-//! resource("queue", "gpu");            // what it is exercised on: repo, queue, or site (admin)
+//! resource("queue", "gpu");            // what it is exercised on: repo, queue, or site
 //! peer("site:beta");                   // holder names of the mTLS peer (see the site crate)
 //! ```
+//!
+//! # Rights and their scope kinds
+//!
+//! | right          | scope  | allows                                       |
+//! |----------------|--------|----------------------------------------------|
+//! | `queue:submit` | repo   | submit work (`Session.submitter`)            |
+//! | `queue:take`   | queue  | take jobs (`Session.worker`)                 |
+//! | `logs:read`    | repo   | read logs (`Session.logs`)                   |
+//! | `logs:write`   | repo   | write logs                                   |
+//! | `assets:read`  | repo   | read artifacts                               |
+//! | `admin`        | site   | operate the site (`Session.admin`)           |
+//! | `runs:cancel`  | repo   | cancel and retry runs                        |
+//! | `repos:modify` | site   | enable and disable repositories              |
+//! | `users:modify` | site   | add users and change their capabilities      |
+//!
+//! A site-scoped right is exercised on `resource("site", <this site>)` and covered by the
+//! authority block's `site(...)` fact; it takes no `repo` or `queue` scope. The spellings are
+//! stored in tokens and in the store's record of issued grants: never change one.
 //!
 //! The authorizer's policies (see [`crate::token`]) allow a request only when the authority
 //! block's holder is one of the peer's names, the operation is a right of the authority block,
@@ -57,6 +75,12 @@ pub enum Right {
     AssetsRead,
     /// Operate the site (`Session.admin`).
     Admin,
+    /// Cancel and retry runs of a repository.
+    RunsCancel,
+    /// Enable and disable repositories on the site.
+    ReposModify,
+    /// Add site users and change their capabilities.
+    UsersModify,
 }
 
 /// What kind of resource a right's scope names.
@@ -66,7 +90,7 @@ pub enum ScopeKind {
     Repo,
     /// Queues (`gpu`).
     Queue,
-    /// The site itself (admin).
+    /// The site itself (`admin`, `repos:modify`, `users:modify`).
     Site,
 }
 
@@ -82,14 +106,18 @@ impl ScopeKind {
 }
 
 impl Right {
-    /// Every right, in display order.
-    pub const ALL: [Right; 6] = [
+    /// Every right, in display order. New rights are appended, so the order (which is also
+    /// `Ord`, and so the order of rights in summaries and denials) of the old ones never moves.
+    pub const ALL: [Right; 9] = [
         Right::QueueSubmit,
         Right::QueueTake,
         Right::LogsRead,
         Right::LogsWrite,
         Right::AssetsRead,
         Right::Admin,
+        Right::RunsCancel,
+        Right::ReposModify,
+        Right::UsersModify,
     ];
 
     /// The right as spelled on the command line and in tokens.
@@ -101,17 +129,22 @@ impl Right {
             Right::LogsWrite => "logs:write",
             Right::AssetsRead => "assets:read",
             Right::Admin => "admin",
+            Right::RunsCancel => "runs:cancel",
+            Right::ReposModify => "repos:modify",
+            Right::UsersModify => "users:modify",
         }
     }
 
     /// Which kind of scope limits this right.
     pub fn scope_kind(self) -> ScopeKind {
         match self {
-            Right::QueueSubmit | Right::LogsRead | Right::LogsWrite | Right::AssetsRead => {
-                ScopeKind::Repo
-            }
+            Right::QueueSubmit
+            | Right::LogsRead
+            | Right::LogsWrite
+            | Right::AssetsRead
+            | Right::RunsCancel => ScopeKind::Repo,
             Right::QueueTake => ScopeKind::Queue,
-            Right::Admin => ScopeKind::Site,
+            Right::Admin | Right::ReposModify | Right::UsersModify => ScopeKind::Site,
         }
     }
 
@@ -124,6 +157,9 @@ impl Right {
             Right::LogsWrite => "write logs",
             Right::AssetsRead => "read artifacts",
             Right::Admin => "administer the site",
+            Right::RunsCancel => "cancel and retry runs",
+            Right::ReposModify => "enable and disable repositories",
+            Right::UsersModify => "add users and change their capabilities",
         }
     }
 }
@@ -143,7 +179,8 @@ impl FromStr for Right {
             .ok_or_else(|| GrantError::Invalid {
                 what: "right",
                 value: s.to_owned(),
-                expected: "one of queue:submit, queue:take, logs:read, logs:write, assets:read, admin",
+                expected: "one of queue:submit, queue:take, logs:read, logs:write, assets:read, \
+                           admin, runs:cancel, repos:modify, users:modify",
             })
     }
 }
@@ -290,7 +327,7 @@ pub struct Operation {
     /// The right exercised.
     pub right: Right,
     /// The resource's name within the right's scope kind (repo, queue, or the site's name for
-    /// admin).
+    /// site-scoped rights).
     pub resource: String,
 }
 
@@ -313,5 +350,59 @@ impl fmt::Display for Operation {
             self.right.scope_kind().as_str(),
             self.resource
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn every_right_round_trips_through_its_spelling() {
+        for right in Right::ALL {
+            assert_eq!(right.as_str().parse::<Right>().unwrap(), right);
+            assert_eq!(right.to_string(), right.as_str());
+        }
+        let mut sorted = Right::ALL;
+        sorted.sort();
+        assert_eq!(sorted, Right::ALL, "ALL is in Ord order");
+    }
+
+    /// Tokens on disk carry these spellings; changing one orphans every token minted with it.
+    #[test]
+    fn spellings_and_scopes_are_stable() {
+        let got: Vec<String> = Right::ALL
+            .iter()
+            .map(|r| format!("{} {}", r.as_str(), r.scope_kind().as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "queue:submit repo",
+                "queue:take queue",
+                "logs:read repo",
+                "logs:write repo",
+                "assets:read repo",
+                "admin site",
+                "runs:cancel repo",
+                "repos:modify site",
+                "users:modify site",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_right_lists_every_right() {
+        let error = "runs:delete".parse::<Right>().unwrap_err().to_string();
+        for right in Right::ALL {
+            assert!(error.contains(right.as_str()), "{error} misses {right}");
+        }
+        assert_eq!(
+            error,
+            "invalid right \"runs:delete\": expected one of queue:submit, queue:take, logs:read, \
+             logs:write, assets:read, admin, runs:cancel, repos:modify, users:modify"
+        );
     }
 }

@@ -44,6 +44,15 @@ fn tokens(root: &RootKey) -> BTreeMap<&'static str, String> {
             spec("user:ana", &["logs:read", "assets:read"], &["*"], &[]),
         ),
         (
+            "user-ops",
+            spec(
+                "user:ana",
+                &["runs:cancel", "repos:modify", "users:modify"],
+                &["*"],
+                &[],
+            ),
+        ),
+        (
             "beta-mixed",
             spec(
                 "site:beta",
@@ -165,6 +174,21 @@ const CASES: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("user-logs-any", "repo=org/x", "user:ana", "logs:read", "org/y", "denied logs:read on repo org/y: attenuation block 1 does not allow it (check if resource(\"repo\", \"org/x\") or resource($kind, $name), $kind != \"repo\")"),
     ("user-logs-any", "right=assets:read", "user:ana", "logs:read", "org/x", "denied logs:read on repo org/x: attenuation block 1 does not allow it (check if operation(\"assets:read\"))"),
     ("user-logs-any", "-", "admin:ana", "logs:read", "org/x", "token refused: it is bound to user:ana, which this connection is not"),
+    // --- cancelling runs (repo-scoped) and modifying repositories and users (site-scoped)
+    ("user-ops", "-", "user:ana", "runs:cancel", "org/x", OK),
+    ("user-ops", "-", "user:ana", "repos:modify", "alpha", OK),
+    ("user-ops", "-", "user:ana", "users:modify", "alpha", OK),
+    ("user-ops", "-", "user:ana", "admin", "alpha", "denied admin on site alpha: the grant has no admin right (it has runs:cancel, repos:modify, users:modify)"),
+    ("user-ops", "-", "user:ana", "queue:submit", "org/x", "denied queue:submit on repo org/x: the grant has no queue:submit right (it has runs:cancel, repos:modify, users:modify)"),
+    ("user-ops", "-", "user:bob", "users:modify", "alpha", "token refused: it is bound to user:ana, which this connection is not"),
+    ("user-ops", "repo=org/x", "user:ana", "runs:cancel", "org/x", OK),
+    ("user-ops", "repo=org/x", "user:ana", "runs:cancel", "org/y", "denied runs:cancel on repo org/y: attenuation block 1 does not allow it (check if resource(\"repo\", \"org/x\") or resource($kind, $name), $kind != \"repo\")"),
+    ("user-ops", "repo=org/x", "user:ana", "users:modify", "alpha", OK),
+    ("user-ops", "right=runs:cancel", "user:ana", "users:modify", "alpha", "denied users:modify on site alpha: attenuation block 1 does not allow it (check if operation(\"runs:cancel\"))"),
+    ("user-ops", "ttl=-1", "user:ana", "repos:modify", "alpha", "token expired at 2029-12-31T23:59:59Z"),
+    ("beta-submit", "-", "site:beta", "runs:cancel", "org/x", "denied runs:cancel on repo org/x: the grant has no runs:cancel right (it has queue:submit, logs:read)"),
+    ("ana-admin", "-", "admin:ana", "users:modify", "alpha", "denied users:modify on site alpha: the grant has no users:modify right (it has admin)"),
+    ("ana-admin", "-", "admin:ana", "repos:modify", "alpha", "denied repos:modify on site alpha: the grant has no repos:modify right (it has admin)"),
     // --- several rights and scopes at once
     ("beta-mixed", "-", "site:beta", "queue:submit", "org/y", OK),
     ("beta-mixed", "-", "site:beta", "queue:take", "gpu", OK),
