@@ -133,19 +133,61 @@ impl SiteCa {
         self.issue(&PeerIdentity::site(self.site.clone()), hosts)
     }
 
-    /// Issues a client certificate for a member of this site (`runner`, `admin`, `partner`).
+    /// Issues a client certificate for a member of this site (`runner`, `admin`, `partner`,
+    /// `user`), with a fresh key pair.
     pub fn issue_member_cert(&self, role: Role, name: &str) -> Result<CertifiedKey, PkiError> {
         self.issue(&PeerIdentity::member(self.site.clone(), role, name)?, &[])
     }
 
+    /// Signs a certificate signing request (PEM, at most [`crate::MAX_CSR_PEM_BYTES`]) made
+    /// with [`crate::generate_csr`], for `identity`, a named member of this site. The private
+    /// key never leaves the requester: the site only sees the CSR's public key.
+    ///
+    /// The CSR's own signature is verified (proof that the requester holds the key), and
+    /// everything else it asks for (subject, SANs, key usages, CA flag) is ignored: the
+    /// certificate is exactly what [`SiteCa::issue_member_cert`] would issue for `identity`,
+    /// over the CSR's public key. Refuses the site identity and identities of other sites.
+    pub fn sign_csr(&self, csr_pem: &str, identity: &PeerIdentity) -> Result<String, PkiError> {
+        if identity.role() == Role::Site {
+            return Err(PkiError::Csr(format!(
+                "the site identity {identity} is never issued from a request"
+            )));
+        }
+        // Check the identity before parsing anything the requester sent.
+        let params = self.leaf_params(identity, &[])?;
+        let public_key = crate::csr::parse_csr_public_key(csr_pem)?;
+        let cert = params
+            .signed_by(&public_key, &self.issuer)
+            .map_err(|e| PkiError::Generate(e.to_string()))?;
+        Ok(cert.pem())
+    }
+
     fn issue(&self, identity: &PeerIdentity, hosts: &[String]) -> Result<CertifiedKey, PkiError> {
+        let params = self.leaf_params(identity, hosts)?;
+        let key = KeyPair::generate().map_err(|e| PkiError::Generate(e.to_string()))?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| PkiError::Generate(e.to_string()))?;
+        Ok(CertifiedKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// The one definition of a leaf certificate for `identity` (a member of this site, or the
+    /// site itself with `hosts` as extra SANs), whoever holds its key. Refuses identities of
+    /// other sites.
+    fn leaf_params(
+        &self,
+        identity: &PeerIdentity,
+        hosts: &[String],
+    ) -> Result<CertificateParams, PkiError> {
         if identity.site_name() != &self.site {
             return Err(PkiError::ForeignIdentity {
                 identity: identity.to_string(),
                 site: self.site.to_string(),
             });
         }
-        let key = KeyPair::generate().map_err(|e| PkiError::Generate(e.to_string()))?;
         let mut params = CertificateParams::default();
         let common_name = match identity.name() {
             Some(name) => format!("{name} ({} of {})", identity.role(), identity.site_name()),
@@ -170,13 +212,7 @@ impl SiteCa {
         for host in hosts {
             params.subject_alt_names.push(host_san(host)?);
         }
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(|e| PkiError::Generate(e.to_string()))?;
-        Ok(CertifiedKey {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(params)
     }
 }
 

@@ -7,11 +7,13 @@
 //! crate: it is pure policy over bytes, and the network lives in `tinyci-net`.
 
 mod ca;
+mod csr;
 mod files;
 mod identity;
 pub mod tls;
 
 pub use ca::{CertifiedKey, SiteCa};
+pub use csr::{MAX_CSR_PEM_BYTES, generate_csr};
 pub use files::{read_text_file, write_public_file, write_secret_file};
 pub use identity::{PeerIdentity, Role, SiteName};
 pub use tls::{Credentials, Fingerprint, TrustAnchors};
@@ -54,6 +56,10 @@ pub enum PkiError {
     /// A certificate could not be parsed or lacks what tinyci needs.
     #[error("bad certificate: {0}")]
     BadCertificate(String),
+    /// A certificate signing request was refused (malformed, too large, bad signature, wrong
+    /// key type) or cannot be signed for the identity asked.
+    #[error("cannot sign certificate request: {0}")]
+    Csr(String),
     /// A private key could not be parsed.
     #[error("bad private key: {0}")]
     BadKey(String),
