@@ -565,6 +565,9 @@ struct RepoInfo {
   name @0 :Text;        # `owner/name`
   enabled @1 :Bool;     # has a webhook and takes submissions
   public @2 :Bool;      # readable without login on the web pages
+  hookId @3 :UInt64;    # GitHub's id of its webhook, 0 while disabled
+  enabledBy @4 :Text;   # who last enabled or disabled it (peer identity)
+  githubUser @5 :Text;  # the site user whose GitHub token the site uses for it; empty: the site's own
 }
 
 interface Admin {
@@ -615,4 +618,21 @@ interface Admin {
 
   ticket @14 (submissionId :Text) -> (ticket :Ticket);
   # Any submission's ticket, for operators (to follow or cancel it).
+
+  addUser @15 (name :Text, capabilities :List(Text)) -> (user :UserInfo);
+  # Creates a site user with tinyCI's capabilities (submit, cancel, modify:ci, modify:user,
+  # logs). Fails if the name is taken or a capability is unknown.
+
+  setUserCapability @16 (name :Text, capability :Text, granted :Bool) -> (user :UserInfo);
+  # Grants or takes away one capability. Tokens already handed out keep what they said until
+  # they expire or are revoked; the next login reflects the change.
+
+  enableRepo @17 (name :Text, githubUser :Text, public :Bool) -> (repo :RepoInfo);
+  # Creates the repository's GitHub webhook (push and pull_request, JSON, a fresh random
+  # secret) and starts turning its events into submissions. `githubUser` names the site user
+  # whose linked GitHub token the site acts with; empty means the site's own token. Enabling
+  # an enabled repository changes nothing and returns it.
+
+  disableRepo @18 (name :Text) -> (repo :RepoInfo);
+  # Deletes the webhook and stops acting on the repository's events.
 }

@@ -108,3 +108,32 @@ fn world_readable_key_is_refused() {
     assert!(stderr.contains("tls.key"), "{stderr}");
     assert!(stderr.contains("chmod 600"), "{stderr}");
 }
+
+#[test]
+fn github_login_without_a_public_url_is_named() {
+    check(
+        |t| {
+            t + "\n[http]\nlisten = \"127.0.0.1:0\"\n\n[github]\nclient_id = \"app\"\n\
+                 client_secret_file = \"certs/site.crt\"\n"
+        },
+        expect![[r#"
+            error: invalid config site.toml: github.client_id: OAuth login needs [http] listen and public_url (GitHub redirects the browser back to public_url/oauth/callback)
+        "#]],
+    );
+}
+
+#[test]
+fn unknown_user_capability_and_bad_public_url_are_named() {
+    check(
+        |t| t + "\n[github]\ndefault_capabilities = [\"submit\", \"deploy\"]\n",
+        expect![[r#"
+            error: invalid config site.toml: github.default_capabilities: unknown capability "deploy": expected one of submit, cancel, modify:ci, modify:user, logs
+        "#]],
+    );
+    check(
+        |t| t + "\n[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"ci.example.com\"\n",
+        expect![[r#"
+            error: invalid config site.toml: http.public_url: "ci.example.com" is not an http:// or https:// URL
+        "#]],
+    );
+}

@@ -23,7 +23,8 @@ pub(crate) struct GrantArgs {
     /// Who may use it: site:NAME, runner:NAME, admin:NAME or user:NAME.
     #[arg(long = "to", value_name = "HOLDER")]
     to: String,
-    /// A right (repeatable): queue:submit, queue:take, logs:read, logs:write, assets:read, admin.
+    /// A right (repeatable): queue:submit, queue:take, logs:read, logs:write, assets:read,
+    /// admin, runs:cancel, repos:modify, users:modify.
     #[arg(long = "right", value_name = "RIGHT", required = true)]
     rights: Vec<String>,
     /// A repository the repo-scoped rights cover (repeatable; '*' for every repository).

@@ -40,11 +40,15 @@ pub(crate) struct SubmitArgs {
     #[arg(long, value_name = "OWNER/NAME")]
     repo: Option<String>,
     /// The site configuration [default: ./site.toml].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "profile")]
     config: Option<PathBuf>,
     /// Dial this address instead of site.listen.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "profile")]
     addr: Option<SocketAddr>,
+    /// Submit as the user of a `tinyci login` profile directory instead of as the site's
+    /// admin.
+    #[arg(long, value_name = "DIR")]
+    profile: Option<PathBuf>,
 }
 
 /// Cancel a run (r-N) or every unfinished run of a submission (s-N).
@@ -74,6 +78,12 @@ pub(crate) enum AdminCommand {
     Queues(SiteArgs),
     /// List connected runners: the queues they wait on and the runs they hold.
     Runners(SiteArgs),
+    /// Manage site users and their capabilities.
+    #[command(subcommand)]
+    User(crate::github::UserCommand),
+    /// Enable, disable and list GitHub repositories.
+    #[command(subcommand)]
+    Repo(crate::github::RepoCommand),
 }
 
 #[derive(Debug, Args)]
@@ -147,7 +157,12 @@ fn run_line(run: run_info::Reader<'_>) -> String {
 }
 
 pub(crate) fn submit(args: SubmitArgs) -> Result<()> {
-    let config = SiteConfig::load(&config_path(args.config))?;
+    let identity = match &args.profile {
+        Some(dir) => Identity::Profile(Box::new(crate::github::load_profile(dir)?)),
+        None => Identity::Admin(Box::new(SiteConfig::load(&config_path(
+            args.config.clone(),
+        ))?)),
+    };
     let source = gitsource::read(&args.path, &args.git_ref, args.repo.as_deref())?;
     eprintln!(
         "submitting {} {} ({}), {} bytes of source",
@@ -158,11 +173,35 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<()> {
     );
     let all = args.all || source.changed.is_none();
     local_runtime()?.block_on(async move {
-        let (client, admin) = admin_capability(&config, args.addr).await?;
+        let (client, submitter) = match identity {
+            Identity::Admin(config) => {
+                let (client, admin) = admin_capability(&config, args.addr).await?;
+                let mut get = admin.submitter_request();
+                get.get().set_repo(&source.repo);
+                (client, get.send().pipeline.get_submitter())
+            }
+            Identity::Profile(profile) => {
+                let site: tinyci_pki::SiteName = profile
+                    .profile
+                    .site
+                    .parse()
+                    .context("the profile names an invalid site")?;
+                let (client, _) = tinyci_site::connect_as(
+                    &profile.profile.addr,
+                    &profile.credentials,
+                    &profile.ca_pem,
+                    &site,
+                )
+                .await?;
+                let mut redeem = client.gateway.redeem_request();
+                redeem.get().set_token(&profile.token);
+                let session = redeem.send().pipeline.get_session();
+                let mut get = session.submitter_request();
+                get.get().set_repo(&source.repo);
+                (client, get.send().pipeline.get_submitter())
+            }
+        };
         let rpc = |e| rpc_error(&client, e);
-        let mut get = admin.submitter_request();
-        get.get().set_repo(&source.repo);
-        let submitter = get.send().pipeline.get_submitter();
 
         // Upload with flow control, then submit what was uploaded.
         let sink = submitter.upload_request().send().pipeline.get_sink();
@@ -215,6 +254,14 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<()> {
                 Err(e) => e,
             })
     })
+}
+
+/// Who `tinyci submit` acts as.
+enum Identity {
+    /// The site's admin, from site.toml.
+    Admin(Box<SiteConfig>),
+    /// A user, from a `tinyci login` profile.
+    Profile(Box<crate::github::LoadedProfile>),
 }
 
 /// Prints every run change of a submission until it ends; fails unless it passed.
@@ -319,6 +366,8 @@ pub(crate) fn admin(command: AdminCommand) -> Result<()> {
         AdminCommand::Runs(args) => runs(args),
         AdminCommand::Queues(args) => queues(args),
         AdminCommand::Runners(args) => runners(args),
+        AdminCommand::User(command) => crate::github::user(command),
+        AdminCommand::Repo(command) => crate::github::repo(command),
     }
 }
 

@@ -2,6 +2,7 @@
 //! errors into one readable message and a documented exit code. `anyhow` lives here only.
 
 mod artifacts;
+mod github;
 mod gitsource;
 mod grant;
 mod jobs;
@@ -67,9 +68,11 @@ enum Command {
     Logs(jobs::LogsArgs),
     /// List a run's artifacts, or download one (--get NAME -o FILE).
     Artifacts(artifacts::ArtifactsArgs),
-    /// Inspect the site (runs, queues) with the admin capability.
+    /// Operate the site (runs, queues, runners, users, repositories) with the admin capability.
     #[command(subcommand)]
     Admin(jobs::AdminCommand),
+    /// Sign in to a site with GitHub; writes a certificate and token for this machine.
+    Login(github::LoginArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => jobs::logs(args),
         Command::Artifacts(args) => artifacts::artifacts(args),
         Command::Admin(command) => jobs::admin(command),
+        Command::Login(args) => github::login(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -58,6 +58,9 @@ pub(crate) struct UpArgs {
     /// Listen on this address instead of site.listen (port 0 picks a free port).
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen)]
     listen: Option<SocketAddr>,
+    /// Serve HTTP (webhooks, login) on this address instead of [http] listen.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen)]
+    http_listen: Option<SocketAddr>,
     /// Do not start the embedded runner (shell executor, queue `default`).
     #[arg(long)]
     no_local_runner: bool,
@@ -141,7 +144,7 @@ fn up(args: UpArgs) -> Result<()> {
     }
     let config = SiteConfig::load(&path)?;
     local_runtime()?.block_on(async move {
-        let site = Site::open(config)
+        let mut site = Site::open(config)
             .await
             .context("failed to start the site")?;
         say!(
@@ -152,6 +155,9 @@ fn up(args: UpArgs) -> Result<()> {
         let listener = site.bind(args.listen).await?;
         let addr = listener.local_addr()?;
         say!("listening on {addr}");
+        if let Some(http) = site.bind_http(args.http_listen).await? {
+            say!("http listening on {http}");
+        }
         say!("CA fingerprint: sha256 {}", site.ca_fingerprint());
         let status_hint = if args.listen.is_some() || site.config().listen.port() == 0 {
             format!(" --addr {addr}")

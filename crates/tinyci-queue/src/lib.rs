@@ -119,6 +119,10 @@ pub struct Leased {
     pub expires_at: u64,
 }
 
+/// Runs inside [`Queue::submit_with`]'s transaction, after the submission is written.
+pub type SubmitHook =
+    Box<dyn FnOnce(&mut WriteTxn<'_>, &StoredSubmission) -> Result<(), StoreError> + Send>;
+
 /// Called when a leased run is asked to stop (the site forwards it to `JobControl.cancel`).
 pub type CancelHook = Rc<dyn Fn(String)>;
 
@@ -317,6 +321,17 @@ impl Queue {
         &self,
         new: NewSubmission,
     ) -> Result<(StoredSubmission, Vec<StoredRun>), QueueError> {
+        self.submit_with(new, Box::new(|_, _| Ok(()))).await
+    }
+
+    /// [`Queue::submit`], with `also` run in the same transaction once the submission is
+    /// written, so a caller's own record of it (and, say, the removal of the event that
+    /// caused it) commits together with it or not at all.
+    pub async fn submit_with(
+        &self,
+        new: NewSubmission,
+        also: SubmitHook,
+    ) -> Result<(StoredSubmission, Vec<StoredRun>), QueueError> {
         let now = self.now();
         let policy = self.policy;
         let count = new.runs.len() as u64;
@@ -363,6 +378,7 @@ impl Queue {
                 let previous = txn.get(BRANCH_HEADS, &branch[..])?;
                 txn.put(BRANCH_HEADS, &branch[..], &submission_id.get())?;
                 txn.put(META, NEXT_ID_KEY, &(next + 1 + count).to_be_bytes()[..])?;
+                also(txn, &submission)?;
                 Ok((submission, runs, previous))
             })
             .await?;
@@ -888,6 +904,19 @@ impl Queue {
             .store
             .read(|txn| Ok(txn.get(RUNS, &id.get())?.map(<[u8]>::to_vec)))?;
         bytes.map(|b| decode_run(id.get(), &b)).transpose()
+    }
+
+    /// The latest submission on `repo` and `git_ref` (the one a newer one would supersede).
+    pub fn branch_head(
+        &self,
+        repo: &str,
+        git_ref: &str,
+    ) -> Result<Option<SubmissionId>, QueueError> {
+        let key = branch_key(repo, git_ref);
+        Ok(self
+            .store
+            .read(|txn| txn.get(BRANCH_HEADS, &key[..]))?
+            .map(SubmissionId))
     }
 
     /// A submission as stored.

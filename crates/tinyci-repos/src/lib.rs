@@ -19,5 +19,6 @@ pub use types::{
     RepoName, StatusState, User, truncate_description,
 };
 pub use webhook::{
-    MAX_WEBHOOK_BYTES, PrAction, WebhookError, WebhookEvent, parse_event, verify_signature,
+    MAX_WEBHOOK_BYTES, PrAction, WebhookError, WebhookEvent, parse_event, repository_of,
+    verify_signature,
 };

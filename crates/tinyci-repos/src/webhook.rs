@@ -148,6 +148,8 @@ pub enum WebhookEvent {
         base_sha: String,
         /// The pull request's title.
         title: String,
+        /// The base repository's default branch, where `tinyci.yml` is read.
+        default_branch: String,
     },
     /// Any other event: acknowledged, not acted on.
     Ignored {
@@ -221,6 +223,23 @@ fn decode<T: for<'de> Deserialize<'de>>(event: &str, body: &[u8]) -> Result<T, W
     })
 }
 
+#[derive(Deserialize)]
+struct RepositoryOnly {
+    repository: Option<Repository>,
+}
+
+/// The `repository.full_name` a delivery names, read *before* its signature is checked, only
+/// to pick which repository's secret checks it. `None` when the body names none.
+pub fn repository_of(body: &[u8]) -> Option<String> {
+    if body.len() > MAX_WEBHOOK_BYTES {
+        return None;
+    }
+    serde_json::from_slice::<RepositoryOnly>(body)
+        .ok()?
+        .repository
+        .map(|r| r.full_name)
+}
+
 /// Decodes a delivery given its `X-GitHub-Event` header and (already verified) body.
 pub fn parse_event(event: &str, body: &[u8]) -> Result<WebhookEvent, WebhookError> {
     if body.len() > MAX_WEBHOOK_BYTES {
@@ -258,6 +277,7 @@ pub fn parse_event(event: &str, body: &[u8]) -> Result<WebhookEvent, WebhookErro
                 base_ref: p.pull_request.base.git_ref,
                 base_sha: p.pull_request.base.sha,
                 title: p.pull_request.title,
+                default_branch: p.repository.default_branch.unwrap_or_default(),
             }
         }
         other => WebhookEvent::Ignored {

@@ -511,6 +511,159 @@ impl admin::Server for AdminCap {
         set_list(results.get().init_revoked_ids(len(ids.len())), &ids);
         Ok(())
     }
+
+    async fn users(
+        self: Rc<Self>,
+        _: admin::UsersParams,
+        mut results: admin::UsersResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let users = self.services.users.list().map_err(users_error)?;
+        let mut list = results.get().init_users(len(users.len()));
+        for (i, user) in users.iter().enumerate() {
+            fill_user_info(list.reborrow().get(len(i)), user);
+        }
+        Ok(())
+    }
+
+    async fn add_user(
+        self: Rc<Self>,
+        params: admin::AddUserParams,
+        mut results: admin::AddUserResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let params = params.get()?;
+        let name = parse_user(&read_text(params.get_name(), "name")?)?;
+        let mut capabilities = std::collections::BTreeSet::new();
+        for cap in params.get_capabilities()?.iter() {
+            capabilities.insert(parse_capability(cap?.to_str()?)?);
+        }
+        let user = self
+            .services
+            .users
+            .add(
+                &name,
+                capabilities,
+                &self.peer.to_string(),
+                crate::github::now_ms(),
+            )
+            .await
+            .map_err(users_error)?;
+        info!(user = %user.name, by = %self.peer, "user added");
+        fill_user_info(results.get().init_user(), &user);
+        Ok(())
+    }
+
+    async fn set_user_capability(
+        self: Rc<Self>,
+        params: admin::SetUserCapabilityParams,
+        mut results: admin::SetUserCapabilityResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let params = params.get()?;
+        let name = parse_user(&read_text(params.get_name(), "name")?)?;
+        let capability = parse_capability(&read_text(params.get_capability(), "capability")?)?;
+        let granted = params.get_granted();
+        let user = self
+            .services
+            .users
+            .set_capability(&name, capability, granted)
+            .await
+            .map_err(users_error)?;
+        info!(user = %user.name, %capability, granted, by = %self.peer, "user capability changed");
+        fill_user_info(results.get().init_user(), &user);
+        Ok(())
+    }
+
+    async fn repos(
+        self: Rc<Self>,
+        _: admin::ReposParams,
+        mut results: admin::ReposResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let repos = crate::repos::list(&self.services).map_err(github_error)?;
+        let mut list = results.get().init_repos(len(repos.len()));
+        for (i, repo) in repos.iter().enumerate() {
+            fill_repo_info(list.reborrow().get(len(i)), repo);
+        }
+        Ok(())
+    }
+
+    async fn enable_repo(
+        self: Rc<Self>,
+        params: admin::EnableRepoParams,
+        mut results: admin::EnableRepoResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let params = params.get()?;
+        let name = read_text(params.get_name(), "name")?;
+        let user = read_text(params.get_github_user(), "githubUser")?;
+        let user = if user.is_empty() {
+            None
+        } else {
+            Some(parse_user(&user)?.to_string())
+        };
+        let repo = crate::repos::enable(
+            &self.services,
+            &name,
+            user,
+            params.get_public(),
+            &self.peer.to_string(),
+        )
+        .await
+        .map_err(|e| capnp::Error::failed(format!("cannot enable {name}: {e}")))?;
+        fill_repo_info(results.get().init_repo(), &repo);
+        Ok(())
+    }
+
+    async fn disable_repo(
+        self: Rc<Self>,
+        params: admin::DisableRepoParams,
+        mut results: admin::DisableRepoResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let name = read_text(params.get()?.get_name(), "name")?;
+        let repo = crate::repos::disable(&self.services, &name, &self.peer.to_string())
+            .await
+            .map_err(|e| capnp::Error::failed(format!("cannot disable {name}: {e}")))?;
+        fill_repo_info(results.get().init_repo(), &repo);
+        Ok(())
+    }
+}
+
+fn users_error(e: tinyci_users::UsersError) -> capnp::Error {
+    capnp::Error::failed(e.to_string())
+}
+
+fn github_error(e: crate::github::GitHubError) -> capnp::Error {
+    capnp::Error::failed(e.to_string())
+}
+
+fn parse_user(name: &str) -> Result<tinyci_users::UserName, capnp::Error> {
+    name.parse().map_err(users_error)
+}
+
+fn parse_capability(name: &str) -> Result<tinyci_users::Capability, capnp::Error> {
+    name.parse().map_err(users_error)
+}
+
+fn fill_user_info(mut info: tinyci_schema::user_info::Builder<'_>, user: &tinyci_users::User) {
+    info.set_name(user.name.as_str());
+    info.set_github(user.github.as_ref().map_or("", |(login, _)| login.as_str()));
+    let caps: Vec<String> = user.capabilities.iter().map(ToString::to_string).collect();
+    set_list(info.init_capabilities(len(caps.len())), &caps);
+}
+
+fn fill_repo_info(
+    mut info: tinyci_schema::repo_info::Builder<'_>,
+    repo: &tinyci_store::records::RepoRecord,
+) {
+    info.set_name(&repo.name);
+    info.set_enabled(repo.enabled);
+    info.set_public(repo.public);
+    info.set_hook_id(repo.hook_id.unwrap_or(0));
+    info.set_enabled_by(&repo.enabled_by);
+    info.set_github_user(repo.github_user.as_deref().unwrap_or_default());
 }
 
 fn set_list(mut list: capnp::text_list::Builder<'_>, items: &[String]) {

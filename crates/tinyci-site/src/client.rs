@@ -119,6 +119,33 @@ pub async fn connect_admin(
     Ok((client, info))
 }
 
+/// Dials `addr` as `credentials`, accepting only the site `site` certified by `ca_pem`, and
+/// confirms the connection with one `Gateway.info` call. Must run inside a `LocalSet`.
+pub async fn connect_as(
+    addr: &str,
+    credentials: &tinyci_pki::Credentials,
+    ca_pem: &str,
+    site: &tinyci_pki::SiteName,
+) -> Result<(SiteClient, SiteInfo), SiteError> {
+    let tls =
+        tinyci_pki::tls::client_config(credentials, ca_pem, site.clone()).map_err(|source| {
+            SiteError::Credentials {
+                key: "certificate",
+                path: Default::default(),
+                source,
+            }
+        })?;
+    let (gateway, connection) =
+        tinyci_net::dial::<gateway::Client>(addr, tls, site, &NetLimits::default()).await?;
+    let client = SiteClient {
+        gateway,
+        connection,
+        addr: addr.to_owned(),
+    };
+    let info = client.info().await?;
+    Ok((client, info))
+}
+
 /// Connects as in [`connect_admin`] and redeems the admin token from `admin.token` for an
 /// `Admin` capability. Redeem and `Session.admin` travel in one flight (promise pipelining).
 pub async fn admin_capability(

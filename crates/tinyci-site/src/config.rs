@@ -57,6 +57,43 @@ pub struct SiteConfig {
     pub log_max_run_bytes: u64,
     /// When finished runs' logs and artifacts are deleted (`[retention]`).
     pub retention: crate::retention::RetentionPolicy,
+    /// The HTTP listener (`[http]`): webhooks and OAuth. `None`: no HTTP served.
+    pub http: Option<HttpConfig>,
+    /// GitHub (`[github]`). `None`: no GitHub integration.
+    pub github: Option<GitHubSettings>,
+}
+
+/// `[http]`: the site's plain-HTTP listener. Put a TLS-terminating proxy in front of it for
+/// anything beyond loopback; `public_url` is what GitHub and browsers use to reach it.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// `https://ci.example.com` (no trailing slash): the base of webhook, OAuth callback and
+    /// status target URLs. `None` until set; repositories cannot be enabled without it.
+    pub public_url: Option<String>,
+}
+
+/// `[github]`.
+#[derive(Clone, Debug)]
+pub struct GitHubSettings {
+    /// REST API base (`https://api.github.com`).
+    pub api_url: String,
+    /// Web base for OAuth (`https://github.com`).
+    pub web_url: String,
+    /// A file holding the token the site uses for repositories enabled without a user
+    /// (mode 0600).
+    pub token_file: Option<PathBuf>,
+    /// The OAuth app's client id; login is off without it.
+    pub client_id: Option<String>,
+    /// A file holding the OAuth app's client secret (mode 0600).
+    pub client_secret_file: Option<PathBuf>,
+    /// The key that seals GitHub tokens and webhook secrets at rest (created if missing).
+    pub secrets_key: PathBuf,
+    /// Lifetime of the tokens `tinyci login` hands out.
+    pub login_token_ttl: std::time::Duration,
+    /// Capabilities a user gets at their first GitHub login.
+    pub default_capabilities: Vec<String>,
 }
 
 /// Why a configuration was refused. Every variant names the file and the key or path.
@@ -118,6 +155,65 @@ struct RawConfig {
     tls: RawTls,
     grants: RawGrants,
     admin: RawAdmin,
+    http: Option<RawHttp>,
+    github: Option<RawGitHub>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: ListenAddr,
+    public_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGitHub {
+    #[serde(default = "default_github_api")]
+    api_url: String,
+    #[serde(default = "default_github_web")]
+    web_url: String,
+    token_file: Option<PathBuf>,
+    client_id: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    #[serde(default = "default_secrets_key")]
+    secrets_key: PathBuf,
+    #[serde(default = "default_login_token_days")]
+    login_token_days: i64,
+    #[serde(default = "default_user_capabilities")]
+    default_capabilities: Vec<String>,
+}
+
+fn default_github_api() -> String {
+    "https://api.github.com".into()
+}
+fn default_github_web() -> String {
+    "https://github.com".into()
+}
+fn default_secrets_key() -> PathBuf {
+    PathBuf::from("certs/secrets.key")
+}
+fn default_login_token_days() -> i64 {
+    30
+}
+fn default_user_capabilities() -> Vec<String> {
+    vec!["submit".into(), "logs".into()]
+}
+
+/// Checks an `http(s)://host[:port][/path]` base URL and drops a trailing slash.
+fn parse_base_url(text: &str) -> Result<String, String> {
+    let trimmed = text.trim().trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"))
+        .ok_or_else(|| format!("{text:?} is not an http:// or https:// URL"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || rest.contains(['?', '#', ' ']) {
+        return Err(format!(
+            "{text:?} is not a base URL (expected scheme://host[:port][/path], no query)"
+        ));
+    }
+    Ok(trimmed.to_owned())
 }
 
 #[derive(Deserialize)]
@@ -472,7 +568,69 @@ impl SiteConfig {
             heartbeat_interval: lease / 3,
             max_attempts,
         };
+        let http = raw
+            .http
+            .map(|h| -> Result<HttpConfig, ConfigError> {
+                Ok(HttpConfig {
+                    listen: h.listen.0,
+                    public_url: h
+                        .public_url
+                        .map(|u| parse_base_url(&u).map_err(|why| value("http.public_url", why)))
+                        .transpose()?,
+                })
+            })
+            .transpose()?;
+        let github = raw
+            .github
+            .map(|g| -> Result<GitHubSettings, ConfigError> {
+                let days = u64::try_from(g.login_token_days)
+                    .ok()
+                    .filter(|d| (1..=366).contains(d))
+                    .ok_or_else(|| {
+                        value(
+                            "github.login_token_days",
+                            format!("{} is out of range (1-366)", g.login_token_days),
+                        )
+                    })?;
+                for cap in &g.default_capabilities {
+                    cap.parse::<tinyci_users::Capability>()
+                        .map_err(|e| value("github.default_capabilities", e.to_string()))?;
+                }
+                if g.client_id.is_some() != g.client_secret_file.is_some() {
+                    return Err(value(
+                        "github.client_id",
+                        "client_id and client_secret_file go together (both set for OAuth \
+                         login, neither without it)"
+                            .into(),
+                    ));
+                }
+                Ok(GitHubSettings {
+                    api_url: parse_base_url(&g.api_url)
+                        .map_err(|why| value("github.api_url", why))?,
+                    web_url: parse_base_url(&g.web_url)
+                        .map_err(|why| value("github.web_url", why))?,
+                    token_file: g.token_file.map(|f| base.join(f)),
+                    client_id: g.client_id,
+                    client_secret_file: g.client_secret_file.map(|f| base.join(f)),
+                    secrets_key: base.join(g.secrets_key),
+                    login_token_ttl: std::time::Duration::from_secs(days * 86_400),
+                    default_capabilities: g.default_capabilities,
+                })
+            })
+            .transpose()?;
+        if github.as_ref().is_some_and(|g| g.client_id.is_some())
+            && http.as_ref().and_then(|h| h.public_url.as_ref()).is_none()
+        {
+            return Err(value(
+                "github.client_id",
+                "OAuth login needs [http] listen and public_url (GitHub redirects the browser \
+                 back to public_url/oauth/callback)"
+                    .into(),
+            ));
+        }
         let config = Self {
+            http,
+            github,
             source: Some(path.to_owned()),
             lease_policy,
             artifact_max_bytes,
@@ -507,8 +665,18 @@ impl SiteConfig {
             ("admin.key", &self.admin_key),
             ("admin.token", &self.admin_token),
         ];
-        let optional = self.ca_key.as_deref().map(|k| ("tls.ca_key", k));
-        for (key, file) in files.into_iter().chain(optional) {
+        let optional = [
+            self.ca_key.as_deref().map(|k| ("tls.ca_key", k)),
+            self.github
+                .as_ref()
+                .and_then(|g| g.token_file.as_deref())
+                .map(|f| ("github.token_file", f)),
+            self.github
+                .as_ref()
+                .and_then(|g| g.client_secret_file.as_deref())
+                .map(|f| ("github.client_secret_file", f)),
+        ];
+        for (key, file) in files.into_iter().chain(optional.into_iter().flatten()) {
             if !file.is_file() {
                 return Err(ConfigError::MissingFile {
                     path: self.source.clone().unwrap_or_default(),

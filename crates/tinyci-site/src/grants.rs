@@ -83,6 +83,14 @@ impl GrantAuthority {
         &self.site
     }
 
+    /// Mints a grant with the site's root key (logins); the caller records it.
+    pub(crate) fn mint(
+        &self,
+        spec: &tinyci_grant::GrantSpec,
+    ) -> Result<(String, tinyci_grant::Grant), GrantError> {
+        tinyci_grant::mint(&self.root, spec)
+    }
+
     /// Checks a token for a connection: size, signature, revocation, holder binding and
     /// expiry. Rights and scopes are checked later, when the session hands out a capability.
     pub(crate) fn redeem(
@@ -209,6 +217,12 @@ pub fn record_issued(
     grant: &tinyci_grant::Grant,
     issued_by: &str,
 ) -> Result<(), StoreError> {
+    let (key, record) = issued_record(grant, issued_by);
+    store.write(|txn| txn.put(GRANTS, key.as_str(), &record))
+}
+
+/// The `grants` row recording a minted grant: its key and value.
+pub(crate) fn issued_record(grant: &tinyci_grant::Grant, issued_by: &str) -> (String, IssuedGrant) {
     let key = grant.revocation_ids.first().cloned().unwrap_or_default();
     let record = IssuedGrant {
         holder: grant.holder.to_string(),
@@ -223,7 +237,7 @@ pub fn record_issued(
         issued_by: issued_by.to_owned(),
         issued_at: unix_now(),
     };
-    store.write(|txn| txn.put(GRANTS, key.as_str(), &record))
+    (key, record)
 }
 
 pub(crate) fn unix_now() -> u64 {

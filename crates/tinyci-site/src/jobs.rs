@@ -461,37 +461,13 @@ pub(crate) async fn submit(
                 .into(),
         )
     })?;
-    let archive = path.clone();
-    let files = tokio::task::spawn_blocking(move || crate::sources::task_files(&archive))
-        .await
-        .map_err(|e| capnp::Error::failed(e.to_string()))?
-        .map_err(|e| capnp::Error::failed(e.to_string()))?;
-    let repo_config = match files.get(tinyci_core::REPO_CONFIG_FILE) {
-        Some(text) => RepoConfig::parse(tinyci_core::REPO_CONFIG_FILE, text.as_bytes()),
-        None => {
-            return Err(capnp::Error::failed(format!(
-                "the repository has no {} at its root",
-                tinyci_core::REPO_CONFIG_FILE
-            )));
-        }
-    }
-    .map_err(|e| capnp::Error::failed(e.to_string()))?;
-    let mut tasks = BTreeMap::new();
-    for (file, text) in &files {
-        if file == tinyci_core::REPO_CONFIG_FILE {
-            continue;
-        }
-        let dir = file.rsplit_once('/').map_or(".", |(dir, _)| dir).to_owned();
-        let task = TaskFile::parse(file, text.as_bytes(), &repo_config)
-            .map_err(|e| capnp::Error::failed(e.to_string()))?;
-        tasks.insert(dir, task);
-    }
     let changed = request
         .get_changed_paths()?
         .iter()
         .map(|p| p.and_then(|p| Ok(p.to_string()?)))
         .collect::<Result<Vec<_>, _>>()?;
-    let plan = tinyci_core::plan(&repo_config, &tasks, &changed, request.get_all())
+    let runs = plan_archive(path, None, changed, request.get_all())
+        .await
         .map_err(|e| capnp::Error::failed(e.to_string()))?;
     let (submission, _) = services
         .queue
@@ -502,11 +478,63 @@ pub(crate) async fn submit(
             title: read_text(request.get_title(), "title")?,
             submitted_by: submitted_by.to_owned(),
             source_sha256,
-            runs: plan.runs,
+            runs,
         })
         .await
         .map_err(queue_error)?;
     Ok(submission)
+}
+
+/// Why a source archive could not be planned.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PlanError {
+    /// The repository's task files are wrong: the author's to fix (quoted back to them).
+    #[error("{0}")]
+    Invalid(String),
+    /// The archive could not be read.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Reads the task files of the archive at `archive` and plans its runs. `repo_config`, when
+/// given, replaces the archive's own `tinyci.yml` (GitHub builds read it from the default
+/// branch, so a pull request cannot rewrite the repository's policy for itself).
+pub(crate) async fn plan_archive(
+    archive: std::path::PathBuf,
+    repo_config: Option<String>,
+    changed: Vec<String>,
+    all: bool,
+) -> Result<Vec<tinyci_core::PlannedRun>, PlanError> {
+    let files = tokio::task::spawn_blocking(move || crate::sources::task_files(&archive))
+        .await
+        .map_err(|e| PlanError::Failed(e.to_string()))?
+        .map_err(|e| match e {
+            crate::sources::ArchiveError::Io(_) => PlanError::Failed(e.to_string()),
+            _ => PlanError::Invalid(e.to_string()),
+        })?;
+    let invalid = |e: &dyn std::fmt::Display| PlanError::Invalid(e.to_string());
+    let config_text = repo_config
+        .as_deref()
+        .or(files.get(tinyci_core::REPO_CONFIG_FILE).map(String::as_str))
+        .ok_or_else(|| {
+            PlanError::Invalid(format!(
+                "the repository has no {} at its root",
+                tinyci_core::REPO_CONFIG_FILE
+            ))
+        })?;
+    let repo_config = RepoConfig::parse(tinyci_core::REPO_CONFIG_FILE, config_text.as_bytes())
+        .map_err(|e| invalid(&e))?;
+    let mut tasks = BTreeMap::new();
+    for (file, text) in &files {
+        if file == tinyci_core::REPO_CONFIG_FILE {
+            continue;
+        }
+        let dir = file.rsplit_once('/').map_or(".", |(dir, _)| dir).to_owned();
+        let task = TaskFile::parse(file, text.as_bytes(), &repo_config).map_err(|e| invalid(&e))?;
+        tasks.insert(dir, task);
+    }
+    let plan = tinyci_core::plan(&repo_config, &tasks, &changed, all).map_err(|e| invalid(&e))?;
+    Ok(plan.runs)
 }
 
 /// `Ticket` for one submission.

@@ -12,15 +12,21 @@ mod caps;
 mod client;
 pub mod config;
 mod gateway;
+mod github;
 mod grants;
+mod http;
 pub mod init;
 mod jobs;
 mod logs;
 mod membrane;
+mod oauth;
+mod repos;
 mod retention;
 mod rpc;
+mod secrets;
 mod session;
 mod sources;
+mod statuses;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,7 +41,7 @@ use tinyci_schema::gateway as gateway_capnp;
 use tinyci_store::{Store, StoreOptions};
 use tracing::info;
 
-pub use client::{SiteClient, SiteInfo, admin_capability, connect_admin, rpc_error};
+pub use client::{SiteClient, SiteInfo, admin_capability, connect_admin, connect_as, rpc_error};
 pub use config::{ConfigError, SiteConfig};
 pub use gateway::{PROTOCOL, SiteFacts};
 pub use grants::record_issued;
@@ -106,6 +112,14 @@ pub enum SiteError {
     /// No address to dial.
     #[error("{0}")]
     NoAddress(String),
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    HttpBind {
+        /// The address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
 }
 
 /// A site that has loaded its identity and opened its store, ready to listen.
@@ -121,6 +135,10 @@ pub struct Site {
     /// The store's writer thread, joined at shutdown: it holds the store open until every
     /// committer is gone.
     writer: tinyci_store::GroupWriterThread,
+    /// The HTTP listener, once bound ([`Site::bind_http`]).
+    http: Option<tokio::net::TcpListener>,
+    /// Signs `tinyci login` certificates (OAuth configured and `tls.ca_key` present).
+    login_ca: Option<Rc<oauth::LoginCa>>,
 }
 
 /// The services every connection's gateway and sessions share. Single-threaded: it lives on
@@ -143,6 +161,21 @@ pub(crate) struct Services {
     pub(crate) logs: Rc<logs::LogHub>,
     /// `[logs] max_run_bytes`.
     pub(crate) log_max_run_bytes: u64,
+    /// Site users.
+    pub(crate) users: tinyci_users::Users,
+    /// GitHub, when `[github]` is configured.
+    pub(crate) github: Option<github::GitHubState>,
+}
+
+impl Services {
+    /// The GitHub state, or why there is none.
+    pub(crate) fn github(&self) -> Result<&github::GitHubState, github::GitHubError> {
+        self.github.as_ref().ok_or_else(|| {
+            github::GitHubError::Refused(
+                "this site has no [github] section in its site.toml".into(),
+            )
+        })
+    }
 }
 
 impl Site {
@@ -214,7 +247,37 @@ impl Site {
         if released > 0 {
             info!(runs = released, "requeued runs the embedded runner held");
         }
+        let github = config
+            .github
+            .clone()
+            .map(|settings| {
+                github::GitHubState::load(
+                    settings,
+                    config.http.as_ref().and_then(|h| h.public_url.clone()),
+                )
+            })
+            .transpose()?;
+        let login_ca = match (&github, &config.ca_key) {
+            (Some(g), Some(ca_key)) if g.oauth_app.is_some() => {
+                let key_pem = read_pem(ca_key, "tls.ca_key", true)?;
+                let ca = tinyci_pki::SiteCa::from_pem(&ca_pem, &key_pem).map_err(|source| {
+                    SiteError::Credentials {
+                        key: "tls.ca_key",
+                        path: ca_key.clone(),
+                        source,
+                    }
+                })?;
+                Some(Rc::new(oauth::LoginCa {
+                    ca,
+                    ca_pem: ca_pem.clone(),
+                }))
+            }
+            _ => None,
+        };
+        let users = tinyci_users::Users::new(store.clone(), committer.clone());
         let services = Rc::new(Services {
+            users,
+            github,
             grants,
             sources,
             artifacts: Rc::new(artifacts),
@@ -231,8 +294,29 @@ impl Site {
             services,
             sweeps: tokio::sync::watch::channel(0).0,
             writer,
+            http: None,
+            login_ca,
             config,
         })
+    }
+
+    /// Binds the HTTP listener of `[http] listen` (`listen` overrides it). Returns the bound
+    /// address, or `None` when the site serves no HTTP.
+    pub async fn bind_http(
+        &mut self,
+        listen: Option<SocketAddr>,
+    ) -> Result<Option<SocketAddr>, SiteError> {
+        let Some(addr) = listen.or(self.config.http.as_ref().map(|h| h.listen)) else {
+            return Ok(None);
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| SiteError::HttpBind { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| SiteError::HttpBind { addr, source })?;
+        self.http = Some(listener);
+        Ok(Some(bound))
     }
 
     /// The configuration the site runs with.
@@ -276,7 +360,7 @@ impl Site {
 
     /// Serves until `shutdown` resolves. Must run inside a `LocalSet`.
     pub async fn run(
-        self,
+        mut self,
         listener: Listener,
         shutdown: impl Future<Output = ()>,
     ) -> Arc<ServerStats> {
@@ -297,6 +381,24 @@ impl Site {
         });
         let addr = listener.local_addr().ok();
         info!(site = %facts.name, ?addr, "serving");
+        let processor = self
+            .services
+            .github
+            .is_some()
+            .then(|| tokio::task::spawn_local(github::run_processor(self.services.clone())));
+        let (stop_http, http_stop) = tokio::sync::oneshot::channel::<()>();
+        let http = self.http.take().map(|listener| {
+            let state = Rc::new(http::HttpState {
+                services: self.services.clone(),
+                rpc_addr: addr.map(|a| a.to_string()).unwrap_or_default(),
+                states: Default::default(),
+                logins: Default::default(),
+                login_ca: self.login_ca.clone(),
+            });
+            tokio::task::spawn_local(http::serve(listener, state, async move {
+                let _ = http_stop.await;
+            }))
+        });
         let services = self.services.clone();
         tinyci_net::serve(
             listener,
@@ -313,9 +415,26 @@ impl Site {
         .await;
         expiry.abort();
         let _ = stop_sweeper.send(());
-        // Wait until both are really gone: they hold the store open through `services`.
+        let _ = stop_http.send(());
+        if let Some(processor) = &processor {
+            processor.abort();
+        }
+        if let Some(github) = &self.services.github {
+            github.tasks.borrow_mut().abort_all();
+        }
+        // Wait until all are really gone: they hold the store open through `services`.
         let _ = expiry.await;
         let _ = sweeper.await;
+        if let Some(http) = http {
+            let _ = http.await;
+        }
+        if let Some(processor) = processor {
+            let _ = processor.await;
+        }
+        if let Some(github) = &self.services.github {
+            let mut tasks = std::mem::take(&mut *github.tasks.borrow_mut());
+            while tasks.join_next().await.is_some() {}
+        }
         info!(site = %self.config.name, "stopped serving; closing store");
         let Self {
             config,

@@ -63,6 +63,96 @@ impl SourceStore {
     }
 }
 
+impl SourceStore {
+    /// Stores a GitHub source tarball (gzipped, every path under one top directory
+    /// `owner-repo-sha/`) as a plain archive of the repository's tree, paths relative to its
+    /// root like `git archive` makes, fsynced; returns its SHA-256. Blocking: call it from
+    /// `spawn_blocking`. Refuses more than [`MAX_SOURCE_BYTES`] unpacked (a gzip bomb stops
+    /// there) and entries outside the top directory.
+    pub(crate) fn import_github_tarball(&self, gzipped: &[u8]) -> std::io::Result<Vec<u8>> {
+        use std::io::{Error, ErrorKind};
+        let unpacked = flate2::read::GzDecoder::new(gzipped).take(MAX_SOURCE_BYTES + 1);
+        let mut input = tar::Archive::new(unpacked);
+        let tmp = tempfile_in(&self.dir.join("incoming"))?;
+        let result = (|| -> std::io::Result<Vec<u8>> {
+            let mut output = tar::Builder::new(HashingWriter {
+                file: File::create(&tmp)?,
+                hasher: Sha256::new(),
+                size: 0,
+            });
+            output.mode(tar::HeaderMode::Deterministic);
+            for entry in input.entries()? {
+                let mut entry = entry?;
+                let kind = entry.header().entry_type();
+                if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
+                    continue; // pax global headers (GitHub puts the commit id there) and the like
+                }
+                let path = entry.path()?.into_owned();
+                let mut parts = path.components();
+                parts.next(); // the `owner-repo-sha/` directory
+                let inner = parts.as_path().to_owned();
+                if inner.as_os_str().is_empty() {
+                    continue;
+                }
+                if inner
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+                {
+                    return Err(Error::new(
+                        ErrorKind::InvalidData,
+                        format!("archive entry {} leaves the tree", path.display()),
+                    ));
+                }
+                let mut header = entry.header().clone();
+                if kind.is_symlink() {
+                    let target = entry.link_name()?.map(|t| t.into_owned()).ok_or_else(|| {
+                        Error::new(ErrorKind::InvalidData, "symlink without a target")
+                    })?;
+                    output.append_link(&mut header, &inner, target)?;
+                } else {
+                    output.append_data(&mut header, &inner, &mut entry)?;
+                }
+            }
+            let writer = output.into_inner()?;
+            if writer.size > MAX_SOURCE_BYTES {
+                return Err(Error::new(
+                    ErrorKind::InvalidData,
+                    format!("source archive is more than {MAX_SOURCE_BYTES} bytes unpacked"),
+                ));
+            }
+            writer.file.sync_all()?;
+            let digest = writer.hasher.finalize().to_vec();
+            std::fs::rename(&tmp, self.dir.join(format!("{}.tar", hex::encode(&digest))))?;
+            File::open(&self.dir)?.sync_all()?;
+            Ok(digest)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// Writes through to a file while hashing and counting.
+struct HashingWriter {
+    file: File,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 fn tempfile_in(dir: &Path) -> std::io::Result<PathBuf> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);

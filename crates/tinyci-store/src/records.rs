@@ -124,3 +124,113 @@ mod tests {
         assert!(ALL.contains(&ARTIFACTS.name()));
     }
 }
+
+/// A site user. Capabilities are tinyCI's (`submit`, `cancel`, `modify:ci`, `modify:user`,
+/// `logs`); `tinyci-users` owns their meaning and how they map onto grants.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// The user's name (`alice`); their certificate names `tinyci://<site>/user/<name>`.
+    pub name: String,
+    /// Capability names, sorted, no duplicates.
+    pub capabilities: Vec<String>,
+    /// The linked GitHub account, if the user logged in with GitHub.
+    pub github: Option<GitHubLink>,
+    /// When the user was created (Unix ms).
+    pub created_at: u64,
+    /// Who created it (peer identity, or `github` for a first OAuth login).
+    pub created_by: String,
+}
+
+/// A GitHub account linked to a site user.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitHubLink {
+    /// GitHub login (`octocat`).
+    pub login: String,
+    /// GitHub's numeric user id (stable across renames).
+    pub id: u64,
+    /// The user's GitHub access token, sealed with the site's secrets key (never plaintext).
+    pub token_sealed: Vec<u8>,
+    /// When it was linked or last refreshed (Unix ms).
+    pub linked_at: u64,
+}
+
+impl std::fmt::Debug for GitHubLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHubLink")
+            .field("login", &self.login)
+            .field("id", &self.id)
+            .field("token_sealed", &"<sealed>")
+            .finish()
+    }
+}
+
+/// A repository the site knows.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoRecord {
+    /// `owner/name`.
+    pub name: String,
+    /// Has a webhook and turns its events into submissions.
+    pub enabled: bool,
+    /// The webhook GitHub created, while enabled.
+    pub hook_id: Option<u64>,
+    /// The webhook's secret, sealed with the site's secrets key.
+    pub secret_sealed: Vec<u8>,
+    /// Who enabled it (peer identity).
+    pub enabled_by: String,
+    /// The site user whose GitHub token the site uses for this repository; `None` means the
+    /// site's own `[github] token_file`.
+    pub github_user: Option<String>,
+    /// Readable without login on the web pages.
+    pub public: bool,
+    /// When it was last enabled or disabled (Unix ms).
+    pub changed_at: u64,
+}
+
+impl std::fmt::Debug for RepoRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoRecord")
+            .field("name", &self.name)
+            .field("enabled", &self.enabled)
+            .field("hook_id", &self.hook_id)
+            .field("secret_sealed", &"<sealed>")
+            .field("enabled_by", &self.enabled_by)
+            .field("github_user", &self.github_user)
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A verified webhook delivery waiting to be acted on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxEntry {
+    /// `X-GitHub-Delivery`.
+    pub delivery: String,
+    /// `X-GitHub-Event`.
+    pub event: String,
+    /// The JSON body as received (its signature was checked before it was stored).
+    pub body: Vec<u8>,
+    /// When it arrived (Unix ms).
+    pub received_at: u64,
+}
+
+/// Where a GitHub-triggered submission reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitHubOrigin {
+    /// `owner/name`.
+    pub repo: String,
+    /// The commit statuses are posted on.
+    pub sha: String,
+    /// The pull request it was built for, if any.
+    pub pull_request: Option<u64>,
+}
+
+/// The last commit status posted for a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostedStatus {
+    /// `pending`, `success`, `failure` or `error`.
+    pub state: String,
+    /// The description posted.
+    pub description: String,
+    /// The attempt it described.
+    pub attempt: u32,
+}

@@ -244,6 +244,34 @@ tables! {
     /// the artifact's name), so a prefix scan lists one run's artifacts in name order. The
     /// bytes live outside LMDB, content-addressed by the record's SHA-256.
     pub const ARTIFACTS: Table<Bytes, Record<crate::records::ArtifactRecord>> = "artifacts";
+
+    /// Site users by name (`tinyci-users` reads and writes them).
+    pub const USERS: Table<Str, Record<crate::records::UserRecord>> = "users";
+
+    /// Which site user a GitHub account (by GitHub's numeric user id) is linked to.
+    pub const USERS_BY_GITHUB: Table<U64Be, Str> = "users_by_github";
+
+    /// Repositories the site knows, by `owner/name`: whether enabled, their webhook and its
+    /// (sealed) secret.
+    pub const REPOS: Table<Str, Record<crate::records::RepoRecord>> = "repos";
+
+    /// GitHub webhook deliveries accepted, by `X-GitHub-Delivery` id; the value is when
+    /// (Unix ms). A delivery id seen here is acknowledged again and acted on never.
+    pub const GITHUB_DELIVERIES: Table<Str, U64Be> = "github_deliveries";
+
+    /// Accepted webhook deliveries not yet acted on, by arrival sequence: a delivery is
+    /// written here (with its id into [`GITHUB_DELIVERIES`]) before GitHub gets its 202, and
+    /// deleted once it became submissions, so a crash in between loses nothing.
+    pub const GITHUB_INBOX: Table<U64Be, Record<crate::records::InboxEntry>> = "github_inbox";
+
+    /// Submissions that came from GitHub, by submission id: where their statuses go.
+    pub const GITHUB_SUBMISSIONS: Table<U64Be, Record<crate::records::GitHubOrigin>> =
+        "github_submissions";
+
+    /// Per run id, the last commit status posted to GitHub for it, so a restarted site
+    /// neither repeats nor skips one.
+    pub const GITHUB_STATUSES: Table<U64Be, Record<crate::records::PostedStatus>> =
+        "github_statuses";
 }
 
 #[cfg(test)]

@@ -137,6 +137,7 @@ fn pull_request_opened_and_closed_parse() {
         base_ref: "main".to_owned(),
         base_sha: "6113728f27ae82c7b1a177c8d03f9e96e0adf246".to_owned(),
         title: "Add a login page".to_owned(),
+        default_branch: "main".to_owned(),
     };
     let opened = parse_event("pull_request", &fixture("pull_request_opened.json")).unwrap();
     assert_eq!(opened, expect(PrAction::Opened));

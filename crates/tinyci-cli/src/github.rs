@@ -1,0 +1,551 @@
+//! `tinyci login`, `tinyci admin user …`, `tinyci admin repo …`, and login profiles (what
+//! `tinyci login` writes and `tinyci submit --profile DIR` reads).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt as _, Full};
+use serde::{Deserialize, Serialize};
+use tinyci_schema::{repo_info, user_info};
+use tinyci_site::{SiteConfig, admin_capability, rpc_error};
+
+use crate::jobs::SiteArgs;
+use crate::util::{InputError, config_path, local_runtime};
+
+/// Largest answer the login endpoints may send.
+const MAX_ANSWER_BYTES: usize = 256 * 1024;
+/// How long `tinyci login` waits for the browser before giving up (the site's own limit).
+const LOGIN_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Manage site users: tinyCI's capabilities `submit`, `cancel`, `modify:ci`, `modify:user`,
+/// `logs`, carried by the tokens users get at `tinyci login`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum UserCommand {
+    /// Create a user.
+    Add {
+        /// The user's name (lowercase letters, digits, `.`, `_`, `-`).
+        name: String,
+        /// A capability to give (repeatable).
+        #[arg(long = "cap", value_name = "CAPABILITY")]
+        capabilities: Vec<String>,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
+    /// List users with their capabilities and linked GitHub account.
+    List {
+        /// Print JSON: `[{"name", "github", "capabilities": [..]}]`.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
+    /// Give or take away a capability.
+    #[command(subcommand)]
+    Cap(CapCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CapCommand {
+    /// Give a user a capability.
+    Add {
+        /// The user.
+        name: String,
+        /// The capability.
+        capability: String,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
+    /// Take a capability away from a user.
+    Remove {
+        /// The user.
+        name: String,
+        /// The capability.
+        capability: String,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
+}
+
+/// Enable, disable and list GitHub repositories.
+#[derive(Debug, Subcommand)]
+pub(crate) enum RepoCommand {
+    /// Create the repository's webhook (push, pull_request) and build what it reports.
+    Enable {
+        /// `owner/name`.
+        name: String,
+        /// Act with this site user's GitHub token (they must have logged in with GitHub)
+        /// instead of the site's own ([github] token_file).
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Readable without login on the web pages.
+        #[arg(long)]
+        public: bool,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
+    /// Delete the repository's webhook and stop building it.
+    Disable {
+        /// `owner/name`.
+        name: String,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
+    /// List known repositories.
+    List {
+        /// Print JSON: `[{"name", "enabled", "public", "hook_id", "enabled_by", "github_user"}]`.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
+}
+
+/// Sign in to a site with GitHub and store a certificate and token for this machine.
+///
+/// Generates a key pair here (the private key never leaves this machine), asks the site for
+/// a login link, and waits while you sign in with GitHub in a browser. The site signs a
+/// certificate for your user and hands back a token carrying your capabilities. Both are
+/// written to the profile directory; use it with `tinyci submit --profile DIR`.
+#[derive(Debug, Args)]
+pub(crate) struct LoginArgs {
+    /// The site's HTTP base URL [default: [http] public_url of --config].
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// The site configuration to take the URL from [default: ./site.toml].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where to write the profile [default: ~/.config/tinyci/<site>].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Only print the login link; do not try to open a browser.
+    #[arg(long)]
+    no_browser: bool,
+}
+
+pub(crate) fn user(command: UserCommand) -> Result<()> {
+    match command {
+        UserCommand::Add {
+            name,
+            capabilities,
+            site,
+        } => with_admin(site, async move |admin| {
+            let mut request = admin.add_user_request();
+            request.get().set_name(&name);
+            let mut caps = request
+                .get()
+                .init_capabilities(u32::try_from(capabilities.len()).unwrap_or(u32::MAX));
+            for (i, cap) in capabilities.iter().enumerate() {
+                caps.set(u32::try_from(i).unwrap_or(u32::MAX), cap);
+            }
+            let response = request.send().promise.await?;
+            let user = response.get()?.get_user()?;
+            println!("added {}", user_line(user));
+            Ok(())
+        }),
+        UserCommand::List { json, site } => with_admin(site, async move |admin| {
+            let response = admin.users_request().send().promise.await?;
+            let users = response.get()?.get_users()?;
+            if json {
+                let list: Vec<serde_json::Value> = users.iter().map(user_json).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else if users.is_empty() {
+                println!("no users");
+            } else {
+                for user in users.iter() {
+                    println!("{}", user_line(user));
+                }
+            }
+            Ok(())
+        }),
+        UserCommand::Cap(CapCommand::Add {
+            name,
+            capability,
+            site,
+        }) => set_capability(site, name, capability, true),
+        UserCommand::Cap(CapCommand::Remove {
+            name,
+            capability,
+            site,
+        }) => set_capability(site, name, capability, false),
+    }
+}
+
+fn set_capability(site: SiteArgs, name: String, capability: String, granted: bool) -> Result<()> {
+    with_admin(site, async move |admin| {
+        let mut request = admin.set_user_capability_request();
+        request.get().set_name(&name);
+        request.get().set_capability(&capability);
+        request.get().set_granted(granted);
+        let response = request.send().promise.await?;
+        println!("{}", user_line(response.get()?.get_user()?));
+        Ok(())
+    })
+}
+
+pub(crate) fn repo(command: RepoCommand) -> Result<()> {
+    match command {
+        RepoCommand::Enable {
+            name,
+            user,
+            public,
+            site,
+        } => with_admin(site, async move |admin| {
+            eprintln!("creating the webhook of {name} on GitHub…");
+            let mut request = admin.enable_repo_request();
+            request.get().set_name(&name);
+            request
+                .get()
+                .set_github_user(user.as_deref().unwrap_or_default());
+            request.get().set_public(public);
+            let response = request.send().promise.await?;
+            println!("enabled {}", repo_line(response.get()?.get_repo()?));
+            Ok(())
+        }),
+        RepoCommand::Disable { name, site } => with_admin(site, async move |admin| {
+            let mut request = admin.disable_repo_request();
+            request.get().set_name(&name);
+            let response = request.send().promise.await?;
+            println!("disabled {}", repo_line(response.get()?.get_repo()?));
+            Ok(())
+        }),
+        RepoCommand::List { json, site } => with_admin(site, async move |admin| {
+            let response = admin.repos_request().send().promise.await?;
+            let repos = response.get()?.get_repos()?;
+            if json {
+                let list: Vec<serde_json::Value> = repos.iter().map(repo_json).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else if repos.is_empty() {
+                println!("no repositories");
+            } else {
+                for repo in repos.iter() {
+                    println!("{}", repo_line(repo));
+                }
+            }
+            Ok(())
+        }),
+    }
+}
+
+/// Runs `f` with the admin capability, turning capnp errors into messages naming the site.
+fn with_admin(
+    site: SiteArgs,
+    f: impl AsyncFnOnce(tinyci_schema::admin::Client) -> Result<(), capnp::Error>,
+) -> Result<()> {
+    let config = SiteConfig::load(&config_path(site.config))?;
+    local_runtime()?.block_on(async move {
+        let (client, admin) = admin_capability(&config, site.addr).await?;
+        f(admin).await.map_err(|e| rpc_error(&client, e))?;
+        Ok(())
+    })
+}
+
+fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> String {
+    t.ok().and_then(|t| t.to_string().ok()).unwrap_or_default()
+}
+
+fn capabilities(user: user_info::Reader<'_>) -> Vec<String> {
+    user.get_capabilities()
+        .map(|l| l.iter().map(text).collect())
+        .unwrap_or_default()
+}
+
+fn user_line(user: user_info::Reader<'_>) -> String {
+    let github = text(user.get_github());
+    let caps = capabilities(user);
+    format!(
+        "{:<16} {:<24} {}",
+        text(user.get_name()),
+        if github.is_empty() {
+            "(no GitHub login)".to_owned()
+        } else {
+            format!("github:{github}")
+        },
+        if caps.is_empty() {
+            "(no capabilities)".to_owned()
+        } else {
+            caps.join(",")
+        }
+    )
+}
+
+fn user_json(user: user_info::Reader<'_>) -> serde_json::Value {
+    serde_json::json!({
+        "name": text(user.get_name()),
+        "github": text(user.get_github()),
+        "capabilities": capabilities(user),
+    })
+}
+
+fn repo_line(repo: repo_info::Reader<'_>) -> String {
+    let mut line = format!(
+        "{:<32} {}",
+        text(repo.get_name()),
+        if repo.get_enabled() {
+            format!("enabled (webhook {})", repo.get_hook_id())
+        } else {
+            "disabled".to_owned()
+        }
+    );
+    if repo.get_public() {
+        line.push_str(", public");
+    }
+    let user = text(repo.get_github_user());
+    if !user.is_empty() {
+        line.push_str(&format!(", acting as user {user}"));
+    }
+    line
+}
+
+fn repo_json(repo: repo_info::Reader<'_>) -> serde_json::Value {
+    serde_json::json!({
+        "name": text(repo.get_name()),
+        "enabled": repo.get_enabled(),
+        "public": repo.get_public(),
+        "hook_id": repo.get_hook_id(),
+        "enabled_by": text(repo.get_enabled_by()),
+        "github_user": text(repo.get_github_user()),
+    })
+}
+
+/// What `tinyci login` writes into its profile directory besides the PEM and token files.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Profile {
+    /// The site's name.
+    pub(crate) site: String,
+    /// Its capnp address.
+    pub(crate) addr: String,
+    /// The site user.
+    pub(crate) user: String,
+    /// The linked GitHub login.
+    pub(crate) github: String,
+    /// When the token expires (Unix seconds).
+    pub(crate) expires_at: u64,
+}
+
+pub(crate) const PROFILE_FILE: &str = "profile.toml";
+
+/// A loaded login profile: how to connect and what to redeem.
+pub(crate) struct LoadedProfile {
+    pub(crate) profile: Profile,
+    pub(crate) credentials: tinyci_pki::Credentials,
+    pub(crate) ca_pem: String,
+    pub(crate) token: String,
+}
+
+/// Reads a profile directory written by `tinyci login`.
+pub(crate) fn load_profile(dir: &Path) -> Result<LoadedProfile> {
+    let read = |name: &str, secret: bool| -> Result<String> {
+        tinyci_pki::read_text_file(&dir.join(name), secret)
+            .with_context(|| format!("profile {}: cannot read {name}", dir.display()))
+    };
+    let profile: Profile = toml::from_str(&read(PROFILE_FILE, false)?)
+        .map_err(|e| InputError(format!("profile {}: {PROFILE_FILE}: {e}", dir.display())))?;
+    let credentials =
+        tinyci_pki::Credentials::from_pem(&read("user.crt", false)?, &read("user.key", true)?)
+            .with_context(|| {
+                format!(
+                    "profile {}: user.crt or user.key is unusable",
+                    dir.display()
+                )
+            })?;
+    Ok(LoadedProfile {
+        profile,
+        credentials,
+        ca_pem: read("ca.crt", false)?,
+        token: read("user.token", true)?.trim().to_owned(),
+    })
+}
+
+#[derive(Deserialize)]
+struct StartAnswer {
+    login_url: String,
+    poll: String,
+}
+
+#[derive(Deserialize)]
+struct LoginAnswer {
+    site: String,
+    user: String,
+    github_login: String,
+    addr: String,
+    cert_pem: String,
+    ca_pem: String,
+    token: String,
+    capabilities: Vec<String>,
+    expires_at: u64,
+}
+
+pub(crate) fn login(args: LoginArgs) -> Result<()> {
+    let url = match args.url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let config = SiteConfig::load(&config_path(args.config))?;
+            config.http.and_then(|h| h.public_url).ok_or_else(|| {
+                InputError("give --url: the site config sets no [http] public_url".into())
+            })?
+        }
+    };
+    let (key_pem, csr_pem) = tinyci_pki::generate_csr()?;
+    local_runtime()?.block_on(async move {
+        let http = HttpClient::new()?;
+        let (status, body) = http
+            .post(&format!("{url}/oauth/cli/start"), csr_pem.into_bytes())
+            .await?;
+        if status != 200 {
+            bail!(
+                "the site refused to start a login ({status}): {}",
+                error_of(&body)
+            );
+        }
+        let start: StartAnswer =
+            serde_json::from_slice(&body).context("the site's login answer is malformed")?;
+        println!("Sign in with GitHub to finish: {}", start.login_url);
+        if !args.no_browser {
+            open_browser(&start.login_url);
+        }
+        eprintln!("waiting for the browser (up to 10 minutes)…");
+        let deadline = std::time::Instant::now() + LOGIN_PATIENCE;
+        let answer: LoginAnswer = loop {
+            if std::time::Instant::now() > deadline {
+                bail!("no login within 10 minutes; run tinyci login again");
+            }
+            let (status, body) = http
+                .post(
+                    &format!("{url}/oauth/cli/poll"),
+                    start.poll.clone().into_bytes(),
+                )
+                .await?;
+            match status {
+                202 => continue,
+                200 => {
+                    #[derive(Deserialize)]
+                    struct Done {
+                        login: LoginAnswer,
+                    }
+                    let done: Done = serde_json::from_slice(&body)
+                        .context("the site's login answer is malformed")?;
+                    break done.login;
+                }
+                _ => bail!("login failed ({status}): {}", error_of(&body)),
+            }
+        };
+        let dir = match args.out {
+            Some(dir) => dir,
+            None => default_profile_dir(&answer.site)?,
+        };
+        write_profile(&dir, &key_pem, &answer)?;
+        println!(
+            "signed in to site {} as {} (GitHub {}), capabilities: {}; token expires {}",
+            answer.site,
+            answer.user,
+            answer.github_login,
+            if answer.capabilities.is_empty() {
+                "none".to_owned()
+            } else {
+                answer.capabilities.join(", ")
+            },
+            tinyci_grant::format_time(
+                std::time::UNIX_EPOCH + Duration::from_secs(answer.expires_at)
+            ),
+        );
+        println!("profile written to {}", dir.display());
+        Ok(())
+    })
+}
+
+fn error_of(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned())
+}
+
+fn default_profile_dir(site: &str) -> Result<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .ok_or_else(|| anyhow!("neither XDG_CONFIG_HOME nor HOME is set; give --out DIR"))?;
+    Ok(base.join("tinyci").join(site))
+}
+
+fn write_profile(dir: &Path, key_pem: &str, answer: &LoginAnswer) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    tinyci_pki::write_secret_file(&dir.join("user.key"), key_pem.as_bytes())?;
+    tinyci_pki::write_secret_file(
+        &dir.join("user.token"),
+        format!("{}\n", answer.token).as_bytes(),
+    )?;
+    tinyci_pki::write_public_file(&dir.join("user.crt"), answer.cert_pem.as_bytes())?;
+    tinyci_pki::write_public_file(&dir.join("ca.crt"), answer.ca_pem.as_bytes())?;
+    let profile = Profile {
+        site: answer.site.clone(),
+        addr: answer.addr.clone(),
+        user: answer.user.clone(),
+        github: answer.github_login.clone(),
+        expires_at: answer.expires_at,
+    };
+    let text = toml::to_string(&profile).context("cannot write the profile")?;
+    tinyci_pki::write_public_file(&dir.join(PROFILE_FILE), text.as_bytes())?;
+    Ok(())
+}
+
+fn open_browser(url: &str) {
+    // Best effort: a headless machine has no opener, and the link is printed anyway.
+    let _ = std::process::Command::new("xdg-open")
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+}
+
+/// A small HTTP(S) client for the login endpoints (hyper, rustls with the system's roots).
+struct HttpClient {
+    client: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Full<Bytes>,
+    >,
+}
+
+impl HttpClient {
+    fn new() -> Result<Self> {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .context("cannot load the system's root certificates")?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector);
+        Ok(Self { client })
+    }
+
+    async fn post(&self, url: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>)> {
+        let request = http::Request::post(url)
+            .header(http::header::CONTENT_TYPE, "text/plain")
+            .body(Full::new(Bytes::from(body)))
+            .with_context(|| format!("bad URL {url}"))?;
+        let response = tokio::time::timeout(Duration::from_secs(60), self.client.request(request))
+            .await
+            .with_context(|| format!("{url} did not answer within 60s"))?
+            .with_context(|| format!("cannot reach {url}"))?;
+        let status = response.status().as_u16();
+        let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| anyhow!("cannot read the answer of {url}: {e}"))?
+            .to_bytes()
+            .to_vec();
+        Ok((status, body))
+    }
+}

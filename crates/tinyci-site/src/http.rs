@@ -1,0 +1,544 @@
+//! The site's HTTP side (`[http] listen`): GitHub webhooks at `/hooks/github`, the OAuth
+//! login at `/oauth/*`, and `/healthz`. Plain HTTP/1.1 (hyper): put a TLS-terminating proxy
+//! in front of it beyond loopback, and name that proxy's address in `public_url`.
+//!
+//! Every request body is read with a bound; the webhook's signature is checked before its
+//! content is believed; query strings (which carry OAuth codes and states) are never logged.
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::Services;
+use crate::github::{Intake, IntakeError};
+use crate::oauth::{self, LoginOutcome, LoginResult, SESSION_COOKIE};
+use crate::secrets::random_secret_hex;
+
+/// Most HTTP connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 1024;
+/// Largest CSR `tinyci login` may post.
+const MAX_CSR_BYTES: usize = 16 * 1024;
+/// How long a login poll waits for the browser before answering "pending".
+const POLL_WAIT: Duration = Duration::from_secs(25);
+
+/// What the HTTP side serves from.
+pub(crate) struct HttpState {
+    pub(crate) services: Rc<Services>,
+    /// The capnp address clients reach the site at (handed to `tinyci login`).
+    pub(crate) rpc_addr: String,
+    pub(crate) states: RefCell<oauth::States>,
+    pub(crate) logins: RefCell<oauth::Logins>,
+    /// Signs login CSRs; `None` when `tls.ca_key` is not configured.
+    pub(crate) login_ca: Option<Rc<oauth::LoginCa>>,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+    let mut body = body.into();
+    if !body.ends_with('\n') {
+        body.push('\n');
+    }
+    reply(status, "text/plain; charset=utf-8", body)
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
+    reply(status, "application/json", value.to_string())
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn page(status: StatusCode, title: &str, message: &str) -> Reply {
+    let body = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} · tinyci</title></head>\n<body><main><h1>{title}</h1><p>{message}</p></main></body></html>\n",
+        title = html_escape(title),
+        message = html_escape(message),
+    );
+    let mut response = reply(status, "text/html; charset=utf-8", body);
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+/// Serves until `shutdown` resolves; then drops every connection.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Rc<HttpState>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "http accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        while connections.try_join_next().is_some() {}
+        if connections.len() >= MAX_CONNECTIONS {
+            warn!(%peer, "http connection refused: {MAX_CONNECTIONS} already open");
+            continue;
+        }
+        let state = state.clone();
+        connections.spawn_local(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, peer, request).await) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        });
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+}
+
+async fn route(state: &HttpState, peer: SocketAddr, request: Request<Incoming>) -> Reply {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = match (&method, path.as_str()) {
+        (&Method::POST, "/hooks/github") => webhook(state, request).await,
+        (&Method::GET, "/oauth/login") => login(state, &request),
+        (&Method::GET, "/oauth/callback") => callback(state, &request).await,
+        (&Method::POST, "/oauth/cli/start") => cli_start(state, request).await,
+        (&Method::POST, "/oauth/cli/poll") => cli_poll(state, request).await,
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (_, "/hooks/github" | "/oauth/login" | "/oauth/callback" | "/healthz") => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {path}"),
+        ),
+        _ => text(StatusCode::NOT_FOUND, format!("no page at {path}")),
+    };
+    debug!(%peer, %method, %path, status = response.status().as_u16(), "http request");
+    response
+}
+
+/// Reads a body of at most `limit` bytes.
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Vec<u8>, Reply> {
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(body) => Ok(body.to_bytes().to_vec()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {limit} bytes refused"),
+        )),
+        Err(e) => Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {e}"),
+        )),
+    }
+}
+
+fn header_str<'r>(request: &'r Request<Incoming>, name: &str) -> Option<&'r str> {
+    request.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn webhook(state: &HttpState, request: Request<Incoming>) -> Reply {
+    let event = header_str(&request, "x-github-event").map(str::to_owned);
+    let delivery = header_str(&request, "x-github-delivery").map(str::to_owned);
+    let signature = header_str(&request, "x-hub-signature-256").map(str::to_owned);
+    let body = match read_body(request, tinyci_repos::MAX_WEBHOOK_BYTES).await {
+        Ok(body) => body,
+        Err(reply) => return reply,
+    };
+    let outcome = crate::github::intake(
+        &state.services,
+        event.as_deref(),
+        delivery.as_deref(),
+        signature.as_deref(),
+        body,
+    )
+    .await;
+    match outcome {
+        Ok(Intake::Accepted) => text(StatusCode::ACCEPTED, "accepted"),
+        Ok(Intake::Duplicate) => text(StatusCode::OK, "repeated delivery: ignored"),
+        Ok(Intake::Pong) => text(StatusCode::OK, "pong"),
+        Ok(Intake::Ignored(why)) => text(StatusCode::OK, why),
+        Err(e) => {
+            let status = match e {
+                IntakeError::Malformed(_) => StatusCode::BAD_REQUEST,
+                IntakeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                IntakeError::UnknownRepo(_) => StatusCode::NOT_FOUND,
+                IntakeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            text(status, e.to_string())
+        }
+    }
+}
+
+fn query(request: &Request<Incoming>) -> Vec<(String, String)> {
+    form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn query_value<'q>(query: &'q [(String, String)], key: &str) -> Option<&'q str> {
+    query
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn session_cookie(request: &Request<Incoming>) -> Option<String> {
+    request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.to_owned())
+        .filter(|v| v.len() <= 128)
+}
+
+fn login(state: &HttpState, request: &Request<Incoming>) -> Reply {
+    let Ok(github) = state.services.github() else {
+        return page(
+            StatusCode::NOT_FOUND,
+            "Login unavailable",
+            "This site has no [github] section, so it offers no login.",
+        );
+    };
+    let (Some(app), Some(public_url)) = (&github.oauth_app, &github.public_url) else {
+        return page(
+            StatusCode::NOT_FOUND,
+            "Login unavailable",
+            "This site has no GitHub OAuth app configured ([github] client_id and client_secret_file).",
+        );
+    };
+    let query = query(request);
+    let login = query_value(&query, "login").map(str::to_owned);
+    let now = Instant::now();
+    if let Some(id) = &login
+        && !state.logins.borrow().is_pending(id, now)
+    {
+        return page(
+            StatusCode::GONE,
+            "Login expired",
+            "This login link is unknown or older than 10 minutes. Run `tinyci login` again.",
+        );
+    }
+    let (session, new_session) = match session_cookie(request) {
+        Some(session) => (session, false),
+        None => (random_secret_hex(16), true),
+    };
+    let oauth_state = random_secret_hex(16);
+    state
+        .states
+        .borrow_mut()
+        .issue(oauth_state.clone(), &session, login, now);
+    let location = format!(
+        "{}/login/oauth/authorize?{}",
+        github.settings.web_url,
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("client_id", &app.client_id)
+            .append_pair("redirect_uri", &format!("{public_url}/oauth/callback"))
+            .append_pair("scope", "read:user repo admin:repo_hook")
+            .append_pair("state", &oauth_state)
+            .finish()
+    );
+    let mut response = text(StatusCode::FOUND, "continue at GitHub");
+    if let Ok(value) = location.parse() {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    if new_session {
+        let secure = if public_url.starts_with("https://") {
+            "; Secure"
+        } else {
+            ""
+        };
+        let cookie = format!("{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Lax{secure}");
+        if let Ok(value) = cookie.parse() {
+            response.headers_mut().insert(header::SET_COOKIE, value);
+        }
+    }
+    response
+}
+
+async fn callback(state: &HttpState, request: &Request<Incoming>) -> Reply {
+    let query = query(request);
+    let session = session_cookie(request);
+    let Some(oauth_state) = query_value(&query, "state") else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Login failed",
+            "The callback carries no state.",
+        );
+    };
+    let taken = state
+        .states
+        .borrow_mut()
+        .take(oauth_state, session.as_deref(), Instant::now());
+    let login = match taken {
+        Ok(login) => login,
+        Err(e) => {
+            warn!(error = %e, "oauth callback refused");
+            return page(StatusCode::BAD_REQUEST, "Login refused", &e.to_string());
+        }
+    };
+    let finish = |outcome: LoginOutcome| {
+        if let Some(id) = &login {
+            state.logins.borrow_mut().finish(id, outcome);
+        }
+    };
+    if let Some(error) = query_value(&query, "error") {
+        let message = format!("GitHub did not authorize the login: {error}");
+        finish(LoginOutcome::Failed(message.clone()));
+        return page(StatusCode::FORBIDDEN, "Login refused", &message);
+    }
+    let Some(code) = query_value(&query, "code") else {
+        finish(LoginOutcome::Failed("the callback carries no code".into()));
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Login failed",
+            "The callback carries no code.",
+        );
+    };
+    match complete_login(state, code, login.as_deref()).await {
+        Ok(result) => {
+            let message = format!(
+                "Signed in to tinyci site {} as {} (GitHub {}).{}",
+                result.site,
+                result.user,
+                result.github_login,
+                if login.is_some() {
+                    " You can close this tab and return to your terminal."
+                } else {
+                    ""
+                }
+            );
+            finish(LoginOutcome::Done(Box::new(result)));
+            page(StatusCode::OK, "Signed in", &message)
+        }
+        Err(message) => {
+            warn!(error = %message, "oauth login failed");
+            finish(LoginOutcome::Failed(message.clone()));
+            page(StatusCode::BAD_GATEWAY, "Login failed", &message)
+        }
+    }
+}
+
+/// Exchanges the code, links the user, mints their grant and (for a CLI login) signs their
+/// certificate.
+async fn complete_login(
+    state: &HttpState,
+    code: &str,
+    login: Option<&str>,
+) -> Result<LoginResult, String> {
+    let services = &state.services;
+    let github = services.github().map_err(|e| e.to_string())?;
+    let app = github
+        .oauth_app
+        .as_ref()
+        .ok_or("this site has no GitHub OAuth app configured")?;
+    let anonymous = github.client_with(None).map_err(|e| e.to_string())?;
+    let token = anonymous
+        .exchange_oauth_code(app, code)
+        .await
+        .map_err(|e| e.to_string())?;
+    let user = anonymous
+        .user_of_token(&token.access_token)
+        .await
+        .map_err(|e| e.to_string())?;
+    let sealed = github.secrets.seal(
+        token.access_token.as_bytes(),
+        &crate::github::token_context(user.id),
+    );
+    let default_caps = github
+        .settings
+        .default_capabilities
+        .iter()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    let (site_user, outcome) = services
+        .users
+        .link_github(
+            &user.login,
+            user.id,
+            sealed,
+            &default_caps,
+            crate::github::now_ms(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    info!(user = %site_user.name, github = %user.login, ?outcome, "github login");
+    let site = services.grants.site().to_string();
+    let expires_at = std::time::SystemTime::now() + github.settings.login_token_ttl;
+    let spec = tinyci_users::grant_spec(
+        &site,
+        &site_user.name,
+        &site_user.capabilities,
+        Some(expires_at),
+    )
+    .map_err(|e| e.to_string())?;
+    let (token_text, grant) = services.grants.mint(&spec).map_err(|e| e.to_string())?;
+    let (key, record) = crate::grants::issued_record(&grant, "github-login");
+    services
+        .committer
+        .write(move |txn| txn.put(tinyci_store::tables::GRANTS, key.as_str(), &record))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (cert_pem, ca_pem) = match login {
+        Some(id) => {
+            let ca = state.login_ca.as_ref().ok_or(
+                "this site cannot issue certificates to logins: tls.ca_key is not configured",
+            )?;
+            let csr = state
+                .logins
+                .borrow()
+                .csr(id)
+                .ok_or("the terminal login expired while GitHub was asked")?;
+            (ca.sign(&csr, site_user.name.as_str())?, ca.ca_pem.clone())
+        }
+        None => (String::new(), String::new()),
+    };
+    Ok(LoginResult {
+        site,
+        user: site_user.name.to_string(),
+        github_login: user.login,
+        addr: state.rpc_addr.clone(),
+        cert_pem,
+        ca_pem,
+        token: token_text,
+        capabilities: site_user
+            .capabilities
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        expires_at: oauth::unix_secs(expires_at),
+    })
+}
+
+async fn cli_start(state: &HttpState, request: Request<Incoming>) -> Reply {
+    let available = state
+        .services
+        .github()
+        .ok()
+        .filter(|g| g.oauth_app.is_some())
+        .and_then(|g| g.public_url.clone());
+    let Some(public_url) = available else {
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "this site has no GitHub OAuth login configured"}),
+        );
+    };
+    if state.login_ca.is_none() {
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "this site cannot issue certificates to logins: tls.ca_key is not configured"}),
+        );
+    }
+    let body = match read_body(request, MAX_CSR_BYTES).await {
+        Ok(body) => body,
+        Err(reply) => return reply,
+    };
+    let Ok(csr_pem) = String::from_utf8(body) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "the body must be a PEM certificate signing request"}),
+        );
+    };
+    if !csr_pem.contains("BEGIN CERTIFICATE REQUEST") {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "the body must be a PEM certificate signing request"}),
+        );
+    }
+    let id = random_secret_hex(16);
+    let poll = random_secret_hex(32);
+    state
+        .logins
+        .borrow_mut()
+        .start(id.clone(), poll.clone(), csr_pem, Instant::now());
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "login_url": format!("{public_url}/oauth/login?login={id}"),
+            "poll": poll,
+            "expires_in": oauth::STATE_TTL.as_secs(),
+        }),
+    )
+}
+
+async fn cli_poll(state: &HttpState, request: Request<Incoming>) -> Reply {
+    let body = match read_body(request, 1024).await {
+        Ok(body) => body,
+        Err(reply) => return reply,
+    };
+    let secret = String::from_utf8_lossy(&body).trim().to_owned();
+    let Some((id, mut outcome)) = state.logins.borrow().watch(&secret) else {
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "unknown or expired login: run tinyci login again"}),
+        );
+    };
+    let _ = tokio::time::timeout(
+        POLL_WAIT,
+        outcome.wait_for(|o| !matches!(o, LoginOutcome::Pending)),
+    )
+    .await;
+    let current = outcome.borrow().clone();
+    match current {
+        LoginOutcome::Pending => json(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({"status": "pending"}),
+        ),
+        LoginOutcome::Done(result) => {
+            state.logins.borrow_mut().remove(&id);
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"status": "done", "login": *result}),
+            )
+        }
+        LoginOutcome::Failed(message) => {
+            state.logins.borrow_mut().remove(&id);
+            json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({"status": "failed", "error": message}),
+            )
+        }
+    }
+}

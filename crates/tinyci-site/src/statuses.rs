@@ -1,0 +1,234 @@
+//! Commit statuses: every run of a GitHub-triggered submission reports its progress on the
+//! commit as it happens: `pending` "queued", `pending` "started on RUNNER", then `success`,
+//! `failure` (failed or timed out) or `error` (canceled, superseded, or the site gave up),
+//! context `task:run`, target URL `<public_url>/runs/<id>`.
+//!
+//! One reporter task per submission follows the queue's change feed in order, so GitHub sees
+//! each run's states in the order they happened. What was last posted per run is stored, so a
+//! restarted site picks up each reporter where it stopped, neither repeating nor skipping the
+//! latest state; the submission's entry is removed once every run's final status is posted.
+
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tinyci_core::{RunStatus, SubmissionId};
+use tinyci_queue::StoredRun;
+use tinyci_repos::{CommitStatus, GitHub, RepoName, StatusState};
+use tinyci_store::records::{GitHubOrigin, PostedStatus};
+use tinyci_store::tables::{GITHUB_STATUSES, GITHUB_SUBMISSIONS};
+use tracing::{debug, warn};
+
+use crate::Services;
+use crate::github::{GitHubState, client_for, repo_record};
+
+/// Attempts per status before giving up on it (GitHub unreachable for about a minute).
+const POST_ATTEMPTS: u32 = 6;
+
+/// The status a run's current state maps to.
+pub(crate) fn status_of(run: &StoredRun, public_url: Option<&str>) -> CommitStatus {
+    let message = || {
+        run.message
+            .clone()
+            .or_else(|| run.state.outcome().and_then(|o| o.message.clone()))
+    };
+    let (state, description) = match run.state.status() {
+        RunStatus::Queued => (StatusState::Pending, "queued".to_owned()),
+        RunStatus::Leased | RunStatus::Running => (
+            StatusState::Pending,
+            format!("started on {}", run.runner.as_deref().unwrap_or("a runner")),
+        ),
+        RunStatus::Passed => (StatusState::Success, format!("passed{}", took(run))),
+        RunStatus::Failed => (
+            StatusState::Failure,
+            match run.state.outcome().and_then(|o| o.exit_code) {
+                Some(code) => format!("failed with exit code {code}{}", took(run)),
+                None => format!("failed{}", took(run)),
+            },
+        ),
+        RunStatus::TimedOut => (StatusState::Failure, format!("timed out{}", took(run))),
+        RunStatus::Canceled => (
+            StatusState::Error,
+            match message() {
+                Some(m) if m.starts_with("canceled") => m,
+                Some(m) => format!("canceled: {m}"),
+                None => "canceled".to_owned(),
+            },
+        ),
+        RunStatus::Errored => (
+            StatusState::Error,
+            message().unwrap_or_else(|| "errored".to_owned()),
+        ),
+    };
+    CommitStatus {
+        state,
+        context: context_of(run),
+        description,
+        target_url: public_url.map(|base| format!("{base}/runs/{}", run.id())),
+    }
+}
+
+/// The status context of a run: `task:run`, as `tinyci` prints runs.
+pub(crate) fn context_of(run: &StoredRun) -> String {
+    format!("{}:{}", run.spec.task_dir, run.spec.name)
+}
+
+fn took(run: &StoredRun) -> String {
+    match (run.started_at, run.state.outcome().map(|o| o.finished_at)) {
+        (Some(start), Some(end)) if end >= start => {
+            format!(" in {}s", (end - start).div_ceil(1000))
+        }
+        _ => String::new(),
+    }
+}
+
+/// Starts reporting on a submission. Registers with the queue's change feed and reads the
+/// runs' current states in the same turn, so no change falls between the two.
+pub(crate) fn start_reporting(
+    services: &Rc<Services>,
+    github: &GitHubState,
+    submission: SubmissionId,
+    origin: GitHubOrigin,
+) {
+    let feed = services.queue.watch(submission);
+    let current = match services.queue.submission_runs(submission) {
+        Ok(runs) => runs,
+        Err(e) => {
+            warn!(%submission, error = %e, "cannot read the submission's runs; statuses not reported");
+            return;
+        }
+    };
+    github.spawn(report(services.clone(), submission, origin, current, feed));
+}
+
+/// Resumes reporting for every submission a previous process had not finished reporting on.
+pub(crate) fn resume_reporting(services: &Rc<Services>) {
+    let Ok(github) = services.github() else {
+        return;
+    };
+    match crate::github::reporting_submissions(services) {
+        Ok(pending) => {
+            for (submission, origin) in pending {
+                start_reporting(services, github, submission, origin);
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read which submissions still report to GitHub"),
+    }
+}
+
+async fn report(
+    services: Rc<Services>,
+    submission: SubmissionId,
+    origin: GitHubOrigin,
+    current: Vec<StoredRun>,
+    mut feed: tokio::sync::mpsc::UnboundedReceiver<StoredRun>,
+) {
+    let Some(client) = reporter_client(&services, &origin) else {
+        return;
+    };
+    let Ok(repo) = origin.repo.parse::<RepoName>() else {
+        return;
+    };
+    let mut open: BTreeSet<_> = current
+        .iter()
+        .filter(|r| !r.state.status().is_final())
+        .map(StoredRun::id)
+        .collect();
+    for run in &current {
+        post(&services, &client, &repo, &origin, run).await;
+    }
+    while !open.is_empty() {
+        let Some(run) = feed.recv().await else {
+            return;
+        };
+        post(&services, &client, &repo, &origin, &run).await;
+        if run.state.status().is_final() {
+            open.remove(&run.id());
+        }
+    }
+    drop(feed);
+    let id = submission.get();
+    let runs = current.iter().map(|r| r.id().get()).collect::<Vec<_>>();
+    let done = services
+        .committer
+        .write(move |txn| {
+            txn.delete(GITHUB_SUBMISSIONS, &id)?;
+            for run in runs {
+                txn.delete(GITHUB_STATUSES, &run)?;
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = done {
+        warn!(%submission, error = %e, "cannot record that GitHub reporting finished");
+    }
+    debug!(%submission, "every run's final status is on GitHub");
+}
+
+fn reporter_client(services: &Services, origin: &GitHubOrigin) -> Option<GitHub> {
+    let record = match repo_record(services, &origin.repo) {
+        Ok(Some(record)) => record,
+        Ok(None) => {
+            warn!(repo = %origin.repo, "repository no longer known: statuses not reported");
+            return None;
+        }
+        Err(e) => {
+            warn!(repo = %origin.repo, error = %e, "cannot read the repository: statuses not reported");
+            return None;
+        }
+    };
+    match client_for(services, &record) {
+        Ok(client) => Some(client),
+        Err(e) => {
+            warn!(repo = %origin.repo, error = %e, "statuses not reported");
+            None
+        }
+    }
+}
+
+/// Posts the run's status unless it is the one last posted; records it once GitHub took it.
+async fn post(
+    services: &Services,
+    client: &GitHub,
+    repo: &RepoName,
+    origin: &GitHubOrigin,
+    run: &StoredRun,
+) {
+    let public_url = services.github().ok().and_then(|g| g.public_url.as_deref());
+    let status = status_of(run, public_url);
+    let posted = PostedStatus {
+        state: status.state.as_str().to_owned(),
+        description: status.description.clone(),
+        attempt: run.state.attempt(),
+    };
+    let id = run.id().get();
+    match services.store.read(|txn| txn.get(GITHUB_STATUSES, &id)) {
+        Ok(Some(last)) if last == posted => return,
+        Ok(_) => {}
+        Err(e) => warn!(run = %run.id(), error = %e, "cannot read the last posted status"),
+    }
+    let mut delay = Duration::from_millis(500);
+    for attempt in 1..=POST_ATTEMPTS {
+        match client.set_status(repo, &origin.sha, &status).await {
+            Ok(()) => break,
+            Err(e)
+                if attempt < POST_ATTEMPTS && e.status().is_none_or(|s| s >= 500 || s == 429) =>
+            {
+                warn!(run = %run.id(), attempt, error = %e, "posting a commit status failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => {
+                warn!(run = %run.id(), error = %e, "commit status not posted");
+                return;
+            }
+        }
+    }
+    if let Err(e) = services
+        .committer
+        .write(move |txn| txn.put(GITHUB_STATUSES, &id, &posted))
+        .await
+    {
+        warn!(run = %run.id(), error = %e, "cannot record the posted status");
+    }
+}

@@ -1,0 +1,687 @@
+//! GitHub end to end: a real site (HTTP listener, webhooks, OAuth) and real runners against
+//! the fake GitHub of `tinyci-fakegithub`, which records every call.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tinyci_fakegithub::{FakeGitHub, Status};
+
+use crate::jobs::start_runner;
+use crate::support::{SiteProcess, git_repo, init_site, run_in};
+
+const REPO: &str = "octo/hello";
+const CLIENT_ID: &str = "tinyci-test-app";
+const CLIENT_SECRET: &str = "app-secret-for-tests";
+/// The site's own GitHub token; a log-capture test may look for it.
+const SITE_TOKEN: &str = "ghp_site_token_for_tests";
+/// A hang guard, not a timing assertion.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The fake, served from its own thread for the whole test.
+fn fake_github() -> Arc<FakeGitHub> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            tx.send(Arc::new(FakeGitHub::start().await)).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    let fake = rx.recv().unwrap();
+    fake.add_repo(REPO);
+    fake.add_user(SITE_TOKEN, "tinyci-bot", 1);
+    fake
+}
+
+/// A site `alpha` wired to `fake`, serving HTTP; returns it with its capnp and HTTP addresses.
+struct GitHubSite {
+    dir: tempfile::TempDir,
+    /// Kept alive for the test; killed on drop.
+    _site: SiteProcess,
+    addr: String,
+    http: String,
+}
+
+fn start_github_site(fake: &FakeGitHub) -> GitHubSite {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "\n[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://ci.example.test\"\n\n\
+         [github]\napi_url = \"{}\"\nweb_url = \"{}\"\ntoken_file = \"certs/github.token\"\n\
+         client_id = \"{CLIENT_ID}\"\nclient_secret_file = \"certs/github-oauth.secret\"\n",
+        fake.api_url(),
+        fake.web_url()
+    );
+    init_site(dir.path(), &extra);
+    for (file, secret) in [
+        ("certs/github.token", SITE_TOKEN),
+        ("certs/github-oauth.secret", CLIENT_SECRET),
+    ] {
+        tinyci_pki::write_secret_file(&dir.path().join(file), secret.as_bytes()).unwrap();
+    }
+    let mut site = SiteProcess::start(
+        dir.path(),
+        &[
+            "--config",
+            "site.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--no-local-runner",
+        ],
+    );
+    let addr = site.wait_for("listening on ").trim().to_owned();
+    let http = site.wait_for("http listening on ").trim().to_owned();
+    GitHubSite {
+        dir,
+        _site: site,
+        addr,
+        http,
+    }
+}
+
+impl GitHubSite {
+    fn tinyci(&self, args: &[&str]) -> std::process::Output {
+        let mut full = args.to_vec();
+        full.extend_from_slice(&["--addr", &self.addr]);
+        run_in(self.dir.path(), &full)
+    }
+
+    /// Enables `REPO` and returns its webhook secret as GitHub holds it.
+    fn enable(&self, fake: &FakeGitHub) -> String {
+        let out = self.tinyci(&["admin", "repo", "enable", REPO]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let hooks = fake.hooks(REPO);
+        assert_eq!(hooks.len(), 1, "{hooks:?}");
+        assert_eq!(hooks[0].url, "https://ci.example.test/hooks/github");
+        hooks[0].secret.clone()
+    }
+
+    fn start_runner(&self) -> SiteProcess {
+        let out = self.tinyci(&["runner", "add", "r1", "--queue", "default"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        start_runner(self.dir.path(), "r1")
+    }
+
+    /// Every run the site has, as `admin runs` lines (`s-1 octo/hello  r-2 …`).
+    fn runs(&self) -> Vec<String> {
+        let out = self.tinyci(&["admin", "runs"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("s-"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// An HTTP/1.1 exchange over a fresh connection: returns status, headers (lowercased
+/// names) and body.
+fn http(
+    addr: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let mut request = format!(
+        "{method} {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = text(&response);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Sends a webhook delivery; `signature` None sends none.
+fn deliver(
+    site: &GitHubSite,
+    event: &str,
+    delivery: &str,
+    signature: Option<&str>,
+    body: &[u8],
+) -> (u16, String) {
+    let mut headers = vec![
+        ("x-github-event", event),
+        ("x-github-delivery", delivery),
+        ("content-type", "application/json"),
+    ];
+    if let Some(signature) = signature {
+        headers.push(("x-hub-signature-256", signature));
+    }
+    let (status, _, body) = http(&site.http, "POST", "/hooks/github", &headers, body);
+    (status, body)
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
+}
+
+/// Makes a repository with `files`, publishes its tarball and `tinyci.yml` (on `main`, the
+/// default branch) on the fake, and returns its commit id.
+fn publish(fake: &FakeGitHub, files: &[(&str, &str)]) -> String {
+    let repo = tempfile::tempdir().unwrap();
+    git_repo(repo.path(), files);
+    let sha = git(repo.path(), &["rev-parse", "HEAD"]);
+    // GitHub's tarballs hold one top directory named after owner, repository and commit.
+    let prefix = format!("octo-hello-{}/", &sha[..7]);
+    let tarball = Command::new("git")
+        .current_dir(repo.path())
+        .args([
+            "archive",
+            "--format=tar.gz",
+            &format!("--prefix={prefix}"),
+            &sha,
+        ])
+        .output()
+        .unwrap();
+    assert!(tarball.status.success());
+    fake.set_tarball(REPO, &sha, &tarball.stdout);
+    if let Some((_, config)) = files.iter().find(|(p, _)| *p == "tinyci.yml") {
+        fake.set_file(REPO, "main", "tinyci.yml", config.as_bytes());
+    }
+    sha
+}
+
+fn push_body(sha: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "ref": "refs/heads/main",
+        "before": "0000000000000000000000000000000000000000",
+        "after": sha,
+        "deleted": false,
+        "repository": {"full_name": REPO, "default_branch": "main"},
+        "pusher": {"name": "octocat"},
+        "head_commit": {"message": "Add tasks\n\nmore words"},
+    }))
+    .unwrap()
+}
+
+fn pull_request_body(action: &str, number: u64, sha: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "action": action,
+        "number": number,
+        "pull_request": {
+            "title": "A change",
+            "head": {"ref": "feature", "sha": sha},
+            "base": {"ref": "main", "sha": "6113728f27ae82c7b1a177c8d03f9e96e0adf246"},
+        },
+        "repository": {"full_name": REPO, "default_branch": "main"},
+    }))
+    .unwrap()
+}
+
+/// Waits until `done` holds for the statuses on `sha`, then returns them.
+fn wait_for_statuses(
+    fake: &FakeGitHub,
+    sha: &str,
+    what: &str,
+    done: impl Fn(&[Status]) -> bool,
+) -> Vec<Status> {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let statuses = fake.statuses(REPO, sha);
+        if done(&statuses) {
+            return statuses;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}; statuses so far: {statuses:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The statuses of one context, as `state: description`.
+fn sequence(statuses: &[Status], context: &str) -> Vec<String> {
+    statuses
+        .iter()
+        .filter(|s| s.context == context)
+        .map(|s| format!("{}: {}", s.state, s.description))
+        .collect()
+}
+
+fn is_final(status: &Status) -> bool {
+    status.state != "pending"
+}
+
+const TASKS: &[(&str, &str)] = &[
+    ("tinyci.yml", "queue: default\n"),
+    (
+        "task.yml",
+        "mountpoint: /src\nruns:\n  passes:\n    command: [\"sh\", \"-c\", \"echo fine\"]\n  fails:\n    command: [\"sh\", \"-c\", \"echo broken; exit 4\"]\n",
+    ),
+];
+
+#[test]
+fn webhooks_are_verified_deduplicated_and_become_runs_that_report_statuses() {
+    let fake = fake_github();
+    let site = start_github_site(&fake);
+    let secret = site.enable(&fake);
+    let _runner = site.start_runner();
+    let sha = publish(&fake, TASKS);
+    let body = push_body(&sha);
+
+    // Unsigned, wrongly signed, and signed over other bytes: 401, nothing queued.
+    let (status, answer) = deliver(&site, "push", "d-1", None, &body);
+    assert_eq!(status, 401, "{answer}");
+    let (status, answer) = deliver(&site, "push", "d-1", Some(&sign("wrong", &body)), &body);
+    assert_eq!(status, 401, "{answer}");
+    let (status, _) = deliver(&site, "push", "d-1", Some(&sign(&secret, b"{}")), &body);
+    assert_eq!(status, 401);
+    assert!(site.runs().is_empty(), "{:?}", site.runs());
+    assert!(
+        !fake.calls().iter().any(|c| c.path.contains("/tarball/")),
+        "a refused delivery made the site fetch source"
+    );
+
+    // Signed: accepted; the same delivery again is acknowledged and ignored.
+    let signature = sign(&secret, &body);
+    let (status, answer) = deliver(&site, "push", "d-2", Some(&signature), &body);
+    assert_eq!(status, 202, "{answer}");
+    let (status, answer) = deliver(&site, "push", "d-2", Some(&signature), &body);
+    assert_eq!((status, answer.trim()), (200, "repeated delivery: ignored"));
+
+    let statuses = wait_for_statuses(&fake, &sha, "both runs should end", |s| {
+        s.iter().filter(|s| is_final(s)).count() == 2
+    });
+    let passes = sequence(&statuses, ".:passes");
+    assert_eq!(passes.len(), 3, "{passes:?}");
+    assert_eq!(passes[..2], ["pending: queued", "pending: started on r1"]);
+    assert!(passes[2].starts_with("success: passed"), "{passes:?}");
+    let fails = sequence(&statuses, ".:fails");
+    assert_eq!(fails.len(), 3, "{fails:?}");
+    assert_eq!(fails[..2], ["pending: queued", "pending: started on r1"]);
+    assert!(
+        fails[2].starts_with("failure: failed with exit code 4"),
+        "{fails:?}"
+    );
+    for status in &statuses {
+        let url = status.target_url.as_deref().unwrap_or_default();
+        assert!(url.starts_with("https://ci.example.test/runs/r-"), "{url}");
+    }
+    // Exactly one submission's runs: the repeated delivery queued nothing.
+    assert_eq!(site.runs().len(), 2, "{:?}", site.runs());
+    assert_eq!(
+        fake.calls()
+            .iter()
+            .filter(|c| c.path.contains("/tarball/"))
+            .count(),
+        1
+    );
+}
+
+/// A repository whose one run touches `marker`, then sleeps until canceled.
+fn slow_tasks(marker: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("tinyci.yml", "queue: default\n".to_owned()),
+        (
+            "task.yml",
+            format!(
+                "mountpoint: /src\nruns:\n  slow:\n    command: [\"sh\", \"-c\", \"touch {}; sleep 600\"]\n",
+                marker.display()
+            ),
+        ),
+    ]
+}
+
+fn publish_owned(fake: &FakeGitHub, files: &[(&str, String)]) -> String {
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
+    publish(fake, &files)
+}
+
+#[test]
+fn pull_requests_supersede_and_cancel_their_runs_and_an_invalid_task_file_gets_one_comment() {
+    let fake = fake_github();
+    let site = start_github_site(&fake);
+    let secret = site.enable(&fake);
+    let _runner = site.start_runner();
+    let pr = |action: &str, sha: &str, delivery: &str| {
+        let body = pull_request_body(action, 7, sha);
+        let (status, answer) = deliver(
+            &site,
+            "pull_request",
+            delivery,
+            Some(&sign(&secret, &body)),
+            &body,
+        );
+        assert_eq!(status, 202, "{answer}");
+    };
+
+    // Opened, then a new commit pushed to it: the first run is superseded.
+    let first_started = site.dir.path().join("first-started");
+    let first = publish_owned(&fake, &slow_tasks(&first_started));
+    pr("opened", &first, "pr-1");
+    crate::support::wait_for_file(&first_started, "the pull request's run never started");
+    let second_started = site.dir.path().join("second-started");
+    let second = publish_owned(&fake, &slow_tasks(&second_started));
+    pr("synchronize", &second, "pr-2");
+    let statuses = wait_for_statuses(&fake, &first, "the first run should be superseded", |s| {
+        s.iter().any(is_final)
+    });
+    let slow = sequence(&statuses, ".:slow");
+    assert_eq!(slow[..2], ["pending: queued", "pending: started on r1"]);
+    assert!(
+        slow[2].starts_with("error: canceled: superseded by submission s-"),
+        "{slow:?}"
+    );
+
+    // Closed: the current run is canceled.
+    crate::support::wait_for_file(&second_started, "the second run never started");
+    pr("closed", &second, "pr-3");
+    let statuses = wait_for_statuses(&fake, &second, "the run should be canceled", |s| {
+        s.iter().any(is_final)
+    });
+    let slow = sequence(&statuses, ".:slow");
+    assert_eq!(
+        slow,
+        [
+            "pending: queued",
+            "pending: started on r1",
+            "error: canceled: pull request #7 closed"
+        ]
+    );
+    let runs = site.runs();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs.iter().all(|r| r.contains("canceled")), "{runs:?}");
+
+    // A pull request whose task file does not parse: one comment quoting the error, no runs.
+    let bad = publish(
+        &fake,
+        &[
+            ("tinyci.yml", "queue: default\n"),
+            (
+                "task.yml",
+                "mountpoint: /src\nruns:\n  broken:\n    comand: [\"true\"]\n",
+            ),
+        ],
+    );
+    let opened = pull_request_body("opened", 8, &bad);
+    let (status, _) = deliver(
+        &site,
+        "pull_request",
+        "pr-4",
+        Some(&sign(&secret, &opened)),
+        &opened,
+    );
+    assert_eq!(status, 202);
+    // Deliveries are acted on in order: once a later one has run, this one is done.
+    let good = publish(&fake, TASKS);
+    let push = push_body(&good);
+    let (status, _) = deliver(&site, "push", "push-1", Some(&sign(&secret, &push)), &push);
+    assert_eq!(status, 202);
+    wait_for_statuses(&fake, &good, "the later push should run", |s| {
+        s.iter().filter(|s| is_final(s)).count() == 2
+    });
+    let comments = fake.comments(REPO, 8);
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert!(comments[0].contains("task.yml"), "{}", comments[0]);
+    assert!(comments[0].contains("comand"), "{}", comments[0]);
+    assert!(fake.statuses(REPO, &bad).is_empty());
+    assert_eq!(site.runs().len(), 4, "{:?}", site.runs());
+}
+
+#[test]
+fn enabling_then_disabling_a_repository_creates_then_deletes_one_webhook() {
+    let fake = fake_github();
+    let site = start_github_site(&fake);
+    site.enable(&fake);
+    // Enabling again changes nothing.
+    let again = site.tinyci(&["admin", "repo", "enable", REPO]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let list = site.tinyci(&["admin", "repo", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list[0]["name"], REPO);
+    assert_eq!(list[0]["enabled"], true);
+    let disabled = site.tinyci(&["admin", "repo", "disable", REPO]);
+    assert!(disabled.status.success(), "{}", text(&disabled.stderr));
+    assert!(fake.hooks(REPO).is_empty());
+    let hook_calls: Vec<String> = fake
+        .calls()
+        .iter()
+        .filter(|c| c.path.contains("/hooks"))
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert_eq!(hook_calls.len(), 2, "{hook_calls:?}");
+    assert!(hook_calls[0].starts_with("POST /repos/octo/hello/hooks"));
+    assert!(hook_calls[1].starts_with("DELETE /repos/octo/hello/hooks/"));
+    // The site's token acted, never shown.
+    assert!(
+        fake.calls()
+            .iter()
+            .all(|c| c.token.as_deref() == Some(SITE_TOKEN))
+    );
+    let out = site.tinyci(&["admin", "repo", "enable", "not a repo"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not a repo"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Starts a browser login: returns the session cookie and the state GitHub would get.
+fn browser_login(site: &GitHubSite, target: &str, cookie: Option<&str>) -> (String, String) {
+    let cookie_header = cookie.map(|c| format!("tinyci_session={c}"));
+    let mut headers = Vec::new();
+    if let Some(c) = &cookie_header {
+        headers.push(("cookie", c.as_str()));
+    }
+    let (status, answer, _) = http(&site.http, "GET", target, &headers, b"");
+    assert_eq!(status, 302);
+    let location = header(&answer, "location").unwrap().to_owned();
+    assert!(
+        location.contains(&format!("client_id={CLIENT_ID}")),
+        "{location}"
+    );
+    let state = location
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("state="))
+        .unwrap()
+        .to_owned();
+    let session = match cookie {
+        Some(c) => c.to_owned(),
+        None => header(&answer, "set-cookie")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .strip_prefix("tinyci_session=")
+            .unwrap()
+            .to_owned(),
+    };
+    (session, state)
+}
+
+fn callback(site: &GitHubSite, session: &str, state: &str, code: &str) -> (u16, String) {
+    let cookie = format!("tinyci_session={session}");
+    let (status, _, body) = http(
+        &site.http,
+        "GET",
+        &format!("/oauth/callback?code={code}&state={state}"),
+        &[("cookie", &cookie)],
+        b"",
+    );
+    (status, body)
+}
+
+#[test]
+fn oauth_refuses_reused_and_foreign_states_and_a_good_login_yields_a_working_profile() {
+    let fake = fake_github();
+    let site = start_github_site(&fake);
+    fake.add_user("gho_user_token", "OctoCat", 583231);
+
+    // A state from another browser session is refused (and used up).
+    let (_alice, state) = browser_login(&site, "/oauth/login", None);
+    let (mallory, _) = browser_login(&site, "/oauth/login", None);
+    fake.add_oauth_code("code-1", CLIENT_ID, CLIENT_SECRET, "gho_user_token");
+    let (status, page) = callback(&site, &mallory, &state, "code-1");
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("another browser session"), "{page}");
+
+    // `tinyci login`: the browser side is played here.
+    let profile = site.dir.path().join("profile");
+    let mut login = SiteProcess::spawn(
+        site.dir.path(),
+        &[
+            "login",
+            "--url",
+            &format!("http://{}", site.http),
+            "--out",
+            profile.to_str().unwrap(),
+            "--no-browser",
+        ],
+    );
+    let url = login.wait_for("Sign in with GitHub to finish: ");
+    let target = url
+        .trim()
+        .strip_prefix("https://ci.example.test")
+        .unwrap()
+        .to_owned();
+    let (session, state) = browser_login(&site, &target, None);
+    let (status, page) = callback(&site, &session, &state, "code-1");
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("Signed in to tinyci site alpha as octocat"),
+        "{page}"
+    );
+    let (code, output) = login.wait();
+    assert_eq!(code, Some(0), "{output:?}");
+    assert!(
+        output
+            .iter()
+            .any(|l| l.starts_with("signed in to site alpha as octocat (GitHub OctoCat)")),
+        "{output:?}"
+    );
+
+    // The same state again: refused.
+    let (status, page) = callback(&site, &session, &state, "code-1");
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("unknown or already used"), "{page}");
+
+    // The user exists, linked; the GitHub token is not in the store in plain text.
+    let users = site.tinyci(&["admin", "user", "list", "--json"]);
+    let users: serde_json::Value = serde_json::from_slice(&users.stdout).unwrap();
+    assert_eq!(
+        users,
+        serde_json::json!([{"name": "octocat", "github": "OctoCat", "capabilities": ["submit", "logs"]}])
+    );
+    let store = std::fs::read(site.dir.path().join("data/data.mdb")).unwrap();
+    assert!(
+        !store.windows(14).any(|w| w == b"gho_user_token"),
+        "the GitHub token is stored in the clear"
+    );
+
+    // The profile works: the user submits with their own certificate and token.
+    let repo = tempfile::tempdir().unwrap();
+    git_repo(repo.path(), TASKS);
+    let submit = run_in(
+        site.dir.path(),
+        &[
+            "submit",
+            repo.path().to_str().unwrap(),
+            "--all",
+            "--repo",
+            REPO,
+            "--profile",
+            profile.to_str().unwrap(),
+        ],
+    );
+    assert!(submit.status.success(), "{}", text(&submit.stderr));
+    assert!(
+        text(&submit.stdout).contains("2 runs"),
+        "{}",
+        text(&submit.stdout)
+    );
+    let runs = site.tinyci(&["admin", "runs"]);
+    assert!(text(&runs.stdout).contains("r-"), "{}", text(&runs.stdout));
+}
+
+#[test]
+fn admins_add_users_and_change_their_capabilities() {
+    let fake = fake_github();
+    let site = start_github_site(&fake);
+    let added = site.tinyci(&["admin", "user", "add", "alice", "--cap", "submit"]);
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    let again = site.tinyci(&["admin", "user", "add", "alice"]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("alice"),
+        "{}",
+        text(&again.stderr)
+    );
+    for (action, cap) in [
+        ("add", "cancel"),
+        ("add", "modify:ci"),
+        ("remove", "submit"),
+    ] {
+        let out = site.tinyci(&["admin", "user", "cap", action, "alice", cap]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let unknown = site.tinyci(&["admin", "user", "cap", "add", "alice", "deploy"]);
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown.stderr).contains("deploy"),
+        "{}",
+        text(&unknown.stderr)
+    );
+    let list = site.tinyci(&["admin", "user", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(
+        list,
+        serde_json::json!([{"name": "alice", "github": "", "capabilities": ["cancel", "modify:ci"]}])
+    );
+}
