@@ -50,12 +50,35 @@ fn fake_github() -> Arc<FakeGitHub> {
 struct GitHubSite {
     dir: tempfile::TempDir,
     /// Kept alive for the test; killed on drop.
-    _site: SiteProcess,
+    site: Option<SiteProcess>,
     addr: String,
     http: String,
 }
 
 fn start_github_site(fake: &FakeGitHub) -> GitHubSite {
+    start_github_site_on(fake, "127.0.0.1:0")
+}
+
+/// Runs `site up` in `dir`; returns it with its capnp and HTTP addresses.
+fn serve_github_site(dir: &Path, listen: &str) -> (SiteProcess, String, String) {
+    let mut site = SiteProcess::start(
+        dir,
+        &[
+            "--config",
+            "site.toml",
+            "--listen",
+            listen,
+            "--http-listen",
+            "127.0.0.1:0",
+            "--no-local-runner",
+        ],
+    );
+    let addr = site.wait_for("listening on ").trim().to_owned();
+    let http = site.wait_for("http listening on ").trim().to_owned();
+    (site, addr, http)
+}
+
+fn start_github_site_on(fake: &FakeGitHub, listen: &str) -> GitHubSite {
     let dir = tempfile::tempdir().unwrap();
     let extra = format!(
         "\n[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://ci.example.test\"\n\n\
@@ -71,29 +94,27 @@ fn start_github_site(fake: &FakeGitHub) -> GitHubSite {
     ] {
         tinyci_pki::write_secret_file(&dir.path().join(file), secret.as_bytes()).unwrap();
     }
-    let mut site = SiteProcess::start(
-        dir.path(),
-        &[
-            "--config",
-            "site.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--no-local-runner",
-        ],
-    );
-    let addr = site.wait_for("listening on ").trim().to_owned();
-    let http = site.wait_for("http listening on ").trim().to_owned();
+    let (site, addr, http) = serve_github_site(dir.path(), listen);
     GitHubSite {
         dir,
-        _site: site,
+        site: Some(site),
         addr,
         http,
     }
 }
 
 impl GitHubSite {
+    /// Kills the site with SIGKILL (a crash) and starts it again on the same capnp address.
+    fn crash_and_restart(&mut self) {
+        if let Some(site) = self.site.take() {
+            site.kill9();
+        }
+        let (site, addr, http) = serve_github_site(self.dir.path(), &self.addr);
+        assert_eq!(addr, self.addr);
+        self.site = Some(site);
+        self.http = http;
+    }
+
     fn tinyci(&self, args: &[&str]) -> std::process::Output {
         let mut full = args.to_vec();
         full.extend_from_slice(&["--addr", &self.addr]);
@@ -684,4 +705,44 @@ fn admins_add_users_and_change_their_capabilities() {
         list,
         serde_json::json!([{"name": "alice", "github": "", "capabilities": ["cancel", "modify:ci"]}])
     );
+}
+
+#[test]
+fn statuses_resume_after_a_site_crash_without_repeats_or_gaps() {
+    let fake = fake_github();
+    let port = crate::jobs::free_port();
+    let mut site = start_github_site_on(&fake, &format!("127.0.0.1:{port}"));
+    let secret = site.enable(&fake);
+    let _runner = site.start_runner();
+    let started = site.dir.path().join("started");
+    let release = site.dir.path().join("release");
+    // The job waits for the test's go-ahead, so the crash falls while it runs.
+    let task = format!(
+        "mountpoint: /src\nruns:\n  waits:\n    command: [\"sh\", \"-c\", \"touch {}; while [ ! -e {} ]; do sleep 0.05; done\"]\n",
+        started.display(),
+        release.display()
+    );
+    let sha = publish(
+        &fake,
+        &[("tinyci.yml", "queue: default\n"), ("task.yml", &task)],
+    );
+    let body = push_body(&sha);
+    let (status, _) = deliver(&site, "push", "crash-1", Some(&sign(&secret, &body)), &body);
+    assert_eq!(status, 202);
+    crate::support::wait_for_file(&started, "the run never started");
+    wait_for_statuses(&fake, &sha, "started should be posted", |s| {
+        s.iter().any(|s| s.description.starts_with("started on"))
+    });
+
+    site.crash_and_restart();
+    std::fs::write(&release, b"").unwrap();
+    let statuses = wait_for_statuses(&fake, &sha, "the run should end", |s| {
+        s.iter().any(is_final)
+    });
+    let waits = sequence(&statuses, ".:waits");
+    assert_eq!(waits.len(), 3, "{waits:?}");
+    assert_eq!(waits[..2], ["pending: queued", "pending: started on r1"]);
+    assert!(waits[2].starts_with("success: passed"), "{waits:?}");
+    // The delivery was acted on once, before the crash.
+    assert_eq!(site.runs().len(), 1, "{:?}", site.runs());
 }

@@ -40,6 +40,9 @@ use crate::secrets::SecretsKey;
 const PROCESS_ATTEMPTS: u32 = 4;
 /// The first retry's delay; doubled each time.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How long a delivery id is remembered. GitHub redelivers (by hand or API) only deliveries
+/// of the last three days; a week leaves margin.
+const DELIVERY_MEMORY: Duration = Duration::from_secs(7 * 86_400);
 /// The `meta` key holding the next inbox sequence number.
 const INBOX_NEXT_KEY: &str = "github_inbox_next";
 /// The status context used for problems that belong to no run (an unreadable `tinyci.yml`).
@@ -588,7 +591,7 @@ async fn submit_build(services: &Rc<Services>, seq: u64, build: Build) -> Result
         txn.delete(GITHUB_INBOX, &seq)?;
         Ok(())
     });
-    let (submission, _) = services
+    let (submission, queued) = services
         .queue
         .submit_with(
             NewSubmission {
@@ -605,7 +608,7 @@ async fn submit_build(services: &Rc<Services>, seq: u64, build: Build) -> Result
         .await
         .map_err(|e| GitHubError::Refused(e.to_string()))?;
     info!(%repo, submission = %submission.id, git_ref = %build.git_ref, "webhook became a submission");
-    crate::statuses::start_reporting(services, github, submission.id, origin);
+    crate::statuses::start_reporting(services, github, submission.id, origin, queued);
     Ok(())
 }
 
@@ -648,4 +651,38 @@ pub(crate) fn reporting_submissions(
             .map(|entry| entry.map(|(id, origin)| (SubmissionId(id), origin)))
             .collect()
     })
+}
+
+/// Forgets delivery ids older than [`DELIVERY_MEMORY`] (the retention sweep calls this), so
+/// the table does not grow for the site's lifetime.
+pub(crate) async fn forget_old_deliveries(
+    services: &Services,
+    now_ms: u64,
+) -> Result<usize, StoreError> {
+    let memory = u64::try_from(DELIVERY_MEMORY.as_millis()).unwrap_or(u64::MAX);
+    let old: Vec<String> = services.store.read(|txn| {
+        txn.iter_range(
+            GITHUB_DELIVERIES,
+            &(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
+        )?
+        .filter_map(|entry| match entry {
+            Ok((id, at)) if at.saturating_add(memory) <= now_ms => Some(Ok(id.to_owned())),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect()
+    })?;
+    let count = old.len();
+    if count > 0 {
+        services
+            .committer
+            .write(move |txn| {
+                for id in &old {
+                    txn.delete(GITHUB_DELIVERIES, id.as_str())?;
+                }
+                Ok(())
+            })
+            .await?;
+    }
+    Ok(count)
 }

@@ -198,6 +198,7 @@ pub(crate) async fn sweep(
             .await?;
     }
     report.blobs_removed = remove_unreferenced_blobs(services)?;
+    crate::github::forget_old_deliveries(services, now_ms).await?;
     Ok(report)
 }
 

@@ -83,12 +83,15 @@ fn took(run: &StoredRun) -> String {
 }
 
 /// Starts reporting on a submission. Registers with the queue's change feed and reads the
-/// runs' current states in the same turn, so no change falls between the two.
+/// runs' current states in the same turn, so no change falls between the two. `queued` are
+/// the runs as the submission created them: posted first, so GitHub sees "queued" even when
+/// a runner took a run before this reporter started.
 pub(crate) fn start_reporting(
     services: &Rc<Services>,
     github: &GitHubState,
     submission: SubmissionId,
     origin: GitHubOrigin,
+    queued: Vec<StoredRun>,
 ) {
     let feed = services.queue.watch(submission);
     let current = match services.queue.submission_runs(submission) {
@@ -98,7 +101,14 @@ pub(crate) fn start_reporting(
             return;
         }
     };
-    github.spawn(report(services.clone(), submission, origin, current, feed));
+    github.spawn(report(
+        services.clone(),
+        submission,
+        origin,
+        queued,
+        current,
+        feed,
+    ));
 }
 
 /// Resumes reporting for every submission a previous process had not finished reporting on.
@@ -109,7 +119,7 @@ pub(crate) fn resume_reporting(services: &Rc<Services>) {
     match crate::github::reporting_submissions(services) {
         Ok(pending) => {
             for (submission, origin) in pending {
-                start_reporting(services, github, submission, origin);
+                start_reporting(services, github, submission, origin, Vec::new());
             }
         }
         Err(e) => warn!(error = %e, "cannot read which submissions still report to GitHub"),
@@ -120,6 +130,7 @@ async fn report(
     services: Rc<Services>,
     submission: SubmissionId,
     origin: GitHubOrigin,
+    queued: Vec<StoredRun>,
     current: Vec<StoredRun>,
     mut feed: tokio::sync::mpsc::UnboundedReceiver<StoredRun>,
 ) {
@@ -134,7 +145,7 @@ async fn report(
         .filter(|r| !r.state.status().is_final())
         .map(StoredRun::id)
         .collect();
-    for run in &current {
+    for run in queued.iter().chain(&current) {
         post(&services, &client, &repo, &origin, run).await;
     }
     while !open.is_empty() {
