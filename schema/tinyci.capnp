@@ -635,4 +635,9 @@ interface Admin {
 
   disableRepo @18 (name :Text) -> (repo :RepoInfo);
   # Deletes the webhook and stops acting on the repository's events.
+
+  reloadFederation @19 () -> (partners :List(Text));
+  # Re-reads the partner pins under `federation/`: handshakes follow them at once, and live
+  # connections of partners no longer pinned are closed. Returns the partners now trusted.
+  # Fails (changing nothing) if a pin is unreadable.
 }

@@ -7,6 +7,7 @@ mod support;
 
 mod artifacts;
 mod config_errors;
+mod federation;
 mod github;
 mod grants;
 mod jobs;

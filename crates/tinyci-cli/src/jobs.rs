@@ -47,8 +47,10 @@ pub(crate) struct SubmitArgs {
     addr: Option<SocketAddr>,
     /// Submit as the user of a `tinyci login` profile directory instead of as the site's
     /// admin.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["token", "site"])]
     profile: Option<PathBuf>,
+    #[command(flatten)]
+    grant: crate::remote::GrantArgs,
 }
 
 /// Cancel a run (r-N) or every unfinished run of a submission (s-N).
@@ -157,9 +159,14 @@ fn run_line(run: run_info::Reader<'_>) -> String {
 }
 
 pub(crate) fn submit(args: SubmitArgs) -> Result<()> {
-    let identity = match &args.profile {
-        Some(dir) => Identity::Profile(Box::new(crate::github::load_profile(dir)?)),
-        None => Identity::Admin(Box::new(SiteConfig::load(&config_path(
+    let identity = match (&args.profile, &args.grant.token) {
+        (Some(dir), _) => Identity::Profile(Box::new(crate::github::load_profile(dir)?)),
+        (None, Some(token)) => Identity::Grant {
+            config: Box::new(SiteConfig::load(&config_path(args.config.clone()))?),
+            site: args.grant.site.clone(),
+            token: token.clone(),
+        },
+        (None, None) => Identity::Admin(Box::new(SiteConfig::load(&config_path(
             args.config.clone(),
         ))?)),
     };
@@ -177,6 +184,18 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<()> {
             Identity::Admin(config) => {
                 let (client, admin) = admin_capability(&config, args.addr).await?;
                 let mut get = admin.submitter_request();
+                get.get().set_repo(&source.repo);
+                (client, get.send().pipeline.get_submitter())
+            }
+            Identity::Grant {
+                config,
+                site,
+                token,
+            } => {
+                let (client, session) =
+                    crate::remote::session_with(&config, args.addr, site.as_deref(), &token)
+                        .await?;
+                let mut get = session.submitter_request();
                 get.get().set_repo(&source.repo);
                 (client, get.send().pipeline.get_submitter())
             }
@@ -262,6 +281,12 @@ enum Identity {
     Admin(Box<SiteConfig>),
     /// A user, from a `tinyci login` profile.
     Profile(Box<crate::github::LoadedProfile>),
+    /// A grant, redeemed at this site or at partner `site`.
+    Grant {
+        config: Box<SiteConfig>,
+        site: Option<String>,
+        token: String,
+    },
 }
 
 /// Prints every run change of a submission until it ends; fails unless it passed.
@@ -489,6 +514,11 @@ pub(crate) struct LogsArgs {
     /// Print only these streams (repeatable) [default: all].
     #[arg(long, value_enum, value_name = "STREAM")]
     stream: Vec<StreamArg>,
+    /// The run's repository, with --token [default: the grant's only repository].
+    #[arg(long, value_name = "OWNER/NAME", requires = "token")]
+    repo: Option<String>,
+    #[command(flatten)]
+    grant: crate::remote::GrantArgs,
     #[command(flatten)]
     site: SiteArgs,
 }
@@ -533,10 +563,16 @@ pub(crate) fn logs(args: LogsArgs) -> Result<()> {
     let config = SiteConfig::load(&config_path(args.site.config.clone()))?;
     local_runtime()?.block_on(async move {
         let filter = StreamFilter::new(&args.stream);
+        let source = ReaderSource {
+            addr: args.site.addr,
+            site: args.grant.site.clone(),
+            token: args.grant.token.clone(),
+            repo: args.repo.clone(),
+        };
         let status = if args.follow {
-            follow_across_restarts(&config, args.site.addr, &args.run, args.from, filter).await?
+            follow_across_restarts(&config, &source, &args.run, args.from, filter).await?
         } else {
-            let (client, reader) = log_reader_of(&config, args.site.addr).await?;
+            let (client, reader) = log_reader_of(&config, &source).await?;
             match print_stored_log(&client, &reader, &args.run, args.from, filter).await? {
                 Some(status) => status,
                 None => return Ok(()),
@@ -599,12 +635,30 @@ async fn print_stored_log(
 }
 
 /// Follows the log live through a `LogObserver` until the run ends; returns its status.
-/// Connects with the admin certificate and token and opens a reader of every repository.
+/// Where `tinyci logs` reads from, and with what authority.
+struct ReaderSource {
+    addr: Option<SocketAddr>,
+    /// A partner site, with `token`.
+    site: Option<String>,
+    /// A grant instead of the admin token.
+    token: Option<String>,
+    repo: Option<String>,
+}
+
+/// Connects and opens a reader: with the admin token, of every repository; with a grant (at
+/// this site or a partner), of the grant's repository.
 async fn log_reader_of(
     config: &SiteConfig,
-    addr: Option<SocketAddr>,
+    source: &ReaderSource,
 ) -> Result<(tinyci_site::SiteClient, log_reader::Client)> {
-    let (client, admin) = admin_capability(config, addr).await?;
+    if let Some(token) = &source.token {
+        let (client, session) =
+            crate::remote::session_with(config, source.addr, source.site.as_deref(), token).await?;
+        let reader =
+            crate::remote::grant_log_reader(&client, &session, source.repo.as_deref()).await?;
+        return Ok((client, reader));
+    }
+    let (client, admin) = admin_capability(config, source.addr).await?;
     let mut request = admin.logs_request();
     request.get().set_repo("*");
     let reader = request.send().pipeline.get_reader();
@@ -618,13 +672,13 @@ const FOLLOW_RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs
 /// the site goes away, as runners do.
 async fn follow_across_restarts(
     config: &SiteConfig,
-    addr: Option<SocketAddr>,
+    source: &ReaderSource,
     run: &str,
     from: u64,
     filter: StreamFilter,
 ) -> Result<RunStatus> {
     let next = Rc::new(std::cell::Cell::new(from));
-    let (mut client, mut reader) = log_reader_of(config, addr).await?;
+    let (mut client, mut reader) = log_reader_of(config, source).await?;
     loop {
         let lost = match follow_log(&mut client, &reader, run, &next, filter).await {
             Followed::Ended(status) => return Ok(status),
@@ -636,7 +690,7 @@ async fn follow_across_restarts(
         let mut backoff = std::time::Duration::from_millis(200);
         loop {
             tokio::time::sleep(backoff).await;
-            match log_reader_of(config, addr).await {
+            match log_reader_of(config, source).await {
                 Ok(pair) => {
                     (client, reader) = pair;
                     break;

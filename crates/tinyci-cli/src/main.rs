@@ -2,10 +2,12 @@
 //! errors into one readable message and a documented exit code. `anyhow` lives here only.
 
 mod artifacts;
+mod federation;
 mod github;
 mod gitsource;
 mod grant;
 mod jobs;
+mod remote;
 mod runner;
 mod site;
 mod util;
@@ -73,6 +75,9 @@ enum Command {
     Admin(jobs::AdminCommand),
     /// Sign in to a site with GitHub; writes a certificate and token for this machine.
     Login(github::LoginArgs),
+    /// Pin, list and unpin partner sites.
+    #[command(subcommand)]
+    Federation(federation::FederationCommand),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +95,7 @@ fn main() -> ExitCode {
         Command::Artifacts(args) => artifacts::artifacts(args),
         Command::Admin(command) => jobs::admin(command),
         Command::Login(args) => github::login(args),
+        Command::Federation(command) => federation::federation(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -152,5 +158,16 @@ fn init_tracing(format: LogFormat, default_level: &str) {
     match format {
         LogFormat::Pretty => builder.compact().init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        // Catches clashing flags and bad defaults in every subcommand without running them.
+        super::Cli::command().debug_assert();
     }
 }

@@ -35,10 +35,12 @@ pub(crate) struct RunArgs {
     /// The runner bundle from `tinyci runner add`.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["site", "token"])]
     bundle: Option<PathBuf>,
-    /// Instead of a bundle: the site's address, with --token. The runner then connects with
-    /// this host's own site identity (certificate and pins from --config), so the grant must
-    /// be held by this site (`site:<name>`).
-    #[arg(long, value_name = "HOST:PORT", requires = "token")]
+    /// Instead of a bundle: the site to join, with --token: its address, or the name of a
+    /// partner pinned under federation/ (dialed at the pin's addresses). The runner connects
+    /// with this host's own site identity (certificate from --config), so the grant must be
+    /// held by this site (`site:<name>`); a partner's server is accepted only with its pinned
+    /// CA.
+    #[arg(long, value_name = "HOST:PORT|SITE", requires = "token")]
     site: Option<String>,
     /// The grant to redeem (text, file, or - for standard input), with --site.
     #[arg(long, value_name = "TOKEN|FILE", requires = "site")]
@@ -149,14 +151,46 @@ fn from_token(
         .map_err(|e| InputError(e.to_string()))?
         .grant;
     let target = tinyci_pki::SiteName::new(&grant.site)?;
-    if target != config.name {
+    let by_name = !addr.contains(':');
+    if by_name && addr != target.as_str() {
         return Err(InputError(format!(
-            "the token is for site {target}, and no CA is pinned for it here; joining partner \
-             sites needs their CA pinned under federation/"
+            "--site {addr}: the token is for site {target}; give its address or --site {target}"
         ))
         .into());
     }
-    let ca = tinyci_pki::read_text_file(&config.ca_cert, false)?;
+    let (ca, addresses) = if target == config.name {
+        let addresses = if by_name {
+            let own = config.dial_addr().ok_or_else(|| {
+                InputError("site.listen has port 0; give --site HOST:PORT".into())
+            })?;
+            vec![own.to_string()]
+        } else {
+            vec![addr.to_owned()]
+        };
+        (
+            tinyci_pki::read_text_file(&config.ca_cert, false)?,
+            addresses,
+        )
+    } else {
+        let pin = tinyci_site::federation::find_partner(
+            &config.federation_dir,
+            &config.name,
+            target.as_str(),
+        )
+        .map_err(|e| InputError(format!("the token is for site {target}: {e}")))?;
+        let addresses = if by_name {
+            pin.addrs.clone()
+        } else {
+            vec![addr.to_owned()]
+        };
+        if addresses.is_empty() {
+            return Err(InputError(format!(
+                "partner {target} has no address in its pin; give --site HOST:PORT"
+            ))
+            .into());
+        }
+        (pin.ca_pem, addresses)
+    };
     let cert = tinyci_pki::read_text_file(&config.cert, false)?;
     let key = tinyci_pki::read_text_file(&config.key, true)?;
     let creds = tinyci_pki::Credentials::from_pem(&cert, &key)?;
@@ -171,7 +205,7 @@ fn from_token(
     }
     Ok(Joining {
         site: target,
-        addresses: vec![addr.to_owned()],
+        addresses,
         tls,
         token,
         name: format!("{}-runner", config.name),
@@ -233,9 +267,9 @@ fn serve(args: RunArgs) -> Result<()> {
         };
         let (stopper, control) = agent_control();
         tokio::task::spawn_local(stop_on_signals(stopper));
-        run_agent(config, control).await;
+        let stopped = run_agent(config, control).await;
         say!("runner stopped");
-        Ok(())
+        Ok(stopped?)
     })
 }
 

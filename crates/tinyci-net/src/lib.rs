@@ -16,7 +16,7 @@ mod server;
 use std::time::Duration;
 
 pub use client::{ClientConnection, dial};
-pub use server::{Listener, Peer, ServerStats, serve};
+pub use server::{Listener, Peer, ServerStats, StillTrusted, TlsSwitch, serve};
 /// The rustls configuration types `tinyci-pki` builds and this crate consumes.
 pub use tokio_rustls::rustls::{ClientConfig, ServerConfig};
 

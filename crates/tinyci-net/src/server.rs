@@ -23,9 +23,53 @@ use crate::{NetError, NetLimits};
 /// 0 in tests) before anything is accepted.
 pub struct Listener {
     tcp: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: TlsSwitch,
     limits: NetLimits,
     stats: Arc<ServerStats>,
+}
+
+/// Which peers a connection may stay up for: asked again of every live connection whenever
+/// the trust policy changes.
+pub type StillTrusted = Rc<dyn Fn(&PeerIdentity) -> bool>;
+
+/// The listener's TLS policy, replaceable while it serves: new handshakes use the new config
+/// at once, and live connections whose peer the new policy no longer trusts are closed (a
+/// partner removed from `federation/`). Single-threaded, like the server.
+#[derive(Clone)]
+pub struct TlsSwitch {
+    acceptor: Rc<std::cell::RefCell<TlsAcceptor>>,
+    trusted: Rc<tokio::sync::watch::Sender<StillTrusted>>,
+}
+
+impl std::fmt::Debug for TlsSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsSwitch")
+    }
+}
+
+impl TlsSwitch {
+    fn new(tls: Arc<ServerConfig>) -> Self {
+        let everyone: StillTrusted = Rc::new(|_| true);
+        Self {
+            acceptor: Rc::new(std::cell::RefCell::new(TlsAcceptor::from(tls))),
+            trusted: Rc::new(tokio::sync::watch::channel(everyone).0),
+        }
+    }
+
+    /// Handshakes from now on use `tls`; live connections whose peer fails `still_trusted`
+    /// are disconnected.
+    pub fn replace(
+        &self,
+        tls: Arc<ServerConfig>,
+        still_trusted: impl Fn(&PeerIdentity) -> bool + 'static,
+    ) {
+        *self.acceptor.borrow_mut() = TlsAcceptor::from(tls);
+        self.trusted.send_replace(Rc::new(still_trusted));
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor.borrow().clone()
+    }
 }
 
 /// Counters a listener keeps, for status pages, metrics and tests.
@@ -72,10 +116,15 @@ impl Listener {
             })?;
         Ok(Self {
             tcp,
-            acceptor: TlsAcceptor::from(tls),
+            tls: TlsSwitch::new(tls),
             limits,
             stats: Arc::default(),
         })
+    }
+
+    /// The handle that replaces this listener's TLS policy while it serves.
+    pub fn tls_switch(&self) -> TlsSwitch {
+        self.tls.clone()
     }
 
     /// The address actually bound.
@@ -101,7 +150,7 @@ where
 {
     let Listener {
         tcp,
-        acceptor,
+        tls,
         limits,
         stats,
     } = listener;
@@ -135,7 +184,8 @@ where
             continue;
         };
         let connection = Connection {
-            acceptor: acceptor.clone(),
+            acceptor: tls.acceptor(),
+            trusted: tls.trusted.subscribe(),
             limits: limits.clone(),
             stats: stats.clone(),
             bootstrap: bootstrap.clone(),
@@ -175,6 +225,8 @@ where
 /// What one connection task needs.
 struct Connection<B> {
     acceptor: TlsAcceptor,
+    /// The current trust policy; a change that excludes this peer disconnects it.
+    trusted: tokio::sync::watch::Receiver<StillTrusted>,
     limits: NetLimits,
     stats: Arc<ServerStats>,
     bootstrap: Rc<B>,
@@ -230,6 +282,9 @@ where
         let mut rpc = RpcSystem::new(Box::new(network), Some(client));
         let disconnector = rpc.get_disconnector();
         let mut cut = self.cut.clone();
+        let mut trusted = self.trusted.clone();
+        trusted.mark_unchanged();
+        let identity = peer.identity.clone();
         async {
             // A guard, so the count stays right when shutdown aborts this task mid-call.
             let _active = ActiveGuard::enter(stats);
@@ -237,6 +292,11 @@ where
             let ended = tokio::select! {
                 ended = &mut rpc => ended,
                 _ = cut.wait_for(|cut| *cut) => {
+                    let (ended, _) = futures::future::join(&mut rpc, disconnector).await;
+                    ended
+                }
+                _ = trusted.wait_for(|still| !still(&identity)) => {
+                    info!("peer no longer trusted; disconnecting");
                     let (ended, _) = futures::future::join(&mut rpc, disconnector).await;
                     ended
                 }

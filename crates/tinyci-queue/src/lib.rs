@@ -773,6 +773,19 @@ impl Queue {
         }
     }
 
+    /// The holder lost its authority (its grant was revoked or expired): tells it to stop
+    /// through its cancel hook, then requeues the run at once.
+    pub async fn revoke_lease(&self, id: RunId, lease: LeaseId, reason: &str) {
+        if self.current_lease(id).is_none_or(|l| l.id != lease) {
+            return;
+        }
+        let hook = self.state.borrow_mut().cancel_hooks.remove(&id);
+        if let Some(hook) = hook {
+            hook(reason.to_owned());
+        }
+        self.release(id, lease).await;
+    }
+
     /// Cancels one run: a queued one ends now; a leased one is told to stop (its holder then
     /// completes it as canceled, or its lease lapses). Returns whether anything changed.
     pub async fn cancel_run(&self, id: RunId, reason: &str) -> Result<bool, QueueError> {

@@ -186,10 +186,28 @@ struct Connected {
     renew: Rc<tokio::sync::Notify>,
 }
 
-/// Runs the agent until drained or canceled. Connection failures are retried with backoff;
-/// a refused grant is retried too (an operator may fix it), and logged each time. Jobs keep
-/// running while the site is away and resume their leases when it is back.
-pub async fn run_agent(config: AgentConfig, mut control: AgentControl) {
+/// Why the agent stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The site answered and refused the grant (revoked, expired, not this holder's, or
+    /// without the queue): no retry can change that, so the agent stops instead of knocking
+    /// forever.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Why one connection attempt failed.
+enum ConnectError {
+    /// The site could not be reached or the connection broke: retried with backoff.
+    Unreachable(String),
+    /// The site refused the grant: final.
+    Refused(String),
+}
+
+/// Runs the agent until drained or canceled, or until the site refuses its grant for good.
+/// Connection failures are retried with backoff. Jobs keep running while the site is away
+/// and resume their leases when it is back.
+pub async fn run_agent(config: AgentConfig, mut control: AgentControl) -> Result<(), AgentError> {
     let config = Rc::new(config);
     let link: Rc<SiteLink> = Rc::new(watch::channel(None).0);
     let mut slots = tokio::task::JoinSet::new();
@@ -221,21 +239,28 @@ pub async fn run_agent(config: AgentConfig, mut control: AgentControl) {
                 };
                 link.send_replace(None);
                 match lost {
-                    None => return,
+                    None => return Ok(()),
                     Some(why) => why,
                 }
             }
-            Err(why) => why,
+            Err(ConnectError::Unreachable(why)) => why,
+            Err(ConnectError::Refused(why)) => {
+                // Running jobs were told to stop by the site when it took the grant back.
+                link.send_replace(None);
+                slots.abort_all();
+                while slots.join_next().await.is_some() {}
+                return Err(AgentError::Refused(why));
+            }
         };
         warn!(error = %ended, retry_in = ?backoff, "lost the site; reconnecting");
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            () = all_done(&mut slots) => return,
+            () = all_done(&mut slots) => return Ok(()),
             () = control.canceled() => {
                 // Nothing to hand back without a site; stop what runs and leave.
                 link.send_replace(None);
                 all_done(&mut slots).await;
-                return;
+                return Ok(());
             }
         }
         backoff = (backoff * 2).min(config.max_backoff);
@@ -256,7 +281,7 @@ async fn connect(
         tinyci_net::ClientConnection,
         String,
     ),
-    String,
+    ConnectError,
 > {
     let mut last_error = String::from("no site address");
     let mut connected = None;
@@ -277,11 +302,14 @@ async fn connect(
         }
     }
     let Some((addr, (gateway, connection))) = connected else {
-        return Err(last_error);
+        return Err(ConnectError::Unreachable(last_error));
     };
-    // TLS 1.3 reports a refused client certificate only on the first call.
+    // TLS 1.3 reports a refused client certificate only on the first call. A refused
+    // certificate may be let in again (a partner pinned anew): retried.
     if let Err(e) = gateway.info_request().send().promise.await {
-        return Err(format!("site {addr} refused the connection: {e}"));
+        return Err(ConnectError::Unreachable(format!(
+            "site {addr} refused the connection: {e}"
+        )));
     }
     let mut redeem = gateway.redeem_request();
     redeem.get().set_token(&config.token);
@@ -298,14 +326,18 @@ async fn connect(
         info.init_executors(1).set(0, config.executor.name());
         // Await each worker now, so a refused grant is reported clearly and once.
         let worker = match request.send().promise.await {
-            Ok(response) => response
-                .get()
-                .and_then(|r| r.get_worker())
-                .map_err(|e| format!("malformed worker from {addr}: {e}"))?,
+            Ok(response) => response.get().and_then(|r| r.get_worker()).map_err(|e| {
+                ConnectError::Unreachable(format!("malformed worker from {addr}: {e}"))
+            })?,
+            Err(e) if disconnected(&e) => {
+                return Err(ConnectError::Unreachable(format!(
+                    "lost site {addr} while asking for a worker: {e}"
+                )));
+            }
             Err(e) => {
-                return Err(format!(
+                return Err(ConnectError::Refused(format!(
                     "site {addr} refused a worker for queue {queue}: {e}"
-                ));
+                )));
             }
         };
         workers.insert(queue.clone(), worker);

@@ -629,6 +629,23 @@ impl admin::Server for AdminCap {
         fill_repo_info(results.get().init_repo(), &repo);
         Ok(())
     }
+
+    async fn reload_federation(
+        self: Rc<Self>,
+        _: admin::ReloadFederationParams,
+        mut results: admin::ReloadFederationResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let partners = self
+            .services
+            .trust
+            .reload()
+            .map_err(|e| capnp::Error::failed(format!("federation not reloaded: {e}")))?;
+        info!(by = %self.peer, partners = partners.len(), "federation reloaded");
+        let names: Vec<String> = partners.iter().map(|p| p.site.to_string()).collect();
+        set_list(results.get().init_partners(len(names.len())), &names);
+        Ok(())
+    }
 }
 
 fn users_error(e: tinyci_users::UsersError) -> capnp::Error {

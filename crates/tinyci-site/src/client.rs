@@ -146,6 +146,27 @@ pub async fn connect_as(
     Ok((client, info))
 }
 
+/// Dials partner `partner` pinned under the config's `federation/` as this site
+/// (`tinyci://<own>/site`, the site's own certificate), accepting only a server certified by
+/// the partner's pinned CA. `addr` overrides the pin's first address. Must run inside a
+/// `LocalSet`.
+pub async fn connect_partner(
+    config: &SiteConfig,
+    partner: &str,
+    addr: Option<String>,
+) -> Result<(SiteClient, SiteInfo), SiteError> {
+    let pin = crate::federation::find_partner(&config.federation_dir, &config.name, partner)?;
+    let addr = addr.or_else(|| pin.addrs.first().cloned()).ok_or_else(|| {
+        SiteError::NoAddress(format!(
+            "partner {partner} has no address in {}; pass --addr HOST:PORT or add one with \
+                 `tinyci federation add {partner} --ca FILE --addr HOST:PORT`",
+            pin.path.display()
+        ))
+    })?;
+    let credentials = load_credentials("tls.cert", &config.cert, "tls.key", &config.key)?;
+    connect_as(&addr, &credentials, &pin.ca_pem, &pin.site).await
+}
+
 /// Connects as in [`connect_admin`] and redeems the admin token from `admin.token` for an
 /// `Admin` capability. Redeem and `Session.admin` travel in one flight (promise pipelining).
 pub async fn admin_capability(

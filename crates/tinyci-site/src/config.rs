@@ -61,6 +61,8 @@ pub struct SiteConfig {
     pub http: Option<HttpConfig>,
     /// GitHub (`[github]`). `None`: no GitHub integration.
     pub github: Option<GitHubSettings>,
+    /// Where partner pins live (`[federation] dir`).
+    pub federation_dir: PathBuf,
 }
 
 /// `[http]`: the site's plain-HTTP listener. Put a TLS-terminating proxy in front of it for
@@ -157,6 +159,27 @@ struct RawConfig {
     admin: RawAdmin,
     http: Option<RawHttp>,
     github: Option<RawGitHub>,
+    #[serde(default)]
+    federation: RawFederation,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFederation {
+    #[serde(default = "default_federation_dir")]
+    dir: PathBuf,
+}
+
+impl Default for RawFederation {
+    fn default() -> Self {
+        Self {
+            dir: default_federation_dir(),
+        }
+    }
+}
+
+fn default_federation_dir() -> PathBuf {
+    PathBuf::from("federation")
 }
 
 #[derive(Deserialize)]
@@ -629,6 +652,7 @@ impl SiteConfig {
             ));
         }
         let config = Self {
+            federation_dir: base.join(raw.federation.dir),
             http,
             github,
             source: Some(path.to_owned()),

@@ -227,9 +227,11 @@ pub(crate) struct JobCap {
     source: Vec<u8>,
     liveness: Rc<Liveness>,
     /// Completed or released: the lease is settled.
-    settled: Cell<bool>,
+    settled: Rc<Cell<bool>>,
     /// The runner said it started the command.
     started: Cell<bool>,
+    /// Requeues the run if the holder's grant dies while it holds the lease.
+    on_revoke: tokio::task::AbortHandle,
 }
 
 impl JobCap {
@@ -241,6 +243,27 @@ impl JobCap {
             .flatten()
             .map(|s| s.source_sha256)
             .unwrap_or_default();
+        let settled = Rc::new(Cell::new(false));
+        // A revoked (or expired) grant takes the lease with it: the runner is told to stop
+        // and the run goes back to the queue now, not when the lease would have lapsed.
+        let on_revoke = tokio::task::spawn_local({
+            let (queue, liveness, settled) = (
+                services.queue.clone(),
+                liveness.clone(),
+                settled.clone(),
+            );
+            let (run, lease) = (leased.run.id(), leased.lease);
+            async move {
+                let why = liveness.dead().await;
+                if !settled.replace(true) {
+                    info!(%run, %lease, reason = %why, "the holder's grant died; requeuing its run");
+                    queue
+                        .revoke_lease(run, lease, &format!("the runner's grant ended: {why}"))
+                        .await;
+                }
+            }
+        })
+        .abort_handle();
         Self {
             services,
             run: leased.run.id(),
@@ -248,8 +271,9 @@ impl JobCap {
             leased,
             source,
             liveness,
-            settled: Cell::new(false),
+            settled,
             started: Cell::new(started),
+            on_revoke,
         }
     }
 
@@ -265,6 +289,7 @@ impl JobCap {
 
 impl Drop for JobCap {
     fn drop(&mut self) {
+        self.on_revoke.abort();
         if self.settled.get() {
             return;
         }

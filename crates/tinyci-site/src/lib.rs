@@ -11,6 +11,7 @@ pub mod bundle;
 mod caps;
 mod client;
 pub mod config;
+pub mod federation;
 mod gateway;
 mod github;
 mod grants;
@@ -41,7 +42,9 @@ use tinyci_schema::gateway as gateway_capnp;
 use tinyci_store::{Store, StoreOptions};
 use tracing::info;
 
-pub use client::{SiteClient, SiteInfo, admin_capability, connect_admin, connect_as, rpc_error};
+pub use client::{
+    SiteClient, SiteInfo, admin_capability, connect_admin, connect_as, connect_partner, rpc_error,
+};
 pub use config::{ConfigError, SiteConfig};
 pub use gateway::{PROTOCOL, SiteFacts};
 pub use grants::record_issued;
@@ -112,6 +115,9 @@ pub enum SiteError {
     /// No address to dial.
     #[error("{0}")]
     NoAddress(String),
+    /// A partner pin under `federation/` is unusable.
+    #[error("federation: {0}")]
+    Federation(#[from] federation::FederationError),
     /// The HTTP listener could not be bound.
     #[error("cannot listen for HTTP on {addr}: {source}")]
     HttpBind {
@@ -165,6 +171,83 @@ pub(crate) struct Services {
     pub(crate) users: tinyci_users::Users,
     /// GitHub, when `[github]` is configured.
     pub(crate) github: Option<github::GitHubState>,
+    /// Which CAs the listener trusts; reloaded when partners change.
+    pub(crate) trust: TrustPolicy,
+}
+
+/// The listener's trust: the site's own CA plus the partners pinned under `federation/`.
+pub(crate) struct TrustPolicy {
+    own: tinyci_pki::SiteName,
+    own_ca_pem: String,
+    own_ca_path: PathBuf,
+    cert_path: PathBuf,
+    credentials: Credentials,
+    dir: PathBuf,
+    /// The serving listener's switch, once serving.
+    switch: std::cell::RefCell<Option<tinyci_net::TlsSwitch>>,
+}
+
+impl std::fmt::Debug for TrustPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustPolicy")
+            .field("own", &self.own)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TrustPolicy {
+    /// The server config trusting the own CA and every pinned partner, and those partners.
+    fn server_config(
+        &self,
+    ) -> Result<(Arc<tinyci_net::ServerConfig>, Vec<federation::Partner>), SiteError> {
+        let partners = federation::load_partners(&self.dir, &self.own)?;
+        let mut trust =
+            TrustAnchors::new(self.own.clone(), &self.own_ca_pem).map_err(|source| {
+                SiteError::Credentials {
+                    key: "tls.ca_cert",
+                    path: self.own_ca_path.clone(),
+                    source,
+                }
+            })?;
+        for partner in &partners {
+            trust
+                .add_partner(partner.site.clone(), &partner.ca_pem)
+                .map_err(|e| {
+                    SiteError::Federation(federation::FederationError::Invalid {
+                        path: partner.path.clone(),
+                        reason: e.to_string(),
+                    })
+                })?;
+        }
+        let tls = tinyci_pki::tls::server_config(&self.credentials, &trust).map_err(|source| {
+            SiteError::Credentials {
+                key: "tls.cert",
+                path: self.cert_path.clone(),
+                source,
+            }
+        })?;
+        Ok((tls, partners))
+    }
+
+    /// Re-reads `federation/`: new handshakes follow it at once, and live connections of
+    /// partners no longer pinned are closed. Returns the partners now trusted.
+    pub(crate) fn reload(&self) -> Result<Vec<federation::Partner>, SiteError> {
+        let (tls, partners) = self.server_config()?;
+        if let Some(switch) = self.switch.borrow().as_ref() {
+            let own = self.own.clone();
+            let trusted: Vec<tinyci_pki::SiteName> =
+                partners.iter().map(|p| p.site.clone()).collect();
+            switch.replace(tls, move |peer| {
+                peer.site_name() == &own || trusted.contains(peer.site_name())
+            });
+        }
+        info!(
+            partners = ?partners.iter().map(|p| p.site.to_string()).collect::<Vec<_>>(),
+            "federation reloaded"
+        );
+        Ok(partners)
+    }
 }
 
 impl Services {
@@ -200,20 +283,22 @@ impl Site {
                 path: config.ca_cert.clone(),
                 source,
             })?;
-        let trust = TrustAnchors::new(config.name.clone(), &ca_pem).map_err(|source| {
-            SiteError::Credentials {
-                key: "tls.ca_cert",
-                path: config.ca_cert.clone(),
-                source,
-            }
-        })?;
-        let tls = tinyci_pki::tls::server_config(&credentials, &trust).map_err(|source| {
-            SiteError::Credentials {
-                key: "tls.cert",
-                path: config.cert.clone(),
-                source,
-            }
-        })?;
+        let trust_policy = TrustPolicy {
+            own: config.name.clone(),
+            own_ca_pem: ca_pem.clone(),
+            own_ca_path: config.ca_cert.clone(),
+            cert_path: config.cert.clone(),
+            credentials,
+            dir: config.federation_dir.clone(),
+            switch: std::cell::RefCell::new(None),
+        };
+        let (tls, partners) = trust_policy.server_config()?;
+        if !partners.is_empty() {
+            info!(
+                partners = ?partners.iter().map(|p| p.site.to_string()).collect::<Vec<_>>(),
+                "trusting pinned partner sites"
+            );
+        }
         let root = load_root_key(&config)?;
         let store = Store::open(
             &config.data_dir,
@@ -276,6 +361,7 @@ impl Site {
         };
         let users = tinyci_users::Users::new(store.clone(), committer.clone());
         let services = Rc::new(Services {
+            trust: trust_policy,
             users,
             github,
             grants,
@@ -365,6 +451,10 @@ impl Site {
         shutdown: impl Future<Output = ()>,
     ) -> Arc<ServerStats> {
         let stats = listener.stats();
+        self.services
+            .trust
+            .switch
+            .replace(Some(listener.tls_switch()));
         // Lease expiry runs as long as the site serves.
         let expiry = tokio::task::spawn_local(self.services.queue.clone().run_expiry());
         let (stop_sweeper, sweeper_stop) = tokio::sync::oneshot::channel();

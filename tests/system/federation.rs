@@ -1,0 +1,417 @@
+//! Two real sites, alpha and beta, in separate processes on loopback, trusting each other
+//! only through the CA pins under their `federation/` directories, and acting at each other
+//! only through grants.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::jobs::start_runner;
+use crate::support::{SiteProcess, git_repo, run_in, wait_for_file};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A site initialized in its own directory and serving on an ephemeral port.
+struct Site {
+    name: &'static str,
+    dir: tempfile::TempDir,
+    /// Kept running for the test; killed on drop.
+    _process: SiteProcess,
+    addr: String,
+}
+
+impl Site {
+    fn start(name: &'static str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let init = run_in(dir.path(), &["site", "init", "--name", name]);
+        assert!(init.status.success(), "{}", text(&init.stderr));
+        let mut process = SiteProcess::start(
+            dir.path(),
+            &[
+                "--config",
+                "site.toml",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-local-runner",
+            ],
+        );
+        let addr = process.wait_for("listening on ").trim().to_owned();
+        Self {
+            name,
+            dir,
+            _process: process,
+            addr,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `tinyci args…` here, against this site's address where the command takes one.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        run_in(self.path(), args)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "tinyci {args:?} in {}: {}",
+            self.name,
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "tinyci {args:?} in {} should fail; printed {}",
+            self.name,
+            text(&out.stdout)
+        );
+        text(&out.stderr)
+    }
+
+    /// Pins `other` here (its CA and address) and tells this running site.
+    fn pin(&self, other: &Site) {
+        let ca = other.path().join("certs/ca.crt");
+        let out = self.ok(&[
+            "federation",
+            "add",
+            other.name,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--addr",
+            &other.addr,
+            "--site-addr",
+            &self.addr,
+        ]);
+        assert!(
+            out.contains(&format!("pinned partner {}", other.name)),
+            "{out}"
+        );
+    }
+
+    /// Mints a grant here for `holder`, written into `dest`'s directory; returns its path.
+    fn grant(&self, dest: &Site, file: &str, args: &[&str]) -> PathBuf {
+        let out = dest.path().join(file);
+        let mut full = vec!["grant", "--out", out.to_str().unwrap()];
+        full.extend_from_slice(args);
+        self.ok(&full);
+        out
+    }
+}
+
+/// Alpha and beta, each pinning the other.
+fn two_sites() -> (Site, Site) {
+    let alpha = Site::start("alpha");
+    let beta = Site::start("beta");
+    alpha.pin(&beta);
+    beta.pin(&alpha);
+    (alpha, beta)
+}
+
+fn repo_with(dir: &Path, queue: &str, command: &str) {
+    git_repo(
+        dir,
+        &[
+            ("tinyci.yml", &format!("queue: {queue}\n")),
+            (
+                "task.yml",
+                &format!(
+                    "mountpoint: /src\nruns:\n  check:\n    command: [\"sh\", \"-c\", {command:?}]\n"
+                ),
+            ),
+        ],
+    );
+}
+
+/// Polls `done` (each poll a real request) until it holds; panics naming `what` after a
+/// generous hang guard.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let since = Instant::now();
+    while !done() {
+        assert!(since.elapsed().as_secs() < 120, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The first run id a `submit` printed (`  r-2 …`).
+fn first_run(submitted: &str) -> String {
+    submitted
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("r-"))
+        .map(|rest| format!("r-{}", rest.split_whitespace().next().unwrap()))
+        .unwrap_or_else(|| panic!("no run in {submitted}"))
+}
+
+#[test]
+fn a_partner_submits_and_follows_logs_only_where_its_grant_allows() {
+    let (alpha, beta) = two_sites();
+    alpha.ok(&[
+        "runner",
+        "add",
+        "r1",
+        "--queue",
+        "default",
+        "--addr",
+        &alpha.addr,
+    ]);
+    let _runner = start_runner(alpha.path(), "r1");
+    let token = alpha.grant(
+        &beta,
+        "alpha.token",
+        &[
+            "--to",
+            "site:beta",
+            "--right",
+            "queue:submit",
+            "--right",
+            "logs:read",
+            "--repo",
+            "org/x",
+            "--ttl",
+            "1h",
+        ],
+    );
+    let token = token.to_str().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    repo_with(repo.path(), "default", "echo hello from beta");
+    let repo_path = repo.path().to_str().unwrap();
+
+    // Beta submits to alpha's org/x and follows the run's log there.
+    let submitted = beta.ok(&[
+        "submit", repo_path, "--all", "--repo", "org/x", "--site", "alpha", "--token", token,
+    ]);
+    let run = first_run(&submitted);
+    let log = beta.ok(&["logs", &run, "-f", "--site", "alpha", "--token", token]);
+    assert!(log.contains("hello from beta"), "{log}");
+
+    // Any other repository: refused, for submitting and for reading.
+    let denied = beta.fails(&[
+        "submit", repo_path, "--all", "--repo", "org/y", "--site", "alpha", "--token", token,
+    ]);
+    assert!(denied.contains("org/y"), "{denied}");
+    let other = alpha.ok(&[
+        "submit",
+        repo_path,
+        "--all",
+        "--repo",
+        "org/y",
+        "--addr",
+        &alpha.addr,
+    ]);
+    let other_run = first_run(&other);
+    let denied = beta.fails(&[
+        "logs", &other_run, "--site", "alpha", "--token", token, "--repo", "org/y",
+    ]);
+    assert!(denied.contains("org/y"), "{denied}");
+    let denied = beta.fails(&["logs", &other_run, "--site", "alpha", "--token", token]);
+    assert!(denied.contains(&other_run), "{denied}");
+
+    // Beta's token is bound to beta: alpha's own admin certificate cannot use it.
+    let denied = alpha.fails(&[
+        "submit",
+        repo_path,
+        "--all",
+        "--repo",
+        "org/x",
+        "--token",
+        token,
+        "--addr",
+        &alpha.addr,
+    ]);
+    assert!(denied.contains("bound to site:beta"), "{denied}");
+}
+
+#[test]
+fn a_partner_runner_takes_only_its_queue_and_stops_when_the_grant_is_revoked() {
+    let (alpha, beta) = two_sites();
+    let gpu = alpha.grant(
+        &beta,
+        "gpu.token",
+        &[
+            "--to",
+            "site:beta",
+            "--right",
+            "queue:take",
+            "--queue",
+            "gpu",
+            "--ttl",
+            "7d",
+        ],
+    );
+    // Beta narrows it to one hour, offline, before handing it to its runner.
+    let narrowed = beta.path().join("gpu-1h.token");
+    beta.ok(&[
+        "token",
+        "attenuate",
+        gpu.to_str().unwrap(),
+        "--ttl",
+        "1h",
+        "--out",
+        narrowed.to_str().unwrap(),
+    ]);
+    let narrowed = narrowed.to_str().unwrap();
+
+    // Another queue or someone's logs: refused.
+    let denied = beta.fails(&[
+        "runner", "--site", "alpha", "--token", narrowed, "--queue", "default",
+    ]);
+    assert!(
+        denied.contains("queue:take") && denied.contains("default"),
+        "{denied}"
+    );
+
+    let mut runner = SiteProcess::spawn(
+        beta.path(),
+        &[
+            "runner",
+            "--site",
+            "alpha",
+            "--token",
+            narrowed,
+            "--executor",
+            "shell",
+        ],
+    );
+    runner.wait_for("runner beta-runner of site alpha");
+
+    // Alpha's gpu work runs on beta's runner.
+    let repo = tempfile::tempdir().unwrap();
+    let started = alpha.path().join("started");
+    let release = alpha.path().join("release");
+    repo_with(repo.path(), "gpu", "echo on gpu");
+    let first = alpha.ok(&[
+        "submit",
+        repo.path().to_str().unwrap(),
+        "--all",
+        "--repo",
+        "org/x",
+        "--wait",
+        "--addr",
+        &alpha.addr,
+    ]);
+    assert!(first.contains("passed"), "{first}");
+    let run = first_run(&first);
+    let runs = alpha.ok(&["admin", "runs", "--addr", &alpha.addr]);
+    let line = runs.lines().find(|l| l.contains(&run)).unwrap();
+    assert!(line.contains("beta"), "{line}");
+    let denied = beta.fails(&[
+        "logs", &run, "--site", "alpha", "--token", narrowed, "--repo", "org/x",
+    ]);
+    assert!(denied.contains("logs:read"), "{denied}");
+
+    // A long run, then alpha revokes the grant beta's token was narrowed from.
+    let slow = tempfile::tempdir().unwrap();
+    repo_with(
+        slow.path(),
+        "gpu",
+        &format!(
+            "touch {}; while [ ! -e {} ]; do sleep 0.05; done",
+            started.display(),
+            release.display()
+        ),
+    );
+    let submitted = alpha.ok(&[
+        "submit",
+        slow.path().to_str().unwrap(),
+        "--all",
+        "--repo",
+        "org/x",
+        "--addr",
+        &alpha.addr,
+    ]);
+    let slow_run = first_run(&submitted);
+    wait_for_file(&started, "beta's runner never started the run");
+    let revoked_at = Instant::now();
+    alpha.ok(&[
+        "token",
+        "revoke",
+        gpu.to_str().unwrap(),
+        "--addr",
+        &alpha.addr,
+    ]);
+    // The run goes back to alpha's queue at once (not when its lease would lapse).
+    loop {
+        let runs = alpha.ok(&["admin", "runs", "--addr", &alpha.addr]);
+        let line = runs
+            .lines()
+            .find(|l| l.contains(&slow_run))
+            .unwrap()
+            .to_owned();
+        if line.contains("queued") {
+            break;
+        }
+        assert!(revoked_at.elapsed().as_secs() < 120, "{line}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    eprintln!(
+        "revocation to requeue: {} ms (reported, not asserted)",
+        revoked_at.elapsed().as_millis()
+    );
+    // Beta's runner finds its grant gone and stops; a new redemption is refused too.
+    let (code, _) = runner.wait();
+    assert_eq!(code, Some(1));
+    let denied = beta.fails(&[
+        "runner", "--site", "alpha", "--token", narrowed, "--queue", "gpu",
+    ]);
+    assert!(denied.contains("revoked"), "{denied}");
+}
+
+#[test]
+fn removing_a_partner_closes_its_connections_and_refuses_new_ones() {
+    let (alpha, beta) = two_sites();
+    let gpu = alpha.grant(
+        &beta,
+        "gpu.token",
+        &[
+            "--to",
+            "site:beta",
+            "--right",
+            "queue:take",
+            "--queue",
+            "gpu",
+            "--ttl",
+            "1h",
+        ],
+    );
+    let gpu = gpu.to_str().unwrap();
+    let mut runner = SiteProcess::spawn(
+        beta.path(),
+        &[
+            "runner",
+            "--site",
+            "alpha",
+            "--token",
+            gpu,
+            "--executor",
+            "shell",
+        ],
+    );
+    runner.wait_for("runner beta-runner of site alpha");
+    wait_until("beta's runner should connect to alpha", || {
+        alpha
+            .ok(&["admin", "runners", "--addr", &alpha.addr])
+            .contains("beta")
+    });
+
+    let removed = alpha.ok(&["federation", "remove", "beta", "--site-addr", &alpha.addr]);
+    assert!(removed.contains("now trusts: no partners"), "{removed}");
+    // The live connection is closed: alpha no longer lists beta's runner.
+    wait_until("alpha should drop beta's connection", || {
+        !alpha
+            .ok(&["admin", "runners", "--addr", &alpha.addr])
+            .contains("beta")
+    });
+    // And a new connection is refused at the handshake.
+    let refused = beta.fails(&[
+        "logs", "r-1", "--site", "alpha", "--token", gpu, "--repo", "org/x",
+    ]);
+    assert!(refused.contains("alpha"), "{refused}");
+    drop(runner);
+}
