@@ -7,6 +7,7 @@ mod support;
 
 mod artifacts;
 mod config_errors;
+mod discovery;
 mod federation;
 mod github;
 mod grants;

@@ -44,9 +44,14 @@ impl SiteProcess {
 
     /// Starts `tinyci args…` in `dir` (any long-running command: a runner, `submit --wait`).
     pub(crate) fn spawn(dir: &Path, args: &[&str]) -> Self {
-        let mut child = tinyci()
-            .current_dir(dir)
-            .args(args)
+        let mut command = tinyci();
+        command.current_dir(dir).args(args);
+        Self::from_command(command)
+    }
+
+    /// Starts `command` (e.g. `tinyci` inside a network namespace) as a process to follow.
+    pub(crate) fn from_command(mut command: Command) -> Self {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -195,3 +195,173 @@ fn tell_site(config: &SiteConfig, site: &ConfigArgs) {
         ),
     }
 }
+
+/// List tinyci sites announcing themselves over mDNS, plus static peers, and say which are
+/// this site, which are pinned partners, and which are untrusted.
+///
+/// An announcement is only a claim: a site counts as own or partner only when the CA
+/// fingerprint it announces matches this site's CA or the partner's pin (and connecting
+/// checks the pin again in the TLS handshake).
+#[derive(Debug, Args)]
+pub(crate) struct PeersArgs {
+    /// How long to listen for announcements.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = crate::util::parse_ttl)]
+    timeout: std::time::Duration,
+    /// Stop listening as soon as this site has been seen (repeatable).
+    #[arg(long, value_name = "SITE")]
+    expect: Vec<String>,
+    /// Print JSON: `[{"site", "standing", "addrs", "ca_fingerprint", "source"}]`.
+    #[arg(long)]
+    json: bool,
+    /// The site configuration [default: ./site.toml].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// How a sighting relates to this site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// This site (its own CA).
+    Own,
+    /// A pinned partner (the pinned CA).
+    Partner,
+    /// Anything else, and why.
+    Untrusted(String),
+}
+
+impl Standing {
+    fn word(&self) -> &'static str {
+        match self {
+            Standing::Own => "own",
+            Standing::Partner => "partner",
+            Standing::Untrusted(_) => "untrusted",
+        }
+    }
+}
+
+/// What this site trusts, to classify announcements with.
+pub(crate) struct Trust {
+    own: String,
+    own_fingerprint: String,
+    partners: Vec<Partner>,
+}
+
+impl Trust {
+    pub(crate) fn load(config: &SiteConfig) -> Result<Self> {
+        let ca = tinyci_pki::read_text_file(&config.ca_cert, false)?;
+        let der = tinyci_pki::tls::parse_cert_pem(&ca)?;
+        Ok(Self {
+            own: config.name.to_string(),
+            own_fingerprint: tinyci_pki::Fingerprint::of_der(&der).to_string(),
+            partners: federation::load_partners(&config.federation_dir, &config.name)
+                .map_err(|e| InputError(e.to_string()))?,
+        })
+    }
+
+    /// The CA fingerprint this site accepts for `site`, if any.
+    pub(crate) fn expected(&self, site: &str) -> Option<String> {
+        if site == self.own {
+            return Some(self.own_fingerprint.clone());
+        }
+        self.partners
+            .iter()
+            .find(|p| p.site.as_str() == site)
+            .map(|p| p.fingerprint.to_string())
+    }
+
+    pub(crate) fn classify(&self, site: &str, fingerprint: &str) -> Standing {
+        match self.expected(site) {
+            Some(expected) if expected == fingerprint => {
+                if site == self.own {
+                    Standing::Own
+                } else {
+                    Standing::Partner
+                }
+            }
+            Some(expected) => Standing::Untrusted(format!(
+                "announces CA sha256 {fingerprint}, but {site}'s CA is sha256 {expected}"
+            )),
+            None => Standing::Untrusted(format!("{site} is not pinned here")),
+        }
+    }
+}
+
+pub(crate) fn peers(args: PeersArgs) -> Result<()> {
+    let config = SiteConfig::load(&config_path(args.config.clone()))?;
+    let trust = Trust::load(&config)?;
+    let expect = args.expect.clone();
+    let sightings =
+        local_runtime()?.block_on(tinyci_net::discovery::browse(args.timeout, move |seen| {
+            !expect.is_empty()
+                && expect
+                    .iter()
+                    .all(|want| seen.iter().any(|s| &s.site == want))
+        }))?;
+    let mut rows = Vec::new();
+    for s in &sightings {
+        let standing = trust.classify(&s.site, &s.ca_fingerprint);
+        rows.push((
+            s.site.clone(),
+            standing,
+            s.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            s.ca_fingerprint.clone(),
+            "mdns",
+        ));
+    }
+    for (site, addr) in &config.discovery.static_peers {
+        let standing = match trust.expected(site) {
+            Some(_) if *site == trust.own => Standing::Own,
+            Some(_) => Standing::Partner,
+            None => Standing::Untrusted(format!("{site} is not pinned here")),
+        };
+        rows.push((
+            site.clone(),
+            standing,
+            vec![addr.clone()],
+            String::new(),
+            "static",
+        ));
+    }
+    if args.json {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(site, standing, addrs, ca, source)| {
+                serde_json::json!({
+                    "site": site,
+                    "standing": standing.word(),
+                    "addrs": addrs,
+                    "ca_fingerprint": ca,
+                    "source": source,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!(
+            "no sites found ({} of mDNS, no static peers)",
+            humantime(args.timeout)
+        );
+    }
+    for (site, standing, addrs, _, source) in &rows {
+        let why = match standing {
+            Standing::Untrusted(why) => format!("  ({why})"),
+            _ => String::new(),
+        };
+        println!(
+            "{site:<16} {:<9} {:<6} {}{why}",
+            standing.word(),
+            source,
+            addrs.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn humantime(d: std::time::Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}

@@ -78,6 +78,8 @@ enum Command {
     /// Pin, list and unpin partner sites.
     #[command(subcommand)]
     Federation(federation::FederationCommand),
+    /// List sites found over mDNS and static peers: own, pinned partner, or untrusted.
+    Peers(federation::PeersArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
         Command::Admin(command) => jobs::admin(command),
         Command::Login(args) => github::login(args),
         Command::Federation(command) => federation::federation(command),
+        Command::Peers(args) => federation::peers(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,8 +35,9 @@ pub(crate) struct RunArgs {
     /// The runner bundle from `tinyci runner add`.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["site", "token"])]
     bundle: Option<PathBuf>,
-    /// Instead of a bundle: the site to join, with --token: its address, or the name of a
-    /// partner pinned under federation/ (dialed at the pin's addresses). The runner connects
+    /// Instead of a bundle: the site to join, with --token: its address, the name of a
+    /// partner pinned under federation/ (dialed at the pin's addresses), or `auto` (found
+    /// over mDNS, accepted only if it announces the CA pinned for it). The runner connects
     /// with this host's own site identity (certificate from --config), so the grant must be
     /// held by this site (`site:<name>`); a partner's server is accepted only with its pinned
     /// CA.
@@ -48,6 +49,9 @@ pub(crate) struct RunArgs {
     /// Queue to take from, with --site (repeatable) [default: the queues the grant names].
     #[arg(long = "queue", value_name = "QUEUE", requires = "site")]
     queues: Vec<String>,
+    /// With --site auto: how long to listen for the site's announcement.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_ttl, requires = "site")]
+    discovery_timeout: Duration,
     /// This host's site configuration, with --site [default: ./site.toml].
     #[arg(long, value_name = "FILE", requires = "site")]
     config: Option<PathBuf>,
@@ -137,12 +141,80 @@ fn from_bundle(path: &std::path::Path) -> Result<Joining> {
     })
 }
 
+/// Finds `site` over mDNS (then among static peers): only an announcement carrying the CA
+/// fingerprint pinned for it counts. Returns its addresses.
+fn discover(config: &SiteConfig, site: &str, patience: Duration) -> Result<Vec<String>> {
+    let trust = crate::federation::Trust::load(config)?;
+    let expected = trust.expected(site).ok_or_else(|| {
+        InputError(format!(
+            "the token is for site {site}, which is neither this site nor a pinned partner"
+        ))
+    })?;
+    say!(
+        "looking for site {site} over mDNS (up to {}s)",
+        patience.as_secs()
+    );
+    let wanted = (site.to_owned(), expected.clone());
+    let sightings =
+        local_runtime()?.block_on(tinyci_net::discovery::browse(patience, move |seen| {
+            // Resolution can report a loopback address before the routable ones: wait for
+            // one another host could use (a loopback-only answer is still taken at the end).
+            seen.iter().any(|s| {
+                s.site == wanted.0
+                    && s.ca_fingerprint == wanted.1
+                    && s.addrs.iter().any(|a| !a.ip().is_loopback())
+            })
+        }))?;
+    // Routable addresses first; loopback ones only help when the site is on this host.
+    let addrs = |s: &tinyci_net::discovery::Sighting| {
+        let mut addrs = s.addrs.clone();
+        addrs.sort_by_key(|a| a.ip().is_loopback());
+        addrs.iter().map(ToString::to_string).collect::<Vec<_>>()
+    };
+    if let Some(trusted) = sightings
+        .iter()
+        .find(|s| s.site == site && s.ca_fingerprint == expected)
+    {
+        say!("found site {site} at {}", addrs(trusted).join(", "));
+        return Ok(addrs(trusted));
+    }
+    let impostors: Vec<String> = sightings
+        .iter()
+        .filter(|s| s.site == site)
+        .map(|s| {
+            format!(
+                "{} announcing CA sha256 {}",
+                addrs(s).join(", "),
+                s.ca_fingerprint
+            )
+        })
+        .collect();
+    let statics = config.discovery.static_addrs(site);
+    if !statics.is_empty() {
+        say!("site {site} is not announced with its pinned CA; using its static peer address");
+        return Ok(statics);
+    }
+    if impostors.is_empty() {
+        Err(anyhow::anyhow!(
+            "site {site} was not found over mDNS within {}s and has no static peer address",
+            patience.as_secs()
+        ))
+    } else {
+        Err(anyhow::anyhow!(
+            "refusing to connect: only untrusted announcements of site {site} were found ({}); \
+             the CA pinned for it is sha256 {expected}",
+            impostors.join("; ")
+        ))
+    }
+}
+
 /// `--site ADDR --token FILE`: this host's site identity, the grant's site and queues.
 fn from_token(
     addr: &str,
     token: &str,
     config: Option<PathBuf>,
     queues: Vec<String>,
+    discovery_timeout: Duration,
 ) -> Result<Joining> {
     let config = SiteConfig::load(&config_path(config))?;
     let token = read_token_arg(token)?;
@@ -151,7 +223,12 @@ fn from_token(
         .map_err(|e| InputError(e.to_string()))?
         .grant;
     let target = tinyci_pki::SiteName::new(&grant.site)?;
-    let by_name = !addr.contains(':');
+    let discovered = if addr == "auto" {
+        Some(discover(&config, target.as_str(), discovery_timeout)?)
+    } else {
+        None
+    };
+    let by_name = discovered.is_none() && !addr.contains(':');
     if by_name && addr != target.as_str() {
         return Err(InputError(format!(
             "--site {addr}: the token is for site {target}; give its address or --site {target}"
@@ -163,9 +240,11 @@ fn from_token(
             let own = config.dial_addr().ok_or_else(|| {
                 InputError("site.listen has port 0; give --site HOST:PORT".into())
             })?;
-            vec![own.to_string()]
+            let mut addrs = vec![own.to_string()];
+            addrs.extend(config.discovery.static_addrs(target.as_str()));
+            addrs
         } else {
-            vec![addr.to_owned()]
+            discovered.unwrap_or_else(|| vec![addr.to_owned()])
         };
         (
             tinyci_pki::read_text_file(&config.ca_cert, false)?,
@@ -179,9 +258,11 @@ fn from_token(
         )
         .map_err(|e| InputError(format!("the token is for site {target}: {e}")))?;
         let addresses = if by_name {
-            pin.addrs.clone()
+            let mut addrs = pin.addrs.clone();
+            addrs.extend(config.discovery.static_addrs(target.as_str()));
+            addrs
         } else {
-            vec![addr.to_owned()]
+            discovered.unwrap_or_else(|| vec![addr.to_owned()])
         };
         if addresses.is_empty() {
             return Err(InputError(format!(
@@ -216,9 +297,13 @@ fn from_token(
 fn serve(args: RunArgs) -> Result<()> {
     let joining = match (&args.bundle, &args.site, &args.token) {
         (Some(path), _, _) => from_bundle(path)?,
-        (None, Some(addr), Some(token)) => {
-            from_token(addr, token, args.config.clone(), args.queues.clone())?
-        }
+        (None, Some(addr), Some(token)) => from_token(
+            addr,
+            token,
+            args.config.clone(),
+            args.queues.clone(),
+            args.discovery_timeout,
+        )?,
         _ => {
             return Err(InputError(
                 "give --bundle FILE (from `tinyci runner add`), or --site HOST:PORT --token FILE"

@@ -6,11 +6,12 @@
 //! `RpcSystem`. Everything capnp is `!Send`, so [`serve`] and [`dial`] must run inside a
 //! `tokio::task::LocalSet` on a current-thread runtime.
 //!
-//! This is the only crate that knows `tokio-rustls` (and, later, `mdns-sd`). It knows nothing
+//! This is the only crate that knows `tokio-rustls` and `mdns-sd` ([`discovery`]). It knows nothing
 //! of tokens, storage or services: what a peer may do is decided by the bootstrap the caller
 //! builds.
 
 mod client;
+pub mod discovery;
 mod server;
 
 use std::time::Duration;
@@ -100,4 +101,7 @@ pub enum NetError {
     /// Certificate policy refused to build a configuration.
     #[error(transparent)]
     Pki(#[from] tinyci_pki::PkiError),
+    /// mDNS could not start (no usable interface, socket refused).
+    #[error("mDNS discovery: {0}")]
+    Discovery(String),
 }

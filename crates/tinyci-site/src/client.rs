@@ -156,13 +156,16 @@ pub async fn connect_partner(
     addr: Option<String>,
 ) -> Result<(SiteClient, SiteInfo), SiteError> {
     let pin = crate::federation::find_partner(&config.federation_dir, &config.name, partner)?;
-    let addr = addr.or_else(|| pin.addrs.first().cloned()).ok_or_else(|| {
-        SiteError::NoAddress(format!(
-            "partner {partner} has no address in {}; pass --addr HOST:PORT or add one with \
+    let addr = addr
+        .or_else(|| pin.addrs.first().cloned())
+        .or_else(|| config.discovery.static_addrs(partner).into_iter().next())
+        .ok_or_else(|| {
+            SiteError::NoAddress(format!(
+                "partner {partner} has no address in {}; pass --addr HOST:PORT or add one with \
                  `tinyci federation add {partner} --ca FILE --addr HOST:PORT`",
-            pin.path.display()
-        ))
-    })?;
+                pin.path.display()
+            ))
+        })?;
     let credentials = load_credentials("tls.cert", &config.cert, "tls.key", &config.key)?;
     connect_as(&addr, &credentials, &pin.ca_pem, &pin.site).await
 }

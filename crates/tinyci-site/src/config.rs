@@ -63,6 +63,28 @@ pub struct SiteConfig {
     pub github: Option<GitHubSettings>,
     /// Where partner pins live (`[federation] dir`).
     pub federation_dir: PathBuf,
+    /// `[discovery]`.
+    pub discovery: Discovery,
+}
+
+/// `[discovery]`: how sites find each other's addresses (never trust).
+#[derive(Clone, Debug, Default)]
+pub struct Discovery {
+    /// Announce this site over mDNS (`_tinyci._tcp.local.`) and look for others there.
+    pub mdns: bool,
+    /// Sites at fixed addresses: `(name, host:port)`.
+    pub static_peers: Vec<(String, String)>,
+}
+
+impl Discovery {
+    /// Static addresses given for `site`.
+    pub fn static_addrs(&self, site: &str) -> Vec<String> {
+        self.static_peers
+            .iter()
+            .filter(|(name, _)| name == site)
+            .map(|(_, addr)| addr.clone())
+            .collect()
+    }
 }
 
 /// `[http]`: the site's plain-HTTP listener. Put a TLS-terminating proxy in front of it for
@@ -161,6 +183,17 @@ struct RawConfig {
     github: Option<RawGitHub>,
     #[serde(default)]
     federation: RawFederation,
+    #[serde(default)]
+    discovery: RawDiscovery,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    #[serde(default)]
+    mdns: bool,
+    #[serde(default)]
+    static_peers: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -651,7 +684,27 @@ impl SiteConfig {
                     .into(),
             ));
         }
+        let mut static_peers = Vec::new();
+        for peer in &raw.discovery.static_peers {
+            let parsed = peer.split_once('@').filter(|(name, addr)| {
+                SiteName::new(name).is_ok()
+                    && addr
+                        .rsplit_once(':')
+                        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+            });
+            let (name, addr) = parsed.ok_or_else(|| {
+                value(
+                    "discovery.static_peers",
+                    format!("{peer:?} is not name@host:port (e.g. beta@ci.beta.example:7433)"),
+                )
+            })?;
+            static_peers.push((name.to_owned(), addr.to_owned()));
+        }
         let config = Self {
+            discovery: Discovery {
+                mdns: raw.discovery.mdns,
+                static_peers,
+            },
             federation_dir: base.join(raw.federation.dir),
             http,
             github,

@@ -471,6 +471,24 @@ impl Site {
         });
         let addr = listener.local_addr().ok();
         info!(site = %facts.name, ?addr, "serving");
+        // Announced for as long as the site serves; dropped (a goodbye) when it stops.
+        let _announcer = match (self.config.discovery.mdns, addr) {
+            (true, Some(addr)) => match tinyci_net::discovery::Announcer::start(
+                self.config.name.as_str(),
+                addr.port(),
+                &self.ca_fingerprint.to_string(),
+            ) {
+                Ok(announcer) => {
+                    info!(port = addr.port(), "announcing this site over mDNS");
+                    Some(announcer)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot announce over mDNS; static peers still work");
+                    None
+                }
+            },
+            _ => None,
+        };
         let processor = self
             .services
             .github
