@@ -13,5 +13,6 @@ mod github;
 mod grants;
 mod jobs;
 mod logs;
+mod partition;
 mod runners;
 mod site_lifecycle;

@@ -69,6 +69,7 @@ pub async fn dial<T: FromClientHook>(
             source,
         })?;
     let _ = stream.set_nodelay(true);
+    crate::watch_for_dead_peer(&stream);
     let server_name = tinyci_pki::tls::server_name(site)?;
     let tls_stream = tokio::time::timeout(
         limits.handshake_timeout,

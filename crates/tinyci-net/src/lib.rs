@@ -51,6 +51,32 @@ impl Default for NetLimits {
     }
 }
 
+/// How long a connection may go without the peer acknowledging anything before it is
+/// declared dead: keepalive probes start after [`KEEPALIVE_IDLE`] of silence, and unacknowledged
+/// data is given up on after this long. A partitioned peer (no RST ever arrives) is noticed
+/// within about this time instead of the kernel's default of a quarter of an hour, so runners
+/// reconnect and resume instead of hanging.
+pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Silence before the first keepalive probe.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+
+/// Sets TCP keepalive and the user timeout on a connected socket (best effort: a platform
+/// without them keeps the kernel's defaults).
+pub(crate) fn watch_for_dead_peer(stream: &tokio::net::TcpStream) {
+    let socket = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(Duration::from_secs(5))
+        .with_retries(4);
+    if let Err(e) = socket.set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot enable TCP keepalive");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket.set_tcp_user_timeout(Some(DEAD_PEER_TIMEOUT)) {
+        tracing::debug!(error = %e, "cannot set the TCP user timeout");
+    }
+}
+
 impl NetLimits {
     fn reader_options(&self) -> capnp::message::ReaderOptions {
         let mut options = capnp::message::ReaderOptions::new();

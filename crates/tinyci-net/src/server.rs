@@ -244,6 +244,8 @@ where
         let stats = &self.stats;
         // Small RPC frames dominate; don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
+        crate::watch_for_dead_peer(&stream);
+        crate::watch_for_dead_peer(&stream);
         let handshake =
             tokio::time::timeout(self.limits.handshake_timeout, self.acceptor.accept(stream));
         let tls = match handshake.await {
