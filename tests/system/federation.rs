@@ -17,32 +17,51 @@ struct Site {
     name: &'static str,
     dir: tempfile::TempDir,
     /// Kept running for the test; killed on drop.
-    _process: SiteProcess,
+    process: Option<SiteProcess>,
     addr: String,
 }
 
 impl Site {
     fn start(name: &'static str) -> Self {
+        Self::start_on(name, "127.0.0.1:0")
+    }
+
+    fn start_on(name: &'static str, listen: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let init = run_in(dir.path(), &["site", "init", "--name", name]);
         assert!(init.status.success(), "{}", text(&init.stderr));
+        let (process, addr) = Self::serve(dir.path(), listen);
+        Self {
+            name,
+            dir,
+            process: Some(process),
+            addr,
+        }
+    }
+
+    fn serve(dir: &Path, listen: &str) -> (SiteProcess, String) {
         let mut process = SiteProcess::start(
-            dir.path(),
+            dir,
             &[
                 "--config",
                 "site.toml",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--no-local-runner",
             ],
         );
         let addr = process.wait_for("listening on ").trim().to_owned();
-        Self {
-            name,
-            dir,
-            _process: process,
-            addr,
+        (process, addr)
+    }
+
+    /// Kills the site (SIGKILL, a crash) and starts it again on the same address.
+    fn crash_and_restart(&mut self) {
+        if let Some(process) = self.process.take() {
+            process.kill9();
         }
+        let (process, addr) = Self::serve(self.dir.path(), &self.addr);
+        assert_eq!(addr, self.addr);
+        self.process = Some(process);
     }
 
     fn path(&self) -> &Path {
@@ -414,4 +433,60 @@ fn removing_a_partner_closes_its_connections_and_refuses_new_ones() {
     ]);
     assert!(refused.contains("alpha"), "{refused}");
     drop(runner);
+}
+
+#[test]
+fn a_partner_runner_comes_back_by_itself_after_the_far_site_restarts() {
+    let port = crate::jobs::free_port();
+    let mut alpha = Site::start_on("alpha", &format!("127.0.0.1:{port}"));
+    let beta = Site::start("beta");
+    alpha.pin(&beta);
+    beta.pin(&alpha);
+    let gpu = alpha.grant(
+        &beta,
+        "gpu.token",
+        &[
+            "--to",
+            "site:beta",
+            "--right",
+            "queue:take",
+            "--queue",
+            "gpu",
+            "--ttl",
+            "1h",
+        ],
+    );
+    let mut runner = SiteProcess::spawn(
+        beta.path(),
+        &[
+            "runner",
+            "--site",
+            "alpha",
+            "--token",
+            gpu.to_str().unwrap(),
+            "--executor",
+            "shell",
+        ],
+    );
+    runner.wait_for("runner beta-runner of site alpha");
+    let repo = tempfile::tempdir().unwrap();
+    repo_with(repo.path(), "gpu", "echo on gpu");
+    let submit = |alpha: &Site| {
+        alpha.ok(&[
+            "submit",
+            repo.path().to_str().unwrap(),
+            "--all",
+            "--repo",
+            "org/x",
+            "--wait",
+            "--addr",
+            &alpha.addr,
+        ])
+    };
+    assert!(submit(&alpha).contains("passed"));
+    alpha.crash_and_restart();
+    // No manual step: beta's runner reconnects with backoff and takes the next job.
+    let after = submit(&alpha);
+    assert!(after.contains("passed"), "{after}");
+    assert!(after.contains("beta-runner"), "{after}");
 }
