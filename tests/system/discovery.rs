@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{SiteProcess, run_in};
+use crate::support::{SiteProcess, run_in, wait_until};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -213,12 +213,11 @@ fn a_runner_finds_its_partner_over_mdns_and_connects_through_the_pin() {
         .find_map(|l| l.strip_prefix("listening on "))
         .unwrap()
         .to_owned();
-    let since = std::time::Instant::now();
-    loop {
+    wait_until("west's runner should join east", || {
         let mut runners = match &namespaces {
             Ok(ns) => ns.tinyci(0, east.path(), &["admin", "runners", "--addr", &east_addr]),
             Err(_) => {
-                let port = east_addr.rsplit(':').next().unwrap();
+                let port = east_addr.rsplit(':').next().unwrap_or_default();
                 let mut command = crate::support::tinyci();
                 command.current_dir(east.path()).args([
                     "admin",
@@ -229,17 +228,8 @@ fn a_runner_finds_its_partner_over_mdns_and_connects_through_the_pin() {
                 command
             }
         };
-        let out = runners.output().unwrap();
-        if text(&out.stdout).contains("west-runner") {
-            break;
-        }
-        assert!(
-            since.elapsed().as_secs() < 120,
-            "west's runner never joined east: {}",
-            text(&out.stderr)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+        text(&runners.output().unwrap().stdout).contains("west-runner")
+    });
 }
 
 #[test]

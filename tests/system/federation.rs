@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::jobs::start_runner;
-use crate::support::{SiteProcess, git_repo, run_in, wait_for_file};
+use crate::support::{SiteProcess, git_repo, run_in, wait_for_file, wait_until};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -115,6 +115,47 @@ impl Site {
         );
     }
 
+    /// Starts this site's runner at partner `site` with `token`, as `tinyci runner --site`.
+    fn runner_at(&self, site: &Site, token: &str) -> SiteProcess {
+        let mut runner = SiteProcess::spawn(
+            self.path(),
+            &[
+                "runner",
+                "--site",
+                site.name,
+                "--token",
+                token,
+                "--executor",
+                "shell",
+            ],
+        );
+        runner.wait_for(&format!(
+            "runner {}-runner of site {}",
+            self.name, site.name
+        ));
+        runner
+    }
+
+    /// Grants `dest` (a partner) `queue:take` on queue gpu here, for `ttl`; the token is
+    /// written as `gpu.token` in `dest`'s directory.
+    fn grant_gpu(&self, dest: &Site, ttl: &str) -> PathBuf {
+        let holder = format!("site:{}", dest.name);
+        self.grant(
+            dest,
+            "gpu.token",
+            &[
+                "--to",
+                &holder,
+                "--right",
+                "queue:take",
+                "--queue",
+                "gpu",
+                "--ttl",
+                ttl,
+            ],
+        )
+    }
+
     /// Mints a grant here for `holder`, written into `dest`'s directory; returns its path.
     fn grant(&self, dest: &Site, file: &str, args: &[&str]) -> PathBuf {
         let out = dest.path().join(file);
@@ -147,16 +188,6 @@ fn repo_with(dir: &Path, queue: &str, command: &str) {
             ),
         ],
     );
-}
-
-/// Polls `done` (each poll a real request) until it holds; panics naming `what` after a
-/// generous hang guard.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let since = Instant::now();
-    while !done() {
-        assert!(since.elapsed().as_secs() < 120, "{what}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }
 
 /// The first run id a `submit` printed (`  r-2 …`).
@@ -250,20 +281,7 @@ fn a_partner_submits_and_follows_logs_only_where_its_grant_allows() {
 #[test]
 fn a_partner_runner_takes_only_its_queue_and_stops_when_the_grant_is_revoked() {
     let (alpha, beta) = two_sites();
-    let gpu = alpha.grant(
-        &beta,
-        "gpu.token",
-        &[
-            "--to",
-            "site:beta",
-            "--right",
-            "queue:take",
-            "--queue",
-            "gpu",
-            "--ttl",
-            "7d",
-        ],
-    );
+    let gpu = alpha.grant_gpu(&beta, "7d");
     // Beta narrows it to one hour, offline, before handing it to its runner.
     let narrowed = beta.path().join("gpu-1h.token");
     beta.ok(&[
@@ -286,19 +304,7 @@ fn a_partner_runner_takes_only_its_queue_and_stops_when_the_grant_is_revoked() {
         "{denied}"
     );
 
-    let mut runner = SiteProcess::spawn(
-        beta.path(),
-        &[
-            "runner",
-            "--site",
-            "alpha",
-            "--token",
-            narrowed,
-            "--executor",
-            "shell",
-        ],
-    );
-    runner.wait_for("runner beta-runner of site alpha");
+    let runner = beta.runner_at(&alpha, narrowed);
 
     // Alpha's gpu work runs on beta's runner.
     let repo = tempfile::tempdir().unwrap();
@@ -356,19 +362,12 @@ fn a_partner_runner_takes_only_its_queue_and_stops_when_the_grant_is_revoked() {
         &alpha.addr,
     ]);
     // The run goes back to alpha's queue at once (not when its lease would lapse).
-    loop {
-        let runs = alpha.ok(&["admin", "runs", "--addr", &alpha.addr]);
-        let line = runs
+    wait_until("the revoked runner's run should be requeued", || {
+        alpha
+            .ok(&["admin", "runs", "--addr", &alpha.addr])
             .lines()
-            .find(|l| l.contains(&slow_run))
-            .unwrap()
-            .to_owned();
-        if line.contains("queued") {
-            break;
-        }
-        assert!(revoked_at.elapsed().as_secs() < 120, "{line}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+            .any(|l| l.contains(&slow_run) && l.contains("queued"))
+    });
     eprintln!(
         "revocation to requeue: {} ms (reported, not asserted)",
         revoked_at.elapsed().as_millis()
@@ -385,34 +384,9 @@ fn a_partner_runner_takes_only_its_queue_and_stops_when_the_grant_is_revoked() {
 #[test]
 fn removing_a_partner_closes_its_connections_and_refuses_new_ones() {
     let (alpha, beta) = two_sites();
-    let gpu = alpha.grant(
-        &beta,
-        "gpu.token",
-        &[
-            "--to",
-            "site:beta",
-            "--right",
-            "queue:take",
-            "--queue",
-            "gpu",
-            "--ttl",
-            "1h",
-        ],
-    );
+    let gpu = alpha.grant_gpu(&beta, "1h");
     let gpu = gpu.to_str().unwrap();
-    let mut runner = SiteProcess::spawn(
-        beta.path(),
-        &[
-            "runner",
-            "--site",
-            "alpha",
-            "--token",
-            gpu,
-            "--executor",
-            "shell",
-        ],
-    );
-    runner.wait_for("runner beta-runner of site alpha");
+    let runner = beta.runner_at(&alpha, gpu);
     wait_until("beta's runner should connect to alpha", || {
         alpha
             .ok(&["admin", "runners", "--addr", &alpha.addr])
@@ -442,33 +416,8 @@ fn a_partner_runner_comes_back_by_itself_after_the_far_site_restarts() {
     let beta = Site::start("beta");
     alpha.pin(&beta);
     beta.pin(&alpha);
-    let gpu = alpha.grant(
-        &beta,
-        "gpu.token",
-        &[
-            "--to",
-            "site:beta",
-            "--right",
-            "queue:take",
-            "--queue",
-            "gpu",
-            "--ttl",
-            "1h",
-        ],
-    );
-    let mut runner = SiteProcess::spawn(
-        beta.path(),
-        &[
-            "runner",
-            "--site",
-            "alpha",
-            "--token",
-            gpu.to_str().unwrap(),
-            "--executor",
-            "shell",
-        ],
-    );
-    runner.wait_for("runner beta-runner of site alpha");
+    let gpu = alpha.grant_gpu(&beta, "1h");
+    let _runner = beta.runner_at(&alpha, gpu.to_str().unwrap());
     let repo = tempfile::tempdir().unwrap();
     repo_with(repo.path(), "gpu", "echo on gpu");
     let submit = |alpha: &Site| {

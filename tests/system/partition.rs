@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{git_repo, run_in, wait_for_file};
+use crate::support::{git_repo, run_in, wait_for_file, wait_until};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -255,15 +255,9 @@ fn a_runner_cut_off_mid_run_finishes_it_exactly_once_with_a_whole_log() {
         assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
         text(&out.stdout)
     };
-    let since = std::time::Instant::now();
-    while !admin(&["admin", "runners"]).contains("beta-runner") {
-        assert!(
-            since.elapsed().as_secs() < 120,
-            "beta's runner never reached alpha: {}",
-            must(&["logs", &runner])
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_until("beta's runner should reach alpha", || {
+        admin(&["admin", "runners"]).contains("beta-runner")
+    });
 
     // 200 numbered lines; after line 50 the job waits for the test, which cuts the runner off.
     let repo = tempfile::tempdir().unwrap();

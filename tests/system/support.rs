@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -213,5 +213,15 @@ pub(crate) fn init_site(dir: &Path, extra_config: &str) {
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str(extra_config);
         std::fs::write(path, text).unwrap();
+    }
+}
+
+/// Polls `done` (each poll a real request) until it holds; panics naming `what` after a
+/// generous hang guard.
+pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let since = Instant::now();
+    while !done() {
+        assert!(since.elapsed() < PATIENCE, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

@@ -4,7 +4,6 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -12,15 +11,15 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use sha2::{Digest, Sha256};
 use tinyci_schema::{byte_sink, log_reader};
-use tinyci_site::{SiteClient, SiteConfig, admin_capability, connect_admin, rpc_error};
+use tinyci_site::{SiteClient, SiteConfig, admin_capability, rpc_error};
 
-use crate::util::{InputError, config_path, local_runtime, read_token_arg};
+use crate::util::{InputError, config_path, local_runtime};
 
 /// List a run's artifacts (size, SHA-256, name), or download one with --get.
 ///
 /// Uses the admin certificate from site.toml, with the admin token (every repository) or,
 /// with --token, a grant held by the admin certificate's identity that allows `logs:read` on
-/// the run's repository. A download is written to a temporary file beside FILE and renamed
+/// the run's repository; with --site NAME --token, a partner site's grant held by this site. A download is written to a temporary file beside FILE and renamed
 /// only once its size and SHA-256 match what the site recorded.
 #[derive(Debug, Args)]
 pub(crate) struct ArtifactsArgs {
@@ -33,13 +32,12 @@ pub(crate) struct ArtifactsArgs {
     /// name, in the current directory].
     #[arg(short = 'o', long = "output", value_name = "FILE", requires = "get")]
     output: Option<PathBuf>,
-    /// Read with this grant (text, file, or - for standard input) instead of the admin token.
-    #[arg(long, value_name = "TOKEN|FILE")]
-    token: Option<String>,
     /// The run's repository [default: every repository with the admin token; the grant's
     /// only repository with --token].
     #[arg(long, value_name = "OWNER/NAME")]
     repo: Option<String>,
+    #[command(flatten)]
+    grant: crate::remote::GrantArgs,
     #[command(flatten)]
     site: crate::jobs::SiteArgs,
 }
@@ -53,15 +51,8 @@ struct Listed {
 
 pub(crate) fn artifacts(args: ArtifactsArgs) -> Result<()> {
     let config = SiteConfig::load(&config_path(args.site.config.clone()))?;
-    let token = args.token.as_deref().map(read_token_arg).transpose()?;
     local_runtime()?.block_on(async move {
-        let (client, reader) = log_reader(
-            &config,
-            args.site.addr,
-            token.as_deref(),
-            args.repo.as_deref(),
-        )
-        .await?;
+        let (client, reader) = log_reader(&config, &args).await?;
         let rpc = |e| rpc_error(&client, e);
         let mut request = reader.artifacts_request();
         request.get().set_run(&args.run);
@@ -108,65 +99,24 @@ pub(crate) fn artifacts(args: ArtifactsArgs) -> Result<()> {
     })
 }
 
-/// A `LogReader` through the admin token (scoped to `repo`, else every repository) or through
-/// `token` (scoped to `repo`, else the grant's only repository).
+/// A `LogReader` through the admin token (scoped to `--repo`, else every repository) or
+/// through `--token` at this site or `--site` (scoped to `--repo`, else the grant's only
+/// repository).
 async fn log_reader(
     config: &SiteConfig,
-    addr: Option<SocketAddr>,
-    token: Option<&str>,
-    repo: Option<&str>,
+    args: &ArtifactsArgs,
 ) -> Result<(SiteClient, log_reader::Client)> {
-    let Some(token) = token else {
-        let (client, admin) = admin_capability(config, addr).await?;
-        let mut request = admin.logs_request();
-        request.get().set_repo(repo.unwrap_or("*"));
-        let reader = request.send().pipeline.get_reader();
+    if let Some(token) = &args.grant.token {
+        let (client, session) =
+            crate::remote::session_with(config, args.site.addr, args.grant.site.as_deref(), token)
+                .await?;
+        let reader =
+            crate::remote::grant_log_reader(&client, &session, args.repo.as_deref()).await?;
         return Ok((client, reader));
-    };
-    let (client, _) = connect_admin(config, addr).await?;
-    let mut redeem = client.gateway.redeem_request();
-    redeem.get().set_token(token);
-    let session = redeem.send().pipeline.get_session();
-    let repo = match repo {
-        Some(repo) => repo.to_owned(),
-        None => {
-            let response = session
-                .grant_request()
-                .send()
-                .promise
-                .await
-                .map_err(|e| rpc_error(&client, e))?;
-            let repos: Vec<String> = response
-                .get()
-                .and_then(|r| r.get_grant())
-                .and_then(|g| g.get_repos())
-                .and_then(|list| {
-                    list.iter()
-                        .map(|r| Ok(r?.to_string()?))
-                        .collect::<capnp::Result<Vec<_>>>()
-                })
-                .map_err(|e| rpc_error(&client, e))?;
-            match repos.as_slice() {
-                [only] => only.clone(),
-                [] => {
-                    return Err(InputError(
-                        "the grant names no repository, so it cannot read artifacts".into(),
-                    )
-                    .into());
-                }
-                many => {
-                    return Err(InputError(format!(
-                        "the grant covers {} repositories ({}); say which with --repo",
-                        many.len(),
-                        many.join(", ")
-                    ))
-                    .into());
-                }
-            }
-        }
-    };
-    let mut request = session.logs_request();
-    request.get().init_scope().set_repo(&repo);
+    }
+    let (client, admin) = admin_capability(config, args.site.addr).await?;
+    let mut request = admin.logs_request();
+    request.get().set_repo(args.repo.as_deref().unwrap_or("*"));
     let reader = request.send().pipeline.get_reader();
     Ok((client, reader))
 }
