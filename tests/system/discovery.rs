@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{SiteProcess, run_in, wait_until};
+use crate::support::{SiteProcess, grant_queue_take, run_in, wait_until};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -112,23 +112,7 @@ fn a_runner_finds_its_partner_over_mdns_and_connects_through_the_pin() {
     pin(east.path(), west.path(), "west");
     pin(west.path(), east.path(), "east");
     let token = west.path().join("east.token");
-    let granted = run_in(
-        east.path(),
-        &[
-            "grant",
-            "--to",
-            "site:west",
-            "--right",
-            "queue:take",
-            "--queue",
-            "gpu",
-            "--ttl",
-            "1h",
-            "--out",
-            token.to_str().unwrap(),
-        ],
-    );
-    assert!(granted.status.success(), "{}", text(&granted.stderr));
+    grant_queue_take(east.path(), "west", "gpu", &token);
 
     let namespaces = Namespaces::create();
     let up = ["site", "up", "--config", "site.toml", "--no-local-runner"];
@@ -243,23 +227,7 @@ fn an_impostor_announcing_a_partners_name_is_untrusted_and_refused() {
     init_announcing(beta.path(), "beta");
     pin(beta.path(), real.path(), "alpha");
     let token = beta.path().join("alpha.token");
-    let granted = run_in(
-        real.path(),
-        &[
-            "grant",
-            "--to",
-            "site:beta",
-            "--right",
-            "queue:take",
-            "--queue",
-            "gpu",
-            "--ttl",
-            "1h",
-            "--out",
-            token.to_str().unwrap(),
-        ],
-    );
-    assert!(granted.status.success(), "{}", text(&granted.stderr));
+    grant_queue_take(real.path(), "beta", "gpu", &token);
     let mut fake = SiteProcess::start(
         impostor.path(),
         &[

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{git_repo, run_in, wait_for_file, wait_until};
+use crate::support::{git_repo, grant_queue_take, run_in, wait_for_file, wait_until};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -160,23 +160,7 @@ fn a_runner_cut_off_mid_run_finishes_it_exactly_once_with_a_whole_log() {
     pin(alpha.path(), beta.path(), "beta", None);
     pin(beta.path(), alpha.path(), "alpha", Some("alpha:7433"));
     let token = beta.path().join("gpu.token");
-    let granted = run_in(
-        alpha.path(),
-        &[
-            "grant",
-            "--to",
-            "site:beta",
-            "--right",
-            "queue:take",
-            "--queue",
-            "gpu",
-            "--ttl",
-            "1h",
-            "--out",
-            token.to_str().unwrap(),
-        ],
-    );
-    assert!(granted.status.success(), "{}", text(&granted.stderr));
+    grant_queue_take(alpha.path(), "beta", "gpu", &token);
 
     let volume = |dir: &Path, at: &str| format!("{}:{at}", dir.display());
     let run = |name: &str, extra: &[&str], command: &[&str]| {

@@ -225,3 +225,30 @@ pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Mints, with the site in `dir`, a one-hour grant of `queue:take` on `queue` for partner
+/// site `holder`, written to `out`.
+pub(crate) fn grant_queue_take(dir: &Path, holder: &str, queue: &str, out: &Path) {
+    let holder = format!("site:{holder}");
+    let granted = run_in(
+        dir,
+        &[
+            "grant",
+            "--to",
+            &holder,
+            "--right",
+            "queue:take",
+            "--queue",
+            queue,
+            "--ttl",
+            "1h",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        granted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&granted.stderr)
+    );
+}
