@@ -151,7 +151,7 @@ impl GitHubSite {
 
 /// An HTTP/1.1 exchange over a fresh connection: returns status, headers (lowercased
 /// names) and body.
-fn http(
+pub(crate) fn http(
     addr: &str,
     method: &str,
     target: &str,

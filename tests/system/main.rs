@@ -13,6 +13,7 @@ mod github;
 mod grants;
 mod jobs;
 mod logs;
+mod metrics;
 mod partition;
 mod runners;
 mod site_lifecycle;

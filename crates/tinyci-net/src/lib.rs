@@ -12,6 +12,7 @@
 
 mod client;
 pub mod discovery;
+pub mod observe;
 mod server;
 
 use std::time::Duration;

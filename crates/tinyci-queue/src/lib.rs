@@ -119,6 +119,9 @@ pub struct Leased {
     pub expires_at: u64,
 }
 
+/// Called with every run change (see [`Queue::observe`]).
+type RunObserverFn = Rc<dyn Fn(&StoredRun)>;
+
 /// Runs inside [`Queue::submit_with`]'s transaction, after the submission is written.
 pub type SubmitHook =
     Box<dyn FnOnce(&mut WriteTxn<'_>, &StoredSubmission) -> Result<(), StoreError> + Send>;
@@ -148,6 +151,8 @@ struct State {
     watchers: HashMap<SubmissionId, Vec<mpsc::UnboundedSender<RunUpdate>>>,
     /// Paused queues lease nothing.
     paused: BTreeSet<String>,
+    /// Told of every run change (metrics).
+    observers: Vec<RunObserverFn>,
 }
 
 /// The queue. Create with [`Queue::open`]; drive lease expiry with [`Queue::run_expiry`].
@@ -902,10 +907,21 @@ impl Queue {
     }
 
     fn notify(&self, run: &StoredRun) {
-        let mut state = self.state.borrow_mut();
-        if let Some(watchers) = state.watchers.get_mut(&run.submission) {
-            watchers.retain(|w| w.send(run.clone()).is_ok());
+        let observers = {
+            let mut state = self.state.borrow_mut();
+            if let Some(watchers) = state.watchers.get_mut(&run.submission) {
+                watchers.retain(|w| w.send(run.clone()).is_ok());
+            }
+            state.observers.clone()
+        };
+        for observer in observers {
+            observer(run);
         }
+    }
+
+    /// Calls `observer` with every run change, for as long as the queue lives.
+    pub fn observe(&self, observer: impl Fn(&StoredRun) + 'static) {
+        self.state.borrow_mut().observers.push(Rc::new(observer));
     }
 
     /// A run as it is now (live state if unfinished, else stored).
@@ -981,7 +997,12 @@ impl Queue {
         }
         for run in state.live.values() {
             if matches!(run.state.status(), RunStatus::Leased | RunStatus::Running) {
-                out.entry(run.spec.queue.to_string()).or_default().active += 1;
+                let stats = out.entry(run.spec.queue.to_string()).or_default();
+                stats.active += 1;
+                if let Some(started) = run.started_at {
+                    stats.oldest_started_at =
+                        Some(stats.oldest_started_at.map_or(started, |o| o.min(started)));
+                }
             }
         }
         for (queue, waiters) in &state.waiters {
@@ -1066,6 +1087,8 @@ pub struct QueueStats {
     pub waiting: usize,
     /// Whether the queue is paused.
     pub paused: bool,
+    /// When the longest-running current attempt started (Unix ms), if any runs.
+    pub oldest_started_at: Option<u64>,
 }
 
 /// Puts a run back on its queue if a lease in progress is abandoned.

@@ -477,7 +477,9 @@ impl asset_sink::Server for AssetSinkCap {
             })),
             ended: RefCell::new(None),
         };
-        results.get().set_sink(capnp_rpc::new_client(upload));
+        results
+            .get()
+            .set_sink(crate::rpc::observed(&self.services, upload));
         Ok(())
     }
 }

@@ -53,7 +53,9 @@ impl submitter::Server for SubmitterCap {
             .sources
             .upload()
             .map_err(|e| capnp::Error::failed(format!("cannot start an upload: {e}")))?;
-        results.get().set_sink(capnp_rpc::new_client(upload));
+        results
+            .get()
+            .set_sink(crate::rpc::observed(&self.services, upload));
         Ok(())
     }
 
@@ -71,7 +73,9 @@ impl submitter::Server for SubmitterCap {
         )
         .await?;
         let ticket = TicketCap::new(self.services.clone(), submission.id, self.liveness.clone());
-        results.get().set_ticket(capnp_rpc::new_client(ticket));
+        results
+            .get()
+            .set_ticket(crate::rpc::observed(&self.services, ticket));
         Ok(())
     }
 
@@ -91,7 +95,9 @@ impl submitter::Server for SubmitterCap {
             _ => return Err(not_found()),
         }
         let ticket = TicketCap::new(self.services.clone(), parsed, self.liveness.clone());
-        results.get().set_ticket(capnp_rpc::new_client(ticket));
+        results
+            .get()
+            .set_ticket(crate::rpc::observed(&self.services, ticket));
         Ok(())
     }
 }
@@ -209,9 +215,10 @@ impl log_reader::Server for LogReaderCap {
                 }
             }
         });
-        results
-            .get()
-            .set_handle(capnp_rpc::new_client(crate::jobs::WatchHandle(task)));
+        results.get().set_handle(crate::rpc::observed(
+            &self.services,
+            crate::jobs::WatchHandle(task),
+        ));
         Ok(())
     }
 
@@ -452,7 +459,9 @@ impl admin::Server for AdminCap {
             self.peer.to_string(),
             self.liveness.clone(),
         );
-        results.get().set_submitter(capnp_rpc::new_client(cap));
+        results
+            .get()
+            .set_submitter(crate::rpc::observed(&self.services, cap));
         Ok(())
     }
 
@@ -466,7 +475,9 @@ impl admin::Server for AdminCap {
         tinyci_grant::vocab::validate_repo(&repo)
             .map_err(|e| capnp::Error::failed(e.to_string()))?;
         let cap = LogReaderCap::new(self.services.clone(), repo, self.liveness.clone());
-        results.get().set_reader(capnp_rpc::new_client(cap));
+        results
+            .get()
+            .set_reader(crate::rpc::observed(&self.services, cap));
         Ok(())
     }
 
@@ -490,7 +501,9 @@ impl admin::Server for AdminCap {
             return Err(capnp::Error::failed(format!("no submission {id}")));
         }
         let ticket = TicketCap::new(self.services.clone(), parsed, self.liveness.clone());
-        results.get().set_ticket(capnp_rpc::new_client(ticket));
+        results
+            .get()
+            .set_ticket(crate::rpc::observed(&self.services, ticket));
         Ok(())
     }
 

@@ -89,12 +89,16 @@ impl gateway::Server for Gateway {
             .redeem(text, &self.peer.identity, SystemTime::now())
         {
             Ok(redeemed) => {
+                self.services.metrics.redeemed(true);
                 info!(holder = %redeemed.token.grant().holder, "token redeemed");
                 let session = Session::new(self.services.clone(), redeemed, self.peer.clone());
-                results.get().set_session(capnp_rpc::new_client(session));
+                results
+                    .get()
+                    .set_session(crate::rpc::observed(&self.services, session));
                 Ok(())
             }
             Err(e) => {
+                self.services.metrics.redeemed(false);
                 warn!(error = %e, "redeem refused");
                 Err(capnp::Error::failed(e.to_string()))
             }

@@ -1,5 +1,6 @@
 //! The site's HTTP side (`[http] listen`): GitHub webhooks at `/hooks/github`, the OAuth
-//! login at `/oauth/*`, and `/healthz`. Plain HTTP/1.1 (hyper): put a TLS-terminating proxy
+//! login at `/oauth/*`, Prometheus metrics at `/metrics`, `/healthz` (the process answers)
+//! and `/readyz` (the store answers too). Plain HTTP/1.1 (hyper): put a TLS-terminating proxy
 //! in front of it beyond loopback, and name that proxy's address in `public_url`.
 //!
 //! Every request body is read with a bound; the webhook's signature is checked before its
@@ -146,7 +147,20 @@ async fn route(state: &HttpState, peer: SocketAddr, request: Request<Incoming>) 
         (&Method::POST, "/oauth/cli/start") => cli_start(state, request).await,
         (&Method::POST, "/oauth/cli/poll") => cli_poll(state, request).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
-        (_, "/hooks/github" | "/oauth/login" | "/oauth/callback" | "/healthz") => text(
+        (&Method::GET, "/readyz") => readyz(state),
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state
+                .services
+                .metrics
+                .render(&state.services.queue, crate::github::now_ms()),
+        ),
+        (
+            _,
+            "/hooks/github" | "/oauth/login" | "/oauth/callback" | "/healthz" | "/readyz"
+            | "/metrics",
+        ) => text(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),
         ),
@@ -154,6 +168,25 @@ async fn route(state: &HttpState, peer: SocketAddr, request: Request<Incoming>) 
     };
     debug!(%peer, %method, %path, status = response.status().as_u16(), "http request");
     response
+}
+
+/// Ready when the store answers a read (the listener answering this is the other half).
+fn readyz(state: &HttpState) -> Reply {
+    let read = state.services.store.read(|txn| {
+        txn.get(tinyci_store::tables::META, tinyci_store::SCHEMA_VERSION_KEY)
+            .map(|v| v.is_some())
+    });
+    match read {
+        Ok(true) => text(StatusCode::OK, "ready"),
+        Ok(false) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store has no schema version",
+        ),
+        Err(e) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unreadable: {e}"),
+        ),
+    }
 }
 
 /// Reads a body of at most `limit` bytes.

@@ -159,7 +159,9 @@ impl worker::Server for WorkerCap {
         };
         info!(run = %leased.run.id(), runner = %self.runner, attempt = leased.run.state.attempt(), "job leased");
         let job = JobCap::new(self.services.clone(), leased, self.liveness.clone(), false);
-        results.get().set_job(capnp_rpc::new_client(job));
+        results
+            .get()
+            .set_job(crate::rpc::observed(&self.services, job));
         Ok(())
     }
 
@@ -197,7 +199,9 @@ impl worker::Server for WorkerCap {
             .await
             .map_err(queue_error)?;
         let job = JobCap::new(self.services.clone(), leased, self.liveness.clone(), true);
-        results.get().set_job(capnp_rpc::new_client(job));
+        results
+            .get()
+            .set_job(crate::rpc::observed(&self.services, job));
         Ok(())
     }
 }
@@ -375,15 +379,15 @@ impl job::Server for JobCap {
         let sink = services
             .logs
             .sink(
-                &services.store,
-                services.committer.clone(),
+                services,
                 self.run.get(),
                 self.lease.0,
-                services.log_max_run_bytes,
                 self.liveness.clone(),
             )
             .await?;
-        results.get().set_sink(capnp_rpc::new_client(sink));
+        results
+            .get()
+            .set_sink(crate::rpc::observed(&self.services, sink));
         Ok(())
     }
 
@@ -399,7 +403,9 @@ impl job::Server for JobCap {
             self.lease,
             self.liveness.clone(),
         );
-        results.get().set_sink(capnp_rpc::new_client(sink));
+        results
+            .get()
+            .set_sink(crate::rpc::observed(&self.services, sink));
         Ok(())
     }
 
@@ -675,7 +681,7 @@ impl ticket::Server for TicketCap {
         });
         results
             .get()
-            .set_handle(capnp_rpc::new_client(WatchHandle(task)));
+            .set_handle(crate::rpc::observed(&self.services, WatchHandle(task)));
         Ok(())
     }
 }

@@ -20,6 +20,7 @@ pub mod init;
 mod jobs;
 mod logs;
 mod membrane;
+mod metrics;
 mod oauth;
 mod repos;
 mod retention;
@@ -173,6 +174,8 @@ pub(crate) struct Services {
     pub(crate) github: Option<github::GitHubState>,
     /// Which CAs the listener trusts; reloaded when partners change.
     pub(crate) trust: TrustPolicy,
+    /// Prometheus metrics (`/metrics`).
+    pub(crate) metrics: Rc<metrics::Metrics>,
 }
 
 /// The listener's trust: the site's own CA plus the partners pinned under `federation/`.
@@ -360,7 +363,18 @@ impl Site {
             _ => None,
         };
         let users = tinyci_users::Users::new(store.clone(), committer.clone());
+        let metrics = Rc::new(metrics::Metrics::new());
+        queue.observe({
+            let metrics = metrics.clone();
+            move |run| {
+                let status = run.state.status();
+                if status.is_final() {
+                    metrics.run_ended(status.as_str());
+                }
+            }
+        });
         let services = Rc::new(Services {
+            metrics,
             trust: trust_policy,
             users,
             github,
@@ -511,11 +525,10 @@ impl Site {
         tinyci_net::serve(
             listener,
             move |peer| {
-                capnp_rpc::new_client::<gateway_capnp::Client, _>(gateway::Gateway::new(
-                    facts.clone(),
-                    services.clone(),
-                    peer.clone(),
-                ))
+                rpc::observed::<gateway_capnp::Client, _>(
+                    &services,
+                    gateway::Gateway::new(facts.clone(), services.clone(), peer.clone()),
+                )
                 .client
             },
             shutdown,

@@ -227,14 +227,13 @@ impl LogHub {
     /// A sink for `run` writing as `lease`. Takes the log over from any older lease.
     pub(crate) async fn sink(
         &self,
-        store: &Store,
-        committer: GroupCommitter,
+        services: &crate::Services,
         run: u64,
         lease: u32,
-        max_bytes: u64,
         liveness: Rc<Liveness>,
     ) -> Result<LogSinkCap, capnp::Error> {
-        let log = self.get(store, run, max_bytes).await?;
+        let max_bytes = services.log_max_run_bytes;
+        let log = self.get(&services.store, run, max_bytes).await?;
         {
             let mut state = log.state.borrow_mut();
             if lease < state.writer {
@@ -249,8 +248,9 @@ impl LogHub {
             log,
             lease,
             max_bytes,
-            committer,
+            committer: services.committer.clone(),
             liveness,
+            metrics: services.metrics.clone(),
         })
     }
 }
@@ -262,6 +262,7 @@ pub(crate) struct LogSinkCap {
     max_bytes: u64,
     committer: GroupCommitter,
     liveness: Rc<Liveness>,
+    metrics: Rc<crate::metrics::Metrics>,
 }
 
 /// What one accepted write stores.
@@ -359,6 +360,7 @@ impl log_sink::Server for LogSinkCap {
             return Ok(());
         };
         let run = self.log.run;
+        let bytes: usize = chunks.iter().map(|(_, c)| c.data.len()).sum();
         let result = self
             .committer
             .write(move |txn| {
@@ -370,6 +372,7 @@ impl log_sink::Server for LogSinkCap {
             .await;
         match result {
             Ok(()) => {
+                self.metrics.log_stored(bytes);
                 // Commits finish in order (one writer thread), so `end` only grows.
                 self.log.durable.send_if_modified(|durable| {
                     let grew = end > *durable;

@@ -9,3 +9,15 @@ pub(crate) fn read_text(
     text.to_string()
         .map_err(|e| capnp::Error::failed(format!("malformed {name}: not UTF-8 ({e})")))
 }
+
+/// The client of a capability this site serves, with its calls traced and counted (see
+/// `tinyci_net::observe`). Every capability the site hands out is made here.
+pub(crate) fn observed<C, S>(services: &crate::Services, server: S) -> C
+where
+    C: capnp::capability::FromServer<tinyci_net::observe::Observed<S>>,
+{
+    capnp_rpc::new_client(tinyci_net::observe::Observed::new(
+        server,
+        crate::metrics::observer(&services.metrics),
+    ))
+}

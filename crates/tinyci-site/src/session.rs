@@ -80,7 +80,9 @@ impl session::Server for Session {
             self.peer.identity.to_string(),
             self.redeemed.liveness.clone(),
         );
-        results.get().set_submitter(capnp_rpc::new_client(cap));
+        results
+            .get()
+            .set_submitter(crate::rpc::observed(&self.services, cap));
         Ok(())
     }
 
@@ -115,7 +117,9 @@ impl session::Server for Session {
             runner,
             self.redeemed.liveness.clone(),
         );
-        results.get().set_worker(capnp_rpc::new_client(cap));
+        results
+            .get()
+            .set_worker(crate::rpc::observed(&self.services, cap));
         Ok(())
     }
 
@@ -128,7 +132,9 @@ impl session::Server for Session {
         validate_repo(&repo).map_err(|e| capnp::Error::failed(e.to_string()))?;
         self.authorize(Right::LogsRead, &repo)?;
         let cap = LogReaderCap::new(self.services.clone(), repo, self.redeemed.liveness.clone());
-        results.get().set_reader(capnp_rpc::new_client(cap));
+        results
+            .get()
+            .set_reader(crate::rpc::observed(&self.services, cap));
         Ok(())
     }
 
@@ -143,7 +149,9 @@ impl session::Server for Session {
             self.peer.identity.clone(),
             self.redeemed.liveness.clone(),
         );
-        results.get().set_admin(capnp_rpc::new_client(cap));
+        results
+            .get()
+            .set_admin(crate::rpc::observed(&self.services, cap));
         Ok(())
     }
 }
