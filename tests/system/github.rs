@@ -59,20 +59,19 @@ fn start_github_site(fake: &FakeGitHub) -> GitHubSite {
     start_github_site_on(fake, "127.0.0.1:0")
 }
 
-/// Runs `site up` in `dir`; returns it with its capnp and HTTP addresses.
+/// Runs `site up` in `dir` (diagnostics at every level, RUST_LOG=trace, into
+/// `dir/site.log`); returns it with its capnp and HTTP addresses.
 fn serve_github_site(dir: &Path, listen: &str) -> (SiteProcess, String, String) {
-    let mut site = SiteProcess::start(
-        dir,
-        &[
-            "--config",
-            "site.toml",
-            "--listen",
-            listen,
-            "--http-listen",
-            "127.0.0.1:0",
-            "--no-local-runner",
-        ],
-    );
+    let args = [
+        "--config",
+        "site.toml",
+        "--listen",
+        listen,
+        "--http-listen",
+        "127.0.0.1:0",
+        "--no-local-runner",
+    ];
+    let mut site = SiteProcess::start_logging(dir, &args, &dir.join("site.log"));
     let addr = site.wait_for("listening on ").trim().to_owned();
     let http = site.wait_for("http listening on ").trim().to_owned();
     (site, addr, http)
@@ -104,6 +103,38 @@ fn start_github_site_on(fake: &FakeGitHub, listen: &str) -> GitHubSite {
 }
 
 impl GitHubSite {
+    /// Fails if the site's log (every level, every process it ran as) holds any of
+    /// `secrets`, or the admin token or the Biscuit root key. Also checks it logged at all.
+    fn assert_no_secrets_logged(&self, secrets: &[&str]) {
+        let log = std::fs::read_to_string(self.dir.path().join("site.log")).unwrap();
+        assert!(
+            log.contains("TRACE") || log.contains("DEBUG"),
+            "nothing logged at trace level"
+        );
+        let admin_token =
+            std::fs::read_to_string(self.dir.path().join("certs/admin.token")).unwrap();
+        let root_key = std::fs::read_to_string(self.dir.path().join("certs/root.key")).unwrap();
+        let root_line = root_key
+            .lines()
+            .find(|l| l.len() > 40 && !l.starts_with('#') && !l.starts_with("-----"))
+            .unwrap_or_default()
+            .to_owned();
+        for secret in secrets
+            .iter()
+            .copied()
+            .chain([admin_token.trim(), root_line.as_str()])
+            .filter(|s| !s.is_empty())
+        {
+            // Long tokens may be split or wrapped; any 24-character piece is a leak.
+            let piece = &secret[..secret.len().min(24)];
+            assert!(
+                !log.contains(piece),
+                "a secret starting {:?} appears in the site's log",
+                &secret[..4.min(secret.len())]
+            );
+        }
+    }
+
     /// Kills the site with SIGKILL (a crash) and starts it again on the same capnp address.
     fn crash_and_restart(&mut self) {
         if let Some(site) = self.site.take() {
@@ -383,6 +414,7 @@ fn webhooks_are_verified_deduplicated_and_become_runs_that_report_statuses() {
             .count(),
         1
     );
+    site.assert_no_secrets_logged(&[SITE_TOKEN, CLIENT_SECRET, &secret, &signature[7..]]);
 }
 
 /// A repository whose one run touches `marker`, then sleeps until canceled.
@@ -669,6 +701,15 @@ fn oauth_refuses_reused_and_foreign_states_and_a_good_login_yields_a_working_pro
     );
     let runs = site.tinyci(&["admin", "runs"]);
     assert!(text(&runs.stdout).contains("r-"), "{}", text(&runs.stdout));
+    let user_token = std::fs::read_to_string(profile.join("user.token")).unwrap();
+    site.assert_no_secrets_logged(&[
+        "gho_user_token",
+        CLIENT_SECRET,
+        "code-1",
+        user_token.trim(),
+        &state,
+        &session,
+    ]);
 }
 
 #[test]

@@ -50,11 +50,32 @@ impl SiteProcess {
     }
 
     /// Starts `command` (e.g. `tinyci` inside a network namespace) as a process to follow.
-    pub(crate) fn from_command(mut command: Command) -> Self {
+    pub(crate) fn from_command(command: Command) -> Self {
+        Self::with_stderr(command, Stdio::inherit())
+    }
+
+    /// Starts `tinyci site up args…` in `dir` with diagnostics at every level
+    /// (`RUST_LOG=trace`) written to `log`.
+    pub(crate) fn start_logging(dir: &Path, args: &[&str], log: &Path) -> Self {
+        let mut command = tinyci();
+        command
+            .current_dir(dir)
+            .args(["site", "up"])
+            .args(args)
+            .env("RUST_LOG", "trace");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Self::with_stderr(command, Stdio::from(log))
+    }
+
+    fn with_stderr(mut command: Command, stderr: Stdio) -> Self {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
