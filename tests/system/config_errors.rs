@@ -137,3 +137,38 @@ fn unknown_user_capability_and_bad_public_url_are_named() {
         "#]],
     );
 }
+
+#[test]
+fn site_check_validates_without_starting_and_names_the_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = run_in(dir.path(), &["site", "init", "--name", "alpha"]);
+    assert!(init.status.success());
+    let ok = run_in(dir.path(), &["site", "check"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        out.starts_with("site.toml is valid for site alpha"),
+        "{out}"
+    );
+    assert!(out.contains("ok  grants.root_key"), "{out}");
+
+    // A partner pin that is not a certificate: exit 3, naming the file.
+    std::fs::create_dir_all(dir.path().join("federation")).unwrap();
+    std::fs::write(
+        dir.path().join("federation/beta.toml"),
+        "site = \"beta\"\nca = \"not a certificate\"\n",
+    )
+    .unwrap();
+    let bad = run_in(dir.path(), &["site", "check"]);
+    assert_eq!(bad.status.code(), Some(3));
+    let stderr =
+        String::from_utf8_lossy(&bad.stderr).replace(&dir.path().display().to_string(), "$DIR");
+    expect![[r#"
+        error: federation/beta.toml: ca: bad certificate: not a PEM certificate: no items found
+    "#]]
+    .assert_eq(&stderr);
+}

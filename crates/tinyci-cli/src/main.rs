@@ -140,6 +140,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
                         | SiteError::WrongSite { .. }
                         | SiteError::RootKey { .. }
                         | SiteError::NoAddress(_)
+                        | SiteError::Federation(_)
                 )
             )
             || cause.downcast_ref::<util::InputError>().is_some()

@@ -31,6 +31,19 @@ pub(crate) enum SiteCommand {
     Up(UpArgs),
     /// Ask a running site who it is, using the admin certificate from site.toml.
     Status(StatusArgs),
+    /// Validate a site.toml and every file it names, without starting anything.
+    ///
+    /// Certificates and keys must parse and belong to the site, key files must be mode 0600,
+    /// partner pins must be valid, GitHub secret files readable. Exits 3 on the first problem,
+    /// naming the key and file.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// The site configuration [default: ./site.toml].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -81,7 +94,19 @@ pub(crate) fn run(command: SiteCommand) -> Result<()> {
         SiteCommand::Init(args) => init(args),
         SiteCommand::Up(args) => up(args),
         SiteCommand::Status(args) => status(args),
+        SiteCommand::Check(args) => check(args),
     }
+}
+
+fn check(args: CheckArgs) -> Result<()> {
+    let path = config_path(args.config);
+    let config = SiteConfig::load(&path)?;
+    let report = tinyci_site::check(&config)?;
+    println!("{} is valid for site {}", path.display(), config.name);
+    for line in report.checked {
+        println!("  ok  {line}");
+    }
+    Ok(())
 }
 
 fn init(args: InitArgs) -> Result<()> {

@@ -117,7 +117,7 @@ pub enum SiteError {
     #[error("{0}")]
     NoAddress(String),
     /// A partner pin under `federation/` is unusable.
-    #[error("federation: {0}")]
+    #[error(transparent)]
     Federation(#[from] federation::FederationError),
     /// The HTTP listener could not be bound.
     #[error("cannot listen for HTTP on {addr}: {source}")]
@@ -580,6 +580,111 @@ impl Site {
         }
         stats
     }
+}
+
+/// What `tinyci site check` found valid.
+#[derive(Debug)]
+pub struct CheckReport {
+    /// One line per thing checked, in order.
+    pub checked: Vec<String>,
+}
+
+/// Checks `config` and every file it names as `site up` would read them (certificates and
+/// keys parse and match the site, key files are 0600, partner pins are valid, GitHub secret
+/// files are readable), without opening the store, binding anything or creating any file.
+pub fn check(config: &SiteConfig) -> Result<CheckReport, SiteError> {
+    let mut checked = Vec::new();
+    let credentials = load_credentials("tls.cert", &config.cert, "tls.key", &config.key)?;
+    let expected = tinyci_pki::PeerIdentity::site(config.name.clone());
+    if credentials.identity() != &expected {
+        return Err(SiteError::WrongSite {
+            key: "tls.cert",
+            path: config.cert.clone(),
+            found: credentials.identity().to_string(),
+            expected: config.name.to_string(),
+        });
+    }
+    checked.push(format!("tls.cert and tls.key: {expected}"));
+    let ca_pem = read_pem(&config.ca_cert, "tls.ca_cert", false)?;
+    let policy = TrustPolicy {
+        own: config.name.clone(),
+        own_ca_pem: ca_pem.clone(),
+        own_ca_path: config.ca_cert.clone(),
+        cert_path: config.cert.clone(),
+        credentials,
+        dir: config.federation_dir.clone(),
+        switch: std::cell::RefCell::new(None),
+    };
+    let (_, partners) = policy.server_config()?;
+    checked.push(format!(
+        "tls.ca_cert and {} partner pin(s) in {}{}",
+        partners.len(),
+        config.federation_dir.display(),
+        if partners.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ": {}",
+                partners
+                    .iter()
+                    .map(|p| p.site.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    ));
+    load_root_key(config)?;
+    checked.push("grants.root_key".into());
+    load_credentials(
+        "admin.cert",
+        &config.admin_cert,
+        "admin.key",
+        &config.admin_key,
+    )?;
+    read_pem(&config.admin_token, "admin.token", true)?;
+    checked.push("admin.cert, admin.key and admin.token".into());
+    if let Some(ca_key) = &config.ca_key {
+        let key_pem = read_pem(ca_key, "tls.ca_key", true)?;
+        tinyci_pki::SiteCa::from_pem(&ca_pem, &key_pem).map_err(|source| {
+            SiteError::Credentials {
+                key: "tls.ca_key",
+                path: ca_key.clone(),
+                source,
+            }
+        })?;
+        checked.push("tls.ca_key matches tls.ca_cert".into());
+    }
+    if let Some(github) = &config.github {
+        for (key, file) in [
+            ("github.token_file", &github.token_file),
+            ("github.client_secret_file", &github.client_secret_file),
+        ] {
+            if let Some(file) = file {
+                let text = read_pem(file, key, true)?;
+                if text.trim().is_empty() {
+                    return Err(SiteError::Config(ConfigError::Value {
+                        path: file.clone(),
+                        key,
+                        reason: "the file is empty".into(),
+                    }));
+                }
+                checked.push(key.to_owned());
+            }
+        }
+        if github.secrets_key.exists() {
+            secrets::SecretsKey::load_or_create(&github.secrets_key).map_err(|e| {
+                SiteError::Config(ConfigError::Value {
+                    path: github.secrets_key.clone(),
+                    key: "github.secrets_key",
+                    reason: e.to_string(),
+                })
+            })?;
+            checked.push("github.secrets_key".into());
+        } else {
+            checked.push("github.secrets_key (created at first start)".into());
+        }
+    }
+    Ok(CheckReport { checked })
 }
 
 /// Loads the Biscuit root key named by `grants.root_key` (must be mode 0600).
