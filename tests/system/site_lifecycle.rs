@@ -153,3 +153,102 @@ fn init_twice_refuses_and_leaves_keys_untouched() {
         "site.toml must be kept"
     );
 }
+
+#[test]
+fn sigterm_during_a_burst_of_submissions_loses_no_acknowledged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::init_site(dir.path(), "");
+    let repo = tempfile::tempdir().unwrap();
+    crate::support::git_repo(
+        repo.path(),
+        &[
+            ("tinyci.yml", "queue: default\n"),
+            (
+                "task.yml",
+                "mountpoint: /src\nruns:\n  one:\n    command: [\"true\"]\n",
+            ),
+        ],
+    );
+    let port = crate::jobs::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let up = [
+        "--config",
+        "site.toml",
+        "--listen",
+        listen.as_str(),
+        "--no-local-runner",
+    ];
+    let mut site = SiteProcess::start(dir.path(), &up);
+    site.wait_for("listening on ");
+
+    // Twenty submitters at once; the site is stopped as soon as the first is acknowledged.
+    let submitters: Vec<_> = (0..20)
+        .map(|i| {
+            crate::support::tinyci()
+                .current_dir(dir.path())
+                .args([
+                    "submit",
+                    repo.path().to_str().unwrap(),
+                    "--all",
+                    "--repo",
+                    &format!("org/r{i}"),
+                    "--addr",
+                    &listen,
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut submitters: Vec<_> = submitters.into_iter().map(Some).collect();
+    let mut site = Some(site);
+    let mut acknowledged = Vec::new();
+    while submitters.iter().any(Option::is_some) {
+        for slot in &mut submitters {
+            if slot
+                .as_mut()
+                .is_none_or(|child| child.try_wait().unwrap().is_none())
+            {
+                continue;
+            }
+            let out = slot.take().unwrap().wait_with_output().unwrap();
+            let stdout = text(&out.stdout);
+            // Printed only once the site said the submission is durable.
+            if let Some(id) = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("submission "))
+                .and_then(|rest| rest.split(':').next())
+            {
+                acknowledged.push(id.to_owned());
+                // The first acknowledgement stops the site, with the rest in flight.
+                if let Some(site) = site.take() {
+                    let (clean, _) = site.terminate();
+                    assert!(clean, "SIGTERM should stop the site cleanly");
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(!acknowledged.is_empty());
+
+    // Every acknowledged submission is there after the restart.
+    let mut site = SiteProcess::start(dir.path(), &up);
+    site.wait_for("listening on ");
+    let runs = run_in(
+        dir.path(),
+        &["admin", "runs", "--limit", "1000", "--addr", &listen],
+    );
+    assert!(runs.status.success(), "{}", text(&runs.stderr));
+    let runs = text(&runs.stdout);
+    for id in &acknowledged {
+        assert!(
+            runs.lines().any(|l| l.starts_with(&format!("{id} "))),
+            "acknowledged submission {id} is missing after the restart:\n{runs}"
+        );
+    }
+    println!(
+        "{} of 20 submissions were acknowledged around the SIGTERM; all are present",
+        acknowledged.len()
+    );
+}
