@@ -5,6 +5,7 @@
 
 mod support;
 
+mod admin_json;
 mod artifacts;
 mod config_errors;
 mod discovery;

@@ -76,10 +76,14 @@ pub(crate) struct CancelArgs {
 pub(crate) enum AdminCommand {
     /// List runs, newest first.
     Runs(RunsArgs),
-    /// List queues with their depth and active runs.
-    Queues(SiteArgs),
+    /// List queues with their depth and active runs, or pause or resume one.
+    ///
+    /// --json prints `[{"name", "depth", "active", "paused"}]`.
+    Queues(QueuesArgs),
     /// List connected runners: the queues they wait on and the runs they hold.
-    Runners(SiteArgs),
+    ///
+    /// --json prints `[{"name", "queues": [..], "runs": [..]}]`.
+    Runners(ListArgs),
     /// Manage site users and their capabilities.
     #[command(subcommand)]
     User(crate::github::UserCommand),
@@ -98,6 +102,43 @@ pub(crate) struct SiteArgs {
     pub(crate) addr: Option<SocketAddr>,
 }
 
+/// A listing, human or JSON.
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Print JSON instead of a table (the shape is in this command's help).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    site: SiteArgs,
+}
+
+/// `admin queues [pause|resume NAME]`.
+#[derive(Debug, Args)]
+pub(crate) struct QueuesArgs {
+    #[command(subcommand)]
+    action: Option<QueueAction>,
+    #[command(flatten)]
+    list: ListArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum QueueAction {
+    /// Lease nothing from this queue until resumed (running runs go on).
+    Pause {
+        /// The queue.
+        name: String,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
+    /// Lease from this queue again.
+    Resume {
+        /// The queue.
+        name: String,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct RunsArgs {
     /// Only this repository.
@@ -112,6 +153,11 @@ pub(crate) struct RunsArgs {
     /// At most this many.
     #[arg(long, default_value_t = 50)]
     limit: u32,
+    /// Print JSON: `[{"id", "submission", "repo", "ref", "task", "name", "queue", "status",
+    /// "attempt", "runner", "exit_code", "created_at", "started_at", "finished_at",
+    /// "message"}]` (times in Unix ms, 0 when not yet).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     site: SiteArgs,
 }
@@ -417,6 +463,11 @@ fn runs(args: RunsArgs) -> Result<()> {
             .get()
             .and_then(|r| r.get_runs())
             .map_err(|e| rpc_error(&client, e))?;
+        if args.json {
+            let list: Vec<serde_json::Value> = runs.iter().map(run_json).collect();
+            println!("{}", serde_json::to_string_pretty(&list)?);
+            return Ok(());
+        }
         for run in runs.iter() {
             println!(
                 "{} {}  {}",
@@ -429,10 +480,49 @@ fn runs(args: RunsArgs) -> Result<()> {
     })
 }
 
-fn queues(args: SiteArgs) -> Result<()> {
-    let config = SiteConfig::load(&config_path(args.config))?;
+/// A run as `--json` prints it.
+fn run_json(run: run_info::Reader<'_>) -> serde_json::Value {
+    serde_json::json!({
+        "id": text(run.get_id()),
+        "submission": text(run.get_submission_id()),
+        "repo": text(run.get_repo()),
+        "ref": text(run.get_ref()),
+        "task": text(run.get_task()),
+        "name": text(run.get_name()),
+        "queue": text(run.get_queue()),
+        "status": status_word(run.get_status()),
+        "attempt": run.get_attempt(),
+        "runner": text(run.get_runner()),
+        "exit_code": run.get_exit_code(),
+        "created_at": run.get_created_at(),
+        "started_at": run.get_started_at(),
+        "finished_at": run.get_finished_at(),
+        "message": text(run.get_message()),
+    })
+}
+
+fn queues(args: QueuesArgs) -> Result<()> {
+    let QueuesArgs { action, list } = args;
+    let (site, action) = match action {
+        Some(QueueAction::Pause { name, site }) => (site, Some((name, true))),
+        Some(QueueAction::Resume { name, site }) => (site, Some((name, false))),
+        None => (list.site, None),
+    };
+    let config = SiteConfig::load(&config_path(site.config))?;
     local_runtime()?.block_on(async move {
-        let (client, admin) = admin_capability(&config, args.addr).await?;
+        let (client, admin) = admin_capability(&config, site.addr).await?;
+        if let Some((name, paused)) = action {
+            let mut request = admin.set_queue_request();
+            request.get().set_name(&name);
+            request.get().set_paused(paused);
+            request
+                .send()
+                .promise
+                .await
+                .map_err(|e| rpc_error(&client, e))?;
+            println!("queue {name} {}", if paused { "paused" } else { "resumed" });
+            return Ok(());
+        }
         let response = admin
             .queues_request()
             .send()
@@ -443,6 +533,21 @@ fn queues(args: SiteArgs) -> Result<()> {
             .get()
             .and_then(|r| r.get_queues())
             .map_err(|e| rpc_error(&client, e))?;
+        if list.json {
+            let out: Vec<serde_json::Value> = queues
+                .iter()
+                .map(|q| {
+                    serde_json::json!({
+                        "name": text(q.get_name()),
+                        "depth": q.get_depth(),
+                        "active": q.get_leased(),
+                        "paused": q.get_paused(),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(());
+        }
         println!("{:<20} {:>7} {:>7}  PAUSED", "QUEUE", "QUEUED", "ACTIVE");
         for q in queues.iter() {
             println!(
@@ -457,10 +562,10 @@ fn queues(args: SiteArgs) -> Result<()> {
     })
 }
 
-fn runners(args: SiteArgs) -> Result<()> {
-    let config = SiteConfig::load(&config_path(args.config))?;
+fn runners(args: ListArgs) -> Result<()> {
+    let config = SiteConfig::load(&config_path(args.site.config))?;
     local_runtime()?.block_on(async move {
-        let (client, admin) = admin_capability(&config, args.addr).await?;
+        let (client, admin) = admin_capability(&config, args.site.addr).await?;
         let response = admin
             .runners_request()
             .send()
@@ -471,6 +576,23 @@ fn runners(args: SiteArgs) -> Result<()> {
             .get()
             .and_then(|r| r.get_runners())
             .map_err(|e| rpc_error(&client, e))?;
+        if args.json {
+            let items = |l: capnp::Result<capnp::text_list::Reader<'_>>| -> Vec<String> {
+                l.map(|l| l.iter().map(text).collect()).unwrap_or_default()
+            };
+            let out: Vec<serde_json::Value> = runners
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "name": r.get_info().map(|i| text(i.get_name())).unwrap_or_default(),
+                        "queues": items(r.get_queues()),
+                        "runs": items(r.get_active_runs()),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(());
+        }
         println!("{:<20} {:<24} RUNS", "RUNNER", "WAITING ON");
         for r in runners.iter() {
             let list = |l: capnp::Result<capnp::text_list::Reader<'_>>| -> String {

@@ -1,0 +1,165 @@
+//! `tinyci admin … --json`: the documented, stable shapes scripts rely on, as snapshots
+//! (times, which vary, are replaced by 0 when set).
+
+use expect_test::{Expect, expect};
+
+use crate::jobs::start_runner;
+use crate::support::{git_repo, run_in, start_site};
+
+fn json_of(dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = run_in(dir, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Replaces the values of time fields that are set with 0, so snapshots are stable.
+fn without_times(mut value: serde_json::Value) -> serde_json::Value {
+    if let Some(list) = value.as_array_mut() {
+        for item in list {
+            for key in ["created_at", "started_at", "finished_at"] {
+                if item.get(key).is_some_and(|v| v.as_i64() != Some(0)) {
+                    item[key] = 0.into();
+                }
+            }
+        }
+    }
+    value
+}
+
+fn check(value: serde_json::Value, expected: Expect) {
+    expected.assert_eq(&serde_json::to_string_pretty(&value).unwrap());
+}
+
+#[test]
+fn admin_json_shapes_are_stable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_site, addr) = start_site(dir.path(), "");
+    let added = run_in(
+        dir.path(),
+        &["runner", "add", "r1", "--queue", "default", "--addr", &addr],
+    );
+    assert!(added.status.success());
+    let _runner = start_runner(dir.path(), "r1");
+    let repo = tempfile::tempdir().unwrap();
+    git_repo(
+        repo.path(),
+        &[
+            ("tinyci.yml", "queue: default\n"),
+            (
+                "task.yml",
+                "mountpoint: /src\nruns:\n  check:\n    command: [\"sh\", \"-c\", \"exit 2\"]\n",
+            ),
+        ],
+    );
+    let submitted = run_in(
+        dir.path(),
+        &[
+            "submit",
+            repo.path().to_str().unwrap(),
+            "--all",
+            "--wait",
+            "--repo",
+            "org/x",
+            "--addr",
+            &addr,
+        ],
+    );
+    assert!(!submitted.status.success(), "the run fails on purpose");
+    let user = run_in(
+        dir.path(),
+        &[
+            "admin", "user", "add", "ana", "--cap", "submit", "--addr", &addr,
+        ],
+    );
+    assert!(user.status.success());
+
+    check(
+        without_times(json_of(
+            dir.path(),
+            &["admin", "runs", "--json", "--addr", &addr],
+        )),
+        expect![[r#"
+            [
+              {
+                "attempt": 1,
+                "created_at": 0,
+                "exit_code": 2,
+                "finished_at": 0,
+                "id": "r-2",
+                "message": "exit code 2",
+                "name": "check",
+                "queue": "default",
+                "ref": "refs/heads/main",
+                "repo": "org/x",
+                "runner": "r1",
+                "started_at": 0,
+                "status": "failed",
+                "submission": "s-1",
+                "task": "."
+              }
+            ]"#]],
+    );
+    check(
+        json_of(dir.path(), &["admin", "queues", "--json", "--addr", &addr]),
+        expect![[r#"
+            [
+              {
+                "active": 0,
+                "depth": 0,
+                "name": "default",
+                "paused": false
+              }
+            ]"#]],
+    );
+    check(
+        json_of(dir.path(), &["admin", "runners", "--json", "--addr", &addr]),
+        expect![[r#"
+            [
+              {
+                "name": "r1",
+                "queues": [
+                  "default"
+                ],
+                "runs": []
+              }
+            ]"#]],
+    );
+    check(
+        json_of(
+            dir.path(),
+            &["admin", "user", "list", "--json", "--addr", &addr],
+        ),
+        expect![[r#"
+            [
+              {
+                "capabilities": [
+                  "submit"
+                ],
+                "github": "",
+                "name": "ana"
+              }
+            ]"#]],
+    );
+    check(
+        json_of(
+            dir.path(),
+            &["admin", "repo", "list", "--json", "--addr", &addr],
+        ),
+        expect!["[]"],
+    );
+    let paused = run_in(
+        dir.path(),
+        &["admin", "queues", "pause", "default", "--addr", &addr],
+    );
+    assert!(
+        paused.status.success(),
+        "{}",
+        String::from_utf8_lossy(&paused.stderr)
+    );
+    let queues = json_of(dir.path(), &["admin", "queues", "--json", "--addr", &addr]);
+    assert_eq!(queues[0]["paused"], true);
+}
