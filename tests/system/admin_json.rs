@@ -121,6 +121,7 @@ fn admin_json_shapes_are_stable() {
             [
               {
                 "name": "r1",
+                "paused": false,
                 "queues": [
                   "default"
                 ],
@@ -162,4 +163,52 @@ fn admin_json_shapes_are_stable() {
     );
     let queues = json_of(dir.path(), &["admin", "queues", "--json", "--addr", &addr]);
     assert_eq!(queues[0]["paused"], true);
+
+    // A paused runner is leased nothing; resumed, it takes the waiting run.
+    for (args, field) in [
+        (["admin", "queues", "resume", "default"], None),
+        (["admin", "runners", "pause", "r1"], Some(true)),
+    ] {
+        let mut full = args.to_vec();
+        full.extend_from_slice(&["--addr", &addr]);
+        let out = run_in(dir.path(), &full);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if let Some(paused) = field {
+            let runners = json_of(dir.path(), &["admin", "runners", "--json", "--addr", &addr]);
+            assert_eq!(runners[0]["paused"], paused);
+        }
+    }
+    let queued = run_in(
+        dir.path(),
+        &[
+            "submit",
+            repo.path().to_str().unwrap(),
+            "--all",
+            "--repo",
+            "org/y",
+            "--addr",
+            &addr,
+        ],
+    );
+    assert!(queued.status.success());
+    let queues = json_of(dir.path(), &["admin", "queues", "--json", "--addr", &addr]);
+    assert_eq!(
+        queues[0]["depth"], 1,
+        "a paused runner took the run: {queues}"
+    );
+    let resumed = run_in(
+        dir.path(),
+        &["admin", "runners", "resume", "r1", "--addr", &addr],
+    );
+    assert!(resumed.status.success());
+    let waited = run_in(dir.path(), &["wait", "s-3", "--addr", &addr]);
+    let waited = String::from_utf8_lossy(&waited.stdout);
+    assert!(
+        waited.contains("failed"),
+        "the resumed runner should run it: {waited}"
+    );
 }

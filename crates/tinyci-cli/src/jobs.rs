@@ -80,10 +80,11 @@ pub(crate) enum AdminCommand {
     ///
     /// --json prints `[{"name", "depth", "active", "paused"}]`.
     Queues(QueuesArgs),
-    /// List connected runners: the queues they wait on and the runs they hold.
+    /// List connected runners (the queues they wait on, the runs they hold), or pause, drain
+    /// or resume one.
     ///
-    /// --json prints `[{"name", "queues": [..], "runs": [..]}]`.
-    Runners(ListArgs),
+    /// --json prints `[{"name", "queues": [..], "runs": [..], "paused"}]`.
+    Runners(RunnersArgs),
     /// Manage site users and their capabilities.
     #[command(subcommand)]
     User(crate::github::UserCommand),
@@ -110,6 +111,40 @@ pub(crate) struct ListArgs {
     json: bool,
     #[command(flatten)]
     site: SiteArgs,
+}
+
+/// `admin runners [pause|drain|resume NAME]`.
+#[derive(Debug, Args)]
+pub(crate) struct RunnersArgs {
+    #[command(subcommand)]
+    action: Option<RunnerAction>,
+    #[command(flatten)]
+    list: ListArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RunnerAction {
+    /// Lease nothing new to this runner until resumed; what it runs goes on.
+    Pause {
+        /// The runner.
+        name: String,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
+    /// Let this runner finish what it runs and take nothing new (as pause, for the site).
+    Drain {
+        /// The runner.
+        name: String,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
+    /// Lease to this runner again.
+    Resume {
+        /// The runner.
+        name: String,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
 }
 
 /// `admin queues [pause|resume NAME]`.
@@ -562,10 +597,35 @@ fn queues(args: QueuesArgs) -> Result<()> {
     })
 }
 
-fn runners(args: ListArgs) -> Result<()> {
-    let config = SiteConfig::load(&config_path(args.site.config))?;
+fn runners(args: RunnersArgs) -> Result<()> {
+    let RunnersArgs { action, list: args } = args;
+    let (site, action) = match action {
+        Some(RunnerAction::Pause { name, site }) => (site, Some((name, false, true))),
+        Some(RunnerAction::Drain { name, site }) => (site, Some((name, true, false))),
+        Some(RunnerAction::Resume { name, site }) => (site, Some((name, false, false))),
+        None => (args.site, None),
+    };
+    let config = SiteConfig::load(&config_path(site.config))?;
     local_runtime()?.block_on(async move {
-        let (client, admin) = admin_capability(&config, args.site.addr).await?;
+        let (client, admin) = admin_capability(&config, site.addr).await?;
+        if let Some((name, drain, paused)) = action {
+            let mut request = admin.set_runner_request();
+            request.get().set_name(&name);
+            request.get().set_drain(drain);
+            request.get().set_paused(paused);
+            request
+                .send()
+                .promise
+                .await
+                .map_err(|e| rpc_error(&client, e))?;
+            let what = match (drain, paused) {
+                (true, _) => "draining: it takes no new runs",
+                (_, true) => "paused",
+                _ => "resumed",
+            };
+            println!("runner {name} {what}");
+            return Ok(());
+        }
         let response = admin
             .runners_request()
             .send()
@@ -585,6 +645,7 @@ fn runners(args: ListArgs) -> Result<()> {
                 .map(|r| {
                     serde_json::json!({
                         "name": r.get_info().map(|i| text(i.get_name())).unwrap_or_default(),
+                        "paused": r.get_paused(),
                         "queues": items(r.get_queues()),
                         "runs": items(r.get_active_runs()),
                     })

@@ -153,6 +153,8 @@ struct State {
     paused: BTreeSet<String>,
     /// Told of every run change (metrics).
     observers: Vec<RunObserverFn>,
+    /// Runners an operator paused (or is draining): they are leased nothing.
+    paused_runners: BTreeSet<String>,
 }
 
 /// The queue. Create with [`Queue::open`]; drive lease expiry with [`Queue::run_expiry`].
@@ -412,18 +414,55 @@ impl Queue {
             return;
         }
         let available = state.queued.get(queue).map_or(0, BTreeSet::len);
-        let Some(waiters) = state.waiters.get_mut(queue) else {
+        let State {
+            waiters,
+            paused_runners,
+            ..
+        } = &mut *state;
+        let Some(waiters) = waiters.get_mut(queue) else {
             return;
         };
         let mut woken = 0;
+        let mut skipped = VecDeque::new();
         while woken < available {
             let Some(waiter) = waiters.pop_front() else {
                 break;
             };
+            // A paused runner keeps its place, to be woken when resumed.
+            if paused_runners.contains(&waiter.runner) {
+                skipped.push_back(waiter);
+                continue;
+            }
             if waiter.tx.send(()).is_ok() {
                 woken += 1;
             }
         }
+        while let Some(waiter) = skipped.pop_back() {
+            waiters.push_front(waiter);
+        }
+    }
+
+    /// Pauses (or drains) `runner`: it is leased nothing until resumed; what it holds goes on.
+    pub fn set_runner_paused(&self, runner: &str, paused: bool) {
+        let queues: Vec<String> = {
+            let mut state = self.state.borrow_mut();
+            if paused {
+                state.paused_runners.insert(runner.to_owned());
+            } else {
+                state.paused_runners.remove(runner);
+            }
+            state.waiters.keys().cloned().collect()
+        };
+        if !paused {
+            for queue in queues {
+                self.wake(&queue);
+            }
+        }
+    }
+
+    /// Whether `runner` is paused.
+    pub fn runner_paused(&self, runner: &str) -> bool {
+        self.state.borrow().paused_runners.contains(runner)
     }
 
     /// Waits until a run of `queue` can be leased to `runner`, then leases it (durably) and
@@ -451,6 +490,7 @@ impl Queue {
     fn take_or_wait(&self, queue: &str, runner: &str) -> Take {
         let mut state = self.state.borrow_mut();
         if !state.paused.contains(queue)
+            && !state.paused_runners.contains(runner)
             && let Some(id) = state.queued.get_mut(queue).and_then(BTreeSet::pop_first)
         {
             return Take::Run(id);

@@ -359,6 +359,7 @@ impl admin::Server for AdminCap {
         for (i, (name, activity)) in runners.iter().enumerate() {
             let mut r = list.reborrow().get(len(i));
             r.reborrow().init_info().set_name(name);
+            r.set_paused(self.services.queue.runner_paused(name));
             let mut queues = r.reborrow().init_queues(len(activity.waiting_on.len()));
             for (j, q) in activity.waiting_on.iter().enumerate() {
                 queues.set(len(j), q.as_str());
@@ -386,6 +387,22 @@ impl admin::Server for AdminCap {
             q.set_leased(len(stats.active));
             q.set_paused(stats.paused);
         }
+        Ok(())
+    }
+
+    async fn set_runner(
+        self: Rc<Self>,
+        params: admin::SetRunnerParams,
+        _: admin::SetRunnerResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let params = params.get()?;
+        let name = read_text(params.get_name(), "name")?;
+        // The site cannot make a runner stop early; draining and pausing both mean it is
+        // leased nothing new while what it holds finishes.
+        let paused = params.get_drain() || params.get_paused();
+        self.services.queue.set_runner_paused(&name, paused);
+        info!(runner = %name, paused, by = %self.peer, "runner paused or resumed");
         Ok(())
     }
 
