@@ -211,4 +211,26 @@ fn admin_json_shapes_are_stable() {
         waited.contains("failed"),
         "the resumed runner should run it: {waited}"
     );
+
+    // Retrying a finished run makes a new run of a new submission; the old one stays.
+    let retried = run_in(
+        dir.path(),
+        &["admin", "runs", "retry", "r-2", "--addr", &addr],
+    );
+    assert!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&retried.stdout).trim(),
+        "retrying r-2 as r-6 (submission s-5)"
+    );
+    let waited = run_in(dir.path(), &["wait", "s-5", "--addr", &addr]);
+    assert!(String::from_utf8_lossy(&waited.stdout).contains("failed"));
+    let missing = run_in(
+        dir.path(),
+        &["admin", "runs", "retry", "r-99", "--addr", &addr],
+    );
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no run r-99"));
 }

@@ -193,8 +193,22 @@ pub(crate) struct RunsArgs {
     /// "message"}]` (times in Unix ms, 0 when not yet).
     #[arg(long)]
     json: bool,
+    #[command(subcommand)]
+    action: Option<RunAction>,
     #[command(flatten)]
     site: SiteArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RunAction {
+    /// Run a finished run again, as a new run of a new submission on the same source (it
+    /// supersedes nothing).
+    Retry {
+        /// The run (r-N).
+        id: String,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
 }
 
 pub(crate) fn status_word(status: Result<RunStatus, capnp::NotInSchema>) -> &'static str {
@@ -478,6 +492,9 @@ pub(crate) fn admin(command: AdminCommand) -> Result<()> {
 }
 
 fn runs(args: RunsArgs) -> Result<()> {
+    if let Some(RunAction::Retry { id, site }) = args.action {
+        return retry(&id, site);
+    }
     let config = SiteConfig::load(&config_path(args.site.config))?;
     local_runtime()?.block_on(async move {
         let (client, admin) = admin_capability(&config, args.site.addr).await?;
@@ -511,6 +528,30 @@ fn runs(args: RunsArgs) -> Result<()> {
                 run_line(run)
             );
         }
+        Ok(())
+    })
+}
+
+fn retry(id: &str, site: SiteArgs) -> Result<()> {
+    let config = SiteConfig::load(&config_path(site.config))?;
+    local_runtime()?.block_on(async move {
+        let (client, admin) = admin_capability(&config, site.addr).await?;
+        let mut request = admin.retry_request();
+        request.get().set_run_id(id);
+        let response = request
+            .send()
+            .promise
+            .await
+            .map_err(|e| rpc_error(&client, e))?;
+        let run = response
+            .get()
+            .and_then(|r| r.get_run())
+            .map_err(|e| rpc_error(&client, e))?;
+        println!(
+            "retrying {id} as {} (submission {})",
+            text(run.get_id()),
+            text(run.get_submission_id())
+        );
         Ok(())
     })
 }

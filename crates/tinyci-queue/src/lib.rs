@@ -106,6 +106,9 @@ pub struct NewSubmission {
     pub source_sha256: Vec<u8>,
     /// The runs, fully resolved.
     pub runs: Vec<PlannedRun>,
+    /// Whether it becomes its branch's latest submission, canceling the older one's
+    /// unfinished runs. A retry of one run does not.
+    pub supersede: bool,
 }
 
 /// What a worker gets: a run leased to it.
@@ -343,6 +346,7 @@ impl Queue {
         let policy = self.policy;
         let count = new.runs.len() as u64;
         let branch = branch_key(&new.repo, &new.git_ref);
+        let supersede = new.supersede;
         let (submission, runs, previous) = self
             .committer
             .write(move |txn| {
@@ -382,8 +386,13 @@ impl Queue {
                 for run in &runs {
                     put_run(txn, run)?;
                 }
-                let previous = txn.get(BRANCH_HEADS, &branch[..])?;
-                txn.put(BRANCH_HEADS, &branch[..], &submission_id.get())?;
+                let previous = if supersede {
+                    let previous = txn.get(BRANCH_HEADS, &branch[..])?;
+                    txn.put(BRANCH_HEADS, &branch[..], &submission_id.get())?;
+                    previous
+                } else {
+                    None
+                };
                 txn.put(META, NEXT_ID_KEY, &(next + 1 + count).to_be_bytes()[..])?;
                 also(txn, &submission)?;
                 Ok((submission, runs, previous))

@@ -602,6 +602,7 @@ async fn submit_build(services: &Rc<Services>, seq: u64, build: Build) -> Result
                 submitted_by: build.submitted_by.clone(),
                 source_sha256,
                 runs,
+                supersede: true,
             },
             also,
         )

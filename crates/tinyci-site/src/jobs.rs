@@ -510,6 +510,7 @@ pub(crate) async fn submit(
             submitted_by: submitted_by.to_owned(),
             source_sha256,
             runs,
+            supersede: true,
         })
         .await
         .map_err(queue_error)?;

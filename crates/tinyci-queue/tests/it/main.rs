@@ -91,6 +91,7 @@ fn submission(git_ref: &str, runs: Vec<PlannedRun>) -> NewSubmission {
         submitted_by: "test".into(),
         source_sha256: vec![0; 32],
         runs,
+        supersede: true,
     }
 }
 
