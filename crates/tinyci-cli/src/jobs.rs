@@ -122,29 +122,23 @@ pub(crate) struct RunnersArgs {
     list: ListArgs,
 }
 
+/// A named runner or queue at a site.
+#[derive(Debug, Args)]
+pub(crate) struct Target {
+    /// Its name.
+    name: String,
+    #[command(flatten)]
+    site: SiteArgs,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum RunnerAction {
     /// Lease nothing new to this runner until resumed; what it runs goes on.
-    Pause {
-        /// The runner.
-        name: String,
-        #[command(flatten)]
-        site: SiteArgs,
-    },
+    Pause(Target),
     /// Let this runner finish what it runs and take nothing new (as pause, for the site).
-    Drain {
-        /// The runner.
-        name: String,
-        #[command(flatten)]
-        site: SiteArgs,
-    },
+    Drain(Target),
     /// Lease to this runner again.
-    Resume {
-        /// The runner.
-        name: String,
-        #[command(flatten)]
-        site: SiteArgs,
-    },
+    Resume(Target),
 }
 
 /// `admin queues [pause|resume NAME]`.
@@ -159,19 +153,9 @@ pub(crate) struct QueuesArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum QueueAction {
     /// Lease nothing from this queue until resumed (running runs go on).
-    Pause {
-        /// The queue.
-        name: String,
-        #[command(flatten)]
-        site: SiteArgs,
-    },
+    Pause(Target),
     /// Lease from this queue again.
-    Resume {
-        /// The queue.
-        name: String,
-        #[command(flatten)]
-        site: SiteArgs,
-    },
+    Resume(Target),
 }
 
 #[derive(Debug, Args)]
@@ -580,8 +564,8 @@ fn run_json(run: run_info::Reader<'_>) -> serde_json::Value {
 fn queues(args: QueuesArgs) -> Result<()> {
     let QueuesArgs { action, list } = args;
     let (site, action) = match action {
-        Some(QueueAction::Pause { name, site }) => (site, Some((name, true))),
-        Some(QueueAction::Resume { name, site }) => (site, Some((name, false))),
+        Some(QueueAction::Pause(Target { name, site })) => (site, Some((name, true))),
+        Some(QueueAction::Resume(Target { name, site })) => (site, Some((name, false))),
         None => (list.site, None),
     };
     let config = SiteConfig::load(&config_path(site.config))?;
@@ -641,9 +625,9 @@ fn queues(args: QueuesArgs) -> Result<()> {
 fn runners(args: RunnersArgs) -> Result<()> {
     let RunnersArgs { action, list: args } = args;
     let (site, action) = match action {
-        Some(RunnerAction::Pause { name, site }) => (site, Some((name, false, true))),
-        Some(RunnerAction::Drain { name, site }) => (site, Some((name, true, false))),
-        Some(RunnerAction::Resume { name, site }) => (site, Some((name, false, false))),
+        Some(RunnerAction::Pause(Target { name, site })) => (site, Some((name, false, true))),
+        Some(RunnerAction::Drain(Target { name, site })) => (site, Some((name, true, false))),
+        Some(RunnerAction::Resume(Target { name, site })) => (site, Some((name, false, false))),
         None => (args.site, None),
     };
     let config = SiteConfig::load(&config_path(site.config))?;

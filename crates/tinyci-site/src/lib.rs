@@ -200,6 +200,29 @@ impl std::fmt::Debug for TrustPolicy {
 }
 
 impl TrustPolicy {
+    /// Loads the site's certificate and key (which must name this site) and its CA.
+    fn load(config: &SiteConfig) -> Result<Self, SiteError> {
+        let credentials = load_credentials("tls.cert", &config.cert, "tls.key", &config.key)?;
+        let expected = tinyci_pki::PeerIdentity::site(config.name.clone());
+        if credentials.identity() != &expected {
+            return Err(SiteError::WrongSite {
+                key: "tls.cert",
+                path: config.cert.clone(),
+                found: credentials.identity().to_string(),
+                expected: config.name.to_string(),
+            });
+        }
+        Ok(Self {
+            own: config.name.clone(),
+            own_ca_pem: read_pem(&config.ca_cert, "tls.ca_cert", false)?,
+            own_ca_path: config.ca_cert.clone(),
+            cert_path: config.cert.clone(),
+            credentials,
+            dir: config.federation_dir.clone(),
+            switch: std::cell::RefCell::new(None),
+        })
+    }
+
     /// The server config trusting the own CA and every pinned partner, and those partners.
     fn server_config(
         &self,
@@ -269,32 +292,14 @@ impl Site {
     /// whose leases died with the previous process are requeued here). Must run inside a
     /// `LocalSet`.
     pub async fn open(config: SiteConfig) -> Result<Self, SiteError> {
-        let credentials = load_credentials("tls.cert", &config.cert, "tls.key", &config.key)?;
-        let expected = tinyci_pki::PeerIdentity::site(config.name.clone());
-        if credentials.identity() != &expected {
-            return Err(SiteError::WrongSite {
-                key: "tls.cert",
-                path: config.cert.clone(),
-                found: credentials.identity().to_string(),
-                expected: config.name.to_string(),
-            });
-        }
-        let ca_pem = read_pem(&config.ca_cert, "tls.ca_cert", false)?;
+        let trust_policy = TrustPolicy::load(&config)?;
+        let ca_pem = trust_policy.own_ca_pem.clone();
         let ca_der =
             tinyci_pki::tls::parse_cert_pem(&ca_pem).map_err(|source| SiteError::Credentials {
                 key: "tls.ca_cert",
                 path: config.ca_cert.clone(),
                 source,
             })?;
-        let trust_policy = TrustPolicy {
-            own: config.name.clone(),
-            own_ca_pem: ca_pem.clone(),
-            own_ca_path: config.ca_cert.clone(),
-            cert_path: config.cert.clone(),
-            credentials,
-            dir: config.federation_dir.clone(),
-            switch: std::cell::RefCell::new(None),
-        };
         let (tls, partners) = trust_policy.server_config()?;
         if !partners.is_empty() {
             info!(
@@ -594,27 +599,12 @@ pub struct CheckReport {
 /// files are readable), without opening the store, binding anything or creating any file.
 pub fn check(config: &SiteConfig) -> Result<CheckReport, SiteError> {
     let mut checked = Vec::new();
-    let credentials = load_credentials("tls.cert", &config.cert, "tls.key", &config.key)?;
-    let expected = tinyci_pki::PeerIdentity::site(config.name.clone());
-    if credentials.identity() != &expected {
-        return Err(SiteError::WrongSite {
-            key: "tls.cert",
-            path: config.cert.clone(),
-            found: credentials.identity().to_string(),
-            expected: config.name.to_string(),
-        });
-    }
-    checked.push(format!("tls.cert and tls.key: {expected}"));
-    let ca_pem = read_pem(&config.ca_cert, "tls.ca_cert", false)?;
-    let policy = TrustPolicy {
-        own: config.name.clone(),
-        own_ca_pem: ca_pem.clone(),
-        own_ca_path: config.ca_cert.clone(),
-        cert_path: config.cert.clone(),
-        credentials,
-        dir: config.federation_dir.clone(),
-        switch: std::cell::RefCell::new(None),
-    };
+    let policy = TrustPolicy::load(config)?;
+    checked.push(format!(
+        "tls.cert and tls.key: {}",
+        tinyci_pki::PeerIdentity::site(config.name.clone())
+    ));
+    let ca_pem = policy.own_ca_pem.clone();
     let (_, partners) = policy.server_config()?;
     checked.push(format!(
         "tls.ca_cert and {} partner pin(s) in {}{}",
