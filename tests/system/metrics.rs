@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use crate::github::http;
-use crate::jobs::start_runner;
 use crate::support::{SiteProcess, git_repo, init_site, run_in};
 
 fn text(bytes: &[u8]) -> String {
@@ -125,7 +124,23 @@ fn metrics_parse_and_move_with_calls_runs_and_denials() {
         &["runner", "add", "r1", "--queue", "default", "--addr", &addr],
     );
     assert!(added.status.success(), "{}", text(&added.stderr));
-    let _runner = start_runner(dir.path(), "r1");
+    let mut runner = SiteProcess::spawn(
+        dir.path(),
+        &[
+            "runner",
+            "--bundle",
+            "r1.bundle",
+            "--executor",
+            "shell",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let runner_metrics = runner
+        .wait_for("runner metrics on http://")
+        .trim()
+        .trim_end_matches("/metrics")
+        .to_owned();
     let repo = tempfile::tempdir().unwrap();
     git_repo(
         repo.path(),
@@ -189,4 +204,20 @@ fn metrics_parse_and_move_with_calls_runs_and_denials() {
         after.contains_key(r#"tinyci_queue_depth{queue="default"}"#),
         "{after:#?}"
     );
+
+    // The runner's own endpoint.
+    let runner_samples = scrape(&runner_metrics);
+    assert_eq!(
+        value(
+            &runner_samples,
+            r#"tinyci_runner_jobs_finished_total{verdict="passed",runner="r1"}"#
+        ),
+        1.0,
+        "{runner_samples:#?}"
+    );
+    assert_eq!(
+        value(&runner_samples, r#"tinyci_runner_connected{runner="r1"}"#),
+        1.0
+    );
+    drop(runner);
 }

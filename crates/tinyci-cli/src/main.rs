@@ -9,6 +9,7 @@ mod grant;
 mod jobs;
 mod remote;
 mod runner;
+mod runner_metrics;
 mod site;
 mod util;
 

@@ -61,6 +61,9 @@ pub(crate) struct RunArgs {
     /// How to execute jobs.
     #[arg(long, value_enum, default_value_t = ExecutorChoice::Auto)]
     executor: ExecutorChoice,
+    /// Serve this runner's Prometheus metrics at http://ADDR/metrics (port 0 picks one).
+    #[arg(long, value_name = "HOST:PORT", value_parser = tinyci_site::config::parse_listen)]
+    metrics: Option<std::net::SocketAddr>,
     /// Where job sources are unpacked [default: a directory under the system temp dir].
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
@@ -337,6 +340,12 @@ fn serve(args: RunArgs) -> Result<()> {
             joining.queues.join(", "),
             executor.name()
         );
+        let stats = std::rc::Rc::new(tinyci_runner::AgentStats::default());
+        if let Some(addr) = args.metrics {
+            let bound =
+                crate::runner_metrics::serve(addr, stats.clone(), joining.name.clone()).await?;
+            say!("runner metrics on http://{bound}/metrics");
+        }
         let config = AgentConfig {
             site: joining.site,
             addresses: joining.addresses,
@@ -349,6 +358,7 @@ fn serve(args: RunArgs) -> Result<()> {
             work_root,
             limits: tinyci_net::NetLimits::default(),
             max_backoff: Duration::from_secs(30),
+            stats,
         };
         let (stopper, control) = agent_control();
         tokio::task::spawn_local(stop_on_signals(stopper));

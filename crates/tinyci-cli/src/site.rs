@@ -319,6 +319,7 @@ fn local_runner(site: &Site, addr: SocketAddr) -> Result<tinyci_runner::AgentCon
         work_root,
         limits: tinyci_net::NetLimits::default(),
         max_backoff: std::time::Duration::from_secs(5),
+        stats: std::rc::Rc::default(),
     })
 }
 

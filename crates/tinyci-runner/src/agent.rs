@@ -89,6 +89,21 @@ pub struct AgentConfig {
     pub limits: NetLimits,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// What the agent has done so far (for `--metrics`).
+    pub stats: Rc<AgentStats>,
+}
+
+/// What an agent has done so far, for its metrics endpoint. Single-threaded, like the agent.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    /// Whether it is connected to its site now.
+    pub connected: std::cell::Cell<bool>,
+    /// Connections made (the first and every reconnection).
+    pub connections: std::cell::Cell<u64>,
+    /// Jobs leased to it.
+    pub jobs_started: std::cell::Cell<u64>,
+    /// Jobs finished, by verdict (`passed`, `failed`, …).
+    pub jobs_finished: RefCell<BTreeMap<&'static str, u64>>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -221,6 +236,11 @@ pub async fn run_agent(config: AgentConfig, mut control: AgentControl) -> Result
         let ended = match connect(&config).await {
             Ok((workers, mut connection, addr)) => {
                 serial += 1;
+                config.stats.connected.set(true);
+                config
+                    .stats
+                    .connections
+                    .set(config.stats.connections.get() + 1);
                 backoff = Duration::from_millis(200);
                 let renew = Rc::new(tokio::sync::Notify::new());
                 link.send_replace(Some(Rc::new(Connected {
@@ -238,6 +258,7 @@ pub async fn run_agent(config: AgentConfig, mut control: AgentControl) -> Result
                     () = all_done(&mut slots) => None,
                 };
                 link.send_replace(None);
+                config.stats.connected.set(false);
                 match lost {
                     None => return Ok(()),
                     Some(why) => why,
@@ -568,6 +589,10 @@ async fn run_job(
     let span = info_span!("run", run = %label);
     async move {
         info!("leased");
+        config
+            .stats
+            .jobs_started
+            .set(config.stats.jobs_started.get() + 1);
         let workdir = exec.source_dir.clone();
         let outcome = run_leased(
             link,
@@ -582,6 +607,12 @@ async fn run_job(
             warn!(error = %e, "failed to remove the run's directory");
         }
         info!(verdict = ?outcome.verdict, message = %outcome.message, "finished");
+        *config
+            .stats
+            .jobs_finished
+            .borrow_mut()
+            .entry(outcome.verdict.as_str())
+            .or_default() += 1;
         Some(outcome)
     }
     .instrument(span)

@@ -122,6 +122,19 @@ pub enum Verdict {
     Errored,
 }
 
+impl Verdict {
+    /// The verdict as metrics label it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Passed => "passed",
+            Verdict::Failed => "failed",
+            Verdict::TimedOut => "timed_out",
+            Verdict::Canceled => "canceled",
+            Verdict::Errored => "errored",
+        }
+    }
+}
+
 /// What an executor reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExecOutcome {

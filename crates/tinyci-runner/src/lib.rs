@@ -17,8 +17,8 @@ mod shell;
 mod source;
 
 pub use agent::{
-    AgentConfig, AgentControl, AgentError, AgentStopper, Executor, MAX_UNACKED_LOG_BYTES,
-    agent_control, run_agent,
+    AgentConfig, AgentControl, AgentError, AgentStats, AgentStopper, Executor,
+    MAX_UNACKED_LOG_BYTES, agent_control, run_agent,
 };
 pub use artifacts::{
     ArtifactReport, MAX_ARTIFACTS, RefusedArtifact, UploadedArtifact, host_workdir,
