@@ -640,4 +640,7 @@ interface Admin {
   # Re-reads the partner pins under `federation/`: handshakes follow them at once, and live
   # connections of partners no longer pinned are closed. Returns the partners now trusted.
   # Fails (changing nothing) if a pin is unreadable.
+
+  run @20 (id :Text) -> (run :RunInfo);
+  # One run, by id (`r-N`), as it is now.
 }

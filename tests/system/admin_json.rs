@@ -228,6 +228,60 @@ fn admin_json_shapes_are_stable() {
     );
     let waited = run_in(dir.path(), &["wait", "s-5", "--addr", &addr]);
     assert!(String::from_utf8_lossy(&waited.stdout).contains("failed"));
+    let shown = json_of(
+        dir.path(),
+        &["admin", "runs", "show", "r-2", "--json", "--addr", &addr],
+    );
+    let listed = json_of(dir.path(), &["admin", "runs", "--json", "--addr", &addr]);
+    let listed_r2 = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "r-2")
+        .unwrap();
+    assert_eq!(&shown, listed_r2);
+    let status = json_of(dir.path(), &["admin", "status", "--json", "--addr", &addr]);
+    assert_eq!(status["site"], "alpha");
+    assert_eq!(status["you_are"], "tinyci://alpha/admin/admin");
+    assert_eq!(status["runners_connected"], 1);
+    assert_eq!(status["runs_queued"], 0);
+    let mut keys: Vec<&String> = status.as_object().unwrap().keys().collect();
+    keys.sort();
+    expect![[r#"
+        [
+            "ca_fingerprint",
+            "protocol",
+            "runners_connected",
+            "runs_active",
+            "runs_queued",
+            "site",
+            "uptime_millis",
+            "version",
+            "you_are",
+        ]
+    "#]]
+    .assert_debug_eq(&keys);
+    let grants = json_of(dir.path(), &["token", "list", "--json", "--addr", &addr]);
+    let admin_grant = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["holder"] == "admin:admin")
+        .unwrap();
+    let mut keys: Vec<&String> = admin_grant.as_object().unwrap().keys().collect();
+    keys.sort();
+    expect![[r#"
+        [
+            "expires",
+            "holder",
+            "issued_by",
+            "revocation_id",
+            "rights",
+            "scope",
+            "status",
+        ]
+    "#]].assert_debug_eq(&keys);
+    assert_eq!(admin_grant["status"], "active");
     let missing = run_in(
         dir.path(),
         &["admin", "runs", "retry", "r-99", "--addr", &addr],

@@ -107,6 +107,10 @@ pub(crate) struct RevokeArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ListArgs {
+    /// Print JSON: `[{"revocation_id", "holder", "rights", "scope", "expires", "status",
+    /// "issued_by"}]` (the table's columns, as text).
+    #[arg(long)]
+    json: bool,
     /// The site configuration [default: ./site.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -228,6 +232,30 @@ fn list(args: ListArgs) -> Result<()> {
             .map(|g| grant_row(g))
             .collect::<capnp::Result<Vec<_>>>()
             .map_err(|e| rpc_error(&client, e))?;
+        if args.json {
+            let keys = [
+                "revocation_id",
+                "holder",
+                "rights",
+                "scope",
+                "expires",
+                "status",
+                "issued_by",
+            ];
+            let list: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|row| {
+                    serde_json::Value::Object(
+                        keys.iter()
+                            .zip(row)
+                            .map(|(k, v)| ((*k).to_owned(), v.clone().into()))
+                            .collect(),
+                    )
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&list)?);
+            return Ok(());
+        }
         print_table(
             &[
                 "REVOCATION ID",

@@ -74,6 +74,11 @@ pub(crate) struct CancelArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AdminCommand {
+    /// The site's state: identity, uptime, runners connected, runs queued and active.
+    ///
+    /// --json prints `{"site", "version", "ca_fingerprint", "uptime_millis", "protocol",
+    /// "you_are", "runners_connected", "runs_queued", "runs_active"}`.
+    Status(ListArgs),
     /// List runs, newest first.
     Runs(RunsArgs),
     /// List queues with their depth and active runs, or pause or resume one.
@@ -185,6 +190,16 @@ pub(crate) struct RunsArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RunAction {
+    /// One run, in full (--json: the same shape as one element of `admin runs --json`).
+    Show {
+        /// The run (r-N).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
     /// Run a finished run again, as a new run of a new submission on the same source (it
     /// supersedes nothing).
     Retry {
@@ -467,6 +482,7 @@ pub(crate) fn cancel(args: CancelArgs) -> Result<()> {
 
 pub(crate) fn admin(command: AdminCommand) -> Result<()> {
     match command {
+        AdminCommand::Status(args) => status(args),
         AdminCommand::Runs(args) => runs(args),
         AdminCommand::Queues(args) => queues(args),
         AdminCommand::Runners(args) => runners(args),
@@ -476,8 +492,10 @@ pub(crate) fn admin(command: AdminCommand) -> Result<()> {
 }
 
 fn runs(args: RunsArgs) -> Result<()> {
-    if let Some(RunAction::Retry { id, site }) = args.action {
-        return retry(&id, site);
+    match args.action {
+        Some(RunAction::Retry { id, site }) => return retry(&id, site),
+        Some(RunAction::Show { id, json, site }) => return show_run(&id, json, site),
+        None => {}
     }
     let config = SiteConfig::load(&config_path(args.site.config))?;
     local_runtime()?.block_on(async move {
@@ -511,6 +529,76 @@ fn runs(args: RunsArgs) -> Result<()> {
                 text(run.get_repo()),
                 run_line(run)
             );
+        }
+        Ok(())
+    })
+}
+
+/// Prints a JSON object's fields as `key  value` lines, keys padded to `width`.
+fn print_fields(value: &serde_json::Value, width: usize) {
+    for (key, field) in value.as_object().into_iter().flatten() {
+        let shown = field
+            .as_str()
+            .map_or_else(|| field.to_string(), str::to_owned);
+        println!("{key:<width$} {shown}");
+    }
+}
+
+fn show_run(id: &str, json: bool, site: SiteArgs) -> Result<()> {
+    let config = SiteConfig::load(&config_path(site.config))?;
+    local_runtime()?.block_on(async move {
+        let (client, admin) = admin_capability(&config, site.addr).await?;
+        let mut request = admin.run_request();
+        request.get().set_id(id);
+        let response = request
+            .send()
+            .promise
+            .await
+            .map_err(|e| rpc_error(&client, e))?;
+        let run = response
+            .get()
+            .and_then(|r| r.get_run())
+            .map_err(|e| rpc_error(&client, e))?;
+        let value = run_json(run);
+        if json {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        } else {
+            print_fields(&value, 12);
+        }
+        Ok(())
+    })
+}
+
+fn status(args: ListArgs) -> Result<()> {
+    let config = SiteConfig::load(&config_path(args.site.config))?;
+    local_runtime()?.block_on(async move {
+        let (client, admin) = admin_capability(&config, args.site.addr).await?;
+        let response = admin
+            .status_request()
+            .send()
+            .promise
+            .await
+            .map_err(|e| rpc_error(&client, e))?;
+        let status = response
+            .get()
+            .and_then(|r| r.get_status())
+            .map_err(|e| rpc_error(&client, e))?;
+        let info = status.get_info().map_err(|e| rpc_error(&client, e))?;
+        let value = serde_json::json!({
+            "site": text(info.get_site_id()),
+            "version": text(info.get_version()),
+            "ca_fingerprint": text(info.get_ca_fingerprint()),
+            "uptime_millis": info.get_uptime_millis(),
+            "protocol": info.get_protocol(),
+            "you_are": text(info.get_peer()),
+            "runners_connected": status.get_runners_connected(),
+            "runs_queued": status.get_runs_queued(),
+            "runs_active": status.get_runs_active(),
+        });
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        } else {
+            print_fields(&value, 18);
         }
         Ok(())
     })

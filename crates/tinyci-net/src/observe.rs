@@ -214,7 +214,7 @@ observed! {
     admin: "Admin" [
         "status", "runners", "setRunner", "queues", "setQueue", "runs", "cancel", "retry",
         "grants", "revoke", "users", "repos", "logs", "submitter", "ticket", "addUser",
-        "setUserCapability", "enableRepo", "disableRepo", "reloadFederation",
+        "setUserCapability", "enableRepo", "disableRepo", "reloadFederation", "run",
     ];
 }
 

@@ -438,6 +438,49 @@ impl admin::Server for AdminCap {
         Ok(())
     }
 
+    async fn status(
+        self: Rc<Self>,
+        _: admin::StatusParams,
+        mut results: admin::StatusResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let mut status = results.get().init_status();
+        crate::gateway::fill_site_info(
+            status.reborrow().init_info(),
+            &self.services.facts,
+            &self.peer,
+        );
+        let queue = &self.services.queue;
+        status.set_runners_connected(len(queue.runners().len()));
+        let (queued, active) = queue
+            .queues()
+            .values()
+            .fold((0, 0), |(q, a), s| (q + s.depth, a + s.active));
+        status.set_runs_queued(len(queued));
+        status.set_runs_active(len(active));
+        Ok(())
+    }
+
+    async fn run(
+        self: Rc<Self>,
+        params: admin::RunParams,
+        mut results: admin::RunResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let id = read_text(params.get()?.get_id(), "id")?;
+        let run: RunId = id
+            .parse()
+            .map_err(|_| capnp::Error::failed(format!("{id:?} is not a run id (r-N)")))?;
+        let stored = self
+            .services
+            .queue
+            .run(run)
+            .map_err(|e| capnp::Error::failed(e.to_string()))?
+            .ok_or_else(|| capnp::Error::failed(format!("no run {id}")))?;
+        fill_run_info(results.get().init_run(), &stored);
+        Ok(())
+    }
+
     async fn set_runner(
         self: Rc<Self>,
         params: admin::SetRunnerParams,

@@ -28,6 +28,21 @@ pub struct SiteFacts {
     pub started: Instant,
 }
 
+/// Writes the site's public facts, as seen by `peer`.
+pub(crate) fn fill_site_info(
+    mut info: tinyci_schema::site_info::Builder<'_>,
+    facts: &SiteFacts,
+    peer: &tinyci_pki::PeerIdentity,
+) {
+    info.set_site_id(facts.name.as_str());
+    info.set_version(env!("CARGO_PKG_VERSION"));
+    info.set_ca_fingerprint(facts.ca_fingerprint.to_string());
+    let uptime = facts.started.elapsed().as_millis();
+    info.set_uptime_millis(u64::try_from(uptime).unwrap_or(u64::MAX));
+    info.set_protocol(PROTOCOL);
+    info.set_peer(peer.to_string());
+}
+
 /// A connection's gateway: knows the site's public facts and who is on the other end.
 pub(crate) struct Gateway {
     facts: Rc<SiteFacts>,
@@ -52,14 +67,7 @@ impl gateway::Server for Gateway {
         mut results: gateway::InfoResults,
     ) -> Result<(), capnp::Error> {
         debug!("Gateway.info");
-        let mut info = results.get().init_info();
-        info.set_site_id(self.facts.name.as_str());
-        info.set_version(env!("CARGO_PKG_VERSION"));
-        info.set_ca_fingerprint(self.facts.ca_fingerprint.to_string());
-        let uptime = self.facts.started.elapsed().as_millis();
-        info.set_uptime_millis(u64::try_from(uptime).unwrap_or(u64::MAX));
-        info.set_protocol(PROTOCOL);
-        info.set_peer(self.peer.identity.to_string());
+        fill_site_info(results.get().init_info(), &self.facts, &self.peer.identity);
         Ok(())
     }
 

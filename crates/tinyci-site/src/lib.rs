@@ -176,6 +176,8 @@ pub(crate) struct Services {
     pub(crate) trust: TrustPolicy,
     /// Prometheus metrics (`/metrics`).
     pub(crate) metrics: Rc<metrics::Metrics>,
+    /// The site's public facts (`Gateway.info`, `Admin.status`).
+    pub(crate) facts: Rc<SiteFacts>,
 }
 
 /// The listener's trust: the site's own CA plus the partners pinned under `federation/`.
@@ -379,6 +381,11 @@ impl Site {
             }
         });
         let services = Rc::new(Services {
+            facts: Rc::new(SiteFacts {
+                name: config.name.clone(),
+                ca_fingerprint: tinyci_pki::Fingerprint::of_der(&ca_der),
+                started: Instant::now(),
+            }),
             metrics,
             trust: trust_policy,
             users,
@@ -483,11 +490,7 @@ impl Site {
             self.sweeps.clone(),
             sweeper_stop,
         ));
-        let facts = Rc::new(SiteFacts {
-            name: self.config.name.clone(),
-            ca_fingerprint: self.ca_fingerprint,
-            started: Instant::now(),
-        });
+        let facts = self.services.facts.clone();
         let addr = listener.local_addr().ok();
         info!(site = %facts.name, ?addr, "serving");
         // Announced for as long as the site serves; dropped (a goodbye) when it stops.
