@@ -280,7 +280,8 @@ fn admin_json_shapes_are_stable() {
             "scope",
             "status",
         ]
-    "#]].assert_debug_eq(&keys);
+    "#]]
+    .assert_debug_eq(&keys);
     assert_eq!(admin_grant["status"], "active");
     let missing = run_in(
         dir.path(),

@@ -17,6 +17,8 @@ use crate::util::{config_path, local_runtime};
 
 /// Chunk size for uploads (the wire contract's limit).
 const CHUNK: usize = 64 * 1024;
+/// Uploads at least this big print progress.
+const PROGRESS_FROM_BYTES: usize = 8 * 1024 * 1024;
 
 /// Submit a local git checkout: upload its source and run the tasks its changes select.
 ///
@@ -319,10 +321,19 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<()> {
         // Upload with flow control, then submit what was uploaded.
         let sink = submitter.upload_request().send().pipeline.get_sink();
         let digest = Sha256::digest(&source.archive);
+        // Big uploads report progress every tenth, on stderr.
+        let total = source.archive.len();
+        let mut next_report = total / 10;
+        let mut sent = 0usize;
         for chunk in source.archive.chunks(CHUNK) {
             let mut write = sink.write_request();
             write.get().set_chunk(chunk);
             write.send().await.map_err(rpc)?;
+            sent += chunk.len();
+            if total >= PROGRESS_FROM_BYTES && sent >= next_report && sent < total {
+                eprintln!("uploaded {}% ({sent} of {total} bytes)", sent * 100 / total);
+                next_report += total / 10;
+            }
         }
         let mut finish = sink.finish_request();
         finish.get().set_sha256(digest.as_slice());
