@@ -1,5 +1,6 @@
 //! Observing every call to a capability we serve: a tracing span per call (`rpc`, with the
-//! interface and method, inside the connection's span that names the peer) and one report
+//! interface and method, and once it ends its outcome and duration, inside the connection's
+//! span that names the peer) and one report
 //! per finished call (outcome and duration) to a [`CallObserver`], which the site turns into
 //! metrics.
 //!
@@ -139,7 +140,13 @@ impl<D: Server, S> Server for ObservedDispatch<D, S> {
             .copied()
             .unwrap_or("unknown");
         let observer = self.outer.observer.clone();
-        let span = tracing::debug_span!("rpc", interface, method);
+        let span = tracing::debug_span!(
+            "rpc",
+            interface,
+            method,
+            outcome = tracing::field::Empty,
+            elapsed_us = tracing::field::Empty
+        );
         let started = Instant::now();
         let dispatched = {
             let _entered = span.enter();
@@ -148,15 +155,19 @@ impl<D: Server, S> Server for ObservedDispatch<D, S> {
         };
         let is_streaming = dispatched.is_streaming;
         let promise = dispatched.promise;
+        let recorder = span.clone();
         let observed = async move {
             let result = promise.await;
             let outcome = Outcome::of(&result);
             let elapsed = started.elapsed();
+            recorder.record("outcome", outcome.as_str());
+            recorder.record(
+                "elapsed_us",
+                u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            );
             match &result {
-                Ok(()) => tracing::debug!(outcome = outcome.as_str(), ?elapsed, "rpc done"),
-                Err(e) => {
-                    tracing::debug!(outcome = outcome.as_str(), ?elapsed, error = %e, "rpc done")
-                }
+                Ok(()) => tracing::debug!("rpc done"),
+                Err(e) => tracing::debug!(error = %e, "rpc done"),
             }
             observer.finished(interface, method, outcome, elapsed);
             result
