@@ -236,7 +236,7 @@ pub(crate) fn repo(command: RepoCommand) -> Result<()> {
 }
 
 /// Runs `f` with the admin capability, turning capnp errors into messages naming the site.
-fn with_admin(
+pub(crate) fn with_admin(
     site: SiteArgs,
     f: impl AsyncFnOnce(tinyci_schema::admin::Client) -> Result<(), capnp::Error>,
 ) -> Result<()> {

@@ -12,6 +12,7 @@ use tinyci_schema::{RunStatus, log_observer, log_reader, run_info, run_observer,
 use tinyci_site::{SiteConfig, admin_capability, rpc_error};
 use tokio::sync::oneshot;
 
+use crate::github::with_admin;
 use crate::gitsource;
 use crate::util::{config_path, local_runtime};
 
@@ -555,46 +556,34 @@ fn print_fields(value: &serde_json::Value, width: usize) {
     }
 }
 
+/// Prints `value` as pretty JSON, or as `key  value` lines padded to `width`.
+fn print_value(value: &serde_json::Value, json: bool, width: usize) {
+    if json {
+        // Serializing a `Value` cannot fail.
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        print_fields(value, width);
+    }
+}
+
 fn show_run(id: &str, json: bool, site: SiteArgs) -> Result<()> {
-    let config = SiteConfig::load(&config_path(site.config))?;
-    local_runtime()?.block_on(async move {
-        let (client, admin) = admin_capability(&config, site.addr).await?;
+    with_admin(site, async move |admin| {
         let mut request = admin.run_request();
         request.get().set_id(id);
-        let response = request
-            .send()
-            .promise
-            .await
-            .map_err(|e| rpc_error(&client, e))?;
-        let run = response
-            .get()
-            .and_then(|r| r.get_run())
-            .map_err(|e| rpc_error(&client, e))?;
-        let value = run_json(run);
-        if json {
-            println!("{}", serde_json::to_string_pretty(&value)?);
-        } else {
-            print_fields(&value, 12);
-        }
+        let response = request.send().promise.await?;
+        print_value(&run_json(response.get()?.get_run()?), json, 12);
         Ok(())
     })
 }
 
 fn status(args: ListArgs) -> Result<()> {
-    let config = SiteConfig::load(&config_path(args.site.config))?;
-    local_runtime()?.block_on(async move {
-        let (client, admin) = admin_capability(&config, args.site.addr).await?;
-        let response = admin
-            .status_request()
-            .send()
-            .promise
-            .await
-            .map_err(|e| rpc_error(&client, e))?;
-        let status = response
-            .get()
-            .and_then(|r| r.get_status())
-            .map_err(|e| rpc_error(&client, e))?;
-        let info = status.get_info().map_err(|e| rpc_error(&client, e))?;
+    with_admin(args.site, async move |admin| {
+        let response = admin.status_request().send().promise.await?;
+        let status = response.get()?.get_status()?;
+        let info = status.get_info()?;
         let value = serde_json::json!({
             "site": text(info.get_site_id()),
             "version": text(info.get_version()),
@@ -606,30 +595,17 @@ fn status(args: ListArgs) -> Result<()> {
             "runs_queued": status.get_runs_queued(),
             "runs_active": status.get_runs_active(),
         });
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&value)?);
-        } else {
-            print_fields(&value, 18);
-        }
+        print_value(&value, args.json, 18);
         Ok(())
     })
 }
 
 fn retry(id: &str, site: SiteArgs) -> Result<()> {
-    let config = SiteConfig::load(&config_path(site.config))?;
-    local_runtime()?.block_on(async move {
-        let (client, admin) = admin_capability(&config, site.addr).await?;
+    with_admin(site, async move |admin| {
         let mut request = admin.retry_request();
         request.get().set_run_id(id);
-        let response = request
-            .send()
-            .promise
-            .await
-            .map_err(|e| rpc_error(&client, e))?;
-        let run = response
-            .get()
-            .and_then(|r| r.get_run())
-            .map_err(|e| rpc_error(&client, e))?;
+        let response = request.send().promise.await?;
+        let run = response.get()?.get_run()?;
         println!(
             "retrying {id} as {} (submission {})",
             text(run.get_id()),
