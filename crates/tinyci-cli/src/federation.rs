@@ -104,35 +104,27 @@ fn list(json: bool, site: &ConfigArgs) -> Result<()> {
     let config = SiteConfig::load(&config_path(site.config.clone()))?;
     let partners = federation::load_partners(&config.federation_dir, &config.name)
         .map_err(|e| InputError(e.to_string()))?;
-    if json {
-        let list: Vec<serde_json::Value> = partners.iter().map(partner_json).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&list).unwrap_or_default()
-        );
-        return Ok(());
-    }
-    if partners.is_empty() {
-        println!("no partners pinned in {}", config.federation_dir.display());
-    }
-    for partner in &partners {
-        println!(
-            "{:<16} sha256 {}  {}{}",
-            partner.site,
-            partner.fingerprint,
-            if partner.addrs.is_empty() {
-                "(no address)".to_owned()
-            } else {
-                partner.addrs.join(", ")
-            },
-            if partner.notes.is_empty() {
-                String::new()
-            } else {
-                format!("  # {}", partner.notes)
-            }
-        );
-    }
+    let empty = format!("no partners pinned in {}", config.federation_dir.display());
+    crate::github::print_listing(&partners, json, &empty, partner_json, partner_line);
     Ok(())
+}
+
+fn partner_line(partner: &Partner) -> String {
+    format!(
+        "{:<16} sha256 {}  {}{}",
+        partner.site,
+        partner.fingerprint,
+        if partner.addrs.is_empty() {
+            "(no address)".to_owned()
+        } else {
+            partner.addrs.join(", ")
+        },
+        if partner.notes.is_empty() {
+            String::new()
+        } else {
+            format!("  # {}", partner.notes)
+        }
+    )
 }
 
 fn partner_json(partner: &Partner) -> serde_json::Value {

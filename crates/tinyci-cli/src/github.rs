@@ -147,20 +147,14 @@ pub(crate) fn user(command: UserCommand) -> Result<()> {
         }),
         UserCommand::List { json, site } => with_admin(site, async move |admin| {
             let response = admin.users_request().send().promise.await?;
-            let users = response.get()?.get_users()?;
-            if json {
-                let list: Vec<serde_json::Value> = users.iter().map(user_json).collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).unwrap_or_default()
-                );
-            } else if users.is_empty() {
-                println!("no users");
-            } else {
-                for user in users.iter() {
-                    println!("{}", user_line(user));
-                }
-            }
+            let users: Vec<_> = response.get()?.get_users()?.iter().collect();
+            print_listing(
+                &users,
+                json,
+                "no users",
+                |u| user_json(*u),
+                |u| user_line(*u),
+            );
             Ok(())
         }),
         UserCommand::Cap(CapCommand::Add {
@@ -216,22 +210,41 @@ pub(crate) fn repo(command: RepoCommand) -> Result<()> {
         }),
         RepoCommand::List { json, site } => with_admin(site, async move |admin| {
             let response = admin.repos_request().send().promise.await?;
-            let repos = response.get()?.get_repos()?;
-            if json {
-                let list: Vec<serde_json::Value> = repos.iter().map(repo_json).collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).unwrap_or_default()
-                );
-            } else if repos.is_empty() {
-                println!("no repositories");
-            } else {
-                for repo in repos.iter() {
-                    println!("{}", repo_line(repo));
-                }
-            }
+            let repos: Vec<_> = response.get()?.get_repos()?.iter().collect();
+            print_listing(
+                &repos,
+                json,
+                "no repositories",
+                |r| repo_json(*r),
+                |r| repo_line(*r),
+            );
             Ok(())
         }),
+    }
+}
+
+/// Prints `items` as a JSON array (`--json`), else one line each, or `empty` when there are
+/// none.
+pub(crate) fn print_listing<T>(
+    items: &[T],
+    json: bool,
+    empty: &str,
+    as_json: impl Fn(&T) -> serde_json::Value,
+    as_line: impl Fn(&T) -> String,
+) {
+    if json {
+        let list: Vec<serde_json::Value> = items.iter().map(as_json).collect();
+        // Serializing a `Value` cannot fail.
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+    } else if items.is_empty() {
+        println!("{empty}");
+    } else {
+        for item in items {
+            println!("{}", as_line(item));
+        }
     }
 }
 
