@@ -16,10 +16,10 @@ use crate::jobs::start_runner;
 use crate::support::{SiteProcess, git_repo, init_site, run_in};
 
 const REPO: &str = "octo/hello";
-const CLIENT_ID: &str = "tinyci-test-app";
-const CLIENT_SECRET: &str = "app-secret-for-tests";
+pub(crate) const CLIENT_ID: &str = "tinyci-test-app";
+pub(crate) const CLIENT_SECRET: &str = "app-secret-for-tests";
 /// The site's own GitHub token; a log-capture test may look for it.
-const SITE_TOKEN: &str = "ghp_site_token_for_tests";
+pub(crate) const SITE_TOKEN: &str = "ghp_site_token_for_tests";
 /// A hang guard, not a timing assertion.
 const PATIENCE: Duration = Duration::from_secs(120);
 
@@ -28,7 +28,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// The fake, served from its own thread for the whole test.
-fn fake_github() -> Arc<FakeGitHub> {
+pub(crate) fn fake_github() -> Arc<FakeGitHub> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -220,7 +220,7 @@ pub(crate) fn http(
     (status, headers, body.to_owned())
 }
 
-fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+pub(crate) fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
     headers
         .iter()
         .find(|(k, _)| k == name)

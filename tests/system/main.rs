@@ -7,6 +7,7 @@ mod support;
 
 mod admin_json;
 mod artifacts;
+mod browser;
 mod config_errors;
 mod discovery;
 mod federation;
@@ -18,3 +19,4 @@ mod metrics;
 mod partition;
 mod runners;
 mod site_lifecycle;
+mod web;

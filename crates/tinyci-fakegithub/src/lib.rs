@@ -11,8 +11,12 @@
 //! `POST /repos/{o}/{r}/statuses/{sha}`; `POST /repos/{o}/{r}/issues/{n}/comments`;
 //! `GET /repos/{o}/{r}/contents/{path}?ref=R`; `GET /repos/{o}/{r}/tarball/{ref}` (a 302 to
 //! `/_codeload/{o}/{r}/legacy.tar.gz/{ref}`, as GitHub redirects to codeload); and, under the
-//! web base [`FakeGitHub::web_url`], `POST /login/oauth/access_token`. Anything else is a 404
-//! with GitHub's `{message, documentation_url}`.
+//! web base [`FakeGitHub::web_url`], `GET /login/oauth/authorize` (the browser's side: it
+//! approves at once for the user set with [`FakeGitHub::sign_in_browser_as`] and redirects
+//! back with a code) and `POST /login/oauth/access_token`. `GET /repos/{o}/{r}` answers only
+//! users given access with [`FakeGitHub::add_collaborator`] (a 404 for others, as GitHub hides
+//! private repositories); the other repository endpoints do not check access. Anything else is
+//! a 404 with GitHub's `{message, documentation_url}`.
 
 use std::collections::VecDeque;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -90,6 +94,13 @@ struct OAuthCode {
     access_token: String,
 }
 
+#[derive(Debug, Clone)]
+struct BrowserSignIn {
+    client_id: String,
+    client_secret: String,
+    access_token: String,
+}
+
 #[derive(Debug, Default)]
 struct State {
     calls: Vec<Call>,
@@ -109,6 +120,11 @@ struct State {
     codes: HashMap<String, OAuthCode>,
     /// Serve tarballs chunked, without `Content-Length`.
     chunked_tarballs: bool,
+    /// (repo, login) → `permissions` of `GET /repos/{o}/{r}`: (admin, push, pull).
+    collaborators: HashMap<(String, String), (bool, bool, bool)>,
+    /// The OAuth app and the token of the user "signed in" in the browser: the authorize page
+    /// approves at once for them.
+    browser: Option<BrowserSignIn>,
     next_id: u64,
 }
 
@@ -225,6 +241,27 @@ impl FakeGitHub {
                 access_token: access_token.to_owned(),
             },
         );
+    }
+
+    /// Gives `login` access to `repo`: `GET /repos/{o}/{r}` answers them with
+    /// `permissions` `{admin, push, pull}`.
+    pub fn add_collaborator(&self, repo: &str, login: &str, admin: bool, push: bool) {
+        lock(&self.state).collaborators.insert(
+            (repo.to_owned(), login.to_owned()),
+            (admin, push || admin, true),
+        );
+    }
+
+    /// Makes the browser side of OAuth (`{web}/login/oauth/authorize`) approve requests of
+    /// the app `client_id`/`client_secret` at once, as the user of `access_token` who already
+    /// authorized the app: it redirects to `redirect_uri` with a fresh single-use code and the
+    /// `state` it was given. Without this the authorize page answers 403.
+    pub fn sign_in_browser_as(&self, client_id: &str, client_secret: &str, access_token: &str) {
+        lock(&self.state).browser = Some(BrowserSignIn {
+            client_id: client_id.to_owned(),
+            client_secret: client_secret.to_owned(),
+            access_token: access_token.to_owned(),
+        });
     }
 
     /// Every call received so far, in order.
@@ -396,6 +433,9 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Reply {
     if path == format!("{WEB_PREFIX}/login/oauth/access_token") && method == Method::POST {
         return oauth(&mut st, &body, &accept);
     }
+    if path == format!("{WEB_PREFIX}/login/oauth/authorize") && method == Method::GET {
+        return authorize(&mut st, uri.query());
+    }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     if let ["_codeload", owner, name, "legacy.tar.gz", git_ref] = segments.as_slice() {
         let key = (format!("{owner}/{name}"), percent_decode(git_ref));
@@ -441,6 +481,20 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Reply {
     }
     let base = format!("https://api.github.com/repos/{repo}");
     match (&method, rest) {
+        (&Method::GET, []) => match st.collaborators.get(&(repo.clone(), user.0.clone())) {
+            Some(&(admin, push, pull)) => reply(
+                StatusCode::OK,
+                &json!({
+                    "id": 1296269,
+                    "name": name,
+                    "full_name": repo,
+                    "private": true,
+                    "url": base,
+                    "permissions": {"admin": admin, "maintain": admin, "push": push, "triage": push, "pull": pull},
+                }),
+            ),
+            None => not_found(),
+        },
         (&Method::POST, ["hooks"]) => create_hook(&mut st, &repo, &base, &body),
         (&Method::GET, ["hooks"]) => {
             let hooks = st.hooks.get(&repo).cloned().unwrap_or_default();
@@ -647,6 +701,60 @@ fn create_status(
         .or_default()
         .push(status);
     reply(StatusCode::CREATED, &answer)
+}
+
+/// The browser's side of OAuth: approves at once for the signed-in user, as GitHub does for an
+/// app the user authorized before.
+fn authorize(st: &mut State, query: Option<&str>) -> Reply {
+    let Some(browser) = st.browser.clone() else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "No user is signed in to this fake GitHub",
+        );
+    };
+    if query_param(query, "client_id").as_deref() != Some(browser.client_id.as_str()) {
+        return error(StatusCode::NOT_FOUND, "Unknown OAuth application");
+    }
+    let (Some(redirect), Some(state)) = (
+        query_param(query, "redirect_uri"),
+        query_param(query, "state"),
+    ) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "redirect_uri and state are required",
+        );
+    };
+    let code = format!("code-{}", st.id());
+    st.codes.insert(
+        code.clone(),
+        OAuthCode {
+            client_id: browser.client_id,
+            client_secret: browser.client_secret,
+            access_token: browser.access_token,
+        },
+    );
+    let encode = |text: &str| -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let separator = if redirect.contains('?') { '&' } else { '?' };
+    let location = format!(
+        "{redirect}{separator}code={}&state={}",
+        encode(&code),
+        encode(&state)
+    );
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::FOUND;
+    if let Ok(value) = header::HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
 }
 
 fn oauth(st: &mut State, body: &Value, accept: &str) -> Reply {

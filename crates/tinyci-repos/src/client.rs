@@ -225,6 +225,18 @@ struct Content {
 }
 
 #[derive(Deserialize)]
+struct RepoBody {
+    /// Present when the request was authenticated.
+    permissions: Option<RepoPermissions>,
+}
+
+#[derive(Deserialize)]
+struct RepoPermissions {
+    #[serde(default)]
+    pull: bool,
+}
+
+#[derive(Deserialize)]
 struct UserBody {
     login: String,
     id: u64,
@@ -502,6 +514,25 @@ impl GitHub {
             .json(&self.api, &ep, Some(&CreateComment { body }), GITHUB_JSON)
             .await?;
         Ok(created.id)
+    }
+
+    /// Whether the token's user may read `repo` (GitHub's `permissions.pull` on
+    /// `GET /repos/{o}/{r}`). A 404 is "no": GitHub hides private repositories from users who
+    /// cannot see them.
+    pub async fn can_read(&self, repo: &RepoName) -> Result<bool, ApiError> {
+        let ep = endpoint(
+            format!("read the permissions on {repo}"),
+            Method::GET,
+            format!("/repos/{repo}"),
+        );
+        match self
+            .json::<(), RepoBody>(&self.api, &ep, None, GITHUB_JSON)
+            .await
+        {
+            Ok(body) => Ok(body.permissions.is_some_and(|p| p.pull)),
+            Err(ApiError::Status { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads file `path` at `git_ref` (branch, tag or sha); `None` if it does not exist.

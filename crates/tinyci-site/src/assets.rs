@@ -165,7 +165,7 @@ impl ArtifactStore {
     }
 
     /// The file holding the content with this digest.
-    fn blob(&self, sha256: &[u8; 32]) -> PathBuf {
+    pub(crate) fn blob(&self, sha256: &[u8; 32]) -> PathBuf {
         self.dir.join(hex::encode(sha256))
     }
 

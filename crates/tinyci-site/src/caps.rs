@@ -400,41 +400,10 @@ impl admin::Server for AdminCap {
         let run: RunId = id
             .parse()
             .map_err(|_| capnp::Error::failed(format!("{id:?} is not a run id (r-N)")))?;
-        let queue = &self.services.queue;
-        let failed = |e: tinyci_queue::QueueError| capnp::Error::failed(e.to_string());
-        let stored = queue
-            .run(run)
-            .map_err(failed)?
-            .ok_or_else(|| capnp::Error::failed(format!("no run {id}")))?;
-        if !stored.state.status().is_final() {
-            return Err(capnp::Error::failed(format!(
-                "run {id} is still {}; only a finished run can be retried",
-                stored.state.status().as_str()
-            )));
-        }
-        let submission = queue
-            .submission(stored.submission)
-            .map_err(failed)?
-            .ok_or_else(|| capnp::Error::failed(format!("no submission of run {id}")))?;
-        // A new submission holding just this run, on the same source; it supersedes nothing.
-        let (_, runs) = queue
-            .submit(tinyci_queue::NewSubmission {
-                repo: stored.repo.clone(),
-                git_ref: stored.git_ref.clone(),
-                sha: stored.sha.clone(),
-                title: format!("retry of {id}"),
-                submitted_by: self.peer.to_string(),
-                source_sha256: submission.source_sha256,
-                runs: vec![stored.spec.clone()],
-                supersede: false,
-            })
+        let retried = crate::jobs::retry_run(&self.services, run, &self.peer.to_string())
             .await
-            .map_err(failed)?;
-        let retried = runs
-            .first()
-            .ok_or_else(|| capnp::Error::failed("the retry made no run".into()))?;
-        info!(run = %id, retry = %retried.id(), by = %self.peer, "run retried");
-        fill_run_info(results.get().init_run(), retried);
+            .map_err(capnp::Error::failed)?;
+        fill_run_info(results.get().init_run(), &retried);
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //!
 //! `site.toml.example` at the repository root documents every key; keep the two in step.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -96,6 +97,10 @@ pub struct HttpConfig {
     /// `https://ci.example.com` (no trailing slash): the base of webhook, OAuth callback and
     /// status target URLs. `None` until set; repositories cannot be enabled without it.
     pub public_url: Option<String>,
+    /// Repositories (`owner/name`) whose run pages anyone may read without logging in
+    /// (`public_repos`). Every other repository's pages need a GitHub login by a user GitHub
+    /// lets read it.
+    pub public_repos: BTreeSet<String>,
 }
 
 /// `[github]`.
@@ -220,6 +225,8 @@ fn default_federation_dir() -> PathBuf {
 struct RawHttp {
     listen: ListenAddr,
     public_url: Option<String>,
+    #[serde(default)]
+    public_repos: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -633,6 +640,14 @@ impl SiteConfig {
                         .public_url
                         .map(|u| parse_base_url(&u).map_err(|why| value("http.public_url", why)))
                         .transpose()?,
+                    public_repos: h
+                        .public_repos
+                        .into_iter()
+                        .map(|repo| match repo.parse::<tinyci_repos::RepoName>() {
+                            Ok(_) => Ok(repo),
+                            Err(e) => Err(value("http.public_repos", format!("{repo:?}: {e}"))),
+                        })
+                        .collect::<Result<_, _>>()?,
                 })
             })
             .transpose()?;

@@ -1,6 +1,6 @@
 //! The site's HTTP side (`[http] listen`): GitHub webhooks at `/hooks/github`, the OAuth
 //! login at `/oauth/*`, Prometheus metrics at `/metrics`, `/healthz` (the process answers)
-//! and `/readyz` (the store answers too). Plain HTTP/1.1 (hyper): put a TLS-terminating proxy
+//! and `/readyz` (the store answers too), and the run pages ([`crate::web`]). Plain HTTP/1.1 (hyper): put a TLS-terminating proxy
 //! in front of it beyond loopback, and name that proxy's address in `public_url`.
 //!
 //! Every request body is read with a bound; the webhook's signature is checked before its
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -23,8 +23,9 @@ use tracing::{debug, info, warn};
 
 use crate::Services;
 use crate::github::{Intake, IntakeError};
-use crate::oauth::{self, LoginOutcome, LoginResult, SESSION_COOKIE};
+use crate::oauth::{self, LoginOutcome, LoginResult, Purpose, SESSION_COOKIE};
 use crate::secrets::random_secret_hex;
+use crate::web::WebReply;
 
 /// Most HTTP connections served at once; more are closed at accept.
 const MAX_CONNECTIONS: usize = 1024;
@@ -42,6 +43,8 @@ pub(crate) struct HttpState {
     pub(crate) logins: RefCell<oauth::Logins>,
     /// Signs login CSRs; `None` when `tls.ca_key` is not configured.
     pub(crate) login_ca: Option<Rc<oauth::LoginCa>>,
+    /// The pages' sessions and settings.
+    pub(crate) web: crate::web::WebState,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -67,7 +70,7 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
     reply(status, "application/json", value.to_string())
 }
 
-fn html_escape(text: &str) -> String {
+pub(crate) fn html_escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -137,10 +140,33 @@ pub(crate) async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
-async fn route(state: &HttpState, peer: SocketAddr, request: Request<Incoming>) -> Reply {
+async fn route(state: &HttpState, peer: SocketAddr, request: Request<Incoming>) -> WebReply {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let response = match (&method, path.as_str()) {
+    let is_page = !(path.starts_with("/hooks/")
+        || path.starts_with("/oauth/")
+        || matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics"));
+    let response = if is_page {
+        crate::web::route(state, request).await.unwrap_or_else(|| {
+            text(StatusCode::NOT_FOUND, format!("no page at {path}")).map(Either::Left)
+        })
+    } else {
+        fixed_route(state, &method, &path, request)
+            .await
+            .map(Either::Left)
+    };
+    debug!(%peer, %method, %path, status = response.status().as_u16(), "http request");
+    response
+}
+
+/// The endpoints that are not pages.
+async fn fixed_route(
+    state: &HttpState,
+    method: &Method,
+    path: &str,
+    request: Request<Incoming>,
+) -> Reply {
+    match (method, path) {
         (&Method::POST, "/hooks/github") => webhook(state, request).await,
         (&Method::GET, "/oauth/login") => login(state, &request),
         (&Method::GET, "/oauth/callback") => callback(state, &request).await,
@@ -165,9 +191,7 @@ async fn route(state: &HttpState, peer: SocketAddr, request: Request<Incoming>) 
             format!("{method} is not allowed on {path}"),
         ),
         _ => text(StatusCode::NOT_FOUND, format!("no page at {path}")),
-    };
-    debug!(%peer, %method, %path, status = response.status().as_u16(), "http request");
-    response
+    }
 }
 
 /// Ready when the store answers a read (the listener answering this is the other half).
@@ -190,7 +214,7 @@ fn readyz(state: &HttpState) -> Reply {
 }
 
 /// Reads a body of at most `limit` bytes.
-async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Vec<u8>, Reply> {
+pub(crate) async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Vec<u8>, Reply> {
     match Limited::new(request.into_body(), limit).collect().await {
         Ok(body) => Ok(body.to_bytes().to_vec()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(text(
@@ -254,7 +278,7 @@ fn query_value<'q>(query: &'q [(String, String)], key: &str) -> Option<&'q str> 
         .map(|(_, v)| v.as_str())
 }
 
-fn session_cookie(request: &Request<Incoming>) -> Option<String> {
+pub(crate) fn session_cookie(request: &Request<Incoming>) -> Option<String> {
     request
         .headers()
         .get_all(header::COOKIE)
@@ -299,10 +323,16 @@ fn login(state: &HttpState, request: &Request<Incoming>) -> Reply {
         None => (random_secret_hex(16), true),
     };
     let oauth_state = random_secret_hex(16);
+    let purpose = match login {
+        Some(id) => Purpose::Cli(id),
+        None => Purpose::Browser {
+            next: query_value(&query, "next").and_then(crate::web::safe_next),
+        },
+    };
     state
         .states
         .borrow_mut()
-        .issue(oauth_state.clone(), &session, login, now);
+        .issue(oauth_state.clone(), &session, purpose, now);
     let location = format!(
         "{}/login/oauth/authorize?{}",
         github.settings.web_url,
@@ -345,12 +375,16 @@ async fn callback(state: &HttpState, request: &Request<Incoming>) -> Reply {
         .states
         .borrow_mut()
         .take(oauth_state, session.as_deref(), Instant::now());
-    let login = match taken {
-        Ok(login) => login,
+    let purpose = match taken {
+        Ok(purpose) => purpose,
         Err(e) => {
             warn!(error = %e, "oauth callback refused");
             return page(StatusCode::BAD_REQUEST, "Login refused", &e.to_string());
         }
+    };
+    let login = match &purpose {
+        Purpose::Cli(id) => Some(id.clone()),
+        Purpose::Browser { .. } => None,
     };
     let finish = |outcome: LoginOutcome| {
         if let Some(id) = &login {
@@ -371,6 +405,13 @@ async fn callback(state: &HttpState, request: &Request<Incoming>) -> Reply {
         );
     };
     match complete_login(state, code, login.as_deref()).await {
+        Ok(result) if login.is_none() => {
+            let next = match purpose {
+                Purpose::Browser { next } => next,
+                Purpose::Cli(_) => None,
+            };
+            sign_in_browser(state, &result, next)
+        }
         Ok(result) => {
             let message = format!(
                 "Signed in to tinyci site {} as {} (GitHub {}).{}",
@@ -394,8 +435,55 @@ async fn callback(state: &HttpState, request: &Request<Incoming>) -> Reply {
     }
 }
 
-/// Exchanges the code, links the user, mints their grant and (for a CLI login) signs their
-/// certificate.
+/// Signs a browser in to the run pages after its GitHub login: a fresh session cookie (never
+/// the one it arrived with, so a cookie planted before the login is worth nothing), then on to
+/// `next` or a page saying who it is signed in as.
+fn sign_in_browser(state: &HttpState, result: &LoginResult, next: Option<String>) -> Reply {
+    let Ok(user) = result.user.parse::<tinyci_users::UserName>() else {
+        return page(
+            StatusCode::BAD_GATEWAY,
+            "Login failed",
+            "the linked user has an invalid name",
+        );
+    };
+    let cookie = random_secret_hex(32);
+    state.web.sessions.borrow_mut().sign_in(
+        cookie.clone(),
+        user,
+        random_secret_hex(32),
+        Instant::now(),
+    );
+    info!(user = %result.user, "browser signed in");
+    let mut response = match next {
+        Some(next) => {
+            let mut response = text(StatusCode::SEE_OTHER, "signed in");
+            if let Ok(location) = next.parse() {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        None => page(
+            StatusCode::OK,
+            "Signed in",
+            &format!(
+                "Signed in to tinyci site {} as {} (GitHub {}).",
+                result.site, result.user, result.github_login
+            ),
+        ),
+    };
+    let secure = if state.web.https() { "; Secure" } else { "" };
+    let max_age = oauth::WEB_SESSION_TTL.as_secs();
+    let set = format!(
+        "{SESSION_COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+    );
+    if let Ok(value) = set.parse() {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// Exchanges the code, links the user, and for a CLI login mints their grant and signs their
+/// certificate (a browser login gets a session cookie instead, and no grant).
 async fn complete_login(
     state: &HttpState,
     code: &str,
@@ -439,6 +527,24 @@ async fn complete_login(
         .map_err(|e| e.to_string())?;
     info!(user = %site_user.name, github = %user.login, ?outcome, "github login");
     let site = services.grants.site().to_string();
+    let Some(login) = login else {
+        // A browser login: the session cookie is the credential; no grant is minted.
+        return Ok(LoginResult {
+            site,
+            user: site_user.name.to_string(),
+            github_login: user.login,
+            addr: state.rpc_addr.clone(),
+            cert_pem: String::new(),
+            ca_pem: String::new(),
+            token: String::new(),
+            capabilities: site_user
+                .capabilities
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            expires_at: 0,
+        });
+    };
     let expires_at = std::time::SystemTime::now() + github.settings.login_token_ttl;
     let spec = tinyci_users::grant_spec(
         &site,
@@ -454,20 +560,16 @@ async fn complete_login(
         .write(move |txn| txn.put(tinyci_store::tables::GRANTS, key.as_str(), &record))
         .await
         .map_err(|e| e.to_string())?;
-    let (cert_pem, ca_pem) = match login {
-        Some(id) => {
-            let ca = state.login_ca.as_ref().ok_or(
-                "this site cannot issue certificates to logins: tls.ca_key is not configured",
-            )?;
-            let csr = state
-                .logins
-                .borrow()
-                .csr(id)
-                .ok_or("the terminal login expired while GitHub was asked")?;
-            (ca.sign(&csr, site_user.name.as_str())?, ca.ca_pem.clone())
-        }
-        None => (String::new(), String::new()),
-    };
+    let ca = state
+        .login_ca
+        .as_ref()
+        .ok_or("this site cannot issue certificates to logins: tls.ca_key is not configured")?;
+    let csr = state
+        .logins
+        .borrow()
+        .csr(login)
+        .ok_or("the terminal login expired while GitHub was asked")?;
+    let (cert_pem, ca_pem) = (ca.sign(&csr, site_user.name.as_str())?, ca.ca_pem.clone());
     Ok(LoginResult {
         site,
         user: site_user.name.to_string(),

@@ -33,7 +33,7 @@ pub(crate) fn wire_status(status: CoreStatus) -> RunStatus {
     }
 }
 
-fn core_status(status: RunStatus) -> CoreStatus {
+pub(crate) fn core_status(status: RunStatus) -> CoreStatus {
     match status {
         RunStatus::Queued => CoreStatus::Queued,
         RunStatus::Leased => CoreStatus::Leased,
@@ -703,3 +703,47 @@ impl Drop for WatchHandle {
 }
 
 impl handle::Server for WatchHandle {}
+
+/// Queues a finished run again: a new submission holding just that run, on the same source,
+/// superseding nothing. `by` is recorded as its submitter. The error says why not, for people.
+pub(crate) async fn retry_run(
+    services: &Services,
+    id: RunId,
+    by: &str,
+) -> Result<tinyci_queue::StoredRun, String> {
+    let queue = &services.queue;
+    let failed = |e: tinyci_queue::QueueError| e.to_string();
+    let stored = queue
+        .run(id)
+        .map_err(failed)?
+        .ok_or_else(|| format!("no run {id}"))?;
+    if !stored.state.status().is_final() {
+        return Err(format!(
+            "run {id} is still {}; only a finished run can be retried",
+            stored.state.status().as_str()
+        ));
+    }
+    let submission = queue
+        .submission(stored.submission)
+        .map_err(failed)?
+        .ok_or_else(|| format!("no submission of run {id}"))?;
+    let (_, runs) = queue
+        .submit(tinyci_queue::NewSubmission {
+            repo: stored.repo.clone(),
+            git_ref: stored.git_ref.clone(),
+            sha: stored.sha.clone(),
+            title: format!("retry of {id}"),
+            submitted_by: by.to_owned(),
+            source_sha256: submission.source_sha256,
+            runs: vec![stored.spec.clone()],
+            supersede: false,
+        })
+        .await
+        .map_err(failed)?;
+    let retried = runs
+        .into_iter()
+        .next()
+        .ok_or_else(|| "the retry made no run".to_owned())?;
+    tracing::info!(run = %id, retry = %retried.id(), %by, "run retried");
+    Ok(retried)
+}

@@ -6,6 +6,7 @@
 //! (those are `tinyci-schema`, `tinyci-pki`/`tinyci-grant` and `tinyci-store`). It must not
 //! know `anyhow` or `clap`: the CLI turns its typed errors into messages and exit codes.
 
+mod ansi;
 mod assets;
 pub mod bundle;
 mod caps;
@@ -29,6 +30,7 @@ mod secrets;
 mod session;
 mod sources;
 mod statuses;
+mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -524,6 +526,7 @@ impl Site {
                 states: Default::default(),
                 logins: Default::default(),
                 login_ca: self.login_ca.clone(),
+                web: web::WebState::new(self.config.http.as_ref()),
             });
             tokio::task::spawn_local(http::serve(listener, state, async move {
                 let _ = http_stop.await;

@@ -38,9 +38,19 @@ pub(crate) enum StateError {
     WrongSession,
 }
 
+/// What a login was started for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// A `tinyci login` (its login id): the callback signs its CSR.
+    Cli(String),
+    /// A browser login: the callback signs the browser in and sends it on to `next` (a path
+    /// on this site).
+    Browser { next: Option<String> },
+}
+
 struct IssuedState {
     session: String,
-    login: Option<String>,
+    purpose: Purpose,
     issued: Instant,
 }
 
@@ -51,14 +61,8 @@ pub(crate) struct States {
 }
 
 impl States {
-    /// Issues `state` for `session`; `login` ties it to a pending CLI login.
-    pub(crate) fn issue(
-        &mut self,
-        state: String,
-        session: &str,
-        login: Option<String>,
-        now: Instant,
-    ) {
+    /// Issues `state` for `session`, for `purpose`.
+    pub(crate) fn issue(&mut self, state: String, session: &str, purpose: Purpose, now: Instant) {
         self.pending
             .retain(|_, s| now.saturating_duration_since(s.issued) < STATE_TTL);
         if self.pending.len() >= MAX_PENDING
@@ -74,7 +78,7 @@ impl States {
             state,
             IssuedState {
                 session: session.to_owned(),
-                login,
+                purpose,
                 issued: now,
             },
         );
@@ -87,7 +91,7 @@ impl States {
         state: &str,
         session: Option<&str>,
         now: Instant,
-    ) -> Result<Option<String>, StateError> {
+    ) -> Result<Purpose, StateError> {
         let issued = self.pending.remove(state).ok_or(StateError::Unknown)?;
         if now.saturating_duration_since(issued.issued) >= STATE_TTL {
             return Err(StateError::Expired);
@@ -95,7 +99,70 @@ impl States {
         if session != Some(issued.session.as_str()) {
             return Err(StateError::WrongSession);
         }
-        Ok(issued.login)
+        Ok(issued.purpose)
+    }
+}
+
+/// How long a browser stays signed in to the site's pages.
+pub(crate) const WEB_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Most signed-in browsers at once; the oldest are signed out past it.
+const MAX_WEB_SESSIONS: usize = 10_000;
+
+/// A browser signed in to the site's pages.
+#[derive(Clone, Debug)]
+pub(crate) struct WebSession {
+    /// The site user it signed in as. Their capabilities are read afresh on every request, so
+    /// a capability taken away applies at once.
+    pub(crate) user: tinyci_users::UserName,
+    /// The anti-forgery token its forms carry (random, per session).
+    pub(crate) csrf: String,
+    signed_in: Instant,
+}
+
+/// Signed-in browsers by session cookie. Sans-IO. Held in memory: a site restart signs
+/// everyone out, and GitHub signs them back in with one click.
+#[derive(Default)]
+pub(crate) struct WebSessions {
+    by_cookie: HashMap<String, WebSession>,
+}
+
+impl WebSessions {
+    /// Signs `cookie` in as `user`. The cookie must be new (issued at sign-in), never the
+    /// one the browser arrived with, so a planted cookie cannot be signed in by its victim.
+    pub(crate) fn sign_in(
+        &mut self,
+        cookie: String,
+        user: tinyci_users::UserName,
+        csrf: String,
+        now: Instant,
+    ) {
+        self.by_cookie
+            .retain(|_, s| now.saturating_duration_since(s.signed_in) < WEB_SESSION_TTL);
+        if self.by_cookie.len() >= MAX_WEB_SESSIONS
+            && let Some(oldest) = self
+                .by_cookie
+                .iter()
+                .min_by_key(|(_, s)| s.signed_in)
+                .map(|(k, _)| k.clone())
+        {
+            self.by_cookie.remove(&oldest);
+        }
+        self.by_cookie.insert(
+            cookie,
+            WebSession {
+                user,
+                csrf,
+                signed_in: now,
+            },
+        );
+    }
+
+    /// The session of `cookie`, if signed in and not expired.
+    pub(crate) fn get(&self, cookie: &str, now: Instant) -> Option<WebSession> {
+        self.by_cookie
+            .get(cookie)
+            .filter(|s| now.saturating_duration_since(s.signed_in) < WEB_SESSION_TTL)
+            .cloned()
     }
 }
 
@@ -231,14 +298,16 @@ pub(crate) fn unix_secs(t: SystemTime) -> u64 {
 mod tests {
     use super::*;
 
+    const BROWSER: Purpose = Purpose::Browser { next: None };
+
     #[test]
     fn a_state_works_once_in_its_own_session_within_ten_minutes() {
         let t0 = Instant::now();
         let mut states = States::default();
-        states.issue("s1".into(), "alice", Some("login-1".into()), t0);
+        states.issue("s1".into(), "alice", Purpose::Cli("login-1".into()), t0);
         assert_eq!(
             states.take("s1", Some("alice"), t0 + Duration::from_secs(599)),
-            Ok(Some("login-1".into()))
+            Ok(Purpose::Cli("login-1".into()))
         );
         // Reused.
         assert_eq!(
@@ -246,13 +315,13 @@ mod tests {
             Err(StateError::Unknown)
         );
         // Expired.
-        states.issue("s2".into(), "alice", None, t0);
+        states.issue("s2".into(), "alice", BROWSER, t0);
         assert_eq!(
             states.take("s2", Some("alice"), t0 + STATE_TTL),
             Err(StateError::Expired)
         );
         // Another session (or none), and then it is used up.
-        states.issue("s3".into(), "alice", None, t0);
+        states.issue("s3".into(), "alice", BROWSER, t0);
         assert_eq!(
             states.take("s3", Some("mallory"), t0),
             Err(StateError::WrongSession)
@@ -261,7 +330,7 @@ mod tests {
             states.take("s3", Some("alice"), t0),
             Err(StateError::Unknown)
         );
-        states.issue("s4".into(), "alice", None, t0);
+        states.issue("s4".into(), "alice", BROWSER, t0);
         assert_eq!(states.take("s4", None, t0), Err(StateError::WrongSession));
         // Never issued.
         assert_eq!(
@@ -275,11 +344,27 @@ mod tests {
         let t0 = Instant::now();
         let mut states = States::default();
         for i in 0..MAX_PENDING + 10 {
-            states.issue(format!("s{i}"), "x", None, t0);
+            states.issue(format!("s{i}"), "x", BROWSER, t0);
         }
         assert_eq!(states.pending.len(), MAX_PENDING);
-        states.issue("late".into(), "x", None, t0 + STATE_TTL);
+        states.issue("late".into(), "x", BROWSER, t0 + STATE_TTL);
         assert_eq!(states.pending.len(), 1);
+    }
+
+    #[test]
+    fn web_sessions_expire_and_are_bounded() {
+        let t0 = Instant::now();
+        let mut sessions = WebSessions::default();
+        let ana: tinyci_users::UserName = "ana".parse().unwrap();
+        sessions.sign_in("c1".into(), ana.clone(), "t1".into(), t0);
+        let found = sessions.get("c1", t0 + Duration::from_secs(60)).unwrap();
+        assert_eq!((found.user.as_str(), found.csrf.as_str()), ("ana", "t1"));
+        assert!(sessions.get("c2", t0).is_none());
+        assert!(sessions.get("c1", t0 + WEB_SESSION_TTL).is_none());
+        for i in 0..MAX_WEB_SESSIONS + 5 {
+            sessions.sign_in(format!("x{i}"), ana.clone(), "t".into(), t0);
+        }
+        assert_eq!(sessions.by_cookie.len(), MAX_WEB_SESSIONS);
     }
 
     #[test]

@@ -1,0 +1,1227 @@
+//! The site's web pages, on the HTTP listener: `/` (recent submissions), `/submissions/<id>`,
+//! `/runs/<id>` (details and log, followed live through Server-Sent Events at
+//! `/runs/<id>/events`, ANSI colours rendered), `/runs/<id>/log` (the raw log) and
+//! `/runs/<id>/artifacts/<name>`. Server-rendered HTML with one small script; usable on a
+//! phone and readable without colour (every status is a word, never only a hue).
+//!
+//! Who may read: a repository in `[http] public_repos` is readable by anyone; any other is
+//! readable by a browser signed in through GitHub as a site user who holds the `logs`
+//! capability and whom GitHub lets read that repository (asked with the user's own GitHub
+//! token, answers cached for [`ACCESS_TTL`]). Pages never say whether a run they will not show
+//! exists. Cancel and retry need the `cancel` capability and the session's anti-forgery token
+//! in the form; the session cookie is `SameSite=Lax` and `HttpOnly` besides.
+//!
+//! The live log rides on the same follow machinery as `tinyci logs -f` ([`crate::logs::follow`]):
+//! an in-process `LogObserver` turns chunks into events whose `id` is the log offset after
+//! them, so a browser that reconnects (sending `Last-Event-ID`) resumes where it left off.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::Stream;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{Either, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tinyci_core::{RunId, RunStatus, SubmissionId};
+use tinyci_queue::{StoredRun, StoredSubmission};
+use tinyci_schema::log_observer;
+use tinyci_users::{Capability, User};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::Services;
+use crate::ansi::AnsiHtml;
+use crate::http::{HttpState, html_escape, session_cookie};
+use crate::oauth::WebSession;
+
+/// How long GitHub's answer to "may this user read this repository" is believed.
+const ACCESS_TTL: Duration = Duration::from_secs(300);
+/// Most cached access answers; the cache is emptied past it.
+const MAX_ACCESS_ENTRIES: usize = 10_000;
+/// The run page renders at most this much of the log's end; the rest is a link away.
+const PAGE_LOG_BYTES: u64 = 1024 * 1024;
+/// Submissions on the front page.
+const FRONT_PAGE_SUBMISSIONS: usize = 50;
+/// Largest form a page posts.
+const MAX_FORM_BYTES: usize = 4096;
+/// Events a slow browser may lag behind by before the follow waits for it.
+const EVENT_BUFFER: usize = 16;
+/// A comment sent on a quiet event stream so proxies keep it open and a gone browser is
+/// noticed.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+const SITE_CSS: &str = include_str!("web/site.css");
+const RUN_JS: &str = include_str!("web/run.js");
+
+/// A body sent piece by piece from this thread (the site's `LocalSet`).
+pub(crate) type LocalStream = Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, std::io::Error>>>>;
+/// Every HTTP answer: whole, or streamed.
+pub(crate) type Body = Either<Full<Bytes>, StreamBody<LocalStream>>;
+pub(crate) type WebReply = Response<Body>;
+
+/// What the pages keep between requests.
+#[derive(Default)]
+pub(crate) struct WebState {
+    /// `[http] public_repos`.
+    public_repos: BTreeSet<String>,
+    /// `[http] public_url`, for checking where a form was posted from.
+    public_url: Option<String>,
+    /// Signed-in browsers.
+    pub(crate) sessions: RefCell<crate::oauth::WebSessions>,
+    /// (user, repo) → (may read, when asked).
+    access: RefCell<HashMap<(String, String), (bool, Instant)>>,
+}
+
+impl WebState {
+    /// Whether browsers reach the site over HTTPS (cookies are then `Secure`).
+    pub(crate) fn https(&self) -> bool {
+        self.public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+    }
+
+    pub(crate) fn new(config: Option<&crate::config::HttpConfig>) -> Self {
+        Self {
+            public_repos: config.map(|c| c.public_repos.clone()).unwrap_or_default(),
+            public_url: config.and_then(|c| c.public_url.clone()),
+            ..Self::default()
+        }
+    }
+}
+
+/// Who is asking.
+struct Viewer {
+    /// The signed-in session and its user (read afresh), if any.
+    signed_in: Option<(WebSession, User)>,
+}
+
+impl Viewer {
+    fn user(&self) -> Option<&User> {
+        self.signed_in.as_ref().map(|(_, u)| u)
+    }
+
+    fn may_cancel(&self) -> bool {
+        self.user().is_some_and(|u| u.has(Capability::Cancel))
+    }
+}
+
+fn viewer(state: &HttpState, request: &Request<Incoming>) -> Viewer {
+    let signed_in = session_cookie(request)
+        .and_then(|cookie| state.web.sessions.borrow().get(&cookie, Instant::now()))
+        .and_then(|session| match state.services.users.get(&session.user) {
+            Ok(Some(user)) => Some((session, user)),
+            Ok(None) => None,
+            Err(e) => {
+                warn!(error = %e, "cannot read the signed-in user");
+                None
+            }
+        });
+    Viewer { signed_in }
+}
+
+/// Whether `viewer` may read `repo`'s runs.
+async fn may_read(state: &HttpState, viewer: &Viewer, repo: &str) -> bool {
+    if state.web.public_repos.contains(repo) {
+        return true;
+    }
+    let Some(user) = viewer.user() else {
+        return false;
+    };
+    if !user.has(Capability::Logs) {
+        return false;
+    }
+    let key = (user.name.to_string(), repo.to_owned());
+    let now = Instant::now();
+    if let Some(&(answer, asked)) = state.web.access.borrow().get(&key)
+        && now.saturating_duration_since(asked) < ACCESS_TTL
+    {
+        return answer;
+    }
+    let answer = match ask_github(&state.services, user, repo).await {
+        Ok(answer) => answer,
+        Err(why) => {
+            // Not cached: the next request asks again.
+            warn!(user = %user.name, %repo, error = %why, "cannot ask GitHub who may read a repository");
+            return false;
+        }
+    };
+    let mut access = state.web.access.borrow_mut();
+    if access.len() >= MAX_ACCESS_ENTRIES {
+        access.clear();
+    }
+    access.insert(key, (answer, now));
+    answer
+}
+
+/// Asks GitHub, with the user's own token, whether they may read `repo`.
+async fn ask_github(services: &Services, user: &User, repo: &str) -> Result<bool, String> {
+    let Ok(name) = repo.parse::<tinyci_repos::RepoName>() else {
+        // Not a GitHub repository name: GitHub cannot vouch for anyone.
+        return Ok(false);
+    };
+    if user.github.is_none() {
+        return Ok(false);
+    }
+    let github = services.github().map_err(|e| e.to_string())?;
+    let token =
+        crate::github::user_token(services, user.name.as_str()).map_err(|e| e.to_string())?;
+    let client = github.client_with(Some(token)).map_err(|e| e.to_string())?;
+    client.can_read(&name).await.map_err(|e| e.to_string())
+}
+
+/// Serves a page request, or `None` when the path is not a page.
+pub(crate) async fn route(state: &HttpState, request: Request<Incoming>) -> Option<WebReply> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let reply = match (&method, segments.as_slice()) {
+        (&Method::GET, [""]) => front_page(state, &request).await,
+        (&Method::GET, ["static", "site.css"]) => asset("text/css; charset=utf-8", SITE_CSS),
+        (&Method::GET, ["static", "run.js"]) => asset("text/javascript; charset=utf-8", RUN_JS),
+        (&Method::GET, ["submissions", id]) => submission_page(state, &request, id).await,
+        (&Method::GET, ["runs", id]) => run_page(state, &request, id).await,
+        (&Method::GET, ["runs", id, "events"]) => events(state, &request, id).await,
+        (&Method::GET, ["runs", id, "log"]) => raw_log(state, &request, id).await,
+        (&Method::GET, ["runs", id, "artifacts", name @ ..]) if !name.is_empty() => {
+            let name = percent_decode(&name.join("/"));
+            artifact(state, &request, id, &name).await
+        }
+        (&Method::POST, ["runs", id, action @ ("cancel" | "retry")]) => {
+            let (id, action) = ((*id).to_owned(), (*action).to_owned());
+            act(state, request, &id, &action).await
+        }
+        (_, [""] | ["submissions", _] | ["runs", _] | ["runs", _, _] | ["static", _]) => {
+            whole(page(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Not allowed",
+                None,
+                &format!("<p>{method} is not allowed on {}.</p>", html_escape(&path)),
+            ))
+        }
+        _ => return None,
+    };
+    Some(reply)
+}
+
+fn whole(response: Response<Full<Bytes>>) -> WebReply {
+    response.map(Either::Left)
+}
+
+fn asset(content_type: &'static str, text: &'static str) -> WebReply {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    whole(response)
+}
+
+/// The headers every page carries: no caching (pages show live state and are per user), no
+/// framing, no script or style from anywhere but this site, no inline script.
+fn secure_headers(headers: &mut http::HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+}
+
+/// A whole page: `body` is trusted HTML (every value in it escaped by its maker).
+fn page(
+    status: StatusCode,
+    title: &str,
+    viewer: Option<&Viewer>,
+    body: &str,
+) -> Response<Full<Bytes>> {
+    let who = match viewer.and_then(Viewer::user) {
+        Some(user) => format!(
+            "<span class=\"who\">signed in as {}</span>",
+            html_escape(user.name.as_str())
+        ),
+        None => String::new(),
+    };
+    let html = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} · tinyci</title><link rel=\"stylesheet\" href=\"/static/site.css\">\
+         </head>\n<body><header><a class=\"home\" href=\"/\">tinyci</a>{who}</header>\n\
+         <main>\n<h1>{title}</h1>\n{body}\n</main></body></html>\n",
+        title = html_escape(title),
+    );
+    let mut response = Response::new(Full::new(Bytes::from(html)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    secure_headers(response.headers_mut());
+    response
+}
+
+/// What an anonymous browser gets for anything not public: the same answer whether or not
+/// the thing exists.
+fn sign_in_page(path: &str) -> WebReply {
+    let next = form_urlencoded::Serializer::new(String::new())
+        .append_pair("next", path)
+        .finish();
+    whole(page(
+        StatusCode::UNAUTHORIZED,
+        "Sign in to see this page",
+        None,
+        &format!(
+            "<p>This page belongs to a repository that is not public here.</p>\
+             <p><a class=\"button\" href=\"/oauth/login?{next}\">Sign in with GitHub</a></p>",
+        ),
+    ))
+}
+
+/// What a signed-in browser gets for a run it may not read, or one that does not exist.
+fn not_found(viewer: &Viewer, what: &str) -> WebReply {
+    whole(page(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        Some(viewer),
+        &format!(
+            "<p>There is no {} here that you may read.</p>",
+            html_escape(what)
+        ),
+    ))
+}
+
+/// Refuses `what` to `viewer`: a sign-in page for the anonymous, "not found" for the rest.
+fn refuse(viewer: &Viewer, request: &Request<Incoming>, what: &str) -> WebReply {
+    if viewer.signed_in.is_none() {
+        sign_in_page(request.uri().path())
+    } else {
+        not_found(viewer, what)
+    }
+}
+
+/// The run `id`, if it exists and `viewer` may read it.
+async fn readable_run(state: &HttpState, viewer: &Viewer, id: &str) -> Option<StoredRun> {
+    let parsed: RunId = id.parse().ok()?;
+    let run = state.services.queue.run(parsed).ok().flatten()?;
+    may_read(state, viewer, &run.repo).await.then_some(run)
+}
+
+async fn front_page(state: &HttpState, request: &Request<Incoming>) -> WebReply {
+    let viewer = viewer(state, request);
+    let runs = match state.services.queue.runs(2000) {
+        Ok(runs) => runs,
+        Err(e) => return unavailable(&viewer, &e.to_string()),
+    };
+    // Newest first, grouped by submission.
+    let mut order: Vec<SubmissionId> = Vec::new();
+    let mut by_submission: HashMap<SubmissionId, Vec<StoredRun>> = HashMap::new();
+    for run in runs {
+        if !by_submission.contains_key(&run.submission) {
+            order.push(run.submission);
+        }
+        by_submission.entry(run.submission).or_default().push(run);
+    }
+    let mut readable: BTreeMap<String, bool> = BTreeMap::new();
+    let mut rows = String::new();
+    let mut shown = 0;
+    for id in order {
+        if shown == FRONT_PAGE_SUBMISSIONS {
+            break;
+        }
+        let Some(runs) = by_submission.get(&id) else {
+            continue;
+        };
+        let Some(first) = runs.first() else {
+            continue;
+        };
+        let may = match readable.get(&first.repo) {
+            Some(&may) => may,
+            None => {
+                let may = may_read(state, &viewer, &first.repo).await;
+                readable.insert(first.repo.clone(), may);
+                may
+            }
+        };
+        if !may {
+            continue;
+        }
+        let Ok(Some(submission)) = state.services.queue.submission(id) else {
+            continue;
+        };
+        shown += 1;
+        let statuses: Vec<RunStatus> = runs.iter().map(|r| r.state.status()).collect();
+        let _ = writeln!(
+            rows,
+            "<tr><td><a href=\"/submissions/{id}\">{id}</a></td><td>{status}</td>\
+             <td>{repo}</td><td class=\"ref\">{git_ref} <code>{sha}</code></td>\
+             <td>{title}</td><td>{counts}</td><td><time>{when}</time></td></tr>",
+            status = badge(overall(&statuses)),
+            repo = html_escape(&submission.repo),
+            git_ref = html_escape(short_ref(&submission.git_ref)),
+            sha = html_escape(short_sha(&submission.sha)),
+            title = html_escape(&submission.title),
+            counts = html_escape(&counts(&statuses)),
+            when = format_time(submission.created_at),
+        );
+    }
+    let body = if rows.is_empty() {
+        let hint = if viewer.signed_in.is_none() {
+            " <a href=\"/oauth/login?next=%2F\">Sign in with GitHub</a> to see private repositories."
+        } else {
+            ""
+        };
+        format!("<p>No submissions you may read yet.{hint}</p>")
+    } else {
+        format!(
+            "<div class=\"scroll\"><table><thead><tr><th>Submission</th><th>Status</th>\
+             <th>Repository</th><th>Ref</th><th>Title</th><th>Runs</th><th>Created</th>\
+             </tr></thead><tbody>\n{rows}</tbody></table></div>"
+        )
+    };
+    whole(page(
+        StatusCode::OK,
+        "Recent submissions",
+        Some(&viewer),
+        &body,
+    ))
+}
+
+async fn submission_page(state: &HttpState, request: &Request<Incoming>, id: &str) -> WebReply {
+    let viewer = viewer(state, request);
+    let what = format!("submission {id}");
+    let Some(submission) = readable_submission(state, &viewer, id).await else {
+        return refuse(&viewer, request, &what);
+    };
+    let runs = match state.services.queue.submission_runs(submission.id) {
+        Ok(runs) => runs,
+        Err(e) => return unavailable(&viewer, &e.to_string()),
+    };
+    let now = crate::github::now_ms();
+    let mut rows = String::new();
+    for run in &runs {
+        let _ = writeln!(
+            rows,
+            "<tr><td><a href=\"/runs/{id}\">{id}</a></td><td>{task}</td><td>{name}</td>\
+             <td>{status}</td><td>{queue}</td><td>{runner}</td><td>{started}</td>\
+             <td>{took}</td></tr>",
+            id = run.id(),
+            task = html_escape(&run.spec.task_dir),
+            name = html_escape(&run.spec.name),
+            status = badge(run.state.status()),
+            queue = html_escape(run.spec.queue.as_str()),
+            runner = html_escape(run.runner.as_deref().unwrap_or("—")),
+            started = run.started_at.map_or("—".to_owned(), format_time),
+            took = duration_of(run, now),
+        );
+    }
+    let body = format!(
+        "<dl>{}</dl>\n<div class=\"scroll\"><table><thead><tr><th>Run</th><th>Task</th>\
+         <th>Name</th><th>Status</th><th>Queue</th><th>Runner</th><th>Started</th>\
+         <th>Took</th></tr></thead><tbody>\n{rows}</tbody></table></div>",
+        submission_facts(&submission)
+    );
+    whole(page(
+        StatusCode::OK,
+        &format!("Submission {}", submission.id),
+        Some(&viewer),
+        &body,
+    ))
+}
+
+async fn readable_submission(
+    state: &HttpState,
+    viewer: &Viewer,
+    id: &str,
+) -> Option<StoredSubmission> {
+    let parsed: SubmissionId = id.parse().ok()?;
+    let submission = state.services.queue.submission(parsed).ok().flatten()?;
+    may_read(state, viewer, &submission.repo)
+        .await
+        .then_some(submission)
+}
+
+fn submission_facts(submission: &StoredSubmission) -> String {
+    let mut facts = String::new();
+    for (term, value) in [
+        ("Repository", html_escape(&submission.repo)),
+        ("Ref", html_escape(&submission.git_ref)),
+        (
+            "Commit",
+            format!("<code>{}</code>", html_escape(&submission.sha)),
+        ),
+        ("Title", html_escape(&submission.title)),
+        ("Submitted by", html_escape(&submission.submitted_by)),
+        ("Created", format_time(submission.created_at)),
+    ] {
+        let _ = write!(facts, "<dt>{term}</dt><dd>{value}</dd>");
+    }
+    facts
+}
+
+async fn run_page(state: &HttpState, request: &Request<Incoming>, id: &str) -> WebReply {
+    let viewer = viewer(state, request);
+    let Some(run) = readable_run(state, &viewer, id).await else {
+        return refuse(&viewer, request, &format!("run {id}"));
+    };
+    let services = &state.services;
+    let run_id = run.id();
+    let store = services.store.clone();
+    let raw = run_id.get();
+    let read = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<u8>), String> {
+        let length = crate::logs::stored_length(&store, raw).map_err(|e| e.to_string())?;
+        let from = length.saturating_sub(PAGE_LOG_BYTES);
+        let chunks = crate::logs::read_chunks(&store, raw, from, PAGE_LOG_BYTES as usize)
+            .map_err(|e| e.to_string())?;
+        let mut bytes = Vec::new();
+        let mut end = from;
+        for (offset, chunk) in chunks {
+            end = offset + chunk.data.len() as u64;
+            bytes.extend_from_slice(&chunk.data);
+        }
+        Ok((end, bytes))
+    })
+    .await;
+    let (end, log) = match read {
+        Ok(Ok(read)) => read,
+        Ok(Err(e)) => return unavailable(&viewer, &format!("cannot read the log: {e}")),
+        Err(e) => return unavailable(&viewer, &e.to_string()),
+    };
+    let cut = end > log.len() as u64;
+    let rendered = AnsiHtml::default().push(&log);
+    let status = run.state.status();
+    let live = !status.is_final();
+    let now = crate::github::now_ms();
+    let artifacts = artifact_list(services, &run);
+
+    let mut facts = String::new();
+    for (term, value) in [
+        (
+            "Submission",
+            format!("<a href=\"/submissions/{s}\">{s}</a>", s = run.submission),
+        ),
+        ("Repository", html_escape(&run.repo)),
+        (
+            "Ref",
+            format!(
+                "{} <code>{}</code>",
+                html_escape(&run.git_ref),
+                html_escape(short_sha(&run.sha))
+            ),
+        ),
+        ("Task", html_escape(&run.spec.task_dir)),
+        ("Queue", html_escape(run.spec.queue.as_str())),
+        ("Runner", html_escape(run.runner.as_deref().unwrap_or("—"))),
+        (
+            "Attempt",
+            format!("{} of {}", run.state.attempt(), run.state.max_attempts()),
+        ),
+        ("Created", format_time(run.state.created_at())),
+        (
+            "Started",
+            run.started_at.map_or("—".to_owned(), format_time),
+        ),
+        ("Took", duration_of(&run, now)),
+    ] {
+        let _ = write!(facts, "<dt>{term}</dt><dd>{value}</dd>");
+    }
+    if let Some(message) = &run.message {
+        let _ = write!(facts, "<dt>Outcome</dt><dd>{}</dd>", html_escape(message));
+    }
+
+    let mut actions = String::new();
+    if let Some((session, _)) = &viewer.signed_in
+        && viewer.may_cancel()
+    {
+        let csrf = html_escape(&session.csrf);
+        if live {
+            let _ = write!(
+                actions,
+                "<form method=\"post\" action=\"/runs/{run_id}/cancel\" id=\"cancel\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <button type=\"submit\">Cancel run</button></form>"
+            );
+        } else {
+            let _ = write!(
+                actions,
+                "<form method=\"post\" action=\"/runs/{run_id}/retry\" id=\"retry\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <button type=\"submit\">Retry run</button></form>"
+            );
+        }
+    }
+    let earlier = if cut {
+        format!(
+            "<p class=\"note\">Showing the last {} KiB; <a href=\"/runs/{run_id}/log\">the whole log</a>.</p>",
+            PAGE_LOG_BYTES / 1024
+        )
+    } else {
+        String::new()
+    };
+    let body = format!(
+        "<p class=\"status-line\">Status: <strong id=\"status\" data-status=\"{status_word}\">{status_badge}</strong></p>\n\
+         <dl>{facts}</dl>\n<div class=\"actions\">{actions}</div>\n\
+         <h2>Log <a class=\"small\" href=\"/runs/{run_id}/log\">raw</a></h2>\n{earlier}\
+         <pre id=\"log\" data-offset=\"{end}\" data-live=\"{live}\" data-events=\"/runs/{run_id}/events\">{rendered}</pre>\n\
+         <p id=\"follow\" class=\"note\">{follow_note}</p>\n\
+         <h2>Artifacts</h2>\n<div id=\"artifacts\">{artifacts}</div>\n\
+         <script src=\"/static/run.js\" defer></script>",
+        status_word = status.as_str(),
+        status_badge = badge(status),
+        live = u8::from(live),
+        follow_note = if live {
+            "Following the log as it is written."
+        } else {
+            ""
+        },
+    );
+    whole(page(
+        StatusCode::OK,
+        &format!("Run {run_id} · {}", run.spec.name),
+        Some(&viewer),
+        &body,
+    ))
+}
+
+/// The artifact list of a run, as HTML.
+fn artifact_list(services: &Services, run: &StoredRun) -> String {
+    let records = match crate::assets::list(&services.store, run.id()) {
+        Ok(records) => records,
+        Err(e) => {
+            return format!(
+                "<p>Cannot list the artifacts: {}</p>",
+                html_escape(&e.to_string())
+            );
+        }
+    };
+    if records.is_empty() {
+        return "<p>None.</p>".to_owned();
+    }
+    let mut list = String::from("<ul class=\"artifacts\">");
+    for record in records {
+        let _ = write!(
+            list,
+            "<li><a href=\"/runs/{run}/artifacts/{href}\" download>{name}</a> <span class=\"small\">{size}</span></li>",
+            run = run.id(),
+            href = percent_encode_path(&record.name),
+            name = html_escape(&record.name),
+            size = human_size(record.size),
+        );
+    }
+    list.push_str("</ul>");
+    list
+}
+
+fn unavailable(viewer: &Viewer, why: &str) -> WebReply {
+    whole(page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Unavailable",
+        Some(viewer),
+        &format!("<p>{}</p>", html_escape(why)),
+    ))
+}
+
+/// `GET /runs/<id>/events`: the run's log as Server-Sent Events from `Last-Event-ID` (or
+/// `?from=`), then its status and artifacts when it ends.
+async fn events(state: &HttpState, request: &Request<Incoming>, id: &str) -> WebReply {
+    let viewer = viewer(state, request);
+    let Some(run) = readable_run(state, &viewer, id).await else {
+        return refuse(&viewer, request, &format!("run {id}"));
+    };
+    let from = request
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or_else(|| {
+            form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+                .find(|(k, _)| k == "from")
+                .and_then(|(_, v)| v.parse().ok())
+        })
+        .unwrap_or(0);
+    let services = state.services.clone();
+    let (tx, rx) = mpsc::channel::<Bytes>(EVENT_BUFFER);
+    let observer: log_observer::Client = capnp_rpc::new_client(EventObserver {
+        services: services.clone(),
+        run: run.id(),
+        tx: tx.clone(),
+        ansi: RefCell::default(),
+    });
+    let run_id = run.id();
+    let queue = services.queue.clone();
+    let source = crate::logs::FollowSource {
+        run: run_id.get(),
+        max_bytes: services.log_max_run_bytes,
+        status: Rc::new(move || queue.run(run_id).ok().flatten().map(|r| r.state.status())),
+        changes: services.queue.watch(run.submission),
+    };
+    let mut changes = services.queue.watch(run.submission);
+    debug!(run = %run_id, from, "web follower attached");
+    tokio::task::spawn_local(async move {
+        let follow = crate::logs::follow(
+            services.logs.clone(),
+            services.store.clone(),
+            source,
+            from,
+            observer,
+        );
+        tokio::pin!(follow);
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.tick().await;
+        let mut last_status = None;
+        loop {
+            tokio::select! {
+                result = &mut follow => {
+                    if let Err(e) = result {
+                        debug!(run = %run_id, error = %e, "web follower ended");
+                    }
+                    break;
+                }
+                () = tx.closed() => break,
+                _ = keepalive.tick() => {
+                    let _ = tx.try_send(Bytes::from_static(b": keepalive\n\n"));
+                }
+                Some(update) = changes.recv() => {
+                    if update.id() == run_id {
+                        let line = status_text(&update);
+                        if last_status.as_ref() != Some(&line) {
+                            let event = sse_event(None, "status", &line);
+                            last_status = Some(line);
+                            if tx.send(event).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|bytes| (Ok::<_, std::io::Error>(Frame::data(bytes)), rx))
+    });
+    let mut response = Response::new(Either::Right(StreamBody::new(
+        Box::pin(stream) as LocalStream
+    )));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Proxies such as nginx would otherwise hold events back.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// A run's status in words, as the page shows it.
+fn status_text(run: &StoredRun) -> String {
+    let status = run.state.status();
+    match (status, &run.runner) {
+        (RunStatus::Running | RunStatus::Leased, Some(runner)) => {
+            format!("{} on {runner}", status.as_str())
+        }
+        _ => status.as_str().to_owned(),
+    }
+}
+
+/// One event: `data` split into lines as the format wants (the browser joins them with \n).
+fn sse_event(id: Option<u64>, event: &str, data: &str) -> Bytes {
+    let mut out = String::with_capacity(data.len() + 64);
+    if let Some(id) = id {
+        let _ = writeln!(out, "id: {id}");
+    }
+    let _ = writeln!(out, "event: {event}");
+    for line in data.split('\n') {
+        let _ = writeln!(out, "data: {line}");
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+/// The `LogObserver` a web follower hands the follow machinery: chunks become events.
+struct EventObserver {
+    services: Rc<Services>,
+    run: RunId,
+    tx: mpsc::Sender<Bytes>,
+    ansi: RefCell<AnsiHtml>,
+}
+
+impl log_observer::Server for EventObserver {
+    async fn chunk(self: Rc<Self>, params: log_observer::ChunkParams) -> Result<(), capnp::Error> {
+        let chunk = params.get()?.get_chunk()?;
+        let data = chunk.get_data()?;
+        let end = chunk.get_offset() + data.len() as u64;
+        let html = self.ansi.borrow_mut().push(data);
+        let event = sse_event(Some(end), "chunk", &html);
+        // Waits while the browser is behind: the follow pump waits with it.
+        self.tx
+            .send(event)
+            .await
+            .map_err(|_| capnp::Error::disconnected("the browser went away".into()))
+    }
+
+    async fn done(
+        self: Rc<Self>,
+        params: log_observer::DoneParams,
+        _: log_observer::DoneResults,
+    ) -> Result<(), capnp::Error> {
+        let status = crate::jobs::core_status(params.get()?.get_status()?);
+        let artifacts = match self.services.queue.run(self.run) {
+            Ok(Some(run)) => artifact_list(&self.services, &run),
+            _ => String::new(),
+        };
+        for event in [
+            sse_event(None, "artifacts", &artifacts),
+            sse_event(None, "done", status.as_str()),
+        ] {
+            if self.tx.send(event).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `GET /runs/<id>/log`: the whole log as plain text (escape sequences kept).
+async fn raw_log(state: &HttpState, request: &Request<Incoming>, id: &str) -> WebReply {
+    let viewer = viewer(state, request);
+    let Some(run) = readable_run(state, &viewer, id).await else {
+        return refuse(&viewer, request, &format!("run {id}"));
+    };
+    let store = state.services.store.clone();
+    let raw = run.id().get();
+    let read = tokio::task::spawn_blocking(move || {
+        crate::logs::read_chunks(&store, raw, 0, usize::MAX).map(|chunks| {
+            chunks
+                .into_iter()
+                .flat_map(|(_, c)| c.data)
+                .collect::<Vec<u8>>()
+        })
+    })
+    .await;
+    match read {
+        Ok(Ok(bytes)) => {
+            let mut response = Response::new(Full::new(Bytes::from(bytes)));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            secure_headers(headers);
+            whole(response)
+        }
+        Ok(Err(e)) => unavailable(&viewer, &format!("cannot read the log: {e}")),
+        Err(e) => unavailable(&viewer, &e.to_string()),
+    }
+}
+
+/// `GET /runs/<id>/artifacts/<name>`: one artifact, streamed from its blob.
+async fn artifact(
+    state: &HttpState,
+    request: &Request<Incoming>,
+    id: &str,
+    name: &str,
+) -> WebReply {
+    let viewer = viewer(state, request);
+    let Some(run) = readable_run(state, &viewer, id).await else {
+        return refuse(&viewer, request, &format!("run {id}"));
+    };
+    let services = &state.services;
+    let record = services.store.read(|txn| {
+        txn.get(
+            tinyci_store::tables::ARTIFACTS,
+            &tinyci_store::records::artifact_key(run.id().get(), name)[..],
+        )
+    });
+    let record = match record {
+        Ok(Some(record)) => record,
+        Ok(None) => return not_found(&viewer, &format!("artifact {name} of run {id}")),
+        Err(e) => return unavailable(&viewer, &e.to_string()),
+    };
+    let file = match tokio::fs::File::open(services.artifacts.blob(&record.sha256)).await {
+        Ok(file) => file,
+        Err(e) => return unavailable(&viewer, &format!("cannot read the artifact: {e}")),
+    };
+    let size = record.size;
+    // Sends at most the recorded size; a blob that came up short ends the body with an error
+    // so the browser does not keep a truncated file as complete.
+    let stream = futures::stream::unfold((file, 0u64), move |(mut file, sent)| async move {
+        use tokio::io::AsyncReadExt as _;
+        if sent >= size {
+            return None;
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let want = usize::try_from(size - sent)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        match file.read(&mut buf[..want]).await {
+            Ok(0) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the artifact is shorter than recorded",
+                )),
+                (file, size),
+            )),
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Frame::data(Bytes::from(buf))), (file, sent + n as u64)))
+            }
+            Err(e) => Some((Err(e), (file, size))),
+        }
+    });
+    let mut response = Response::new(Either::Right(StreamBody::new(
+        Box::pin(stream) as LocalStream
+    )));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(length) = HeaderValue::from_str(&size.to_string()) {
+        headers.insert(header::CONTENT_LENGTH, length);
+    }
+    let file_name: String = name
+        .rsplit('/')
+        .next()
+        .unwrap_or(name)
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .collect();
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    secure_headers(headers);
+    response
+}
+
+/// `POST /runs/<id>/cancel|retry`: needs a signed-in user with `cancel` who may read the run,
+/// the session's anti-forgery token in the form, and (when the browser says where the form
+/// came from) this site as the origin.
+async fn act(state: &HttpState, request: Request<Incoming>, id: &str, action: &str) -> WebReply {
+    let viewer = viewer(state, &request);
+    let forbidden = |why: &str| {
+        whole(page(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            Some(&viewer),
+            &format!("<p>{}</p>", html_escape(why)),
+        ))
+    };
+    let Some((session, user)) = &viewer.signed_in else {
+        return forbidden(&format!(
+            "{action} refused: sign in with GitHub first (this browser is not signed in)"
+        ));
+    };
+    if let (Some(origin), Some(public_url)) = (
+        request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok()),
+        &state.web.public_url,
+    ) && origin != origin_of(public_url)
+    {
+        return forbidden(&format!(
+            "{action} refused: the form was posted from {origin}, not from this site"
+        ));
+    }
+    let Some(run) = readable_run(state, &viewer, id).await else {
+        return not_found(&viewer, &format!("run {id}"));
+    };
+    let body = match crate::http::read_body(request, MAX_FORM_BYTES).await {
+        Ok(body) => body,
+        Err(reply) => return whole(reply),
+    };
+    let csrf = form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "csrf")
+        .map(|(_, v)| v.into_owned());
+    let token_ok = csrf.is_some_and(|given| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(given.as_bytes(), session.csrf.as_bytes())
+            .is_ok()
+    });
+    if !token_ok {
+        warn!(user = %user.name, run = %run.id(), action, "web action refused: missing or wrong anti-forgery token");
+        return forbidden(&format!(
+            "{action} refused: the form carries no valid anti-forgery token (reload the run page and try again)"
+        ));
+    }
+    if !user.has(Capability::Cancel) {
+        return forbidden(&format!(
+            "{action} refused: user {} lacks the cancel capability",
+            user.name
+        ));
+    }
+    let by = format!("user:{}", user.name);
+    let target = match action {
+        "cancel" => {
+            match state
+                .services
+                .queue
+                .cancel_run(run.id(), &format!("canceled by {by} on the web"))
+                .await
+            {
+                Ok(_) => {
+                    info!(run = %run.id(), %by, "run canceled on the web");
+                    run.id()
+                }
+                Err(e) => return unavailable(&viewer, &e.to_string()),
+            }
+        }
+        _ => match crate::jobs::retry_run(&state.services, run.id(), &by).await {
+            Ok(retried) => retried.id(),
+            Err(why) => return forbidden(&format!("retry refused: {why}")),
+        },
+    };
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(location) = HeaderValue::from_str(&format!("/runs/{target}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    whole(response)
+}
+
+/// A status as the pages show it: a symbol and a word (readable without colour), with a class
+/// for colour.
+fn badge(status: RunStatus) -> String {
+    let (symbol, class) = match status {
+        RunStatus::Queued => ("○", "queued"),
+        RunStatus::Leased | RunStatus::Running => ("●", "running"),
+        RunStatus::Passed => ("✓", "passed"),
+        RunStatus::Failed | RunStatus::TimedOut | RunStatus::Errored => ("✗", "failed"),
+        RunStatus::Canceled => ("⊘", "canceled"),
+    };
+    format!(
+        "<span class=\"badge {class}\"><span aria-hidden=\"true\">{symbol}</span> {}</span>",
+        status.as_str()
+    )
+}
+
+/// One status for a submission: running while any run is unfinished, else failed if any
+/// failed, else canceled if any was, else passed.
+fn overall(statuses: &[RunStatus]) -> RunStatus {
+    if statuses
+        .iter()
+        .any(|s| matches!(s, RunStatus::Leased | RunStatus::Running))
+    {
+        RunStatus::Running
+    } else if statuses.contains(&RunStatus::Queued) {
+        RunStatus::Queued
+    } else if let Some(bad) = statuses.iter().find(|s| {
+        matches!(
+            s,
+            RunStatus::Failed | RunStatus::TimedOut | RunStatus::Errored
+        )
+    }) {
+        *bad
+    } else if statuses.contains(&RunStatus::Canceled) {
+        RunStatus::Canceled
+    } else {
+        RunStatus::Passed
+    }
+}
+
+fn counts(statuses: &[RunStatus]) -> String {
+    let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in statuses {
+        *by.entry(s.as_str()).or_default() += 1;
+    }
+    by.iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn short_sha(sha: &str) -> &str {
+    sha.get(..10).unwrap_or(sha)
+}
+
+fn short_ref(git_ref: &str) -> &str {
+    git_ref.strip_prefix("refs/heads/").unwrap_or(git_ref)
+}
+
+/// How long a run took, or has been going.
+fn duration_of(run: &StoredRun, now_ms: u64) -> String {
+    let Some(started) = run.started_at else {
+        return "—".to_owned();
+    };
+    let end = if run.state.status().is_final() {
+        run.state.updated_at()
+    } else {
+        now_ms
+    };
+    let secs = end.saturating_sub(started) / 1000;
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {:02}s", s / 60, s % 60),
+        s => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Epoch milliseconds as `YYYY-MM-DD HH:MM:SS UTC`.
+fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b < 1024 => format!("{b} B"),
+        b if b < 1024 * 1024 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+    }
+}
+
+/// Percent-encodes an artifact path for a URL, keeping its `/` separators.
+fn percent_encode_path(path: &str) -> String {
+    path.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes of a URL path (a `+` stays a plus there).
+fn percent_decode(text: &str) -> String {
+    let hex = |b: u8| {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(hi * 16 + lo);
+            i += 3;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The origin (`scheme://host[:port]`) of a base URL, as browsers send it in `Origin`.
+fn origin_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(slash) => &url[..after_scheme + slash],
+        None => url,
+    }
+}
+
+/// A `next` path a login may send the browser on to: a path on this site only.
+pub(crate) fn safe_next(next: &str) -> Option<String> {
+    let ok = next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.contains('\\')
+        && next.len() <= 512
+        && next.chars().all(|c| c.is_ascii_graphic());
+    ok.then(|| next.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_utc_civil_dates() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_time(1_795_833_296_000), "2026-11-28 02:34:56 UTC");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00 UTC");
+    }
+
+    #[test]
+    fn events_split_data_into_lines() {
+        assert_eq!(
+            sse_event(Some(12), "chunk", "a\nb"),
+            Bytes::from_static(b"id: 12\nevent: chunk\ndata: a\ndata: b\n\n")
+        );
+    }
+
+    #[test]
+    fn origins_are_compared_whole() {
+        assert_eq!(origin_of("https://ci.example.com"), "https://ci.example.com");
+        assert_eq!(origin_of("https://ci.example.com/tinyci"), "https://ci.example.com");
+        assert_eq!(origin_of("http://127.0.0.1:12345"), "http://127.0.0.1:12345");
+        assert_ne!(origin_of("http://127.0.0.1:12345"), "http://127.0.0.1:1");
+    }
+
+    #[test]
+    fn only_local_paths_are_followed_after_login() {
+        assert_eq!(safe_next("/runs/r-1").as_deref(), Some("/runs/r-1"));
+        for bad in [
+            "//evil.example/x",
+            "https://evil.example",
+            "/\\evil",
+            "runs",
+            "/a b",
+        ] {
+            assert_eq!(safe_next(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn artifact_paths_round_trip_through_urls() {
+        let name = "out/report 1+2%.txt";
+        let encoded = percent_encode_path(name);
+        assert_eq!(encoded, "out/report%201%2B2%25.txt");
+        assert_eq!(percent_decode(&encoded), name);
+    }
+
+    #[test]
+    fn a_submission_is_as_bad_as_its_worst_finished_run() {
+        use RunStatus::*;
+        assert_eq!(overall(&[Passed, Running]), Running);
+        assert_eq!(overall(&[Passed, Queued]), Queued);
+        assert_eq!(overall(&[Passed, Failed, Canceled]), Failed);
+        assert_eq!(overall(&[Passed, Canceled]), Canceled);
+        assert_eq!(overall(&[Passed, Passed]), Passed);
+    }
+}
