@@ -123,7 +123,7 @@ fn github_login_without_a_public_url_is_named() {
 }
 
 #[test]
-fn unknown_user_capability_and_bad_public_url_are_named() {
+fn unknown_user_capability_bad_public_url_and_public_repos_are_named() {
     check(
         |t| t + "\n[github]\ndefault_capabilities = [\"submit\", \"deploy\"]\n",
         expect![[r#"
@@ -134,6 +134,12 @@ fn unknown_user_capability_and_bad_public_url_are_named() {
         |t| t + "\n[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"ci.example.com\"\n",
         expect![[r#"
             error: invalid config site.toml: http.public_url: "ci.example.com" is not an http:// or https:// URL
+        "#]],
+    );
+    check(
+        |t| t + "\n[http]\nlisten = \"127.0.0.1:0\"\npublic_repos = [\"octo\"]\n",
+        expect![[r#"
+            error: invalid config site.toml: http.public_repos: "octo": invalid repository name "octo": expected owner/name
         "#]],
     );
 }
