@@ -82,12 +82,13 @@ pub async fn dial<T: FromClientHook>(
         source,
     })?;
     let (read, write) = tokio::io::split(tls_stream);
-    let network = twoparty::VatNetwork::new(
+    let mut network = twoparty::VatNetwork::new(
         read.compat(),
-        write.compat_write(),
+        crate::coalesce(write.compat_write()),
         Side::Client,
         limits.reader_options(),
     );
+    network.set_window_size(limits.stream_window);
     let mut rpc = RpcSystem::new(Box::new(network), None);
     let bootstrap: T = rpc.bootstrap(Side::Server);
     let task = tokio::task::spawn_local(rpc);

@@ -37,6 +37,11 @@ pub struct NetLimits {
     /// On shutdown, how long live connections get to finish in-flight calls before they are
     /// cut.
     pub shutdown_grace: Duration,
+    /// Bytes of `-> stream` calls (log chunks, byte sinks) this side keeps in flight per
+    /// stream before a send waits. Cap'n Proto's default (64 KiB) is about one 64 KiB chunk,
+    /// so a stream ran one round trip per chunk; 1 MiB keeps loopback and LAN links busy
+    /// while still bounding what a slow receiver makes us hold.
+    pub stream_window: usize,
 }
 
 impl Default for NetLimits {
@@ -48,6 +53,7 @@ impl Default for NetLimits {
             max_message_words: 1024 * 1024,
             max_nesting: 64,
             shutdown_grace: Duration::from_secs(5),
+            stream_window: 1024 * 1024,
         }
     }
 }
@@ -76,6 +82,15 @@ pub(crate) fn watch_for_dead_peer(stream: &tokio::net::TcpStream) {
     if let Err(e) = socket.set_tcp_user_timeout(Some(DEAD_PEER_TIMEOUT)) {
         tracing::debug!(error = %e, "cannot set the TCP user timeout");
     }
+}
+
+/// The write half capnp-rpc writes to. capnp writes each message as several `write_all`s
+/// (segment table, then each segment) and flushes after each message; straight into a TLS
+/// stream every one of those becomes its own TLS record and its own `send` syscall. Buffering
+/// them makes a small message one record and one syscall; a write larger than the buffer (a
+/// log chunk) still goes straight through.
+pub(crate) fn coalesce<W: futures::AsyncWrite>(write: W) -> futures::io::BufWriter<W> {
+    futures::io::BufWriter::with_capacity(16 * 1024, write)
 }
 
 impl NetLimits {

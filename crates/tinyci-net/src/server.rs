@@ -275,12 +275,13 @@ where
         let client = (self.bootstrap)(&peer);
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let (read, write) = tokio::io::split(tls);
-        let network = twoparty::VatNetwork::new(
+        let mut network = twoparty::VatNetwork::new(
             read.compat(),
-            write.compat_write(),
+            crate::coalesce(write.compat_write()),
             Side::Server,
             self.limits.reader_options(),
         );
+        network.set_window_size(self.limits.stream_window);
         let mut rpc = RpcSystem::new(Box::new(network), Some(client));
         let disconnector = rpc.get_disconnector();
         let mut cut = self.cut.clone();
