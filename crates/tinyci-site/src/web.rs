@@ -1187,9 +1187,18 @@ mod tests {
 
     #[test]
     fn origins_are_compared_whole() {
-        assert_eq!(origin_of("https://ci.example.com"), "https://ci.example.com");
-        assert_eq!(origin_of("https://ci.example.com/tinyci"), "https://ci.example.com");
-        assert_eq!(origin_of("http://127.0.0.1:12345"), "http://127.0.0.1:12345");
+        assert_eq!(
+            origin_of("https://ci.example.com"),
+            "https://ci.example.com"
+        );
+        assert_eq!(
+            origin_of("https://ci.example.com/tinyci"),
+            "https://ci.example.com"
+        );
+        assert_eq!(
+            origin_of("http://127.0.0.1:12345"),
+            "http://127.0.0.1:12345"
+        );
         assert_ne!(origin_of("http://127.0.0.1:12345"), "http://127.0.0.1:1");
     }
 

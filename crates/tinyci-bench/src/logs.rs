@@ -1,0 +1,413 @@
+//! Figure 3: log streaming, MB/s from a runner to the site with one live follower, against a
+//! raw rustls stream copy of the same bytes on the same loopback (the transport's limit).
+//!
+//! tinyci: a real site (LMDB on disk, group commit with fsync), a run submitted and leased by
+//! runner `r1` over its own mTLS connection, its `Job.log()` sink written the way the runner's
+//! `forward_output` writes it (streaming `LogSink.write` calls of at most `MAX_CHUNK` (64 KiB)
+//! chunks, `LogSink.acknowledged` every MiB, `close` at the end, which resolves once all is
+//! durable), and one follower on its own thread and connection (`LogReader.follow` from offset
+//! 0, attached before the first byte is written). The clock runs from the first write until
+//! the follower has received every byte, so the figure is end to end: runner → site → disk →
+//! follower.
+//!
+//! Baseline: the same number of bytes written in the same 64 KiB pieces over tokio-rustls with
+//! the same TLS configs, sender and receiver each on their own thread, timed from the first
+//! write until the receiver has read everything. It stores nothing and forwards nothing: it is
+//! the ceiling one TLS hop on this machine allows.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, anyhow, bail};
+use sha2::{Digest, Sha256};
+use tinyci_net::{ClientConfig, ServerConfig};
+use tinyci_pki::Role;
+use tinyci_schema::{LogStream, RunStatus, job, job_control, log_observer, log_sink, session};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::Options;
+use crate::fixture::{self, SiteFixture, median};
+use crate::report::{self, Better, Figure};
+
+/// The runner's chunk size (`tinyci_runner::MAX_CHUNK`).
+const CHUNK: usize = tinyci_runner::MAX_CHUNK;
+/// The runner asks `LogSink.acknowledged` after this many bytes (`ACK_EVERY` in the agent).
+const ACK_EVERY: u64 = 1024 * 1024;
+
+/// A source archive with one task of one run.
+fn source_tar() -> anyhow::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, text) in [
+        ("tinyci.yml", ""),
+        (
+            "task.yml",
+            "mountpoint: /src\nruns:\n  build:\n    command: [\"true\"]\n",
+        ),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, path, text.as_bytes())?;
+    }
+    Ok(builder.into_inner()?)
+}
+
+/// Uploads a source and submits one run of `org/x`; returns its id (`r-N`).
+async fn submit_one(session: &session::Client) -> anyhow::Result<String> {
+    let mut request = session.submitter_request();
+    request.get().set_repo("org/x");
+    let submitter = request.send().pipeline.get_submitter();
+    let sink = submitter.upload_request().send().pipeline.get_sink();
+    let tar = source_tar()?;
+    for piece in tar.chunks(CHUNK) {
+        let mut write = sink.write_request();
+        write.get().set_chunk(piece);
+        write.send().await?;
+    }
+    let sha = Sha256::digest(&tar);
+    let mut finish = sink.finish_request();
+    finish.get().set_sha256(&sha);
+    finish.send().promise.await.context("ByteSink.finish")?;
+    let mut submit = submitter.submit_request();
+    {
+        let mut r = submit.get().init_request();
+        r.set_ref("refs/heads/main");
+        r.set_sha("0123456789abcdef0123456789abcdef01234567");
+        r.set_all(true);
+        r.set_source_sha256(&sha);
+    }
+    let ticket = submit.send().pipeline.get_ticket();
+    let runs = ticket
+        .runs_request()
+        .send()
+        .promise
+        .await
+        .context("Ticket.runs")?;
+    let runs = runs.get()?.get_runs()?;
+    if runs.len() != 1 {
+        bail!("expected one run, got {}", runs.len());
+    }
+    Ok(runs.get(0).get_id()?.to_string()?)
+}
+
+struct NoControl;
+impl job_control::Server for NoControl {}
+
+/// What the follower thread is asked to do: follow `run` until `bytes` arrived, say when it is
+/// attached, and report the instant the last byte arrived.
+struct FollowOrder {
+    run: String,
+    bytes: u64,
+    attached: oneshot::Sender<()>,
+    finished: oneshot::Sender<anyhow::Result<Instant>>,
+}
+
+/// Counts what arrives and notes when all of it has.
+struct Counter {
+    received: Cell<u64>,
+    target: u64,
+    finished: RefCell<Option<oneshot::Sender<anyhow::Result<Instant>>>>,
+}
+
+impl log_observer::Server for Counter {
+    async fn chunk(self: Rc<Self>, params: log_observer::ChunkParams) -> Result<(), capnp::Error> {
+        let chunk = params.get()?.get_chunk()?;
+        if chunk.get_offset() != self.received.get() {
+            if let Some(tx) = self.finished.borrow_mut().take() {
+                let _ = tx.send(Err(anyhow!(
+                    "chunk at {} while {} were received",
+                    chunk.get_offset(),
+                    self.received.get()
+                )));
+            }
+            return Ok(());
+        }
+        let received = self.received.get() + chunk.get_data()?.len() as u64;
+        self.received.set(received);
+        if received >= self.target
+            && let Some(tx) = self.finished.borrow_mut().take()
+        {
+            let _ = tx.send(Ok(Instant::now()));
+        }
+        Ok(())
+    }
+}
+
+/// The follower: its own thread and connection, like `tinyci logs -f` in another process.
+async fn follower(
+    addr: SocketAddr,
+    tls: Arc<ClientConfig>,
+    token: String,
+    mut orders: mpsc::UnboundedReceiver<FollowOrder>,
+) -> anyhow::Result<()> {
+    let (gateway, _connection) = fixture::connect(addr, tls).await?;
+    let session = fixture::redeem(&gateway, &token).await?;
+    let mut request = session.logs_request();
+    request.get().init_scope().set_repo("org/x");
+    let reader = request.send().pipeline.get_reader();
+    while let Some(order) = orders.recv().await {
+        let observer: log_observer::Client = capnp_rpc::new_client(Counter {
+            received: Cell::new(0),
+            target: order.bytes,
+            finished: RefCell::new(Some(order.finished)),
+        });
+        let mut follow = reader.follow_request();
+        follow.get().set_run(&order.run);
+        follow.get().set_observer(observer);
+        let response = follow.send().promise.await.context("LogReader.follow")?;
+        let handle = response.get()?.get_handle()?;
+        let _ = order.attached.send(());
+        // Keep following until the next order (the run's `done` arrives meanwhile).
+        tokio::task::spawn_local(async move {
+            let _handle = handle;
+            std::future::pending::<()>().await;
+        });
+    }
+    Ok(())
+}
+
+fn micros_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Writes `total` bytes into `sink` as the runner's `forward_output` does.
+async fn write_log(sink: &log_sink::Client, total: u64, data: &[u8]) -> anyhow::Result<()> {
+    let mut offset = 0u64;
+    let mut since_ack = 0u64;
+    while offset < total {
+        let len = usize::try_from((total - offset).min(data.len() as u64))?;
+        let mut request = sink.write_request();
+        {
+            let mut c = request.get().init_chunk();
+            c.set_offset(offset);
+            c.set_stream(LogStream::Stdout);
+            c.set_timestamp_micros(micros_now());
+            c.set_data(&data[..len]);
+        }
+        request.send().await.context("LogSink.write")?;
+        offset += len as u64;
+        since_ack += len as u64;
+        if since_ack >= ACK_EVERY {
+            since_ack = 0;
+            sink.acknowledged_request()
+                .send()
+                .promise
+                .await
+                .context("LogSink.acknowledged")?;
+        }
+    }
+    sink.close_request()
+        .send()
+        .promise
+        .await
+        .context("LogSink.close")?;
+    Ok(())
+}
+
+/// One measured run through the product: MB/s runner → site → follower.
+async fn product_round(
+    session: &session::Client,
+    worker: &tinyci_schema::worker::Client,
+    followers: &mpsc::UnboundedSender<FollowOrder>,
+    total: u64,
+    data: &[u8],
+) -> anyhow::Result<f64> {
+    let run = submit_one(session).await?;
+    let mut next = worker.next_request();
+    next.get().set_control(capnp_rpc::new_client(NoControl));
+    let job: job::Client = next
+        .send()
+        .promise
+        .await
+        .context("Worker.next")?
+        .get()?
+        .get_job()?;
+    job.started_request()
+        .send()
+        .promise
+        .await
+        .context("Job.started")?;
+    let sink = job.log_request().send().pipeline.get_sink();
+    let (attached_tx, attached) = oneshot::channel();
+    let (finished_tx, finished) = oneshot::channel();
+    followers
+        .send(FollowOrder {
+            run,
+            bytes: total,
+            attached: attached_tx,
+            finished: finished_tx,
+        })
+        .map_err(|_| anyhow!("the follower thread is gone"))?;
+    attached.await.context("the follower did not attach")?;
+    let started = Instant::now();
+    write_log(&sink, total, data).await?;
+    if std::env::var_os("TINYCI_BENCH_DEBUG").is_some() {
+        eprintln!(
+            "  runner wrote and closed (all durable) after {:?}",
+            started.elapsed()
+        );
+    }
+    let ended = finished.await.context("the follower stopped")??;
+    let mut complete = job.complete_request();
+    complete.get().init_outcome().set_status(RunStatus::Passed);
+    complete.send().promise.await.context("Job.complete")?;
+    Ok(mb_per_sec(total, ended.saturating_duration_since(started)))
+}
+
+fn mb_per_sec(bytes: u64, elapsed: std::time::Duration) -> f64 {
+    bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// The raw TLS receiver: reads each connection to its end and reports when `total` arrived.
+async fn raw_receiver(
+    tls: Arc<ServerConfig>,
+    ready: oneshot::Sender<SocketAddr>,
+    mut orders: mpsc::UnboundedReceiver<(u64, oneshot::Sender<anyhow::Result<Instant>>)>,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let _ = ready.send(listener.local_addr()?);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    while let Some((total, done)) = orders.recv().await {
+        let (tcp, _) = listener.accept().await?;
+        tcp.set_nodelay(true)?;
+        let mut stream = acceptor.accept(tcp).await?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut received = 0u64;
+        while received < total {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            received += n as u64;
+        }
+        let _ = done.send(if received >= total {
+            Ok(Instant::now())
+        } else {
+            Err(anyhow!(
+                "raw stream ended after {received} of {total} bytes"
+            ))
+        });
+    }
+    Ok(())
+}
+
+/// One raw TLS copy of `total` bytes in `CHUNK` writes; MB/s first write → all received.
+async fn raw_round(
+    addr: SocketAddr,
+    tls: Arc<ClientConfig>,
+    orders: &mpsc::UnboundedSender<(u64, oneshot::Sender<anyhow::Result<Instant>>)>,
+    total: u64,
+    data: &[u8],
+) -> anyhow::Result<f64> {
+    let (done_tx, done) = oneshot::channel();
+    orders
+        .send((total, done_tx))
+        .map_err(|_| anyhow!("the raw receiver is gone"))?;
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = tinyci_pki::tls::server_name(&tinyci_pki::SiteName::new(fixture::SITE)?)?;
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < total {
+        let len = usize::try_from((total - sent).min(data.len() as u64))?;
+        stream.write_all(&data[..len]).await?;
+        sent += len as u64;
+    }
+    stream.flush().await?;
+    let ended = done.await.context("the raw receiver stopped")??;
+    stream.shutdown().await.ok();
+    Ok(mb_per_sec(total, ended.saturating_duration_since(started)))
+}
+
+pub(crate) async fn run(options: &Options) -> anyhow::Result<Vec<Figure>> {
+    println!("== logs: runner → site → live follower vs a raw rustls stream copy");
+    let (rounds, total): (usize, u64) = if options.quick {
+        (1, 8 << 20)
+    } else {
+        (5, 128 << 20)
+    };
+    let extra = format!(
+        "[logs]\nmax_run_bytes = {}\n",
+        total + (1 << 20) // above the bytes written: nothing is cut
+    );
+    let site = SiteFixture::start(&extra).await?;
+    let (runner_token, _) = site.mint(
+        "runner:r1",
+        &["queue:submit", "queue:take", "logs:read"],
+        &["org/x"],
+        &["default"],
+    )?;
+    let (reader_token, _) = site.mint("user:ana", &["logs:read"], &["org/x"], &[])?;
+    let site_addr = site.addr();
+
+    // The follower: its own thread and connection.
+    let (follow_tx, follow_rx) = mpsc::unbounded_channel();
+    let follower_tls = site.client_tls(Role::User, "ana")?;
+    let follower_thread = fixture::on_thread("log-follower", move || {
+        follower(site_addr, follower_tls, reader_token, follow_rx)
+    });
+    let follower_thread = tokio::spawn(follower_thread);
+
+    // The raw receiver: its own thread.
+    let (raw_tx, raw_rx) = mpsc::unbounded_channel();
+    let (raw_ready_tx, raw_ready) = oneshot::channel();
+    let raw_tls = site.server_tls()?;
+    let raw_thread = tokio::spawn(fixture::on_thread("raw-receiver", move || {
+        raw_receiver(raw_tls, raw_ready_tx, raw_rx)
+    }));
+    let raw_addr = raw_ready.await.context("the raw receiver did not start")?;
+
+    let runner_tls = site.client_tls(Role::Runner, "r1")?;
+    let (mut ours, mut raw) = fixture::on_thread("log-runner", move || async move {
+        let (gateway, _connection) = fixture::connect(site_addr, runner_tls.clone()).await?;
+        let session = fixture::redeem(&gateway, &runner_token).await?;
+        let mut request = session.worker_request();
+        request.get().set_queue("default");
+        request.get().init_runner().set_name("r1");
+        let worker = request.send().pipeline.get_worker();
+        // Log-like bytes: printable, not all one value.
+        let data: Vec<u8> = (0..CHUNK).map(|i| b' ' + (i % 94) as u8).collect();
+        let (mut ours, mut raw) = (Vec::new(), Vec::new());
+        for round in 0..=rounds {
+            // Round 0 is a shorter warm-up and is not kept.
+            let bytes = if round == 0 { total / 8 } else { total };
+            let o = product_round(&session, &worker, &follow_tx, bytes, &data).await?;
+            let r = raw_round(raw_addr, runner_tls.clone(), &raw_tx, bytes, &data).await?;
+            if round > 0 {
+                ours.push(o);
+                raw.push(r);
+            }
+        }
+        drop((follow_tx, raw_tx));
+        anyhow::Ok((ours, raw))
+    })
+    .await?;
+    follower_thread.await.context("follower thread")??;
+    raw_thread.await.context("raw receiver thread")??;
+    site.stop().await?;
+
+    let (ours, raw) = (median(&mut ours), median(&mut raw));
+    let figures = vec![Figure {
+        name: format!("logs: runner → site → follower, {} MiB", total >> 20),
+        unit: "MB/s",
+        ours,
+        baseline: Some(raw),
+        baseline_name: "raw rustls copy",
+        better: Better::Higher,
+        goal: "≥ 70% of raw TLS".into(),
+        goal_met: Some(ours >= 0.7 * raw),
+    }];
+    report::print(&figures);
+    Ok(figures)
+}
