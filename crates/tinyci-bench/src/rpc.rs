@@ -26,7 +26,7 @@ use capnp_rpc::{RpcSystem, twoparty};
 use tinyci_grant::Grant;
 use tinyci_net::{ClientConfig, ServerConfig};
 use tinyci_pki::Role;
-use tinyci_schema::{grant_info, session};
+use tinyci_schema::session;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
@@ -40,8 +40,8 @@ use crate::report::{self, Better, Figure};
 const IN_FLIGHT: usize = 64;
 
 /// A `Session` that only answers `grant`, with the reply the site's `Session.grant` builds
-/// (`fill_grant_info` in tinyci-site, copied here since it is private): the same work per call
-/// without any tinyci layer around it.
+/// (the site's own `fill_grant_info`): the same work per call without any tinyci layer
+/// around it.
 pub(crate) struct FixedSession {
     pub(crate) grant: Grant,
 }
@@ -52,45 +52,15 @@ impl session::Server for FixedSession {
         _: session::GrantParams,
         mut results: session::GrantResults,
     ) -> Result<(), capnp::Error> {
-        fill_grant_info(results.get().init_grant(), &self.grant);
+        tinyci_site::fill_grant_info(results.get().init_grant(), &self.grant);
         Ok(())
     }
-}
-
-/// tinyci-site's `session::fill_grant_info`, line for line.
-pub(crate) fn fill_grant_info(mut info: grant_info::Builder<'_>, grant: &Grant) {
-    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    info.set_holder(grant.holder.to_string());
-    let mut rights = info.reborrow().init_rights(len(grant.rights.len()));
-    for (i, right) in grant.rights.iter().enumerate() {
-        rights.set(len(i), right.as_str());
-    }
-    let mut repos = info.reborrow().init_repos(len(grant.repos.len()));
-    for (i, repo) in grant.repos.iter().enumerate() {
-        repos.set(len(i), repo.as_str());
-    }
-    let mut queues = info.reborrow().init_queues(len(grant.queues.len()));
-    for (i, queue) in grant.queues.iter().enumerate() {
-        queues.set(len(i), queue.as_str());
-    }
-    let expires = grant.expires_at.map_or(0, |at| {
-        at.duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-    });
-    info.set_expires_at(expires);
-    let mut ids = info
-        .reborrow()
-        .init_revocation_ids(len(grant.revocation_ids.len()));
-    for (i, id) in grant.revocation_ids.iter().enumerate() {
-        ids.set(len(i), id.as_str());
-    }
-    info.set_summary(grant.summary());
 }
 
 /// The reply as bytes on the wire (a capnp message holding the `GrantInfo`), for tonic.
 fn reply_bytes(grant: &Grant) -> anyhow::Result<Bytes> {
     let mut message = capnp::message::Builder::new_default();
-    fill_grant_info(message.init_root(), grant);
+    tinyci_site::fill_grant_info(message.init_root(), grant);
     let mut out = Vec::new();
     capnp::serialize::write_message(&mut out, &message).context("serializing the reply")?;
     Ok(Bytes::from(out))

@@ -186,14 +186,8 @@ impl log_reader::Server for LogReaderCap {
         let from = params.get_from();
         let observer = params.get_observer()?;
         let services = self.services.clone();
-        let queue = services.queue.clone();
         let run_id = run.id();
-        let source = crate::logs::FollowSource {
-            run: run_id.get(),
-            max_bytes: services.log_max_run_bytes,
-            status: Rc::new(move || queue.run(run_id).ok().flatten().map(|r| r.state.status())),
-            changes: services.queue.watch(run.submission),
-        };
+        let source = crate::logs::FollowSource::for_run(&services, &run);
         let liveness = self.liveness.clone();
         let task = tokio::task::spawn_local(async move {
             let follow = crate::logs::follow(

@@ -53,6 +53,7 @@ pub use gateway::{PROTOCOL, SiteFacts};
 pub use grants::record_issued;
 pub use logs::{DEFAULT_MAX_RUN_LOG_BYTES, FOLLOWER_BUFFER_BOUND, FollowStats};
 pub use retention::RetentionPolicy;
+pub use session::fill_grant_info;
 
 /// Why a site could not start or be reached.
 #[derive(Debug, thiserror::Error)]

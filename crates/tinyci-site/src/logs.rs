@@ -523,6 +523,21 @@ pub(crate) struct FollowSource {
     pub(crate) changes: tokio::sync::mpsc::UnboundedReceiver<tinyci_queue::StoredRun>,
 }
 
+impl FollowSource {
+    /// The source for following `run` on this site: its log, its status read afresh from the
+    /// queue, and its submission's change feed.
+    pub(crate) fn for_run(services: &crate::Services, run: &tinyci_queue::StoredRun) -> Self {
+        let queue = services.queue.clone();
+        let id = run.id();
+        Self {
+            run: id.get(),
+            max_bytes: services.log_max_run_bytes,
+            status: Rc::new(move || queue.run(id).ok().flatten().map(|r| r.state.status())),
+            changes: services.queue.watch(run.submission),
+        }
+    }
+}
+
 /// Follows one run's log into `observer`: backfill from `from`, then each chunk as it
 /// becomes durable, then `done(status)` once the run is over and everything was sent.
 /// Returns when done or when the observer fails (it went away). The caller aborts it when

@@ -667,13 +667,7 @@ async fn events(state: &HttpState, request: &Request<Incoming>, id: &str) -> Web
         ansi: RefCell::default(),
     });
     let run_id = run.id();
-    let queue = services.queue.clone();
-    let source = crate::logs::FollowSource {
-        run: run_id.get(),
-        max_bytes: services.log_max_run_bytes,
-        status: Rc::new(move || queue.run(run_id).ok().flatten().map(|r| r.state.status())),
-        changes: services.queue.watch(run.submission),
-    };
+    let source = crate::logs::FollowSource::for_run(&services, &run);
     let mut changes = services.queue.watch(run.submission);
     debug!(run = %run_id, from, "web follower attached");
     tokio::task::spawn_local(async move {
