@@ -351,4 +351,19 @@ fn a_private_run_page_needs_a_github_login_and_cancel_needs_the_anti_forgery_tok
         retried.as_str().unwrap().starts_with("/runs/r-"),
         "{retried}"
     );
+
+    // Signing out forgets the session: the same cookie no longer opens the page.
+    browser.eval("document.querySelector('form.signout button').click()");
+    browser.wait_for(
+        "the front page, signed out",
+        "location.pathname === '/' && !document.querySelector('form.signout')",
+    );
+    let (status, _, _) = http(
+        &http_addr,
+        "GET",
+        &format!("/runs/{run}"),
+        &[("cookie", &cookie)],
+        b"",
+    );
+    assert_eq!(status, 401);
 }

@@ -157,6 +157,11 @@ impl WebSessions {
         );
     }
 
+    /// Signs `cookie` out.
+    pub(crate) fn sign_out(&mut self, cookie: &str) {
+        self.by_cookie.remove(cookie);
+    }
+
     /// The session of `cookie`, if signed in and not expired.
     pub(crate) fn get(&self, cookie: &str, now: Instant) -> Option<WebSession> {
         self.by_cookie
@@ -361,6 +366,8 @@ mod tests {
         assert_eq!((found.user.as_str(), found.csrf.as_str()), ("ana", "t1"));
         assert!(sessions.get("c2", t0).is_none());
         assert!(sessions.get("c1", t0 + WEB_SESSION_TTL).is_none());
+        sessions.sign_out("c1");
+        assert!(sessions.get("c1", t0).is_none());
         for i in 0..MAX_WEB_SESSIONS + 5 {
             sessions.sign_in(format!("x{i}"), ana.clone(), "t".into(), t0);
         }

@@ -191,18 +191,20 @@ pub(crate) async fn route(state: &HttpState, request: Request<Incoming>) -> Opti
             let name = percent_decode(&name.join("/"));
             artifact(state, &request, id, &name).await
         }
+        (&Method::POST, ["signout"]) => sign_out(state, request).await,
         (&Method::POST, ["runs", id, action @ ("cancel" | "retry")]) => {
             let (id, action) = ((*id).to_owned(), (*action).to_owned());
             act(state, request, &id, &action).await
         }
-        (_, [""] | ["submissions", _] | ["runs", _] | ["runs", _, _] | ["static", _]) => {
-            whole(page(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "Not allowed",
-                None,
-                &format!("<p>{method} is not allowed on {}.</p>", html_escape(&path)),
-            ))
-        }
+        (
+            _,
+            [""] | ["submissions", _] | ["runs", _] | ["runs", _, _] | ["static", _] | ["signout"],
+        ) => whole(page(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Not allowed",
+            None,
+            &format!("<p>{method} is not allowed on {}.</p>", html_escape(&path)),
+        )),
         _ => return None,
     };
     Some(reply)
@@ -255,10 +257,14 @@ fn page(
     viewer: Option<&Viewer>,
     body: &str,
 ) -> Response<Full<Bytes>> {
-    let who = match viewer.and_then(Viewer::user) {
-        Some(user) => format!(
-            "<span class=\"who\">signed in as {}</span>",
-            html_escape(user.name.as_str())
+    let who = match viewer.and_then(|v| v.signed_in.as_ref()) {
+        Some((session, user)) => format!(
+            "<span class=\"who\">signed in as {}</span>\
+             <form method=\"post\" action=\"/signout\" class=\"signout\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button type=\"submit\">Sign out</button></form>",
+            html_escape(user.name.as_str()),
+            html_escape(&session.csrf)
         ),
         None => String::new(),
     };
@@ -946,14 +952,7 @@ async fn act(state: &HttpState, request: Request<Incoming>, id: &str, action: &s
         Ok(body) => body,
         Err(reply) => return whole(reply),
     };
-    let csrf = form_urlencoded::parse(&body)
-        .find(|(k, _)| k == "csrf")
-        .map(|(_, v)| v.into_owned());
-    let token_ok = csrf.is_some_and(|given| {
-        aws_lc_rs::constant_time::verify_slices_are_equal(given.as_bytes(), session.csrf.as_bytes())
-            .is_ok()
-    });
-    if !token_ok {
+    if !carries_token(&body, session) {
         warn!(user = %user.name, run = %run.id(), action, "web action refused: missing or wrong anti-forgery token");
         return forbidden(&format!(
             "{action} refused: the form carries no valid anti-forgery token (reload the run page and try again)"
@@ -990,6 +989,56 @@ async fn act(state: &HttpState, request: Request<Incoming>, id: &str, action: &s
     *response.status_mut() = StatusCode::SEE_OTHER;
     if let Ok(location) = HeaderValue::from_str(&format!("/runs/{target}")) {
         response.headers_mut().insert(header::LOCATION, location);
+    }
+    whole(response)
+}
+
+/// Whether a posted form carries `session`'s anti-forgery token (compared in constant time).
+fn carries_token(form: &[u8], session: &WebSession) -> bool {
+    form_urlencoded::parse(form)
+        .find(|(k, _)| k == "csrf")
+        .is_some_and(|(_, given)| {
+            aws_lc_rs::constant_time::verify_slices_are_equal(
+                given.as_bytes(),
+                session.csrf.as_bytes(),
+            )
+            .is_ok()
+        })
+}
+
+/// `POST /signout`: forgets the session (with its token, so a page cannot sign its reader
+/// out behind their back) and clears the cookie.
+async fn sign_out(state: &HttpState, request: Request<Incoming>) -> WebReply {
+    let cookie = session_cookie(&request);
+    let session = cookie
+        .as_deref()
+        .and_then(|c| state.web.sessions.borrow().get(c, Instant::now()));
+    let body = match crate::http::read_body(request, MAX_FORM_BYTES).await {
+        Ok(body) => body,
+        Err(reply) => return whole(reply),
+    };
+    if let (Some(cookie), Some(session)) = (&cookie, &session) {
+        if !carries_token(&body, session) {
+            return whole(page(
+                StatusCode::FORBIDDEN,
+                "Refused",
+                None,
+                "<p>sign out refused: the form carries no valid anti-forgery token</p>",
+            ));
+        }
+        state.web.sessions.borrow_mut().sign_out(cookie);
+        info!(user = %session.user, "browser signed out");
+    }
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    let headers = response.headers_mut();
+    headers.insert(header::LOCATION, HeaderValue::from_static("/"));
+    let secure = if state.web.https() { "; Secure" } else { "" };
+    if let Ok(clear) = HeaderValue::from_str(&format!(
+        "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}",
+        crate::oauth::SESSION_COOKIE
+    )) {
+        headers.insert(header::SET_COOKIE, clear);
     }
     whole(response)
 }
