@@ -305,3 +305,25 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
+
+/// A source archive with one task of one run (`true`), for benchmarks that submit work.
+pub(crate) fn one_run_source() -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context as _;
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, text) in [
+        ("tinyci.yml", ""),
+        (
+            "task.yml",
+            "mountpoint: /src\nruns:\n  build:\n    command: [\"true\"]\n",
+        ),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, path, text.as_bytes())
+            .context("building the source archive")?;
+    }
+    builder.into_inner().context("building the source archive")
+}

@@ -39,32 +39,13 @@ const CHUNK: usize = tinyci_runner::MAX_CHUNK;
 /// The runner asks `LogSink.acknowledged` after this many bytes (`ACK_EVERY` in the agent).
 const ACK_EVERY: u64 = 1024 * 1024;
 
-/// A source archive with one task of one run.
-fn source_tar() -> anyhow::Result<Vec<u8>> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (path, text) in [
-        ("tinyci.yml", ""),
-        (
-            "task.yml",
-            "mountpoint: /src\nruns:\n  build:\n    command: [\"true\"]\n",
-        ),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(text.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder.append_data(&mut header, path, text.as_bytes())?;
-    }
-    Ok(builder.into_inner()?)
-}
-
 /// Uploads a source and submits one run of `org/x`; returns its id (`r-N`).
 async fn submit_one(session: &session::Client) -> anyhow::Result<String> {
     let mut request = session.submitter_request();
     request.get().set_repo("org/x");
     let submitter = request.send().pipeline.get_submitter();
     let sink = submitter.upload_request().send().pipeline.get_sink();
-    let tar = source_tar()?;
+    let tar = crate::fixture::one_run_source()?;
     for piece in tar.chunks(CHUNK) {
         let mut write = sink.write_request();
         write.get().set_chunk(piece);

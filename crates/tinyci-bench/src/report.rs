@@ -33,6 +33,34 @@ pub(crate) struct Figure {
 }
 
 impl Figure {
+    /// A figure with no goal; `baseline` is `(value, name)`, or `None` for an absolute figure.
+    pub(crate) fn new(
+        name: impl Into<String>,
+        unit: &'static str,
+        better: Better,
+        ours: f64,
+        baseline: Option<(f64, &'static str)>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            unit,
+            ours,
+            baseline: baseline.map(|(value, _)| value),
+            baseline_name: baseline.map_or("", |(_, name)| name),
+            better,
+            goal: String::new(),
+            goal_met: None,
+        }
+    }
+
+    /// The same figure judged against `goal` (in words); `met` is `None` when it could not be
+    /// judged.
+    pub(crate) fn with_goal(mut self, goal: impl Into<String>, met: Option<bool>) -> Self {
+        self.goal = goal.into();
+        self.goal_met = met;
+        self
+    }
+
     /// Ours over the baseline, oriented so that > 1 means ours is better.
     pub(crate) fn advantage(&self) -> Option<f64> {
         let baseline = self.baseline?;

@@ -241,54 +241,43 @@ pub(crate) async fn run(options: &Options) -> anyhow::Result<Vec<Figure>> {
         let p99 = |s: &[Sample]| median(&mut s.iter().map(|s| micros(s.p99)).collect::<Vec<_>>());
         let concurrent = mode != "sequential";
         let goal_ratio = rate(&p) / rate(&t);
+        let tinyci = Figure::new(
+            format!("rpc {mode}: tinyci (gateway→session) calls/s"),
+            "calls/s",
+            Better::Higher,
+            rate(&p),
+            Some((rate(&t), "tonic")),
+        );
         let mut batch = vec![
-            Figure {
-                name: format!("rpc {mode}: tinyci (gateway→session) calls/s"),
-                unit: "calls/s",
-                ours: rate(&p),
-                baseline: Some(rate(&t)),
-                baseline_name: "tonic",
-                better: Better::Higher,
-                goal: if concurrent {
-                    "≥ 1.5× tonic".into()
-                } else {
-                    String::new()
-                },
-                goal_met: concurrent.then_some(goal_ratio >= 1.5),
+            if concurrent {
+                tinyci.with_goal("≥ 1.5× tonic", Some(goal_ratio >= 1.5))
+            } else {
+                tinyci
             },
-            Figure {
-                name: format!("rpc {mode}: bare capnp-rpc calls/s"),
-                unit: "calls/s",
-                ours: rate(&b),
-                baseline: Some(rate(&t)),
-                baseline_name: "tonic",
-                better: Better::Higher,
-                goal: String::new(),
-                goal_met: None,
-            },
-            Figure {
-                name: format!("rpc {mode}: tinyci vs bare capnp-rpc calls/s"),
-                unit: "calls/s",
-                ours: rate(&p),
-                baseline: Some(rate(&b)),
-                baseline_name: "bare capnp-rpc",
-                better: Better::Higher,
-                goal: String::new(),
-                goal_met: None,
-            },
+            Figure::new(
+                format!("rpc {mode}: bare capnp-rpc calls/s"),
+                "calls/s",
+                Better::Higher,
+                rate(&b),
+                Some((rate(&t), "tonic")),
+            ),
+            Figure::new(
+                format!("rpc {mode}: tinyci vs bare capnp-rpc calls/s"),
+                "calls/s",
+                Better::Higher,
+                rate(&p),
+                Some((rate(&b), "bare capnp-rpc")),
+            ),
         ];
         for (label, pct) in [("p50", p50 as fn(&[Sample]) -> f64), ("p99", p99)] {
             for (who, samples) in [("tinyci", &p), ("bare capnp-rpc", &b)] {
-                batch.push(Figure {
-                    name: format!("rpc {mode}: {who} {label}"),
-                    unit: "µs",
-                    ours: pct(samples),
-                    baseline: Some(pct(&t)),
-                    baseline_name: "tonic",
-                    better: Better::Lower,
-                    goal: String::new(),
-                    goal_met: None,
-                });
+                batch.push(Figure::new(
+                    format!("rpc {mode}: {who} {label}"),
+                    "µs",
+                    Better::Lower,
+                    pct(samples),
+                    Some((pct(&t), "tonic")),
+                ));
             }
         }
         report::print(&batch);

@@ -384,26 +384,6 @@ async fn runner(
     }
 }
 
-/// A source archive with one task of one run.
-fn archive() -> Result<Vec<u8>> {
-    let mut tar = tar::Builder::new(Vec::new());
-    for (path, text) in [
-        ("tinyci.yml", ""),
-        (
-            "task.yml",
-            "mountpoint: /src\nruns:\n  idle:\n    command: [\"true\"]\n",
-        ),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(text.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        tar.append_data(&mut header, path, text.as_bytes())
-            .context("building the source archive")?;
-    }
-    tar.into_inner().context("building the source archive")
-}
-
 /// As the site's admin: uploads one archive, then submits it `count` times, each time
 /// waiting for a runner to lease and complete the run; returns submission-to-lease times.
 async fn submit_one_at_a_time(
@@ -418,7 +398,7 @@ async fn submit_one_at_a_time(
     let mut get = admin.submitter_request();
     get.get().set_repo("bench/scale");
     let submitter = get.send().pipeline.get_submitter();
-    let archive = archive()?;
+    let archive = crate::fixture::one_run_source()?;
     let digest = Sha256::digest(&archive);
     let sink = submitter.upload_request().send().pipeline.get_sink();
     let mut write = sink.write_request();
