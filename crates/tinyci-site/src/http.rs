@@ -1,7 +1,8 @@
 //! The site's HTTP side (`[http] listen`): GitHub webhooks at `/hooks/github`, the OAuth
 //! login at `/oauth/*`, Prometheus metrics at `/metrics`, `/healthz` (the process answers)
-//! and `/readyz` (the store answers too), and the run pages ([`crate::web`]). Plain HTTP/1.1 (hyper): put a TLS-terminating proxy
-//! in front of it beyond loopback, and name that proxy's address in `public_url`.
+//! and `/readyz` (the store answers too), and the run pages ([`crate::web`]). Plain
+//! HTTP/1.1 (hyper): put a TLS-terminating proxy in front of it beyond loopback, and name
+//! that proxy's address in `public_url`.
 //!
 //! Every request body is read with a bound; the webhook's signature is checked before its
 //! content is believed; query strings (which carry OAuth codes and states) are never logged.
