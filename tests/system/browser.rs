@@ -122,7 +122,8 @@ impl Browser {
         Some(browser)
     }
 
-    fn send(&mut self, method: &str, params: Value, session: bool) -> Value {
+    /// Sends one command; its result, or the protocol's error.
+    fn send(&mut self, method: &str, params: Value, session: bool) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut message = json!({"id": id, "method": method, "params": params});
@@ -139,23 +140,34 @@ impl Browser {
             };
             let value: Value = serde_json::from_str(text.as_str()).unwrap();
             if value["id"] == json!(id) {
-                assert!(
-                    value.get("error").is_none(),
-                    "{method} failed: {}",
-                    value["error"]
-                );
-                return value["result"].clone();
+                return match value.get("error") {
+                    Some(error) => Err(error.clone()),
+                    None => Ok(value["result"].clone()),
+                };
             }
         }
     }
 
     fn browser_call(&mut self, method: &str, params: Value) -> Value {
         self.send(method, params, false)
+            .unwrap_or_else(|e| panic!("{method} failed: {e}"))
     }
 
     /// A command to the page.
     pub(crate) fn call(&mut self, method: &str, params: Value) -> Value {
         self.send(method, params, true)
+            .unwrap_or_else(|e| panic!("{method} failed: {e}"))
+    }
+
+    /// Clicks the element `selector` names. The click runs after this command returns, so a
+    /// click that navigates cannot cut the command's own answer off.
+    pub(crate) fn click(&mut self, selector: &str) {
+        let found = self.eval(&format!(
+            "(() => {{ const e = document.querySelector({sel}); if (!e) return false; \
+             setTimeout(() => e.click(), 0); return true; }})()",
+            sel = json!(selector)
+        ));
+        assert_eq!(found, json!(true), "nothing to click at {selector}");
     }
 
     /// Opens `url` in the page and waits until it has loaded.
@@ -190,7 +202,16 @@ impl Browser {
             "(() => {{ try {{ return ({expression}); }} catch (e) {{ return false; }} }})()"
         );
         loop {
-            let value = self.eval(&guarded);
+            // While the page navigates, the protocol answers "target navigated" or "context
+            // destroyed": not there yet, so look again.
+            let value = self
+                .send(
+                    "Runtime.evaluate",
+                    json!({"expression": guarded, "returnByValue": true, "awaitPromise": true}),
+                    true,
+                )
+                .map(|result| result["result"]["value"].clone())
+                .unwrap_or(Value::Null);
             let truthy = match &value {
                 Value::Null => false,
                 Value::Bool(b) => *b,

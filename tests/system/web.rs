@@ -281,7 +281,7 @@ fn a_private_run_page_needs_a_github_login_and_cancel_needs_the_anti_forgery_tok
         "the sign-in page",
         "document.querySelector('a.button') && document.body.innerText.includes('Sign in with GitHub')",
     );
-    browser.eval("document.querySelector('a.button').click()");
+    browser.click("a.button");
     browser.wait_for(
         "the run's log after login",
         "document.getElementById('log') && document.getElementById('log').textContent.includes('private line one')",
@@ -326,7 +326,7 @@ fn a_private_run_page_needs_a_github_login_and_cancel_needs_the_anti_forgery_tok
     );
 
     // The page's own form carries the token: cancel works.
-    browser.eval("document.querySelector('#cancel button').click()");
+    browser.click("#cancel button");
     browser.wait_for(
         "the canceled status",
         "document.getElementById('status') && document.getElementById('status').textContent.includes('canceled')",
@@ -339,7 +339,7 @@ fn a_private_run_page_needs_a_github_login_and_cancel_needs_the_anti_forgery_tok
         "the retry button",
         "document.querySelector('#retry button')",
     );
-    browser.eval("document.querySelector('#retry button').click()");
+    browser.click("#retry button");
     let retried = browser.wait_for(
         "the retried run's page and log",
         &format!(
@@ -353,7 +353,7 @@ fn a_private_run_page_needs_a_github_login_and_cancel_needs_the_anti_forgery_tok
     );
 
     // Signing out forgets the session: the same cookie no longer opens the page.
-    browser.eval("document.querySelector('form.signout button').click()");
+    browser.click("form.signout button");
     browser.wait_for(
         "the front page, signed out",
         "location.pathname === '/' && !document.querySelector('form.signout')",
