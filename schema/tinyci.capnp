@@ -91,10 +91,15 @@ struct RunnerInfo {
   # The tinyci version the runner runs.
 
   executors @3 :List(Text);
-  # Executors it offers (`shell`, `docker`).
+  # Executors it offers: `shell` (processes on the host), `sandbox` (bubblewrap namespaces),
+  # `docker` (containers). The site leases it only runs whose isolation one of them provides.
 
   slots @4 :UInt32;
   # How many runs it executes concurrently.
+
+  allowPrivileged @5 :Bool;
+  # Started with `--allow-privileged`: it runs privileged containers when the site's policy
+  # grants one. Without it, it is never leased a privileged run.
 }
 
 struct LogScope {
@@ -255,6 +260,10 @@ struct SubmissionInfo {
 
   runCount @7 :UInt32;
   # How many runs it expanded to.
+
+  tier @8 :Text;
+  # Where it came from, as the site established it: `local`, `repo`, `fork` or
+  # `partner:<site>`.
 }
 
 struct RunInfo {
@@ -304,6 +313,14 @@ struct RunInfo {
 
   ref @14 :Text;
   # Branch or tag of its submission.
+
+  tier @15 :Text;
+  # Its submission's trust tier (see `SubmissionInfo.tier`).
+
+  waiting @16 :Text;
+  # For a queued run that no connected runner may take (or whose queue is paused): why, e.g.
+  # "waiting for a runner with sandbox or container isolation on queue default (fork work;
+  # connected: local (host))". Empty otherwise.
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +382,8 @@ struct JobSpec {
   # Kill the run after this long.
 
   privileged @8 :Bool;
-  # Run the container privileged; only set when the repository allows it.
+  # Run the container privileged: set only when the site's policy grants it for this queue,
+  # repository and tier (the submitted task files can only ask).
 
   metadata @9 :List(KeyValue);
   # Free-form metadata from the task files.
@@ -375,6 +393,26 @@ struct JobSpec {
 
   leaseExpiresAt @11 :Int64;
   # When the lease expires unless heartbeated.
+
+  tier @12 :Text;
+  # The run's trust tier.
+
+  isolation @13 :Text;
+  # The least isolation the runner must run it in (`host`, `sandbox`, `container`), from the
+  # site's policy for its queue and tier. A runner that cannot must fail the run, never
+  # run it with less.
+
+  network @14 :Bool;
+  # Whether the run may reach the network; otherwise it gets a network namespace of its own
+  # with loopback only.
+
+  cpu @15 :Text;
+  # The task's `resources.cpu` (cores, e.g. `2`, `0.5`, `500m`); empty for the runner's
+  # default. Containers are limited to it.
+
+  memory @16 :Text;
+  # The task's `resources.memory` (`512m`, `2g`, `1Gi`); empty for the runner's default.
+  # Containers are limited to it.
 }
 
 struct Outcome {

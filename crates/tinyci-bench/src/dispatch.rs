@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tinyci_core::{LeasePolicy, PlannedRun, QueueName, RunStatus};
-use tinyci_queue::{NewSubmission, Queue};
+use tinyci_core::{LeasePolicy, Offer, PlannedRun, QueueName, RunStatus, TrustTier};
+use tinyci_queue::{NewSubmission, Queue, QueueSetup};
 use tinyci_store::{GroupCommitter, Store, StoreOptions};
 
 use crate::Options;
@@ -239,10 +239,15 @@ async fn tinyci_cycles_local(workers: usize, timing: Timing) -> Result<f64> {
     let store = Store::open(dir.path(), StoreOptions::default()).context("opening the store")?;
     let (committer, writer) =
         GroupCommitter::start(store.clone()).context("starting the writer")?;
+    let setup = QueueSetup {
+        lease: LeasePolicy::default(),
+        dispatch: Default::default(),
+        site: "bench".to_owned(),
+    };
     let queue = Queue::open(
         store,
         committer.clone(),
-        LeasePolicy::default(),
+        setup,
         tinyci_queue::system_clock(),
     )
     .await
@@ -270,10 +275,16 @@ async fn tinyci_cycles_local(workers: usize, timing: Timing) -> Result<f64> {
                     // A retry-like submission: superseding would cancel runs other workers
                     // hold, which the SQL queue has no counterpart for.
                     supersede: false,
+                    tier: TrustTier::Local,
                 };
                 queue.submit(new).await.context("submit")?;
                 let leased = queue
-                    .next(QUEUE, &runner, Rc::new(|_reason: String| {}))
+                    .next(
+                        QUEUE,
+                        &runner,
+                        Offer::default(),
+                        Rc::new(|_reason: String| {}),
+                    )
                     .await
                     .context("next")?;
                 queue

@@ -182,7 +182,9 @@ pub(crate) struct RunsArgs {
     limit: u32,
     /// Print JSON: `[{"id", "submission", "repo", "ref", "task", "name", "queue", "status",
     /// "attempt", "runner", "exit_code", "created_at", "started_at", "finished_at",
-    /// "message"}]` (times in Unix ms, 0 when not yet).
+    /// "message", "tier", "waiting"}]` (times in Unix ms, 0 when not yet; `tier` is local,
+    /// repo, fork or partner:SITE; `waiting` says why a queued run has no runner that may
+    /// take it, else empty).
     #[arg(long)]
     json: bool,
     #[command(subcommand)]
@@ -231,16 +233,26 @@ fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> String {
     t.ok().and_then(|t| t.to_string().ok()).unwrap_or_default()
 }
 
-/// One line per run: `r-7  build:test  queue default  passed (exit code 0) on runner:r1`.
+/// One line per run: `r-7  build:test  queue default  fork  passed (exit code 0) on r1`.
 fn run_line(run: run_info::Reader<'_>) -> String {
+    let tier = text(run.get_tier());
     let mut line = format!(
-        "{:<8} {}:{}  queue {}  {}",
+        "{:<8} {}:{}  queue {}  {}{}",
         text(run.get_id()),
         text(run.get_task()),
         text(run.get_name()),
         text(run.get_queue()),
+        if tier.is_empty() {
+            String::new()
+        } else {
+            format!("{tier}  ")
+        },
         status_word(run.get_status())
     );
+    let waiting = text(run.get_waiting());
+    if !waiting.is_empty() {
+        line.push_str(&format!(": {waiting}"));
+    }
     let message = text(run.get_message());
     if !message.is_empty() {
         line.push_str(&format!(" ({message})"));
@@ -633,6 +645,8 @@ fn run_json(run: run_info::Reader<'_>) -> serde_json::Value {
         "started_at": run.get_started_at(),
         "finished_at": run.get_finished_at(),
         "message": text(run.get_message()),
+        "tier": text(run.get_tier()),
+        "waiting": text(run.get_waiting()),
     })
 }
 

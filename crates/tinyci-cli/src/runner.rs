@@ -9,7 +9,8 @@ use tinyci_site::SiteConfig;
 use tinyci_site::bundle::{NewRunner, RunnerBundle};
 
 use tinyci_runner::{
-    AgentConfig, AgentStopper, DockerExecutor, Executor, ShellExecutor, agent_control, run_agent,
+    AgentConfig, AgentStopper, Bubblewrap, ContainerLimits, DetectOptions, DockerExecutor,
+    Executor, Executors, ShellExecutor, agent_control, run_agent,
 };
 
 use crate::util::say;
@@ -18,7 +19,10 @@ use crate::util::{InputError, config_path, local_runtime, parse_ttl, read_token_
 /// Run a runner, or provision one (`tinyci runner add`).
 ///
 /// `tinyci runner --bundle r1.bundle` connects to the site named in the bundle, takes jobs
-/// from the bundle's queues and runs them (Docker if a Docker API answers, else the shell).
+/// from the bundle's queues and runs them: in containers if a Docker API answers and in the
+/// bubblewrap sandbox if it works here (the site leases each run only to a runner that
+/// isolates it as its queue's policy requires); with neither, as processes on this host,
+/// which a site gives only its own (`local`) work.
 /// SIGTERM drains: current runs finish, no new ones start. SIGINT (Ctrl-C) stops current
 /// runs and exits; their leases go back to the queue, so another runner retries them.
 #[derive(Debug, Args)]
@@ -61,6 +65,19 @@ pub(crate) struct RunArgs {
     /// How to execute jobs.
     #[arg(long, value_enum, default_value_t = ExecutorChoice::Auto)]
     executor: ExecutorChoice,
+    /// Run privileged containers when the site grants one (its `privileged_repos` policy
+    /// for `local` or `repo` work). Without this flag the runner is never leased one.
+    #[arg(long)]
+    allow_privileged: bool,
+    /// Memory limit of a container whose task sets no `resources.memory` (512m, 4g, 1Gi).
+    #[arg(long, value_name = "SIZE", default_value = "4g", value_parser = tinyci_runner::parse_memory)]
+    memory: i64,
+    /// CPU limit of a container whose task sets no `resources.cpu` (cores) [default: all].
+    #[arg(long, value_name = "CORES", value_parser = tinyci_runner::parse_cpus)]
+    cpus: Option<i64>,
+    /// Most processes and threads in one container.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(i64).range(16..=1_000_000))]
+    pids_limit: i64,
     /// Serve this runner's Prometheus metrics at http://ADDR/metrics (port 0 picks one).
     #[arg(long, value_name = "HOST:PORT", value_parser = tinyci_site::config::parse_listen)]
     metrics: Option<std::net::SocketAddr>,
@@ -71,10 +88,14 @@ pub(crate) struct RunArgs {
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum ExecutorChoice {
-    /// Docker if a Docker API answers (DOCKER_HOST or the default socket), else shell.
+    /// Docker if a Docker API answers (DOCKER_HOST or the default socket) and the sandbox if
+    /// bubblewrap works; processes on the host only when neither does.
     Auto,
-    /// Local processes.
+    /// Processes on this host, as this user (each run in its own PID namespace when
+    /// bubblewrap is installed). Sites lease it only `local` work by default.
     Shell,
+    /// Processes in a bubblewrap sandbox (fails if bubblewrap cannot run here).
+    Sandbox,
     /// Containers through the Docker API (fails if none answers).
     Docker,
 }
@@ -129,6 +150,13 @@ struct Joining {
     token: String,
     name: String,
     queues: Vec<String>,
+    /// Files and directories sandboxed jobs must not see even inside a shown directory.
+    hidden: Vec<PathBuf>,
+}
+
+/// `path` made absolute against the current directory (as the sandbox names mounts).
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 fn from_bundle(path: &std::path::Path) -> Result<Joining> {
@@ -141,6 +169,7 @@ fn from_bundle(path: &std::path::Path) -> Result<Joining> {
         token: bundle.token,
         name: bundle.runner,
         queues: bundle.queues,
+        hidden: vec![absolute(path)],
     })
 }
 
@@ -294,6 +323,7 @@ fn from_token(
         token,
         name: format!("{}-runner", config.name),
         queues,
+        hidden: config.private_paths().iter().map(|p| absolute(p)).collect(),
     })
 }
 
@@ -320,25 +350,50 @@ fn serve(args: RunArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("tinyci-runner-{}", joining.name)));
     std::fs::create_dir_all(&work_root)?;
+    let limits = ContainerLimits {
+        pids: args.pids_limit,
+        memory_bytes: Some(args.memory),
+        nano_cpus: args.cpus,
+        allow_privileged: args.allow_privileged,
+    };
+    // The work root holds every run's tree; the sandbox shows a job only its own.
+    let mut hidden = joining.hidden.clone();
+    hidden.push(absolute(&work_root));
     local_runtime()?.block_on(async move {
-        let executor = match args.executor {
-            ExecutorChoice::Shell => Executor::Shell(ShellExecutor),
-            ExecutorChoice::Docker => Executor::Docker(DockerExecutor::connect().await?),
+        let executors = match args.executor {
+            ExecutorChoice::Shell => Executors::new(vec![Executor::Shell(ShellExecutor::host(
+                Bubblewrap::detect().await.ok(),
+            ))]),
+            ExecutorChoice::Sandbox => Executors::new(vec![Executor::Shell(
+                ShellExecutor::sandboxed(Bubblewrap::detect().await?.hiding(hidden)),
+            )]),
+            ExecutorChoice::Docker => Executors::new(vec![Executor::Docker(
+                DockerExecutor::connect().await?.with_limits(limits),
+            )]),
             ExecutorChoice::Auto => {
-                let (executor, why_not_docker) = Executor::detect().await;
-                if let Some(why) = why_not_docker {
-                    say!("no Docker API ({why}); using the shell executor");
+                let (executors, notes) = Executors::detect(DetectOptions { hidden, limits }).await;
+                for note in notes {
+                    say!("not available: {note}");
                 }
-                executor
+                executors
             }
         };
+        if args.allow_privileged && !executors.allow_privileged() {
+            return Err(InputError(
+                "--allow-privileged needs the Docker executor (privileged means a privileged \
+                 container)"
+                    .into(),
+            )
+            .into());
+        }
         say!(
-            "runner {} of site {}: {} slot(s) on {}, {} executor",
+            "runner {} of site {}: {} slot(s) on {}, executors: {} (isolation up to {})",
             joining.name,
             joining.site,
             args.jobs,
             joining.queues.join(", "),
-            executor.name()
+            executors.describe(),
+            executors.isolation()
         );
         let stats = std::rc::Rc::new(tinyci_runner::AgentStats::default());
         if let Some(addr) = args.metrics {
@@ -354,7 +409,7 @@ fn serve(args: RunArgs) -> Result<()> {
             name: joining.name,
             queues: joining.queues,
             slots: usize::from(args.jobs),
-            executor,
+            executors,
             work_root,
             limits: tinyci_net::NetLimits::default(),
             max_backoff: Duration::from_secs(30),

@@ -198,10 +198,21 @@ fn up(args: UpArgs) -> Result<()> {
         let local_runner = if args.no_local_runner {
             None
         } else {
-            match local_runner(&site, addr) {
+            match local_runner(&site, addr).await {
                 Ok(config) => {
                     let (_stopper, control) = tinyci_runner::agent_control();
-                    say!("local runner attached (shell executor, queue default)");
+                    let executors = &config.executors;
+                    if executors.isolation() == tinyci_runner::Isolation::Host {
+                        say!(
+                            "local runner attached (queue default): no Docker engine and no working bubblewrap, so it runs jobs as processes on this host and takes only local work; install bubblewrap or Docker to run others' work"
+                        );
+                    } else {
+                        say!(
+                            "local runner attached (queue default; executors: {}; work in {})",
+                            executors.describe(),
+                            config.work_root.display()
+                        );
+                    }
                     Some(tokio::task::spawn_local(tinyci_runner::run_agent(
                         config, control,
                     )))
@@ -278,8 +289,9 @@ fn human_duration(d: Duration) -> String {
 }
 
 /// The embedded runner: provisioned once into `<data>/local-runner.bundle`, then pointed at
-/// the address the site actually bound.
-fn local_runner(site: &Site, addr: SocketAddr) -> Result<tinyci_runner::AgentConfig> {
+/// the address the site actually bound. It runs jobs in containers and the sandbox when this
+/// host has them, and unpacks them outside the site's directories.
+async fn local_runner(site: &Site, addr: SocketAddr) -> Result<tinyci_runner::AgentConfig> {
     use tinyci_site::bundle::{NewRunner, RunnerBundle};
     let config = site.config();
     let path = config.data_dir.join("local-runner.bundle");
@@ -305,8 +317,18 @@ fn local_runner(site: &Site, addr: SocketAddr) -> Result<tinyci_runner::AgentCon
         addr
     };
     bundle.addresses = vec![dial.to_string()];
-    let work_root = config.data_dir.join("local-runner");
-    std::fs::create_dir_all(&work_root)?;
+    let work_root = local_work_root(config)?;
+    let mut hidden: Vec<std::path::PathBuf> = config
+        .private_paths()
+        .into_iter()
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+        .collect();
+    hidden.push(work_root.clone());
+    let (executors, _) = tinyci_runner::Executors::detect(tinyci_runner::DetectOptions {
+        hidden,
+        limits: tinyci_runner::ContainerLimits::default(),
+    })
+    .await;
     Ok(tinyci_runner::AgentConfig {
         site: config.name.clone(),
         addresses: bundle.addresses.clone(),
@@ -315,12 +337,44 @@ fn local_runner(site: &Site, addr: SocketAddr) -> Result<tinyci_runner::AgentCon
         name: bundle.runner.clone(),
         queues: bundle.queues.clone(),
         slots: 2,
-        executor: tinyci_runner::Executor::Shell(tinyci_runner::ShellExecutor),
+        executors,
         work_root,
         limits: tinyci_net::NetLimits::default(),
         max_backoff: std::time::Duration::from_secs(5),
         stats: std::rc::Rc::default(),
     })
+}
+
+/// Where the embedded runner unpacks jobs: under the system's temporary directory, never in
+/// the site's `certs/` or `data/` (a job on the host walks up from its directory), one per
+/// data directory, private to the site's user.
+fn local_work_root(config: &tinyci_site::SiteConfig) -> Result<std::path::PathBuf> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let data = std::path::absolute(&config.data_dir)?;
+    let mut hasher = std::hash::DefaultHasher::new();
+    data.hash(&mut hasher);
+    let root = std::env::temp_dir().join(format!(
+        "tinyci-{}-runner-{:016x}",
+        config.name,
+        hasher.finish()
+    ));
+    match std::fs::create_dir(&root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e.into()),
+    }
+    // Someone else's directory (or a symlink planted in a shared /tmp) is not ours to use.
+    let meta = std::fs::symlink_metadata(&root)?;
+    let owner = std::fs::metadata(&config.data_dir)?.uid();
+    if !meta.is_dir() || meta.uid() != owner {
+        anyhow::bail!(
+            "{} is not a directory owned by the site's user; remove it",
+            root.display()
+        );
+    }
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))?;
+    Ok(root)
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! tinyCI, parsed strictly with errors that name file, field and line ([`RepoConfig`],
 //! [`TaskFile`]); choosing the tasks a diff touches and resolving each of their runs with
 //! tinyCI's precedence ([`select_tasks`], [`plan`]); and the run/lease state machine
-//! ([`Run::apply`]). Everything here is plain data with serde derives, so the store can
+//! ([`Run::apply`]); trust tiers and the dispatch policy that decides which runner may take
+//! whose work ([`TrustTier`], [`DispatchPolicy`]). Everything here is plain data with serde derives, so the store can
 //! persist it and the site can carry it.
 //!
 //! This crate is sans-IO: it reads no files, opens no sockets and never asks the OS for the
@@ -18,6 +19,7 @@ mod ids;
 mod paths;
 mod plan;
 mod run;
+mod trust;
 
 pub use config::{
     ConfigError, ConfigErrorKind, DEFAULT_TIMEOUT_SECS, MAX_CONFIG_BYTES, MergeOptions, Position,
@@ -28,4 +30,8 @@ pub use plan::{Plan, PlanError, PlannedRun, plan, resolve_run, select_tasks};
 pub use run::{
     DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LEASE_DURATION, DEFAULT_MAX_ATTEMPTS, Lease, LeaseId,
     LeasePolicy, Outcome, Run, RunEvent, RunStatus, Transition, TransitionError,
+};
+pub use trust::{
+    DispatchPolicy, Isolation, IsolationError, Needs, Offer, QueuePolicy, Refusal, TierError,
+    TierPattern, TrustTier, waiting_reason,
 };

@@ -2,7 +2,10 @@
 //! workers wait for runs (push: a waiting worker is handed a run the moment one is queued);
 //! leases are heartbeated and expire; lost leases requeue the run with its attempt count, up
 //! to the policy's maximum; completion is recorded exactly once; a newer submission on the
-//! same repository and ref cancels the older one's unfinished runs.
+//! same repository and ref cancels the older one's unfinished runs. A run is leased only to a
+//! worker whose runner's [`Offer`] satisfies what the run [`Needs`] under the site's
+//! [`DispatchPolicy`] (its submission's trust tier on its queue); otherwise it waits and
+//! [`Queue::waiting_reason`] says for what. It never falls back to a weaker runner.
 //!
 //! Every state change goes through `tinyci_core::Run::apply` (the state machine) and, when
 //! it must survive a crash, through the store's group committer before anyone is told:
@@ -21,8 +24,8 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tinyci_core::{
-    LeaseId, LeasePolicy, Outcome, PlannedRun, Run, RunEvent, RunId, RunStatus, SubmissionId,
-    Transition, TransitionError,
+    DispatchPolicy, LeaseId, LeasePolicy, Needs, Offer, Outcome, PlannedRun, Run, RunEvent, RunId,
+    RunStatus, SubmissionId, Transition, TransitionError, TrustTier,
 };
 use tinyci_store::tables::{BRANCH_HEADS, META, QUEUED, RUNS, SUBMISSIONS};
 use tinyci_store::{GroupCommitter, Record, Store, StoreError, WriteTxn};
@@ -109,6 +112,8 @@ pub struct NewSubmission {
     /// Whether it becomes its branch's latest submission, canceling the older one's
     /// unfinished runs. A retry of one run does not.
     pub supersede: bool,
+    /// Where it came from, as the site established it from verified facts.
+    pub tier: TrustTier,
 }
 
 /// What a worker gets: a run leased to it.
@@ -137,13 +142,34 @@ pub type RunUpdate = StoredRun;
 
 struct Waiter {
     runner: String,
+    /// What the runner can run; it is woken only for runs this satisfies.
+    offer: Offer,
     tx: oneshot::Sender<()>,
 }
+
+/// A worker connected to a queue, whether waiting or busy: what "no connected runner can take
+/// this" is judged against.
+#[derive(Clone, Debug)]
+struct ConnectedWorker {
+    queue: String,
+    runner: String,
+    offer: Offer,
+}
+
+/// Names a worker registered with [`Queue::connect_worker`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WorkerId(u64);
 
 #[derive(Default)]
 struct State {
     /// Unfinished runs.
     live: HashMap<RunId, StoredRun>,
+    /// Each unfinished run's tier and what it needs of a runner (from the dispatch policy).
+    placement: HashMap<RunId, (TrustTier, Needs)>,
+    /// Workers connected now, by id.
+    connected: HashMap<WorkerId, ConnectedWorker>,
+    /// The next [`WorkerId`].
+    next_worker: u64,
     /// Queued run ids per queue; ids grow, so the set's order is FIFO.
     queued: HashMap<String, BTreeSet<RunId>>,
     /// Workers waiting per queue, oldest first.
@@ -165,6 +191,9 @@ pub struct Queue {
     store: Store,
     committer: GroupCommitter,
     policy: LeasePolicy,
+    dispatch: DispatchPolicy,
+    /// This site's name: reads the tier of submissions stored before tiers existed.
+    site: String,
     clock: Clock,
     state: RefCell<State>,
     /// Wakes the expiry loop when leases change.
@@ -187,8 +216,8 @@ fn decode_run(id: u64, bytes: &[u8]) -> Result<StoredRun, QueueError> {
     })
 }
 
-fn decode_submission(id: u64, bytes: &[u8]) -> Result<StoredSubmission, QueueError> {
-    Record::<StoredSubmission>::decode(bytes).map_err(|e| QueueError::Corrupt {
+fn decode_submission(id: u64, bytes: &[u8], site: &str) -> Result<StoredSubmission, QueueError> {
+    StoredSubmission::decode(bytes, site).map_err(|e| QueueError::Corrupt {
         what: "submission",
         id,
         reason: e.to_string(),
@@ -236,9 +265,14 @@ impl Queue {
     pub async fn open(
         store: Store,
         committer: GroupCommitter,
-        policy: LeasePolicy,
+        setup: QueueSetup,
         clock: Clock,
     ) -> Result<Rc<Self>, QueueError> {
+        let QueueSetup {
+            lease: policy,
+            dispatch,
+            site,
+        } = setup;
         let stored: Vec<(u64, Vec<u8>)> = store.read(|txn| {
             txn.iter_range(RUNS, &..)?
                 .map(|entry| entry.map(|(id, bytes)| (id, bytes.to_vec())))
@@ -248,6 +282,8 @@ impl Queue {
             store,
             committer,
             policy,
+            dispatch,
+            site,
             clock,
             state: RefCell::new(State::default()),
             leases_changed: Notify::new(),
@@ -281,7 +317,8 @@ impl Queue {
             if run.state.status().is_final() {
                 continue;
             }
-            queue.track(run);
+            let tier = queue.tier_of(run.submission)?;
+            queue.track(run, tier);
         }
         if kept > 0 {
             info!(
@@ -312,9 +349,26 @@ impl Queue {
         (self.clock)()
     }
 
+    /// The tier of a stored submission.
+    fn tier_of(&self, id: SubmissionId) -> Result<TrustTier, QueueError> {
+        Ok(self
+            .submission(id)?
+            .ok_or(QueueError::NoSubmission(id))?
+            .tier)
+    }
+
+    /// The site's dispatch policy.
+    pub fn dispatch_policy(&self) -> &DispatchPolicy {
+        &self.dispatch
+    }
+
     /// Adds an unfinished run to memory (and its queue, if queued).
-    fn track(&self, run: StoredRun) {
+    fn track(&self, run: StoredRun, tier: TrustTier) {
+        let needs = self
+            .dispatch
+            .needs(run.spec.queue.as_ref(), &tier, run.spec.privileged);
         let mut state = self.state.borrow_mut();
+        state.placement.insert(run.id(), (tier, needs));
         if run.state.status() == RunStatus::Queued {
             state
                 .queued
@@ -380,6 +434,7 @@ impl Queue {
                     created_at: now,
                     source_sha256: new.source_sha256,
                     runs: runs.iter().map(StoredRun::id).collect(),
+                    tier: new.tier,
                 };
                 let bytes = Record::<StoredSubmission>::encode(&submission).map_err(store_error)?;
                 txn.put(SUBMISSIONS, &submission_id.get(), &bytes[..])?;
@@ -402,7 +457,7 @@ impl Queue {
         let mut queues = BTreeSet::new();
         for run in &runs {
             queues.insert(run.spec.queue.to_string());
-            self.track(run.clone());
+            self.track(run.clone(), submission.tier.clone());
         }
         if let Some(previous) = previous.map(SubmissionId) {
             let reason = format!("superseded by submission {}", submission.id);
@@ -416,13 +471,25 @@ impl Queue {
         Ok((submission, runs))
     }
 
-    /// Wakes the oldest worker waiting on `queue`, if a run is there for it.
+    /// Wakes, oldest first, each worker waiting on `queue` that can take one of its queued
+    /// runs, at most one worker per run. A worker that can take none of them keeps waiting
+    /// (it is never handed work its runner may not run).
     fn wake(&self, queue: &str) {
         let mut state = self.state.borrow_mut();
         if state.paused.contains(queue) {
             return;
         }
-        let available = state.queued.get(queue).map_or(0, BTreeSet::len);
+        // Queued runs by what they need: a handful of kinds, however long the queue.
+        let mut available: Vec<(Needs, usize)> = Vec::new();
+        if let Some(ids) = state.queued.get(queue) {
+            for id in ids {
+                let needs = state.placement.get(id).map(|(_, n)| *n).unwrap_or_default();
+                match available.iter_mut().find(|(n, _)| *n == needs) {
+                    Some((_, count)) => *count += 1,
+                    None => available.push((needs, 1)),
+                }
+            }
+        }
         let State {
             waiters,
             paused_runners,
@@ -431,24 +498,95 @@ impl Queue {
         let Some(waiters) = waiters.get_mut(queue) else {
             return;
         };
-        let mut woken = 0;
-        let mut skipped = VecDeque::new();
-        while woken < available {
-            let Some(waiter) = waiters.pop_front() else {
-                break;
-            };
-            // A paused runner keeps its place, to be woken when resumed.
-            if paused_runners.contains(&waiter.runner) {
-                skipped.push_back(waiter);
+        let mut kept = VecDeque::with_capacity(waiters.len());
+        while let Some(waiter) = waiters.pop_front() {
+            if waiter.tx.is_closed() {
                 continue;
             }
+            if available.is_empty() {
+                kept.push_back(waiter);
+                continue;
+            }
+            // A paused runner keeps its place, to be woken when resumed.
+            if paused_runners.contains(&waiter.runner) {
+                kept.push_back(waiter);
+                continue;
+            }
+            let Some(slot) = available
+                .iter()
+                .position(|(needs, _)| waiter.offer.satisfies(needs))
+            else {
+                kept.push_back(waiter);
+                continue;
+            };
             if waiter.tx.send(()).is_ok() {
-                woken += 1;
+                available[slot].1 -= 1;
+                if available[slot].1 == 0 {
+                    available.swap_remove(slot);
+                }
             }
         }
-        while let Some(waiter) = skipped.pop_back() {
-            waiters.push_front(waiter);
+        *waiters = kept;
+    }
+
+    /// Records that `runner` has a worker on `queue` offering `offer`, until
+    /// [`Queue::disconnect_worker`]: runs no connected runner can take say so.
+    pub fn connect_worker(&self, queue: &str, runner: &str, offer: Offer) -> WorkerId {
+        let mut state = self.state.borrow_mut();
+        state.next_worker += 1;
+        let id = WorkerId(state.next_worker);
+        state.connected.insert(
+            id,
+            ConnectedWorker {
+                queue: queue.to_owned(),
+                runner: runner.to_owned(),
+                offer,
+            },
+        );
+        id
+    }
+
+    /// The worker is gone (its connection closed or its capability was dropped).
+    pub fn disconnect_worker(&self, id: WorkerId) {
+        self.state.borrow_mut().connected.remove(&id);
+    }
+
+    /// A run's trust tier: its submission's (kept in memory while the run is unfinished).
+    pub fn tier(&self, run: &StoredRun) -> Option<TrustTier> {
+        if let Some((tier, _)) = self.state.borrow().placement.get(&run.id()) {
+            return Some(tier.clone());
         }
+        self.submission(run.submission)
+            .ok()
+            .flatten()
+            .map(|s| s.tier)
+    }
+
+    /// A run's trust tier and what it needs of a runner, while it is unfinished.
+    pub fn placement(&self, id: RunId) -> Option<(TrustTier, Needs)> {
+        self.state.borrow().placement.get(&id).cloned()
+    }
+
+    /// Why a queued run is not running yet, when that is more than "every runner that could
+    /// take it is busy": its queue is paused, or no connected runner may take it.
+    pub fn waiting_reason(&self, id: RunId) -> Option<String> {
+        let state = self.state.borrow();
+        let run = state.live.get(&id)?;
+        if run.state.status() != RunStatus::Queued {
+            return None;
+        }
+        let queue = run.spec.queue.as_ref();
+        if state.paused.contains(queue) {
+            return Some(format!("queue {queue} is paused"));
+        }
+        let (tier, needs) = state.placement.get(&id)?;
+        let connected: Vec<(String, Offer)> = state
+            .connected
+            .values()
+            .filter(|w| w.queue == queue)
+            .map(|w| (w.runner.clone(), w.offer))
+            .collect();
+        tinyci_core::waiting_reason(queue, tier, needs, &connected)
     }
 
     /// Pauses (or drains) `runner`: it is leased nothing until resumed; what it holds goes on.
@@ -481,10 +619,11 @@ impl Queue {
         &self,
         queue: &str,
         runner: &str,
+        offer: Offer,
         on_cancel: CancelHook,
     ) -> Result<Leased, QueueError> {
         loop {
-            match self.take_or_wait(queue, runner) {
+            match self.take_or_wait(queue, runner, offer) {
                 Take::Run(id) => match self.lease(id, runner, on_cancel.clone()).await {
                     Ok(leased) => return Ok(leased),
                     Err(e) => warn!(run = %id, error = %e, "lease failed; trying the next run"),
@@ -495,14 +634,29 @@ impl Queue {
         }
     }
 
-    /// Takes the oldest queued run of `queue`, or registers `runner` as waiting for one.
-    fn take_or_wait(&self, queue: &str, runner: &str) -> Take {
+    /// Takes the oldest queued run of `queue` that `offer` satisfies, or registers `runner`
+    /// as waiting for one.
+    fn take_or_wait(&self, queue: &str, runner: &str, offer: Offer) -> Take {
         let mut state = self.state.borrow_mut();
-        if !state.paused.contains(queue)
-            && !state.paused_runners.contains(runner)
-            && let Some(id) = state.queued.get_mut(queue).and_then(BTreeSet::pop_first)
-        {
-            return Take::Run(id);
+        if !state.paused.contains(queue) && !state.paused_runners.contains(runner) {
+            let State {
+                queued, placement, ..
+            } = &mut *state;
+            let found = queued.get(queue).and_then(|ids| {
+                ids.iter()
+                    .find(|id| {
+                        placement
+                            .get(id)
+                            .is_some_and(|(_, needs)| offer.satisfies(needs))
+                    })
+                    .copied()
+            });
+            if let Some(id) = found {
+                if let Some(ids) = queued.get_mut(queue) {
+                    ids.remove(&id);
+                }
+                return Take::Run(id);
+            }
         }
         let (tx, rx) = oneshot::channel();
         state
@@ -511,6 +665,7 @@ impl Queue {
             .or_default()
             .push_back(Waiter {
                 runner: runner.to_owned(),
+                offer,
                 tx,
             });
         Take::Wait(rx)
@@ -644,6 +799,7 @@ impl Queue {
             let mut state = self.state.borrow_mut();
             if status.is_final() {
                 state.live.remove(&id);
+                state.placement.remove(&id);
                 state.cancel_hooks.remove(&id);
                 if let Some(q) = state.queued.get_mut(&queue) {
                     q.remove(&id);
@@ -1002,7 +1158,9 @@ impl Queue {
         let bytes = self
             .store
             .read(|txn| Ok(txn.get(SUBMISSIONS, &id.get())?.map(<[u8]>::to_vec)))?;
-        bytes.map(|b| decode_submission(id.get(), &b)).transpose()
+        bytes
+            .map(|b| decode_submission(id.get(), &b, &self.site))
+            .transpose()
     }
 
     /// The runs of a submission, current.
@@ -1108,6 +1266,17 @@ impl Queue {
             })
             .collect()
     }
+}
+
+/// How a queue is set up: leases, dispatch, and whose queue it is.
+#[derive(Clone, Debug)]
+pub struct QueueSetup {
+    /// Lease length and retry limit.
+    pub lease: LeasePolicy,
+    /// Which tiers each queue takes and what their runs need of a runner.
+    pub dispatch: DispatchPolicy,
+    /// This site's name.
+    pub site: String,
 }
 
 /// What [`Queue::take_or_wait`] found.

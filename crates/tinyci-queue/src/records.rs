@@ -2,7 +2,7 @@
 //! append fields at the end only.
 
 use serde::{Deserialize, Serialize};
-use tinyci_core::{PlannedRun, Run, RunId, SubmissionId};
+use tinyci_core::{PlannedRun, Run, RunId, SubmissionId, TrustTier};
 
 /// A run as stored: its state machine plus what it runs and where it came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,4 +55,103 @@ pub struct StoredSubmission {
     pub source_sha256: Vec<u8>,
     /// Its runs, in plan order.
     pub runs: Vec<RunId>,
+    /// Where it came from, as the site established it (decides which runners may take its
+    /// runs).
+    pub tier: TrustTier,
+}
+
+/// A submission as stores written before trust tiers hold it.
+#[derive(Deserialize)]
+struct SubmissionBeforeTiers {
+    id: SubmissionId,
+    repo: String,
+    git_ref: String,
+    sha: String,
+    title: String,
+    submitted_by: String,
+    created_at: u64,
+    source_sha256: Vec<u8>,
+    runs: Vec<RunId>,
+}
+
+impl StoredSubmission {
+    /// Decodes a stored submission, including ones written before tiers existed: their tier
+    /// is inferred from `submitted_by`, which the site always wrote from a verified identity
+    /// (`github:pull-request-N` cannot tell a fork from a branch, so it is taken as a fork).
+    pub(crate) fn decode(bytes: &[u8], own_site: &str) -> Result<Self, tinyci_store::RecordError> {
+        use tinyci_store::Record;
+        match Record::<StoredSubmission>::decode(bytes) {
+            Ok(submission) => Ok(submission),
+            Err(current) => {
+                let Ok(old) = Record::<SubmissionBeforeTiers>::decode(bytes) else {
+                    return Err(current);
+                };
+                let tier = legacy_tier(&old.submitted_by, own_site);
+                Ok(StoredSubmission {
+                    id: old.id,
+                    repo: old.repo,
+                    git_ref: old.git_ref,
+                    sha: old.sha,
+                    title: old.title,
+                    submitted_by: old.submitted_by,
+                    created_at: old.created_at,
+                    source_sha256: old.source_sha256,
+                    runs: old.runs,
+                    tier,
+                })
+            }
+        }
+    }
+}
+
+/// The tier of a submission recorded before tiers, from who submitted it.
+fn legacy_tier(submitted_by: &str, own_site: &str) -> TrustTier {
+    if submitted_by.starts_with("github:pull-request-") {
+        return TrustTier::Fork;
+    }
+    if submitted_by.starts_with("github:") {
+        return TrustTier::Repo;
+    }
+    // `tinyci://<site>/<role>[/<name>]`, as the connection's certificate named it.
+    let Some(rest) = submitted_by.strip_prefix("tinyci://") else {
+        return TrustTier::Fork;
+    };
+    let mut parts = rest.split('/');
+    let site = parts.next().unwrap_or_default();
+    let role = parts.next();
+    let name = parts.next().unwrap_or_default();
+    match role {
+        _ if site != own_site => TrustTier::partner(site).unwrap_or(TrustTier::Fork),
+        Some("admin" | "user" | "site") => TrustTier::Local,
+        Some("partner") => TrustTier::partner(name).unwrap_or(TrustTier::Fork),
+        _ => TrustTier::Fork,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_submissions_get_the_tier_their_submitter_implies() {
+        let tier = |by: &str| legacy_tier(by, "alpha");
+        assert_eq!(tier("github:octocat"), TrustTier::Repo);
+        assert_eq!(tier("github:pull-request-7"), TrustTier::Fork);
+        assert_eq!(tier("tinyci://alpha/admin/admin"), TrustTier::Local);
+        assert_eq!(tier("tinyci://alpha/user/ana"), TrustTier::Local);
+        assert_eq!(
+            tier("tinyci://beta/site"),
+            TrustTier::Partner("beta".into())
+        );
+        assert_eq!(
+            tier("tinyci://beta/admin/x"),
+            TrustTier::Partner("beta".into())
+        );
+        assert_eq!(
+            tier("tinyci://alpha/partner/gamma"),
+            TrustTier::Partner("gamma".into())
+        );
+        assert_eq!(tier("tinyci://alpha/runner/r1"), TrustTier::Fork);
+        assert_eq!(tier("nonsense"), TrustTier::Fork);
+    }
 }

@@ -142,6 +142,10 @@ pub enum WebhookEvent {
         head_sha: String,
         /// The head branch (possibly in a fork).
         head_ref: String,
+        /// `owner/name` of the repository the head branch lives in: the base repository for
+        /// a branch pull request, a fork otherwise; `None` when GitHub no longer knows it (a
+        /// deleted fork).
+        head_repo: Option<String>,
         /// The branch it targets.
         base_ref: String,
         /// The base branch's commit.
@@ -199,6 +203,9 @@ struct Branch {
     #[serde(rename = "ref")]
     git_ref: String,
     sha: String,
+    /// `null` when the head's repository was deleted.
+    #[serde(default)]
+    repo: Option<Repository>,
 }
 
 #[derive(Deserialize)]
@@ -274,6 +281,7 @@ pub fn parse_event(event: &str, body: &[u8]) -> Result<WebhookEvent, WebhookErro
                 repo: p.repository.full_name,
                 head_sha: p.pull_request.head.sha,
                 head_ref: p.pull_request.head.git_ref,
+                head_repo: p.pull_request.head.repo.map(|r| r.full_name),
                 base_ref: p.pull_request.base.git_ref,
                 base_sha: p.pull_request.base.sha,
                 title: p.pull_request.title,

@@ -23,31 +23,34 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::exec::{ExecOutcome, ExecSpec, OutputChunk, StopHandle, Stream, Verdict, stop_pair};
 use crate::source::{SourceSink, unpack};
-use crate::{DockerExecutor, ShellExecutor};
+use crate::{Bubblewrap, ContainerLimits, DockerExecutor, ShellExecutor};
+use tinyci_core::Isolation;
 
-/// How a runner executes jobs.
+/// One way a runner executes jobs.
 #[derive(Clone, Debug)]
 pub enum Executor {
-    /// Local processes.
+    /// Local processes: on the host, or in the sandbox.
     Shell(ShellExecutor),
     /// Containers through the Docker API.
     Docker(DockerExecutor),
 }
 
 impl Executor {
-    /// The Docker executor if a Docker API answers, else the shell executor (with the reason).
-    pub async fn detect() -> (Self, Option<String>) {
-        match DockerExecutor::connect().await {
-            Ok(docker) => (Executor::Docker(docker), None),
-            Err(e) => (Executor::Shell(ShellExecutor), Some(e.to_string())),
+    /// `shell` (on the host), `sandbox` or `docker`: what the runner tells its site.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Executor::Shell(shell) if shell.is_sandboxed() => "sandbox",
+            Executor::Shell(_) => "shell",
+            Executor::Docker(_) => "docker",
         }
     }
 
-    /// `shell` or `docker`.
-    pub fn name(&self) -> &'static str {
+    /// How strongly it separates a job from the host.
+    pub fn isolation(&self) -> Isolation {
         match self {
-            Executor::Shell(_) => "shell",
-            Executor::Docker(_) => "docker",
+            Executor::Shell(shell) if shell.is_sandboxed() => Isolation::Sandbox,
+            Executor::Shell(_) => Isolation::Host,
+            Executor::Docker(_) => Isolation::Container,
         }
     }
 
@@ -61,6 +64,113 @@ impl Executor {
             Executor::Shell(shell) => shell.run(spec, out, stop).await,
             Executor::Docker(docker) => docker.run(spec, out, stop).await,
         }
+    }
+}
+
+/// Every executor a runner has; each job goes to one that isolates it as its site requires.
+#[derive(Clone, Debug)]
+pub struct Executors {
+    list: Vec<Executor>,
+}
+
+/// What [`Executors::detect`] looks for and how it sets up what it finds.
+#[derive(Clone, Debug, Default)]
+pub struct DetectOptions {
+    /// Paths sandboxed jobs must never see even where the sandbox shows their directory
+    /// (the runner's bundle, the site's keys and data).
+    pub hidden: Vec<std::path::PathBuf>,
+    /// Limits for containers (and whether privileged ones may run).
+    pub limits: ContainerLimits,
+}
+
+impl Executors {
+    /// Exactly these executors.
+    pub fn new(list: Vec<Executor>) -> Self {
+        Self { list }
+    }
+
+    /// What this host can do: Docker if an engine answers, and the bubblewrap sandbox if it
+    /// works; without the sandbox, also processes on the host, which a site's default policy
+    /// gives only `local` work. Also returns, for people, why something was not found.
+    pub async fn detect(options: DetectOptions) -> (Self, Vec<String>) {
+        let mut list = Vec::new();
+        let mut notes = Vec::new();
+        match DockerExecutor::connect().await {
+            Ok(docker) => list.push(Executor::Docker(docker.with_limits(options.limits))),
+            Err(e) => notes.push(e.to_string()),
+        }
+        match Bubblewrap::detect().await {
+            Ok(bwrap) => list.push(Executor::Shell(ShellExecutor::sandboxed(
+                bwrap.hiding(options.hidden),
+            ))),
+            Err(e) => notes.push(e.to_string()),
+        }
+        if !list.iter().any(|e| matches!(e, Executor::Shell(_))) {
+            // Only `local` work may run here (the site's policy says so, and `choose` never
+            // gives a run less isolation than its spec requires).
+            list.push(Executor::Shell(ShellExecutor::host(None)));
+        }
+        (Self { list }, notes)
+    }
+
+    /// The executors, in the order they are preferred.
+    pub fn list(&self) -> &[Executor] {
+        &self.list
+    }
+
+    /// `docker, sandbox`.
+    pub fn describe(&self) -> String {
+        self.list
+            .iter()
+            .map(Executor::name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The strongest isolation among them.
+    pub fn isolation(&self) -> Isolation {
+        self.list
+            .iter()
+            .map(Executor::isolation)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Whether privileged containers may run (a Docker executor set up to allow them).
+    pub fn allow_privileged(&self) -> bool {
+        self.list
+            .iter()
+            .any(|e| matches!(e, Executor::Docker(d) if d.limits().allow_privileged))
+    }
+
+    /// The executor for a run that needs `needs` isolation: a container when it names an
+    /// image or is privileged, else the first process executor that isolates enough, else a
+    /// container. Never one that isolates less than the site requires.
+    fn choose(&self, spec: &ExecSpec, needs: Isolation) -> Result<&Executor, String> {
+        let fits = |e: &&Executor| e.isolation() >= needs;
+        let docker = self
+            .list
+            .iter()
+            .filter(fits)
+            .find(|e| matches!(e, Executor::Docker(_)));
+        let shell = self
+            .list
+            .iter()
+            .filter(fits)
+            .find(|e| matches!(e, Executor::Shell(_)));
+        let chosen = if spec.privileged || !spec.image.is_empty() {
+            docker.or(shell)
+        } else {
+            shell.or(docker)
+        };
+        chosen.ok_or_else(|| {
+            format!(
+                "the site requires {needs} isolation for this run and this runner offers only \
+                 {} ({}); it will not run it with less",
+                self.isolation(),
+                self.describe()
+            )
+        })
     }
 }
 
@@ -82,7 +192,7 @@ pub struct AgentConfig {
     /// Runs executed at once.
     pub slots: usize,
     /// How jobs are executed.
-    pub executor: Executor,
+    pub executors: Executors,
     /// Where job sources are unpacked (one directory per run, removed afterwards).
     pub work_root: PathBuf,
     /// Transport limits.
@@ -114,7 +224,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("name", &self.name)
             .field("queues", &self.queues)
             .field("slots", &self.slots)
-            .field("executor", &self.executor.name())
+            .field("executors", &self.executors.describe())
             .finish_non_exhaustive()
     }
 }
@@ -248,7 +358,7 @@ pub async fn run_agent(config: AgentConfig, mut control: AgentControl) -> Result
                     workers,
                     renew: renew.clone(),
                 })));
-                info!(%addr, queues = ?config.queues, slots = config.slots, executor = config.executor.name(), "connected; waiting for jobs");
+                info!(%addr, queues = ?config.queues, slots = config.slots, executors = %config.executors.describe(), "connected; waiting for jobs");
                 let lost = tokio::select! {
                     ended = connection.closed() => Some(match ended {
                         Ok(()) => "the site closed the connection".to_owned(),
@@ -344,7 +454,14 @@ async fn connect(
         info.set_version(env!("CARGO_PKG_VERSION"));
         info.set_hostname(hostname());
         info.set_slots(u32::try_from(config.slots).unwrap_or(u32::MAX));
-        info.init_executors(1).set(0, config.executor.name());
+        let executors = config.executors.list();
+        let mut names = info
+            .reborrow()
+            .init_executors(u32::try_from(executors.len()).unwrap_or(u32::MAX));
+        for (i, executor) in executors.iter().enumerate() {
+            names.set(u32::try_from(i).unwrap_or(u32::MAX), executor.name());
+        }
+        info.set_allow_privileged(config.executors.allow_privileged());
         // Await each worker now, so a refused grant is reported clearly and once.
         let worker = match request.send().promise.await {
             Ok(response) => response.get().and_then(|r| r.get_worker()).map_err(|e| {
@@ -570,8 +687,8 @@ async fn run_job(
         Ok(spec) => spec,
         Err(e) => return Some(ExecOutcome::errored(format!("malformed job spec: {e}"))),
     };
-    let (label, exec) = match exec_spec(&spec, &config.work_root) {
-        Ok(pair) => pair,
+    let (label, exec, needs) = match exec_spec(&spec, &config.work_root) {
+        Ok(parts) => parts,
         Err(e) => return Some(ExecOutcome::errored(e)),
     };
     *link.run.borrow_mut() = label.clone();
@@ -594,15 +711,13 @@ async fn run_job(
             .jobs_started
             .set(config.stats.jobs_started.get() + 1);
         let workdir = exec.source_dir.clone();
-        let outcome = run_leased(
-            link,
-            exec,
-            lease_expires,
-            signal,
-            &config.executor,
-            &artifacts,
-        )
-        .await;
+        let outcome = match config.executors.choose(&exec, needs) {
+            Ok(executor) => {
+                info!(executor = executor.name(), required = %needs, "running");
+                run_leased(link, exec, lease_expires, signal, executor, &artifacts).await
+            }
+            Err(why) => ExecOutcome::errored(why),
+        };
         if let Err(e) = std::fs::remove_dir_all(workdir.parent().unwrap_or(&workdir)) {
             warn!(error = %e, "failed to remove the run's directory");
         }
@@ -977,7 +1092,7 @@ async fn complete(link: &JobLink, outcome: &ExecOutcome) {
 fn exec_spec(
     spec: &tinyci_schema::job_spec::Reader<'_>,
     work_root: &Path,
-) -> Result<(String, ExecSpec), String> {
+) -> Result<(String, ExecSpec, Isolation), String> {
     let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, String> {
         t.and_then(|t| t.to_string().map_err(Into::into))
             .map_err(|e| format!("malformed job spec: {e}"))
@@ -991,6 +1106,16 @@ fn exec_spec(
         .iter()
         .map(&text)
         .collect::<Result<Vec<_>, _>>()?;
+    // A site that names no isolation predates trust tiers and asked for none.
+    let isolation = text(spec.get_isolation())?;
+    let needs = if isolation.is_empty() {
+        Isolation::Host
+    } else {
+        isolation
+            .parse::<Isolation>()
+            .map_err(|e| format!("malformed job spec: {e}"))?
+    };
+    let hint = |t: String| Some(t).filter(|t| !t.is_empty());
     let mut env = BTreeMap::new();
     for kv in spec.get_env().map_err(|e| e.to_string())?.iter() {
         env.insert(text(kv.get_key())?, text(kv.get_value())?);
@@ -1023,9 +1148,12 @@ fn exec_spec(
         env,
         timeout: Duration::from_secs(u64::from(spec.get_timeout_seconds().max(1))),
         privileged: spec.get_privileged(),
+        network: spec.get_network(),
+        cpu: hint(text(spec.get_cpu())?),
+        memory: hint(text(spec.get_memory())?),
         grace: Duration::from_secs(10),
     };
-    Ok((label, exec))
+    Ok((label, exec, needs))
 }
 
 /// `JobControl`: the site calls it to cancel the slot's current run.

@@ -921,6 +921,9 @@ mod tests {
             env: BTreeMap::new(),
             timeout: std::time::Duration::from_secs(1),
             privileged: false,
+            network: false,
+            cpu: None,
+            memory: None,
             grace: std::time::Duration::from_secs(1),
         };
         let at = |w: &str, m: &str| host_workdir(&exec(w, m));

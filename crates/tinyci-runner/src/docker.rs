@@ -1,7 +1,12 @@
 //! The Docker executor: runs each job in a fresh container through the Docker Engine API
 //! (`DOCKER_HOST` or the default socket), with the source tree bind-mounted at the task's
-//! mountpoint. Cancel and timeout are `stop` (SIGTERM, then SIGKILL after the grace period)
-//! then `kill`; the container is removed on every path.
+//! mountpoint as its only host mount (never the Docker socket). Containers run with
+//! `no-new-privileges`, Docker's default capability set minus the ones jobs do not need, a
+//! PID limit, memory and CPU limits (the task's `resources`, else the runner's defaults), and
+//! no network unless the run's queue allows it. `privileged` takes both the site's grant
+//! (in the job spec) and a runner started with `--allow-privileged`. Cancel and timeout are
+//! `stop` (SIGTERM, then SIGKILL after the grace period) then `kill`; the container is
+//! removed on every path.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -42,10 +47,39 @@ pub enum DockerError {
     },
 }
 
+/// Limits every container gets unless its task's `resources` say otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContainerLimits {
+    /// Most processes (and threads) in the container.
+    pub pids: i64,
+    /// Memory limit in bytes (`None`: the host's).
+    pub memory_bytes: Option<i64>,
+    /// CPU limit in billionths of a core (`None`: every core).
+    pub nano_cpus: Option<i64>,
+    /// Whether privileged containers may run at all (`--allow-privileged`).
+    pub allow_privileged: bool,
+}
+
+impl Default for ContainerLimits {
+    fn default() -> Self {
+        Self {
+            pids: 4096,
+            memory_bytes: Some(4 << 30),
+            nano_cpus: None,
+            allow_privileged: false,
+        }
+    }
+}
+
+/// Capabilities of Docker's default set a CI job has no use for and an attacker does: raw
+/// sockets (spoofing on the bridge), device nodes, audit records.
+const DROPPED_CAPABILITIES: [&str; 3] = ["NET_RAW", "MKNOD", "AUDIT_WRITE"];
+
 /// Runs jobs in containers.
 #[derive(Clone, Debug)]
 pub struct DockerExecutor {
     docker: Docker,
+    limits: ContainerLimits,
 }
 
 impl DockerExecutor {
@@ -63,7 +97,22 @@ impl DockerExecutor {
             .ping()
             .await
             .map_err(|e| DockerError::Unreachable(e.to_string()))?;
-        Ok(Self { docker })
+        Ok(Self {
+            docker,
+            limits: ContainerLimits::default(),
+        })
+    }
+
+    /// Uses `limits` for every container from now on.
+    #[must_use]
+    pub fn with_limits(mut self, limits: ContainerLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits containers get.
+    pub fn limits(&self) -> ContainerLimits {
+        self.limits
     }
 
     /// Imports a root filesystem tarball as image `repo:tag` (what `docker import` does). No
@@ -117,16 +166,30 @@ impl DockerExecutor {
                 "the docker executor needs an image (set `image` on the run or `default_image` in task.yml or tinyci.yml)",
             );
         }
+        if spec.privileged && !self.limits.allow_privileged {
+            return ExecOutcome::errored(
+                "the site granted a privileged container, but this runner was not started with \
+                 --allow-privileged; it runs none",
+            );
+        }
         let id = match self.create(spec).await {
             Ok(id) => id,
-            Err(e) => return ExecOutcome::errored(e.to_string()),
+            Err(e) => return ExecOutcome::errored(e),
         };
         let outcome = self.run_created(&id, spec, out, stop).await;
         self.remove(&id).await;
         outcome
     }
 
-    async fn create(&self, spec: &ExecSpec) -> Result<String, DockerError> {
+    async fn create(&self, spec: &ExecSpec) -> Result<String, String> {
+        let memory = match &spec.memory {
+            Some(text) => Some(parse_memory(text)?),
+            None => self.limits.memory_bytes,
+        };
+        let nano_cpus = match &spec.cpu {
+            Some(text) => Some(parse_cpus(text)?),
+            None => self.limits.nano_cpus,
+        };
         let cmd = match spec.command.as_slice() {
             [line] => vec!["/bin/sh".to_owned(), "-c".to_owned(), line.clone()],
             argv => argv.to_vec(),
@@ -150,12 +213,26 @@ impl DockerExecutor {
                 spec.label.clone(),
             )])),
             host_config: Some(HostConfig {
+                // The run's own tree is the only host path it sees.
                 binds: Some(vec![format!(
                     "{}:{}",
                     spec.source_dir.display(),
                     spec.mountpoint
                 )]),
                 privileged: Some(spec.privileged),
+                security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
+                cap_drop: (!spec.privileged).then(|| {
+                    DROPPED_CAPABILITIES
+                        .iter()
+                        .map(|c| (*c).to_owned())
+                        .collect()
+                }),
+                pids_limit: Some(self.limits.pids),
+                memory,
+                // Swap as much as memory: no swapping past the limit.
+                memory_swap: memory,
+                nano_cpus,
+                network_mode: Some(if spec.network { "bridge" } else { "none" }.to_owned()),
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()
@@ -165,9 +242,12 @@ impl DockerExecutor {
             .docker
             .create_container(Some(options), body)
             .await
-            .map_err(|source| DockerError::Api {
-                what: "create container",
-                source,
+            .map_err(|source| {
+                DockerError::Api {
+                    what: "create container",
+                    source,
+                }
+                .to_string()
             })?;
         Ok(created.id)
     }
@@ -303,4 +383,70 @@ impl DockerExecutor {
 
 fn code_of(code: i64) -> i32 {
     i32::try_from(code).unwrap_or(-1)
+}
+
+/// `resources.memory` as bytes: a number with an optional `k`, `m`, `g`, `t` (powers of 1024,
+/// as Docker reads them) or `Ki`, `Mi`, `Gi`, `Ti` suffix, at least 6 MiB (Docker's floor).
+pub fn parse_memory(text: &str) -> Result<i64, String> {
+    let bad = || {
+        format!("resources.memory {text:?} is not a size (like 512m, 2g or 1Gi) of at least 6 MiB")
+    };
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: i64 = number.parse().map_err(|_| bad())?;
+    let shift = match unit.to_ascii_lowercase().trim_end_matches('b') {
+        "" => 0,
+        "k" | "ki" => 10,
+        "m" | "mi" => 20,
+        "g" | "gi" => 30,
+        "t" | "ti" => 40,
+        _ => return Err(bad()),
+    };
+    number
+        .checked_mul(1 << shift)
+        .filter(|bytes| *bytes >= 6 << 20)
+        .ok_or_else(bad)
+}
+
+/// `resources.cpu` as billionths of a core: a positive decimal number of cores (`2`, `0.5`),
+/// or Kubernetes-style millicores (`500m`).
+pub fn parse_cpus(text: &str) -> Result<i64, String> {
+    let bad = || format!("resources.cpu {text:?} is not a number of cores (like 2, 0.5 or 500m)");
+    let trimmed = text.trim();
+    let nanos = if let Some(milli) = trimmed.strip_suffix('m') {
+        milli
+            .parse::<i64>()
+            .ok()
+            .and_then(|m| m.checked_mul(1_000_000))
+    } else {
+        trimmed
+            .parse::<f64>()
+            .ok()
+            .filter(|c| c.is_finite() && *c <= 4096.0)
+            .map(|cores| (cores * 1e9).round() as i64)
+    };
+    nanos.filter(|n| *n >= 10_000_000).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_hints_parse_like_docker_and_kubernetes() {
+        assert_eq!(parse_memory("512m"), Ok(512 << 20));
+        assert_eq!(parse_memory("2g"), Ok(2 << 30));
+        assert_eq!(parse_memory("1Gi"), Ok(1 << 30));
+        assert_eq!(parse_memory("8388608"), Ok(8 << 20));
+        assert!(parse_memory("1k").is_err());
+        assert!(parse_memory("lots").is_err());
+        assert_eq!(parse_cpus("2"), Ok(2_000_000_000));
+        assert_eq!(parse_cpus("0.5"), Ok(500_000_000));
+        assert_eq!(parse_cpus("250m"), Ok(250_000_000));
+        assert!(parse_cpus("-1").is_err());
+        assert!(parse_cpus("NaN").is_err());
+    }
 }

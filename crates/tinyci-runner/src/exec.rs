@@ -29,9 +29,18 @@ pub struct ExecSpec {
     pub env: BTreeMap<String, String>,
     /// Kill the run after this long.
     pub timeout: Duration,
-    /// Run the container privileged (docker only; the site allows it only for repositories
-    /// that opt in).
+    /// Run the container privileged (docker only, and only on a runner started with
+    /// `--allow-privileged`; the site grants it only by its own policy).
     pub privileged: bool,
+    /// Whether the run may reach the network; otherwise it gets a network namespace with
+    /// loopback only (shell with bubblewrap, sandbox) or no network (Docker).
+    pub network: bool,
+    /// CPU hint from the task's `resources.cpu` (cores, e.g. `2` or `0.5`); Docker limits to
+    /// it, else to the runner's default.
+    pub cpu: Option<String>,
+    /// Memory hint from the task's `resources.memory` (`512m`, `2g`, `1Gi`, bytes); Docker
+    /// limits to it, else to the runner's default.
+    pub memory: Option<String>,
     /// After asking a run to stop (cancel, timeout), how long before it is killed.
     pub grace: Duration,
 }

@@ -1,5 +1,8 @@
-//! Runners: the executors that run jobs (a local shell, or containers through the Docker API),
-//! stream their output with backpressure, and obey cancellation and timeouts.
+//! Runners: the executors that run jobs (processes on the host, the same in a bubblewrap
+//! sandbox, or containers through the Docker API), stream their output with backpressure, and
+//! obey cancellation and timeouts. Each job runs in an executor that isolates it at least as
+//! much as its site requires (the job spec's `isolation`), or not at all; whatever it
+//! starts dies with it (a PID namespace, or its container).
 //!
 //! This is the only crate that knows `bollard`. Executors know nothing of capnp, tokens or
 //! the site: they take an [`ExecSpec`], an [`OutputSink`] and a [`StopSignal`], and return
@@ -13,21 +16,26 @@ mod agent;
 mod artifacts;
 mod docker;
 mod exec;
+mod sandbox;
 mod shell;
 mod source;
 
 pub use agent::{
-    AgentConfig, AgentControl, AgentError, AgentStats, AgentStopper, Executor,
-    MAX_UNACKED_LOG_BYTES, agent_control, run_agent,
+    AgentConfig, AgentControl, AgentError, AgentStats, AgentStopper, DetectOptions, Executor,
+    Executors, MAX_UNACKED_LOG_BYTES, agent_control, run_agent,
 };
 pub use artifacts::{
     ArtifactReport, MAX_ARTIFACTS, RefusedArtifact, UploadedArtifact, host_workdir,
     upload_artifacts, upload_run_artifacts,
 };
-pub use docker::{CONTAINER_LABEL, DockerError, DockerExecutor};
+pub use docker::{
+    CONTAINER_LABEL, ContainerLimits, DockerError, DockerExecutor, parse_cpus, parse_memory,
+};
 pub use exec::{
     ExecOutcome, ExecSpec, MAX_CHUNK, OutputChunk, OutputSink, StopHandle, StopSignal, Stream,
     Verdict, stop_pair,
 };
+pub use sandbox::{Bubblewrap, Confinement, SandboxError};
 pub use shell::ShellExecutor;
 pub use source::MAX_SOURCE_BYTES;
+pub use tinyci_core::Isolation;

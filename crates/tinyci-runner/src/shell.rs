@@ -1,6 +1,8 @@
 //! The shell executor: runs the command as a child process in its own process group, so that
 //! stopping a run (cancel, timeout, or the command simply ending) reaches every process it
-//! started.
+//! started. With bubblewrap it also runs in a PID namespace of its own, so even processes
+//! that leave the group (`setsid`, daemons) die with the run; sandboxed, it sees nothing of
+//! the host but system directories and its own source (see [`crate::sandbox`]).
 
 use std::path::Component;
 use std::process::Stdio;
@@ -16,13 +18,42 @@ use crate::exec::{
     ExecOutcome, ExecSpec, Interruption, MAX_CHUNK, OutputChunk, OutputSink, StopSignal, Stream,
     base_env, system_line,
 };
+use crate::sandbox::{Bubblewrap, Confinement};
 
-/// Runs jobs as local processes. Used when no Docker API socket is reachable, and for the
-/// embedded runner of `tinyci site up`.
+/// Runs jobs as local processes: on the host (for trusted work), or sandboxed.
 #[derive(Clone, Debug, Default)]
-pub struct ShellExecutor;
+pub struct ShellExecutor {
+    /// `None`: plain processes on the host, contained by their process group only (a
+    /// process that calls `setsid` escapes it).
+    bubblewrap: Option<(Bubblewrap, Confinement)>,
+}
 
 impl ShellExecutor {
+    /// Processes on the host, in their own PID namespace when bubblewrap is given.
+    pub fn host(bubblewrap: Option<Bubblewrap>) -> Self {
+        Self {
+            bubblewrap: bubblewrap.map(|b| (b, Confinement::Contained)),
+        }
+    }
+
+    /// Processes in the sandbox.
+    pub fn sandboxed(bubblewrap: Bubblewrap) -> Self {
+        Self {
+            bubblewrap: Some((bubblewrap, Confinement::Sandbox)),
+        }
+    }
+
+    /// Whether jobs run in the sandbox (rather than on the host).
+    pub fn is_sandboxed(&self) -> bool {
+        matches!(self.bubblewrap, Some((_, Confinement::Sandbox)))
+    }
+
+    /// Whether everything a job starts dies with it (a PID namespace), not just its process
+    /// group.
+    pub fn contains_processes(&self) -> bool {
+        self.bubblewrap.is_some()
+    }
+
     /// Runs `spec` to completion, streaming output into `out`, stopping early on `stop` or at
     /// the timeout.
     pub async fn run(
@@ -38,9 +69,27 @@ impl ShellExecutor {
         let Some((program, args)) = argv(&spec.command) else {
             return ExecOutcome::errored("the run has no command");
         };
-        let mut command = Command::new(program);
+        let mut command = match &self.bubblewrap {
+            None => {
+                let mut command = Command::new(program);
+                command.args(args);
+                command
+            }
+            Some((bwrap, confinement)) => {
+                let mut inner = vec![program.to_owned()];
+                inner.extend(args.iter().map(|a| (*a).to_owned()));
+                let mut command = Command::new(bwrap.program());
+                command.args(bwrap.argv(
+                    *confinement,
+                    &spec.source_dir,
+                    &workdir,
+                    spec.network,
+                    &inner,
+                ));
+                command
+            }
+        };
         command
-            .args(args)
             .current_dir(&workdir)
             .env_clear()
             .envs(base_env(spec))

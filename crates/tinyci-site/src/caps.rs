@@ -22,6 +22,8 @@ pub(crate) struct SubmitterCap {
     repo: String,
     /// Who submits (the peer's identity), recorded on each submission.
     submitted_by: String,
+    /// Where the work comes from, established from that identity.
+    tier: tinyci_core::TrustTier,
     liveness: Rc<Liveness>,
 }
 
@@ -30,12 +32,14 @@ impl SubmitterCap {
         services: Rc<Services>,
         repo: String,
         submitted_by: String,
+        tier: tinyci_core::TrustTier,
         liveness: Rc<Liveness>,
     ) -> Self {
         Self {
             services,
             repo,
             submitted_by,
+            tier,
             liveness,
         }
     }
@@ -69,6 +73,7 @@ impl submitter::Server for SubmitterCap {
             &self.services,
             &self.repo,
             &self.submitted_by,
+            &self.tier,
             params.get()?,
         )
         .await?;
@@ -337,7 +342,7 @@ impl admin::Server for AdminCap {
             .collect();
         let mut list = results.get().init_runs(len(selected.len()));
         for (i, run) in selected.iter().enumerate() {
-            fill_run_info(list.reborrow().get(len(i)), run);
+            fill_run_info(list.reborrow().get(len(i)), run, &self.services.queue);
         }
         Ok(())
     }
@@ -397,7 +402,7 @@ impl admin::Server for AdminCap {
         let retried = crate::jobs::retry_run(&self.services, run, &self.peer.to_string())
             .await
             .map_err(capnp::Error::failed)?;
-        fill_run_info(results.get().init_run(), &retried);
+        fill_run_info(results.get().init_run(), &retried, &self.services.queue);
         Ok(())
     }
 
@@ -440,7 +445,7 @@ impl admin::Server for AdminCap {
             .run(run)
             .map_err(|e| capnp::Error::failed(e.to_string()))?
             .ok_or_else(|| capnp::Error::failed(format!("no run {id}")))?;
-        fill_run_info(results.get().init_run(), &stored);
+        fill_run_info(results.get().init_run(), &stored, &self.services.queue);
         Ok(())
     }
 
@@ -524,10 +529,14 @@ impl admin::Server for AdminCap {
         let repo = read_text(params.get()?.get_repo(), "repo")?;
         tinyci_grant::vocab::validate_repo(&repo)
             .map_err(|e| capnp::Error::failed(e.to_string()))?;
+        // Even an admin capability does not choose the tier: the certificate does.
+        let tier = crate::tiers::tier_of_peer(&self.peer, self.services.grants.site())
+            .map_err(capnp::Error::failed)?;
         let cap = SubmitterCap::new(
             self.services.clone(),
             repo,
             self.peer.to_string(),
+            tier,
             self.liveness.clone(),
         );
         results

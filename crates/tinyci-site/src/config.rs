@@ -66,6 +66,9 @@ pub struct SiteConfig {
     pub federation_dir: PathBuf,
     /// `[discovery]`.
     pub discovery: Discovery,
+    /// `[queues.NAME]`: which trust tiers each queue takes and how isolated their runs must
+    /// be (the default for every queue not named).
+    pub dispatch: tinyci_core::DispatchPolicy,
 }
 
 /// `[discovery]`: how sites find each other's addresses (never trust).
@@ -190,6 +193,65 @@ struct RawConfig {
     federation: RawFederation,
     #[serde(default)]
     discovery: RawDiscovery,
+    #[serde(default)]
+    queues: std::collections::BTreeMap<String, RawQueuePolicy>,
+}
+
+/// `[queues.NAME]`: each key left out keeps the default (see `site.toml.example`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueuePolicy {
+    tiers: Option<Vec<String>>,
+    #[serde(default)]
+    isolation: std::collections::BTreeMap<String, String>,
+    network: Option<Vec<String>>,
+    #[serde(default)]
+    privileged_repos: Vec<String>,
+}
+
+/// Validates the `[queues.NAME]` sections into the site's dispatch policy.
+fn parse_dispatch(
+    raw: std::collections::BTreeMap<String, RawQueuePolicy>,
+) -> Result<tinyci_core::DispatchPolicy, String> {
+    use tinyci_core::{Isolation, QueuePolicy, TierPattern};
+    let patterns = |queue: &str, key: &str, list: Vec<String>| {
+        list.iter()
+            .map(|t| {
+                t.parse::<TierPattern>().map_err(|e| {
+                    format!("[queues.{queue}] {key}: {e} (or partner for every partner)")
+                })
+            })
+            .collect::<Result<std::collections::BTreeSet<_>, _>>()
+    };
+    let mut policy = tinyci_core::DispatchPolicy::default();
+    for (queue, raw) in raw {
+        queue
+            .parse::<tinyci_core::QueueName>()
+            .map_err(|e| format!("[queues.{queue}]: {e}"))?;
+        let mut rule = QueuePolicy::default();
+        if let Some(tiers) = raw.tiers {
+            rule.tiers = patterns(&queue, "tiers", tiers)?;
+        }
+        if let Some(network) = raw.network {
+            rule.network = patterns(&queue, "network", network)?;
+        }
+        for (tier, level) in raw.isolation {
+            let tier: TierPattern = tier
+                .parse()
+                .map_err(|e| format!("[queues.{queue}] isolation: {e} (or partner)"))?;
+            let level: Isolation = level
+                .parse()
+                .map_err(|e| format!("[queues.{queue}] isolation.{tier}: {e}"))?;
+            rule.isolation.insert(tier, level);
+        }
+        for repo in raw.privileged_repos {
+            repo.parse::<tinyci_core::RepoName>()
+                .map_err(|e| format!("[queues.{queue}] privileged_repos: {e}"))?;
+            rule.privileged_repos.insert(repo);
+        }
+        policy.queues.insert(queue, rule);
+    }
+    Ok(policy)
 }
 
 #[derive(Deserialize, Default)]
@@ -699,6 +761,7 @@ impl SiteConfig {
                     .into(),
             ));
         }
+        let dispatch = parse_dispatch(raw.queues).map_err(|why| value("queues", why))?;
         let mut static_peers = Vec::new();
         for peer in &raw.discovery.static_peers {
             let parsed = peer.split_once('@').filter(|(name, addr)| {
@@ -716,6 +779,7 @@ impl SiteConfig {
             static_peers.push((name.to_owned(), addr.to_owned()));
         }
         let config = Self {
+            dispatch,
             discovery: Discovery {
                 mdns: raw.discovery.mdns,
                 static_peers,
@@ -744,6 +808,37 @@ impl SiteConfig {
         };
         config.check_files()?;
         Ok(config)
+    }
+
+    /// Everything of the site's a job must never see: private keys, tokens, secrets, the
+    /// store, and the directories holding them (the sandbox hides these even when they lie
+    /// inside a directory it shows).
+    pub fn private_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![
+            self.key.clone(),
+            self.root_key.clone(),
+            self.admin_key.clone(),
+            self.admin_token.clone(),
+            self.data_dir.clone(),
+        ];
+        paths.extend(self.ca_key.clone());
+        if let Some(github) = &self.github {
+            paths.push(github.secrets_key.clone());
+            paths.extend(github.token_file.clone());
+            paths.extend(github.client_secret_file.clone());
+        }
+        let dirs: Vec<PathBuf> = paths
+            .iter()
+            .filter(|p| **p != self.data_dir)
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .collect();
+        paths.extend(dirs);
+        if let Some(source) = self.source.as_ref().and_then(|s| s.parent()) {
+            paths.push(source.to_path_buf());
+        }
+        paths.sort();
+        paths.dedup();
+        paths
     }
 
     /// Every file the config names must exist. (Their contents are checked when loaded.)

@@ -422,6 +422,9 @@ struct Build {
     submitted_by: String,
     default_branch: String,
     pull_request: Option<u64>,
+    /// Decided from the (signature-checked) payload: a push or a branch pull request is the
+    /// repository's writers' code, a fork's pull request anyone's.
+    tier: tinyci_core::TrustTier,
 }
 
 /// Acts on one delivery; removes it from the inbox when done (with the submission, if any).
@@ -457,6 +460,7 @@ async fn process(services: &Rc<Services>, seq: u64, entry: &InboxEntry) -> Resul
                 submitted_by: format!("github:{pusher}"),
                 default_branch,
                 pull_request: None,
+                tier: crate::tiers::tier_of_push(),
             }
         }
         WebhookEvent::PullRequest {
@@ -464,6 +468,7 @@ async fn process(services: &Rc<Services>, seq: u64, entry: &InboxEntry) -> Resul
             number,
             repo,
             head_sha,
+            head_repo,
             title,
             default_branch,
             ..
@@ -492,6 +497,7 @@ async fn process(services: &Rc<Services>, seq: u64, entry: &InboxEntry) -> Resul
                 submitted_by: format!("github:pull-request-{number}"),
                 default_branch,
                 pull_request: Some(number),
+                tier: crate::tiers::tier_of_pull_request(&repo, head_repo.as_deref()),
             }
         }
         WebhookEvent::Ping { .. } | WebhookEvent::Ignored { .. } => {
@@ -571,13 +577,17 @@ async fn submit_build(services: &Rc<Services>, seq: u64, build: Build) -> Result
     let runs = match planned {
         Ok(runs) => runs,
         Err(crate::jobs::PlanError::Invalid(message)) => {
-            report_invalid(&client, &build, &message).await?;
+            report_invalid(&client, &build, NotBuilt::Invalid, &message).await?;
             return drop_entry(services, seq).await.map_err(Into::into);
         }
         Err(crate::jobs::PlanError::Failed(message)) => return Err(GitHubError::Refused(message)),
     };
     if runs.is_empty() {
         info!(%repo, sha = %build.sha, "no task selected: nothing to build");
+        return drop_entry(services, seq).await.map_err(Into::into);
+    }
+    if let Err(refusal) = crate::jobs::admit(services, &repo.to_string(), &build.tier, &runs) {
+        report_invalid(&client, &build, NotBuilt::Refused, &refusal.to_string()).await?;
         return drop_entry(services, seq).await.map_err(Into::into);
     }
     let origin = GitHubOrigin {
@@ -603,6 +613,7 @@ async fn submit_build(services: &Rc<Services>, seq: u64, build: Build) -> Result
                 source_sha256,
                 runs,
                 supersede: true,
+                tier: build.tier.clone(),
             },
             also,
         )
@@ -613,14 +624,39 @@ async fn submit_build(services: &Rc<Services>, seq: u64, build: Build) -> Result
     Ok(())
 }
 
-/// A task file that does not parse: one PR comment quoting the error (or, for a push, one
-/// error status on the commit), and no runs.
-async fn report_invalid(client: &GitHub, build: &Build, message: &str) -> Result<(), GitHubError> {
-    warn!(repo = %build.repo, sha = %build.sha, error = %message, "task files do not parse: nothing queued");
+/// Why a build was not queued at all.
+#[derive(Clone, Copy)]
+enum NotBuilt {
+    /// A task file does not parse.
+    Invalid,
+    /// The site's dispatch policy refuses it (a queue that does not take its tier, or
+    /// privilege the site does not grant).
+    Refused,
+}
+
+impl NotBuilt {
+    fn why(self) -> &'static str {
+        match self {
+            NotBuilt::Invalid => "task files do not parse",
+            NotBuilt::Refused => "the site's policy refuses it",
+        }
+    }
+}
+
+/// A build that was not queued: one PR comment quoting the reason (or, for a push, one error
+/// status on the commit), and no runs.
+async fn report_invalid(
+    client: &GitHub,
+    build: &Build,
+    kind: NotBuilt,
+    message: &str,
+) -> Result<(), GitHubError> {
+    let why = kind.why();
+    warn!(repo = %build.repo, sha = %build.sha, error = %message, "{why}: nothing queued");
     match build.pull_request {
         Some(number) => {
             let body = format!(
-                "tinyci cannot build {}: its task files do not parse, so nothing was run.\n\n```\n{}\n```",
+                "tinyci cannot build {}: {why}, so nothing was run.\n\n```\n{}\n```",
                 short(&build.sha),
                 message.replace("```", "'''")
             );
@@ -630,7 +666,7 @@ async fn report_invalid(client: &GitHub, build: &Build, message: &str) -> Result
             let status = CommitStatus {
                 state: StatusState::Error,
                 context: SITE_CONTEXT.to_owned(),
-                description: format!("task files do not parse: {message}"),
+                description: format!("{why}: {message}"),
                 target_url: None,
             };
             client.set_status(&build.repo, &build.sha, &status).await?;

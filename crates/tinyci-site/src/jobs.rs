@@ -6,8 +6,10 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use tinyci_core::{LeaseId, RepoConfig, RunId, RunStatus as CoreStatus, SubmissionId, TaskFile};
-use tinyci_queue::{Leased, NewSubmission, QueueError, StoredRun, StoredSubmission};
+use tinyci_core::{
+    LeaseId, Offer, RepoConfig, RunId, RunStatus as CoreStatus, SubmissionId, TaskFile, TrustTier,
+};
+use tinyci_queue::{Leased, NewSubmission, QueueError, StoredRun, StoredSubmission, WorkerId};
 use tinyci_schema::{
     RunStatus, handle, job, job_control, run_info, run_observer, submission_info, submitter,
     ticket, worker,
@@ -50,8 +52,19 @@ fn millis(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
-/// Writes a run's description.
-pub(crate) fn fill_run_info(mut info: run_info::Builder<'_>, run: &StoredRun) {
+/// Writes a run's description: the stored run, its tier and, while it waits for a runner it
+/// cannot get, why.
+pub(crate) fn fill_run_info(
+    mut info: run_info::Builder<'_>,
+    run: &StoredRun,
+    queue: &tinyci_queue::Queue,
+) {
+    if let Some(tier) = queue.tier(run) {
+        info.set_tier(tier.to_string());
+    }
+    if let Some(waiting) = queue.waiting_reason(run.id()) {
+        info.set_waiting(waiting);
+    }
     info.set_id(run.id().to_string());
     info.set_submission_id(run.submission.to_string());
     info.set_repo(&run.repo);
@@ -115,6 +128,7 @@ pub(crate) fn fill_submission_info(
     info.set_created_at(millis(submission.created_at));
     info.set_submitted_by(&submission.submitted_by);
     info.set_run_count(len(submission.runs.len()));
+    info.set_tier(submission.tier.to_string());
 }
 
 fn queue_error(e: QueueError) -> capnp::Error {
@@ -126,6 +140,10 @@ pub(crate) struct WorkerCap {
     services: Rc<Services>,
     queue: String,
     runner: String,
+    /// What the runner's executors provide: it is leased only runs this satisfies.
+    offer: Offer,
+    /// Its entry among the queue's connected workers, removed when it is dropped.
+    registered: WorkerId,
     liveness: Rc<Liveness>,
 }
 
@@ -134,14 +152,25 @@ impl WorkerCap {
         services: Rc<Services>,
         queue: String,
         runner: String,
+        offer: Offer,
         liveness: Rc<Liveness>,
     ) -> Self {
+        let registered = services.queue.connect_worker(&queue, &runner, offer);
+        info!(%queue, %runner, %offer, "worker connected");
         Self {
             services,
             queue,
             runner,
+            offer,
+            registered,
             liveness,
         }
+    }
+}
+
+impl Drop for WorkerCap {
+    fn drop(&mut self) {
+        self.services.queue.disconnect_worker(self.registered);
     }
 }
 
@@ -154,7 +183,7 @@ impl worker::Server for WorkerCap {
         self.liveness.check()?;
         let control: job_control::Client = params.get()?.get_control()?;
         let leased = tokio::select! {
-            leased = self.services.queue.next(&self.queue, &self.runner, cancel_hook(control)) => leased.map_err(queue_error)?,
+            leased = self.services.queue.next(&self.queue, &self.runner, self.offer, cancel_hook(control)) => leased.map_err(queue_error)?,
             dead = self.liveness.dead() => return Err(dead),
         };
         info!(run = %leased.run.id(), runner = %self.runner, attempt = leased.run.state.attempt(), "job leased");
@@ -186,6 +215,15 @@ impl worker::Server for WorkerCap {
                     self.queue
                 )));
             }
+        }
+        // A runner that came back weaker (say, without its sandbox) cannot take the run back.
+        if let Some((tier, needs)) = self.services.queue.placement(run)
+            && !self.offer.satisfies(&needs)
+        {
+            return Err(capnp::Error::failed(format!(
+                "cannot resume {id}: {tier} work needs {needs}, and this runner offers {}",
+                self.offer
+            )));
         }
         let leased = self
             .services
@@ -317,8 +355,19 @@ impl job::Server for JobCap {
         let run = &self.leased.run;
         let spec = &run.spec;
         let mut out = results.get().init_spec();
-        fill_run_info(out.reborrow().init_run(), run);
+        fill_run_info(out.reborrow().init_run(), run, &self.services.queue);
         out.set_sha(&run.sha);
+        // The runner must isolate the run at least this much; the site leased it only to a
+        // runner that offered it, and the runner checks again.
+        let (tier, needs) =
+            self.services.queue.placement(self.run).ok_or_else(|| {
+                capnp::Error::failed(format!("run {} is no longer live", self.run))
+            })?;
+        out.set_tier(tier.to_string());
+        out.set_isolation(needs.isolation.as_str());
+        out.set_network(needs.network);
+        out.set_cpu(spec.resources.cpu.as_deref().unwrap_or_default());
+        out.set_memory(spec.resources.memory.as_deref().unwrap_or_default());
         let mut command = out.reborrow().init_command(len(spec.command.len()));
         for (i, arg) in spec.command.iter().enumerate() {
             command.set(len(i), arg.as_str());
@@ -341,7 +390,7 @@ impl job::Server for JobCap {
             kv.set_value(v);
         }
         out.set_timeout_seconds(u32::try_from(spec.timeout_secs).unwrap_or(u32::MAX));
-        out.set_privileged(spec.privileged);
+        out.set_privileged(needs.privileged);
         let mut metadata = out.reborrow().init_metadata(len(spec.metadata.len()));
         for (i, (k, v)) in spec.metadata.iter().enumerate() {
             let mut kv = metadata.reborrow().get(len(i));
@@ -482,6 +531,7 @@ pub(crate) async fn submit(
     services: &Rc<Services>,
     repo: &str,
     submitted_by: &str,
+    tier: &TrustTier,
     request: submitter::submit_params::Reader<'_>,
 ) -> Result<StoredSubmission, capnp::Error> {
     let request = request.get_request()?;
@@ -500,6 +550,7 @@ pub(crate) async fn submit(
     let runs = plan_archive(path, None, changed, request.get_all())
         .await
         .map_err(|e| capnp::Error::failed(e.to_string()))?;
+    admit(services, repo, tier, &runs).map_err(|e| capnp::Error::failed(e.to_string()))?;
     let (submission, _) = services
         .queue
         .submit(NewSubmission {
@@ -511,10 +562,34 @@ pub(crate) async fn submit(
             source_sha256,
             runs,
             supersede: true,
+            tier: tier.clone(),
         })
         .await
         .map_err(queue_error)?;
     Ok(submission)
+}
+
+/// Checks every planned run against the site's dispatch policy for `tier`: a queue that does
+/// not take this tier, or privilege the site does not grant, refuses the whole submission
+/// (with the reason) before anything is queued. What the archive's task files say can only
+/// ask for privilege, never grant it.
+pub(crate) fn admit(
+    services: &Services,
+    repo: &str,
+    tier: &TrustTier,
+    runs: &[tinyci_core::PlannedRun],
+) -> Result<(), tinyci_core::Refusal> {
+    let policy = services.queue.dispatch_policy();
+    for run in runs {
+        policy.admit(
+            run.queue.as_ref(),
+            repo,
+            tier,
+            &run.qualified_name(),
+            run.privileged,
+        )?;
+    }
+    Ok(())
 }
 
 /// Why a source archive could not be planned.
@@ -617,7 +692,7 @@ impl ticket::Server for TicketCap {
         let (_, runs) = self.load()?;
         let mut list = results.get().init_runs(len(runs.len()));
         for (i, run) in runs.iter().enumerate() {
-            fill_run_info(list.reborrow().get(len(i)), run);
+            fill_run_info(list.reborrow().get(len(i)), run, &self.services.queue);
         }
         Ok(())
     }
@@ -656,7 +731,10 @@ impl ticket::Server for TicketCap {
             let mut current: BTreeMap<RunId, StoredRun> =
                 runs.into_iter().map(|r| (r.id(), r)).collect();
             for run in current.values() {
-                if send_change(&observer, run).await.is_err() {
+                if send_change(&observer, run, &ticket.services.queue)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -674,7 +752,10 @@ impl ticket::Server for TicketCap {
                 if ticket.liveness.check().is_err() {
                     return;
                 }
-                if send_change(&observer, &run).await.is_err() {
+                if send_change(&observer, &run, &ticket.services.queue)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 current.insert(run.id(), run);
@@ -687,9 +768,13 @@ impl ticket::Server for TicketCap {
     }
 }
 
-async fn send_change(observer: &run_observer::Client, run: &StoredRun) -> Result<(), capnp::Error> {
+async fn send_change(
+    observer: &run_observer::Client,
+    run: &StoredRun,
+    queue: &tinyci_queue::Queue,
+) -> Result<(), capnp::Error> {
     let mut request = observer.changed_request();
-    fill_run_info(request.get().init_run(), run);
+    fill_run_info(request.get().init_run(), run, queue);
     request.send().await
 }
 
@@ -727,6 +812,14 @@ pub(crate) async fn retry_run(
         .submission(stored.submission)
         .map_err(failed)?
         .ok_or_else(|| format!("no submission of run {id}"))?;
+    // Today's policy decides, not the one the run was first admitted under.
+    admit(
+        services,
+        &stored.repo,
+        &submission.tier,
+        std::slice::from_ref(&stored.spec),
+    )
+    .map_err(|e| e.to_string())?;
     let (_, runs) = queue
         .submit(tinyci_queue::NewSubmission {
             repo: stored.repo.clone(),
@@ -737,6 +830,8 @@ pub(crate) async fn retry_run(
             source_sha256: submission.source_sha256,
             runs: vec![stored.spec.clone()],
             supersede: false,
+            // A retry is the same work: it keeps the tier it had, whoever asks.
+            tier: submission.tier.clone(),
         })
         .await
         .map_err(failed)?;

@@ -30,6 +30,7 @@ mod secrets;
 mod session;
 mod sources;
 mod statuses;
+mod tiers;
 mod web;
 
 use std::future::Future;
@@ -332,10 +333,15 @@ impl Site {
                 source,
             })?;
         let (committer, writer) = tinyci_store::GroupCommitter::start(store.clone())?;
+        let setup = tinyci_queue::QueueSetup {
+            lease: config.lease_policy,
+            dispatch: config.dispatch.clone(),
+            site: config.name.to_string(),
+        };
         let queue = tinyci_queue::Queue::open(
             store.clone(),
             committer.clone(),
-            config.lease_policy,
+            setup,
             tinyci_queue::system_clock(),
         )
         .await

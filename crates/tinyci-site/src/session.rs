@@ -74,10 +74,15 @@ impl session::Server for Session {
         let repo = read_text(params.get()?.get_repo(), "repo")?;
         validate_repo(&repo).map_err(|e| capnp::Error::failed(e.to_string()))?;
         self.authorize(Right::QueueSubmit, &repo)?;
+        // Where this work comes from is the certificate's to say, not the grant's or the
+        // client's: a partner's token minted for `queue:submit` still submits partner work.
+        let tier = crate::tiers::tier_of_peer(&self.peer.identity, self.services.grants.site())
+            .map_err(capnp::Error::failed)?;
         let cap = SubmitterCap::new(
             self.services.clone(),
             repo,
             self.peer.identity.to_string(),
+            tier,
             self.redeemed.liveness.clone(),
         );
         results
@@ -99,7 +104,14 @@ impl session::Server for Session {
                 "a worker takes from one named queue, not '*'".into(),
             ));
         }
-        let runner = read_text(params.get_runner()?.get_name(), "runner.name")?;
+        let info = params.get_runner()?;
+        let runner = read_text(info.get_name(), "runner.name")?;
+        let executors = info
+            .get_executors()?
+            .iter()
+            .map(|e| Ok(e?.to_string()?))
+            .collect::<Result<Vec<String>, capnp::Error>>()?;
+        let offer = crate::tiers::offer_of(&executors, info.get_allow_privileged());
         // A runner of this site may only speak for itself.
         if let (tinyci_pki::Role::Runner, Some(own)) =
             (self.peer.identity.role(), self.peer.identity.name())
@@ -115,6 +127,7 @@ impl session::Server for Session {
             self.services.clone(),
             queue,
             runner,
+            offer,
             self.redeemed.liveness.clone(),
         );
         results

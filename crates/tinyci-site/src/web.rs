@@ -535,6 +535,15 @@ async fn run_page(state: &HttpState, request: &Request<Incoming>, id: &str) -> W
             ),
         ),
         ("Task", html_escape(&run.spec.task_dir)),
+        (
+            "Trust tier",
+            html_escape(
+                &services
+                    .queue
+                    .tier(&run)
+                    .map_or_else(|| "unknown".to_owned(), |t| t.to_string()),
+            ),
+        ),
         ("Queue", html_escape(run.spec.queue.as_str())),
         ("Runner", html_escape(run.runner.as_deref().unwrap_or("—"))),
         (
@@ -552,6 +561,13 @@ async fn run_page(state: &HttpState, request: &Request<Incoming>, id: &str) -> W
     }
     if let Some(message) = &run.message {
         let _ = write!(facts, "<dt>Outcome</dt><dd>{}</dd>", html_escape(message));
+    }
+    if let Some(waiting) = services.queue.waiting_reason(run_id) {
+        let _ = write!(
+            facts,
+            "<dt>Waiting</dt><dd id=\"waiting\">{}</dd>",
+            html_escape(&waiting)
+        );
     }
 
     let mut actions = String::new();

@@ -6,8 +6,8 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use tinyci_core::{LeasePolicy, PlannedRun, RunStatus};
-use tinyci_queue::{Clock, NewSubmission, Queue};
+use tinyci_core::{Isolation, LeasePolicy, Offer, PlannedRun, RunStatus, TrustTier};
+use tinyci_queue::{Clock, NewSubmission, Queue, QueueSetup};
 use tinyci_store::{GroupCommitter, GroupWriterThread, Store, StoreOptions};
 
 fn local<F: std::future::Future>(f: F) -> F::Output {
@@ -52,14 +52,14 @@ impl Fixture {
     async fn open(&self) -> (Rc<Queue>, GroupCommitter, GroupWriterThread) {
         let store = Store::open(self.dir.path(), StoreOptions::default()).unwrap();
         let (committer, writer) = GroupCommitter::start(store.clone()).unwrap();
-        let queue = Queue::open(
-            store,
-            committer.clone(),
-            LeasePolicy::default(),
-            self.clock.clock(),
-        )
-        .await
-        .unwrap();
+        let setup = QueueSetup {
+            lease: LeasePolicy::default(),
+            dispatch: Default::default(),
+            site: "alpha".into(),
+        };
+        let queue = Queue::open(store, committer.clone(), setup, self.clock.clock())
+            .await
+            .unwrap();
         (queue, committer, writer)
     }
 }
@@ -92,8 +92,21 @@ fn submission(git_ref: &str, runs: Vec<PlannedRun>) -> NewSubmission {
         source_sha256: vec![0; 32],
         runs,
         supersede: true,
+        tier: TrustTier::Local,
     }
 }
+
+/// A runner on the host, unsandboxed.
+const HOST: Offer = Offer {
+    isolation: Isolation::Host,
+    privileged: false,
+};
+
+/// A runner with the sandbox.
+const SANDBOX: Offer = Offer {
+    isolation: Isolation::Sandbox,
+    privileged: false,
+};
 
 fn no_hook() -> tinyci_queue::CancelHook {
     Rc::new(|_| {})
@@ -116,8 +129,8 @@ fn runs_are_leased_fifo_and_completed_exactly_once() {
             .await
             .unwrap();
         assert_eq!(runs.len(), 3);
-        let first = queue.next("a", "runner:r1", no_hook()).await.unwrap();
-        let second = queue.next("a", "runner:r2", no_hook()).await.unwrap();
+        let first = queue.next("a", "runner:r1", HOST, no_hook()).await.unwrap();
+        let second = queue.next("a", "runner:r2", HOST, no_hook()).await.unwrap();
         assert_eq!(first.run.spec.name, "one");
         assert_eq!(second.run.spec.name, "two");
         assert_eq!(first.run.state.attempt(), 1);
@@ -159,7 +172,9 @@ fn a_waiting_worker_is_handed_a_run_as_soon_as_one_is_queued() {
         let (queue, _c, _w) = f.open().await;
         let waiting = {
             let queue = queue.clone();
-            tokio::task::spawn_local(async move { queue.next("gpu", "runner:r1", no_hook()).await })
+            tokio::task::spawn_local(async move {
+                queue.next("gpu", "runner:r1", HOST, no_hook()).await
+            })
         };
         // Let the worker park, then queue a run on another queue and on its own.
         tokio::task::yield_now().await;
@@ -189,7 +204,7 @@ fn lost_leases_requeue_with_attempts_until_the_run_gives_up() {
             .unwrap();
         let policy = LeasePolicy::default();
         for attempt in 1..=policy.max_attempts {
-            let leased = queue.next("a", "runner:r1", no_hook()).await.unwrap();
+            let leased = queue.next("a", "runner:r1", HOST, no_hook()).await.unwrap();
             assert_eq!(leased.run.state.attempt(), attempt);
             // A heartbeat extends the lease; then the runner goes silent.
             f.clock.advance(policy.lease_duration / 2);
@@ -245,7 +260,7 @@ fn a_restart_keeps_leases_for_their_runners_to_resume_and_loses_nothing() {
                 .unwrap();
             let mut held = Vec::new();
             for _ in 0..5 {
-                let leased = queue.next("a", "runner:r1", no_hook()).await.unwrap();
+                let leased = queue.next("a", "runner:r1", HOST, no_hook()).await.unwrap();
                 held.push((leased.run.id(), leased.lease));
             }
             drop((queue, committer));
@@ -274,7 +289,7 @@ fn a_restart_keeps_leases_for_their_runners_to_resume_and_loses_nothing() {
         assert_eq!(queue.queues()["a"].depth, 200);
         let mut completed = 0;
         for _ in 0..200 {
-            let leased = queue.next("a", "runner:r2", no_hook()).await.unwrap();
+            let leased = queue.next("a", "runner:r2", HOST, no_hook()).await.unwrap();
             queue
                 .complete(
                     leased.run.id(),
@@ -312,7 +327,7 @@ fn cancel_ends_queued_runs_and_tells_holders_of_leased_ones() {
             let told = told.clone();
             Rc::new(move |reason: String| told.borrow_mut().push(reason))
         };
-        let leased = queue.next("a", "runner:r1", hook).await.unwrap();
+        let leased = queue.next("a", "runner:r1", HOST, hook).await.unwrap();
         assert_eq!(
             queue.cancel_submission(sub.id, "user asked").await.unwrap(),
             2
@@ -377,7 +392,9 @@ fn a_returned_lease_requeues_at_once_and_an_abandoned_wait_leases_nothing() {
         // A worker that stops waiting takes nothing.
         let abandoned = {
             let queue = queue.clone();
-            tokio::task::spawn_local(async move { queue.next("a", "runner:gone", no_hook()).await })
+            tokio::task::spawn_local(async move {
+                queue.next("a", "runner:gone", HOST, no_hook()).await
+            })
         };
         tokio::task::yield_now().await;
         abandoned.abort();
@@ -387,10 +404,85 @@ fn a_returned_lease_requeues_at_once_and_an_abandoned_wait_leases_nothing() {
             .await
             .unwrap();
         assert_eq!(queue.queues()["a"].depth, 1);
-        let leased = queue.next("a", "runner:r1", no_hook()).await.unwrap();
+        let leased = queue.next("a", "runner:r1", HOST, no_hook()).await.unwrap();
         queue.release(leased.run.id(), leased.lease).await;
-        let again = queue.next("a", "runner:r2", no_hook()).await.unwrap();
+        let again = queue.next("a", "runner:r2", HOST, no_hook()).await.unwrap();
         assert_eq!(again.run.id(), leased.run.id());
         assert_eq!(again.run.state.attempt(), 2);
+    });
+}
+
+#[test]
+fn untrusted_work_waits_for_an_isolating_runner_and_says_why() {
+    local(async {
+        let f = Fixture::new();
+        let (queue, _c, _w) = f.open().await;
+        let host_worker = queue.connect_worker("a", "runner:local", HOST);
+        let fork = NewSubmission {
+            tier: TrustTier::Fork,
+            ..submission("refs/pull/1/head", vec![planned("a", "fork")])
+        };
+        let (_, fork_runs) = queue.submit(fork).await.unwrap();
+        let (_, local_runs) = queue
+            .submit(submission("refs/heads/main", vec![planned("a", "mine")]))
+            .await
+            .unwrap();
+        // The host runner is handed the later local run, never the fork's.
+        let leased = queue
+            .next("a", "runner:local", HOST, no_hook())
+            .await
+            .unwrap();
+        assert_eq!(leased.run.id(), local_runs[0].id());
+        let fork_id = fork_runs[0].id();
+        assert_eq!(
+            queue.waiting_reason(fork_id).unwrap(),
+            "waiting for a runner with sandbox or container isolation on queue a \
+             (fork work; connected: runner:local (host))"
+        );
+        // A host worker parked on the queue is not woken for it either.
+        let parked = {
+            let queue = queue.clone();
+            tokio::task::spawn_local(async move {
+                queue.next("a", "runner:local", HOST, no_hook()).await
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!parked.is_finished());
+        // A sandboxed runner takes it, and the reason goes away.
+        let sandbox_worker = queue.connect_worker("a", "runner:box", SANDBOX);
+        assert_eq!(queue.waiting_reason(fork_id), None);
+        let leased = queue
+            .next("a", "runner:box", SANDBOX, no_hook())
+            .await
+            .unwrap();
+        assert_eq!(leased.run.id(), fork_id);
+        assert_eq!(queue.placement(fork_id).unwrap().0, TrustTier::Fork);
+        parked.abort();
+        queue.disconnect_worker(host_worker);
+        queue.disconnect_worker(sandbox_worker);
+    });
+}
+
+#[test]
+fn a_parked_sandbox_worker_is_woken_past_host_workers() {
+    local(async {
+        let f = Fixture::new();
+        let (queue, _c, _w) = f.open().await;
+        let spawn = |runner: &'static str, offer: Offer| {
+            let queue = queue.clone();
+            tokio::task::spawn_local(async move { queue.next("a", runner, offer, no_hook()).await })
+        };
+        let host = spawn("runner:host", HOST);
+        let sandbox = spawn("runner:box", SANDBOX);
+        tokio::task::yield_now().await;
+        let fork = NewSubmission {
+            tier: TrustTier::Partner("beta".into()),
+            ..submission("refs/heads/x", vec![planned("a", "p")])
+        };
+        let (_, runs) = queue.submit(fork).await.unwrap();
+        let leased = sandbox.await.unwrap().unwrap();
+        assert_eq!(leased.run.id(), runs[0].id());
+        assert!(!host.is_finished());
+        host.abort();
     });
 }

@@ -134,6 +134,7 @@ fn pull_request_opened_and_closed_parse() {
         repo: "octo-org/hello-world".to_owned(),
         head_sha: "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c".to_owned(),
         head_ref: "feature/login".to_owned(),
+        head_repo: Some("octo-org/hello-world".to_owned()),
         base_ref: "main".to_owned(),
         base_sha: "6113728f27ae82c7b1a177c8d03f9e96e0adf246".to_owned(),
         title: "Add a login page".to_owned(),

@@ -13,7 +13,7 @@ async fn exit_codes_decide_pass_and_fail_and_output_is_kept_per_stream() {
     let (tx, rx) = mpsc::channel(16);
     let (_stop, signal) = stop_pair();
     let job = spec(dir.path(), &["echo out; echo err >&2; echo out2; exit 3"]);
-    let outcome = ShellExecutor.run(&job, &tx, signal).await;
+    let outcome = ShellExecutor::default().run(&job, &tx, signal).await;
     drop(tx);
     let output = collect(rx).await;
     assert_eq!(outcome.verdict, Verdict::Failed);
@@ -25,7 +25,7 @@ async fn exit_codes_decide_pass_and_fail_and_output_is_kept_per_stream() {
     let (tx, rx) = mpsc::channel(16);
     let (_stop, signal) = stop_pair();
     let job = spec(dir.path(), &["true"]);
-    let outcome = ShellExecutor.run(&job, &tx, signal).await;
+    let outcome = ShellExecutor::default().run(&job, &tx, signal).await;
     drop(tx);
     collect(rx).await;
     assert_eq!(outcome.verdict, Verdict::Passed);
@@ -43,7 +43,7 @@ async fn large_output_arrives_complete_in_bounded_chunks() {
         &["head -c 3000000 /dev/zero | tr '\\0' 'x'; head -c 1000000 /dev/zero | tr '\\0' 'y' >&2"],
     );
     let reader = tokio::spawn(collect(rx));
-    let outcome = ShellExecutor.run(&job, &tx, signal).await;
+    let outcome = ShellExecutor::default().run(&job, &tx, signal).await;
     drop(tx);
     let output = reader.await.unwrap();
     assert_eq!(outcome.verdict, Verdict::Passed, "{outcome:?}");
@@ -69,7 +69,7 @@ async fn cancel_stops_the_whole_process_tree() {
             "sleep 1000 & echo bg1=$!; (sleep 1000 & echo bg2=$!; wait) & sleep 1 ; echo ready; wait",
         ],
     );
-    let run = tokio::spawn(async move { ShellExecutor.run(&job, &tx, signal).await });
+    let run = tokio::spawn(async move { ShellExecutor::default().run(&job, &tx, signal).await });
     let seen = wait_for_stdout(&mut rx, "ready").await;
     let pids: Vec<i32> = seen
         .lines()
@@ -111,7 +111,7 @@ async fn a_process_that_ignores_sigterm_is_killed_after_the_grace_period() {
         &["trap '' TERM; echo ready; while true; do sleep 1; done"],
     );
     job.grace = Duration::from_millis(200);
-    let run = tokio::spawn(async move { ShellExecutor.run(&job, &tx, signal).await });
+    let run = tokio::spawn(async move { ShellExecutor::default().run(&job, &tx, signal).await });
     wait_for_stdout(&mut rx, "ready").await;
     stop.stop("now");
     let drain = tokio::spawn(async move {
@@ -137,7 +137,7 @@ async fn timeouts_kill_and_are_reported() {
     let (_stop, signal) = stop_pair();
     let mut job = spec(dir.path(), &["sleep 1000"]);
     job.timeout = Duration::from_millis(300);
-    let outcome = ShellExecutor.run(&job, &tx, signal).await;
+    let outcome = ShellExecutor::default().run(&job, &tx, signal).await;
     drop(tx);
     let output = collect(rx).await;
     assert_eq!(outcome.verdict, Verdict::TimedOut);
@@ -155,7 +155,7 @@ async fn the_runners_environment_does_not_leak_and_job_env_is_set() {
         &["echo \"home=$HOME ci=$CI run=$TINYCI_RUN mine=$MINE cargo=${CARGO:-unset}\""],
     );
     job.env.insert("MINE".into(), "yes".into());
-    let outcome = ShellExecutor.run(&job, &tx, signal).await;
+    let outcome = ShellExecutor::default().run(&job, &tx, signal).await;
     drop(tx);
     let output = collect(rx).await;
     assert_eq!(outcome.verdict, Verdict::Passed);
@@ -177,7 +177,7 @@ async fn a_workdir_outside_the_source_is_refused() {
     let (_stop, signal) = stop_pair();
     let mut job = spec(dir.path(), &["true"]);
     job.workdir = "../..".into();
-    let outcome = ShellExecutor.run(&job, &tx, signal).await;
+    let outcome = ShellExecutor::default().run(&job, &tx, signal).await;
     assert_eq!(outcome.verdict, Verdict::Errored);
     assert!(
         outcome.message.contains("leaves the source tree"),

@@ -18,6 +18,9 @@ pub(crate) fn spec(source: &Path, command: &[&str]) -> ExecSpec {
         env: BTreeMap::new(),
         timeout: Duration::from_secs(300),
         privileged: false,
+        network: true,
+        cpu: None,
+        memory: None,
         grace: Duration::from_secs(2),
     }
 }

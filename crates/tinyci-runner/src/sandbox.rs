@@ -1,0 +1,292 @@
+//! Confinement for the shell executor through bubblewrap (`bwrap`, the sandbox Flatpak uses):
+//! Linux namespaces, no daemon, works as root and unprivileged.
+//!
+//! Two shapes, one tool:
+//! - [`Confinement::Sandbox`]: the job sees its own source directory (read-write), the
+//!   system's program and library directories and a handful of `/etc` files (read-only), a
+//!   fresh `/proc`, `/dev` and `/tmp`, and nothing else: not the site's or the runner's
+//!   directories, keys, tokens or bundle, not other runs, not the Docker socket. It has no
+//!   capabilities, its own PID, IPC, UTS and user namespaces, and a network namespace with
+//!   loopback only unless its queue lets it reach the network.
+//! - [`Confinement::Contained`]: a job on the host (trusted `local` work) sees the whole
+//!   filesystem as the runner does, but in its own PID namespace, so nothing it starts,
+//!   daemonized or `setsid`, outlives the run.
+//!
+//! In both, when the command exits (or is killed) bubblewrap's init exits and the kernel
+//! kills every process left in the namespace; `--die-with-parent` ends the sandbox if the
+//! runner itself dies.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+/// Directories of programs and libraries a sandboxed job may read (when present): on a
+/// merged-`/usr` system the top-level ones are symlinks into `/usr`, and stay symlinks.
+const SYSTEM_DIRS: [&str; 7] = [
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
+
+/// The parts of `/etc` programs need to run, resolve names and check certificates. `/etc` as
+/// a whole is not shown: operators keep credentials there (and some keep a site's).
+const ETC_FILES: [&str; 18] = [
+    "/etc/alternatives",
+    "/etc/ca-certificates",
+    "/etc/ssl",
+    "/etc/pki",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/localtime",
+    "/etc/os-release",
+    "/etc/debian_version",
+    "/etc/protocols",
+    "/etc/services",
+    "/etc/mime.types",
+];
+
+/// Why bubblewrap cannot be used here.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// No `bwrap` on `PATH`.
+    #[error("bubblewrap (bwrap) is not installed (Debian: apt-get install bubblewrap)")]
+    NotInstalled,
+    /// `bwrap` is there but cannot create the namespaces (a container without user
+    /// namespaces, a kernel that forbids them).
+    #[error("bubblewrap cannot create a sandbox here: {0}")]
+    Unusable(String),
+}
+
+/// How a job is confined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confinement {
+    /// On the host's filesystem, in its own PID namespace.
+    Contained,
+    /// In the sandbox.
+    Sandbox,
+}
+
+/// A `bwrap` binary proven to work on this host, and what must stay hidden from jobs.
+#[derive(Clone, Debug)]
+pub struct Bubblewrap {
+    bwrap: PathBuf,
+    hidden: Vec<PathBuf>,
+}
+
+impl Bubblewrap {
+    /// Finds `bwrap` on `PATH` and runs a sandboxed `true` with it, so a host where it cannot
+    /// work is found out at start rather than at the first job.
+    pub async fn detect() -> Result<Self, SandboxError> {
+        let bwrap = find_on_path("bwrap").ok_or(SandboxError::NotInstalled)?;
+        let found = Self {
+            bwrap,
+            hidden: Vec::new(),
+        };
+        let probe_dir = std::env::temp_dir();
+        for confinement in [Confinement::Sandbox, Confinement::Contained] {
+            let argv = found.argv(confinement, &probe_dir, &probe_dir, false, &["true".into()]);
+            let output = tokio::process::Command::new(&found.bwrap)
+                .args(argv)
+                .env_clear()
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .output()
+                .await
+                .map_err(|e| SandboxError::Unusable(e.to_string()))?;
+            if !output.status.success() {
+                let why = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+                return Err(SandboxError::Unusable(if why.is_empty() {
+                    format!("bwrap exited with {}", output.status)
+                } else {
+                    why
+                }));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Also hides `paths` from sandboxed jobs even where they lie inside a directory the
+    /// sandbox shows (the site's and the runner's keys, data and bundle, wherever an
+    /// operator put them): a directory is covered with an empty one, a file with an empty
+    /// file.
+    #[must_use]
+    pub fn hiding(mut self, paths: impl IntoIterator<Item = PathBuf>) -> Self {
+        self.hidden.extend(paths);
+        self
+    }
+
+    /// The `bwrap` program.
+    pub fn program(&self) -> &Path {
+        &self.bwrap
+    }
+
+    /// `bwrap`'s arguments to run `command` with `source` (the run's tree, the only writable
+    /// host directory) mounted at the same path, starting in `workdir`.
+    pub fn argv(
+        &self,
+        confinement: Confinement,
+        source: &Path,
+        workdir: &Path,
+        network: bool,
+        command: &[String],
+    ) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut push =
+            |parts: &[&std::ffi::OsStr]| args.extend(parts.iter().map(|p| p.to_os_string()));
+        push(&["--die-with-parent".as_ref(), "--new-session".as_ref()]);
+        match confinement {
+            Confinement::Contained => {
+                push(&["--dev-bind".as_ref(), "/".as_ref(), "/".as_ref()]);
+                push(&[
+                    "--unshare-pid".as_ref(),
+                    "--proc".as_ref(),
+                    "/proc".as_ref(),
+                ]);
+                if !network {
+                    push(&["--unshare-net".as_ref()]);
+                }
+            }
+            Confinement::Sandbox => {
+                push(&["--unshare-all".as_ref()]);
+                if network {
+                    push(&["--share-net".as_ref()]);
+                }
+                // Root outside keeps every capability unless told otherwise.
+                push(&["--cap-drop".as_ref(), "ALL".as_ref()]);
+                push(&["--hostname".as_ref(), "tinyci".as_ref()]);
+                for dir in SYSTEM_DIRS {
+                    let path = Path::new(dir);
+                    match std::fs::read_link(path) {
+                        Ok(target) => {
+                            push(&["--symlink".as_ref(), target.as_os_str(), path.as_os_str()])
+                        }
+                        Err(_) if path.is_dir() => {
+                            push(&["--ro-bind".as_ref(), path.as_os_str(), path.as_os_str()])
+                        }
+                        Err(_) => {}
+                    }
+                }
+                for file in ETC_FILES {
+                    push(&["--ro-bind-try".as_ref(), file.as_ref(), file.as_ref()]);
+                }
+                push(&[
+                    "--proc".as_ref(),
+                    "/proc".as_ref(),
+                    "--dev".as_ref(),
+                    "/dev".as_ref(),
+                ]);
+                push(&["--tmpfs".as_ref(), "/tmp".as_ref()]);
+                push(&["--bind".as_ref(), source.as_os_str(), source.as_os_str()]);
+                // Masks last: they cover whatever an earlier bind showed.
+                for hidden in &self.hidden {
+                    if !is_shown(hidden, source) {
+                        continue;
+                    }
+                    if hidden.is_dir() {
+                        push(&["--tmpfs".as_ref(), hidden.as_os_str()]);
+                    } else if hidden.exists() {
+                        push(&[
+                            "--ro-bind".as_ref(),
+                            "/dev/null".as_ref(),
+                            hidden.as_os_str(),
+                        ]);
+                    }
+                }
+            }
+        }
+        push(&["--chdir".as_ref(), workdir.as_os_str(), "--".as_ref()]);
+        args.extend(command.iter().map(OsString::from));
+        args
+    }
+}
+
+/// Whether the sandbox would show `path`: it lies under a system directory, an `/etc` file
+/// it binds, or the run's source.
+fn is_shown(path: &Path, source: &Path) -> bool {
+    SYSTEM_DIRS
+        .iter()
+        .chain(ETC_FILES.iter())
+        .any(|shown| path.starts_with(shown))
+        || path.starts_with(source)
+}
+
+/// The first executable `name` in `PATH`.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            candidate
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[OsString]) -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_sandbox_binds_only_the_source_writable_and_masks_hidden_paths_it_would_show() {
+        let bwrap = Bubblewrap {
+            bwrap: "/usr/bin/bwrap".into(),
+            hidden: vec!["/usr/local/etc/site/certs".into(), "/var/lib/tinyci".into()],
+        };
+        let args = strings(&bwrap.argv(
+            Confinement::Sandbox,
+            Path::new("/runs/r-1/src"),
+            Path::new("/runs/r-1/src/build"),
+            false,
+            &["make".into()],
+        ));
+        let joined = args.join(" ");
+        let writable: Vec<&str> = args
+            .windows(2)
+            .filter(|w| w[0] == "--bind" || w[0] == "--dev-bind")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(writable, ["/runs/r-1/src"]);
+        assert!(joined.contains("--cap-drop ALL"));
+        assert!(joined.contains("--unshare-all"));
+        assert!(!joined.contains("--share-net"));
+        assert!(!joined.contains("--ro-bind /etc /etc"));
+        // Under /usr, so covered; /var is never shown, so nothing to cover.
+        assert!(joined.contains("--tmpfs /usr/local/etc/site/certs"));
+        assert!(!joined.contains("/var/lib/tinyci"));
+        assert!(joined.ends_with("--chdir /runs/r-1/src/build -- make"));
+    }
+
+    #[test]
+    fn contained_host_jobs_get_their_own_pid_namespace_and_network_only_when_allowed() {
+        let bwrap = Bubblewrap {
+            bwrap: "/usr/bin/bwrap".into(),
+            hidden: Vec::new(),
+        };
+        let run = |network| {
+            strings(&bwrap.argv(
+                Confinement::Contained,
+                Path::new("/w"),
+                Path::new("/w"),
+                network,
+                &["true".into()],
+            ))
+            .join(" ")
+        };
+        assert!(run(true).contains("--dev-bind / / --unshare-pid --proc /proc"));
+        assert!(!run(true).contains("--unshare-net"));
+        assert!(run(false).contains("--unshare-net"));
+    }
+}

@@ -1,0 +1,153 @@
+//! Where a submission comes from, decided by the site from verified facts only: the identity
+//! in the certificate of the connection that submitted (which the TLS layer checked against
+//! the site's own CA or a pinned partner's), or a GitHub delivery whose signature was checked.
+//! Nothing a client sends (a ref, a title, a field of an archive) takes part.
+
+use tinyci_core::{Isolation, Offer, TrustTier};
+use tinyci_pki::{PeerIdentity, Role, SiteName};
+
+/// The tier of work submitted over RPC by `peer`. Runners do not submit: a runner's
+/// certificate is refused rather than given a tier.
+pub(crate) fn tier_of_peer(peer: &PeerIdentity, this_site: &SiteName) -> Result<TrustTier, String> {
+    let partner = |name: &str| {
+        TrustTier::partner(name).map_err(|e| format!("cannot place work from {peer}: {e}"))
+    };
+    if peer.site_name() != this_site {
+        // Vouched for by a pinned partner CA: whatever its role there, it is that partner.
+        return partner(peer.site_name().as_str());
+    }
+    match peer.role() {
+        Role::Site | Role::Admin | Role::User => Ok(TrustTier::Local),
+        Role::Partner => partner(peer.name().unwrap_or_default()),
+        Role::Runner => Err(format!(
+            "{peer} is a runner: runner certificates take work, they do not submit it"
+        )),
+    }
+}
+
+/// The tier of a GitHub push to an enabled repository: its writers' code.
+pub(crate) fn tier_of_push() -> TrustTier {
+    TrustTier::Repo
+}
+
+/// The tier of a pull request into `base_repo` whose head lives in `head_repo` (`None` when
+/// GitHub no longer knows it, e.g. a deleted fork): `repo` only when the head is a branch of
+/// the same repository, `fork` otherwise.
+pub(crate) fn tier_of_pull_request(base_repo: &str, head_repo: Option<&str>) -> TrustTier {
+    match head_repo {
+        // GitHub compares owner and repository names without regard to case.
+        Some(head) if head.eq_ignore_ascii_case(base_repo) => TrustTier::Repo,
+        _ => TrustTier::Fork,
+    }
+}
+
+/// What a runner offers, from the executors it names and whether it allows privileged
+/// containers. Unknown executor names add nothing: a runner is never credited with more
+/// isolation than a name this site knows provides.
+pub(crate) fn offer_of(executors: &[String], allow_privileged: bool) -> Offer {
+    let isolation = executors
+        .iter()
+        .filter_map(|e| match e.as_str() {
+            "shell" => Some(Isolation::Host),
+            "sandbox" => Some(Isolation::Sandbox),
+            "docker" => Some(Isolation::Container),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(Isolation::Host);
+    Offer {
+        isolation,
+        // Only a container executor can run a privileged container.
+        privileged: allow_privileged && isolation == Isolation::Container,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(name: &str) -> SiteName {
+        SiteName::new(name).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn member(site_name: &str, role: Role, name: &str) -> PeerIdentity {
+        PeerIdentity::member(site(site_name), role, name).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn own_admins_users_and_the_site_itself_are_local() {
+        let alpha = site("alpha");
+        for peer in [
+            member("alpha", Role::Admin, "admin"),
+            member("alpha", Role::User, "ana"),
+            PeerIdentity::site(alpha.clone()),
+        ] {
+            assert_eq!(tier_of_peer(&peer, &alpha), Ok(TrustTier::Local), "{peer}");
+        }
+    }
+
+    #[test]
+    fn anything_another_site_vouches_for_is_that_partner() {
+        let alpha = site("alpha");
+        // A partner's admin or user certificate does not make its holder local here.
+        for peer in [
+            PeerIdentity::site(site("beta")),
+            member("beta", Role::Admin, "admin"),
+            member("beta", Role::User, "mallory"),
+            member("beta", Role::Runner, "r1"),
+        ] {
+            assert_eq!(
+                tier_of_peer(&peer, &alpha),
+                Ok(TrustTier::Partner("beta".into())),
+                "{peer}"
+            );
+        }
+        // A partner certificate this site issued names the partner.
+        assert_eq!(
+            tier_of_peer(&member("alpha", Role::Partner, "gamma"), &alpha),
+            Ok(TrustTier::Partner("gamma".into()))
+        );
+    }
+
+    #[test]
+    fn own_runners_do_not_submit() {
+        let refused = tier_of_peer(&member("alpha", Role::Runner, "r1"), &site("alpha"));
+        assert!(refused.is_err_and(|e| e.contains("runner")));
+    }
+
+    #[test]
+    fn pushes_are_repo_and_pull_requests_depend_on_where_the_head_lives() {
+        assert_eq!(tier_of_push(), TrustTier::Repo);
+        assert_eq!(tier_of_pull_request("o/r", Some("o/r")), TrustTier::Repo);
+        assert_eq!(tier_of_pull_request("O/R", Some("o/r")), TrustTier::Repo);
+        assert_eq!(
+            tier_of_pull_request("o/r", Some("mallory/r")),
+            TrustTier::Fork
+        );
+        // A fork named like the base's owner but another repository is still a fork.
+        assert_eq!(
+            tier_of_pull_request("o/r", Some("o/r-fork")),
+            TrustTier::Fork
+        );
+        assert_eq!(tier_of_pull_request("o/r", None), TrustTier::Fork);
+    }
+
+    #[test]
+    fn offers_come_only_from_known_executors() {
+        let names = |list: &[&str]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            offer_of(&names(&["shell"]), true).isolation,
+            Isolation::Host
+        );
+        assert!(!offer_of(&names(&["shell"]), true).privileged);
+        assert_eq!(
+            offer_of(&names(&["sandbox", "shell"]), false).isolation,
+            Isolation::Sandbox
+        );
+        let docker = offer_of(&names(&["docker"]), true);
+        assert_eq!(docker.isolation, Isolation::Container);
+        assert!(docker.privileged);
+        assert_eq!(offer_of(&names(&["vm", "chroot"]), false), Offer::default());
+        assert_eq!(offer_of(&[], false), Offer::default());
+    }
+}
