@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::jobs::start_runner;
+use crate::jobs::start_runner_with;
 use crate::support::{SiteProcess, git_repo, run_in, wait_for_file, wait_until};
 
 fn text(bytes: &[u8]) -> String {
@@ -211,7 +211,8 @@ fn a_partner_submits_and_follows_logs_only_where_its_grant_allows() {
         "--addr",
         &alpha.addr,
     ]);
-    let _runner = start_runner(alpha.path(), "r1");
+    // Partner work needs a sandbox (or a container) by default.
+    let _runner = start_runner_with(alpha.path(), "r1", "sandbox");
     let token = alpha.grant(
         &beta,
         "alpha.token",

@@ -16,11 +16,20 @@ pub(crate) fn wait_for_run(submit: &mut SiteProcess, id: &str, state: &str) {
     while !submit.wait_for(&format!("  {id} ")).contains(state) {}
 }
 
-/// Starts `tinyci runner --bundle <name>.bundle` (shell executor) and waits until it runs.
+/// Starts `tinyci runner --bundle <name>.bundle` (shell executor: on the host, so only
+/// `local` work) and waits until it runs.
 pub(crate) fn start_runner(dir: &Path, name: &str) -> SiteProcess {
+    start_runner_with(dir, name, "shell")
+}
+
+/// Starts `tinyci runner --bundle <name>.bundle --executor <executor>` and waits until it
+/// runs.
+pub(crate) fn start_runner_with(dir: &Path, name: &str, executor: &str) -> SiteProcess {
     let bundle = format!("{name}.bundle");
-    let mut runner =
-        SiteProcess::spawn(dir, &["runner", "--bundle", &bundle, "--executor", "shell"]);
+    let mut runner = SiteProcess::spawn(
+        dir,
+        &["runner", "--bundle", &bundle, "--executor", executor],
+    );
     runner.wait_for(&format!("runner {name} of site alpha"));
     runner
 }

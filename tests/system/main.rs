@@ -13,6 +13,7 @@ mod discovery;
 mod federation;
 mod github;
 mod grants;
+mod isolation;
 mod jobs;
 mod logs;
 mod metrics;

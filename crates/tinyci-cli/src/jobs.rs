@@ -233,25 +233,20 @@ fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> String {
     t.ok().and_then(|t| t.to_string().ok()).unwrap_or_default()
 }
 
-/// One line per run: `r-7  build:test  queue default  fork  passed (exit code 0) on r1`.
+/// One line per run: `r-7  build:test  queue default  passed (exit code 0) on r1; tier fork`
+/// (a queued run no connected runner may take says what it waits for in the parentheses).
 fn run_line(run: run_info::Reader<'_>) -> String {
-    let tier = text(run.get_tier());
     let mut line = format!(
-        "{:<8} {}:{}  queue {}  {}{}",
+        "{:<8} {}:{}  queue {}  {}",
         text(run.get_id()),
         text(run.get_task()),
         text(run.get_name()),
         text(run.get_queue()),
-        if tier.is_empty() {
-            String::new()
-        } else {
-            format!("{tier}  ")
-        },
         status_word(run.get_status())
     );
     let waiting = text(run.get_waiting());
     if !waiting.is_empty() {
-        line.push_str(&format!(": {waiting}"));
+        line.push_str(&format!(" ({waiting})"));
     }
     let message = text(run.get_message());
     if !message.is_empty() {
@@ -263,6 +258,10 @@ fn run_line(run: run_info::Reader<'_>) -> String {
     }
     if run.get_attempt() > 1 {
         line.push_str(&format!(", attempt {}", run.get_attempt()));
+    }
+    let tier = text(run.get_tier());
+    if !tier.is_empty() {
+        line.push_str(&format!("; tier {tier}"));
     }
     line
 }

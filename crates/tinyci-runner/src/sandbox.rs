@@ -241,14 +241,24 @@ mod tests {
 
     #[test]
     fn the_sandbox_binds_only_the_source_writable_and_masks_hidden_paths_it_would_show() {
+        // A secret directory and file that happen to lie inside a shown tree (here the
+        // run's source), and one outside anything shown.
+        let source = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let src = source.path().display().to_string();
+        std::fs::create_dir(source.path().join("certs")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(source.path().join("root.key"), "k").unwrap_or_else(|e| panic!("{e}"));
         let bwrap = Bubblewrap {
             bwrap: "/usr/bin/bwrap".into(),
-            hidden: vec!["/usr/local/etc/site/certs".into(), "/var/lib/tinyci".into()],
+            hidden: vec![
+                source.path().join("certs"),
+                source.path().join("root.key"),
+                "/var/lib/tinyci".into(),
+            ],
         };
         let args = strings(&bwrap.argv(
             Confinement::Sandbox,
-            Path::new("/runs/r-1/src"),
-            Path::new("/runs/r-1/src/build"),
+            source.path(),
+            &source.path().join("build"),
             false,
             &["make".into()],
         ));
@@ -258,15 +268,16 @@ mod tests {
             .filter(|w| w[0] == "--bind" || w[0] == "--dev-bind")
             .map(|w| w[1].as_str())
             .collect();
-        assert_eq!(writable, ["/runs/r-1/src"]);
+        assert_eq!(writable, [src.as_str()]);
         assert!(joined.contains("--cap-drop ALL"));
         assert!(joined.contains("--unshare-all"));
         assert!(!joined.contains("--share-net"));
         assert!(!joined.contains("--ro-bind /etc /etc"));
-        // Under /usr, so covered; /var is never shown, so nothing to cover.
-        assert!(joined.contains("--tmpfs /usr/local/etc/site/certs"));
+        // Inside a shown tree, so covered; /var is never shown, so nothing to cover.
+        assert!(joined.contains(&format!("--tmpfs {src}/certs")));
+        assert!(joined.contains(&format!("--ro-bind /dev/null {src}/root.key")));
         assert!(!joined.contains("/var/lib/tinyci"));
-        assert!(joined.ends_with("--chdir /runs/r-1/src/build -- make"));
+        assert!(joined.ends_with(&format!("--chdir {src}/build -- make")));
     }
 
     #[test]

@@ -101,6 +101,7 @@ impl ShellExecutor {
             .process_group(0)
             // If this future is dropped (runner shutting down), don't leave the leader behind.
             .kill_on_drop(true);
+        close_inherited_descriptors(&mut command);
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => return ExecOutcome::errored(format!("failed to start {program:?}: {e}")),
@@ -139,6 +140,37 @@ impl ShellExecutor {
         let code = terminate(&mut child, group, spec.grace, out).await;
         finish_pumps(stdout, stderr).await;
         interruption.outcome(code)
+    }
+}
+
+/// Makes every descriptor above stderr close when the child execs the job: whatever the
+/// runner's process holds without close-on-exec (a jobserver pipe from its parent, a library's
+/// file) must not reach a job, sandboxed or not. Rust and tokio open everything
+/// close-on-exec, but not everything in a process is theirs.
+#[allow(unsafe_code)]
+fn close_inherited_descriptors(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed: it makes raw `close_range`/`close` system calls and allocates
+    // nothing. Closing descriptors the child does not use cannot break the parent, whose
+    // descriptor table is separate after fork; std sets up stdin/stdout/stderr (0-2) before
+    // this runs and its own exec-error pipe is close-on-exec (it reports spawn failures only
+    // and is unaffected: `close_range` with CLOSE_RANGE_CLOEXEC only marks it).
+    unsafe {
+        command.pre_exec(|| {
+            let marked = libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            if marked != 0 {
+                // Kernels before 5.11: mark them one by one instead.
+                for fd in 3..4096 {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            Ok(())
+        });
     }
 }
 

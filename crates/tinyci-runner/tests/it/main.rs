@@ -3,5 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod docker;
+mod sandbox;
 mod shell;
 mod support;

@@ -1,0 +1,151 @@
+//! The bubblewrap sandbox and PID-namespace containment, on real processes. Skips, saying
+//! why, where bubblewrap cannot run, unless `TINYCI_REQUIRE_SANDBOX=1` (as in CI), where that
+//! is a failure.
+
+use std::path::Path;
+
+use tinyci_runner::{Bubblewrap, ShellExecutor, Verdict, stop_pair};
+use tokio::sync::mpsc;
+
+use crate::support::{collect, spec};
+
+async fn bubblewrap() -> Option<Bubblewrap> {
+    match Bubblewrap::detect().await {
+        Ok(bwrap) => Some(bwrap),
+        Err(e) if std::env::var_os("TINYCI_REQUIRE_SANDBOX").is_some() => {
+            panic!("TINYCI_REQUIRE_SANDBOX is set but the sandbox is unavailable: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIP sandbox tests: {e}");
+            None
+        }
+    }
+}
+
+/// Runs `script` with `executor` in `source`; returns its stdout and verdict.
+async fn run(
+    executor: &ShellExecutor,
+    source: &Path,
+    script: &str,
+    network: bool,
+) -> (String, Verdict) {
+    let (tx, rx) = mpsc::channel(16);
+    let (_stop, signal) = stop_pair();
+    let mut job = spec(source, &[script]);
+    job.network = network;
+    let reader = tokio::spawn(collect(rx));
+    let outcome = executor.run(&job, &tx, signal).await;
+    drop(tx);
+    let output = reader.await.unwrap();
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+        outcome.verdict,
+    )
+}
+
+#[tokio::test]
+async fn a_sandboxed_job_sees_its_own_tree_and_system_files_and_nothing_of_the_site() {
+    let Some(bwrap) = bubblewrap().await else {
+        return;
+    };
+    // A "site" in a directory the job could name, with a key in it, hidden explicitly too.
+    let site = tempfile::tempdir().unwrap();
+    std::fs::create_dir(site.path().join("certs")).unwrap();
+    std::fs::write(site.path().join("certs/root.key"), "ROOT-KEY-MATERIAL").unwrap();
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("mine.txt"), "my own file\n").unwrap();
+    let executor = ShellExecutor::sandboxed(bwrap.hiding([site.path().to_owned()]));
+    let script = format!(
+        "cat mine.txt; echo written > out.txt; \
+         cat {key} 2>/dev/null || echo no-site-key; \
+         ls /root /home /var /run 2>/dev/null | wc -l | sed 's/^/others: /'; \
+         grep CapEff /proc/self/status; \
+         mount -t tmpfs none /tmp 2>/dev/null && echo MOUNTED || echo mount-refused; \
+         echo fds: $(ls /proc/self/fd | tr '\\n' ' '); \
+         echo processes: $(ls /proc | grep -c '^[0-9]')",
+        key = site.path().join("certs/root.key").display()
+    );
+    let (out, verdict) = run(&executor, source.path(), &script, false).await;
+    assert_eq!(verdict, Verdict::Passed, "{out}");
+    assert!(out.contains("my own file"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(source.path().join("out.txt")).unwrap(),
+        "written\n"
+    );
+    assert!(out.contains("no-site-key"), "{out}");
+    assert!(!out.contains("ROOT-KEY-MATERIAL"), "{out}");
+    assert!(out.contains("others: 0"), "{out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("mount-refused"), "{out}");
+    // Nothing of the runner's open files leaks in: stdin, stdout, stderr and ls's own.
+    assert!(out.contains("fds: 0 1 2 3\n"), "{out}");
+    // Its own PID namespace: bubblewrap's init, the shell, and what it runs.
+    let processes: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("processes: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    assert!(processes <= 6, "{out}");
+}
+
+#[tokio::test]
+async fn the_network_is_loopback_only_unless_allowed() {
+    let Some(bwrap) = bubblewrap().await else {
+        return;
+    };
+    let source = tempfile::tempdir().unwrap();
+    // Interfaces in the job's network namespace, one per line of /proc/net/dev past the
+    // two header lines.
+    let script = "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ' '";
+    for executor in [
+        ShellExecutor::sandboxed(bwrap.clone()),
+        ShellExecutor::host(Some(bwrap.clone())),
+    ] {
+        let (isolated, _) = run(&executor, source.path(), script, false).await;
+        assert_eq!(isolated.trim(), "lo", "{executor:?}");
+    }
+    let (shared, _) = run(
+        &ShellExecutor::sandboxed(bwrap),
+        source.path(),
+        script,
+        true,
+    )
+    .await;
+    // The host's interfaces (Docker tests may add and remove some meanwhile: just more than
+    // loopback).
+    assert!(shared.split_whitespace().count() > 1, "{shared}");
+}
+
+/// Whether any process's command line holds `marker`.
+fn any_process_with(marker: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(marker))
+    })
+}
+
+#[tokio::test]
+async fn nothing_a_job_starts_outlives_it_even_when_it_leaves_its_process_group() {
+    let Some(bwrap) = bubblewrap().await else {
+        return;
+    };
+    let source = tempfile::tempdir().unwrap();
+    for (name, executor) in [
+        ("sandbox", ShellExecutor::sandboxed(bwrap.clone())),
+        ("host", ShellExecutor::host(Some(bwrap.clone()))),
+    ] {
+        // A duration no other process on the machine sleeps for.
+        let marker = format!("1000.{}{}", std::process::id(), name.len());
+        let script =
+            format!("setsid sleep {marker} & nohup sleep {marker} >/dev/null 2>&1 & echo started");
+        let (out, verdict) = run(&executor, source.path(), &script, true).await;
+        assert_eq!(verdict, Verdict::Passed, "{name}: {out}");
+        assert!(out.contains("started"), "{name}: {out}");
+        // The run is over: the namespace's init is gone, and the kernel killed the rest.
+        assert!(
+            !any_process_with(&format!("sleep {marker}")),
+            "{name}: a process the job started outlived it"
+        );
+    }
+}
