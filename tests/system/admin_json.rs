@@ -99,7 +99,9 @@ fn admin_json_shapes_are_stable() {
                 "started_at": 0,
                 "status": "failed",
                 "submission": "s-1",
-                "task": "."
+                "task": ".",
+                "tier": "local",
+                "waiting": ""
               }
             ]"#]],
     );

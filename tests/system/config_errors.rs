@@ -178,3 +178,25 @@ fn site_check_validates_without_starting_and_names_the_bad_file() {
     "#]]
     .assert_eq(&stderr);
 }
+
+#[test]
+fn bad_queue_policies_are_named() {
+    check(
+        |t| t + "\n[queues.default]\ntiers = [\"local\", \"forks\"]\n",
+        expect![[r#"
+            error: invalid config site.toml: queues: [queues.default] tiers: invalid trust tier "forks": expected local, repo, fork or partner:<site> (or partner for every partner)
+        "#]],
+    );
+    check(
+        |t| t + "\n[queues.gpu]\nisolation = { fork = \"vm\" }\n",
+        expect![[r#"
+            error: invalid config site.toml: queues: [queues.gpu] isolation.fork: invalid isolation "vm": expected host, sandbox or container
+        "#]],
+    );
+    check(
+        |t| t + "\n[queues.default]\nprivileged_repos = [\"not a repo\"]\n",
+        expect![[r#"
+            error: invalid config site.toml: queues: [queues.default] privileged_repos: invalid repository name "not a repo": expected owner/name
+        "#]],
+    );
+}

@@ -280,6 +280,133 @@ fn a_partner_submits_and_follows_logs_only_where_its_grant_allows() {
 }
 
 #[test]
+fn a_partners_work_is_never_privileged_and_runs_sandboxed() {
+    let (mut alpha, beta) = two_sites();
+    // Alpha lets org/x's own work be privileged on its default queue.
+    let config = alpha.path().join("site.toml");
+    let mut text_now = std::fs::read_to_string(&config).unwrap();
+    text_now.push_str("\n[queues.default]\nprivileged_repos = [\"org/x\"]\n");
+    std::fs::write(&config, text_now).unwrap();
+    alpha.crash_and_restart();
+    alpha.ok(&[
+        "runner",
+        "add",
+        "r1",
+        "--queue",
+        "default",
+        "--addr",
+        &alpha.addr,
+    ]);
+    let _runner = start_runner_with(alpha.path(), "r1", "sandbox");
+    let token = alpha.grant(
+        &beta,
+        "alpha.token",
+        &[
+            "--to",
+            "site:beta",
+            "--right",
+            "queue:submit",
+            "--right",
+            "logs:read",
+            "--repo",
+            "org/x",
+            "--ttl",
+            "1h",
+        ],
+    );
+    let token = token.to_str().unwrap();
+
+    // Beta's archive says the repository allows privilege and a run asks for it: refused,
+    // with the reason, and nothing is queued.
+    let privileged = tempfile::tempdir().unwrap();
+    git_repo(
+        privileged.path(),
+        &[
+            ("tinyci.yml", "allow_privileged: true\n"),
+            (
+                "task.yml",
+                "mountpoint: /src\nruns:\n  dind:\n    command: [\"dockerd\"]\n    privileged: true\n",
+            ),
+        ],
+    );
+    let path = privileged.path().to_str().unwrap();
+    let refused = beta.fails(&[
+        "submit", path, "--all", "--repo", "org/x", "--site", "alpha", "--token", token,
+    ]);
+    assert!(
+        refused.contains("asks for a privileged container"),
+        "{refused}"
+    );
+    assert!(refused.contains("partner:beta work of org/x"), "{refused}");
+    // The very same archive from alpha's own admin is admitted (and waits for a runner that
+    // allows privileged containers): the tier made the difference, not the archive.
+    let local = alpha.ok(&[
+        "submit",
+        path,
+        "--all",
+        "--repo",
+        "org/x",
+        "--addr",
+        &alpha.addr,
+    ]);
+    let waiting = first_run(&local);
+    let shown = alpha.ok(&[
+        "admin",
+        "runs",
+        "show",
+        &waiting,
+        "--json",
+        "--addr",
+        &alpha.addr,
+    ]);
+    assert!(shown.contains("--allow-privileged"), "{shown}");
+    alpha.ok(&["cancel", &waiting, "--addr", &alpha.addr]);
+
+    // Without the privileged run it runs, sandboxed: no capabilities, no mounts.
+    let plain = tempfile::tempdir().unwrap();
+    let probe = "echo \"capabilities: $(grep CapEff /proc/self/status)\"; \
+                 if mount -t tmpfs none /tmp 2>/dev/null; then echo 'mount: allowed'; \
+                 else echo 'mount: refused'; fi";
+    git_repo(
+        plain.path(),
+        &[
+            ("tinyci.yml", "allow_privileged: true\n"),
+            (
+                "task.yml",
+                &format!(
+                    "mountpoint: /src\nruns:\n  check:\n    command: [\"sh\", \"-c\", {probe:?}]\n"
+                ),
+            ),
+        ],
+    );
+    let submitted = beta.ok(&[
+        "submit",
+        plain.path().to_str().unwrap(),
+        "--all",
+        "--repo",
+        "org/x",
+        "--site",
+        "alpha",
+        "--token",
+        token,
+    ]);
+    let run = first_run(&submitted);
+    let log = beta.ok(&["logs", &run, "-f", "--site", "alpha", "--token", token]);
+    crate::isolation::assert_unprivileged(&log);
+    assert!(log.contains("CapEff:\t0000000000000000"), "{log}");
+    let shown = alpha.ok(&[
+        "admin",
+        "runs",
+        "show",
+        &run,
+        "--json",
+        "--addr",
+        &alpha.addr,
+    ]);
+    assert!(shown.contains("\"tier\": \"partner:beta\""), "{shown}");
+}
+
+#[test]
 fn a_partner_runner_takes_only_its_queue_and_stops_when_the_grant_is_revoked() {
     let (alpha, beta) = two_sites();
     let gpu = alpha.grant_gpu(&beta, "7d");

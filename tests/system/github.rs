@@ -307,12 +307,17 @@ fn push_body(sha: &str) -> Vec<u8> {
 }
 
 fn pull_request_body(action: &str, number: u64, sha: &str) -> Vec<u8> {
+    pull_request_from(REPO, action, number, sha)
+}
+
+/// A pull request whose head branch lives in `head_repo` (a fork, unless it is `REPO`).
+fn pull_request_from(head_repo: &str, action: &str, number: u64, sha: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "action": action,
         "number": number,
         "pull_request": {
             "title": "A change",
-            "head": {"ref": "feature", "sha": sha, "repo": {"full_name": REPO}},
+            "head": {"ref": "feature", "sha": sha, "repo": {"full_name": head_repo}},
             "base": {"ref": "main", "sha": "6113728f27ae82c7b1a177c8d03f9e96e0adf246"},
         },
         "repository": {"full_name": REPO, "default_branch": "main"},
@@ -438,6 +443,75 @@ fn slow_tasks(marker: &Path) -> Vec<(&'static str, String)> {
 fn publish_owned(fake: &FakeGitHub, files: &[(&str, String)]) -> String {
     let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
     publish(fake, &files)
+}
+
+#[test]
+fn a_fork_gets_no_privilege_even_where_the_repository_and_the_site_grant_it() {
+    let fake = fake_github();
+    let mut site = start_github_site(&fake);
+    // The site lets this repository's own work be privileged on the default queue.
+    let config = site.dir.path().join("site.toml");
+    let text_now = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text_now.replace(
+            "isolation = { repo = \"host\" }",
+            &format!("isolation = {{ repo = \"host\" }}\nprivileged_repos = [\"{REPO}\"]"),
+        ),
+    )
+    .unwrap();
+    site.crash_and_restart();
+    let secret = site.enable(&fake);
+    // The repository's default branch allows privilege too, and a run asks for it.
+    let sha = publish(
+        &fake,
+        &[
+            ("tinyci.yml", "allow_privileged: true\n"),
+            (
+                "task.yml",
+                "mountpoint: /src\nruns:\n  dind:\n    command: [\"dockerd\"]\n    privileged: true\n",
+            ),
+        ],
+    );
+
+    // From a fork: refused, and the pull request is told why. Nothing is queued.
+    let forked = pull_request_from("mallory/hello", "opened", 9, &sha);
+    let (status, _) = deliver(
+        &site,
+        "pull_request",
+        "fork-1",
+        Some(&sign(&secret, &forked)),
+        &forked,
+    );
+    assert_eq!(status, 202);
+    crate::support::wait_until("the fork's pull request should get a comment", || {
+        !fake.comments(REPO, 9).is_empty()
+    });
+    let comments = fake.comments(REPO, 9);
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert!(
+        comments[0].contains("the site's policy refuses it"),
+        "{}",
+        comments[0]
+    );
+    assert!(
+        comments[0].contains("fork work of octo/hello"),
+        "{}",
+        comments[0]
+    );
+    assert!(site.runs().is_empty(), "{:?}", site.runs());
+
+    // The same commit pushed by the repository's writers is admitted, and waits for a runner
+    // that allows privileged containers (there is none).
+    let push = push_body(&sha);
+    let (status, _) = deliver(&site, "push", "push-1", Some(&sign(&secret, &push)), &push);
+    assert_eq!(status, 202);
+    crate::support::wait_until("the push should be queued", || !site.runs().is_empty());
+    let runs = site.runs();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0].contains("queued"), "{runs:?}");
+    assert!(runs[0].contains("tier repo"), "{runs:?}");
+    assert!(runs[0].contains("--allow-privileged"), "{runs:?}");
 }
 
 #[test]

@@ -300,7 +300,7 @@ fn a_job_on_a_bundle_runner_cannot_read_the_bundle_or_the_sites_keys() {
 }
 
 /// Whether any process's command line holds `marker`.
-fn any_process_with(marker: &str) -> bool {
+pub(crate) fn any_process_with(marker: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
         std::fs::read(entry.path().join("cmdline"))
             .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(marker))

@@ -361,9 +361,19 @@ fn serve(args: RunArgs) -> Result<()> {
     hidden.push(absolute(&work_root));
     local_runtime()?.block_on(async move {
         let executors = match args.executor {
-            ExecutorChoice::Shell => Executors::new(vec![Executor::Shell(ShellExecutor::host(
-                Bubblewrap::detect().await.ok(),
-            ))]),
+            ExecutorChoice::Shell => {
+                let contained = match Bubblewrap::detect().await {
+                    Ok(bwrap) => Some(bwrap),
+                    Err(e) => {
+                        say!(
+                            "warning: {e}; a job's processes that leave its process group \
+                             (setsid, daemons) can outlive its run"
+                        );
+                        None
+                    }
+                };
+                Executors::new(vec![Executor::Shell(ShellExecutor::host(contained))])
+            }
             ExecutorChoice::Sandbox => Executors::new(vec![Executor::Shell(
                 ShellExecutor::sandboxed(Bubblewrap::detect().await?.hiding(hidden)),
             )]),

@@ -525,8 +525,10 @@ mod tests {
 
     #[test]
     fn closest_pattern_wins_and_untaken_tiers_are_refused() {
-        let mut queue = QueuePolicy::default();
-        queue.tiers = [TierPattern::Tier(TrustTier::Local), TierPattern::AnyPartner].into();
+        let mut queue = QueuePolicy {
+            tiers: [TierPattern::Tier(TrustTier::Local), TierPattern::AnyPartner].into(),
+            ..QueuePolicy::default()
+        };
         queue
             .isolation
             .insert(TierPattern::AnyPartner, Isolation::Container);
@@ -565,7 +567,13 @@ mod tests {
         let needs = DispatchPolicy::default().needs("default", &TrustTier::Fork, false);
         let host = ("local".to_owned(), Offer::default());
         assert_eq!(
-            waiting_reason("default", &TrustTier::Fork, &needs, &[host.clone()]).unwrap(),
+            waiting_reason(
+                "default",
+                &TrustTier::Fork,
+                &needs,
+                std::slice::from_ref(&host)
+            )
+            .unwrap(),
             "waiting for a runner with sandbox or container isolation on queue default \
              (fork work; connected: local (host))"
         );

@@ -41,6 +41,9 @@ fn busybox_rootfs() -> Option<Vec<u8>> {
 async fn executor() -> Option<DockerExecutor> {
     let docker = match DockerExecutor::connect().await {
         Ok(docker) => docker,
+        Err(e) if std::env::var_os("TINYCI_REQUIRE_DOCKER").is_some() => {
+            panic!("TINYCI_REQUIRE_DOCKER is set but no Docker engine answers: {e}")
+        }
         Err(e) => {
             eprintln!("SKIP docker executor tests: {e}");
             return None;

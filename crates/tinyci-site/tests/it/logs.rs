@@ -190,12 +190,13 @@ fn reader_for(session: &session::Client, repo: &str) -> log_reader::Client {
     request.send().pipeline.get_reader()
 }
 
-/// A session of runner `r1` that may submit to and read logs of `org/x` and take from
-/// `default`; keep the connection alive while using it.
+/// A session of operator `ops` (an admin certificate: runner certificates do not submit) that
+/// may submit to and read logs of `org/x` and take from `default`; keep the connection alive
+/// while using it.
 async fn runner_session(site: &TestSite) -> (session::Client, tinyci_net::ClientConnection) {
-    let (gateway, connection) = site.connect(Role::Runner, "r1").await;
+    let (gateway, connection) = site.connect(Role::Admin, "ops").await;
     let token = site.mint(
-        "runner:r1",
+        "admin:ops",
         &["queue:submit", "queue:take", "logs:read"],
         &["org/x"],
         &["default"],
