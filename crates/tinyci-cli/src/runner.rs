@@ -9,8 +9,8 @@ use tinyci_site::SiteConfig;
 use tinyci_site::bundle::{NewRunner, RunnerBundle};
 
 use tinyci_runner::{
-    AgentConfig, AgentStopper, Bubblewrap, ContainerLimits, DetectOptions, DockerExecutor,
-    Executor, Executors, ShellExecutor, agent_control, run_agent,
+    AgentConfig, AgentStopper, Bubblewrap, ContainerLimits, Containment, DetectOptions,
+    DockerExecutor, Executor, Executors, ShellExecutor, agent_control, run_agent,
 };
 
 use crate::util::say;
@@ -362,8 +362,8 @@ fn serve(args: RunArgs) -> Result<()> {
     local_runtime()?.block_on(async move {
         let executors = match args.executor {
             ExecutorChoice::Shell => {
-                let contained = match Bubblewrap::detect().await {
-                    Ok(bwrap) => Some(bwrap),
+                let contained = match Containment::detect().await {
+                    Ok(containment) => Some(containment),
                     Err(e) => {
                         say!(
                             "warning: {e}; a job's processes that leave its process group \

@@ -108,7 +108,17 @@ impl Executors {
         if !list.iter().any(|e| matches!(e, Executor::Shell(_))) {
             // Only `local` work may run here (the site's policy says so, and `choose` never
             // gives a run less isolation than its spec requires).
-            list.push(Executor::Shell(ShellExecutor::host(None)));
+            let contained = match crate::Containment::detect().await {
+                Ok(containment) => Some(containment),
+                Err(e) => {
+                    notes.push(format!(
+                        "no PID namespace for jobs on the host ({e}): processes a job leaves \
+                         behind with setsid can outlive its run"
+                    ));
+                    None
+                }
+            };
+            list.push(Executor::Shell(ShellExecutor::host(contained)));
         }
         (Self { list }, notes)
     }
@@ -1195,4 +1205,44 @@ fn now_millis() -> i64 {
 fn micros(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(image: &str, privileged: bool) -> ExecSpec {
+        ExecSpec {
+            label: "r-1".into(),
+            command: vec!["true".into()],
+            source_dir: PathBuf::from("/w/src"),
+            workdir: ".".into(),
+            mountpoint: "/src".into(),
+            image: image.into(),
+            env: BTreeMap::new(),
+            timeout: Duration::from_secs(1),
+            privileged,
+            network: false,
+            cpu: None,
+            memory: None,
+            grace: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_runner_never_runs_a_job_with_less_isolation_than_its_site_requires() {
+        let host = Executors::new(vec![Executor::Shell(ShellExecutor::host(None))]);
+        assert_eq!(
+            host.choose(&job("", false), Isolation::Host)
+                .map(Executor::name),
+            Ok("shell")
+        );
+        for needs in [Isolation::Sandbox, Isolation::Container] {
+            let refused = host.choose(&job("", false), needs).unwrap_err();
+            assert!(refused.contains("will not run it with less"), "{refused}");
+        }
+        assert_eq!(host.isolation(), Isolation::Host);
+        assert!(!host.allow_privileged());
+        assert_eq!(host.describe(), "shell");
+    }
 }

@@ -35,7 +35,7 @@ pub use exec::{
     ExecOutcome, ExecSpec, MAX_CHUNK, OutputChunk, OutputSink, StopHandle, StopSignal, Stream,
     Verdict, stop_pair,
 };
-pub use sandbox::{Bubblewrap, Confinement, SandboxError};
+pub use sandbox::{Bubblewrap, Confinement, Containment, SandboxError, Unshare};
 pub use shell::ShellExecutor;
 pub use source::MAX_SOURCE_BYTES;
 pub use tinyci_core::Isolation;

@@ -216,6 +216,90 @@ fn is_shown(path: &Path, source: &Path) -> bool {
         || path.starts_with(source)
 }
 
+/// A PID namespace from util-linux's `unshare`, for hosts without bubblewrap: jobs on the host
+/// (trusted `local` work) still cannot leave anything running after their run.
+#[derive(Clone, Debug)]
+pub struct Unshare {
+    program: PathBuf,
+    /// Unprivileged: a user namespace maps the runner's user to itself.
+    user_namespace: bool,
+}
+
+impl Unshare {
+    /// Finds `unshare` and proves it can make a PID namespace here (as root, or through a
+    /// user namespace).
+    pub async fn detect() -> Result<Self, SandboxError> {
+        let program = find_on_path("unshare").ok_or(SandboxError::NotInstalled)?;
+        let mut last = String::new();
+        for user_namespace in [false, true] {
+            let found = Self {
+                program: program.clone(),
+                user_namespace,
+            };
+            let output = tokio::process::Command::new(&found.program)
+                .args(found.argv(false, &["true".into()]))
+                .env_clear()
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .output()
+                .await
+                .map_err(|e| SandboxError::Unusable(e.to_string()))?;
+            if output.status.success() {
+                return Ok(found);
+            }
+            last = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        }
+        Err(SandboxError::Unusable(format!("unshare: {last}")))
+    }
+
+    /// The program.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// `unshare`'s arguments to run `command` in a new PID namespace whose processes all die
+    /// when the command (its init) exits.
+    pub fn argv(&self, network: bool, command: &[String]) -> Vec<OsString> {
+        let mut args: Vec<OsString> = ["--pid", "--fork", "--kill-child", "--mount-proc"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        if self.user_namespace {
+            args.extend(["--user", "--map-current-user"].map(OsString::from));
+        }
+        if !network {
+            args.push("--net".into());
+        }
+        args.push("--".into());
+        args.extend(command.iter().map(OsString::from));
+        args
+    }
+}
+
+/// How jobs on the host are kept from outliving their runs.
+#[derive(Clone, Debug)]
+pub enum Containment {
+    /// bubblewrap's PID namespace.
+    Bubblewrap(Bubblewrap),
+    /// util-linux's PID namespace.
+    Unshare(Unshare),
+}
+
+impl Containment {
+    /// bubblewrap if it works here, else `unshare`; the error says why neither does.
+    pub async fn detect() -> Result<Self, SandboxError> {
+        match Bubblewrap::detect().await {
+            Ok(bwrap) => Ok(Containment::Bubblewrap(bwrap)),
+            Err(bwrap_error) => Unshare::detect()
+                .await
+                .map(Containment::Unshare)
+                .map_err(|e| SandboxError::Unusable(format!("{bwrap_error}; and {e}"))),
+        }
+    }
+}
+
 /// The first executable `name` in `PATH`.
 fn find_on_path(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;

@@ -18,40 +18,50 @@ use crate::exec::{
     ExecOutcome, ExecSpec, Interruption, MAX_CHUNK, OutputChunk, OutputSink, StopSignal, Stream,
     base_env, system_line,
 };
-use crate::sandbox::{Bubblewrap, Confinement};
+use crate::sandbox::{Bubblewrap, Confinement, Containment};
 
 /// Runs jobs as local processes: on the host (for trusted work), or sandboxed.
 #[derive(Clone, Debug, Default)]
 pub struct ShellExecutor {
-    /// `None`: plain processes on the host, contained by their process group only (a
-    /// process that calls `setsid` escapes it).
-    bubblewrap: Option<(Bubblewrap, Confinement)>,
+    mode: Mode,
+}
+
+#[derive(Clone, Debug, Default)]
+enum Mode {
+    /// Plain processes on the host, contained by their process group only (a process that
+    /// calls `setsid` escapes it).
+    #[default]
+    Host,
+    /// On the host, in a PID namespace of their own.
+    Contained(Containment),
+    /// In the bubblewrap sandbox.
+    Sandboxed(Bubblewrap),
 }
 
 impl ShellExecutor {
-    /// Processes on the host, in their own PID namespace when bubblewrap is given.
-    pub fn host(bubblewrap: Option<Bubblewrap>) -> Self {
+    /// Processes on the host, in their own PID namespace when `containment` is given.
+    pub fn host(containment: Option<Containment>) -> Self {
         Self {
-            bubblewrap: bubblewrap.map(|b| (b, Confinement::Contained)),
+            mode: containment.map_or(Mode::Host, Mode::Contained),
         }
     }
 
     /// Processes in the sandbox.
     pub fn sandboxed(bubblewrap: Bubblewrap) -> Self {
         Self {
-            bubblewrap: Some((bubblewrap, Confinement::Sandbox)),
+            mode: Mode::Sandboxed(bubblewrap),
         }
     }
 
     /// Whether jobs run in the sandbox (rather than on the host).
     pub fn is_sandboxed(&self) -> bool {
-        matches!(self.bubblewrap, Some((_, Confinement::Sandbox)))
+        matches!(self.mode, Mode::Sandboxed(_))
     }
 
     /// Whether everything a job starts dies with it (a PID namespace), not just its process
     /// group.
     pub fn contains_processes(&self) -> bool {
-        self.bubblewrap.is_some()
+        !matches!(self.mode, Mode::Host)
     }
 
     /// Runs `spec` to completion, streaming output into `out`, stopping early on `stop` or at
@@ -69,25 +79,32 @@ impl ShellExecutor {
         let Some((program, args)) = argv(&spec.command) else {
             return ExecOutcome::errored("the run has no command");
         };
-        let mut command = match &self.bubblewrap {
-            None => {
+        let mut inner = vec![program.to_owned()];
+        inner.extend(args.iter().map(|a| (*a).to_owned()));
+        let bwrap = |bwrap: &Bubblewrap, confinement| {
+            let mut command = Command::new(bwrap.program());
+            command.args(bwrap.argv(
+                confinement,
+                &spec.source_dir,
+                &workdir,
+                spec.network,
+                &inner,
+            ));
+            command
+        };
+        let mut command = match &self.mode {
+            Mode::Host => {
                 let mut command = Command::new(program);
                 command.args(args);
                 command
             }
-            Some((bwrap, confinement)) => {
-                let mut inner = vec![program.to_owned()];
-                inner.extend(args.iter().map(|a| (*a).to_owned()));
-                let mut command = Command::new(bwrap.program());
-                command.args(bwrap.argv(
-                    *confinement,
-                    &spec.source_dir,
-                    &workdir,
-                    spec.network,
-                    &inner,
-                ));
+            Mode::Contained(Containment::Bubblewrap(b)) => bwrap(b, Confinement::Contained),
+            Mode::Contained(Containment::Unshare(unshare)) => {
+                let mut command = Command::new(unshare.program());
+                command.args(unshare.argv(spec.network, &inner));
                 command
             }
+            Mode::Sandboxed(b) => bwrap(b, Confinement::Sandbox),
         };
         command
             .current_dir(&workdir)

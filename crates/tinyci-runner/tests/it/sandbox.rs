@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use tinyci_runner::{Bubblewrap, ShellExecutor, Verdict, stop_pair};
+use tinyci_runner::{Bubblewrap, Containment, ShellExecutor, Unshare, Verdict, stop_pair};
 use tokio::sync::mpsc;
 
 use crate::support::{collect, spec};
@@ -98,9 +98,11 @@ async fn the_network_is_loopback_only_unless_allowed() {
     // Interfaces in the job's network namespace, one per line of /proc/net/dev past the
     // two header lines.
     let script = "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ' '";
+    let unshare = Unshare::detect().await.unwrap();
     for executor in [
         ShellExecutor::sandboxed(bwrap.clone()),
-        ShellExecutor::host(Some(bwrap.clone())),
+        ShellExecutor::host(Some(Containment::Bubblewrap(bwrap.clone()))),
+        ShellExecutor::host(Some(Containment::Unshare(unshare))),
     ] {
         let (isolated, _) = run(&executor, source.path(), script, false).await;
         assert_eq!(isolated.trim(), "lo", "{executor:?}");
@@ -131,9 +133,18 @@ async fn nothing_a_job_starts_outlives_it_even_when_it_leaves_its_process_group(
         return;
     };
     let source = tempfile::tempdir().unwrap();
+    // util-linux's unshare is on every Debian system: the host fallback without bubblewrap.
+    let unshare = Unshare::detect().await.unwrap();
     for (name, executor) in [
         ("sandbox", ShellExecutor::sandboxed(bwrap.clone())),
-        ("host", ShellExecutor::host(Some(bwrap.clone()))),
+        (
+            "host",
+            ShellExecutor::host(Some(Containment::Bubblewrap(bwrap.clone()))),
+        ),
+        (
+            "host-unshare",
+            ShellExecutor::host(Some(Containment::Unshare(unshare))),
+        ),
     ] {
         // A duration no other process on the machine sleeps for.
         let marker = format!("1000.{}{}", std::process::id(), name.len());
