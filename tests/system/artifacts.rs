@@ -384,7 +384,7 @@ fn upload_artifacts_round_trips_and_refuses_oversize_and_escaping_files() {
         format!("run {run_b} has no artifacts\n")
     );
 
-    // logs:read is scoped to the run's repository: a grant for org/b cannot see org/a's run.
+    // assets:read is scoped to the run's repository: a grant for org/b cannot see org/a's run.
     for (repo, file) in [("org/a", "a.token"), ("org/b", "b.token")] {
         let minted = run_in(
             dir.path(),
@@ -394,6 +394,8 @@ fn upload_artifacts_round_trips_and_refuses_oversize_and_escaping_files() {
                 "admin:admin",
                 "--right",
                 "logs:read",
+                "--right",
+                "assets:read",
                 "--repo",
                 repo,
                 "--no-expiry",

@@ -482,12 +482,19 @@ fn error_of(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned())
 }
 
+/// `~/.config/tinyci/<site>`. The site's name comes from the site's answer: a name that is
+/// not a valid site name (`../..`, `/etc`) is refused before it becomes part of a path.
 fn default_profile_dir(site: &str) -> Result<PathBuf> {
+    let site = tinyci_pki::SiteName::new(site).map_err(|e| {
+        InputError(format!(
+            "the site answered with an invalid site name ({e}); refusing to write a profile for it"
+        ))
+    })?;
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
         .ok_or_else(|| anyhow!("neither XDG_CONFIG_HOME nor HOME is set; give --out DIR"))?;
-    Ok(base.join("tinyci").join(site))
+    Ok(base.join("tinyci").join(site.as_str()))
 }
 
 fn write_profile(dir: &Path, key_pem: &str, answer: &LoginAnswer) -> Result<()> {
@@ -560,5 +567,17 @@ impl HttpClient {
             .to_bytes()
             .to_vec();
         Ok((status, body))
+    }
+}
+
+#[cfg(test)]
+mod profile_tests {
+    use super::*;
+
+    #[test]
+    fn a_site_name_that_is_not_one_never_becomes_a_path() {
+        for hostile in ["../../.ssh", "/etc", "a/b", "", "ALPHA"] {
+            assert!(default_profile_dir(hostile).is_err(), "{hostile:?}");
+        }
     }
 }

@@ -813,6 +813,11 @@ pub(crate) struct LogsArgs {
     /// The run's repository, with --token [default: the grant's only repository].
     #[arg(long, value_name = "OWNER/NAME", requires = "token")]
     repo: Option<String>,
+    /// Print the log's bytes as stored. Without it, colours pass but every other terminal
+    /// control (titles, clipboard writes, cursor moves, bells) a job printed is shown as
+    /// text rather than obeyed: job output is untrusted.
+    #[arg(long)]
+    raw: bool,
     #[command(flatten)]
     grant: crate::remote::GrantArgs,
     #[command(flatten)]
@@ -830,27 +835,48 @@ pub(crate) enum StreamArg {
     System,
 }
 
-/// Which streams to print.
+/// Which streams to print, and whether as stored (`--raw`) or made terminal-safe.
 #[derive(Debug, Clone, Copy)]
-struct StreamFilter([bool; 3]);
+struct StreamFilter {
+    wanted: [bool; 3],
+    raw: bool,
+}
 
 impl StreamFilter {
-    fn new(streams: &[StreamArg]) -> Self {
-        if streams.is_empty() {
-            return Self([true; 3]);
-        }
-        let mut wanted = [false; 3];
+    fn new(streams: &[StreamArg], raw: bool) -> Self {
+        let mut wanted = [streams.is_empty(); 3];
         for stream in streams {
             wanted[*stream as usize] = true;
         }
-        Self(wanted)
+        Self { wanted, raw }
     }
 
     fn wants(self, stream: Result<tinyci_schema::LogStream, capnp::NotInSchema>) -> bool {
         match stream {
-            Ok(tinyci_schema::LogStream::Stdout) => self.0[0],
-            Ok(tinyci_schema::LogStream::Stderr) => self.0[1],
-            Ok(tinyci_schema::LogStream::System) | Err(_) => self.0[2],
+            Ok(tinyci_schema::LogStream::Stdout) => self.wanted[0],
+            Ok(tinyci_schema::LogStream::Stderr) => self.wanted[1],
+            Ok(tinyci_schema::LogStream::System) | Err(_) => self.wanted[2],
+        }
+    }
+
+    /// A filter for terminal controls, unless `--raw`.
+    fn terminal_safe(self) -> Option<crate::termsafe::TerminalSafe> {
+        (!self.raw).then(crate::termsafe::TerminalSafe::default)
+    }
+}
+
+/// Writes `data` to `out`, through `safe` when given.
+fn write_log(
+    out: &mut impl std::io::Write,
+    safe: Option<&mut crate::termsafe::TerminalSafe>,
+    data: &[u8],
+) -> std::io::Result<()> {
+    match safe {
+        None => out.write_all(data),
+        Some(safe) => {
+            let mut shown = Vec::with_capacity(data.len());
+            safe.push(data, &mut shown);
+            out.write_all(&shown)
         }
     }
 }
@@ -858,7 +884,7 @@ impl StreamFilter {
 pub(crate) fn logs(args: LogsArgs) -> Result<()> {
     let config = SiteConfig::load(&config_path(args.site.config.clone()))?;
     local_runtime()?.block_on(async move {
-        let filter = StreamFilter::new(&args.stream);
+        let filter = StreamFilter::new(&args.stream, args.raw);
         let source = ReaderSource {
             addr: args.site.addr,
             site: args.grant.site.clone(),
@@ -894,6 +920,7 @@ async fn print_stored_log(
 ) -> Result<Option<RunStatus>> {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
+    let mut safe = filter.terminal_safe();
     loop {
         let mut read = reader.read_request();
         read.get().set_run(run);
@@ -910,12 +937,17 @@ async fn print_stored_log(
         for chunk in chunks.iter() {
             let data = chunk.get_data().map_err(|e| rpc_error(client, e))?;
             if filter.wants(chunk.get_stream()) {
-                stdout.write_all(data)?;
+                write_log(&mut stdout, safe.as_mut(), data)?;
             }
             got += data.len() as u64;
         }
         from += got;
         if response.get_done() {
+            if let Some(safe) = safe.as_mut() {
+                let mut rest = Vec::new();
+                safe.finish(&mut rest);
+                stdout.write_all(&rest)?;
+            }
             stdout.flush()?;
             let status = response
                 .get_status()
@@ -1025,6 +1057,7 @@ async fn follow_log(
     let observer: log_observer::Client = capnp_rpc::new_client(LogPrinter {
         next: next.clone(),
         filter,
+        safe: RefCell::new(filter.terminal_safe()),
         done: RefCell::new(Some(done_tx)),
     });
     let mut request = reader.follow_request();
@@ -1060,6 +1093,8 @@ struct LogPrinter {
     /// Offset the next chunk should start at; repeats are skipped. Shared across reconnects.
     next: Rc<std::cell::Cell<u64>>,
     filter: StreamFilter,
+    /// Terminal controls shown rather than obeyed (unless `--raw`).
+    safe: RefCell<Option<crate::termsafe::TerminalSafe>>,
     done: RefCell<Option<oneshot::Sender<Result<RunStatus, String>>>>,
 }
 
@@ -1088,9 +1123,12 @@ impl log_observer::Server for LogPrinter {
         }
         let skip = usize::try_from(next.saturating_sub(offset)).unwrap_or(usize::MAX);
         let mut stdout = std::io::stdout().lock();
-        let written = stdout
-            .write_all(data.get(skip..).unwrap_or_default())
-            .and_then(|()| stdout.flush());
+        let written = write_log(
+            &mut stdout,
+            self.safe.borrow_mut().as_mut(),
+            data.get(skip..).unwrap_or_default(),
+        )
+        .and_then(|()| stdout.flush());
         if let Err(e) = written {
             // Nobody reads our output any more (`| head`): stop following.
             self.finish(Err(format!("cannot write the log: {e}")));

@@ -11,6 +11,7 @@ mod remote;
 mod runner;
 mod runner_metrics;
 mod site;
+mod termsafe;
 mod util;
 
 use std::io::IsTerminal;

@@ -24,6 +24,9 @@ pub(crate) struct SubmitterCap {
     submitted_by: String,
     /// Where the work comes from, established from that identity.
     tier: tinyci_core::TrustTier,
+    /// Whether the holder has `runs:cancel` on the repository (else why not): its
+    /// submissions supersede older ones, and its tickets cancel, only then.
+    cancel: Result<(), String>,
     liveness: Rc<Liveness>,
 }
 
@@ -33,6 +36,7 @@ impl SubmitterCap {
         repo: String,
         submitted_by: String,
         tier: tinyci_core::TrustTier,
+        cancel: Result<(), String>,
         liveness: Rc<Liveness>,
     ) -> Self {
         Self {
@@ -40,6 +44,7 @@ impl SubmitterCap {
             repo,
             submitted_by,
             tier,
+            cancel,
             liveness,
         }
     }
@@ -74,10 +79,16 @@ impl submitter::Server for SubmitterCap {
             &self.repo,
             &self.submitted_by,
             &self.tier,
+            self.cancel.is_ok(),
             params.get()?,
         )
         .await?;
-        let ticket = TicketCap::new(self.services.clone(), submission.id, self.liveness.clone());
+        let ticket = TicketCap::new(
+            self.services.clone(),
+            submission.id,
+            self.cancel.clone(),
+            self.liveness.clone(),
+        );
         results
             .get()
             .set_ticket(crate::rpc::observed(&self.services, ticket));
@@ -99,7 +110,12 @@ impl submitter::Server for SubmitterCap {
             Ok(Some(s)) if s.repo == self.repo => {}
             _ => return Err(not_found()),
         }
-        let ticket = TicketCap::new(self.services.clone(), parsed, self.liveness.clone());
+        let ticket = TicketCap::new(
+            self.services.clone(),
+            parsed,
+            self.cancel.clone(),
+            self.liveness.clone(),
+        );
         results
             .get()
             .set_ticket(crate::rpc::observed(&self.services, ticket));
@@ -111,6 +127,9 @@ impl submitter::Server for SubmitterCap {
 pub(crate) struct LogReaderCap {
     services: Rc<Services>,
     repo: String,
+    /// Whether the holder has `assets:read` on the repository (else why not): artifact
+    /// lists and downloads need it; logs do not.
+    assets: Result<(), String>,
     liveness: Rc<Liveness>,
 }
 
@@ -118,12 +137,23 @@ pub(crate) struct LogReaderCap {
 const MAX_READ: u32 = 1024 * 1024;
 
 impl LogReaderCap {
-    pub(crate) fn new(services: Rc<Services>, repo: String, liveness: Rc<Liveness>) -> Self {
+    pub(crate) fn new(
+        services: Rc<Services>,
+        repo: String,
+        assets: Result<(), String>,
+        liveness: Rc<Liveness>,
+    ) -> Self {
         Self {
             services,
             repo,
+            assets,
             liveness,
         }
+    }
+
+    /// Refuses artifact access to a holder without `assets:read`.
+    fn check_assets(&self) -> Result<(), capnp::Error> {
+        self.assets.clone().map_err(capnp::Error::failed)
     }
 
     /// The run, if it exists and belongs to this reader's repository.
@@ -227,6 +257,7 @@ impl log_reader::Server for LogReaderCap {
         mut results: log_reader::ArtifactsResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
+        self.check_assets()?;
         let id = read_text(params.get()?.get_run(), "run")?;
         // The same repository scoping as `read`: another repository's run is "no run".
         let run = self.run(&id)?;
@@ -243,6 +274,7 @@ impl log_reader::Server for LogReaderCap {
         _: log_reader::DownloadResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
+        self.check_assets()?;
         let params = params.get()?;
         let id = read_text(params.get_run(), "run")?;
         let name = read_text(params.get_name(), "name")?;
@@ -537,6 +569,8 @@ impl admin::Server for AdminCap {
             repo,
             self.peer.to_string(),
             tier,
+            // The admin right covers every run of the site.
+            Ok(()),
             self.liveness.clone(),
         );
         results
@@ -554,7 +588,7 @@ impl admin::Server for AdminCap {
         let repo = read_text(params.get()?.get_repo(), "repo")?;
         tinyci_grant::vocab::validate_repo(&repo)
             .map_err(|e| capnp::Error::failed(e.to_string()))?;
-        let cap = LogReaderCap::new(self.services.clone(), repo, self.liveness.clone());
+        let cap = LogReaderCap::new(self.services.clone(), repo, Ok(()), self.liveness.clone());
         results
             .get()
             .set_reader(crate::rpc::observed(&self.services, cap));
@@ -580,7 +614,7 @@ impl admin::Server for AdminCap {
         {
             return Err(capnp::Error::failed(format!("no submission {id}")));
         }
-        let ticket = TicketCap::new(self.services.clone(), parsed, self.liveness.clone());
+        let ticket = TicketCap::new(self.services.clone(), parsed, Ok(()), self.liveness.clone());
         results
             .get()
             .set_ticket(crate::rpc::observed(&self.services, ticket));

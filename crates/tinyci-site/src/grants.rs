@@ -19,12 +19,17 @@ pub(crate) fn is_revocation_id(text: &str) -> bool {
     text.len() == 128 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// The holder names a connection's certificate identity answers to. A partner site's members
-/// (certificates from its pinned CA, or `partner/<name>` certificates we issued) all act as
-/// `site:<partner>`; our own members act as themselves.
+/// The holder names a connection's certificate identity answers to. A partner site's site and
+/// runner certificates (from its pinned CA), and `partner/<name>` certificates we issued, act
+/// as `site:<partner>`; the partner's admins and users answer to nothing here (a partner's
+/// grant is for its machines, not for whoever it issues a certificate to). Our own members
+/// act as themselves.
 pub(crate) fn holder_names(peer: &PeerIdentity, this_site: &SiteName) -> Vec<String> {
     if peer.site_name() != this_site {
-        return vec![format!("site:{}", peer.site_name())];
+        return match peer.role() {
+            Role::Site | Role::Runner => vec![format!("site:{}", peer.site_name())],
+            Role::Admin | Role::User | Role::Partner => Vec::new(),
+        };
     }
     let name = peer.name().unwrap_or_default();
     match peer.role() {
@@ -244,4 +249,46 @@ pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(name: &str) -> SiteName {
+        SiteName::new(name).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn member(at: &str, role: Role, name: &str) -> PeerIdentity {
+        PeerIdentity::member(site(at), role, name).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_partner_grant_binds_its_machines_not_whoever_it_issues_certificates_to() {
+        let alpha = site("alpha");
+        assert_eq!(
+            holder_names(&PeerIdentity::site(site("beta")), &alpha),
+            ["site:beta"]
+        );
+        assert_eq!(
+            holder_names(&member("beta", Role::Runner, "r1"), &alpha),
+            ["site:beta"]
+        );
+        // Beta's users and admins (or a partner certificate beta issued) are nobody here.
+        for role in [Role::User, Role::Admin, Role::Partner] {
+            assert!(
+                holder_names(&member("beta", role, "mallory"), &alpha).is_empty(),
+                "{role}"
+            );
+        }
+        // A partner certificate alpha issued for beta acts for beta.
+        assert_eq!(
+            holder_names(&member("alpha", Role::Partner, "beta"), &alpha),
+            ["site:beta"]
+        );
+        assert_eq!(
+            holder_names(&member("alpha", Role::User, "ana"), &alpha),
+            ["user:ana"]
+        );
+    }
 }

@@ -532,6 +532,7 @@ pub(crate) async fn submit(
     repo: &str,
     submitted_by: &str,
     tier: &TrustTier,
+    supersede: bool,
     request: submitter::submit_params::Reader<'_>,
 ) -> Result<StoredSubmission, capnp::Error> {
     let request = request.get_request()?;
@@ -561,7 +562,9 @@ pub(crate) async fn submit(
             submitted_by: submitted_by.to_owned(),
             source_sha256,
             runs,
-            supersede: true,
+            // Superseding cancels the older submission's runs on this ref, whoever made them:
+            // a cancel, so only for holders of `runs:cancel`. Others run alongside.
+            supersede,
             tier: tier.clone(),
         })
         .await
@@ -648,14 +651,22 @@ pub(crate) async fn plan_archive(
 pub(crate) struct TicketCap {
     services: Rc<Services>,
     id: SubmissionId,
+    /// Whether the holder has `runs:cancel` on the submission's repository (else why not).
+    cancel: Result<(), String>,
     liveness: Rc<Liveness>,
 }
 
 impl TicketCap {
-    pub(crate) fn new(services: Rc<Services>, id: SubmissionId, liveness: Rc<Liveness>) -> Self {
+    pub(crate) fn new(
+        services: Rc<Services>,
+        id: SubmissionId,
+        cancel: Result<(), String>,
+        liveness: Rc<Liveness>,
+    ) -> Self {
         Self {
             services,
             id,
+            cancel,
             liveness,
         }
     }
@@ -703,6 +714,7 @@ impl ticket::Server for TicketCap {
         _: ticket::CancelResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
+        self.cancel.clone().map_err(capnp::Error::failed)?;
         let reason = read_text(params.get()?.get_reason(), "reason")?;
         let reason = if reason.is_empty() {
             "canceled by request".to_owned()

@@ -36,6 +36,13 @@ impl Session {
     /// after redemption, made once per capability handed out, never per call on it.
     fn authorize(&self, right: Right, resource: &str) -> Result<(), capnp::Error> {
         self.redeemed.liveness.check()?;
+        self.permits(right, resource).map_err(capnp::Error::failed)
+    }
+
+    /// Whether the grant allows `right` on `resource`; the denial, for people, if not. For a
+    /// right a capability exercises on some of its methods only (`assets:read` on a log
+    /// reader, `runs:cancel` on a submitter): decided once, when the capability is made.
+    fn permits(&self, right: Right, resource: &str) -> Result<(), String> {
         let ctx = Context {
             this_site: self.services.grants.site().as_str(),
             peer: &self.redeemed.peer_names,
@@ -44,12 +51,12 @@ impl Session {
         let op = Operation::new(right, resource);
         match self.redeemed.token.authorize(&op, &ctx) {
             Ok(()) => {
-                debug!(%op, "session granted capability");
+                debug!(%op, "session granted right");
                 Ok(())
             }
             Err(e) => {
-                info!(%op, error = %e, "session denied capability");
-                Err(capnp::Error::failed(e.to_string()))
+                info!(%op, error = %e, "session denied right");
+                Err(e.to_string())
             }
         }
     }
@@ -78,11 +85,14 @@ impl session::Server for Session {
         // client's: a partner's token minted for `queue:submit` still submits partner work.
         let tier = crate::tiers::tier_of_peer(&self.peer.identity, self.services.grants.site())
             .map_err(capnp::Error::failed)?;
+        // Superseding cancels others' runs: only for holders of `runs:cancel` here.
+        let cancel = self.permits(Right::RunsCancel, &repo);
         let cap = SubmitterCap::new(
             self.services.clone(),
             repo,
             self.peer.identity.to_string(),
             tier,
+            cancel,
             self.redeemed.liveness.clone(),
         );
         results
@@ -105,23 +115,17 @@ impl session::Server for Session {
             ));
         }
         let info = params.get_runner()?;
-        let runner = read_text(info.get_name(), "runner.name")?;
+        let claimed = read_text(info.get_name(), "runner.name")?;
+        // The name leases are held under comes from the certificate, never from the claim.
+        let runner =
+            crate::tiers::runner_name(&self.peer.identity, self.services.grants.site(), &claimed)
+                .map_err(capnp::Error::failed)?;
         let executors = info
             .get_executors()?
             .iter()
             .map(|e| Ok(e?.to_string()?))
             .collect::<Result<Vec<String>, capnp::Error>>()?;
         let offer = crate::tiers::offer_of(&executors, info.get_allow_privileged());
-        // A runner of this site may only speak for itself.
-        if let (tinyci_pki::Role::Runner, Some(own)) =
-            (self.peer.identity.role(), self.peer.identity.name())
-            && runner != own
-        {
-            return Err(capnp::Error::failed(format!(
-                "runner name {runner:?} does not match this connection's certificate ({})",
-                self.peer.identity
-            )));
-        }
         self.authorize(Right::QueueTake, &queue)?;
         let cap = WorkerCap::new(
             self.services.clone(),
@@ -144,7 +148,13 @@ impl session::Server for Session {
         let repo = read_text(params.get()?.get_scope()?.get_repo(), "scope.repo")?;
         validate_repo(&repo).map_err(|e| capnp::Error::failed(e.to_string()))?;
         self.authorize(Right::LogsRead, &repo)?;
-        let cap = LogReaderCap::new(self.services.clone(), repo, self.redeemed.liveness.clone());
+        let assets = self.permits(Right::AssetsRead, &repo);
+        let cap = LogReaderCap::new(
+            self.services.clone(),
+            repo,
+            assets,
+            self.redeemed.liveness.clone(),
+        );
         results
             .get()
             .set_reader(crate::rpc::observed(&self.services, cap));

@@ -25,6 +25,38 @@ pub(crate) fn tier_of_peer(peer: &PeerIdentity, this_site: &SiteName) -> Result<
     }
 }
 
+/// The runner name a connection takes work under, from its certificate alone: a runner
+/// certificate's name, the site's own `<site>-runner` for a site certificate (as `tinyci
+/// runner --site` names itself), the member's name otherwise; anything a partner's CA vouched
+/// for carries `@<partner>`, so a partner's runner can never be mistaken for (and resume the
+/// leases of) one of ours. `claimed` (what the runner says) must match the name before `@`.
+pub(crate) fn runner_name(
+    peer: &PeerIdentity,
+    this_site: &SiteName,
+    claimed: &str,
+) -> Result<String, String> {
+    // Whose machine this is: a partner certificate we issued speaks for that partner.
+    let owner = match (peer.role(), peer.name()) {
+        (Role::Partner, Some(partner)) => partner,
+        _ => peer.site_name().as_str(),
+    };
+    let local = match (peer.role(), peer.name()) {
+        (Role::Site | Role::Partner, _) | (_, None) => format!("{owner}-runner"),
+        (_, Some(name)) => name.to_owned(),
+    };
+    if claimed != local {
+        return Err(format!(
+            "runner name {claimed:?} does not match this connection's certificate ({peer}): \
+             it takes work as {local:?}"
+        ));
+    }
+    Ok(if owner == this_site.as_str() {
+        local
+    } else {
+        format!("{local}@{owner}")
+    })
+}
+
 /// The tier of a GitHub push to an enabled repository: its writers' code.
 pub(crate) fn tier_of_push() -> TrustTier {
     TrustTier::Repo
@@ -130,6 +162,34 @@ mod tests {
             TrustTier::Fork
         );
         assert_eq!(tier_of_pull_request("o/r", None), TrustTier::Fork);
+    }
+
+    #[test]
+    fn runner_names_come_from_certificates_and_partners_are_namespaced() {
+        let alpha = site("alpha");
+        let own = member("alpha", Role::Runner, "r1");
+        assert_eq!(runner_name(&own, &alpha, "r1"), Ok("r1".into()));
+        assert!(runner_name(&own, &alpha, "r2").is_err_and(|e| e.contains("\"r1\"")));
+        // A partner's runner certificate named like ours is still not ours.
+        let foreign = member("beta", Role::Runner, "r1");
+        assert_eq!(runner_name(&foreign, &alpha, "r1"), Ok("r1@beta".into()));
+        let partner_site = PeerIdentity::site(site("beta"));
+        assert_eq!(
+            runner_name(&partner_site, &alpha, "beta-runner"),
+            Ok("beta-runner@beta".into())
+        );
+        assert!(runner_name(&partner_site, &alpha, "r1").is_err());
+        assert!(runner_name(&partner_site, &alpha, "r1\r\nevent: done").is_err());
+        let issued = member("alpha", Role::Partner, "beta");
+        assert_eq!(
+            runner_name(&issued, &alpha, "beta-runner"),
+            Ok("beta-runner@beta".into())
+        );
+        let own_site = PeerIdentity::site(alpha.clone());
+        assert_eq!(
+            runner_name(&own_site, &alpha, "alpha-runner"),
+            Ok("alpha-runner".into())
+        );
     }
 
     #[test]

@@ -762,13 +762,15 @@ fn status_text(run: &StoredRun) -> String {
 }
 
 /// One event: `data` split into lines as the format wants (the browser joins them with \n).
+/// The format ends a line at CR, LF or CRLF: every one of them in `data` starts a new `data:`
+/// field, so no text (a runner's name, a message) can end the event or start another field.
 fn sse_event(id: Option<u64>, event: &str, data: &str) -> Bytes {
     let mut out = String::with_capacity(data.len() + 64);
     if let Some(id) = id {
         let _ = writeln!(out, "id: {id}");
     }
     let _ = writeln!(out, "event: {event}");
-    for line in data.split('\n') {
+    for line in data.split("\r\n").flat_map(|l| l.split(['\r', '\n'])) {
         let _ = writeln!(out, "data: {line}");
     }
     out.push('\n');
@@ -1241,6 +1243,13 @@ mod tests {
         assert_eq!(
             sse_event(Some(12), "chunk", "a\nb"),
             Bytes::from_static(b"id: 12\nevent: chunk\ndata: a\ndata: b\n\n")
+        );
+        // A carriage return is a line end too: it cannot smuggle in a field or an event.
+        assert_eq!(
+            sse_event(None, "status", "running on r1\r\revent: done\r\ndata: x"),
+            Bytes::from_static(
+                b"event: status\ndata: running on r1\ndata: \ndata: event: done\ndata: data: x\n\n"
+            )
         );
     }
 

@@ -241,7 +241,7 @@ fn expiry_cuts_live_workers_and_submitters() {
         );
         let (beta, _c) = site.connect(Role::Partner, "beta").await;
         let session = redeem(&beta, &token);
-        let worker = match ask_worker(&session, "gpu", "b1").await {
+        let worker = match ask_worker(&session, "gpu", "beta-runner").await {
             Ok(worker) => worker,
             Err(e) => {
                 // Only acceptable if this machine was so slow the token already expired.
