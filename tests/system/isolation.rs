@@ -427,7 +427,7 @@ fn a_run_no_connected_runner_may_take_stays_queued_and_says_why() {
     assert!(submitted.status.success(), "{}", text(&submitted.stderr));
 
     // The host runner is connected and idle, and never gets it.
-    let reason = "waiting for a runner with sandbox or container isolation on queue default \
+    let reason = "waiting for a runner with the sandbox on queue default \
                   (local work; connected: host (host))";
     let mut listed = String::new();
     wait_until("the run should say what it waits for", || {

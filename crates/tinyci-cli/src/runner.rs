@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use tinyci_site::SiteConfig;
 use tinyci_site::bundle::{NewRunner, RunnerBundle};
@@ -349,7 +349,8 @@ fn serve(args: RunArgs) -> Result<()> {
         .work_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("tinyci-runner-{}", joining.name)));
-    std::fs::create_dir_all(&work_root)?;
+    tinyci_runner::private_work_root(&work_root)
+        .with_context(|| format!("cannot use {} as the work directory", work_root.display()))?;
     let limits = ContainerLimits {
         pids: args.pids_limit,
         memory_bytes: Some(args.memory),

@@ -350,7 +350,6 @@ async fn local_runner(site: &Site, addr: SocketAddr) -> Result<tinyci_runner::Ag
 /// data directory, private to the site's user.
 fn local_work_root(config: &tinyci_site::SiteConfig) -> Result<std::path::PathBuf> {
     use std::hash::{Hash, Hasher};
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let data = std::path::absolute(&config.data_dir)?;
     let mut hasher = std::hash::DefaultHasher::new();
     data.hash(&mut hasher);
@@ -359,21 +358,7 @@ fn local_work_root(config: &tinyci_site::SiteConfig) -> Result<std::path::PathBu
         config.name,
         hasher.finish()
     ));
-    match std::fs::create_dir(&root) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e.into()),
-    }
-    // Someone else's directory (or a symlink planted in a shared /tmp) is not ours to use.
-    let meta = std::fs::symlink_metadata(&root)?;
-    let owner = std::fs::metadata(&config.data_dir)?.uid();
-    if !meta.is_dir() || meta.uid() != owner {
-        anyhow::bail!(
-            "{} is not a directory owned by the site's user; remove it",
-            root.display()
-        );
-    }
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))?;
+    tinyci_runner::private_work_root(&root)?;
     Ok(root)
 }
 

@@ -15,6 +15,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::PlannedRun;
+
 /// Where a submission comes from, as the site established it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum TrustTier {
@@ -198,8 +200,9 @@ pub struct QueuePolicy {
     /// The least isolation a tier's runs need; the closest pattern wins, and a tier no
     /// pattern names needs [`QueuePolicy::DEFAULT_UNTRUSTED_ISOLATION`].
     pub isolation: BTreeMap<TierPattern, Isolation>,
-    /// Tiers whose runs may reach the network (the host's, for a sandbox; a container's own
-    /// bridge, for Docker). Others get a network namespace with loopback only.
+    /// Tiers whose runs may reach the network: the host's for a sandbox (loopback and every
+    /// service listening on it included), Docker's bridge for a container (which reaches the
+    /// host's addresses too). Others get a network namespace with loopback only.
     pub network: BTreeSet<TierPattern>,
     /// Repositories (`owner/name`) whose `local` or `repo` runs on this queue may be
     /// privileged containers, when their `tinyci.yml` asks too. Nothing else can be.
@@ -207,8 +210,9 @@ pub struct QueuePolicy {
 }
 
 impl Default for QueuePolicy {
-    /// Every tier is taken; only `local` work may run unsandboxed on a host; `local` and
-    /// `repo` work reach the network; nothing is privileged.
+    /// Every tier is taken; only `local` work may run unsandboxed on a host or reach the
+    /// network (a sandbox with the network shares the host's, loopback included, so the site
+    /// and anything else listening there); nothing is privileged.
     fn default() -> Self {
         Self {
             tiers: [
@@ -219,11 +223,7 @@ impl Default for QueuePolicy {
             ]
             .into(),
             isolation: [(TierPattern::Tier(TrustTier::Local), Isolation::Host)].into(),
-            network: [
-                TierPattern::Tier(TrustTier::Local),
-                TierPattern::Tier(TrustTier::Repo),
-            ]
-            .into(),
+            network: [TierPattern::Tier(TrustTier::Local)].into(),
             privileged_repos: BTreeSet::new(),
         }
     }
@@ -271,42 +271,86 @@ pub struct Needs {
     pub network: bool,
     /// Whether it runs as a privileged container (implies [`Isolation::Container`]).
     pub privileged: bool,
+    /// Whether it names a container image. A run without one can only run as processes
+    /// (on a host or in the sandbox), so a container executor does not count for it.
+    pub image: bool,
 }
 
 impl fmt::Display for Needs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.privileged {
-            f.write_str("a runner started with --allow-privileged and a container executor")
-        } else {
-            match self.isolation {
-                Isolation::Host => f.write_str("any runner"),
-                Isolation::Sandbox => f.write_str("a runner with sandbox or container isolation"),
-                Isolation::Container => f.write_str("a runner with container isolation"),
+        match (self.privileged, self.image, self.isolation) {
+            (true, _, _) => {
+                f.write_str("a runner started with --allow-privileged and a container executor")
             }
+            (false, _, Isolation::Host) => f.write_str("any runner"),
+            (false, true, Isolation::Sandbox) => {
+                f.write_str("a runner with sandbox or container isolation")
+            }
+            (false, false, Isolation::Sandbox) => f.write_str("a runner with the sandbox"),
+            (false, true, Isolation::Container) => f.write_str("a runner with container isolation"),
+            (false, false, Isolation::Container) => f.write_str(
+                "a runner with container isolation (and an image to run in: this run names none)",
+            ),
         }
     }
 }
 
-/// What a runner provides: the strongest isolation among its executors, and whether it was
-/// started with `--allow-privileged`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// What a runner provides: the strongest isolation among its executors, the strongest among
+/// those that run processes (host shell, sandbox), and whether it was started with
+/// `--allow-privileged`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Offer {
     /// The strongest isolation it can run a job in.
     pub isolation: Isolation,
+    /// The strongest isolation it runs plain processes in (`None`: containers only), which
+    /// is all a run without an image can use.
+    pub processes: Option<Isolation>,
     /// Whether it runs privileged containers at all.
     pub privileged: bool,
 }
 
+impl Default for Offer {
+    /// A plain shell runner on a host.
+    fn default() -> Self {
+        Self::processes(Isolation::Host)
+    }
+}
+
 impl Offer {
+    /// A runner whose only executor runs processes with `isolation`.
+    pub const fn processes(isolation: Isolation) -> Self {
+        Self {
+            isolation,
+            processes: Some(isolation),
+            privileged: false,
+        }
+    }
+
     /// Whether a run with `needs` may be leased to this runner.
     pub fn satisfies(&self, needs: &Needs) -> bool {
-        self.isolation >= needs.isolation && (!needs.privileged || self.privileged)
+        let have = if needs.image {
+            Some(self.isolation)
+        } else {
+            self.processes
+        };
+        have.is_some_and(|have| have >= needs.isolation) && (!needs.privileged || self.privileged)
+    }
+
+    /// An order on offers, weakest first: a run goes to the weakest runner that can take it,
+    /// keeping stronger ones free for what only they can run.
+    pub fn strength(&self) -> (Isolation, Option<Isolation>, bool) {
+        (self.isolation, self.processes, self.privileged)
     }
 }
 
 impl fmt::Display for Offer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.isolation.as_str())?;
+        match self.processes {
+            Some(p) if p == self.isolation => {}
+            Some(p) => write!(f, ", processes: {p}")?,
+            None => f.write_str(", images only")?,
+        }
         if self.privileged {
             f.write_str(", privileged")?;
         }
@@ -364,14 +408,9 @@ impl DispatchPolicy {
     /// privilege the site does not grant. `privileged` is what the run's task files ask for
     /// (already refused by the task-file parser unless the repository's `tinyci.yml` allows
     /// it): a request, never a decision.
-    pub fn admit(
-        &self,
-        queue: &str,
-        repo: &str,
-        tier: &TrustTier,
-        run: &str,
-        privileged: bool,
-    ) -> Result<Needs, Refusal> {
+    pub fn admit(&self, repo: &str, tier: &TrustTier, run: &PlannedRun) -> Result<Needs, Refusal> {
+        let queue = run.queue.as_ref();
+        let privileged = run.privileged;
         let policy = self.queue(queue);
         if !policy.takes(tier) {
             return Err(Refusal::TierNotTaken {
@@ -391,28 +430,29 @@ impl DispatchPolicy {
         }
         if privileged && !(tier.may_be_privileged() && policy.privileged_repos.contains(repo)) {
             return Err(Refusal::PrivilegedNotAllowed {
-                run: run.to_owned(),
+                run: run.qualified_name(),
                 queue: queue.to_owned(),
                 tier: tier.clone(),
                 repo: repo.to_owned(),
             });
         }
-        Ok(self.needs(queue, tier, privileged))
+        Ok(self.needs(tier, run))
     }
 
     /// What an admitted run needs now (a stored run's needs follow the current policy, so a
     /// tightened `site.toml` applies to work already queued).
-    pub fn needs(&self, queue: &str, tier: &TrustTier, privileged: bool) -> Needs {
-        let policy = self.queue(queue);
+    pub fn needs(&self, tier: &TrustTier, run: &PlannedRun) -> Needs {
+        let policy = self.queue(run.queue.as_ref());
         let isolation = policy.isolation_for(tier);
         Needs {
-            isolation: if privileged {
+            isolation: if run.privileged {
                 Isolation::Container
             } else {
                 isolation
             },
             network: policy.network_for(tier),
-            privileged,
+            privileged: run.privileged,
+            image: run.image.is_some(),
         }
     }
 }
@@ -452,6 +492,31 @@ mod tests {
         s.parse().unwrap_or_else(|e| panic!("{e}"))
     }
 
+    fn run(queue: &str, privileged: bool, image: Option<&str>) -> PlannedRun {
+        PlannedRun {
+            task_dir: "ci".into(),
+            name: "dind".into(),
+            command: vec!["true".into()],
+            image: image.map(str::to_owned),
+            queue: queue.parse().unwrap_or_else(|e| panic!("{e}")),
+            timeout_secs: 60,
+            env: BTreeMap::new(),
+            mountpoint: "/src".into(),
+            workdir: "/src".into(),
+            privileged,
+            metadata: BTreeMap::new(),
+            resources: Default::default(),
+            artifacts: Vec::new(),
+        }
+    }
+
+    const SANDBOX: Offer = Offer::processes(Isolation::Sandbox);
+    const DOCKER_ONLY: Offer = Offer {
+        isolation: Isolation::Container,
+        processes: None,
+        privileged: false,
+    };
+
     #[test]
     fn tiers_round_trip_and_refuse_nonsense() {
         for t in ["local", "repo", "fork", "partner:beta"] {
@@ -470,54 +535,57 @@ mod tests {
     }
 
     #[test]
-    fn default_policy_keeps_untrusted_work_off_hosts() {
+    fn default_policy_keeps_untrusted_work_off_hosts_and_off_the_network() {
         let policy = DispatchPolicy::default();
         let host = Offer::default();
-        let sandbox = Offer {
-            isolation: Isolation::Sandbox,
-            privileged: false,
-        };
         for t in ["repo", "fork", "partner:beta"] {
             let needs = policy
-                .admit("default", "o/r", &tier(t), "a:b", false)
+                .admit("o/r", &tier(t), &run("default", false, None))
                 .unwrap();
             assert!(!host.satisfies(&needs), "{t} on a host");
-            assert!(sandbox.satisfies(&needs), "{t} in a sandbox");
+            assert!(SANDBOX.satisfies(&needs), "{t} in a sandbox");
+            assert!(!needs.network, "{t} on the network");
         }
         let local = policy
-            .admit("default", "o/r", &TrustTier::Local, "a:b", false)
+            .admit("o/r", &TrustTier::Local, &run("default", false, None))
             .unwrap();
         assert!(host.satisfies(&local));
         assert!(local.network);
-        assert!(!policy.needs("default", &TrustTier::Fork, false).network);
+    }
+
+    #[test]
+    fn a_run_without_an_image_needs_a_runner_that_runs_processes() {
+        let policy = DispatchPolicy::default();
+        let plain = policy.needs(&TrustTier::Fork, &run("default", false, None));
+        let imaged = policy.needs(&TrustTier::Fork, &run("default", false, Some("alpine")));
+        assert!(!DOCKER_ONLY.satisfies(&plain));
+        assert!(DOCKER_ONLY.satisfies(&imaged));
+        let both = Offer {
+            processes: Some(Isolation::Sandbox),
+            ..DOCKER_ONLY
+        };
+        assert!(both.satisfies(&plain) && both.satisfies(&imaged));
+        assert_eq!(both.to_string(), "container, processes: sandbox");
+        assert_eq!(DOCKER_ONLY.to_string(), "container, images only");
     }
 
     #[test]
     fn privilege_needs_the_site_the_tier_and_the_runner() {
         let mut policy = DispatchPolicy::default();
         policy.default.privileged_repos.insert("o/dind".to_owned());
-        let refused = |t: &str, repo: &str| {
-            policy
-                .admit("default", repo, &tier(t), "ci:dind", true)
-                .unwrap_err()
-                .to_string()
-        };
+        let dind = run("default", true, Some("docker:dind"));
+        let refused =
+            |t: &str, repo: &str| policy.admit(repo, &tier(t), &dind).unwrap_err().to_string();
         assert!(refused("fork", "o/dind").contains("fork work of o/dind"));
         assert!(refused("partner:beta", "o/dind").contains("privileged"));
         assert!(refused("local", "o/other").contains("privileged_repos"));
-        let needs = policy
-            .admit("default", "o/dind", &TrustTier::Repo, "ci:dind", true)
-            .unwrap();
+        let needs = policy.admit("o/dind", &TrustTier::Repo, &dind).unwrap();
         assert_eq!(needs.isolation, Isolation::Container);
-        let container = Offer {
-            isolation: Isolation::Container,
-            privileged: false,
-        };
-        assert!(!container.satisfies(&needs));
+        assert!(!DOCKER_ONLY.satisfies(&needs));
         assert!(
             Offer {
                 privileged: true,
-                ..container
+                ..DOCKER_ONLY
             }
             .satisfies(&needs)
         );
@@ -539,17 +607,16 @@ mod tests {
             queues: [("gpu".to_owned(), queue)].into(),
             default: QueuePolicy::default(),
         };
+        let gpu = run("gpu", false, None);
         assert_eq!(
-            policy.needs("gpu", &tier("partner:beta"), false).isolation,
+            policy.needs(&tier("partner:beta"), &gpu).isolation,
             Isolation::Sandbox
         );
         assert_eq!(
-            policy.needs("gpu", &tier("partner:gamma"), false).isolation,
+            policy.needs(&tier("partner:gamma"), &gpu).isolation,
             Isolation::Container
         );
-        let refused = policy
-            .admit("gpu", "o/r", &TrustTier::Fork, "a:b", false)
-            .unwrap_err();
+        let refused = policy.admit("o/r", &TrustTier::Fork, &gpu).unwrap_err();
         assert_eq!(
             refused.to_string(),
             "queue gpu does not take fork work (its site policy takes: local, partner)"
@@ -557,14 +624,14 @@ mod tests {
         // Other queues keep the default.
         assert!(
             policy
-                .admit("default", "o/r", &TrustTier::Fork, "a:b", false)
+                .admit("o/r", &TrustTier::Fork, &run("default", false, None))
                 .is_ok()
         );
     }
 
     #[test]
     fn waiting_reason_names_what_is_missing() {
-        let needs = DispatchPolicy::default().needs("default", &TrustTier::Fork, false);
+        let needs = DispatchPolicy::default().needs(&TrustTier::Fork, &run("default", false, None));
         let host = ("local".to_owned(), Offer::default());
         assert_eq!(
             waiting_reason(
@@ -574,7 +641,7 @@ mod tests {
                 std::slice::from_ref(&host)
             )
             .unwrap(),
-            "waiting for a runner with sandbox or container isolation on queue default \
+            "waiting for a runner with the sandbox on queue default \
              (fork work; connected: local (host))"
         );
         assert!(
@@ -582,13 +649,7 @@ mod tests {
                 .unwrap()
                 .contains("none is connected")
         );
-        let sandbox = (
-            "r1".to_owned(),
-            Offer {
-                isolation: Isolation::Sandbox,
-                privileged: false,
-            },
-        );
+        let sandbox = ("r1".to_owned(), SANDBOX);
         assert_eq!(
             waiting_reason("default", &TrustTier::Fork, &needs, &[host, sandbox]),
             None

@@ -142,9 +142,10 @@ pub type RunUpdate = StoredRun;
 
 struct Waiter {
     runner: String,
-    /// What the runner can run; it is woken only for runs this satisfies.
+    /// What the runner can run; it is handed only runs this satisfies.
     offer: Offer,
-    tx: oneshot::Sender<()>,
+    /// Where it is handed its run.
+    tx: oneshot::Sender<RunId>,
 }
 
 /// A worker connected to a queue, whether waiting or busy: what "no connected runner can take
@@ -290,6 +291,7 @@ impl Queue {
         });
         let now = (queue.clock)();
         let mut recovered = Vec::new();
+        let mut refused = Vec::new();
         let mut kept = 0usize;
         for (id, bytes) in stored {
             let mut run = decode_run(id, &bytes)?;
@@ -318,6 +320,13 @@ impl Queue {
                 continue;
             }
             let tier = queue.tier_of(run.submission)?;
+            // Today's policy decides: work it no longer admits (a queue that stopped taking
+            // the tier, privilege it no longer grants) does not run.
+            if run.state.status() == RunStatus::Queued
+                && let Err(refusal) = queue.dispatch.admit(&run.repo, &tier, &run.spec)
+            {
+                refused.push((run.id(), refusal.to_string()));
+            }
             queue.track(run, tier);
         }
         if kept > 0 {
@@ -342,6 +351,12 @@ impl Queue {
                 })
                 .await?;
         }
+        for (id, why) in refused {
+            warn!(run = %id, reason = %why, "queued run no longer admitted by the site's policy; canceled");
+            queue
+                .cancel_run(id, &format!("no longer admitted: {why}"))
+                .await?;
+        }
         Ok(queue)
     }
 
@@ -364,9 +379,7 @@ impl Queue {
 
     /// Adds an unfinished run to memory (and its queue, if queued).
     fn track(&self, run: StoredRun, tier: TrustTier) {
-        let needs = self
-            .dispatch
-            .needs(run.spec.queue.as_ref(), &tier, run.spec.privileged);
+        let needs = self.dispatch.needs(&tier, &run.spec);
         let mut state = self.state.borrow_mut();
         state.placement.insert(run.id(), (tier, needs));
         if run.state.status() == RunStatus::Queued {
@@ -471,62 +484,54 @@ impl Queue {
         Ok((submission, runs))
     }
 
-    /// Wakes, oldest first, each worker waiting on `queue` that can take one of its queued
-    /// runs, at most one worker per run. A worker that can take none of them keeps waiting
-    /// (it is never handed work its runner may not run).
+    /// Hands queued runs of `queue`, oldest first, to waiting workers: each run to the
+    /// weakest waiting worker that may take it (the oldest among equals), so stronger runners
+    /// stay free for what only they can run. A worker is handed a run, not just woken, so no
+    /// other worker can take it meanwhile; one that can take none of the queued runs keeps
+    /// waiting (it is never handed work its runner may not run).
     fn wake(&self, queue: &str) {
         let mut state = self.state.borrow_mut();
         if state.paused.contains(queue) {
             return;
         }
-        // Queued runs by what they need: a handful of kinds, however long the queue.
-        let mut available: Vec<(Needs, usize)> = Vec::new();
-        if let Some(ids) = state.queued.get(queue) {
-            for id in ids {
-                let needs = state.placement.get(id).map(|(_, n)| *n).unwrap_or_default();
-                match available.iter_mut().find(|(n, _)| *n == needs) {
-                    Some((_, count)) => *count += 1,
-                    None => available.push((needs, 1)),
-                }
-            }
-        }
         let State {
             waiters,
+            queued,
+            placement,
             paused_runners,
             ..
         } = &mut *state;
-        let Some(waiters) = waiters.get_mut(queue) else {
+        let (Some(waiters), Some(ids)) = (waiters.get_mut(queue), queued.get_mut(queue)) else {
             return;
         };
-        let mut kept = VecDeque::with_capacity(waiters.len());
-        while let Some(waiter) = waiters.pop_front() {
-            if waiter.tx.is_closed() {
-                continue;
+        waiters.retain(|w| !w.tx.is_closed());
+        let mut handed = Vec::new();
+        for &id in ids.iter() {
+            if waiters.is_empty() {
+                break;
             }
-            if available.is_empty() {
-                kept.push_back(waiter);
-                continue;
-            }
-            // A paused runner keeps its place, to be woken when resumed.
-            if paused_runners.contains(&waiter.runner) {
-                kept.push_back(waiter);
-                continue;
-            }
-            let Some(slot) = available
-                .iter()
-                .position(|(needs, _)| waiter.offer.satisfies(needs))
-            else {
-                kept.push_back(waiter);
+            let Some((_, needs)) = placement.get(&id) else {
                 continue;
             };
-            if waiter.tx.send(()).is_ok() {
-                available[slot].1 -= 1;
-                if available[slot].1 == 0 {
-                    available.swap_remove(slot);
-                }
+            // The weakest eligible waiter; `min_by_key` keeps the first (oldest) of equals.
+            let Some(pick) = waiters
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| !paused_runners.contains(&w.runner) && w.offer.satisfies(needs))
+                .min_by_key(|(_, w)| w.offer.strength())
+                .map(|(i, _)| i)
+            else {
+                continue;
+            };
+            if let Some(waiter) = waiters.remove(pick)
+                && waiter.tx.send(id).is_ok()
+            {
+                handed.push(id);
             }
         }
-        *waiters = kept;
+        for id in handed {
+            ids.remove(&id);
+        }
     }
 
     /// Records that `runner` has a worker on `queue` offering `offer`, until
@@ -623,13 +628,20 @@ impl Queue {
         on_cancel: CancelHook,
     ) -> Result<Leased, QueueError> {
         loop {
-            match self.take_or_wait(queue, runner, offer) {
-                Take::Run(id) => match self.lease(id, runner, on_cancel.clone()).await {
-                    Ok(leased) => return Ok(leased),
-                    Err(e) => warn!(run = %id, error = %e, "lease failed; trying the next run"),
-                },
-                // Woken when a run is queued here (or the queue is resumed).
-                Take::Wait(rx) => rx.await.map_err(|_| QueueError::Closed)?,
+            let id = match self.take_or_wait(queue, runner, offer) {
+                Take::Run(id) => id,
+                // Handed a run when one it may take is queued here (or the queue resumes).
+                Take::Wait(rx) => {
+                    let mut handed = Handed {
+                        queue: self,
+                        rx: Some(rx),
+                    };
+                    handed.run().await?
+                }
+            };
+            match self.lease(id, runner, on_cancel.clone()).await {
+                Ok(leased) => return Ok(leased),
+                Err(e) => warn!(run = %id, error = %e, "lease failed; trying the next run"),
             }
         }
     }
@@ -1282,7 +1294,31 @@ pub struct QueueSetup {
 /// What [`Queue::take_or_wait`] found.
 enum Take {
     Run(RunId),
-    Wait(oneshot::Receiver<()>),
+    Wait(oneshot::Receiver<RunId>),
+}
+
+/// A waiting worker's claim on the run it will be handed. Dropped with a run handed to it
+/// but not yet taken (the worker's call was abandoned), it puts the run back on its queue.
+struct Handed<'q> {
+    queue: &'q Queue,
+    rx: Option<oneshot::Receiver<RunId>>,
+}
+
+impl Handed<'_> {
+    async fn run(&mut self) -> Result<RunId, QueueError> {
+        let rx = self.rx.as_mut().ok_or(QueueError::Closed)?;
+        let id = rx.await.map_err(|_| QueueError::Closed)?;
+        self.rx = None;
+        Ok(id)
+    }
+}
+
+impl Drop for Handed<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.rx.take().and_then(|mut rx| rx.try_recv().ok()) {
+            self.queue.requeue_in_memory(id);
+        }
+    }
 }
 
 /// What one runner is doing, as far as the queue can see.

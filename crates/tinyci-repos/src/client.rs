@@ -230,10 +230,16 @@ struct RepoBody {
     permissions: Option<RepoPermissions>,
 }
 
-#[derive(Deserialize)]
-struct RepoPermissions {
+/// What GitHub lets the token's user do with a repository (`permissions` of
+/// `GET /repos/{o}/{r}`); nothing at all when GitHub hides the repository from them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct RepoPermissions {
+    /// Read (clone, see issues and pull requests).
     #[serde(default)]
-    pull: bool,
+    pub pull: bool,
+    /// Write (push branches).
+    #[serde(default)]
+    pub push: bool,
 }
 
 #[derive(Deserialize)]
@@ -520,6 +526,13 @@ impl GitHub {
     /// `GET /repos/{o}/{r}`). A 404 is "no": GitHub hides private repositories from users who
     /// cannot see them.
     pub async fn can_read(&self, repo: &RepoName) -> Result<bool, ApiError> {
+        Ok(self.permissions(repo).await?.pull)
+    }
+
+    /// What the token's user may do with `repo` (GitHub's `permissions` on
+    /// `GET /repos/{o}/{r}`). A 404 is "nothing": GitHub hides private repositories from users
+    /// who cannot see them.
+    pub async fn permissions(&self, repo: &RepoName) -> Result<RepoPermissions, ApiError> {
         let ep = endpoint(
             format!("read the permissions on {repo}"),
             Method::GET,
@@ -529,8 +542,8 @@ impl GitHub {
             .json::<(), RepoBody>(&self.api, &ep, None, GITHUB_JSON)
             .await
         {
-            Ok(body) => Ok(body.permissions.is_some_and(|p| p.pull)),
-            Err(ApiError::Status { status: 404, .. }) => Ok(false),
+            Ok(body) => Ok(body.permissions.unwrap_or_default()),
+            Err(ApiError::Status { status: 404, .. }) => Ok(RepoPermissions::default()),
             Err(e) => Err(e),
         }
     }

@@ -13,7 +13,7 @@ mod client;
 mod types;
 mod webhook;
 
-pub use client::{ApiError, Endpoint, GitHub, GitHubConfig};
+pub use client::{ApiError, Endpoint, GitHub, GitHubConfig, RepoPermissions};
 pub use types::{
     CommitStatus, HookId, InvalidName, MAX_DESCRIPTION_CHARS, NewHook, OAuthApp, OAuthToken,
     RepoName, StatusState, User, truncate_description,

@@ -154,8 +154,9 @@ impl Executors {
     }
 
     /// The executor for a run that needs `needs` isolation: a container when it names an
-    /// image or is privileged, else the first process executor that isolates enough, else a
-    /// container. Never one that isolates less than the site requires.
+    /// image or is privileged (else a process executor that isolates enough), a process
+    /// executor that isolates enough when it names no image (a container needs one). Never
+    /// one that isolates less than the site requires.
     fn choose(&self, spec: &ExecSpec, needs: Isolation) -> Result<&Executor, String> {
         let fits = |e: &&Executor| e.isolation() >= needs;
         let docker = self
@@ -171,7 +172,7 @@ impl Executors {
         let chosen = if spec.privileged || !spec.image.is_empty() {
             docker.or(shell)
         } else {
-            shell.or(docker)
+            shell
         };
         chosen.ok_or_else(|| {
             format!(
@@ -728,7 +729,7 @@ async fn run_job(
             }
             Err(why) => ExecOutcome::errored(why),
         };
-        if let Err(e) = std::fs::remove_dir_all(workdir.parent().unwrap_or(&workdir)) {
+        if let Err(e) = crate::source::remove_run_dir(workdir.parent().unwrap_or(&workdir)) {
             warn!(error = %e, "failed to remove the run's directory");
         }
         info!(verdict = ?outcome.verdict, message = %outcome.message, "finished");

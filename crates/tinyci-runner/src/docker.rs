@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use bollard::Docker;
 use bollard::container::LogOutput;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -213,12 +213,15 @@ impl DockerExecutor {
                 spec.label.clone(),
             )])),
             host_config: Some(HostConfig {
-                // The run's own tree is the only host path it sees.
-                binds: Some(vec![format!(
-                    "{}:{}",
-                    spec.source_dir.display(),
-                    spec.mountpoint
-                )]),
+                // The run's own tree is the only host path it sees. A structured mount, not a
+                // `-v`-style string: a mountpoint from a task file cannot add options.
+                mounts: Some(vec![Mount {
+                    target: Some(spec.mountpoint.clone()),
+                    source: Some(spec.source_dir.display().to_string()),
+                    typ: Some(MountType::BIND),
+                    read_only: Some(false),
+                    ..Mount::default()
+                }]),
                 privileged: Some(spec.privileged),
                 security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
                 cap_drop: (!spec.privileged).then(|| {

@@ -37,5 +37,5 @@ pub use exec::{
 };
 pub use sandbox::{Bubblewrap, Confinement, Containment, SandboxError, Unshare};
 pub use shell::ShellExecutor;
-pub use source::MAX_SOURCE_BYTES;
+pub use source::{MAX_SOURCE_BYTES, private_work_root};
 pub use tinyci_core::Isolation;

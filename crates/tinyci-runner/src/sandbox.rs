@@ -27,12 +27,16 @@ const SYSTEM_DIRS: [&str; 7] = [
 ];
 
 /// The parts of `/etc` programs need to run, resolve names and check certificates. `/etc` as
-/// a whole is not shown: operators keep credentials there (and some keep a site's).
-const ETC_FILES: [&str; 18] = [
+/// a whole is not shown: operators keep credentials there (and some keep a site's), and
+/// `/etc/ssl` itself holds private keys (`/etc/ssl/private`) a root runner's job could read.
+const ETC_FILES: [&str; 21] = [
     "/etc/alternatives",
     "/etc/ca-certificates",
-    "/etc/ssl",
-    "/etc/pki",
+    "/etc/ca-certificates.conf",
+    "/etc/ssl/certs",
+    "/etc/ssl/openssl.cnf",
+    "/etc/pki/tls/certs",
+    "/etc/pki/ca-trust",
     "/etc/ld.so.cache",
     "/etc/ld.so.conf",
     "/etc/ld.so.conf.d",
@@ -88,9 +92,17 @@ impl Bubblewrap {
         };
         let probe_dir = std::env::temp_dir();
         for confinement in [Confinement::Sandbox, Confinement::Contained] {
-            let argv = found.argv(confinement, &probe_dir, &probe_dir, false, &["true".into()]);
+            let argv = found.argv(
+                confinement,
+                &probe_dir,
+                &probe_dir,
+                false,
+                &Default::default(),
+                &["true".into()],
+            );
             let output = tokio::process::Command::new(&found.bwrap)
                 .args(argv)
+                .current_dir("/")
                 .env_clear()
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -127,19 +139,29 @@ impl Bubblewrap {
     }
 
     /// `bwrap`'s arguments to run `command` with `source` (the run's tree, the only writable
-    /// host directory) mounted at the same path, starting in `workdir`.
+    /// host directory) mounted at the same path, starting in `workdir`, with exactly `env`.
+    ///
+    /// bwrap itself must be started with an empty environment and `/` as its directory: it
+    /// runs on the host before any namespace exists, so a job's variables (`LD_PRELOAD` of a
+    /// library in its own tree) must never reach its loader. They go in as `--setenv`, for
+    /// the job alone.
     pub fn argv(
         &self,
         confinement: Confinement,
         source: &Path,
         workdir: &Path,
         network: bool,
+        env: &std::collections::BTreeMap<String, String>,
         command: &[String],
     ) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         let mut push =
             |parts: &[&std::ffi::OsStr]| args.extend(parts.iter().map(|p| p.to_os_string()));
         push(&["--die-with-parent".as_ref(), "--new-session".as_ref()]);
+        push(&["--clearenv".as_ref()]);
+        for (key, value) in env {
+            push(&["--setenv".as_ref(), key.as_ref(), value.as_ref()]);
+        }
         match confinement {
             Confinement::Contained => {
                 push(&["--dev-bind".as_ref(), "/".as_ref(), "/".as_ref()]);
@@ -153,7 +175,10 @@ impl Bubblewrap {
                 }
             }
             Confinement::Sandbox => {
-                push(&["--unshare-all".as_ref()]);
+                // Its own user namespace, in which it may not make another (no nested
+                // namespaces to mount in, no kernel surface they open).
+                push(&["--unshare-all".as_ref(), "--unshare-user".as_ref()]);
+                push(&["--disable-userns".as_ref()]);
                 if network {
                     push(&["--share-net".as_ref()]);
                 }
@@ -237,7 +262,8 @@ impl Unshare {
                 user_namespace,
             };
             let output = tokio::process::Command::new(&found.program)
-                .args(found.argv(false, &["true".into()]))
+                .args(found.argv(false, Path::new("/"), &Default::default(), &["true".into()]))
+                .current_dir("/")
                 .env_clear()
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -260,8 +286,15 @@ impl Unshare {
     }
 
     /// `unshare`'s arguments to run `command` in a new PID namespace whose processes all die
-    /// when the command (its init) exits.
-    pub fn argv(&self, network: bool, command: &[String]) -> Vec<OsString> {
+    /// when the command (its init) exits, in `workdir` with exactly `env`. As with bubblewrap,
+    /// `unshare` itself gets no job variables: `env -i` applies them inside.
+    pub fn argv(
+        &self,
+        network: bool,
+        workdir: &Path,
+        env: &std::collections::BTreeMap<String, String>,
+        command: &[String],
+    ) -> Vec<OsString> {
         let mut args: Vec<OsString> = ["--pid", "--fork", "--kill-child", "--mount-proc"]
             .iter()
             .map(OsString::from)
@@ -272,7 +305,9 @@ impl Unshare {
         if !network {
             args.push("--net".into());
         }
-        args.push("--".into());
+        args.extend(["--", "env", "-i", "-C"].map(OsString::from));
+        args.push(workdir.as_os_str().to_owned());
+        args.extend(env.iter().map(|(k, v)| OsString::from(format!("{k}={v}"))));
         args.extend(command.iter().map(OsString::from));
         args
     }
@@ -339,11 +374,13 @@ mod tests {
                 "/var/lib/tinyci".into(),
             ],
         };
+        let env = [("LD_PRELOAD".to_owned(), "./evil.so".to_owned())].into();
         let args = strings(&bwrap.argv(
             Confinement::Sandbox,
             source.path(),
             &source.path().join("build"),
             false,
+            &env,
             &["make".into()],
         ));
         let joined = args.join(" ");
@@ -354,6 +391,9 @@ mod tests {
             .collect();
         assert_eq!(writable, [src.as_str()]);
         assert!(joined.contains("--cap-drop ALL"));
+        assert!(joined.contains("--disable-userns"));
+        // The job's variables reach the job, never bwrap's own loader.
+        assert!(joined.contains("--clearenv --setenv LD_PRELOAD ./evil.so"));
         assert!(joined.contains("--unshare-all"));
         assert!(!joined.contains("--share-net"));
         assert!(!joined.contains("--ro-bind /etc /etc"));
@@ -376,6 +416,7 @@ mod tests {
                 Path::new("/w"),
                 Path::new("/w"),
                 network,
+                &Default::default(),
                 &["true".into()],
             ))
             .join(" ")

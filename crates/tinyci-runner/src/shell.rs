@@ -81,36 +81,53 @@ impl ShellExecutor {
         };
         let mut inner = vec![program.to_owned()];
         inner.extend(args.iter().map(|a| (*a).to_owned()));
-        let bwrap = |bwrap: &Bubblewrap, confinement| {
-            let mut command = Command::new(bwrap.program());
-            command.args(bwrap.argv(
-                confinement,
-                &spec.source_dir,
-                &workdir,
-                spec.network,
-                &inner,
-            ));
+        let mut env = base_env(spec);
+        env.insert("HOME".into(), workdir.display().to_string());
+        // A wrapper (bwrap, unshare) runs on the host before any namespace exists: it starts
+        // in `/` with no variables at all, and hands the job its own.
+        let wrapped = |program: &std::path::Path, argv: Vec<std::ffi::OsString>| {
+            let mut command = Command::new(program);
+            command.args(argv).current_dir("/").env_clear();
             command
         };
         let mut command = match &self.mode {
             Mode::Host => {
                 let mut command = Command::new(program);
-                command.args(args);
+                command
+                    .args(args)
+                    .current_dir(&workdir)
+                    .env_clear()
+                    .envs(&env);
                 command
             }
-            Mode::Contained(Containment::Bubblewrap(b)) => bwrap(b, Confinement::Contained),
-            Mode::Contained(Containment::Unshare(unshare)) => {
-                let mut command = Command::new(unshare.program());
-                command.args(unshare.argv(spec.network, &inner));
-                command
-            }
-            Mode::Sandboxed(b) => bwrap(b, Confinement::Sandbox),
+            Mode::Contained(Containment::Bubblewrap(b)) => wrapped(
+                b.program(),
+                b.argv(
+                    Confinement::Contained,
+                    &spec.source_dir,
+                    &workdir,
+                    spec.network,
+                    &env,
+                    &inner,
+                ),
+            ),
+            Mode::Contained(Containment::Unshare(unshare)) => wrapped(
+                unshare.program(),
+                unshare.argv(spec.network, &workdir, &env, &inner),
+            ),
+            Mode::Sandboxed(b) => wrapped(
+                b.program(),
+                b.argv(
+                    Confinement::Sandbox,
+                    &spec.source_dir,
+                    &workdir,
+                    spec.network,
+                    &env,
+                    &inner,
+                ),
+            ),
         };
         command
-            .current_dir(&workdir)
-            .env_clear()
-            .envs(base_env(spec))
-            .env("HOME", &workdir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -84,3 +84,56 @@ pub(crate) fn unpack(archive: &Path, dir: &Path) -> std::io::Result<()> {
     tar.unpack(dir)?;
     std::fs::remove_file(archive)
 }
+
+/// Makes `root` the runner's private work root: created if missing, then checked to be a
+/// real directory (not a symlink someone planted in a shared `/tmp`) owned by this process's
+/// user, and set to mode 0700. Every run's source lies under it, and a container's root can
+/// leave set-user-id files there: no other local user may reach them.
+pub fn private_work_root(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    match std::fs::create_dir_all(root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(root)?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != me {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory owned by this user (uid {me}); remove it or choose another \
+             work directory",
+            root.display()
+        )));
+    }
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Removes a run's directory whatever the job did to it: directories it made unwritable
+/// (`chmod 555`) are made writable first, walking without following symlinks, so a job
+/// cannot make its tree outlive the run (and fill the disk run after run).
+pub(crate) fn remove_run_dir(dir: &Path) -> std::io::Result<()> {
+    // A loop, not recursion: a job can nest directories deeper than any stack.
+    fn unlock(top: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let mut pending = vec![top.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    pending.push(entry.path());
+                }
+            }
+        }
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            unlock(dir);
+            std::fs::remove_dir_all(dir)
+        }
+    }
+}

@@ -584,13 +584,7 @@ pub(crate) fn admit(
 ) -> Result<(), tinyci_core::Refusal> {
     let policy = services.queue.dispatch_policy();
     for run in runs {
-        policy.admit(
-            run.queue.as_ref(),
-            repo,
-            tier,
-            &run.qualified_name(),
-            run.privileged,
-        )?;
+        policy.admit(repo, tier, run)?;
     }
     Ok(())
 }

@@ -75,22 +75,31 @@ pub(crate) fn tier_of_pull_request(base_repo: &str, head_repo: Option<&str>) -> 
 
 /// What a runner offers, from the executors it names and whether it allows privileged
 /// containers. Unknown executor names add nothing: a runner is never credited with more
-/// isolation than a name this site knows provides.
+/// isolation than a name this site knows provides. A runner that names none is taken for a
+/// plain shell runner (older runners named nothing).
 pub(crate) fn offer_of(executors: &[String], allow_privileged: bool) -> Offer {
-    let isolation = executors
+    let processes = executors
         .iter()
         .filter_map(|e| match e.as_str() {
             "shell" => Some(Isolation::Host),
             "sandbox" => Some(Isolation::Sandbox),
-            "docker" => Some(Isolation::Container),
             _ => None,
         })
-        .max()
-        .unwrap_or(Isolation::Host);
+        .max();
+    let containers = executors.iter().any(|e| e == "docker");
+    let processes = match (processes, containers) {
+        (None, false) => Some(Isolation::Host),
+        (processes, _) => processes,
+    };
     Offer {
-        isolation,
+        isolation: if containers {
+            Isolation::Container
+        } else {
+            processes.unwrap_or_default()
+        },
+        processes,
         // Only a container executor can run a privileged container.
-        privileged: allow_privileged && isolation == Isolation::Container,
+        privileged: allow_privileged && containers,
     }
 }
 
@@ -206,7 +215,10 @@ mod tests {
         );
         let docker = offer_of(&names(&["docker"]), true);
         assert_eq!(docker.isolation, Isolation::Container);
+        assert_eq!(docker.processes, None);
         assert!(docker.privileged);
+        let both = offer_of(&names(&["docker", "sandbox"]), false);
+        assert_eq!(both.processes, Some(Isolation::Sandbox));
         assert_eq!(offer_of(&names(&["vm", "chroot"]), false), Offer::default());
         assert_eq!(offer_of(&[], false), Offer::default());
     }

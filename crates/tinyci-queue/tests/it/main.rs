@@ -6,7 +6,9 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use tinyci_core::{Isolation, LeasePolicy, Offer, PlannedRun, RunStatus, TrustTier};
+use tinyci_core::{
+    DispatchPolicy, Isolation, LeasePolicy, Offer, PlannedRun, RunStatus, TierPattern, TrustTier,
+};
 use tinyci_queue::{Clock, NewSubmission, Queue, QueueSetup};
 use tinyci_store::{GroupCommitter, GroupWriterThread, Store, StoreOptions};
 
@@ -50,11 +52,18 @@ impl Fixture {
     }
 
     async fn open(&self) -> (Rc<Queue>, GroupCommitter, GroupWriterThread) {
+        self.open_with(DispatchPolicy::default()).await
+    }
+
+    async fn open_with(
+        &self,
+        dispatch: DispatchPolicy,
+    ) -> (Rc<Queue>, GroupCommitter, GroupWriterThread) {
         let store = Store::open(self.dir.path(), StoreOptions::default()).unwrap();
         let (committer, writer) = GroupCommitter::start(store.clone()).unwrap();
         let setup = QueueSetup {
             lease: LeasePolicy::default(),
-            dispatch: Default::default(),
+            dispatch,
             site: "alpha".into(),
         };
         let queue = Queue::open(store, committer.clone(), setup, self.clock.clock())
@@ -97,16 +106,10 @@ fn submission(git_ref: &str, runs: Vec<PlannedRun>) -> NewSubmission {
 }
 
 /// A runner on the host, unsandboxed.
-const HOST: Offer = Offer {
-    isolation: Isolation::Host,
-    privileged: false,
-};
+const HOST: Offer = Offer::processes(Isolation::Host);
 
 /// A runner with the sandbox.
-const SANDBOX: Offer = Offer {
-    isolation: Isolation::Sandbox,
-    privileged: false,
-};
+const SANDBOX: Offer = Offer::processes(Isolation::Sandbox);
 
 fn no_hook() -> tinyci_queue::CancelHook {
     Rc::new(|_| {})
@@ -436,7 +439,7 @@ fn untrusted_work_waits_for_an_isolating_runner_and_says_why() {
         let fork_id = fork_runs[0].id();
         assert_eq!(
             queue.waiting_reason(fork_id).unwrap(),
-            "waiting for a runner with sandbox or container isolation on queue a \
+            "waiting for a runner with the sandbox on queue a \
              (fork work; connected: runner:local (host))"
         );
         // A host worker parked on the queue is not woken for it either.
@@ -484,5 +487,76 @@ fn a_parked_sandbox_worker_is_woken_past_host_workers() {
         assert_eq!(leased.run.id(), runs[0].id());
         assert!(!host.is_finished());
         host.abort();
+    });
+}
+
+#[test]
+fn each_run_goes_to_the_weakest_waiting_runner_that_may_take_it() {
+    local(async {
+        let f = Fixture::new();
+        // Partners' runs need a container here.
+        let mut dispatch = DispatchPolicy::default();
+        dispatch
+            .default
+            .isolation
+            .insert(TierPattern::AnyPartner, Isolation::Container);
+        let (queue, _c, _w) = f.open_with(dispatch).await;
+        let docker_and_sandbox = Offer {
+            isolation: Isolation::Container,
+            processes: Some(Isolation::Sandbox),
+            privileged: false,
+        };
+        let docker_only = Offer {
+            processes: None,
+            ..docker_and_sandbox
+        };
+        // Parked in this order: host, docker+sandbox, sandbox, docker only.
+        let mut parked = Vec::new();
+        for (runner, offer) in [
+            ("runner:h", HOST),
+            ("runner:xs", docker_and_sandbox),
+            ("runner:s", SANDBOX),
+            ("runner:x", docker_only),
+        ] {
+            let q = queue.clone();
+            parked.push((
+                runner,
+                tokio::task::spawn_local(
+                    async move { q.next("a", runner, offer, no_hook()).await },
+                ),
+            ));
+        }
+        tokio::task::yield_now().await;
+        // One submission per tier, oldest first: local (host), fork (sandbox, no image),
+        // partner with an image (container).
+        let mut imaged = planned("a", "p");
+        imaged.image = Some("alpine".into());
+        let mut runs = Vec::new();
+        for (tier, run) in [
+            (TrustTier::Local, planned("a", "l")),
+            (TrustTier::Fork, planned("a", "f")),
+            (TrustTier::Partner("beta".into()), imaged),
+        ] {
+            let new = NewSubmission {
+                tier,
+                supersede: false,
+                ..submission("refs/heads/x", vec![run])
+            };
+            runs.push(queue.submit(new).await.unwrap().1[0].id());
+        }
+        let mut got = std::collections::BTreeMap::new();
+        for (runner, task) in parked {
+            if runner == "runner:xs" {
+                // Strong enough for everything, weakest for nothing: kept free.
+                tokio::task::yield_now().await;
+                assert!(!task.is_finished());
+                task.abort();
+                continue;
+            }
+            got.insert(runner, task.await.unwrap().unwrap().run.id());
+        }
+        assert_eq!(got["runner:h"], runs[0]);
+        assert_eq!(got["runner:s"], runs[1]);
+        assert_eq!(got["runner:x"], runs[2]);
     });
 }

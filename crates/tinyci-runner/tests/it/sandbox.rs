@@ -160,3 +160,94 @@ async fn nothing_a_job_starts_outlives_it_even_when_it_leaves_its_process_group(
         );
     }
 }
+
+#[tokio::test]
+async fn a_jobs_own_variables_never_reach_the_sandbox_tools_on_the_host() {
+    let Some(bwrap) = bubblewrap().await else {
+        return;
+    };
+    // The attack: the job ships a library and names it in LD_PRELOAD. Were bwrap (or
+    // unshare) started with the job's variables, the host loader would run the library
+    // before any namespace existed, where it can write this file.
+    let source = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let marker = outside.path().join("ran-on-the-host");
+    std::fs::write(
+        source.path().join("evil.c"),
+        format!(
+            "#include <stdio.h>\n__attribute__((constructor)) static void evil(void) {{\n\
+             FILE *f = fopen(\"{}\", \"w\"); if (f) {{ fputs(\"pwned\", f); fclose(f); }}\n}}\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o", "evil.so", "evil.c"])
+        .current_dir(source.path())
+        .output();
+    match built {
+        Ok(out) if out.status.success() => {}
+        _ => {
+            eprintln!("SKIP LD_PRELOAD test: no C compiler");
+            return;
+        }
+    }
+    let unshare = Unshare::detect().await.unwrap();
+    for (name, executor) in [
+        ("sandbox", ShellExecutor::sandboxed(bwrap.clone())),
+        (
+            "host",
+            ShellExecutor::host(Some(Containment::Bubblewrap(bwrap.clone()))),
+        ),
+        (
+            "host-unshare",
+            ShellExecutor::host(Some(Containment::Unshare(unshare))),
+        ),
+    ] {
+        let (tx, rx) = mpsc::channel(16);
+        let (_stop, signal) = stop_pair();
+        let mut job = spec(source.path(), &["echo job-ran"]);
+        job.env.insert(
+            "LD_PRELOAD".into(),
+            source.path().join("evil.so").display().to_string(),
+        );
+        let reader = tokio::spawn(collect(rx));
+        let outcome = executor.run(&job, &tx, signal).await;
+        drop(tx);
+        let output = reader.await.unwrap();
+        assert_eq!(outcome.verdict, Verdict::Passed, "{name}: {outcome:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("job-ran"),
+            "{name}"
+        );
+        if name == "sandbox" {
+            // Inside the sandbox the job's own processes load it, but the host path it
+            // writes to is not there: only a host-side loader could have written it.
+            assert!(
+                !marker.exists(),
+                "{name}: the job's LD_PRELOAD ran on the host"
+            );
+        }
+        let _ = std::fs::remove_file(&marker);
+    }
+}
+
+#[tokio::test]
+async fn work_roots_are_private_and_a_planted_one_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let root = parent.path().join("work");
+    tinyci_runner::private_work_root(&root).unwrap();
+    let mode = std::fs::metadata(&root).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    // A symlink someone left where the work root goes is not followed.
+    let planted = parent.path().join("planted");
+    std::os::unix::fs::symlink(parent.path(), &planted).unwrap();
+    let refused = tinyci_runner::private_work_root(&planted).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("not a directory owned by this user"),
+        "{refused}"
+    );
+}
