@@ -354,6 +354,29 @@ pub(crate) struct LoadedProfile {
     pub(crate) token: String,
 }
 
+/// Connects to a profile's site with its user's certificate and redeems its token; the
+/// session travels pipelined with whatever is asked of it next.
+pub(crate) async fn profile_session(
+    profile: &LoadedProfile,
+) -> Result<(tinyci_site::SiteClient, tinyci_schema::session::Client)> {
+    let site: tinyci_pki::SiteName = profile
+        .profile
+        .site
+        .parse()
+        .context("the profile names an invalid site")?;
+    let (client, _) = tinyci_site::connect_as(
+        &profile.profile.addr,
+        &profile.credentials,
+        &profile.ca_pem,
+        &site,
+    )
+    .await?;
+    let mut redeem = client.gateway.redeem_request();
+    redeem.get().set_token(&profile.token);
+    let session = redeem.send().pipeline.get_session();
+    Ok((client, session))
+}
+
 /// Reads a profile directory written by `tinyci login`.
 pub(crate) fn load_profile(dir: &Path) -> Result<LoadedProfile> {
     let read = |name: &str, secret: bool| -> Result<String> {

@@ -308,21 +308,7 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<()> {
                 (client, get.send().pipeline.get_submitter())
             }
             Identity::Profile(profile) => {
-                let site: tinyci_pki::SiteName = profile
-                    .profile
-                    .site
-                    .parse()
-                    .context("the profile names an invalid site")?;
-                let (client, _) = tinyci_site::connect_as(
-                    &profile.profile.addr,
-                    &profile.credentials,
-                    &profile.ca_pem,
-                    &site,
-                )
-                .await?;
-                let mut redeem = client.gateway.redeem_request();
-                redeem.get().set_token(&profile.token);
-                let session = redeem.send().pipeline.get_session();
+                let (client, session) = crate::github::profile_session(&profile).await?;
                 let mut get = session.submitter_request();
                 get.get().set_repo(&source.repo);
                 (client, get.send().pipeline.get_submitter())
@@ -813,6 +799,11 @@ pub(crate) struct LogsArgs {
     /// The run's repository, with --token [default: the grant's only repository].
     #[arg(long, value_name = "OWNER/NAME", requires = "token")]
     repo: Option<String>,
+    /// Read as the user of a `tinyci login` profile directory (their certificate and token)
+    /// instead of as the site's admin: they see only runs of repositories GitHub lets their
+    /// account read.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["token", "site"])]
+    profile: Option<PathBuf>,
     /// Print the log's bytes as stored. Without it, colours pass but every other terminal
     /// control (titles, clipboard writes, cursor moves, bells) a job printed is shown as
     /// text rather than obeyed: job output is untrusted.
@@ -882,7 +873,14 @@ fn write_log(
 }
 
 pub(crate) fn logs(args: LogsArgs) -> Result<()> {
-    let config = SiteConfig::load(&config_path(args.site.config.clone()))?;
+    // A profile carries its own site, certificate and token: no site.toml needed.
+    let (config, profile) = match &args.profile {
+        Some(dir) => (None, Some(crate::github::load_profile(dir)?)),
+        None => (
+            Some(SiteConfig::load(&config_path(args.site.config.clone()))?),
+            None,
+        ),
+    };
     local_runtime()?.block_on(async move {
         let filter = StreamFilter::new(&args.stream, args.raw);
         let source = ReaderSource {
@@ -890,11 +888,13 @@ pub(crate) fn logs(args: LogsArgs) -> Result<()> {
             site: args.grant.site.clone(),
             token: args.grant.token.clone(),
             repo: args.repo.clone(),
+            config,
+            profile,
         };
         let status = if args.follow {
-            follow_across_restarts(&config, &source, &args.run, args.from, filter).await?
+            follow_across_restarts(&source, &args.run, args.from, filter).await?
         } else {
-            let (client, reader) = log_reader_of(&config, &source).await?;
+            let (client, reader) = log_reader_of(&source).await?;
             match print_stored_log(&client, &reader, &args.run, args.from, filter).await? {
                 Some(status) => status,
                 None => return Ok(()),
@@ -971,14 +971,31 @@ struct ReaderSource {
     /// A grant instead of the admin token.
     token: Option<String>,
     repo: Option<String>,
+    /// This site's configuration (absent when reading through a profile).
+    config: Option<SiteConfig>,
+    /// A `tinyci login` profile: its user's certificate and token.
+    profile: Option<crate::github::LoadedProfile>,
 }
 
 /// Connects and opens a reader: with the admin token, of every repository; with a grant (at
-/// this site or a partner), of the grant's repository.
+/// this site or a partner), of the grant's repository; with a profile, of whatever runs its
+/// user may read (`--repo`, else every repository, each run checked).
 async fn log_reader_of(
-    config: &SiteConfig,
     source: &ReaderSource,
 ) -> Result<(tinyci_site::SiteClient, log_reader::Client)> {
+    if let Some(profile) = &source.profile {
+        let (client, session) = crate::github::profile_session(profile).await?;
+        let mut request = session.logs_request();
+        request
+            .get()
+            .init_scope()
+            .set_repo(source.repo.as_deref().unwrap_or("*"));
+        return Ok((client, request.send().pipeline.get_reader()));
+    }
+    let config = source
+        .config
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no site configuration to act with"))?;
     if let Some(token) = &source.token {
         let (client, session) =
             crate::remote::session_with(config, source.addr, source.site.as_deref(), token).await?;
@@ -999,14 +1016,13 @@ const FOLLOW_RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs
 /// Follows until the run ends, reconnecting (and continuing from the last byte printed) when
 /// the site goes away, as runners do.
 async fn follow_across_restarts(
-    config: &SiteConfig,
     source: &ReaderSource,
     run: &str,
     from: u64,
     filter: StreamFilter,
 ) -> Result<RunStatus> {
     let next = Rc::new(std::cell::Cell::new(from));
-    let (mut client, mut reader) = log_reader_of(config, source).await?;
+    let (mut client, mut reader) = log_reader_of(source).await?;
     loop {
         let lost = match follow_log(&mut client, &reader, run, &next, filter).await {
             Followed::Ended(status) => return Ok(status),
@@ -1018,7 +1034,7 @@ async fn follow_across_restarts(
         let mut backoff = std::time::Duration::from_millis(200);
         loop {
             tokio::time::sleep(backoff).await;
-            match log_reader_of(config, source).await {
+            match log_reader_of(source).await {
                 Ok(pair) => {
                     (client, reader) = pair;
                     break;

@@ -122,6 +122,10 @@ struct State {
     chunked_tarballs: bool,
     /// (repo, login) → `permissions` of `GET /repos/{o}/{r}`: (admin, push, pull).
     collaborators: HashMap<(String, String), (bool, bool, bool)>,
+    /// (org, login): active organization memberships.
+    org_members: BTreeSet<(String, String)>,
+    /// (org, team slug, login): active team memberships.
+    team_members: BTreeSet<(String, String, String)>,
     /// The OAuth app and the token of the user "signed in" in the browser: the authorize page
     /// approves at once for them.
     browser: Option<BrowserSignIn>,
@@ -241,6 +245,22 @@ impl FakeGitHub {
                 access_token: access_token.to_owned(),
             },
         );
+    }
+
+    /// Makes `login` an active member of organization `org`
+    /// (`GET /user/memberships/orgs/{org}` with their token).
+    pub fn add_org_member(&self, org: &str, login: &str) {
+        lock(&self.state)
+            .org_members
+            .insert((org.to_owned(), login.to_owned()));
+    }
+
+    /// Makes `login` an active member of team `org/team`
+    /// (`GET /orgs/{org}/teams/{team}/memberships/{login}`).
+    pub fn add_team_member(&self, org: &str, team: &str, login: &str) {
+        lock(&self.state)
+            .team_members
+            .insert((org.to_owned(), team.to_owned(), login.to_owned()));
     }
 
     /// Gives `login` access to `repo`: `GET /repos/{o}/{r}` answers them with
@@ -471,6 +491,28 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Reply {
     };
     if segments == ["user"] && method == Method::GET {
         return reply(StatusCode::OK, &user_json(&user.0, user.1));
+    }
+    // GitHub answers a membership it will not show as 404, whether or not it exists.
+    let membership = |active: bool| {
+        if active {
+            reply(
+                StatusCode::OK,
+                &json!({"state": "active", "role": "member"}),
+            )
+        } else {
+            not_found()
+        }
+    };
+    if let ["user", "memberships", "orgs", org] = segments.as_slice()
+        && method == Method::GET
+    {
+        return membership(st.org_members.contains(&(org.to_string(), user.0.clone())));
+    }
+    if let ["orgs", org, "teams", team, "memberships", login] = segments.as_slice()
+        && method == Method::GET
+    {
+        let key = (org.to_string(), team.to_string(), login.to_string());
+        return membership(st.team_members.contains(&key));
     }
     let ["repos", owner, name, rest @ ..] = segments.as_slice() else {
         return not_found();

@@ -317,6 +317,27 @@ fn check_file_path(path: &str) -> Result<(), InvalidName> {
     Ok(())
 }
 
+/// An organization, team slug or login as one URL path segment: GitHub's own alphabet
+/// (letters, digits, `-`, `_`, `.`), so nothing can add a segment or a query.
+fn check_segment(what: &'static str, value: &str) -> Result<(), InvalidName> {
+    let ok = !value.is_empty()
+        && value.len() <= 100
+        && value != "."
+        && value != ".."
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidName {
+            what,
+            value: value.to_owned(),
+            reason: "must be 1 to 100 letters, digits, '-', '_' or '.'",
+        })
+    }
+}
+
 fn check_ref(git_ref: &str) -> Result<(), InvalidName> {
     if git_ref.is_empty() || git_ref.len() > 1024 || git_ref.chars().any(char::is_control) {
         return Err(InvalidName {
@@ -520,6 +541,56 @@ impl GitHub {
             .json(&self.api, &ep, Some(&CreateComment { body }), GITHUB_JSON)
             .await?;
         Ok(created.id)
+    }
+
+    /// Whether the token's user is an active member of organization `org`
+    /// (`GET /user/memberships/orgs/{org}`; GitHub answers 404 for a membership it will not
+    /// show, which is "no").
+    pub async fn is_org_member(&self, org: &str) -> Result<bool, ApiError> {
+        check_segment("organization", org)?;
+        let ep = endpoint(
+            format!("read the membership of organization {org}"),
+            Method::GET,
+            format!("/user/memberships/orgs/{org}"),
+        );
+        self.membership(&ep).await
+    }
+
+    /// Whether `login` is an active member of team `org/team`
+    /// (`GET /orgs/{org}/teams/{team}/memberships/{login}`, asked with the user's own token;
+    /// 404 is "no").
+    pub async fn is_team_member(
+        &self,
+        org: &str,
+        team: &str,
+        login: &str,
+    ) -> Result<bool, ApiError> {
+        check_segment("organization", org)?;
+        check_segment("team", team)?;
+        check_segment("login", login)?;
+        let ep = endpoint(
+            format!("read the membership of team {org}/{team}"),
+            Method::GET,
+            format!("/orgs/{org}/teams/{team}/memberships/{login}"),
+        );
+        self.membership(&ep).await
+    }
+
+    async fn membership(&self, ep: &Endpoint) -> Result<bool, ApiError> {
+        #[derive(Deserialize)]
+        struct Membership {
+            state: String,
+        }
+        match self
+            .json::<(), Membership>(&self.api, ep, None, GITHUB_JSON)
+            .await
+        {
+            Ok(m) => Ok(m.state == "active"),
+            Err(ApiError::Status {
+                status: 403 | 404, ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Whether the token's user may read `repo` (GitHub's `permissions.pull` on

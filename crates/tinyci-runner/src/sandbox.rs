@@ -85,40 +85,43 @@ impl Bubblewrap {
     /// Finds `bwrap` on `PATH` and runs a sandboxed `true` with it, so a host where it cannot
     /// work is found out at start rather than at the first job.
     pub async fn detect() -> Result<Self, SandboxError> {
+        Self::detect_for(Confinement::Sandbox).await
+    }
+
+    /// [`Bubblewrap::detect`], proving `confinement` works.
+    pub async fn detect_for(confinement: Confinement) -> Result<Self, SandboxError> {
         let bwrap = find_on_path("bwrap").ok_or(SandboxError::NotInstalled)?;
         let found = Self {
             bwrap,
             hidden: Vec::new(),
         };
         let probe_dir = std::env::temp_dir();
-        for confinement in [Confinement::Sandbox, Confinement::Contained] {
-            let argv = found.argv(
-                confinement,
-                &probe_dir,
-                &probe_dir,
-                false,
-                &Default::default(),
-                &["true".into()],
-            );
-            let output = tokio::process::Command::new(&found.bwrap)
-                .args(argv)
-                .current_dir("/")
-                .env_clear()
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .output()
-                .await
-                .map_err(|e| SandboxError::Unusable(e.to_string()))?;
-            if !output.status.success() {
-                let why = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-                return Err(SandboxError::Unusable(if why.is_empty() {
-                    format!("bwrap exited with {}", output.status)
-                } else {
-                    why
-                }));
-            }
+        let argv = found.argv(
+            confinement,
+            &probe_dir,
+            &probe_dir,
+            false,
+            &Default::default(),
+            &["true".into()],
+        );
+        let output = tokio::process::Command::new(&found.bwrap)
+            .args(argv)
+            .current_dir("/")
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| SandboxError::Unusable(e.to_string()))?;
+        if !output.status.success() {
+            let why = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+            return Err(SandboxError::Unusable(if why.is_empty() {
+                format!("bwrap exited with {}", output.status)
+            } else {
+                why
+            }));
         }
         Ok(found)
     }
@@ -323,14 +326,17 @@ pub enum Containment {
 }
 
 impl Containment {
-    /// bubblewrap if it works here, else `unshare`; the error says why neither does.
+    /// `unshare` if it works here, else bubblewrap; the error says why neither does.
+    /// `unshare` comes first: it only adds namespaces, where bubblewrap rebinds the whole
+    /// filesystem tree, which fails on a mount that vanishes meanwhile (Docker making and
+    /// removing a container's overlay).
     pub async fn detect() -> Result<Self, SandboxError> {
-        match Bubblewrap::detect().await {
-            Ok(bwrap) => Ok(Containment::Bubblewrap(bwrap)),
-            Err(bwrap_error) => Unshare::detect()
+        match Unshare::detect().await {
+            Ok(unshare) => Ok(Containment::Unshare(unshare)),
+            Err(unshare_error) => Bubblewrap::detect_for(Confinement::Contained)
                 .await
-                .map(Containment::Unshare)
-                .map_err(|e| SandboxError::Unusable(format!("{bwrap_error}; and {e}"))),
+                .map(Containment::Bubblewrap)
+                .map_err(|e| SandboxError::Unusable(format!("{unshare_error}; and {e}"))),
         }
     }
 }

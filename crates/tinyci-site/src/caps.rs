@@ -130,6 +130,9 @@ pub(crate) struct LogReaderCap {
     /// Whether the holder has `assets:read` on the repository (else why not): artifact
     /// lists and downloads need it; logs do not.
     assets: Result<(), String>,
+    /// A site user's reader: each run is shown only if they may read its repository now
+    /// ([`crate::access`], as on the pages).
+    user: Option<tinyci_users::UserName>,
     liveness: Rc<Liveness>,
 }
 
@@ -141,12 +144,14 @@ impl LogReaderCap {
         services: Rc<Services>,
         repo: String,
         assets: Result<(), String>,
+        user: Option<tinyci_users::UserName>,
         liveness: Rc<Liveness>,
     ) -> Self {
         Self {
             services,
             repo,
             assets,
+            user,
             liveness,
         }
     }
@@ -156,16 +161,35 @@ impl LogReaderCap {
         self.assets.clone().map_err(capnp::Error::failed)
     }
 
-    /// The run, if it exists and belongs to this reader's repository.
-    fn run(&self, id: &str) -> Result<tinyci_queue::StoredRun, capnp::Error> {
+    /// The run, if it exists, belongs to this reader's repository and (for a site user)
+    /// GitHub lets them read that repository now. Anything else is "no run", alike.
+    async fn run(&self, id: &str) -> Result<tinyci_queue::StoredRun, capnp::Error> {
         let not_found =
             || capnp::Error::failed(format!("no run {id:?} in repository {}", self.repo));
         let parsed: RunId = id.parse().map_err(|_| not_found())?;
-        match self.services.queue.run(parsed) {
-            Ok(Some(run)) if self.repo == "*" || run.repo == self.repo => Ok(run),
-            Ok(_) => Err(not_found()),
-            Err(e) => Err(capnp::Error::failed(e.to_string())),
+        let run = match self.services.queue.run(parsed) {
+            Ok(Some(run)) if self.repo == "*" || run.repo == self.repo => run,
+            Ok(_) => return Err(not_found()),
+            Err(e) => return Err(capnp::Error::failed(e.to_string())),
+        };
+        if let Some(user) = &self.user {
+            let services = &self.services;
+            let allowed = services
+                .access
+                .check(
+                    services,
+                    user,
+                    tinyci_users::Capability::Logs,
+                    &run.repo,
+                    crate::access::Want::Read,
+                )
+                .await;
+            if let Err(why) = allowed {
+                info!(%user, run = %parsed, reason = %why, "log reader refused a run");
+                return Err(not_found());
+            }
         }
+        Ok(run)
     }
 }
 
@@ -178,7 +202,7 @@ impl log_reader::Server for LogReaderCap {
         self.liveness.check()?;
         let params = params.get()?;
         let id = read_text(params.get_run(), "run")?;
-        let run = self.run(&id)?;
+        let run = self.run(&id).await?;
         let from = params.get_from();
         let max = params.get_max().clamp(1, MAX_READ) as usize;
         let store = self.services.store.clone();
@@ -217,7 +241,7 @@ impl log_reader::Server for LogReaderCap {
         self.liveness.check()?;
         let params = params.get()?;
         let id = read_text(params.get_run(), "run")?;
-        let run = self.run(&id)?;
+        let run = self.run(&id).await?;
         let from = params.get_from();
         let observer = params.get_observer()?;
         let services = self.services.clone();
@@ -260,7 +284,7 @@ impl log_reader::Server for LogReaderCap {
         self.check_assets()?;
         let id = read_text(params.get()?.get_run(), "run")?;
         // The same repository scoping as `read`: another repository's run is "no run".
-        let run = self.run(&id)?;
+        let run = self.run(&id).await?;
         let records = crate::assets::list(&self.services.store, run.id()).map_err(|e| {
             capnp::Error::failed(format!("cannot list the artifacts of run {id}: {e}"))
         })?;
@@ -279,7 +303,7 @@ impl log_reader::Server for LogReaderCap {
         let id = read_text(params.get_run(), "run")?;
         let name = read_text(params.get_name(), "name")?;
         let sink = params.get_sink()?;
-        let run = self.run(&id)?;
+        let run = self.run(&id).await?;
         crate::assets::download(&self.services, run.id(), &name, sink).await
     }
 }
@@ -588,7 +612,13 @@ impl admin::Server for AdminCap {
         let repo = read_text(params.get()?.get_repo(), "repo")?;
         tinyci_grant::vocab::validate_repo(&repo)
             .map_err(|e| capnp::Error::failed(e.to_string()))?;
-        let cap = LogReaderCap::new(self.services.clone(), repo, Ok(()), self.liveness.clone());
+        let cap = LogReaderCap::new(
+            self.services.clone(),
+            repo,
+            Ok(()),
+            None,
+            self.liveness.clone(),
+        );
         results
             .get()
             .set_reader(crate::rpc::observed(&self.services, cap));
@@ -698,6 +728,20 @@ impl admin::Server for AdminCap {
             .await
             .map_err(users_error)?;
         info!(user = %user.name, %capability, granted, by = %self.peer, "user capability changed");
+        self.services.access.forget(&user.name);
+        if !granted {
+            // Their login tokens carry the old capabilities: they die now, with every live
+            // session on them (the user logs in again for a token with what they still hold).
+            let revoked = self
+                .services
+                .grants
+                .revoke_holder(&format!("user:{}", user.name), &self.peer)
+                .await
+                .map_err(|e| {
+                    capnp::Error::failed(format!("cannot revoke the user's tokens: {e}"))
+                })?;
+            info!(user = %user.name, revoked, "revoked the user's login tokens");
+        }
         fill_user_info(results.get().init_user(), &user);
         Ok(())
     }

@@ -124,8 +124,46 @@ pub struct GitHubSettings {
     pub secrets_key: PathBuf,
     /// Lifetime of the tokens `tinyci login` hands out.
     pub login_token_ttl: std::time::Duration,
-    /// Capabilities a user gets at their first GitHub login.
+    /// Capabilities a user gets at their first GitHub login, when `allow` admits them.
     pub default_capabilities: Vec<String>,
+    /// Who gets `default_capabilities` at their first login (`[github] allow`); anyone else
+    /// signs in holding nothing until an admin grants something.
+    pub allow: Vec<GitHubAllow>,
+}
+
+/// One `[github] allow` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GitHubAllow {
+    /// A GitHub login (`octocat`).
+    User(String),
+    /// Active members of an organization (`@octo-org`).
+    Org(String),
+    /// Active members of a team (`@octo-org/core`).
+    Team(String, String),
+}
+
+impl GitHubAllow {
+    /// Parses `octocat`, `@octo-org` or `@octo-org/core`.
+    fn parse(text: &str) -> Result<Self, String> {
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 100
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        let bad = || format!("{text:?} is not a GitHub login, @organization or @organization/team");
+        match text.strip_prefix('@') {
+            Some(rest) => match rest.split_once('/') {
+                Some((org, team)) if name_ok(org) && name_ok(team) => {
+                    Ok(GitHubAllow::Team(org.to_owned(), team.to_owned()))
+                }
+                None if name_ok(rest) => Ok(GitHubAllow::Org(rest.to_owned())),
+                _ => Err(bad()),
+            },
+            None if name_ok(text) => Ok(GitHubAllow::User(text.to_owned())),
+            None => Err(bad()),
+        }
+    }
 }
 
 /// Why a configuration was refused. Every variant names the file and the key or path.
@@ -307,6 +345,8 @@ struct RawGitHub {
     login_token_days: i64,
     #[serde(default = "default_user_capabilities")]
     default_capabilities: Vec<String>,
+    #[serde(default)]
+    allow: Vec<String>,
 }
 
 fn default_github_api() -> String {
@@ -322,7 +362,7 @@ fn default_login_token_days() -> i64 {
     30
 }
 fn default_user_capabilities() -> Vec<String> {
-    vec!["submit".into(), "logs".into()]
+    vec!["logs".into()]
 }
 
 /// Checks an `http(s)://host[:port][/path]` base URL and drops a trailing slash.
@@ -748,6 +788,11 @@ impl SiteConfig {
                     secrets_key: base.join(g.secrets_key),
                     login_token_ttl: std::time::Duration::from_secs(days * 86_400),
                     default_capabilities: g.default_capabilities,
+                    allow: g
+                        .allow
+                        .iter()
+                        .map(|a| GitHubAllow::parse(a).map_err(|why| value("github.allow", why)))
+                        .collect::<Result<_, _>>()?,
                 })
             })
             .transpose()?;

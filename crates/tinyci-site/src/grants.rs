@@ -180,6 +180,32 @@ impl GrantAuthority {
         Ok((vec![id], killed))
     }
 
+    /// Revokes every recorded, still-live grant bound to `holder` (a user whose capability
+    /// was removed): each one's authority block, so whatever was attenuated from it dies too,
+    /// and their live sessions are cut at once. Returns how many grants were revoked.
+    pub(crate) async fn revoke_holder(
+        &self,
+        holder: &str,
+        by: &PeerIdentity,
+    ) -> Result<usize, RevokeError> {
+        let issued = self
+            .issued()
+            .await
+            .map_err(|e| RevokeError::Store(e.to_string()))?;
+        let mut revoked = 0;
+        for (grant, dead) in issued {
+            if dead || grant.holder != holder {
+                continue;
+            }
+            let Some(id) = grant.revocation_ids.first() else {
+                continue;
+            };
+            self.revoke(id, by).await?;
+            revoked += 1;
+        }
+        Ok(revoked)
+    }
+
     /// Every recorded grant, with whether any of its ids was revoked.
     pub(crate) async fn issued(&self) -> Result<Vec<(IssuedGrant, bool)>, StoreError> {
         let store = self.store.clone();

@@ -483,6 +483,33 @@ fn sign_in_browser(state: &HttpState, result: &LoginResult, next: Option<String>
     response
 }
 
+/// Whether `[github] allow` admits `login` (whose token is `token`): named, or an active member
+/// of a named organization or team.
+async fn allowed(
+    github: &crate::github::GitHubState,
+    token: &str,
+    login: &str,
+) -> Result<bool, String> {
+    use crate::config::GitHubAllow;
+    let client = github
+        .client_with(Some(token.to_owned()))
+        .map_err(|e| e.to_string())?;
+    for entry in &github.settings.allow {
+        let member = match entry {
+            GitHubAllow::User(name) => name.eq_ignore_ascii_case(login),
+            GitHubAllow::Org(org) => client.is_org_member(org).await.map_err(|e| e.to_string())?,
+            GitHubAllow::Team(org, team) => client
+                .is_team_member(org, team, login)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        if member {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Exchanges the code, links the user, and for a CLI login mints their grant and signs their
 /// certificate (a browser login gets a session cookie instead, and no grant).
 async fn complete_login(
@@ -509,12 +536,19 @@ async fn complete_login(
         token.access_token.as_bytes(),
         &crate::github::token_context(user.id),
     );
-    let default_caps = github
-        .settings
-        .default_capabilities
-        .iter()
-        .filter_map(|c| c.parse().ok())
-        .collect();
+    // Capabilities come only through `[github] allow` (asked of GitHub with the user's own
+    // token): any other account signs in holding nothing.
+    let default_caps = if allowed(github, &token.access_token, &user.login).await? {
+        github
+            .settings
+            .default_capabilities
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect()
+    } else {
+        info!(github = %user.login, "login not in [github] allow: no capabilities");
+        std::collections::BTreeSet::new()
+    };
     let (site_user, outcome) = services
         .users
         .link_github(
@@ -553,7 +587,15 @@ async fn complete_login(
         &site_user.capabilities,
         Some(expires_at),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| match e {
+        tinyci_users::UsersError::NoCapabilities { .. } => format!(
+            "signed in as {} (GitHub {}), who holds no capability on this site yet: an admin \
+             grants one (tinyci admin user cap add {} logs), or lists your account, organization \
+             or team in [github] allow",
+            site_user.name, user.login, site_user.name
+        ),
+        other => other.to_string(),
+    })?;
     let (token_text, grant) = services.grants.mint(&spec).map_err(|e| e.to_string())?;
     let (key, record) = crate::grants::issued_record(&grant, "github-login");
     services

@@ -6,6 +6,7 @@
 //! (those are `tinyci-schema`, `tinyci-pki`/`tinyci-grant` and `tinyci-store`). It must not
 //! know `anyhow` or `clap`: the CLI turns its typed errors into messages and exit codes.
 
+mod access;
 mod ansi;
 mod assets;
 pub mod bundle;
@@ -176,6 +177,8 @@ pub(crate) struct Services {
     pub(crate) users: tinyci_users::Users,
     /// GitHub, when `[github]` is configured.
     pub(crate) github: Option<github::GitHubState>,
+    /// What site users may do with repositories (GitHub's word, cached): for pages and RPC.
+    pub(crate) access: access::RepoAccess,
     /// Which CAs the listener trusts; reloaded when partners change.
     pub(crate) trust: TrustPolicy,
     /// Prometheus metrics (`/metrics`).
@@ -399,6 +402,7 @@ impl Site {
             trust: trust_policy,
             users,
             github,
+            access: access::RepoAccess::default(),
             grants,
             sources,
             artifacts: Rc::new(artifacts),

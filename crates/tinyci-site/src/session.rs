@@ -12,10 +12,12 @@ use tinyci_schema::{grant_info, session};
 use tracing::{debug, info};
 
 use crate::Services;
+use crate::access::Want;
 use crate::caps::{AdminCap, LogReaderCap, SubmitterCap};
 use crate::grants::Redeemed;
 use crate::jobs::WorkerCap;
 use crate::rpc::read_text;
+use tinyci_users::Capability;
 
 pub(crate) struct Session {
     services: Rc<Services>,
@@ -37,6 +39,34 @@ impl Session {
     fn authorize(&self, right: Right, resource: &str) -> Result<(), capnp::Error> {
         self.redeemed.liveness.check()?;
         self.permits(right, resource).map_err(capnp::Error::failed)
+    }
+
+    /// The site user this session's certificate names, if it is one: their access is also
+    /// what they hold now and what GitHub lets them do ([`crate::access`]), as on the pages.
+    fn site_user(&self) -> Option<tinyci_users::UserName> {
+        let identity = &self.peer.identity;
+        (identity.site_name() == self.services.grants.site()
+            && identity.role() == tinyci_pki::Role::User)
+            .then(|| identity.name().and_then(|n| n.parse().ok()))
+            .flatten()
+    }
+
+    /// For a site user: whether they may exercise `capability` with `want` on `repo` now.
+    async fn user_may(
+        &self,
+        capability: tinyci_users::Capability,
+        repo: &str,
+        want: crate::access::Want,
+    ) -> Result<(), String> {
+        match self.site_user() {
+            None => Ok(()),
+            Some(user) => {
+                self.services
+                    .access
+                    .check(&self.services, &user, capability, repo, want)
+                    .await
+            }
+        }
     }
 
     /// Whether the grant allows `right` on `resource`; the denial, for people, if not. For a
@@ -81,12 +111,21 @@ impl session::Server for Session {
         let repo = read_text(params.get()?.get_repo(), "repo")?;
         validate_repo(&repo).map_err(|e| capnp::Error::failed(e.to_string()))?;
         self.authorize(Right::QueueSubmit, &repo)?;
+        // A site user submits only where GitHub lets their account push.
+        self.user_may(Capability::Submit, &repo, Want::Write)
+            .await
+            .map_err(|why| {
+                capnp::Error::failed(format!("denied queue:submit on repo {repo}: {why}"))
+            })?;
         // Where this work comes from is the certificate's to say, not the grant's or the
         // client's: a partner's token minted for `queue:submit` still submits partner work.
         let tier = crate::tiers::tier_of_peer(&self.peer.identity, self.services.grants.site())
             .map_err(capnp::Error::failed)?;
         // Superseding cancels others' runs: only for holders of `runs:cancel` here.
-        let cancel = self.permits(Right::RunsCancel, &repo);
+        let mut cancel = self.permits(Right::RunsCancel, &repo);
+        if cancel.is_ok() {
+            cancel = self.user_may(Capability::Cancel, &repo, Want::Write).await;
+        }
         let cap = SubmitterCap::new(
             self.services.clone(),
             repo,
@@ -149,10 +188,19 @@ impl session::Server for Session {
         validate_repo(&repo).map_err(|e| capnp::Error::failed(e.to_string()))?;
         self.authorize(Right::LogsRead, &repo)?;
         let assets = self.permits(Right::AssetsRead, &repo);
+        let user = self.site_user();
+        if user.is_some() && repo != "*" {
+            self.user_may(Capability::Logs, &repo, Want::Read)
+                .await
+                .map_err(|why| {
+                    capnp::Error::failed(format!("denied logs:read on repo {repo}: {why}"))
+                })?;
+        }
         let cap = LogReaderCap::new(
             self.services.clone(),
             repo,
             assets,
+            user,
             self.redeemed.liveness.clone(),
         );
         results

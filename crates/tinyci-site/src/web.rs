@@ -7,7 +7,8 @@
 //! Who may read: a repository in `[http] public_repos` is readable by anyone; any other is
 //! readable by a browser signed in through GitHub as a site user who holds the `logs`
 //! capability and whom GitHub lets read that repository (asked with the user's own GitHub
-//! token, answers cached for [`ACCESS_TTL`]). Pages never say whether a run they will not show
+//! token, answers cached for [`crate::access::ACCESS_TTL`]: the same check users' RPC sessions
+//! go through). Pages never say whether a run they will not show
 //! exists. Cancel and retry need the `cancel` capability and the session's anti-forgery token
 //! in the form; the session cookie is `SameSite=Lax` and `HttpOnly` besides.
 //!
@@ -35,14 +36,11 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::Services;
+use crate::access::Want;
 use crate::ansi::AnsiHtml;
 use crate::http::{HttpState, html_escape, session_cookie};
 use crate::oauth::WebSession;
 
-/// How long GitHub's answer to "may this user read this repository" is believed.
-const ACCESS_TTL: Duration = Duration::from_secs(300);
-/// Most cached access answers; the cache is emptied past it.
-const MAX_ACCESS_ENTRIES: usize = 10_000;
 /// The run page renders at most this much of the log's end; the rest is a link away.
 const PAGE_LOG_BYTES: u64 = 1024 * 1024;
 /// Submissions on the front page.
@@ -73,8 +71,6 @@ pub(crate) struct WebState {
     public_url: Option<String>,
     /// Signed-in browsers.
     pub(crate) sessions: RefCell<crate::oauth::WebSessions>,
-    /// (user, repo) → (may read, when asked).
-    access: RefCell<HashMap<(String, String), (bool, Instant)>>,
 }
 
 impl WebState {
@@ -124,7 +120,8 @@ fn viewer(state: &HttpState, request: &Request<Incoming>) -> Viewer {
     Viewer { signed_in }
 }
 
-/// Whether `viewer` may read `repo`'s runs.
+/// Whether `viewer` may read `repo`'s runs: a public repository, or the one authority every
+/// site user's access goes through ([`crate::access`]), as over RPC.
 async fn may_read(state: &HttpState, viewer: &Viewer, repo: &str) -> bool {
     if state.web.public_repos.contains(repo) {
         return true;
@@ -132,46 +129,18 @@ async fn may_read(state: &HttpState, viewer: &Viewer, repo: &str) -> bool {
     let Some(user) = viewer.user() else {
         return false;
     };
-    if !user.has(Capability::Logs) {
-        return false;
-    }
-    let key = (user.name.to_string(), repo.to_owned());
-    let now = Instant::now();
-    if let Some(&(answer, asked)) = state.web.access.borrow().get(&key)
-        && now.saturating_duration_since(asked) < ACCESS_TTL
+    let services = &state.services;
+    match services
+        .access
+        .check(services, &user.name, Capability::Logs, repo, Want::Read)
+        .await
     {
-        return answer;
-    }
-    let answer = match ask_github(&state.services, user, repo).await {
-        Ok(answer) => answer,
+        Ok(()) => true,
         Err(why) => {
-            // Not cached: the next request asks again.
-            warn!(user = %user.name, %repo, error = %why, "cannot ask GitHub who may read a repository");
-            return false;
+            debug!(user = %user.name, %repo, reason = %why, "page refused");
+            false
         }
-    };
-    let mut access = state.web.access.borrow_mut();
-    if access.len() >= MAX_ACCESS_ENTRIES {
-        access.clear();
     }
-    access.insert(key, (answer, now));
-    answer
-}
-
-/// Asks GitHub, with the user's own token, whether they may read `repo`.
-async fn ask_github(services: &Services, user: &User, repo: &str) -> Result<bool, String> {
-    let Ok(name) = repo.parse::<tinyci_repos::RepoName>() else {
-        // Not a GitHub repository name: GitHub cannot vouch for anyone.
-        return Ok(false);
-    };
-    if user.github.is_none() {
-        return Ok(false);
-    }
-    let github = services.github().map_err(|e| e.to_string())?;
-    let token =
-        crate::github::user_token(services, user.name.as_str()).map_err(|e| e.to_string())?;
-    let client = github.client_with(Some(token)).map_err(|e| e.to_string())?;
-    client.can_read(&name).await.map_err(|e| e.to_string())
 }
 
 /// Serves a page request, or `None` when the path is not a page.
@@ -976,11 +945,19 @@ async fn act(state: &HttpState, request: Request<Incoming>, id: &str, action: &s
             "{action} refused: the form carries no valid anti-forgery token (reload the run page and try again)"
         ));
     }
-    if !user.has(Capability::Cancel) {
-        return forbidden(&format!(
-            "{action} refused: user {} lacks the cancel capability",
-            user.name
-        ));
+    let services = &state.services;
+    if let Err(why) = services
+        .access
+        .check(
+            services,
+            &user.name,
+            Capability::Cancel,
+            &run.repo,
+            Want::Write,
+        )
+        .await
+    {
+        return forbidden(&format!("{action} refused: {why}"));
     }
     let by = format!("user:{}", user.name);
     let target = match action {

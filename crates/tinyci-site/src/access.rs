@@ -1,0 +1,126 @@
+//! One authority for what a site user may do with a repository's runs, asked by the run pages
+//! and by users' RPC sessions alike: the user must hold the capability now (read afresh from
+//! the store, so a removed capability is refused at once), and GitHub must let their account
+//! read the repository (to see its runs, logs and artifacts) or push to it (to submit or
+//! cancel). GitHub is asked with the user's own token; its answers are cached for
+//! [`ACCESS_TTL`], and an error is never cached.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tinyci_repos::RepoPermissions;
+use tinyci_users::{Capability, UserName};
+
+use crate::Services;
+
+/// How long GitHub's answer about a user and a repository is believed.
+pub(crate) const ACCESS_TTL: Duration = Duration::from_secs(300);
+/// Most cached answers; the cache is emptied past it.
+const MAX_ENTRIES: usize = 10_000;
+
+/// What the user wants to do with the repository's runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// See runs, logs and artifacts: GitHub's `pull`.
+    Read,
+    /// Submit, cancel, retry: GitHub's `push`.
+    Write,
+}
+
+/// GitHub's answers, cached.
+#[derive(Debug, Default)]
+pub(crate) struct RepoAccess {
+    /// (user, repo) → (what GitHub allows, when asked).
+    cache: RefCell<HashMap<(String, String), (RepoPermissions, Instant)>>,
+}
+
+impl RepoAccess {
+    /// Whether `user` may exercise `capability` with `want` on `repo`'s runs; why not, for
+    /// people, if not.
+    pub(crate) async fn check(
+        &self,
+        services: &Services,
+        user: &UserName,
+        capability: Capability,
+        repo: &str,
+        want: Want,
+    ) -> Result<(), String> {
+        let stored = services
+            .users
+            .get(user)
+            .map_err(|e| format!("cannot read site user {user}: {e}"))?
+            .ok_or_else(|| format!("{user} is not a site user (any more)"))?;
+        if !stored.has(capability) {
+            return Err(format!(
+                "user {user} does not hold the {capability} capability"
+            ));
+        }
+        if repo == "*" {
+            return Err(
+                "a site user's access is per repository, as GitHub grants it: name \
+                        one, not every repository (*)"
+                    .to_owned(),
+            );
+        }
+        let Some((login, _)) = stored.github.as_ref() else {
+            return Err(format!(
+                "user {user} has no linked GitHub account to ask about {repo}"
+            ));
+        };
+        let permissions = self.permissions(services, user, repo).await?;
+        let (allowed, verb) = match want {
+            Want::Read => (permissions.pull, "read"),
+            Want::Write => (permissions.push, "push to"),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "GitHub does not let {login} (user {user}) {verb} {repo}"
+            ))
+        }
+    }
+
+    /// What GitHub lets `user` do with `repo`, cached.
+    async fn permissions(
+        &self,
+        services: &Services,
+        user: &UserName,
+        repo: &str,
+    ) -> Result<RepoPermissions, String> {
+        let key = (user.to_string(), repo.to_owned());
+        let now = Instant::now();
+        if let Some(&(answer, asked)) = self.cache.borrow().get(&key)
+            && now.saturating_duration_since(asked) < ACCESS_TTL
+        {
+            return Ok(answer);
+        }
+        let Ok(name) = repo.parse::<tinyci_repos::RepoName>() else {
+            // Not a GitHub repository name: GitHub cannot vouch for anyone.
+            return Ok(RepoPermissions::default());
+        };
+        let github = services.github().map_err(|e| e.to_string())?;
+        let token =
+            crate::github::user_token(services, user.as_str()).map_err(|e| e.to_string())?;
+        let client = github.client_with(Some(token)).map_err(|e| e.to_string())?;
+        let answer = client
+            .permissions(&name)
+            .await
+            .map_err(|e| format!("cannot ask GitHub about {repo} for user {user}: {e}"))?;
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() >= MAX_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, (answer, now));
+        Ok(answer)
+    }
+
+    /// Forgets what GitHub said about `user` (their capabilities changed, or they logged in
+    /// again).
+    pub(crate) fn forget(&self, user: &UserName) {
+        self.cache
+            .borrow_mut()
+            .retain(|(cached, _), _| cached != user.as_str());
+    }
+}
