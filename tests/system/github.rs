@@ -86,7 +86,8 @@ fn start_github_site_on(fake: &FakeGitHub, listen: &str) -> GitHubSite {
         "\n[queues.default]\nisolation = {{ repo = \"host\" }}\n\n\
          [http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://ci.example.test\"\n\n\
          [github]\napi_url = \"{}\"\nweb_url = \"{}\"\ntoken_file = \"certs/github.token\"\n\
-         client_id = \"{CLIENT_ID}\"\nclient_secret_file = \"certs/github-oauth.secret\"\n",
+         client_id = \"{CLIENT_ID}\"\nclient_secret_file = \"certs/github-oauth.secret\"\n\
+         allow = [\"OctoCat\"]\ndefault_capabilities = [\"submit\", \"logs\"]\n",
         fake.api_url(),
         fake.web_url()
     );
@@ -652,8 +653,12 @@ fn browser_login(site: &GitHubSite, target: &str, cookie: Option<&str>) -> (Stri
         headers.push(("cookie", c.as_str()));
     }
     let (status, answer, _) = http(&site.http, "GET", target, &headers, b"");
-    assert_eq!(status, 302);
+    assert_eq!(status, 303);
     let location = header(&answer, "location").unwrap().to_owned();
+    assert!(
+        location.contains("code_challenge_method=S256"),
+        "{location}"
+    );
     assert!(
         location.contains(&format!("client_id={CLIENT_ID}")),
         "{location}"
@@ -675,6 +680,55 @@ fn browser_login(site: &GitHubSite, target: &str, cookie: Option<&str>) -> (Stri
             .to_owned(),
     };
     (session, state)
+}
+
+/// Opens a `tinyci login` link in a fresh browser session and enters `code` in its form.
+/// Returns the session, and the state GitHub would get if the code was right (else the
+/// page's status and text).
+fn cli_login_in_browser(
+    site: &GitHubSite,
+    target: &str,
+    code: &str,
+) -> (String, Result<String, (u16, String)>) {
+    let (status, answer, page) = http(&site.http, "GET", target, &[], b"");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Enter the code"), "{page}");
+    let session = header(&answer, "set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .strip_prefix("tinyci_session=")
+        .unwrap()
+        .to_owned();
+    let field = |name: &str| {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = page.find(&marker).unwrap() + marker.len();
+        page[start..].split('"').next().unwrap().to_owned()
+    };
+    let (login, form) = (field("login"), field("form"));
+    let cookie = format!("tinyci_session={session}");
+    let body = format!("login={login}&form={form}&code={code}");
+    let (status, answer, page) = http(
+        &site.http,
+        "POST",
+        "/oauth/login",
+        &[
+            ("cookie", &cookie),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        body.as_bytes(),
+    );
+    if status != 303 {
+        return (session, Err((status, page)));
+    }
+    let location = header(&answer, "location").unwrap();
+    let state = location
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("state="))
+        .unwrap()
+        .to_owned();
+    (session, Ok(state))
 }
 
 fn callback(site: &GitHubSite, session: &str, state: &str, code: &str) -> (u16, String) {
@@ -716,13 +770,18 @@ fn oauth_refuses_reused_and_foreign_states_and_a_good_login_yields_a_working_pro
             "--no-browser",
         ],
     );
+    fake.add_collaborator(REPO, "OctoCat", false, true);
+    let user_code = login.wait_for("Your login code: ").trim().to_owned();
     let url = login.wait_for("Sign in with GitHub to finish: ");
     let target = url
         .trim()
         .strip_prefix("https://ci.example.test")
         .unwrap()
         .to_owned();
-    let (session, state) = browser_login(&site, &target, None);
+    // The code is typed as people do: lower case, without the dash.
+    let typed = user_code.replace('-', "").to_lowercase();
+    let (session, state) = cli_login_in_browser(&site, &target, &typed);
+    let state = state.unwrap();
     let (status, page) = callback(&site, &session, &state, "code-1");
     assert_eq!(status, 200, "{page}");
     assert!(
@@ -864,4 +923,202 @@ fn statuses_resume_after_a_site_crash_without_repeats_or_gaps() {
     assert!(waits[2].starts_with("success: passed"), "{waits:?}");
     // The delivery was acted on once, before the crash.
     assert_eq!(site.runs().len(), 1, "{:?}", site.runs());
+}
+
+/// Runs `tinyci login` for GitHub user `login` (token `token`, OAuth code `code`), playing the
+/// browser side: returns the command's exit code and output, and its profile directory.
+fn cli_login(
+    site: &GitHubSite,
+    fake: &FakeGitHub,
+    (token, login, id, code): (&str, &str, u64, &str),
+) -> (Option<i32>, Vec<String>, std::path::PathBuf) {
+    fake.add_user(token, login, id);
+    fake.add_oauth_code(code, CLIENT_ID, CLIENT_SECRET, token);
+    let profile = site.dir.path().join(format!("profile-{login}"));
+    let mut command = SiteProcess::spawn(
+        site.dir.path(),
+        &[
+            "login",
+            "--url",
+            &format!("http://{}", site.http),
+            "--out",
+            profile.to_str().unwrap(),
+            "--no-browser",
+        ],
+    );
+    let user_code = command.wait_for("Your login code: ").trim().to_owned();
+    let url = command.wait_for("Sign in with GitHub to finish: ");
+    let target = url.trim().strip_prefix("https://ci.example.test").unwrap();
+    let (session, state) = cli_login_in_browser(site, target, &user_code);
+    callback(site, &session, &state.unwrap(), code);
+    let (exit, output) = command.wait();
+    (exit, output, profile)
+}
+
+#[test]
+fn a_forwarded_login_link_signs_no_one_in() {
+    let fake = fake_github();
+    let site = start_github_site(&fake);
+    // The attacker starts a login and sends the link, without the code, to a victim.
+    let mut attacker = SiteProcess::spawn(
+        site.dir.path(),
+        &[
+            "login",
+            "--url",
+            &format!("http://{}", site.http),
+            "--out",
+            site.dir.path().join("stolen").to_str().unwrap(),
+            "--no-browser",
+        ],
+    );
+    let code = attacker.wait_for("Your login code: ").trim().to_owned();
+    let url = attacker.wait_for("Sign in with GitHub to finish: ");
+    let target = url
+        .trim()
+        .strip_prefix("https://ci.example.test")
+        .unwrap()
+        .to_owned();
+
+    // Opening the link goes nowhere near GitHub: it asks for the terminal's code.
+    let (status, answer, page) = http(&site.http, "GET", &target, &[], b"");
+    assert_eq!(status, 200, "{page}");
+    assert!(header(&answer, "location").is_none());
+    assert!(page.contains("If someone sent you this link"), "{page}");
+
+    // A page elsewhere posting the form for the victim (with the code the attacker knows)
+    // has no form token of the victim's session: refused.
+    let cookie = header(&answer, "set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let login = target.split("login=").nth(1).unwrap();
+    let forged = format!("login={login}&form=guess&code={code}");
+    let (status, _, page) = http(
+        &site.http,
+        "POST",
+        "/oauth/login",
+        &[
+            ("cookie", &cookie),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        forged.as_bytes(),
+    );
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("not shown to this browser"), "{page}");
+    // And from another origin, refused before anything is read.
+    let (status, _, page) = http(
+        &site.http,
+        "POST",
+        "/oauth/login",
+        &[
+            ("cookie", &cookie),
+            ("origin", "https://evil.example"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        forged.as_bytes(),
+    );
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("evil.example"), "{page}");
+
+    // The victim, who does not know the code, guesses: every guess is refused and after five
+    // the login is over; the attacker's terminal gets nothing.
+    for attempt in 1..=5 {
+        let (_, refused) = cli_login_in_browser(&site, &target, "BCDF-GHJK");
+        let (status, page) = refused.unwrap_err();
+        assert_eq!(status, 403, "{page}");
+        if attempt < 5 {
+            assert!(
+                page.contains("not the code your terminal printed"),
+                "{page}"
+            );
+        } else {
+            assert!(page.contains("too many wrong codes"), "{page}");
+        }
+    }
+    let (exit, output) = attacker.wait();
+    assert_ne!(exit, Some(0), "{output:?}");
+    assert!(!site.dir.path().join("stolen/user.token").exists());
+}
+
+#[test]
+fn site_users_reach_only_what_github_lets_their_account_and_lose_it_at_once() {
+    let fake = fake_github();
+    let site = start_github_site(&fake);
+    let secret_repo = "octo/secret";
+    fake.add_repo(secret_repo);
+    // OctoCat (in [github] allow) may read octo/hello, not push to it; octo/secret is not
+    // theirs at all.
+    fake.add_collaborator(REPO, "OctoCat", false, false);
+    let repo = tempfile::tempdir().unwrap();
+    git_repo(repo.path(), TASKS);
+    let submit_as_admin = |name: &str| {
+        let out = site.tinyci(&[
+            "submit",
+            repo.path().to_str().unwrap(),
+            "--all",
+            "--repo",
+            name,
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("r-"))
+            .map(|rest| format!("r-{}", rest.split_whitespace().next().unwrap()))
+            .unwrap()
+    };
+    let hello_run = submit_as_admin(REPO);
+    let secret_run = submit_as_admin(secret_repo);
+
+    let (exit, output, profile) = cli_login(&site, &fake, ("gho_octo", "OctoCat", 583231, "c-1"));
+    assert_eq!(exit, Some(0), "{output:?}");
+    let profile = profile.to_str().unwrap();
+    let logs = |run: &str| run_in(site.dir.path(), &["logs", run, "--profile", profile]);
+    assert!(
+        logs(&hello_run).status.success(),
+        "{}",
+        text(&logs(&hello_run).stderr)
+    );
+    let refused = logs(&secret_run);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains(&format!("no run \"{secret_run}\"")),
+        "{}",
+        text(&refused.stderr)
+    );
+    let submitted = run_in(
+        site.dir.path(),
+        &[
+            "submit",
+            repo.path().to_str().unwrap(),
+            "--all",
+            "--repo",
+            REPO,
+            "--profile",
+            profile,
+        ],
+    );
+    assert!(!submitted.status.success());
+    assert!(
+        text(&submitted.stderr)
+            .contains("GitHub does not let OctoCat (user octocat) push to octo/hello"),
+        "{}",
+        text(&submitted.stderr)
+    );
+
+    // A login [github] allow does not name signs in holding nothing, and is told so.
+    let (exit, output, _) = cli_login(&site, &fake, ("gho_mallory", "mallory", 666, "c-2"));
+    assert_ne!(exit, Some(0), "{output:?}");
+
+    // Taking the capability away ends the user's token and sessions now.
+    let removed = site.tinyci(&["admin", "user", "cap", "remove", "octocat", "logs"]);
+    assert!(removed.status.success(), "{}", text(&removed.stderr));
+    let after = logs(&hello_run);
+    assert!(!after.status.success());
+    assert!(
+        text(&after.stderr).contains("revoked"),
+        "{}",
+        text(&after.stderr)
+    );
 }

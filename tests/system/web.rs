@@ -221,13 +221,14 @@ fn a_private_run_page_needs_a_github_login_and_cancel_needs_the_anti_forgery_tok
     let private = "octo/private";
     fake.add_repo(private);
     fake.add_user("gho_ana_token", "ana", 4242);
-    fake.add_collaborator(private, "ana", false, false);
+    // Ana may push: cancelling needs GitHub's write access as well as the capability.
+    fake.add_collaborator(private, "ana", false, true);
     fake.sign_in_browser_as(CLIENT_ID, CLIENT_SECRET, "gho_ana_token");
     let dir = tempfile::tempdir().unwrap();
     let github = format!(
         "\n[github]\napi_url = \"{}\"\nweb_url = \"{}\"\ntoken_file = \"certs/github.token\"\n\
          client_id = \"{CLIENT_ID}\"\nclient_secret_file = \"certs/github-oauth.secret\"\n\
-         default_capabilities = [\"logs\", \"cancel\"]\n",
+         default_capabilities = [\"logs\", \"cancel\"]\nallow = [\"ana\"]\n",
         fake.api_url(),
         fake.web_url()
     );

@@ -106,9 +106,11 @@ pub(crate) enum RepoCommand {
 /// Sign in to a site with GitHub and store a certificate and token for this machine.
 ///
 /// Generates a key pair here (the private key never leaves this machine), asks the site for
-/// a login link, and waits while you sign in with GitHub in a browser. The site signs a
-/// certificate for your user and hands back a token carrying your capabilities. Both are
-/// written to the profile directory; use it with `tinyci submit --profile DIR`.
+/// a login link and a code, and waits while you open the link, enter the code (only your
+/// terminal shows it, so a forwarded link completes nothing) and sign in with GitHub. The
+/// site signs a certificate for your user and hands back a token carrying your capabilities.
+/// Both are written to the profile directory; use it with `tinyci submit --profile DIR` and
+/// `tinyci logs --profile DIR`.
 #[derive(Debug, Args)]
 pub(crate) struct LoginArgs {
     /// The site's HTTP base URL [default: [http] public_url of --config].
@@ -123,6 +125,11 @@ pub(crate) struct LoginArgs {
     /// Only print the login link; do not try to open a browser.
     #[arg(long)]
     no_browser: bool,
+    /// Also ask GitHub for webhook rights, for a user who will enable repositories
+    /// (`tinyci admin repo enable NAME --user USER`). Without it the login asks only to read
+    /// the user, their organizations and the repositories they may read.
+    #[arg(long)]
+    repo_hooks: bool,
 }
 
 pub(crate) fn user(command: UserCommand) -> Result<()> {
@@ -404,6 +411,7 @@ pub(crate) fn load_profile(dir: &Path) -> Result<LoadedProfile> {
 #[derive(Deserialize)]
 struct StartAnswer {
     login_url: String,
+    user_code: String,
     poll: String,
 }
 
@@ -434,7 +442,13 @@ pub(crate) fn login(args: LoginArgs) -> Result<()> {
     local_runtime()?.block_on(async move {
         let http = HttpClient::new()?;
         let (status, body) = http
-            .post(&format!("{url}/oauth/cli/start"), csr_pem.into_bytes())
+            .post(
+                &format!(
+                    "{url}/oauth/cli/start{}",
+                    if args.repo_hooks { "?hooks=1" } else { "" }
+                ),
+                csr_pem.into_bytes(),
+            )
             .await?;
         if status != 200 {
             bail!(
@@ -444,6 +458,7 @@ pub(crate) fn login(args: LoginArgs) -> Result<()> {
         }
         let start: StartAnswer =
             serde_json::from_slice(&body).context("the site's login answer is malformed")?;
+        println!("Your login code: {}", start.user_code);
         println!("Sign in with GitHub to finish: {}", start.login_url);
         if !args.no_browser {
             open_browser(&start.login_url);

@@ -92,6 +92,9 @@ struct OAuthCode {
     client_id: String,
     client_secret: String,
     access_token: String,
+    /// PKCE: the `code_challenge` (S256) its authorize request carried; the exchange must
+    /// present the matching `code_verifier`.
+    challenge: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -243,6 +246,7 @@ impl FakeGitHub {
                 client_id: client_id.to_owned(),
                 client_secret: client_secret.to_owned(),
                 access_token: access_token.to_owned(),
+                challenge: None,
             },
         );
     }
@@ -766,6 +770,14 @@ fn authorize(st: &mut State, query: Option<&str>) -> Reply {
             "redirect_uri and state are required",
         );
     };
+    let challenge = query_param(query, "code_challenge");
+    if challenge.is_some() && query_param(query, "code_challenge_method").as_deref() != Some("S256")
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "code_challenge_method must be S256",
+        );
+    }
     let code = format!("code-{}", st.id());
     st.codes.insert(
         code.clone(),
@@ -773,6 +785,7 @@ fn authorize(st: &mut State, query: Option<&str>) -> Reply {
             client_id: browser.client_id,
             client_secret: browser.client_secret,
             access_token: browser.access_token,
+            challenge,
         },
     );
     let encode = |text: &str| -> String {
@@ -810,6 +823,19 @@ fn oauth(st: &mut State, body: &Value, accept: &str) -> Reply {
             "error_description": "The client_id and/or client_secret passed are incorrect.",
             "error_uri": "https://docs.github.com/apps/managing-oauth-apps/troubleshooting-oauth-app-access-token-request-errors/#incorrect-client-credentials",
         }),
+        Some(c)
+            if c.challenge.as_ref().is_some_and(|challenge| {
+                let verifier = body["code_verifier"].as_str().unwrap_or_default();
+                let digest = <sha2::Sha256 as sha2::Digest>::digest(verifier.as_bytes());
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest) != challenge
+            }) =>
+        {
+            st.codes.remove(code);
+            json!({
+                "error": "bad_verification_code",
+                "error_description": "The code_verifier does not match the code_challenge.",
+            })
+        }
         Some(_) => {
             let token = st
                 .codes

@@ -253,6 +253,9 @@ struct OAuthExchange<'a> {
     client_id: &'a str,
     client_secret: &'a str,
     code: &'a str,
+    /// PKCE (RFC 7636): the secret whose SHA-256 the authorize request carried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code_verifier: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -727,6 +730,7 @@ impl GitHub {
         &self,
         app: &OAuthApp,
         code: &str,
+        code_verifier: Option<&str>,
     ) -> Result<OAuthToken, ApiError> {
         let ep = endpoint(
             "exchange the OAuth code".to_owned(),
@@ -737,6 +741,7 @@ impl GitHub {
             client_id: &app.client_id,
             client_secret: &app.client_secret,
             code,
+            code_verifier,
         };
         let answer: OAuthAnswer = self
             .json(&self.web, &ep, Some(&body), "application/json")

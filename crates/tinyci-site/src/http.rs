@@ -170,6 +170,7 @@ async fn fixed_route(
     match (method, path) {
         (&Method::POST, "/hooks/github") => webhook(state, request).await,
         (&Method::GET, "/oauth/login") => login(state, &request),
+        (&Method::POST, "/oauth/login") => confirm_login(state, request).await,
         (&Method::GET, "/oauth/callback") => callback(state, &request).await,
         (&Method::POST, "/oauth/cli/start") => cli_start(state, request).await,
         (&Method::POST, "/oauth/cli/poll") => cli_poll(state, request).await,
@@ -292,63 +293,38 @@ pub(crate) fn session_cookie(request: &Request<Incoming>) -> Option<String> {
         .filter(|v| v.len() <= 128)
 }
 
-fn login(state: &HttpState, request: &Request<Incoming>) -> Reply {
+/// The GitHub OAuth app and where GitHub sends browsers back, or the page saying there is none.
+fn oauth_app(
+    state: &HttpState,
+) -> Result<(&crate::github::GitHubState, &tinyci_repos::OAuthApp, &str), Reply> {
     let Ok(github) = state.services.github() else {
-        return page(
+        return Err(page(
             StatusCode::NOT_FOUND,
             "Login unavailable",
             "This site has no [github] section, so it offers no login.",
-        );
+        ));
     };
     let (Some(app), Some(public_url)) = (&github.oauth_app, &github.public_url) else {
-        return page(
+        return Err(page(
             StatusCode::NOT_FOUND,
             "Login unavailable",
             "This site has no GitHub OAuth app configured ([github] client_id and client_secret_file).",
-        );
+        ));
     };
-    let query = query(request);
-    let login = query_value(&query, "login").map(str::to_owned);
-    let now = Instant::now();
-    if let Some(id) = &login
-        && !state.logins.borrow().is_pending(id, now)
-    {
-        return page(
-            StatusCode::GONE,
-            "Login expired",
-            "This login link is unknown or older than 10 minutes. Run `tinyci login` again.",
-        );
-    }
-    let (session, new_session) = match session_cookie(request) {
+    Ok((github, app, public_url))
+}
+
+/// The browser's session cookie, or a fresh one to set.
+fn browser_session(request: &Request<Incoming>) -> (String, bool) {
+    match session_cookie(request) {
         Some(session) => (session, false),
         None => (random_secret_hex(16), true),
-    };
-    let oauth_state = random_secret_hex(16);
-    let purpose = match login {
-        Some(id) => Purpose::Cli(id),
-        None => Purpose::Browser {
-            next: query_value(&query, "next").and_then(crate::web::safe_next),
-        },
-    };
-    state
-        .states
-        .borrow_mut()
-        .issue(oauth_state.clone(), &session, purpose, now);
-    let location = format!(
-        "{}/login/oauth/authorize?{}",
-        github.settings.web_url,
-        form_urlencoded::Serializer::new(String::new())
-            .append_pair("client_id", &app.client_id)
-            .append_pair("redirect_uri", &format!("{public_url}/oauth/callback"))
-            .append_pair("scope", "read:user repo admin:repo_hook")
-            .append_pair("state", &oauth_state)
-            .finish()
-    );
-    let mut response = text(StatusCode::FOUND, "continue at GitHub");
-    if let Ok(value) = location.parse() {
-        response.headers_mut().insert(header::LOCATION, value);
     }
-    if new_session {
+}
+
+/// Sets the session cookie on `response` when it is new.
+fn with_session(mut response: Reply, session: &str, new: bool, public_url: &str) -> Reply {
+    if new {
         let secure = if public_url.starts_with("https://") {
             "; Secure"
         } else {
@@ -358,6 +334,177 @@ fn login(state: &HttpState, request: &Request<Incoming>) -> Reply {
         if let Ok(value) = cookie.parse() {
             response.headers_mut().insert(header::SET_COOKIE, value);
         }
+    }
+    response
+}
+
+/// `GET /oauth/login`: a browser login goes to GitHub at once; a `tinyci login` link
+/// (`?login=ID`) first shows a form for the code the terminal printed, so a link forwarded to
+/// someone else completes nothing.
+fn login(state: &HttpState, request: &Request<Incoming>) -> Reply {
+    let (github, app, public_url) = match oauth_app(state) {
+        Ok(found) => found,
+        Err(reply) => return reply,
+    };
+    let query = query(request);
+    let (session, new_session) = browser_session(request);
+    let now = Instant::now();
+    let Some(id) = query_value(&query, "login").map(str::to_owned) else {
+        let purpose = Purpose::Browser {
+            next: query_value(&query, "next").and_then(crate::web::safe_next),
+        };
+        let redirect = authorize_redirect(state, github, app, public_url, &session, purpose, false);
+        return with_session(redirect, &session, new_session, public_url);
+    };
+    let form_token = random_secret_hex(16);
+    if state
+        .logins
+        .borrow_mut()
+        .offer_form(&id, &session, form_token.clone(), now)
+        .is_err()
+    {
+        return page(
+            StatusCode::GONE,
+            "Login expired",
+            "This login link is unknown or older than 10 minutes. Run `tinyci login` again.",
+        );
+    }
+    let body = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Confirm your terminal · tinyci</title></head>\n<body><main>\
+         <h1>Confirm your terminal</h1>\
+         <p>Enter the code <code>tinyci login</code> printed in your terminal just now.</p>\
+         <p><strong>If someone sent you this link, close this page:</strong> finishing it would \
+         sign their terminal in as you.</p>\
+         <form method=\"post\" action=\"/oauth/login\">\
+         <input type=\"hidden\" name=\"login\" value=\"{id}\">\
+         <input type=\"hidden\" name=\"form\" value=\"{form_token}\">\
+         <label for=\"code\">Code</label> \
+         <input id=\"code\" name=\"code\" autocomplete=\"off\" autocapitalize=\"characters\" \
+         spellcheck=\"false\" required placeholder=\"XXXX-XXXX\"> \
+         <button type=\"submit\">Continue with GitHub</button></form></main></body></html>\n",
+        id = html_escape(&id),
+    );
+    let mut response = reply(StatusCode::OK, "text/html; charset=utf-8", body);
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    with_session(response, &session, new_session, public_url)
+}
+
+/// Most bytes of the code form.
+const MAX_CODE_FORM_BYTES: usize = 1024;
+
+/// `POST /oauth/login`: the code form. Only from the form this browser was shown (its
+/// anti-forgery token and session), only from this site (`Origin`), and only with the code
+/// the terminal printed, does the login go on to GitHub.
+async fn confirm_login(state: &HttpState, request: Request<Incoming>) -> Reply {
+    let (github, app, public_url) = match oauth_app(state) {
+        Ok(found) => found,
+        Err(reply) => return reply,
+    };
+    if let Some(origin) = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        && origin != crate::web::origin_of(public_url)
+    {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Login refused",
+            &format!("The code was posted from {origin}, not from this site."),
+        );
+    }
+    let Some(session) = session_cookie(&request) else {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Login refused",
+            "This browser has no session: open the login link again.",
+        );
+    };
+    let body = match read_body(request, MAX_CODE_FORM_BYTES).await {
+        Ok(body) => body,
+        Err(reply) => return reply,
+    };
+    let form: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(&body).into_owned().collect();
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
+    let id = field("login").to_owned();
+    let confirmed = state.logins.borrow_mut().confirm(
+        &id,
+        &session,
+        field("form"),
+        field("code"),
+        Instant::now(),
+    );
+    match confirmed {
+        Ok(hooks) => {
+            info!("login code confirmed in the browser");
+            authorize_redirect(
+                state,
+                github,
+                app,
+                public_url,
+                &session,
+                Purpose::Cli(id),
+                hooks,
+            )
+        }
+        Err(e @ oauth::ConfirmError::WrongCode { .. }) => {
+            page(StatusCode::FORBIDDEN, "Wrong code", &e.to_string())
+        }
+        Err(e) => {
+            warn!(error = %e, "login code refused");
+            page(StatusCode::FORBIDDEN, "Login refused", &e.to_string())
+        }
+    }
+}
+
+/// Sends the browser to GitHub's authorize page for `purpose`, with a fresh state bound to
+/// `session`, PKCE, and the narrowest scopes: reading the user, their organization and team
+/// memberships ([github] allow) and the repositories they may read; webhook rights only for a
+/// login that will enable repositories.
+fn authorize_redirect(
+    state: &HttpState,
+    github: &crate::github::GitHubState,
+    app: &tinyci_repos::OAuthApp,
+    public_url: &str,
+    session: &str,
+    purpose: Purpose,
+    hooks: bool,
+) -> Reply {
+    let oauth_state = random_secret_hex(16);
+    let verifier = random_secret_hex(32);
+    let challenge = oauth::code_challenge(&verifier);
+    state.states.borrow_mut().issue(
+        oauth_state.clone(),
+        session,
+        purpose,
+        verifier,
+        Instant::now(),
+    );
+    let scope = if hooks {
+        "read:user read:org repo admin:repo_hook"
+    } else {
+        "read:user read:org repo"
+    };
+    let location = format!(
+        "{}/login/oauth/authorize?{}",
+        github.settings.web_url,
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("client_id", &app.client_id)
+            .append_pair("redirect_uri", &format!("{public_url}/oauth/callback"))
+            .append_pair("scope", scope)
+            .append_pair("state", &oauth_state)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256")
+            .finish()
+    );
+    let mut response = text(StatusCode::SEE_OTHER, "continue at GitHub");
+    if let Ok(value) = location.parse() {
+        response.headers_mut().insert(header::LOCATION, value);
     }
     response
 }
@@ -376,8 +523,8 @@ async fn callback(state: &HttpState, request: &Request<Incoming>) -> Reply {
         .states
         .borrow_mut()
         .take(oauth_state, session.as_deref(), Instant::now());
-    let purpose = match taken {
-        Ok(purpose) => purpose,
+    let oauth::Taken { purpose, verifier } = match taken {
+        Ok(taken) => taken,
         Err(e) => {
             warn!(error = %e, "oauth callback refused");
             return page(StatusCode::BAD_REQUEST, "Login refused", &e.to_string());
@@ -405,7 +552,7 @@ async fn callback(state: &HttpState, request: &Request<Incoming>) -> Reply {
             "The callback carries no code.",
         );
     };
-    match complete_login(state, code, login.as_deref()).await {
+    match complete_login(state, code, &verifier, login.as_deref()).await {
         Ok(result) if login.is_none() => {
             let next = match purpose {
                 Purpose::Browser { next } => next,
@@ -515,6 +662,7 @@ async fn allowed(
 async fn complete_login(
     state: &HttpState,
     code: &str,
+    verifier: &str,
     login: Option<&str>,
 ) -> Result<LoginResult, String> {
     let services = &state.services;
@@ -525,7 +673,7 @@ async fn complete_login(
         .ok_or("this site has no GitHub OAuth app configured")?;
     let anonymous = github.client_with(None).map_err(|e| e.to_string())?;
     let token = anonymous
-        .exchange_oauth_code(app, code)
+        .exchange_oauth_code(app, code, Some(verifier))
         .await
         .map_err(|e| e.to_string())?;
     let user = anonymous
@@ -631,6 +779,8 @@ async fn complete_login(
 }
 
 async fn cli_start(state: &HttpState, request: Request<Incoming>) -> Reply {
+    // `tinyci login --repo-hooks`: this login will enable repositories.
+    let hooks = query_value(&query(&request), "hooks") == Some("1");
     let available = state
         .services
         .github()
@@ -667,14 +817,22 @@ async fn cli_start(state: &HttpState, request: Request<Incoming>) -> Reply {
     }
     let id = random_secret_hex(16);
     let poll = random_secret_hex(32);
-    state
-        .logins
-        .borrow_mut()
-        .start(id.clone(), poll.clone(), csr_pem, Instant::now());
+    let mut random = [0u8; 8];
+    crate::secrets::fill_random(&mut random);
+    let user_code = oauth::new_user_code(&random);
+    state.logins.borrow_mut().start(
+        id.clone(),
+        poll.clone(),
+        csr_pem,
+        user_code.clone(),
+        hooks,
+        Instant::now(),
+    );
     json(
         StatusCode::OK,
         &serde_json::json!({
             "login_url": format!("{public_url}/oauth/login?login={id}"),
+            "user_code": user_code,
             "poll": poll,
             "expires_in": oauth::STATE_TTL.as_secs(),
         }),

@@ -51,7 +51,18 @@ pub(crate) enum Purpose {
 struct IssuedState {
     session: String,
     purpose: Purpose,
+    /// PKCE: the secret whose SHA-256 went to GitHub with this state; only this site can
+    /// present it when exchanging the code.
+    verifier: String,
     issued: Instant,
+}
+
+/// What a taken state was issued for.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Taken {
+    pub(crate) purpose: Purpose,
+    /// The PKCE code verifier to exchange the code with.
+    pub(crate) verifier: String,
 }
 
 /// Pending OAuth states. Sans-IO: every time is a parameter.
@@ -61,8 +72,15 @@ pub(crate) struct States {
 }
 
 impl States {
-    /// Issues `state` for `session`, for `purpose`.
-    pub(crate) fn issue(&mut self, state: String, session: &str, purpose: Purpose, now: Instant) {
+    /// Issues `state` for `session`, for `purpose`, with PKCE code verifier `verifier`.
+    pub(crate) fn issue(
+        &mut self,
+        state: String,
+        session: &str,
+        purpose: Purpose,
+        verifier: String,
+        now: Instant,
+    ) {
         self.pending
             .retain(|_, s| now.saturating_duration_since(s.issued) < STATE_TTL);
         if self.pending.len() >= MAX_PENDING
@@ -79,6 +97,7 @@ impl States {
             IssuedState {
                 session: session.to_owned(),
                 purpose,
+                verifier,
                 issued: now,
             },
         );
@@ -91,7 +110,7 @@ impl States {
         state: &str,
         session: Option<&str>,
         now: Instant,
-    ) -> Result<Purpose, StateError> {
+    ) -> Result<Taken, StateError> {
         let issued = self.pending.remove(state).ok_or(StateError::Unknown)?;
         if now.saturating_duration_since(issued.issued) >= STATE_TTL {
             return Err(StateError::Expired);
@@ -99,7 +118,10 @@ impl States {
         if session != Some(issued.session.as_str()) {
             return Err(StateError::WrongSession);
         }
-        Ok(issued.purpose)
+        Ok(Taken {
+            purpose: issued.purpose,
+            verifier: issued.verifier,
+        })
     }
 }
 
@@ -197,8 +219,61 @@ pub(crate) enum LoginOutcome {
 struct PendingLogin {
     csr_pem: String,
     poll_secret: String,
+    /// Printed by the terminal only; the browser must enter it before the login goes on, so
+    /// a login link forwarded to someone else is worth nothing to them or to its sender.
+    user_code: String,
+    /// The login may enable repositories: GitHub is asked for webhook rights too.
+    hooks: bool,
+    /// Wrong codes entered so far; past [`MAX_CODE_ATTEMPTS`] the login is over.
+    attempts: u8,
+    /// The browser session shown the code form, and the form's anti-forgery token: the
+    /// code is accepted only from that form in that browser.
+    form: Option<(String, String)>,
     started: Instant,
     outcome: watch::Sender<LoginOutcome>,
+}
+
+/// Wrong codes a login survives.
+pub(crate) const MAX_CODE_ATTEMPTS: u8 = 5;
+
+/// The letters of user codes: consonants only (no words, no 0/O or 1/I confusion).
+const CODE_ALPHABET: &[u8; 20] = b"BCDFGHJKLMNPQRSTVWXZ";
+
+/// A fresh user code, `XXXX-XXXX` (20^8, about 2.6e10, against 5 guesses).
+pub(crate) fn new_user_code(random: &[u8; 8]) -> String {
+    let letters: String = random
+        .iter()
+        .map(|b| char::from(CODE_ALPHABET[usize::from(*b) % CODE_ALPHABET.len()]))
+        .collect();
+    format!("{}-{}", &letters[..4], &letters[4..])
+}
+
+/// A user code as typed: letters only, upper case.
+fn normalize_code(code: &str) -> String {
+    code.chars()
+        .filter(char::is_ascii_alphabetic)
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+/// Why a code was not accepted.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ConfirmError {
+    /// No such live login.
+    #[error("this login is unknown or older than 10 minutes: run `tinyci login` again")]
+    Unknown,
+    /// The form was not this browser's (a forged or replayed post).
+    #[error("this form was not shown to this browser: open the login link again")]
+    WrongForm,
+    /// A wrong code; the login goes on.
+    #[error("that is not the code your terminal printed ({left} tries left)")]
+    WrongCode {
+        /// Tries left.
+        left: u8,
+    },
+    /// Too many wrong codes: the login is over.
+    #[error("too many wrong codes: this login is over; run `tinyci login` again")]
+    TooManyAttempts,
 }
 
 /// Pending `tinyci login`s.
@@ -208,8 +283,17 @@ pub(crate) struct Logins {
 }
 
 impl Logins {
-    /// Records a CLI login; `id` goes into the login URL, `poll_secret` only to the CLI.
-    pub(crate) fn start(&mut self, id: String, poll_secret: String, csr_pem: String, now: Instant) {
+    /// Records a CLI login; `id` goes into the login URL, `poll_secret` and `user_code` only
+    /// to the CLI.
+    pub(crate) fn start(
+        &mut self,
+        id: String,
+        poll_secret: String,
+        csr_pem: String,
+        user_code: String,
+        hooks: bool,
+        now: Instant,
+    ) {
         self.pending
             .retain(|_, l| now.saturating_duration_since(l.started) < STATE_TTL);
         if self.pending.len() >= MAX_PENDING
@@ -226,17 +310,69 @@ impl Logins {
             PendingLogin {
                 csr_pem,
                 poll_secret,
+                user_code: normalize_code(&user_code),
+                hooks,
+                attempts: 0,
+                form: None,
                 started: now,
                 outcome: watch::channel(LoginOutcome::Pending).0,
             },
         );
     }
 
-    /// Whether `id` is a live login.
-    pub(crate) fn is_pending(&self, id: &str, now: Instant) -> bool {
-        self.pending
-            .get(id)
-            .is_some_and(|l| now.saturating_duration_since(l.started) < STATE_TTL)
+    /// Shows login `id`'s code form to browser `session`: returns the form's anti-forgery
+    /// token (a later form replaces an earlier one).
+    pub(crate) fn offer_form(
+        &mut self,
+        id: &str,
+        session: &str,
+        form_token: String,
+        now: Instant,
+    ) -> Result<(), ConfirmError> {
+        let login = self
+            .pending
+            .get_mut(id)
+            .filter(|l| now.saturating_duration_since(l.started) < STATE_TTL)
+            .ok_or(ConfirmError::Unknown)?;
+        login.form = Some((session.to_owned(), form_token));
+        Ok(())
+    }
+
+    /// Checks the code a browser entered for login `id`: only from the form shown to that
+    /// browser session. Returns whether the login may enable repositories.
+    pub(crate) fn confirm(
+        &mut self,
+        id: &str,
+        session: &str,
+        form_token: &str,
+        code: &str,
+        now: Instant,
+    ) -> Result<bool, ConfirmError> {
+        let login = self
+            .pending
+            .get_mut(id)
+            .filter(|l| now.saturating_duration_since(l.started) < STATE_TTL)
+            .ok_or(ConfirmError::Unknown)?;
+        let from_the_form = login.form.as_ref().is_some_and(|(s, t)| {
+            constant_time_eq(s.as_bytes(), session.as_bytes())
+                && constant_time_eq(t.as_bytes(), form_token.as_bytes())
+        });
+        if !from_the_form {
+            return Err(ConfirmError::WrongForm);
+        }
+        if constant_time_eq(login.user_code.as_bytes(), normalize_code(code).as_bytes()) {
+            return Ok(login.hooks);
+        }
+        login.attempts += 1;
+        if login.attempts >= MAX_CODE_ATTEMPTS {
+            login.outcome.send_replace(LoginOutcome::Failed(
+                "too many wrong codes were entered in the browser".into(),
+            ));
+            return Err(ConfirmError::TooManyAttempts);
+        }
+        Err(ConfirmError::WrongCode {
+            left: MAX_CODE_ATTEMPTS - login.attempts,
+        })
     }
 
     /// The CSR of login `id`.
@@ -266,8 +402,16 @@ impl Logins {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Secret comparison in constant time (aws-lc's, the crypto provider already compiled).
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+/// PKCE (RFC 7636, S256): the challenge sent to GitHub for `verifier`.
+pub(crate) fn code_challenge(verifier: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier))
 }
 
 /// The site CA and its certificate, for signing login CSRs.

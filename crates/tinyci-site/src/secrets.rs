@@ -254,7 +254,7 @@ pub(crate) fn random_secret_hex(bytes: usize) -> String {
     reason = "AWS-LC's RAND_bytes always returns 1 (it aborts if it cannot get entropy); there \
               is no weaker randomness to fall back on"
 )]
-fn fill_random(buf: &mut [u8]) {
+pub(crate) fn fill_random(buf: &mut [u8]) {
     aws_lc_rs::rand::fill(buf).expect("AWS-LC's RAND_bytes never reports failure");
 }
 

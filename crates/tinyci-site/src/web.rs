@@ -1186,7 +1186,7 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// The origin (`scheme://host[:port]`) of a base URL, as browsers send it in `Origin`.
-fn origin_of(url: &str) -> &str {
+pub(crate) fn origin_of(url: &str) -> &str {
     let after_scheme = url.find("://").map_or(0, |i| i + 3);
     match url[after_scheme..].find('/') {
         Some(slash) => &url[..after_scheme + slash],

@@ -327,7 +327,10 @@ async fn oauth_exchange() {
         client_secret: "app-secret".to_owned(),
     };
 
-    let token = github.exchange_oauth_code(&app, "good-code").await.unwrap();
+    let token = github
+        .exchange_oauth_code(&app, "good-code", None)
+        .await
+        .unwrap();
     assert_eq!(token.access_token, "gho_user_token");
     assert_eq!(token.token_type, "bearer");
     assert!(!format!("{token:?}").contains("gho_user_token"));
@@ -348,7 +351,7 @@ async fn oauth_exchange() {
 
     // Codes are single use; an unknown code is refused with GitHub's reason.
     let err = github
-        .exchange_oauth_code(&app, "good-code")
+        .exchange_oauth_code(&app, "good-code", None)
         .await
         .unwrap_err();
     assert!(matches!(err, ApiError::OAuthRefused { .. }), "{err}");
@@ -364,7 +367,7 @@ async fn oauth_exchange() {
         ..app
     };
     let err = github
-        .exchange_oauth_code(&wrong, "code-2")
+        .exchange_oauth_code(&wrong, "code-2", None)
         .await
         .unwrap_err();
     assert!(
