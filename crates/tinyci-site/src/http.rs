@@ -293,23 +293,24 @@ pub(crate) fn session_cookie(request: &Request<Incoming>) -> Option<String> {
         .filter(|v| v.len() <= 128)
 }
 
-/// The GitHub OAuth app and where GitHub sends browsers back, or the page saying there is none.
+/// The GitHub OAuth app and where GitHub sends browsers back, or the page saying there is none
+/// (boxed: a whole reply is large next to the borrowed trio).
 fn oauth_app(
     state: &HttpState,
-) -> Result<(&crate::github::GitHubState, &tinyci_repos::OAuthApp, &str), Reply> {
+) -> Result<(&crate::github::GitHubState, &tinyci_repos::OAuthApp, &str), Box<Reply>> {
     let Ok(github) = state.services.github() else {
-        return Err(page(
+        return Err(Box::new(page(
             StatusCode::NOT_FOUND,
             "Login unavailable",
             "This site has no [github] section, so it offers no login.",
-        ));
+        )));
     };
     let (Some(app), Some(public_url)) = (&github.oauth_app, &github.public_url) else {
-        return Err(page(
+        return Err(Box::new(page(
             StatusCode::NOT_FOUND,
             "Login unavailable",
             "This site has no GitHub OAuth app configured ([github] client_id and client_secret_file).",
-        ));
+        )));
     };
     Ok((github, app, public_url))
 }
@@ -344,7 +345,7 @@ fn with_session(mut response: Reply, session: &str, new: bool, public_url: &str)
 fn login(state: &HttpState, request: &Request<Incoming>) -> Reply {
     let (github, app, public_url) = match oauth_app(state) {
         Ok(found) => found,
-        Err(reply) => return reply,
+        Err(reply) => return *reply,
     };
     let query = query(request);
     let (session, new_session) = browser_session(request);
@@ -403,7 +404,7 @@ const MAX_CODE_FORM_BYTES: usize = 1024;
 async fn confirm_login(state: &HttpState, request: Request<Incoming>) -> Reply {
     let (github, app, public_url) = match oauth_app(state) {
         Ok(found) => found,
-        Err(reply) => return reply,
+        Err(reply) => return *reply,
     };
     if let Some(origin) = request
         .headers()

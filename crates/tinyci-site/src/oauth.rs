@@ -453,10 +453,19 @@ mod tests {
     fn a_state_works_once_in_its_own_session_within_ten_minutes() {
         let t0 = Instant::now();
         let mut states = States::default();
-        states.issue("s1".into(), "alice", Purpose::Cli("login-1".into()), t0);
+        states.issue(
+            "s1".into(),
+            "alice",
+            Purpose::Cli("login-1".into()),
+            "v1".into(),
+            t0,
+        );
         assert_eq!(
             states.take("s1", Some("alice"), t0 + Duration::from_secs(599)),
-            Ok(Purpose::Cli("login-1".into()))
+            Ok(Taken {
+                purpose: Purpose::Cli("login-1".into()),
+                verifier: "v1".into()
+            })
         );
         // Reused.
         assert_eq!(
@@ -464,13 +473,13 @@ mod tests {
             Err(StateError::Unknown)
         );
         // Expired.
-        states.issue("s2".into(), "alice", BROWSER, t0);
+        states.issue("s2".into(), "alice", BROWSER, String::new(), t0);
         assert_eq!(
             states.take("s2", Some("alice"), t0 + STATE_TTL),
             Err(StateError::Expired)
         );
         // Another session (or none), and then it is used up.
-        states.issue("s3".into(), "alice", BROWSER, t0);
+        states.issue("s3".into(), "alice", BROWSER, String::new(), t0);
         assert_eq!(
             states.take("s3", Some("mallory"), t0),
             Err(StateError::WrongSession)
@@ -479,7 +488,7 @@ mod tests {
             states.take("s3", Some("alice"), t0),
             Err(StateError::Unknown)
         );
-        states.issue("s4".into(), "alice", BROWSER, t0);
+        states.issue("s4".into(), "alice", BROWSER, String::new(), t0);
         assert_eq!(states.take("s4", None, t0), Err(StateError::WrongSession));
         // Never issued.
         assert_eq!(
@@ -493,11 +502,73 @@ mod tests {
         let t0 = Instant::now();
         let mut states = States::default();
         for i in 0..MAX_PENDING + 10 {
-            states.issue(format!("s{i}"), "x", BROWSER, t0);
+            states.issue(format!("s{i}"), "x", BROWSER, String::new(), t0);
         }
         assert_eq!(states.pending.len(), MAX_PENDING);
-        states.issue("late".into(), "x", BROWSER, t0 + STATE_TTL);
+        states.issue("late".into(), "x", BROWSER, String::new(), t0 + STATE_TTL);
         assert_eq!(states.pending.len(), 1);
+    }
+
+    #[test]
+    fn a_login_goes_on_only_with_the_terminals_code_from_the_form_this_browser_was_shown() {
+        let t0 = Instant::now();
+        let mut logins = Logins::default();
+        let code = new_user_code(&[0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(code, "BCDF-GHJK");
+        logins.start("l1".into(), "poll".into(), "csr".into(), code, true, t0);
+        // No form shown yet, or shown to another browser: refused whatever the code.
+        assert_eq!(
+            logins.confirm("l1", "victim", "f", "BCDFGHJK", t0),
+            Err(ConfirmError::WrongForm)
+        );
+        logins.offer_form("l1", "victim", "f1".into(), t0).unwrap();
+        assert_eq!(
+            logins.confirm("l1", "attacker", "f1", "BCDFGHJK", t0),
+            Err(ConfirmError::WrongForm)
+        );
+        assert_eq!(
+            logins.confirm("l1", "victim", "forged", "BCDFGHJK", t0),
+            Err(ConfirmError::WrongForm)
+        );
+        // Typed loosely, the right code passes (and carries the login's hooks wish).
+        assert_eq!(
+            logins.confirm("l1", "victim", "f1", "bcdf ghjk", t0),
+            Ok(true)
+        );
+        // Wrong codes end the login after a few tries.
+        logins.start(
+            "l2".into(),
+            "p2".into(),
+            "csr".into(),
+            "BCDF-GHJK".into(),
+            false,
+            t0,
+        );
+        logins.offer_form("l2", "me", "f2".into(), t0).unwrap();
+        for left in (1..MAX_CODE_ATTEMPTS).rev() {
+            assert_eq!(
+                logins.confirm("l2", "me", "f2", "ZZZZ-ZZZZ", t0),
+                Err(ConfirmError::WrongCode { left })
+            );
+        }
+        assert_eq!(
+            logins.confirm("l2", "me", "f2", "ZZZZ-ZZZZ", t0),
+            Err(ConfirmError::TooManyAttempts)
+        );
+        // Expired logins are unknown.
+        assert_eq!(
+            logins.offer_form("l1", "victim", "f3".into(), t0 + STATE_TTL),
+            Err(ConfirmError::Unknown)
+        );
+    }
+
+    #[test]
+    fn pkce_challenges_follow_rfc_7636() {
+        // RFC 7636, appendix B.
+        assert_eq!(
+            code_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
     }
 
     #[test]
@@ -522,10 +593,16 @@ mod tests {
     fn a_login_is_found_only_by_its_poll_secret() {
         let t0 = Instant::now();
         let mut logins = Logins::default();
-        logins.start("id1".into(), "secret1".into(), "csr".into(), t0);
-        assert!(logins.is_pending("id1", t0));
-        assert!(!logins.is_pending("id1", t0 + STATE_TTL));
+        logins.start(
+            "id1".into(),
+            "secret1".into(),
+            "csr".into(),
+            "BCDF-GHJK".into(),
+            false,
+            t0,
+        );
         assert!(logins.watch("id1").is_none());
+        assert!(logins.watch("BCDF-GHJK").is_none());
         let (id, rx) = logins.watch("secret1").unwrap();
         assert_eq!(id, "id1");
         logins.finish("id1", LoginOutcome::Failed("no".into()));
