@@ -343,8 +343,9 @@ fn a_reader_of_one_repository_cannot_follow_or_read_another() {
         let site = TestSite::start().await;
         let (session, _connection) = runner_session(&site).await;
         let run = submit_one(&session).await;
-        let (user, _c) = site.connect(Role::User, "ana").await;
-        let only_a = site.mint("user:ana", &["logs:read"], &["org/a"], &[], hours(1));
+        // An operator's grant scoped to org/a (a site user would also need GitHub's word).
+        let (user, _c) = site.connect(Role::Admin, "auditor").await;
+        let only_a = site.mint("admin:auditor", &["logs:read"], &["org/a"], &[], hours(1));
         let session_a = redeem(&user, &only_a);
         let reader = reader_for(&session_a, "org/a");
         let mut request = reader.read_request();
