@@ -150,6 +150,11 @@ impl Site {
                 "queue:take",
                 "--queue",
                 "gpu",
+                // A runner streams the logs of what it takes.
+                "--right",
+                "logs:write",
+                "--repo",
+                "*",
                 "--ttl",
                 ttl,
             ],

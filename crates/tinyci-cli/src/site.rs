@@ -295,8 +295,19 @@ async fn local_runner(site: &Site, addr: SocketAddr) -> Result<tinyci_runner::Ag
     use tinyci_site::bundle::{NewRunner, RunnerBundle};
     let config = site.config();
     let path = config.data_dir.join("local-runner.bundle");
-    let mut bundle = if path.exists() {
-        RunnerBundle::load(&path)?
+    // A bundle this version cannot use (an older format) is the site's own to replace.
+    let existing =
+        path.exists()
+            .then(|| RunnerBundle::load(&path))
+            .and_then(|loaded| match loaded {
+                Ok(bundle) => Some(bundle),
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-provisioning the embedded runner");
+                    None
+                }
+            });
+    let mut bundle = if let Some(bundle) = existing {
+        bundle
     } else {
         let bundle = RunnerBundle::issue_recording_in(
             config,

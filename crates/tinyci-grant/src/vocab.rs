@@ -38,10 +38,10 @@
 //! | `queue:submit` | repo   | submit work (`Session.submitter`)            |
 //! | `queue:take`   | queue  | take jobs (`Session.worker`)                 |
 //! | `logs:read`    | repo   | read logs (`Session.logs`)                   |
-//! | `logs:write`   | repo   | write logs                                   |
-//! | `assets:read`  | repo   | read artifacts                               |
+//! | `logs:write`   | repo   | write the logs of leased runs (`Job.log`)    |
+//! | `assets:read`  | repo   | list and download artifacts (`LogReader`)    |
 //! | `admin`        | site   | operate the site (`Session.admin`)           |
-//! | `runs:cancel`  | repo   | cancel and retry runs                        |
+//! | `runs:cancel`  | repo   | cancel runs (`Ticket.cancel`), supersede     |
 //! | `repos:modify` | site   | enable and disable repositories              |
 //! | `users:modify` | site   | add users and change their capabilities      |
 //!

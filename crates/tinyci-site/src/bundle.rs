@@ -15,8 +15,10 @@ use crate::{SiteConfig, SiteError, load_root_key, open_store_for_tool, read_pem}
 /// so a starting site hands back whatever it held; no other runner may take the name.
 pub const EMBEDDED_RUNNER: &str = "local";
 
-/// Format revision written into every bundle.
-const BUNDLE_VERSION: u32 = 1;
+/// Format revision written into every bundle. 2: the grant carries `logs:write` (on every
+/// repository) beside `queue:take`; a version 1 bundle's runner could take jobs but not
+/// write their logs, so it is refused with what to do.
+const BUNDLE_VERSION: u32 = 2;
 
 /// A runner bundle as stored on disk (TOML).
 #[derive(Clone, Serialize, Deserialize)]
@@ -118,8 +120,9 @@ impl RunnerBundle {
         let spec = GrantSpec {
             site: config.name.to_string(),
             holder,
-            rights: [Right::QueueTake].into(),
-            repos: Default::default(),
+            // A runner streams the output of what it takes.
+            rights: [Right::QueueTake, Right::LogsWrite].into(),
+            repos: ["*".to_owned()].into(),
             queues: runner.queues.iter().cloned().collect(),
             expires_at: runner.expires_at,
         };
@@ -178,6 +181,14 @@ impl RunnerBundle {
             reason,
         };
         let bundle: Self = toml::from_str(&text).map_err(|e| malformed(e.to_string()))?;
+        if bundle.version == 1 {
+            return Err(malformed(
+                "format version 1: its grant lacks logs:write, which runners now need to stream \
+                 output; provision the runner anew (tinyci runner add NAME …) and revoke the old \
+                 token"
+                    .into(),
+            ));
+        }
         if bundle.version != BUNDLE_VERSION {
             return Err(malformed(format!(
                 "format version {} (this tinyci reads version {BUNDLE_VERSION})",

@@ -144,6 +144,8 @@ pub(crate) struct WorkerCap {
     offer: Offer,
     /// Its entry among the queue's connected workers, removed when it is dropped.
     registered: WorkerId,
+    /// `logs:write` of its grant, on a run's repository: a job's log sink needs it.
+    logs_write: crate::session::RightCheck,
     liveness: Rc<Liveness>,
 }
 
@@ -153,6 +155,7 @@ impl WorkerCap {
         queue: String,
         runner: String,
         offer: Offer,
+        logs_write: crate::session::RightCheck,
         liveness: Rc<Liveness>,
     ) -> Self {
         let registered = services.queue.connect_worker(&queue, &runner, offer);
@@ -163,6 +166,7 @@ impl WorkerCap {
             runner,
             offer,
             registered,
+            logs_write,
             liveness,
         }
     }
@@ -187,7 +191,13 @@ impl worker::Server for WorkerCap {
             dead = self.liveness.dead() => return Err(dead),
         };
         info!(run = %leased.run.id(), runner = %self.runner, attempt = leased.run.state.attempt(), "job leased");
-        let job = JobCap::new(self.services.clone(), leased, self.liveness.clone(), false);
+        let job = JobCap::new(
+            self.services.clone(),
+            leased,
+            self.logs_write.clone(),
+            self.liveness.clone(),
+            false,
+        );
         results
             .get()
             .set_job(crate::rpc::observed(&self.services, job));
@@ -236,7 +246,13 @@ impl worker::Server for WorkerCap {
             )
             .await
             .map_err(queue_error)?;
-        let job = JobCap::new(self.services.clone(), leased, self.liveness.clone(), true);
+        let job = JobCap::new(
+            self.services.clone(),
+            leased,
+            self.logs_write.clone(),
+            self.liveness.clone(),
+            true,
+        );
         results
             .get()
             .set_job(crate::rpc::observed(&self.services, job));
@@ -267,6 +283,8 @@ pub(crate) struct JobCap {
     lease: LeaseId,
     leased: Leased,
     source: Vec<u8>,
+    /// `logs:write` of the holder's grant (see [`WorkerCap`]).
+    logs_write: crate::session::RightCheck,
     liveness: Rc<Liveness>,
     /// Completed or released: the lease is settled.
     settled: Rc<Cell<bool>>,
@@ -277,7 +295,13 @@ pub(crate) struct JobCap {
 }
 
 impl JobCap {
-    fn new(services: Rc<Services>, leased: Leased, liveness: Rc<Liveness>, started: bool) -> Self {
+    fn new(
+        services: Rc<Services>,
+        leased: Leased,
+        logs_write: crate::session::RightCheck,
+        liveness: Rc<Liveness>,
+        started: bool,
+    ) -> Self {
         let source = services
             .queue
             .submission(leased.run.submission)
@@ -312,6 +336,7 @@ impl JobCap {
             lease: leased.lease,
             leased,
             source,
+            logs_write,
             liveness,
             settled,
             started: Cell::new(started),
@@ -424,6 +449,8 @@ impl job::Server for JobCap {
         mut results: job::LogResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
+        // Holding the lease is not enough: writing a repository's logs is a right of its own.
+        (self.logs_write)(&self.leased.run.repo).map_err(capnp::Error::failed)?;
         let services = &self.services;
         let sink = services
             .logs

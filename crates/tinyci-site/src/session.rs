@@ -19,6 +19,9 @@ use crate::jobs::WorkerCap;
 use crate::rpc::read_text;
 use tinyci_users::Capability;
 
+/// Whether a session's grant allows one right on a resource (the denial, for people, if not).
+pub(crate) type RightCheck = Rc<dyn Fn(&str) -> Result<(), String>>;
+
 pub(crate) struct Session {
     services: Rc<Services>,
     redeemed: Redeemed,
@@ -73,22 +76,33 @@ impl Session {
     /// right a capability exercises on some of its methods only (`assets:read` on a log
     /// reader, `runs:cancel` on a submitter): decided once, when the capability is made.
     fn permits(&self, right: Right, resource: &str) -> Result<(), String> {
-        let ctx = Context {
-            this_site: self.services.grants.site().as_str(),
-            peer: &self.redeemed.peer_names,
-            now: SystemTime::now(),
-        };
-        let op = Operation::new(right, resource);
-        match self.redeemed.token.authorize(&op, &ctx) {
-            Ok(()) => {
-                debug!(%op, "session granted right");
-                Ok(())
+        self.check_of(right)(resource)
+    }
+
+    /// A check of `right` on any resource with this session's grant, for a capability that
+    /// learns the resource later (a worker's jobs: `logs:write` on each run's repository).
+    fn check_of(&self, right: Right) -> RightCheck {
+        let token = self.redeemed.token.clone();
+        let peer = self.redeemed.peer_names.clone();
+        let site = self.services.grants.site().to_string();
+        Rc::new(move |resource: &str| {
+            let ctx = Context {
+                this_site: &site,
+                peer: &peer,
+                now: SystemTime::now(),
+            };
+            let op = Operation::new(right, resource);
+            match token.authorize(&op, &ctx) {
+                Ok(()) => {
+                    debug!(%op, "session granted right");
+                    Ok(())
+                }
+                Err(e) => {
+                    info!(%op, error = %e, "session denied right");
+                    Err(e.to_string())
+                }
             }
-            Err(e) => {
-                info!(%op, error = %e, "session denied right");
-                Err(e.to_string())
-            }
-        }
+        })
     }
 }
 
@@ -171,6 +185,7 @@ impl session::Server for Session {
             queue,
             runner,
             offer,
+            self.check_of(Right::LogsWrite),
             self.redeemed.liveness.clone(),
         );
         results

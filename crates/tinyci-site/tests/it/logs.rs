@@ -198,7 +198,7 @@ async fn runner_session(site: &TestSite) -> (session::Client, tinyci_net::Client
     let (gateway, connection) = site.connect(Role::Admin, "ops").await;
     let token = site.mint(
         "admin:ops",
-        &["queue:submit", "queue:take", "logs:read"],
+        &["queue:submit", "queue:take", "logs:read", "logs:write"],
         &["org/x"],
         &["default"],
         hours(1),
