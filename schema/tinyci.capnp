@@ -127,6 +127,39 @@ interface Session {
 
   admin @4 () -> (admin :Admin);
   # Needs `admin`.
+
+  users @5 () -> (users :UserDirectory);
+  # Needs `users:modify` (a site user: the `modify:user` capability, held now).
+
+  repos @6 () -> (repos :RepoSettings);
+  # Needs `repos:modify` (a site user: the `modify:ci` capability, held now; they enable
+  # repositories with their own GitHub account only).
+}
+
+interface UserDirectory {
+  # Site users, for holders of `users:modify` who are not the site's admins.
+
+  list @0 () -> (users :List(UserInfo));
+  # Every site user.
+
+  add @1 (name :Text, capabilities :List(Text)) -> (user :UserInfo);
+  # As `Admin.addUser`.
+
+  setCapability @2 (name :Text, capability :Text, granted :Bool) -> (user :UserInfo);
+  # As `Admin.setUserCapability`.
+}
+
+interface RepoSettings {
+  # GitHub repositories, for holders of `repos:modify` who are not the site's admins.
+
+  list @0 () -> (repos :List(RepoInfo));
+  # Known repositories.
+
+  enable @1 (name :Text, githubUser :Text, public :Bool) -> (repo :RepoInfo);
+  # As `Admin.enableRepo`; a site user may only name themselves as `githubUser`.
+
+  disable @2 (name :Text) -> (repo :RepoInfo);
+  # As `Admin.disableRepo`.
 }
 
 interface Handle {
@@ -662,8 +695,9 @@ interface Admin {
   # logs). Fails if the name is taken or a capability is unknown.
 
   setUserCapability @16 (name :Text, capability :Text, granted :Bool) -> (user :UserInfo);
-  # Grants or takes away one capability. Tokens already handed out keep what they said until
-  # they expire or are revoked; the next login reflects the change.
+  # Grants or takes away one capability. Taking one away revokes the user's login tokens at
+  # once (their sessions end; the next login carries what they still hold); a granted one
+  # arrives with the next login.
 
   enableRepo @17 (name :Text, githubUser :Text, public :Bool) -> (repo :RepoInfo);
   # Creates the repository's GitHub webhook (push and pull_request, JSON, a fresh random

@@ -274,7 +274,7 @@ async fn tinyci_cycles_local(workers: usize, timing: Timing) -> Result<f64> {
                     runs: vec![spec.clone()],
                     // A retry-like submission: superseding would cancel runs other workers
                     // hold, which the SQL queue has no counterpart for.
-                    supersede: false,
+                    branch: tinyci_queue::OnBranch::Aside,
                     tier: TrustTier::Local,
                 };
                 queue.submit(new).await.context("submit")?;

@@ -212,7 +212,7 @@ macro_rules! observed {
 
 observed! {
     gateway: "Gateway" ["info", "redeem"];
-    session: "Session" ["grant", "submitter", "worker", "logs", "admin"];
+    session: "Session" ["grant", "submitter", "worker", "logs", "admin", "users", "repos"];
     handle: "Handle" [];
     byte_sink: "ByteSink" ["write", "finish"];
     submitter: "Submitter" ["upload", "submit", "ticket"];
@@ -227,6 +227,8 @@ observed! {
         "grants", "revoke", "users", "repos", "logs", "submitter", "ticket", "addUser",
         "setUserCapability", "enableRepo", "disableRepo", "reloadFederation", "run",
     ];
+    user_directory: "UserDirectory" ["list", "add", "setCapability"];
+    repo_settings: "RepoSettings" ["list", "enable", "disable"];
 }
 
 #[cfg(test)]

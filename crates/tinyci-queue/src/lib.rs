@@ -109,9 +109,8 @@ pub struct NewSubmission {
     pub source_sha256: Vec<u8>,
     /// The runs, fully resolved.
     pub runs: Vec<PlannedRun>,
-    /// Whether it becomes its branch's latest submission, canceling the older one's
-    /// unfinished runs. A retry of one run does not.
-    pub supersede: bool,
+    /// What it does to its branch's history.
+    pub branch: OnBranch,
     /// Where it came from, as the site established it from verified facts.
     pub tier: TrustTier,
 }
@@ -413,7 +412,7 @@ impl Queue {
         let policy = self.policy;
         let count = new.runs.len() as u64;
         let branch = branch_key(&new.repo, &new.git_ref);
-        let supersede = new.supersede;
+        let branch_role = new.branch;
         let (submission, runs, previous) = self
             .committer
             .write(move |txn| {
@@ -454,12 +453,13 @@ impl Queue {
                 for run in &runs {
                     put_run(txn, run)?;
                 }
-                let previous = if supersede {
-                    let previous = txn.get(BRANCH_HEADS, &branch[..])?;
-                    txn.put(BRANCH_HEADS, &branch[..], &submission_id.get())?;
-                    previous
-                } else {
-                    None
+                let previous = match branch_role {
+                    OnBranch::Aside => None,
+                    OnBranch::Join | OnBranch::Supersede => {
+                        let previous = txn.get(BRANCH_HEADS, &branch[..])?;
+                        txn.put(BRANCH_HEADS, &branch[..], &submission_id.get())?;
+                        previous.filter(|_| branch_role == OnBranch::Supersede)
+                    }
                 };
                 txn.put(META, NEXT_ID_KEY, &(next + 1 + count).to_be_bytes()[..])?;
                 also(txn, &submission)?;
@@ -1278,6 +1278,20 @@ impl Queue {
             })
             .collect()
     }
+}
+
+/// What a new submission does to its repository and ref's history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnBranch {
+    /// Becomes the branch's latest submission and cancels the unfinished runs of the one it
+    /// replaces: for submitters allowed to cancel (`runs:cancel`), and the site's own GitHub
+    /// builds.
+    Supersede,
+    /// Becomes the branch's latest submission, leaving the one before it to run: a submitter
+    /// who may not cancel others' work.
+    Join,
+    /// Stays out of the branch's history (a retry of one finished run).
+    Aside,
 }
 
 /// How a queue is set up: leases, dispatch, and whose queue it is.

@@ -690,23 +690,14 @@ impl admin::Server for AdminCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let params = params.get()?;
-        let name = parse_user(&read_text(params.get_name(), "name")?)?;
-        let mut capabilities = std::collections::BTreeSet::new();
-        for cap in params.get_capabilities()?.iter() {
-            capabilities.insert(parse_capability(cap?.to_str()?)?);
-        }
-        let user = self
-            .services
-            .users
-            .add(
-                &name,
-                capabilities,
-                &self.peer.to_string(),
-                crate::github::now_ms(),
-            )
-            .await
-            .map_err(users_error)?;
-        info!(user = %user.name, by = %self.peer, "user added");
+        let name = read_text(params.get_name(), "name")?;
+        let user = crate::settings::add_user(
+            &self.services,
+            &self.peer,
+            &name,
+            params.get_capabilities()?,
+        )
+        .await?;
         fill_user_info(results.get().init_user(), &user);
         Ok(())
     }
@@ -718,30 +709,14 @@ impl admin::Server for AdminCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let params = params.get()?;
-        let name = parse_user(&read_text(params.get_name(), "name")?)?;
-        let capability = parse_capability(&read_text(params.get_capability(), "capability")?)?;
-        let granted = params.get_granted();
-        let user = self
-            .services
-            .users
-            .set_capability(&name, capability, granted)
-            .await
-            .map_err(users_error)?;
-        info!(user = %user.name, %capability, granted, by = %self.peer, "user capability changed");
-        self.services.access.forget(&user.name);
-        if !granted {
-            // Their login tokens carry the old capabilities: they die now, with every live
-            // session on them (the user logs in again for a token with what they still hold).
-            let revoked = self
-                .services
-                .grants
-                .revoke_holder(&format!("user:{}", user.name), &self.peer)
-                .await
-                .map_err(|e| {
-                    capnp::Error::failed(format!("cannot revoke the user's tokens: {e}"))
-                })?;
-            info!(user = %user.name, revoked, "revoked the user's login tokens");
-        }
+        let user = crate::settings::set_capability(
+            &self.services,
+            &self.peer,
+            &read_text(params.get_name(), "name")?,
+            &read_text(params.get_capability(), "capability")?,
+            params.get_granted(),
+        )
+        .await?;
         fill_user_info(results.get().init_user(), &user);
         Ok(())
     }
@@ -767,22 +742,15 @@ impl admin::Server for AdminCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let params = params.get()?;
-        let name = read_text(params.get_name(), "name")?;
-        let user = read_text(params.get_github_user(), "githubUser")?;
-        let user = if user.is_empty() {
-            None
-        } else {
-            Some(parse_user(&user)?.to_string())
-        };
-        let repo = crate::repos::enable(
+        let repo = crate::settings::enable_repo(
             &self.services,
-            &name,
-            user,
+            &self.peer,
+            None,
+            &read_text(params.get_name(), "name")?,
+            &read_text(params.get_github_user(), "githubUser")?,
             params.get_public(),
-            &self.peer.to_string(),
         )
-        .await
-        .map_err(|e| capnp::Error::failed(format!("cannot enable {name}: {e}")))?;
+        .await?;
         fill_repo_info(results.get().init_repo(), &repo);
         Ok(())
     }
@@ -819,30 +787,33 @@ impl admin::Server for AdminCap {
     }
 }
 
-fn users_error(e: tinyci_users::UsersError) -> capnp::Error {
+pub(crate) fn users_error(e: tinyci_users::UsersError) -> capnp::Error {
     capnp::Error::failed(e.to_string())
 }
 
-fn github_error(e: crate::github::GitHubError) -> capnp::Error {
+pub(crate) fn github_error(e: crate::github::GitHubError) -> capnp::Error {
     capnp::Error::failed(e.to_string())
 }
 
-fn parse_user(name: &str) -> Result<tinyci_users::UserName, capnp::Error> {
+pub(crate) fn parse_user(name: &str) -> Result<tinyci_users::UserName, capnp::Error> {
     name.parse().map_err(users_error)
 }
 
-fn parse_capability(name: &str) -> Result<tinyci_users::Capability, capnp::Error> {
+pub(crate) fn parse_capability(name: &str) -> Result<tinyci_users::Capability, capnp::Error> {
     name.parse().map_err(users_error)
 }
 
-fn fill_user_info(mut info: tinyci_schema::user_info::Builder<'_>, user: &tinyci_users::User) {
+pub(crate) fn fill_user_info(
+    mut info: tinyci_schema::user_info::Builder<'_>,
+    user: &tinyci_users::User,
+) {
     info.set_name(user.name.as_str());
     info.set_github(user.github.as_ref().map_or("", |(login, _)| login.as_str()));
     let caps: Vec<String> = user.capabilities.iter().map(ToString::to_string).collect();
     set_list(info.init_capabilities(len(caps.len())), &caps);
 }
 
-fn fill_repo_info(
+pub(crate) fn fill_repo_info(
     mut info: tinyci_schema::repo_info::Builder<'_>,
     repo: &tinyci_store::records::RepoRecord,
 ) {

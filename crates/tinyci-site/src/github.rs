@@ -612,7 +612,7 @@ async fn submit_build(services: &Rc<Services>, seq: u64, build: Build) -> Result
                 submitted_by: build.submitted_by.clone(),
                 source_sha256,
                 runs,
-                supersede: true,
+                branch: tinyci_queue::OnBranch::Supersede,
                 tier: build.tier.clone(),
             },
             also,

@@ -9,7 +9,9 @@ use std::rc::Rc;
 use tinyci_core::{
     LeaseId, Offer, RepoConfig, RunId, RunStatus as CoreStatus, SubmissionId, TaskFile, TrustTier,
 };
-use tinyci_queue::{Leased, NewSubmission, QueueError, StoredRun, StoredSubmission, WorkerId};
+use tinyci_queue::{
+    Leased, NewSubmission, OnBranch, QueueError, StoredRun, StoredSubmission, WorkerId,
+};
 use tinyci_schema::{
     RunStatus, handle, job, job_control, run_info, run_observer, submission_info, submitter,
     ticket, worker,
@@ -591,7 +593,11 @@ pub(crate) async fn submit(
             runs,
             // Superseding cancels the older submission's runs on this ref, whoever made them:
             // a cancel, so only for holders of `runs:cancel`. Others run alongside.
-            supersede,
+            branch: if supersede {
+                OnBranch::Supersede
+            } else {
+                OnBranch::Join
+            },
             tier: tier.clone(),
         })
         .await
@@ -862,7 +868,7 @@ pub(crate) async fn retry_run(
             submitted_by: by.to_owned(),
             source_sha256: submission.source_sha256,
             runs: vec![stored.spec.clone()],
-            supersede: false,
+            branch: OnBranch::Aside,
             // A retry is the same work: it keeps the tier it had, whoever asks.
             tier: submission.tier.clone(),
         })

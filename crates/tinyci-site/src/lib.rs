@@ -29,6 +29,7 @@ mod retention;
 mod rpc;
 mod secrets;
 mod session;
+mod settings;
 mod sources;
 mod statuses;
 mod tiers;

@@ -54,6 +54,29 @@ impl Session {
             .flatten()
     }
 
+    /// For a site user: whether they still hold the capability behind site-scoped `right`
+    /// (their token may predate its removal by moments; the store is the truth).
+    fn holds_now(&self, right: Right) -> Result<(), capnp::Error> {
+        let (Some(user), Some(capability)) =
+            (self.site_user(), crate::settings::capability_for(right))
+        else {
+            return Ok(());
+        };
+        let holds = self
+            .services
+            .users
+            .get(&user)
+            .map_err(|e| capnp::Error::failed(format!("cannot read site user {user}: {e}")))?
+            .is_some_and(|u| u.has(capability));
+        if holds {
+            Ok(())
+        } else {
+            Err(capnp::Error::failed(format!(
+                "denied {right}: user {user} does not hold the {capability} capability"
+            )))
+        }
+    }
+
     /// For a site user: whether they may exercise `capability` with `want` on `repo` now.
     async fn user_may(
         &self,
@@ -221,6 +244,43 @@ impl session::Server for Session {
         results
             .get()
             .set_reader(crate::rpc::observed(&self.services, cap));
+        Ok(())
+    }
+
+    async fn users(
+        self: Rc<Self>,
+        _: session::UsersParams,
+        mut results: session::UsersResults,
+    ) -> Result<(), capnp::Error> {
+        self.authorize(Right::UsersModify, self.services.grants.site().as_str())?;
+        self.holds_now(Right::UsersModify)?;
+        let cap = crate::settings::UserDirectoryCap::new(
+            self.services.clone(),
+            self.peer.identity.clone(),
+            self.redeemed.liveness.clone(),
+        );
+        results
+            .get()
+            .set_users(crate::rpc::observed(&self.services, cap));
+        Ok(())
+    }
+
+    async fn repos(
+        self: Rc<Self>,
+        _: session::ReposParams,
+        mut results: session::ReposResults,
+    ) -> Result<(), capnp::Error> {
+        self.authorize(Right::ReposModify, self.services.grants.site().as_str())?;
+        self.holds_now(Right::ReposModify)?;
+        let cap = crate::settings::RepoSettingsCap::new(
+            self.services.clone(),
+            self.peer.identity.clone(),
+            self.site_user(),
+            self.redeemed.liveness.clone(),
+        );
+        results
+            .get()
+            .set_repos(crate::rpc::observed(&self.services, cap));
         Ok(())
     }
 

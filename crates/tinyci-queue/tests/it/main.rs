@@ -9,7 +9,7 @@ use std::time::Duration;
 use tinyci_core::{
     DispatchPolicy, Isolation, LeasePolicy, Offer, PlannedRun, RunStatus, TierPattern, TrustTier,
 };
-use tinyci_queue::{Clock, NewSubmission, Queue, QueueSetup};
+use tinyci_queue::{Clock, NewSubmission, OnBranch, Queue, QueueSetup};
 use tinyci_store::{GroupCommitter, GroupWriterThread, Store, StoreOptions};
 
 fn local<F: std::future::Future>(f: F) -> F::Output {
@@ -100,7 +100,7 @@ fn submission(git_ref: &str, runs: Vec<PlannedRun>) -> NewSubmission {
         submitted_by: "test".into(),
         source_sha256: vec![0; 32],
         runs,
-        supersede: true,
+        branch: OnBranch::Supersede,
         tier: TrustTier::Local,
     }
 }
@@ -539,7 +539,7 @@ fn each_run_goes_to_the_weakest_waiting_runner_that_may_take_it() {
         ] {
             let new = NewSubmission {
                 tier,
-                supersede: false,
+                branch: OnBranch::Aside,
                 ..submission("refs/heads/x", vec![run])
             };
             runs.push(queue.submit(new).await.unwrap().1[0].id());

@@ -20,7 +20,7 @@ fn hours(h: u64) -> Option<SystemTime> {
 }
 
 /// A source archive with one task of one run.
-fn source_tar() -> Vec<u8> {
+pub(crate) fn source_tar() -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     for (path, text) in [
         ("tinyci.yml", ""),
@@ -41,7 +41,7 @@ fn source_tar() -> Vec<u8> {
 }
 
 /// Submits one run of `org/x` and returns its id (`r-N`).
-async fn submit_one(session: &session::Client) -> String {
+pub(crate) async fn submit_one(session: &session::Client) -> String {
     let mut request = session.submitter_request();
     request.get().set_repo("org/x");
     let submitter = request.send().pipeline.get_submitter();
@@ -71,11 +71,11 @@ async fn submit_one(session: &session::Client) -> String {
     runs.get(0).get_id().unwrap().to_string().unwrap()
 }
 
-struct NoControl;
+pub(crate) struct NoControl;
 impl job_control::Server for NoControl {}
 
 /// Leases the next run as runner `r1`.
-async fn lease(session: &session::Client) -> job::Client {
+pub(crate) async fn lease(session: &session::Client) -> job::Client {
     let mut request = session.worker_request();
     request.get().set_queue("default");
     // Not a runner certificate: the operator takes work under its own name.
@@ -185,7 +185,7 @@ impl log_observer::Server for Stalled {
     }
 }
 
-fn reader_for(session: &session::Client, repo: &str) -> log_reader::Client {
+pub(crate) fn reader_for(session: &session::Client, repo: &str) -> log_reader::Client {
     let mut request = session.logs_request();
     request.get().init_scope().set_repo(repo);
     request.send().pipeline.get_reader()

@@ -1,0 +1,252 @@
+//! Site users and GitHub repositories as capabilities of their own: `UserDirectory` for
+//! holders of `users:modify`, `RepoSettings` for holders of `repos:modify`, so managing them
+//! does not take the whole `Admin`. `Admin`'s methods of the same names do the same work
+//! through the functions here: one implementation, two doors.
+
+use std::rc::Rc;
+
+use tinyci_pki::PeerIdentity;
+use tinyci_schema::{repo_settings, user_directory};
+use tinyci_users::{Capability, User, UserName};
+use tracing::info;
+
+use crate::Services;
+use crate::caps::{
+    fill_repo_info, fill_user_info, github_error, parse_capability, parse_user, users_error,
+};
+use crate::membrane::Liveness;
+use crate::rpc::read_text;
+use crate::session::len;
+
+/// Creates site user `name` with `capabilities`, recorded as made by `by`.
+pub(crate) async fn add_user(
+    services: &Services,
+    by: &PeerIdentity,
+    name: &str,
+    capabilities: capnp::text_list::Reader<'_>,
+) -> Result<User, capnp::Error> {
+    let name = parse_user(name)?;
+    let mut caps = std::collections::BTreeSet::new();
+    for cap in capabilities.iter() {
+        caps.insert(parse_capability(cap?.to_str()?)?);
+    }
+    let user = services
+        .users
+        .add(&name, caps, &by.to_string(), crate::github::now_ms())
+        .await
+        .map_err(users_error)?;
+    info!(user = %user.name, %by, "user added");
+    Ok(user)
+}
+
+/// Gives or takes away one capability. Taking one away revokes the user's login tokens now,
+/// with every live session on them (they log in again for a token with what they still hold).
+pub(crate) async fn set_capability(
+    services: &Services,
+    by: &PeerIdentity,
+    name: &str,
+    capability: &str,
+    granted: bool,
+) -> Result<User, capnp::Error> {
+    let name = parse_user(name)?;
+    let capability = parse_capability(capability)?;
+    let user = services
+        .users
+        .set_capability(&name, capability, granted)
+        .await
+        .map_err(users_error)?;
+    info!(user = %user.name, %capability, granted, %by, "user capability changed");
+    services.access.forget(&user.name);
+    if !granted {
+        let revoked = services
+            .grants
+            .revoke_holder(&format!("user:{}", user.name), by)
+            .await
+            .map_err(|e| capnp::Error::failed(format!("cannot revoke the user's tokens: {e}")))?;
+        info!(user = %user.name, revoked, "revoked the user's login tokens");
+    }
+    Ok(user)
+}
+
+/// Enables `name`, acting on GitHub as site user `github_user` (empty: the site's own
+/// token). A site user acting here (`acting`) may only act as themselves.
+pub(crate) async fn enable_repo(
+    services: &Services,
+    by: &PeerIdentity,
+    acting: Option<&UserName>,
+    name: &str,
+    github_user: &str,
+    public: bool,
+) -> Result<tinyci_store::records::RepoRecord, capnp::Error> {
+    let user = if github_user.is_empty() {
+        None
+    } else {
+        Some(parse_user(github_user)?.to_string())
+    };
+    if let Some(acting) = acting
+        && user.as_deref() != Some(acting.as_str())
+    {
+        return Err(capnp::Error::failed(format!(
+            "cannot enable {name}: site user {acting} enables repositories with their own GitHub \
+             account only (name {acting}, not {})",
+            user.as_deref().unwrap_or("the site's token")
+        )));
+    }
+    crate::repos::enable(services, name, user, public, &by.to_string())
+        .await
+        .map_err(|e| capnp::Error::failed(format!("cannot enable {name}: {e}")))
+}
+
+/// `UserDirectory` for one session.
+pub(crate) struct UserDirectoryCap {
+    services: Rc<Services>,
+    peer: PeerIdentity,
+    liveness: Rc<Liveness>,
+}
+
+impl UserDirectoryCap {
+    pub(crate) fn new(services: Rc<Services>, peer: PeerIdentity, liveness: Rc<Liveness>) -> Self {
+        Self {
+            services,
+            peer,
+            liveness,
+        }
+    }
+}
+
+impl user_directory::Server for UserDirectoryCap {
+    async fn list(
+        self: Rc<Self>,
+        _: user_directory::ListParams,
+        mut results: user_directory::ListResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let users = self.services.users.list().map_err(users_error)?;
+        let mut list = results.get().init_users(len(users.len()));
+        for (i, user) in users.iter().enumerate() {
+            fill_user_info(list.reborrow().get(len(i)), user);
+        }
+        Ok(())
+    }
+
+    async fn add(
+        self: Rc<Self>,
+        params: user_directory::AddParams,
+        mut results: user_directory::AddResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let params = params.get()?;
+        let name = read_text(params.get_name(), "name")?;
+        let user = add_user(
+            &self.services,
+            &self.peer,
+            &name,
+            params.get_capabilities()?,
+        )
+        .await?;
+        fill_user_info(results.get().init_user(), &user);
+        Ok(())
+    }
+
+    async fn set_capability(
+        self: Rc<Self>,
+        params: user_directory::SetCapabilityParams,
+        mut results: user_directory::SetCapabilityResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let params = params.get()?;
+        let user = set_capability(
+            &self.services,
+            &self.peer,
+            &read_text(params.get_name(), "name")?,
+            &read_text(params.get_capability(), "capability")?,
+            params.get_granted(),
+        )
+        .await?;
+        fill_user_info(results.get().init_user(), &user);
+        Ok(())
+    }
+}
+
+/// `RepoSettings` for one session; `acting` is the site user holding it, if one does.
+pub(crate) struct RepoSettingsCap {
+    services: Rc<Services>,
+    peer: PeerIdentity,
+    acting: Option<UserName>,
+    liveness: Rc<Liveness>,
+}
+
+impl RepoSettingsCap {
+    pub(crate) fn new(
+        services: Rc<Services>,
+        peer: PeerIdentity,
+        acting: Option<UserName>,
+        liveness: Rc<Liveness>,
+    ) -> Self {
+        Self {
+            services,
+            peer,
+            acting,
+            liveness,
+        }
+    }
+}
+
+impl repo_settings::Server for RepoSettingsCap {
+    async fn list(
+        self: Rc<Self>,
+        _: repo_settings::ListParams,
+        mut results: repo_settings::ListResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let repos = crate::repos::list(&self.services).map_err(github_error)?;
+        let mut list = results.get().init_repos(len(repos.len()));
+        for (i, repo) in repos.iter().enumerate() {
+            fill_repo_info(list.reborrow().get(len(i)), repo);
+        }
+        Ok(())
+    }
+
+    async fn enable(
+        self: Rc<Self>,
+        params: repo_settings::EnableParams,
+        mut results: repo_settings::EnableResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let params = params.get()?;
+        let repo = enable_repo(
+            &self.services,
+            &self.peer,
+            self.acting.as_ref(),
+            &read_text(params.get_name(), "name")?,
+            &read_text(params.get_github_user(), "githubUser")?,
+            params.get_public(),
+        )
+        .await?;
+        fill_repo_info(results.get().init_repo(), &repo);
+        Ok(())
+    }
+
+    async fn disable(
+        self: Rc<Self>,
+        params: repo_settings::DisableParams,
+        mut results: repo_settings::DisableResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let name = read_text(params.get()?.get_name(), "name")?;
+        let repo = crate::repos::disable(&self.services, &name, &self.peer.to_string())
+            .await
+            .map_err(|e| capnp::Error::failed(format!("cannot disable {name}: {e}")))?;
+        fill_repo_info(results.get().init_repo(), &repo);
+        Ok(())
+    }
+}
+
+/// Whether `capability` is one a user must hold now for `right` (site users only).
+pub(crate) fn capability_for(right: tinyci_grant::Right) -> Option<Capability> {
+    match right {
+        tinyci_grant::Right::UsersModify => Some(Capability::ModifyUser),
+        tinyci_grant::Right::ReposModify => Some(Capability::ModifyCi),
+        _ => None,
+    }
+}
