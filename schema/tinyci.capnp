@@ -243,6 +243,9 @@ interface Ticket {
   watch @3 (observer :RunObserver) -> (handle :Handle);
   # Pushes every run's state change to `observer` until the submission ends or the handle is
   # dropped. Starts with the current state of every run.
+
+  cancelRun @4 (run :Text, reason :Text) -> ();
+  # Cancels one unfinished run of this submission. Needs `runs:cancel`, as `cancel` does.
 }
 
 interface RunObserver {
@@ -545,7 +548,15 @@ interface LogReader {
   # Lists a run's artifacts.
 
   download @3 (run :Text, name :Text, sink :ByteSink) -> ();
-  # Streams one artifact into `sink`.
+  # Streams one artifact into `sink`. Needs `assets:read`.
+
+  run @4 (id :Text) -> (run :RunInfo);
+  # One run of this reader's repository, as it is now.
+
+  ticket @5 (submissionId :Text) -> (ticket :Ticket);
+  # A submission of this reader's repository, to follow (`tinyci wait`); its `cancel` and
+  # `cancelRun` need `runs:cancel` (a site user: the `cancel` capability and GitHub's write
+  # access to the repository).
 }
 
 interface LogObserver {

@@ -1107,6 +1107,49 @@ fn site_users_reach_only_what_github_lets_their_account_and_lose_it_at_once() {
         text(&submitted.stderr)
     );
 
+    // `tinyci cancel` works for users too, with the cancel capability only: OctoCat has none.
+    let denied = run_in(
+        site.dir.path(),
+        &["cancel", &hello_run, "--profile", profile],
+    );
+    assert!(!denied.status.success());
+    assert!(
+        text(&denied.stderr).contains("runs:cancel"),
+        "{}",
+        text(&denied.stderr)
+    );
+    // `tinyci wait` follows what they may read: the admin cancels, the user sees it end.
+    let number: u64 = hello_run.trim_start_matches("r-").parse().unwrap();
+    let hello_submission = format!("s-{}", number - 1);
+    let canceled = site.tinyci(&["cancel", &hello_submission]);
+    assert!(canceled.status.success(), "{}", text(&canceled.stderr));
+    let waited = run_in(
+        site.dir.path(),
+        &["wait", &hello_submission, "--profile", profile],
+    );
+    assert_eq!(waited.status.code(), Some(1), "{}", text(&waited.stderr));
+    assert!(
+        text(&waited.stdout).contains("canceled"),
+        "{}",
+        text(&waited.stdout)
+    );
+    let secret_number: u64 = secret_run.trim_start_matches("r-").parse().unwrap();
+    let hidden = run_in(
+        site.dir.path(),
+        &[
+            "wait",
+            &format!("s-{}", secret_number - 1),
+            "--profile",
+            profile,
+        ],
+    );
+    assert!(!hidden.status.success());
+    assert!(
+        text(&hidden.stderr).contains("no submission"),
+        "{}",
+        text(&hidden.stderr)
+    );
+
     // A login [github] allow does not name signs in holding nothing, and is told so.
     let (exit, output, _) = cli_login(&site, &fake, ("gho_mallory", "mallory", 666, "c-2"));
     assert_ne!(exit, Some(0), "{output:?}");

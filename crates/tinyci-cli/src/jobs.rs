@@ -73,6 +73,46 @@ pub(crate) struct CancelArgs {
     /// Dial this address instead of site.listen.
     #[arg(long, value_name = "HOST:PORT")]
     addr: Option<SocketAddr>,
+    #[command(flatten)]
+    acting: ActingArgs,
+}
+
+/// Who a command acts as, when not as the site's admin: a `tinyci login` profile (a site
+/// user: they reach only what their capabilities and GitHub allow), or a grant.
+#[derive(Debug, Args)]
+pub(crate) struct ActingArgs {
+    /// Act as the user of a `tinyci login` profile directory.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["token", "site"])]
+    profile: Option<PathBuf>,
+    /// The run's repository [default: a grant's only repository; every repository the
+    /// profile's user may read].
+    #[arg(long, value_name = "OWNER/NAME")]
+    repo: Option<String>,
+    #[command(flatten)]
+    grant: crate::remote::GrantArgs,
+}
+
+impl ActingArgs {
+    /// Whether the command acts as someone other than the site's admin.
+    fn acting(&self) -> bool {
+        self.profile.is_some() || self.grant.token.is_some()
+    }
+
+    /// Where to read from: the profile's site, or this site's config with the grant.
+    fn source(&self, config: Option<PathBuf>, addr: Option<SocketAddr>) -> Result<ReaderSource> {
+        let (config, profile) = match &self.profile {
+            Some(dir) => (None, Some(crate::github::load_profile(dir)?)),
+            None => (Some(SiteConfig::load(&config_path(config))?), None),
+        };
+        Ok(ReaderSource {
+            addr,
+            site: self.grant.site.clone(),
+            token: self.grant.token.clone(),
+            repo: self.repo.clone(),
+            config,
+            profile,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -420,9 +460,26 @@ pub(crate) struct WaitArgs {
     id: String,
     #[command(flatten)]
     site: SiteArgs,
+    #[command(flatten)]
+    acting: ActingArgs,
 }
 
 pub(crate) fn wait(args: WaitArgs) -> Result<()> {
+    if args.acting.acting() {
+        let source = args.acting.source(args.site.config, args.site.addr)?;
+        return local_runtime()?.block_on(async move {
+            let (client, reader) = log_reader_of(&source).await?;
+            let mut request = reader.ticket_request();
+            request.get().set_submission_id(&args.id);
+            let ticket = request.send().pipeline.get_ticket();
+            follow(&ticket, &args.id)
+                .await
+                .map_err(|e| match e.downcast::<capnp::Error>() {
+                    Ok(e) => rpc_error(&client, e).into(),
+                    Err(e) => e,
+                })
+        });
+    }
     let config = SiteConfig::load(&config_path(args.site.config))?;
     local_runtime()?.block_on(async move {
         let (client, admin) = admin_capability(&config, args.site.addr).await?;
@@ -467,6 +524,46 @@ impl run_observer::Server for Observer {
 }
 
 pub(crate) fn cancel(args: CancelArgs) -> Result<()> {
+    if args.acting.acting() {
+        let source = args.acting.source(args.config, args.addr)?;
+        return local_runtime()?.block_on(async move {
+            let (client, reader) = log_reader_of(&source).await?;
+            let rpc = |e| rpc_error(&client, e);
+            let reason = args.reason.as_deref().unwrap_or_default();
+            let run = args.id.starts_with("r-");
+            let submission = if run {
+                let mut request = reader.run_request();
+                request.get().set_id(&args.id);
+                let response = request.send().promise.await.map_err(rpc)?;
+                text(
+                    response
+                        .get()
+                        .map_err(rpc)?
+                        .get_run()
+                        .map_err(rpc)?
+                        .get_submission_id(),
+                )
+            } else {
+                args.id.clone()
+            };
+            let mut request = reader.ticket_request();
+            request.get().set_submission_id(&submission);
+            let ticket = request.send().pipeline.get_ticket();
+            if run {
+                let mut cancel = ticket.cancel_run_request();
+                cancel.get().set_run(&args.id);
+                cancel.get().set_reason(reason);
+                cancel.send().promise.await.map_err(rpc)?;
+                println!("canceled run {}", args.id);
+            } else {
+                let mut cancel = ticket.cancel_request();
+                cancel.get().set_reason(reason);
+                cancel.send().promise.await.map_err(rpc)?;
+                println!("canceled submission {submission}");
+            }
+            Ok(())
+        });
+    }
     let config = SiteConfig::load(&config_path(args.config))?;
     local_runtime()?.block_on(async move {
         let (client, admin) = admin_capability(&config, args.addr).await?;
@@ -796,21 +893,13 @@ pub(crate) struct LogsArgs {
     /// Print only these streams (repeatable) [default: all].
     #[arg(long, value_enum, value_name = "STREAM")]
     stream: Vec<StreamArg>,
-    /// The run's repository, with --token [default: the grant's only repository].
-    #[arg(long, value_name = "OWNER/NAME", requires = "token")]
-    repo: Option<String>,
-    /// Read as the user of a `tinyci login` profile directory (their certificate and token)
-    /// instead of as the site's admin: they see only runs of repositories GitHub lets their
-    /// account read.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["token", "site"])]
-    profile: Option<PathBuf>,
     /// Print the log's bytes as stored. Without it, colours pass but every other terminal
     /// control (titles, clipboard writes, cursor moves, bells) a job printed is shown as
     /// text rather than obeyed: job output is untrusted.
     #[arg(long)]
     raw: bool,
     #[command(flatten)]
-    grant: crate::remote::GrantArgs,
+    acting: ActingArgs,
     #[command(flatten)]
     site: SiteArgs,
 }
@@ -874,23 +963,11 @@ fn write_log(
 
 pub(crate) fn logs(args: LogsArgs) -> Result<()> {
     // A profile carries its own site, certificate and token: no site.toml needed.
-    let (config, profile) = match &args.profile {
-        Some(dir) => (None, Some(crate::github::load_profile(dir)?)),
-        None => (
-            Some(SiteConfig::load(&config_path(args.site.config.clone()))?),
-            None,
-        ),
-    };
+    let source = args
+        .acting
+        .source(args.site.config.clone(), args.site.addr)?;
     local_runtime()?.block_on(async move {
         let filter = StreamFilter::new(&args.stream, args.raw);
-        let source = ReaderSource {
-            addr: args.site.addr,
-            site: args.grant.site.clone(),
-            token: args.grant.token.clone(),
-            repo: args.repo.clone(),
-            config,
-            profile,
-        };
         let status = if args.follow {
             follow_across_restarts(&source, &args.run, args.from, filter).await?
         } else {

@@ -216,11 +216,11 @@ observed! {
     handle: "Handle" [];
     byte_sink: "ByteSink" ["write", "finish"];
     submitter: "Submitter" ["upload", "submit", "ticket"];
-    ticket: "Ticket" ["submission", "runs", "cancel", "watch"];
+    ticket: "Ticket" ["submission", "runs", "cancel", "watch", "cancelRun"];
     worker: "Worker" ["next", "resume"];
     job: "Job" ["spec", "source", "log", "artifacts", "heartbeat", "started", "complete", "release"];
     log_sink: "LogSink" ["write", "acknowledged", "close"];
-    log_reader: "LogReader" ["read", "follow", "artifacts", "download"];
+    log_reader: "LogReader" ["read", "follow", "artifacts", "download", "run", "ticket"];
     asset_sink: "AssetSink" ["put"];
     admin: "Admin" [
         "status", "runners", "setRunner", "queues", "setQueue", "runs", "cancel", "retry",

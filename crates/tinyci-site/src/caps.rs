@@ -133,6 +133,9 @@ pub(crate) struct LogReaderCap {
     /// A site user's reader: each run is shown only if they may read its repository now
     /// ([`crate::access`], as on the pages).
     user: Option<tinyci_users::UserName>,
+    /// `runs:cancel` of the holder's grant, on a repository: the tickets this reader hands
+    /// out cancel only with it.
+    cancel: crate::session::RightCheck,
     liveness: Rc<Liveness>,
 }
 
@@ -145,6 +148,7 @@ impl LogReaderCap {
         repo: String,
         assets: Result<(), String>,
         user: Option<tinyci_users::UserName>,
+        cancel: crate::session::RightCheck,
         liveness: Rc<Liveness>,
     ) -> Self {
         Self {
@@ -152,6 +156,7 @@ impl LogReaderCap {
             repo,
             assets,
             user,
+            cancel,
             liveness,
         }
     }
@@ -163,7 +168,7 @@ impl LogReaderCap {
 
     /// The run, if it exists, belongs to this reader's repository and (for a site user)
     /// GitHub lets them read that repository now. Anything else is "no run", alike.
-    async fn run(&self, id: &str) -> Result<tinyci_queue::StoredRun, capnp::Error> {
+    async fn find_run(&self, id: &str) -> Result<tinyci_queue::StoredRun, capnp::Error> {
         let not_found =
             || capnp::Error::failed(format!("no run {id:?} in repository {}", self.repo));
         let parsed: RunId = id.parse().map_err(|_| not_found())?;
@@ -202,7 +207,7 @@ impl log_reader::Server for LogReaderCap {
         self.liveness.check()?;
         let params = params.get()?;
         let id = read_text(params.get_run(), "run")?;
-        let run = self.run(&id).await?;
+        let run = self.find_run(&id).await?;
         let from = params.get_from();
         let max = params.get_max().clamp(1, MAX_READ) as usize;
         let store = self.services.store.clone();
@@ -241,7 +246,7 @@ impl log_reader::Server for LogReaderCap {
         self.liveness.check()?;
         let params = params.get()?;
         let id = read_text(params.get_run(), "run")?;
-        let run = self.run(&id).await?;
+        let run = self.find_run(&id).await?;
         let from = params.get_from();
         let observer = params.get_observer()?;
         let services = self.services.clone();
@@ -284,7 +289,7 @@ impl log_reader::Server for LogReaderCap {
         self.check_assets()?;
         let id = read_text(params.get()?.get_run(), "run")?;
         // The same repository scoping as `read`: another repository's run is "no run".
-        let run = self.run(&id).await?;
+        let run = self.find_run(&id).await?;
         let records = crate::assets::list(&self.services.store, run.id()).map_err(|e| {
             capnp::Error::failed(format!("cannot list the artifacts of run {id}: {e}"))
         })?;
@@ -303,8 +308,74 @@ impl log_reader::Server for LogReaderCap {
         let id = read_text(params.get_run(), "run")?;
         let name = read_text(params.get_name(), "name")?;
         let sink = params.get_sink()?;
-        let run = self.run(&id).await?;
+        let run = self.find_run(&id).await?;
         crate::assets::download(&self.services, run.id(), &name, sink).await
+    }
+
+    async fn run(
+        self: Rc<Self>,
+        params: log_reader::RunParams,
+        mut results: log_reader::RunResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let id = read_text(params.get()?.get_id(), "id")?;
+        let run = self.find_run(&id).await?;
+        fill_run_info(results.get().init_run(), &run, &self.services.queue);
+        Ok(())
+    }
+
+    async fn ticket(
+        self: Rc<Self>,
+        params: log_reader::TicketParams,
+        mut results: log_reader::TicketResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let id = read_text(params.get()?.get_submission_id(), "submissionId")?;
+        let not_found =
+            || capnp::Error::failed(format!("no submission {id:?} in repository {}", self.repo));
+        let parsed: SubmissionId = id.parse().map_err(|_| not_found())?;
+        let submission = match self.services.queue.submission(parsed) {
+            Ok(Some(s)) if self.repo == "*" || s.repo == self.repo => s,
+            Ok(_) => return Err(not_found()),
+            Err(e) => return Err(capnp::Error::failed(e.to_string())),
+        };
+        let services = &self.services;
+        let mut cancel = (self.cancel)(&submission.repo);
+        if let Some(user) = &self.user {
+            // A site user sees only what GitHub lets them read, and cancels only where it
+            // lets them push.
+            if services
+                .access
+                .check(
+                    services,
+                    user,
+                    tinyci_users::Capability::Logs,
+                    &submission.repo,
+                    crate::access::Want::Read,
+                )
+                .await
+                .is_err()
+            {
+                return Err(not_found());
+            }
+            if cancel.is_ok() {
+                cancel = services
+                    .access
+                    .check(
+                        services,
+                        user,
+                        tinyci_users::Capability::Cancel,
+                        &submission.repo,
+                        crate::access::Want::Write,
+                    )
+                    .await;
+            }
+        }
+        let ticket = TicketCap::new(self.services.clone(), parsed, cancel, self.liveness.clone());
+        results
+            .get()
+            .set_ticket(crate::rpc::observed(&self.services, ticket));
+        Ok(())
     }
 }
 
@@ -617,6 +688,8 @@ impl admin::Server for AdminCap {
             repo,
             Ok(()),
             None,
+            // The admin right covers every run of the site.
+            Rc::new(|_: &str| Ok(())),
             self.liveness.clone(),
         );
         results

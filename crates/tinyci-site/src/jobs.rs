@@ -756,6 +756,35 @@ impl ticket::Server for TicketCap {
         Ok(())
     }
 
+    async fn cancel_run(
+        self: Rc<Self>,
+        params: ticket::CancelRunParams,
+        _: ticket::CancelRunResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        self.cancel.clone().map_err(capnp::Error::failed)?;
+        let params = params.get()?;
+        let id = read_text(params.get_run(), "run")?;
+        let not_found = || capnp::Error::failed(format!("no run {id:?} in submission {}", self.id));
+        let run: RunId = id.parse().map_err(|_| not_found())?;
+        match self.services.queue.run(run).map_err(queue_error)? {
+            Some(stored) if stored.submission == self.id => {}
+            _ => return Err(not_found()),
+        }
+        let reason = read_text(params.get_reason(), "reason")?;
+        let reason = if reason.is_empty() {
+            "canceled by request".to_owned()
+        } else {
+            reason
+        };
+        self.services
+            .queue
+            .cancel_run(run, &reason)
+            .await
+            .map_err(queue_error)?;
+        Ok(())
+    }
+
     async fn watch(
         self: Rc<Self>,
         params: ticket::WatchParams,

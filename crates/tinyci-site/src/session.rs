@@ -239,6 +239,7 @@ impl session::Server for Session {
             repo,
             assets,
             user,
+            self.check_of(Right::RunsCancel),
             self.redeemed.liveness.clone(),
         );
         results

@@ -51,6 +51,7 @@ const AUTHORITY: &[(&str, &str, Guard)] = &[
     ("Ticket", "runs", Held),
     ("Ticket", "cancel", Guard::Right(Right::RunsCancel)),
     ("Ticket", "watch", Held),
+    ("Ticket", "cancelRun", Guard::Right(Right::RunsCancel)),
     ("RunObserver", "changed", Held),
     ("RunObserver", "ended", Held),
     ("Worker", "next", Held),
@@ -71,6 +72,8 @@ const AUTHORITY: &[(&str, &str, Guard)] = &[
     ("LogReader", "follow", Held),
     ("LogReader", "artifacts", Guard::Right(Right::AssetsRead)),
     ("LogReader", "download", Guard::Right(Right::AssetsRead)),
+    ("LogReader", "run", Held),
+    ("LogReader", "ticket", Held),
     ("LogObserver", "chunk", Held),
     ("LogObserver", "done", Held),
     ("AssetSink", "put", Held),
@@ -305,9 +308,13 @@ async fn exercise(session: &session::Client, right: Right, run: &str) -> Result<
             let mut ticket = submitter.ticket_request();
             ticket.get().set_submission_id(format!("s-{}", number - 1));
             let ticket = ticket.send().pipeline.get_ticket();
-            let mut cancel = ticket.cancel_request();
-            cancel.get().set_reason("conformance");
-            cancel.send().promise.await.map(drop)
+            let mut one = ticket.cancel_run_request();
+            one.get().set_run(run);
+            one.get().set_reason("conformance");
+            one.send().promise.await?;
+            let mut all = ticket.cancel_request();
+            all.get().set_reason("conformance");
+            all.send().promise.await.map(drop)
         }
         Right::AssetsRead => {
             let reader = reader_for(session, "org/x");
