@@ -87,7 +87,8 @@ fn start_github_site_on(fake: &FakeGitHub, listen: &str) -> GitHubSite {
          [http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://ci.example.test\"\n\n\
          [github]\napi_url = \"{}\"\nweb_url = \"{}\"\ntoken_file = \"certs/github.token\"\n\
          client_id = \"{CLIENT_ID}\"\nclient_secret_file = \"certs/github-oauth.secret\"\n\
-         allow = [\"OctoCat\"]\ndefault_capabilities = [\"submit\", \"logs\"]\n",
+         allow = [\"OctoCat\", \"@octo-crew\", \"@octo/core\"]\n\
+         default_capabilities = [\"submit\", \"logs\"]\n",
         fake.api_url(),
         fake.web_url()
     );
@@ -1118,6 +1119,17 @@ fn site_users_reach_only_what_github_lets_their_account_and_lose_it_at_once() {
         "{}",
         text(&denied.stderr)
     );
+    // Managing users takes modify:user, which OctoCat does not hold.
+    let listed = run_in(
+        site.dir.path(),
+        &["admin", "user", "list", "--profile", profile],
+    );
+    assert!(!listed.status.success());
+    assert!(
+        text(&listed.stderr).contains("users:modify"),
+        "{}",
+        text(&listed.stderr)
+    );
     // `tinyci wait` follows what they may read: the admin cancels, the user sees it end.
     let number: u64 = hello_run.trim_start_matches("r-").parse().unwrap();
     let hello_submission = format!("s-{}", number - 1);
@@ -1150,9 +1162,16 @@ fn site_users_reach_only_what_github_lets_their_account_and_lose_it_at_once() {
         text(&hidden.stderr)
     );
 
-    // A login [github] allow does not name signs in holding nothing, and is told so.
+    // A login [github] allow does not name signs in holding nothing, and is told so; members
+    // of an organization or a team it names are let in.
     let (exit, output, _) = cli_login(&site, &fake, ("gho_mallory", "mallory", 666, "c-2"));
     assert_ne!(exit, Some(0), "{output:?}");
+    fake.add_org_member("octo-crew", "crewmate");
+    let (exit, output, _) = cli_login(&site, &fake, ("gho_crew", "crewmate", 667, "c-3"));
+    assert_eq!(exit, Some(0), "{output:?}");
+    fake.add_team_member("octo", "core", "teammate");
+    let (exit, output, _) = cli_login(&site, &fake, ("gho_team", "teammate", 668, "c-4"));
+    assert_eq!(exit, Some(0), "{output:?}");
 
     // Taking the capability away ends the user's token and sessions now.
     let removed = site.tinyci(&["admin", "user", "cap", "remove", "octocat", "logs"]);

@@ -20,6 +20,74 @@ const MAX_ANSWER_BYTES: usize = 256 * 1024;
 /// How long `tinyci login` waits for the browser before giving up (the site's own limit).
 const LOGIN_PATIENCE: Duration = Duration::from_secs(600);
 
+/// Who manages users or repositories: the site's admin, or a site user through their
+/// `tinyci login` profile (holding `modify:user` for users, `modify:ci` for repositories).
+#[derive(Debug, Args)]
+pub(crate) struct ManageArgs {
+    #[command(flatten)]
+    site: SiteArgs,
+    /// Act as the user of a `tinyci login` profile directory instead of as the site's admin.
+    #[arg(long, value_name = "DIR")]
+    profile: Option<PathBuf>,
+}
+
+/// Runs `f` with the user directory: the admin's, or a profile's user's (`Session.users`).
+fn with_users(
+    manage: ManageArgs,
+    f: impl AsyncFnOnce(UserOps) -> Result<(), capnp::Error>,
+) -> Result<()> {
+    match manage.profile {
+        None => with_admin(manage.site, async move |admin| {
+            f(UserOps::Admin(admin)).await
+        }),
+        Some(dir) => with_profile(&dir, async move |session| {
+            let users = session.users_request().send().pipeline.get_users();
+            f(UserOps::Directory(users)).await
+        }),
+    }
+}
+
+/// Runs `f` with repository settings: the admin's, or a profile's user's (`Session.repos`).
+fn with_repos(
+    manage: ManageArgs,
+    f: impl AsyncFnOnce(RepoOps) -> Result<(), capnp::Error>,
+) -> Result<()> {
+    match manage.profile {
+        None => with_admin(manage.site, async move |admin| {
+            f(RepoOps::Admin(admin)).await
+        }),
+        Some(dir) => with_profile(&dir, async move |session| {
+            let repos = session.repos_request().send().pipeline.get_repos();
+            f(RepoOps::Settings(repos)).await
+        }),
+    }
+}
+
+/// Runs `f` with a session of the profile's user, turning capnp errors into messages.
+fn with_profile(
+    dir: &std::path::Path,
+    f: impl AsyncFnOnce(tinyci_schema::session::Client) -> Result<(), capnp::Error>,
+) -> Result<()> {
+    let profile = load_profile(dir)?;
+    local_runtime()?.block_on(async move {
+        let (client, session) = profile_session(&profile).await?;
+        f(session).await.map_err(|e| rpc_error(&client, e))?;
+        Ok(())
+    })
+}
+
+/// Where user management goes.
+enum UserOps {
+    Admin(tinyci_schema::admin::Client),
+    Directory(tinyci_schema::user_directory::Client),
+}
+
+/// Where repository management goes.
+enum RepoOps {
+    Admin(tinyci_schema::admin::Client),
+    Settings(tinyci_schema::repo_settings::Client),
+}
+
 /// Manage site users: tinyCI's capabilities `submit`, `cancel`, `modify:ci`, `modify:user`,
 /// `logs`, carried by the tokens users get at `tinyci login`.
 #[derive(Debug, Subcommand)]
@@ -32,7 +100,7 @@ pub(crate) enum UserCommand {
         #[arg(long = "cap", value_name = "CAPABILITY")]
         capabilities: Vec<String>,
         #[command(flatten)]
-        site: SiteArgs,
+        site: ManageArgs,
     },
     /// List users with their capabilities and linked GitHub account.
     List {
@@ -40,7 +108,7 @@ pub(crate) enum UserCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        site: SiteArgs,
+        site: ManageArgs,
     },
     /// Give or take away a capability.
     #[command(subcommand)]
@@ -56,7 +124,7 @@ pub(crate) enum CapCommand {
         /// The capability.
         capability: String,
         #[command(flatten)]
-        site: SiteArgs,
+        site: ManageArgs,
     },
     /// Take a capability away from a user.
     Remove {
@@ -65,7 +133,7 @@ pub(crate) enum CapCommand {
         /// The capability.
         capability: String,
         #[command(flatten)]
-        site: SiteArgs,
+        site: ManageArgs,
     },
 }
 
@@ -84,14 +152,14 @@ pub(crate) enum RepoCommand {
         #[arg(long)]
         public: bool,
         #[command(flatten)]
-        site: SiteArgs,
+        site: ManageArgs,
     },
     /// Delete the repository's webhook and stop building it.
     Disable {
         /// `owner/name`.
         name: String,
         #[command(flatten)]
-        site: SiteArgs,
+        site: ManageArgs,
     },
     /// List known repositories.
     List {
@@ -99,7 +167,7 @@ pub(crate) enum RepoCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        site: SiteArgs,
+        site: ManageArgs,
     },
 }
 
@@ -138,30 +206,53 @@ pub(crate) fn user(command: UserCommand) -> Result<()> {
             name,
             capabilities,
             site,
-        } => with_admin(site, async move |admin| {
-            let mut request = admin.add_user_request();
-            request.get().set_name(&name);
-            let mut caps = request
-                .get()
-                .init_capabilities(u32::try_from(capabilities.len()).unwrap_or(u32::MAX));
-            for (i, cap) in capabilities.iter().enumerate() {
-                caps.set(u32::try_from(i).unwrap_or(u32::MAX), cap);
-            }
-            let response = request.send().promise.await?;
-            let user = response.get()?.get_user()?;
-            println!("added {}", user_line(user));
+        } => with_users(site, async move |users| {
+            let count = u32::try_from(capabilities.len()).unwrap_or(u32::MAX);
+            let fill = |mut list: capnp::text_list::Builder<'_>| {
+                for (i, cap) in capabilities.iter().enumerate() {
+                    list.set(u32::try_from(i).unwrap_or(u32::MAX), cap);
+                }
+            };
+            let response = match users {
+                UserOps::Admin(admin) => {
+                    let mut request = admin.add_user_request();
+                    request.get().set_name(&name);
+                    fill(request.get().init_capabilities(count));
+                    let response = request.send().promise.await?;
+                    user_line(response.get()?.get_user()?)
+                }
+                UserOps::Directory(directory) => {
+                    let mut request = directory.add_request();
+                    request.get().set_name(&name);
+                    fill(request.get().init_capabilities(count));
+                    let response = request.send().promise.await?;
+                    user_line(response.get()?.get_user()?)
+                }
+            };
+            println!("added {response}");
             Ok(())
         }),
-        UserCommand::List { json, site } => with_admin(site, async move |admin| {
-            let response = admin.users_request().send().promise.await?;
-            let users: Vec<_> = response.get()?.get_users()?.iter().collect();
-            print_listing(
-                &users,
-                json,
-                "no users",
-                |u| user_json(*u),
-                |u| user_line(*u),
-            );
+        UserCommand::List { json, site } => with_users(site, async move |users| {
+            let show = |list: capnp::struct_list::Reader<'_, user_info::Owned>| {
+                let users: Vec<_> = list.iter().collect();
+                print_listing(
+                    &users,
+                    json,
+                    "no users",
+                    |u| user_json(*u),
+                    |u| user_line(*u),
+                );
+            };
+            match users {
+                UserOps::Admin(admin) => {
+                    let response = admin.users_request().send().promise.await?;
+                    show(response.get()?.get_users()?);
+                }
+                UserOps::Directory(directory) => {
+                    let response = directory.list_request().send().promise.await?;
+                    show(response.get()?.get_users()?);
+                }
+            }
             Ok(())
         }),
         UserCommand::Cap(CapCommand::Add {
@@ -177,14 +268,27 @@ pub(crate) fn user(command: UserCommand) -> Result<()> {
     }
 }
 
-fn set_capability(site: SiteArgs, name: String, capability: String, granted: bool) -> Result<()> {
-    with_admin(site, async move |admin| {
-        let mut request = admin.set_user_capability_request();
-        request.get().set_name(&name);
-        request.get().set_capability(&capability);
-        request.get().set_granted(granted);
-        let response = request.send().promise.await?;
-        println!("{}", user_line(response.get()?.get_user()?));
+fn set_capability(site: ManageArgs, name: String, capability: String, granted: bool) -> Result<()> {
+    with_users(site, async move |users| {
+        let line = match users {
+            UserOps::Admin(admin) => {
+                let mut request = admin.set_user_capability_request();
+                request.get().set_name(&name);
+                request.get().set_capability(&capability);
+                request.get().set_granted(granted);
+                let response = request.send().promise.await?;
+                user_line(response.get()?.get_user()?)
+            }
+            UserOps::Directory(directory) => {
+                let mut request = directory.set_capability_request();
+                request.get().set_name(&name);
+                request.get().set_capability(&capability);
+                request.get().set_granted(granted);
+                let response = request.send().promise.await?;
+                user_line(response.get()?.get_user()?)
+            }
+        };
+        println!("{line}");
         Ok(())
     })
 }
@@ -196,35 +300,69 @@ pub(crate) fn repo(command: RepoCommand) -> Result<()> {
             user,
             public,
             site,
-        } => with_admin(site, async move |admin| {
+        } => with_repos(site, async move |repos| {
             eprintln!("creating the webhook of {name} on GitHub…");
-            let mut request = admin.enable_repo_request();
-            request.get().set_name(&name);
-            request
-                .get()
-                .set_github_user(user.as_deref().unwrap_or_default());
-            request.get().set_public(public);
-            let response = request.send().promise.await?;
-            println!("enabled {}", repo_line(response.get()?.get_repo()?));
+            let github_user = user.as_deref().unwrap_or_default();
+            let line = match repos {
+                RepoOps::Admin(admin) => {
+                    let mut request = admin.enable_repo_request();
+                    request.get().set_name(&name);
+                    request.get().set_github_user(github_user);
+                    request.get().set_public(public);
+                    let response = request.send().promise.await?;
+                    repo_line(response.get()?.get_repo()?)
+                }
+                RepoOps::Settings(settings) => {
+                    let mut request = settings.enable_request();
+                    request.get().set_name(&name);
+                    request.get().set_github_user(github_user);
+                    request.get().set_public(public);
+                    let response = request.send().promise.await?;
+                    repo_line(response.get()?.get_repo()?)
+                }
+            };
+            println!("enabled {line}");
             Ok(())
         }),
-        RepoCommand::Disable { name, site } => with_admin(site, async move |admin| {
-            let mut request = admin.disable_repo_request();
-            request.get().set_name(&name);
-            let response = request.send().promise.await?;
-            println!("disabled {}", repo_line(response.get()?.get_repo()?));
+        RepoCommand::Disable { name, site } => with_repos(site, async move |repos| {
+            let line = match repos {
+                RepoOps::Admin(admin) => {
+                    let mut request = admin.disable_repo_request();
+                    request.get().set_name(&name);
+                    let response = request.send().promise.await?;
+                    repo_line(response.get()?.get_repo()?)
+                }
+                RepoOps::Settings(settings) => {
+                    let mut request = settings.disable_request();
+                    request.get().set_name(&name);
+                    let response = request.send().promise.await?;
+                    repo_line(response.get()?.get_repo()?)
+                }
+            };
+            println!("disabled {line}");
             Ok(())
         }),
-        RepoCommand::List { json, site } => with_admin(site, async move |admin| {
-            let response = admin.repos_request().send().promise.await?;
-            let repos: Vec<_> = response.get()?.get_repos()?.iter().collect();
-            print_listing(
-                &repos,
-                json,
-                "no repositories",
-                |r| repo_json(*r),
-                |r| repo_line(*r),
-            );
+        RepoCommand::List { json, site } => with_repos(site, async move |repos| {
+            let show = |list: capnp::struct_list::Reader<'_, repo_info::Owned>| {
+                let repos: Vec<_> = list.iter().collect();
+                print_listing(
+                    &repos,
+                    json,
+                    "no repositories",
+                    |r| repo_json(*r),
+                    |r| repo_line(*r),
+                );
+            };
+            match repos {
+                RepoOps::Admin(admin) => {
+                    let response = admin.repos_request().send().promise.await?;
+                    show(response.get()?.get_repos()?);
+                }
+                RepoOps::Settings(settings) => {
+                    let response = settings.list_request().send().promise.await?;
+                    show(response.get()?.get_repos()?);
+                }
+            }
             Ok(())
         }),
     }
