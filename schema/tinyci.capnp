@@ -246,6 +246,10 @@ interface Ticket {
 
   cancelRun @4 (run :Text, reason :Text) -> ();
   # Cancels one unfinished run of this submission. Needs `runs:cancel`, as `cancel` does.
+
+  retryRun @5 (run :Text) -> (run :RunInfo);
+  # Runs a finished run of this submission again (a new submission of that one run, on the
+  # same source and tier, superseding nothing). Needs `runs:cancel`.
 }
 
 interface RunObserver {

@@ -216,7 +216,7 @@ observed! {
     handle: "Handle" [];
     byte_sink: "ByteSink" ["write", "finish"];
     submitter: "Submitter" ["upload", "submit", "ticket"];
-    ticket: "Ticket" ["submission", "runs", "cancel", "watch", "cancelRun"];
+    ticket: "Ticket" ["submission", "runs", "cancel", "watch", "cancelRun", "retryRun"];
     worker: "Worker" ["next", "resume"];
     job: "Job" ["spec", "source", "log", "artifacts", "heartbeat", "started", "complete", "release"];
     log_sink: "LogSink" ["write", "acknowledged", "close"];

@@ -87,6 +87,7 @@ impl submitter::Server for SubmitterCap {
             self.services.clone(),
             submission.id,
             self.cancel.clone(),
+            self.submitted_by.clone(),
             self.liveness.clone(),
         );
         results
@@ -114,6 +115,7 @@ impl submitter::Server for SubmitterCap {
             self.services.clone(),
             parsed,
             self.cancel.clone(),
+            self.submitted_by.clone(),
             self.liveness.clone(),
         );
         results
@@ -136,6 +138,8 @@ pub(crate) struct LogReaderCap {
     /// `runs:cancel` of the holder's grant, on a repository: the tickets this reader hands
     /// out cancel only with it.
     cancel: crate::session::RightCheck,
+    /// Who holds it (a peer identity), recorded on what its tickets retry.
+    holder: String,
     liveness: Rc<Liveness>,
 }
 
@@ -149,6 +153,7 @@ impl LogReaderCap {
         assets: Result<(), String>,
         user: Option<tinyci_users::UserName>,
         cancel: crate::session::RightCheck,
+        holder: String,
         liveness: Rc<Liveness>,
     ) -> Self {
         Self {
@@ -157,6 +162,7 @@ impl LogReaderCap {
             assets,
             user,
             cancel,
+            holder,
             liveness,
         }
     }
@@ -371,7 +377,13 @@ impl log_reader::Server for LogReaderCap {
                     .await;
             }
         }
-        let ticket = TicketCap::new(self.services.clone(), parsed, cancel, self.liveness.clone());
+        let ticket = TicketCap::new(
+            self.services.clone(),
+            parsed,
+            cancel,
+            self.holder.clone(),
+            self.liveness.clone(),
+        );
         results
             .get()
             .set_ticket(crate::rpc::observed(&self.services, ticket));
@@ -690,6 +702,7 @@ impl admin::Server for AdminCap {
             None,
             // The admin right covers every run of the site.
             Rc::new(|_: &str| Ok(())),
+            self.peer.to_string(),
             self.liveness.clone(),
         );
         results
@@ -717,7 +730,13 @@ impl admin::Server for AdminCap {
         {
             return Err(capnp::Error::failed(format!("no submission {id}")));
         }
-        let ticket = TicketCap::new(self.services.clone(), parsed, Ok(()), self.liveness.clone());
+        let ticket = TicketCap::new(
+            self.services.clone(),
+            parsed,
+            Ok(()),
+            self.peer.to_string(),
+            self.liveness.clone(),
+        );
         results
             .get()
             .set_ticket(crate::rpc::observed(&self.services, ticket));

@@ -600,6 +600,7 @@ fn sign_in_browser(state: &HttpState, result: &LoginResult, next: Option<String>
         cookie.clone(),
         user,
         random_secret_hex(32),
+        Some(result.token.clone()).filter(|t| !t.is_empty()),
         Instant::now(),
     );
     info!(user = %result.user, "browser signed in");
@@ -712,7 +713,29 @@ async fn complete_login(
     info!(user = %site_user.name, github = %user.login, ?outcome, "github login");
     let site = services.grants.site().to_string();
     let Some(login) = login else {
-        // A browser login: the session cookie is the credential; no grant is minted.
+        // A browser login: a grant for the browser's session alone, held in memory, which
+        // each page redeems for an in-process session (the pages' only authority). A user
+        // holding nothing signs in with none (public pages only).
+        let expires_at = std::time::SystemTime::now() + oauth::WEB_SESSION_TTL;
+        let token = match tinyci_users::grant_spec(
+            &site,
+            &site_user.name,
+            &site_user.capabilities,
+            Some(expires_at),
+        ) {
+            Ok(spec) => {
+                let (token, grant) = services.grants.mint(&spec).map_err(|e| e.to_string())?;
+                let (key, record) = crate::grants::issued_record(&grant, "github-login (browser)");
+                services
+                    .committer
+                    .write(move |txn| txn.put(tinyci_store::tables::GRANTS, key.as_str(), &record))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                token
+            }
+            Err(tinyci_users::UsersError::NoCapabilities { .. }) => String::new(),
+            Err(e) => return Err(e.to_string()),
+        };
         return Ok(LoginResult {
             site,
             user: site_user.name.to_string(),
@@ -720,13 +743,13 @@ async fn complete_login(
             addr: state.rpc_addr.clone(),
             cert_pem: String::new(),
             ca_pem: String::new(),
-            token: String::new(),
+            token,
             capabilities: site_user
                 .capabilities
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
-            expires_at: 0,
+            expires_at: oauth::unix_secs(expires_at),
         });
     };
     let expires_at = std::time::SystemTime::now() + github.settings.login_token_ttl;

@@ -680,6 +680,8 @@ pub(crate) struct TicketCap {
     id: SubmissionId,
     /// Whether the holder has `runs:cancel` on the submission's repository (else why not).
     cancel: Result<(), String>,
+    /// Who holds it (a peer identity), recorded on what it retries.
+    holder: String,
     liveness: Rc<Liveness>,
 }
 
@@ -688,13 +690,25 @@ impl TicketCap {
         services: Rc<Services>,
         id: SubmissionId,
         cancel: Result<(), String>,
+        holder: String,
         liveness: Rc<Liveness>,
     ) -> Self {
         Self {
             services,
             id,
             cancel,
+            holder,
             liveness,
+        }
+    }
+
+    /// Run `id` if it belongs to this submission.
+    fn own_run(&self, id: &str) -> Result<RunId, capnp::Error> {
+        let not_found = || capnp::Error::failed(format!("no run {id:?} in submission {}", self.id));
+        let run: RunId = id.parse().map_err(|_| not_found())?;
+        match self.services.queue.run(run).map_err(queue_error)? {
+            Some(stored) if stored.submission == self.id => Ok(run),
+            _ => Err(not_found()),
         }
     }
 
@@ -764,13 +778,7 @@ impl ticket::Server for TicketCap {
         self.liveness.check()?;
         self.cancel.clone().map_err(capnp::Error::failed)?;
         let params = params.get()?;
-        let id = read_text(params.get_run(), "run")?;
-        let not_found = || capnp::Error::failed(format!("no run {id:?} in submission {}", self.id));
-        let run: RunId = id.parse().map_err(|_| not_found())?;
-        match self.services.queue.run(run).map_err(queue_error)? {
-            Some(stored) if stored.submission == self.id => {}
-            _ => return Err(not_found()),
-        }
+        let run = self.own_run(&read_text(params.get_run(), "run")?)?;
         let reason = read_text(params.get_reason(), "reason")?;
         let reason = if reason.is_empty() {
             "canceled by request".to_owned()
@@ -782,6 +790,21 @@ impl ticket::Server for TicketCap {
             .cancel_run(run, &reason)
             .await
             .map_err(queue_error)?;
+        Ok(())
+    }
+
+    async fn retry_run(
+        self: Rc<Self>,
+        params: ticket::RetryRunParams,
+        mut results: ticket::RetryRunResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        self.cancel.clone().map_err(capnp::Error::failed)?;
+        let run = self.own_run(&read_text(params.get()?.get_run(), "run")?)?;
+        let retried = retry_run(&self.services, run, &self.holder)
+            .await
+            .map_err(capnp::Error::failed)?;
+        fill_run_info(results.get().init_run(), &retried, &self.services.queue);
         Ok(())
     }
 

@@ -131,14 +131,26 @@ pub(crate) const WEB_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 const MAX_WEB_SESSIONS: usize = 10_000;
 
 /// A browser signed in to the site's pages.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct WebSession {
-    /// The site user it signed in as. Their capabilities are read afresh on every request, so
-    /// a capability taken away applies at once.
+    /// The site user it signed in as.
     pub(crate) user: tinyci_users::UserName,
     /// The anti-forgery token its forms carry (random, per session).
     pub(crate) csrf: String,
+    /// The grant minted at sign-in for this browser (`user:<name>`-bound, expiring with the
+    /// session): every request redeems it for an in-process `Session`, so the pages see
+    /// exactly what RPC would. `None` when the user held no capability at sign-in.
+    pub(crate) token: Option<String>,
     signed_in: Instant,
+}
+
+impl std::fmt::Debug for WebSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSession")
+            .field("user", &self.user)
+            .field("token", &self.token.as_ref().map(|_| "(redacted)"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Signed-in browsers by session cookie. Sans-IO. Held in memory: a site restart signs
@@ -156,6 +168,7 @@ impl WebSessions {
         cookie: String,
         user: tinyci_users::UserName,
         csrf: String,
+        token: Option<String>,
         now: Instant,
     ) {
         self.by_cookie
@@ -174,6 +187,7 @@ impl WebSessions {
             WebSession {
                 user,
                 csrf,
+                token,
                 signed_in: now,
             },
         );
@@ -576,7 +590,7 @@ mod tests {
         let t0 = Instant::now();
         let mut sessions = WebSessions::default();
         let ana: tinyci_users::UserName = "ana".parse().unwrap();
-        sessions.sign_in("c1".into(), ana.clone(), "t1".into(), t0);
+        sessions.sign_in("c1".into(), ana.clone(), "t1".into(), None, t0);
         let found = sessions.get("c1", t0 + Duration::from_secs(60)).unwrap();
         assert_eq!((found.user.as_str(), found.csrf.as_str()), ("ana", "t1"));
         assert!(sessions.get("c2", t0).is_none());
@@ -584,7 +598,7 @@ mod tests {
         sessions.sign_out("c1");
         assert!(sessions.get("c1", t0).is_none());
         for i in 0..MAX_WEB_SESSIONS + 5 {
-            sessions.sign_in(format!("x{i}"), ana.clone(), "t".into(), t0);
+            sessions.sign_in(format!("x{i}"), ana.clone(), "t".into(), None, t0);
         }
         assert_eq!(sessions.by_cookie.len(), MAX_WEB_SESSIONS);
     }

@@ -240,6 +240,7 @@ impl session::Server for Session {
             assets,
             user,
             self.check_of(Right::RunsCancel),
+            self.peer.identity.to_string(),
             self.redeemed.liveness.clone(),
         );
         results

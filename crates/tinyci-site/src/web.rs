@@ -4,13 +4,16 @@
 //! `/runs/<id>/artifacts/<name>`. Server-rendered HTML with one small script; usable on a
 //! phone and readable without colour (every status is a word, never only a hue).
 //!
-//! Who may read: a repository in `[http] public_repos` is readable by anyone; any other is
-//! readable by a browser signed in through GitHub as a site user who holds the `logs`
-//! capability and whom GitHub lets read that repository (asked with the user's own GitHub
-//! token, answers cached for [`crate::access::ACCESS_TTL`]: the same check users' RPC sessions
-//! go through). Pages never say whether a run they will not show
-//! exists. Cancel and retry need the `cancel` capability and the session's anti-forgery token
-//! in the form; the session cookie is `SameSite=Lax` and `HttpOnly` besides.
+//! Who may read: a repository in `[http] public_repos` is readable by anyone. For anything
+//! else the pages keep no authorization of their own: a browser signed in through GitHub holds
+//! a grant minted for it at sign-in (in memory, expiring with the session, revoked with the
+//! user's capabilities), and each request redeems it for an in-process `Session`, exactly as a
+//! connection's token is redeemed. A page shows a run when that session's `LogReader` shows it
+//! (the grant, the capability held now, and GitHub's word on the repository, cached for
+//! [`crate::access::ACCESS_TTL`]), serves an artifact when the reader lists artifacts
+//! (`assets:read`), and cancels or retries through the submission's `Ticket` (`runs:cancel`).
+//! Pages never say whether a run they will not show exists. Forms also carry the session's
+//! anti-forgery token; the session cookie is `SameSite=Lax` and `HttpOnly` besides.
 //!
 //! The live log rides on the same follow machinery as `tinyci logs -f` ([`crate::logs::follow`]):
 //! an in-process `LogObserver` turns chunks into events whose `id` is the log offset after
@@ -29,14 +32,15 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tinyci_core::{RunId, RunStatus, SubmissionId};
+use tinyci_grant::Right;
+use tinyci_pki::PeerIdentity;
 use tinyci_queue::{StoredRun, StoredSubmission};
-use tinyci_schema::log_observer;
-use tinyci_users::{Capability, User};
+use tinyci_schema::{log_observer, log_reader, session};
+use tinyci_users::User;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::Services;
-use crate::access::Want;
 use crate::ansi::AnsiHtml;
 use crate::http::{HttpState, html_escape, session_cookie};
 use crate::oauth::WebSession;
@@ -94,15 +98,34 @@ impl WebState {
 struct Viewer {
     /// The signed-in session and its user (read afresh), if any.
     signed_in: Option<(WebSession, User)>,
+    /// The signed-in user's in-process session: their browser's grant, redeemed for this
+    /// request exactly as a connection's token is. It is the pages' only authority: what a
+    /// page shows or does for them is what its capabilities return. `None`: anonymous, or a
+    /// grant that is gone (revoked with a capability, expired).
+    session: Option<session::Client>,
+    /// The rights of that grant, to decide which buttons to show (pressing one still goes
+    /// through `session`).
+    rights: BTreeSet<Right>,
 }
 
 impl Viewer {
-    fn user(&self) -> Option<&User> {
-        self.signed_in.as_ref().map(|(_, u)| u)
+    fn may_cancel(&self) -> bool {
+        self.rights.contains(&Right::RunsCancel)
     }
 
-    fn may_cancel(&self) -> bool {
-        self.user().is_some_and(|u| u.has(Capability::Cancel))
+    /// A log reader of `repo` through the user's session, if the session hands one out.
+    async fn reader(&self, repo: &str) -> Option<log_reader::Client> {
+        let session = self.session.as_ref()?;
+        let mut request = session.logs_request();
+        request.get().init_scope().set_repo(repo);
+        let response = request.send().promise.await;
+        match response.and_then(|r| r.get()?.get_reader()) {
+            Ok(reader) => Some(reader),
+            Err(e) => {
+                debug!(%repo, error = %e, "page refused by the user's session");
+                None
+            }
+        }
     }
 }
 
@@ -117,30 +140,54 @@ fn viewer(state: &HttpState, request: &Request<Incoming>) -> Viewer {
                 None
             }
         });
-    Viewer { signed_in }
+    let mut rights = BTreeSet::new();
+    let session = signed_in.as_ref().and_then(|(web, user)| {
+        let token = web.token.as_deref()?;
+        let services = &state.services;
+        let identity = PeerIdentity::member(
+            services.grants.site().clone(),
+            tinyci_pki::Role::User,
+            user.name.as_str(),
+        )
+        .ok()?;
+        match services
+            .grants
+            .redeem(token, &identity, std::time::SystemTime::now())
+        {
+            Ok(redeemed) => {
+                rights = redeemed.token.grant().rights.clone();
+                let peer = tinyci_net::Peer {
+                    identity,
+                    addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                };
+                let session = crate::session::Session::new(services.clone(), redeemed, peer);
+                Some(capnp_rpc::new_client(session))
+            }
+            Err(e) => {
+                debug!(user = %user.name, error = %e, "the browser's grant is gone");
+                None
+            }
+        }
+    });
+    Viewer {
+        signed_in,
+        session,
+        rights,
+    }
 }
 
-/// Whether `viewer` may read `repo`'s runs: a public repository, or the one authority every
-/// site user's access goes through ([`crate::access`]), as over RPC.
+/// What a capability refused, for people (capnp's "remote exception: " prefix dropped).
+fn rpc_reason(e: &capnp::Error) -> String {
+    e.extra
+        .strip_prefix("remote exception: ")
+        .unwrap_or(&e.extra)
+        .to_owned()
+}
+
+/// Whether `viewer` may read `repo`'s runs: a public repository, or what the user's session
+/// says (`Session.logs`: the grant, the capability held now, GitHub's word), as over RPC.
 async fn may_read(state: &HttpState, viewer: &Viewer, repo: &str) -> bool {
-    if state.web.public_repos.contains(repo) {
-        return true;
-    }
-    let Some(user) = viewer.user() else {
-        return false;
-    };
-    let services = &state.services;
-    match services
-        .access
-        .check(services, &user.name, Capability::Logs, repo, Want::Read)
-        .await
-    {
-        Ok(()) => true,
-        Err(why) => {
-            debug!(user = %user.name, %repo, reason = %why, "page refused");
-            false
-        }
-    }
+    state.web.public_repos.contains(repo) || viewer.reader(repo).await.is_some()
 }
 
 /// Serves a page request, or `None` when the path is not a page.
@@ -834,6 +881,21 @@ async fn artifact(
     let Some(run) = readable_run(state, &viewer, id).await else {
         return refuse(&viewer, request, &format!("run {id}"));
     };
+    // A public repository's artifacts are public; any other's take assets:read, which the
+    // user's session's reader checks.
+    if !state.web.public_repos.contains(&run.repo) {
+        let allowed = match viewer.reader(&run.repo).await {
+            Some(reader) => {
+                let mut request = reader.artifacts_request();
+                request.get().set_run(run.id().to_string());
+                request.send().promise.await.is_ok()
+            }
+            None => false,
+        };
+        if !allowed {
+            return not_found(&viewer, &format!("artifact {name} of run {id}"));
+        }
+    }
     let services = &state.services;
     let record = services.store.read(|txn| {
         txn.get(
@@ -945,40 +1007,50 @@ async fn act(state: &HttpState, request: Request<Incoming>, id: &str, action: &s
             "{action} refused: the form carries no valid anti-forgery token (reload the run page and try again)"
         ));
     }
-    let services = &state.services;
-    if let Err(why) = services
-        .access
-        .check(
-            services,
-            &user.name,
-            Capability::Cancel,
-            &run.repo,
-            Want::Write,
-        )
-        .await
-    {
-        return forbidden(&format!("{action} refused: {why}"));
-    }
+    // The button does what the user's session allows, through the same capabilities as RPC:
+    // the submission's ticket, whose cancel and retry need runs:cancel (and, for a site user,
+    // the cancel capability and GitHub's write access).
+    let Some(reader) = viewer.reader(&run.repo).await else {
+        return forbidden(&format!(
+            "{action} refused: your session cannot read {}",
+            run.repo
+        ));
+    };
+    let mut request = reader.ticket_request();
+    request.get().set_submission_id(run.submission.to_string());
+    let ticket = request.send().pipeline.get_ticket();
     let by = format!("user:{}", user.name);
-    let target = match action {
+    let done = match action {
         "cancel" => {
-            match state
-                .services
-                .queue
-                .cancel_run(run.id(), &format!("canceled by {by} on the web"))
-                .await
-            {
-                Ok(_) => {
-                    info!(run = %run.id(), %by, "run canceled on the web");
-                    run.id()
-                }
-                Err(e) => return unavailable(&viewer, &e.to_string()),
+            let mut request = ticket.cancel_run_request();
+            request.get().set_run(run.id().to_string());
+            request
+                .get()
+                .set_reason(format!("canceled by {by} on the web"));
+            request.send().promise.await.map(|_| run.id())
+        }
+        _ => {
+            let mut request = ticket.retry_run_request();
+            request.get().set_run(run.id().to_string());
+            match request.send().promise.await {
+                Ok(response) => response
+                    .get()
+                    .and_then(|r| r.get_run())
+                    .and_then(|r| Ok(r.get_id()?.to_string()?))
+                    .and_then(|id| {
+                        id.parse::<RunId>()
+                            .map_err(|e| capnp::Error::failed(e.to_string()))
+                    }),
+                Err(e) => Err(e),
             }
         }
-        _ => match crate::jobs::retry_run(&state.services, run.id(), &by).await {
-            Ok(retried) => retried.id(),
-            Err(why) => return forbidden(&format!("retry refused: {why}")),
-        },
+    };
+    let target = match done {
+        Ok(target) => {
+            info!(run = %run.id(), %by, action, "web action done");
+            target
+        }
+        Err(e) => return forbidden(&format!("{action} refused: {}", rpc_reason(&e))),
     };
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SEE_OTHER;

@@ -52,6 +52,7 @@ const AUTHORITY: &[(&str, &str, Guard)] = &[
     ("Ticket", "cancel", Guard::Right(Right::RunsCancel)),
     ("Ticket", "watch", Held),
     ("Ticket", "cancelRun", Guard::Right(Right::RunsCancel)),
+    ("Ticket", "retryRun", Guard::Right(Right::RunsCancel)),
     ("RunObserver", "changed", Held),
     ("RunObserver", "ended", Held),
     ("Worker", "next", Held),
