@@ -413,3 +413,67 @@ fn only_holders_of_runs_cancel_supersede_others_work() {
         assert_eq!(status_of(&owner, &third).await, RunStatus::Queued);
     });
 }
+
+/// A partner's runner cannot pass for ours: it takes work under its own namespaced name, and
+/// cannot resume (then complete, or upload to) a lease another runner holds.
+#[test]
+fn a_partner_runner_cannot_claim_another_runners_name_or_lease() {
+    use tinyci_schema::job_control;
+    local(async {
+        let site = TestSite::start().await;
+        let (all, _c) = session_with(&site, &["queue:submit", "logs:read"]).await;
+        let run = submit_one(&all).await;
+        // Our runner r1 takes the run.
+        let (r1_gateway, _c1) = site.connect(Role::Runner, "r1").await;
+        let r1_token = site.mint("runner:r1", &["queue:take"], &[], &["default"], hour());
+        let r1 = redeem(&r1_gateway, &r1_token);
+        let mut worker = r1.worker_request();
+        worker.get().set_queue("default");
+        worker.get().init_runner().set_name("r1");
+        let worker = worker.send().pipeline.get_worker();
+        let mut next = worker.next_request();
+        next.get()
+            .set_control(capnp_rpc::new_client(crate::logs::NoControl));
+        let leased = next.send().promise.await.unwrap();
+        let job = leased.get().unwrap().get_job().unwrap();
+        let spec = job.spec_request().send().promise.await.unwrap();
+        let attempt = spec
+            .get()
+            .unwrap()
+            .get_spec()
+            .unwrap()
+            .get_run()
+            .unwrap()
+            .get_attempt();
+
+        // Partner beta (a partner certificate this site issued) with a grant on the queue.
+        let (beta_gateway, _c2) = site.connect(Role::Partner, "beta").await;
+        let beta_token = site.mint("site:beta", &["queue:take"], &[], &["default"], hour());
+        let beta = redeem(&beta_gateway, &beta_token);
+        let claim = |name: &str| {
+            let mut request = beta.worker_request();
+            request.get().set_queue("default");
+            request.get().init_runner().set_name(name);
+            request.send().promise
+        };
+        let refused = claim("r1").await.err().map(error_text).unwrap();
+        assert!(
+            refused.contains("does not match this connection's certificate"),
+            "{refused}"
+        );
+        let beta_worker = claim("beta-runner").await.unwrap();
+        let beta_worker = beta_worker.get().unwrap().get_worker().unwrap();
+        let mut resume = beta_worker.resume_request();
+        resume.get().set_run(&run);
+        resume.get().set_attempt(attempt);
+        resume
+            .get()
+            .set_control(capnp_rpc::new_client::<job_control::Client, _>(
+                crate::logs::NoControl,
+            ));
+        let stolen = resume.send().promise.await.err().map(error_text).unwrap();
+        assert!(stolen.contains("beta-runner@beta"), "{stolen}");
+        assert!(stolen.contains("lease"), "{stolen}");
+        drop(job);
+    });
+}
