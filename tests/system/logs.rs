@@ -216,3 +216,32 @@ fn a_site_killed_and_restarted_mid_stream_keeps_the_log_whole_and_the_run_on_its
     let (clean, _) = site.terminate();
     assert!(clean);
 }
+
+/// A job's output is untrusted: `tinyci logs` shows the terminal controls it printed (a window
+/// title, the clipboard, a cursor moved up to hide a line) as text, and keeps colours.
+#[test]
+fn tinyci_logs_shows_a_jobs_terminal_controls_instead_of_obeying_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (site, runner, addr) = site_with_runner(dir.path());
+    let repo = tempfile::tempdir().unwrap();
+    // printf's octal escapes: ESC is \\033, BEL \\007 (doubled once for YAML, once here).
+    let command = r"printf 'FAILED\\033[1A\\033[2Kpassed \\033]0;pwned\\007\\033]52;c;ZXZpbA==\\007\\033[32mgreen\\033[0m\\n'";
+    git_repo(
+        repo.path(),
+        &[("tinyci.yml", ""), ("task.yml", &task(command))],
+    );
+    let (code, lines) = start_submit_wait(dir.path(), repo.path(), &addr).wait();
+    assert_eq!(code, Some(0), "{lines:#?}");
+    let shown = logs(dir.path(), &addr, &["r-2", "--stream", "stdout"]);
+    let shown = String::from_utf8(shown.stdout).unwrap();
+    assert_eq!(
+        shown,
+        "FAILED^[[1A^[[2Kpassed ^[]0;pwned^G^[]52;c;ZXZpbA==^G\u{1b}[32mgreen\u{1b}[0m\n"
+    );
+    let raw = logs(dir.path(), &addr, &["r-2", "--stream", "stdout", "--raw"]);
+    assert!(
+        raw.stdout.windows(9).any(|w| w == b"\x1b]0;pwned"),
+        "{raw:?}"
+    );
+    drop((runner, site));
+}

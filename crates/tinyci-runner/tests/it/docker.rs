@@ -121,6 +121,50 @@ async fn containers_run_report_exit_status_obey_cancel_and_timeout_and_leave_not
     collect(rx).await;
     assert_eq!(outcome.verdict, Verdict::TimedOut, "{outcome:?}");
 
+    // Hardened: no new privileges, Docker's default capabilities at most, a PID limit, the
+    // memory limit the task asked for, and no network when its queue allows none.
+    let (tx, rx) = mpsc::channel(64);
+    let (_stop, signal) = stop_pair();
+    let mut job = spec(
+        source.path(),
+        &["cat /proc/self/status; echo net: $(ls /sys/class/net); \
+           echo pids: $(cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max 2>/dev/null); \
+           echo memory: $(cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null)"],
+    );
+    job.image = IMAGE.into();
+    job.network = false;
+    job.memory = Some("64m".into());
+    let outcome = docker.run(&job, &tx, signal).await;
+    drop(tx);
+    let output = collect(rx).await;
+    let seen = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(outcome.verdict, Verdict::Passed, "{outcome:?} {seen}");
+    assert!(seen.contains("NoNewPrivs:\t1"), "{seen}");
+    let caps = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:\t"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .unwrap();
+    // Docker's default set less NET_RAW (13), MKNOD (27), AUDIT_WRITE (29).
+    assert_eq!(caps & !0xa804_25fb, 0, "{caps:#x}");
+    assert_eq!(caps & (1 << 13 | 1 << 27 | 1 << 29), 0, "{caps:#x}");
+    assert!(seen.contains("net: lo\n"), "{seen}");
+    assert!(seen.contains("pids: 4096\n"), "{seen}");
+    assert!(seen.contains(&format!("memory: {}\n", 64 << 20)), "{seen}");
+
+    // A privileged run on a runner without --allow-privileged does not start.
+    let (tx, _rx) = mpsc::channel(64);
+    let (_stop, signal) = stop_pair();
+    let mut job = spec(source.path(), &["true"]);
+    job.image = IMAGE.into();
+    job.privileged = true;
+    let outcome = docker.run(&job, &tx, signal).await;
+    assert_eq!(outcome.verdict, Verdict::Errored, "{outcome:?}");
+    assert!(
+        outcome.message.contains("--allow-privileged"),
+        "{outcome:?}"
+    );
+
     // A missing image is an error of the run, not of the runner.
     let (tx, _rx) = mpsc::channel(64);
     let (_stop, signal) = stop_pair();
