@@ -104,25 +104,9 @@ impl Bubblewrap {
             &Default::default(),
             &["true".into()],
         );
-        let output = tokio::process::Command::new(&found.bwrap)
-            .args(argv)
-            .current_dir("/")
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .output()
+        probe(&found.bwrap, argv)
             .await
-            .map_err(|e| SandboxError::Unusable(e.to_string()))?;
-        if !output.status.success() {
-            let why = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-            return Err(SandboxError::Unusable(if why.is_empty() {
-                format!("bwrap exited with {}", output.status)
-            } else {
-                why
-            }));
-        }
+            .map_err(SandboxError::Unusable)?;
         Ok(found)
     }
 
@@ -264,21 +248,11 @@ impl Unshare {
                 program: program.clone(),
                 user_namespace,
             };
-            let output = tokio::process::Command::new(&found.program)
-                .args(found.argv(false, Path::new("/"), &Default::default(), &["true".into()]))
-                .current_dir("/")
-                .env_clear()
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .output()
-                .await
-                .map_err(|e| SandboxError::Unusable(e.to_string()))?;
-            if output.status.success() {
-                return Ok(found);
+            let argv = found.argv(false, Path::new("/"), &Default::default(), &["true".into()]);
+            match probe(&found.program, argv).await {
+                Ok(()) => return Ok(found),
+                Err(why) => last = why,
             }
-            last = String::from_utf8_lossy(&output.stderr).trim().to_owned();
         }
         Err(SandboxError::Unusable(format!("unshare: {last}")))
     }
@@ -339,6 +313,31 @@ impl Containment {
                 .map_err(|e| SandboxError::Unusable(format!("{unshare_error}; and {e}"))),
         }
     }
+}
+
+/// Runs `program argv` (a wrapper around `true`) as jobs will be run: from `/`, with no
+/// variables. `Err`: what it printed, or how it ended.
+async fn probe(program: &Path, argv: Vec<OsString>) -> Result<(), String> {
+    let output = tokio::process::Command::new(program)
+        .args(argv)
+        .current_dir("/")
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let why = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    Err(if why.is_empty() {
+        format!("{} exited with {}", program.display(), output.status)
+    } else {
+        why
+    })
 }
 
 /// The first executable `name` in `PATH`.

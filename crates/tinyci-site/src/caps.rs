@@ -11,6 +11,7 @@ use tinyci_schema::{admin, log_reader, submitter};
 use tracing::info;
 
 use crate::Services;
+use crate::access::Want;
 use crate::jobs::{TicketCap, fill_run_info};
 use crate::membrane::Liveness;
 use crate::rpc::read_text;
@@ -183,24 +184,34 @@ impl LogReaderCap {
             Ok(_) => return Err(not_found()),
             Err(e) => return Err(capnp::Error::failed(e.to_string())),
         };
-        if let Some(user) = &self.user {
-            let services = &self.services;
-            let allowed = services
-                .access
-                .check(
-                    services,
-                    user,
-                    tinyci_users::Capability::Logs,
-                    &run.repo,
-                    crate::access::Want::Read,
-                )
-                .await;
-            if let Err(why) = allowed {
-                info!(%user, run = %parsed, reason = %why, "log reader refused a run");
-                return Err(not_found());
-            }
+        let readable = self
+            .user_may(tinyci_users::Capability::Logs, &run.repo, Want::Read)
+            .await;
+        if let Err(why) = readable {
+            info!(run = %parsed, reason = %why, "log reader refused a run");
+            return Err(not_found());
         }
         Ok(run)
+    }
+
+    /// For a site user's reader: whether they may exercise `capability` with `want` on
+    /// `repo` now ([`crate::access`], as on the pages). Anyone else: yes.
+    async fn user_may(
+        &self,
+        capability: tinyci_users::Capability,
+        repo: &str,
+        want: Want,
+    ) -> Result<(), String> {
+        match &self.user {
+            None => Ok(()),
+            Some(user) => {
+                let services = &self.services;
+                services
+                    .access
+                    .check(services, user, capability, repo, want)
+                    .await
+            }
+        }
     }
 }
 
@@ -345,37 +356,21 @@ impl log_reader::Server for LogReaderCap {
             Ok(_) => return Err(not_found()),
             Err(e) => return Err(capnp::Error::failed(e.to_string())),
         };
-        let services = &self.services;
-        let mut cancel = (self.cancel)(&submission.repo);
-        if let Some(user) = &self.user {
-            // A site user sees only what GitHub lets them read, and cancels only where it
-            // lets them push.
-            if services
-                .access
-                .check(
-                    services,
-                    user,
-                    tinyci_users::Capability::Logs,
-                    &submission.repo,
-                    crate::access::Want::Read,
-                )
-                .await
-                .is_err()
-            {
-                return Err(not_found());
-            }
-            if cancel.is_ok() {
-                cancel = services
-                    .access
-                    .check(
-                        services,
-                        user,
-                        tinyci_users::Capability::Cancel,
-                        &submission.repo,
-                        crate::access::Want::Write,
-                    )
-                    .await;
-            }
+        // A site user sees only what GitHub lets them read, and cancels only where it lets
+        // them push.
+        let repo = &submission.repo;
+        if self
+            .user_may(tinyci_users::Capability::Logs, repo, Want::Read)
+            .await
+            .is_err()
+        {
+            return Err(not_found());
+        }
+        let mut cancel = (self.cancel)(repo);
+        if cancel.is_ok() {
+            cancel = self
+                .user_may(tinyci_users::Capability::Cancel, repo, Want::Write)
+                .await;
         }
         let ticket = TicketCap::new(
             self.services.clone(),
@@ -854,9 +849,7 @@ impl admin::Server for AdminCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let name = read_text(params.get()?.get_name(), "name")?;
-        let repo = crate::repos::disable(&self.services, &name, &self.peer.to_string())
-            .await
-            .map_err(|e| capnp::Error::failed(format!("cannot disable {name}: {e}")))?;
+        let repo = crate::settings::disable_repo(&self.services, &self.peer, &name).await?;
         fill_repo_info(results.get().init_repo(), &repo);
         Ok(())
     }

@@ -97,6 +97,17 @@ pub(crate) async fn enable_repo(
         .map_err(|e| capnp::Error::failed(format!("cannot enable {name}: {e}")))
 }
 
+/// Disables `name` (its webhook deleted), recorded as done by `by`.
+pub(crate) async fn disable_repo(
+    services: &Services,
+    by: &PeerIdentity,
+    name: &str,
+) -> Result<tinyci_store::records::RepoRecord, capnp::Error> {
+    crate::repos::disable(services, name, &by.to_string())
+        .await
+        .map_err(|e| capnp::Error::failed(format!("cannot disable {name}: {e}")))
+}
+
 /// `UserDirectory` for one session.
 pub(crate) struct UserDirectoryCap {
     services: Rc<Services>,
@@ -234,9 +245,7 @@ impl repo_settings::Server for RepoSettingsCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let name = read_text(params.get()?.get_name(), "name")?;
-        let repo = crate::repos::disable(&self.services, &name, &self.peer.to_string())
-            .await
-            .map_err(|e| capnp::Error::failed(format!("cannot disable {name}: {e}")))?;
+        let repo = disable_repo(&self.services, &self.peer, &name).await?;
         fill_repo_info(results.get().init_repo(), &repo);
         Ok(())
     }
