@@ -702,13 +702,26 @@ fn cli_login_in_browser(
         .strip_prefix("tinyci_session=")
         .unwrap()
         .to_owned();
+    cli_login_in_browser_with(site, target, code, &session)
+}
+
+/// [`cli_login_in_browser`] in an existing browser session `session`.
+fn cli_login_in_browser_with(
+    site: &GitHubSite,
+    target: &str,
+    code: &str,
+    session: &str,
+) -> (String, Result<String, (u16, String)>) {
+    let cookie = format!("tinyci_session={session}");
+    let (status, _, page) = http(&site.http, "GET", target, &[("cookie", &cookie)], b"");
+    assert_eq!(status, 200, "{page}");
+    let session = session.to_owned();
     let field = |name: &str| {
         let marker = format!("name=\"{name}\" value=\"");
         let start = page.find(&marker).unwrap() + marker.len();
         page[start..].split('"').next().unwrap().to_owned()
     };
     let (login, form) = (field("login"), field("form"));
-    let cookie = format!("tinyci_session={session}");
     let body = format!("login={login}&form={form}&code={code}");
     let (status, answer, page) = http(
         &site.http,
@@ -729,7 +742,17 @@ fn cli_login_in_browser(
         .find_map(|p| p.strip_prefix("state="))
         .unwrap()
         .to_owned();
-    (session, Ok(state))
+    // The rest of the login runs in a fresh session (a planted cookie is worth nothing).
+    let fresh = header(&answer, "set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .strip_prefix("tinyci_session=")
+        .unwrap()
+        .to_owned();
+    assert_ne!(fresh, session);
+    (fresh, Ok(state))
 }
 
 fn callback(site: &GitHubSite, session: &str, state: &str, code: &str) -> (u16, String) {
@@ -1183,4 +1206,49 @@ fn site_users_reach_only_what_github_lets_their_account_and_lose_it_at_once() {
         "{}",
         text(&after.stderr)
     );
+}
+
+/// Session fixation: an attacker who planted their session cookie in a victim's browser and
+/// confirmed their own login's code with it cannot have the victim finish it: the rest of the
+/// login belongs to a fresh session the victim's browser does not have.
+#[test]
+fn a_planted_session_cookie_does_not_carry_a_login_through() {
+    let fake = fake_github();
+    let site = start_github_site(&fake);
+    let mut attacker = SiteProcess::spawn(
+        site.dir.path(),
+        &[
+            "login",
+            "--url",
+            &format!("http://{}", site.http),
+            "--out",
+            site.dir.path().join("fixated").to_str().unwrap(),
+            "--no-browser",
+        ],
+    );
+    let code = attacker.wait_for("Your login code: ").trim().to_owned();
+    let url = attacker.wait_for("Sign in with GitHub to finish: ");
+    let target = url.trim().strip_prefix("https://ci.example.test").unwrap();
+    let (planted, state) = {
+        // The attacker's own browser session: the cookie they plant in the victim's browser.
+        let (_, answer, _) = http(&site.http, "GET", target, &[], b"");
+        let planted = header(&answer, "set-cookie")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .strip_prefix("tinyci_session=")
+            .unwrap()
+            .to_owned();
+        let (fresh, state) = cli_login_in_browser_with(&site, target, &code, &planted);
+        assert_ne!(fresh, planted);
+        (planted, state.unwrap())
+    };
+    fake.add_user("gho_victim", "victim", 777);
+    fake.add_oauth_code("c-victim", CLIENT_ID, CLIENT_SECRET, "gho_victim");
+    // The victim's browser, carrying the planted cookie, comes back from GitHub: refused.
+    let (status, page) = callback(&site, &planted, &state, "c-victim");
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("another browser session"), "{page}");
+    drop(attacker);
 }

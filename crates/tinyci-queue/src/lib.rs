@@ -454,11 +454,11 @@ impl Queue {
                     put_run(txn, run)?;
                 }
                 let previous = match branch_role {
-                    OnBranch::Aside => None,
-                    OnBranch::Join | OnBranch::Supersede => {
+                    OnBranch::Aside | OnBranch::Join => None,
+                    OnBranch::Supersede => {
                         let previous = txn.get(BRANCH_HEADS, &branch[..])?;
                         txn.put(BRANCH_HEADS, &branch[..], &submission_id.get())?;
-                        previous.filter(|_| branch_role == OnBranch::Supersede)
+                        previous
                     }
                 };
                 txn.put(META, NEXT_ID_KEY, &(next + 1 + count).to_be_bytes()[..])?;
@@ -1287,8 +1287,9 @@ pub enum OnBranch {
     /// replaces: for submitters allowed to cancel (`runs:cancel`), and the site's own GitHub
     /// builds.
     Supersede,
-    /// Becomes the branch's latest submission, leaving the one before it to run: a submitter
-    /// who may not cancel others' work.
+    /// Runs beside the branch's history without moving it: a submitter who may not cancel
+    /// others' work neither cancels the latest submission nor hides it from the next one
+    /// that supersedes (or a closed pull request's cancel).
     Join,
     /// Stays out of the branch's history (a retry of one finished run).
     Aside,

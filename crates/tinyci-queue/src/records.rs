@@ -122,7 +122,8 @@ fn legacy_tier(submitted_by: &str, own_site: &str) -> TrustTier {
     let name = parts.next().unwrap_or_default();
     match role {
         _ if site != own_site => TrustTier::partner(site).unwrap_or(TrustTier::Fork),
-        Some("admin" | "user" | "site") => TrustTier::Local,
+        Some("admin" | "site") => TrustTier::Local,
+        Some("user") => TrustTier::Repo,
         Some("partner") => TrustTier::partner(name).unwrap_or(TrustTier::Fork),
         _ => TrustTier::Fork,
     }
@@ -138,7 +139,7 @@ mod tests {
         assert_eq!(tier("github:octocat"), TrustTier::Repo);
         assert_eq!(tier("github:pull-request-7"), TrustTier::Fork);
         assert_eq!(tier("tinyci://alpha/admin/admin"), TrustTier::Local);
-        assert_eq!(tier("tinyci://alpha/user/ana"), TrustTier::Local);
+        assert_eq!(tier("tinyci://alpha/user/ana"), TrustTier::Repo);
         assert_eq!(
             tier("tinyci://beta/site"),
             TrustTier::Partner("beta".into())

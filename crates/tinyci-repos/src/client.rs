@@ -240,6 +240,9 @@ pub struct RepoPermissions {
     /// Write (push branches).
     #[serde(default)]
     pub push: bool,
+    /// Administer (webhooks, settings).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 #[derive(Deserialize)]

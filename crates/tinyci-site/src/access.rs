@@ -2,8 +2,9 @@
 //! and by users' RPC sessions alike: the user must hold the capability now (read afresh from
 //! the store, so a removed capability is refused at once), and GitHub must let their account
 //! read the repository (to see its runs, logs and artifacts) or push to it (to submit or
-//! cancel). GitHub is asked with the user's own token; its answers are cached for
-//! [`ACCESS_TTL`], and an error is never cached.
+//! cancel, or administer it to enable or disable it). GitHub is asked with the user's own
+//! token; the access it grants is believed for [`ACCESS_TTL`]; a refusal or an error is never
+//! cached.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -26,6 +27,8 @@ pub(crate) enum Want {
     Read,
     /// Submit, cancel, retry: GitHub's `push`.
     Write,
+    /// Enable or disable the repository on the site (its webhook): GitHub's `admin`.
+    Admin,
 }
 
 /// GitHub's answers, cached.
@@ -72,6 +75,7 @@ impl RepoAccess {
         let (allowed, verb) = match want {
             Want::Read => (permissions.pull, "read"),
             Want::Write => (permissions.push, "push to"),
+            Want::Admin => (permissions.admin, "administer"),
         };
         if allowed {
             Ok(())
@@ -108,11 +112,15 @@ impl RepoAccess {
             .permissions(&name)
             .await
             .map_err(|e| format!("cannot ask GitHub about {repo} for user {user}: {e}"))?;
-        let mut cache = self.cache.borrow_mut();
-        if cache.len() >= MAX_ENTRIES {
-            cache.clear();
+        // Only a grant of access is believed for a while; a refusal is asked again next time,
+        // so access GitHub gives arrives at once (and one it takes away within ACCESS_TTL).
+        if answer.pull {
+            let mut cache = self.cache.borrow_mut();
+            if cache.len() >= MAX_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(key, (answer, now));
         }
-        cache.insert(key, (answer, now));
         Ok(answer)
     }
 

@@ -849,7 +849,7 @@ impl admin::Server for AdminCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let name = read_text(params.get()?.get_name(), "name")?;
-        let repo = crate::settings::disable_repo(&self.services, &self.peer, &name).await?;
+        let repo = crate::settings::disable_repo(&self.services, &self.peer, None, &name).await?;
         fill_repo_info(results.get().init_repo(), &repo);
         Ok(())
     }

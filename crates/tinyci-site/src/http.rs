@@ -443,15 +443,20 @@ async fn confirm_login(state: &HttpState, request: Request<Incoming>) -> Reply {
     match confirmed {
         Ok(hooks) => {
             info!("login code confirmed in the browser");
-            authorize_redirect(
+            // A fresh session for the rest of the login: a cookie planted in this browser
+            // beforehand (by whoever wants the login to finish at their terminal) is not the
+            // one the callback will accept.
+            let fresh = random_secret_hex(16);
+            let redirect = authorize_redirect(
                 state,
                 github,
                 app,
                 public_url,
-                &session,
+                &fresh,
                 Purpose::Cli(id),
                 hooks,
-            )
+            );
+            with_session(redirect, &fresh, true, public_url)
         }
         Err(e @ oauth::ConfirmError::WrongCode { .. }) => {
             page(StatusCode::FORBIDDEN, "Wrong code", &e.to_string())

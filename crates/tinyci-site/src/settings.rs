@@ -11,6 +11,7 @@ use tinyci_users::{Capability, User, UserName};
 use tracing::info;
 
 use crate::Services;
+use crate::access::Want;
 use crate::caps::{
     fill_repo_info, fill_user_info, github_error, parse_capability, parse_user, users_error,
 };
@@ -83,26 +84,47 @@ pub(crate) async fn enable_repo(
     } else {
         Some(parse_user(github_user)?.to_string())
     };
-    if let Some(acting) = acting
-        && user.as_deref() != Some(acting.as_str())
-    {
-        return Err(capnp::Error::failed(format!(
-            "cannot enable {name}: site user {acting} enables repositories with their own GitHub \
-             account only (name {acting}, not {})",
-            user.as_deref().unwrap_or("the site's token")
-        )));
+    if let Some(acting) = acting {
+        if user.as_deref() != Some(acting.as_str()) {
+            return Err(capnp::Error::failed(format!(
+                "cannot enable {name}: site user {acting} enables repositories with their own \
+                 GitHub account only (name {acting}, not {})",
+                user.as_deref().unwrap_or("the site's token")
+            )));
+        }
+        user_administers(services, acting, name, "enable").await?;
     }
     crate::repos::enable(services, name, user, public, &by.to_string())
         .await
         .map_err(|e| capnp::Error::failed(format!("cannot enable {name}: {e}")))
 }
 
-/// Disables `name` (its webhook deleted), recorded as done by `by`.
+/// For a site user: whether GitHub lets their account administer `name` (what enabling or
+/// disabling its webhook takes), and they still hold `modify:ci`.
+async fn user_administers(
+    services: &Services,
+    user: &UserName,
+    name: &str,
+    what: &str,
+) -> Result<(), capnp::Error> {
+    services
+        .access
+        .check(services, user, Capability::ModifyCi, name, Want::Admin)
+        .await
+        .map_err(|why| capnp::Error::failed(format!("cannot {what} {name}: {why}")))
+}
+
+/// Disables `name` (its webhook deleted), recorded as done by `by`; a site user (`acting`)
+/// only where GitHub lets them administer the repository.
 pub(crate) async fn disable_repo(
     services: &Services,
     by: &PeerIdentity,
+    acting: Option<&UserName>,
     name: &str,
 ) -> Result<tinyci_store::records::RepoRecord, capnp::Error> {
+    if let Some(acting) = acting {
+        user_administers(services, acting, name, "disable").await?;
+    }
     crate::repos::disable(services, name, &by.to_string())
         .await
         .map_err(|e| capnp::Error::failed(format!("cannot disable {name}: {e}")))
@@ -210,7 +232,22 @@ impl repo_settings::Server for RepoSettingsCap {
         mut results: repo_settings::ListResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
-        let repos = crate::repos::list(&self.services).map_err(github_error)?;
+        let mut repos = crate::repos::list(&self.services).map_err(github_error)?;
+        // A site user sees the repositories GitHub lets them read, and no others.
+        if let Some(user) = &self.acting {
+            let services = &self.services;
+            let mut readable = Vec::with_capacity(repos.len());
+            for repo in repos {
+                let allowed = services
+                    .access
+                    .check(services, user, Capability::ModifyCi, &repo.name, Want::Read)
+                    .await;
+                if allowed.is_ok() {
+                    readable.push(repo);
+                }
+            }
+            repos = readable;
+        }
         let mut list = results.get().init_repos(len(repos.len()));
         for (i, repo) in repos.iter().enumerate() {
             fill_repo_info(list.reborrow().get(len(i)), repo);
@@ -245,7 +282,7 @@ impl repo_settings::Server for RepoSettingsCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let name = read_text(params.get()?.get_name(), "name")?;
-        let repo = disable_repo(&self.services, &self.peer, &name).await?;
+        let repo = disable_repo(&self.services, &self.peer, self.acting.as_ref(), &name).await?;
         fill_repo_info(results.get().init_repo(), &repo);
         Ok(())
     }

@@ -6,8 +6,9 @@
 use tinyci_core::{Isolation, Offer, TrustTier};
 use tinyci_pki::{PeerIdentity, Role, SiteName};
 
-/// The tier of work submitted over RPC by `peer`. Runners do not submit: a runner's
-/// certificate is refused rather than given a tier.
+/// The tier of work submitted over RPC by `peer`: `local` for the site's admins and the site
+/// itself, `repo` for its users, `partner:NAME` for a partner. Runners do not submit: a
+/// runner's certificate is refused rather than given a tier.
 pub(crate) fn tier_of_peer(peer: &PeerIdentity, this_site: &SiteName) -> Result<TrustTier, String> {
     let partner = |name: &str| {
         TrustTier::partner(name).map_err(|e| format!("cannot place work from {peer}: {e}"))
@@ -17,7 +18,11 @@ pub(crate) fn tier_of_peer(peer: &PeerIdentity, this_site: &SiteName) -> Result<
         return partner(peer.site_name().as_str());
     }
     match peer.role() {
-        Role::Site | Role::Admin | Role::User => Ok(TrustTier::Local),
+        Role::Site | Role::Admin => Ok(TrustTier::Local),
+        // A site user (any GitHub account an admin or `[github] allow` let in) uploads code
+        // of a repository GitHub lets them push to: a repository writer's work, as a push is.
+        // It must not run beside the site's keys because an account signed in.
+        Role::User => Ok(TrustTier::Repo),
         Role::Partner => partner(peer.name().unwrap_or_default()),
         Role::Runner => Err(format!(
             "{peer} is a runner: runner certificates take work, they do not submit it"
@@ -35,9 +40,10 @@ pub(crate) fn runner_name(
     this_site: &SiteName,
     claimed: &str,
 ) -> Result<String, String> {
-    // Whose machine this is: a partner certificate we issued speaks for that partner.
+    // Whose machine this is: a partner certificate we issued speaks for that partner (one
+    // another site issued is that site's, whatever it names).
     let owner = match (peer.role(), peer.name()) {
-        (Role::Partner, Some(partner)) => partner,
+        (Role::Partner, Some(partner)) if peer.site_name() == this_site => partner,
         _ => peer.site_name().as_str(),
     };
     let local = match (peer.role(), peer.name()) {
@@ -116,15 +122,18 @@ mod tests {
     }
 
     #[test]
-    fn own_admins_users_and_the_site_itself_are_local() {
+    fn own_admins_and_the_site_itself_are_local_and_users_are_repository_writers() {
         let alpha = site("alpha");
         for peer in [
             member("alpha", Role::Admin, "admin"),
-            member("alpha", Role::User, "ana"),
             PeerIdentity::site(alpha.clone()),
         ] {
             assert_eq!(tier_of_peer(&peer, &alpha), Ok(TrustTier::Local), "{peer}");
         }
+        assert_eq!(
+            tier_of_peer(&member("alpha", Role::User, "ana"), &alpha),
+            Ok(TrustTier::Repo)
+        );
     }
 
     #[test]

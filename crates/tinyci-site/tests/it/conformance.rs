@@ -400,17 +400,19 @@ fn only_holders_of_runs_cancel_supersede_others_work() {
     use tinyci_schema::RunStatus;
     local(async {
         let site = TestSite::start().await;
-        let (owner, _c) = session_with(&site, &["queue:submit", "logs:read"]).await;
-        let first = submit_one(&owner).await;
+        let (reader, _c) = session_with(&site, &["logs:read"]).await;
+        let (canceller, _c1) = session_with(&site, &["queue:submit", "runs:cancel"]).await;
+        let first = submit_one(&canceller).await;
+        // Submitting on the same ref without runs:cancel cancels nothing, and does not hide
+        // the first from the next submission that may supersede it.
         let (submit_only, _c2) = session_with(&site, &["queue:submit"]).await;
         let second = submit_one(&submit_only).await;
-        assert_eq!(status_of(&owner, &first).await, RunStatus::Queued);
-        assert_eq!(status_of(&owner, &second).await, RunStatus::Queued);
-        let (canceller, _c3) = session_with(&site, &["queue:submit", "runs:cancel"]).await;
+        assert_eq!(status_of(&reader, &first).await, RunStatus::Queued);
+        assert_eq!(status_of(&reader, &second).await, RunStatus::Queued);
         let third = submit_one(&canceller).await;
-        assert_eq!(status_of(&owner, &first).await, RunStatus::Queued);
-        assert_eq!(status_of(&owner, &second).await, RunStatus::Canceled);
-        assert_eq!(status_of(&owner, &third).await, RunStatus::Queued);
+        assert_eq!(status_of(&reader, &first).await, RunStatus::Canceled);
+        assert_eq!(status_of(&reader, &second).await, RunStatus::Queued);
+        assert_eq!(status_of(&reader, &third).await, RunStatus::Queued);
     });
 }
 
