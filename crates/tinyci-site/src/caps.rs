@@ -28,6 +28,9 @@ pub(crate) struct SubmitterCap {
     /// Whether the holder has `runs:cancel` on the repository (else why not): its
     /// submissions supersede older ones, and its tickets cancel, only then.
     cancel: Result<(), String>,
+    /// A site user's submitter: each submission asks again whether they hold `submit` and
+    /// GitHub lets them push ([`crate::access`]), so losing either applies at once.
+    user: Option<tinyci_users::UserName>,
     liveness: Rc<Liveness>,
 }
 
@@ -38,6 +41,7 @@ impl SubmitterCap {
         submitted_by: String,
         tier: tinyci_core::TrustTier,
         cancel: Result<(), String>,
+        user: Option<tinyci_users::UserName>,
         liveness: Rc<Liveness>,
     ) -> Self {
         Self {
@@ -46,6 +50,7 @@ impl SubmitterCap {
             submitted_by,
             tier,
             cancel,
+            user,
             liveness,
         }
     }
@@ -75,12 +80,44 @@ impl submitter::Server for SubmitterCap {
         mut results: submitter::SubmitResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
+        let mut supersede = self.cancel.is_ok();
+        if let Some(user) = &self.user {
+            let services = &self.services;
+            services
+                .access
+                .check(
+                    services,
+                    user,
+                    tinyci_users::Capability::Submit,
+                    &self.repo,
+                    Want::Write,
+                )
+                .await
+                .map_err(|why| {
+                    capnp::Error::failed(format!(
+                        "denied queue:submit on repo {}: {why}",
+                        self.repo
+                    ))
+                })?;
+            supersede = supersede
+                && services
+                    .access
+                    .check(
+                        services,
+                        user,
+                        tinyci_users::Capability::Cancel,
+                        &self.repo,
+                        Want::Write,
+                    )
+                    .await
+                    .is_ok();
+        }
         let submission = crate::jobs::submit(
             &self.services,
             &self.repo,
             &self.submitted_by,
             &self.tier,
-            self.cancel.is_ok(),
+            supersede,
             params.get()?,
         )
         .await?;
@@ -89,6 +126,7 @@ impl submitter::Server for SubmitterCap {
             submission.id,
             self.cancel.clone(),
             self.submitted_by.clone(),
+            self.user.clone(),
             self.liveness.clone(),
         );
         results
@@ -117,6 +155,7 @@ impl submitter::Server for SubmitterCap {
             parsed,
             self.cancel.clone(),
             self.submitted_by.clone(),
+            self.user.clone(),
             self.liveness.clone(),
         );
         results
@@ -377,6 +416,7 @@ impl log_reader::Server for LogReaderCap {
             parsed,
             cancel,
             self.holder.clone(),
+            self.user.clone(),
             self.liveness.clone(),
         );
         results
@@ -673,6 +713,7 @@ impl admin::Server for AdminCap {
             tier,
             // The admin right covers every run of the site.
             Ok(()),
+            None,
             self.liveness.clone(),
         );
         results
@@ -730,6 +771,7 @@ impl admin::Server for AdminCap {
             parsed,
             Ok(()),
             self.peer.to_string(),
+            None,
             self.liveness.clone(),
         );
         results

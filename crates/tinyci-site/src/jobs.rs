@@ -682,6 +682,9 @@ pub(crate) struct TicketCap {
     cancel: Result<(), String>,
     /// Who holds it (a peer identity), recorded on what it retries.
     holder: String,
+    /// A site user's ticket: each cancel or retry asks again whether they hold `cancel` and
+    /// GitHub lets them push ([`crate::access`]).
+    user: Option<tinyci_users::UserName>,
     liveness: Rc<Liveness>,
 }
 
@@ -691,6 +694,7 @@ impl TicketCap {
         id: SubmissionId,
         cancel: Result<(), String>,
         holder: String,
+        user: Option<tinyci_users::UserName>,
         liveness: Rc<Liveness>,
     ) -> Self {
         Self {
@@ -698,8 +702,31 @@ impl TicketCap {
             id,
             cancel,
             holder,
+            user,
             liveness,
         }
+    }
+
+    /// Whether the holder may cancel or retry this submission's runs now: the grant's
+    /// `runs:cancel`, and for a site user the capability and GitHub's write access.
+    async fn may_cancel(&self) -> Result<(), capnp::Error> {
+        self.cancel.clone().map_err(capnp::Error::failed)?;
+        let Some(user) = &self.user else {
+            return Ok(());
+        };
+        let (submission, _) = self.load()?;
+        let services = &self.services;
+        services
+            .access
+            .check(
+                services,
+                user,
+                tinyci_users::Capability::Cancel,
+                &submission.repo,
+                crate::access::Want::Write,
+            )
+            .await
+            .map_err(|why| capnp::Error::failed(format!("denied runs:cancel: {why}")))
     }
 
     /// Run `id` if it belongs to this submission.
@@ -755,7 +782,7 @@ impl ticket::Server for TicketCap {
         _: ticket::CancelResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
-        self.cancel.clone().map_err(capnp::Error::failed)?;
+        self.may_cancel().await?;
         let reason = read_text(params.get()?.get_reason(), "reason")?;
         let reason = if reason.is_empty() {
             "canceled by request".to_owned()
@@ -776,7 +803,7 @@ impl ticket::Server for TicketCap {
         _: ticket::CancelRunResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
-        self.cancel.clone().map_err(capnp::Error::failed)?;
+        self.may_cancel().await?;
         let params = params.get()?;
         let run = self.own_run(&read_text(params.get_run(), "run")?)?;
         let reason = read_text(params.get_reason(), "reason")?;
@@ -799,7 +826,7 @@ impl ticket::Server for TicketCap {
         mut results: ticket::RetryRunResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
-        self.cancel.clone().map_err(capnp::Error::failed)?;
+        self.may_cancel().await?;
         let run = self.own_run(&read_text(params.get()?.get_run(), "run")?)?;
         let retried = retry_run(&self.services, run, &self.holder)
             .await

@@ -169,6 +169,7 @@ impl session::Server for Session {
             self.peer.identity.to_string(),
             tier,
             cancel,
+            self.site_user(),
             self.redeemed.liveness.clone(),
         );
         results

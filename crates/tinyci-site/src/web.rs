@@ -106,11 +106,28 @@ struct Viewer {
     /// The rights of that grant, to decide which buttons to show (pressing one still goes
     /// through `session`).
     rights: BTreeSet<Right>,
+    /// The liveness of that grant's session: a live log stream ends when it dies (a
+    /// capability taken away revokes the grant), as an RPC follower's does.
+    liveness: Option<Rc<crate::membrane::Liveness>>,
 }
 
 impl Viewer {
     fn may_cancel(&self) -> bool {
         self.rights.contains(&Right::RunsCancel)
+    }
+
+    /// Whether the page may list and serve `run`'s artifacts: a public repository's, or what
+    /// the user's session's reader lists (`assets:read`).
+    async fn may_see_artifacts(&self, state: &HttpState, run: &StoredRun) -> bool {
+        if state.web.public_repos.contains(&run.repo) {
+            return true;
+        }
+        let Some(reader) = self.reader(&run.repo).await else {
+            return false;
+        };
+        let mut request = reader.artifacts_request();
+        request.get().set_run(run.id().to_string());
+        request.send().promise.await.is_ok()
     }
 
     /// A log reader of `repo` through the user's session, if the session hands one out.
@@ -141,6 +158,7 @@ fn viewer(state: &HttpState, request: &Request<Incoming>) -> Viewer {
             }
         });
     let mut rights = BTreeSet::new();
+    let mut liveness = None;
     let session = signed_in.as_ref().and_then(|(web, user)| {
         let token = web.token.as_deref()?;
         let services = &state.services;
@@ -156,6 +174,7 @@ fn viewer(state: &HttpState, request: &Request<Incoming>) -> Viewer {
         {
             Ok(redeemed) => {
                 rights = redeemed.token.grant().rights.clone();
+                liveness = Some(redeemed.liveness.clone());
                 let peer = tinyci_net::Peer {
                     identity,
                     addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -173,6 +192,7 @@ fn viewer(state: &HttpState, request: &Request<Incoming>) -> Viewer {
         signed_in,
         session,
         rights,
+        liveness,
     }
 }
 
@@ -533,7 +553,11 @@ async fn run_page(state: &HttpState, request: &Request<Incoming>, id: &str) -> W
     let status = run.state.status();
     let live = !status.is_final();
     let now = crate::github::now_ms();
-    let artifacts = artifact_list(services, &run);
+    let artifacts = if viewer.may_see_artifacts(state, &run).await {
+        artifact_list(services, &run)
+    } else {
+        String::new()
+    };
 
     let mut facts = String::new();
     for (term, value) in [
@@ -698,12 +722,18 @@ async fn events(state: &HttpState, request: &Request<Incoming>, id: &str) -> Web
         .unwrap_or(0);
     let services = state.services.clone();
     let (tx, rx) = mpsc::channel::<Bytes>(EVENT_BUFFER);
+    let show_artifacts = viewer.may_see_artifacts(state, &run).await;
     let observer: log_observer::Client = capnp_rpc::new_client(EventObserver {
         services: services.clone(),
         run: run.id(),
         tx: tx.clone(),
         ansi: RefCell::default(),
+        show_artifacts,
     });
+    // A private run's stream lives only as long as the grant that opened it.
+    let grant = (!state.web.public_repos.contains(&run.repo))
+        .then(|| viewer.liveness.clone())
+        .flatten();
     let run_id = run.id();
     let source = crate::logs::FollowSource::for_run(&services, &run);
     let mut changes = services.queue.watch(run.submission);
@@ -729,6 +759,10 @@ async fn events(state: &HttpState, request: &Request<Incoming>, id: &str) -> Web
                     break;
                 }
                 () = tx.closed() => break,
+                why = grant_dies(grant.clone()) => {
+                    debug!(run = %run_id, reason = %why, "web follower's grant ended");
+                    break;
+                }
                 _ = keepalive.tick() => {
                     let _ = tx.try_send(Bytes::from_static(b": keepalive\n\n"));
                 }
@@ -799,6 +833,16 @@ struct EventObserver {
     run: RunId,
     tx: mpsc::Sender<Bytes>,
     ansi: RefCell<AnsiHtml>,
+    /// Whether the viewer may see the run's artifacts (sent when it ends).
+    show_artifacts: bool,
+}
+
+/// Resolves with the reason once `grant` dies; never without one (a public run's stream).
+async fn grant_dies(grant: Option<Rc<crate::membrane::Liveness>>) -> String {
+    match grant {
+        Some(liveness) => liveness.dead().await.to_string(),
+        None => std::future::pending().await,
+    }
 }
 
 impl log_observer::Server for EventObserver {
@@ -822,7 +866,7 @@ impl log_observer::Server for EventObserver {
     ) -> Result<(), capnp::Error> {
         let status = crate::jobs::core_status(params.get()?.get_status()?);
         let artifacts = match self.services.queue.run(self.run) {
-            Ok(Some(run)) => artifact_list(&self.services, &run),
+            Ok(Some(run)) if self.show_artifacts => artifact_list(&self.services, &run),
             _ => String::new(),
         };
         for event in [
@@ -881,20 +925,8 @@ async fn artifact(
     let Some(run) = readable_run(state, &viewer, id).await else {
         return refuse(&viewer, request, &format!("run {id}"));
     };
-    // A public repository's artifacts are public; any other's take assets:read, which the
-    // user's session's reader checks.
-    if !state.web.public_repos.contains(&run.repo) {
-        let allowed = match viewer.reader(&run.repo).await {
-            Some(reader) => {
-                let mut request = reader.artifacts_request();
-                request.get().set_run(run.id().to_string());
-                request.send().promise.await.is_ok()
-            }
-            None => false,
-        };
-        if !allowed {
-            return not_found(&viewer, &format!("artifact {name} of run {id}"));
-        }
+    if !viewer.may_see_artifacts(state, &run).await {
+        return not_found(&viewer, &format!("artifact {name} of run {id}"));
     }
     let services = &state.services;
     let record = services.store.read(|txn| {
