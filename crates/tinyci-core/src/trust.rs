@@ -20,10 +20,11 @@ use crate::PlannedRun;
 /// Where a submission comes from, as the site established it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum TrustTier {
-    /// The site's own admins and users (and the site itself).
+    /// The site's own admins (and the site itself).
     Local,
     /// A GitHub push, or a pull request from a branch of the same repository, to an enabled
-    /// repository: code by people GitHub lets write to it.
+    /// repository, or a site user's upload of a repository GitHub lets them push to: code by
+    /// people GitHub lets write to it.
     Repo,
     /// A pull request from a fork: code by anyone.
     Fork,
