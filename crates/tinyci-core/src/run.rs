@@ -123,6 +123,37 @@ impl RunStatus {
     }
 }
 
+impl RunStatus {
+    /// The one status of a submission made of runs in `statuses`, for every surface (RPC,
+    /// CLI, pages, GitHub): queued while nothing has started, running while anything is
+    /// unfinished, and once all ended the worst outcome, ranked
+    /// passed < canceled < failed < timed out < errored (an infrastructure failure needs
+    /// someone's attention most). No runs at all counts as passed.
+    pub fn of_submission(statuses: impl IntoIterator<Item = RunStatus>) -> RunStatus {
+        let rank = |s: RunStatus| match s {
+            RunStatus::Passed => 0,
+            RunStatus::Canceled => 1,
+            RunStatus::Failed => 2,
+            RunStatus::TimedOut => 3,
+            RunStatus::Errored => 4,
+            RunStatus::Queued | RunStatus::Leased | RunStatus::Running => 5,
+        };
+        let (mut worst, mut all_queued, mut unfinished) = (RunStatus::Passed, true, false);
+        for status in statuses {
+            unfinished |= !status.is_final();
+            all_queued &= status == RunStatus::Queued;
+            if rank(status) > rank(worst) {
+                worst = status;
+            }
+        }
+        match (unfinished, all_queued) {
+            (true, true) => RunStatus::Queued,
+            (true, false) => RunStatus::Running,
+            (false, _) => worst,
+        }
+    }
+}
+
 impl fmt::Display for RunStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -640,5 +671,35 @@ impl Run {
         self.status = outcome.status;
         self.lease = None;
         self.outcome = Some(outcome);
+    }
+}
+
+#[cfg(test)]
+mod submission_status_tests {
+    use super::RunStatus::{self, *};
+
+    #[test]
+    fn one_status_for_a_submission() {
+        let table: &[(&[RunStatus], RunStatus)] = &[
+            (&[], Passed),
+            (&[Queued], Queued),
+            (&[Queued, Queued], Queued),
+            (&[Passed, Queued], Running),
+            (&[Leased], Running),
+            (&[Failed, Running], Running),
+            (&[Passed, Passed], Passed),
+            (&[Passed, Canceled], Canceled),
+            (&[Passed, Failed, Canceled], Failed),
+            (&[Failed, TimedOut], TimedOut),
+            (&[Failed, Errored], Errored),
+            (&[Errored, Failed], Errored),
+        ];
+        for (statuses, expected) in table {
+            assert_eq!(
+                RunStatus::of_submission(statuses.iter().copied()),
+                *expected,
+                "{statuses:?}"
+            );
+        }
     }
 }

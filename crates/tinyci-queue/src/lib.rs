@@ -874,10 +874,15 @@ impl Queue {
                 })),
             };
         }
-        if let Some(run) = self.state.borrow_mut().live.get_mut(&id) {
-            run.message = Some(message);
-        }
-        match self
+        // Only the lease's holder may word the run's outcome: a stale completion is refused
+        // below, and must not have rewritten the live run's message first.
+        let previous = match self.state.borrow_mut().live.get_mut(&id) {
+            Some(run) if run.state.lease().is_some_and(|l| l.id == lease) => {
+                Some(run.message.replace(message))
+            }
+            _ => None,
+        };
+        let changed = self
             .change(
                 id,
                 RunEvent::Complete {
@@ -887,8 +892,14 @@ impl Queue {
                 },
                 true,
             )
-            .await?
+            .await;
+        if changed.is_err()
+            && let Some(previous) = previous
+            && let Some(run) = self.state.borrow_mut().live.get_mut(&id)
         {
+            run.message = previous;
+        }
+        match changed? {
             Transition::Completed(outcome) | Transition::AlreadyCompleted(outcome) => Ok(outcome),
             other => Err(QueueError::Store(store_error(format!(
                 "unexpected transition {other:?}"
@@ -1189,22 +1200,51 @@ impl Queue {
 
     /// Every run, newest first, up to `limit`.
     pub fn runs(&self, limit: usize) -> Result<Vec<StoredRun>, QueueError> {
-        let stored: Vec<(u64, Vec<u8>)> = self.store.read(|txn| {
-            let mut all = txn
-                .iter_range(RUNS, &..)?
-                .map(|entry| entry.map(|(id, bytes)| (id, bytes.to_vec())))
-                .collect::<Result<Vec<_>, _>>()?;
-            all.reverse();
-            all.truncate(limit);
-            Ok(all)
+        self.runs_where(limit, |_| true)
+    }
+
+    /// The newest `limit` runs that `keep` accepts, newest first.
+    ///
+    /// Reads the run table from the newest end and stops at the limit, so a listing costs what
+    /// it returns (plus the runs it skips), not the length of the history.
+    pub fn runs_where(
+        &self,
+        limit: usize,
+        keep: impl Fn(&StoredRun) -> bool,
+    ) -> Result<Vec<StoredRun>, QueueError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let state = self.state.borrow();
+        let mut selected = Vec::new();
+        let mut failure = None;
+        self.store.read(|txn| {
+            for entry in txn.iter_range_rev(RUNS, &..)? {
+                let (id, bytes) = entry?;
+                // A live run's in-memory state is newer than its stored record.
+                let run = match state.live.get(&RunId(id)) {
+                    Some(live) => live.clone(),
+                    None => match decode_run(id, bytes) {
+                        Ok(run) => run,
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    },
+                };
+                if keep(&run) {
+                    selected.push(run);
+                    if selected.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(())
         })?;
-        stored
-            .into_iter()
-            .map(|(id, bytes)| {
-                let live = self.state.borrow().live.get(&RunId(id)).cloned();
-                live.map_or_else(|| decode_run(id, &bytes), Ok)
-            })
-            .collect()
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(selected),
+        }
     }
 
     /// Depth (queued runs) and leased/running runs per queue, plus waiting workers.

@@ -501,19 +501,17 @@ impl admin::Server for AdminCap {
             0 => 100,
             n => n.min(10_000) as usize,
         };
-        // Scan newest first, filter, and stop at the limit.
-        let runs = self
+        // Newest first, filtered while scanning, stopping at the limit: older matches are
+        // found however many runs came after them.
+        let selected = self
             .services
             .queue
-            .runs(limit.saturating_mul(20).max(1000))
+            .runs_where(limit, |r| {
+                (repo.is_empty() || r.repo == repo)
+                    && (git_ref.is_empty() || r.git_ref == git_ref)
+                    && (status.is_empty() || r.state.status().as_str() == status)
+            })
             .map_err(|e| capnp::Error::failed(e.to_string()))?;
-        let selected: Vec<_> = runs
-            .into_iter()
-            .filter(|r| repo.is_empty() || r.repo == repo)
-            .filter(|r| git_ref.is_empty() || r.git_ref == git_ref)
-            .filter(|r| status.is_empty() || r.state.status().as_str() == status)
-            .take(limit)
-            .collect();
         let mut list = results.get().init_runs(len(selected.len()));
         for (i, run) in selected.iter().enumerate() {
             fill_run_info(list.reborrow().get(len(i)), run, &self.services.queue);

@@ -95,26 +95,9 @@ pub(crate) fn fill_run_info(
     info.set_message(message);
 }
 
-/// The aggregate status of a submission: the worst final status once every run ended.
+/// The status of a submission, by the one definition in core.
 pub(crate) fn submission_status(runs: &[StoredRun]) -> CoreStatus {
-    if runs.iter().any(|r| !r.state.status().is_final()) {
-        return if runs.iter().any(|r| r.state.status() != CoreStatus::Queued) {
-            CoreStatus::Running
-        } else {
-            CoreStatus::Queued
-        };
-    }
-    let rank = |s: CoreStatus| match s {
-        CoreStatus::Passed => 0,
-        CoreStatus::Canceled => 1,
-        CoreStatus::Failed => 2,
-        CoreStatus::TimedOut => 3,
-        _ => 4,
-    };
-    runs.iter()
-        .map(|r| r.state.status())
-        .max_by_key(|s| rank(*s))
-        .unwrap_or(CoreStatus::Passed)
+    CoreStatus::of_submission(runs.iter().map(|r| r.state.status()))
 }
 
 pub(crate) fn fill_submission_info(
@@ -284,7 +267,6 @@ pub(crate) struct JobCap {
     run: RunId,
     lease: LeaseId,
     leased: Leased,
-    source: Vec<u8>,
     /// `logs:write` of the holder's grant (see [`WorkerCap`]).
     logs_write: crate::session::RightCheck,
     liveness: Rc<Liveness>,
@@ -304,13 +286,6 @@ impl JobCap {
         liveness: Rc<Liveness>,
         started: bool,
     ) -> Self {
-        let source = services
-            .queue
-            .submission(leased.run.submission)
-            .ok()
-            .flatten()
-            .map(|s| s.source_sha256)
-            .unwrap_or_default();
         let settled = Rc::new(Cell::new(false));
         // A revoked (or expired) grant takes the lease with it: the runner is told to stop
         // and the run goes back to the queue now, not when the lease would have lapsed.
@@ -337,7 +312,6 @@ impl JobCap {
             run: leased.run.id(),
             lease: leased.lease,
             leased,
-            source,
             logs_write,
             liveness,
             settled,
@@ -439,7 +413,25 @@ impl job::Server for JobCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let sink = params.get()?.get_sink()?;
-        let path = self.services.sources.path(&self.source).ok_or_else(|| {
+        // Looked up when asked for, so a store failure is reported as itself rather than
+        // as a missing archive.
+        let submission = self.leased.run.submission;
+        let source = self
+            .services
+            .queue
+            .submission(submission)
+            .map_err(|e| {
+                capnp::Error::failed(format!(
+                    "could not read submission {submission} for the run's source: {e}"
+                ))
+            })?
+            .ok_or_else(|| {
+                capnp::Error::failed(format!(
+                    "submission {submission} of this run is no longer recorded at the site"
+                ))
+            })?
+            .source_sha256;
+        let path = self.services.sources.path(&source).ok_or_else(|| {
             capnp::Error::failed("the run's source archive is missing at the site".into())
         })?;
         crate::sources::stream_to(&path, sink).await

@@ -417,7 +417,7 @@ async fn front_page(state: &HttpState, request: &Request<Incoming>) -> WebReply 
             "<tr><td><a href=\"/submissions/{id}\">{id}</a></td><td>{status}</td>\
              <td>{repo}</td><td class=\"ref\">{git_ref} <code>{sha}</code></td>\
              <td>{title}</td><td>{counts}</td><td><time>{when}</time></td></tr>",
-            status = badge(overall(&statuses)),
+            status = badge(RunStatus::of_submission(statuses.iter().copied())),
             repo = html_escape(&submission.repo),
             git_ref = html_escape(short_ref(&submission.git_ref)),
             sha = html_escape(short_sha(&submission.sha)),
@@ -1158,30 +1158,6 @@ fn badge(status: RunStatus) -> String {
     )
 }
 
-/// One status for a submission: running while any run is unfinished, else failed if any
-/// failed, else canceled if any was, else passed.
-fn overall(statuses: &[RunStatus]) -> RunStatus {
-    if statuses
-        .iter()
-        .any(|s| matches!(s, RunStatus::Leased | RunStatus::Running))
-    {
-        RunStatus::Running
-    } else if statuses.contains(&RunStatus::Queued) {
-        RunStatus::Queued
-    } else if let Some(bad) = statuses.iter().find(|s| {
-        matches!(
-            s,
-            RunStatus::Failed | RunStatus::TimedOut | RunStatus::Errored
-        )
-    }) {
-        *bad
-    } else if statuses.contains(&RunStatus::Canceled) {
-        RunStatus::Canceled
-    } else {
-        RunStatus::Passed
-    }
-}
-
 fn counts(statuses: &[RunStatus]) -> String {
     let mut by: BTreeMap<&str, usize> = BTreeMap::new();
     for s in statuses {
@@ -1371,15 +1347,5 @@ mod tests {
         let encoded = percent_encode_path(name);
         assert_eq!(encoded, "out/report%201%2B2%25.txt");
         assert_eq!(percent_decode(&encoded), name);
-    }
-
-    #[test]
-    fn a_submission_is_as_bad_as_its_worst_finished_run() {
-        use RunStatus::*;
-        assert_eq!(overall(&[Passed, Running]), Running);
-        assert_eq!(overall(&[Passed, Queued]), Queued);
-        assert_eq!(overall(&[Passed, Failed, Canceled]), Failed);
-        assert_eq!(overall(&[Passed, Canceled]), Canceled);
-        assert_eq!(overall(&[Passed, Passed]), Passed);
     }
 }

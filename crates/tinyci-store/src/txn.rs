@@ -93,6 +93,28 @@ impl<'t> ReadTxn<'t> {
         Ok(Iter::new(Box::new(raw), self.inner, table.name()))
     }
 
+    /// As [`ReadTxn::iter_range`], newest (highest key) first: a listing that stops at a limit
+    /// reads only what it returns, however long the table.
+    pub fn iter_range_rev<'r, K, V, R>(
+        &self,
+        table: Table<K, V>,
+        range: &'r R,
+    ) -> Result<Iter<'t, K, V>, StoreError>
+    where
+        K: BytesEncode<'r> + BytesDecode<'t>,
+        V: BytesDecode<'t>,
+        R: RangeBounds<<K as BytesEncode<'r>>::EItem>,
+    {
+        let db = self.inner.db(table.name())?;
+        let start = encode_bound::<K>(table.name(), range.start_bound())?;
+        let end = encode_bound::<K>(table.name(), range.end_bound())?;
+        let bounds = (start.as_ref().map(|b| &**b), end.as_ref().map(|b| &**b));
+        let raw = db
+            .rev_range(self.txn, &bounds)
+            .map_err(|e| self.iterate_error(table.name(), e))?;
+        Ok(Iter::new(Box::new(raw), self.inner, table.name()))
+    }
+
     /// Entries whose encoded key starts with the encoded `prefix`, in key order.
     pub fn iter_prefix<'p, K, V>(
         &self,
@@ -467,6 +489,15 @@ mod tests {
             })
             .unwrap();
         assert_eq!(keys, [2, 300, 70_000]);
+        let newest_first: Vec<u64> = store
+            .read(|txn| {
+                txn.iter_range_rev(NUMBERED, &(2..100_000))?
+                    .map(|e| e.map(|(k, _)| k))
+                    .take(2)
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(newest_first, [70_000, 300]);
 
         // Unbounded, the scan reaches `schema_version`, a key that is not 8 bytes: reported,
         // not misread as its first 8 bytes.

@@ -560,3 +560,78 @@ fn each_run_goes_to_the_weakest_waiting_runner_that_may_take_it() {
         assert_eq!(got["runner:x"], runs[2]);
     });
 }
+
+#[test]
+fn a_filtered_listing_finds_matches_older_than_any_window() {
+    local(async {
+        let f = Fixture::new();
+        let (queue, _c, _w) = f.open().await;
+        let mut old = submission("refs/heads/main", vec![planned("a", "old")]);
+        old.repo = "org/old".into();
+        queue.submit(old).await.unwrap();
+        // Ten thousand newer runs on another repository bury it.
+        for batch in 0..10 {
+            let runs = (0..1000)
+                .map(|i| planned("a", &format!("r{batch}-{i}")))
+                .collect();
+            let mut newer = submission(&format!("refs/heads/b{batch}"), runs);
+            newer.branch = OnBranch::Aside;
+            queue.submit(newer).await.unwrap();
+        }
+        let found = queue.runs_where(100, |r| r.repo == "org/old").unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].spec.name, "old");
+
+        let newest = queue.runs(3).unwrap();
+        let names: Vec<_> = newest.iter().map(|r| r.spec.name.as_str()).collect();
+        assert_eq!(names, ["r9-999", "r9-998", "r9-997"]);
+        assert!(queue.runs(0).unwrap().is_empty());
+    });
+}
+
+#[test]
+fn a_stale_completion_does_not_reword_the_live_run() {
+    local(async {
+        let f = Fixture::new();
+        let (queue, _c, _w) = f.open().await;
+        queue
+            .submit(submission("refs/heads/main", vec![planned("a", "one")]))
+            .await
+            .unwrap();
+        let policy = LeasePolicy::default();
+        let first = queue.next("a", "runner:r1", HOST, no_hook()).await.unwrap();
+        f.clock.advance(policy.lease_duration * 2);
+        assert_eq!(queue.expire_leases().await, 1);
+        let second = queue.next("a", "runner:r2", HOST, no_hook()).await.unwrap();
+        assert_eq!(second.run.id(), first.run.id());
+        let before = queue.run(first.run.id()).unwrap().unwrap().message;
+
+        let stale = queue
+            .complete(
+                first.run.id(),
+                first.lease,
+                RunStatus::Passed,
+                Some(0),
+                "forged by the old holder".into(),
+            )
+            .await;
+        assert!(stale.is_err(), "{stale:?}");
+        let live = queue.run(first.run.id()).unwrap().unwrap();
+        assert_eq!(live.message, before);
+        assert_eq!(live.state.status(), RunStatus::Leased);
+
+        queue.started(second.run.id(), second.lease).await.unwrap();
+        queue
+            .complete(
+                second.run.id(),
+                second.lease,
+                RunStatus::Passed,
+                Some(0),
+                "all good".into(),
+            )
+            .await
+            .unwrap();
+        let done = queue.run(first.run.id()).unwrap().unwrap();
+        assert_eq!(done.message.as_deref(), Some("all good"));
+    });
+}
