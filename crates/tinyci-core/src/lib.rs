@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+mod clock;
 mod config;
 mod ids;
 mod paths;
@@ -21,6 +22,7 @@ mod plan;
 mod run;
 mod trust;
 
+pub use clock::{Clock, system_time};
 pub use config::{
     ConfigError, ConfigErrorKind, DEFAULT_TIMEOUT_SECS, MAX_CONFIG_BYTES, MergeOptions, Position,
     REPO_CONFIG_FILE, RepoConfig, Resources, RunSpec, TASK_FILE, TaskFile,

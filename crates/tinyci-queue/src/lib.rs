@@ -37,8 +37,7 @@ pub use records::{StoredRun, StoredSubmission};
 /// Key in `META` of the next id to hand out (runs and submissions share one sequence).
 const NEXT_ID_KEY: &str = "queue.next_id";
 
-/// Milliseconds since the Unix epoch, from the site's clock.
-pub type Clock = Rc<dyn Fn() -> u64>;
+pub use tinyci_core::Clock;
 
 /// The system clock.
 pub fn system_clock() -> Clock {

@@ -23,7 +23,6 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use tinyci_core::{LeaseId, RunId};
@@ -643,7 +642,9 @@ impl byte_sink::Server for ArtifactUpload {
             name: self.name.clone(),
             size,
             sha256: digest,
-            stored_at_micros: now_micros(),
+            stored_at_micros: i64::try_from(self.services.now_ms())
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000),
             attempt: self.lease.0,
         };
         let committed = self
@@ -681,12 +682,6 @@ impl byte_sink::Server for ArtifactUpload {
         results.get().set_size(size);
         Ok(())
     }
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -3,8 +3,6 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use std::time::SystemTime;
-
 use tinyci_grant::MAX_TOKEN_BYTES;
 use tinyci_net::Peer;
 use tinyci_pki::{Fingerprint, SiteName};
@@ -94,7 +92,7 @@ impl gateway::Server for Gateway {
         match self
             .services
             .grants
-            .redeem(text, &self.peer.identity, SystemTime::now())
+            .redeem(text, &self.peer.identity, self.services.now())
         {
             Ok(redeemed) => {
                 self.services.metrics.redeemed(true);

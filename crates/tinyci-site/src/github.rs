@@ -319,7 +319,7 @@ pub(crate) async fn intake(
         delivery: delivery.to_owned(),
         event: event.to_owned(),
         body,
-        received_at: now_ms(),
+        received_at: services.now_ms(),
     };
     let stored = services
         .committer
@@ -352,12 +352,6 @@ pub(crate) async fn intake(
     info!(%repo, delivery, event, "webhook delivery accepted");
     github.inbox.notify_one();
     Ok(Intake::Accepted)
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Acts on inbox deliveries in arrival order until aborted. Also resumes status reporting for

@@ -57,6 +57,7 @@ pub(crate) struct GrantAuthority {
     /// Revoked ids, loaded from the store at start and kept in step with it.
     revoked: RefCell<HashSet<String>>,
     live: LiveSessions,
+    clock: tinyci_core::Clock,
 }
 
 impl std::fmt::Debug for GrantAuthority {
@@ -69,7 +70,12 @@ impl std::fmt::Debug for GrantAuthority {
 
 impl GrantAuthority {
     /// Loads the revoked ids from the store.
-    pub(crate) fn load(site: SiteName, root: RootKey, store: Store) -> Result<Self, StoreError> {
+    pub(crate) fn load(
+        site: SiteName,
+        root: RootKey,
+        store: Store,
+        clock: tinyci_core::Clock,
+    ) -> Result<Self, StoreError> {
         let revoked = store.read(|txn| {
             txn.iter_range(REVOKED, &..)?
                 .map(|entry| entry.map(|(id, _)| id.to_owned()))
@@ -81,6 +87,7 @@ impl GrantAuthority {
             store,
             revoked: RefCell::new(revoked),
             live: LiveSessions::default(),
+            clock,
         })
     }
 
@@ -164,7 +171,7 @@ impl GrantAuthority {
                 .ok_or(RevokeError::NotFound)?
         };
         let record = Revocation {
-            revoked_at: unix_now(),
+            revoked_at: (self.clock)() / 1000,
             revoked_by: by.to_string(),
         };
         let store = self.store.clone();
@@ -248,12 +255,20 @@ pub fn record_issued(
     grant: &tinyci_grant::Grant,
     issued_by: &str,
 ) -> Result<(), StoreError> {
-    let (key, record) = issued_record(grant, issued_by);
+    // Offline (`site init`, `grant mint`): the tool's edge, where the system clock is read.
+    let issued_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (key, record) = issued_record(grant, issued_by, issued_at);
     store.write(|txn| txn.put(GRANTS, key.as_str(), &record))
 }
 
 /// The `grants` row recording a minted grant: its key and value.
-pub(crate) fn issued_record(grant: &tinyci_grant::Grant, issued_by: &str) -> (String, IssuedGrant) {
+pub(crate) fn issued_record(
+    grant: &tinyci_grant::Grant,
+    issued_by: &str,
+    issued_at: u64,
+) -> (String, IssuedGrant) {
     let key = grant.revocation_ids.first().cloned().unwrap_or_default();
     let record = IssuedGrant {
         holder: grant.holder.to_string(),
@@ -266,15 +281,9 @@ pub(crate) fn issued_record(grant: &tinyci_grant::Grant, issued_by: &str) -> (St
             .map(|d| d.as_secs()),
         revocation_ids: grant.revocation_ids.clone(),
         issued_by: issued_by.to_owned(),
-        issued_at: unix_now(),
+        issued_at,
     };
     (key, record)
-}
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

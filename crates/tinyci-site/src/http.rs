@@ -182,7 +182,7 @@ async fn fixed_route(
             state
                 .services
                 .metrics
-                .render(&state.services.queue, crate::github::now_ms()),
+                .render(&state.services.queue, state.services.now_ms()),
         ),
         (
             _,
@@ -711,7 +711,7 @@ async fn complete_login(
             user.id,
             sealed,
             &default_caps,
-            crate::github::now_ms(),
+            services.now_ms(),
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -721,7 +721,7 @@ async fn complete_login(
         // A browser login: a grant for the browser's session alone, held in memory, which
         // each page redeems for an in-process session (the pages' only authority). A user
         // holding nothing signs in with none (public pages only).
-        let expires_at = std::time::SystemTime::now() + oauth::WEB_SESSION_TTL;
+        let expires_at = services.now() + oauth::WEB_SESSION_TTL;
         let token = match tinyci_users::grant_spec(
             &site,
             &site_user.name,
@@ -730,7 +730,11 @@ async fn complete_login(
         ) {
             Ok(spec) => {
                 let (token, grant) = services.grants.mint(&spec).map_err(|e| e.to_string())?;
-                let (key, record) = crate::grants::issued_record(&grant, "github-login (browser)");
+                let (key, record) = crate::grants::issued_record(
+                    &grant,
+                    "github-login (browser)",
+                    services.now_ms() / 1000,
+                );
                 services
                     .committer
                     .write(move |txn| txn.put(tinyci_store::tables::GRANTS, key.as_str(), &record))
@@ -757,7 +761,7 @@ async fn complete_login(
             expires_at: oauth::unix_secs(expires_at),
         });
     };
-    let expires_at = std::time::SystemTime::now() + github.settings.login_token_ttl;
+    let expires_at = services.now() + github.settings.login_token_ttl;
     let spec = tinyci_users::grant_spec(
         &site,
         &site_user.name,
@@ -774,7 +778,8 @@ async fn complete_login(
         other => other.to_string(),
     })?;
     let (token_text, grant) = services.grants.mint(&spec).map_err(|e| e.to_string())?;
-    let (key, record) = crate::grants::issued_record(&grant, "github-login");
+    let (key, record) =
+        crate::grants::issued_record(&grant, "github-login", services.now_ms() / 1000);
     services
         .committer
         .write(move |txn| txn.put(tinyci_store::tables::GRANTS, key.as_str(), &record))

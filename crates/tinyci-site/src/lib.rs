@@ -186,6 +186,18 @@ pub(crate) struct Services {
     pub(crate) metrics: Rc<metrics::Metrics>,
     /// The site's public facts (`Gateway.info`, `Admin.status`).
     pub(crate) facts: Rc<SiteFacts>,
+    /// The one clock (the queue's too): nothing in the site reads the OS clock for logic.
+    pub(crate) clock: SiteClock,
+}
+
+/// The site's [`tinyci_core::Clock`], shown in `Debug` output by name only.
+#[derive(Clone)]
+pub(crate) struct SiteClock(pub(crate) tinyci_core::Clock);
+
+impl std::fmt::Debug for SiteClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SiteClock")
+    }
 }
 
 /// The listener's trust: the site's own CA plus the partners pinned under `federation/`.
@@ -295,6 +307,16 @@ impl Services {
             )
         })
     }
+
+    /// Now, in milliseconds since the Unix epoch, by the site's clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        (self.clock.0)()
+    }
+
+    /// Now, by the site's clock.
+    pub(crate) fn now(&self) -> std::time::SystemTime {
+        tinyci_core::system_time(self.now_ms())
+    }
 }
 
 impl Site {
@@ -302,6 +324,15 @@ impl Site {
     /// whose leases died with the previous process are requeued here). Must run inside a
     /// `LocalSet`.
     pub async fn open(config: SiteConfig) -> Result<Self, SiteError> {
+        Self::open_with_clock(config, tinyci_queue::system_clock()).await
+    }
+
+    /// As [`Site::open`], on `clock`: tests move time by hand to see leases lapse, grants
+    /// expire, retention sweep and old deliveries be forgotten.
+    pub async fn open_with_clock(
+        config: SiteConfig,
+        clock: tinyci_core::Clock,
+    ) -> Result<Self, SiteError> {
         let trust_policy = TrustPolicy::load(&config)?;
         let ca_pem = trust_policy.own_ca_pem.clone();
         let ca_der =
@@ -325,7 +356,8 @@ impl Site {
                 ..StoreOptions::default()
             },
         )?;
-        let grants = grants::GrantAuthority::load(config.name.clone(), root, store.clone())?;
+        let grants =
+            grants::GrantAuthority::load(config.name.clone(), root, store.clone(), clock.clone())?;
         let sources =
             sources::SourceStore::open(&config.data_dir).map_err(|source| SiteError::DataDir {
                 path: config.data_dir.join("sources"),
@@ -342,14 +374,10 @@ impl Site {
             dispatch: config.dispatch.clone(),
             site: config.name.to_string(),
         };
-        let queue = tinyci_queue::Queue::open(
-            store.clone(),
-            committer.clone(),
-            setup,
-            tinyci_queue::system_clock(),
-        )
-        .await
-        .map_err(|e| SiteError::Queue(e.to_string()))?;
+        let queue =
+            tinyci_queue::Queue::open(store.clone(), committer.clone(), setup, clock.clone())
+                .await
+                .map_err(|e| SiteError::Queue(e.to_string()))?;
         // The embedded runner died with the last process: its leases need not wait.
         let released = queue.release_runner(bundle::EMBEDDED_RUNNER).await;
         if released > 0 {
@@ -412,6 +440,7 @@ impl Site {
             committer,
             logs: Rc::default(),
             log_max_run_bytes: config.log_max_run_bytes,
+            clock: SiteClock(clock),
         });
         Ok(Self {
             store,

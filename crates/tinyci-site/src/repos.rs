@@ -8,7 +8,7 @@ use tinyci_store::tables::REPOS;
 use tracing::info;
 
 use crate::Services;
-use crate::github::{GitHubError, client_for, hook_secret_context, now_ms, repo_record};
+use crate::github::{GitHubError, client_for, hook_secret_context, repo_record};
 use crate::secrets::random_secret_hex;
 
 /// Every repository the site knows, by name.
@@ -59,7 +59,7 @@ pub(crate) async fn enable(
         enabled_by: by.to_owned(),
         github_user,
         public,
-        changed_at: now_ms(),
+        changed_at: services.now_ms(),
     };
     // Resolving the client first refuses a user without a GitHub token before anything is
     // written.
@@ -113,7 +113,7 @@ pub(crate) async fn disable(
     record.enabled = false;
     record.hook_id = None;
     record.enabled_by = by.to_owned();
-    record.changed_at = now_ms();
+    record.changed_at = services.now_ms();
     put(services, &record).await?;
     info!(repo = %name, %by, "repository disabled");
     Ok(record)

@@ -72,7 +72,7 @@ pub(crate) async fn run_sweeper(
 ) {
     tokio::pin!(stop);
     loop {
-        match sweep(&services, &policy, now_ms()).await {
+        match sweep(&services, &policy, services.now_ms()).await {
             Ok(report) if report != SweepReport::default() => info!(
                 logs = report.logs_removed,
                 artifacts = report.artifacts_removed,
@@ -89,12 +89,6 @@ pub(crate) async fn run_sweeper(
             _ = &mut stop => return,
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn run_of(key: &[u8]) -> Option<u64> {

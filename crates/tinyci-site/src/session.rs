@@ -108,11 +108,12 @@ impl Session {
         let token = self.redeemed.token.clone();
         let peer = self.redeemed.peer_names.clone();
         let site = self.services.grants.site().to_string();
+        let clock = self.services.clock.clone();
         Rc::new(move |resource: &str| {
             let ctx = Context {
                 this_site: &site,
                 peer: &peer,
-                now: SystemTime::now(),
+                now: tinyci_core::system_time((clock.0)()),
             };
             let op = Operation::new(right, resource);
             match token.authorize(&op, &ctx) {

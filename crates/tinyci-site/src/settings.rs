@@ -33,7 +33,7 @@ pub(crate) async fn add_user(
     }
     let user = services
         .users
-        .add(&name, caps, &by.to_string(), crate::github::now_ms())
+        .add(&name, caps, &by.to_string(), services.now_ms())
         .await
         .map_err(users_error)?;
     info!(user = %user.name, %by, "user added");

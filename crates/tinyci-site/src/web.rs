@@ -168,10 +168,7 @@ fn viewer(state: &HttpState, request: &Request<Incoming>) -> Viewer {
             user.name.as_str(),
         )
         .ok()?;
-        match services
-            .grants
-            .redeem(token, &identity, std::time::SystemTime::now())
-        {
+        match services.grants.redeem(token, &identity, services.now()) {
             Ok(redeemed) => {
                 rights = redeemed.token.grant().rights.clone();
                 liveness = Some(redeemed.liveness.clone());
@@ -458,7 +455,7 @@ async fn submission_page(state: &HttpState, request: &Request<Incoming>, id: &st
         Ok(runs) => runs,
         Err(e) => return unavailable(&viewer, &e.to_string()),
     };
-    let now = crate::github::now_ms();
+    let now = state.services.now_ms();
     let mut rows = String::new();
     for run in &runs {
         let _ = writeln!(
@@ -552,7 +549,7 @@ async fn run_page(state: &HttpState, request: &Request<Incoming>, id: &str) -> W
     let rendered = AnsiHtml::default().push(&log);
     let status = run.state.status();
     let live = !status.is_final();
-    let now = crate::github::now_ms();
+    let now = state.services.now_ms();
     let artifacts = if viewer.may_see_artifacts(state, &run).await {
         artifact_list(services, &run)
     } else {

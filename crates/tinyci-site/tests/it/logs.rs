@@ -13,7 +13,7 @@ use tinyci_schema::{
 };
 use tokio::sync::oneshot;
 
-use crate::support::{TestSite, local, redeem};
+use crate::support::{ManualClock, TestSite, local, redeem};
 
 fn hours(h: u64) -> Option<SystemTime> {
     Some(SystemTime::now() + Duration::from_secs(h * 3600))
@@ -195,13 +195,21 @@ pub(crate) fn reader_for(session: &session::Client, repo: &str) -> log_reader::C
 /// may submit to and read logs of `org/x` and take from `default`; keep the connection alive
 /// while using it.
 async fn runner_session(site: &TestSite) -> (session::Client, tinyci_net::ClientConnection) {
+    runner_session_until(site, hours(1)).await
+}
+
+/// As [`runner_session`], with a grant expiring at `expires_at`.
+async fn runner_session_until(
+    site: &TestSite,
+    expires_at: Option<SystemTime>,
+) -> (session::Client, tinyci_net::ClientConnection) {
     let (gateway, connection) = site.connect(Role::Admin, "ops").await;
     let token = site.mint(
         "admin:ops",
         &["queue:submit", "queue:take", "logs:read", "logs:write"],
         &["org/x"],
         &["default"],
-        hours(1),
+        expires_at,
     );
     (redeem(&gateway, &token), connection)
 }
@@ -422,5 +430,48 @@ fn retention_deletes_the_oldest_output_over_the_cap_then_everything_past_its_age
         let (session, _connection) = runner_session(&site).await;
         let reader = reader_for(&session, "org/x");
         assert!(stored_log(&reader, &runs[1]).await.is_empty());
+    });
+}
+
+#[test]
+fn retention_by_age_follows_the_site_clock() {
+    local(async {
+        let clock = ManualClock::new();
+        let mut site = TestSite::start_on(&clock).await;
+        let run = {
+            let (session, _connection) = runner_session(&site).await;
+            let run = submit_one(&session).await;
+            let job = lease(&session).await;
+            job.started_request().send().promise.await.unwrap();
+            let sink = job.log_request().send().pipeline.get_sink();
+            write(&sink, 0, LogStream::Stdout, b"kept a day").await;
+            sink.close_request().send().promise.await.unwrap();
+            complete(&job).await;
+            run
+        };
+        let keep_a_day = "[retention]\nlogs_max_age = \"1d\"";
+        site.restart_with(keep_a_day).await;
+        site.sweeps_done(1).await;
+        {
+            let (session, _connection) = runner_session(&site).await;
+            let reader = reader_for(&session, "org/x");
+            assert_eq!(stored_log(&reader, &run).await, b"kept a day");
+        }
+
+        // Two days pass on the site's clock alone: the next sweep takes the log, and a grant
+        // that the real clock says is good for an hour is expired by the site's.
+        clock.advance(Duration::from_secs(2 * 24 * 3600));
+        site.restart_with(keep_a_day).await;
+        site.sweeps_done(1).await;
+        let (stale, _stale_connection) = runner_session(&site).await;
+        let mut request = reader_for(&stale, "org/x").read_request();
+        request.get().set_run(&run);
+        let refused = request.send().promise.await.err().unwrap();
+        assert!(refused.to_string().contains("token expired"), "{refused}");
+
+        let an_hour_on = tinyci_core::system_time((clock.clock())() + 3_600_000);
+        let (session, _connection) = runner_session_until(&site, Some(an_hour_on)).await;
+        let reader = reader_for(&session, "org/x");
+        assert!(stored_log(&reader, &run).await.is_empty());
     });
 }

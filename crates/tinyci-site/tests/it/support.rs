@@ -27,7 +27,35 @@ pub(crate) struct TestSite {
     pub(crate) config: SiteConfig,
     pub(crate) ca: SiteCa,
     pub(crate) root: RootKey,
+    /// The site's clock, when the test moves time by hand.
+    clock: Option<tinyci_core::Clock>,
     running: Option<Running>,
+}
+
+/// A clock a test moves by hand, starting at the real now.
+#[derive(Clone)]
+pub(crate) struct ManualClock(std::rc::Rc<std::cell::Cell<u64>>);
+
+impl ManualClock {
+    pub(crate) fn new() -> Self {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        Self(std::rc::Rc::new(std::cell::Cell::new(
+            u64::try_from(now).unwrap(),
+        )))
+    }
+
+    pub(crate) fn clock(&self) -> tinyci_core::Clock {
+        let now = self.0.clone();
+        std::rc::Rc::new(move || now.get())
+    }
+
+    pub(crate) fn advance(&self, by: std::time::Duration) {
+        self.0
+            .set(self.0.get() + u64::try_from(by.as_millis()).unwrap());
+    }
 }
 
 struct Running {
@@ -40,6 +68,15 @@ struct Running {
 
 impl TestSite {
     pub(crate) async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A site whose clock only `clock` moves.
+    pub(crate) async fn start_on(clock: &ManualClock) -> Self {
+        Self::start_with(Some(clock.clock())).await
+    }
+
+    async fn start_with(clock: Option<tinyci_core::Clock>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         init_site(&InitOptions {
             dir: dir.path().to_owned(),
@@ -61,6 +98,7 @@ impl TestSite {
             config,
             ca,
             root,
+            clock,
             running: None,
         };
         site.up().await;
@@ -69,7 +107,11 @@ impl TestSite {
 
     /// Opens the store and serves (again, after [`TestSite::down`]).
     pub(crate) async fn up(&mut self) {
-        let site = Site::open(self.config.clone()).await.unwrap();
+        let site = match &self.clock {
+            Some(clock) => Site::open_with_clock(self.config.clone(), clock.clone()).await,
+            None => Site::open(self.config.clone()).await,
+        }
+        .unwrap();
         let listener = site
             .bind(Some("127.0.0.1:0".parse().unwrap()))
             .await
