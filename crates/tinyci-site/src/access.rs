@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use tinyci_repos::RepoPermissions;
 use tinyci_users::{Capability, UserName};
@@ -35,7 +35,7 @@ pub(crate) enum Want {
 #[derive(Debug, Default)]
 pub(crate) struct RepoAccess {
     /// (user, repo) → (what GitHub allows, when asked).
-    cache: RefCell<HashMap<(String, String), (RepoPermissions, Instant)>>,
+    cache: RefCell<HashMap<(String, String), (RepoPermissions, SystemTime)>>,
 }
 
 impl RepoAccess {
@@ -94,9 +94,9 @@ impl RepoAccess {
         repo: &str,
     ) -> Result<RepoPermissions, String> {
         let key = (user.to_string(), repo.to_owned());
-        let now = Instant::now();
+        let now = services.now();
         if let Some(&(answer, asked)) = self.cache.borrow().get(&key)
-            && now.saturating_duration_since(asked) < ACCESS_TTL
+            && now.duration_since(asked).unwrap_or_default() < ACCESS_TTL
         {
             return Ok(answer);
         }

@@ -141,7 +141,7 @@ impl GrantAuthority {
                 at: tinyci_grant::format_time(at),
             });
         }
-        let liveness = Liveness::new(grant.expires_at);
+        let liveness = Liveness::new(grant.expires_at, crate::SiteClock(self.clock.clone()));
         self.live.register(&grant.revocation_ids, &liveness);
         Ok(Redeemed {
             token,

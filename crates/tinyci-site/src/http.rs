@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -349,7 +349,7 @@ fn login(state: &HttpState, request: &Request<Incoming>) -> Reply {
     };
     let query = query(request);
     let (session, new_session) = browser_session(request);
-    let now = Instant::now();
+    let now = state.services.now();
     let Some(id) = query_value(&query, "login").map(str::to_owned) else {
         let purpose = Purpose::Browser {
             next: query_value(&query, "next").and_then(crate::web::safe_next),
@@ -438,7 +438,7 @@ async fn confirm_login(state: &HttpState, request: Request<Incoming>) -> Reply {
         &session,
         field("form"),
         field("code"),
-        Instant::now(),
+        state.services.now(),
     );
     match confirmed {
         Ok(hooks) => {
@@ -489,7 +489,7 @@ fn authorize_redirect(
         session,
         purpose,
         verifier,
-        Instant::now(),
+        state.services.now(),
     );
     let scope = if hooks {
         "read:user read:org repo admin:repo_hook"
@@ -525,10 +525,11 @@ async fn callback(state: &HttpState, request: &Request<Incoming>) -> Reply {
             "The callback carries no state.",
         );
     };
-    let taken = state
-        .states
-        .borrow_mut()
-        .take(oauth_state, session.as_deref(), Instant::now());
+    let taken =
+        state
+            .states
+            .borrow_mut()
+            .take(oauth_state, session.as_deref(), state.services.now());
     let oauth::Taken { purpose, verifier } = match taken {
         Ok(taken) => taken,
         Err(e) => {
@@ -606,7 +607,7 @@ fn sign_in_browser(state: &HttpState, result: &LoginResult, next: Option<String>
         user,
         random_secret_hex(32),
         Some(result.token.clone()).filter(|t| !t.is_empty()),
-        Instant::now(),
+        state.services.now(),
     );
     info!(user = %result.user, "browser signed in");
     let mut response = match next {
@@ -860,7 +861,7 @@ async fn cli_start(state: &HttpState, request: Request<Incoming>) -> Reply {
         csr_pem,
         user_code.clone(),
         hooks,
-        Instant::now(),
+        state.services.now(),
     );
     json(
         StatusCode::OK,

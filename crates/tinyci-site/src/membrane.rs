@@ -23,22 +23,29 @@ pub(crate) struct Liveness {
     revoked_signal: watch::Sender<bool>,
     /// Calls refused so far, for tests and metrics.
     refusals: Cell<u64>,
+    /// The site's clock, against which expiry is judged.
+    clock: crate::SiteClock,
 }
 
 impl Liveness {
-    pub(crate) fn new(expires_at: Option<SystemTime>) -> Rc<Self> {
+    pub(crate) fn new(expires_at: Option<SystemTime>, clock: crate::SiteClock) -> Rc<Self> {
         Rc::new(Self {
             expires_at,
             revoked: RefCell::new(None),
             revoked_signal: watch::channel(false).0,
             refusals: Cell::new(0),
+            clock,
         })
+    }
+
+    fn now(&self) -> SystemTime {
+        tinyci_core::system_time((self.clock.0)())
     }
 
     /// `Ok` while the token is neither revoked nor expired; otherwise the error every call on
     /// a dead capability returns.
     pub(crate) fn check(&self) -> Result<(), capnp::Error> {
-        match self.why_dead(SystemTime::now()) {
+        match self.why_dead(self.now()) {
             None => Ok(()),
             Some(reason) => {
                 self.refusals.set(self.refusals.get() + 1);
@@ -64,13 +71,15 @@ impl Liveness {
     }
 
     /// Resolves with the reason once the capability is dead: on revocation, or when the
-    /// expiry passes. For calls that wait (a parked `Worker.next`).
+    /// expiry passes. For calls that wait (a parked `Worker.next`). The wait for expiry is a
+    /// timer for what the site's clock says is left, so a test that jumps its clock sees a
+    /// parked call end at its next `check`, not at the jump.
     pub(crate) async fn dead(&self) -> capnp::Error {
         let mut revoked = self.revoked_signal.subscribe();
         let expiry = async {
             match self.expires_at {
                 Some(at) => {
-                    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    let left = at.duration_since(self.now()).unwrap_or_default();
                     tokio::time::sleep(left).await;
                 }
                 None => std::future::pending::<()>().await,
@@ -83,7 +92,7 @@ impl Liveness {
         // The clock can be a hair behind the timer; report expiry as of the deadline.
         let at = self
             .expires_at
-            .map_or_else(SystemTime::now, |at| at.max(SystemTime::now()));
+            .map_or_else(|| self.now(), |at| at.max(self.now()));
         capnp::Error::failed(
             self.why_dead(at)
                 .unwrap_or_else(|| "capability is no longer valid".into()),

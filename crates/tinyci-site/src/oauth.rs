@@ -12,7 +12,7 @@
 //! with the site CA, and the CLI collects certificate and token with `/oauth/cli/poll`.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tinyci_pki::{PeerIdentity, Role, SiteCa};
 use tokio::sync::watch;
@@ -54,7 +54,7 @@ struct IssuedState {
     /// PKCE: the secret whose SHA-256 went to GitHub with this state; only this site can
     /// present it when exchanging the code.
     verifier: String,
-    issued: Instant,
+    issued: SystemTime,
 }
 
 /// What a taken state was issued for.
@@ -79,10 +79,9 @@ impl States {
         session: &str,
         purpose: Purpose,
         verifier: String,
-        now: Instant,
+        now: SystemTime,
     ) {
-        self.pending
-            .retain(|_, s| now.saturating_duration_since(s.issued) < STATE_TTL);
+        self.pending.retain(|_, s| age(now, s.issued) < STATE_TTL);
         if self.pending.len() >= MAX_PENDING
             && let Some(oldest) = self
                 .pending
@@ -109,10 +108,10 @@ impl States {
         &mut self,
         state: &str,
         session: Option<&str>,
-        now: Instant,
+        now: SystemTime,
     ) -> Result<Taken, StateError> {
         let issued = self.pending.remove(state).ok_or(StateError::Unknown)?;
-        if now.saturating_duration_since(issued.issued) >= STATE_TTL {
+        if age(now, issued.issued) >= STATE_TTL {
             return Err(StateError::Expired);
         }
         if session != Some(issued.session.as_str()) {
@@ -141,7 +140,7 @@ pub(crate) struct WebSession {
     /// session): every request redeems it for an in-process `Session`, so the pages see
     /// exactly what RPC would. `None` when the user held no capability at sign-in.
     pub(crate) token: Option<String>,
-    signed_in: Instant,
+    signed_in: SystemTime,
 }
 
 impl std::fmt::Debug for WebSession {
@@ -169,10 +168,10 @@ impl WebSessions {
         user: tinyci_users::UserName,
         csrf: String,
         token: Option<String>,
-        now: Instant,
+        now: SystemTime,
     ) {
         self.by_cookie
-            .retain(|_, s| now.saturating_duration_since(s.signed_in) < WEB_SESSION_TTL);
+            .retain(|_, s| age(now, s.signed_in) < WEB_SESSION_TTL);
         if self.by_cookie.len() >= MAX_WEB_SESSIONS
             && let Some(oldest) = self
                 .by_cookie
@@ -199,10 +198,10 @@ impl WebSessions {
     }
 
     /// The session of `cookie`, if signed in and not expired.
-    pub(crate) fn get(&self, cookie: &str, now: Instant) -> Option<WebSession> {
+    pub(crate) fn get(&self, cookie: &str, now: SystemTime) -> Option<WebSession> {
         self.by_cookie
             .get(cookie)
-            .filter(|s| now.saturating_duration_since(s.signed_in) < WEB_SESSION_TTL)
+            .filter(|s| age(now, s.signed_in) < WEB_SESSION_TTL)
             .cloned()
     }
 }
@@ -243,7 +242,7 @@ struct PendingLogin {
     /// The browser session shown the code form, and the form's anti-forgery token: the
     /// code is accepted only from that form in that browser.
     form: Option<(String, String)>,
-    started: Instant,
+    started: SystemTime,
     outcome: watch::Sender<LoginOutcome>,
 }
 
@@ -306,10 +305,9 @@ impl Logins {
         csr_pem: String,
         user_code: String,
         hooks: bool,
-        now: Instant,
+        now: SystemTime,
     ) {
-        self.pending
-            .retain(|_, l| now.saturating_duration_since(l.started) < STATE_TTL);
+        self.pending.retain(|_, l| age(now, l.started) < STATE_TTL);
         if self.pending.len() >= MAX_PENDING
             && let Some(oldest) = self
                 .pending
@@ -341,12 +339,12 @@ impl Logins {
         id: &str,
         session: &str,
         form_token: String,
-        now: Instant,
+        now: SystemTime,
     ) -> Result<(), ConfirmError> {
         let login = self
             .pending
             .get_mut(id)
-            .filter(|l| now.saturating_duration_since(l.started) < STATE_TTL)
+            .filter(|l| age(now, l.started) < STATE_TTL)
             .ok_or(ConfirmError::Unknown)?;
         login.form = Some((session.to_owned(), form_token));
         Ok(())
@@ -360,12 +358,12 @@ impl Logins {
         session: &str,
         form_token: &str,
         code: &str,
-        now: Instant,
+        now: SystemTime,
     ) -> Result<bool, ConfirmError> {
         let login = self
             .pending
             .get_mut(id)
-            .filter(|l| now.saturating_duration_since(l.started) < STATE_TTL)
+            .filter(|l| age(now, l.started) < STATE_TTL)
             .ok_or(ConfirmError::Unknown)?;
         let from_the_form = login.form.as_ref().is_some_and(|(s, t)| {
             constant_time_eq(s.as_bytes(), session.as_bytes())
@@ -452,6 +450,11 @@ impl LoginCa {
 }
 
 /// Unix seconds of `t`.
+/// How long ago `since` was at `now` (zero if the clock went back).
+fn age(now: SystemTime, since: SystemTime) -> Duration {
+    now.duration_since(since).unwrap_or_default()
+}
+
 pub(crate) fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -465,7 +468,7 @@ mod tests {
 
     #[test]
     fn a_state_works_once_in_its_own_session_within_ten_minutes() {
-        let t0 = Instant::now();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let mut states = States::default();
         states.issue(
             "s1".into(),
@@ -513,7 +516,7 @@ mod tests {
 
     #[test]
     fn expired_states_are_pruned_and_the_count_is_bounded() {
-        let t0 = Instant::now();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let mut states = States::default();
         for i in 0..MAX_PENDING + 10 {
             states.issue(format!("s{i}"), "x", BROWSER, String::new(), t0);
@@ -525,7 +528,7 @@ mod tests {
 
     #[test]
     fn a_login_goes_on_only_with_the_terminals_code_from_the_form_this_browser_was_shown() {
-        let t0 = Instant::now();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let mut logins = Logins::default();
         let code = new_user_code(&[0, 1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(code, "BCDF-GHJK");
@@ -587,7 +590,7 @@ mod tests {
 
     #[test]
     fn web_sessions_expire_and_are_bounded() {
-        let t0 = Instant::now();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let mut sessions = WebSessions::default();
         let ana: tinyci_users::UserName = "ana".parse().unwrap();
         sessions.sign_in("c1".into(), ana.clone(), "t1".into(), None, t0);
@@ -605,7 +608,7 @@ mod tests {
 
     #[test]
     fn a_login_is_found_only_by_its_poll_secret() {
-        let t0 = Instant::now();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let mut logins = Logins::default();
         logins.start(
             "id1".into(),

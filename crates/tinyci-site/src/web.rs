@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
@@ -148,7 +148,13 @@ impl Viewer {
 
 fn viewer(state: &HttpState, request: &Request<Incoming>) -> Viewer {
     let signed_in = session_cookie(request)
-        .and_then(|cookie| state.web.sessions.borrow().get(&cookie, Instant::now()))
+        .and_then(|cookie| {
+            state
+                .web
+                .sessions
+                .borrow()
+                .get(&cookie, state.services.now())
+        })
         .and_then(|session| match state.services.users.get(&session.user) {
             Ok(Some(user)) => Some((session, user)),
             Ok(None) => None,
@@ -1108,7 +1114,7 @@ async fn sign_out(state: &HttpState, request: Request<Incoming>) -> WebReply {
     let cookie = session_cookie(&request);
     let session = cookie
         .as_deref()
-        .and_then(|c| state.web.sessions.borrow().get(c, Instant::now()));
+        .and_then(|c| state.web.sessions.borrow().get(c, state.services.now()));
     let body = match crate::http::read_body(request, MAX_FORM_BYTES).await {
         Ok(body) => body,
         Err(reply) => return whole(reply),

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use tinyci_pki::Role;
 use tinyci_schema::{session, submitter, worker};
 
-use crate::support::{TestSite, error_text, grant_summary, local, redeem};
+use crate::support::{ManualClock, TestSite, error_text, grant_summary, local, redeem};
 
 fn hours(h: u64) -> Option<SystemTime> {
     Some(SystemTime::now() + Duration::from_secs(h * 3600))
@@ -373,3 +373,35 @@ fn the_admin_certificate_gets_an_admin_session_with_the_token_from_init() {
 struct NoControl;
 
 impl tinyci_schema::job_control::Server for NoControl {}
+
+#[test]
+fn expiry_is_judged_by_the_site_clock() {
+    local(async {
+        let clock = ManualClock::new();
+        let site = TestSite::start_on(&clock).await;
+        let an_hour_on = tinyci_core::system_time((clock.clock())() + 3_600_000);
+        let token = site.mint(
+            "site:beta",
+            &["queue:submit"],
+            &["org/x"],
+            &[],
+            Some(an_hour_on),
+        );
+        let (beta, _c) = site.connect(Role::Partner, "beta").await;
+        let session = redeem(&beta, &token);
+        let submitter = ask_submitter(&session, "org/x").await.unwrap();
+        let alive = submitter_state(&submitter).await;
+        assert!(!alive.contains("expired"), "{alive}");
+
+        // Two hours pass for the site and not for the world: the live capability and the
+        // token are both dead.
+        clock.advance(Duration::from_secs(2 * 3600));
+        let state = submitter_state(&submitter).await;
+        assert!(
+            state.contains("capability expired: its token expired at "),
+            "{state}"
+        );
+        let err = grant_summary(&redeem(&beta, &token)).await.unwrap_err();
+        assert!(err.contains("token expired at "), "{err}");
+    });
+}
