@@ -524,14 +524,20 @@ impl Site {
             .trust
             .switch
             .replace(Some(listener.tls_switch()));
+        // One stop signal for every background task, and one tracker to wait for them all:
+        // they hold the store open through `services`.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tasks = tokio_util::task::TaskTracker::new();
         // Lease expiry runs as long as the site serves.
-        let expiry = tokio::task::spawn_local(self.services.queue.clone().run_expiry());
-        let (stop_sweeper, sweeper_stop) = tokio::sync::oneshot::channel();
-        let sweeper = tokio::task::spawn_local(retention::run_sweeper(
+        tasks.spawn_local(
+            stop.clone()
+                .run_until_cancelled_owned(self.services.queue.clone().run_expiry()),
+        );
+        tasks.spawn_local(retention::run_sweeper(
             self.services.clone(),
             self.config.retention,
             self.sweeps.clone(),
-            sweeper_stop,
+            stop.clone(),
         ));
         let facts = self.services.facts.clone();
         let addr = listener.local_addr().ok();
@@ -554,13 +560,13 @@ impl Site {
             },
             _ => None,
         };
-        let processor = self
-            .services
-            .github
-            .is_some()
-            .then(|| tokio::task::spawn_local(github::run_processor(self.services.clone())));
-        let (stop_http, http_stop) = tokio::sync::oneshot::channel::<()>();
-        let http = self.http.take().map(|listener| {
+        if self.services.github.is_some() {
+            tasks.spawn_local(
+                stop.clone()
+                    .run_until_cancelled_owned(github::run_processor(self.services.clone())),
+            );
+        }
+        if let Some(listener) = self.http.take() {
             let state = Rc::new(http::HttpState {
                 services: self.services.clone(),
                 rpc_addr: addr.map(|a| a.to_string()).unwrap_or_default(),
@@ -569,10 +575,8 @@ impl Site {
                 login_ca: self.login_ca.clone(),
                 web: web::WebState::new(self.config.http.as_ref()),
             });
-            tokio::task::spawn_local(http::serve(listener, state, async move {
-                let _ = http_stop.await;
-            }))
-        });
+            tasks.spawn_local(http::serve(listener, state, stop.clone().cancelled_owned()));
+        }
         let services = self.services.clone();
         tinyci_net::serve(
             listener,
@@ -586,24 +590,13 @@ impl Site {
             shutdown,
         )
         .await;
-        expiry.abort();
-        let _ = stop_sweeper.send(());
-        let _ = stop_http.send(());
-        if let Some(processor) = &processor {
-            processor.abort();
-        }
+        stop.cancel();
+        tasks.close();
         if let Some(github) = &self.services.github {
             github.tasks.borrow_mut().abort_all();
         }
         // Wait until all are really gone: they hold the store open through `services`.
-        let _ = expiry.await;
-        let _ = sweeper.await;
-        if let Some(http) = http {
-            let _ = http.await;
-        }
-        if let Some(processor) = processor {
-            let _ = processor.await;
-        }
+        tasks.wait().await;
         if let Some(github) = &self.services.github {
             let mut tasks = std::mem::take(&mut *github.tasks.borrow_mut());
             while tasks.join_next().await.is_some() {}
@@ -613,7 +606,7 @@ impl Site {
             config,
             store,
             services,
-            writer,
+            mut writer,
             ..
         } = self;
         drop((store, services));
@@ -621,11 +614,9 @@ impl Site {
         // (aborted, not yet dropped) go as this thread yields. Until then the store stays
         // open and locked, so a restart in this process must wait for it. Never block here:
         // a task that outlives this wait is dropped only with the LocalSet, after we return.
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        while !writer.is_finished() && Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        if writer.is_finished() {
+        let stopped =
+            tokio::time::timeout(std::time::Duration::from_secs(10), writer.stopped()).await;
+        if stopped.is_ok() {
             writer.join();
         } else {
             tracing::warn!(site = %config.name, "the store writer is still held open; it closes when the process's tasks end");

@@ -60,7 +60,7 @@ struct RunOutput {
     artifact_bytes: u64,
 }
 
-/// Runs [`sweep`] now and then every `policy.every` until `stop` resolves. A sweep in
+/// Runs [`sweep`] now and then every `policy.every` until `stop` is cancelled. A sweep in
 /// progress is finished first (its store reads run on a blocking thread that holds the store
 /// open, so abandoning it would leave the store locked after shutdown). `sweeps` counts
 /// finished sweeps, for operators and tests.
@@ -68,9 +68,8 @@ pub(crate) async fn run_sweeper(
     services: std::rc::Rc<Services>,
     policy: RetentionPolicy,
     sweeps: tokio::sync::watch::Sender<u64>,
-    stop: tokio::sync::oneshot::Receiver<()>,
+    stop: tokio_util::sync::CancellationToken,
 ) {
-    tokio::pin!(stop);
     loop {
         match sweep(&services, &policy, services.now_ms()).await {
             Ok(report) if report != SweepReport::default() => info!(
@@ -86,7 +85,7 @@ pub(crate) async fn run_sweeper(
         sweeps.send_modify(|n| *n += 1);
         tokio::select! {
             () = tokio::time::sleep(policy.every) => {}
-            _ = &mut stop => return,
+            () = stop.cancelled() => return,
         }
     }
 }

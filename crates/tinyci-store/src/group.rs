@@ -66,17 +66,27 @@ pub struct GroupCommitter {
 
 /// The writer thread; join it to be sure everything submitted was committed.
 #[derive(Debug)]
-pub struct GroupWriterThread(JoinHandle<()>);
+pub struct GroupWriterThread {
+    thread: JoinHandle<()>,
+    /// Closed when the thread ends, however it ends: [`GroupWriterThread::stopped`] waits on it.
+    ended: futures_channel::oneshot::Receiver<()>,
+}
 
 impl GroupWriterThread {
     /// Waits for the writer to finish (after every [`GroupCommitter`] is dropped).
     pub fn join(self) {
-        let _ = self.0.join();
+        let _ = self.thread.join();
     }
 
     /// Whether the writer has stopped (every committer dropped, everything committed).
     pub fn is_finished(&self) -> bool {
-        self.0.is_finished()
+        self.thread.is_finished()
+    }
+
+    /// Resolves once the writer has stopped, without blocking the caller's thread.
+    pub async fn stopped(&mut self) {
+        // The sender is dropped when the thread ends (normally or by panic).
+        let _ = (&mut self.ended).await;
     }
 }
 
@@ -84,13 +94,17 @@ impl GroupCommitter {
     /// Starts the writer thread for `store`.
     pub fn start(store: Store) -> Result<(Self, GroupWriterThread), StoreError> {
         let (tx, rx) = mpsc::channel::<Box<dyn Pending>>();
+        let (ending, ended) = futures_channel::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("tinyci-store-writer".into())
-            .spawn(move || writer(store, rx))
+            .spawn(move || {
+                let _ending = ending;
+                writer(store, rx);
+            })
             .map_err(|e| StoreError::Aborted {
                 reason: format!("failed to start the store writer thread: {e}").into(),
             })?;
-        Ok((Self { tx }, GroupWriterThread(thread)))
+        Ok((Self { tx }, GroupWriterThread { thread, ended }))
     }
 
     /// Applies `op` in the next batch; resolves once that batch is durable (or with the

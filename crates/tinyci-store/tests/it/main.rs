@@ -356,6 +356,26 @@ mod group_commit {
     }
 
     #[test]
+    fn the_writer_reports_stopping_once_the_last_committer_is_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+        let (committer, mut writer) = GroupCommitter::start(store.clone()).unwrap();
+        let other = committer.clone();
+        futures::executor::block_on(other.write(|txn| txn.put(META, "k", b"1".as_slice())))
+            .unwrap();
+        drop(committer);
+        assert!(
+            futures::executor::block_on(futures::future::poll_immediate(writer.stopped()))
+                .is_none(),
+            "the writer stopped while a committer was alive"
+        );
+        drop(other);
+        // Resolves (the thread is ending), and joining returns at once.
+        futures::executor::block_on(writer.stopped());
+        writer.join();
+    }
+
+    #[test]
     fn a_failing_change_is_rolled_back_alone() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
