@@ -803,10 +803,7 @@ impl admin::Server for AdminCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let users = self.services.users.list().map_err(users_error)?;
-        let mut list = results.get().init_users(len(users.len()));
-        for (i, user) in users.iter().enumerate() {
-            fill_user_info(list.reborrow().get(len(i)), user);
-        }
+        fill_user_list(results.get().init_users(len(users.len())), &users);
         Ok(())
     }
 
@@ -855,10 +852,7 @@ impl admin::Server for AdminCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let repos = crate::repos::list(&self.services).map_err(github_error)?;
-        let mut list = results.get().init_repos(len(repos.len()));
-        for (i, repo) in repos.iter().enumerate() {
-            fill_repo_info(list.reborrow().get(len(i)), repo);
-        }
+        fill_repo_list(results.get().init_repos(len(repos.len())), &repos);
         Ok(())
     }
 
@@ -926,6 +920,26 @@ pub(crate) fn parse_user(name: &str) -> Result<tinyci_users::UserName, capnp::Er
 
 pub(crate) fn parse_capability(name: &str) -> Result<tinyci_users::Capability, capnp::Error> {
     name.parse().map_err(users_error)
+}
+
+/// Fills `list` (initialised to `users.len()`) with one `UserInfo` per user.
+pub(crate) fn fill_user_list(
+    mut list: capnp::struct_list::Builder<'_, tinyci_schema::user_info::Owned>,
+    users: &[tinyci_users::User],
+) {
+    for (i, user) in users.iter().enumerate() {
+        fill_user_info(list.reborrow().get(len(i)), user);
+    }
+}
+
+/// Fills `list` (initialised to `repos.len()`) with one `RepoInfo` per repository.
+pub(crate) fn fill_repo_list(
+    mut list: capnp::struct_list::Builder<'_, tinyci_schema::repo_info::Owned>,
+    repos: &[tinyci_store::records::RepoRecord],
+) {
+    for (i, repo) in repos.iter().enumerate() {
+        fill_repo_info(list.reborrow().get(len(i)), repo);
+    }
 }
 
 pub(crate) fn fill_user_info(

@@ -95,6 +95,15 @@ pub(crate) fn fill_run_info(
     info.set_message(message);
 }
 
+/// A cancel's reason as given, or the default when none was.
+fn cancel_reason(given: String) -> String {
+    if given.is_empty() {
+        "canceled by request".to_owned()
+    } else {
+        given
+    }
+}
+
 /// The status of a submission, by the one definition in core.
 pub(crate) fn submission_status(runs: &[StoredRun]) -> CoreStatus {
     CoreStatus::of_submission(runs.iter().map(|r| r.state.status()))
@@ -775,12 +784,7 @@ impl ticket::Server for TicketCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         self.may_cancel().await?;
-        let reason = read_text(params.get()?.get_reason(), "reason")?;
-        let reason = if reason.is_empty() {
-            "canceled by request".to_owned()
-        } else {
-            reason
-        };
+        let reason = cancel_reason(read_text(params.get()?.get_reason(), "reason")?);
         self.services
             .queue
             .cancel_submission(self.id, &reason)
@@ -798,12 +802,7 @@ impl ticket::Server for TicketCap {
         self.may_cancel().await?;
         let params = params.get()?;
         let run = self.own_run(&read_text(params.get_run(), "run")?)?;
-        let reason = read_text(params.get_reason(), "reason")?;
-        let reason = if reason.is_empty() {
-            "canceled by request".to_owned()
-        } else {
-            reason
-        };
+        let reason = cancel_reason(read_text(params.get_reason(), "reason")?);
         self.services
             .queue
             .cancel_run(run, &reason)

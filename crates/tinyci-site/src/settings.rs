@@ -13,7 +13,8 @@ use tracing::info;
 use crate::Services;
 use crate::access::Want;
 use crate::caps::{
-    fill_repo_info, fill_user_info, github_error, parse_capability, parse_user, users_error,
+    fill_repo_info, fill_repo_list, fill_user_info, fill_user_list, github_error, parse_capability,
+    parse_user, users_error,
 };
 use crate::membrane::Liveness;
 use crate::rpc::read_text;
@@ -155,10 +156,7 @@ impl user_directory::Server for UserDirectoryCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let users = self.services.users.list().map_err(users_error)?;
-        let mut list = results.get().init_users(len(users.len()));
-        for (i, user) in users.iter().enumerate() {
-            fill_user_info(list.reborrow().get(len(i)), user);
-        }
+        fill_user_list(results.get().init_users(len(users.len())), &users);
         Ok(())
     }
 
@@ -248,10 +246,7 @@ impl repo_settings::Server for RepoSettingsCap {
             }
             repos = readable;
         }
-        let mut list = results.get().init_repos(len(repos.len()));
-        for (i, repo) in repos.iter().enumerate() {
-            fill_repo_info(list.reborrow().get(len(i)), repo);
-        }
+        fill_repo_list(results.get().init_repos(len(repos.len())), &repos);
         Ok(())
     }
 

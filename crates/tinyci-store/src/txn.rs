@@ -83,14 +83,7 @@ impl<'t> ReadTxn<'t> {
         V: BytesDecode<'t>,
         R: RangeBounds<<K as BytesEncode<'r>>::EItem>,
     {
-        let db = self.inner.db(table.name())?;
-        let start = encode_bound::<K>(table.name(), range.start_bound())?;
-        let end = encode_bound::<K>(table.name(), range.end_bound())?;
-        let bounds = (start.as_ref().map(|b| &**b), end.as_ref().map(|b| &**b));
-        let raw = db
-            .range(self.txn, &bounds)
-            .map_err(|e| self.iterate_error(table.name(), e))?;
-        Ok(Iter::new(Box::new(raw), self.inner, table.name()))
+        self.range_in(table, range, false)
     }
 
     /// As [`ReadTxn::iter_range`], newest (highest key) first: a listing that stops at a limit
@@ -105,14 +98,37 @@ impl<'t> ReadTxn<'t> {
         V: BytesDecode<'t>,
         R: RangeBounds<<K as BytesEncode<'r>>::EItem>,
     {
+        self.range_in(table, range, true)
+    }
+
+    /// The entries of `table` in `range`, in key order or (`newest_first`) reversed.
+    fn range_in<'r, K, V, R>(
+        &self,
+        table: Table<K, V>,
+        range: &'r R,
+        newest_first: bool,
+    ) -> Result<Iter<'t, K, V>, StoreError>
+    where
+        K: BytesEncode<'r> + BytesDecode<'t>,
+        V: BytesDecode<'t>,
+        R: RangeBounds<<K as BytesEncode<'r>>::EItem>,
+    {
         let db = self.inner.db(table.name())?;
         let start = encode_bound::<K>(table.name(), range.start_bound())?;
         let end = encode_bound::<K>(table.name(), range.end_bound())?;
         let bounds = (start.as_ref().map(|b| &**b), end.as_ref().map(|b| &**b));
-        let raw = db
-            .rev_range(self.txn, &bounds)
-            .map_err(|e| self.iterate_error(table.name(), e))?;
-        Ok(Iter::new(Box::new(raw), self.inner, table.name()))
+        let raw: RawIter<'t> = if newest_first {
+            Box::new(
+                db.rev_range(self.txn, &bounds)
+                    .map_err(|e| self.iterate_error(table.name(), e))?,
+            )
+        } else {
+            Box::new(
+                db.range(self.txn, &bounds)
+                    .map_err(|e| self.iterate_error(table.name(), e))?,
+            )
+        };
+        Ok(Iter::new(raw, self.inner, table.name()))
     }
 
     /// Entries whose encoded key starts with the encoded `prefix`, in key order.
