@@ -266,19 +266,19 @@ impl log_reader::Server for LogReaderCap {
         let run = self.find_run(&id).await?;
         let from = params.get_from();
         let max = params.get_max().clamp(1, MAX_READ) as usize;
-        let store = self.services.store.clone();
         let run_id = run.id().get();
-        let chunks = tokio::task::spawn_blocking(move || {
-            crate::logs::read_chunks(&store, run_id, from, max)
-        })
-        .await
-        .map_err(|e| capnp::Error::failed(e.to_string()))?
-        .map_err(|e| capnp::Error::failed(format!("cannot read the log: {e}")))?;
+        let logs = &self.services.logs;
+        let chunks = logs
+            .read(run_id, from, max)
+            .await
+            .map_err(|e| crate::rpc::failed(&e))?;
         let status = run.state.status();
         let returned: u64 = chunks.iter().map(|(_, c)| c.data.len() as u64).sum();
         // Done once the run is over and this read reached the end of what was stored.
-        let stored_end = crate::logs::stored_length(&self.services.store, run_id)
-            .map_err(|e| capnp::Error::failed(format!("cannot read the log: {e}")))?;
+        let stored_end = logs
+            .stored_length(run_id)
+            .await
+            .map_err(|e| crate::rpc::failed(&e))?;
         let done = status.is_final() && from + returned >= stored_end;
         let mut out = results.get();
         out.set_done(done);
@@ -307,16 +307,9 @@ impl log_reader::Server for LogReaderCap {
         let observer = params.get_observer()?;
         let services = self.services.clone();
         let run_id = run.id();
-        let source = crate::logs::FollowSource::for_run(&services, &run);
         let liveness = self.liveness.clone();
         let task = tokio::task::spawn_local(async move {
-            let follow = crate::logs::follow(
-                services.logs.clone(),
-                services.store.clone(),
-                source,
-                from,
-                observer,
-            );
+            let follow = crate::logs::follow(&services, &run, from, observer);
             // A revoked or expired grant ends the follow too.
             tokio::select! {
                 result = follow => {

@@ -512,7 +512,7 @@ impl Default for RawLogs {
 }
 
 fn default_log_max_run_bytes() -> i64 {
-    i64::try_from(crate::logs::DEFAULT_MAX_RUN_LOG_BYTES).unwrap_or(i64::MAX)
+    i64::try_from(tinyci_logs::DEFAULT_MAX_RUN_LOG_BYTES).unwrap_or(i64::MAX)
 }
 
 #[derive(Deserialize)]

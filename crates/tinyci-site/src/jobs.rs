@@ -454,16 +454,13 @@ impl job::Server for JobCap {
         self.liveness.check()?;
         // Holding the lease is not enough: writing a repository's logs is a right of its own.
         (self.logs_write)(&self.leased.run.repo).map_err(capnp::Error::failed)?;
-        let services = &self.services;
-        let sink = services
-            .logs
-            .sink(
-                services,
-                self.run.get(),
-                self.lease.0,
-                self.liveness.clone(),
-            )
-            .await?;
+        let sink = crate::logs::LogSinkCap::open(
+            &self.services,
+            self.run.get(),
+            self.lease.0,
+            self.liveness.clone(),
+        )
+        .await?;
         results
             .get()
             .set_sink(crate::rpc::observed(&self.services, sink));

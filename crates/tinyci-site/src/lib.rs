@@ -54,9 +54,9 @@ pub use client::{
 pub use config::{ConfigError, SiteConfig};
 pub use gateway::{PROTOCOL, SiteFacts};
 pub use grants::record_issued;
-pub use logs::{DEFAULT_MAX_RUN_LOG_BYTES, FOLLOWER_BUFFER_BOUND, FollowStats};
 pub use retention::RetentionPolicy;
 pub use session::fill_grant_info;
+pub use tinyci_logs::{DEFAULT_MAX_RUN_LOG_BYTES, FOLLOWER_BUFFER_BOUND, FollowStats};
 
 /// Why a site could not start or be reached.
 #[derive(Debug, thiserror::Error)]
@@ -170,10 +170,8 @@ pub(crate) struct Services {
     pub(crate) store: Store,
     /// The store's group-commit writer, for durable writes from the RPC thread.
     pub(crate) committer: tinyci_store::GroupCommitter,
-    /// Logs being written or followed.
-    pub(crate) logs: Rc<logs::LogHub>,
-    /// `[logs] max_run_bytes`.
-    pub(crate) log_max_run_bytes: u64,
+    /// Run logs: written, read, followed, swept.
+    pub(crate) logs: Rc<tinyci_logs::Logs>,
     /// Site users.
     pub(crate) users: tinyci_users::Users,
     /// GitHub, when `[github]` is configured.
@@ -421,6 +419,13 @@ impl Site {
                 }
             }
         });
+        let logs = Rc::new(
+            tinyci_logs::Logs::new(store.clone(), committer.clone(), config.log_max_run_bytes)
+                .on_stored({
+                    let metrics = metrics.clone();
+                    move |bytes| metrics.log_stored(bytes)
+                }),
+        );
         let services = Rc::new(Services {
             facts: Rc::new(SiteFacts {
                 name: config.name.clone(),
@@ -438,8 +443,7 @@ impl Site {
             queue,
             store: store.clone(),
             committer,
-            logs: Rc::default(),
-            log_max_run_bytes: config.log_max_run_bytes,
+            logs,
             clock: SiteClock(clock),
         });
         Ok(Self {
@@ -490,8 +494,8 @@ impl Site {
     }
 
     /// What log followers cost the site (live counters).
-    pub fn follow_stats(&self) -> Rc<logs::FollowStats> {
-        self.services.logs.stats.clone()
+    pub fn follow_stats(&self) -> Rc<FollowStats> {
+        self.services.logs.stats()
     }
 
     /// The store.

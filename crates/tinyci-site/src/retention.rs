@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tinyci_core::RunId;
 use tinyci_store::StoreError;
-use tinyci_store::tables::{ARTIFACTS, LOG_CHUNKS};
+use tinyci_store::tables::ARTIFACTS;
 use tracing::{info, warn};
 
 use crate::Services;
@@ -51,13 +51,28 @@ pub(crate) struct SweepReport {
     pub(crate) bytes_freed: u64,
 }
 
-/// The output one run holds.
-#[derive(Debug, Default)]
-struct RunOutput {
-    log_keys: Vec<Vec<u8>>,
-    log_bytes: u64,
-    artifact_keys: Vec<Vec<u8>>,
-    artifact_bytes: u64,
+/// Why a sweep stopped; the next one tries again.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SweepError {
+    #[error("cannot sweep logs")]
+    Logs(#[from] tinyci_logs::LogError),
+    #[error("cannot sweep artifacts or deliveries")]
+    Store(#[from] StoreError),
+}
+
+/// The output one run holds: `(stored items, bytes)` of its log and of its artifacts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RunOutput {
+    pub(crate) log: (u64, u64),
+    pub(crate) artifacts: (u64, u64),
+}
+
+/// What a sweep deletes: whole logs and all artifacts of the runs named.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct SweepPlan {
+    pub(crate) logs: Vec<u64>,
+    pub(crate) artifacts: Vec<u64>,
+    pub(crate) report: SweepReport,
 }
 
 /// Runs [`sweep`] now and then every `policy.every` until `stop` is cancelled. A sweep in
@@ -80,7 +95,10 @@ pub(crate) async fn run_sweeper(
                 "retention sweep removed old output"
             ),
             Ok(_) => {}
-            Err(e) => warn!(error = %e, "retention sweep failed; retrying at the next one"),
+            Err(e) => warn!(
+                error = %crate::rpc::failed(&e),
+                "retention sweep failed; retrying at the next one"
+            ),
         }
         sweeps.send_modify(|n| *n += 1);
         tokio::select! {
@@ -90,10 +108,45 @@ pub(crate) async fn run_sweeper(
     }
 }
 
-fn run_of(key: &[u8]) -> Option<u64> {
-    key.get(..8)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_be_bytes)
+/// Decides what goes at `now_ms`: for each finished run (`(finished_at, run)`, oldest
+/// first) its log and its artifacts when older than the policy allows, or while everything
+/// together is over the cap.
+pub(crate) fn plan(
+    outputs: &BTreeMap<u64, RunOutput>,
+    finished: &[(u64, u64)],
+    policy: &RetentionPolicy,
+    now_ms: u64,
+) -> SweepPlan {
+    let older_than = |age: Option<Duration>, finished_at: u64| {
+        age.is_some_and(|age| {
+            let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+            finished_at.saturating_add(age) <= now_ms
+        })
+    };
+    let mut total: u64 = outputs.values().map(|o| o.log.1 + o.artifacts.1).sum();
+    let mut plan = SweepPlan::default();
+    for &(finished_at, run) in finished {
+        let Some(output) = outputs.get(&run) else {
+            continue;
+        };
+        let over_cap = policy.max_total_bytes.is_some_and(|cap| total > cap);
+        if output.log.0 > 0 && (over_cap || older_than(policy.logs_max_age, finished_at)) {
+            plan.logs.push(run);
+            total -= output.log.1;
+            plan.report.bytes_freed += output.log.1;
+            plan.report.logs_removed += 1;
+        }
+        let over_cap = policy.max_total_bytes.is_some_and(|cap| total > cap);
+        if output.artifacts.0 > 0 && (over_cap || older_than(policy.artifacts_max_age, finished_at))
+        {
+            plan.artifacts.push(run);
+            plan.report.artifacts_removed +=
+                usize::try_from(output.artifacts.0).unwrap_or(usize::MAX);
+            total -= output.artifacts.1;
+            plan.report.bytes_freed += output.artifacts.1;
+        }
+    }
+    plan
 }
 
 /// One sweep at time `now_ms`.
@@ -101,35 +154,14 @@ pub(crate) async fn sweep(
     services: &Services,
     policy: &RetentionPolicy,
     now_ms: u64,
-) -> Result<SweepReport, StoreError> {
-    let store = services.store.clone();
-    let mut outputs: BTreeMap<u64, RunOutput> = tokio::task::spawn_blocking(move || {
-        store.read(|txn| {
-            let mut outputs: BTreeMap<u64, RunOutput> = BTreeMap::new();
-            for entry in txn.iter_range(LOG_CHUNKS, &..)? {
-                let (key, chunk) = entry?;
-                if let Some(run) = run_of(key) {
-                    let output = outputs.entry(run).or_default();
-                    output.log_keys.push(key.to_vec());
-                    output.log_bytes += chunk.data.len() as u64;
-                }
-            }
-            for entry in txn.iter_range(ARTIFACTS, &..)? {
-                let (key, record) = entry?;
-                if let Some(run) = run_of(key) {
-                    let output = outputs.entry(run).or_default();
-                    output.artifact_keys.push(key.to_vec());
-                    output.artifact_bytes += record.size;
-                }
-            }
-            Ok(outputs)
-        })
-    })
-    .await
-    .map_err(|e| StoreError::Aborted {
-        reason: e.to_string().into(),
-    })??;
-
+) -> Result<SweepReport, SweepError> {
+    let mut outputs: BTreeMap<u64, RunOutput> = BTreeMap::new();
+    for (run, usage) in services.logs.usage().await? {
+        outputs.entry(run).or_default().log = (usage.chunks, usage.bytes);
+    }
+    for (run, usage) in artifact_usage(services).await? {
+        outputs.entry(run).or_default().artifacts = usage;
+    }
     // Finished runs with output, oldest first.
     let mut finished: Vec<(u64, u64)> = Vec::new();
     for run in outputs.keys() {
@@ -139,60 +171,67 @@ pub(crate) async fn sweep(
         }
     }
     finished.sort_unstable();
-
-    let older_than = |age: Option<Duration>, finished_at: u64| {
-        age.is_some_and(|age| {
-            let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
-            finished_at.saturating_add(age) <= now_ms
-        })
-    };
-    let mut total: u64 = outputs
-        .values()
-        .map(|o| o.log_bytes + o.artifact_bytes)
-        .sum();
-    let mut delete_logs = Vec::new();
-    let mut delete_artifacts = Vec::new();
-    let mut report = SweepReport::default();
-    for (finished_at, run) in &finished {
-        let Some(output) = outputs.get_mut(run) else {
-            continue;
-        };
-        let over_cap = policy.max_total_bytes.is_some_and(|cap| total > cap);
-        if !output.log_keys.is_empty()
-            && (over_cap || older_than(policy.logs_max_age, *finished_at))
-        {
-            delete_logs.append(&mut output.log_keys);
-            total -= output.log_bytes;
-            report.bytes_freed += output.log_bytes;
-            report.logs_removed += 1;
-        }
-        let over_cap = policy.max_total_bytes.is_some_and(|cap| total > cap);
-        if !output.artifact_keys.is_empty()
-            && (over_cap || older_than(policy.artifacts_max_age, *finished_at))
-        {
-            report.artifacts_removed += output.artifact_keys.len();
-            delete_artifacts.append(&mut output.artifact_keys);
-            total -= output.artifact_bytes;
-            report.bytes_freed += output.artifact_bytes;
-        }
-    }
-    if !delete_logs.is_empty() || !delete_artifacts.is_empty() {
-        services
-            .committer
-            .write(move |txn| {
-                for key in &delete_logs {
-                    txn.delete(LOG_CHUNKS, &key[..])?;
-                }
-                for key in &delete_artifacts {
-                    txn.delete(ARTIFACTS, &key[..])?;
-                }
-                Ok(())
-            })
-            .await?;
-    }
+    let SweepPlan {
+        logs,
+        artifacts,
+        mut report,
+    } = plan(&outputs, &finished, policy, now_ms);
+    services.logs.remove(logs).await?;
+    remove_artifacts(services, artifacts).await?;
     report.blobs_removed = remove_unreferenced_blobs(services)?;
     crate::github::forget_old_deliveries(services, now_ms).await?;
     Ok(report)
+}
+
+fn run_of(key: &[u8]) -> Option<u64> {
+    key.get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+}
+
+/// `(artifacts, bytes)` of every run that keeps artifacts.
+async fn artifact_usage(services: &Services) -> Result<BTreeMap<u64, (u64, u64)>, StoreError> {
+    let store = services.store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.read(|txn| {
+            let mut usage: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+            for entry in txn.iter_range(ARTIFACTS, &..)? {
+                let (key, record) = entry?;
+                if let Some(run) = run_of(key) {
+                    let run = usage.entry(run).or_default();
+                    run.0 += 1;
+                    run.1 += record.size;
+                }
+            }
+            Ok(usage)
+        })
+    })
+    .await
+    .map_err(|e| StoreError::Aborted {
+        reason: e.to_string().into(),
+    })?
+}
+
+/// Deletes every artifact row of `runs`, durably (their blobs go once nothing names them).
+async fn remove_artifacts(services: &Services, runs: Vec<u64>) -> Result<(), StoreError> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    services
+        .committer
+        .write(move |txn| {
+            for run in runs {
+                let keys: Vec<Vec<u8>> = txn
+                    .iter_prefix(ARTIFACTS, &run.to_be_bytes()[..])?
+                    .map(|entry| entry.map(|(key, _)| key.to_vec()))
+                    .collect::<Result<_, _>>()?;
+                for key in keys {
+                    txn.delete(ARTIFACTS, &key[..])?;
+                }
+            }
+            Ok(())
+        })
+        .await
 }
 
 /// Deletes blob files no artifact row names. Runs without awaiting between reading the rows
@@ -232,4 +271,75 @@ fn remove_unreferenced_blobs(services: &Services) -> Result<usize, StoreError> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 24 * 3600 * 1000;
+
+    fn policy(max_total_bytes: Option<u64>) -> RetentionPolicy {
+        RetentionPolicy {
+            logs_max_age: Some(Duration::from_millis(2 * DAY)),
+            artifacts_max_age: Some(Duration::from_millis(10 * DAY)),
+            max_total_bytes,
+            every: Duration::from_secs(3600),
+        }
+    }
+
+    fn outputs() -> BTreeMap<u64, RunOutput> {
+        [
+            (
+                1,
+                RunOutput {
+                    log: (3, 100),
+                    artifacts: (2, 1000),
+                },
+            ),
+            (
+                2,
+                RunOutput {
+                    log: (1, 50),
+                    artifacts: (0, 0),
+                },
+            ),
+            (
+                3,
+                RunOutput {
+                    log: (1, 10),
+                    artifacts: (1, 10),
+                },
+            ),
+        ]
+        .into()
+    }
+
+    #[test]
+    fn age_limits_apply_per_kind_of_output() {
+        // Run 1 finished 5 days ago, run 2 one day ago, run 3 is not finished.
+        let now = 20 * DAY;
+        let finished = [(15 * DAY, 1), (19 * DAY, 2)];
+        let plan = plan(&outputs(), &finished, &policy(None), now);
+        assert_eq!(plan.logs, vec![1]);
+        assert!(plan.artifacts.is_empty(), "artifacts live ten days");
+        assert_eq!(plan.report.bytes_freed, 100);
+        assert_eq!(plan.report.logs_removed, 1);
+    }
+
+    #[test]
+    fn over_the_cap_the_oldest_finished_output_goes_first_and_unfinished_never() {
+        let now = DAY;
+        let finished = [(0, 1), (1, 2)];
+        // 1170 bytes in all; a cap of 50 takes run 1's log, then its artifacts, then run 2's
+        // log, and never run 3's (unfinished).
+        let plan = plan(&outputs(), &finished, &policy(Some(50)), now);
+        assert_eq!(plan.logs, vec![1, 2]);
+        assert_eq!(plan.artifacts, vec![1]);
+        assert_eq!(plan.report.artifacts_removed, 2);
+        assert_eq!(plan.report.bytes_freed, 1150);
+        // A cap already met removes nothing.
+        let plan = super::plan(&outputs(), &finished, &policy(Some(10_000)), now);
+        assert_eq!(plan, SweepPlan::default());
+    }
 }

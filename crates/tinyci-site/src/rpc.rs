@@ -21,3 +21,16 @@ where
         crate::metrics::observer(&services.metrics),
     ))
 }
+
+/// A refusal or failure as the caller sees it: the error's message and every source's,
+/// joined, so a typed error keeps its cause on the wire.
+pub(crate) fn failed(error: &(dyn std::error::Error + 'static)) -> capnp::Error {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    capnp::Error::failed(message)
+}

@@ -530,28 +530,12 @@ async fn run_page(state: &HttpState, request: &Request<Incoming>, id: &str) -> W
     };
     let services = &state.services;
     let run_id = run.id();
-    let store = services.store.clone();
-    let raw = run_id.get();
-    let read = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<u8>), String> {
-        let length = crate::logs::stored_length(&store, raw).map_err(|e| e.to_string())?;
-        let from = length.saturating_sub(PAGE_LOG_BYTES);
-        let chunks = crate::logs::read_chunks(&store, raw, from, PAGE_LOG_BYTES as usize)
-            .map_err(|e| e.to_string())?;
-        let mut bytes = Vec::new();
-        let mut end = from;
-        for (offset, chunk) in chunks {
-            end = offset + chunk.data.len() as u64;
-            bytes.extend_from_slice(&chunk.data);
-        }
-        Ok((end, bytes))
-    })
-    .await;
-    let (end, log) = match read {
-        Ok(Ok(read)) => read,
-        Ok(Err(e)) => return unavailable(&viewer, &format!("cannot read the log: {e}")),
-        Err(e) => return unavailable(&viewer, &e.to_string()),
+    let (from, log) = match services.logs.tail(run_id.get(), PAGE_LOG_BYTES).await {
+        Ok(tail) => tail,
+        Err(e) => return unavailable(&viewer, &crate::rpc::failed(&e).to_string()),
     };
-    let cut = end > log.len() as u64;
+    let end = from + log.len() as u64;
+    let cut = from > 0;
     let rendered = AnsiHtml::default().push(&log);
     let status = run.state.status();
     let live = !status.is_final();
@@ -738,17 +722,10 @@ async fn events(state: &HttpState, request: &Request<Incoming>, id: &str) -> Web
         .then(|| viewer.liveness.clone())
         .flatten();
     let run_id = run.id();
-    let source = crate::logs::FollowSource::for_run(&services, &run);
     let mut changes = services.queue.watch(run.submission);
     debug!(run = %run_id, from, "web follower attached");
     tokio::task::spawn_local(async move {
-        let follow = crate::logs::follow(
-            services.logs.clone(),
-            services.store.clone(),
-            source,
-            from,
-            observer,
-        );
+        let follow = crate::logs::follow(&services, &run, from, observer);
         tokio::pin!(follow);
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.tick().await;
@@ -890,19 +867,19 @@ async fn raw_log(state: &HttpState, request: &Request<Incoming>, id: &str) -> We
     let Some(run) = readable_run(state, &viewer, id).await else {
         return refuse(&viewer, request, &format!("run {id}"));
     };
-    let store = state.services.store.clone();
-    let raw = run.id().get();
-    let read = tokio::task::spawn_blocking(move || {
-        crate::logs::read_chunks(&store, raw, 0, usize::MAX).map(|chunks| {
+    let read = state
+        .services
+        .logs
+        .read(run.id().get(), 0, usize::MAX)
+        .await
+        .map(|chunks| {
             chunks
                 .into_iter()
                 .flat_map(|(_, c)| c.data)
                 .collect::<Vec<u8>>()
-        })
-    })
-    .await;
+        });
     match read {
-        Ok(Ok(bytes)) => {
+        Ok(bytes) => {
             let mut response = Response::new(Full::new(Bytes::from(bytes)));
             let headers = response.headers_mut();
             headers.insert(
@@ -912,8 +889,7 @@ async fn raw_log(state: &HttpState, request: &Request<Incoming>, id: &str) -> We
             secure_headers(headers);
             whole(response)
         }
-        Ok(Err(e)) => unavailable(&viewer, &format!("cannot read the log: {e}")),
-        Err(e) => unavailable(&viewer, &e.to_string()),
+        Err(e) => unavailable(&viewer, &crate::rpc::failed(&e).to_string()),
     }
 }
 

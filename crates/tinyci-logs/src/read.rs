@@ -1,0 +1,99 @@
+//! Reading a stored log: its length and its chunks from an offset.
+
+use std::sync::Arc;
+
+use tinyci_store::records::{LogChunk, log_key};
+use tinyci_store::tables::LOG_CHUNKS;
+use tinyci_store::{Store, StoreError};
+
+use crate::{LogError, MAX_LOG_CHUNK};
+
+/// The offset a chunk's key names.
+pub(crate) fn chunk_offset(key: &[u8]) -> u64 {
+    key.get(8..16)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// The length of a run's stored log: where the next chunk goes.
+pub(crate) fn stored_length(store: &Store, run: u64) -> Result<u64, LogError> {
+    store
+        .read(|txn| {
+            let mut length = 0;
+            for entry in txn.iter_prefix(LOG_CHUNKS, &run.to_be_bytes()[..])? {
+                let (key, chunk) = entry?;
+                length = length.max(chunk_offset(key) + chunk.data.len() as u64);
+            }
+            Ok(length)
+        })
+        .map_err(|e| read_error(run, e))
+}
+
+/// Up to `max` bytes of a run's log from byte `from`, as `(offset, chunk)` in order (the
+/// first chunk trimmed to start at `from`). At least one chunk when any lies past `from`,
+/// even if it is longer than `max`.
+pub(crate) fn read_chunks(
+    store: &Store,
+    run: u64,
+    from: u64,
+    max: usize,
+) -> Result<Vec<(u64, LogChunk)>, LogError> {
+    // Start at the chunk holding `from`, not at the log's beginning: a follower reads a long
+    // log in many batches, and scanning (and decoding) from offset 0 each time made following
+    // quadratic in the log's length. No chunk is longer than MAX_LOG_CHUNK, so the chunk
+    // holding `from` starts at most that far before it.
+    let start = log_key(run, from.saturating_sub(MAX_LOG_CHUNK as u64));
+    let end = log_key(run, u64::MAX);
+    let range = (
+        std::ops::Bound::Included(&start[..]),
+        std::ops::Bound::Included(&end[..]),
+    );
+    store
+        .read(|txn| {
+            let mut out = Vec::new();
+            let mut taken = 0usize;
+            for entry in txn.iter_range(LOG_CHUNKS, &range)? {
+                let (key, mut chunk) = entry?;
+                let offset = chunk_offset(key);
+                let end = offset + chunk.data.len() as u64;
+                if end <= from {
+                    continue;
+                }
+                let skip = usize::try_from(from.saturating_sub(offset)).unwrap_or(usize::MAX);
+                let start = offset.max(from);
+                if skip > 0 {
+                    chunk.data.drain(..skip.min(chunk.data.len()));
+                }
+                if taken > 0 && taken + chunk.data.len() > max {
+                    break;
+                }
+                taken += chunk.data.len();
+                out.push((start, chunk));
+                if taken >= max {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .map_err(|e| read_error(run, e))
+}
+
+pub(crate) fn read_error(run: u64, source: StoreError) -> LogError {
+    LogError::Read {
+        run,
+        source: Arc::new(source),
+    }
+}
+
+/// Runs a blocking store read off the site's thread; `lost` names the failure if that
+/// thread dies.
+pub(crate) async fn off_thread<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+    lost: impl FnOnce(StoreError) -> LogError,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(read).await.map_err(|e| {
+        lost(StoreError::Aborted {
+            reason: format!("the log reader thread failed: {e}").into(),
+        })
+    })?
+}

@@ -1,0 +1,425 @@
+//! The live state of logs and the writers that append to them.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use tinyci_store::records::{LogChunk, log_key};
+use tinyci_store::tables::LOG_CHUNKS;
+use tinyci_store::{GroupCommitter, Store};
+use tokio::sync::watch;
+
+use crate::follow::FollowStats;
+use crate::read::{off_thread, read_chunks, read_error, stored_length};
+use crate::{LOG_COMMIT_WINDOW, LogError, MAX_LOG_CHUNK, Stream};
+
+/// Called with the byte count of each commit of log chunks (for metrics).
+type StoredHook = Rc<dyn Fn(usize)>;
+
+/// The logs of one site: the live state of the logs being written or followed, and the way
+/// to read any log. One per site.
+pub struct Logs {
+    store: Store,
+    committer: GroupCommitter,
+    /// `[logs] max_run_bytes`.
+    max_run_bytes: u64,
+    runs: RefCell<HashMap<u64, Rc<RunLog>>>,
+    pub(crate) stats: Rc<FollowStats>,
+    on_stored: StoredHook,
+}
+
+impl std::fmt::Debug for Logs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Logs")
+            .field("max_run_bytes", &self.max_run_bytes)
+            .field("live", &self.runs.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a run's log stands, for its writers and followers.
+#[derive(Debug)]
+pub(crate) struct RunLog {
+    pub(crate) run: u64,
+    state: RefCell<WriteState>,
+    /// Bytes durably stored; followers wait on it.
+    pub(crate) durable: watch::Sender<u64>,
+}
+
+#[derive(Debug)]
+struct WriteState {
+    /// Offset the next chunk from the runner must start at (writes in flight included).
+    next_input: u64,
+    /// Offset in the stored log the next chunk goes to. Equal to `next_input` until the log
+    /// is truncated, after which input is discarded.
+    next_stored: u64,
+    /// The lease whose writer writes; a writer of an older lease is refused.
+    writer: u32,
+    /// Set once the log reached its size limit.
+    truncated: bool,
+    /// Set when a commit failed: the log refuses everything after it.
+    failed: Option<Arc<tinyci_store::StoreError>>,
+    /// Chunks accepted but not yet handed to the committer, in log order.
+    queued: Vec<(u64, LogChunk)>,
+    /// The stored log's end once `queued` is durable.
+    queued_end: u64,
+    /// Whether a task is committing this log's queue (one at a time keeps commits in order).
+    committing: bool,
+}
+
+impl Logs {
+    /// The logs kept in `store`, written through `committer`, each cut at `max_run_bytes`.
+    pub fn new(store: Store, committer: GroupCommitter, max_run_bytes: u64) -> Self {
+        Self {
+            store,
+            committer,
+            max_run_bytes,
+            runs: RefCell::default(),
+            stats: Rc::default(),
+            on_stored: Rc::new(|_| {}),
+        }
+    }
+
+    /// Calls `hook` with the byte count of every commit of log chunks.
+    #[must_use]
+    pub fn on_stored(mut self, hook: impl Fn(usize) + 'static) -> Self {
+        self.on_stored = Rc::new(hook);
+        self
+    }
+
+    /// What followers cost (live counters).
+    pub fn stats(&self) -> Rc<FollowStats> {
+        self.stats.clone()
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn committer(&self) -> &GroupCommitter {
+        &self.committer
+    }
+
+    /// The length of `run`'s stored log.
+    pub async fn stored_length(&self, run: u64) -> Result<u64, LogError> {
+        let store = self.store.clone();
+        off_thread(move || stored_length(&store, run), |e| read_error(run, e)).await
+    }
+
+    /// Up to `max` bytes of `run`'s log from byte `from`, as `(offset, chunk)` in order (the
+    /// first chunk trimmed to start at `from`; at least one chunk when any lies past `from`).
+    pub async fn read(
+        &self,
+        run: u64,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, LogChunk)>, LogError> {
+        let store = self.store.clone();
+        off_thread(
+            move || read_chunks(&store, run, from, max),
+            |e| read_error(run, e),
+        )
+        .await
+    }
+
+    /// The last `max` bytes of `run`'s log (or all of it, when shorter) and the offset they
+    /// start at.
+    pub async fn tail(&self, run: u64, max: u64) -> Result<(u64, Vec<u8>), LogError> {
+        let store = self.store.clone();
+        off_thread(
+            move || {
+                let length = stored_length(&store, run)?;
+                let from = length.saturating_sub(max);
+                let chunks = read_chunks(
+                    &store,
+                    run,
+                    from,
+                    usize::try_from(max).unwrap_or(usize::MAX),
+                )?;
+                let mut bytes = Vec::new();
+                for (_, chunk) in chunks {
+                    bytes.extend_from_slice(&chunk.data);
+                }
+                Ok((from, bytes))
+            },
+            |e| read_error(run, e),
+        )
+        .await
+    }
+
+    /// The live state of `run`'s log, loaded from the store when nobody holds it.
+    pub(crate) async fn live(&self, run: u64) -> Result<Rc<RunLog>, LogError> {
+        if let Some(log) = self.runs.borrow().get(&run) {
+            return Ok(log.clone());
+        }
+        let length = self.stored_length(run).await?;
+        let max_bytes = self.max_run_bytes;
+        let mut runs = self.runs.borrow_mut();
+        // Forget logs nobody holds any more (the map's reference is the only one).
+        runs.retain(|_, log| Rc::strong_count(log) > 1);
+        // Another caller may have loaded it while we read the store.
+        Ok(runs
+            .entry(run)
+            .or_insert_with(|| {
+                Rc::new(RunLog {
+                    run,
+                    state: RefCell::new(WriteState {
+                        next_input: length,
+                        next_stored: length,
+                        writer: 0,
+                        // A log at or past the limit was cut (or written under a higher one).
+                        truncated: length >= max_bytes,
+                        failed: None,
+                        queued: Vec::new(),
+                        queued_end: length,
+                        committing: false,
+                    }),
+                    durable: watch::channel(length).0,
+                })
+            })
+            .clone())
+    }
+
+    /// A writer for `run` as attempt `lease`. Takes the log over from any older attempt, whose
+    /// writer is refused from then on; a writer of an older attempt is refused at once.
+    pub async fn writer(&self, run: u64, lease: u32) -> Result<LogWriter, LogError> {
+        let log = self.live(run).await?;
+        {
+            let mut state = log.state.borrow_mut();
+            if lease < state.writer {
+                return Err(LogError::Superseded {
+                    run,
+                    lease,
+                    by: state.writer,
+                });
+            }
+            state.writer = lease;
+        }
+        Ok(LogWriter {
+            log,
+            lease,
+            max_bytes: self.max_run_bytes,
+            committer: self.committer.clone(),
+            on_stored: self.on_stored.clone(),
+        })
+    }
+}
+
+/// One attempt's right to append to a run's log.
+pub struct LogWriter {
+    log: Rc<RunLog>,
+    lease: u32,
+    max_bytes: u64,
+    committer: GroupCommitter,
+    on_stored: StoredHook,
+}
+
+impl std::fmt::Debug for LogWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogWriter")
+            .field("run", &self.log.run)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one accepted write stores.
+enum Accepted {
+    /// Already stored (a runner resending after a reconnect), or discarded past the limit.
+    Nothing,
+    /// Store these chunks, ending the stored log at the given offset.
+    Store(Vec<(u64, LogChunk)>, u64),
+}
+
+/// The system line that ends a log cut at its size limit.
+fn truncation_marker(limit: u64) -> Vec<u8> {
+    format!(
+        "\n[tinyci] log truncated: it reached the limit of {limit} bytes ([logs] max_run_bytes); \
+         further output of this run is discarded\n"
+    )
+    .into_bytes()
+}
+
+impl LogWriter {
+    fn failure(&self, state: &WriteState) -> Option<LogError> {
+        state.failed.as_ref().map(|source| LogError::Store {
+            run: self.log.run,
+            source: source.clone(),
+        })
+    }
+
+    /// Checks a chunk against the log's state and reserves its place, so writes in flight
+    /// stay in order. Cuts the log at the size limit.
+    fn accept(&self, offset: u64, chunk: LogChunk) -> Result<Accepted, LogError> {
+        let mut state = self.log.state.borrow_mut();
+        if let Some(failed) = self.failure(&state) {
+            return Err(failed);
+        }
+        if state.writer != self.lease {
+            return Err(LogError::Superseded {
+                run: self.log.run,
+                lease: self.lease,
+                by: state.writer,
+            });
+        }
+        let len = chunk.data.len() as u64;
+        if state.truncated {
+            state.next_input = state.next_input.max(offset + len);
+            return Ok(Accepted::Nothing);
+        }
+        if offset + len <= state.next_input && offset < state.next_input {
+            return Ok(Accepted::Nothing);
+        }
+        if offset != state.next_input {
+            return Err(LogError::Gap {
+                run: self.log.run,
+                offset,
+                expected: state.next_input,
+            });
+        }
+        state.next_input = offset + len;
+        let at = state.next_stored;
+        let room = self.max_bytes.saturating_sub(at);
+        if len <= room {
+            state.next_stored = at + len;
+            return Ok(Accepted::Store(vec![(at, chunk)], at + len));
+        }
+        // This chunk crosses the limit: keep what fits, then the marker, then nothing more.
+        let mut kept = chunk.clone();
+        kept.data
+            .truncate(usize::try_from(room).unwrap_or(usize::MAX));
+        let marker = LogChunk {
+            stream: Stream::System.tag(),
+            timestamp_micros: chunk.timestamp_micros,
+            data: truncation_marker(self.max_bytes),
+        };
+        let mut chunks = Vec::new();
+        let mut end = at;
+        if !kept.data.is_empty() {
+            end += kept.data.len() as u64;
+            chunks.push((at, kept));
+        }
+        let marker_at = end;
+        end += marker.data.len() as u64;
+        chunks.push((marker_at, marker));
+        state.next_stored = end;
+        state.truncated = true;
+        Ok(Accepted::Store(chunks, end))
+    }
+
+    /// Appends `chunk` at input offset `offset`. A chunk already stored (a runner resending
+    /// after a reconnect) is accepted and ignored; one that would leave a gap is refused.
+    /// Returns once the chunk is queued for commit and at most [`LOG_COMMIT_WINDOW`] of this
+    /// log awaits its commit: durability is what [`LogWriter::acknowledged`] and
+    /// [`LogWriter::close`] report.
+    pub async fn write(&self, offset: u64, chunk: LogChunk) -> Result<(), LogError> {
+        if chunk.data.len() > MAX_LOG_CHUNK {
+            return Err(LogError::ChunkTooLarge {
+                len: chunk.data.len(),
+            });
+        }
+        let Accepted::Store(chunks, end) = self.accept(offset, chunk)? else {
+            return Ok(());
+        };
+        {
+            let mut state = self.log.state.borrow_mut();
+            state.queued.extend(chunks);
+            state.queued_end = end;
+            if !state.committing {
+                state.committing = true;
+                tokio::task::spawn_local(commit_queued(
+                    self.log.clone(),
+                    self.committer.clone(),
+                    self.on_stored.clone(),
+                ));
+            }
+        }
+        // Backpressure: return once at most LOG_COMMIT_WINDOW of this log awaits its commit.
+        let mut durable = self.log.durable.subscribe();
+        let failed = || self.log.state.borrow().failed.is_some();
+        let _ = durable
+            .wait_for(|d| end.saturating_sub(*d) <= LOG_COMMIT_WINDOW || failed())
+            .await;
+        match self.failure(&self.log.state.borrow()) {
+            None => Ok(()),
+            Some(failed) => Err(failed),
+        }
+    }
+
+    /// The input offset up to which everything is durable: where a resuming runner starts.
+    /// A cut log takes (and discards) everything, so it answers `u64::MAX`: nothing to resend.
+    pub fn acknowledged(&self) -> u64 {
+        if self.log.state.borrow().truncated {
+            u64::MAX
+        } else {
+            *self.log.durable.borrow()
+        }
+    }
+
+    /// Resolves once every chunk written before it is durable.
+    pub async fn close(&self) -> Result<(), LogError> {
+        let target = self.log.state.borrow().next_stored;
+        let mut durable = self.log.durable.subscribe();
+        let failed = || self.log.state.borrow().failed.is_some();
+        let reached = durable
+            .wait_for(|d| *d >= target || failed())
+            .await
+            .map(|d| *d >= target);
+        if let Some(failed) = self.failure(&self.log.state.borrow()) {
+            return Err(failed);
+        }
+        match reached {
+            Ok(true) => Ok(()),
+            _ => Err(LogError::Closed { run: self.log.run }),
+        }
+    }
+}
+
+/// Commits a log's queued chunks, everything queued at once, until the queue is empty; then
+/// the next write starts it again. One per log at a time, so the durable length only grows
+/// and never passes a chunk that is not stored.
+async fn commit_queued(log: Rc<RunLog>, committer: GroupCommitter, on_stored: StoredHook) {
+    loop {
+        let (chunks, end) = {
+            let mut state = log.state.borrow_mut();
+            if state.queued.is_empty() || state.failed.is_some() {
+                state.committing = false;
+                state.queued.clear();
+                return;
+            }
+            (std::mem::take(&mut state.queued), state.queued_end)
+        };
+        let run = log.run;
+        let bytes: usize = chunks.iter().map(|(_, c)| c.data.len()).sum();
+        let result = committer
+            .write(move |txn| {
+                for (at, chunk) in &chunks {
+                    txn.put(LOG_CHUNKS, &log_key(run, *at)[..], chunk)?;
+                }
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                on_stored(bytes);
+                log.durable.send_if_modified(|durable| {
+                    let grew = end > *durable;
+                    *durable = (*durable).max(end);
+                    grew
+                });
+            }
+            Err(e) => {
+                {
+                    let mut state = log.state.borrow_mut();
+                    state.failed = Some(Arc::new(e));
+                    state.committing = false;
+                    state.queued.clear();
+                }
+                // Wake waiters in `write` and `close` so they see the failure.
+                log.durable.send_modify(|_| {});
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The log store on a real LMDB store: ordering, resends, gaps, truncation, takeover by a
+//! newer attempt, following, and retention.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use tinyci_core::RunStatus;
+use tinyci_logs::{FollowSource, Follower, LogChunk, LogError, Logs, MAX_LOG_CHUNK, Stream};
+use tinyci_store::{GroupCommitter, Store, StoreOptions};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    logs: Rc<Logs>,
+}
+
+fn fixture(max_run_bytes: u64) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let (committer, _writer) = GroupCommitter::start(store.clone()).unwrap();
+    Fixture {
+        _dir: dir,
+        logs: Rc::new(Logs::new(store, committer, max_run_bytes)),
+    }
+}
+
+fn chunk(text: &str) -> LogChunk {
+    LogChunk {
+        stream: Stream::Stdout.tag(),
+        timestamp_micros: 1,
+        data: text.as_bytes().to_vec(),
+    }
+}
+
+fn run_local<F: std::future::Future>(test: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&runtime, test)
+}
+
+async fn text(logs: &Logs, run: u64) -> String {
+    let chunks = logs.read(run, 0, usize::MAX).await.unwrap();
+    chunks
+        .into_iter()
+        .map(|(_, c)| String::from_utf8(c.data).unwrap())
+        .collect()
+}
+
+#[test]
+fn writes_read_back_in_order_and_resends_are_ignored_but_gaps_refused() {
+    run_local(async {
+        let f = fixture(1024);
+        let writer = f.logs.writer(7, 1).await.unwrap();
+        writer.write(0, chunk("hello ")).await.unwrap();
+        writer.write(6, chunk("world")).await.unwrap();
+        // A runner resending after a reconnect: already stored, accepted, not duplicated.
+        writer.write(0, chunk("hello ")).await.unwrap();
+        let gap = writer.write(20, chunk("late")).await.unwrap_err();
+        assert!(
+            matches!(
+                gap,
+                LogError::Gap {
+                    run: 7,
+                    offset: 20,
+                    expected: 11
+                }
+            ),
+            "{gap}"
+        );
+        writer.close().await.unwrap();
+        assert_eq!(writer.acknowledged(), 11);
+        assert_eq!(text(&f.logs, 7).await, "hello world");
+        assert_eq!(f.logs.stored_length(7).await.unwrap(), 11);
+        // Reading from the middle trims the first chunk.
+        let tail = f.logs.read(7, 8, 100).await.unwrap();
+        assert_eq!(tail[0].0, 8);
+        assert_eq!(tail[0].1.data, b"rld");
+    });
+}
+
+#[test]
+fn a_chunk_over_the_wire_limit_is_refused() {
+    run_local(async {
+        let f = fixture(u64::MAX);
+        let writer = f.logs.writer(1, 1).await.unwrap();
+        let big = LogChunk {
+            data: vec![b'x'; MAX_LOG_CHUNK + 1],
+            ..chunk("")
+        };
+        let refused = writer.write(0, big).await.unwrap_err();
+        assert!(
+            matches!(refused, LogError::ChunkTooLarge { .. }),
+            "{refused}"
+        );
+        assert_eq!(f.logs.stored_length(1).await.unwrap(), 0);
+    });
+}
+
+#[test]
+fn a_log_is_cut_at_its_limit_with_a_system_line_and_then_takes_everything() {
+    run_local(async {
+        let f = fixture(10);
+        let writer = f.logs.writer(3, 1).await.unwrap();
+        writer.write(0, chunk("0123456")).await.unwrap();
+        writer.write(7, chunk("789abc")).await.unwrap();
+        writer.write(13, chunk("lost-output")).await.unwrap();
+        writer.close().await.unwrap();
+        let chunks = f.logs.read(3, 0, usize::MAX).await.unwrap();
+        let stored: Vec<u8> = chunks.iter().flat_map(|(_, c)| c.data.clone()).collect();
+        let stored = String::from_utf8(stored).unwrap();
+        assert!(
+            stored.starts_with("0123456789\n[tinyci] log truncated"),
+            "{stored}"
+        );
+        assert!(!stored.contains("lost-output"));
+        let last = chunks.last().unwrap();
+        assert_eq!(Stream::of_tag(last.1.stream), Stream::System);
+        // Nothing needs resending: the runner may drop what it holds.
+        assert_eq!(writer.acknowledged(), u64::MAX);
+        // A log at its limit stays cut when loaded afresh.
+        drop(writer);
+        let again = f.logs.writer(3, 2).await.unwrap();
+        assert_eq!(again.acknowledged(), u64::MAX);
+    });
+}
+
+#[test]
+fn a_newer_attempt_takes_the_log_over_and_the_older_is_refused() {
+    run_local(async {
+        let f = fixture(1024);
+        let first = f.logs.writer(5, 1).await.unwrap();
+        first.write(0, chunk("one ")).await.unwrap();
+        first.close().await.unwrap();
+        let second = f.logs.writer(5, 2).await.unwrap();
+        // The retried attempt continues after what the first stored.
+        assert_eq!(second.acknowledged(), 4);
+        second.write(4, chunk("two")).await.unwrap();
+        let stale = first.write(4, chunk("late")).await.unwrap_err();
+        assert!(
+            matches!(
+                stale,
+                LogError::Superseded {
+                    run: 5,
+                    lease: 1,
+                    by: 2
+                }
+            ),
+            "{stale}"
+        );
+        let older = f.logs.writer(5, 1).await.unwrap_err();
+        assert!(matches!(older, LogError::Superseded { .. }), "{older}");
+        second.close().await.unwrap();
+        assert_eq!(text(&f.logs, 5).await, "one two");
+    });
+}
+
+/// A follower that records what it was given.
+#[derive(Default)]
+struct Recorder {
+    chunks: RefCell<Vec<(u64, String)>>,
+    done: RefCell<Option<RunStatus>>,
+    delivered: tokio::sync::Notify,
+}
+
+impl Follower for Recorder {
+    type Error = std::convert::Infallible;
+
+    async fn chunk(&self, offset: u64, chunk: &LogChunk) -> Result<(), Self::Error> {
+        self.chunks
+            .borrow_mut()
+            .push((offset, String::from_utf8_lossy(&chunk.data).into_owned()));
+        self.delivered.notify_one();
+        Ok(())
+    }
+
+    async fn done(&self, status: RunStatus) -> Result<(), Self::Error> {
+        *self.done.borrow_mut() = Some(status);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_follower_gets_the_backfill_then_live_chunks_then_the_end() {
+    run_local(async {
+        let f = fixture(1024);
+        let writer = f.logs.writer(9, 1).await.unwrap();
+        writer.write(0, chunk("before ")).await.unwrap();
+        writer.close().await.unwrap();
+
+        let status = Rc::new(RefCell::new(RunStatus::Running));
+        let (changes, feed) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let source = FollowSource {
+            run: 9,
+            status: {
+                let status = status.clone();
+                Rc::new(move || Some(*status.borrow()))
+            },
+            changes: feed,
+        };
+        let recorder = Rc::new(Recorder::default());
+        let follow = tokio::task::spawn_local({
+            let logs = f.logs.clone();
+            let recorder = recorder.clone();
+            async move { logs.follow(source, 2, &*recorder).await }
+        });
+        recorder.delivered.notified().await;
+        writer.write(7, chunk("after")).await.unwrap();
+        writer.close().await.unwrap();
+        recorder.delivered.notified().await;
+        assert_eq!(f.logs.stats().active(), 1);
+        *status.borrow_mut() = RunStatus::Passed;
+        changes.send(()).unwrap();
+        follow.await.unwrap().unwrap();
+        assert_eq!(
+            *recorder.chunks.borrow(),
+            vec![(2, "fore ".to_owned()), (7, "after".to_owned())]
+        );
+        assert_eq!(*recorder.done.borrow(), Some(RunStatus::Passed));
+        let stats = f.logs.stats();
+        assert_eq!(stats.active(), 0);
+        assert_eq!(stats.delivered_bytes(), 10);
+        assert_eq!(stats.buffered_bytes(), 0);
+    });
+}
+
+#[test]
+fn retention_sees_each_runs_usage_and_removes_whole_logs() {
+    run_local(async {
+        let f = fixture(1024);
+        for run in [1, 2] {
+            let writer = f.logs.writer(run, 1).await.unwrap();
+            writer.write(0, chunk("abc")).await.unwrap();
+            writer.write(3, chunk("de")).await.unwrap();
+            writer.close().await.unwrap();
+        }
+        let usage = f.logs.usage().await.unwrap();
+        assert_eq!(usage.len(), 2);
+        assert_eq!(usage[&1].bytes, 5);
+        assert_eq!(usage[&1].chunks, 2);
+        f.logs.remove(vec![1]).await.unwrap();
+        let usage = f.logs.usage().await.unwrap();
+        assert_eq!(usage.keys().copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(f.logs.stored_length(1).await.unwrap(), 0);
+        assert_eq!(text(&f.logs, 2).await, "abcde");
+    });
+}
