@@ -2,38 +2,43 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use sha2::{Digest, Sha256};
+use tinyci_assets::{HashingSink, SinkError};
 use tinyci_schema::byte_sink;
 
 /// Largest source archive a runner accepts.
 pub const MAX_SOURCE_BYTES: u64 = 512 * 1024 * 1024;
 
-/// A `ByteSink` writing the archive to a file and hashing it as it arrives.
+/// A `ByteSink` writing the archive beside `dest`, hashed as it arrives, and moving it to
+/// `dest` once the site's SHA-256 matches. Dropped unfinished, it leaves nothing behind.
 pub(crate) struct SourceSink {
-    state: RefCell<Receiving>,
-}
-
-struct Receiving {
-    file: File,
-    path: PathBuf,
-    hasher: Sha256,
-    size: u64,
+    state: RefCell<Option<HashingSink>>,
+    dest: PathBuf,
 }
 
 impl SourceSink {
-    pub(crate) fn create(path: &Path) -> std::io::Result<Self> {
+    pub(crate) fn create(dest: &Path) -> Result<Self, SinkError> {
+        let dir = dest.parent().unwrap_or(Path::new("."));
         Ok(Self {
-            state: RefCell::new(Receiving {
-                file: File::create(path)?,
-                path: path.to_owned(),
-                hasher: Sha256::new(),
-                size: 0,
-            }),
+            state: RefCell::new(Some(HashingSink::create_in(dir, MAX_SOURCE_BYTES)?)),
+            dest: dest.to_owned(),
         })
+    }
+}
+
+fn refused(e: &SinkError) -> capnp::Error {
+    match e {
+        SinkError::TooLarge { limit } => capnp::Error::failed(format!(
+            "source archive exceeds this runner's limit of {limit} bytes"
+        )),
+        SinkError::Digest => {
+            capnp::Error::failed("source archive corrupted in transit (SHA-256 mismatch)".into())
+        }
+        SinkError::Io { path, source } => {
+            capnp::Error::failed(format!("cannot write {}: {source}", path.display()))
+        }
     }
 }
 
@@ -41,15 +46,13 @@ impl byte_sink::Server for SourceSink {
     async fn write(self: Rc<Self>, params: byte_sink::WriteParams) -> Result<(), capnp::Error> {
         let chunk = params.get()?.get_chunk()?;
         let mut state = self.state.borrow_mut();
-        state.size += chunk.len() as u64;
-        if state.size > MAX_SOURCE_BYTES {
-            return Err(capnp::Error::failed(format!(
-                "source archive exceeds this runner's limit of {MAX_SOURCE_BYTES} bytes"
-            )));
-        }
-        state.hasher.update(chunk);
-        state.file.write_all(chunk).map_err(|e| {
-            capnp::Error::failed(format!("cannot write {}: {e}", state.path.display()))
+        let sink = state
+            .as_mut()
+            .ok_or_else(|| capnp::Error::failed("the source was already received".into()))?;
+        sink.put(chunk).map_err(|e| {
+            let error = refused(&e);
+            *state = None;
+            error
         })
     }
 
@@ -59,17 +62,17 @@ impl byte_sink::Server for SourceSink {
         mut results: byte_sink::FinishResults,
     ) -> Result<(), capnp::Error> {
         let expected = params.get()?.get_sha256()?.to_vec();
-        let mut state = self.state.borrow_mut();
-        state.file.sync_all().map_err(|e| {
-            capnp::Error::failed(format!("cannot write {}: {e}", state.path.display()))
-        })?;
-        let got = std::mem::take(&mut state.hasher).finalize();
-        if got.as_slice() != expected.as_slice() {
-            return Err(capnp::Error::failed(
-                "source archive corrupted in transit (SHA-256 mismatch)".into(),
-            ));
-        }
-        results.get().set_size(state.size);
+        let sink = self
+            .state
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| capnp::Error::failed("the source was already received".into()))?;
+        let dest = self.dest.clone();
+        let stored = tokio::task::spawn_blocking(move || sink.finish(Some(&expected), |_| dest))
+            .await
+            .map_err(|e| capnp::Error::failed(format!("cannot store the source: {e}")))?
+            .map_err(|e| refused(&e))?;
+        results.get().set_size(stored.size);
         Ok(())
     }
 }

@@ -67,10 +67,11 @@ impl submitter::Server for SubmitterCap {
             .services
             .sources
             .upload()
-            .map_err(|e| capnp::Error::failed(format!("cannot start an upload: {e}")))?;
-        results
-            .get()
-            .set_sink(crate::rpc::observed(&self.services, upload));
+            .map_err(|e| crate::rpc::failed(&e))?;
+        results.get().set_sink(crate::rpc::observed(
+            &self.services,
+            crate::sources::Upload::new(upload),
+        ));
         Ok(())
     }
 
@@ -339,9 +340,11 @@ impl log_reader::Server for LogReaderCap {
         let id = read_text(params.get()?.get_run(), "run")?;
         // The same repository scoping as `read`: another repository's run is "no run".
         let run = self.find_run(&id).await?;
-        let records = crate::assets::list(&self.services.store, run.id()).map_err(|e| {
-            capnp::Error::failed(format!("cannot list the artifacts of run {id}: {e}"))
-        })?;
+        let records = self
+            .services
+            .artifacts
+            .list(run.id().get())
+            .map_err(|e| crate::rpc::failed(&e))?;
         crate::assets::fill_list(results.get().init_artifacts(len(records.len())), &records);
         Ok(())
     }

@@ -531,7 +531,7 @@ impl Default for RawArtifacts {
 }
 
 fn default_artifact_max_bytes() -> i64 {
-    i64::try_from(crate::assets::DEFAULT_MAX_ARTIFACT_BYTES).unwrap_or(i64::MAX)
+    i64::try_from(tinyci_assets::DEFAULT_MAX_ARTIFACT_BYTES).unwrap_or(i64::MAX)
 }
 
 #[derive(Deserialize)]
@@ -714,7 +714,7 @@ impl SiteConfig {
             max_total_bytes: (max_total_bytes > 0).then_some(max_total_bytes),
             every,
         };
-        let max_run = crate::assets::MAX_RUN_ARTIFACT_BYTES;
+        let max_run = tinyci_assets::MAX_RUN_ARTIFACT_BYTES;
         let artifact_max_bytes = u64::try_from(raw.artifacts.max_bytes)
             .ok()
             .filter(|n| (1..=max_run).contains(n))

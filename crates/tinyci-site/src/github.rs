@@ -552,14 +552,14 @@ async fn submit_build(services: &Rc<Services>, seq: u64, build: Build) -> Result
         return drop_entry(services, seq).await.map_err(Into::into);
     };
     let tarball = client
-        .download_tarball(repo, &build.sha, crate::sources::MAX_SOURCE_BYTES)
+        .download_tarball(repo, &build.sha, tinyci_assets::MAX_SOURCE_BYTES)
         .await?;
     let sources = services.sources.clone();
     let source_sha256 =
         tokio::task::spawn_blocking(move || sources.import_github_tarball(&tarball))
             .await
             .map_err(|e| GitHubError::Refused(format!("source import failed: {e}")))?
-            .map_err(|e| GitHubError::Refused(format!("cannot import the source archive: {e}")))?;
+            .map_err(|e| GitHubError::Refused(crate::rpc::chain(&e)))?;
     let archive = services
         .sources
         .path(&source_sha256)
@@ -604,7 +604,7 @@ async fn submit_build(services: &Rc<Services>, seq: u64, build: Build) -> Result
                 sha: build.sha.clone(),
                 title: build.title.clone(),
                 submitted_by: build.submitted_by.clone(),
-                source_sha256,
+                source_sha256: source_sha256.to_vec(),
                 runs,
                 branch: tinyci_queue::OnBranch::Supersede,
                 tier: build.tier.clone(),

@@ -640,11 +640,11 @@ pub(crate) async fn plan_archive(
     changed: Vec<String>,
     all: bool,
 ) -> Result<Vec<tinyci_core::PlannedRun>, PlanError> {
-    let files = tokio::task::spawn_blocking(move || crate::sources::task_files(&archive))
+    let files = tokio::task::spawn_blocking(move || tinyci_assets::task_files(&archive))
         .await
         .map_err(|e| PlanError::Failed(e.to_string()))?
         .map_err(|e| match e {
-            crate::sources::ArchiveError::Io(_) => PlanError::Failed(e.to_string()),
+            tinyci_assets::ArchiveError::Io(_) => PlanError::Failed(crate::rpc::chain(&e)),
             _ => PlanError::Invalid(e.to_string()),
         })?;
     let invalid = |e: &dyn std::fmt::Display| PlanError::Invalid(e.to_string());

@@ -161,9 +161,9 @@ pub(crate) struct Services {
     /// Redeeming and revoking grants.
     pub(crate) grants: grants::GrantAuthority,
     /// Source archives.
-    pub(crate) sources: sources::SourceStore,
+    pub(crate) sources: tinyci_assets::SourceStore,
     /// Artifact bytes and the per-artifact limit.
-    pub(crate) artifacts: Rc<assets::ArtifactStore>,
+    pub(crate) artifacts: tinyci_assets::ArtifactStore,
     /// Submissions, runs, leases.
     pub(crate) queue: Rc<tinyci_queue::Queue>,
     /// The store, for reads.
@@ -356,17 +356,23 @@ impl Site {
         )?;
         let grants =
             grants::GrantAuthority::load(config.name.clone(), root, store.clone(), clock.clone())?;
-        let sources =
-            sources::SourceStore::open(&config.data_dir).map_err(|source| SiteError::DataDir {
+        let sources = tinyci_assets::SourceStore::open(&config.data_dir).map_err(|source| {
+            SiteError::DataDir {
                 path: config.data_dir.join("sources"),
                 source,
-            })?;
-        let artifacts = assets::ArtifactStore::open(&config.data_dir, config.artifact_max_bytes)
-            .map_err(|source| SiteError::DataDir {
-                path: config.data_dir.join("artifacts"),
-                source,
-            })?;
+            }
+        })?;
         let (committer, writer) = tinyci_store::GroupCommitter::start(store.clone())?;
+        let artifacts = tinyci_assets::ArtifactStore::open(
+            &config.data_dir,
+            config.artifact_max_bytes,
+            store.clone(),
+            committer.clone(),
+        )
+        .map_err(|source| SiteError::DataDir {
+            path: config.data_dir.join("artifacts"),
+            source,
+        })?;
         let setup = tinyci_queue::QueueSetup {
             lease: config.lease_policy,
             dispatch: config.dispatch.clone(),
@@ -439,7 +445,7 @@ impl Site {
             access: access::RepoAccess::default(),
             grants,
             sources,
-            artifacts: Rc::new(artifacts),
+            artifacts,
             queue,
             store: store.clone(),
             committer,

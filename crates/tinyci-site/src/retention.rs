@@ -3,14 +3,13 @@
 //! its cap. Runs themselves (status, exit code) are kept: only their bulky output goes.
 //!
 //! Unfinished runs are never touched. A blob is deleted only when no artifact row names it and
-//! no upload is putting it in place ([`ArtifactStore::is_pending`]).
+//! no upload is putting it in place (`tinyci_assets::ArtifactStore::collect_blobs`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tinyci_core::RunId;
 use tinyci_store::StoreError;
-use tinyci_store::tables::ARTIFACTS;
 use tracing::{info, warn};
 
 use crate::Services;
@@ -159,7 +158,7 @@ pub(crate) async fn sweep(
     for (run, usage) in services.logs.usage().await? {
         outputs.entry(run).or_default().log = (usage.chunks, usage.bytes);
     }
-    for (run, usage) in artifact_usage(services).await? {
+    for (run, usage) in services.artifacts.usage().await? {
         outputs.entry(run).or_default().artifacts = usage;
     }
     // Finished runs with output, oldest first.
@@ -177,100 +176,10 @@ pub(crate) async fn sweep(
         mut report,
     } = plan(&outputs, &finished, policy, now_ms);
     services.logs.remove(logs).await?;
-    remove_artifacts(services, artifacts).await?;
-    report.blobs_removed = remove_unreferenced_blobs(services)?;
+    services.artifacts.remove_runs(artifacts).await?;
+    report.blobs_removed = services.artifacts.collect_blobs()?;
     crate::github::forget_old_deliveries(services, now_ms).await?;
     Ok(report)
-}
-
-fn run_of(key: &[u8]) -> Option<u64> {
-    key.get(..8)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_be_bytes)
-}
-
-/// `(artifacts, bytes)` of every run that keeps artifacts.
-async fn artifact_usage(services: &Services) -> Result<BTreeMap<u64, (u64, u64)>, StoreError> {
-    let store = services.store.clone();
-    tokio::task::spawn_blocking(move || {
-        store.read(|txn| {
-            let mut usage: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
-            for entry in txn.iter_range(ARTIFACTS, &..)? {
-                let (key, record) = entry?;
-                if let Some(run) = run_of(key) {
-                    let run = usage.entry(run).or_default();
-                    run.0 += 1;
-                    run.1 += record.size;
-                }
-            }
-            Ok(usage)
-        })
-    })
-    .await
-    .map_err(|e| StoreError::Aborted {
-        reason: e.to_string().into(),
-    })?
-}
-
-/// Deletes every artifact row of `runs`, durably (their blobs go once nothing names them).
-async fn remove_artifacts(services: &Services, runs: Vec<u64>) -> Result<(), StoreError> {
-    if runs.is_empty() {
-        return Ok(());
-    }
-    services
-        .committer
-        .write(move |txn| {
-            for run in runs {
-                let keys: Vec<Vec<u8>> = txn
-                    .iter_prefix(ARTIFACTS, &run.to_be_bytes()[..])?
-                    .map(|entry| entry.map(|(key, _)| key.to_vec()))
-                    .collect::<Result<_, _>>()?;
-                for key in keys {
-                    txn.delete(ARTIFACTS, &key[..])?;
-                }
-            }
-            Ok(())
-        })
-        .await
-}
-
-/// Deletes blob files no artifact row names. Runs without awaiting between reading the rows
-/// and deleting, on the site's thread, so no upload can commit a row in between; uploads
-/// still putting their blob in place are skipped.
-fn remove_unreferenced_blobs(services: &Services) -> Result<usize, StoreError> {
-    let referenced: HashSet<[u8; 32]> = services.store.read(|txn| {
-        txn.iter_range(ARTIFACTS, &..)?
-            .map(|entry| entry.map(|(_, record)| record.sha256))
-            .collect()
-    })?;
-    let dir = services.artifacts.dir();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            warn!(dir = %dir.display(), error = %e, "cannot list artifact blobs");
-            return Ok(0);
-        }
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(sha) = name
-            .to_str()
-            .and_then(|n| hex::decode(n).ok())
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        else {
-            // `incoming/` and anything that is not a blob.
-            continue;
-        };
-        if referenced.contains(&sha) || services.artifacts.is_pending(&sha) {
-            continue;
-        }
-        match std::fs::remove_file(entry.path()) {
-            Ok(()) => removed += 1,
-            Err(e) => warn!(blob = %entry.path().display(), error = %e, "cannot remove blob"),
-        }
-    }
-    Ok(removed)
 }
 
 #[cfg(test)]

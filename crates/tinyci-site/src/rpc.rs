@@ -25,6 +25,16 @@ where
 /// A refusal or failure as the caller sees it: the error's message and every source's,
 /// joined, so a typed error keeps its cause on the wire.
 pub(crate) fn failed(error: &(dyn std::error::Error + 'static)) -> capnp::Error {
+    capnp::Error::failed(chain(error))
+}
+
+/// As [`failed`], after saying what was refused: "`what`: message: cause".
+pub(crate) fn failed_as(what: &str, error: &(dyn std::error::Error + 'static)) -> capnp::Error {
+    capnp::Error::failed(format!("{what}: {}", chain(error)))
+}
+
+/// An error's message and every source's, joined with ": ".
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -32,5 +42,5 @@ pub(crate) fn failed(error: &(dyn std::error::Error + 'static)) -> capnp::Error 
         message.push_str(&cause.to_string());
         source = cause.source();
     }
-    capnp::Error::failed(message)
+    message
 }

@@ -532,7 +532,7 @@ async fn run_page(state: &HttpState, request: &Request<Incoming>, id: &str) -> W
     let run_id = run.id();
     let (from, log) = match services.logs.tail(run_id.get(), PAGE_LOG_BYTES).await {
         Ok(tail) => tail,
-        Err(e) => return unavailable(&viewer, &crate::rpc::failed(&e).to_string()),
+        Err(e) => return unavailable(&viewer, &crate::rpc::chain(&e)),
     };
     let end = from + log.len() as u64;
     let cut = from > 0;
@@ -653,12 +653,12 @@ async fn run_page(state: &HttpState, request: &Request<Incoming>, id: &str) -> W
 
 /// The artifact list of a run, as HTML.
 fn artifact_list(services: &Services, run: &StoredRun) -> String {
-    let records = match crate::assets::list(&services.store, run.id()) {
+    let records = match services.artifacts.list(run.id().get()) {
         Ok(records) => records,
         Err(e) => {
             return format!(
                 "<p>Cannot list the artifacts: {}</p>",
-                html_escape(&e.to_string())
+                html_escape(&crate::rpc::chain(&e))
             );
         }
     };
@@ -889,7 +889,7 @@ async fn raw_log(state: &HttpState, request: &Request<Incoming>, id: &str) -> We
             secure_headers(headers);
             whole(response)
         }
-        Err(e) => unavailable(&viewer, &crate::rpc::failed(&e).to_string()),
+        Err(e) => unavailable(&viewer, &crate::rpc::chain(&e)),
     }
 }
 
@@ -908,16 +908,12 @@ async fn artifact(
         return not_found(&viewer, &format!("artifact {name} of run {id}"));
     }
     let services = &state.services;
-    let record = services.store.read(|txn| {
-        txn.get(
-            tinyci_store::tables::ARTIFACTS,
-            &tinyci_store::records::artifact_key(run.id().get(), name)[..],
-        )
-    });
-    let record = match record {
-        Ok(Some(record)) => record,
-        Ok(None) => return not_found(&viewer, &format!("artifact {name} of run {id}")),
-        Err(e) => return unavailable(&viewer, &e.to_string()),
+    let record = match services.artifacts.get(run.id().get(), name) {
+        Ok(record) => record,
+        Err(tinyci_assets::ArtifactError::Missing { .. }) => {
+            return not_found(&viewer, &format!("artifact {name} of run {id}"));
+        }
+        Err(e) => return unavailable(&viewer, &crate::rpc::chain(&e)),
     };
     let file = match tokio::fs::File::open(services.artifacts.blob(&record.sha256)).await {
         Ok(file) => file,

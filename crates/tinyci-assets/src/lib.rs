@@ -1,0 +1,24 @@
+//! The bulk bytes of a site: source archives (uploaded or imported from GitHub), artifacts
+//! (content-addressed blobs with a row per run and name), the collection of blobs nothing
+//! names, and the one sink every byte stream goes to disk through ([`HashingSink`]: hashed
+//! while written, size-limited, fsynced, renamed into place).
+//!
+//! Bytes live as files beside the LMDB store, rows in it. Must not depend on capnp, the
+//! queue or any transport: the site wraps these in its `ByteSink` and `AssetSink`
+//! capabilities and decides who may call them.
+
+mod artifacts;
+mod sink;
+mod sources;
+
+pub use artifacts::{
+    ArtifactError, ArtifactStore, DEFAULT_MAX_ARTIFACT_BYTES, MAX_ARTIFACTS_PER_RUN,
+    MAX_COMPONENT_BYTES, MAX_NAME_BYTES, MAX_RUN_ARTIFACT_BYTES, NameError, PendingBlob,
+    check_run_limits, shown, validate_name,
+};
+pub use sink::{HashingSink, SinkError, Stored};
+pub use sources::{
+    ArchiveError, ImportError, MAX_SOURCE_BYTES, MAX_TASK_FILE_BYTES, MAX_TASK_FILES, SourceStore,
+    SourceUpload, task_files,
+};
+pub use tinyci_store::records::ArtifactRecord;
