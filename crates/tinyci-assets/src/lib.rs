@@ -1,13 +1,15 @@
 //! The bulk bytes of a site: source archives (uploaded or imported from GitHub), artifacts
 //! (content-addressed blobs with a row per run and name), the collection of blobs nothing
-//! names, and the one sink every byte stream goes to disk through ([`HashingSink`]: hashed
-//! while written, size-limited, fsynced, renamed into place).
+//! names, the one sink every byte stream goes to disk through ([`HashingSink`]: hashed
+//! while written, size-limited, fsynced, renamed into place), and planning an archive's runs
+//! from its task files.
 //!
 //! Bytes live as files beside the LMDB store, rows in it. Must not depend on capnp, the
 //! queue or any transport: the site wraps these in its `ByteSink` and `AssetSink`
 //! capabilities and decides who may call them.
 
 mod artifacts;
+mod plan;
 mod sink;
 mod sources;
 
@@ -16,6 +18,7 @@ pub use artifacts::{
     MAX_COMPONENT_BYTES, MAX_NAME_BYTES, MAX_RUN_ARTIFACT_BYTES, NameError, PendingBlob,
     check_run_limits, shown, validate_name,
 };
+pub use plan::{PlanError, plan_archive};
 pub use sink::{HashingSink, SinkError, Stored};
 pub use sources::{
     ArchiveError, ImportError, MAX_SOURCE_BYTES, MAX_TASK_FILE_BYTES, MAX_TASK_FILES, SourceStore,

@@ -8,12 +8,15 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tinyci_repos::RepoPermissions;
 use tinyci_users::{Capability, UserName};
 
 use crate::Services;
+use crate::denied::Denied;
+use tinyci_github::GitHubError;
 
 /// How long GitHub's answer about a user and a repository is believed.
 pub(crate) const ACCESS_TTL: Duration = Duration::from_secs(300);
@@ -48,30 +51,38 @@ impl RepoAccess {
         capability: Capability,
         repo: &str,
         want: Want,
-    ) -> Result<(), String> {
+    ) -> Result<(), Denied> {
         let stored = services
             .users
             .get(user)
-            .map_err(|e| format!("cannot read site user {user}: {e}"))?
-            .ok_or_else(|| format!("{user} is not a site user (any more)"))?;
+            .map_err(|source| Denied::UserRecord {
+                user: user.clone(),
+                source: Arc::new(source),
+            })?
+            .ok_or_else(|| Denied::NotAUser(user.clone()))?;
         if !stored.has(capability) {
-            return Err(format!(
-                "user {user} does not hold the {capability} capability"
-            ));
+            return Err(Denied::LacksCapability {
+                user: user.clone(),
+                capability,
+            });
         }
         if repo == "*" {
-            return Err(
-                "a site user's access is per repository, as GitHub grants it: name \
-                        one, not every repository (*)"
-                    .to_owned(),
-            );
+            return Err(Denied::EveryRepository);
         }
         let Some((login, _)) = stored.github.as_ref() else {
-            return Err(format!(
-                "user {user} has no linked GitHub account to ask about {repo}"
-            ));
+            return Err(Denied::NoGitHubAccount {
+                user: user.clone(),
+                repo: repo.to_owned(),
+            });
         };
-        let permissions = self.permissions(services, user, repo).await?;
+        let permissions = self
+            .permissions(services, user, repo)
+            .await
+            .map_err(|source| Denied::GitHubUnanswered {
+                user: user.clone(),
+                repo: repo.to_owned(),
+                source: Arc::new(source),
+            })?;
         let (allowed, verb) = match want {
             Want::Read => (permissions.pull, "read"),
             Want::Write => (permissions.push, "push to"),
@@ -80,9 +91,12 @@ impl RepoAccess {
         if allowed {
             Ok(())
         } else {
-            Err(format!(
-                "GitHub does not let {login} (user {user}) {verb} {repo}"
-            ))
+            Err(Denied::GitHubRefuses {
+                login: login.clone(),
+                user: user.clone(),
+                verb,
+                repo: repo.to_owned(),
+            })
         }
     }
 
@@ -92,7 +106,7 @@ impl RepoAccess {
         services: &Services,
         user: &UserName,
         repo: &str,
-    ) -> Result<RepoPermissions, String> {
+    ) -> Result<RepoPermissions, GitHubError> {
         let key = (user.to_string(), repo.to_owned());
         let now = services.now();
         if let Some(&(answer, asked)) = self.cache.borrow().get(&key)
@@ -104,14 +118,9 @@ impl RepoAccess {
             // Not a GitHub repository name: GitHub cannot vouch for anyone.
             return Ok(RepoPermissions::default());
         };
-        let github = services.github().map_err(|e| e.to_string())?;
-        let token =
-            crate::github::user_token(services, user.as_str()).map_err(|e| e.to_string())?;
-        let client = github.client_with(Some(token)).map_err(|e| e.to_string())?;
-        let answer = client
-            .permissions(&name)
-            .await
-            .map_err(|e| format!("cannot ask GitHub about {repo} for user {user}: {e}"))?;
+        let github = services.github()?;
+        let token = github.user_token(user.as_str())?;
+        let answer = github.client_with(Some(token))?.permissions(&name).await?;
         // Only a grant of access is believed for a while; a refusal is asked again next time,
         // so access GitHub gives arrives at once (and one it takes away within ACCESS_TTL).
         if answer.pull {

@@ -12,6 +12,7 @@ use tracing::info;
 
 use crate::Services;
 use crate::access::Want;
+use crate::denied::Denied;
 use crate::jobs::{TicketCap, fill_run_info};
 use crate::membrane::Liveness;
 use crate::rpc::read_text;
@@ -27,7 +28,7 @@ pub(crate) struct SubmitterCap {
     tier: tinyci_core::TrustTier,
     /// Whether the holder has `runs:cancel` on the repository (else why not): its
     /// submissions supersede older ones, and its tickets cancel, only then.
-    cancel: Result<(), String>,
+    cancel: Result<(), Denied>,
     /// A site user's submitter: each submission asks again whether they hold `submit` and
     /// GitHub lets them push ([`crate::access`]), so losing either applies at once.
     user: Option<tinyci_users::UserName>,
@@ -40,7 +41,7 @@ impl SubmitterCap {
         repo: String,
         submitted_by: String,
         tier: tinyci_core::TrustTier,
-        cancel: Result<(), String>,
+        cancel: Result<(), Denied>,
         user: Option<tinyci_users::UserName>,
         liveness: Rc<Liveness>,
     ) -> Self {
@@ -172,7 +173,7 @@ pub(crate) struct LogReaderCap {
     repo: String,
     /// Whether the holder has `assets:read` on the repository (else why not): artifact
     /// lists and downloads need it; logs do not.
-    assets: Result<(), String>,
+    assets: Result<(), Denied>,
     /// A site user's reader: each run is shown only if they may read its repository now
     /// ([`crate::access`], as on the pages).
     user: Option<tinyci_users::UserName>,
@@ -191,7 +192,7 @@ impl LogReaderCap {
     pub(crate) fn new(
         services: Rc<Services>,
         repo: String,
-        assets: Result<(), String>,
+        assets: Result<(), Denied>,
         user: Option<tinyci_users::UserName>,
         cancel: crate::session::RightCheck,
         holder: String,
@@ -210,7 +211,7 @@ impl LogReaderCap {
 
     /// Refuses artifact access to a holder without `assets:read`.
     fn check_assets(&self) -> Result<(), capnp::Error> {
-        self.assets.clone().map_err(capnp::Error::failed)
+        self.assets.clone().map_err(|denied| denied.to_rpc())
     }
 
     /// The run, if it exists, belongs to this reader's repository and (for a site user)
@@ -241,7 +242,7 @@ impl LogReaderCap {
         capability: tinyci_users::Capability,
         repo: &str,
         want: Want,
-    ) -> Result<(), String> {
+    ) -> Result<(), Denied> {
         match &self.user {
             None => Ok(()),
             Some(user) => {
@@ -847,7 +848,7 @@ impl admin::Server for AdminCap {
         mut results: admin::ReposResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
-        let repos = crate::repos::list(&self.services).map_err(github_error)?;
+        let repos = tinyci_github::known_repos(&self.services.store).map_err(github_error)?;
         fill_repo_list(results.get().init_repos(len(repos.len())), &repos);
         Ok(())
     }
@@ -906,7 +907,7 @@ pub(crate) fn users_error(e: tinyci_users::UsersError) -> capnp::Error {
     capnp::Error::failed(e.to_string())
 }
 
-pub(crate) fn github_error(e: crate::github::GitHubError) -> capnp::Error {
+pub(crate) fn github_error(e: tinyci_github::GitHubError) -> capnp::Error {
     capnp::Error::failed(e.to_string())
 }
 

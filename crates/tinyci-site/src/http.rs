@@ -23,10 +23,10 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::Services;
-use crate::github::{Intake, IntakeError};
-use crate::oauth::{self, LoginOutcome, LoginResult, Purpose, SESSION_COOKIE};
-use crate::secrets::random_secret_hex;
 use crate::web::WebReply;
+use tinyci_github::oauth::{self, LoginOutcome, LoginResult, Purpose, SESSION_COOKIE};
+use tinyci_github::secrets::random_secret_hex;
+use tinyci_github::{Intake, IntakeError};
 
 /// Most HTTP connections served at once; more are closed at accept.
 const MAX_CONNECTIONS: usize = 1024;
@@ -242,14 +242,20 @@ async fn webhook(state: &HttpState, request: Request<Incoming>) -> Reply {
         Ok(body) => body,
         Err(reply) => return reply,
     };
-    let outcome = crate::github::intake(
-        &state.services,
-        event.as_deref(),
-        delivery.as_deref(),
-        signature.as_deref(),
-        body,
-    )
-    .await;
+    let Ok(github) = state.services.github() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this site has no [github] section in its site.toml",
+        );
+    };
+    let outcome = github
+        .intake(
+            event.as_deref(),
+            delivery.as_deref(),
+            signature.as_deref(),
+            body,
+        )
+        .await;
     match outcome {
         Ok(Intake::Accepted) => text(StatusCode::ACCEPTED, "accepted"),
         Ok(Intake::Duplicate) => text(StatusCode::OK, "repeated delivery: ignored"),
@@ -297,7 +303,7 @@ pub(crate) fn session_cookie(request: &Request<Incoming>) -> Option<String> {
 /// (boxed: a whole reply is large next to the borrowed trio).
 fn oauth_app(
     state: &HttpState,
-) -> Result<(&crate::github::GitHubState, &tinyci_repos::OAuthApp, &str), Box<Reply>> {
+) -> Result<(&tinyci_github::GitHubService, &tinyci_repos::OAuthApp, &str), Box<Reply>> {
     let Ok(github) = state.services.github() else {
         return Err(Box::new(page(
             StatusCode::NOT_FOUND,
@@ -474,7 +480,7 @@ async fn confirm_login(state: &HttpState, request: Request<Incoming>) -> Reply {
 /// login that will enable repositories.
 fn authorize_redirect(
     state: &HttpState,
-    github: &crate::github::GitHubState,
+    github: &tinyci_github::GitHubService,
     app: &tinyci_repos::OAuthApp,
     public_url: &str,
     session: &str,
@@ -641,11 +647,11 @@ fn sign_in_browser(state: &HttpState, result: &LoginResult, next: Option<String>
 /// Whether `[github] allow` admits `login` (whose token is `token`): named, or an active member
 /// of a named organization or team.
 async fn allowed(
-    github: &crate::github::GitHubState,
+    github: &tinyci_github::GitHubService,
     token: &str,
     login: &str,
 ) -> Result<bool, String> {
-    use crate::config::GitHubAllow;
+    use tinyci_github::GitHubAllow;
     let client = github
         .client_with(Some(token.to_owned()))
         .map_err(|e| e.to_string())?;
@@ -690,7 +696,7 @@ async fn complete_login(
         .map_err(|e| e.to_string())?;
     let sealed = github.secrets.seal(
         token.access_token.as_bytes(),
-        &crate::github::token_context(user.id),
+        &tinyci_github::token_context(user.id),
     );
     // Capabilities come only through `[github] allow` (asked of GitHub with the user's own
     // token): any other account signs in holding nothing.
@@ -795,7 +801,11 @@ async fn complete_login(
         .borrow()
         .csr(login)
         .ok_or("the terminal login expired while GitHub was asked")?;
-    let (cert_pem, ca_pem) = (ca.sign(&csr, site_user.name.as_str())?, ca.ca_pem.clone());
+    let (cert_pem, ca_pem) = (
+        ca.sign(&csr, site_user.name.as_str())
+            .map_err(|e| format!("cannot sign the login's certificate request: {e}"))?,
+        ca.ca_pem.clone(),
+    );
     Ok(LoginResult {
         site,
         user: site_user.name.to_string(),
@@ -853,7 +863,7 @@ async fn cli_start(state: &HttpState, request: Request<Incoming>) -> Reply {
     let id = random_secret_hex(16);
     let poll = random_secret_hex(32);
     let mut random = [0u8; 8];
-    crate::secrets::fill_random(&mut random);
+    tinyci_github::secrets::fill_random(&mut random);
     let user_code = oauth::new_user_code(&random);
     state.logins.borrow_mut().start(
         id.clone(),

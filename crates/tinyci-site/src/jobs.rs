@@ -6,9 +6,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use tinyci_core::{
-    LeaseId, Offer, RepoConfig, RunId, RunStatus as CoreStatus, SubmissionId, TaskFile, TrustTier,
-};
+use tinyci_core::{LeaseId, Offer, RunId, RunStatus as CoreStatus, SubmissionId, TrustTier};
 use tinyci_queue::{
     Leased, NewSubmission, OnBranch, QueueError, StoredRun, StoredSubmission, WorkerId,
 };
@@ -453,7 +451,7 @@ impl job::Server for JobCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         // Holding the lease is not enough: writing a repository's logs is a right of its own.
-        (self.logs_write)(&self.leased.run.repo).map_err(capnp::Error::failed)?;
+        (self.logs_write)(&self.leased.run.repo).map_err(|denied| denied.to_rpc())?;
         let sink = crate::logs::LogSinkCap::open(
             &self.services,
             self.run.get(),
@@ -575,9 +573,9 @@ pub(crate) async fn submit(
         .iter()
         .map(|p| p.and_then(|p| Ok(p.to_string()?)))
         .collect::<Result<Vec<_>, _>>()?;
-    let runs = plan_archive(path, None, changed, request.get_all())
+    let runs = tinyci_assets::plan_archive(path, None, changed, request.get_all())
         .await
-        .map_err(|e| capnp::Error::failed(e.to_string()))?;
+        .map_err(|e| crate::rpc::failed(&e))?;
     admit(services, repo, tier, &runs).map_err(|e| capnp::Error::failed(e.to_string()))?;
     let (submission, _) = services
         .queue
@@ -620,64 +618,12 @@ pub(crate) fn admit(
     Ok(())
 }
 
-/// Why a source archive could not be planned.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum PlanError {
-    /// The repository's task files are wrong: the author's to fix (quoted back to them).
-    #[error("{0}")]
-    Invalid(String),
-    /// The archive could not be read.
-    #[error("{0}")]
-    Failed(String),
-}
-
-/// Reads the task files of the archive at `archive` and plans its runs. `repo_config`, when
-/// given, replaces the archive's own `tinyci.yml` (GitHub builds read it from the default
-/// branch, so a pull request cannot rewrite the repository's policy for itself).
-pub(crate) async fn plan_archive(
-    archive: std::path::PathBuf,
-    repo_config: Option<String>,
-    changed: Vec<String>,
-    all: bool,
-) -> Result<Vec<tinyci_core::PlannedRun>, PlanError> {
-    let files = tokio::task::spawn_blocking(move || tinyci_assets::task_files(&archive))
-        .await
-        .map_err(|e| PlanError::Failed(e.to_string()))?
-        .map_err(|e| match e {
-            tinyci_assets::ArchiveError::Io(_) => PlanError::Failed(crate::rpc::chain(&e)),
-            _ => PlanError::Invalid(e.to_string()),
-        })?;
-    let invalid = |e: &dyn std::fmt::Display| PlanError::Invalid(e.to_string());
-    let config_text = repo_config
-        .as_deref()
-        .or(files.get(tinyci_core::REPO_CONFIG_FILE).map(String::as_str))
-        .ok_or_else(|| {
-            PlanError::Invalid(format!(
-                "the repository has no {} at its root",
-                tinyci_core::REPO_CONFIG_FILE
-            ))
-        })?;
-    let repo_config = RepoConfig::parse(tinyci_core::REPO_CONFIG_FILE, config_text.as_bytes())
-        .map_err(|e| invalid(&e))?;
-    let mut tasks = BTreeMap::new();
-    for (file, text) in &files {
-        if file == tinyci_core::REPO_CONFIG_FILE {
-            continue;
-        }
-        let dir = file.rsplit_once('/').map_or(".", |(dir, _)| dir).to_owned();
-        let task = TaskFile::parse(file, text.as_bytes(), &repo_config).map_err(|e| invalid(&e))?;
-        tasks.insert(dir, task);
-    }
-    let plan = tinyci_core::plan(&repo_config, &tasks, &changed, all).map_err(|e| invalid(&e))?;
-    Ok(plan.runs)
-}
-
 /// `Ticket` for one submission.
 pub(crate) struct TicketCap {
     services: Rc<Services>,
     id: SubmissionId,
     /// Whether the holder has `runs:cancel` on the submission's repository (else why not).
-    cancel: Result<(), String>,
+    cancel: Result<(), crate::denied::Denied>,
     /// Who holds it (a peer identity), recorded on what it retries.
     holder: String,
     /// A site user's ticket: each cancel or retry asks again whether they hold `cancel` and
@@ -690,7 +636,7 @@ impl TicketCap {
     pub(crate) fn new(
         services: Rc<Services>,
         id: SubmissionId,
-        cancel: Result<(), String>,
+        cancel: Result<(), crate::denied::Denied>,
         holder: String,
         user: Option<tinyci_users::UserName>,
         liveness: Rc<Liveness>,
@@ -708,7 +654,9 @@ impl TicketCap {
     /// Whether the holder may cancel or retry this submission's runs now: the grant's
     /// `runs:cancel`, and for a site user the capability and GitHub's write access.
     async fn may_cancel(&self) -> Result<(), capnp::Error> {
-        self.cancel.clone().map_err(capnp::Error::failed)?;
+        self.cancel
+            .as_ref()
+            .map_err(crate::denied::Denied::to_rpc)?;
         let Some(user) = &self.user else {
             return Ok(());
         };
@@ -724,7 +672,7 @@ impl TicketCap {
                 crate::access::Want::Write,
             )
             .await
-            .map_err(|why| capnp::Error::failed(format!("denied runs:cancel: {why}")))
+            .map_err(|why| crate::rpc::failed_as("denied runs:cancel", &why))
     }
 
     /// Run `id` if it belongs to this submission.

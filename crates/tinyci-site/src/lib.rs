@@ -13,9 +13,9 @@ pub mod bundle;
 mod caps;
 mod client;
 pub mod config;
+mod denied;
 pub mod federation;
 mod gateway;
-mod github;
 mod grants;
 mod http;
 pub mod init;
@@ -23,15 +23,11 @@ mod jobs;
 mod logs;
 mod membrane;
 mod metrics;
-mod oauth;
-mod repos;
 mod retention;
 mod rpc;
-mod secrets;
 mod session;
 mod settings;
 mod sources;
-mod statuses;
 mod tiers;
 mod web;
 
@@ -151,7 +147,7 @@ pub struct Site {
     /// The HTTP listener, once bound ([`Site::bind_http`]).
     http: Option<tokio::net::TcpListener>,
     /// Signs `tinyci login` certificates (OAuth configured and `tls.ca_key` present).
-    login_ca: Option<Rc<oauth::LoginCa>>,
+    login_ca: Option<Rc<tinyci_github::oauth::LoginCa>>,
 }
 
 /// The services every connection's gateway and sessions share. Single-threaded: it lives on
@@ -175,7 +171,7 @@ pub(crate) struct Services {
     /// Site users.
     pub(crate) users: tinyci_users::Users,
     /// GitHub, when `[github]` is configured.
-    pub(crate) github: Option<github::GitHubState>,
+    pub(crate) github: Option<Rc<tinyci_github::GitHubService>>,
     /// What site users may do with repositories (GitHub's word, cached): for pages and RPC.
     pub(crate) access: access::RepoAccess,
     /// Which CAs the listener trusts; reloaded when partners change.
@@ -298,9 +294,11 @@ impl TrustPolicy {
 
 impl Services {
     /// The GitHub state, or why there is none.
-    pub(crate) fn github(&self) -> Result<&github::GitHubState, github::GitHubError> {
+    pub(crate) fn github(
+        &self,
+    ) -> Result<&Rc<tinyci_github::GitHubService>, tinyci_github::GitHubError> {
         self.github.as_ref().ok_or_else(|| {
-            github::GitHubError::Refused(
+            tinyci_github::GitHubError::Refused(
                 "this site has no [github] section in its site.toml".into(),
             )
         })
@@ -387,14 +385,24 @@ impl Site {
         if released > 0 {
             info!(runs = released, "requeued runs the embedded runner held");
         }
+        let users = tinyci_users::Users::new(store.clone(), committer.clone());
         let github = config
             .github
             .clone()
             .map(|settings| {
-                github::GitHubState::load(
+                load_github(
                     settings,
                     config.http.as_ref().and_then(|h| h.public_url.clone()),
+                    tinyci_github::Handles {
+                        store: store.clone(),
+                        committer: committer.clone(),
+                        queue: queue.clone(),
+                        sources: sources.clone(),
+                        users: users.clone(),
+                        clock: clock.clone(),
+                    },
                 )
+                .map(Rc::new)
             })
             .transpose()?;
         let login_ca = match (&github, &config.ca_key) {
@@ -407,14 +415,13 @@ impl Site {
                         source,
                     }
                 })?;
-                Some(Rc::new(oauth::LoginCa {
+                Some(Rc::new(tinyci_github::oauth::LoginCa {
                     ca,
                     ca_pem: ca_pem.clone(),
                 }))
             }
             _ => None,
         };
-        let users = tinyci_users::Users::new(store.clone(), committer.clone());
         let metrics = Rc::new(metrics::Metrics::new());
         queue.observe({
             let metrics = metrics.clone();
@@ -570,10 +577,10 @@ impl Site {
             },
             _ => None,
         };
-        if self.services.github.is_some() {
+        if let Some(github) = &self.services.github {
             tasks.spawn_local(
                 stop.clone()
-                    .run_until_cancelled_owned(github::run_processor(self.services.clone())),
+                    .run_until_cancelled_owned(github.clone().run_processor()),
             );
         }
         if let Some(listener) = self.http.take() {
@@ -602,15 +609,11 @@ impl Site {
         .await;
         stop.cancel();
         tasks.close();
-        if let Some(github) = &self.services.github {
-            github.tasks.borrow_mut().abort_all();
-        }
         // Wait until all are really gone: they hold the store open through `services`.
-        tasks.wait().await;
         if let Some(github) = &self.services.github {
-            let mut tasks = std::mem::take(&mut *github.tasks.borrow_mut());
-            while tasks.join_next().await.is_some() {}
+            github.stop_tasks().await;
         }
+        tasks.wait().await;
         info!(site = %self.config.name, "stopped serving; closing store");
         let Self {
             config,
@@ -710,7 +713,7 @@ pub fn check(config: &SiteConfig) -> Result<CheckReport, SiteError> {
             }
         }
         if github.secrets_key.exists() {
-            secrets::SecretsKey::load_or_create(&github.secrets_key).map_err(|e| {
+            tinyci_github::SecretsKey::load_or_create(&github.secrets_key).map_err(|e| {
                 SiteError::Config(ConfigError::Value {
                     path: github.secrets_key.clone(),
                     key: "github.secrets_key",
@@ -723,6 +726,52 @@ pub fn check(config: &SiteConfig) -> Result<CheckReport, SiteError> {
         }
     }
     Ok(CheckReport { checked })
+}
+
+/// The GitHub side of `[github]`: the secrets key (created on first use), the site token
+/// and the OAuth app's secret read from their files (mode 0600, not empty).
+fn load_github(
+    settings: tinyci_github::GitHubSettings,
+    public_url: Option<String>,
+    handles: tinyci_github::Handles,
+) -> Result<tinyci_github::GitHubService, SiteError> {
+    let invalid = |path: &std::path::Path, key: &'static str, reason: String| {
+        SiteError::Config(ConfigError::Value {
+            path: path.to_owned(),
+            key,
+            reason,
+        })
+    };
+    let secrets = tinyci_github::SecretsKey::load_or_create(&settings.secrets_key)
+        .map_err(|e| invalid(&settings.secrets_key, "github.secrets_key", e.to_string()))?;
+    let credentials = tinyci_github::Credentials {
+        site_token: settings
+            .token_file
+            .as_deref()
+            .map(|p| read_secret(p, "github.token_file"))
+            .transpose()?,
+        client_secret: match (&settings.client_id, &settings.client_secret_file) {
+            (Some(_), Some(file)) => Some(read_secret(file, "github.client_secret_file")?),
+            _ => None,
+        },
+    };
+    let token_file = settings.token_file.clone().unwrap_or_default();
+    tinyci_github::GitHubService::new(settings, public_url, secrets, credentials, handles)
+        .map_err(|e| invalid(&token_file, "github.api_url", e.to_string()))
+}
+
+/// Reads a secret file (mode 0600), trimmed; errors name the config key.
+fn read_secret(path: &std::path::Path, key: &'static str) -> Result<String, SiteError> {
+    let text = read_pem(path, key, true)?;
+    let text = text.trim().to_owned();
+    if text.is_empty() {
+        return Err(SiteError::Config(ConfigError::Value {
+            path: path.to_owned(),
+            key,
+            reason: "the file is empty".into(),
+        }));
+    }
+    Ok(text)
 }
 
 /// Loads the Biscuit root key named by `grants.root_key` (must be mode 0600).

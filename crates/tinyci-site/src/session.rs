@@ -14,13 +14,14 @@ use tracing::{debug, info};
 use crate::Services;
 use crate::access::Want;
 use crate::caps::{AdminCap, LogReaderCap, SubmitterCap};
+use crate::denied::Denied;
 use crate::grants::Redeemed;
 use crate::jobs::WorkerCap;
-use crate::rpc::read_text;
+use crate::rpc::{failed_as, read_text};
 use tinyci_users::Capability;
 
 /// Whether a session's grant allows one right on a resource (the denial, for people, if not).
-pub(crate) type RightCheck = Rc<dyn Fn(&str) -> Result<(), String>>;
+pub(crate) type RightCheck = Rc<dyn Fn(&str) -> Result<(), Denied>>;
 
 pub(crate) struct Session {
     services: Rc<Services>,
@@ -41,7 +42,8 @@ impl Session {
     /// after redemption, made once per capability handed out, never per call on it.
     fn authorize(&self, right: Right, resource: &str) -> Result<(), capnp::Error> {
         self.redeemed.liveness.check()?;
-        self.permits(right, resource).map_err(capnp::Error::failed)
+        self.permits(right, resource)
+            .map_err(|denied| denied.to_rpc())
     }
 
     /// The site user this session's certificate names, if it is one: their access is also
@@ -83,7 +85,7 @@ impl Session {
         capability: tinyci_users::Capability,
         repo: &str,
         want: crate::access::Want,
-    ) -> Result<(), String> {
+    ) -> Result<(), Denied> {
         match self.site_user() {
             None => Ok(()),
             Some(user) => {
@@ -98,7 +100,7 @@ impl Session {
     /// Whether the grant allows `right` on `resource`; the denial, for people, if not. For a
     /// right a capability exercises on some of its methods only (`assets:read` on a log
     /// reader, `runs:cancel` on a submitter): decided once, when the capability is made.
-    fn permits(&self, right: Right, resource: &str) -> Result<(), String> {
+    fn permits(&self, right: Right, resource: &str) -> Result<(), Denied> {
         self.check_of(right)(resource)
     }
 
@@ -123,7 +125,7 @@ impl Session {
                 }
                 Err(e) => {
                     info!(%op, error = %e, "session denied right");
-                    Err(e.to_string())
+                    Err(Denied::Grant(std::sync::Arc::new(e)))
                 }
             }
         })
@@ -152,9 +154,7 @@ impl session::Server for Session {
         // A site user submits only where GitHub lets their account push.
         self.user_may(Capability::Submit, &repo, Want::Write)
             .await
-            .map_err(|why| {
-                capnp::Error::failed(format!("denied queue:submit on repo {repo}: {why}"))
-            })?;
+            .map_err(|why| failed_as(&format!("denied queue:submit on repo {repo}"), &why))?;
         // Where this work comes from is the certificate's to say, not the grant's or the
         // client's: a partner's token minted for `queue:submit` still submits partner work.
         let tier = crate::tiers::tier_of_peer(&self.peer.identity, self.services.grants.site())
@@ -232,9 +232,7 @@ impl session::Server for Session {
         if user.is_some() && repo != "*" {
             self.user_may(Capability::Logs, &repo, Want::Read)
                 .await
-                .map_err(|why| {
-                    capnp::Error::failed(format!("denied logs:read on repo {repo}: {why}"))
-                })?;
+                .map_err(|why| failed_as(&format!("denied logs:read on repo {repo}"), &why))?;
         }
         let cap = LogReaderCap::new(
             self.services.clone(),

@@ -95,7 +95,11 @@ pub(crate) async fn enable_repo(
         }
         user_administers(services, acting, name, "enable").await?;
     }
-    crate::repos::enable(services, name, user, public, &by.to_string())
+    let github = services
+        .github()
+        .map_err(|e| crate::rpc::failed_as(&format!("cannot enable {name}"), &e))?;
+    github
+        .enable_repo(name, user, public, &by.to_string())
         .await
         .map_err(|e| capnp::Error::failed(format!("cannot enable {name}: {e}")))
 }
@@ -112,7 +116,7 @@ async fn user_administers(
         .access
         .check(services, user, Capability::ModifyCi, name, Want::Admin)
         .await
-        .map_err(|why| capnp::Error::failed(format!("cannot {what} {name}: {why}")))
+        .map_err(|why| crate::rpc::failed_as(&format!("cannot {what} {name}"), &why))
 }
 
 /// Disables `name` (its webhook deleted), recorded as done by `by`; a site user (`acting`)
@@ -126,7 +130,11 @@ pub(crate) async fn disable_repo(
     if let Some(acting) = acting {
         user_administers(services, acting, name, "disable").await?;
     }
-    crate::repos::disable(services, name, &by.to_string())
+    let github = services
+        .github()
+        .map_err(|e| crate::rpc::failed_as(&format!("cannot disable {name}"), &e))?;
+    github
+        .disable_repo(name, &by.to_string())
         .await
         .map_err(|e| capnp::Error::failed(format!("cannot disable {name}: {e}")))
 }
@@ -230,7 +238,7 @@ impl repo_settings::Server for RepoSettingsCap {
         mut results: repo_settings::ListResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
-        let mut repos = crate::repos::list(&self.services).map_err(github_error)?;
+        let mut repos = tinyci_github::known_repos(&self.services.store).map_err(github_error)?;
         // A site user sees the repositories GitHub lets them read, and no others.
         if let Some(user) = &self.acting {
             let services = &self.services;

@@ -63,22 +63,6 @@ pub(crate) fn runner_name(
     })
 }
 
-/// The tier of a GitHub push to an enabled repository: its writers' code.
-pub(crate) fn tier_of_push() -> TrustTier {
-    TrustTier::Repo
-}
-
-/// The tier of a pull request into `base_repo` whose head lives in `head_repo` (`None` when
-/// GitHub no longer knows it, e.g. a deleted fork): `repo` only when the head is a branch of
-/// the same repository, `fork` otherwise.
-pub(crate) fn tier_of_pull_request(base_repo: &str, head_repo: Option<&str>) -> TrustTier {
-    match head_repo {
-        // GitHub compares owner and repository names without regard to case.
-        Some(head) if head.eq_ignore_ascii_case(base_repo) => TrustTier::Repo,
-        _ => TrustTier::Fork,
-    }
-}
-
 /// What a runner offers, from the executors it names and whether it allows privileged
 /// containers. Unknown executor names add nothing: a runner is never credited with more
 /// isolation than a name this site knows provides. A runner that names none is taken for a
@@ -163,23 +147,6 @@ mod tests {
     fn own_runners_do_not_submit() {
         let refused = tier_of_peer(&member("alpha", Role::Runner, "r1"), &site("alpha"));
         assert!(refused.is_err_and(|e| e.contains("runner")));
-    }
-
-    #[test]
-    fn pushes_are_repo_and_pull_requests_depend_on_where_the_head_lives() {
-        assert_eq!(tier_of_push(), TrustTier::Repo);
-        assert_eq!(tier_of_pull_request("o/r", Some("o/r")), TrustTier::Repo);
-        assert_eq!(tier_of_pull_request("O/R", Some("o/r")), TrustTier::Repo);
-        assert_eq!(
-            tier_of_pull_request("o/r", Some("mallory/r")),
-            TrustTier::Fork
-        );
-        // A fork named like the base's owner but another repository is still a fork.
-        assert_eq!(
-            tier_of_pull_request("o/r", Some("o/r-fork")),
-            TrustTier::Fork
-        );
-        assert_eq!(tier_of_pull_request("o/r", None), TrustTier::Fork);
     }
 
     #[test]

@@ -43,7 +43,7 @@ use tracing::{debug, info, warn};
 use crate::Services;
 use crate::ansi::AnsiHtml;
 use crate::http::{HttpState, html_escape, session_cookie};
-use crate::oauth::WebSession;
+use tinyci_github::oauth::WebSession;
 
 /// The run page renders at most this much of the log's end; the rest is a link away.
 const PAGE_LOG_BYTES: u64 = 1024 * 1024;
@@ -74,7 +74,7 @@ pub(crate) struct WebState {
     /// `[http] public_url`, for checking where a form was posted from.
     public_url: Option<String>,
     /// Signed-in browsers.
-    pub(crate) sessions: RefCell<crate::oauth::WebSessions>,
+    pub(crate) sessions: RefCell<tinyci_github::oauth::WebSessions>,
 }
 
 impl WebState {
@@ -1072,11 +1072,7 @@ fn carries_token(form: &[u8], session: &WebSession) -> bool {
     form_urlencoded::parse(form)
         .find(|(k, _)| k == "csrf")
         .is_some_and(|(_, given)| {
-            aws_lc_rs::constant_time::verify_slices_are_equal(
-                given.as_bytes(),
-                session.csrf.as_bytes(),
-            )
-            .is_ok()
+            tinyci_github::oauth::constant_time_eq(given.as_bytes(), session.csrf.as_bytes())
         })
 }
 
@@ -1110,7 +1106,7 @@ async fn sign_out(state: &HttpState, request: Request<Incoming>) -> WebReply {
     let secure = if state.web.https() { "; Secure" } else { "" };
     if let Ok(clear) = HeaderValue::from_str(&format!(
         "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}",
-        crate::oauth::SESSION_COOKIE
+        tinyci_github::oauth::SESSION_COOKIE
     )) {
         headers.insert(header::SET_COOKIE, clear);
     }

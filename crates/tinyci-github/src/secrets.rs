@@ -26,7 +26,7 @@ const KEY_FILE_HEADER: &str = "# tinyci secrets key: seals GitHub tokens and web
 /// What can go wrong loading the secrets key or sealing and opening records. Messages name
 /// files and contexts, never key material or plaintext.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum SecretsError {
+pub enum SecretsError {
     /// The key file exists but cannot be read (or is readable by others).
     #[error("cannot load secrets key {path}: {source}")]
     Read {
@@ -66,7 +66,7 @@ pub(crate) enum SecretsError {
 
 /// The key that seals secrets at rest. Its `Debug` output is redacted.
 #[cfg_attr(not(test), allow(dead_code))]
-pub(crate) struct SecretsKey {
+pub struct SecretsKey {
     /// The raw key, as written to the key file.
     bytes: [u8; KEY_LEN],
     /// The same key, ready for AES-256-GCM.
@@ -85,7 +85,7 @@ impl SecretsKey {
     /// rename) if the file does not exist. An existing file that is group- or
     /// world-readable, unreadable or malformed is an error, never silently replaced: that
     /// would orphan every record sealed with it.
-    pub(crate) fn load_or_create(path: &Path) -> Result<Self, SecretsError> {
+    pub fn load_or_create(path: &Path) -> Result<Self, SecretsError> {
         match path.try_exists() {
             Ok(true) => Self::load(path),
             Ok(false) => Self::create(path),
@@ -185,7 +185,7 @@ impl SecretsKey {
         clippy::expect_used,
         reason = "AES-GCM sealing fails only past 2^36 - 32 bytes of plaintext; secrets are tiny"
     )]
-    pub(crate) fn seal(&self, plaintext: &[u8], context: &str) -> Vec<u8> {
+    pub fn seal(&self, plaintext: &[u8], context: &str) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         fill_random(&mut nonce);
         let mut sealed = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + TAG_LEN);
@@ -206,7 +206,7 @@ impl SecretsKey {
     /// Opens a record made by [`SecretsKey::seal`] with the same `context`. Refuses an unknown
     /// version byte, a record too short to hold nonce and tag, and any record that fails
     /// authentication (another key, another context, or a changed byte).
-    pub(crate) fn open(&self, sealed: &[u8], context: &str) -> Result<Vec<u8>, SecretsError> {
+    pub fn open(&self, sealed: &[u8], context: &str) -> Result<Vec<u8>, SecretsError> {
         let refuse = |reason: String| SecretsError::Unseal {
             context: context.to_owned(),
             reason,
@@ -242,7 +242,7 @@ impl SecretsKey {
 /// `bytes` random bytes as lowercase hex (`2 * bytes` characters), for webhook secrets and
 /// OAuth states.
 #[cfg_attr(not(test), allow(dead_code))]
-pub(crate) fn random_secret_hex(bytes: usize) -> String {
+pub fn random_secret_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     fill_random(&mut buf);
     hex::encode(buf)
@@ -254,7 +254,7 @@ pub(crate) fn random_secret_hex(bytes: usize) -> String {
     reason = "AWS-LC's RAND_bytes always returns 1 (it aborts if it cannot get entropy); there \
               is no weaker randomness to fall back on"
 )]
-pub(crate) fn fill_random(buf: &mut [u8]) {
+pub fn fill_random(buf: &mut [u8]) {
     aws_lc_rs::rand::fill(buf).expect("AWS-LC's RAND_bytes never reports failure");
 }
 

@@ -1,9 +1,4 @@
-//! GitHub in the site: webhook deliveries become submissions, and runs report back as commit
-//! statuses (`statuses.rs`). Repositories are enabled in `repos.rs`, users log in through
-//! `oauth.rs`; the HTTP side is `http.rs`. GitHub's REST API is only reached through
-//! `tinyci-repos`.
-//!
-//! A delivery is handled in two steps so that none is lost and none is acted on twice:
+//! Webhook deliveries, in two steps so that none is lost and none is acted on twice:
 //!
 //! 1. **Intake** (the HTTP request): check the signature with the repository's secret (before
 //!    anything else is believed), then in one transaction record the delivery id and put the
@@ -15,25 +10,21 @@
 //!    the delivery in the inbox for the next start; after it, the delivery is gone and the
 //!    submission exists: never both, never neither.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use tinyci_core::SubmissionId;
+use tinyci_assets::PlanError;
+use tinyci_core::{SubmissionId, TrustTier};
 use tinyci_queue::NewSubmission;
-use tinyci_repos::{
-    ApiError, CommitStatus, GitHub, GitHubConfig, OAuthApp, PrAction, RepoName, StatusState,
-    WebhookEvent,
-};
+use tinyci_repos::{CommitStatus, GitHub, PrAction, RepoName, StatusState, WebhookEvent};
 use tinyci_store::records::{GitHubOrigin, InboxEntry, RepoRecord};
-use tinyci_store::tables::{GITHUB_DELIVERIES, GITHUB_INBOX, GITHUB_SUBMISSIONS, META, REPOS};
+use tinyci_store::tables::{GITHUB_DELIVERIES, GITHUB_INBOX, GITHUB_SUBMISSIONS, META};
 use tinyci_store::{StoreError, WriteTxn};
-use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::Services;
-use crate::config::GitHubSettings;
-use crate::secrets::SecretsKey;
+use crate::{
+    GitHubError, GitHubService, SITE_CONTEXT, client_for, hook_secret_context, repo_record,
+};
 
 /// How often a delivery whose processing failed for a passing reason (GitHub unreachable) is
 /// tried before it is dropped with an error in the log.
@@ -45,208 +36,10 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 const DELIVERY_MEMORY: Duration = Duration::from_secs(7 * 86_400);
 /// The `meta` key holding the next inbox sequence number.
 const INBOX_NEXT_KEY: &str = "github_inbox_next";
-/// The status context used for problems that belong to no run (an unreadable `tinyci.yml`).
-pub(crate) const SITE_CONTEXT: &str = "tinyci";
-
-/// Why GitHub work failed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum GitHubError {
-    /// GitHub answered with an error or could not be reached: worth retrying.
-    #[error(transparent)]
-    Api(#[from] ApiError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Something about the repository or request is wrong and retrying will not help.
-    #[error("{0}")]
-    Refused(String),
-}
-
-impl GitHubError {
-    fn is_transient(&self) -> bool {
-        match self {
-            GitHubError::Api(e) => e.status().is_none_or(|s| s >= 500 || s == 429),
-            GitHubError::Store(_) | GitHubError::Refused(_) => false,
-        }
-    }
-}
-
-/// The site's GitHub state: settings, the secrets box, the site's own API client.
-pub(crate) struct GitHubState {
-    pub(crate) settings: GitHubSettings,
-    /// `[http] public_url`.
-    pub(crate) public_url: Option<String>,
-    pub(crate) secrets: SecretsKey,
-    /// Acting with `[github] token_file`; `None` without one.
-    site_client: Option<GitHub>,
-    /// The OAuth app, when login is configured.
-    pub(crate) oauth_app: Option<OAuthApp>,
-    /// Wakes the inbox processor.
-    inbox: Notify,
-    /// Status reporters and other GitHub tasks, aborted at shutdown (they hold the store).
-    pub(crate) tasks: RefCell<tokio::task::JoinSet<()>>,
-}
-
-impl std::fmt::Debug for GitHubState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GitHubState")
-            .field("api_url", &self.settings.api_url)
-            .field("public_url", &self.public_url)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Reads a secret file (mode 0600), trimmed; errors name the config key.
-fn read_secret(path: &std::path::Path, key: &'static str) -> Result<String, crate::SiteError> {
-    let text = crate::read_pem(path, key, true)?;
-    let text = text.trim().to_owned();
-    if text.is_empty() {
-        return Err(crate::SiteError::Config(crate::ConfigError::Value {
-            path: path.to_owned(),
-            key,
-            reason: "the file is empty".into(),
-        }));
-    }
-    Ok(text)
-}
-
-impl GitHubState {
-    /// Loads the secrets key (creating it on first use), the site token and the OAuth app.
-    pub(crate) fn load(
-        settings: GitHubSettings,
-        public_url: Option<String>,
-    ) -> Result<Self, crate::SiteError> {
-        let secrets = SecretsKey::load_or_create(&settings.secrets_key).map_err(|e| {
-            crate::SiteError::Config(crate::ConfigError::Value {
-                path: settings.secrets_key.clone(),
-                key: "github.secrets_key",
-                reason: e.to_string(),
-            })
-        })?;
-        let site_token = settings
-            .token_file
-            .as_deref()
-            .map(|p| read_secret(p, "github.token_file"))
-            .transpose()?;
-        let site_client = site_token
-            .map(|token| client(&settings, Some(token)))
-            .transpose()
-            .map_err(|e| {
-                crate::SiteError::Config(crate::ConfigError::Value {
-                    path: settings.token_file.clone().unwrap_or_default(),
-                    key: "github.api_url",
-                    reason: e.to_string(),
-                })
-            })?;
-        let oauth_app = match (&settings.client_id, &settings.client_secret_file) {
-            (Some(id), Some(file)) => Some(OAuthApp {
-                client_id: id.clone(),
-                client_secret: read_secret(file, "github.client_secret_file")?,
-            }),
-            _ => None,
-        };
-        Ok(Self {
-            settings,
-            public_url,
-            secrets,
-            site_client,
-            oauth_app,
-            inbox: Notify::new(),
-            tasks: RefCell::default(),
-        })
-    }
-
-    /// A client acting with `token` (or anonymously).
-    pub(crate) fn client_with(&self, token: Option<String>) -> Result<GitHub, ApiError> {
-        client(&self.settings, token)
-    }
-
-    /// Spawns a GitHub task the site aborts at shutdown.
-    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + 'static) {
-        let mut tasks = self.tasks.borrow_mut();
-        // Reap finished ones so the set does not grow for the site's lifetime.
-        while tasks.try_join_next().is_some() {}
-        tasks.spawn_local(task);
-    }
-}
-
-fn client(settings: &GitHubSettings, token: Option<String>) -> Result<GitHub, ApiError> {
-    GitHub::new(&GitHubConfig {
-        api_base: settings.api_url.clone(),
-        web_base: settings.web_url.clone(),
-        token,
-    })
-}
-
-/// The seal context of a user's GitHub token: bound to the GitHub account, so a sealed token
-/// moved onto another record does not open.
-pub(crate) fn token_context(github_id: u64) -> String {
-    format!("github-token:{github_id}")
-}
-
-/// The seal context of a repository's webhook secret.
-pub(crate) fn hook_secret_context(repo: &str) -> String {
-    format!("webhook-secret:{repo}")
-}
-
-/// The client to act on `repo` with: its enabling user's GitHub token, else the site's.
-pub(crate) fn client_for(services: &Services, repo: &RepoRecord) -> Result<GitHub, GitHubError> {
-    let github = services.github()?;
-    match &repo.github_user {
-        None => github.site_client.clone().ok_or_else(|| {
-            GitHubError::Refused(format!(
-                "{} has no GitHub token to act with: set [github] token_file, or enable it as a \
-                 user who logged in with GitHub",
-                repo.name
-            ))
-        }),
-        Some(user) => {
-            let token = user_token(services, user)?;
-            Ok(github.client_with(Some(token))?)
-        }
-    }
-}
-
-/// A site user's GitHub token, unsealed.
-pub(crate) fn user_token(services: &Services, user: &str) -> Result<String, GitHubError> {
-    let github = services.github()?;
-    let name: tinyci_users::UserName = user
-        .parse()
-        .map_err(|e: tinyci_users::UsersError| GitHubError::Refused(e.to_string()))?;
-    let found = services
-        .users
-        .get(&name)
-        .map_err(|e| GitHubError::Refused(e.to_string()))?
-        .ok_or_else(|| GitHubError::Refused(format!("no site user {user}")))?;
-    let (_, id) = found.github.clone().ok_or_else(|| {
-        GitHubError::Refused(format!(
-            "site user {user} has not logged in with GitHub, so there is no GitHub token to act with"
-        ))
-    })?;
-    let sealed = services
-        .users
-        .github_token_sealed(&name)
-        .map_err(|e| GitHubError::Refused(e.to_string()))?
-        .ok_or_else(|| GitHubError::Refused(format!("site user {user} has no GitHub token")))?;
-    let token = github
-        .secrets
-        .open(&sealed, &token_context(id))
-        .map_err(|e| GitHubError::Refused(e.to_string()))?;
-    String::from_utf8(token)
-        .map_err(|_| GitHubError::Refused(format!("the GitHub token of {user} is not text")))
-}
-
-/// The repository record, if the site knows it.
-pub(crate) fn repo_record(
-    services: &Services,
-    repo: &str,
-) -> Result<Option<RepoRecord>, StoreError> {
-    services.store.read(|txn| txn.get(REPOS, repo))
-}
 
 /// What the intake answers.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Intake {
+pub enum Intake {
     /// Stored for processing (202).
     Accepted,
     /// The delivery id was seen before (200).
@@ -259,7 +52,7 @@ pub(crate) enum Intake {
 
 /// Why a delivery was refused at intake, with the HTTP status to answer.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum IntakeError {
+pub enum IntakeError {
     /// 400: a header or the body is malformed.
     #[error("{0}")]
     Malformed(String),
@@ -276,15 +69,12 @@ pub(crate) enum IntakeError {
 
 /// Checks a delivery and, if it is new and one tinyci acts on, stores it durably in the inbox.
 pub(crate) async fn intake(
-    services: &Rc<Services>,
+    github: &Rc<GitHubService>,
     event: Option<&str>,
     delivery: Option<&str>,
     signature: Option<&str>,
     body: Vec<u8>,
 ) -> Result<Intake, IntakeError> {
-    let github = services
-        .github()
-        .map_err(|e| IntakeError::Unavailable(e.to_string()))?;
     let event = event.ok_or_else(|| IntakeError::Malformed("no X-GitHub-Event header".into()))?;
     let delivery = delivery
         .filter(|d| !d.is_empty() && d.len() <= 128 && d.bytes().all(|b| b.is_ascii_graphic()))
@@ -296,7 +86,7 @@ pub(crate) async fn intake(
     let repo = tinyci_repos::repository_of(&body).ok_or_else(|| {
         IntakeError::Malformed("the body names no repository (repository.full_name)".into())
     })?;
-    let record = repo_record(services, &repo)
+    let record = repo_record(github, &repo)
         .map_err(|e| IntakeError::Unavailable(e.to_string()))?
         .filter(|r| r.enabled)
         .ok_or_else(|| {
@@ -319,9 +109,9 @@ pub(crate) async fn intake(
         delivery: delivery.to_owned(),
         event: event.to_owned(),
         body,
-        received_at: services.now_ms(),
+        received_at: github.now_ms(),
     };
-    let stored = services
+    let stored = github
         .committer
         .write(move |txn| {
             if txn
@@ -356,13 +146,10 @@ pub(crate) async fn intake(
 
 /// Acts on inbox deliveries in arrival order until aborted. Also resumes status reporting for
 /// submissions a previous process was still reporting on.
-pub(crate) async fn run_processor(services: Rc<Services>) {
-    let Ok(github) = services.github() else {
-        return;
-    };
-    crate::statuses::resume_reporting(&services);
+pub(crate) async fn run_processor(github: Rc<GitHubService>) {
+    crate::statuses::resume_reporting(&github);
     loop {
-        let next = services
+        let next = github
             .store
             .read(|txn| txn.iter_range(GITHUB_INBOX, &..)?.next().transpose());
         let (seq, entry) = match next {
@@ -379,7 +166,7 @@ pub(crate) async fn run_processor(services: Rc<Services>) {
         };
         let mut delay = RETRY_DELAY;
         for attempt in 1..=PROCESS_ATTEMPTS {
-            match process(&services, seq, &entry).await {
+            match process(&github, seq, &entry).await {
                 Ok(()) => break,
                 Err(e) if e.is_transient() && attempt < PROCESS_ATTEMPTS => {
                     warn!(delivery = %entry.delivery, attempt, error = %e, "webhook processing failed; retrying");
@@ -388,7 +175,7 @@ pub(crate) async fn run_processor(services: Rc<Services>) {
                 }
                 Err(e) => {
                     warn!(delivery = %entry.delivery, error = %e, "webhook delivery dropped");
-                    if let Err(e) = drop_entry(&services, seq).await {
+                    if let Err(e) = drop_entry(&github, seq).await {
                         warn!(error = %e, "cannot remove a webhook delivery from the inbox");
                         tokio::time::sleep(RETRY_DELAY).await;
                     }
@@ -399,8 +186,8 @@ pub(crate) async fn run_processor(services: Rc<Services>) {
     }
 }
 
-async fn drop_entry(services: &Services, seq: u64) -> Result<(), StoreError> {
-    services
+async fn drop_entry(github: &GitHubService, seq: u64) -> Result<(), StoreError> {
+    github
         .committer
         .write(move |txn| txn.delete(GITHUB_INBOX, &seq).map(drop))
         .await
@@ -422,7 +209,11 @@ struct Build {
 }
 
 /// Acts on one delivery; removes it from the inbox when done (with the submission, if any).
-async fn process(services: &Rc<Services>, seq: u64, entry: &InboxEntry) -> Result<(), GitHubError> {
+async fn process(
+    github: &Rc<GitHubService>,
+    seq: u64,
+    entry: &InboxEntry,
+) -> Result<(), GitHubError> {
     let event = tinyci_repos::parse_event(&entry.event, &entry.body)
         .map_err(|e| GitHubError::Refused(format!("delivery {}: {e}", entry.delivery)))?;
     let build = match event {
@@ -438,10 +229,10 @@ async fn process(services: &Rc<Services>, seq: u64, entry: &InboxEntry) -> Resul
         } => {
             if deleted || !git_ref.starts_with("refs/heads/") || after.bytes().all(|b| b == b'0') {
                 info!(%repo, %git_ref, "push deleted a branch or is not to a branch: nothing to build");
-                return drop_entry(services, seq).await.map_err(Into::into);
+                return drop_entry(github, seq).await.map_err(Into::into);
             }
-            let Some((repo, record)) = enabled(services, &repo)? else {
-                return drop_entry(services, seq).await.map_err(Into::into);
+            let Some((repo, record)) = enabled(github, &repo)? else {
+                return drop_entry(github, seq).await.map_err(Into::into);
             };
             Build {
                 repo,
@@ -454,7 +245,7 @@ async fn process(services: &Rc<Services>, seq: u64, entry: &InboxEntry) -> Resul
                 submitted_by: format!("github:{pusher}"),
                 default_branch,
                 pull_request: None,
-                tier: crate::tiers::tier_of_push(),
+                tier: tier_of_push(),
             }
         }
         WebhookEvent::PullRequest {
@@ -467,19 +258,19 @@ async fn process(services: &Rc<Services>, seq: u64, entry: &InboxEntry) -> Resul
             default_branch,
             ..
         } => {
-            let Some((repo_name, record)) = enabled(services, &repo)? else {
-                return drop_entry(services, seq).await.map_err(Into::into);
+            let Some((repo_name, record)) = enabled(github, &repo)? else {
+                return drop_entry(github, seq).await.map_err(Into::into);
             };
             let git_ref = pull_ref(number);
             match action {
                 PrAction::Opened | PrAction::Synchronize | PrAction::Reopened => {}
                 PrAction::Closed => {
-                    close_pull_request(services, &repo, &git_ref, number).await?;
-                    return drop_entry(services, seq).await.map_err(Into::into);
+                    close_pull_request(github, &repo, &git_ref, number).await?;
+                    return drop_entry(github, seq).await.map_err(Into::into);
                 }
                 PrAction::Other(action) => {
                     info!(%repo, number, %action, "pull request action not acted on");
-                    return drop_entry(services, seq).await.map_err(Into::into);
+                    return drop_entry(github, seq).await.map_err(Into::into);
                 }
             }
             Build {
@@ -491,14 +282,14 @@ async fn process(services: &Rc<Services>, seq: u64, entry: &InboxEntry) -> Resul
                 submitted_by: format!("github:pull-request-{number}"),
                 default_branch,
                 pull_request: Some(number),
-                tier: crate::tiers::tier_of_pull_request(&repo, head_repo.as_deref()),
+                tier: tier_of_pull_request(&repo, head_repo.as_deref()),
             }
         }
         WebhookEvent::Ping { .. } | WebhookEvent::Ignored { .. } => {
-            return drop_entry(services, seq).await.map_err(Into::into);
+            return drop_entry(github, seq).await.map_err(Into::into);
         }
     };
-    submit_build(services, seq, build).await
+    submit_build(github, seq, build).await
 }
 
 /// The ref a pull request's submissions carry, so a newer push to it supersedes the older.
@@ -506,11 +297,14 @@ fn pull_ref(number: u64) -> String {
     format!("refs/pull/{number}/head")
 }
 
-fn enabled(services: &Services, repo: &str) -> Result<Option<(RepoName, RepoRecord)>, GitHubError> {
+fn enabled(
+    github: &GitHubService,
+    repo: &str,
+) -> Result<Option<(RepoName, RepoRecord)>, GitHubError> {
     let name: RepoName = repo
         .parse()
         .map_err(|e: tinyci_repos::InvalidName| GitHubError::Refused(e.to_string()))?;
-    match repo_record(services, repo)? {
+    match repo_record(github, repo)? {
         Some(record) if record.enabled => Ok(Some((name, record))),
         _ => {
             info!(%repo, "delivery for a repository that is no longer enabled: dropped");
@@ -520,17 +314,17 @@ fn enabled(services: &Services, repo: &str) -> Result<Option<(RepoName, RepoReco
 }
 
 async fn close_pull_request(
-    services: &Rc<Services>,
+    github: &Rc<GitHubService>,
     repo: &str,
     git_ref: &str,
     number: u64,
 ) -> Result<(), GitHubError> {
-    let head = services
+    let head = github
         .queue
         .branch_head(repo, git_ref)
         .map_err(|e| GitHubError::Refused(e.to_string()))?;
     if let Some(head) = head {
-        let canceled = services
+        let canceled = github
             .queue
             .cancel_submission(head, &format!("pull request #{number} closed"))
             .await
@@ -540,49 +334,56 @@ async fn close_pull_request(
     Ok(())
 }
 
-async fn submit_build(services: &Rc<Services>, seq: u64, build: Build) -> Result<(), GitHubError> {
-    let github = services.github()?;
-    let client = client_for(services, &build.record)?;
+async fn submit_build(
+    github: &Rc<GitHubService>,
+    seq: u64,
+    build: Build,
+) -> Result<(), GitHubError> {
+    let client = client_for(github, &build.record)?;
     let repo = &build.repo;
     let config_text = client
         .get_file(repo, tinyci_core::REPO_CONFIG_FILE, &build.default_branch)
         .await?;
     let Some(config_text) = config_text else {
         info!(%repo, branch = %build.default_branch, "no tinyci.yml on the default branch: nothing to build");
-        return drop_entry(services, seq).await.map_err(Into::into);
+        return drop_entry(github, seq).await.map_err(Into::into);
     };
     let tarball = client
         .download_tarball(repo, &build.sha, tinyci_assets::MAX_SOURCE_BYTES)
         .await?;
-    let sources = services.sources.clone();
+    let sources = github.sources.clone();
     let source_sha256 =
         tokio::task::spawn_blocking(move || sources.import_github_tarball(&tarball))
             .await
             .map_err(|e| GitHubError::Refused(format!("source import failed: {e}")))?
-            .map_err(|e| GitHubError::Refused(crate::rpc::chain(&e)))?;
-    let archive = services
+            .map_err(|e| GitHubError::Refused(crate::chain(&e)))?;
+    let archive = github
         .sources
         .path(&source_sha256)
         .ok_or_else(|| GitHubError::Refused("the imported source archive vanished".into()))?;
     let config_text = String::from_utf8(config_text).map_err(|_| {
         GitHubError::Refused(format!("{} is not UTF-8", tinyci_core::REPO_CONFIG_FILE))
     })?;
-    let planned = crate::jobs::plan_archive(archive, Some(config_text), Vec::new(), true).await;
+    let planned = tinyci_assets::plan_archive(archive, Some(config_text), Vec::new(), true).await;
     let runs = match planned {
         Ok(runs) => runs,
-        Err(crate::jobs::PlanError::Invalid(message)) => {
+        Err(PlanError::Invalid(message)) => {
             report_invalid(&client, &build, NotBuilt::Invalid, &message).await?;
-            return drop_entry(services, seq).await.map_err(Into::into);
+            return drop_entry(github, seq).await.map_err(Into::into);
         }
-        Err(crate::jobs::PlanError::Failed(message)) => return Err(GitHubError::Refused(message)),
+        Err(e) => return Err(GitHubError::Refused(crate::chain(&e))),
     };
     if runs.is_empty() {
         info!(%repo, sha = %build.sha, "no task selected: nothing to build");
-        return drop_entry(services, seq).await.map_err(Into::into);
+        return drop_entry(github, seq).await.map_err(Into::into);
     }
-    if let Err(refusal) = crate::jobs::admit(services, &repo.to_string(), &build.tier, &runs) {
+    let policy = github.queue.dispatch_policy();
+    let admitted = runs
+        .iter()
+        .try_for_each(|run| policy.admit(&repo.to_string(), &build.tier, run).map(drop));
+    if let Err(refusal) = admitted {
         report_invalid(&client, &build, NotBuilt::Refused, &refusal.to_string()).await?;
-        return drop_entry(services, seq).await.map_err(Into::into);
+        return drop_entry(github, seq).await.map_err(Into::into);
     }
     let origin = GitHubOrigin {
         repo: repo.to_string(),
@@ -595,7 +396,7 @@ async fn submit_build(services: &Rc<Services>, seq: u64, build: Build) -> Result
         txn.delete(GITHUB_INBOX, &seq)?;
         Ok(())
     });
-    let (submission, queued) = services
+    let (submission, queued) = github
         .queue
         .submit_with(
             NewSubmission {
@@ -614,7 +415,7 @@ async fn submit_build(services: &Rc<Services>, seq: u64, build: Build) -> Result
         .await
         .map_err(|e| GitHubError::Refused(e.to_string()))?;
     info!(%repo, submission = %submission.id, git_ref = %build.git_ref, "webhook became a submission");
-    crate::statuses::start_reporting(services, github, submission.id, origin, queued);
+    crate::statuses::start_reporting(github, submission.id, origin, queued);
     Ok(())
 }
 
@@ -675,9 +476,9 @@ pub(crate) fn short(sha: &str) -> &str {
 
 /// Submission ids GitHub still waits to hear about.
 pub(crate) fn reporting_submissions(
-    services: &Services,
+    github: &GitHubService,
 ) -> Result<Vec<(SubmissionId, GitHubOrigin)>, StoreError> {
-    services.store.read(|txn| {
+    github.store.read(|txn| {
         txn.iter_range(GITHUB_SUBMISSIONS, &..)?
             .map(|entry| entry.map(|(id, origin)| (SubmissionId(id), origin)))
             .collect()
@@ -687,11 +488,11 @@ pub(crate) fn reporting_submissions(
 /// Forgets delivery ids older than [`DELIVERY_MEMORY`] (the retention sweep calls this), so
 /// the table does not grow for the site's lifetime.
 pub(crate) async fn forget_old_deliveries(
-    services: &Services,
+    github: &GitHubService,
     now_ms: u64,
 ) -> Result<usize, StoreError> {
     let memory = u64::try_from(DELIVERY_MEMORY.as_millis()).unwrap_or(u64::MAX);
-    let old: Vec<String> = services.store.read(|txn| {
+    let old: Vec<String> = github.store.read(|txn| {
         txn.iter_range(
             GITHUB_DELIVERIES,
             &(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
@@ -705,7 +506,7 @@ pub(crate) async fn forget_old_deliveries(
     })?;
     let count = old.len();
     if count > 0 {
-        services
+        github
             .committer
             .write(move |txn| {
                 for id in &old {
@@ -716,4 +517,176 @@ pub(crate) async fn forget_old_deliveries(
             .await?;
     }
     Ok(count)
+}
+
+/// The tier of a GitHub push to an enabled repository: its writers' code.
+pub(crate) fn tier_of_push() -> TrustTier {
+    TrustTier::Repo
+}
+
+/// The tier of a pull request into `base_repo` whose head lives in `head_repo` (`None` when
+/// GitHub no longer knows it, e.g. a deleted fork): `repo` only when the head is a branch of
+/// the same repository, `fork` otherwise.
+pub(crate) fn tier_of_pull_request(base_repo: &str, head_repo: Option<&str>) -> TrustTier {
+    match head_repo {
+        // GitHub compares owner and repository names without regard to case.
+        Some(head) if head.eq_ignore_ascii_case(base_repo) => TrustTier::Repo,
+        _ => TrustTier::Fork,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_are_repo_and_pull_requests_depend_on_where_the_head_lives() {
+        assert_eq!(tier_of_push(), TrustTier::Repo);
+        assert_eq!(tier_of_pull_request("o/r", Some("o/r")), TrustTier::Repo);
+        assert_eq!(tier_of_pull_request("O/R", Some("o/r")), TrustTier::Repo);
+        assert_eq!(
+            tier_of_pull_request("o/r", Some("mallory/r")),
+            TrustTier::Fork
+        );
+        // A fork named like the base's owner but another repository is still a fork.
+        assert_eq!(
+            tier_of_pull_request("o/r", Some("o/r-fork")),
+            TrustTier::Fork
+        );
+        assert_eq!(tier_of_pull_request("o/r", None), TrustTier::Fork);
+    }
+}
+
+/// Intake and delivery-id memory on a real store, with time moved by hand.
+#[cfg(test)]
+mod deliveries {
+    #![allow(clippy::unwrap_used)]
+
+    use std::cell::Cell;
+
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
+    use tinyci_store::tables::REPOS;
+    use tinyci_store::{GroupCommitter, Store, StoreOptions};
+
+    use super::*;
+    use crate::{GitHubSettings, Handles, SecretsKey};
+
+    const DAY_MS: u64 = 86_400_000;
+    const SECRET: &str = "hook-secret";
+
+    fn sign(body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    async fn service(dir: &std::path::Path, now: Rc<Cell<u64>>) -> Rc<GitHubService> {
+        let store = Store::open(&dir.join("data"), StoreOptions::default()).unwrap();
+        let (committer, _writer) = GroupCommitter::start(store.clone()).unwrap();
+        let clock: tinyci_core::Clock = Rc::new(move || now.get());
+        let queue = tinyci_queue::Queue::open(
+            store.clone(),
+            committer.clone(),
+            tinyci_queue::QueueSetup {
+                lease: tinyci_core::LeasePolicy::default(),
+                dispatch: tinyci_core::DispatchPolicy::default(),
+                site: "alpha".into(),
+            },
+            clock.clone(),
+        )
+        .await
+        .unwrap();
+        let settings = GitHubSettings {
+            // Never reached: intake asks nothing of GitHub.
+            api_url: "http://127.0.0.1:9".into(),
+            web_url: "http://127.0.0.1:9".into(),
+            token_file: None,
+            client_id: None,
+            client_secret_file: None,
+            secrets_key: dir.join("secrets.key"),
+            login_token_ttl: Duration::from_secs(3600),
+            default_capabilities: Vec::new(),
+            allow: Vec::new(),
+        };
+        let secrets = SecretsKey::load_or_create(&settings.secrets_key).unwrap();
+        let record = RepoRecord {
+            name: "o/r".into(),
+            enabled: true,
+            hook_id: Some(1),
+            secret_sealed: secrets.seal(SECRET.as_bytes(), &hook_secret_context("o/r")),
+            enabled_by: "admin:admin".into(),
+            github_user: None,
+            public: false,
+            changed_at: 0,
+        };
+        committer
+            .write(move |txn| txn.put(REPOS, "o/r", &record))
+            .await
+            .unwrap();
+        let handles = Handles {
+            store: store.clone(),
+            committer: committer.clone(),
+            queue,
+            sources: tinyci_assets::SourceStore::open(&dir.join("data")).unwrap(),
+            users: tinyci_users::Users::new(store, committer),
+            clock,
+        };
+        Rc::new(GitHubService::new(settings, None, secrets, Default::default(), handles).unwrap())
+    }
+
+    async fn deliver(github: &Rc<GitHubService>, id: &str) -> Intake {
+        let body = br#"{"repository":{"full_name":"o/r"},"ref":"refs/heads/main"}"#.to_vec();
+        let signature = sign(&body);
+        github
+            .intake(Some("push"), Some(id), Some(&signature), body)
+            .await
+            .unwrap()
+    }
+
+    #[test]
+    fn a_delivery_id_is_remembered_for_a_week_of_site_time_then_forgotten() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&runtime, async {
+            let dir = tempfile::tempdir().unwrap();
+            let now = Rc::new(Cell::new(1_000 * DAY_MS));
+            let github = service(dir.path(), now.clone()).await;
+            assert_eq!(deliver(&github, "d-1").await, Intake::Accepted);
+            assert_eq!(deliver(&github, "d-1").await, Intake::Duplicate);
+
+            // Six days on, GitHub could still redeliver it: remembered.
+            now.set(now.get() + 6 * DAY_MS);
+            assert_eq!(github.forget_old_deliveries(now.get()).await.unwrap(), 0);
+            assert_eq!(deliver(&github, "d-1").await, Intake::Duplicate);
+
+            // A week on, only the site's clock moved: forgotten, and the table is empty.
+            now.set(now.get() + DAY_MS);
+            assert_eq!(github.forget_old_deliveries(now.get()).await.unwrap(), 1);
+            assert_eq!(github.forget_old_deliveries(now.get()).await.unwrap(), 0);
+        });
+    }
+
+    #[test]
+    fn a_delivery_with_a_bad_signature_is_refused_before_anything_is_stored() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&runtime, async {
+            let dir = tempfile::tempdir().unwrap();
+            let github = service(dir.path(), Rc::new(Cell::new(DAY_MS))).await;
+            let body = br#"{"repository":{"full_name":"o/r"}}"#.to_vec();
+            let forged = sign(b"another body");
+            let refused = github
+                .intake(Some("push"), Some("d-2"), Some(&forged), body)
+                .await
+                .unwrap_err();
+            assert!(matches!(refused, IntakeError::Unauthorized(_)), "{refused}");
+            // Nothing was recorded: the same id with a good signature is new.
+            assert_eq!(deliver(&github, "d-2").await, Intake::Accepted);
+        });
+    }
 }

@@ -7,13 +7,13 @@ use tinyci_store::records::RepoRecord;
 use tinyci_store::tables::REPOS;
 use tracing::info;
 
-use crate::Services;
-use crate::github::{GitHubError, client_for, hook_secret_context, repo_record};
 use crate::secrets::random_secret_hex;
+use crate::{GitHubError, GitHubService, client_for, hook_secret_context, repo_record};
 
 /// Every repository the site knows, by name.
-pub(crate) fn list(services: &Services) -> Result<Vec<RepoRecord>, GitHubError> {
-    Ok(services.store.read(|txn| {
+/// Known without GitHub configured (a site that had it once keeps the records).
+pub fn list(store: &tinyci_store::Store) -> Result<Vec<RepoRecord>, GitHubError> {
+    Ok(store.read(|txn| {
         txn.iter_range(
             REPOS,
             &(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
@@ -30,16 +30,15 @@ fn parse_name(name: &str) -> Result<RepoName, GitHubError> {
 
 /// Creates the webhook and marks the repository enabled; an enabled one is returned as is.
 pub(crate) async fn enable(
-    services: &Services,
+    github: &GitHubService,
     name: &str,
     github_user: Option<String>,
     public: bool,
     by: &str,
 ) -> Result<RepoRecord, GitHubError> {
-    let github = services.github()?;
     let repo = parse_name(name)?;
     let name = repo.to_string();
-    if let Some(existing) = repo_record(services, &name)?.filter(|r| r.enabled) {
+    if let Some(existing) = repo_record(github, &name)?.filter(|r| r.enabled) {
         return Ok(existing);
     }
     let public_url = github.public_url.clone().ok_or_else(|| {
@@ -59,12 +58,12 @@ pub(crate) async fn enable(
         enabled_by: by.to_owned(),
         github_user,
         public,
-        changed_at: services.now_ms(),
+        changed_at: github.now_ms(),
     };
     // Resolving the client first refuses a user without a GitHub token before anything is
     // written.
-    let client = client_for(services, &record)?;
-    put(services, &record).await?;
+    let client = client_for(github, &record)?;
+    put(github, &record).await?;
     let created = client
         .create_webhook(
             &repo,
@@ -77,13 +76,13 @@ pub(crate) async fn enable(
     match created {
         Ok(HookId(id)) => {
             record.hook_id = Some(id);
-            put(services, &record).await?;
+            put(github, &record).await?;
             info!(repo = %name, hook = id, %by, "repository enabled");
             Ok(record)
         }
         Err(e) => {
             record.enabled = false;
-            put(services, &record).await?;
+            put(github, &record).await?;
             Err(e.into())
         }
     }
@@ -91,19 +90,19 @@ pub(crate) async fn enable(
 
 /// Deletes the webhook (one GitHub already lost counts as deleted) and marks it disabled.
 pub(crate) async fn disable(
-    services: &Services,
+    github: &GitHubService,
     name: &str,
     by: &str,
 ) -> Result<RepoRecord, GitHubError> {
     let repo = parse_name(name)?;
     let name = repo.to_string();
-    let mut record = repo_record(services, &name)?
+    let mut record = repo_record(github, &name)?
         .ok_or_else(|| GitHubError::Refused(format!("repository {name} is not known here")))?;
     if !record.enabled {
         return Ok(record);
     }
     if let Some(id) = record.hook_id {
-        let client = client_for(services, &record)?;
+        let client = client_for(github, &record)?;
         match client.delete_webhook(&repo, HookId(id)).await {
             Ok(()) => {}
             Err(e) if e.status() == Some(404) => {}
@@ -113,15 +112,15 @@ pub(crate) async fn disable(
     record.enabled = false;
     record.hook_id = None;
     record.enabled_by = by.to_owned();
-    record.changed_at = services.now_ms();
-    put(services, &record).await?;
+    record.changed_at = github.now_ms();
+    put(github, &record).await?;
     info!(repo = %name, %by, "repository disabled");
     Ok(record)
 }
 
-async fn put(services: &Services, record: &RepoRecord) -> Result<(), GitHubError> {
+async fn put(github: &GitHubService, record: &RepoRecord) -> Result<(), GitHubError> {
     let record = record.clone();
-    services
+    github
         .committer
         .write(move |txn| txn.put(REPOS, record.name.as_str(), &record))
         .await?;

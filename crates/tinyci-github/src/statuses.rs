@@ -19,8 +19,7 @@ use tinyci_store::records::{GitHubOrigin, PostedStatus};
 use tinyci_store::tables::{GITHUB_STATUSES, GITHUB_SUBMISSIONS};
 use tracing::{debug, warn};
 
-use crate::Services;
-use crate::github::{GitHubState, client_for, repo_record};
+use crate::{GitHubService, client_for, repo_record};
 
 /// Attempts per status before giving up on it (GitHub unreachable for about a minute).
 const POST_ATTEMPTS: u32 = 6;
@@ -87,14 +86,13 @@ fn took(run: &StoredRun) -> String {
 /// the runs as the submission created them: posted first, so GitHub sees "queued" even when
 /// a runner took a run before this reporter started.
 pub(crate) fn start_reporting(
-    services: &Rc<Services>,
-    github: &GitHubState,
+    github: &Rc<GitHubService>,
     submission: SubmissionId,
     origin: GitHubOrigin,
     queued: Vec<StoredRun>,
 ) {
-    let feed = services.queue.watch(submission);
-    let current = match services.queue.submission_runs(submission) {
+    let feed = github.queue.watch(submission);
+    let current = match github.queue.submission_runs(submission) {
         Ok(runs) => runs,
         Err(e) => {
             warn!(%submission, error = %e, "cannot read the submission's runs; statuses not reported");
@@ -102,7 +100,7 @@ pub(crate) fn start_reporting(
         }
     };
     github.spawn(report(
-        services.clone(),
+        github.clone(),
         submission,
         origin,
         queued,
@@ -112,14 +110,11 @@ pub(crate) fn start_reporting(
 }
 
 /// Resumes reporting for every submission a previous process had not finished reporting on.
-pub(crate) fn resume_reporting(services: &Rc<Services>) {
-    let Ok(github) = services.github() else {
-        return;
-    };
-    match crate::github::reporting_submissions(services) {
+pub(crate) fn resume_reporting(github: &Rc<GitHubService>) {
+    match crate::intake::reporting_submissions(github) {
         Ok(pending) => {
             for (submission, origin) in pending {
-                start_reporting(services, github, submission, origin, Vec::new());
+                start_reporting(github, submission, origin, Vec::new());
             }
         }
         Err(e) => warn!(error = %e, "cannot read which submissions still report to GitHub"),
@@ -127,14 +122,14 @@ pub(crate) fn resume_reporting(services: &Rc<Services>) {
 }
 
 async fn report(
-    services: Rc<Services>,
+    github: Rc<GitHubService>,
     submission: SubmissionId,
     origin: GitHubOrigin,
     queued: Vec<StoredRun>,
     current: Vec<StoredRun>,
     mut feed: tokio::sync::mpsc::UnboundedReceiver<StoredRun>,
 ) {
-    let Some(client) = reporter_client(&services, &origin) else {
+    let Some(client) = reporter_client(&github, &origin) else {
         return;
     };
     let Ok(repo) = origin.repo.parse::<RepoName>() else {
@@ -146,13 +141,13 @@ async fn report(
         .map(StoredRun::id)
         .collect();
     for run in queued.iter().chain(&current) {
-        post(&services, &client, &repo, &origin, run).await;
+        post(&github, &client, &repo, &origin, run).await;
     }
     while !open.is_empty() {
         let Some(run) = feed.recv().await else {
             return;
         };
-        post(&services, &client, &repo, &origin, &run).await;
+        post(&github, &client, &repo, &origin, &run).await;
         if run.state.status().is_final() {
             open.remove(&run.id());
         }
@@ -160,7 +155,7 @@ async fn report(
     drop(feed);
     let id = submission.get();
     let runs = current.iter().map(|r| r.id().get()).collect::<Vec<_>>();
-    let done = services
+    let done = github
         .committer
         .write(move |txn| {
             txn.delete(GITHUB_SUBMISSIONS, &id)?;
@@ -176,8 +171,8 @@ async fn report(
     debug!(%submission, "every run's final status is on GitHub");
 }
 
-fn reporter_client(services: &Services, origin: &GitHubOrigin) -> Option<GitHub> {
-    let record = match repo_record(services, &origin.repo) {
+fn reporter_client(github: &GitHubService, origin: &GitHubOrigin) -> Option<GitHub> {
+    let record = match repo_record(github, &origin.repo) {
         Ok(Some(record)) => record,
         Ok(None) => {
             warn!(repo = %origin.repo, "repository no longer known: statuses not reported");
@@ -188,7 +183,7 @@ fn reporter_client(services: &Services, origin: &GitHubOrigin) -> Option<GitHub>
             return None;
         }
     };
-    match client_for(services, &record) {
+    match client_for(github, &record) {
         Ok(client) => Some(client),
         Err(e) => {
             warn!(repo = %origin.repo, error = %e, "statuses not reported");
@@ -199,13 +194,13 @@ fn reporter_client(services: &Services, origin: &GitHubOrigin) -> Option<GitHub>
 
 /// Posts the run's status unless it is the one last posted; records it once GitHub took it.
 async fn post(
-    services: &Services,
+    github: &GitHubService,
     client: &GitHub,
     repo: &RepoName,
     origin: &GitHubOrigin,
     run: &StoredRun,
 ) {
-    let public_url = services.github().ok().and_then(|g| g.public_url.as_deref());
+    let public_url = github.public_url.as_deref();
     let status = status_of(run, public_url);
     let posted = PostedStatus {
         state: status.state.as_str().to_owned(),
@@ -213,7 +208,7 @@ async fn post(
         attempt: run.state.attempt(),
     };
     let id = run.id().get();
-    match services.store.read(|txn| txn.get(GITHUB_STATUSES, &id)) {
+    match github.store.read(|txn| txn.get(GITHUB_STATUSES, &id)) {
         Ok(Some(last)) if last == posted => return,
         Ok(_) => {}
         Err(e) => warn!(run = %run.id(), error = %e, "cannot read the last posted status"),
@@ -235,7 +230,7 @@ async fn post(
             }
         }
     }
-    if let Err(e) = services
+    if let Err(e) = github
         .committer
         .write(move |txn| txn.put(GITHUB_STATUSES, &id, &posted))
         .await

@@ -18,15 +18,15 @@ use tinyci_pki::{PeerIdentity, Role, SiteCa};
 use tokio::sync::watch;
 
 /// How long a `state` (and a CLI login) stays usable.
-pub(crate) const STATE_TTL: Duration = Duration::from_secs(600);
+pub const STATE_TTL: Duration = Duration::from_secs(600);
 /// Most states or logins pending at once; the oldest are dropped past it.
 const MAX_PENDING: usize = 10_000;
 /// The session cookie's name.
-pub(crate) const SESSION_COOKIE: &str = "tinyci_session";
+pub const SESSION_COOKIE: &str = "tinyci_session";
 
 /// Why a callback's state was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum StateError {
+pub enum StateError {
     /// Never issued, or already used.
     #[error("unknown or already used login state: start again from /oauth/login")]
     Unknown,
@@ -40,7 +40,7 @@ pub(crate) enum StateError {
 
 /// What a login was started for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Purpose {
+pub enum Purpose {
     /// A `tinyci login` (its login id): the callback signs its CSR.
     Cli(String),
     /// A browser login: the callback signs the browser in and sends it on to `next` (a path
@@ -59,21 +59,30 @@ struct IssuedState {
 
 /// What a taken state was issued for.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Taken {
-    pub(crate) purpose: Purpose,
+pub struct Taken {
+    pub purpose: Purpose,
     /// The PKCE code verifier to exchange the code with.
-    pub(crate) verifier: String,
+    pub verifier: String,
 }
 
 /// Pending OAuth states. Sans-IO: every time is a parameter.
 #[derive(Default)]
-pub(crate) struct States {
+pub struct States {
     pending: HashMap<String, IssuedState>,
+}
+
+/// Shows how many are held, never their secrets.
+impl std::fmt::Debug for States {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("States")
+            .field("held", &self.pending.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl States {
     /// Issues `state` for `session`, for `purpose`, with PKCE code verifier `verifier`.
-    pub(crate) fn issue(
+    pub fn issue(
         &mut self,
         state: String,
         session: &str,
@@ -104,7 +113,7 @@ impl States {
 
     /// Uses up `state`: refused if unknown, used, expired, or from another session. Any
     /// presentation uses it up, so a refused state cannot be retried either.
-    pub(crate) fn take(
+    pub fn take(
         &mut self,
         state: &str,
         session: Option<&str>,
@@ -125,21 +134,21 @@ impl States {
 }
 
 /// How long a browser stays signed in to the site's pages.
-pub(crate) const WEB_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+pub const WEB_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Most signed-in browsers at once; the oldest are signed out past it.
 const MAX_WEB_SESSIONS: usize = 10_000;
 
 /// A browser signed in to the site's pages.
 #[derive(Clone)]
-pub(crate) struct WebSession {
+pub struct WebSession {
     /// The site user it signed in as.
-    pub(crate) user: tinyci_users::UserName,
+    pub user: tinyci_users::UserName,
     /// The anti-forgery token its forms carry (random, per session).
-    pub(crate) csrf: String,
+    pub csrf: String,
     /// The grant minted at sign-in for this browser (`user:<name>`-bound, expiring with the
     /// session): every request redeems it for an in-process `Session`, so the pages see
     /// exactly what RPC would. `None` when the user held no capability at sign-in.
-    pub(crate) token: Option<String>,
+    pub token: Option<String>,
     signed_in: SystemTime,
 }
 
@@ -155,14 +164,23 @@ impl std::fmt::Debug for WebSession {
 /// Signed-in browsers by session cookie. Sans-IO. Held in memory: a site restart signs
 /// everyone out, and GitHub signs them back in with one click.
 #[derive(Default)]
-pub(crate) struct WebSessions {
+pub struct WebSessions {
     by_cookie: HashMap<String, WebSession>,
+}
+
+/// Shows how many are held, never their secrets.
+impl std::fmt::Debug for WebSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSessions")
+            .field("held", &self.by_cookie.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl WebSessions {
     /// Signs `cookie` in as `user`. The cookie must be new (issued at sign-in), never the
     /// one the browser arrived with, so a planted cookie cannot be signed in by its victim.
-    pub(crate) fn sign_in(
+    pub fn sign_in(
         &mut self,
         cookie: String,
         user: tinyci_users::UserName,
@@ -193,12 +211,12 @@ impl WebSessions {
     }
 
     /// Signs `cookie` out.
-    pub(crate) fn sign_out(&mut self, cookie: &str) {
+    pub fn sign_out(&mut self, cookie: &str) {
         self.by_cookie.remove(cookie);
     }
 
     /// The session of `cookie`, if signed in and not expired.
-    pub(crate) fn get(&self, cookie: &str, now: SystemTime) -> Option<WebSession> {
+    pub fn get(&self, cookie: &str, now: SystemTime) -> Option<WebSession> {
         self.by_cookie
             .get(cookie)
             .filter(|s| age(now, s.signed_in) < WEB_SESSION_TTL)
@@ -208,22 +226,22 @@ impl WebSessions {
 
 /// What a finished CLI login hands back.
 #[derive(Clone, Debug, serde::Serialize)]
-pub(crate) struct LoginResult {
-    pub(crate) site: String,
-    pub(crate) user: String,
-    pub(crate) github_login: String,
+pub struct LoginResult {
+    pub site: String,
+    pub user: String,
+    pub github_login: String,
     /// The site's capnp address as the site sees it.
-    pub(crate) addr: String,
-    pub(crate) cert_pem: String,
-    pub(crate) ca_pem: String,
-    pub(crate) token: String,
-    pub(crate) capabilities: Vec<String>,
-    pub(crate) expires_at: u64,
+    pub addr: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub token: String,
+    pub capabilities: Vec<String>,
+    pub expires_at: u64,
 }
 
 /// How a pending CLI login ends.
 #[derive(Clone, Debug)]
-pub(crate) enum LoginOutcome {
+pub enum LoginOutcome {
     Pending,
     Done(Box<LoginResult>),
     Failed(String),
@@ -247,13 +265,13 @@ struct PendingLogin {
 }
 
 /// Wrong codes a login survives.
-pub(crate) const MAX_CODE_ATTEMPTS: u8 = 5;
+pub const MAX_CODE_ATTEMPTS: u8 = 5;
 
 /// The letters of user codes: consonants only (no words, no 0/O or 1/I confusion).
 const CODE_ALPHABET: &[u8; 20] = b"BCDFGHJKLMNPQRSTVWXZ";
 
 /// A fresh user code, `XXXX-XXXX` (20^8, about 2.6e10, against 5 guesses).
-pub(crate) fn new_user_code(random: &[u8; 8]) -> String {
+pub fn new_user_code(random: &[u8; 8]) -> String {
     let letters: String = random
         .iter()
         .map(|b| char::from(CODE_ALPHABET[usize::from(*b) % CODE_ALPHABET.len()]))
@@ -271,7 +289,7 @@ fn normalize_code(code: &str) -> String {
 
 /// Why a code was not accepted.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum ConfirmError {
+pub enum ConfirmError {
     /// No such live login.
     #[error("this login is unknown or older than 10 minutes: run `tinyci login` again")]
     Unknown,
@@ -291,14 +309,23 @@ pub(crate) enum ConfirmError {
 
 /// Pending `tinyci login`s.
 #[derive(Default)]
-pub(crate) struct Logins {
+pub struct Logins {
     pending: HashMap<String, PendingLogin>,
+}
+
+/// Shows how many are held, never their secrets.
+impl std::fmt::Debug for Logins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Logins")
+            .field("held", &self.pending.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Logins {
     /// Records a CLI login; `id` goes into the login URL, `poll_secret` and `user_code` only
     /// to the CLI.
-    pub(crate) fn start(
+    pub fn start(
         &mut self,
         id: String,
         poll_secret: String,
@@ -334,7 +361,7 @@ impl Logins {
 
     /// Shows login `id`'s code form to browser `session`: returns the form's anti-forgery
     /// token (a later form replaces an earlier one).
-    pub(crate) fn offer_form(
+    pub fn offer_form(
         &mut self,
         id: &str,
         session: &str,
@@ -352,7 +379,7 @@ impl Logins {
 
     /// Checks the code a browser entered for login `id`: only from the form shown to that
     /// browser session. Returns whether the login may enable repositories.
-    pub(crate) fn confirm(
+    pub fn confirm(
         &mut self,
         id: &str,
         session: &str,
@@ -388,12 +415,12 @@ impl Logins {
     }
 
     /// The CSR of login `id`.
-    pub(crate) fn csr(&self, id: &str) -> Option<String> {
+    pub fn csr(&self, id: &str) -> Option<String> {
         self.pending.get(id).map(|l| l.csr_pem.clone())
     }
 
     /// Ends login `id`.
-    pub(crate) fn finish(&mut self, id: &str, outcome: LoginOutcome) {
+    pub fn finish(&mut self, id: &str, outcome: LoginOutcome) {
         if let Some(login) = self.pending.get(id) {
             login.outcome.send_replace(outcome);
         }
@@ -401,7 +428,7 @@ impl Logins {
 
     /// The outcome feed of the login whose poll secret is `secret`. A finished login is
     /// removed once collected.
-    pub(crate) fn watch(&self, secret: &str) -> Option<(String, watch::Receiver<LoginOutcome>)> {
+    pub fn watch(&self, secret: &str) -> Option<(String, watch::Receiver<LoginOutcome>)> {
         self.pending.iter().find_map(|(id, l)| {
             constant_time_eq(l.poll_secret.as_bytes(), secret.as_bytes())
                 .then(|| (id.clone(), l.outcome.subscribe()))
@@ -409,27 +436,27 @@ impl Logins {
     }
 
     /// Forgets login `id` (collected).
-    pub(crate) fn remove(&mut self, id: &str) {
+    pub fn remove(&mut self, id: &str) {
         self.pending.remove(id);
     }
 }
 
 /// Secret comparison in constant time (aws-lc's, the crypto provider already compiled).
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
 /// PKCE (RFC 7636, S256): the challenge sent to GitHub for `verifier`.
-pub(crate) fn code_challenge(verifier: &str) -> String {
+pub fn code_challenge(verifier: &str) -> String {
     use base64::Engine as _;
     use sha2::Digest as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier))
 }
 
 /// The site CA and its certificate, for signing login CSRs.
-pub(crate) struct LoginCa {
-    pub(crate) ca: SiteCa,
-    pub(crate) ca_pem: String,
+pub struct LoginCa {
+    pub ca: SiteCa,
+    pub ca_pem: String,
 }
 
 impl std::fmt::Debug for LoginCa {
@@ -440,12 +467,9 @@ impl std::fmt::Debug for LoginCa {
 
 impl LoginCa {
     /// Signs a login's CSR for `user:<name>`.
-    pub(crate) fn sign(&self, csr_pem: &str, user: &str) -> Result<String, String> {
-        let identity = PeerIdentity::member(self.ca.site().clone(), Role::User, user)
-            .map_err(|e| e.to_string())?;
-        self.ca
-            .sign_csr(csr_pem, &identity)
-            .map_err(|e| format!("cannot sign the login's certificate request: {e}"))
+    pub fn sign(&self, csr_pem: &str, user: &str) -> Result<String, tinyci_pki::PkiError> {
+        let identity = PeerIdentity::member(self.ca.site().clone(), Role::User, user)?;
+        self.ca.sign_csr(csr_pem, &identity)
     }
 }
 
@@ -455,7 +479,7 @@ fn age(now: SystemTime, since: SystemTime) -> Duration {
     now.duration_since(since).unwrap_or_default()
 }
 
-pub(crate) fn unix_secs(t: SystemTime) -> u64 {
+pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
