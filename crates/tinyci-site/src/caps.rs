@@ -570,7 +570,7 @@ impl admin::Server for AdminCap {
             .map_err(|_| capnp::Error::failed(format!("{id:?} is not a run id (r-N)")))?;
         let retried = crate::jobs::retry_run(&self.services, run, &self.peer.to_string())
             .await
-            .map_err(capnp::Error::failed)?;
+            .map_err(|e| crate::rpc::failed(&e))?;
         fill_run_info(results.get().init_run(), &retried, &self.services.queue);
         Ok(())
     }
@@ -700,7 +700,7 @@ impl admin::Server for AdminCap {
             .map_err(|e| capnp::Error::failed(e.to_string()))?;
         // Even an admin capability does not choose the tier: the certificate does.
         let tier = crate::tiers::tier_of_peer(&self.peer, self.services.grants.site())
-            .map_err(capnp::Error::failed)?;
+            .map_err(|e| crate::rpc::failed(&e))?;
         let cap = SubmitterCap::new(
             self.services.clone(),
             repo,

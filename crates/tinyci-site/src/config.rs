@@ -189,16 +189,39 @@ struct RawQueuePolicy {
     privileged_repos: Vec<String>,
 }
 
+/// A `[queues.NAME]` value that is not acceptable. The message names the section and key
+/// and quotes the parser's reason; the parser's error is kept.
+#[derive(Debug, thiserror::Error)]
+#[error("[queues.{queue}]{key}: {reason}{hint}")]
+struct QueuePolicyError {
+    queue: String,
+    /// ` tiers`, ` isolation.repo`…, or empty for the queue's name itself.
+    key: String,
+    /// The parser's error, quoted in the message (so not a `source`, which would repeat it).
+    reason: Box<dyn std::error::Error + Send + Sync>,
+    /// What else the value may be, when the parser's reason does not say.
+    hint: &'static str,
+}
+
 /// Validates the `[queues.NAME]` sections into the site's dispatch policy.
 fn parse_dispatch(
     raw: std::collections::BTreeMap<String, RawQueuePolicy>,
-) -> Result<tinyci_core::DispatchPolicy, String> {
+) -> Result<tinyci_core::DispatchPolicy, QueuePolicyError> {
     use tinyci_core::{Isolation, QueuePolicy, TierPattern};
+    let refused = |queue: &str, key: String, hint: &'static str| {
+        let queue = queue.to_owned();
+        move |e: Box<dyn std::error::Error + Send + Sync>| QueuePolicyError {
+            queue,
+            key,
+            reason: e,
+            hint,
+        }
+    };
     let patterns = |queue: &str, key: &str, list: Vec<String>| {
         list.iter()
             .map(|t| {
                 t.parse::<TierPattern>().map_err(|e| {
-                    format!("[queues.{queue}] {key}: {e} (or partner for every partner)")
+                    refused(queue, format!(" {key}"), " (or partner for every partner)")(e.into())
                 })
             })
             .collect::<Result<std::collections::BTreeSet<_>, _>>()
@@ -207,7 +230,7 @@ fn parse_dispatch(
     for (queue, raw) in raw {
         queue
             .parse::<tinyci_core::QueueName>()
-            .map_err(|e| format!("[queues.{queue}]: {e}"))?;
+            .map_err(|e| refused(&queue, String::new(), "")(e.into()))?;
         let mut rule = QueuePolicy::default();
         if let Some(tiers) = raw.tiers {
             rule.tiers = patterns(&queue, "tiers", tiers)?;
@@ -216,17 +239,17 @@ fn parse_dispatch(
             rule.network = patterns(&queue, "network", network)?;
         }
         for (tier, level) in raw.isolation {
-            let tier: TierPattern = tier
-                .parse()
-                .map_err(|e| format!("[queues.{queue}] isolation: {e} (or partner)"))?;
-            let level: Isolation = level
-                .parse()
-                .map_err(|e| format!("[queues.{queue}] isolation.{tier}: {e}"))?;
+            let tier: TierPattern = tier.parse().map_err(|e: tinyci_core::TierError| {
+                refused(&queue, " isolation".into(), " (or partner)")(e.into())
+            })?;
+            let level: Isolation = level.parse().map_err(|e: tinyci_core::IsolationError| {
+                refused(&queue, format!(" isolation.{tier}"), "")(e.into())
+            })?;
             rule.isolation.insert(tier, level);
         }
         for repo in raw.privileged_repos {
             repo.parse::<tinyci_core::RepoName>()
-                .map_err(|e| format!("[queues.{queue}] privileged_repos: {e}"))?;
+                .map_err(|e| refused(&queue, " privileged_repos".into(), "")(e.into()))?;
             rule.privileged_repos.insert(repo);
         }
         policy.queues.insert(queue, rule);
@@ -307,18 +330,25 @@ fn default_user_capabilities() -> Vec<String> {
     vec!["logs".into()]
 }
 
+/// Why a base URL is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum BaseUrlError {
+    #[error("{0:?} is not an http:// or https:// URL")]
+    Scheme(String),
+    #[error("{0:?} is not a base URL (expected scheme://host[:port][/path], no query)")]
+    Shape(String),
+}
+
 /// Checks an `http(s)://host[:port][/path]` base URL and drops a trailing slash.
-fn parse_base_url(text: &str) -> Result<String, String> {
+fn parse_base_url(text: &str) -> Result<String, BaseUrlError> {
     let trimmed = text.trim().trim_end_matches('/');
     let rest = trimmed
         .strip_prefix("https://")
         .or_else(|| trimmed.strip_prefix("http://"))
-        .ok_or_else(|| format!("{text:?} is not an http:// or https:// URL"))?;
+        .ok_or_else(|| BaseUrlError::Scheme(text.to_owned()))?;
     let host = rest.split('/').next().unwrap_or_default();
     if host.is_empty() || rest.contains(['?', '#', ' ']) {
-        return Err(format!(
-            "{text:?} is not a base URL (expected scheme://host[:port][/path], no query)"
-        ));
+        return Err(BaseUrlError::Shape(text.to_owned()));
     }
     Ok(trimmed.to_owned())
 }
@@ -528,24 +558,57 @@ impl<'de> Deserialize<'de> for ListenAddr {
     }
 }
 
+/// Why a listen address is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListenError {
+    /// No `:port`.
+    #[error("listen address {0:?} has no port (expected host:port)")]
+    NoPort(String),
+    /// The port is not a number.
+    #[error("listen address {text:?}: port {port:?} is not a number")]
+    PortNotNumber {
+        /// The address given.
+        text: String,
+        /// Its port part.
+        port: String,
+    },
+    /// The port is above 65535.
+    #[error("listen address {text:?}: port {port} is out of range (0-65535; 0 picks a free port)")]
+    PortRange {
+        /// The address given.
+        text: String,
+        /// The port.
+        port: u32,
+    },
+    /// The host is not an IP address.
+    #[error(
+        "listen address {text:?}: {host:?} is not an IP address (use 127.0.0.1, ::1 or 0.0.0.0)"
+    )]
+    NotIp {
+        /// The address given.
+        text: String,
+        /// Its host part.
+        host: String,
+    },
+}
+
 /// Parses `127.0.0.1:7433`, `[::1]:7433` or `0.0.0.0:0` with specific errors.
-pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+pub fn parse_listen(text: &str) -> Result<SocketAddr, ListenError> {
     let (host, port) = text
         .rsplit_once(':')
-        .ok_or_else(|| format!("listen address {text:?} has no port (expected host:port)"))?;
-    let port: u32 = port
-        .parse()
-        .map_err(|_| format!("listen address {text:?}: port {port:?} is not a number"))?;
-    let port = u16::try_from(port).map_err(|_| {
-        format!(
-            "listen address {text:?}: port {port} is out of range (0-65535; 0 picks a free port)"
-        )
+        .ok_or_else(|| ListenError::NoPort(text.to_owned()))?;
+    let port: u32 = port.parse().map_err(|_| ListenError::PortNotNumber {
+        text: text.to_owned(),
+        port: port.to_owned(),
+    })?;
+    let port = u16::try_from(port).map_err(|_| ListenError::PortRange {
+        text: text.to_owned(),
+        port,
     })?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let ip: IpAddr = host.parse().map_err(|_| {
-        format!(
-            "listen address {text:?}: {host:?} is not an IP address (use 127.0.0.1, ::1 or 0.0.0.0)"
-        )
+    let ip: IpAddr = host.parse().map_err(|_| ListenError::NotIp {
+        text: text.to_owned(),
+        host: host.to_owned(),
     })?;
     Ok(SocketAddr::new(ip, port))
 }
@@ -682,7 +745,10 @@ impl SiteConfig {
                     listen: h.listen.0,
                     public_url: h
                         .public_url
-                        .map(|u| parse_base_url(&u).map_err(|why| value("http.public_url", why)))
+                        .map(|u| {
+                            parse_base_url(&u)
+                                .map_err(|why| value("http.public_url", why.to_string()))
+                        })
                         .transpose()?,
                     public_repos: h
                         .public_repos
@@ -721,9 +787,9 @@ impl SiteConfig {
                 }
                 Ok(GitHubSettings {
                     api_url: parse_base_url(&g.api_url)
-                        .map_err(|why| value("github.api_url", why))?,
+                        .map_err(|why| value("github.api_url", why.to_string()))?,
                     web_url: parse_base_url(&g.web_url)
-                        .map_err(|why| value("github.web_url", why))?,
+                        .map_err(|why| value("github.web_url", why.to_string()))?,
                     token_file: g.token_file.map(|f| base.join(f)),
                     client_id: g.client_id,
                     client_secret_file: g.client_secret_file.map(|f| base.join(f)),
@@ -751,7 +817,8 @@ impl SiteConfig {
                     .into(),
             ));
         }
-        let dispatch = parse_dispatch(raw.queues).map_err(|why| value("queues", why))?;
+        let dispatch =
+            parse_dispatch(raw.queues).map_err(|why| value("queues", why.to_string()))?;
         let mut static_peers = Vec::new();
         for peer in &raw.discovery.static_peers {
             let parsed = peer.split_once('@').filter(|(name, addr)| {

@@ -588,7 +588,8 @@ async fn callback(state: &HttpState, request: &Request<Incoming>) -> Reply {
             finish(LoginOutcome::Done(Box::new(result)));
             page(StatusCode::OK, "Signed in", &message)
         }
-        Err(message) => {
+        Err(e) => {
+            let message = crate::rpc::chain(&e);
             warn!(error = %message, "oauth login failed");
             finish(LoginOutcome::Failed(message.clone()));
             page(StatusCode::BAD_GATEWAY, "Login failed", &message)
@@ -644,25 +645,53 @@ fn sign_in_browser(state: &HttpState, result: &LoginResult, next: Option<String>
     response
 }
 
+/// Why a GitHub login did not complete. Shown to the person logging in (the page, or their
+/// terminal), so every message says what to do; never a token.
+#[derive(Debug, thiserror::Error)]
+enum LoginError {
+    #[error(transparent)]
+    NoGitHub(tinyci_github::GitHubError),
+    #[error("this site has no GitHub OAuth app configured")]
+    NoApp,
+    #[error("GitHub refused or failed the login")]
+    Api(#[from] tinyci_repos::ApiError),
+    #[error("cannot record the login")]
+    Users(#[from] tinyci_users::UsersError),
+    #[error(
+        "signed in as {user} (GitHub {login}), who holds no capability on this site yet: an admin \
+         grants one (tinyci admin user cap add {user} logs), or lists your account, organization \
+         or team in [github] allow"
+    )]
+    NoCapabilities {
+        user: tinyci_users::UserName,
+        login: String,
+    },
+    #[error("cannot mint the login's grant")]
+    Grant(#[from] tinyci_grant::GrantError),
+    #[error("cannot record the login's grant")]
+    Store(#[from] tinyci_store::StoreError),
+    #[error("this site cannot issue certificates to logins: tls.ca_key is not configured")]
+    NoCa,
+    #[error("the terminal login expired while GitHub was asked")]
+    Expired,
+    #[error("cannot sign the login's certificate request")]
+    Sign(#[source] tinyci_pki::PkiError),
+}
+
 /// Whether `[github] allow` admits `login` (whose token is `token`): named, or an active member
 /// of a named organization or team.
 async fn allowed(
     github: &tinyci_github::GitHubService,
     token: &str,
     login: &str,
-) -> Result<bool, String> {
+) -> Result<bool, tinyci_repos::ApiError> {
     use tinyci_github::GitHubAllow;
-    let client = github
-        .client_with(Some(token.to_owned()))
-        .map_err(|e| e.to_string())?;
+    let client = github.client_with(Some(token.to_owned()))?;
     for entry in &github.settings.allow {
         let member = match entry {
             GitHubAllow::User(name) => name.eq_ignore_ascii_case(login),
-            GitHubAllow::Org(org) => client.is_org_member(org).await.map_err(|e| e.to_string())?,
-            GitHubAllow::Team(org, team) => client
-                .is_team_member(org, team, login)
-                .await
-                .map_err(|e| e.to_string())?,
+            GitHubAllow::Org(org) => client.is_org_member(org).await?,
+            GitHubAllow::Team(org, team) => client.is_team_member(org, team, login).await?,
         };
         if member {
             return Ok(true);
@@ -678,22 +707,15 @@ async fn complete_login(
     code: &str,
     verifier: &str,
     login: Option<&str>,
-) -> Result<LoginResult, String> {
+) -> Result<LoginResult, LoginError> {
     let services = &state.services;
-    let github = services.github().map_err(|e| e.to_string())?;
-    let app = github
-        .oauth_app
-        .as_ref()
-        .ok_or("this site has no GitHub OAuth app configured")?;
-    let anonymous = github.client_with(None).map_err(|e| e.to_string())?;
+    let github = services.github().map_err(LoginError::NoGitHub)?;
+    let app = github.oauth_app.as_ref().ok_or(LoginError::NoApp)?;
+    let anonymous = github.client_with(None)?;
     let token = anonymous
         .exchange_oauth_code(app, code, Some(verifier))
-        .await
-        .map_err(|e| e.to_string())?;
-    let user = anonymous
-        .user_of_token(&token.access_token)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
+    let user = anonymous.user_of_token(&token.access_token).await?;
     let sealed = github.secrets.seal(
         token.access_token.as_bytes(),
         &tinyci_github::token_context(user.id),
@@ -720,8 +742,7 @@ async fn complete_login(
             &default_caps,
             services.now_ms(),
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     info!(user = %site_user.name, github = %user.login, ?outcome, "github login");
     let site = services.grants.site().to_string();
     let Some(login) = login else {
@@ -736,7 +757,7 @@ async fn complete_login(
             Some(expires_at),
         ) {
             Ok(spec) => {
-                let (token, grant) = services.grants.mint(&spec).map_err(|e| e.to_string())?;
+                let (token, grant) = services.grants.mint(&spec)?;
                 let (key, record) = crate::grants::issued_record(
                     &grant,
                     "github-login (browser)",
@@ -745,12 +766,11 @@ async fn complete_login(
                 services
                     .committer
                     .write(move |txn| txn.put(tinyci_store::tables::GRANTS, key.as_str(), &record))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 token
             }
             Err(tinyci_users::UsersError::NoCapabilities { .. }) => String::new(),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         return Ok(LoginResult {
             site,
@@ -776,36 +796,29 @@ async fn complete_login(
         Some(expires_at),
     )
     .map_err(|e| match e {
-        tinyci_users::UsersError::NoCapabilities { .. } => format!(
-            "signed in as {} (GitHub {}), who holds no capability on this site yet: an admin \
-             grants one (tinyci admin user cap add {} logs), or lists your account, organization \
-             or team in [github] allow",
-            site_user.name, user.login, site_user.name
-        ),
-        other => other.to_string(),
+        tinyci_users::UsersError::NoCapabilities { .. } => LoginError::NoCapabilities {
+            user: site_user.name.clone(),
+            login: user.login.clone(),
+        },
+        other => other.into(),
     })?;
-    let (token_text, grant) = services.grants.mint(&spec).map_err(|e| e.to_string())?;
+    let (token_text, grant) = services.grants.mint(&spec)?;
     let (key, record) =
         crate::grants::issued_record(&grant, "github-login", services.now_ms() / 1000);
     services
         .committer
         .write(move |txn| txn.put(tinyci_store::tables::GRANTS, key.as_str(), &record))
-        .await
-        .map_err(|e| e.to_string())?;
-    let ca = state
-        .login_ca
-        .as_ref()
-        .ok_or("this site cannot issue certificates to logins: tls.ca_key is not configured")?;
+        .await?;
+    let ca = state.login_ca.as_ref().ok_or(LoginError::NoCa)?;
     let csr = state
         .logins
         .borrow()
         .csr(login)
-        .ok_or("the terminal login expired while GitHub was asked")?;
-    let (cert_pem, ca_pem) = (
-        ca.sign(&csr, site_user.name.as_str())
-            .map_err(|e| format!("cannot sign the login's certificate request: {e}"))?,
-        ca.ca_pem.clone(),
-    );
+        .ok_or(LoginError::Expired)?;
+    let cert_pem = ca
+        .sign(&csr, site_user.name.as_str())
+        .map_err(LoginError::Sign)?;
+    let ca_pem = ca.ca_pem.clone();
     Ok(LoginResult {
         site,
         user: site_user.name.to_string(),

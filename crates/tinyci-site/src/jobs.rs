@@ -766,7 +766,7 @@ impl ticket::Server for TicketCap {
         let run = self.own_run(&read_text(params.get()?.get_run(), "run")?)?;
         let retried = retry_run(&self.services, run, &self.holder)
             .await
-            .map_err(capnp::Error::failed)?;
+            .map_err(|e| crate::rpc::failed(&e))?;
         fill_run_info(results.get().init_run(), &retried, &self.services.queue);
         Ok(())
     }
@@ -843,29 +843,52 @@ impl Drop for WatchHandle {
 
 impl handle::Server for WatchHandle {}
 
+/// Why a run was not retried.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RetryError {
+    #[error("cannot retry run {run}")]
+    Queue {
+        run: RunId,
+        #[source]
+        source: tinyci_queue::QueueError,
+    },
+    #[error("no run {0}")]
+    NoRun(RunId),
+    #[error("run {run} is still {status}; only a finished run can be retried")]
+    Unfinished { run: RunId, status: CoreStatus },
+    #[error("no submission of run {0}")]
+    NoSubmission(RunId),
+    #[error("retrying run {run} refused")]
+    Refused {
+        run: RunId,
+        #[source]
+        source: tinyci_core::Refusal,
+    },
+    #[error("the retry of run {0} made no run")]
+    Empty(RunId),
+}
+
 /// Queues a finished run again: a new submission holding just that run, on the same source,
-/// superseding nothing. `by` is recorded as its submitter. The error says why not, for people.
+/// superseding nothing. `by` is recorded as its submitter.
 pub(crate) async fn retry_run(
     services: &Services,
     id: RunId,
     by: &str,
-) -> Result<tinyci_queue::StoredRun, String> {
+) -> Result<tinyci_queue::StoredRun, RetryError> {
     let queue = &services.queue;
-    let failed = |e: tinyci_queue::QueueError| e.to_string();
+    let failed = |source| RetryError::Queue { run: id, source };
     let stored = queue
         .run(id)
         .map_err(failed)?
-        .ok_or_else(|| format!("no run {id}"))?;
-    if !stored.state.status().is_final() {
-        return Err(format!(
-            "run {id} is still {}; only a finished run can be retried",
-            stored.state.status().as_str()
-        ));
+        .ok_or(RetryError::NoRun(id))?;
+    let status = stored.state.status();
+    if !status.is_final() {
+        return Err(RetryError::Unfinished { run: id, status });
     }
     let submission = queue
         .submission(stored.submission)
         .map_err(failed)?
-        .ok_or_else(|| format!("no submission of run {id}"))?;
+        .ok_or(RetryError::NoSubmission(id))?;
     // Today's policy decides, not the one the run was first admitted under.
     admit(
         services,
@@ -873,7 +896,7 @@ pub(crate) async fn retry_run(
         &submission.tier,
         std::slice::from_ref(&stored.spec),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|source| RetryError::Refused { run: id, source })?;
     let (_, runs) = queue
         .submit(tinyci_queue::NewSubmission {
             repo: stored.repo.clone(),
@@ -889,10 +912,7 @@ pub(crate) async fn retry_run(
         })
         .await
         .map_err(failed)?;
-    let retried = runs
-        .into_iter()
-        .next()
-        .ok_or_else(|| "the retry made no run".to_owned())?;
+    let retried = runs.into_iter().next().ok_or(RetryError::Empty(id))?;
     tracing::info!(run = %id, retry = %retried.id(), %by, "run retried");
     Ok(retried)
 }

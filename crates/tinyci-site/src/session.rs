@@ -158,7 +158,7 @@ impl session::Server for Session {
         // Where this work comes from is the certificate's to say, not the grant's or the
         // client's: a partner's token minted for `queue:submit` still submits partner work.
         let tier = crate::tiers::tier_of_peer(&self.peer.identity, self.services.grants.site())
-            .map_err(capnp::Error::failed)?;
+            .map_err(|e| crate::rpc::failed(&e))?;
         // Superseding cancels others' runs: only for holders of `runs:cancel` here.
         let mut cancel = self.permits(Right::RunsCancel, &repo);
         if cancel.is_ok() {
@@ -197,7 +197,7 @@ impl session::Server for Session {
         // The name leases are held under comes from the certificate, never from the claim.
         let runner =
             crate::tiers::runner_name(&self.peer.identity, self.services.grants.site(), &claimed)
-                .map_err(capnp::Error::failed)?;
+                .map_err(|e| crate::rpc::failed(&e))?;
         let executors = info
             .get_executors()?
             .iter()

@@ -6,12 +6,44 @@
 use tinyci_core::{Isolation, Offer, TrustTier};
 use tinyci_pki::{PeerIdentity, Role, SiteName};
 
+/// Why a connection's certificate places no work or takes none under the name it claims.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TierRefusal {
+    /// A partner whose name is not a site name (cannot come from a valid pin, but the tier
+    /// is built from certificate text, so it is checked).
+    #[error("cannot place work from {peer}")]
+    BadPartner {
+        peer: PeerIdentity,
+        #[source]
+        source: tinyci_core::TierError,
+    },
+    /// Runners take work; they do not submit it.
+    #[error("{0} is a runner: runner certificates take work, they do not submit it")]
+    Runner(PeerIdentity),
+    /// A runner claims a name its certificate does not give it.
+    #[error(
+        "runner name {claimed:?} does not match this connection's certificate ({peer}): it \
+         takes work as {local:?}"
+    )]
+    WrongName {
+        claimed: String,
+        peer: PeerIdentity,
+        local: String,
+    },
+}
+
 /// The tier of work submitted over RPC by `peer`: `local` for the site's admins and the site
 /// itself, `repo` for its users, `partner:NAME` for a partner. Runners do not submit: a
 /// runner's certificate is refused rather than given a tier.
-pub(crate) fn tier_of_peer(peer: &PeerIdentity, this_site: &SiteName) -> Result<TrustTier, String> {
+pub(crate) fn tier_of_peer(
+    peer: &PeerIdentity,
+    this_site: &SiteName,
+) -> Result<TrustTier, TierRefusal> {
     let partner = |name: &str| {
-        TrustTier::partner(name).map_err(|e| format!("cannot place work from {peer}: {e}"))
+        TrustTier::partner(name).map_err(|source| TierRefusal::BadPartner {
+            peer: peer.clone(),
+            source,
+        })
     };
     if peer.site_name() != this_site {
         // Vouched for by a pinned partner CA: whatever its role there, it is that partner.
@@ -24,9 +56,7 @@ pub(crate) fn tier_of_peer(peer: &PeerIdentity, this_site: &SiteName) -> Result<
         // It must not run beside the site's keys because an account signed in.
         Role::User => Ok(TrustTier::Repo),
         Role::Partner => partner(peer.name().unwrap_or_default()),
-        Role::Runner => Err(format!(
-            "{peer} is a runner: runner certificates take work, they do not submit it"
-        )),
+        Role::Runner => Err(TierRefusal::Runner(peer.clone())),
     }
 }
 
@@ -39,7 +69,7 @@ pub(crate) fn runner_name(
     peer: &PeerIdentity,
     this_site: &SiteName,
     claimed: &str,
-) -> Result<String, String> {
+) -> Result<String, TierRefusal> {
     // Whose machine this is: a partner certificate we issued speaks for that partner (one
     // another site issued is that site's, whatever it names).
     let owner = match (peer.role(), peer.name()) {
@@ -51,10 +81,11 @@ pub(crate) fn runner_name(
         (_, Some(name)) => name.to_owned(),
     };
     if claimed != local {
-        return Err(format!(
-            "runner name {claimed:?} does not match this connection's certificate ({peer}): \
-             it takes work as {local:?}"
-        ));
+        return Err(TierRefusal::WrongName {
+            claimed: claimed.to_owned(),
+            peer: peer.clone(),
+            local,
+        });
     }
     Ok(if owner == this_site.as_str() {
         local
@@ -146,7 +177,7 @@ mod tests {
     #[test]
     fn own_runners_do_not_submit() {
         let refused = tier_of_peer(&member("alpha", Role::Runner, "r1"), &site("alpha"));
-        assert!(refused.is_err_and(|e| e.contains("runner")));
+        assert!(refused.is_err_and(|e| e.to_string().contains("runner")));
     }
 
     #[test]
@@ -154,7 +185,7 @@ mod tests {
         let alpha = site("alpha");
         let own = member("alpha", Role::Runner, "r1");
         assert_eq!(runner_name(&own, &alpha, "r1"), Ok("r1".into()));
-        assert!(runner_name(&own, &alpha, "r2").is_err_and(|e| e.contains("\"r1\"")));
+        assert!(runner_name(&own, &alpha, "r2").is_err_and(|e| e.to_string().contains("\"r1\"")));
         // A partner's runner certificate named like ours is still not ours.
         let foreign = member("beta", Role::Runner, "r1");
         assert_eq!(runner_name(&foreign, &alpha, "r1"), Ok("r1@beta".into()));
