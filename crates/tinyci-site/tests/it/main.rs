@@ -7,3 +7,4 @@ mod conformance;
 mod grants;
 mod logs;
 mod support;
+mod web;

@@ -60,6 +60,8 @@ impl ManualClock {
 
 struct Running {
     addr: SocketAddr,
+    /// The HTTP listener's address, when `[http]` is configured.
+    http: Option<SocketAddr>,
     follow_stats: std::rc::Rc<tinyci_site::FollowStats>,
     sweeps: tokio::sync::watch::Receiver<u64>,
     stop: oneshot::Sender<()>,
@@ -112,6 +114,14 @@ impl TestSite {
             None => Site::open(self.config.clone()).await,
         }
         .unwrap();
+        let mut site = site;
+        let http = if site.config().http.is_some() {
+            site.bind_http(Some("127.0.0.1:0".parse().unwrap()))
+                .await
+                .unwrap()
+        } else {
+            None
+        };
         let listener = site
             .bind(Some("127.0.0.1:0".parse().unwrap()))
             .await
@@ -128,6 +138,7 @@ impl TestSite {
         });
         self.running = Some(Running {
             addr,
+            http,
             follow_stats,
             sweeps,
             stop,
@@ -165,6 +176,11 @@ impl TestSite {
         self.down().await;
         self.config = tinyci_site::SiteConfig::load(&toml).unwrap();
         self.up().await;
+    }
+
+    /// The HTTP listener's address (the site must have `[http]`).
+    pub(crate) fn http_addr(&self) -> SocketAddr {
+        self.running.as_ref().unwrap().http.unwrap()
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {
