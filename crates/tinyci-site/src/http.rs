@@ -27,6 +27,7 @@ use crate::web::WebReply;
 use tinyci_github::oauth::{self, LoginOutcome, LoginResult, Purpose, SESSION_COOKIE};
 use tinyci_github::secrets::random_secret_hex;
 use tinyci_github::{Intake, IntakeError};
+use tinyci_web::render::html_escape;
 
 /// Most HTTP connections served at once; more are closed at accept.
 const MAX_CONNECTIONS: usize = 1024;
@@ -69,14 +70,6 @@ fn text(status: StatusCode, body: impl Into<String>) -> Reply {
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
     reply(status, "application/json", value.to_string())
-}
-
-pub(crate) fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
 }
 
 fn page(status: StatusCode, title: &str, message: &str) -> Reply {
@@ -358,7 +351,7 @@ fn login(state: &HttpState, request: &Request<Incoming>) -> Reply {
     let now = state.services.now();
     let Some(id) = query_value(&query, "login").map(str::to_owned) else {
         let purpose = Purpose::Browser {
-            next: query_value(&query, "next").and_then(crate::web::safe_next),
+            next: query_value(&query, "next").and_then(tinyci_web::render::safe_next),
         };
         let redirect = authorize_redirect(state, github, app, public_url, &session, purpose, false);
         return with_session(redirect, &session, new_session, public_url);
@@ -416,7 +409,7 @@ async fn confirm_login(state: &HttpState, request: Request<Incoming>) -> Reply {
         .headers()
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
-        && origin != crate::web::origin_of(public_url)
+        && origin != tinyci_web::render::origin_of(public_url)
     {
         return page(
             StatusCode::FORBIDDEN,

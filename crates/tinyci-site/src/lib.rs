@@ -7,7 +7,6 @@
 //! know `anyhow` or `clap`: the CLI turns its typed errors into messages and exit codes.
 
 mod access;
-mod ansi;
 mod assets;
 pub mod bundle;
 mod caps;

@@ -110,7 +110,7 @@ impl Style {
 
 /// Renders a stream of terminal output as HTML, piece by piece.
 #[derive(Debug, Default)]
-pub(crate) struct AnsiHtml {
+pub struct AnsiHtml {
     style: Style,
     /// Bytes of an unfinished escape sequence or UTF-8 character from the previous piece.
     pending: Vec<u8>,
@@ -118,7 +118,7 @@ pub(crate) struct AnsiHtml {
 
 impl AnsiHtml {
     /// Renders the next piece of output.
-    pub(crate) fn push(&mut self, bytes: &[u8]) -> String {
+    pub fn push(&mut self, bytes: &[u8]) -> String {
         let mut input = std::mem::take(&mut self.pending);
         input.extend_from_slice(bytes);
         let mut out = String::with_capacity(input.len() + 32);

@@ -1,0 +1,240 @@
+//! Pure rendering for the pages: HTML escaping, status badges, times, sizes, URL paths,
+//! Server-Sent Event framing, and the one stylesheet and script. No I/O, no state.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use tinyci_core::RunStatus;
+
+/// The pages' stylesheet.
+pub const SITE_CSS: &str = include_str!("assets/site.css");
+/// The run page's one script (follows the live log).
+pub const RUN_JS: &str = include_str!("assets/run.js");
+
+/// Escapes text for HTML content and attribute values.
+pub fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// A status as the pages show it: a symbol and a word (readable without colour), with a class
+/// for colour.
+pub fn badge(status: RunStatus) -> String {
+    let (symbol, class) = match status {
+        RunStatus::Queued => ("○", "queued"),
+        RunStatus::Leased | RunStatus::Running => ("●", "running"),
+        RunStatus::Passed => ("✓", "passed"),
+        RunStatus::Failed | RunStatus::TimedOut | RunStatus::Errored => ("✗", "failed"),
+        RunStatus::Canceled => ("⊘", "canceled"),
+    };
+    format!(
+        "<span class=\"badge {class}\"><span aria-hidden=\"true\">{symbol}</span> {}</span>",
+        status.as_str()
+    )
+}
+
+/// How many runs are in each status, in words (`2 passed, 1 failed`).
+pub fn counts(statuses: &[RunStatus]) -> String {
+    let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in statuses {
+        *by.entry(s.as_str()).or_default() += 1;
+    }
+    by.iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A commit id as the pages show it.
+pub fn short_sha(sha: &str) -> &str {
+    sha.get(..10).unwrap_or(sha)
+}
+
+/// A branch ref without `refs/heads/`.
+pub fn short_ref(git_ref: &str) -> &str {
+    git_ref.strip_prefix("refs/heads/").unwrap_or(git_ref)
+}
+
+/// Epoch milliseconds as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// A byte count in B, KiB or MiB.
+pub fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b < 1024 => format!("{b} B"),
+        b if b < 1024 * 1024 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+    }
+}
+
+/// Percent-encodes an artifact path for a URL, keeping its `/` separators.
+pub fn percent_encode_path(path: &str) -> String {
+    path.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes of a URL path (a `+` stays a plus there).
+pub fn percent_decode(text: &str) -> String {
+    let hex = |b: u8| {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(hi * 16 + lo);
+            i += 3;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The origin (`scheme://host[:port]`) of a base URL, as browsers send it in `Origin`.
+pub fn origin_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(slash) => &url[..after_scheme + slash],
+        None => url,
+    }
+}
+
+/// A `next` path a login may send the browser on to: a path on this site only.
+pub fn safe_next(next: &str) -> Option<String> {
+    let ok = next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.contains('\\')
+        && next.len() <= 512
+        && next.chars().all(|c| c.is_ascii_graphic());
+    ok.then(|| next.to_owned())
+}
+
+/// One event: `data` split into lines as the format wants (the browser joins them with \n).
+/// The format ends a line at CR, LF or CRLF: every one of them in `data` starts a new `data:`
+/// field, so no text (a runner's name, a message) can end the event or start another field.
+pub fn sse_event(id: Option<u64>, event: &str, data: &str) -> Bytes {
+    let mut out = String::with_capacity(data.len() + 64);
+    if let Some(id) = id {
+        let _ = writeln!(out, "id: {id}");
+    }
+    let _ = writeln!(out, "event: {event}");
+    for line in data.split("\r\n").flat_map(|l| l.split(['\r', '\n'])) {
+        let _ = writeln!(out, "data: {line}");
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_is_escaped_in_text_and_attributes() {
+        assert_eq!(
+            html_escape("<a href='x' title=\"y\">&</a>"),
+            "&lt;a href=&#39;x&#39; title=&quot;y&quot;&gt;&amp;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn times_are_utc_civil_dates() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_time(1_795_833_296_000), "2026-11-28 02:34:56 UTC");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00 UTC");
+    }
+
+    #[test]
+    fn events_split_data_into_lines() {
+        assert_eq!(
+            sse_event(Some(12), "chunk", "a\nb"),
+            Bytes::from_static(b"id: 12\nevent: chunk\ndata: a\ndata: b\n\n")
+        );
+        // A carriage return is a line end too: it cannot smuggle in a field or an event.
+        assert_eq!(
+            sse_event(None, "status", "running on r1\r\revent: done\r\ndata: x"),
+            Bytes::from_static(
+                b"event: status\ndata: running on r1\ndata: \ndata: event: done\ndata: data: x\n\n"
+            )
+        );
+    }
+
+    #[test]
+    fn origins_are_compared_whole() {
+        assert_eq!(
+            origin_of("https://ci.example.com"),
+            "https://ci.example.com"
+        );
+        assert_eq!(
+            origin_of("https://ci.example.com/tinyci"),
+            "https://ci.example.com"
+        );
+        assert_eq!(
+            origin_of("http://127.0.0.1:12345"),
+            "http://127.0.0.1:12345"
+        );
+        assert_ne!(origin_of("http://127.0.0.1:12345"), "http://127.0.0.1:1");
+    }
+
+    #[test]
+    fn only_local_paths_are_followed_after_login() {
+        assert_eq!(safe_next("/runs/r-1").as_deref(), Some("/runs/r-1"));
+        for bad in [
+            "//evil.example/x",
+            "https://evil.example",
+            "/\\evil",
+            "runs",
+            "/a b",
+        ] {
+            assert_eq!(safe_next(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn artifact_paths_round_trip_through_urls() {
+        let name = "out/report 1+2%.txt";
+        let encoded = percent_encode_path(name);
+        assert_eq!(encoded, "out/report%201%2B2%25.txt");
+        assert_eq!(percent_decode(&encoded), name);
+    }
+}
