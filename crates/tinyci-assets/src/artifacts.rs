@@ -255,14 +255,7 @@ impl ArtifactStore {
         committer: GroupCommitter,
     ) -> std::io::Result<Self> {
         let dir = data_dir.join("artifacts");
-        let incoming = dir.join("incoming");
-        std::fs::create_dir_all(&incoming)?;
-        for entry in std::fs::read_dir(&incoming)? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "part") {
-                std::fs::remove_file(&path)?;
-            }
-        }
+        crate::sink::fresh_incoming(&dir.join("incoming"))?;
         Ok(Self {
             dir,
             max_bytes,

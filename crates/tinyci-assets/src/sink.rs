@@ -41,6 +41,19 @@ pub struct Stored {
     pub size: u64,
 }
 
+/// Creates `incoming` (where sinks write) if needed and removes the temporary files a
+/// previous process left there unfinished: nothing that was acknowledged lives there.
+pub(crate) fn fresh_incoming(incoming: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(incoming)?;
+    for entry in std::fs::read_dir(incoming)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "part") {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
 /// Bytes on their way to a file: see the module's documentation.
 #[derive(Debug)]
 pub struct HashingSink {

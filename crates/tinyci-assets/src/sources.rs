@@ -82,14 +82,7 @@ impl SourceStore {
     /// other sites off `data_dir`.
     pub fn open(data_dir: &Path) -> std::io::Result<Self> {
         let dir = data_dir.join("sources");
-        let incoming = dir.join("incoming");
-        std::fs::create_dir_all(&incoming)?;
-        for entry in std::fs::read_dir(&incoming)? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "part") {
-                std::fs::remove_file(&path)?;
-            }
-        }
+        crate::sink::fresh_incoming(&dir.join("incoming"))?;
         Ok(Self { dir })
     }
 

@@ -356,7 +356,7 @@ async fn submit_build(
         tokio::task::spawn_blocking(move || sources.import_github_tarball(&tarball))
             .await
             .map_err(|e| GitHubError::Refused(format!("source import failed: {e}")))?
-            .map_err(|e| GitHubError::Refused(crate::chain(&e)))?;
+            .map_err(|e| GitHubError::Refused(tinyci_core::error_chain(&e)))?;
     let archive = github
         .sources
         .path(&source_sha256)
@@ -371,7 +371,7 @@ async fn submit_build(
             report_invalid(&client, &build, NotBuilt::Invalid, &message).await?;
             return drop_entry(github, seq).await.map_err(Into::into);
         }
-        Err(e) => return Err(GitHubError::Refused(crate::chain(&e))),
+        Err(e) => return Err(GitHubError::Refused(tinyci_core::error_chain(&e))),
     };
     if runs.is_empty() {
         info!(%repo, sha = %build.sha, "no task selected: nothing to build");
@@ -635,6 +635,14 @@ mod deliveries {
         Rc::new(GitHubService::new(settings, None, secrets, Default::default(), handles).unwrap())
     }
 
+    fn local<F: std::future::Future>(test: F) -> F::Output {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&runtime, test)
+    }
+
     async fn deliver(github: &Rc<GitHubService>, id: &str) -> Intake {
         let body = br#"{"repository":{"full_name":"o/r"},"ref":"refs/heads/main"}"#.to_vec();
         let signature = sign(&body);
@@ -646,11 +654,7 @@ mod deliveries {
 
     #[test]
     fn a_delivery_id_is_remembered_for_a_week_of_site_time_then_forgotten() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&runtime, async {
+        local(async {
             let dir = tempfile::tempdir().unwrap();
             let now = Rc::new(Cell::new(1_000 * DAY_MS));
             let github = service(dir.path(), now.clone()).await;
@@ -671,11 +675,7 @@ mod deliveries {
 
     #[test]
     fn a_delivery_with_a_bad_signature_is_refused_before_anything_is_stored() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&runtime, async {
+        local(async {
             let dir = tempfile::tempdir().unwrap();
             let github = service(dir.path(), Rc::new(Cell::new(DAY_MS))).await;
             let body = br#"{"repository":{"full_name":"o/r"}}"#.to_vec();

@@ -155,18 +155,6 @@ pub(crate) fn hook_secret_context(repo: &str) -> String {
     format!("webhook-secret:{repo}")
 }
 
-/// An error's message and every source's, joined with ": " (for reasons kept as text).
-pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
-
 impl GitHubService {
     /// The GitHub side of a site with `settings`, the secrets read from its files, and the
     /// handles it works with. Fails only when the API base URL is unusable.

@@ -33,14 +33,4 @@ pub(crate) fn failed_as(what: &str, error: &(dyn std::error::Error + 'static)) -
     capnp::Error::failed(format!("{what}: {}", chain(error)))
 }
 
-/// An error's message and every source's, joined with ": ".
-pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
+pub(crate) use tinyci_core::error_chain as chain;
