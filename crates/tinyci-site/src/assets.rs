@@ -13,7 +13,7 @@ use tinyci_core::{LeaseId, RunId};
 use tinyci_schema::{artifact_info, asset_sink, byte_sink};
 use tracing::info;
 
-use crate::Services;
+use crate::jobs::JobHandles;
 use crate::membrane::Liveness;
 use crate::rpc::{failed, read_text};
 use crate::session::len;
@@ -43,16 +43,13 @@ pub(crate) fn fill_list(
 /// then finishes it with the recorded SHA-256 (so the receiver checks the bytes end to end).
 /// Bytes that no longer match their recorded hash are never finished: the call fails.
 pub(crate) async fn download(
-    services: &Services,
+    artifacts: &tinyci_assets::ArtifactStore,
     run: RunId,
     name: &str,
     sink: byte_sink::Client,
 ) -> Result<(), capnp::Error> {
-    let record = services
-        .artifacts
-        .get(run.get(), name)
-        .map_err(|e| failed(&e))?;
-    let path = services.artifacts.blob(&record.sha256);
+    let record = artifacts.get(run.get(), name).map_err(|e| failed(&e))?;
+    let path = artifacts.blob(&record.sha256);
     let io = |e: std::io::Error| {
         refusal(format!(
             "cannot read artifact {} of run {run} at the site: {e}",
@@ -117,7 +114,7 @@ impl Drop for Reservation {
 /// `AssetSink` for one lease of one run, from `Job.artifacts`. Valid while the session is
 /// live and the lease is the run's current one (checked at `put` and again at `finish`).
 pub(crate) struct AssetSinkCap {
-    services: Rc<Services>,
+    handles: JobHandles,
     run: RunId,
     lease: LeaseId,
     liveness: Rc<Liveness>,
@@ -126,13 +123,13 @@ pub(crate) struct AssetSinkCap {
 
 impl AssetSinkCap {
     pub(crate) fn new(
-        services: Rc<Services>,
+        handles: JobHandles,
         run: RunId,
         lease: LeaseId,
         liveness: Rc<Liveness>,
     ) -> Self {
         Self {
-            services,
+            handles,
             run,
             lease,
             liveness,
@@ -165,9 +162,12 @@ enum LeaseRefusal {
 }
 
 /// `Ok` while `lease` is the current lease of an unfinished `run`.
-fn check_lease(services: &Services, run: RunId, lease: LeaseId) -> Result<(), LeaseRefusal> {
-    let stored = services
-        .queue
+fn check_lease(
+    queue: &tinyci_queue::Queue,
+    run: RunId,
+    lease: LeaseId,
+) -> Result<(), LeaseRefusal> {
+    let stored = queue
         .run(run)
         .map_err(|source| LeaseRefusal::Queue { run, source })?
         .ok_or(LeaseRefusal::NoRun(run))?;
@@ -191,9 +191,9 @@ impl asset_sink::Server for AssetSinkCap {
         let params = params.get()?;
         let name = read_text(params.get_name(), "name")?;
         let size = params.get_size();
-        let artifacts = &self.services.artifacts;
+        let artifacts = &self.handles.artifacts;
         artifacts.admit(&name, size).map_err(|e| failed(&e))?;
-        check_lease(&self.services, self.run, self.lease).map_err(|e| failed(&e))?;
+        check_lease(&self.handles.queue, self.run, self.lease).map_err(|e| failed(&e))?;
         let (count, bytes) = artifacts
             .usage_besides(self.run.get(), &name)
             .map_err(|e| failed(&e))?;
@@ -223,7 +223,7 @@ impl asset_sink::Server for AssetSinkCap {
         };
         let sink = artifacts.upload(&name, size).map_err(|e| failed(&e))?;
         let upload = ArtifactUpload {
-            services: self.services.clone(),
+            handles: self.handles.clone(),
             run: self.run,
             lease: self.lease,
             liveness: self.liveness.clone(),
@@ -237,14 +237,14 @@ impl asset_sink::Server for AssetSinkCap {
         };
         results
             .get()
-            .set_sink(crate::rpc::observed(&self.services, upload));
+            .set_sink(crate::rpc::observed(&self.handles.metrics, upload));
         Ok(())
     }
 }
 
 /// `ByteSink` for one artifact: takes exactly the declared number of bytes.
 struct ArtifactUpload {
-    services: Rc<Services>,
+    handles: JobHandles,
     run: RunId,
     lease: LeaseId,
     liveness: Rc<Liveness>,
@@ -349,12 +349,12 @@ impl byte_sink::Server for ArtifactUpload {
                 format!("artifact {name} refused: SHA-256 mismatch (corrupted in transit)"),
             ));
         }
-        if let Err(why) = check_lease(&self.services, self.run, self.lease) {
+        if let Err(why) = check_lease(&self.handles.queue, self.run, self.lease) {
             return Err(self.abandon(receiving, crate::rpc::chain(&why)));
         }
         let Receiving { sink, _reservation } = receiving;
         *self.ended.borrow_mut() = Some(format!("artifact {name}: finish was already called"));
-        let artifacts = &self.services.artifacts;
+        let artifacts = &self.handles.artifacts;
         // fsync and rename off the RPC thread: the row is committed only once the bytes are
         // on disk, and the blob is kept from collection until then.
         let (stored, _pending) = artifacts
@@ -366,7 +366,7 @@ impl byte_sink::Server for ArtifactUpload {
             name: self.name.clone(),
             size: stored.size,
             sha256: stored.sha256,
-            stored_at_micros: i64::try_from(self.services.now_ms())
+            stored_at_micros: i64::try_from(self.handles.now_ms())
                 .unwrap_or(i64::MAX)
                 .saturating_mul(1000),
             attempt: self.lease.0,

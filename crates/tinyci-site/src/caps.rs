@@ -70,7 +70,7 @@ impl submitter::Server for SubmitterCap {
             .upload()
             .map_err(|e| crate::rpc::failed(&e))?;
         results.get().set_sink(crate::rpc::observed(
-            &self.services,
+            &self.services.metrics,
             crate::sources::Upload::new(upload),
         ));
         Ok(())
@@ -133,7 +133,7 @@ impl submitter::Server for SubmitterCap {
         );
         results
             .get()
-            .set_ticket(crate::rpc::observed(&self.services, ticket));
+            .set_ticket(crate::rpc::observed(&self.services.metrics, ticket));
         Ok(())
     }
 
@@ -162,7 +162,7 @@ impl submitter::Server for SubmitterCap {
         );
         results
             .get()
-            .set_ticket(crate::rpc::observed(&self.services, ticket));
+            .set_ticket(crate::rpc::observed(&self.services.metrics, ticket));
         Ok(())
     }
 }
@@ -325,7 +325,7 @@ impl log_reader::Server for LogReaderCap {
             }
         });
         results.get().set_handle(crate::rpc::observed(
-            &self.services,
+            &self.services.metrics,
             crate::jobs::WatchHandle(task),
         ));
         Ok(())
@@ -362,7 +362,7 @@ impl log_reader::Server for LogReaderCap {
         let name = read_text(params.get_name(), "name")?;
         let sink = params.get_sink()?;
         let run = self.find_run(&id).await?;
-        crate::assets::download(&self.services, run.id(), &name, sink).await
+        crate::assets::download(&self.services.artifacts, run.id(), &name, sink).await
     }
 
     async fn run(
@@ -418,7 +418,7 @@ impl log_reader::Server for LogReaderCap {
         );
         results
             .get()
-            .set_ticket(crate::rpc::observed(&self.services, ticket));
+            .set_ticket(crate::rpc::observed(&self.services.metrics, ticket));
         Ok(())
     }
 }
@@ -713,7 +713,7 @@ impl admin::Server for AdminCap {
         );
         results
             .get()
-            .set_submitter(crate::rpc::observed(&self.services, cap));
+            .set_submitter(crate::rpc::observed(&self.services.metrics, cap));
         Ok(())
     }
 
@@ -738,7 +738,7 @@ impl admin::Server for AdminCap {
         );
         results
             .get()
-            .set_reader(crate::rpc::observed(&self.services, cap));
+            .set_reader(crate::rpc::observed(&self.services.metrics, cap));
         Ok(())
     }
 
@@ -771,7 +771,7 @@ impl admin::Server for AdminCap {
         );
         results
             .get()
-            .set_ticket(crate::rpc::observed(&self.services, ticket));
+            .set_ticket(crate::rpc::observed(&self.services.metrics, ticket));
         Ok(())
     }
 

@@ -100,7 +100,7 @@ impl gateway::Server for Gateway {
                 let session = Session::new(self.services.clone(), redeemed, self.peer.clone());
                 results
                     .get()
-                    .set_session(crate::rpc::observed(&self.services, session));
+                    .set_session(crate::rpc::observed(&self.services.metrics, session));
                 Ok(())
             }
             Err(e) => {

@@ -127,9 +127,39 @@ fn queue_error(e: QueueError) -> capnp::Error {
     capnp::Error::failed(e.to_string())
 }
 
+/// What a runner's capabilities (its `Worker`, each `Job`, and a job's log and artifact
+/// sinks) reach: the queue, run data, the clock and metrics, and nothing else of the site.
+#[derive(Clone)]
+pub(crate) struct JobHandles {
+    pub(crate) queue: Rc<tinyci_queue::Queue>,
+    pub(crate) sources: tinyci_assets::SourceStore,
+    pub(crate) logs: Rc<tinyci_logs::Logs>,
+    pub(crate) artifacts: Rc<tinyci_assets::ArtifactStore>,
+    pub(crate) metrics: Rc<crate::metrics::Metrics>,
+    pub(crate) clock: crate::SiteClock,
+}
+
+impl JobHandles {
+    pub(crate) fn of(services: &Services) -> Self {
+        Self {
+            queue: services.queue.clone(),
+            sources: services.sources.clone(),
+            logs: services.logs.clone(),
+            artifacts: services.artifacts.clone(),
+            metrics: services.metrics.clone(),
+            clock: services.clock.clone(),
+        }
+    }
+
+    /// Now, in milliseconds since the Unix epoch, by the site's clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        (self.clock.0)()
+    }
+}
+
 /// `Worker` for one queue and one runner.
 pub(crate) struct WorkerCap {
-    services: Rc<Services>,
+    handles: JobHandles,
     queue: String,
     runner: String,
     /// What the runner's executors provide: it is leased only runs this satisfies.
@@ -143,17 +173,17 @@ pub(crate) struct WorkerCap {
 
 impl WorkerCap {
     pub(crate) fn new(
-        services: Rc<Services>,
+        handles: JobHandles,
         queue: String,
         runner: String,
         offer: Offer,
         logs_write: crate::session::RightCheck,
         liveness: Rc<Liveness>,
     ) -> Self {
-        let registered = services.queue.connect_worker(&queue, &runner, offer);
+        let registered = handles.queue.connect_worker(&queue, &runner, offer);
         info!(%queue, %runner, %offer, "worker connected");
         Self {
-            services,
+            handles,
             queue,
             runner,
             offer,
@@ -166,7 +196,7 @@ impl WorkerCap {
 
 impl Drop for WorkerCap {
     fn drop(&mut self) {
-        self.services.queue.disconnect_worker(self.registered);
+        self.handles.queue.disconnect_worker(self.registered);
     }
 }
 
@@ -179,12 +209,12 @@ impl worker::Server for WorkerCap {
         self.liveness.check()?;
         let control: job_control::Client = params.get()?.get_control()?;
         let leased = tokio::select! {
-            leased = self.services.queue.next(&self.queue, &self.runner, self.offer, cancel_hook(control)) => leased.map_err(queue_error)?,
+            leased = self.handles.queue.next(&self.queue, &self.runner, self.offer, cancel_hook(control)) => leased.map_err(queue_error)?,
             dead = self.liveness.dead() => return Err(dead),
         };
         info!(run = %leased.run.id(), runner = %self.runner, attempt = leased.run.state.attempt(), "job leased");
         let job = JobCap::new(
-            self.services.clone(),
+            self.handles.clone(),
             leased,
             self.logs_write.clone(),
             self.liveness.clone(),
@@ -192,7 +222,7 @@ impl worker::Server for WorkerCap {
         );
         results
             .get()
-            .set_job(crate::rpc::observed(&self.services, job));
+            .set_job(crate::rpc::observed(&self.handles.metrics, job));
         Ok(())
     }
 
@@ -209,7 +239,7 @@ impl worker::Server for WorkerCap {
             .map_err(|_| capnp::Error::failed(format!("malformed run id {id:?}")))?;
         let control: job_control::Client = params.get_control()?;
         // The worker is bound to one queue: a run of another queue is not this worker's.
-        match self.services.queue.run(run).map_err(queue_error)? {
+        match self.handles.queue.run(run).map_err(queue_error)? {
             Some(stored) if stored.spec.queue.as_ref() == self.queue.as_str() => {}
             _ => {
                 return Err(capnp::Error::failed(format!(
@@ -219,7 +249,7 @@ impl worker::Server for WorkerCap {
             }
         }
         // A runner that came back weaker (say, without its sandbox) cannot take the run back.
-        if let Some((tier, needs)) = self.services.queue.placement(run)
+        if let Some((tier, needs)) = self.handles.queue.placement(run)
             && !self.offer.satisfies(&needs)
         {
             return Err(capnp::Error::failed(format!(
@@ -228,7 +258,7 @@ impl worker::Server for WorkerCap {
             )));
         }
         let leased = self
-            .services
+            .handles
             .queue
             .resume(
                 run,
@@ -239,7 +269,7 @@ impl worker::Server for WorkerCap {
             .await
             .map_err(queue_error)?;
         let job = JobCap::new(
-            self.services.clone(),
+            self.handles.clone(),
             leased,
             self.logs_write.clone(),
             self.liveness.clone(),
@@ -247,7 +277,7 @@ impl worker::Server for WorkerCap {
         );
         results
             .get()
-            .set_job(crate::rpc::observed(&self.services, job));
+            .set_job(crate::rpc::observed(&self.handles.metrics, job));
         Ok(())
     }
 }
@@ -270,7 +300,7 @@ fn cancel_hook(control: job_control::Client) -> tinyci_queue::CancelHook {
 /// started) it requeues the run at once; dropped after the start (typically: the runner's
 /// connection died) it leaves the lease to run out, so the runner can `Worker.resume` it.
 pub(crate) struct JobCap {
-    services: Rc<Services>,
+    handles: JobHandles,
     run: RunId,
     lease: LeaseId,
     leased: Leased,
@@ -287,7 +317,7 @@ pub(crate) struct JobCap {
 
 impl JobCap {
     fn new(
-        services: Rc<Services>,
+        handles: JobHandles,
         leased: Leased,
         logs_write: crate::session::RightCheck,
         liveness: Rc<Liveness>,
@@ -298,7 +328,7 @@ impl JobCap {
         // and the run goes back to the queue now, not when the lease would have lapsed.
         let on_revoke = tokio::task::spawn_local({
             let (queue, liveness, settled) = (
-                services.queue.clone(),
+                handles.queue.clone(),
                 liveness.clone(),
                 settled.clone(),
             );
@@ -315,7 +345,7 @@ impl JobCap {
         })
         .abort_handle();
         Self {
-            services,
+            handles,
             run: leased.run.id(),
             lease: leased.lease,
             leased,
@@ -331,7 +361,7 @@ impl JobCap {
         if self.settled.replace(true) {
             return;
         }
-        let queue = self.services.queue.clone();
+        let queue = self.handles.queue.clone();
         let (run, lease) = (self.run, self.lease);
         tokio::task::spawn_local(async move { queue.release(run, lease).await });
     }
@@ -345,7 +375,7 @@ impl Drop for JobCap {
         }
         if self.started.get() {
             info!(run = %self.run, lease = %self.lease, "job dropped while running; its lease stays until it expires, for the runner to resume");
-            self.services.queue.detach(self.run, self.lease);
+            self.handles.queue.detach(self.run, self.lease);
         } else {
             // Nothing ran: hand the run to the next runner now rather than at expiry.
             self.release_now();
@@ -363,12 +393,12 @@ impl job::Server for JobCap {
         let run = &self.leased.run;
         let spec = &run.spec;
         let mut out = results.get().init_spec();
-        fill_run_info(out.reborrow().init_run(), run, &self.services.queue);
+        fill_run_info(out.reborrow().init_run(), run, &self.handles.queue);
         out.set_sha(&run.sha);
         // The runner must isolate the run at least this much; the site leased it only to a
         // runner that offered it, and the runner checks again.
         let (tier, needs) =
-            self.services.queue.placement(self.run).ok_or_else(|| {
+            self.handles.queue.placement(self.run).ok_or_else(|| {
                 capnp::Error::failed(format!("run {} is no longer live", self.run))
             })?;
         out.set_tier(tier.to_string());
@@ -424,7 +454,7 @@ impl job::Server for JobCap {
         // as a missing archive.
         let submission = self.leased.run.submission;
         let source = self
-            .services
+            .handles
             .queue
             .submission(submission)
             .map_err(|e| {
@@ -438,7 +468,7 @@ impl job::Server for JobCap {
                 ))
             })?
             .source_sha256;
-        let path = self.services.sources.path(&source).ok_or_else(|| {
+        let path = self.handles.sources.path(&source).ok_or_else(|| {
             capnp::Error::failed("the run's source archive is missing at the site".into())
         })?;
         crate::sources::stream_to(&path, sink).await
@@ -453,7 +483,7 @@ impl job::Server for JobCap {
         // Holding the lease is not enough: writing a repository's logs is a right of its own.
         (self.logs_write)(&self.leased.run.repo).map_err(|denied| denied.to_rpc())?;
         let sink = crate::logs::LogSinkCap::open(
-            &self.services,
+            &self.handles.logs,
             self.run.get(),
             self.lease.0,
             self.liveness.clone(),
@@ -461,7 +491,7 @@ impl job::Server for JobCap {
         .await?;
         results
             .get()
-            .set_sink(crate::rpc::observed(&self.services, sink));
+            .set_sink(crate::rpc::observed(&self.handles.metrics, sink));
         Ok(())
     }
 
@@ -472,14 +502,14 @@ impl job::Server for JobCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let sink = crate::assets::AssetSinkCap::new(
-            self.services.clone(),
+            self.handles.clone(),
             self.run,
             self.lease,
             self.liveness.clone(),
         );
         results
             .get()
-            .set_sink(crate::rpc::observed(&self.services, sink));
+            .set_sink(crate::rpc::observed(&self.handles.metrics, sink));
         Ok(())
     }
 
@@ -490,7 +520,7 @@ impl job::Server for JobCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let expires = self
-            .services
+            .handles
             .queue
             .heartbeat(self.run, self.lease)
             .await
@@ -505,7 +535,7 @@ impl job::Server for JobCap {
         _: job::StartedResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
-        self.services
+        self.handles
             .queue
             .started(self.run, self.lease)
             .await
@@ -540,7 +570,7 @@ impl job::Server for JobCap {
         let exit_code = Some(outcome.get_exit_code()).filter(|c| *c >= 0);
         let message = read_text(outcome.get_message(), "outcome.message")?;
         let recorded = self
-            .services
+            .handles
             .queue
             .complete(self.run, self.lease, status, exit_code, message)
             .await
@@ -815,9 +845,10 @@ impl ticket::Server for TicketCap {
                 current.insert(run.id(), run);
             }
         });
-        results
-            .get()
-            .set_handle(crate::rpc::observed(&self.services, WatchHandle(task)));
+        results.get().set_handle(crate::rpc::observed(
+            &self.services.metrics,
+            WatchHandle(task),
+        ));
         Ok(())
     }
 }

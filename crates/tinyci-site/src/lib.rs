@@ -158,7 +158,7 @@ pub(crate) struct Services {
     /// Source archives.
     pub(crate) sources: tinyci_assets::SourceStore,
     /// Artifact bytes and the per-artifact limit.
-    pub(crate) artifacts: tinyci_assets::ArtifactStore,
+    pub(crate) artifacts: Rc<tinyci_assets::ArtifactStore>,
     /// Submissions, runs, leases.
     pub(crate) queue: Rc<tinyci_queue::Queue>,
     /// The store, for reads.
@@ -451,7 +451,7 @@ impl Site {
             access: access::RepoAccess::default(),
             grants,
             sources,
-            artifacts,
+            artifacts: Rc::new(artifacts),
             queue,
             store: store.clone(),
             committer,
@@ -598,7 +598,7 @@ impl Site {
             listener,
             move |peer| {
                 rpc::observed::<gateway_capnp::Client, _>(
-                    &services,
+                    &services.metrics,
                     gateway::Gateway::new(facts.clone(), services.clone(), peer.clone()),
                 )
                 .client

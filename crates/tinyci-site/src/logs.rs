@@ -22,16 +22,12 @@ pub(crate) struct LogSinkCap {
 impl LogSinkCap {
     /// A sink for `run` writing as attempt `lease`; takes the log over from any older attempt.
     pub(crate) async fn open(
-        services: &Services,
+        logs: &tinyci_logs::Logs,
         run: u64,
         lease: u32,
         liveness: Rc<Liveness>,
     ) -> Result<Self, capnp::Error> {
-        let writer = services
-            .logs
-            .writer(run, lease)
-            .await
-            .map_err(|e| failed(&e))?;
+        let writer = logs.writer(run, lease).await.map_err(|e| failed(&e))?;
         Ok(Self { writer, liveness })
     }
 }

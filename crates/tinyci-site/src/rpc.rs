@@ -12,13 +12,13 @@ pub(crate) fn read_text(
 
 /// The client of a capability this site serves, with its calls traced and counted (see
 /// `tinyci_net::observe`). Every capability the site hands out is made here.
-pub(crate) fn observed<C, S>(services: &crate::Services, server: S) -> C
+pub(crate) fn observed<C, S>(metrics: &std::rc::Rc<crate::metrics::Metrics>, server: S) -> C
 where
     C: capnp::capability::FromServer<tinyci_net::observe::Observed<S>>,
 {
     capnp_rpc::new_client(tinyci_net::observe::Observed::new(
         server,
-        crate::metrics::observer(&services.metrics),
+        crate::metrics::observer(metrics),
     ))
 }
 

@@ -175,7 +175,7 @@ impl session::Server for Session {
         );
         results
             .get()
-            .set_submitter(crate::rpc::observed(&self.services, cap));
+            .set_submitter(crate::rpc::observed(&self.services.metrics, cap));
         Ok(())
     }
 
@@ -206,7 +206,7 @@ impl session::Server for Session {
         let offer = crate::tiers::offer_of(&executors, info.get_allow_privileged());
         self.authorize(Right::QueueTake, &queue)?;
         let cap = WorkerCap::new(
-            self.services.clone(),
+            crate::jobs::JobHandles::of(&self.services),
             queue,
             runner,
             offer,
@@ -215,7 +215,7 @@ impl session::Server for Session {
         );
         results
             .get()
-            .set_worker(crate::rpc::observed(&self.services, cap));
+            .set_worker(crate::rpc::observed(&self.services.metrics, cap));
         Ok(())
     }
 
@@ -245,7 +245,7 @@ impl session::Server for Session {
         );
         results
             .get()
-            .set_reader(crate::rpc::observed(&self.services, cap));
+            .set_reader(crate::rpc::observed(&self.services.metrics, cap));
         Ok(())
     }
 
@@ -263,7 +263,7 @@ impl session::Server for Session {
         );
         results
             .get()
-            .set_users(crate::rpc::observed(&self.services, cap));
+            .set_users(crate::rpc::observed(&self.services.metrics, cap));
         Ok(())
     }
 
@@ -282,7 +282,7 @@ impl session::Server for Session {
         );
         results
             .get()
-            .set_repos(crate::rpc::observed(&self.services, cap));
+            .set_repos(crate::rpc::observed(&self.services.metrics, cap));
         Ok(())
     }
 
@@ -299,7 +299,7 @@ impl session::Server for Session {
         );
         results
             .get()
-            .set_admin(crate::rpc::observed(&self.services, cap));
+            .set_admin(crate::rpc::observed(&self.services.metrics, cap));
         Ok(())
     }
 }
