@@ -8,13 +8,13 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tinyci_repos::RepoPermissions;
 use tinyci_users::{Capability, UserName};
 
-use crate::Services;
 use crate::denied::Denied;
 use tinyci_github::GitHubError;
 
@@ -34,25 +34,41 @@ pub(crate) enum Want {
     Admin,
 }
 
-/// GitHub's answers, cached.
-#[derive(Debug, Default)]
+/// What site users may do with repositories: the users' records, GitHub (when configured)
+/// and its answers, cached.
+#[derive(Debug)]
 pub(crate) struct RepoAccess {
+    users: tinyci_users::Users,
+    github: Option<Rc<tinyci_github::GitHubService>>,
+    clock: crate::SiteClock,
     /// (user, repo) → (what GitHub allows, when asked).
     cache: RefCell<HashMap<(String, String), (RepoPermissions, SystemTime)>>,
 }
 
 impl RepoAccess {
+    pub(crate) fn new(
+        users: tinyci_users::Users,
+        github: Option<Rc<tinyci_github::GitHubService>>,
+        clock: crate::SiteClock,
+    ) -> Self {
+        Self {
+            users,
+            github,
+            clock,
+            cache: RefCell::default(),
+        }
+    }
+
     /// Whether `user` may exercise `capability` with `want` on `repo`'s runs; why not, for
     /// people, if not.
     pub(crate) async fn check(
         &self,
-        services: &Services,
         user: &UserName,
         capability: Capability,
         repo: &str,
         want: Want,
     ) -> Result<(), Denied> {
-        let stored = services
+        let stored = self
             .users
             .get(user)
             .map_err(|source| Denied::UserRecord {
@@ -75,14 +91,14 @@ impl RepoAccess {
                 repo: repo.to_owned(),
             });
         };
-        let permissions = self
-            .permissions(services, user, repo)
-            .await
-            .map_err(|source| Denied::GitHubUnanswered {
-                user: user.clone(),
-                repo: repo.to_owned(),
-                source: Arc::new(source),
-            })?;
+        let permissions =
+            self.permissions(user, repo)
+                .await
+                .map_err(|source| Denied::GitHubUnanswered {
+                    user: user.clone(),
+                    repo: repo.to_owned(),
+                    source: Arc::new(source),
+                })?;
         let (allowed, verb) = match want {
             Want::Read => (permissions.pull, "read"),
             Want::Write => (permissions.push, "push to"),
@@ -103,12 +119,11 @@ impl RepoAccess {
     /// What GitHub lets `user` do with `repo`, cached.
     async fn permissions(
         &self,
-        services: &Services,
         user: &UserName,
         repo: &str,
     ) -> Result<RepoPermissions, GitHubError> {
         let key = (user.to_string(), repo.to_owned());
-        let now = services.now();
+        let now = tinyci_core::system_time((self.clock.0)());
         if let Some(&(answer, asked)) = self.cache.borrow().get(&key)
             && now.duration_since(asked).unwrap_or_default() < ACCESS_TTL
         {
@@ -118,7 +133,9 @@ impl RepoAccess {
             // Not a GitHub repository name: GitHub cannot vouch for anyone.
             return Ok(RepoPermissions::default());
         };
-        let github = services.github()?;
+        let github = self.github.as_ref().ok_or_else(|| {
+            GitHubError::Refused("this site has no [github] section in its site.toml".into())
+        })?;
         let token = github.user_token(user.as_str())?;
         let answer = github.client_with(Some(token))?.permissions(&name).await?;
         // Only a grant of access is believed for a while; a refusal is asked again next time,

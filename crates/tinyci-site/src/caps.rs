@@ -88,7 +88,6 @@ impl submitter::Server for SubmitterCap {
             services
                 .access
                 .check(
-                    services,
                     user,
                     tinyci_users::Capability::Submit,
                     &self.repo,
@@ -105,7 +104,6 @@ impl submitter::Server for SubmitterCap {
                 && services
                     .access
                     .check(
-                        services,
                         user,
                         tinyci_users::Capability::Cancel,
                         &self.repo,
@@ -247,10 +245,7 @@ impl LogReaderCap {
             None => Ok(()),
             Some(user) => {
                 let services = &self.services;
-                services
-                    .access
-                    .check(services, user, capability, repo, want)
-                    .await
+                services.access.check(user, capability, repo, want).await
             }
         }
     }

@@ -695,7 +695,6 @@ impl TicketCap {
         services
             .access
             .check(
-                services,
                 user,
                 tinyci_users::Capability::Cancel,
                 &submission.repo,

@@ -172,7 +172,7 @@ pub(crate) struct Services {
     /// GitHub, when `[github]` is configured.
     pub(crate) github: Option<Rc<tinyci_github::GitHubService>>,
     /// What site users may do with repositories (GitHub's word, cached): for pages and RPC.
-    pub(crate) access: access::RepoAccess,
+    pub(crate) access: Rc<access::RepoAccess>,
     /// Which CAs the listener trusts; reloaded when partners change.
     pub(crate) trust: TrustPolicy,
     /// Prometheus metrics (`/metrics`).
@@ -438,6 +438,11 @@ impl Site {
                     move |bytes| metrics.log_stored(bytes)
                 }),
         );
+        let access = Rc::new(access::RepoAccess::new(
+            users.clone(),
+            github.clone(),
+            SiteClock(clock.clone()),
+        ));
         let services = Rc::new(Services {
             facts: Rc::new(SiteFacts {
                 name: config.name.clone(),
@@ -448,7 +453,7 @@ impl Site {
             trust: trust_policy,
             users,
             github,
-            access: access::RepoAccess::default(),
+            access,
             grants,
             sources,
             artifacts: Rc::new(artifacts),

@@ -91,7 +91,7 @@ impl Session {
             Some(user) => {
                 self.services
                     .access
-                    .check(&self.services, &user, capability, repo, want)
+                    .check(&user, capability, repo, want)
                     .await
             }
         }

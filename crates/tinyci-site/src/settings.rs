@@ -114,7 +114,7 @@ async fn user_administers(
 ) -> Result<(), capnp::Error> {
     services
         .access
-        .check(services, user, Capability::ModifyCi, name, Want::Admin)
+        .check(user, Capability::ModifyCi, name, Want::Admin)
         .await
         .map_err(|why| crate::rpc::failed_as(&format!("cannot {what} {name}"), &why))
 }
@@ -246,7 +246,7 @@ impl repo_settings::Server for RepoSettingsCap {
             for repo in repos {
                 let allowed = services
                     .access
-                    .check(services, user, Capability::ModifyCi, &repo.name, Want::Read)
+                    .check(user, Capability::ModifyCi, &repo.name, Want::Read)
                     .await;
                 if allowed.is_ok() {
                     readable.push(repo);
