@@ -41,7 +41,7 @@ pub enum SecretsError {
         /// The key file.
         path: PathBuf,
         /// What is wrong with it; never quotes the file's content.
-        reason: String,
+        reason: KeyFileError,
     },
     /// A new key could not be written.
     #[error("cannot create secrets key {path}: {source}")]
@@ -65,6 +65,26 @@ pub enum SecretsError {
 }
 
 /// The key that seals secrets at rest. Its `Debug` output is redacted.
+/// What is wrong with a key file's content. Never quotes the content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFileError {
+    /// No key line.
+    #[error("it holds no key line (64 hex characters)")]
+    NoKey,
+    /// More than one key line.
+    #[error("it holds more than one key line")]
+    SeveralKeys,
+    /// The key line's length is wrong.
+    #[error("the key line has {0} characters, expected {expected} hex characters", expected = 2 * KEY_LEN)]
+    Length(usize),
+    /// The key line is not lowercase hex.
+    #[error("the key line is not lowercase hex")]
+    NotHex,
+    /// The crypto library refused the key.
+    #[error("AES-256-GCM refused the key")]
+    Refused,
+}
+
 #[cfg_attr(not(test), allow(dead_code))]
 pub struct SecretsKey {
     /// The raw key, as written to the key file.
@@ -132,44 +152,37 @@ impl SecretsKey {
 
     /// Parses the file format; comment and blank lines are skipped. The error is a reason
     /// that never quotes the content.
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, KeyFileError> {
         Self::from_bytes(Self::parse_bytes(text)?)
     }
 
-    fn from_bytes(bytes: [u8; KEY_LEN]) -> Result<Self, String> {
+    fn from_bytes(bytes: [u8; KEY_LEN]) -> Result<Self, KeyFileError> {
         let aead = UnboundKey::new(&AES_256_GCM, &bytes)
             .map(LessSafeKey::new)
-            .map_err(|_| "AES-256-GCM refused the key".to_owned())?;
+            .map_err(|_| KeyFileError::Refused)?;
         Ok(Self { bytes, aead })
     }
 
-    fn parse_bytes(text: &str) -> Result<[u8; KEY_LEN], String> {
+    fn parse_bytes(text: &str) -> Result<[u8; KEY_LEN], KeyFileError> {
         let mut lines = text
             .lines()
             .map(str::trim)
             .filter(|line| !line.is_empty() && !line.starts_with('#'));
-        let line = lines
-            .next()
-            .ok_or_else(|| "it holds no key line (64 hex characters)".to_owned())?;
+        let line = lines.next().ok_or(KeyFileError::NoKey)?;
         if lines.next().is_some() {
-            return Err("it holds more than one key line".to_owned());
+            return Err(KeyFileError::SeveralKeys);
         }
         if line.len() != 2 * KEY_LEN {
-            return Err(format!(
-                "the key line has {} characters, expected {} hex characters",
-                line.len(),
-                2 * KEY_LEN
-            ));
+            return Err(KeyFileError::Length(line.len()));
         }
         if !line
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
-            return Err("the key line is not lowercase hex".to_owned());
+            return Err(KeyFileError::NotHex);
         }
         let mut bytes = [0u8; KEY_LEN];
-        hex::decode_to_slice(line, &mut bytes)
-            .map_err(|_| "the key line is not lowercase hex".to_owned())?;
+        hex::decode_to_slice(line, &mut bytes).map_err(|_| KeyFileError::NotHex)?;
         Ok(bytes)
     }
 

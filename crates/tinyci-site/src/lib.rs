@@ -11,7 +11,7 @@ mod assets;
 pub mod bundle;
 mod caps;
 mod client;
-pub mod config;
+pub use tinyci_config as config;
 mod denied;
 pub mod federation;
 mod gateway;

@@ -13,33 +13,7 @@ use tinyci_store::StoreError;
 use tracing::{info, warn};
 
 use crate::Services;
-
-/// `[retention]`: how long finished runs keep their output, and a cap on all of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetentionPolicy {
-    /// Delete a finished run's log this long after it finished (`logs_max_age`).
-    pub logs_max_age: Option<Duration>,
-    /// Delete a finished run's artifacts this long after it finished (`artifacts_max_age`).
-    pub artifacts_max_age: Option<Duration>,
-    /// While logs and artifacts together exceed this, delete the output of the runs that
-    /// finished longest ago (`max_total_bytes`).
-    pub max_total_bytes: Option<u64>,
-    /// How often the sweeper runs (`sweep_every`); it also runs once at start.
-    pub every: Duration,
-}
-
-impl Default for RetentionPolicy {
-    /// 30 days of logs and artifacts, no total cap, hourly sweeps.
-    fn default() -> Self {
-        let days = Duration::from_secs(30 * 24 * 3600);
-        Self {
-            logs_max_age: Some(days),
-            artifacts_max_age: Some(days),
-            max_total_bytes: None,
-            every: Duration::from_secs(3600),
-        }
-    }
-}
+pub use tinyci_config::RetentionPolicy;
 
 /// What one sweep removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

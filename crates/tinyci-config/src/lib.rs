@@ -2,11 +2,17 @@
 //! file's own directory, every named file checked to exist, every error naming the key or path.
 //!
 //! `site.toml.example` at the repository root documents every key; keep the two in step.
+//!
+//! Owns the configuration's shape and its validation, nothing else: no I/O beyond reading
+//! the file and checking named files exist, no store, no network, no capnp. The site turns a
+//! [`SiteConfig`] into running parts.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+
+use std::time::Duration;
 
 use serde::Deserialize;
 use tinyci_pki::SiteName;
@@ -57,7 +63,7 @@ pub struct SiteConfig {
     /// marker line.
     pub log_max_run_bytes: u64,
     /// When finished runs' logs and artifacts are deleted (`[retention]`).
-    pub retention: crate::retention::RetentionPolicy,
+    pub retention: RetentionPolicy,
     /// The HTTP listener (`[http]`): webhooks and OAuth. `None`: no HTTP served.
     pub http: Option<HttpConfig>,
     /// GitHub (`[github]`). `None`: no GitHub integration.
@@ -439,8 +445,17 @@ fn default_sweep_every() -> String {
     "1h".into()
 }
 
+/// A retention age that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum AgeError {
+    #[error("{0:?} is not a duration (like 30d, 12h, 90m, 45s or never)")]
+    NotADuration(String),
+    #[error("{0:?} is not a duration (like 30d, 12h, 90m, 45s or never) of at most 100 years")]
+    TooLong(String),
+}
+
 /// Parses `30d`, `12h`, `90m`, `45s`; `never` is `None`.
-fn parse_age(text: &str) -> Result<Option<std::time::Duration>, String> {
+fn parse_age(text: &str) -> Result<Option<Duration>, AgeError> {
     let text = text.trim();
     if text == "never" {
         return Ok(None);
@@ -451,7 +466,7 @@ fn parse_age(text: &str) -> Result<Option<std::time::Duration>, String> {
     let (number, unit) = text.split_at(split);
     let number: u64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration (like 30d, 12h, 90m, 45s or never)"))?;
+        .map_err(|_| AgeError::NotADuration(text.to_owned()))?;
     let seconds = match unit {
         "d" => number.checked_mul(86_400),
         "h" => number.checked_mul(3_600),
@@ -460,12 +475,8 @@ fn parse_age(text: &str) -> Result<Option<std::time::Duration>, String> {
         _ => None,
     }
     .filter(|s| *s <= 100 * 365 * 86_400)
-    .ok_or_else(|| {
-        format!(
-            "{text:?} is not a duration (like 30d, 12h, 90m, 45s or never) of at most 100 years"
-        )
-    })?;
-    Ok(Some(std::time::Duration::from_secs(seconds)))
+    .ok_or_else(|| AgeError::TooLong(text.to_owned()))?;
+    Ok(Some(Duration::from_secs(seconds)))
 }
 
 #[derive(Deserialize)]
@@ -689,9 +700,9 @@ impl SiteConfig {
                 )
             })?;
         let logs_max_age = parse_age(&raw.retention.logs_max_age)
-            .map_err(|why| value("retention.logs_max_age", why))?;
+            .map_err(|why| value("retention.logs_max_age", why.to_string()))?;
         let artifacts_max_age = parse_age(&raw.retention.artifacts_max_age)
-            .map_err(|why| value("retention.artifacts_max_age", why))?;
+            .map_err(|why| value("retention.artifacts_max_age", why.to_string()))?;
         let max_total_bytes = u64::try_from(raw.retention.max_total_bytes).map_err(|_| {
             value(
                 "retention.max_total_bytes",
@@ -702,7 +713,7 @@ impl SiteConfig {
             )
         })?;
         let every = parse_age(&raw.retention.sweep_every)
-            .map_err(|why| value("retention.sweep_every", why))?
+            .map_err(|why| value("retention.sweep_every", why.to_string()))?
             .filter(|d| !d.is_zero())
             .ok_or_else(|| {
                 value(
@@ -713,7 +724,7 @@ impl SiteConfig {
                     ),
                 )
             })?;
-        let retention = crate::retention::RetentionPolicy {
+        let retention = RetentionPolicy {
             logs_max_age,
             artifacts_max_age,
             max_total_bytes: (max_total_bytes > 0).then_some(max_total_bytes),
@@ -978,5 +989,32 @@ token = "certs/admin.token"
 impl fmt::Display for SiteConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "site {} on {}", self.name, self.listen)
+    }
+}
+
+/// `[retention]`: how long finished runs keep their output, and a cap on all of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Delete a finished run's log this long after it finished (`logs_max_age`).
+    pub logs_max_age: Option<Duration>,
+    /// Delete a finished run's artifacts this long after it finished (`artifacts_max_age`).
+    pub artifacts_max_age: Option<Duration>,
+    /// While logs and artifacts together exceed this, delete the output of the runs that
+    /// finished longest ago (`max_total_bytes`).
+    pub max_total_bytes: Option<u64>,
+    /// How often the sweeper runs (`sweep_every`); it also runs once at start.
+    pub every: Duration,
+}
+
+impl Default for RetentionPolicy {
+    /// 30 days of logs and artifacts, no total cap, hourly sweeps.
+    fn default() -> Self {
+        let days = Duration::from_secs(30 * 24 * 3600);
+        Self {
+            logs_max_age: Some(days),
+            artifacts_max_age: Some(days),
+            max_total_bytes: None,
+            every: Duration::from_secs(3600),
+        }
     }
 }
