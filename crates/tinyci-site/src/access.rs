@@ -34,6 +34,25 @@ pub(crate) enum Want {
     Admin,
 }
 
+/// A site user acting through a capability, with the one authority that answers for them.
+#[derive(Clone, Debug)]
+pub(crate) struct ActingUser {
+    pub(crate) name: UserName,
+    pub(crate) access: Rc<RepoAccess>,
+}
+
+impl ActingUser {
+    /// Whether they may exercise `capability` with `want` on `repo`'s runs now.
+    pub(crate) async fn may(
+        &self,
+        capability: Capability,
+        repo: &str,
+        want: Want,
+    ) -> Result<(), Denied> {
+        self.access.check(&self.name, capability, repo, want).await
+    }
+}
+
 /// What site users may do with repositories: the users' records, GitHub (when configured)
 /// and its answers, cached.
 #[derive(Debug)]

@@ -13,7 +13,7 @@ use tinyci_core::{LeaseId, RunId};
 use tinyci_schema::{artifact_info, asset_sink, byte_sink};
 use tracing::info;
 
-use crate::jobs::JobHandles;
+use crate::RunHandles;
 use crate::membrane::Liveness;
 use crate::rpc::{failed, read_text};
 use crate::session::len;
@@ -114,7 +114,7 @@ impl Drop for Reservation {
 /// `AssetSink` for one lease of one run, from `Job.artifacts`. Valid while the session is
 /// live and the lease is the run's current one (checked at `put` and again at `finish`).
 pub(crate) struct AssetSinkCap {
-    handles: JobHandles,
+    handles: RunHandles,
     run: RunId,
     lease: LeaseId,
     liveness: Rc<Liveness>,
@@ -123,7 +123,7 @@ pub(crate) struct AssetSinkCap {
 
 impl AssetSinkCap {
     pub(crate) fn new(
-        handles: JobHandles,
+        handles: RunHandles,
         run: RunId,
         lease: LeaseId,
         liveness: Rc<Liveness>,
@@ -244,7 +244,7 @@ impl asset_sink::Server for AssetSinkCap {
 
 /// `ByteSink` for one artifact: takes exactly the declared number of bytes.
 struct ArtifactUpload {
-    handles: JobHandles,
+    handles: RunHandles,
     run: RunId,
     lease: LeaseId,
     liveness: Rc<Liveness>,

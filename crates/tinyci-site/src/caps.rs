@@ -10,17 +10,17 @@ use tinyci_pki::PeerIdentity;
 use tinyci_schema::{admin, log_reader, submitter};
 use tracing::info;
 
-use crate::Services;
-use crate::access::Want;
+use crate::access::{ActingUser, Want};
 use crate::denied::Denied;
 use crate::jobs::{TicketCap, fill_run_info};
 use crate::membrane::Liveness;
 use crate::rpc::read_text;
 use crate::session::len;
+use crate::{RunHandles, Services};
 
 /// `Submitter` for one repository.
 pub(crate) struct SubmitterCap {
-    services: Rc<Services>,
+    handles: RunHandles,
     repo: String,
     /// Who submits (the peer's identity), recorded on each submission.
     submitted_by: String,
@@ -31,22 +31,22 @@ pub(crate) struct SubmitterCap {
     cancel: Result<(), Denied>,
     /// A site user's submitter: each submission asks again whether they hold `submit` and
     /// GitHub lets them push ([`crate::access`]), so losing either applies at once.
-    user: Option<tinyci_users::UserName>,
+    user: Option<ActingUser>,
     liveness: Rc<Liveness>,
 }
 
 impl SubmitterCap {
     pub(crate) fn new(
-        services: Rc<Services>,
+        handles: RunHandles,
         repo: String,
         submitted_by: String,
         tier: tinyci_core::TrustTier,
         cancel: Result<(), Denied>,
-        user: Option<tinyci_users::UserName>,
+        user: Option<ActingUser>,
         liveness: Rc<Liveness>,
     ) -> Self {
         Self {
-            services,
+            handles,
             repo,
             submitted_by,
             tier,
@@ -65,12 +65,12 @@ impl submitter::Server for SubmitterCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let upload = self
-            .services
+            .handles
             .sources
             .upload()
             .map_err(|e| crate::rpc::failed(&e))?;
         results.get().set_sink(crate::rpc::observed(
-            &self.services.metrics,
+            &self.handles.metrics,
             crate::sources::Upload::new(upload),
         ));
         Ok(())
@@ -84,15 +84,7 @@ impl submitter::Server for SubmitterCap {
         self.liveness.check()?;
         let mut supersede = self.cancel.is_ok();
         if let Some(user) = &self.user {
-            let services = &self.services;
-            services
-                .access
-                .check(
-                    user,
-                    tinyci_users::Capability::Submit,
-                    &self.repo,
-                    Want::Write,
-                )
+            user.may(tinyci_users::Capability::Submit, &self.repo, Want::Write)
                 .await
                 .map_err(|why| {
                     capnp::Error::failed(format!(
@@ -101,19 +93,13 @@ impl submitter::Server for SubmitterCap {
                     ))
                 })?;
             supersede = supersede
-                && services
-                    .access
-                    .check(
-                        user,
-                        tinyci_users::Capability::Cancel,
-                        &self.repo,
-                        Want::Write,
-                    )
+                && user
+                    .may(tinyci_users::Capability::Cancel, &self.repo, Want::Write)
                     .await
                     .is_ok();
         }
         let submission = crate::jobs::submit(
-            &self.services,
+            &self.handles,
             &self.repo,
             &self.submitted_by,
             &self.tier,
@@ -122,7 +108,7 @@ impl submitter::Server for SubmitterCap {
         )
         .await?;
         let ticket = TicketCap::new(
-            self.services.clone(),
+            self.handles.clone(),
             submission.id,
             self.cancel.clone(),
             self.submitted_by.clone(),
@@ -131,7 +117,7 @@ impl submitter::Server for SubmitterCap {
         );
         results
             .get()
-            .set_ticket(crate::rpc::observed(&self.services.metrics, ticket));
+            .set_ticket(crate::rpc::observed(&self.handles.metrics, ticket));
         Ok(())
     }
 
@@ -146,12 +132,12 @@ impl submitter::Server for SubmitterCap {
             || capnp::Error::failed(format!("no submission {id:?} in repository {}", self.repo));
         let parsed: SubmissionId = id.parse().map_err(|_| not_found())?;
         // A submitter for one repository sees only that repository's submissions.
-        match self.services.queue.submission(parsed) {
+        match self.handles.queue.submission(parsed) {
             Ok(Some(s)) if s.repo == self.repo => {}
             _ => return Err(not_found()),
         }
         let ticket = TicketCap::new(
-            self.services.clone(),
+            self.handles.clone(),
             parsed,
             self.cancel.clone(),
             self.submitted_by.clone(),
@@ -160,21 +146,21 @@ impl submitter::Server for SubmitterCap {
         );
         results
             .get()
-            .set_ticket(crate::rpc::observed(&self.services.metrics, ticket));
+            .set_ticket(crate::rpc::observed(&self.handles.metrics, ticket));
         Ok(())
     }
 }
 
 /// `LogReader` for one repository (`*` for every repository, for operators).
 pub(crate) struct LogReaderCap {
-    services: Rc<Services>,
+    handles: RunHandles,
     repo: String,
     /// Whether the holder has `assets:read` on the repository (else why not): artifact
     /// lists and downloads need it; logs do not.
     assets: Result<(), Denied>,
     /// A site user's reader: each run is shown only if they may read its repository now
     /// ([`crate::access`], as on the pages).
-    user: Option<tinyci_users::UserName>,
+    user: Option<ActingUser>,
     /// `runs:cancel` of the holder's grant, on a repository: the tickets this reader hands
     /// out cancel only with it.
     cancel: crate::session::RightCheck,
@@ -188,16 +174,16 @@ const MAX_READ: u32 = 1024 * 1024;
 
 impl LogReaderCap {
     pub(crate) fn new(
-        services: Rc<Services>,
+        handles: RunHandles,
         repo: String,
         assets: Result<(), Denied>,
-        user: Option<tinyci_users::UserName>,
+        user: Option<ActingUser>,
         cancel: crate::session::RightCheck,
         holder: String,
         liveness: Rc<Liveness>,
     ) -> Self {
         Self {
-            services,
+            handles,
             repo,
             assets,
             user,
@@ -218,7 +204,7 @@ impl LogReaderCap {
         let not_found =
             || capnp::Error::failed(format!("no run {id:?} in repository {}", self.repo));
         let parsed: RunId = id.parse().map_err(|_| not_found())?;
-        let run = match self.services.queue.run(parsed) {
+        let run = match self.handles.queue.run(parsed) {
             Ok(Some(run)) if self.repo == "*" || run.repo == self.repo => run,
             Ok(_) => return Err(not_found()),
             Err(e) => return Err(capnp::Error::failed(e.to_string())),
@@ -243,10 +229,7 @@ impl LogReaderCap {
     ) -> Result<(), Denied> {
         match &self.user {
             None => Ok(()),
-            Some(user) => {
-                let services = &self.services;
-                services.access.check(user, capability, repo, want).await
-            }
+            Some(user) => user.may(capability, repo, want).await,
         }
     }
 }
@@ -264,7 +247,7 @@ impl log_reader::Server for LogReaderCap {
         let from = params.get_from();
         let max = params.get_max().clamp(1, MAX_READ) as usize;
         let run_id = run.id().get();
-        let logs = &self.services.logs;
+        let logs = &self.handles.logs;
         let chunks = logs
             .read(run_id, from, max)
             .await
@@ -302,7 +285,7 @@ impl log_reader::Server for LogReaderCap {
         let run = self.find_run(&id).await?;
         let from = params.get_from();
         let observer = params.get_observer()?;
-        let services = self.services.clone();
+        let services = self.handles.clone();
         let run_id = run.id();
         let liveness = self.liveness.clone();
         let task = tokio::task::spawn_local(async move {
@@ -320,7 +303,7 @@ impl log_reader::Server for LogReaderCap {
             }
         });
         results.get().set_handle(crate::rpc::observed(
-            &self.services.metrics,
+            &self.handles.metrics,
             crate::jobs::WatchHandle(task),
         ));
         Ok(())
@@ -337,7 +320,7 @@ impl log_reader::Server for LogReaderCap {
         // The same repository scoping as `read`: another repository's run is "no run".
         let run = self.find_run(&id).await?;
         let records = self
-            .services
+            .handles
             .artifacts
             .list(run.id().get())
             .map_err(|e| crate::rpc::failed(&e))?;
@@ -357,7 +340,7 @@ impl log_reader::Server for LogReaderCap {
         let name = read_text(params.get_name(), "name")?;
         let sink = params.get_sink()?;
         let run = self.find_run(&id).await?;
-        crate::assets::download(&self.services.artifacts, run.id(), &name, sink).await
+        crate::assets::download(&self.handles.artifacts, run.id(), &name, sink).await
     }
 
     async fn run(
@@ -368,7 +351,7 @@ impl log_reader::Server for LogReaderCap {
         self.liveness.check()?;
         let id = read_text(params.get()?.get_id(), "id")?;
         let run = self.find_run(&id).await?;
-        fill_run_info(results.get().init_run(), &run, &self.services.queue);
+        fill_run_info(results.get().init_run(), &run, &self.handles.queue);
         Ok(())
     }
 
@@ -382,7 +365,7 @@ impl log_reader::Server for LogReaderCap {
         let not_found =
             || capnp::Error::failed(format!("no submission {id:?} in repository {}", self.repo));
         let parsed: SubmissionId = id.parse().map_err(|_| not_found())?;
-        let submission = match self.services.queue.submission(parsed) {
+        let submission = match self.handles.queue.submission(parsed) {
             Ok(Some(s)) if self.repo == "*" || s.repo == self.repo => s,
             Ok(_) => return Err(not_found()),
             Err(e) => return Err(capnp::Error::failed(e.to_string())),
@@ -404,7 +387,7 @@ impl log_reader::Server for LogReaderCap {
                 .await;
         }
         let ticket = TicketCap::new(
-            self.services.clone(),
+            self.handles.clone(),
             parsed,
             cancel,
             self.holder.clone(),
@@ -413,7 +396,7 @@ impl log_reader::Server for LogReaderCap {
         );
         results
             .get()
-            .set_ticket(crate::rpc::observed(&self.services.metrics, ticket));
+            .set_ticket(crate::rpc::observed(&self.handles.metrics, ticket));
         Ok(())
     }
 }
@@ -563,7 +546,7 @@ impl admin::Server for AdminCap {
         let run: RunId = id
             .parse()
             .map_err(|_| capnp::Error::failed(format!("{id:?} is not a run id (r-N)")))?;
-        let retried = crate::jobs::retry_run(&self.services, run, &self.peer.to_string())
+        let retried = crate::jobs::retry_run(&self.services.queue, run, &self.peer.to_string())
             .await
             .map_err(|e| crate::rpc::failed(&e))?;
         fill_run_info(results.get().init_run(), &retried, &self.services.queue);
@@ -697,7 +680,7 @@ impl admin::Server for AdminCap {
         let tier = crate::tiers::tier_of_peer(&self.peer, self.services.grants.site())
             .map_err(|e| crate::rpc::failed(&e))?;
         let cap = SubmitterCap::new(
-            self.services.clone(),
+            self.services.run_handles(),
             repo,
             self.peer.to_string(),
             tier,
@@ -722,7 +705,7 @@ impl admin::Server for AdminCap {
         tinyci_grant::vocab::validate_repo(&repo)
             .map_err(|e| capnp::Error::failed(e.to_string()))?;
         let cap = LogReaderCap::new(
-            self.services.clone(),
+            self.services.run_handles(),
             repo,
             Ok(()),
             None,
@@ -757,7 +740,7 @@ impl admin::Server for AdminCap {
             return Err(capnp::Error::failed(format!("no submission {id}")));
         }
         let ticket = TicketCap::new(
-            self.services.clone(),
+            self.services.run_handles(),
             parsed,
             Ok(()),
             self.peer.to_string(),

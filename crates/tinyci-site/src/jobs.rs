@@ -16,7 +16,8 @@ use tinyci_schema::{
 };
 use tracing::{info, warn};
 
-use crate::Services;
+use crate::RunHandles;
+use crate::access::ActingUser;
 use crate::membrane::Liveness;
 use crate::rpc::read_text;
 use crate::session::len;
@@ -127,39 +128,9 @@ fn queue_error(e: QueueError) -> capnp::Error {
     capnp::Error::failed(e.to_string())
 }
 
-/// What a runner's capabilities (its `Worker`, each `Job`, and a job's log and artifact
-/// sinks) reach: the queue, run data, the clock and metrics, and nothing else of the site.
-#[derive(Clone)]
-pub(crate) struct JobHandles {
-    pub(crate) queue: Rc<tinyci_queue::Queue>,
-    pub(crate) sources: tinyci_assets::SourceStore,
-    pub(crate) logs: Rc<tinyci_logs::Logs>,
-    pub(crate) artifacts: Rc<tinyci_assets::ArtifactStore>,
-    pub(crate) metrics: Rc<crate::metrics::Metrics>,
-    pub(crate) clock: crate::SiteClock,
-}
-
-impl JobHandles {
-    pub(crate) fn of(services: &Services) -> Self {
-        Self {
-            queue: services.queue.clone(),
-            sources: services.sources.clone(),
-            logs: services.logs.clone(),
-            artifacts: services.artifacts.clone(),
-            metrics: services.metrics.clone(),
-            clock: services.clock.clone(),
-        }
-    }
-
-    /// Now, in milliseconds since the Unix epoch, by the site's clock.
-    pub(crate) fn now_ms(&self) -> u64 {
-        (self.clock.0)()
-    }
-}
-
 /// `Worker` for one queue and one runner.
 pub(crate) struct WorkerCap {
-    handles: JobHandles,
+    handles: RunHandles,
     queue: String,
     runner: String,
     /// What the runner's executors provide: it is leased only runs this satisfies.
@@ -173,7 +144,7 @@ pub(crate) struct WorkerCap {
 
 impl WorkerCap {
     pub(crate) fn new(
-        handles: JobHandles,
+        handles: RunHandles,
         queue: String,
         runner: String,
         offer: Offer,
@@ -300,7 +271,7 @@ fn cancel_hook(control: job_control::Client) -> tinyci_queue::CancelHook {
 /// started) it requeues the run at once; dropped after the start (typically: the runner's
 /// connection died) it leaves the lease to run out, so the runner can `Worker.resume` it.
 pub(crate) struct JobCap {
-    handles: JobHandles,
+    handles: RunHandles,
     run: RunId,
     lease: LeaseId,
     leased: Leased,
@@ -317,7 +288,7 @@ pub(crate) struct JobCap {
 
 impl JobCap {
     fn new(
-        handles: JobHandles,
+        handles: RunHandles,
         leased: Leased,
         logs_write: crate::session::RightCheck,
         liveness: Rc<Liveness>,
@@ -583,7 +554,7 @@ impl job::Server for JobCap {
 
 /// Plans and queues a submission from an uploaded archive.
 pub(crate) async fn submit(
-    services: &Rc<Services>,
+    handles: &RunHandles,
     repo: &str,
     submitted_by: &str,
     tier: &TrustTier,
@@ -592,7 +563,7 @@ pub(crate) async fn submit(
 ) -> Result<StoredSubmission, capnp::Error> {
     let request = request.get_request()?;
     let source_sha256 = request.get_source_sha256()?.to_vec();
-    let path = services.sources.path(&source_sha256).ok_or_else(|| {
+    let path = handles.sources.path(&source_sha256).ok_or_else(|| {
         capnp::Error::failed(
             "no uploaded source archive has that SHA-256; upload it with Submitter.upload first"
                 .into(),
@@ -606,8 +577,8 @@ pub(crate) async fn submit(
     let runs = tinyci_assets::plan_archive(path, None, changed, request.get_all())
         .await
         .map_err(|e| crate::rpc::failed(&e))?;
-    admit(services, repo, tier, &runs).map_err(|e| capnp::Error::failed(e.to_string()))?;
-    let (submission, _) = services
+    admit(&handles.queue, repo, tier, &runs).map_err(|e| capnp::Error::failed(e.to_string()))?;
+    let (submission, _) = handles
         .queue
         .submit(NewSubmission {
             repo: repo.to_owned(),
@@ -636,12 +607,12 @@ pub(crate) async fn submit(
 /// (with the reason) before anything is queued. What the archive's task files say can only
 /// ask for privilege, never grant it.
 pub(crate) fn admit(
-    services: &Services,
+    queue: &tinyci_queue::Queue,
     repo: &str,
     tier: &TrustTier,
     runs: &[tinyci_core::PlannedRun],
 ) -> Result<(), tinyci_core::Refusal> {
-    let policy = services.queue.dispatch_policy();
+    let policy = queue.dispatch_policy();
     for run in runs {
         policy.admit(repo, tier, run)?;
     }
@@ -650,7 +621,7 @@ pub(crate) fn admit(
 
 /// `Ticket` for one submission.
 pub(crate) struct TicketCap {
-    services: Rc<Services>,
+    handles: RunHandles,
     id: SubmissionId,
     /// Whether the holder has `runs:cancel` on the submission's repository (else why not).
     cancel: Result<(), crate::denied::Denied>,
@@ -658,21 +629,21 @@ pub(crate) struct TicketCap {
     holder: String,
     /// A site user's ticket: each cancel or retry asks again whether they hold `cancel` and
     /// GitHub lets them push ([`crate::access`]).
-    user: Option<tinyci_users::UserName>,
+    user: Option<ActingUser>,
     liveness: Rc<Liveness>,
 }
 
 impl TicketCap {
     pub(crate) fn new(
-        services: Rc<Services>,
+        handles: RunHandles,
         id: SubmissionId,
         cancel: Result<(), crate::denied::Denied>,
         holder: String,
-        user: Option<tinyci_users::UserName>,
+        user: Option<ActingUser>,
         liveness: Rc<Liveness>,
     ) -> Self {
         Self {
-            services,
+            handles,
             id,
             cancel,
             holder,
@@ -691,31 +662,27 @@ impl TicketCap {
             return Ok(());
         };
         let (submission, _) = self.load()?;
-        let services = &self.services;
-        services
-            .access
-            .check(
-                user,
-                tinyci_users::Capability::Cancel,
-                &submission.repo,
-                crate::access::Want::Write,
-            )
-            .await
-            .map_err(|why| crate::rpc::failed_as("denied runs:cancel", &why))
+        user.may(
+            tinyci_users::Capability::Cancel,
+            &submission.repo,
+            crate::access::Want::Write,
+        )
+        .await
+        .map_err(|why| crate::rpc::failed_as("denied runs:cancel", &why))
     }
 
     /// Run `id` if it belongs to this submission.
     fn own_run(&self, id: &str) -> Result<RunId, capnp::Error> {
         let not_found = || capnp::Error::failed(format!("no run {id:?} in submission {}", self.id));
         let run: RunId = id.parse().map_err(|_| not_found())?;
-        match self.services.queue.run(run).map_err(queue_error)? {
+        match self.handles.queue.run(run).map_err(queue_error)? {
             Some(stored) if stored.submission == self.id => Ok(run),
             _ => Err(not_found()),
         }
     }
 
     fn load(&self) -> Result<(StoredSubmission, Vec<StoredRun>), capnp::Error> {
-        let queue = &self.services.queue;
+        let queue = &self.handles.queue;
         let submission = queue
             .submission(self.id)
             .map_err(queue_error)?
@@ -746,7 +713,7 @@ impl ticket::Server for TicketCap {
         let (_, runs) = self.load()?;
         let mut list = results.get().init_runs(len(runs.len()));
         for (i, run) in runs.iter().enumerate() {
-            fill_run_info(list.reborrow().get(len(i)), run, &self.services.queue);
+            fill_run_info(list.reborrow().get(len(i)), run, &self.handles.queue);
         }
         Ok(())
     }
@@ -759,7 +726,7 @@ impl ticket::Server for TicketCap {
         self.liveness.check()?;
         self.may_cancel().await?;
         let reason = cancel_reason(read_text(params.get()?.get_reason(), "reason")?);
-        self.services
+        self.handles
             .queue
             .cancel_submission(self.id, &reason)
             .await
@@ -777,7 +744,7 @@ impl ticket::Server for TicketCap {
         let params = params.get()?;
         let run = self.own_run(&read_text(params.get_run(), "run")?)?;
         let reason = cancel_reason(read_text(params.get_reason(), "reason")?);
-        self.services
+        self.handles
             .queue
             .cancel_run(run, &reason)
             .await
@@ -793,10 +760,10 @@ impl ticket::Server for TicketCap {
         self.liveness.check()?;
         self.may_cancel().await?;
         let run = self.own_run(&read_text(params.get()?.get_run(), "run")?)?;
-        let retried = retry_run(&self.services, run, &self.holder)
+        let retried = retry_run(&self.handles.queue, run, &self.holder)
             .await
             .map_err(|e| crate::rpc::failed(&e))?;
-        fill_run_info(results.get().init_run(), &retried, &self.services.queue);
+        fill_run_info(results.get().init_run(), &retried, &self.handles.queue);
         Ok(())
     }
 
@@ -807,14 +774,14 @@ impl ticket::Server for TicketCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let observer: run_observer::Client = params.get()?.get_observer()?;
-        let mut updates = self.services.queue.watch(self.id);
+        let mut updates = self.handles.queue.watch(self.id);
         let (submission, runs) = self.load()?;
         let ticket = self.clone();
         let task = tokio::task::spawn_local(async move {
             let mut current: BTreeMap<RunId, StoredRun> =
                 runs.into_iter().map(|r| (r.id(), r)).collect();
             for run in current.values() {
-                if send_change(&observer, run, &ticket.services.queue)
+                if send_change(&observer, run, &ticket.handles.queue)
                     .await
                     .is_err()
                 {
@@ -835,7 +802,7 @@ impl ticket::Server for TicketCap {
                 if ticket.liveness.check().is_err() {
                     return;
                 }
-                if send_change(&observer, &run, &ticket.services.queue)
+                if send_change(&observer, &run, &ticket.handles.queue)
                     .await
                     .is_err()
                 {
@@ -845,7 +812,7 @@ impl ticket::Server for TicketCap {
             }
         });
         results.get().set_handle(crate::rpc::observed(
-            &self.services.metrics,
+            &self.handles.metrics,
             WatchHandle(task),
         ));
         Ok(())
@@ -901,11 +868,10 @@ pub(crate) enum RetryError {
 /// Queues a finished run again: a new submission holding just that run, on the same source,
 /// superseding nothing. `by` is recorded as its submitter.
 pub(crate) async fn retry_run(
-    services: &Services,
+    queue: &tinyci_queue::Queue,
     id: RunId,
     by: &str,
 ) -> Result<tinyci_queue::StoredRun, RetryError> {
-    let queue = &services.queue;
     let failed = |source| RetryError::Queue { run: id, source };
     let stored = queue
         .run(id)
@@ -921,7 +887,7 @@ pub(crate) async fn retry_run(
         .ok_or(RetryError::NoSubmission(id))?;
     // Today's policy decides, not the one the run was first admitted under.
     admit(
-        services,
+        queue,
         &stored.repo,
         &submission.tier,
         std::slice::from_ref(&stored.spec),

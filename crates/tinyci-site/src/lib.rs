@@ -183,6 +183,26 @@ pub(crate) struct Services {
     pub(crate) clock: SiteClock,
 }
 
+/// What capabilities over runs reach (a runner's `Worker`, `Job` and sinks; submitters,
+/// log readers and tickets): the queue, run data, the clock and metrics, and nothing else of
+/// the site. Cheap to clone: every field is shared.
+#[derive(Clone)]
+pub(crate) struct RunHandles {
+    pub(crate) queue: Rc<tinyci_queue::Queue>,
+    pub(crate) sources: tinyci_assets::SourceStore,
+    pub(crate) logs: Rc<tinyci_logs::Logs>,
+    pub(crate) artifacts: Rc<tinyci_assets::ArtifactStore>,
+    pub(crate) metrics: Rc<metrics::Metrics>,
+    pub(crate) clock: SiteClock,
+}
+
+impl RunHandles {
+    /// Now, in milliseconds since the Unix epoch, by the site's clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        (self.clock.0)()
+    }
+}
+
 /// The site's [`tinyci_core::Clock`], shown in `Debug` output by name only.
 #[derive(Clone)]
 pub(crate) struct SiteClock(pub(crate) tinyci_core::Clock);
@@ -306,6 +326,18 @@ impl Services {
     /// Now, in milliseconds since the Unix epoch, by the site's clock.
     pub(crate) fn now_ms(&self) -> u64 {
         (self.clock.0)()
+    }
+
+    /// The handles capabilities over runs hold.
+    pub(crate) fn run_handles(&self) -> RunHandles {
+        RunHandles {
+            queue: self.queue.clone(),
+            sources: self.sources.clone(),
+            logs: self.logs.clone(),
+            artifacts: self.artifacts.clone(),
+            metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+        }
     }
 
     /// Now, by the site's clock.

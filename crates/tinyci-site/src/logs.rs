@@ -9,7 +9,6 @@ use tinyci_logs::{FollowError, FollowSource, Follower, LogChunk, LogWriter, Stre
 use tinyci_queue::StoredRun;
 use tinyci_schema::{log_observer, log_sink};
 
-use crate::Services;
 use crate::membrane::Liveness;
 use crate::rpc::failed;
 
@@ -102,19 +101,19 @@ impl Follower for ObserverFollower {
 /// Follows `run`'s log into `observer` from byte `from`: its status read afresh from the
 /// queue, woken by its submission's changes. See [`tinyci_logs::Logs::follow`].
 pub(crate) async fn follow(
-    services: &Services,
+    handles: &crate::RunHandles,
     run: &StoredRun,
     from: u64,
     observer: log_observer::Client,
 ) -> Result<(), FollowError<capnp::Error>> {
-    let queue = services.queue.clone();
+    let queue = handles.queue.clone();
     let id = run.id();
     let source = FollowSource {
         run: id.get(),
         status: Rc::new(move || queue.run(id).ok().flatten().map(|r| r.state.status())),
-        changes: services.queue.watch(run.submission),
+        changes: handles.queue.watch(run.submission),
     };
-    services
+    handles
         .logs
         .follow(source, from, &ObserverFollower(observer))
         .await

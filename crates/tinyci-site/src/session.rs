@@ -56,6 +56,14 @@ impl Session {
             .flatten()
     }
 
+    /// The site user behind this session, if any, with the authority that answers for them.
+    fn acting_user(&self) -> Option<crate::access::ActingUser> {
+        self.site_user().map(|name| crate::access::ActingUser {
+            name,
+            access: self.services.access.clone(),
+        })
+    }
+
     /// For a site user: whether they still hold the capability behind site-scoped `right`
     /// (their token may predate its removal by moments; the store is the truth).
     fn holds_now(&self, right: Right) -> Result<(), capnp::Error> {
@@ -165,12 +173,12 @@ impl session::Server for Session {
             cancel = self.user_may(Capability::Cancel, &repo, Want::Write).await;
         }
         let cap = SubmitterCap::new(
-            self.services.clone(),
+            self.services.run_handles(),
             repo,
             self.peer.identity.to_string(),
             tier,
             cancel,
-            self.site_user(),
+            self.acting_user(),
             self.redeemed.liveness.clone(),
         );
         results
@@ -206,7 +214,7 @@ impl session::Server for Session {
         let offer = crate::tiers::offer_of(&executors, info.get_allow_privileged());
         self.authorize(Right::QueueTake, &queue)?;
         let cap = WorkerCap::new(
-            crate::jobs::JobHandles::of(&self.services),
+            self.services.run_handles(),
             queue,
             runner,
             offer,
@@ -235,10 +243,10 @@ impl session::Server for Session {
                 .map_err(|why| failed_as(&format!("denied logs:read on repo {repo}"), &why))?;
         }
         let cap = LogReaderCap::new(
-            self.services.clone(),
+            self.services.run_handles(),
             repo,
             assets,
-            user,
+            self.acting_user(),
             self.check_of(Right::RunsCancel),
             self.peer.identity.to_string(),
             self.redeemed.liveness.clone(),

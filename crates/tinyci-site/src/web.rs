@@ -726,7 +726,8 @@ async fn events(state: &HttpState, request: &Request<Incoming>, id: &str) -> Web
     let mut changes = services.queue.watch(run.submission);
     debug!(run = %run_id, from, "web follower attached");
     tokio::task::spawn_local(async move {
-        let follow = crate::logs::follow(&services, &run, from, observer);
+        let handles = services.run_handles();
+        let follow = crate::logs::follow(&handles, &run, from, observer);
         tokio::pin!(follow);
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.tick().await;
