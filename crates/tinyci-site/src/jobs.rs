@@ -421,27 +421,8 @@ impl job::Server for JobCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let sink = params.get()?.get_sink()?;
-        // Looked up when asked for, so a store failure is reported as itself rather than
-        // as a missing archive.
-        let submission = self.leased.run.submission;
-        let source = self
-            .handles
-            .queue
-            .submission(submission)
-            .map_err(|e| {
-                capnp::Error::failed(format!(
-                    "could not read submission {submission} for the run's source: {e}"
-                ))
-            })?
-            .ok_or_else(|| {
-                capnp::Error::failed(format!(
-                    "submission {submission} of this run is no longer recorded at the site"
-                ))
-            })?
-            .source_sha256;
-        let path = self.handles.sources.path(&source).ok_or_else(|| {
-            capnp::Error::failed("the run's source archive is missing at the site".into())
-        })?;
+        let path = source_of(&self.handles, self.leased.run.submission)
+            .map_err(|e| crate::rpc::failed(&e))?;
         crate::sources::stream_to(&path, sink).await
     }
 
@@ -840,6 +821,37 @@ impl Drop for WatchHandle {
 
 impl handle::Server for WatchHandle {}
 
+/// Why a run's source archive cannot be sent.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SourceError {
+    #[error("could not read submission {submission} for the run's source")]
+    Unreadable {
+        submission: SubmissionId,
+        #[source]
+        source: QueueError,
+    },
+    #[error("submission {0} of this run is no longer recorded at the site")]
+    Gone(SubmissionId),
+    #[error("the run's source archive is missing at the site")]
+    Missing,
+}
+
+/// The archive of `submission`'s source, looked up when a runner asks for it (never cached
+/// from when the lease was made), so a store failure or a vanished submission is reported as
+/// itself rather than as a missing archive.
+pub(crate) fn source_of(
+    handles: &RunHandles,
+    submission: SubmissionId,
+) -> Result<std::path::PathBuf, SourceError> {
+    let sha256 = handles
+        .queue
+        .submission(submission)
+        .map_err(|source| SourceError::Unreadable { submission, source })?
+        .ok_or(SourceError::Gone(submission))?
+        .source_sha256;
+    handles.sources.path(&sha256).ok_or(SourceError::Missing)
+}
+
 /// Why a run was not retried.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RetryError {
@@ -911,4 +923,99 @@ pub(crate) async fn retry_run(
     let retried = runs.into_iter().next().ok_or(RetryError::Empty(id))?;
     tracing::info!(run = %id, retry = %retried.id(), %by, "run retried");
     Ok(retried)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn local<F: std::future::Future>(test: F) -> F::Output {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&runtime, test)
+    }
+
+    async fn handles(dir: &std::path::Path) -> RunHandles {
+        let store = tinyci_store::Store::open(dir, tinyci_store::StoreOptions::default()).unwrap();
+        let (committer, _writer) = tinyci_store::GroupCommitter::start(store.clone()).unwrap();
+        let clock = tinyci_queue::system_clock();
+        let queue = tinyci_queue::Queue::open(
+            store.clone(),
+            committer.clone(),
+            tinyci_queue::QueueSetup {
+                lease: tinyci_core::LeasePolicy::default(),
+                dispatch: tinyci_core::DispatchPolicy::default(),
+                site: "alpha".into(),
+            },
+            clock.clone(),
+        )
+        .await
+        .unwrap();
+        RunHandles {
+            queue,
+            sources: tinyci_assets::SourceStore::open(dir).unwrap(),
+            logs: Rc::new(tinyci_logs::Logs::new(
+                store.clone(),
+                committer.clone(),
+                1024,
+            )),
+            artifacts: Rc::new(
+                tinyci_assets::ArtifactStore::open(dir, 1024, store, committer).unwrap(),
+            ),
+            metrics: Rc::new(crate::metrics::Metrics::new()),
+            clock: crate::SiteClock(clock),
+        }
+    }
+
+    fn new_submission(source_sha256: Vec<u8>) -> NewSubmission {
+        NewSubmission {
+            repo: "org/x".into(),
+            git_ref: "refs/heads/main".into(),
+            sha: "abc".into(),
+            title: "t".into(),
+            submitted_by: "admin:admin".into(),
+            source_sha256,
+            runs: Vec::new(),
+            branch: OnBranch::Aside,
+            tier: TrustTier::Local,
+        }
+    }
+
+    /// Before, the source hash was read when the lease was made and a failed or empty read
+    /// became an empty hash: every such case was reported as "archive missing".
+    #[test]
+    fn a_runs_source_failure_says_what_failed() {
+        local(async {
+            let dir = tempfile::tempdir().unwrap();
+            let handles = handles(dir.path()).await;
+            let gone = source_of(&handles, SubmissionId(404)).unwrap_err();
+            assert!(
+                matches!(gone, SourceError::Gone(SubmissionId(404))),
+                "{gone}"
+            );
+
+            let (missing, _) = handles
+                .queue
+                .submit(new_submission(vec![7; 32]))
+                .await
+                .unwrap();
+            let error = source_of(&handles, missing.id).unwrap_err();
+            assert!(matches!(error, SourceError::Missing), "{error}");
+
+            let mut upload = handles.sources.upload().unwrap();
+            upload.put(b"an archive").unwrap();
+            let digest = {
+                use sha2::Digest as _;
+                sha2::Sha256::digest(b"an archive").to_vec()
+            };
+            upload.finish(&digest).unwrap();
+            let (present, _) = handles.queue.submit(new_submission(digest)).await.unwrap();
+            let path = source_of(&handles, present.id).unwrap();
+            assert_eq!(std::fs::read(path).unwrap(), b"an archive");
+        });
+    }
 }
