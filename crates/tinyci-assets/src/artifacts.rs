@@ -17,6 +17,8 @@ use tinyci_store::records::{ArtifactRecord, artifact_key};
 use tinyci_store::tables::ARTIFACTS;
 use tinyci_store::{GroupCommitter, Store, StoreError};
 
+use tracing::warn;
+
 use crate::sink::{HashingSink, SinkError, Stored};
 
 /// Largest artifact accepted unless `artifacts.max_bytes` in site.toml says otherwise: big
@@ -464,8 +466,12 @@ impl ArtifactStore {
                 .map(|entry| entry.map(|(_, record)| record.sha256))
                 .collect()
         })?;
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Ok(0);
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                warn!(dir = %self.dir.display(), error = %e, "cannot list artifact blobs");
+                return Ok(0);
+            }
         };
         let mut removed = 0;
         for entry in entries.flatten() {
@@ -481,8 +487,11 @@ impl ArtifactStore {
             if referenced.contains(&sha) || self.pending.borrow().contains_key(&sha) {
                 continue;
             }
-            if std::fs::remove_file(entry.path()).is_ok() {
-                removed += 1;
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    warn!(blob = %entry.path().display(), error = %e, "cannot remove a blob nothing names");
+                }
             }
         }
         Ok(removed)

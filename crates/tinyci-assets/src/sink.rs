@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use tracing::warn;
 
 /// Why bytes were not stored.
 #[derive(Debug, thiserror::Error)]
@@ -21,8 +22,9 @@ pub enum SinkError {
     /// The bytes do not hash to what the sender declared.
     #[error("SHA-256 mismatch (corrupted in transit)")]
     Digest,
-    /// The file could not be written, synced or moved.
-    #[error("cannot store {}", path.display())]
+    /// The file could not be written, synced or moved. The message does not name the path
+    /// (it reaches the sender); the value keeps it for the site's own log.
+    #[error("the site could not write it to disk")]
     Io {
         /// The file.
         path: PathBuf,
@@ -30,6 +32,16 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A failure of the site's own disk: logged here with the path (the operator's to fix),
+/// reported to the sender without it.
+fn disk_error(path: &Path, source: std::io::Error) -> SinkError {
+    warn!(path = %path.display(), error = %source, "cannot store incoming bytes");
+    SinkError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// What a finished sink stored.
@@ -74,10 +86,7 @@ impl HashingSink {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!(".{}-{n}.part", std::process::id()));
-        let file = File::create(&tmp).map_err(|source| SinkError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
+        let file = File::create(&tmp).map_err(|source| disk_error(&tmp, source))?;
         Ok(Self {
             file,
             tmp,
@@ -99,10 +108,9 @@ impl HashingSink {
         if size > self.limit {
             return Err(SinkError::TooLarge { limit: self.limit });
         }
-        self.file.write_all(bytes).map_err(|source| SinkError::Io {
-            path: self.tmp.clone(),
-            source,
-        })?;
+        self.file
+            .write_all(bytes)
+            .map_err(|source| disk_error(&self.tmp, source))?;
         self.hasher.update(bytes);
         self.size = size;
         Ok(())
@@ -132,7 +140,7 @@ impl HashingSink {
         let dest = dest(&stored.sha256);
         let io = |path: &Path| {
             let path = path.to_owned();
-            move |source| SinkError::Io { path, source }
+            move |source| disk_error(&path, source)
         };
         self.file.sync_all().map_err(io(&self.tmp))?;
         std::fs::rename(&self.tmp, &dest).map_err(io(&dest))?;

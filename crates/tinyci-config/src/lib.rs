@@ -3,8 +3,9 @@
 //!
 //! `site.toml.example` at the repository root documents every key; keep the two in step.
 //!
-//! Owns the configuration's shape and its validation, nothing else: no I/O beyond reading
-//! the file and checking named files exist, no store, no network, no capnp. The site turns a
+//! Owns the configuration's shape and its validation, nothing else: it does no I/O beyond
+//! reading the file and checking named files exist, and opens no store or connection (it
+//! names the settings types and defaults of the crates it configures). The site turns a
 //! [`SiteConfig`] into running parts.
 
 use std::collections::BTreeSet;

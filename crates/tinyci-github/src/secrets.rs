@@ -64,7 +64,6 @@ pub enum SecretsError {
     Crypto(&'static str),
 }
 
-/// The key that seals secrets at rest. Its `Debug` output is redacted.
 /// What is wrong with a key file's content. Never quotes the content.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyFileError {
@@ -85,7 +84,7 @@ pub enum KeyFileError {
     Refused,
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
+/// The key that seals secrets at rest. Its `Debug` output is redacted.
 pub struct SecretsKey {
     /// The raw key, as written to the key file.
     bytes: [u8; KEY_LEN],
@@ -99,7 +98,6 @@ impl fmt::Debug for SecretsKey {
     }
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 impl SecretsKey {
     /// Loads the key from `path`, or makes a new random one there (mode 0600, temp file then
     /// rename) if the file does not exist. An existing file that is group- or
@@ -254,7 +252,6 @@ impl SecretsKey {
 
 /// `bytes` random bytes as lowercase hex (`2 * bytes` characters), for webhook secrets and
 /// OAuth states.
-#[cfg_attr(not(test), allow(dead_code))]
 pub fn random_secret_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     fill_random(&mut buf);

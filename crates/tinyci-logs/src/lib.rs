@@ -125,6 +125,15 @@ pub enum LogError {
         #[source]
         source: Arc<tinyci_store::StoreError>,
     },
+    /// Removing logs (for retention) failed; none of them was removed.
+    #[error("cannot remove the logs of {runs} runs")]
+    Remove {
+        /// How many runs' logs were to go.
+        runs: usize,
+        /// What the store said.
+        #[source]
+        source: Arc<tinyci_store::StoreError>,
+    },
     /// Scanning all stored logs (for retention) failed.
     #[error("cannot scan the stored logs")]
     Scan {

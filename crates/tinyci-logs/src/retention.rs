@@ -57,9 +57,10 @@ impl Logs {
     /// Deletes the whole stored log of each of `runs`, durably. The caller removes only logs
     /// of finished runs: nothing is writing them.
     pub async fn remove(&self, runs: Vec<u64>) -> Result<(), LogError> {
-        let Some(&first) = runs.first() else {
+        if runs.is_empty() {
             return Ok(());
-        };
+        }
+        let count = runs.len();
         self.committer()
             .write(move |txn| {
                 for run in runs {
@@ -74,8 +75,8 @@ impl Logs {
                 Ok(())
             })
             .await
-            .map_err(|source| LogError::Store {
-                run: first,
+            .map_err(|source| LogError::Remove {
+                runs: count,
                 source: Arc::new(source),
             })
     }

@@ -365,13 +365,15 @@ impl LogWriter {
         let reached = durable
             .wait_for(|d| *d >= target || failed())
             .await
-            .map(|d| *d >= target);
-        if let Some(failed) = self.failure(&self.log.state.borrow()) {
-            return Err(failed);
+            .is_ok_and(|d| *d >= target);
+        // What this writer wrote is durable even if a later commit failed: that failure is
+        // the next write's to report.
+        if reached {
+            return Ok(());
         }
-        match reached {
-            Ok(true) => Ok(()),
-            _ => Err(LogError::Closed { run: self.log.run }),
+        match self.failure(&self.log.state.borrow()) {
+            Some(failed) => Err(failed),
+            None => Err(LogError::Closed { run: self.log.run }),
         }
     }
 }

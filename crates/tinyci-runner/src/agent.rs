@@ -759,7 +759,12 @@ async fn run_leased(
     let sink = SourceSink::create(&archive);
     let sink = match sink {
         Ok(sink) => sink,
-        Err(e) => return ExecOutcome::errored(format!("cannot store the source: {e}")),
+        Err(e) => {
+            return ExecOutcome::errored(format!(
+                "cannot store the source: {}",
+                tinyci_core::error_chain(&e)
+            ));
+        }
     };
     let mut request = job.source_request();
     request.get().set_sink(capnp_rpc::new_client(sink));

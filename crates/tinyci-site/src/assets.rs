@@ -315,7 +315,7 @@ impl byte_sink::Server for ArtifactUpload {
                     name: self.name.clone(),
                     source: e,
                 });
-                return Err(self.abandon(receiving, format!("{message} at the site")));
+                return Err(self.abandon(receiving, message));
             }
         }
         *state = Some(receiving);

@@ -87,10 +87,10 @@ impl submitter::Server for SubmitterCap {
             user.may(tinyci_users::Capability::Submit, &self.repo, Want::Write)
                 .await
                 .map_err(|why| {
-                    capnp::Error::failed(format!(
-                        "denied queue:submit on repo {}: {why}",
-                        self.repo
-                    ))
+                    crate::rpc::failed_as(
+                        &format!("denied queue:submit on repo {}", self.repo),
+                        &why,
+                    )
                 })?;
             supersede = supersede
                 && user
@@ -213,7 +213,7 @@ impl LogReaderCap {
             .user_may(tinyci_users::Capability::Logs, &run.repo, Want::Read)
             .await;
         if let Err(why) = readable {
-            info!(run = %parsed, reason = %why, "log reader refused a run");
+            info!(run = %parsed, reason = %crate::rpc::chain(&why), "log reader refused a run");
             return Err(not_found());
         }
         Ok(run)
@@ -294,7 +294,7 @@ impl log_reader::Server for LogReaderCap {
             tokio::select! {
                 result = follow => {
                     if let Err(e) = result {
-                        tracing::debug!(run = %run_id, error = %e, "follow ended");
+                        tracing::debug!(run = %run_id, error = %crate::rpc::chain(&e), "follow ended");
                     }
                 }
                 why = liveness.dead() => {

@@ -985,8 +985,9 @@ mod tests {
         }
     }
 
-    /// Before, the source hash was read when the lease was made and a failed or empty read
-    /// became an empty hash: every such case was reported as "archive missing".
+    /// The finding: a lease that read its source hash when it was made turned a failed or
+    /// empty read into an empty hash, so every such case read as "archive missing". The
+    /// lookup is now made on request, and each case says what it is.
     #[test]
     fn a_runs_source_failure_says_what_failed() {
         local(async {

@@ -645,11 +645,12 @@ impl Site {
         .await;
         stop.cancel();
         tasks.close();
-        // Wait until all are really gone: they hold the store open through `services`.
+        // Wait until all are really gone: they hold the store open through `services`. The
+        // inbox processor first: until it has stopped it may still start a status reporter.
+        tasks.wait().await;
         if let Some(github) = &self.services.github {
             github.stop_tasks().await;
         }
-        tasks.wait().await;
         info!(site = %self.config.name, "stopped serving; closing store");
         let Self {
             config,

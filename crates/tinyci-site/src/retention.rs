@@ -69,7 +69,7 @@ pub(crate) async fn run_sweeper(
             ),
             Ok(_) => {}
             Err(e) => warn!(
-                error = %crate::rpc::failed(&e),
+                error = %crate::rpc::chain(&e),
                 "retention sweep failed; retrying at the next one"
             ),
         }

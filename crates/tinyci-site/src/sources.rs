@@ -6,10 +6,8 @@ use std::path::Path;
 use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
-use tinyci_assets::SourceUpload;
+use tinyci_assets::{SinkError, SourceUpload};
 use tinyci_schema::byte_sink;
-
-use crate::rpc::failed_as;
 
 /// Chunk size when streaming archives to runners.
 const CHUNK: usize = 64 * 1024;
@@ -17,33 +15,51 @@ const CHUNK: usize = 64 * 1024;
 /// `ByteSink` for one upload. Dropped unfinished, it leaves nothing behind.
 pub(crate) struct Upload {
     state: RefCell<Option<SourceUpload>>,
+    /// Why it ended, once it did: repeated to every later call, since a streaming client may
+    /// only learn of a refused `write` at `finish`.
+    ended: RefCell<Option<String>>,
 }
 
 impl Upload {
     pub(crate) fn new(upload: SourceUpload) -> Self {
         Self {
             state: RefCell::new(Some(upload)),
+            ended: RefCell::new(None),
         }
     }
-}
 
-fn refused(e: &tinyci_assets::SinkError) -> capnp::Error {
-    failed_as("source archive refused", e)
+    /// Ends the upload with `e` (what was received goes with it) and says why.
+    fn end(&self, e: &SinkError) -> capnp::Error {
+        *self.state.borrow_mut() = None;
+        let message = match e {
+            // The sink logged where; the sender is told the site failed, not where.
+            SinkError::Io { .. } => format!("cannot store the source archive: {e}"),
+            refusal => format!("source archive refused: {refusal}"),
+        };
+        *self.ended.borrow_mut() = Some(message.clone());
+        capnp::Error::failed(message)
+    }
+
+    /// The error for a call after the upload ended.
+    fn ended(&self) -> capnp::Error {
+        capnp::Error::failed(
+            self.ended
+                .borrow()
+                .clone()
+                .unwrap_or_else(|| "upload already finished".to_owned()),
+        )
+    }
 }
 
 impl byte_sink::Server for Upload {
     async fn write(self: Rc<Self>, params: byte_sink::WriteParams) -> Result<(), capnp::Error> {
         let chunk = params.get()?.get_chunk()?;
-        let mut state = self.state.borrow_mut();
-        let upload = state
-            .as_mut()
-            .ok_or_else(|| capnp::Error::failed("upload already finished".into()))?;
-        if let Err(e) = upload.put(chunk) {
-            // Nothing more is taken; the partial file goes with the upload.
-            *state = None;
-            return Err(refused(&e));
-        }
-        Ok(())
+        let put = match self.state.borrow_mut().as_mut() {
+            Some(upload) => upload.put(chunk),
+            None => return Err(self.ended()),
+        };
+        // Past a refusal nothing more is taken; the partial file goes with the upload.
+        put.map_err(|e| self.end(&e))
     }
 
     async fn finish(
@@ -52,16 +68,15 @@ impl byte_sink::Server for Upload {
         mut results: byte_sink::FinishResults,
     ) -> Result<(), capnp::Error> {
         let expected = params.get()?.get_sha256()?.to_vec();
-        let upload = self
-            .state
-            .borrow_mut()
-            .take()
-            .ok_or_else(|| capnp::Error::failed("upload already finished".into()))?;
+        let Some(upload) = self.state.borrow_mut().take() else {
+            return Err(self.ended());
+        };
+        *self.ended.borrow_mut() = Some("upload already finished".to_owned());
         // fsync and rename off the RPC thread: acknowledging means it is on disk.
         let stored = tokio::task::spawn_blocking(move || upload.finish(&expected))
             .await
             .map_err(|e| capnp::Error::failed(format!("failed to store the upload: {e}")))?
-            .map_err(|e| refused(&e))?;
+            .map_err(|e| self.end(&e))?;
         results.get().set_size(stored.size);
         Ok(())
     }

@@ -736,7 +736,7 @@ async fn events(state: &HttpState, request: &Request<Incoming>, id: &str) -> Web
             tokio::select! {
                 result = &mut follow => {
                     if let Err(e) = result {
-                        debug!(run = %run_id, error = %e, "web follower ended");
+                        debug!(run = %run_id, error = %crate::rpc::chain(&e), "web follower ended");
                     }
                     break;
                 }
