@@ -57,12 +57,20 @@ struct IssuedState {
     issued: SystemTime,
 }
 
-/// What a taken state was issued for.
-#[derive(Debug, PartialEq, Eq)]
+/// What a taken state was issued for. `Debug` leaves the verifier out.
+#[derive(PartialEq, Eq)]
 pub struct Taken {
     pub purpose: Purpose,
     /// The PKCE code verifier to exchange the code with.
     pub verifier: String,
+}
+
+impl std::fmt::Debug for Taken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Taken")
+            .field("purpose", &self.purpose)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Pending OAuth states. Sans-IO: every time is a parameter.
@@ -224,8 +232,9 @@ impl WebSessions {
     }
 }
 
-/// What a finished CLI login hands back.
-#[derive(Clone, Debug, serde::Serialize)]
+/// What a finished CLI login hands back (to the terminal that polls for it, as JSON). `Debug`
+/// leaves the token out.
+#[derive(Clone, serde::Serialize)]
 pub struct LoginResult {
     pub site: String,
     pub user: String,
@@ -237,6 +246,18 @@ pub struct LoginResult {
     pub token: String,
     pub capabilities: Vec<String>,
     pub expires_at: u64,
+}
+
+impl std::fmt::Debug for LoginResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginResult")
+            .field("site", &self.site)
+            .field("user", &self.user)
+            .field("github_login", &self.github_login)
+            .field("capabilities", &self.capabilities)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a pending CLI login ends.
@@ -610,6 +631,31 @@ mod tests {
             code_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
+    }
+
+    #[test]
+    fn debug_output_leaves_login_secrets_out() {
+        let result = LoginResult {
+            site: "alpha".into(),
+            user: "ana".into(),
+            github_login: "ana".into(),
+            addr: "127.0.0.1:7433".into(),
+            cert_pem: String::new(),
+            ca_pem: String::new(),
+            token: "SECRET-TOKEN".into(),
+            capabilities: vec!["logs".into()],
+            expires_at: 0,
+        };
+        let taken = Taken {
+            purpose: BROWSER,
+            verifier: "SECRET-VERIFIER".into(),
+        };
+        let shown = format!(
+            "{result:?} {taken:?} {:?}",
+            LoginOutcome::Done(Box::new(result.clone()))
+        );
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(shown.contains("ana"), "{shown}");
     }
 
     #[test]
