@@ -6,22 +6,30 @@
 //!
 //! Bytes live as files beside the LMDB store, rows in it. Must not depend on capnp, the
 //! queue or any transport: the site wraps these in its `ByteSink` and `AssetSink`
-//! capabilities and decides who may call them.
+//! capabilities and decides who may call them. Without the `store` feature the crate is the
+//! sink alone (what the runner takes for the archives it downloads).
 
+#[cfg(feature = "store")]
 mod artifacts;
+#[cfg(feature = "store")]
 mod plan;
 mod sink;
+#[cfg(feature = "store")]
 mod sources;
 
+#[cfg(feature = "store")]
 pub use artifacts::{
     ArtifactError, ArtifactStore, DEFAULT_MAX_ARTIFACT_BYTES, MAX_ARTIFACTS_PER_RUN,
     MAX_COMPONENT_BYTES, MAX_NAME_BYTES, MAX_RUN_ARTIFACT_BYTES, NameError, PendingBlob,
     check_run_limits, shown, validate_name,
 };
+#[cfg(feature = "store")]
 pub use plan::{PlanError, plan_archive};
 pub use sink::{HashingSink, SinkError, Stored};
+#[cfg(feature = "store")]
 pub use sources::{
     ArchiveError, ImportError, MAX_SOURCE_BYTES, MAX_TASK_FILE_BYTES, MAX_TASK_FILES, SourceStore,
     SourceUpload, task_files,
 };
+#[cfg(feature = "store")]
 pub use tinyci_store::records::ArtifactRecord;

@@ -53,6 +53,7 @@ pub struct Stored {
     pub size: u64,
 }
 
+#[cfg(feature = "store")]
 /// Creates `incoming` (where sinks write) if needed and removes the temporary files a
 /// previous process left there unfinished: nothing that was acknowledged lives there.
 pub(crate) fn fresh_incoming(incoming: &Path) -> std::io::Result<()> {

@@ -13,7 +13,6 @@ mod intake;
 pub mod oauth;
 mod repos;
 pub mod secrets;
-mod settings;
 mod statuses;
 
 use std::cell::RefCell;
@@ -32,7 +31,7 @@ use tokio::sync::Notify;
 pub use intake::{Intake, IntakeError};
 pub use repos::list as known_repos;
 pub use secrets::SecretsKey;
-pub use settings::{GitHubAllow, GitHubSettings, NotAnAllowEntry};
+pub use tinyci_config::{GitHubAllow, GitHubSettings, NotAnAllowEntry};
 
 /// The status context used for problems that belong to no run (an unreadable `tinyci.yml`).
 pub const SITE_CONTEXT: &str = "tinyci";
