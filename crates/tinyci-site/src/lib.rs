@@ -2,9 +2,12 @@
 //! its store, and serves the `Gateway` bootstrap over mTLS capnp-rpc (`site up`). Also the
 //! client side of reaching one's own site with the admin certificate (`site status`).
 //!
-//! This crate composes the layers; it owns no wire format, no crypto and no storage engine
-//! (those are `tinyci-schema`, `tinyci-pki`/`tinyci-grant` and `tinyci-store`). It must not
-//! know `anyhow` or `clap`: the CLI turns its typed errors into messages and exit codes.
+//! This crate composes the layers and is the Cap'n Proto capability surface; it owns no wire
+//! format, no crypto and no storage engine (those are `tinyci-schema`, `tinyci-pki`/
+//! `tinyci-grant` and `tinyci-store`), and the configuration, run logs, bulk bytes and GitHub
+//! are their own crates (`tinyci-config`, `tinyci-logs`, `tinyci-assets`, `tinyci-github`).
+//! It must not know `anyhow` or `clap`: the CLI turns its typed errors into messages and exit
+//! codes.
 
 mod access;
 mod assets;
