@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use tinyci_store::records::{ArtifactRecord, artifact_key};
+use tinyci_store::records::{ArtifactRecord, artifact_key, key_run};
 use tinyci_store::tables::ARTIFACTS;
 use tinyci_store::{GroupCommitter, Store, StoreError};
 
@@ -241,12 +241,6 @@ impl Drop for PendingBlob {
     }
 }
 
-fn run_of(key: &[u8]) -> Option<u64> {
-    key.get(..8)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_be_bytes)
-}
-
 impl ArtifactStore {
     /// Creates `<data>/artifacts/incoming` if needed and clears uploads a previous process
     /// left unfinished. Call with the store open: its lock keeps other sites off `data_dir`.
@@ -419,7 +413,7 @@ impl ArtifactStore {
                 let mut usage: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
                 for entry in txn.iter_range(ARTIFACTS, &..)? {
                     let (key, record) = entry?;
-                    if let Some(run) = run_of(key) {
+                    if let Some(run) = key_run(key) {
                         let run = usage.entry(run).or_default();
                         run.0 += 1;
                         run.1 += record.size;

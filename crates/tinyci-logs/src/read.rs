@@ -2,18 +2,11 @@
 
 use std::sync::Arc;
 
-use tinyci_store::records::{LogChunk, log_key};
+use tinyci_store::records::{LogChunk, log_key, log_key_offset};
 use tinyci_store::tables::LOG_CHUNKS;
 use tinyci_store::{Store, StoreError};
 
 use crate::{LogError, MAX_LOG_CHUNK};
-
-/// The offset a chunk's key names.
-pub(crate) fn chunk_offset(key: &[u8]) -> u64 {
-    key.get(8..16)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map_or(0, u64::from_be_bytes)
-}
 
 /// The length of a run's stored log: where the next chunk goes.
 pub(crate) fn stored_length(store: &Store, run: u64) -> Result<u64, LogError> {
@@ -22,7 +15,7 @@ pub(crate) fn stored_length(store: &Store, run: u64) -> Result<u64, LogError> {
             let mut length = 0;
             for entry in txn.iter_prefix(LOG_CHUNKS, &run.to_be_bytes()[..])? {
                 let (key, chunk) = entry?;
-                length = length.max(chunk_offset(key) + chunk.data.len() as u64);
+                length = length.max(log_key_offset(key) + chunk.data.len() as u64);
             }
             Ok(length)
         })
@@ -54,7 +47,7 @@ pub(crate) fn read_chunks(
             let mut taken = 0usize;
             for entry in txn.iter_range(LOG_CHUNKS, &range)? {
                 let (key, mut chunk) = entry?;
-                let offset = chunk_offset(key);
+                let offset = log_key_offset(key);
                 let end = offset + chunk.data.len() as u64;
                 if end <= from {
                     continue;

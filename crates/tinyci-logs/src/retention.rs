@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use tinyci_store::records::key_run;
 use tinyci_store::tables::LOG_CHUNKS;
 
 use crate::read::off_thread;
@@ -18,12 +19,6 @@ pub struct LogUsage {
     pub bytes: u64,
 }
 
-fn run_of(key: &[u8]) -> Option<u64> {
-    key.get(..8)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_be_bytes)
-}
-
 impl Logs {
     /// Every run that has a stored log, with what it holds.
     pub async fn usage(&self) -> Result<BTreeMap<u64, LogUsage>, LogError> {
@@ -35,7 +30,7 @@ impl Logs {
                         let mut usage: BTreeMap<u64, LogUsage> = BTreeMap::new();
                         for entry in txn.iter_range(LOG_CHUNKS, &..)? {
                             let (key, chunk) = entry?;
-                            if let Some(run) = run_of(key) {
+                            if let Some(run) = key_run(key) {
                                 let run = usage.entry(run).or_default();
                                 run.chunks += 1;
                                 run.bytes += chunk.data.len() as u64;

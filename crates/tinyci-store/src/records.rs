@@ -46,6 +46,21 @@ pub struct LogChunk {
     pub data: Vec<u8>,
 }
 
+/// The run a log chunk's or an artifact's key belongs to (both start with the run id,
+/// big-endian).
+pub fn key_run(key: &[u8]) -> Option<u64> {
+    key.get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+}
+
+/// The offset a log chunk's key names.
+pub fn log_key_offset(key: &[u8]) -> u64 {
+    key.get(8..16)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
 /// The key of a log chunk: run id then offset, big-endian.
 pub fn log_key(run: u64, offset: u64) -> [u8; 16] {
     let mut key = [0u8; 16];
