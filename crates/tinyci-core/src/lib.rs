@@ -21,6 +21,7 @@ mod ids;
 mod paths;
 mod plan;
 mod run;
+mod secret;
 mod trust;
 
 pub use clock::{Clock, system_time};
@@ -35,6 +36,7 @@ pub use run::{
     DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LEASE_DURATION, DEFAULT_MAX_ATTEMPTS, Lease, LeaseId,
     LeasePolicy, Outcome, Run, RunEvent, RunStatus, Transition, TransitionError,
 };
+pub use secret::constant_time_eq;
 pub use trust::{
     DispatchPolicy, Isolation, IsolationError, Needs, Offer, QueuePolicy, Refusal, TierError,
     TierPattern, TrustTier, waiting_reason,

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use tinyci_core::constant_time_eq;
 use tinyci_pki::{PeerIdentity, Role, SiteCa};
 use tokio::sync::watch;
 
@@ -21,8 +22,6 @@ use tokio::sync::watch;
 pub const STATE_TTL: Duration = Duration::from_secs(600);
 /// Most states or logins pending at once; the oldest are dropped past it.
 const MAX_PENDING: usize = 10_000;
-/// The session cookie's name.
-pub const SESSION_COOKIE: &str = "tinyci_session";
 
 /// Why a callback's state was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -460,11 +459,6 @@ impl Logins {
     pub fn remove(&mut self, id: &str) {
         self.pending.remove(id);
     }
-}
-
-/// Secret comparison in constant time (aws-lc's, the crypto provider already compiled).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
 /// PKCE (RFC 7636, S256): the challenge sent to GitHub for `verifier`.

@@ -5,7 +5,8 @@
 //! This crate composes the layers and is the Cap'n Proto capability surface; it owns no wire
 //! format, no crypto and no storage engine (those are `tinyci-schema`, `tinyci-pki`/
 //! `tinyci-grant` and `tinyci-store`), and the configuration, run logs, bulk bytes and GitHub
-//! are their own crates (`tinyci-config`, `tinyci-logs`, `tinyci-assets`, `tinyci-github`).
+//! are their own crates (`tinyci-config`, `tinyci-logs`, `tinyci-assets`, `tinyci-github`), as
+//! is the web side (`tinyci-web`), which this crate hands views and capabilities.
 //! It must not know `anyhow` or `clap`: the CLI turns its typed errors into messages and exit
 //! codes.
 
@@ -18,8 +19,8 @@ pub use tinyci_config as config;
 mod denied;
 pub mod federation;
 mod gateway;
+mod github_endpoints;
 mod grants;
-mod http;
 pub mod init;
 mod jobs;
 mod logs;
@@ -623,15 +624,19 @@ impl Site {
             );
         }
         if let Some(listener) = self.http.take() {
-            let state = Rc::new(http::HttpState {
-                services: self.services.clone(),
-                rpc_addr: addr.map(|a| a.to_string()).unwrap_or_default(),
-                states: Default::default(),
-                logins: Default::default(),
-                login_ca: self.login_ca.clone(),
-                web: web::WebState::new(self.config.http.as_ref()),
-            });
-            tasks.spawn_local(http::serve(listener, state, stop.clone().cancelled_owned()));
+            let site_web = web::SiteWeb::new(
+                self.services.clone(),
+                addr.map(|a| a.to_string()).unwrap_or_default(),
+                self.login_ca.clone(),
+                self.config.http.as_ref(),
+            );
+            let settings = site_web.settings.clone();
+            tasks.spawn_local(tinyci_web::serve(
+                listener,
+                Rc::new(site_web),
+                settings,
+                stop.clone().cancelled_owned(),
+            ));
         }
         let services = self.services.clone();
         tinyci_net::serve(

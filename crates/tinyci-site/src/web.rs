@@ -1,1118 +1,317 @@
-//! The site's web pages, on the HTTP listener: `/` (recent submissions), `/submissions/<id>`,
-//! `/runs/<id>` (details and log, followed live through Server-Sent Events at
-//! `/runs/<id>/events`, ANSI colours rendered), `/runs/<id>/log` (the raw log) and
-//! `/runs/<id>/artifacts/<name>`. Server-rendered HTML with one small script; usable on a
-//! phone and readable without colour (every status is a word, never only a hue).
+//! What the site hands its web side ([`tinyci_web`]): read-only views of runs copied out of
+//! the queue, the logs and the artifacts, and for a signed-in browser, its grant redeemed for
+//! an in-process [`Session`](crate::session::Session), exactly as a connection's token is.
+//! The pages decide nothing of their own beyond `[http] public_repos`: what a signed-in user
+//! sees or does is what that session's capabilities return (the grant, the capability held
+//! now, and GitHub's word on the repository, cached for [`crate::access::ACCESS_TTL`]).
 //!
-//! Who may read: a repository in `[http] public_repos` is readable by anyone. For anything
-//! else the pages keep no authorization of their own: a browser signed in through GitHub holds
-//! a grant minted for it at sign-in (in memory, expiring with the session, revoked with the
-//! user's capabilities), and each request redeems it for an in-process `Session`, exactly as a
-//! connection's token is redeemed. A page shows a run when that session's `LogReader` shows it
-//! (the grant, the capability held now, and GitHub's word on the repository, cached for
-//! [`crate::access::ACCESS_TTL`]), serves an artifact when the reader lists artifacts
-//! (`assets:read`), and cancels or retries through the submission's `Ticket` (`runs:cancel`).
-//! Pages never say whether a run they will not show exists. Forms also carry the session's
-//! anti-forgery token; the session cookie is `SameSite=Lax` and `HttpOnly` besides.
-//!
-//! The live log rides on the same follow machinery as `tinyci logs -f` ([`crate::logs::follow`]):
-//! an in-process `LogObserver` turns chunks into events whose `id` is the log offset after
-//! them, so a browser that reconnects (sending `Last-Event-ID`) resumes where it left off.
+//! The GitHub webhook and the OAuth login steps are answered here too
+//! ([`crate::github_endpoints`]): they mint grants, sign certificates and write the store.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Write as _;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use futures::Stream;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{Either, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use tinyci_core::{RunId, RunStatus, SubmissionId};
-use tinyci_grant::Right;
+use http::Request;
+use hyper::body::Incoming;
+use tinyci_core::{RunId, SubmissionId};
+use tinyci_github::oauth;
 use tinyci_pki::PeerIdentity;
 use tinyci_queue::{StoredRun, StoredSubmission};
-use tinyci_schema::{log_observer, log_reader, session};
-use tinyci_users::User;
-use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tinyci_schema::log_observer;
+use tinyci_web::{
+    ArtifactFile, ArtifactView, Backend, Follow, Reply, RunChanges, RunView, SignedIn,
+    SubmissionView, ViewError, Viewer, WebSettings,
+};
+use tracing::{debug, warn};
 
 use crate::Services;
-use crate::http::{HttpState, session_cookie};
-use tinyci_github::oauth::WebSession;
-use tinyci_web::AnsiHtml;
-use tinyci_web::render::{
-    RUN_JS, SITE_CSS, badge, counts, format_time, html_escape, human_size, origin_of,
-    percent_decode, percent_encode_path, short_ref, short_sha, sse_event,
-};
 
-/// The run page renders at most this much of the log's end; the rest is a link away.
-const PAGE_LOG_BYTES: u64 = 1024 * 1024;
-/// Submissions on the front page.
-const FRONT_PAGE_SUBMISSIONS: usize = 50;
-/// Largest form a page posts.
-const MAX_FORM_BYTES: usize = 4096;
-/// Events a slow browser may lag behind by before the follow waits for it.
-const EVENT_BUFFER: usize = 16;
-/// A comment sent on a quiet event stream so proxies keep it open and a gone browser is
-/// noticed.
-const KEEPALIVE: Duration = Duration::from_secs(15);
-
-/// A body sent piece by piece from this thread (the site's `LocalSet`).
-pub(crate) type LocalStream = Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, std::io::Error>>>>;
-/// Every HTTP answer: whole, or streamed.
-pub(crate) type Body = Either<Full<Bytes>, StreamBody<LocalStream>>;
-pub(crate) type WebReply = Response<Body>;
-
-/// What the pages keep between requests.
-#[derive(Default)]
-pub(crate) struct WebState {
-    /// `[http] public_repos`.
-    public_repos: BTreeSet<String>,
-    /// `[http] public_url`, for checking where a form was posted from.
-    public_url: Option<String>,
+/// The site behind its HTTP listener.
+pub(crate) struct SiteWeb {
+    pub(crate) services: Rc<Services>,
+    /// The capnp address clients reach the site at (handed to `tinyci login`).
+    pub(crate) rpc_addr: String,
+    pub(crate) states: RefCell<oauth::States>,
+    pub(crate) logins: RefCell<oauth::Logins>,
+    /// Signs login CSRs; `None` when `tls.ca_key` is not configured.
+    pub(crate) login_ca: Option<Rc<oauth::LoginCa>>,
     /// Signed-in browsers.
-    pub(crate) sessions: RefCell<tinyci_github::oauth::WebSessions>,
+    pub(crate) sessions: RefCell<oauth::WebSessions>,
+    pub(crate) settings: WebSettings,
 }
 
-impl WebState {
-    /// Whether browsers reach the site over HTTPS (cookies are then `Secure`).
-    pub(crate) fn https(&self) -> bool {
-        self.public_url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("https://"))
-    }
-
-    pub(crate) fn new(config: Option<&crate::config::HttpConfig>) -> Self {
+impl SiteWeb {
+    pub(crate) fn new(
+        services: Rc<Services>,
+        rpc_addr: String,
+        login_ca: Option<Rc<oauth::LoginCa>>,
+        config: Option<&crate::config::HttpConfig>,
+    ) -> Self {
         Self {
-            public_repos: config.map(|c| c.public_repos.clone()).unwrap_or_default(),
-            public_url: config.and_then(|c| c.public_url.clone()),
-            ..Self::default()
+            services,
+            rpc_addr,
+            states: RefCell::default(),
+            logins: RefCell::default(),
+            login_ca,
+            sessions: RefCell::default(),
+            settings: WebSettings {
+                public_repos: config.map(|c| c.public_repos.clone()).unwrap_or_default(),
+                public_url: config.and_then(|c| c.public_url.clone()),
+            },
         }
     }
-}
 
-/// Who is asking.
-struct Viewer {
-    /// The signed-in session and its user (read afresh), if any.
-    signed_in: Option<(WebSession, User)>,
-    /// The signed-in user's in-process session: their browser's grant, redeemed for this
-    /// request exactly as a connection's token is. It is the pages' only authority: what a
-    /// page shows or does for them is what its capabilities return. `None`: anonymous, or a
-    /// grant that is gone (revoked with a capability, expired).
-    session: Option<session::Client>,
-    /// The rights of that grant, to decide which buttons to show (pressing one still goes
-    /// through `session`).
-    rights: BTreeSet<Right>,
-    /// The liveness of that grant's session: a live log stream ends when it dies (a
-    /// capability taken away revokes the grant), as an RPC follower's does.
-    liveness: Option<Rc<crate::membrane::Liveness>>,
-}
-
-impl Viewer {
-    fn may_cancel(&self) -> bool {
-        self.rights.contains(&Right::RunsCancel)
-    }
-
-    /// Whether the page may list and serve `run`'s artifacts: a public repository's, or what
-    /// the user's session's reader lists (`assets:read`).
-    async fn may_see_artifacts(&self, state: &HttpState, run: &StoredRun) -> bool {
-        if state.web.public_repos.contains(&run.repo) {
-            return true;
-        }
-        let Some(reader) = self.reader(&run.repo).await else {
-            return false;
-        };
-        let mut request = reader.artifacts_request();
-        request.get().set_run(run.id().to_string());
-        request.send().promise.await.is_ok()
-    }
-
-    /// A log reader of `repo` through the user's session, if the session hands one out.
-    async fn reader(&self, repo: &str) -> Option<log_reader::Client> {
-        let session = self.session.as_ref()?;
-        let mut request = session.logs_request();
-        request.get().init_scope().set_repo(repo);
-        let response = request.send().promise.await;
-        match response.and_then(|r| r.get()?.get_reader()) {
-            Ok(reader) => Some(reader),
-            Err(e) => {
-                debug!(%repo, error = %e, "page refused by the user's session");
-                None
-            }
-        }
-    }
-}
-
-fn viewer(state: &HttpState, request: &Request<Incoming>) -> Viewer {
-    let signed_in = session_cookie(request)
-        .and_then(|cookie| {
-            state
-                .web
-                .sessions
-                .borrow()
-                .get(&cookie, state.services.now())
-        })
-        .and_then(|session| match state.services.users.get(&session.user) {
-            Ok(Some(user)) => Some((session, user)),
+    /// The signed-in browser holding `cookie` and its user's name, read afresh (a user
+    /// removed since is signed out).
+    fn web_session(&self, cookie: &str) -> Option<oauth::WebSession> {
+        let session = self.sessions.borrow().get(cookie, self.services.now())?;
+        match self.services.users.get(&session.user) {
+            Ok(Some(_)) => Some(session),
             Ok(None) => None,
             Err(e) => {
                 warn!(error = %e, "cannot read the signed-in user");
                 None
             }
+        }
+    }
+}
+
+fn run_view(services: &Services, run: StoredRun) -> RunView {
+    let tier = services.queue.tier(&run).map(|t| t.to_string());
+    RunView {
+        id: run.id(),
+        submission: run.submission,
+        status: run.state.status(),
+        attempt: run.state.attempt(),
+        max_attempts: run.state.max_attempts(),
+        created_at: run.state.created_at(),
+        updated_at: run.state.updated_at(),
+        repo: run.repo,
+        git_ref: run.git_ref,
+        sha: run.sha,
+        task_dir: run.spec.task_dir,
+        name: run.spec.name,
+        queue: run.spec.queue.to_string(),
+        runner: run.runner,
+        started_at: run.started_at,
+        message: run.message,
+        tier,
+    }
+}
+
+fn submission_view(submission: StoredSubmission) -> SubmissionView {
+    SubmissionView {
+        id: submission.id,
+        repo: submission.repo,
+        git_ref: submission.git_ref,
+        sha: submission.sha,
+        title: submission.title,
+        submitted_by: submission.submitted_by,
+        created_at: submission.created_at,
+    }
+}
+
+impl Backend for SiteWeb {
+    fn now_ms(&self) -> u64 {
+        self.services.now_ms()
+    }
+
+    fn ready(&self) -> Result<(), ViewError> {
+        let read = self.services.store.read(|txn| {
+            txn.get(tinyci_store::tables::META, tinyci_store::SCHEMA_VERSION_KEY)
+                .map(|v| v.is_some())
         });
-    let mut rights = BTreeSet::new();
-    let mut liveness = None;
-    let session = signed_in.as_ref().and_then(|(web, user)| {
-        let token = web.token.as_deref()?;
-        let services = &state.services;
-        let identity = PeerIdentity::member(
-            services.grants.site().clone(),
-            tinyci_pki::Role::User,
-            user.name.as_str(),
-        )
-        .ok()?;
-        match services.grants.redeem(token, &identity, services.now()) {
-            Ok(redeemed) => {
-                rights = redeemed.token.grant().rights.clone();
-                liveness = Some(redeemed.liveness.clone());
-                let peer = tinyci_net::Peer {
-                    identity,
-                    addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-                };
-                let session = crate::session::Session::new(services.clone(), redeemed, peer);
-                Some(capnp_rpc::new_client(session))
-            }
-            Err(e) => {
-                debug!(user = %user.name, error = %e, "the browser's grant is gone");
-                None
-            }
+        match read {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ViewError::new(NotReady::NoSchema)),
+            Err(e) => Err(ViewError::new(NotReady::Unreadable(e))),
         }
-    });
-    Viewer {
-        signed_in,
-        session,
-        rights,
-        liveness,
     }
-}
 
-/// What a capability refused, for people (capnp's "remote exception: " prefix dropped).
-fn rpc_reason(e: &capnp::Error) -> String {
-    e.extra
-        .strip_prefix("remote exception: ")
-        .unwrap_or(&e.extra)
-        .to_owned()
-}
-
-/// Whether `viewer` may read `repo`'s runs: a public repository, or what the user's session
-/// says (`Session.logs`: the grant, the capability held now, GitHub's word), as over RPC.
-async fn may_read(state: &HttpState, viewer: &Viewer, repo: &str) -> bool {
-    state.web.public_repos.contains(repo) || viewer.reader(repo).await.is_some()
-}
-
-/// Serves a page request, or `None` when the path is not a page.
-pub(crate) async fn route(state: &HttpState, request: Request<Incoming>) -> Option<WebReply> {
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let reply = match (&method, segments.as_slice()) {
-        (&Method::GET, [""]) => front_page(state, &request).await,
-        (&Method::GET, ["static", "site.css"]) => asset("text/css; charset=utf-8", SITE_CSS),
-        (&Method::GET, ["static", "run.js"]) => asset("text/javascript; charset=utf-8", RUN_JS),
-        (&Method::GET, ["submissions", id]) => submission_page(state, &request, id).await,
-        (&Method::GET, ["runs", id]) => run_page(state, &request, id).await,
-        (&Method::GET, ["runs", id, "events"]) => events(state, &request, id).await,
-        (&Method::GET, ["runs", id, "log"]) => raw_log(state, &request, id).await,
-        (&Method::GET, ["runs", id, "artifacts", name @ ..]) if !name.is_empty() => {
-            let name = percent_decode(&name.join("/"));
-            artifact(state, &request, id, &name).await
-        }
-        (&Method::POST, ["signout"]) => sign_out(state, request).await,
-        (&Method::POST, ["runs", id, action @ ("cancel" | "retry")]) => {
-            let (id, action) = ((*id).to_owned(), (*action).to_owned());
-            act(state, request, &id, &action).await
-        }
-        (
-            _,
-            [""] | ["submissions", _] | ["runs", _] | ["runs", _, _] | ["static", _] | ["signout"],
-        ) => whole(page(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Not allowed",
-            None,
-            &format!("<p>{method} is not allowed on {}.</p>", html_escape(&path)),
-        )),
-        _ => return None,
-    };
-    Some(reply)
-}
-
-fn whole(response: Response<Full<Bytes>>) -> WebReply {
-    response.map(Either::Left)
-}
-
-fn asset(content_type: &'static str, text: &'static str) -> WebReply {
-    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    whole(response)
-}
-
-/// The headers every page carries: no caching (pages show live state and are per user), no
-/// framing, no script or style from anywhere but this site, no inline script.
-fn secure_headers(headers: &mut http::HeaderMap) {
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-             connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
-        ),
-    );
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
-}
-
-/// A whole page: `body` is trusted HTML (every value in it escaped by its maker).
-fn page(
-    status: StatusCode,
-    title: &str,
-    viewer: Option<&Viewer>,
-    body: &str,
-) -> Response<Full<Bytes>> {
-    let who = match viewer.and_then(|v| v.signed_in.as_ref()) {
-        Some((session, user)) => format!(
-            "<span class=\"who\">signed in as {}</span>\
-             <form method=\"post\" action=\"/signout\" class=\"signout\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <button type=\"submit\">Sign out</button></form>",
-            html_escape(user.name.as_str()),
-            html_escape(&session.csrf)
-        ),
-        None => String::new(),
-    };
-    let html = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · tinyci</title><link rel=\"stylesheet\" href=\"/static/site.css\">\
-         </head>\n<body><header><a class=\"home\" href=\"/\">tinyci</a>{who}</header>\n\
-         <main>\n<h1>{title}</h1>\n{body}\n</main></body></html>\n",
-        title = html_escape(title),
-    );
-    let mut response = Response::new(Full::new(Bytes::from(html)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    secure_headers(response.headers_mut());
-    response
-}
-
-/// What an anonymous browser gets for anything not public: the same answer whether or not
-/// the thing exists.
-fn sign_in_page(path: &str) -> WebReply {
-    let next = form_urlencoded::Serializer::new(String::new())
-        .append_pair("next", path)
-        .finish();
-    whole(page(
-        StatusCode::UNAUTHORIZED,
-        "Sign in to see this page",
-        None,
-        &format!(
-            "<p>This page belongs to a repository that is not public here.</p>\
-             <p><a class=\"button\" href=\"/oauth/login?{next}\">Sign in with GitHub</a></p>",
-        ),
-    ))
-}
-
-/// What a signed-in browser gets for a run it may not read, or one that does not exist.
-fn not_found(viewer: &Viewer, what: &str) -> WebReply {
-    whole(page(
-        StatusCode::NOT_FOUND,
-        "Not found",
-        Some(viewer),
-        &format!(
-            "<p>There is no {} here that you may read.</p>",
-            html_escape(what)
-        ),
-    ))
-}
-
-/// Refuses `what` to `viewer`: a sign-in page for the anonymous, "not found" for the rest.
-fn refuse(viewer: &Viewer, request: &Request<Incoming>, what: &str) -> WebReply {
-    if viewer.signed_in.is_none() {
-        sign_in_page(request.uri().path())
-    } else {
-        not_found(viewer, what)
+    fn metrics(&self) -> String {
+        self.services
+            .metrics
+            .render(&self.services.queue, self.services.now_ms())
     }
-}
 
-/// The run `id`, if it exists and `viewer` may read it.
-async fn readable_run(state: &HttpState, viewer: &Viewer, id: &str) -> Option<StoredRun> {
-    let parsed: RunId = id.parse().ok()?;
-    let run = state.services.queue.run(parsed).ok().flatten()?;
-    may_read(state, viewer, &run.repo).await.then_some(run)
-}
-
-async fn front_page(state: &HttpState, request: &Request<Incoming>) -> WebReply {
-    let viewer = viewer(state, request);
-    let runs = match state.services.queue.runs(2000) {
-        Ok(runs) => runs,
-        Err(e) => return unavailable(&viewer, &e.to_string()),
-    };
-    // Newest first, grouped by submission.
-    let mut order: Vec<SubmissionId> = Vec::new();
-    let mut by_submission: HashMap<SubmissionId, Vec<StoredRun>> = HashMap::new();
-    for run in runs {
-        if !by_submission.contains_key(&run.submission) {
-            order.push(run.submission);
-        }
-        by_submission.entry(run.submission).or_default().push(run);
+    async fn endpoint(&self, request: Request<Incoming>) -> Option<Reply> {
+        crate::github_endpoints::route(self, request).await
     }
-    let mut readable: BTreeMap<String, bool> = BTreeMap::new();
-    let mut rows = String::new();
-    let mut shown = 0;
-    for id in order {
-        if shown == FRONT_PAGE_SUBMISSIONS {
-            break;
-        }
-        let Some(runs) = by_submission.get(&id) else {
-            continue;
+
+    fn viewer(&self, cookie: Option<&str>) -> Viewer {
+        let Some(web) = cookie.and_then(|c| self.web_session(c)) else {
+            return Viewer::default();
         };
-        let Some(first) = runs.first() else {
-            continue;
-        };
-        let may = match readable.get(&first.repo) {
-            Some(&may) => may,
-            None => {
-                let may = may_read(state, &viewer, &first.repo).await;
-                readable.insert(first.repo.clone(), may);
-                may
-            }
-        };
-        if !may {
-            continue;
-        }
-        let Ok(Some(submission)) = state.services.queue.submission(id) else {
-            continue;
-        };
-        shown += 1;
-        let statuses: Vec<RunStatus> = runs.iter().map(|r| r.state.status()).collect();
-        let _ = writeln!(
-            rows,
-            "<tr><td><a href=\"/submissions/{id}\">{id}</a></td><td>{status}</td>\
-             <td>{repo}</td><td class=\"ref\">{git_ref} <code>{sha}</code></td>\
-             <td>{title}</td><td>{counts}</td><td><time>{when}</time></td></tr>",
-            status = badge(RunStatus::of_submission(statuses.iter().copied())),
-            repo = html_escape(&submission.repo),
-            git_ref = html_escape(short_ref(&submission.git_ref)),
-            sha = html_escape(short_sha(&submission.sha)),
-            title = html_escape(&submission.title),
-            counts = html_escape(&counts(&statuses)),
-            when = format_time(submission.created_at),
-        );
-    }
-    let body = if rows.is_empty() {
-        let hint = if viewer.signed_in.is_none() {
-            " <a href=\"/oauth/login?next=%2F\">Sign in with GitHub</a> to see private repositories."
-        } else {
-            ""
-        };
-        format!("<p>No submissions you may read yet.{hint}</p>")
-    } else {
-        format!(
-            "<div class=\"scroll\"><table><thead><tr><th>Submission</th><th>Status</th>\
-             <th>Repository</th><th>Ref</th><th>Title</th><th>Runs</th><th>Created</th>\
-             </tr></thead><tbody>\n{rows}</tbody></table></div>"
-        )
-    };
-    whole(page(
-        StatusCode::OK,
-        "Recent submissions",
-        Some(&viewer),
-        &body,
-    ))
-}
-
-async fn submission_page(state: &HttpState, request: &Request<Incoming>, id: &str) -> WebReply {
-    let viewer = viewer(state, request);
-    let what = format!("submission {id}");
-    let Some(submission) = readable_submission(state, &viewer, id).await else {
-        return refuse(&viewer, request, &what);
-    };
-    let runs = match state.services.queue.submission_runs(submission.id) {
-        Ok(runs) => runs,
-        Err(e) => return unavailable(&viewer, &e.to_string()),
-    };
-    let now = state.services.now_ms();
-    let mut rows = String::new();
-    for run in &runs {
-        let _ = writeln!(
-            rows,
-            "<tr><td><a href=\"/runs/{id}\">{id}</a></td><td>{task}</td><td>{name}</td>\
-             <td>{status}</td><td>{queue}</td><td>{runner}</td><td>{started}</td>\
-             <td>{took}</td></tr>",
-            id = run.id(),
-            task = html_escape(&run.spec.task_dir),
-            name = html_escape(&run.spec.name),
-            status = badge(run.state.status()),
-            queue = html_escape(run.spec.queue.as_str()),
-            runner = html_escape(run.runner.as_deref().unwrap_or("—")),
-            started = run.started_at.map_or("—".to_owned(), format_time),
-            took = duration_of(run, now),
-        );
-    }
-    let body = format!(
-        "<dl>{}</dl>\n<div class=\"scroll\"><table><thead><tr><th>Run</th><th>Task</th>\
-         <th>Name</th><th>Status</th><th>Queue</th><th>Runner</th><th>Started</th>\
-         <th>Took</th></tr></thead><tbody>\n{rows}</tbody></table></div>",
-        submission_facts(&submission)
-    );
-    whole(page(
-        StatusCode::OK,
-        &format!("Submission {}", submission.id),
-        Some(&viewer),
-        &body,
-    ))
-}
-
-async fn readable_submission(
-    state: &HttpState,
-    viewer: &Viewer,
-    id: &str,
-) -> Option<StoredSubmission> {
-    let parsed: SubmissionId = id.parse().ok()?;
-    let submission = state.services.queue.submission(parsed).ok().flatten()?;
-    may_read(state, viewer, &submission.repo)
-        .await
-        .then_some(submission)
-}
-
-fn submission_facts(submission: &StoredSubmission) -> String {
-    let mut facts = String::new();
-    for (term, value) in [
-        ("Repository", html_escape(&submission.repo)),
-        ("Ref", html_escape(&submission.git_ref)),
-        (
-            "Commit",
-            format!("<code>{}</code>", html_escape(&submission.sha)),
-        ),
-        ("Title", html_escape(&submission.title)),
-        ("Submitted by", html_escape(&submission.submitted_by)),
-        ("Created", format_time(submission.created_at)),
-    ] {
-        let _ = write!(facts, "<dt>{term}</dt><dd>{value}</dd>");
-    }
-    facts
-}
-
-async fn run_page(state: &HttpState, request: &Request<Incoming>, id: &str) -> WebReply {
-    let viewer = viewer(state, request);
-    let Some(run) = readable_run(state, &viewer, id).await else {
-        return refuse(&viewer, request, &format!("run {id}"));
-    };
-    let services = &state.services;
-    let run_id = run.id();
-    let (from, log) = match services.logs.tail(run_id.get(), PAGE_LOG_BYTES).await {
-        Ok(tail) => tail,
-        Err(e) => return unavailable(&viewer, &crate::rpc::chain(&e)),
-    };
-    let end = from + log.len() as u64;
-    let cut = from > 0;
-    let rendered = AnsiHtml::default().push(&log);
-    let status = run.state.status();
-    let live = !status.is_final();
-    let now = state.services.now_ms();
-    let artifacts = if viewer.may_see_artifacts(state, &run).await {
-        artifact_list(services, &run)
-    } else {
-        String::new()
-    };
-
-    let mut facts = String::new();
-    for (term, value) in [
-        (
-            "Submission",
-            format!("<a href=\"/submissions/{s}\">{s}</a>", s = run.submission),
-        ),
-        ("Repository", html_escape(&run.repo)),
-        (
-            "Ref",
-            format!(
-                "{} <code>{}</code>",
-                html_escape(&run.git_ref),
-                html_escape(short_sha(&run.sha))
-            ),
-        ),
-        ("Task", html_escape(&run.spec.task_dir)),
-        (
-            "Trust tier",
-            html_escape(
-                &services
-                    .queue
-                    .tier(&run)
-                    .map_or_else(|| "unknown".to_owned(), |t| t.to_string()),
-            ),
-        ),
-        ("Queue", html_escape(run.spec.queue.as_str())),
-        ("Runner", html_escape(run.runner.as_deref().unwrap_or("—"))),
-        (
-            "Attempt",
-            format!("{} of {}", run.state.attempt(), run.state.max_attempts()),
-        ),
-        ("Created", format_time(run.state.created_at())),
-        (
-            "Started",
-            run.started_at.map_or("—".to_owned(), format_time),
-        ),
-        ("Took", duration_of(&run, now)),
-    ] {
-        let _ = write!(facts, "<dt>{term}</dt><dd>{value}</dd>");
-    }
-    if let Some(message) = &run.message {
-        let _ = write!(facts, "<dt>Outcome</dt><dd>{}</dd>", html_escape(message));
-    }
-    if let Some(waiting) = services.queue.waiting_reason(run_id) {
-        let _ = write!(
-            facts,
-            "<dt>Waiting</dt><dd id=\"waiting\">{}</dd>",
-            html_escape(&waiting)
-        );
-    }
-
-    let mut actions = String::new();
-    if let Some((session, _)) = &viewer.signed_in
-        && viewer.may_cancel()
-    {
-        let csrf = html_escape(&session.csrf);
-        if live {
-            let _ = write!(
-                actions,
-                "<form method=\"post\" action=\"/runs/{run_id}/cancel\" id=\"cancel\">\
-                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-                 <button type=\"submit\">Cancel run</button></form>"
-            );
-        } else {
-            let _ = write!(
-                actions,
-                "<form method=\"post\" action=\"/runs/{run_id}/retry\" id=\"retry\">\
-                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-                 <button type=\"submit\">Retry run</button></form>"
-            );
-        }
-    }
-    let earlier = if cut {
-        format!(
-            "<p class=\"note\">Showing the last {} KiB; <a href=\"/runs/{run_id}/log\">the whole log</a>.</p>",
-            PAGE_LOG_BYTES / 1024
-        )
-    } else {
-        String::new()
-    };
-    let body = format!(
-        "<p class=\"status-line\">Status: <strong id=\"status\" data-status=\"{status_word}\">{status_badge}</strong></p>\n\
-         <dl>{facts}</dl>\n<div class=\"actions\">{actions}</div>\n\
-         <h2>Log <a class=\"small\" href=\"/runs/{run_id}/log\">raw</a></h2>\n{earlier}\
-         <pre id=\"log\" data-offset=\"{end}\" data-live=\"{live}\" data-events=\"/runs/{run_id}/events\">{rendered}</pre>\n\
-         <p id=\"follow\" class=\"note\">{follow_note}</p>\n\
-         <h2>Artifacts</h2>\n<div id=\"artifacts\">{artifacts}</div>\n\
-         <script src=\"/static/run.js\" defer></script>",
-        status_word = status.as_str(),
-        status_badge = badge(status),
-        live = u8::from(live),
-        follow_note = if live {
-            "Following the log as it is written."
-        } else {
-            ""
-        },
-    );
-    whole(page(
-        StatusCode::OK,
-        &format!("Run {run_id} · {}", run.spec.name),
-        Some(&viewer),
-        &body,
-    ))
-}
-
-/// The artifact list of a run, as HTML.
-fn artifact_list(services: &Services, run: &StoredRun) -> String {
-    let records = match services.artifacts.list(run.id().get()) {
-        Ok(records) => records,
-        Err(e) => {
-            return format!(
-                "<p>Cannot list the artifacts: {}</p>",
-                html_escape(&crate::rpc::chain(&e))
-            );
-        }
-    };
-    if records.is_empty() {
-        return "<p>None.</p>".to_owned();
-    }
-    let mut list = String::from("<ul class=\"artifacts\">");
-    for record in records {
-        let _ = write!(
-            list,
-            "<li><a href=\"/runs/{run}/artifacts/{href}\" download>{name}</a> <span class=\"small\">{size}</span></li>",
-            run = run.id(),
-            href = percent_encode_path(&record.name),
-            name = html_escape(&record.name),
-            size = human_size(record.size),
-        );
-    }
-    list.push_str("</ul>");
-    list
-}
-
-fn unavailable(viewer: &Viewer, why: &str) -> WebReply {
-    whole(page(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Unavailable",
-        Some(viewer),
-        &format!("<p>{}</p>", html_escape(why)),
-    ))
-}
-
-/// `GET /runs/<id>/events`: the run's log as Server-Sent Events from `Last-Event-ID` (or
-/// `?from=`), then its status and artifacts when it ends.
-async fn events(state: &HttpState, request: &Request<Incoming>, id: &str) -> WebReply {
-    let viewer = viewer(state, request);
-    let Some(run) = readable_run(state, &viewer, id).await else {
-        return refuse(&viewer, request, &format!("run {id}"));
-    };
-    let from = request
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .or_else(|| {
-            form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
-                .find(|(k, _)| k == "from")
-                .and_then(|(_, v)| v.parse().ok())
-        })
-        .unwrap_or(0);
-    let services = state.services.clone();
-    let (tx, rx) = mpsc::channel::<Bytes>(EVENT_BUFFER);
-    let show_artifacts = viewer.may_see_artifacts(state, &run).await;
-    let observer: log_observer::Client = capnp_rpc::new_client(EventObserver {
-        services: services.clone(),
-        run: run.id(),
-        tx: tx.clone(),
-        ansi: RefCell::default(),
-        show_artifacts,
-    });
-    // A private run's stream lives only as long as the grant that opened it.
-    let grant = (!state.web.public_repos.contains(&run.repo))
-        .then(|| viewer.liveness.clone())
-        .flatten();
-    let run_id = run.id();
-    let mut changes = services.queue.watch(run.submission);
-    debug!(run = %run_id, from, "web follower attached");
-    tokio::task::spawn_local(async move {
-        let handles = services.run_handles();
-        let follow = crate::logs::follow(&handles, &run, from, observer);
-        tokio::pin!(follow);
-        let mut keepalive = tokio::time::interval(KEEPALIVE);
-        keepalive.tick().await;
-        let mut last_status = None;
-        loop {
-            tokio::select! {
-                result = &mut follow => {
-                    if let Err(e) = result {
-                        debug!(run = %run_id, error = %crate::rpc::chain(&e), "web follower ended");
-                    }
-                    break;
-                }
-                () = tx.closed() => break,
-                why = grant_dies(grant.clone()) => {
-                    debug!(run = %run_id, reason = %why, "web follower's grant ended");
-                    break;
-                }
-                _ = keepalive.tick() => {
-                    let _ = tx.try_send(Bytes::from_static(b": keepalive\n\n"));
-                }
-                Some(update) = changes.recv() => {
-                    if update.id() == run_id {
-                        let line = status_text(&update);
-                        if last_status.as_ref() != Some(&line) {
-                            let event = sse_event(None, "status", &line);
-                            last_status = Some(line);
-                            if tx.send(event).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|bytes| (Ok::<_, std::io::Error>(Frame::data(bytes)), rx))
-    });
-    let mut response = Response::new(Either::Right(StreamBody::new(
-        Box::pin(stream) as LocalStream
-    )));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    // Proxies such as nginx would otherwise hold events back.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
-}
-
-/// A run's status in words, as the page shows it.
-fn status_text(run: &StoredRun) -> String {
-    let status = run.state.status();
-    match (status, &run.runner) {
-        (RunStatus::Running | RunStatus::Leased, Some(runner)) => {
-            format!("{} on {runner}", status.as_str())
-        }
-        _ => status.as_str().to_owned(),
-    }
-}
-
-/// The `LogObserver` a web follower hands the follow machinery: chunks become events.
-struct EventObserver {
-    services: Rc<Services>,
-    run: RunId,
-    tx: mpsc::Sender<Bytes>,
-    ansi: RefCell<AnsiHtml>,
-    /// Whether the viewer may see the run's artifacts (sent when it ends).
-    show_artifacts: bool,
-}
-
-/// Resolves with the reason once `grant` dies; never without one (a public run's stream).
-async fn grant_dies(grant: Option<Rc<crate::membrane::Liveness>>) -> String {
-    match grant {
-        Some(liveness) => liveness.dead().await.to_string(),
-        None => std::future::pending().await,
-    }
-}
-
-impl log_observer::Server for EventObserver {
-    async fn chunk(self: Rc<Self>, params: log_observer::ChunkParams) -> Result<(), capnp::Error> {
-        let chunk = params.get()?.get_chunk()?;
-        let data = chunk.get_data()?;
-        let end = chunk.get_offset() + data.len() as u64;
-        let html = self.ansi.borrow_mut().push(data);
-        let event = sse_event(Some(end), "chunk", &html);
-        // Waits while the browser is behind: the follow pump waits with it.
-        self.tx
-            .send(event)
-            .await
-            .map_err(|_| capnp::Error::disconnected("the browser went away".into()))
-    }
-
-    async fn done(
-        self: Rc<Self>,
-        params: log_observer::DoneParams,
-        _: log_observer::DoneResults,
-    ) -> Result<(), capnp::Error> {
-        let status = crate::jobs::core_status(params.get()?.get_status()?);
-        let artifacts = match self.services.queue.run(self.run) {
-            Ok(Some(run)) if self.show_artifacts => artifact_list(&self.services, &run),
-            _ => String::new(),
-        };
-        for event in [
-            sse_event(None, "artifacts", &artifacts),
-            sse_event(None, "done", status.as_str()),
-        ] {
-            if self.tx.send(event).await.is_err() {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `GET /runs/<id>/log`: the whole log as plain text (escape sequences kept).
-async fn raw_log(state: &HttpState, request: &Request<Incoming>, id: &str) -> WebReply {
-    let viewer = viewer(state, request);
-    let Some(run) = readable_run(state, &viewer, id).await else {
-        return refuse(&viewer, request, &format!("run {id}"));
-    };
-    let read = state
-        .services
-        .logs
-        .read(run.id().get(), 0, usize::MAX)
-        .await
-        .map(|chunks| {
-            chunks
-                .into_iter()
-                .flat_map(|(_, c)| c.data)
-                .collect::<Vec<u8>>()
+        let signed_in = Some(SignedIn {
+            user: web.user.to_string(),
+            csrf: web.csrf.clone(),
         });
-    match read {
-        Ok(bytes) => {
-            let mut response = Response::new(Full::new(Bytes::from(bytes)));
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            secure_headers(headers);
-            whole(response)
-        }
-        Err(e) => unavailable(&viewer, &crate::rpc::chain(&e)),
-    }
-}
-
-/// `GET /runs/<id>/artifacts/<name>`: one artifact, streamed from its blob.
-async fn artifact(
-    state: &HttpState,
-    request: &Request<Incoming>,
-    id: &str,
-    name: &str,
-) -> WebReply {
-    let viewer = viewer(state, request);
-    let Some(run) = readable_run(state, &viewer, id).await else {
-        return refuse(&viewer, request, &format!("run {id}"));
-    };
-    if !viewer.may_see_artifacts(state, &run).await {
-        return not_found(&viewer, &format!("artifact {name} of run {id}"));
-    }
-    let services = &state.services;
-    let record = match services.artifacts.get(run.id().get(), name) {
-        Ok(record) => record,
-        Err(tinyci_assets::ArtifactError::Missing { .. }) => {
-            return not_found(&viewer, &format!("artifact {name} of run {id}"));
-        }
-        Err(e) => return unavailable(&viewer, &crate::rpc::chain(&e)),
-    };
-    let file = match tokio::fs::File::open(services.artifacts.blob(&record.sha256)).await {
-        Ok(file) => file,
-        Err(e) => return unavailable(&viewer, &format!("cannot read the artifact: {e}")),
-    };
-    let size = record.size;
-    // Sends at most the recorded size; a blob that came up short ends the body with an error
-    // so the browser does not keep a truncated file as complete.
-    let stream = futures::stream::unfold((file, 0u64), move |(mut file, sent)| async move {
-        use tokio::io::AsyncReadExt as _;
-        if sent >= size {
-            return None;
-        }
-        let mut buf = vec![0u8; 64 * 1024];
-        let want = usize::try_from(size - sent)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        match file.read(&mut buf[..want]).await {
-            Ok(0) => Some((
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the artifact is shorter than recorded",
-                )),
-                (file, size),
-            )),
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Frame::data(Bytes::from(buf))), (file, sent + n as u64)))
+        let services = &self.services;
+        let redeemed = web.token.as_deref().and_then(|token| {
+            let identity = PeerIdentity::member(
+                services.grants.site().clone(),
+                tinyci_pki::Role::User,
+                web.user.as_str(),
+            )
+            .ok()?;
+            match services.grants.redeem(token, &identity, services.now()) {
+                Ok(redeemed) => Some((redeemed, identity)),
+                Err(e) => {
+                    debug!(user = %web.user, error = %e, "the browser's grant is gone");
+                    None
+                }
             }
-            Err(e) => Some((Err(e), (file, size))),
+        });
+        let Some((redeemed, identity)) = redeemed else {
+            return Viewer {
+                signed_in,
+                ..Viewer::default()
+            };
+        };
+        let may_cancel = redeemed
+            .token
+            .grant()
+            .rights
+            .contains(&tinyci_grant::Right::RunsCancel);
+        let liveness = redeemed.liveness.clone();
+        let peer = tinyci_net::Peer {
+            identity,
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let session = crate::session::Session::new(services.clone(), redeemed, peer);
+        Viewer {
+            signed_in,
+            session: Some(capnp_rpc::new_client(session)),
+            may_cancel,
+            grant_end: Some(Box::pin(async move { liveness.dead().await.to_string() })),
         }
-    });
-    let mut response = Response::new(Either::Right(StreamBody::new(
-        Box::pin(stream) as LocalStream
-    )));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    if let Ok(length) = HeaderValue::from_str(&size.to_string()) {
-        headers.insert(header::CONTENT_LENGTH, length);
     }
-    let file_name: String = name
-        .rsplit('/')
-        .next()
-        .unwrap_or(name)
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-        .collect();
-    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\"")) {
-        headers.insert(header::CONTENT_DISPOSITION, value);
-    }
-    secure_headers(headers);
-    response
-}
 
-/// `POST /runs/<id>/cancel|retry`: needs a signed-in user with `cancel` who may read the run,
-/// the session's anti-forgery token in the form, and (when the browser says where the form
-/// came from) this site as the origin.
-async fn act(state: &HttpState, request: Request<Incoming>, id: &str, action: &str) -> WebReply {
-    let viewer = viewer(state, &request);
-    let forbidden = |why: &str| {
-        whole(page(
-            StatusCode::FORBIDDEN,
-            "Refused",
-            Some(&viewer),
-            &format!("<p>{}</p>", html_escape(why)),
-        ))
-    };
-    let Some((session, user)) = &viewer.signed_in else {
-        return forbidden(&format!(
-            "{action} refused: sign in with GitHub first (this browser is not signed in)"
-        ));
-    };
-    if let (Some(origin), Some(public_url)) = (
-        request
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok()),
-        &state.web.public_url,
-    ) && origin != origin_of(public_url)
-    {
-        return forbidden(&format!(
-            "{action} refused: the form was posted from {origin}, not from this site"
-        ));
-    }
-    let Some(run) = readable_run(state, &viewer, id).await else {
-        return not_found(&viewer, &format!("run {id}"));
-    };
-    let body = match crate::http::read_body(request, MAX_FORM_BYTES).await {
-        Ok(body) => body,
-        Err(reply) => return whole(reply),
-    };
-    if !carries_token(&body, session) {
-        warn!(user = %user.name, run = %run.id(), action, "web action refused: missing or wrong anti-forgery token");
-        return forbidden(&format!(
-            "{action} refused: the form carries no valid anti-forgery token (reload the run page and try again)"
-        ));
-    }
-    // The button does what the user's session allows, through the same capabilities as RPC:
-    // the submission's ticket, whose cancel and retry need runs:cancel (and, for a site user,
-    // the cancel capability and GitHub's write access).
-    let Some(reader) = viewer.reader(&run.repo).await else {
-        return forbidden(&format!(
-            "{action} refused: your session cannot read {}",
-            run.repo
-        ));
-    };
-    let mut request = reader.ticket_request();
-    request.get().set_submission_id(run.submission.to_string());
-    let ticket = request.send().pipeline.get_ticket();
-    let by = format!("user:{}", user.name);
-    let done = match action {
-        "cancel" => {
-            let mut request = ticket.cancel_run_request();
-            request.get().set_run(run.id().to_string());
-            request
-                .get()
-                .set_reason(format!("canceled by {by} on the web"));
-            request.send().promise.await.map(|_| run.id())
-        }
-        _ => {
-            let mut request = ticket.retry_run_request();
-            request.get().set_run(run.id().to_string());
-            match request.send().promise.await {
-                Ok(response) => response
-                    .get()
-                    .and_then(|r| r.get_run())
-                    .and_then(|r| Ok(r.get_id()?.to_string()?))
-                    .and_then(|id| {
-                        id.parse::<RunId>()
-                            .map_err(|e| capnp::Error::failed(e.to_string()))
-                    }),
-                Err(e) => Err(e),
-            }
-        }
-    };
-    let target = match done {
-        Ok(target) => {
-            info!(run = %run.id(), %by, action, "web action done");
-            target
-        }
-        Err(e) => return forbidden(&format!("{action} refused: {}", rpc_reason(&e))),
-    };
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::SEE_OTHER;
-    if let Ok(location) = HeaderValue::from_str(&format!("/runs/{target}")) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    whole(response)
-}
-
-/// Whether a posted form carries `session`'s anti-forgery token (compared in constant time).
-fn carries_token(form: &[u8], session: &WebSession) -> bool {
-    form_urlencoded::parse(form)
-        .find(|(k, _)| k == "csrf")
-        .is_some_and(|(_, given)| {
-            tinyci_github::oauth::constant_time_eq(given.as_bytes(), session.csrf.as_bytes())
+    fn signed_in(&self, cookie: &str) -> Option<SignedIn> {
+        self.web_session(cookie).map(|web| SignedIn {
+            user: web.user.to_string(),
+            csrf: web.csrf,
         })
-}
+    }
 
-/// `POST /signout`: forgets the session (with its token, so a page cannot sign its reader
-/// out behind their back) and clears the cookie.
-async fn sign_out(state: &HttpState, request: Request<Incoming>) -> WebReply {
-    let cookie = session_cookie(&request);
-    let session = cookie
-        .as_deref()
-        .and_then(|c| state.web.sessions.borrow().get(c, state.services.now()));
-    let body = match crate::http::read_body(request, MAX_FORM_BYTES).await {
-        Ok(body) => body,
-        Err(reply) => return whole(reply),
-    };
-    if let (Some(cookie), Some(session)) = (&cookie, &session) {
-        if !carries_token(&body, session) {
-            return whole(page(
-                StatusCode::FORBIDDEN,
-                "Refused",
-                None,
-                "<p>sign out refused: the form carries no valid anti-forgery token</p>",
-            ));
+    fn sign_out(&self, cookie: &str) {
+        self.sessions.borrow_mut().sign_out(cookie);
+    }
+
+    fn recent_runs(&self, limit: usize) -> Result<Vec<RunView>, ViewError> {
+        let runs = self.services.queue.runs(limit).map_err(ViewError::new)?;
+        Ok(runs
+            .into_iter()
+            .map(|run| run_view(&self.services, run))
+            .collect())
+    }
+
+    fn run(&self, id: RunId) -> Result<Option<RunView>, ViewError> {
+        let run = self.services.queue.run(id).map_err(ViewError::new)?;
+        Ok(run.map(|run| run_view(&self.services, run)))
+    }
+
+    fn submission(&self, id: SubmissionId) -> Result<Option<SubmissionView>, ViewError> {
+        let submission = self.services.queue.submission(id).map_err(ViewError::new)?;
+        Ok(submission.map(submission_view))
+    }
+
+    fn submission_runs(&self, id: SubmissionId) -> Result<Vec<RunView>, ViewError> {
+        let runs = self
+            .services
+            .queue
+            .submission_runs(id)
+            .map_err(ViewError::new)?;
+        Ok(runs
+            .into_iter()
+            .map(|run| run_view(&self.services, run))
+            .collect())
+    }
+
+    fn waiting_reason(&self, id: RunId) -> Option<String> {
+        self.services.queue.waiting_reason(id)
+    }
+
+    fn watch(&self, submission: SubmissionId) -> RunChanges {
+        let services = self.services.clone();
+        let changes = self.services.queue.watch(submission);
+        Box::pin(futures::stream::unfold(changes, move |mut changes| {
+            let services = services.clone();
+            async move {
+                let run = changes.recv().await?;
+                Some((run_view(&services, run), changes))
+            }
+        }))
+    }
+
+    async fn log_tail(&self, run: RunId, max: u64) -> Result<(u64, Vec<u8>), ViewError> {
+        self.services
+            .logs
+            .tail(run.get(), max)
+            .await
+            .map_err(ViewError::new)
+    }
+
+    async fn log(&self, run: RunId) -> Result<Vec<u8>, ViewError> {
+        let chunks = self
+            .services
+            .logs
+            .read(run.get(), 0, usize::MAX)
+            .await
+            .map_err(ViewError::new)?;
+        Ok(chunks.into_iter().flat_map(|(_, c)| c.data).collect())
+    }
+
+    fn follow(&self, run: RunId, from: u64, observer: log_observer::Client) -> Follow {
+        let handles = self.services.run_handles();
+        let stored = self.services.queue.run(run);
+        Box::pin(async move {
+            let run = stored
+                .map_err(ViewError::new)?
+                .ok_or_else(|| ViewError::new(NoSuchRun(run)))?;
+            crate::logs::follow(&handles, &run, from, observer)
+                .await
+                .map_err(ViewError::new)
+        })
+    }
+
+    fn artifacts(&self, run: RunId) -> Result<Vec<ArtifactView>, ViewError> {
+        let records = self
+            .services
+            .artifacts
+            .list(run.get())
+            .map_err(ViewError::new)?;
+        Ok(records
+            .into_iter()
+            .map(|r| ArtifactView {
+                name: r.name,
+                size: r.size,
+            })
+            .collect())
+    }
+
+    fn artifact(&self, run: RunId, name: &str) -> Result<Option<ArtifactFile>, ViewError> {
+        match self.services.artifacts.get(run.get(), name) {
+            Ok(record) => Ok(Some(ArtifactFile {
+                path: self.services.artifacts.blob(&record.sha256),
+                size: record.size,
+            })),
+            Err(tinyci_assets::ArtifactError::Missing { .. }) => Ok(None),
+            Err(e) => Err(ViewError::new(e)),
         }
-        state.web.sessions.borrow_mut().sign_out(cookie);
-        info!(user = %session.user, "browser signed out");
     }
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::SEE_OTHER;
-    let headers = response.headers_mut();
-    headers.insert(header::LOCATION, HeaderValue::from_static("/"));
-    let secure = if state.web.https() { "; Secure" } else { "" };
-    if let Ok(clear) = HeaderValue::from_str(&format!(
-        "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}",
-        tinyci_github::oauth::SESSION_COOKIE
-    )) {
-        headers.insert(header::SET_COOKIE, clear);
-    }
-    whole(response)
 }
 
-/// How long a run took, or has been going.
-fn duration_of(run: &StoredRun, now_ms: u64) -> String {
-    let Some(started) = run.started_at else {
-        return "—".to_owned();
-    };
-    let end = if run.state.status().is_final() {
-        run.state.updated_at()
-    } else {
-        now_ms
-    };
-    let secs = end.saturating_sub(started) / 1000;
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m {:02}s", s / 60, s % 60),
-        s => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
-    }
+/// Why `/readyz` says the site is not ready.
+#[derive(Debug, thiserror::Error)]
+enum NotReady {
+    /// Not a tinyci store, or one being created.
+    #[error("store has no schema version")]
+    NoSchema,
+    #[error("store unreadable")]
+    Unreadable(#[source] tinyci_store::StoreError),
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("run {0} is gone")]
+struct NoSuchRun(RunId);

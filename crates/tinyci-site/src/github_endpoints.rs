@@ -1,233 +1,56 @@
-//! The site's HTTP side (`[http] listen`): GitHub webhooks at `/hooks/github`, the OAuth
-//! login at `/oauth/*`, Prometheus metrics at `/metrics`, `/healthz` (the process answers)
-//! and `/readyz` (the store answers too), and the run pages ([`crate::web`]). Plain
-//! HTTP/1.1 (hyper): put a TLS-terminating proxy in front of it beyond loopback, and name
-//! that proxy's address in `public_url`.
+//! GitHub's endpoints on the site's HTTP listener, answered for [`tinyci_web`] through
+//! [`SiteWeb`]'s `Backend::endpoint`: the webhook at `/hooks/github` and the OAuth login at
+//! `/oauth/*` (a browser's sign-in to the pages, and `tinyci login`'s terminal login).
 //!
-//! Every request body is read with a bound; the webhook's signature is checked before its
-//! content is believed; query strings (which carry OAuth codes and states) are never logged.
+//! The webhook's signature is checked before its content is believed (in
+//! [`tinyci_github::GitHubService::intake`]); every body is read with a bound; query strings
+//! (which carry OAuth codes and states) are never logged.
 
-use std::cell::RefCell;
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt as _, Either, Full, Limited};
+use http::{Method, Request, StatusCode, header};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::Services;
-use crate::web::WebReply;
-use tinyci_github::oauth::{self, LoginOutcome, LoginResult, Purpose, SESSION_COOKIE};
+use crate::web::SiteWeb;
+use tinyci_github::oauth::{self, LoginOutcome, LoginResult, Purpose};
 use tinyci_github::secrets::random_secret_hex;
 use tinyci_github::{Intake, IntakeError};
 use tinyci_web::render::html_escape;
+use tinyci_web::{
+    Reply, SESSION_COOKIE, json, message_page as page, read_body, reply, session_cookie, text,
+};
 
-/// Most HTTP connections served at once; more are closed at accept.
-const MAX_CONNECTIONS: usize = 1024;
 /// Largest CSR `tinyci login` may post.
 const MAX_CSR_BYTES: usize = 16 * 1024;
 /// How long a login poll waits for the browser before answering "pending".
 const POLL_WAIT: Duration = Duration::from_secs(25);
 
-/// What the HTTP side serves from.
-pub(crate) struct HttpState {
-    pub(crate) services: Rc<Services>,
-    /// The capnp address clients reach the site at (handed to `tinyci login`).
-    pub(crate) rpc_addr: String,
-    pub(crate) states: RefCell<oauth::States>,
-    pub(crate) logins: RefCell<oauth::Logins>,
-    /// Signs login CSRs; `None` when `tls.ca_key` is not configured.
-    pub(crate) login_ca: Option<Rc<oauth::LoginCa>>,
-    /// The pages' sessions and settings.
-    pub(crate) web: crate::web::WebState,
-}
-
-type Reply = Response<Full<Bytes>>;
-
-fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    if let Ok(value) = content_type.parse() {
-        response.headers_mut().insert(header::CONTENT_TYPE, value);
-    }
-    response
-}
-
-fn text(status: StatusCode, body: impl Into<String>) -> Reply {
-    let mut body = body.into();
-    if !body.ends_with('\n') {
-        body.push('\n');
-    }
-    reply(status, "text/plain; charset=utf-8", body)
-}
-
-fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
-    reply(status, "application/json", value.to_string())
-}
-
-fn page(status: StatusCode, title: &str, message: &str) -> Reply {
-    let body = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · tinyci</title></head>\n<body><main><h1>{title}</h1><p>{message}</p></main></body></html>\n",
-        title = html_escape(title),
-        message = html_escape(message),
-    );
-    let mut response = reply(status, "text/html; charset=utf-8", body);
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    response
-}
-
-/// Serves until `shutdown` resolves; then drops every connection.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    state: Rc<HttpState>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let mut connections = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                warn!(error = %e, "http accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        while connections.try_join_next().is_some() {}
-        if connections.len() >= MAX_CONNECTIONS {
-            warn!(%peer, "http connection refused: {MAX_CONNECTIONS} already open");
-            continue;
-        }
-        let state = state.clone();
-        connections.spawn_local(async move {
-            let service = service_fn(move |request| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, peer, request).await) }
-            });
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                debug!(%peer, error = %e, "http connection ended with an error");
-            }
-        });
-    }
-    connections.abort_all();
-    while connections.join_next().await.is_some() {}
-}
-
-async fn route(state: &HttpState, peer: SocketAddr, request: Request<Incoming>) -> WebReply {
+/// Answers `/hooks/…` and `/oauth/…`, or `None` for a path that is neither of these.
+pub(crate) async fn route(state: &SiteWeb, request: Request<Incoming>) -> Option<Reply> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let is_page = !(path.starts_with("/hooks/")
-        || path.starts_with("/oauth/")
-        || matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics"));
-    let response = if is_page {
-        crate::web::route(state, request).await.unwrap_or_else(|| {
-            text(StatusCode::NOT_FOUND, format!("no page at {path}")).map(Either::Left)
-        })
-    } else {
-        fixed_route(state, &method, &path, request)
-            .await
-            .map(Either::Left)
-    };
-    debug!(%peer, %method, %path, status = response.status().as_u16(), "http request");
-    response
-}
-
-/// The endpoints that are not pages.
-async fn fixed_route(
-    state: &HttpState,
-    method: &Method,
-    path: &str,
-    request: Request<Incoming>,
-) -> Reply {
-    match (method, path) {
+    let reply = match (&method, path.as_str()) {
         (&Method::POST, "/hooks/github") => webhook(state, request).await,
         (&Method::GET, "/oauth/login") => login(state, &request),
         (&Method::POST, "/oauth/login") => confirm_login(state, request).await,
         (&Method::GET, "/oauth/callback") => callback(state, &request).await,
         (&Method::POST, "/oauth/cli/start") => cli_start(state, request).await,
         (&Method::POST, "/oauth/cli/poll") => cli_poll(state, request).await,
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
-        (&Method::GET, "/readyz") => readyz(state),
-        (&Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            state
-                .services
-                .metrics
-                .render(&state.services.queue, state.services.now_ms()),
-        ),
-        (
-            _,
-            "/hooks/github" | "/oauth/login" | "/oauth/callback" | "/healthz" | "/readyz"
-            | "/metrics",
-        ) => text(
+        (_, "/hooks/github" | "/oauth/login" | "/oauth/callback") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),
         ),
-        _ => text(StatusCode::NOT_FOUND, format!("no page at {path}")),
-    }
-}
-
-/// Ready when the store answers a read (the listener answering this is the other half).
-fn readyz(state: &HttpState) -> Reply {
-    let read = state.services.store.read(|txn| {
-        txn.get(tinyci_store::tables::META, tinyci_store::SCHEMA_VERSION_KEY)
-            .map(|v| v.is_some())
-    });
-    match read {
-        Ok(true) => text(StatusCode::OK, "ready"),
-        Ok(false) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store has no schema version",
-        ),
-        Err(e) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store unreadable: {e}"),
-        ),
-    }
-}
-
-/// Reads a body of at most `limit` bytes.
-pub(crate) async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Vec<u8>, Reply> {
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(body) => Ok(body.to_bytes().to_vec()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body over {limit} bytes refused"),
-        )),
-        Err(e) => Err(text(
-            StatusCode::BAD_REQUEST,
-            format!("cannot read the request body: {e}"),
-        )),
-    }
+        _ => return None,
+    };
+    Some(reply)
 }
 
 fn header_str<'r>(request: &'r Request<Incoming>, name: &str) -> Option<&'r str> {
     request.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn webhook(state: &HttpState, request: Request<Incoming>) -> Reply {
+async fn webhook(state: &SiteWeb, request: Request<Incoming>) -> Reply {
     let event = header_str(&request, "x-github-event").map(str::to_owned);
     let delivery = header_str(&request, "x-github-delivery").map(str::to_owned);
     let signature = header_str(&request, "x-hub-signature-256").map(str::to_owned);
@@ -279,23 +102,10 @@ fn query_value<'q>(query: &'q [(String, String)], key: &str) -> Option<&'q str> 
         .map(|(_, v)| v.as_str())
 }
 
-pub(crate) fn session_cookie(request: &Request<Incoming>) -> Option<String> {
-    request
-        .headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value.to_owned())
-        .filter(|v| v.len() <= 128)
-}
-
 /// The GitHub OAuth app and where GitHub sends browsers back, or the page saying there is none
 /// (boxed: a whole reply is large next to the borrowed trio).
 fn oauth_app(
-    state: &HttpState,
+    state: &SiteWeb,
 ) -> Result<(&tinyci_github::GitHubService, &tinyci_repos::OAuthApp, &str), Box<Reply>> {
     let Ok(github) = state.services.github() else {
         return Err(Box::new(page(
@@ -341,7 +151,7 @@ fn with_session(mut response: Reply, session: &str, new: bool, public_url: &str)
 /// `GET /oauth/login`: a browser login goes to GitHub at once; a `tinyci login` link
 /// (`?login=ID`) first shows a form for the code the terminal printed, so a link forwarded to
 /// someone else completes nothing.
-fn login(state: &HttpState, request: &Request<Incoming>) -> Reply {
+fn login(state: &SiteWeb, request: &Request<Incoming>) -> Reply {
     let (github, app, public_url) = match oauth_app(state) {
         Ok(found) => found,
         Err(reply) => return *reply,
@@ -400,7 +210,7 @@ const MAX_CODE_FORM_BYTES: usize = 1024;
 /// `POST /oauth/login`: the code form. Only from the form this browser was shown (its
 /// anti-forgery token and session), only from this site (`Origin`), and only with the code
 /// the terminal printed, does the login go on to GitHub.
-async fn confirm_login(state: &HttpState, request: Request<Incoming>) -> Reply {
+async fn confirm_login(state: &SiteWeb, request: Request<Incoming>) -> Reply {
     let (github, app, public_url) = match oauth_app(state) {
         Ok(found) => found,
         Err(reply) => return *reply,
@@ -472,7 +282,7 @@ async fn confirm_login(state: &HttpState, request: Request<Incoming>) -> Reply {
 /// memberships ([github] allow) and the repositories they may read; webhook rights only for a
 /// login that will enable repositories.
 fn authorize_redirect(
-    state: &HttpState,
+    state: &SiteWeb,
     github: &tinyci_github::GitHubService,
     app: &tinyci_repos::OAuthApp,
     public_url: &str,
@@ -514,7 +324,7 @@ fn authorize_redirect(
     response
 }
 
-async fn callback(state: &HttpState, request: &Request<Incoming>) -> Reply {
+async fn callback(state: &SiteWeb, request: &Request<Incoming>) -> Reply {
     let query = query(request);
     let session = session_cookie(request);
     let Some(oauth_state) = query_value(&query, "state") else {
@@ -593,7 +403,7 @@ async fn callback(state: &HttpState, request: &Request<Incoming>) -> Reply {
 /// Signs a browser in to the run pages after its GitHub login: a fresh session cookie (never
 /// the one it arrived with, so a cookie planted before the login is worth nothing), then on to
 /// `next` or a page saying who it is signed in as.
-fn sign_in_browser(state: &HttpState, result: &LoginResult, next: Option<String>) -> Reply {
+fn sign_in_browser(state: &SiteWeb, result: &LoginResult, next: Option<String>) -> Reply {
     let Ok(user) = result.user.parse::<tinyci_users::UserName>() else {
         return page(
             StatusCode::BAD_GATEWAY,
@@ -602,7 +412,7 @@ fn sign_in_browser(state: &HttpState, result: &LoginResult, next: Option<String>
         );
     };
     let cookie = random_secret_hex(32);
-    state.web.sessions.borrow_mut().sign_in(
+    state.sessions.borrow_mut().sign_in(
         cookie.clone(),
         user,
         random_secret_hex(32),
@@ -627,7 +437,11 @@ fn sign_in_browser(state: &HttpState, result: &LoginResult, next: Option<String>
             ),
         ),
     };
-    let secure = if state.web.https() { "; Secure" } else { "" };
+    let secure = if state.settings.https() {
+        "; Secure"
+    } else {
+        ""
+    };
     let max_age = oauth::WEB_SESSION_TTL.as_secs();
     let set = format!(
         "{SESSION_COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
@@ -696,7 +510,7 @@ async fn allowed(
 /// Exchanges the code, links the user, and for a CLI login mints their grant and signs their
 /// certificate (a browser login gets a session cookie instead, and no grant).
 async fn complete_login(
-    state: &HttpState,
+    state: &SiteWeb,
     code: &str,
     verifier: &str,
     login: Option<&str>,
@@ -829,7 +643,7 @@ async fn complete_login(
     })
 }
 
-async fn cli_start(state: &HttpState, request: Request<Incoming>) -> Reply {
+async fn cli_start(state: &SiteWeb, request: Request<Incoming>) -> Reply {
     // `tinyci login --repo-hooks`: this login will enable repositories.
     let hooks = query_value(&query(&request), "hooks") == Some("1");
     let available = state
@@ -890,7 +704,7 @@ async fn cli_start(state: &HttpState, request: Request<Incoming>) -> Reply {
     )
 }
 
-async fn cli_poll(state: &HttpState, request: Request<Incoming>) -> Reply {
+async fn cli_poll(state: &SiteWeb, request: Request<Incoming>) -> Reply {
     let body = match read_body(request, 1024).await {
         Ok(body) => body,
         Err(reply) => return reply,
