@@ -1,14 +1,17 @@
 //! GitHub for a site: webhook intake and processing (deliveries become submissions),
 //! commit statuses as runs change, enabling and disabling repositories (their webhooks),
 //! sealed secrets at rest (users' GitHub tokens, webhook secrets), and the OAuth state
-//! machines of logging in (browser sessions, `tinyci login`). GitHub's REST API is reached
-//! only through `tinyci-repos`.
+//! machines of logging in (browser sessions, `tinyci login`) with their HTTP endpoints
+//! ([`Endpoints`]: the webhook and `/oauth/*`, answered for the site's listener). GitHub's
+//! REST API is reached only through `tinyci-repos`.
 //!
 //! [`GitHubService`] holds exactly the handles this work uses (store, committer, queue,
-//! sources, users, clock). Must not depend on capnp, the HTTP server or `tinyci-site`: the
-//! site's HTTP side calls [`GitHubService::intake`] and the OAuth machines, and its
-//! capabilities call the repository methods.
+//! sources, users, clock); what only the site can do for a login (mint a grant) it asks
+//! through [`LoginGrants`]. Must not depend on capnp, the grant machinery or `tinyci-site`,
+//! and serves no listener of its own: `tinyci-web` does, and the site's capabilities call the
+//! repository methods.
 
+mod endpoints;
 mod intake;
 pub mod oauth;
 mod repos;
@@ -28,6 +31,7 @@ use tinyci_store::{GroupCommitter, Store, StoreError};
 use tinyci_users::Users;
 use tokio::sync::Notify;
 
+pub use endpoints::{Endpoints, LoginGrants, MintError};
 pub use intake::{Intake, IntakeError};
 pub use repos::list as known_repos;
 pub use secrets::SecretsKey;

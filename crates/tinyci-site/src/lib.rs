@@ -19,7 +19,7 @@ pub use tinyci_config as config;
 mod denied;
 pub mod federation;
 mod gateway;
-mod github_endpoints;
+
 mod grants;
 pub mod init;
 mod jobs;

@@ -5,16 +5,17 @@
 //! sees or does is what that session's capabilities return (the grant, the capability held
 //! now, and GitHub's word on the repository, cached for [`crate::access::ACCESS_TTL`]).
 //!
-//! The GitHub webhook and the OAuth login steps are answered here too
-//! ([`crate::github_endpoints`]): they mint grants, sign certificates and write the store.
+//! The GitHub webhook and the OAuth login steps are `tinyci-github`'s
+//! ([`tinyci_github::Endpoints`]); the site mints the grant a login ends with
+//! ([`LoginGrants`]).
 
-use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::SystemTime;
 
 use http::Request;
 use hyper::body::Incoming;
 use tinyci_core::{RunId, SubmissionId};
-use tinyci_github::oauth;
+use tinyci_github::{Endpoints, LoginGrants, MintError, oauth};
 use tinyci_pki::PeerIdentity;
 use tinyci_queue::{StoredRun, StoredSubmission};
 use tinyci_schema::log_observer;
@@ -28,15 +29,9 @@ use crate::Services;
 
 /// The site behind its HTTP listener.
 pub(crate) struct SiteWeb {
-    pub(crate) services: Rc<Services>,
-    /// The capnp address clients reach the site at (handed to `tinyci login`).
-    pub(crate) rpc_addr: String,
-    pub(crate) states: RefCell<oauth::States>,
-    pub(crate) logins: RefCell<oauth::Logins>,
-    /// Signs login CSRs; `None` when `tls.ca_key` is not configured.
-    pub(crate) login_ca: Option<Rc<oauth::LoginCa>>,
-    /// Signed-in browsers.
-    pub(crate) sessions: RefCell<oauth::WebSessions>,
+    services: Rc<Services>,
+    /// The webhook and login endpoints, with the signed-in browsers.
+    endpoints: Endpoints,
     pub(crate) settings: WebSettings,
 }
 
@@ -47,24 +42,28 @@ impl SiteWeb {
         login_ca: Option<Rc<oauth::LoginCa>>,
         config: Option<&crate::config::HttpConfig>,
     ) -> Self {
+        let settings = WebSettings {
+            public_repos: config.map(|c| c.public_repos.clone()).unwrap_or_default(),
+            public_url: config.and_then(|c| c.public_url.clone()),
+        };
+        let endpoints = Endpoints::new(
+            services.github.clone(),
+            login_ca,
+            rpc_addr,
+            settings.https(),
+            services.clock.0.clone(),
+        );
         Self {
             services,
-            rpc_addr,
-            states: RefCell::default(),
-            logins: RefCell::default(),
-            login_ca,
-            sessions: RefCell::default(),
-            settings: WebSettings {
-                public_repos: config.map(|c| c.public_repos.clone()).unwrap_or_default(),
-                public_url: config.and_then(|c| c.public_url.clone()),
-            },
+            endpoints,
+            settings,
         }
     }
 
     /// The signed-in browser holding `cookie` and its user's name, read afresh (a user
     /// removed since is signed out).
     fn web_session(&self, cookie: &str) -> Option<oauth::WebSession> {
-        let session = self.sessions.borrow().get(cookie, self.services.now())?;
+        let session = self.endpoints.web_session(cookie)?;
         match self.services.users.get(&session.user) {
             Ok(Some(_)) => Some(session),
             Ok(None) => None,
@@ -135,7 +134,7 @@ impl Backend for SiteWeb {
     }
 
     async fn endpoint(&self, request: Request<Incoming>) -> Option<Reply> {
-        crate::github_endpoints::route(self, request).await
+        self.endpoints.route(self, request).await
     }
 
     fn viewer(&self, cookie: Option<&str>) -> Viewer {
@@ -195,7 +194,7 @@ impl Backend for SiteWeb {
     }
 
     fn sign_out(&self, cookie: &str) {
-        self.sessions.borrow_mut().sign_out(cookie);
+        self.endpoints.sign_out(cookie);
     }
 
     fn recent_runs(&self, limit: usize) -> Result<Vec<RunView>, ViewError> {
@@ -299,6 +298,40 @@ impl Backend for SiteWeb {
             Err(tinyci_assets::ArtifactError::Missing { .. }) => Ok(None),
             Err(e) => Err(ViewError::new(e)),
         }
+    }
+}
+
+impl LoginGrants for SiteWeb {
+    fn site(&self) -> String {
+        self.services.grants.site().to_string()
+    }
+
+    async fn mint(
+        &self,
+        user: &tinyci_users::User,
+        expires_at: SystemTime,
+        issued_by: &'static str,
+    ) -> Result<Option<String>, MintError> {
+        let services = &self.services;
+        let spec = match tinyci_users::grant_spec(
+            &self.site(),
+            &user.name,
+            &user.capabilities,
+            Some(expires_at),
+        ) {
+            Ok(spec) => spec,
+            Err(tinyci_users::UsersError::NoCapabilities { .. }) => return Ok(None),
+            Err(e) => return Err(MintError::new(e)),
+        };
+        let (token, grant) = services.grants.mint(&spec).map_err(MintError::new)?;
+        let (key, record) =
+            crate::grants::issued_record(&grant, issued_by, services.now_ms() / 1000);
+        services
+            .committer
+            .write(move |txn| txn.put(tinyci_store::tables::GRANTS, key.as_str(), &record))
+            .await
+            .map_err(MintError::new)?;
+        Ok(Some(token))
     }
 }
 

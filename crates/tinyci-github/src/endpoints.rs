@@ -1,56 +1,158 @@
-//! GitHub's endpoints on the site's HTTP listener, answered for [`tinyci_web`] through
-//! [`SiteWeb`]'s `Backend::endpoint`: the webhook at `/hooks/github` and the OAuth login at
-//! `/oauth/*` (a browser's sign-in to the pages, and `tinyci login`'s terminal login).
+//! GitHub's endpoints on the site's HTTP listener (the site answers `tinyci_web`'s
+//! `Backend::endpoint` with [`Endpoints::route`]): the webhook at `/hooks/github` and the
+//! OAuth login at `/oauth/*` (a browser's sign-in to the pages, and `tinyci login`'s terminal
+//! login). What only the site can do, minting a user's grant, is asked of it through
+//! [`LoginGrants`].
 //!
-//! The webhook's signature is checked before its content is believed (in
-//! [`tinyci_github::GitHubService::intake`]); every body is read with a bound; query strings
-//! (which carry OAuth codes and states) are never logged.
+//! The webhook's signature is checked before its content is believed
+//! ([`GitHubService::intake`]); every body is read with a bound; query strings (which carry
+//! OAuth codes and states) are never logged.
 
-use std::time::Duration;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
 
 use http::{Method, Request, StatusCode, header};
 use hyper::body::Incoming;
-use tracing::{info, warn};
-
-use crate::web::SiteWeb;
-use tinyci_github::oauth::{self, LoginOutcome, LoginResult, Purpose};
-use tinyci_github::secrets::random_secret_hex;
-use tinyci_github::{Intake, IntakeError};
+use tinyci_core::Clock;
+use tinyci_users::User;
 use tinyci_web::render::html_escape;
 use tinyci_web::{
     Reply, SESSION_COOKIE, json, message_page as page, read_body, reply, session_cookie, text,
 };
+use tracing::{info, warn};
+
+use crate::oauth::{self, LoginOutcome, LoginResult, Purpose};
+use crate::secrets::random_secret_hex;
+use crate::{GitHubService, Intake, IntakeError};
+
+/// What only the site can do for a login: mint the grant a signed-in user holds.
+#[allow(async_fn_in_trait)]
+pub trait LoginGrants {
+    /// The site's id, as grants name it.
+    fn site(&self) -> String;
+    /// Mints (and records, so it can be listed and revoked) a grant for `user`'s
+    /// capabilities, expiring at `expires_at`; `Ok(None)` when they hold none. `issued_by`
+    /// says which login it is for.
+    async fn mint(
+        &self,
+        user: &User,
+        expires_at: SystemTime,
+        issued_by: &'static str,
+    ) -> Result<Option<String>, MintError>;
+}
+
+/// Why the site could not mint a login's grant.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", tinyci_core::error_chain(.0.as_ref()))]
+pub struct MintError(Box<dyn std::error::Error + 'static>);
+
+impl MintError {
+    pub fn new(error: impl std::error::Error + 'static) -> Self {
+        Self(Box::new(error))
+    }
+}
+
+/// The login endpoints' state between requests: pending OAuth states, terminal logins in
+/// progress, and signed-in browsers.
+pub struct Endpoints {
+    /// `None` when the site has no `[github]` section: every endpoint says so.
+    github: Option<Rc<GitHubService>>,
+    states: RefCell<oauth::States>,
+    logins: RefCell<oauth::Logins>,
+    sessions: RefCell<oauth::WebSessions>,
+    /// Signs login CSRs; `None` when `tls.ca_key` is not configured.
+    login_ca: Option<Rc<oauth::LoginCa>>,
+    /// The capnp address clients reach the site at (handed to `tinyci login`).
+    rpc_addr: String,
+    /// Whether browsers reach the site over HTTPS (cookies are then `Secure`).
+    https: bool,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Endpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoints")
+            .field("github", &self.github.is_some())
+            .field("rpc_addr", &self.rpc_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoints {
+    pub fn new(
+        github: Option<Rc<GitHubService>>,
+        login_ca: Option<Rc<oauth::LoginCa>>,
+        rpc_addr: String,
+        https: bool,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            github,
+            states: RefCell::default(),
+            logins: RefCell::default(),
+            sessions: RefCell::default(),
+            login_ca,
+            rpc_addr,
+            https,
+            clock,
+        }
+    }
+
+    fn now(&self) -> SystemTime {
+        tinyci_core::system_time((self.clock)())
+    }
+
+    fn github(&self) -> Option<&Rc<GitHubService>> {
+        self.github.as_ref()
+    }
+
+    /// The signed-in browser holding `cookie`, if its session is live.
+    pub fn web_session(&self, cookie: &str) -> Option<oauth::WebSession> {
+        self.sessions.borrow().get(cookie, self.now())
+    }
+
+    /// Forgets the browser session holding `cookie` (with its grant).
+    pub fn sign_out(&self, cookie: &str) {
+        self.sessions.borrow_mut().sign_out(cookie);
+    }
+
+    /// Answers `/hooks/…` and `/oauth/…`, or `None` for a path that is neither of these.
+    pub async fn route(
+        &self,
+        grants: &impl LoginGrants,
+        request: Request<Incoming>,
+    ) -> Option<Reply> {
+        let state = self;
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let reply = match (&method, path.as_str()) {
+            (&Method::POST, "/hooks/github") => webhook(state, request).await,
+            (&Method::GET, "/oauth/login") => login(state, &request),
+            (&Method::POST, "/oauth/login") => confirm_login(state, request).await,
+            (&Method::GET, "/oauth/callback") => callback(state, grants, &request).await,
+            (&Method::POST, "/oauth/cli/start") => cli_start(state, request).await,
+            (&Method::POST, "/oauth/cli/poll") => cli_poll(state, request).await,
+            (_, "/hooks/github" | "/oauth/login" | "/oauth/callback") => text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path}"),
+            ),
+            _ => return None,
+        };
+        Some(reply)
+    }
+}
 
 /// Largest CSR `tinyci login` may post.
 const MAX_CSR_BYTES: usize = 16 * 1024;
 /// How long a login poll waits for the browser before answering "pending".
 const POLL_WAIT: Duration = Duration::from_secs(25);
 
-/// Answers `/hooks/…` and `/oauth/…`, or `None` for a path that is neither of these.
-pub(crate) async fn route(state: &SiteWeb, request: Request<Incoming>) -> Option<Reply> {
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let reply = match (&method, path.as_str()) {
-        (&Method::POST, "/hooks/github") => webhook(state, request).await,
-        (&Method::GET, "/oauth/login") => login(state, &request),
-        (&Method::POST, "/oauth/login") => confirm_login(state, request).await,
-        (&Method::GET, "/oauth/callback") => callback(state, &request).await,
-        (&Method::POST, "/oauth/cli/start") => cli_start(state, request).await,
-        (&Method::POST, "/oauth/cli/poll") => cli_poll(state, request).await,
-        (_, "/hooks/github" | "/oauth/login" | "/oauth/callback") => text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not allowed on {path}"),
-        ),
-        _ => return None,
-    };
-    Some(reply)
-}
-
 fn header_str<'r>(request: &'r Request<Incoming>, name: &str) -> Option<&'r str> {
     request.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn webhook(state: &SiteWeb, request: Request<Incoming>) -> Reply {
+async fn webhook(state: &Endpoints, request: Request<Incoming>) -> Reply {
     let event = header_str(&request, "x-github-event").map(str::to_owned);
     let delivery = header_str(&request, "x-github-delivery").map(str::to_owned);
     let signature = header_str(&request, "x-hub-signature-256").map(str::to_owned);
@@ -58,7 +160,7 @@ async fn webhook(state: &SiteWeb, request: Request<Incoming>) -> Reply {
         Ok(body) => body,
         Err(reply) => return reply,
     };
-    let Ok(github) = state.services.github() else {
+    let Some(github) = state.github() else {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "this site has no [github] section in its site.toml",
@@ -105,9 +207,9 @@ fn query_value<'q>(query: &'q [(String, String)], key: &str) -> Option<&'q str> 
 /// The GitHub OAuth app and where GitHub sends browsers back, or the page saying there is none
 /// (boxed: a whole reply is large next to the borrowed trio).
 fn oauth_app(
-    state: &SiteWeb,
-) -> Result<(&tinyci_github::GitHubService, &tinyci_repos::OAuthApp, &str), Box<Reply>> {
-    let Ok(github) = state.services.github() else {
+    state: &Endpoints,
+) -> Result<(&crate::GitHubService, &tinyci_repos::OAuthApp, &str), Box<Reply>> {
+    let Some(github) = state.github() else {
         return Err(Box::new(page(
             StatusCode::NOT_FOUND,
             "Login unavailable",
@@ -151,14 +253,14 @@ fn with_session(mut response: Reply, session: &str, new: bool, public_url: &str)
 /// `GET /oauth/login`: a browser login goes to GitHub at once; a `tinyci login` link
 /// (`?login=ID`) first shows a form for the code the terminal printed, so a link forwarded to
 /// someone else completes nothing.
-fn login(state: &SiteWeb, request: &Request<Incoming>) -> Reply {
+fn login(state: &Endpoints, request: &Request<Incoming>) -> Reply {
     let (github, app, public_url) = match oauth_app(state) {
         Ok(found) => found,
         Err(reply) => return *reply,
     };
     let query = query(request);
     let (session, new_session) = browser_session(request);
-    let now = state.services.now();
+    let now = state.now();
     let Some(id) = query_value(&query, "login").map(str::to_owned) else {
         let purpose = Purpose::Browser {
             next: query_value(&query, "next").and_then(tinyci_web::render::safe_next),
@@ -210,7 +312,7 @@ const MAX_CODE_FORM_BYTES: usize = 1024;
 /// `POST /oauth/login`: the code form. Only from the form this browser was shown (its
 /// anti-forgery token and session), only from this site (`Origin`), and only with the code
 /// the terminal printed, does the login go on to GitHub.
-async fn confirm_login(state: &SiteWeb, request: Request<Incoming>) -> Reply {
+async fn confirm_login(state: &Endpoints, request: Request<Incoming>) -> Reply {
     let (github, app, public_url) = match oauth_app(state) {
         Ok(found) => found,
         Err(reply) => return *reply,
@@ -242,13 +344,11 @@ async fn confirm_login(state: &SiteWeb, request: Request<Incoming>) -> Reply {
         form_urlencoded::parse(&body).into_owned().collect();
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
     let id = field("login").to_owned();
-    let confirmed = state.logins.borrow_mut().confirm(
-        &id,
-        &session,
-        field("form"),
-        field("code"),
-        state.services.now(),
-    );
+    let confirmed =
+        state
+            .logins
+            .borrow_mut()
+            .confirm(&id, &session, field("form"), field("code"), state.now());
     match confirmed {
         Ok(hooks) => {
             info!("login code confirmed in the browser");
@@ -282,8 +382,8 @@ async fn confirm_login(state: &SiteWeb, request: Request<Incoming>) -> Reply {
 /// memberships ([github] allow) and the repositories they may read; webhook rights only for a
 /// login that will enable repositories.
 fn authorize_redirect(
-    state: &SiteWeb,
-    github: &tinyci_github::GitHubService,
+    state: &Endpoints,
+    github: &crate::GitHubService,
     app: &tinyci_repos::OAuthApp,
     public_url: &str,
     session: &str,
@@ -293,13 +393,10 @@ fn authorize_redirect(
     let oauth_state = random_secret_hex(16);
     let verifier = random_secret_hex(32);
     let challenge = oauth::code_challenge(&verifier);
-    state.states.borrow_mut().issue(
-        oauth_state.clone(),
-        session,
-        purpose,
-        verifier,
-        state.services.now(),
-    );
+    state
+        .states
+        .borrow_mut()
+        .issue(oauth_state.clone(), session, purpose, verifier, state.now());
     let scope = if hooks {
         "read:user read:org repo admin:repo_hook"
     } else {
@@ -324,7 +421,11 @@ fn authorize_redirect(
     response
 }
 
-async fn callback(state: &SiteWeb, request: &Request<Incoming>) -> Reply {
+async fn callback(
+    state: &Endpoints,
+    grants: &impl LoginGrants,
+    request: &Request<Incoming>,
+) -> Reply {
     let query = query(request);
     let session = session_cookie(request);
     let Some(oauth_state) = query_value(&query, "state") else {
@@ -334,11 +435,10 @@ async fn callback(state: &SiteWeb, request: &Request<Incoming>) -> Reply {
             "The callback carries no state.",
         );
     };
-    let taken =
-        state
-            .states
-            .borrow_mut()
-            .take(oauth_state, session.as_deref(), state.services.now());
+    let taken = state
+        .states
+        .borrow_mut()
+        .take(oauth_state, session.as_deref(), state.now());
     let oauth::Taken { purpose, verifier } = match taken {
         Ok(taken) => taken,
         Err(e) => {
@@ -368,7 +468,7 @@ async fn callback(state: &SiteWeb, request: &Request<Incoming>) -> Reply {
             "The callback carries no code.",
         );
     };
-    match complete_login(state, code, &verifier, login.as_deref()).await {
+    match complete_login(state, grants, code, &verifier, login.as_deref()).await {
         Ok(result) if login.is_none() => {
             let next = match purpose {
                 Purpose::Browser { next } => next,
@@ -392,7 +492,7 @@ async fn callback(state: &SiteWeb, request: &Request<Incoming>) -> Reply {
             page(StatusCode::OK, "Signed in", &message)
         }
         Err(e) => {
-            let message = crate::rpc::chain(&e);
+            let message = tinyci_core::error_chain(&e);
             warn!(error = %message, "oauth login failed");
             finish(LoginOutcome::Failed(message.clone()));
             page(StatusCode::BAD_GATEWAY, "Login failed", &message)
@@ -403,7 +503,7 @@ async fn callback(state: &SiteWeb, request: &Request<Incoming>) -> Reply {
 /// Signs a browser in to the run pages after its GitHub login: a fresh session cookie (never
 /// the one it arrived with, so a cookie planted before the login is worth nothing), then on to
 /// `next` or a page saying who it is signed in as.
-fn sign_in_browser(state: &SiteWeb, result: &LoginResult, next: Option<String>) -> Reply {
+fn sign_in_browser(state: &Endpoints, result: &LoginResult, next: Option<String>) -> Reply {
     let Ok(user) = result.user.parse::<tinyci_users::UserName>() else {
         return page(
             StatusCode::BAD_GATEWAY,
@@ -417,7 +517,7 @@ fn sign_in_browser(state: &SiteWeb, result: &LoginResult, next: Option<String>) 
         user,
         random_secret_hex(32),
         Some(result.token.clone()).filter(|t| !t.is_empty()),
-        state.services.now(),
+        state.now(),
     );
     info!(user = %result.user, "browser signed in");
     let mut response = match next {
@@ -437,11 +537,7 @@ fn sign_in_browser(state: &SiteWeb, result: &LoginResult, next: Option<String>) 
             ),
         ),
     };
-    let secure = if state.settings.https() {
-        "; Secure"
-    } else {
-        ""
-    };
+    let secure = if state.https { "; Secure" } else { "" };
     let max_age = oauth::WEB_SESSION_TTL.as_secs();
     let set = format!(
         "{SESSION_COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
@@ -456,8 +552,8 @@ fn sign_in_browser(state: &SiteWeb, result: &LoginResult, next: Option<String>) 
 /// terminal), so every message says what to do; never a token.
 #[derive(Debug, thiserror::Error)]
 enum LoginError {
-    #[error(transparent)]
-    NoGitHub(tinyci_github::GitHubError),
+    #[error("this site has no [github] section in its site.toml")]
+    NoGitHub,
     #[error("this site has no GitHub OAuth app configured")]
     NoApp,
     #[error("GitHub refused or failed the login")]
@@ -474,9 +570,7 @@ enum LoginError {
         login: String,
     },
     #[error("cannot mint the login's grant")]
-    Grant(#[from] tinyci_grant::GrantError),
-    #[error("cannot record the login's grant")]
-    Store(#[from] tinyci_store::StoreError),
+    Mint(#[from] MintError),
     #[error("this site cannot issue certificates to logins: tls.ca_key is not configured")]
     NoCa,
     #[error("the terminal login expired while GitHub was asked")]
@@ -488,11 +582,11 @@ enum LoginError {
 /// Whether `[github] allow` admits `login` (whose token is `token`): named, or an active member
 /// of a named organization or team.
 async fn allowed(
-    github: &tinyci_github::GitHubService,
+    github: &crate::GitHubService,
     token: &str,
     login: &str,
 ) -> Result<bool, tinyci_repos::ApiError> {
-    use tinyci_github::GitHubAllow;
+    use crate::GitHubAllow;
     let client = github.client_with(Some(token.to_owned()))?;
     for entry in &github.settings.allow {
         let member = match entry {
@@ -510,13 +604,13 @@ async fn allowed(
 /// Exchanges the code, links the user, and for a CLI login mints their grant and signs their
 /// certificate (a browser login gets a session cookie instead, and no grant).
 async fn complete_login(
-    state: &SiteWeb,
+    state: &Endpoints,
+    grants: &impl LoginGrants,
     code: &str,
     verifier: &str,
     login: Option<&str>,
 ) -> Result<LoginResult, LoginError> {
-    let services = &state.services;
-    let github = services.github().map_err(LoginError::NoGitHub)?;
+    let github = state.github().ok_or(LoginError::NoGitHub)?;
     let app = github.oauth_app.as_ref().ok_or(LoginError::NoApp)?;
     let anonymous = github.client_with(None)?;
     let token = anonymous
@@ -525,7 +619,7 @@ async fn complete_login(
     let user = anonymous.user_of_token(&token.access_token).await?;
     let sealed = github.secrets.seal(
         token.access_token.as_bytes(),
-        &tinyci_github::token_context(user.id),
+        &crate::token_context(user.id),
     );
     // Capabilities come only through `[github] allow` (asked of GitHub with the user's own
     // token): any other account signs in holding nothing.
@@ -540,82 +634,44 @@ async fn complete_login(
         info!(github = %user.login, "login not in [github] allow: no capabilities");
         std::collections::BTreeSet::new()
     };
-    let (site_user, outcome) = services
+    let (site_user, outcome) = github
         .users
-        .link_github(
-            &user.login,
-            user.id,
-            sealed,
-            &default_caps,
-            services.now_ms(),
-        )
+        .link_github(&user.login, user.id, sealed, &default_caps, (state.clock)())
         .await?;
     info!(user = %site_user.name, github = %user.login, ?outcome, "github login");
-    let site = services.grants.site().to_string();
+    let result = |token: String, expires_at, cert_pem: String, ca_pem: String| LoginResult {
+        site: grants.site(),
+        user: site_user.name.to_string(),
+        github_login: user.login.clone(),
+        addr: state.rpc_addr.clone(),
+        cert_pem,
+        ca_pem,
+        token,
+        capabilities: site_user
+            .capabilities
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        expires_at: oauth::unix_secs(expires_at),
+    };
     let Some(login) = login else {
         // A browser login: a grant for the browser's session alone, held in memory, which
         // each page redeems for an in-process session (the pages' only authority). A user
         // holding nothing signs in with none (public pages only).
-        let expires_at = services.now() + oauth::WEB_SESSION_TTL;
-        let token = match tinyci_users::grant_spec(
-            &site,
-            &site_user.name,
-            &site_user.capabilities,
-            Some(expires_at),
-        ) {
-            Ok(spec) => {
-                let (token, grant) = services.grants.mint(&spec)?;
-                let (key, record) = crate::grants::issued_record(
-                    &grant,
-                    "github-login (browser)",
-                    services.now_ms() / 1000,
-                );
-                services
-                    .committer
-                    .write(move |txn| txn.put(tinyci_store::tables::GRANTS, key.as_str(), &record))
-                    .await?;
-                token
-            }
-            Err(tinyci_users::UsersError::NoCapabilities { .. }) => String::new(),
-            Err(e) => return Err(e.into()),
-        };
-        return Ok(LoginResult {
-            site,
-            user: site_user.name.to_string(),
-            github_login: user.login,
-            addr: state.rpc_addr.clone(),
-            cert_pem: String::new(),
-            ca_pem: String::new(),
-            token,
-            capabilities: site_user
-                .capabilities
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            expires_at: oauth::unix_secs(expires_at),
-        });
+        let expires_at = state.now() + oauth::WEB_SESSION_TTL;
+        let token = grants
+            .mint(&site_user, expires_at, "github-login (browser)")
+            .await?
+            .unwrap_or_default();
+        return Ok(result(token, expires_at, String::new(), String::new()));
     };
-    let expires_at = services.now() + github.settings.login_token_ttl;
-    let spec = tinyci_users::grant_spec(
-        &site,
-        &site_user.name,
-        &site_user.capabilities,
-        Some(expires_at),
-    )
-    .map_err(|e| match e {
-        tinyci_users::UsersError::NoCapabilities { .. } => LoginError::NoCapabilities {
+    let expires_at = state.now() + github.settings.login_token_ttl;
+    let Some(token) = grants.mint(&site_user, expires_at, "github-login").await? else {
+        return Err(LoginError::NoCapabilities {
             user: site_user.name.clone(),
             login: user.login.clone(),
-        },
-        other => other.into(),
-    })?;
-    let (token_text, grant) = services.grants.mint(&spec)?;
-    let (key, record) =
-        crate::grants::issued_record(&grant, "github-login", services.now_ms() / 1000);
-    services
-        .committer
-        .write(move |txn| txn.put(tinyci_store::tables::GRANTS, key.as_str(), &record))
-        .await?;
+        });
+    };
     let ca = state.login_ca.as_ref().ok_or(LoginError::NoCa)?;
     let csr = state
         .logins
@@ -625,31 +681,14 @@ async fn complete_login(
     let cert_pem = ca
         .sign(&csr, site_user.name.as_str())
         .map_err(LoginError::Sign)?;
-    let ca_pem = ca.ca_pem.clone();
-    Ok(LoginResult {
-        site,
-        user: site_user.name.to_string(),
-        github_login: user.login,
-        addr: state.rpc_addr.clone(),
-        cert_pem,
-        ca_pem,
-        token: token_text,
-        capabilities: site_user
-            .capabilities
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
-        expires_at: oauth::unix_secs(expires_at),
-    })
+    Ok(result(token, expires_at, cert_pem, ca.ca_pem.clone()))
 }
 
-async fn cli_start(state: &SiteWeb, request: Request<Incoming>) -> Reply {
+async fn cli_start(state: &Endpoints, request: Request<Incoming>) -> Reply {
     // `tinyci login --repo-hooks`: this login will enable repositories.
     let hooks = query_value(&query(&request), "hooks") == Some("1");
     let available = state
-        .services
         .github()
-        .ok()
         .filter(|g| g.oauth_app.is_some())
         .and_then(|g| g.public_url.clone());
     let Some(public_url) = available else {
@@ -683,7 +722,7 @@ async fn cli_start(state: &SiteWeb, request: Request<Incoming>) -> Reply {
     let id = random_secret_hex(16);
     let poll = random_secret_hex(32);
     let mut random = [0u8; 8];
-    tinyci_github::secrets::fill_random(&mut random);
+    crate::secrets::fill_random(&mut random);
     let user_code = oauth::new_user_code(&random);
     state.logins.borrow_mut().start(
         id.clone(),
@@ -691,7 +730,7 @@ async fn cli_start(state: &SiteWeb, request: Request<Incoming>) -> Reply {
         csr_pem,
         user_code.clone(),
         hooks,
-        state.services.now(),
+        state.now(),
     );
     json(
         StatusCode::OK,
@@ -704,7 +743,7 @@ async fn cli_start(state: &SiteWeb, request: Request<Incoming>) -> Reply {
     )
 }
 
-async fn cli_poll(state: &SiteWeb, request: Request<Incoming>) -> Reply {
+async fn cli_poll(state: &Endpoints, request: Request<Incoming>) -> Reply {
     let body = match read_body(request, 1024).await {
         Ok(body) => body,
         Err(reply) => return reply,
