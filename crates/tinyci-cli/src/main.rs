@@ -126,25 +126,20 @@ impl Command {
 
 /// Maps an error to the documented exit codes by what kind of error is at its root.
 fn exit_code(error: &anyhow::Error) -> u8 {
-    use tinyci_site::SiteError;
     use tinyci_site::init::InitError;
+    use tinyci_site::{IdentityError, SiteError};
     for cause in error.chain() {
         if cause.downcast_ref::<tinyci_site::ConfigError>().is_some()
             || matches!(
                 cause.downcast_ref::<InitError>(),
                 Some(InitError::Exists { .. })
             )
-            || matches!(
-                cause.downcast_ref::<SiteError>(),
-                Some(
-                    SiteError::Config(_)
-                        | SiteError::Credentials { .. }
-                        | SiteError::WrongSite { .. }
-                        | SiteError::RootKey { .. }
-                        | SiteError::NoAddress(_)
-                        | SiteError::Federation(_)
-                )
-            )
+            || cause
+                .downcast_ref::<SiteError>()
+                .is_some_and(SiteError::is_configuration)
+            || cause
+                .downcast_ref::<IdentityError>()
+                .is_some_and(IdentityError::is_configuration)
             || cause.downcast_ref::<util::InputError>().is_some()
         {
             return 3;

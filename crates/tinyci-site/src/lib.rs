@@ -1,27 +1,23 @@
-//! A tinyci site: reads `site.toml`, sets up a site's identity on disk (`site init`), opens
-//! its store, and serves the `Gateway` bootstrap over mTLS capnp-rpc (`site up`). Also the
-//! client side of reaching one's own site with the admin certificate (`site status`).
+//! A tinyci site: reads `site.toml` and its identity, opens its store, and serves the
+//! `Gateway` bootstrap over mTLS capnp-rpc (`site up`) with its HTTP side.
 //!
 //! This crate composes the layers and is the Cap'n Proto capability surface; it owns no wire
 //! format, no crypto and no storage engine (those are `tinyci-schema`, `tinyci-pki`/
 //! `tinyci-grant` and `tinyci-store`), and the configuration, run logs, bulk bytes and GitHub
 //! are their own crates (`tinyci-config`, `tinyci-logs`, `tinyci-assets`, `tinyci-github`), as
-//! is the web side (`tinyci-web`), which this crate hands views and capabilities.
+//! are the identity on disk and the admin client (`tinyci-identity`, re-exported) and the web
+//! side (`tinyci-web`), which this crate hands views and capabilities.
 //! It must not know `anyhow` or `clap`: the CLI turns its typed errors into messages and exit
 //! codes.
 
 mod access;
 mod assets;
-pub mod bundle;
 mod caps;
-mod client;
 pub use tinyci_config as config;
 mod denied;
-pub mod federation;
 mod gateway;
 
 mod grants;
-pub mod init;
 mod jobs;
 mod logs;
 mod membrane;
@@ -41,75 +37,42 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tinyci_identity::read_pem;
 use tinyci_net::{Listener, NetLimits, ServerStats};
-use tinyci_pki::{Credentials, Fingerprint, TrustAnchors, read_text_file};
+use tinyci_pki::Fingerprint;
 use tinyci_schema::gateway as gateway_capnp;
 use tinyci_store::{Store, StoreOptions};
 use tracing::info;
 
-pub use client::{
-    SiteClient, SiteInfo, admin_capability, connect_admin, connect_as, connect_partner, rpc_error,
-};
 pub use config::{ConfigError, SiteConfig};
 pub use gateway::{PROTOCOL, SiteFacts};
-pub use grants::record_issued;
 pub use retention::RetentionPolicy;
 pub use session::fill_grant_info;
+pub use tinyci_identity::{
+    CheckReport, IdentityError, SiteClient, SiteInfo, TrustPolicy, admin_capability, bundle,
+    connect_admin, connect_as, connect_partner, federation, init, load_root_key,
+    open_store_for_tool, record_issued, rpc_error,
+};
 pub use tinyci_logs::{DEFAULT_MAX_RUN_LOG_BYTES, FOLLOWER_BUFFER_BOUND, FollowStats};
 
-/// Why a site could not start or be reached.
+/// Why a site could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SiteError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// A certificate or key file is unusable.
-    #[error("{key} ({path}): {source}")]
-    Credentials {
-        /// Config key naming the file.
-        key: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        source: tinyci_pki::PkiError,
-    },
-    /// A certificate names a different site than the config.
-    #[error("{key} ({path}) names {found}, but site.name is {expected}")]
-    WrongSite {
-        /// Config key naming the file.
-        key: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// Identity in the certificate.
-        found: String,
-        /// `site.name`.
-        expected: String,
-    },
-    /// The Biscuit root key is unusable.
-    #[error("grants.root_key ({path}): {source}")]
-    RootKey {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        source: tinyci_grant::GrantError,
-    },
+    /// The site's identity (certificates, keys, partner pins) is unusable.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] tinyci_store::StoreError),
-    /// Listening or dialing failed.
+    /// Listening failed.
     #[error(transparent)]
     Net(#[from] tinyci_net::NetError),
-    /// The site answered with an error (or the connection broke).
-    #[error("site {addr} refused or failed the call: {source}")]
-    Rpc {
-        /// The address dialed.
-        addr: String,
-        /// What capnp said.
-        source: capnp::Error,
-    },
     /// The queue could not be loaded.
-    #[error("cannot load the run queue: {0}")]
-    Queue(String),
+    #[error("cannot load the run queue")]
+    Queue(#[source] tinyci_queue::QueueError),
     /// A directory under the data dir could not be created.
     #[error("cannot create {path}: {source}")]
     DataDir {
@@ -118,12 +81,6 @@ pub enum SiteError {
         /// OS error.
         source: std::io::Error,
     },
-    /// No address to dial.
-    #[error("{0}")]
-    NoAddress(String),
-    /// A partner pin under `federation/` is unusable.
-    #[error(transparent)]
-    Federation(#[from] federation::FederationError),
     /// The HTTP listener could not be bound.
     #[error("cannot listen for HTTP on {addr}: {source}")]
     HttpBind {
@@ -132,6 +89,17 @@ pub enum SiteError {
         /// OS error.
         source: std::io::Error,
     },
+}
+
+impl SiteError {
+    /// Whether the error is the operator's to fix in `site.toml` or the files it names.
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            Self::Config(_) => true,
+            Self::Identity(e) => e.is_configuration(),
+            _ => false,
+        }
+    }
 }
 
 /// A site that has loaded its identity and opened its store, ready to listen.
@@ -217,104 +185,6 @@ impl std::fmt::Debug for SiteClock {
     }
 }
 
-/// The listener's trust: the site's own CA plus the partners pinned under `federation/`.
-pub(crate) struct TrustPolicy {
-    own: tinyci_pki::SiteName,
-    own_ca_pem: String,
-    own_ca_path: PathBuf,
-    cert_path: PathBuf,
-    credentials: Credentials,
-    dir: PathBuf,
-    /// The serving listener's switch, once serving.
-    switch: std::cell::RefCell<Option<tinyci_net::TlsSwitch>>,
-}
-
-impl std::fmt::Debug for TrustPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrustPolicy")
-            .field("own", &self.own)
-            .field("dir", &self.dir)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TrustPolicy {
-    /// Loads the site's certificate and key (which must name this site) and its CA.
-    fn load(config: &SiteConfig) -> Result<Self, SiteError> {
-        let credentials = load_credentials("tls.cert", &config.cert, "tls.key", &config.key)?;
-        let expected = tinyci_pki::PeerIdentity::site(config.name.clone());
-        if credentials.identity() != &expected {
-            return Err(SiteError::WrongSite {
-                key: "tls.cert",
-                path: config.cert.clone(),
-                found: credentials.identity().to_string(),
-                expected: config.name.to_string(),
-            });
-        }
-        Ok(Self {
-            own: config.name.clone(),
-            own_ca_pem: read_pem(&config.ca_cert, "tls.ca_cert", false)?,
-            own_ca_path: config.ca_cert.clone(),
-            cert_path: config.cert.clone(),
-            credentials,
-            dir: config.federation_dir.clone(),
-            switch: std::cell::RefCell::new(None),
-        })
-    }
-
-    /// The server config trusting the own CA and every pinned partner, and those partners.
-    fn server_config(
-        &self,
-    ) -> Result<(Arc<tinyci_net::ServerConfig>, Vec<federation::Partner>), SiteError> {
-        let partners = federation::load_partners(&self.dir, &self.own)?;
-        let mut trust =
-            TrustAnchors::new(self.own.clone(), &self.own_ca_pem).map_err(|source| {
-                SiteError::Credentials {
-                    key: "tls.ca_cert",
-                    path: self.own_ca_path.clone(),
-                    source,
-                }
-            })?;
-        for partner in &partners {
-            trust
-                .add_partner(partner.site.clone(), &partner.ca_pem)
-                .map_err(|e| {
-                    SiteError::Federation(federation::FederationError::Invalid {
-                        path: partner.path.clone(),
-                        reason: e.to_string(),
-                    })
-                })?;
-        }
-        let tls = tinyci_pki::tls::server_config(&self.credentials, &trust).map_err(|source| {
-            SiteError::Credentials {
-                key: "tls.cert",
-                path: self.cert_path.clone(),
-                source,
-            }
-        })?;
-        Ok((tls, partners))
-    }
-
-    /// Re-reads `federation/`: new handshakes follow it at once, and live connections of
-    /// partners no longer pinned are closed. Returns the partners now trusted.
-    pub(crate) fn reload(&self) -> Result<Vec<federation::Partner>, SiteError> {
-        let (tls, partners) = self.server_config()?;
-        if let Some(switch) = self.switch.borrow().as_ref() {
-            let own = self.own.clone();
-            let trusted: Vec<tinyci_pki::SiteName> =
-                partners.iter().map(|p| p.site.clone()).collect();
-            switch.replace(tls, move |peer| {
-                peer.site_name() == &own || trusted.contains(peer.site_name())
-            });
-        }
-        info!(
-            partners = ?partners.iter().map(|p| p.site.to_string()).collect::<Vec<_>>(),
-            "federation reloaded"
-        );
-        Ok(partners)
-    }
-}
-
 impl Services {
     /// The GitHub state, or why there is none.
     pub(crate) fn github(
@@ -366,12 +236,13 @@ impl Site {
     ) -> Result<Self, SiteError> {
         let trust_policy = TrustPolicy::load(&config)?;
         let ca_pem = trust_policy.own_ca_pem.clone();
-        let ca_der =
-            tinyci_pki::tls::parse_cert_pem(&ca_pem).map_err(|source| SiteError::Credentials {
+        let ca_der = tinyci_pki::tls::parse_cert_pem(&ca_pem).map_err(|source| {
+            IdentityError::Credentials {
                 key: "tls.ca_cert",
                 path: config.ca_cert.clone(),
                 source,
-            })?;
+            }
+        })?;
         let (tls, partners) = trust_policy.server_config()?;
         if !partners.is_empty() {
             info!(
@@ -414,7 +285,7 @@ impl Site {
         let queue =
             tinyci_queue::Queue::open(store.clone(), committer.clone(), setup, clock.clone())
                 .await
-                .map_err(|e| SiteError::Queue(e.to_string()))?;
+                .map_err(SiteError::Queue)?;
         // The embedded runner died with the last process: its leases need not wait.
         let released = queue.release_runner(bundle::EMBEDDED_RUNNER).await;
         if released > 0 {
@@ -444,7 +315,7 @@ impl Site {
             (Some(g), Some(ca_key)) if g.oauth_app.is_some() => {
                 let key_pem = read_pem(ca_key, "tls.ca_key", true)?;
                 let ca = tinyci_pki::SiteCa::from_pem(&ca_pem, &key_pem).map_err(|source| {
-                    SiteError::Credentials {
+                    IdentityError::Credentials {
                         key: "tls.ca_key",
                         path: ca_key.clone(),
                         source,
@@ -683,63 +554,12 @@ impl Site {
     }
 }
 
-/// What `tinyci site check` found valid.
-#[derive(Debug)]
-pub struct CheckReport {
-    /// One line per thing checked, in order.
-    pub checked: Vec<String>,
-}
-
-/// Checks `config` and every file it names as `site up` would read them (certificates and
-/// keys parse and match the site, key files are 0600, partner pins are valid, GitHub secret
-/// files are readable), without opening the store, binding anything or creating any file.
+/// Checks `config` and every file it names as `site up` would read them: the identity
+/// ([`tinyci_identity::check`]) and the GitHub secret files (readable, not empty), without
+/// opening the store, binding anything or creating any file.
 pub fn check(config: &SiteConfig) -> Result<CheckReport, SiteError> {
-    let mut checked = Vec::new();
-    let policy = TrustPolicy::load(config)?;
-    checked.push(format!(
-        "tls.cert and tls.key: {}",
-        tinyci_pki::PeerIdentity::site(config.name.clone())
-    ));
-    let ca_pem = policy.own_ca_pem.clone();
-    let (_, partners) = policy.server_config()?;
-    checked.push(format!(
-        "tls.ca_cert and {} partner pin(s) in {}{}",
-        partners.len(),
-        config.federation_dir.display(),
-        if partners.is_empty() {
-            String::new()
-        } else {
-            format!(
-                ": {}",
-                partners
-                    .iter()
-                    .map(|p| p.site.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        }
-    ));
-    load_root_key(config)?;
-    checked.push("grants.root_key".into());
-    load_credentials(
-        "admin.cert",
-        &config.admin_cert,
-        "admin.key",
-        &config.admin_key,
-    )?;
-    read_pem(&config.admin_token, "admin.token", true)?;
-    checked.push("admin.cert, admin.key and admin.token".into());
-    if let Some(ca_key) = &config.ca_key {
-        let key_pem = read_pem(ca_key, "tls.ca_key", true)?;
-        tinyci_pki::SiteCa::from_pem(&ca_pem, &key_pem).map_err(|source| {
-            SiteError::Credentials {
-                key: "tls.ca_key",
-                path: ca_key.clone(),
-                source,
-            }
-        })?;
-        checked.push("tls.ca_key matches tls.ca_cert".into());
-    }
+    let mut report = tinyci_identity::check(config)?;
+    let checked = &mut report.checked;
     if let Some(github) = &config.github {
         for (key, file) in [
             ("github.token_file", &github.token_file),
@@ -770,7 +590,7 @@ pub fn check(config: &SiteConfig) -> Result<CheckReport, SiteError> {
             checked.push("github.secrets_key (created at first start)".into());
         }
     }
-    Ok(CheckReport { checked })
+    Ok(report)
 }
 
 /// The GitHub side of `[github]`: the secrets key (created on first use), the site token
@@ -817,48 +637,4 @@ fn read_secret(path: &std::path::Path, key: &'static str) -> Result<String, Site
         }));
     }
     Ok(text)
-}
-
-/// Loads the Biscuit root key named by `grants.root_key` (must be mode 0600).
-pub fn load_root_key(config: &SiteConfig) -> Result<tinyci_grant::RootKey, SiteError> {
-    let text = read_pem(&config.root_key, "grants.root_key", true)?;
-    tinyci_grant::RootKey::from_secret_str(&text).map_err(|source| SiteError::RootKey {
-        path: config.root_key.clone(),
-        source,
-    })
-}
-
-/// Opens the store beside a possibly running site, for offline tools (`tinyci grant`).
-pub fn open_store_for_tool(config: &SiteConfig) -> Result<Store, SiteError> {
-    Ok(Store::open(
-        &config.data_dir,
-        StoreOptions {
-            map_size: usize::try_from(config.map_size_mib * 1024 * 1024).unwrap_or(usize::MAX),
-            exclusive: false,
-            ..StoreOptions::default()
-        },
-    )?)
-}
-
-fn read_pem(path: &std::path::Path, key: &'static str, secret: bool) -> Result<String, SiteError> {
-    read_text_file(path, secret).map_err(|source| SiteError::Credentials {
-        key,
-        path: path.to_owned(),
-        source,
-    })
-}
-
-pub(crate) fn load_credentials(
-    cert_key: &'static str,
-    cert: &std::path::Path,
-    key_key: &'static str,
-    key: &std::path::Path,
-) -> Result<Credentials, SiteError> {
-    let cert_pem = read_pem(cert, cert_key, false)?;
-    let key_pem = read_pem(key, key_key, true)?;
-    Credentials::from_pem(&cert_pem, &key_pem).map_err(|source| SiteError::Credentials {
-        key: cert_key,
-        path: cert.to_owned(),
-        source,
-    })
 }

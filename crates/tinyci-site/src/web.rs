@@ -325,7 +325,7 @@ impl LoginGrants for SiteWeb {
         };
         let (token, grant) = services.grants.mint(&spec).map_err(MintError::new)?;
         let (key, record) =
-            crate::grants::issued_record(&grant, issued_by, services.now_ms() / 1000);
+            tinyci_identity::issued_record(&grant, issued_by, services.now_ms() / 1000);
         services
             .committer
             .write(move |txn| txn.put(tinyci_store::tables::GRANTS, key.as_str(), &record))

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use tinyci_grant::{GrantSpec, Holder, HolderKind, Right, mint};
 use tinyci_pki::{Role, SiteCa, SiteName, read_text_file, write_secret_file};
 
-use crate::{SiteConfig, SiteError, load_root_key, open_store_for_tool, read_pem};
+use tinyci_config::SiteConfig;
+
+use crate::{IdentityError, load_root_key, open_store_for_tool, read_pem};
 
 /// The name of the runner `tinyci site up` embeds. It lives and dies with the site process,
 /// so a starting site hands back whatever it held; no other runner may take the name.
@@ -60,7 +62,7 @@ impl std::fmt::Debug for RunnerBundle {
 pub enum BundleError {
     /// The site side failed (config, keys, store).
     #[error(transparent)]
-    Site(#[from] SiteError),
+    Site(#[from] IdentityError),
     /// `tls.ca_key` is not configured.
     #[error("site.toml has no tls.ca_key; issuing runner certificates needs the CA key")]
     NoCaKey,
@@ -129,7 +131,7 @@ impl RunnerBundle {
         let leaf = ca.issue_member_cert(Role::Runner, &runner.name)?;
         let root = load_root_key(config)?;
         let (token, grant) = mint(&root, &spec)?;
-        crate::grants::record_issued(store, &grant, &format!("tinyci runner add {}", runner.name))?;
+        crate::record_issued(store, &grant, &format!("tinyci runner add {}", runner.name))?;
         let addresses = if runner.addresses.is_empty() {
             config
                 .dial_addr()

@@ -6,7 +6,9 @@ use tinyci_net::{ClientConnection, NetLimits};
 use tinyci_pki::PeerIdentity;
 use tinyci_schema::{admin, gateway};
 
-use crate::{SiteConfig, SiteError, load_credentials, read_pem};
+use tinyci_config::SiteConfig;
+
+use crate::{IdentityError, load_credentials, read_pem};
 
 /// A confirmed connection to a site: the gateway answered `info`, so the site accepted our
 /// certificate (under TLS 1.3 that is only known after a first call).
@@ -29,8 +31,8 @@ impl std::fmt::Debug for SiteClient {
 
 impl SiteClient {
     /// Calls `Gateway.info`.
-    pub async fn info(&self) -> Result<SiteInfo, SiteError> {
-        let rpc = |source| SiteError::Rpc {
+    pub async fn info(&self) -> Result<SiteInfo, IdentityError> {
+        let rpc = |source| IdentityError::Rpc {
             addr: self.addr.clone(),
             source,
         };
@@ -42,7 +44,7 @@ impl SiteClient {
             .await
             .map_err(rpc)?;
         let info = response.get().and_then(|r| r.get_info()).map_err(rpc)?;
-        let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, SiteError> {
+        let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, IdentityError> {
             t.and_then(|t| t.to_string().map_err(Into::into))
                 .map_err(rpc)
         };
@@ -80,9 +82,9 @@ pub struct SiteInfo {
 pub async fn connect_admin(
     config: &SiteConfig,
     addr: Option<SocketAddr>,
-) -> Result<(SiteClient, SiteInfo), SiteError> {
+) -> Result<(SiteClient, SiteInfo), IdentityError> {
     let addr = addr.or_else(|| config.dial_addr()).ok_or_else(|| {
-        SiteError::NoAddress(format!(
+        IdentityError::NoAddress(format!(
             "site.listen in {} has port 0 (chosen when the site starts); pass --addr HOST:PORT",
             config
                 .source
@@ -99,7 +101,7 @@ pub async fn connect_admin(
     )?;
     let ca_pem = read_pem(&config.ca_cert, "tls.ca_cert", false)?;
     let tls = tinyci_pki::tls::client_config(&credentials, &ca_pem, config.name.clone()).map_err(
-        |source| SiteError::Credentials {
+        |source| IdentityError::Credentials {
             key: "admin.cert",
             path: config.admin_cert.clone(),
             source,
@@ -126,10 +128,10 @@ pub async fn connect_as(
     credentials: &tinyci_pki::Credentials,
     ca_pem: &str,
     site: &tinyci_pki::SiteName,
-) -> Result<(SiteClient, SiteInfo), SiteError> {
+) -> Result<(SiteClient, SiteInfo), IdentityError> {
     let tls =
         tinyci_pki::tls::client_config(credentials, ca_pem, site.clone()).map_err(|source| {
-            SiteError::Credentials {
+            IdentityError::Credentials {
                 key: "certificate",
                 path: Default::default(),
                 source,
@@ -154,13 +156,13 @@ pub async fn connect_partner(
     config: &SiteConfig,
     partner: &str,
     addr: Option<String>,
-) -> Result<(SiteClient, SiteInfo), SiteError> {
+) -> Result<(SiteClient, SiteInfo), IdentityError> {
     let pin = crate::federation::find_partner(&config.federation_dir, &config.name, partner)?;
     let addr = addr
         .or_else(|| pin.addrs.first().cloned())
         .or_else(|| config.discovery.static_addrs(partner).into_iter().next())
         .ok_or_else(|| {
-            SiteError::NoAddress(format!(
+            IdentityError::NoAddress(format!(
                 "partner {partner} has no address in {}; pass --addr HOST:PORT or add one with \
                  `tinyci federation add {partner} --ca FILE --addr HOST:PORT`",
                 pin.path.display()
@@ -175,7 +177,7 @@ pub async fn connect_partner(
 pub async fn admin_capability(
     config: &SiteConfig,
     addr: Option<SocketAddr>,
-) -> Result<(SiteClient, admin::Client), SiteError> {
+) -> Result<(SiteClient, admin::Client), IdentityError> {
     let (client, _) = connect_admin(config, addr).await?;
     let token = read_pem(&config.admin_token, "admin.token", true)?;
     let mut redeem = client.gateway.redeem_request();
@@ -186,8 +188,8 @@ pub async fn admin_capability(
 }
 
 /// Describes an RPC failure against `client`'s address.
-pub fn rpc_error(client: &SiteClient, source: capnp::Error) -> SiteError {
-    SiteError::Rpc {
+pub fn rpc_error(client: &SiteClient, source: capnp::Error) -> IdentityError {
+    IdentityError::Rpc {
         addr: client.addr.clone(),
         source,
     }

@@ -27,7 +27,7 @@ use tinyci_grant::{GrantSpec, Holder, HolderKind, Right, RootKey, mint};
 use tinyci_pki::{Fingerprint, Role, SiteCa, SiteName, write_public_file, write_secret_file};
 use tinyci_store::{Store, StoreOptions};
 
-use crate::config::default_config_text;
+use tinyci_config::default_config_text;
 
 /// Name of the admin identity `site init` creates (`tinyci://<site>/admin/admin`).
 pub const INITIAL_ADMIN: &str = "admin";
@@ -191,7 +191,7 @@ pub fn init_site(options: &InitOptions) -> Result<InitReport, InitError> {
             ..StoreOptions::default()
         },
     )?;
-    crate::grants::record_issued(&store, &admin_grant, "site init")?;
+    crate::record_issued(&store, &admin_grant, "site init")?;
 
     let config = dir.join(CONFIG);
     let wrote_config = !config.exists();
