@@ -791,7 +791,7 @@ impl admin::Server for AdminCap {
         let params = params.get()?;
         let name = read_text(params.get_name(), "name")?;
         let user = crate::settings::add_user(
-            &self.services,
+            &self.services.settings_handles(),
             &self.peer,
             &name,
             params.get_capabilities()?,
@@ -809,7 +809,7 @@ impl admin::Server for AdminCap {
         self.liveness.check()?;
         let params = params.get()?;
         let user = crate::settings::set_capability(
-            &self.services,
+            &self.services.settings_handles(),
             &self.peer,
             &read_text(params.get_name(), "name")?,
             &read_text(params.get_capability(), "capability")?,
@@ -839,7 +839,7 @@ impl admin::Server for AdminCap {
         self.liveness.check()?;
         let params = params.get()?;
         let repo = crate::settings::enable_repo(
-            &self.services,
+            &self.services.settings_handles(),
             &self.peer,
             None,
             &read_text(params.get_name(), "name")?,
@@ -858,7 +858,13 @@ impl admin::Server for AdminCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let name = read_text(params.get()?.get_name(), "name")?;
-        let repo = crate::settings::disable_repo(&self.services, &self.peer, None, &name).await?;
+        let repo = crate::settings::disable_repo(
+            &self.services.settings_handles(),
+            &self.peer,
+            None,
+            &name,
+        )
+        .await?;
         fill_repo_info(results.get().init_repo(), &repo);
         Ok(())
     }

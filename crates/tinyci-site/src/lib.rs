@@ -126,7 +126,7 @@ pub struct Site {
 #[derive(Debug)]
 pub(crate) struct Services {
     /// Redeeming and revoking grants.
-    pub(crate) grants: grants::GrantAuthority,
+    pub(crate) grants: Rc<grants::GrantAuthority>,
     /// Source archives.
     pub(crate) sources: tinyci_assets::SourceStore,
     /// Artifact bytes and the per-artifact limit.
@@ -185,16 +185,28 @@ impl std::fmt::Debug for SiteClock {
     }
 }
 
+/// The GitHub state, or why there is none.
+fn configured_github(
+    github: &Option<Rc<tinyci_github::GitHubService>>,
+) -> Result<&Rc<tinyci_github::GitHubService>, tinyci_github::GitHubError> {
+    github.as_ref().ok_or_else(|| {
+        tinyci_github::GitHubError::Refused(
+            "this site has no [github] section in its site.toml".into(),
+        )
+    })
+}
+
 impl Services {
-    /// The GitHub state, or why there is none.
-    pub(crate) fn github(
-        &self,
-    ) -> Result<&Rc<tinyci_github::GitHubService>, tinyci_github::GitHubError> {
-        self.github.as_ref().ok_or_else(|| {
-            tinyci_github::GitHubError::Refused(
-                "this site has no [github] section in its site.toml".into(),
-            )
-        })
+    /// The handles managing users and repositories holds.
+    pub(crate) fn settings_handles(&self) -> settings::SettingsHandles {
+        settings::SettingsHandles {
+            users: self.users.clone(),
+            access: self.access.clone(),
+            grants: self.grants.clone(),
+            github: self.github.clone(),
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+        }
     }
 
     /// Now, in milliseconds since the Unix epoch, by the site's clock.
@@ -258,8 +270,12 @@ impl Site {
                 ..StoreOptions::default()
             },
         )?;
-        let grants =
-            grants::GrantAuthority::load(config.name.clone(), root, store.clone(), clock.clone())?;
+        let grants = Rc::new(grants::GrantAuthority::load(
+            config.name.clone(),
+            root,
+            store.clone(),
+            clock.clone(),
+        )?);
         let sources = tinyci_assets::SourceStore::open(&config.data_dir).map_err(|source| {
             SiteError::DataDir {
                 path: config.data_dir.join("sources"),
@@ -462,7 +478,8 @@ impl Site {
                 .run_until_cancelled_owned(self.services.queue.clone().run_expiry()),
         );
         tasks.spawn_local(retention::run_sweeper(
-            self.services.clone(),
+            self.services.run_handles(),
+            self.services.github.clone(),
             self.config.retention,
             self.sweeps.clone(),
             stop.clone(),

@@ -12,7 +12,7 @@ use tinyci_core::RunId;
 use tinyci_store::StoreError;
 use tracing::{info, warn};
 
-use crate::Services;
+use crate::RunHandles;
 pub use tinyci_config::RetentionPolicy;
 
 /// What one sweep removed.
@@ -53,13 +53,14 @@ pub(crate) struct SweepPlan {
 /// open, so abandoning it would leave the store locked after shutdown). `sweeps` counts
 /// finished sweeps, for operators and tests.
 pub(crate) async fn run_sweeper(
-    services: std::rc::Rc<Services>,
+    runs: RunHandles,
+    github: Option<std::rc::Rc<tinyci_github::GitHubService>>,
     policy: RetentionPolicy,
     sweeps: tokio::sync::watch::Sender<u64>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
-        match sweep(&services, &policy, services.now_ms()).await {
+        match sweep(&runs, github.as_deref(), &policy, runs.now_ms()).await {
             Ok(report) if report != SweepReport::default() => info!(
                 logs = report.logs_removed,
                 artifacts = report.artifacts_removed,
@@ -122,23 +123,24 @@ pub(crate) fn plan(
     plan
 }
 
-/// One sweep at time `now_ms`.
+/// One sweep at time `now_ms`: run output from `runs`' stores, and GitHub's old delivery ids.
 pub(crate) async fn sweep(
-    services: &Services,
+    runs: &RunHandles,
+    github: Option<&tinyci_github::GitHubService>,
     policy: &RetentionPolicy,
     now_ms: u64,
 ) -> Result<SweepReport, SweepError> {
     let mut outputs: BTreeMap<u64, RunOutput> = BTreeMap::new();
-    for (run, usage) in services.logs.usage().await? {
+    for (run, usage) in runs.logs.usage().await? {
         outputs.entry(run).or_default().log = (usage.chunks, usage.bytes);
     }
-    for (run, usage) in services.artifacts.usage().await? {
+    for (run, usage) in runs.artifacts.usage().await? {
         outputs.entry(run).or_default().artifacts = usage;
     }
     // Finished runs with output, oldest first.
     let mut finished: Vec<(u64, u64)> = Vec::new();
     for run in outputs.keys() {
-        let stored = services.queue.run(RunId(*run)).ok().flatten();
+        let stored = runs.queue.run(RunId(*run)).ok().flatten();
         if let Some(outcome) = stored.as_ref().and_then(|r| r.state.outcome()) {
             finished.push((outcome.finished_at, *run));
         }
@@ -149,10 +151,10 @@ pub(crate) async fn sweep(
         artifacts,
         mut report,
     } = plan(&outputs, &finished, policy, now_ms);
-    services.logs.remove(logs).await?;
-    services.artifacts.remove_runs(artifacts).await?;
-    report.blobs_removed = services.artifacts.collect_blobs()?;
-    if let Some(github) = &services.github {
+    runs.logs.remove(logs).await?;
+    runs.artifacts.remove_runs(artifacts).await?;
+    report.blobs_removed = runs.artifacts.collect_blobs()?;
+    if let Some(github) = github {
         github.forget_old_deliveries(now_ms).await?;
     }
     Ok(report)

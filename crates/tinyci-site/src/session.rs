@@ -265,7 +265,7 @@ impl session::Server for Session {
         self.authorize(Right::UsersModify, self.services.grants.site().as_str())?;
         self.holds_now(Right::UsersModify)?;
         let cap = crate::settings::UserDirectoryCap::new(
-            self.services.clone(),
+            self.services.settings_handles(),
             self.peer.identity.clone(),
             self.redeemed.liveness.clone(),
         );
@@ -283,7 +283,7 @@ impl session::Server for Session {
         self.authorize(Right::ReposModify, self.services.grants.site().as_str())?;
         self.holds_now(Right::ReposModify)?;
         let cap = crate::settings::RepoSettingsCap::new(
-            self.services.clone(),
+            self.services.settings_handles(),
             self.peer.identity.clone(),
             self.site_user(),
             self.redeemed.liveness.clone(),

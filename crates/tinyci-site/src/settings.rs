@@ -10,19 +10,44 @@ use tinyci_schema::{repo_settings, user_directory};
 use tinyci_users::{Capability, User, UserName};
 use tracing::info;
 
-use crate::Services;
-use crate::access::Want;
+use crate::SiteClock;
+use crate::access::{RepoAccess, Want};
 use crate::caps::{
     fill_repo_info, fill_repo_list, fill_user_info, fill_user_list, github_error, parse_capability,
     parse_user, users_error,
 };
+use crate::grants::GrantAuthority;
 use crate::membrane::Liveness;
 use crate::rpc::read_text;
 use crate::session::len;
 
+/// What managing users and repositories reaches, and nothing else of the site: the user
+/// records, the access cache a capability change invalidates, the grant authority (taking a
+/// capability away revokes the user's tokens), GitHub (webhooks), the store (the list of
+/// repositories) and the clock.
+#[derive(Clone)]
+pub(crate) struct SettingsHandles {
+    pub(crate) users: tinyci_users::Users,
+    pub(crate) access: Rc<RepoAccess>,
+    pub(crate) grants: Rc<GrantAuthority>,
+    pub(crate) github: Option<Rc<tinyci_github::GitHubService>>,
+    pub(crate) store: tinyci_store::Store,
+    pub(crate) clock: SiteClock,
+}
+
+impl SettingsHandles {
+    fn now_ms(&self) -> u64 {
+        (self.clock.0)()
+    }
+
+    fn github(&self) -> Result<&Rc<tinyci_github::GitHubService>, tinyci_github::GitHubError> {
+        crate::configured_github(&self.github)
+    }
+}
+
 /// Creates site user `name` with `capabilities`, recorded as made by `by`.
 pub(crate) async fn add_user(
-    services: &Services,
+    services: &SettingsHandles,
     by: &PeerIdentity,
     name: &str,
     capabilities: capnp::text_list::Reader<'_>,
@@ -44,7 +69,7 @@ pub(crate) async fn add_user(
 /// Gives or takes away one capability. Taking one away revokes the user's login tokens now,
 /// with every live session on them (they log in again for a token with what they still hold).
 pub(crate) async fn set_capability(
-    services: &Services,
+    services: &SettingsHandles,
     by: &PeerIdentity,
     name: &str,
     capability: &str,
@@ -73,7 +98,7 @@ pub(crate) async fn set_capability(
 /// Enables `name`, acting on GitHub as site user `github_user` (empty: the site's own
 /// token). A site user acting here (`acting`) may only act as themselves.
 pub(crate) async fn enable_repo(
-    services: &Services,
+    services: &SettingsHandles,
     by: &PeerIdentity,
     acting: Option<&UserName>,
     name: &str,
@@ -107,7 +132,7 @@ pub(crate) async fn enable_repo(
 /// For a site user: whether GitHub lets their account administer `name` (what enabling or
 /// disabling its webhook takes), and they still hold `modify:ci`.
 async fn user_administers(
-    services: &Services,
+    services: &SettingsHandles,
     user: &UserName,
     name: &str,
     what: &str,
@@ -122,7 +147,7 @@ async fn user_administers(
 /// Disables `name` (its webhook deleted), recorded as done by `by`; a site user (`acting`)
 /// only where GitHub lets them administer the repository.
 pub(crate) async fn disable_repo(
-    services: &Services,
+    services: &SettingsHandles,
     by: &PeerIdentity,
     acting: Option<&UserName>,
     name: &str,
@@ -141,13 +166,17 @@ pub(crate) async fn disable_repo(
 
 /// `UserDirectory` for one session.
 pub(crate) struct UserDirectoryCap {
-    services: Rc<Services>,
+    services: SettingsHandles,
     peer: PeerIdentity,
     liveness: Rc<Liveness>,
 }
 
 impl UserDirectoryCap {
-    pub(crate) fn new(services: Rc<Services>, peer: PeerIdentity, liveness: Rc<Liveness>) -> Self {
+    pub(crate) fn new(
+        services: SettingsHandles,
+        peer: PeerIdentity,
+        liveness: Rc<Liveness>,
+    ) -> Self {
         Self {
             services,
             peer,
@@ -209,7 +238,7 @@ impl user_directory::Server for UserDirectoryCap {
 
 /// `RepoSettings` for one session; `acting` is the site user holding it, if one does.
 pub(crate) struct RepoSettingsCap {
-    services: Rc<Services>,
+    services: SettingsHandles,
     peer: PeerIdentity,
     acting: Option<UserName>,
     liveness: Rc<Liveness>,
@@ -217,7 +246,7 @@ pub(crate) struct RepoSettingsCap {
 
 impl RepoSettingsCap {
     pub(crate) fn new(
-        services: Rc<Services>,
+        services: SettingsHandles,
         peer: PeerIdentity,
         acting: Option<UserName>,
         liveness: Rc<Liveness>,
