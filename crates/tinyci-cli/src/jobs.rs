@@ -1108,9 +1108,12 @@ async fn follow_across_restarts(
         };
         eprintln!("following run {run}: {lost}; reconnecting");
         let deadline = std::time::Instant::now() + FOLLOW_RECONNECT_FOR;
-        let mut backoff = std::time::Duration::from_millis(200);
+        let mut backoff = tinyci_net::Backoff::new(
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(5),
+        );
         loop {
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(backoff.next_delay()).await;
             match log_reader_of(source).await {
                 Ok(pair) => {
                     (client, reader) = pair;
@@ -1122,7 +1125,7 @@ async fn follow_across_restarts(
                         FOLLOW_RECONNECT_FOR.as_secs()
                     )));
                 }
-                Err(_) => backoff = (backoff * 2).min(std::time::Duration::from_secs(5)),
+                Err(_) => {}
             }
         }
     }

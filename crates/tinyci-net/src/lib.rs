@@ -10,6 +10,7 @@
 //! of tokens, storage or services: what a peer may do is decided by the bootstrap the caller
 //! builds.
 
+mod backoff;
 mod client;
 pub mod discovery;
 pub mod observe;
@@ -17,6 +18,7 @@ mod server;
 
 use std::time::Duration;
 
+pub use backoff::Backoff;
 pub use client::{ClientConnection, dial};
 pub use server::{Listener, Peer, ServerStats, StillTrusted, TlsSwitch, serve};
 /// The rustls configuration types `tinyci-pki` builds and this crate consumes.

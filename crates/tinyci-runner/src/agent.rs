@@ -351,7 +351,7 @@ pub async fn run_agent(config: AgentConfig, mut control: AgentControl) -> Result
         let span = info_span!("slot", slot);
         slots.spawn_local(run_slot(config.clone(), link.clone(), control.clone()).instrument(span));
     }
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = tinyci_net::Backoff::new(Duration::from_millis(200), config.max_backoff);
     let mut serial = 0u64;
     loop {
         let ended = match connect(&config).await {
@@ -362,7 +362,7 @@ pub async fn run_agent(config: AgentConfig, mut control: AgentControl) -> Result
                     .stats
                     .connections
                     .set(config.stats.connections.get() + 1);
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 let renew = Rc::new(tokio::sync::Notify::new());
                 link.send_replace(Some(Rc::new(Connected {
                     serial,
@@ -394,9 +394,10 @@ pub async fn run_agent(config: AgentConfig, mut control: AgentControl) -> Result
                 return Err(AgentError::Refused(why));
             }
         };
-        warn!(error = %ended, retry_in = ?backoff, "lost the site; reconnecting");
+        let wait = backoff.next_delay();
+        warn!(error = %ended, retry_in = ?wait, "lost the site; reconnecting");
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(wait) => {}
             () = all_done(&mut slots) => return Ok(()),
             () = control.canceled() => {
                 // Nothing to hand back without a site; stop what runs and leave.
@@ -405,7 +406,6 @@ pub async fn run_agent(config: AgentConfig, mut control: AgentControl) -> Result
                 return Ok(());
             }
         }
-        backoff = (backoff * 2).min(config.max_backoff);
     }
 }
 

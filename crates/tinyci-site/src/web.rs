@@ -20,12 +20,16 @@ use tinyci_pki::PeerIdentity;
 use tinyci_queue::{StoredRun, StoredSubmission};
 use tinyci_schema::log_observer;
 use tinyci_web::{
-    ArtifactFile, ArtifactView, Backend, Follow, Reply, RunChanges, RunView, SignedIn,
+    ArtifactFile, ArtifactView, Backend, Follow, LogPages, Reply, RunChanges, RunView, SignedIn,
     SubmissionView, ViewError, Viewer, WebSettings,
 };
 use tracing::{debug, warn};
 
 use crate::Services;
+
+/// How much of a log one read of a raw log download takes from the store: what a client that
+/// stops reading makes the site hold, besides the socket's buffers.
+const RAW_LOG_PAGE_BYTES: usize = 256 * 1024;
 
 /// The site behind its HTTP listener.
 pub(crate) struct SiteWeb {
@@ -45,6 +49,7 @@ impl SiteWeb {
         let settings = WebSettings {
             public_repos: config.map(|c| c.public_repos.clone()).unwrap_or_default(),
             public_url: config.and_then(|c| c.public_url.clone()),
+            limits: tinyci_web::WebLimits::default(),
         };
         let endpoints = Endpoints::new(
             services.github.clone(),
@@ -251,14 +256,24 @@ impl Backend for SiteWeb {
             .map_err(ViewError::new)
     }
 
-    async fn log(&self, run: RunId) -> Result<Vec<u8>, ViewError> {
-        let chunks = self
-            .services
-            .logs
-            .read(run.get(), 0, usize::MAX)
-            .await
-            .map_err(ViewError::new)?;
-        Ok(chunks.into_iter().flat_map(|(_, c)| c.data).collect())
+    fn log(&self, run: RunId) -> LogPages {
+        let logs = self.services.logs.clone();
+        // `None` once the log is read to its end or a read failed.
+        Box::pin(futures::stream::unfold(Some(0u64), move |from| {
+            let logs = logs.clone();
+            async move {
+                let from = from?;
+                match logs.read(run.get(), from, RAW_LOG_PAGE_BYTES).await {
+                    Ok(chunks) if chunks.is_empty() => None,
+                    Ok(chunks) => {
+                        let page: Vec<u8> = chunks.into_iter().flat_map(|(_, c)| c.data).collect();
+                        let next = from + page.len() as u64;
+                        Some((Ok(page), Some(next)))
+                    }
+                    Err(e) => Some((Err(ViewError::new(e)), None)),
+                }
+            }
+        }))
     }
 
     fn follow(&self, run: RunId, from: u64, observer: log_observer::Client) -> Follow {

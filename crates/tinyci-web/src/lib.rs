@@ -18,10 +18,10 @@ mod view;
 
 pub use ansi::AnsiHtml;
 pub use server::{
-    Body, LocalStream, Reply, SESSION_COOKIE, json, message_page, read_body, reply, serve,
-    session_cookie, text,
+    Body, LocalStream, Reply, SESSION_COOKIE, WebLimits, json, message_page, read_body, reply,
+    serve, session_cookie, text,
 };
 pub use view::{
-    ArtifactFile, ArtifactView, Backend, Follow, GrantEnd, RunChanges, RunView, SignedIn,
+    ArtifactFile, ArtifactView, Backend, Follow, GrantEnd, LogPages, RunChanges, RunView, SignedIn,
     SubmissionView, ViewError, Viewer, WebSettings,
 };

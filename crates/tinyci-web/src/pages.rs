@@ -761,25 +761,35 @@ impl<B: Backend> log_observer::Server for EventObserver<B> {
     }
 }
 
-/// `GET /runs/<id>/log`: the whole log as plain text (escape sequences kept).
+/// `GET /runs/<id>/log`: the whole log as plain text (escape sequences kept), streamed a page
+/// at a time as the client reads it, so a client that stops reading holds one page.
 async fn raw_log<B: Backend>(cx: &Cx<'_, B>, request: &Request<Incoming>, id: &str) -> WebReply {
+    use futures::StreamExt as _;
     let viewer = viewer(cx, request);
     let Some(run) = readable_run(cx, &viewer, id).await else {
         return refuse(&viewer, request, &format!("run {id}"));
     };
-    match cx.backend.log(run.id).await {
-        Ok(bytes) => {
-            let mut response = Response::new(Full::new(Bytes::from(bytes)));
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            secure_headers(headers);
-            whole(response)
-        }
-        Err(e) => unavailable(&viewer, &e.to_string()),
-    }
+    let mut pages = cx.backend.log(run.id);
+    // A store that fails before the first byte gets a page saying so; one that fails later
+    // ends the body with an error, so the client does not keep a cut log as whole.
+    let first = match pages.next().await {
+        Some(Err(e)) => return unavailable(&viewer, &e.to_string()),
+        first => first,
+    };
+    let frames = futures::stream::iter(first).chain(pages).map(|page| {
+        page.map(|bytes| Frame::data(Bytes::from(bytes)))
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    });
+    let mut response = Response::new(Either::Right(StreamBody::new(
+        Box::pin(frames) as LocalStream
+    )));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    secure_headers(headers);
+    response
 }
 
 /// `GET /runs/<id>/artifacts/<name>`: one artifact, streamed from its blob.

@@ -4,13 +4,19 @@
 //! HTTP/1.1 (hyper): put a TLS-terminating proxy in front of it beyond loopback, and name that
 //! proxy's address in `public_url`.
 //!
-//! Every request body is read with a bound ([`read_body`]); query strings (which carry OAuth
-//! codes and states) are never logged.
+//! What a client can make the listener hold is bounded ([`WebLimits`]): connections in all
+//! and per address, the time to send headers and a body, each body's size, and the bytes of
+//! all bodies being received at once. A client past a limit gets a clear refusal (or, at
+//! accept, a closed connection) and other clients are served as before. Query strings (which
+//! carry OAuth codes and states) are never logged.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,16 +27,88 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::pages;
 use crate::render::html_escape;
 use crate::view::{Backend, WebSettings};
 
-/// Most HTTP connections served at once; more are closed at accept.
-const MAX_CONNECTIONS: usize = 1024;
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// What one listener lets clients make it hold.
+#[derive(Clone, Debug)]
+pub struct WebLimits {
+    /// Connections served at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Connections from one IP address at once; more from it are closed at accept, so one
+    /// client cannot take the others' share.
+    pub max_connections_per_address: usize,
+    /// Time a client has to send a request's headers (and, between requests, to start the
+    /// next one).
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's whole body, from the moment its headers arrived.
+    pub body_timeout: Duration,
+    /// Bytes of request bodies being received at once, over all connections: a body is
+    /// refused (503) when its size does not fit in what is left.
+    pub max_body_bytes_in_flight: usize,
+}
+
+impl Default for WebLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_connections_per_address: 64,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_body_bytes_in_flight: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// When a request's body must have arrived, and the budget it is received from: put in each
+/// request's extensions by the listener, read by [`read_body`].
+#[derive(Clone, Debug)]
+struct BodyTerms {
+    deadline: Instant,
+    budget: Arc<Semaphore>,
+}
+
+/// Open connections per address; a connection's [`AddressSlot`] gives its place back when
+/// it ends.
+#[derive(Debug, Default)]
+struct AddressCounts(RefCell<HashMap<IpAddr, usize>>);
+
+struct AddressSlot {
+    counts: Rc<AddressCounts>,
+    ip: IpAddr,
+}
+
+impl AddressCounts {
+    fn take(self: &Rc<Self>, ip: IpAddr, limit: usize) -> Option<AddressSlot> {
+        let mut counts = self.0.borrow_mut();
+        let open = counts.entry(ip).or_default();
+        if *open >= limit {
+            return None;
+        }
+        *open += 1;
+        Some(AddressSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.borrow_mut();
+        if let Some(open) = counts.get_mut(&self.ip) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
 /// The cookie naming a browser's session.
 pub const SESSION_COOKIE: &str = "tinyci_session";
 
@@ -45,6 +123,7 @@ pub type Body = Either<Full<Bytes>, StreamBody<LocalStream>>;
 struct Served<B> {
     backend: Rc<B>,
     settings: WebSettings,
+    body_budget: Arc<Semaphore>,
 }
 
 /// Serves `listener` until `shutdown` resolves; then drops every connection.
@@ -54,7 +133,13 @@ pub async fn serve<B: Backend>(
     settings: WebSettings,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let served = Rc::new(Served { backend, settings });
+    let limits = settings.limits.clone();
+    let served = Rc::new(Served {
+        backend,
+        body_budget: Arc::new(Semaphore::new(limits.max_body_bytes_in_flight)),
+        settings,
+    });
+    let per_address = Rc::new(AddressCounts::default());
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -71,19 +156,25 @@ pub async fn serve<B: Backend>(
             }
         };
         while connections.try_join_next().is_some() {}
-        if connections.len() >= MAX_CONNECTIONS {
-            warn!(%peer, "http connection refused: {MAX_CONNECTIONS} already open");
+        if connections.len() >= limits.max_connections {
+            warn!(%peer, limit = limits.max_connections, "http connection refused: the listener is full");
             continue;
         }
+        let Some(slot) = per_address.take(peer.ip(), limits.max_connections_per_address) else {
+            debug!(%peer, limit = limits.max_connections_per_address, "http connection refused: too many from this address");
+            continue;
+        };
         let served = served.clone();
+        let header_timeout = limits.header_timeout;
         connections.spawn_local(async move {
+            let _slot = slot;
             let service = service_fn(move |request| {
                 let served = served.clone();
                 async move { Ok::<_, Infallible>(route(&served, peer, request).await) }
             });
             let result = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
             if let Err(e) = result {
@@ -98,8 +189,12 @@ pub async fn serve<B: Backend>(
 async fn route<B: Backend>(
     served: &Served<B>,
     peer: SocketAddr,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Response<Body> {
+    request.extensions_mut().insert(BodyTerms {
+        deadline: Instant::now() + served.settings.limits.body_timeout,
+        budget: served.body_budget.clone(),
+    });
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let backend = served.backend.as_ref();
@@ -179,9 +274,54 @@ pub fn message_page(status: StatusCode, title: &str, message: &str) -> Reply {
     response
 }
 
-/// Reads a body of at most `limit` bytes, or the reply refusing it.
+/// Reads a body of at most `limit` bytes before the listener's body deadline, within its
+/// budget of bytes being received, or the reply refusing it.
 pub async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Vec<u8>, Reply> {
-    match Limited::new(request.into_body(), limit).collect().await {
+    let terms = request.extensions().get::<BodyTerms>().cloned();
+    // What this body can grow to: its declared length when it declares one (hyper holds the
+    // sender to it), else the endpoint's limit.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|d| d > limit) {
+        return Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {limit} bytes refused"),
+        ));
+    }
+    let size = declared.unwrap_or(limit);
+    let _permit = match &terms {
+        Some(terms) => {
+            let permits = u32::try_from(size).unwrap_or(u32::MAX);
+            match terms.budget.clone().try_acquire_many_owned(permits) {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    return Err(text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the site is receiving too much at once: retry shortly",
+                    ));
+                }
+            }
+        }
+        None => None,
+    };
+    let deadline = terms.map_or_else(
+        || Instant::now() + WebLimits::default().body_timeout,
+        |t| t.deadline,
+    );
+    let collect = Limited::new(request.into_body(), size).collect();
+    let collected = match tokio::time::timeout_at(deadline, collect).await {
+        Ok(collected) => collected,
+        Err(_) => {
+            return Err(text(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body refused: it did not arrive in time",
+            ));
+        }
+    };
+    match collected {
         Ok(body) => Ok(body.to_bytes().to_vec()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(text(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -126,6 +126,9 @@ impl std::fmt::Debug for Viewer {
 /// A run's changes, in order.
 pub type RunChanges = Pin<Box<dyn Stream<Item = RunView>>>;
 
+/// A stored log's bytes in order, read as they are taken.
+pub type LogPages = Pin<Box<dyn Stream<Item = Result<Vec<u8>, ViewError>>>>;
+
 /// A log follow in progress: resolves when the run is done and its observer told, or with
 /// why it stopped.
 pub type Follow = Pin<Box<dyn Future<Output = Result<(), ViewError>>>>;
@@ -164,8 +167,9 @@ pub trait Backend: 'static {
 
     /// The last (at most) `max` bytes of a run's stored log and the offset they start at.
     async fn log_tail(&self, run: RunId, max: u64) -> Result<(u64, Vec<u8>), ViewError>;
-    /// A run's whole stored log.
-    async fn log(&self, run: RunId) -> Result<Vec<u8>, ViewError>;
+    /// A run's whole stored log, a page at a time as the client takes it (never the whole log
+    /// in memory: logs run to hundreds of MiB).
+    fn log(&self, run: RunId) -> LogPages;
     /// Follows `run`'s log from `from` into `observer`, as `LogReader.follow` does.
     fn follow(&self, run: RunId, from: u64, observer: log_observer::Client) -> Follow;
     fn artifacts(&self, run: RunId) -> Result<Vec<ArtifactView>, ViewError>;
@@ -181,6 +185,8 @@ pub struct WebSettings {
     /// `[http] public_url`, for checking where a form was posted from and whether cookies are
     /// `Secure`.
     pub public_url: Option<String>,
+    /// What clients can make the listener hold.
+    pub limits: crate::WebLimits,
 }
 
 impl WebSettings {

@@ -2,17 +2,18 @@
 //! whom, and what they refuse, decided only by what the site hands them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
+use futures::StreamExt as _;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use tinyci_core::{RunId, RunStatus, SubmissionId};
 use tinyci_schema::log_observer;
 use tinyci_web::{
-    ArtifactFile, ArtifactView, Backend, Follow, Reply, RunChanges, RunView, SignedIn,
-    SubmissionView, ViewError, Viewer, WebSettings,
+    ArtifactFile, ArtifactView, Backend, Follow, LogPages, Reply, RunChanges, RunView, SignedIn,
+    SubmissionView, ViewError, Viewer, WebLimits, WebSettings,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -29,7 +30,15 @@ struct Closed;
 struct FakeSite {
     ready: bool,
     signed_out: RefCell<Vec<String>>,
+    /// Pages the raw log has produced so far.
+    log_pages: Rc<Cell<usize>>,
+    /// Pages in the raw log; zero: reading it fails.
+    log_len: usize,
+    /// Woken when the hook endpoint starts reading its body.
+    hook_reading: Rc<tokio::sync::Notify>,
 }
+
+const LOG_PAGE: usize = 64 * 1024;
 
 fn run(id: u64, repo: &str) -> RunView {
     RunView {
@@ -68,8 +77,17 @@ impl Backend for FakeSite {
         "tinyci_up 1\n".to_owned()
     }
     async fn endpoint(&self, request: Request<Incoming>) -> Option<Reply> {
-        (request.uri().path() == "/hooks/github")
-            .then(|| tinyci_web::text(StatusCode::ACCEPTED, "hook answered by the site"))
+        if request.uri().path() != "/hooks/github" {
+            return None;
+        }
+        self.hook_reading.notify_one();
+        Some(match tinyci_web::read_body(request, 10_000).await {
+            Ok(body) => tinyci_web::text(
+                StatusCode::ACCEPTED,
+                format!("hook answered by the site: {} bytes", body.len()),
+            ),
+            Err(refusal) => refusal,
+        })
     }
     fn viewer(&self, cookie: Option<&str>) -> Viewer {
         Viewer {
@@ -119,8 +137,15 @@ impl Backend for FakeSite {
     async fn log_tail(&self, _run: RunId, _max: u64) -> Result<(u64, Vec<u8>), ViewError> {
         Ok((0, b"plain \x1b[31mred <b>\x1b[0m\n".to_vec()))
     }
-    async fn log(&self, _run: RunId) -> Result<Vec<u8>, ViewError> {
-        Err(ViewError::new(Closed))
+    fn log(&self, _run: RunId) -> LogPages {
+        if self.log_len == 0 {
+            return Box::pin(futures::stream::once(async { Err(ViewError::new(Closed)) }));
+        }
+        let produced = self.log_pages.clone();
+        Box::pin(futures::stream::iter(0..self.log_len).map(move |_| {
+            produced.set(produced.get() + 1);
+            Ok(vec![b'x'; LOG_PAGE])
+        }))
     }
     fn follow(&self, _run: RunId, _from: u64, _observer: log_observer::Client) -> Follow {
         Box::pin(std::future::pending())
@@ -184,6 +209,15 @@ where
     F: FnOnce(std::net::SocketAddr, Rc<FakeSite>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    with_limits(site, WebLimits::default(), test).await;
+}
+
+/// As [`with_site`], with the listener's limits set.
+async fn with_limits<F, Fut>(site: FakeSite, limits: WebLimits, test: F)
+where
+    F: FnOnce(std::net::SocketAddr, Rc<FakeSite>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async move {
@@ -193,6 +227,7 @@ where
             let settings = WebSettings {
                 public_repos: BTreeSet::from([PUBLIC.to_owned()]),
                 public_url: None,
+                limits,
             };
             let stop = shutdown_signal();
             let server = tokio::task::spawn_local(tinyci_web::serve(
@@ -282,7 +317,7 @@ async fn health_readiness_metrics_and_site_endpoints() {
         );
         let hook = post(addr, "/hooks/github", "none", "{}").await;
         assert_eq!(hook.status, 202);
-        assert!(hook.text.contains("hook answered by the site"));
+        assert!(hook.text.contains("hook answered by the site: 2 bytes"));
         assert_eq!(get(addr, "/oauth/nothing", None).await.status, 404);
     })
     .await;
@@ -312,6 +347,138 @@ async fn a_signed_in_browser_without_a_session_capability_reads_only_public_runs
         assert!(private.text.contains("signed in as ada"));
         assert_eq!(get(addr, "/runs/r-999", Some("c1")).await.status, 404);
         assert_eq!(get(addr, "/runs/r-1", Some("c1")).await.status, 200);
+    })
+    .await;
+}
+
+/// Connects from `source` (any 127.0.0.0/8 address is this host's loopback).
+async fn connect_from(source: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_raw_log_is_streamed_as_the_client_reads_it() {
+    let site = FakeSite {
+        log_len: 1600, // 100 MiB, never whole in memory
+        ..FakeSite::default()
+    };
+    with_site(site, |addr, site| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /runs/r-1/log HTTP/1.1\r\nHost: ci\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first).await.unwrap();
+        // A client that has read one byte has made the site produce what fills the socket's
+        // buffers, not the log.
+        let produced = site.log_pages.get();
+        assert!(
+            produced < 400,
+            "{produced} of 1600 pages produced before the client read"
+        );
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.unwrap();
+        let text = String::from_utf8_lossy(&rest[..rest.len().min(4096)]).into_owned();
+        assert!(text.contains("200 OK") || first[0] == b'H', "{text}");
+        assert_eq!(site.log_pages.get(), 1600);
+        assert!(rest.len() + 1 > 1600 * LOG_PAGE, "{} bytes", rest.len() + 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let limits = WebLimits {
+        max_connections_per_address: 2,
+        ..WebLimits::default()
+    };
+    with_limits(FakeSite::default(), limits, |addr, _| async move {
+        let _held = [
+            connect_from("127.0.0.1", addr).await,
+            connect_from("127.0.0.1", addr).await,
+        ];
+        // The third from the same address is closed at accept, unanswered.
+        let mut third = connect_from("127.0.0.1", addr).await;
+        let _ = third
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: ci\r\n\r\n")
+            .await;
+        let mut answer = Vec::new();
+        let _ = third.read_to_end(&mut answer).await;
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+        // Another address is served as before.
+        let mut other = connect_from("127.0.0.2", addr).await;
+        other
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: ci\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        other.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_is_refused_and_others_are_served_meanwhile() {
+    let limits = WebLimits {
+        // Short, so the test does not wait long for the refusal it waits on.
+        body_timeout: std::time::Duration::from_millis(300),
+        ..WebLimits::default()
+    };
+    with_limits(FakeSite::default(), limits, |addr, _| async move {
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(
+            b"POST /hooks/github HTTP/1.1\r\nHost: ci\r\nContent-Length: 100\r\n\r\none byte at a time",
+        )
+        .await
+        .unwrap();
+        assert_eq!(get(addr, "/healthz", None).await.status, 200);
+        let mut answer = String::new();
+        slow.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("did not arrive in time"), "{answer}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bodies_being_received_share_one_bounded_budget() {
+    let limits = WebLimits {
+        max_body_bytes_in_flight: 1000,
+        ..WebLimits::default()
+    };
+    let site = FakeSite::default();
+    let reading = site.hook_reading.clone();
+    with_limits(site, limits, |addr, _| async move {
+        // The first body claims 900 bytes and sends few: the budget holds them for it.
+        let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        first
+            .write_all(b"POST /hooks/github HTTP/1.1\r\nHost: ci\r\nContent-Length: 900\r\nConnection: close\r\n\r\n{")
+            .await
+            .unwrap();
+        reading.notified().await;
+        let refused = ask(
+            addr,
+            "POST /hooks/github HTTP/1.1\r\nHost: ci\r\nContent-Length: 200\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(refused.status, 503, "{}", refused.text);
+        assert!(refused.text.contains("receiving too much"), "{}", refused.text);
+        // A body that fits is received.
+        let small = ask(
+            addr,
+            "POST /hooks/github HTTP/1.1\r\nHost: ci\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        )
+        .await;
+        assert_eq!(small.status, 202, "{}", small.text);
+        // The first body, once whole, is received, and its bytes go back to the budget.
+        first.write_all(&[b' '; 899]).await.unwrap();
+        let mut answer = String::new();
+        first.read_to_string(&mut answer).await.unwrap_or_default();
+        assert!(answer.contains("900 bytes"), "{answer}");
     })
     .await;
 }
