@@ -22,6 +22,9 @@ use tinyci_pki::SiteName;
 pub const DEFAULT_PORT: u16 = 7433;
 /// Default connection limit (each idle runner holds one connection).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// `site.max_connections_per_address` when not set: room for a host running many runners,
+/// not for one host to take the site.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
 /// Default LMDB map size: virtual address space, not disk; the file grows as data does.
 pub const DEFAULT_MAP_SIZE_MIB: u64 = 4096;
 
@@ -36,6 +39,8 @@ pub struct SiteConfig {
     pub listen: SocketAddr,
     /// Most concurrent connections.
     pub max_connections: usize,
+    /// Most concurrent connections from one IP address.
+    pub max_connections_per_address: usize,
     /// LMDB directory.
     pub data_dir: PathBuf,
     /// LMDB map size in MiB.
@@ -433,6 +438,8 @@ struct RawSite {
     data_dir: PathBuf,
     #[serde(default = "default_max_connections")]
     max_connections: i64,
+    #[serde(default = "default_max_connections_per_address")]
+    max_connections_per_address: i64,
 }
 
 #[derive(Deserialize)]
@@ -616,6 +623,9 @@ fn default_data_dir() -> PathBuf {
 fn default_max_connections() -> i64 {
     DEFAULT_MAX_CONNECTIONS as i64
 }
+fn default_max_connections_per_address() -> i64 {
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS as i64
+}
 fn default_map_size() -> i64 {
     DEFAULT_MAP_SIZE_MIB as i64
 }
@@ -718,6 +728,18 @@ impl SiteConfig {
                 value(
                     "site.max_connections",
                     format!("{} is out of range (1-1000000)", raw.site.max_connections),
+                )
+            })?;
+        let max_connections_per_address = usize::try_from(raw.site.max_connections_per_address)
+            .ok()
+            .filter(|n| (1..=max_connections).contains(n))
+            .ok_or_else(|| {
+                value(
+                    "site.max_connections_per_address",
+                    format!(
+                        "{} is out of range (1-{max_connections}, site.max_connections)",
+                        raw.site.max_connections_per_address
+                    ),
                 )
             })?;
         let map_size_mib = u64::try_from(raw.store.map_size_mib)
@@ -927,6 +949,7 @@ impl SiteConfig {
             name,
             listen: raw.site.listen.0,
             max_connections,
+            max_connections_per_address,
             data_dir: base.join(raw.site.data_dir),
             map_size_mib,
             ca_cert: base.join(raw.tls.ca_cert),

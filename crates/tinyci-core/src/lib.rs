@@ -16,6 +16,7 @@
 
 mod clock;
 mod config;
+mod counts;
 mod error;
 mod ids;
 mod paths;
@@ -29,6 +30,7 @@ pub use config::{
     ConfigError, ConfigErrorKind, DEFAULT_TIMEOUT_SECS, MAX_CONFIG_BYTES, MergeOptions, Position,
     REPO_CONFIG_FILE, RepoConfig, Resources, RunSpec, TASK_FILE, TaskFile,
 };
+pub use counts::{Counts, Held};
 pub use error::error_chain;
 pub use ids::{IdError, QueueName, RepoName, RunId, SubmissionId};
 pub use plan::{Plan, PlanError, PlannedRun, plan, resolve_run, select_tasks};

@@ -29,6 +29,15 @@ pub use tokio_rustls::rustls::{ClientConfig, ServerConfig};
 pub struct NetLimits {
     /// Most concurrent connections a listener serves; further ones are closed at once.
     pub max_connections: usize,
+    /// Most concurrent connections from one IP address (handshaking or served); further ones
+    /// from it are closed at once, so one host cannot take every place.
+    pub max_connections_per_address: usize,
+    /// Most TLS handshakes in progress at once; a connection arriving past it is closed at
+    /// once rather than held, so sockets that never start TLS cannot queue up the rest.
+    pub max_handshakes: usize,
+    /// Most concurrent connections one verified identity holds; a further one is closed after
+    /// its handshake (a runner needs one; a person a few).
+    pub max_connections_per_identity: usize,
     /// Time a peer has to complete the TLS handshake (guards against slow-loris peers).
     pub handshake_timeout: Duration,
     /// Largest Cap'n Proto message, in 8-byte words. capnp refuses a frame whose segment
@@ -50,6 +59,9 @@ impl Default for NetLimits {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_connections_per_address: 256,
+            max_handshakes: 512,
+            max_connections_per_identity: 64,
             handshake_timeout: Duration::from_secs(10),
             // 8 MiB: log chunks and source chunks are at most 64 KiB, tokens far less.
             max_message_words: 1024 * 1024,

@@ -1,16 +1,17 @@
 //! The mTLS capnp-rpc server loop.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{RpcSystem, twoparty};
+use tinyci_core::Counts;
 use tinyci_pki::PeerIdentity;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
@@ -77,8 +78,11 @@ impl TlsSwitch {
 pub struct ServerStats {
     /// Connections that completed the TLS handshake.
     pub accepted: AtomicU64,
-    /// Connections closed before serving: handshake failed or timed out, or over the limit.
+    /// Connections closed before serving: handshake failed or timed out, or over a limit.
     pub refused: AtomicU64,
+    /// Of those, closed because their address, identity or the handshakes in progress were at
+    /// their limit.
+    pub over_limit: AtomicU64,
     /// Connections being served now.
     pub active: AtomicU64,
 }
@@ -156,6 +160,9 @@ where
     } = listener;
     let bootstrap = Rc::new(bootstrap);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
+    let per_address: Rc<Counts<IpAddr>> = Rc::default();
+    let per_identity: Rc<Counts<PeerIdentity>> = Rc::default();
     // Fired when the grace period is over: connections disconnect cleanly (capnp-rpc clears
     // its tables, dropping every capability) rather than being dropped mid-flight, which
     // can leave capabilities alive in reference cycles.
@@ -183,6 +190,23 @@ where
             drop(stream);
             continue;
         };
+        let over_limit = |what: &str, limit: usize| {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            stats.over_limit.fetch_add(1, Ordering::Relaxed);
+            debug!(%addr, limit, "{what}; closing new connection");
+        };
+        let Some(address_place) = per_address.take(addr.ip(), limits.max_connections_per_address)
+        else {
+            over_limit(
+                "too many connections from this address",
+                limits.max_connections_per_address,
+            );
+            continue;
+        };
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            over_limit("too many handshakes in progress", limits.max_handshakes);
+            continue;
+        };
         let connection = Connection {
             acceptor: tls.acceptor(),
             trusted: tls.trusted.subscribe(),
@@ -190,10 +214,11 @@ where
             stats: stats.clone(),
             bootstrap: bootstrap.clone(),
             cut: cut.clone(),
+            per_identity: per_identity.clone(),
         };
         connections.spawn_local(async move {
-            connection.run(stream, addr).await;
-            drop(permit);
+            connection.run(stream, addr, handshake).await;
+            drop((permit, address_place));
         });
     }
     drop(tcp);
@@ -232,6 +257,8 @@ struct Connection<B> {
     bootstrap: Rc<B>,
     /// Becomes true when the server cuts remaining connections.
     cut: tokio::sync::watch::Receiver<bool>,
+    /// Connections each identity holds.
+    per_identity: Rc<Counts<PeerIdentity>>,
 }
 
 impl<B> Connection<B>
@@ -240,15 +267,15 @@ where
 {
     /// Handshakes (in this task, so a slow peer never holds up accepting others), then serves
     /// RPC until the peer goes away or sends something malformed.
-    async fn run(self, stream: TcpStream, addr: SocketAddr) {
+    async fn run(self, stream: TcpStream, addr: SocketAddr, handshake: OwnedSemaphorePermit) {
         let stats = &self.stats;
         // Small RPC frames dominate; don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
         crate::watch_for_dead_peer(&stream);
         crate::watch_for_dead_peer(&stream);
-        let handshake =
+        let handshake_done =
             tokio::time::timeout(self.limits.handshake_timeout, self.acceptor.accept(stream));
-        let tls = match handshake.await {
+        let tls = match handshake_done.await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -269,6 +296,16 @@ where
                 warn!(%addr, error = %e, "verified certificate has no usable identity");
                 return;
             }
+        };
+        drop(handshake);
+        let Some(_identity_place) = self
+            .per_identity
+            .take(identity.clone(), self.limits.max_connections_per_identity)
+        else {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            stats.over_limit.fetch_add(1, Ordering::Relaxed);
+            info!(%addr, peer = %identity, limit = self.limits.max_connections_per_identity, "too many connections for this identity; closing");
+            return;
         };
         let peer = Peer { identity, addr };
         let span = info_span!("connection", peer = %peer.identity, %addr);

@@ -447,6 +447,7 @@ impl Site {
     pub async fn bind(&self, listen: Option<SocketAddr>) -> Result<Listener, SiteError> {
         let limits = NetLimits {
             max_connections: self.config.max_connections,
+            max_connections_per_address: self.config.max_connections_per_address,
             ..NetLimits::default()
         };
         Ok(Listener::bind(

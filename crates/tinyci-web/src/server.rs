@@ -10,8 +10,6 @@
 //! accept, a closed connection) and other clients are served as before. Query strings (which
 //! carry OAuth codes and states) are never logged.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -26,6 +24,7 @@ use http_body_util::{BodyExt as _, Either, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tinyci_core::Counts;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -73,42 +72,6 @@ struct BodyTerms {
     budget: Arc<Semaphore>,
 }
 
-/// Open connections per address; a connection's [`AddressSlot`] gives its place back when
-/// it ends.
-#[derive(Debug, Default)]
-struct AddressCounts(RefCell<HashMap<IpAddr, usize>>);
-
-struct AddressSlot {
-    counts: Rc<AddressCounts>,
-    ip: IpAddr,
-}
-
-impl AddressCounts {
-    fn take(self: &Rc<Self>, ip: IpAddr, limit: usize) -> Option<AddressSlot> {
-        let mut counts = self.0.borrow_mut();
-        let open = counts.entry(ip).or_default();
-        if *open >= limit {
-            return None;
-        }
-        *open += 1;
-        Some(AddressSlot {
-            counts: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut counts = self.counts.0.borrow_mut();
-        if let Some(open) = counts.get_mut(&self.ip) {
-            *open = open.saturating_sub(1);
-            if *open == 0 {
-                counts.remove(&self.ip);
-            }
-        }
-    }
-}
 /// The cookie naming a browser's session.
 pub const SESSION_COOKIE: &str = "tinyci_session";
 
@@ -139,7 +102,7 @@ pub async fn serve<B: Backend>(
         body_budget: Arc::new(Semaphore::new(limits.max_body_bytes_in_flight)),
         settings,
     });
-    let per_address = Rc::new(AddressCounts::default());
+    let per_address: Rc<Counts<IpAddr>> = Rc::default();
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {

@@ -342,3 +342,86 @@ fn shutdown_stops_accepting() {
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     });
 }
+
+/// Connects from `source` (any 127.0.0.0/8 address is this host's loopback) and sends
+/// nothing: a socket that never starts TLS.
+async fn idle_socket_from(source: &str, to: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Whether the server closed `stream` without a byte (a refused connection).
+async fn closed_unanswered(stream: &mut tokio::net::TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte).await, Ok(0) | Err(_))
+}
+
+#[test]
+fn one_address_holding_idle_sockets_does_not_lock_others_out() {
+    local(async {
+        let limits = NetLimits {
+            max_connections_per_address: 3,
+            ..NetLimits::default()
+        };
+        let server = TestServer::start(None, limits).await;
+        // An attacker's address fills its share with sockets that never start TLS...
+        let mut idle = Vec::new();
+        for _ in 0..3 {
+            idle.push(idle_socket_from("127.0.0.2", server.addr).await);
+        }
+        // ...and its next socket is closed at once, counted as over a limit.
+        let mut over = idle_socket_from("127.0.0.2", server.addr).await;
+        assert!(closed_unanswered(&mut over).await);
+        assert_eq!(server.stats.over_limit.load(Ordering::Relaxed), 1);
+        // A client from another address is served meanwhile.
+        assert_eq!(server.good_call().await, "tinyci://alpha/admin/ana");
+        drop(idle);
+        server.stop().await;
+    });
+}
+
+#[test]
+fn handshakes_in_progress_are_bounded() {
+    local(async {
+        let limits = NetLimits {
+            max_handshakes: 2,
+            ..NetLimits::default()
+        };
+        let server = TestServer::start(None, limits).await;
+        let _stalled = [
+            idle_socket_from("127.0.0.3", server.addr).await,
+            idle_socket_from("127.0.0.4", server.addr).await,
+        ];
+        let mut third = idle_socket_from("127.0.0.5", server.addr).await;
+        assert!(closed_unanswered(&mut third).await);
+        assert_eq!(server.stats.over_limit.load(Ordering::Relaxed), 1);
+        server.stop().await;
+    });
+}
+
+#[test]
+fn one_identity_cannot_hold_every_connection() {
+    local(async {
+        let limits = NetLimits {
+            max_connections_per_identity: 2,
+            ..NetLimits::default()
+        };
+        let server = TestServer::start(None, limits).await;
+        let tls = server.client_tls(&server.ca, Role::Runner, "greedy");
+        let (a, _a) = server.connect(tls.clone()).await.unwrap();
+        let (b, _b) = server.connect(tls.clone()).await.unwrap();
+        info_peer(&a).await.unwrap();
+        info_peer(&b).await.unwrap();
+        let third = match server.connect(tls).await {
+            Err(_) => false,
+            Ok((gw, _conn)) => info_peer(&gw).await.is_ok(),
+        };
+        assert!(!third, "a third connection of one identity was served");
+        assert_eq!(server.stats.over_limit.load(Ordering::Relaxed), 1);
+        // Another identity is served, and the first two still are.
+        assert_eq!(server.good_call().await, "tinyci://alpha/admin/ana");
+        info_peer(&a).await.unwrap();
+        server.stop().await;
+    });
+}
