@@ -99,12 +99,57 @@ impl SourceStore {
         path.is_file().then_some(path)
     }
 
-    /// Starts one upload.
+    /// Starts one upload of at most [`MAX_SOURCE_BYTES`].
     pub fn upload(&self) -> Result<SourceUpload, SinkError> {
+        self.upload_at_most(MAX_SOURCE_BYTES)
+    }
+
+    /// Starts one upload of at most `limit` bytes (never more than [`MAX_SOURCE_BYTES`]):
+    /// what is left of the uploader's quota.
+    pub fn upload_at_most(&self, limit: u64) -> Result<SourceUpload, SinkError> {
         Ok(SourceUpload {
-            sink: HashingSink::create_in(&self.dir.join("incoming"), MAX_SOURCE_BYTES)?,
+            sink: HashingSink::create_in(&self.dir.join("incoming"), limit.min(MAX_SOURCE_BYTES))?,
             dir: self.dir.clone(),
         })
+    }
+
+    /// Deletes every stored archive that `keep` does not name and that was last written
+    /// before `cutoff` (uploaded and never submitted, or imported by a delivery that never
+    /// became a submission). Returns how many went and their bytes. Blocking: call it off the
+    /// async thread.
+    pub fn remove_unreferenced(
+        &self,
+        keep: &std::collections::BTreeSet<Vec<u8>>,
+        cutoff: std::time::SystemTime,
+    ) -> std::io::Result<(usize, u64)> {
+        let mut removed = (0, 0);
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(digest) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".tar"))
+                .and_then(|hex_digest| hex::decode(hex_digest).ok())
+            else {
+                continue; // `incoming/` and anything not an archive
+            };
+            if keep.contains(&digest) {
+                continue;
+            }
+            let metadata = entry.metadata()?;
+            if metadata.modified()? >= cutoff {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    removed.0 += 1;
+                    removed.1 += metadata.len();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
     }
 
     /// Stores a GitHub source tarball (gzipped, every path under one top directory

@@ -203,3 +203,44 @@ fn artifacts_are_admitted_stored_listed_and_collected_once_unnamed() {
         assert!(!artifacts.blob(&stored.sha256).exists());
     });
 }
+
+#[test]
+fn only_unreferenced_archives_older_than_the_cutoff_are_removed() {
+    let data = tempfile::tempdir().unwrap();
+    let sources = SourceStore::open(data.path()).unwrap();
+    let store = |bytes: &[u8]| {
+        let mut upload = sources.upload().unwrap();
+        upload.put(bytes).unwrap();
+        upload.finish(&sha(bytes)).unwrap().sha256
+    };
+    let (submitted, abandoned, fresh) = (store(b"submitted"), store(b"abandoned"), store(b"fresh"));
+    let written = std::fs::metadata(sources.path(&fresh).unwrap())
+        .unwrap()
+        .modified()
+        .unwrap();
+    let keep = std::collections::BTreeSet::from([submitted.to_vec()]);
+    // Before the cutoff reaches them, nothing goes.
+    assert_eq!(sources.remove_unreferenced(&keep, written).unwrap(), (0, 0));
+    // Past it, the unreferenced ones go and the referenced one stays.
+    let later = written + std::time::Duration::from_secs(3600);
+    let (count, bytes) = sources.remove_unreferenced(&keep, later).unwrap();
+    assert_eq!(
+        (count, bytes),
+        (2, (b"abandoned".len() + b"fresh".len()) as u64)
+    );
+    assert!(sources.path(&submitted).is_some());
+    assert!(sources.path(&abandoned).is_none() && sources.path(&fresh).is_none());
+}
+
+#[test]
+fn an_upload_stops_at_the_limit_it_was_given() {
+    let data = tempfile::tempdir().unwrap();
+    let sources = SourceStore::open(data.path()).unwrap();
+    let mut upload = sources.upload_at_most(8).unwrap();
+    upload.put(b"12345678").unwrap();
+    let refused = upload.put(b"9").unwrap_err();
+    assert!(
+        matches!(refused, SinkError::TooLarge { limit: 8 }),
+        "{refused:?}"
+    );
+}

@@ -74,6 +74,9 @@ mod tests {
         assert_eq!(counts.held(&"a"), 1);
         assert!(counts.take("a", 2).is_some());
         drop(a2);
-        assert!(counts.0.borrow().is_empty(), "keys holding nothing are forgotten");
+        assert!(
+            counts.0.borrow().is_empty(),
+            "keys holding nothing are forgotten"
+        );
     }
 }

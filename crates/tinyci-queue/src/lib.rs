@@ -1185,6 +1185,32 @@ impl Queue {
             .transpose()
     }
 
+    /// The SHA-256 of every source archive a submission names: what a sweep of uploaded
+    /// archives must keep. Reads every submission (a sweep's cost, not a request's).
+    pub fn source_archives(&self) -> Result<std::collections::BTreeSet<Vec<u8>>, QueueError> {
+        let mut archives = std::collections::BTreeSet::new();
+        let mut failure = None;
+        self.store.read(|txn| {
+            for entry in txn.iter_range(SUBMISSIONS, &..)? {
+                let (id, bytes) = entry?;
+                match decode_submission(id, bytes, &self.site) {
+                    Ok(submission) => {
+                        archives.insert(submission.source_sha256);
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(archives),
+        }
+    }
+
     /// The runs of a submission, current.
     pub fn submission_runs(&self, id: SubmissionId) -> Result<Vec<StoredRun>, QueueError> {
         let submission = self.submission(id)?.ok_or(QueueError::NoSubmission(id))?;

@@ -64,14 +64,24 @@ impl submitter::Server for SubmitterCap {
         mut results: submitter::UploadResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
+        let (place, limit) = self
+            .handles
+            .uploads
+            .begin(&self.submitted_by, self.handles.now_ms())
+            .map_err(|e| crate::rpc::failed_as("source upload refused", &e))?;
         let upload = self
             .handles
             .sources
-            .upload()
+            .upload_at_most(limit)
             .map_err(|e| crate::rpc::failed(&e))?;
         results.get().set_sink(crate::rpc::observed(
             &self.handles.metrics,
-            crate::sources::Upload::new(upload),
+            crate::sources::Upload::new(
+                upload,
+                place,
+                self.liveness.clone(),
+                self.handles.clock.clone(),
+            ),
         ));
         Ok(())
     }

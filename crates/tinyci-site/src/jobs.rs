@@ -580,6 +580,9 @@ pub(crate) async fn submit(
         })
         .await
         .map_err(queue_error)?;
+    handles
+        .uploads
+        .submitted(submitted_by, &submission.source_sha256);
     Ok(submission)
 }
 
@@ -968,6 +971,7 @@ mod tests {
             ),
             metrics: Rc::new(crate::metrics::Metrics::new()),
             clock: crate::SiteClock(clock),
+            uploads: Rc::default(),
         }
     }
 

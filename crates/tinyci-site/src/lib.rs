@@ -131,6 +131,8 @@ pub(crate) struct Services {
     pub(crate) sources: tinyci_assets::SourceStore,
     /// Artifact bytes and the per-artifact limit.
     pub(crate) artifacts: Rc<tinyci_assets::ArtifactStore>,
+    /// Uploaded archives not yet submitted, per holder.
+    pub(crate) uploads: Rc<sources::UploadLedger>,
     /// Submissions, runs, leases.
     pub(crate) queue: Rc<tinyci_queue::Queue>,
     /// The store, for reads.
@@ -166,6 +168,8 @@ pub(crate) struct RunHandles {
     pub(crate) artifacts: Rc<tinyci_assets::ArtifactStore>,
     pub(crate) metrics: Rc<metrics::Metrics>,
     pub(crate) clock: SiteClock,
+    /// Uploaded archives not yet submitted, per holder.
+    pub(crate) uploads: Rc<sources::UploadLedger>,
 }
 
 impl RunHandles {
@@ -223,6 +227,7 @@ impl Services {
             artifacts: self.artifacts.clone(),
             metrics: self.metrics.clone(),
             clock: self.clock.clone(),
+            uploads: self.uploads.clone(),
         }
     }
 
@@ -380,6 +385,7 @@ impl Site {
             grants,
             sources,
             artifacts: Rc::new(artifacts),
+            uploads: Rc::default(),
             queue,
             store: store.clone(),
             committer,

@@ -22,6 +22,8 @@ pub(crate) struct SweepReport {
     pub(crate) artifacts_removed: usize,
     pub(crate) blobs_removed: usize,
     pub(crate) bytes_freed: u64,
+    /// Uploaded source archives no submission named, past their time.
+    pub(crate) sources_removed: usize,
 }
 
 /// Why a sweep stopped; the next one tries again.
@@ -31,6 +33,26 @@ pub(crate) enum SweepError {
     Logs(#[from] tinyci_logs::LogError),
     #[error("cannot sweep artifacts or deliveries")]
     Store(#[from] StoreError),
+    #[error("cannot list the submissions' source archives")]
+    Queue(#[from] tinyci_queue::QueueError),
+    #[error("cannot sweep unsubmitted source archives")]
+    Sources(#[source] std::io::Error),
+}
+
+/// Removes uploaded archives no submission names once they are
+/// [`crate::sources::UNSUBMITTED_UPLOAD_TTL`] old by the site's clock.
+async fn remove_unsubmitted_sources(runs: &RunHandles, now_ms: u64) -> Result<usize, SweepError> {
+    let keep = runs.queue.source_archives()?;
+    let cutoff = tinyci_core::system_time(now_ms)
+        .checked_sub(crate::sources::UNSUBMITTED_UPLOAD_TTL)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let sources = runs.sources.clone();
+    let (count, _) =
+        tokio::task::spawn_blocking(move || sources.remove_unreferenced(&keep, cutoff))
+            .await
+            .map_err(|e| SweepError::Sources(std::io::Error::other(e)))?
+            .map_err(SweepError::Sources)?;
+    Ok(count)
 }
 
 /// The output one run holds: `(stored items, bytes)` of its log and of its artifacts.
@@ -65,6 +87,7 @@ pub(crate) async fn run_sweeper(
                 logs = report.logs_removed,
                 artifacts = report.artifacts_removed,
                 blobs = report.blobs_removed,
+                sources = report.sources_removed,
                 bytes = report.bytes_freed,
                 "retention sweep removed old output"
             ),
@@ -154,6 +177,7 @@ pub(crate) async fn sweep(
     runs.logs.remove(logs).await?;
     runs.artifacts.remove_runs(artifacts).await?;
     report.blobs_removed = runs.artifacts.collect_blobs()?;
+    report.sources_removed = remove_unsubmitted_sources(runs, now_ms).await?;
     if let Some(github) = github {
         github.forget_old_deliveries(now_ms).await?;
     }

@@ -6,5 +6,6 @@
 mod conformance;
 mod grants;
 mod logs;
+mod sources;
 mod support;
 mod web;
