@@ -2,7 +2,7 @@
 //! (content-addressed blobs with a row per run and name), the collection of blobs nothing
 //! names, the one sink every byte stream goes to disk through ([`HashingSink`]: hashed
 //! while written, size-limited, fsynced, renamed into place), and planning an archive's runs
-//! from its task files.
+//! from its task files, and the quota of uploads a holder has not submitted yet.
 //!
 //! Bytes live as files beside the LMDB store, rows in it. Must not depend on capnp, the
 //! queue or any transport: the site wraps these in its `ByteSink` and `AssetSink`
@@ -13,6 +13,8 @@
 mod artifacts;
 #[cfg(feature = "store")]
 mod plan;
+#[cfg(feature = "store")]
+mod quota;
 mod sink;
 #[cfg(feature = "store")]
 mod sources;
@@ -25,6 +27,11 @@ pub use artifacts::{
 };
 #[cfg(feature = "store")]
 pub use plan::{PlanError, plan_archive};
+#[cfg(feature = "store")]
+pub use quota::{
+    MAX_UNSUBMITTED_BYTES, MAX_UNSUBMITTED_UPLOADS, QuotaRefusal, UNSUBMITTED_UPLOAD_TTL,
+    UploadLedger, UploadPlace,
+};
 pub use sink::{HashingSink, SinkError, Stored};
 #[cfg(feature = "store")]
 pub use sources::{

@@ -214,15 +214,18 @@ fn only_unreferenced_archives_older_than_the_cutoff_are_removed() {
         upload.finish(&sha(bytes)).unwrap().sha256
     };
     let (submitted, abandoned, fresh) = (store(b"submitted"), store(b"abandoned"), store(b"fresh"));
-    let written = std::fs::metadata(sources.path(&fresh).unwrap())
-        .unwrap()
-        .modified()
-        .unwrap();
+    let written = |sha: &[u8]| {
+        std::fs::metadata(sources.path(sha).unwrap())
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let (first, last) = (written(&abandoned), written(&fresh));
     let keep = std::collections::BTreeSet::from([submitted.to_vec()]);
-    // Before the cutoff reaches them, nothing goes.
-    assert_eq!(sources.remove_unreferenced(&keep, written).unwrap(), (0, 0));
+    // Before the cutoff passes them, nothing goes.
+    assert_eq!(sources.remove_unreferenced(&keep, first).unwrap(), (0, 0));
     // Past it, the unreferenced ones go and the referenced one stays.
-    let later = written + std::time::Duration::from_secs(3600);
+    let later = last + std::time::Duration::from_secs(3600);
     let (count, bytes) = sources.remove_unreferenced(&keep, later).unwrap();
     assert_eq!(
         (count, bytes),

@@ -132,7 +132,7 @@ pub(crate) struct Services {
     /// Artifact bytes and the per-artifact limit.
     pub(crate) artifacts: Rc<tinyci_assets::ArtifactStore>,
     /// Uploaded archives not yet submitted, per holder.
-    pub(crate) uploads: Rc<sources::UploadLedger>,
+    pub(crate) uploads: Rc<tinyci_assets::UploadLedger>,
     /// Submissions, runs, leases.
     pub(crate) queue: Rc<tinyci_queue::Queue>,
     /// The store, for reads.
@@ -169,7 +169,7 @@ pub(crate) struct RunHandles {
     pub(crate) metrics: Rc<metrics::Metrics>,
     pub(crate) clock: SiteClock,
     /// Uploaded archives not yet submitted, per holder.
-    pub(crate) uploads: Rc<sources::UploadLedger>,
+    pub(crate) uploads: Rc<tinyci_assets::UploadLedger>,
 }
 
 impl RunHandles {

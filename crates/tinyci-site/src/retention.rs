@@ -40,11 +40,11 @@ pub(crate) enum SweepError {
 }
 
 /// Removes uploaded archives no submission names once they are
-/// [`crate::sources::UNSUBMITTED_UPLOAD_TTL`] old by the site's clock.
+/// [`tinyci_assets::UNSUBMITTED_UPLOAD_TTL`] old by the site's clock.
 async fn remove_unsubmitted_sources(runs: &RunHandles, now_ms: u64) -> Result<usize, SweepError> {
     let keep = runs.queue.source_archives()?;
     let cutoff = tinyci_core::system_time(now_ms)
-        .checked_sub(crate::sources::UNSUBMITTED_UPLOAD_TTL)
+        .checked_sub(tinyci_assets::UNSUBMITTED_UPLOAD_TTL)
         .unwrap_or(std::time::UNIX_EPOCH);
     let sources = runs.sources.clone();
     let (count, _) =
