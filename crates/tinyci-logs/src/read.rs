@@ -1,5 +1,6 @@
 //! Reading a stored log: its length and its chunks from an offset.
 
+use std::ops::Bound;
 use std::sync::Arc;
 
 use tinyci_store::records::{LogChunk, log_key, log_key_offset};
@@ -10,15 +11,25 @@ use crate::{LogError, MAX_LOG_CHUNK};
 
 /// The length of a run's stored log: where the next chunk goes.
 pub(crate) fn stored_length(store: &Store, run: u64) -> Result<u64, LogError> {
+    // The log ends where its last record does: one lookup from the end of the run's keys,
+    // not a scan of every record (a page view and every follower ask this).
+    let start = log_key(run, 0);
+    let end = run.checked_add(1).map(|next| log_key(next, 0));
+    let bounds = (
+        Bound::Included(&start[..]),
+        end.as_ref()
+            .map_or(Bound::Unbounded, |end| Bound::Excluded(&end[..])),
+    );
     store
-        .read(|txn| {
-            let mut length = 0;
-            for entry in txn.iter_prefix(LOG_CHUNKS, &run.to_be_bytes()[..])? {
-                let (key, chunk) = entry?;
-                length = length.max(log_key_offset(key) + chunk.data.len() as u64);
-            }
-            Ok(length)
-        })
+        .read(
+            |txn| match txn.iter_range_rev(LOG_CHUNKS, &bounds)?.next() {
+                Some(entry) => {
+                    let (key, chunk) = entry?;
+                    Ok(log_key_offset(key) + chunk.data.len() as u64)
+                }
+                None => Ok(0),
+            },
+        )
         .map_err(|e| read_error(run, e))
 }
 

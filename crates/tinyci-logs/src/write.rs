@@ -66,6 +66,18 @@ struct WriteState {
     queued_end: u64,
     /// Whether a task is committing this log's queue (one at a time keeps commits in order).
     committing: bool,
+    /// The last record this process stored for the log, while it can take more bytes: the
+    /// next commit appends to it rather than adding a record (see [`merge_into_records`]).
+    tail: Option<Tail>,
+}
+
+/// A stored record that later output of the same stream may be appended to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tail {
+    /// Its key's offset.
+    at: u64,
+    stream: u8,
+    len: usize,
 }
 
 impl Logs {
@@ -174,6 +186,7 @@ impl Logs {
                         queued: Vec::new(),
                         queued_end: length,
                         committing: false,
+                        tail: None,
                     }),
                     durable: watch::channel(length).0,
                 })
@@ -383,20 +396,37 @@ impl LogWriter {
 /// and never passes a chunk that is not stored.
 async fn commit_queued(log: Rc<RunLog>, committer: GroupCommitter, on_stored: StoredHook) {
     loop {
-        let (chunks, end) = {
+        let (chunks, end, tail) = {
             let mut state = log.state.borrow_mut();
             if state.queued.is_empty() || state.failed.is_some() {
                 state.committing = false;
                 state.queued.clear();
                 return;
             }
-            (std::mem::take(&mut state.queued), state.queued_end)
+            (
+                std::mem::take(&mut state.queued),
+                state.queued_end,
+                state.tail,
+            )
         };
         let run = log.run;
         let bytes: usize = chunks.iter().map(|(_, c)| c.data.len()).sum();
+        let (append, records, new_tail) = merge_into_records(tail, chunks);
         let result = committer
             .write(move |txn| {
-                for (at, chunk) in &chunks {
+                if let Some(Append { tail_at, at, chunk }) = append {
+                    let key = log_key(run, tail_at);
+                    // The tail record is this process's own last write: present unless the
+                    // log was removed meanwhile, in which case the bytes start a record.
+                    match txn.get(LOG_CHUNKS, &key[..])? {
+                        Some(mut record) => {
+                            record.data.extend_from_slice(&chunk.data);
+                            txn.put(LOG_CHUNKS, &key[..], &record)?;
+                        }
+                        None => txn.put(LOG_CHUNKS, &log_key(run, at)[..], &chunk)?,
+                    }
+                }
+                for (at, chunk) in &records {
                     txn.put(LOG_CHUNKS, &log_key(run, *at)[..], chunk)?;
                 }
                 Ok(())
@@ -404,6 +434,7 @@ async fn commit_queued(log: Rc<RunLog>, committer: GroupCommitter, on_stored: St
             .await;
         match result {
             Ok(()) => {
+                log.state.borrow_mut().tail = new_tail;
                 on_stored(bytes);
                 log.durable.send_if_modified(|durable| {
                     let grew = end > *durable;
@@ -414,6 +445,7 @@ async fn commit_queued(log: Rc<RunLog>, committer: GroupCommitter, on_stored: St
             Err(e) => {
                 {
                     let mut state = log.state.borrow_mut();
+                    state.tail = None;
                     state.failed = Some(Arc::new(e));
                     state.committing = false;
                     state.queued.clear();
@@ -423,5 +455,148 @@ async fn commit_queued(log: Rc<RunLog>, committer: GroupCommitter, on_stored: St
                 return;
             }
         }
+    }
+}
+
+/// Bytes a commit appends to the log's last stored record.
+#[derive(Debug)]
+struct Append {
+    /// The record's key offset.
+    tail_at: u64,
+    /// Where these bytes start in the log.
+    at: u64,
+    chunk: LogChunk,
+}
+
+/// Turns a batch of chunks (in log order, contiguous) into what is stored: bytes to append to
+/// the log's last record (`tail`), the records to add, and the new last record while it can
+/// take more. Consecutive chunks of one stream share a record up to [`MAX_LOG_CHUNK`], so a
+/// job that prints a byte at a time costs about what its bytes do, not a record (a key, a
+/// timestamp and the B-tree's overhead) per byte. A merged record keeps its first chunk's
+/// timestamp.
+fn merge_into_records(
+    tail: Option<Tail>,
+    chunks: Vec<(u64, LogChunk)>,
+) -> (Option<Append>, Vec<(u64, LogChunk)>, Option<Tail>) {
+    let mut append: Option<Append> = None;
+    let mut records: Vec<(u64, LogChunk)> = Vec::new();
+    let mut last = tail;
+    for (at, chunk) in chunks {
+        let fits = |t: &Tail| {
+            t.stream == chunk.stream
+                && t.at + t.len as u64 == at
+                && t.len + chunk.data.len() <= MAX_LOG_CHUNK
+        };
+        match last {
+            Some(t) if fits(&t) => {
+                let grown = Tail {
+                    len: t.len + chunk.data.len(),
+                    ..t
+                };
+                match records.last_mut() {
+                    // The tail is a record of this batch: grow it.
+                    Some((record_at, record)) if *record_at == t.at => {
+                        record.data.extend_from_slice(&chunk.data);
+                    }
+                    // The tail is stored already: append to it in the same transaction.
+                    _ => match &mut append {
+                        Some(pending) => pending.chunk.data.extend_from_slice(&chunk.data),
+                        None => {
+                            append = Some(Append {
+                                tail_at: t.at,
+                                at,
+                                chunk,
+                            });
+                        }
+                    },
+                }
+                last = Some(grown);
+            }
+            _ => {
+                last = Some(Tail {
+                    at,
+                    stream: chunk.stream,
+                    len: chunk.data.len(),
+                });
+                records.push((at, chunk));
+            }
+        }
+    }
+    let last = last.filter(|t| t.len < MAX_LOG_CHUNK);
+    (append, records, last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(stream: u8, data: &[u8]) -> LogChunk {
+        LogChunk {
+            stream,
+            timestamp_micros: 0,
+            data: data.to_vec(),
+        }
+    }
+
+    #[test]
+    fn single_bytes_share_records_and_streams_stay_apart() {
+        let batch = vec![
+            (0, chunk(0, b"a")),
+            (1, chunk(0, b"b")),
+            (2, chunk(1, b"E")),
+            (3, chunk(0, b"c")),
+        ];
+        let (append, records, tail) = merge_into_records(None, batch);
+        assert!(append.is_none());
+        let shown: Vec<(u64, u8, &[u8])> = records
+            .iter()
+            .map(|(at, c)| (*at, c.stream, &c.data[..]))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![(0, 0, &b"ab"[..]), (2, 1, &b"E"[..]), (3, 0, &b"c"[..])]
+        );
+        assert_eq!(
+            tail,
+            Some(Tail {
+                at: 3,
+                stream: 0,
+                len: 1
+            })
+        );
+        // The next batch appends to the stored tail.
+        let (append, records, tail) =
+            merge_into_records(tail, vec![(4, chunk(0, b"d")), (5, chunk(0, b"e"))]);
+        let append = append.unwrap();
+        assert_eq!(
+            (append.tail_at, append.at, &append.chunk.data[..]),
+            (3, 4, &b"de"[..])
+        );
+        assert!(records.is_empty());
+        assert_eq!(
+            tail,
+            Some(Tail {
+                at: 3,
+                stream: 0,
+                len: 3
+            })
+        );
+    }
+
+    #[test]
+    fn a_record_stops_growing_at_the_chunk_limit() {
+        let full = vec![0u8; MAX_LOG_CHUNK - 1];
+        let (_, records, tail) = merge_into_records(
+            None,
+            vec![(0, chunk(0, &full)), (full.len() as u64, chunk(0, b"xy"))],
+        );
+        assert_eq!(records.len(), 2, "the second chunk would pass the limit");
+        assert_eq!(tail.map(|t| t.len), Some(2));
+        let (_, records, tail) = merge_into_records(
+            None,
+            vec![(0, chunk(0, &full)), (full.len() as u64, chunk(0, b"x"))],
+        );
+        assert_eq!(records.len(), 1);
+        assert_eq!(tail, None, "a full record takes no more");
     }
 }

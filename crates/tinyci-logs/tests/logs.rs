@@ -238,11 +238,38 @@ fn retention_sees_each_runs_usage_and_removes_whole_logs() {
         let usage = f.logs.usage().await.unwrap();
         assert_eq!(usage.len(), 2);
         assert_eq!(usage[&1].bytes, 5);
-        assert_eq!(usage[&1].chunks, 2);
+        assert_eq!(
+            usage[&1].chunks, 1,
+            "two writes of one stream share a record"
+        );
         f.logs.remove(vec![1]).await.unwrap();
         let usage = f.logs.usage().await.unwrap();
         assert_eq!(usage.keys().copied().collect::<Vec<_>>(), vec![2]);
         assert_eq!(f.logs.stored_length(1).await.unwrap(), 0);
         assert_eq!(text(&f.logs, 2).await, "abcde");
+    });
+}
+
+#[test]
+fn a_byte_at_a_time_costs_records_by_the_chunk_limit_not_by_the_write() {
+    run_local(async {
+        let f = fixture(1 << 20);
+        let writer = f.logs.writer(7, 1).await.unwrap();
+        let mut written = String::new();
+        for i in 0..40_000u64 {
+            let byte = char::from(b'a' + u8::try_from(i % 26).unwrap());
+            written.push(byte);
+            writer.write(i, chunk(&byte.to_string())).await.unwrap();
+            if i % 5_000 == 0 {
+                // Some writes land after a commit: they grow the stored record.
+                writer.close().await.unwrap();
+            }
+        }
+        writer.close().await.unwrap();
+        let usage = f.logs.usage().await.unwrap();
+        assert_eq!(usage[&7].bytes, 40_000);
+        assert_eq!(usage[&7].chunks, 1, "40,000 one-byte writes, one record");
+        assert_eq!(f.logs.stored_length(7).await.unwrap(), 40_000);
+        assert_eq!(text(&f.logs, 7).await, written);
     });
 }

@@ -308,6 +308,10 @@ pub const MAX_UNACKED_LOG_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How many bytes are sent between two `LogSink.acknowledged` calls that trim the buffer.
 const ACK_EVERY: u64 = 1024 * 1024;
+/// How long output waits to be joined by more of its stream before it is sent: a command
+/// that prints a byte at a time is sent in chunks, not a write (and a stored record) per
+/// byte, at the cost of this much delay on a live log.
+const LOG_FLUSH_AFTER: Duration = Duration::from_millis(50);
 
 /// The agent's current connection to its site: `None` while disconnected. Slots wait on it
 /// for work; running jobs wait on it to resume their leases after an outage.
@@ -868,6 +872,29 @@ async fn keep_lease(link: &JobLink, mut expires_at_ms: i64) -> String {
     }
 }
 
+/// Joins to `chunk` the output of its stream that arrives within [`LOG_FLUSH_AFTER`], up to
+/// [`MAX_CHUNK`]. Returns a chunk of the other stream that arrived meanwhile, to send next.
+async fn gather(
+    chunk: &mut OutputChunk,
+    rx: &mut mpsc::Receiver<OutputChunk>,
+) -> Option<OutputChunk> {
+    let deadline = tokio::time::Instant::now() + LOG_FLUSH_AFTER;
+    while chunk.data.len() < crate::exec::MAX_CHUNK {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(more))
+                if more.stream == chunk.stream
+                    && chunk.data.len() + more.data.len() <= crate::exec::MAX_CHUNK =>
+            {
+                chunk.data.extend_from_slice(&more.data);
+            }
+            Ok(Some(other)) => return Some(other),
+            // The command's output ended, or the deadline passed: send what there is.
+            Ok(None) | Err(_) => return None,
+        }
+    }
+    None
+}
+
 /// Output sent to the site but not yet confirmed durable, resent after an outage.
 #[derive(Default)]
 struct Unacked {
@@ -983,6 +1010,8 @@ async fn forward_output(link: &JobLink, mut rx: mpsc::Receiver<OutputChunk>) {
     let mut next = 0;
     let mut sink = reopen(link, &mut unacked, &mut next).await;
     let mut since_ack = 0u64;
+    // A chunk of the other stream that ended a gathering, sent next.
+    let mut held: Option<OutputChunk> = None;
     loop {
         if unacked.bytes >= MAX_UNACKED_LOG_BYTES {
             // Full: wait for the site to confirm some before reading more output.
@@ -1007,7 +1036,12 @@ async fn forward_output(link: &JobLink, mut rx: mpsc::Receiver<OutputChunk>) {
             }
             continue;
         }
-        let Some(chunk) = rx.recv().await else { break };
+        let first = match held.take() {
+            Some(chunk) => Some(chunk),
+            None => rx.recv().await,
+        };
+        let Some(mut chunk) = first else { break };
+        held = gather(&mut chunk, &mut rx).await;
         let SinkState::Open(open) = &sink else {
             continue;
         };
@@ -1216,6 +1250,46 @@ fn micros(at: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn output(stream: Stream, data: &[u8]) -> OutputChunk {
+        OutputChunk {
+            stream,
+            at: std::time::SystemTime::UNIX_EPOCH,
+            data: data.to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn output_is_gathered_per_stream_before_it_is_sent() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for byte in [b"a", b"b", b"c"] {
+            tx.send(output(Stream::Stdout, byte)).await.unwrap();
+        }
+        tx.send(output(Stream::Stderr, b"E")).await.unwrap();
+        tx.send(output(Stream::Stdout, b"d")).await.unwrap();
+        drop(tx);
+        let mut first = rx.recv().await.unwrap();
+        let held = gather(&mut first, &mut rx).await;
+        assert_eq!(first.data, b"abc");
+        let mut second = held.expect("the other stream's chunk is kept for next");
+        assert_eq!(
+            (second.stream, &second.data[..]),
+            (Stream::Stderr, &b"E"[..])
+        );
+        assert!(gather(&mut second, &mut rx).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn gathering_stops_at_the_chunk_limit() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let big = vec![0u8; crate::exec::MAX_CHUNK - 1];
+        tx.send(output(Stream::Stdout, b"xy")).await.unwrap();
+        drop(tx);
+        let mut first = output(Stream::Stdout, &big);
+        let held = gather(&mut first, &mut rx).await;
+        assert_eq!(first.data.len(), crate::exec::MAX_CHUNK - 1);
+        assert_eq!(held.map(|c| c.data), Some(b"xy".to_vec()));
+    }
 
     fn job(image: &str, privileged: bool) -> ExecSpec {
         ExecSpec {
