@@ -56,6 +56,39 @@ pub async fn dial<T: FromClientHook>(
     site: &SiteName,
     limits: &NetLimits,
 ) -> Result<(T, ClientConnection), NetError> {
+    let tls_stream = dial_tls(addr, tls, site, limits).await?;
+    let (read, write) = tokio::io::split(tls_stream);
+    let mut network = twoparty::VatNetwork::new(
+        read.compat(),
+        crate::coalesce(write.compat_write()),
+        Side::Client,
+        limits.reader_options(),
+    );
+    network.set_window_size(limits.stream_window);
+    let mut rpc = RpcSystem::new(Box::new(network), None);
+    let bootstrap: T = rpc.bootstrap(Side::Server);
+    let task = tokio::task::spawn_local(rpc);
+    Ok((bootstrap, ClientConnection { task }))
+}
+
+/// Dials `addr` and completes the mTLS handshake as [`dial`] does, then hands over the raw
+/// byte stream instead of speaking RPC on it: for tools and tests that send the site bytes
+/// of their own making (the wire fuzzer).
+pub async fn dial_bytes(
+    addr: &str,
+    tls: Arc<ClientConfig>,
+    site: &SiteName,
+    limits: &NetLimits,
+) -> Result<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + use<>, NetError> {
+    dial_tls(addr, tls, site, limits).await
+}
+
+async fn dial_tls(
+    addr: &str,
+    tls: Arc<ClientConfig>,
+    site: &SiteName,
+    limits: &NetLimits,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, NetError> {
     let timeout = |what| NetError::Timeout {
         what,
         addr: addr.to_owned(),
@@ -81,16 +114,5 @@ pub async fn dial<T: FromClientHook>(
         addr: addr.to_owned(),
         source,
     })?;
-    let (read, write) = tokio::io::split(tls_stream);
-    let mut network = twoparty::VatNetwork::new(
-        read.compat(),
-        crate::coalesce(write.compat_write()),
-        Side::Client,
-        limits.reader_options(),
-    );
-    network.set_window_size(limits.stream_window);
-    let mut rpc = RpcSystem::new(Box::new(network), None);
-    let bootstrap: T = rpc.bootstrap(Side::Server);
-    let task = tokio::task::spawn_local(rpc);
-    Ok((bootstrap, ClientConnection { task }))
+    Ok(tls_stream)
 }

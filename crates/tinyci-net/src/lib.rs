@@ -19,7 +19,7 @@ mod server;
 use std::time::Duration;
 
 pub use backoff::Backoff;
-pub use client::{ClientConnection, dial};
+pub use client::{ClientConnection, dial, dial_bytes};
 pub use server::{Listener, Peer, ServerStats, StillTrusted, TlsSwitch, serve};
 /// The rustls configuration types `tinyci-pki` builds and this crate consumes.
 pub use tokio_rustls::rustls::{ClientConfig, ServerConfig};
