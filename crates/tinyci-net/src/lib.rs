@@ -11,6 +11,7 @@
 //! builds.
 
 mod backoff;
+mod backpressure;
 mod client;
 pub mod discovery;
 pub mod observe;

@@ -85,6 +85,10 @@ pub struct ServerStats {
     pub over_limit: AtomicU64,
     /// Connections being served now.
     pub active: AtomicU64,
+    /// Times a connection's reading paused because the peer was not taking our replies.
+    pub reads_paused: AtomicU64,
+    /// Woken each time a connection's reading pauses (tests wait on it).
+    pub paused: tokio::sync::Notify,
 }
 
 /// The authenticated far end of a connection, handed to the bootstrap factory.
@@ -312,9 +316,15 @@ where
         let client = (self.bootstrap)(&peer);
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let (read, write) = tokio::io::split(tls);
+        let paused_stats = stats.clone();
+        let (read, write) =
+            crate::backpressure::pace(read.compat(), write.compat_write(), move || {
+                paused_stats.reads_paused.fetch_add(1, Ordering::Relaxed);
+                paused_stats.paused.notify_one();
+            });
         let mut network = twoparty::VatNetwork::new(
-            read.compat(),
-            crate::coalesce(write.compat_write()),
+            read,
+            crate::coalesce(write),
             Side::Server,
             self.limits.reader_options(),
         );

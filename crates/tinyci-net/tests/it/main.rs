@@ -32,6 +32,11 @@ fn site(name: &str) -> SiteName {
     SiteName::new(name).unwrap()
 }
 
+thread_local! {
+    /// `Gateway.info` calls answered on this thread's servers.
+    static INFO_SERVED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// A Gateway that only answers `info`, echoing who it thinks the peer is.
 struct EchoGateway {
     peer: String,
@@ -43,6 +48,7 @@ impl gateway::Server for EchoGateway {
         _: gateway::InfoParams,
         mut results: gateway::InfoResults,
     ) -> Result<(), capnp::Error> {
+        INFO_SERVED.with(|n| n.set(n.get() + 1));
         let mut info = results.get().init_info();
         info.set_site_id("alpha");
         info.set_peer(&self.peer);
@@ -422,6 +428,74 @@ fn one_identity_cannot_hold_every_connection() {
         // Another identity is served, and the first two still are.
         assert_eq!(server.good_call().await, "tinyci://alpha/admin/ana");
         info_peer(&a).await.unwrap();
+        server.stop().await;
+    });
+}
+
+/// One RPC frame: a `Bootstrap` (question 0) when `call` is 0, else a `Gateway.info` call
+/// (question `call`) on the bootstrap's answer.
+fn rpc_frame(call: u32) -> Vec<u8> {
+    use capnp_rpc::rpc_capnp::message;
+    let mut builder = capnp::message::Builder::new_default();
+    let root = builder.init_root::<message::Builder<'_>>();
+    if call == 0 {
+        root.init_bootstrap().set_question_id(0);
+    } else {
+        let mut c = root.init_call();
+        c.set_question_id(call);
+        c.reborrow()
+            .init_target()
+            .init_promised_answer()
+            .set_question_id(0);
+        c.set_interface_id(<gateway::Client as capnp::traits::HasTypeId>::TYPE_ID);
+        c.set_method_id(0);
+        c.init_params()
+            .init_content()
+            .init_as::<gateway::info_params::Builder<'_>>();
+    }
+    capnp::serialize::write_message_to_words(&builder)
+}
+
+#[test]
+fn a_peer_that_pipelines_calls_without_reading_replies_is_paused_not_buffered() {
+    local(async {
+        let server = TestServer::start(None, NetLimits::default()).await;
+        let tls = server.client_tls(&server.ca, Role::Admin, "flood");
+        let stream = tinyci_net::dial_bytes(
+            &server.addr.to_string(),
+            tls,
+            &site("alpha"),
+            &NetLimits::default(),
+        )
+        .await
+        .unwrap();
+        // Only the write half is used: the replies are never read.
+        let (_unread, mut write) = tokio::io::split(stream);
+        const CALLS: u32 = 2_000_000;
+        let flood = tokio::task::spawn_local(async move {
+            write.write_all(&rpc_frame(0)).await.unwrap();
+            let mut batch = Vec::new();
+            for call in 1..=CALLS {
+                batch.extend(rpc_frame(call));
+                if batch.len() >= 64 * 1024 {
+                    if write.write_all(&batch).await.is_err() {
+                        return;
+                    }
+                    batch.clear();
+                }
+            }
+            let _ = write.write_all(&batch).await;
+        });
+        // The server stops reading once its replies back up...
+        tokio::time::timeout(Duration::from_secs(120), server.stats.paused.notified())
+            .await
+            .expect("the server kept reading calls whose replies nobody reads");
+        assert!(server.stats.reads_paused.load(Ordering::Relaxed) >= 1);
+        let served = INFO_SERVED.with(std::cell::Cell::get);
+        assert!(served < u64::from(CALLS), "{served} calls answered");
+        // ...and serves others meanwhile.
+        assert_eq!(server.good_call().await, "tinyci://alpha/admin/ana");
+        flood.abort();
         server.stop().await;
     });
 }
