@@ -80,8 +80,7 @@ impl SiteWeb {
     }
 }
 
-fn run_view(services: &Services, run: StoredRun) -> RunView {
-    let tier = services.queue.tier(&run).map(|t| t.to_string());
+fn run_view(run: StoredRun) -> RunView {
     RunView {
         id: run.id(),
         submission: run.submission,
@@ -99,7 +98,6 @@ fn run_view(services: &Services, run: StoredRun) -> RunView {
         runner: run.runner,
         started_at: run.started_at,
         message: run.message,
-        tier,
     }
 }
 
@@ -204,15 +202,12 @@ impl Backend for SiteWeb {
 
     fn recent_runs(&self, limit: usize) -> Result<Vec<RunView>, ViewError> {
         let runs = self.services.queue.runs(limit).map_err(ViewError::new)?;
-        Ok(runs
-            .into_iter()
-            .map(|run| run_view(&self.services, run))
-            .collect())
+        Ok(runs.into_iter().map(run_view).collect())
     }
 
     fn run(&self, id: RunId) -> Result<Option<RunView>, ViewError> {
         let run = self.services.queue.run(id).map_err(ViewError::new)?;
-        Ok(run.map(|run| run_view(&self.services, run)))
+        Ok(run.map(run_view))
     }
 
     fn submission(&self, id: SubmissionId) -> Result<Option<SubmissionView>, ViewError> {
@@ -226,10 +221,12 @@ impl Backend for SiteWeb {
             .queue
             .submission_runs(id)
             .map_err(ViewError::new)?;
-        Ok(runs
-            .into_iter()
-            .map(|run| run_view(&self.services, run))
-            .collect())
+        Ok(runs.into_iter().map(run_view).collect())
+    }
+
+    fn tier(&self, run: &RunView) -> Option<String> {
+        let stored = self.services.queue.run(run.id).ok().flatten()?;
+        self.services.queue.tier(&stored).map(|t| t.to_string())
     }
 
     fn waiting_reason(&self, id: RunId) -> Option<String> {
@@ -237,14 +234,10 @@ impl Backend for SiteWeb {
     }
 
     fn watch(&self, submission: SubmissionId) -> RunChanges {
-        let services = self.services.clone();
         let changes = self.services.queue.watch(submission);
-        Box::pin(futures::stream::unfold(changes, move |mut changes| {
-            let services = services.clone();
-            async move {
-                let run = changes.recv().await?;
-                Some((run_view(&services, run), changes))
-            }
+        Box::pin(futures::stream::unfold(changes, |mut changes| async move {
+            let run = changes.recv().await?;
+            Some((run_view(run), changes))
         }))
     }
 

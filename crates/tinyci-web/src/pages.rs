@@ -467,7 +467,7 @@ async fn run_page<B: Backend>(cx: &Cx<'_, B>, request: &Request<Incoming>, id: &
         ("Task", html_escape(&run.task_dir)),
         (
             "Trust tier",
-            html_escape(run.tier.as_deref().unwrap_or("unknown")),
+            html_escape(cx.backend.tier(&run).as_deref().unwrap_or("unknown")),
         ),
         ("Queue", html_escape(&run.queue)),
         ("Runner", html_escape(run.runner.as_deref().unwrap_or("—"))),

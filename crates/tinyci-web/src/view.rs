@@ -41,8 +41,6 @@ pub struct RunView {
     pub updated_at: u64,
     /// Why it ended as it did, for people.
     pub message: Option<String>,
-    /// The trust tier its submission was given, in words.
-    pub tier: Option<String>,
 }
 
 /// One submission, as a page shows it.
@@ -160,6 +158,9 @@ pub trait Backend: 'static {
     fn submission(&self, id: SubmissionId) -> Result<Option<SubmissionView>, ViewError>;
     /// A submission's runs, in plan order.
     fn submission_runs(&self, id: SubmissionId) -> Result<Vec<RunView>, ViewError>;
+    /// The trust tier `run`'s submission was given, in words (asked by the run page only: a
+    /// finished run's tier is read from its submission's record).
+    fn tier(&self, run: &RunView) -> Option<String>;
     /// Why a queued run is still waiting, when the queue can say.
     fn waiting_reason(&self, id: RunId) -> Option<String>;
     /// The changes of a submission's runs from now on.

@@ -58,7 +58,6 @@ fn run(id: u64, repo: &str) -> RunView {
         started_at: Some(0),
         updated_at: 1000,
         message: None,
-        tier: Some("repo".to_owned()),
     }
 }
 
@@ -127,6 +126,9 @@ impl Backend for FakeSite {
     }
     fn submission_runs(&self, id: SubmissionId) -> Result<Vec<RunView>, ViewError> {
         Ok(self.run(RunId(id.get()))?.into_iter().collect())
+    }
+    fn tier(&self, _run: &RunView) -> Option<String> {
+        Some("repo".to_owned())
     }
     fn waiting_reason(&self, _id: RunId) -> Option<String> {
         None
