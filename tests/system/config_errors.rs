@@ -30,7 +30,7 @@ fn unknown_key_is_named() {
               |
             5 | colour = "blue"
               | ^^^^^^
-            unknown field `colour`, expected one of `name`, `listen`, `data_dir`, `max_connections`, `max_connections_per_address`
+            unknown field `colour`, expected one of `name`, `listen`, `data_dir`, `max_connections`, `max_connections_per_address`, `max_outstanding_calls`
         "#]],
     );
 }

@@ -25,8 +25,13 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// `site.max_connections_per_address` when not set: room for a host running many runners,
 /// not for one host to take the site.
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+/// `site.max_outstanding_calls` when not set: far above what a runner, a follower or the CLI
+/// keeps in flight.
+pub const DEFAULT_MAX_OUTSTANDING_CALLS: usize = 256;
 /// Default LMDB map size: virtual address space, not disk; the file grows as data does.
 pub const DEFAULT_MAP_SIZE_MIB: u64 = 4096;
+/// Default `store.max_map_size_mib`: the ceiling the map grows to as the store fills.
+pub const DEFAULT_MAX_MAP_SIZE_MIB: u64 = 32768;
 
 /// A validated site configuration with absolute paths.
 #[derive(Clone, Debug)]
@@ -41,10 +46,14 @@ pub struct SiteConfig {
     pub max_connections: usize,
     /// Most concurrent connections from one IP address.
     pub max_connections_per_address: usize,
+    /// Most calls one connection may have unanswered before the site stops reading it.
+    pub max_outstanding_calls: usize,
     /// LMDB directory.
     pub data_dir: PathBuf,
-    /// LMDB map size in MiB.
+    /// LMDB map size in MiB at open.
     pub map_size_mib: u64,
+    /// The ceiling in MiB the LMDB map grows to as the store fills (at least `map_size_mib`).
+    pub max_map_size_mib: u64,
     /// The site CA certificate (PEM).
     pub ca_cert: PathBuf,
     /// The site CA key, for offline issuing (`runner add`); the running site never reads it.
@@ -440,6 +449,8 @@ struct RawSite {
     max_connections: i64,
     #[serde(default = "default_max_connections_per_address")]
     max_connections_per_address: i64,
+    #[serde(default = "default_max_outstanding_calls")]
+    max_outstanding_calls: i64,
 }
 
 #[derive(Deserialize)]
@@ -447,12 +458,15 @@ struct RawSite {
 struct RawStore {
     #[serde(default = "default_map_size")]
     map_size_mib: i64,
+    #[serde(default = "default_max_map_size")]
+    max_map_size_mib: i64,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
         Self {
             map_size_mib: default_map_size(),
+            max_map_size_mib: default_max_map_size(),
         }
     }
 }
@@ -623,11 +637,17 @@ fn default_data_dir() -> PathBuf {
 fn default_max_connections() -> i64 {
     DEFAULT_MAX_CONNECTIONS as i64
 }
+fn default_max_outstanding_calls() -> i64 {
+    DEFAULT_MAX_OUTSTANDING_CALLS as i64
+}
 fn default_max_connections_per_address() -> i64 {
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS as i64
 }
 fn default_map_size() -> i64 {
     DEFAULT_MAP_SIZE_MIB as i64
+}
+fn default_max_map_size() -> i64 {
+    DEFAULT_MAX_MAP_SIZE_MIB as i64
 }
 
 /// `host:port` with a port-range message people can act on (the std parser only says
@@ -742,6 +762,18 @@ impl SiteConfig {
                     ),
                 )
             })?;
+        let max_outstanding_calls = usize::try_from(raw.site.max_outstanding_calls)
+            .ok()
+            .filter(|n| (1..=65_536).contains(n))
+            .ok_or_else(|| {
+                value(
+                    "site.max_outstanding_calls",
+                    format!(
+                        "{} is out of range (1-65536)",
+                        raw.site.max_outstanding_calls
+                    ),
+                )
+            })?;
         let map_size_mib = u64::try_from(raw.store.map_size_mib)
             .ok()
             .filter(|n| (16..=1 << 24).contains(n))
@@ -751,6 +783,18 @@ impl SiteConfig {
                     format!(
                         "{} is out of range (16-16777216 MiB)",
                         raw.store.map_size_mib
+                    ),
+                )
+            })?;
+        let max_map_size_mib = u64::try_from(raw.store.max_map_size_mib)
+            .ok()
+            .filter(|n| (map_size_mib..=1 << 24).contains(n))
+            .ok_or_else(|| {
+                value(
+                    "store.max_map_size_mib",
+                    format!(
+                        "{} is out of range (store.map_size_mib ({map_size_mib}) to 16777216 MiB)",
+                        raw.store.max_map_size_mib
                     ),
                 )
             })?;
@@ -950,8 +994,10 @@ impl SiteConfig {
             listen: raw.site.listen.0,
             max_connections,
             max_connections_per_address,
+            max_outstanding_calls,
             data_dir: base.join(raw.site.data_dir),
             map_size_mib,
+            max_map_size_mib,
             ca_cert: base.join(raw.tls.ca_cert),
             ca_key: raw.tls.ca_key.map(|k| base.join(k)),
             cert: base.join(raw.tls.cert),

@@ -20,11 +20,20 @@ pub fn open_store_for_tool(config: &SiteConfig) -> Result<Store, IdentityError> 
     Ok(Store::open(
         &config.data_dir,
         StoreOptions {
-            map_size: usize::try_from(config.map_size_mib * 1024 * 1024).unwrap_or(usize::MAX),
             exclusive: false,
-            ..StoreOptions::default()
+            ..store_options(config)
         },
     )?)
+}
+
+/// How `config`'s site opens its store: the map's size at open and its ceiling.
+pub fn store_options(config: &SiteConfig) -> StoreOptions {
+    let mib = |n: u64| usize::try_from(n.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+    StoreOptions {
+        map_size: mib(config.map_size_mib),
+        max_map_size: mib(config.max_map_size_mib),
+        ..StoreOptions::default()
+    }
 }
 
 pub fn read_pem(

@@ -23,7 +23,7 @@ pub use check::{CheckReport, check};
 pub use client::{
     SiteClient, SiteInfo, admin_capability, connect_admin, connect_as, connect_partner, rpc_error,
 };
-pub use files::{load_credentials, load_root_key, open_store_for_tool, read_pem};
+pub use files::{load_credentials, load_root_key, open_store_for_tool, read_pem, store_options};
 pub use issued::{issued_record, record_issued};
 pub use trust::TrustPolicy;
 

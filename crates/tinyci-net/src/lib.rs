@@ -54,7 +54,16 @@ pub struct NetLimits {
     /// so a stream ran one round trip per chunk; 1 MiB keeps loopback and LAN links busy
     /// while still bounding what a slow receiver makes us hold.
     pub stream_window: usize,
+    /// Most calls one connection may have read and not yet answered; past it the connection
+    /// is not read until answers go out. With reading also paused while the peer leaves our
+    /// replies unread, what one connection makes us hold is at most this many calls and
+    /// their replies (the largest reply is a 64 KiB `LogReader.read`), plus socket buffers.
+    pub max_outstanding_calls: usize,
 }
+
+/// Default [`NetLimits::max_outstanding_calls`]: far above what a runner, a follower or the
+/// CLI keeps in flight. At most 16 MiB of log replies per connection.
+pub const DEFAULT_MAX_OUTSTANDING_CALLS: usize = 256;
 
 impl Default for NetLimits {
     fn default() -> Self {
@@ -69,6 +78,7 @@ impl Default for NetLimits {
             max_nesting: 64,
             shutdown_grace: Duration::from_secs(5),
             stream_window: 1024 * 1024,
+            max_outstanding_calls: DEFAULT_MAX_OUTSTANDING_CALLS,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{RpcSystem, twoparty};
@@ -18,6 +18,7 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::backpressure::Pause;
 use crate::{NetError, NetLimits};
 
 /// A bound listener, not yet serving. Binding first lets callers learn the real address (port
@@ -87,6 +88,11 @@ pub struct ServerStats {
     pub active: AtomicU64,
     /// Times a connection's reading paused because the peer was not taking our replies.
     pub reads_paused: AtomicU64,
+    /// Times a connection's reading paused because the peer had
+    /// [`NetLimits::max_outstanding_calls`] calls unanswered.
+    pub calls_capped: AtomicU64,
+    /// Calls read from peers and not yet answered, over every live connection.
+    pub outstanding_calls: AtomicI64,
     /// Woken each time a connection's reading pauses (tests wait on it).
     pub paused: tokio::sync::Notify,
 }
@@ -276,7 +282,6 @@ where
         // Small RPC frames dominate; don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
         crate::watch_for_dead_peer(&stream);
-        crate::watch_for_dead_peer(&stream);
         let handshake_done =
             tokio::time::timeout(self.limits.handshake_timeout, self.acceptor.accept(stream));
         let tls = match handshake_done.await {
@@ -317,11 +322,25 @@ where
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let (read, write) = tokio::io::split(tls);
         let paused_stats = stats.clone();
-        let (read, write) =
-            crate::backpressure::pace(read.compat(), write.compat_write(), move || {
-                paused_stats.reads_paused.fetch_add(1, Ordering::Relaxed);
+        let count_stats = stats.clone();
+        let (read, write) = crate::backpressure::pace(
+            read.compat(),
+            write.compat_write(),
+            self.limits.max_outstanding_calls,
+            move |why| {
+                let counter = match why {
+                    Pause::RepliesUnread => &paused_stats.reads_paused,
+                    Pause::CallsOutstanding => &paused_stats.calls_capped,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 paused_stats.paused.notify_one();
-            });
+            },
+            move |change| {
+                count_stats
+                    .outstanding_calls
+                    .fetch_add(change, Ordering::Relaxed);
+            },
+        );
         let mut network = twoparty::VatNetwork::new(
             read,
             crate::coalesce(write),

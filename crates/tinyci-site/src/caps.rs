@@ -179,8 +179,10 @@ pub(crate) struct LogReaderCap {
     liveness: Rc<Liveness>,
 }
 
-/// Most log bytes one `read` returns.
-const MAX_READ: u32 = 1024 * 1024;
+/// Most log bytes one `read` returns: one stored record. Small, because it is also the
+/// largest reply a connection's unanswered calls can each make us hold
+/// (`NetLimits::max_outstanding_calls` of them).
+const MAX_READ: u32 = 64 * 1024;
 
 impl LogReaderCap {
     pub(crate) fn new(

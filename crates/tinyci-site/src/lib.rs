@@ -41,7 +41,7 @@ use tinyci_identity::read_pem;
 use tinyci_net::{Listener, NetLimits, ServerStats};
 use tinyci_pki::Fingerprint;
 use tinyci_schema::gateway as gateway_capnp;
-use tinyci_store::{Store, StoreOptions};
+use tinyci_store::Store;
 use tracing::info;
 
 pub use config::{ConfigError, SiteConfig};
@@ -268,13 +268,7 @@ impl Site {
             );
         }
         let root = load_root_key(&config)?;
-        let store = Store::open(
-            &config.data_dir,
-            StoreOptions {
-                map_size: usize::try_from(config.map_size_mib * 1024 * 1024).unwrap_or(usize::MAX),
-                ..StoreOptions::default()
-            },
-        )?;
+        let store = Store::open(&config.data_dir, tinyci_identity::store_options(&config))?;
         let grants = Rc::new(grants::GrantAuthority::load(
             config.name.clone(),
             root,
@@ -454,6 +448,7 @@ impl Site {
         let limits = NetLimits {
             max_connections: self.config.max_connections,
             max_connections_per_address: self.config.max_connections_per_address,
+            max_outstanding_calls: self.config.max_outstanding_calls,
             ..NetLimits::default()
         };
         Ok(Listener::bind(

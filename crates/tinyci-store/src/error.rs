@@ -97,17 +97,35 @@ pub enum StoreError {
         /// The version with no migration step.
         from: u32,
     },
-    /// LMDB's map (the store's maximum size) is full.
+    /// LMDB's map is full. Below the ceiling the map has been grown meanwhile, so the same
+    /// write may be retried; at the ceiling nothing more fits.
     #[error(
-        "store at {} is full: its LMDB map size of {map_size_mib} MiB is reached; \
-         raise store.map_size_mib in site.toml",
-        path.display()
+        "store at {} is full: this write did not fit in its LMDB map of {map_size_mib} MiB \
+         (ceiling {ceiling_mib} MiB); {}",
+        path.display(),
+        if map_size_mib < ceiling_mib {
+            "the map has been grown, so retrying may succeed"
+        } else {
+            "free space or raise store.max_map_size_mib in site.toml"
+        }
     )]
     MapFull {
         /// The data directory.
         path: PathBuf,
-        /// The configured map size.
+        /// The map's size when the write failed.
         map_size_mib: usize,
+        /// The ceiling the map may grow to (`store.max_map_size_mib`).
+        ceiling_mib: usize,
+    },
+    /// Growing the map failed.
+    #[error("failed to grow the LMDB map of the store at {} to {to_mib} MiB: {source}", path.display())]
+    Resize {
+        /// The data directory.
+        path: PathBuf,
+        /// The size it was being grown to.
+        to_mib: usize,
+        /// LMDB's error.
+        source: LmdbError,
     },
     /// `write` was called while this thread already had a write transaction open, which
     /// would deadlock on LMDB's writer lock.

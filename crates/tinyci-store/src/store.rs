@@ -1,10 +1,11 @@
 //! Opening the store: directory, lock, LMDB environment, tables, schema version.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::fs::{self, File, TryLockError};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use heed::types::Bytes;
 use heed::{CommitOrAbort, CommitToken, Database, OnCommit, WithoutTls};
@@ -27,10 +28,14 @@ pub const LOCK_FILE: &str = "LOCK";
 /// no named databases) are traps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
-    /// Maximum size of the store in bytes. Address space only, reserved up front; the file
-    /// grows as data is written. Writes fail with [`StoreError::MapFull`] beyond it. Must be a
-    /// multiple of the OS page size (any whole number of MiB is). Default 4 GiB.
+    /// Size of the LMDB map at open, in bytes. Address space only, reserved up front; the
+    /// file grows as data is written. The map grows (doubling) as it fills, up to
+    /// `max_map_size`. Must be a multiple of the OS page size (any whole number of MiB is).
+    /// Default 4 GiB.
     pub map_size: usize,
+    /// The ceiling the map may grow to; writes fail with [`StoreError::MapFull`] beyond it.
+    /// Raised to `map_size` when lower. Default 32 GiB.
+    pub max_map_size: usize,
     /// Maximum number of tables (LMDB named databases); room for the tables later versions
     /// add. Default 32.
     pub max_dbs: u32,
@@ -44,6 +49,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             map_size: 4 * 1024 * MIB,
+            max_map_size: 32 * 1024 * MIB,
             max_dbs: 32,
             exclusive: true,
         }
@@ -68,8 +74,13 @@ pub(crate) struct Inner {
     pub(crate) tables: Tables,
     /// The data directory, as given to [`Store::open`].
     pub(crate) path: PathBuf,
-    /// The configured map size, for [`StoreError::MapFull`].
-    pub(crate) map_size: usize,
+    /// The map's current size in bytes: grows, never shrinks, up to `max_map_size`.
+    pub(crate) map_size: AtomicUsize,
+    /// The configured ceiling of `map_size`.
+    pub(crate) max_map_size: usize,
+    /// Held shared by every transaction of this process and exclusively while the map is
+    /// resized: LMDB allows a resize only while the process has no transaction active.
+    gate: RwLock<()>,
     /// `<data dir>/LOCK`, exclusively locked for the life of the store (`None` for a tool
     /// opened with `exclusive: false`).
     _lock: Option<File>,
@@ -134,12 +145,16 @@ impl Store {
         })?;
 
         let (tables, found) = create_tables(&env, dir)?;
+        // LMDB raises the map to what the file already holds (a store grown earlier).
+        let map_size = env.info().map_size.max(options.map_size);
         let store = Store {
             inner: Arc::new(Inner {
                 env,
                 tables,
                 path: dir.to_owned(),
-                map_size: options.map_size,
+                map_size: AtomicUsize::new(map_size),
+                max_map_size: options.max_map_size.max(map_size),
+                gate: RwLock::new(()),
                 _lock: lock,
             }),
         };
@@ -151,6 +166,9 @@ impl Store {
                 set_schema_version(txn)
             })?,
         }
+        // A map configured smaller than the data opens at the data's size (LMDB's rule): make
+        // room before the first write rather than failing it.
+        store.inner.grow(false)?;
         Ok(store)
     }
 
@@ -171,6 +189,7 @@ impl Store {
         &self,
         f: impl FnOnce(&ReadTxn<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
+        let _pass = self.inner.enter();
         let txn = self
             .inner
             .env
@@ -191,27 +210,40 @@ impl Store {
         f: impl FnOnce(&mut WriteTxn<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let _writing = WritingGuard::enter(&self.inner.path)?;
-        let txn = self
-            .inner
-            .env
-            .write_txn()
-            .map_err(|source| self.begin_error(source))?;
-        let mut txn = WriteTxn::new(txn, &self.inner);
-        match f(&mut txn) {
-            Ok(value) => {
-                txn.into_inner().commit().map_err(|source| {
+        let outcome = {
+            let _pass = self.inner.enter();
+            let txn = self
+                .inner
+                .env
+                .write_txn()
+                .map_err(|source| self.begin_error(source))?;
+            let mut txn = WriteTxn::new(txn, &self.inner);
+            match f(&mut txn) {
+                Ok(value) => txn.into_inner().commit().map(|()| value).map_err(|source| {
                     self.inner.map_full_or(source, |source| StoreError::Commit {
                         path: self.inner.path.clone(),
                         source,
                     })
-                })?;
-                Ok(value)
+                }),
+                Err(error) => {
+                    txn.into_inner().abort();
+                    Err(error)
+                }
             }
-            Err(error) => {
-                txn.into_inner().abort();
-                Err(error)
-            }
-        }
+        };
+        // Every transaction of this thread is closed now, so the map may be resized here: after
+        // a commit that left it more than three quarters full, or a write it could not hold.
+        let full = matches!(outcome, Err(StoreError::MapFull { .. }));
+        self.inner.grow(full)?;
+        outcome
+    }
+
+    /// The map's current size and its ceiling, in bytes.
+    pub fn map_size(&self) -> (usize, usize) {
+        (
+            self.inner.map_size.load(Ordering::Relaxed),
+            self.inner.max_map_size,
+        )
     }
 
     fn begin_error(&self, source: heed::Error) -> StoreError {
@@ -363,6 +395,89 @@ thread_local! {
 
 /// Marks this thread as writing until dropped (also on panic).
 struct WritingGuard;
+
+thread_local! {
+    /// The stores (by address of their shared state) whose gate this thread holds, so a read
+    /// nested in another transaction of the same store does not queue behind a waiting resize
+    /// that waits for the outer transaction: a deadlock.
+    static GATES_HELD: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// This thread's share of a store's gate; see [`Inner::enter`].
+pub(crate) struct GatePass<'a> {
+    /// `None` when an outer pass of this thread already holds the gate.
+    guard: Option<RwLockReadGuard<'a, ()>>,
+    key: usize,
+}
+
+impl Drop for GatePass<'_> {
+    fn drop(&mut self) {
+        if self.guard.take().is_some() {
+            GATES_HELD.with_borrow_mut(|held| held.retain(|k| *k != self.key));
+        }
+    }
+}
+
+impl Inner {
+    fn key(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
+    /// Holds the gate shared for one transaction (or joins this thread's outer hold).
+    pub(crate) fn enter(&self) -> GatePass<'_> {
+        let key = self.key();
+        let outer = GATES_HELD.with_borrow(|held| held.contains(&key));
+        if outer {
+            return GatePass { guard: None, key };
+        }
+        let guard = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+        GATES_HELD.with_borrow_mut(|held| held.push(key));
+        GatePass {
+            guard: Some(guard),
+            key,
+        }
+    }
+
+    /// Doubles the map (up to the ceiling) when `full` or when the data fills more than three
+    /// quarters of it. Called with no transaction of this thread open.
+    fn grow(&self, full: bool) -> Result<(), StoreError> {
+        let size = self.map_size.load(Ordering::Relaxed);
+        if size >= self.max_map_size {
+            return Ok(());
+        }
+        let page = self.env.unnamed_database_stat().page_size as usize;
+        let used = (self.env.info().last_page_number + 1).saturating_mul(page);
+        if !full && used <= size / 4 * 3 {
+            return Ok(());
+        }
+        let _resizing = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        // Another thread may have grown it while this one waited.
+        let size = self.map_size.load(Ordering::Relaxed);
+        if size >= self.max_map_size || (!full && used <= size / 4 * 3) {
+            return Ok(());
+        }
+        let grown = size.saturating_mul(2).min(self.max_map_size) / MIB * MIB;
+        // SAFETY: `resize` requires that this process has no transaction active. Every
+        // transaction holds `gate` shared (`enter`) for its whole life, and we hold it
+        // exclusively; transactions cannot escape `Store::read`/`Store::write`, whose
+        // closures end before their pass drops.
+        #[expect(unsafe_code, reason = "heed::Env::resize is unsafe; see SAFETY")]
+        unsafe { self.env.resize(grown) }.map_err(|source| StoreError::Resize {
+            path: self.path.clone(),
+            to_mib: grown / MIB,
+            source: LmdbError(source),
+        })?;
+        self.map_size.store(grown, Ordering::Relaxed);
+        tracing::info!(
+            store = %self.path.display(),
+            from_mib = size / MIB,
+            to_mib = grown / MIB,
+            ceiling_mib = self.max_map_size / MIB,
+            "grew the store's map"
+        );
+        Ok(())
+    }
+}
 
 impl WritingGuard {
     fn enter(path: &Path) -> Result<Self, StoreError> {

@@ -389,7 +389,8 @@ impl Inner {
         if is_map_full(&source) {
             StoreError::MapFull {
                 path: self.path.clone(),
-                map_size_mib: self.map_size / MIB,
+                map_size_mib: self.map_size.load(std::sync::atomic::Ordering::Relaxed) / MIB,
+                ceiling_mib: self.max_map_size / MIB,
             }
         } else {
             other(LmdbError(source))

@@ -35,6 +35,9 @@ fn site(name: &str) -> SiteName {
 thread_local! {
     /// `Gateway.info` calls answered on this thread's servers.
     static INFO_SERVED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// When set, `Gateway.info` calls wait until it turns true before answering.
+    static INFO_HELD: std::cell::RefCell<Option<tokio::sync::watch::Receiver<bool>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// A Gateway that only answers `info`, echoing who it thinks the peer is.
@@ -49,6 +52,10 @@ impl gateway::Server for EchoGateway {
         mut results: gateway::InfoResults,
     ) -> Result<(), capnp::Error> {
         INFO_SERVED.with(|n| n.set(n.get() + 1));
+        let held = INFO_HELD.with_borrow(Clone::clone);
+        if let Some(mut held) = held {
+            let _ = held.wait_for(|released| *released).await;
+        }
         let mut info = results.get().init_info();
         info.set_site_id("alpha");
         info.set_peer(&self.peer);
@@ -496,6 +503,98 @@ fn a_peer_that_pipelines_calls_without_reading_replies_is_paused_not_buffered() 
         // ...and serves others meanwhile.
         assert_eq!(server.good_call().await, "tinyci://alpha/admin/ana");
         flood.abort();
+        server.stop().await;
+    });
+}
+
+/// Reads one Cap'n Proto frame and says whether it is a `Return`.
+async fn read_is_return(read: &mut (impl tokio::io::AsyncRead + Unpin)) -> bool {
+    let mut count = [0u8; 4];
+    read.read_exact(&mut count).await.unwrap();
+    let segments = u32::from_le_bytes(count) as usize + 1;
+    let mut sizes = vec![0u8; (4 + 4 * segments).div_ceil(8) * 8 - 4];
+    read.read_exact(&mut sizes).await.unwrap();
+    let words: usize = sizes[..4 * segments]
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes(w.try_into().unwrap()) as usize)
+        .sum();
+    let mut frame = count.to_vec();
+    frame.extend_from_slice(&sizes);
+    let start = frame.len();
+    frame.resize(start + words * 8, 0);
+    read.read_exact(&mut frame[start..]).await.unwrap();
+    let message =
+        capnp::serialize::read_message_from_flat_slice(&mut &frame[..], Default::default())
+            .unwrap();
+    let root: capnp_rpc::rpc_capnp::message::Reader<'_> = message.get_root().unwrap();
+    matches!(root.which(), Ok(capnp_rpc::rpc_capnp::message::Return(_)))
+}
+
+/// A peer that sends many calls the server cannot answer yet is not read past
+/// `max_outstanding_calls`: the server holds that many calls, not all of them, and serves others
+/// meanwhile; once the calls are answered it reads on, and every call gets its answer.
+#[test]
+fn a_connection_holds_at_most_its_outstanding_calls() {
+    local(async {
+        const CAP: usize = 64;
+        const CALLS: u32 = 5_000;
+        let (release, held) = tokio::sync::watch::channel(false);
+        INFO_HELD.with_borrow_mut(|slot| *slot = Some(held));
+        let server = TestServer::start(
+            None,
+            NetLimits {
+                max_outstanding_calls: CAP,
+                ..NetLimits::default()
+            },
+        )
+        .await;
+        let tls = server.client_tls(&server.ca, Role::Admin, "flood");
+        let stream = tinyci_net::dial_bytes(
+            &server.addr.to_string(),
+            tls,
+            &site("alpha"),
+            &NetLimits::default(),
+        )
+        .await
+        .unwrap();
+        let (mut read, mut write) = tokio::io::split(stream);
+        let flood = tokio::task::spawn_local(async move {
+            let mut all = rpc_frame(0);
+            for call in 1..=CALLS {
+                all.extend(rpc_frame(call));
+            }
+            write.write_all(&all).await.unwrap();
+            write
+        });
+        // The server stops reading at the cap...
+        tokio::time::timeout(Duration::from_secs(60), server.stats.paused.notified())
+            .await
+            .expect("the server kept reading past the outstanding-call cap");
+        assert!(server.stats.calls_capped.load(Ordering::Relaxed) >= 1);
+        let outstanding = server.stats.outstanding_calls.load(Ordering::Relaxed);
+        // One read of the socket may carry more calls than the room left: at most a buffer's
+        // worth past the cap.
+        assert!(
+            (CAP as i64..CAP as i64 + 512).contains(&outstanding),
+            "{outstanding} calls outstanding with a cap of {CAP}"
+        );
+        let entered = INFO_SERVED.with(std::cell::Cell::get);
+        assert!(entered <= outstanding as u64, "{entered} calls entered");
+        // ...and serves others meanwhile (the held method is only `info`'s answer).
+        let other = server.client_tls(&server.ca, Role::Admin, "other");
+        let (gw, _conn) = server.connect(other).await.unwrap();
+        drop(gw);
+        // Released, every call is answered and the count returns to nothing.
+        release.send_replace(true);
+        let mut returns = 0;
+        while returns < CALLS + 1 {
+            if read_is_return(&mut read).await {
+                returns += 1;
+            }
+        }
+        let _write = flood.await.unwrap();
+        assert_eq!(INFO_SERVED.with(std::cell::Cell::get), u64::from(CALLS));
+        assert_eq!(server.stats.outstanding_calls.load(Ordering::Relaxed), 0);
         server.stop().await;
     });
 }

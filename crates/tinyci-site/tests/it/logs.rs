@@ -326,16 +326,7 @@ fn a_log_is_cut_at_its_limit_with_a_marker_and_the_run_still_completes() {
         complete(&job).await;
 
         let reader = reader_for(&session, "org/x");
-        let mut request = reader.read_request();
-        request.get().set_run(&run);
-        request.get().set_max(1 << 20);
-        let response = request.send().promise.await.unwrap();
-        let chunks = response.get().unwrap().get_chunks().unwrap();
-        let mut text = Vec::new();
-        for chunk in chunks.iter() {
-            text.extend_from_slice(chunk.get_data().unwrap());
-        }
-        assert!(response.get().unwrap().get_done());
+        let text = stored_log(&reader, &run).await;
         assert_eq!(&text[..100_000], &[b'x'; 100_000][..]);
         let marker = String::from_utf8_lossy(&text[100_000..]);
         assert!(
@@ -381,17 +372,24 @@ fn a_reader_of_one_repository_cannot_follow_or_read_another() {
     });
 }
 
-/// Reads a run's whole stored log.
+/// Reads a run's whole stored log, a call per `read`'s limit, until the site says it is done.
 async fn stored_log(reader: &log_reader::Client, run: &str) -> Vec<u8> {
-    let mut request = reader.read_request();
-    request.get().set_run(run);
-    request.get().set_max(1 << 20);
-    let response = request.send().promise.await.unwrap();
     let mut bytes = Vec::new();
-    for chunk in response.get().unwrap().get_chunks().unwrap().iter() {
-        bytes.extend_from_slice(chunk.get_data().unwrap());
+    loop {
+        let mut request = reader.read_request();
+        request.get().set_run(run);
+        request.get().set_from(bytes.len() as u64);
+        request.get().set_max(1 << 20);
+        let response = request.send().promise.await.unwrap();
+        let response = response.get().unwrap();
+        let before = bytes.len();
+        for chunk in response.get_chunks().unwrap().iter() {
+            bytes.extend_from_slice(chunk.get_data().unwrap());
+        }
+        if response.get_done() || bytes.len() == before {
+            return bytes;
+        }
     }
-    bytes
 }
 
 #[test]

@@ -196,6 +196,7 @@ fn a_map_that_is_too_small_fails_with_advice() {
         tmp.path(),
         StoreOptions {
             map_size: 1024 * 1024,
+            max_map_size: 1024 * 1024,
             ..StoreOptions::default()
         },
     )
@@ -208,8 +209,54 @@ fn a_map_that_is_too_small_fails_with_advice() {
             Ok(())
         })
         .unwrap_err();
-    expect![[r#"store at $DIR is full: its LMDB map size of 1 MiB is reached; raise store.map_size_mib in site.toml"#]]
+    expect![[r#"store at $DIR is full: this write did not fit in its LMDB map of 1 MiB (ceiling 1 MiB); free space or raise store.max_map_size_mib in site.toml"#]]
         .assert_eq(&message(&error, tmp.path()));
+}
+
+/// The map doubles as it fills, up to its ceiling; a write past the ceiling is refused, the
+/// store keeps everything committed before it and takes smaller writes, and a store reopened
+/// after growing keeps its grown map.
+#[test]
+fn the_map_grows_to_its_ceiling_then_refuses_clearly() {
+    const MIB: usize = 1024 * 1024;
+    let tmp = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        map_size: MIB,
+        max_map_size: 4 * MIB,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(tmp.path(), options.clone()).unwrap();
+    assert_eq!(store.map_size(), (MIB, 4 * MIB));
+    // 64 KiB per write: far more than the first map holds in all.
+    let mut written = 0u32;
+    let refusal = loop {
+        match store.write(|txn| txn.put(META, &format!("blob/{written:05}"), &[7u8; 64 * 1024])) {
+            Ok(()) => written += 1,
+            Err(error) => break error,
+        }
+        assert!(written < 1000, "a 4 MiB ceiling cannot hold 64 MiB");
+    };
+    assert!(
+        written > 24,
+        "the map grew past its first MiB before refusing: {written} writes of 64 KiB"
+    );
+    assert_eq!(store.map_size(), (4 * MIB, 4 * MIB));
+    expect![[r#"store at $DIR is full: this write did not fit in its LMDB map of 4 MiB (ceiling 4 MiB); free space or raise store.max_map_size_mib in site.toml"#]]
+        .assert_eq(&message(&refusal, tmp.path()));
+    // Reads still answer, and so does a smaller write.
+    let first = store
+        .read(|txn| Ok(txn.get(META, "blob/00000")?.map(<[u8]>::len)))
+        .unwrap();
+    assert_eq!(first, Some(64 * 1024));
+    store.write(|txn| txn.put(META, "small", b"fits")).unwrap();
+    drop(store);
+    // Reopened with the original options, it keeps the grown map and every write.
+    let store = Store::open(tmp.path(), options).unwrap();
+    assert_eq!(store.map_size().0, 4 * MIB);
+    let count = store
+        .read(|txn| Ok(txn.iter_prefix(META, "blob/")?.count()))
+        .unwrap();
+    assert_eq!(count, written as usize);
 }
 
 #[test]
