@@ -323,8 +323,13 @@ impl FakeGitHub {
 
 async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                // EMFILE and friends: pause rather than spin until descriptors free up.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let state = state.clone();
         tokio::spawn(async move {

@@ -24,8 +24,8 @@ pub(crate) fn stored_length(store: &Store, run: u64) -> Result<u64, LogError> {
         .read(
             |txn| match txn.iter_range_rev(LOG_CHUNKS, &bounds)?.next() {
                 Some(entry) => {
-                    let (key, chunk) = entry?;
-                    Ok(log_key_offset(key) + chunk.data.len() as u64)
+                    let (key, record) = entry?;
+                    Ok(log_key_offset(key) + record.data.len() as u64)
                 }
                 None => Ok(0),
             },
@@ -57,24 +57,20 @@ pub(crate) fn read_chunks(
             let mut out = Vec::new();
             let mut taken = 0usize;
             for entry in txn.iter_range(LOG_CHUNKS, &range)? {
-                let (key, mut chunk) = entry?;
+                let (key, record) = entry?;
                 let offset = log_key_offset(key);
-                let end = offset + chunk.data.len() as u64;
-                if end <= from {
+                if offset + record.data.len() as u64 <= from {
                     continue;
                 }
-                let skip = usize::try_from(from.saturating_sub(offset)).unwrap_or(usize::MAX);
-                let start = offset.max(from);
-                if skip > 0 {
-                    chunk.data.drain(..skip.min(chunk.data.len()));
-                }
-                if taken > 0 && taken + chunk.data.len() > max {
-                    break;
-                }
-                taken += chunk.data.len();
-                out.push((start, chunk));
-                if taken >= max {
-                    break;
+                for (start, chunk) in record.into_chunks(offset, from) {
+                    if taken > 0 && taken + chunk.data.len() > max {
+                        return Ok(out);
+                    }
+                    taken += chunk.data.len();
+                    out.push((start, chunk));
+                    if taken >= max {
+                        return Ok(out);
+                    }
                 }
             }
             Ok(out)

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use tinyci_store::records::{LogChunk, log_key};
+use tinyci_store::records::{LogChunk, LogRecord, LogSpan, log_key};
 use tinyci_store::tables::LOG_CHUNKS;
 use tinyci_store::{GroupCommitter, Store};
 use tokio::sync::watch;
@@ -71,12 +71,11 @@ struct WriteState {
     tail: Option<Tail>,
 }
 
-/// A stored record that later output of the same stream may be appended to.
+/// A stored record that later output may be appended to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tail {
     /// Its key's offset.
     at: u64,
-    stream: u8,
     len: usize,
 }
 
@@ -414,20 +413,26 @@ async fn commit_queued(log: Rc<RunLog>, committer: GroupCommitter, on_stored: St
         let (append, records, new_tail) = merge_into_records(tail, chunks);
         let result = committer
             .write(move |txn| {
-                if let Some(Append { tail_at, at, chunk }) = append {
+                if let Some(Append {
+                    tail_at,
+                    at,
+                    chunks,
+                }) = append
+                {
                     let key = log_key(run, tail_at);
                     // The tail record is this process's own last write: present unless the
                     // log was removed meanwhile, in which case the bytes start a record.
-                    match txn.get(LOG_CHUNKS, &key[..])? {
-                        Some(mut record) => {
-                            record.data.extend_from_slice(&chunk.data);
-                            txn.put(LOG_CHUNKS, &key[..], &record)?;
-                        }
-                        None => txn.put(LOG_CHUNKS, &log_key(run, at)[..], &chunk)?,
+                    let (key, mut record) = match txn.get(LOG_CHUNKS, &key[..])? {
+                        Some(record) => (key, record),
+                        None => (log_key(run, at), empty_record(chunks.first())),
+                    };
+                    for chunk in &chunks {
+                        push(&mut record, chunk);
                     }
+                    txn.put(LOG_CHUNKS, &key[..], &record)?;
                 }
-                for (at, chunk) in &records {
-                    txn.put(LOG_CHUNKS, &log_key(run, *at)[..], chunk)?;
+                for (at, record) in &records {
+                    txn.put(LOG_CHUNKS, &log_key(run, *at)[..], record)?;
                 }
                 Ok(())
             })
@@ -458,67 +463,99 @@ async fn commit_queued(log: Rc<RunLog>, committer: GroupCommitter, on_stored: St
     }
 }
 
-/// Bytes a commit appends to the log's last stored record.
+/// Chunks a commit appends to the log's last stored record.
 #[derive(Debug)]
 struct Append {
     /// The record's key offset.
     tail_at: u64,
     /// Where these bytes start in the log.
     at: u64,
-    chunk: LogChunk,
+    chunks: Vec<LogChunk>,
 }
 
-/// Turns a batch of chunks (in log order, contiguous) into what is stored: bytes to append to
-/// the log's last record (`tail`), the records to add, and the new last record while it can
-/// take more. Consecutive chunks of one stream share a record up to [`MAX_LOG_CHUNK`], so a
-/// job that prints a byte at a time costs about what its bytes do, not a record (a key, a
-/// timestamp and the B-tree's overhead) per byte. A merged record keeps its first chunk's
-/// timestamp.
+/// Spans a record may hold whatever its size, and the bytes that buy it one more: a span
+/// costs about two bytes stored, so this keeps spans to about 3% of a record.
+const FREE_SPANS: usize = 8;
+const BYTES_PER_SPAN: usize = 64;
+
+/// A record with no bytes yet, stamped with the time of the chunk that will start it.
+fn empty_record(first: Option<&LogChunk>) -> LogRecord {
+    LogRecord {
+        timestamp_micros: first.map_or(0, |c| c.timestamp_micros),
+        spans: Vec::new(),
+        data: Vec::new(),
+    }
+}
+
+/// Appends `chunk` to `record`: as a span of its own when it continues another stream and
+/// the record can afford a span, else onto the last span. So output that switches streams
+/// more often than every [`BYTES_PER_SPAN`] bytes on average keeps its bytes and their
+/// order but, past a record's allowance, not which stream each stretch came from: stored
+/// size stays within a few percent of the log's, whatever the pattern of writes.
+fn push(record: &mut LogRecord, chunk: &LogChunk) {
+    if chunk.data.is_empty() {
+        return;
+    }
+    record.data.extend_from_slice(&chunk.data);
+    let len = u32::try_from(chunk.data.len()).unwrap_or(u32::MAX);
+    let affords_span = record.spans.len() < FREE_SPANS + record.data.len() / BYTES_PER_SPAN;
+    match record.spans.last_mut() {
+        Some(last) if last.stream == chunk.stream || !affords_span => {
+            last.len = last.len.saturating_add(len);
+        }
+        _ => record.spans.push(LogSpan {
+            stream: chunk.stream,
+            len,
+        }),
+    }
+}
+
+/// Turns a batch of chunks (in log order, contiguous) into what is stored: chunks to append
+/// to the log's last record (`tail`), the records to add, and the new last record while it
+/// can take more. Consecutive chunks share a record up to [`MAX_LOG_CHUNK`] bytes, so a job
+/// that prints a byte at a time, on one stream or alternating, costs about what its bytes
+/// do, not a record (a key, a timestamp and the B-tree's overhead) per write. A merged
+/// record keeps its first chunk's timestamp.
 fn merge_into_records(
     tail: Option<Tail>,
     chunks: Vec<(u64, LogChunk)>,
-) -> (Option<Append>, Vec<(u64, LogChunk)>, Option<Tail>) {
+) -> (Option<Append>, Vec<(u64, LogRecord)>, Option<Tail>) {
     let mut append: Option<Append> = None;
-    let mut records: Vec<(u64, LogChunk)> = Vec::new();
+    let mut records: Vec<(u64, LogRecord)> = Vec::new();
     let mut last = tail;
     for (at, chunk) in chunks {
-        let fits = |t: &Tail| {
-            t.stream == chunk.stream
-                && t.at + t.len as u64 == at
-                && t.len + chunk.data.len() <= MAX_LOG_CHUNK
-        };
+        let fits =
+            |t: &Tail| t.at + t.len as u64 == at && t.len + chunk.data.len() <= MAX_LOG_CHUNK;
         match last {
             Some(t) if fits(&t) => {
-                let grown = Tail {
+                last = Some(Tail {
                     len: t.len + chunk.data.len(),
                     ..t
-                };
+                });
                 match records.last_mut() {
                     // The tail is a record of this batch: grow it.
-                    Some((record_at, record)) if *record_at == t.at => {
-                        record.data.extend_from_slice(&chunk.data);
-                    }
+                    Some((record_at, record)) if *record_at == t.at => push(record, &chunk),
                     // The tail is stored already: append to it in the same transaction.
                     _ => match &mut append {
-                        Some(pending) => pending.chunk.data.extend_from_slice(&chunk.data),
+                        Some(pending) => pending.chunks.push(chunk),
                         None => {
                             append = Some(Append {
                                 tail_at: t.at,
                                 at,
-                                chunk,
+                                chunks: vec![chunk],
                             });
                         }
                     },
                 }
-                last = Some(grown);
             }
             _ => {
                 last = Some(Tail {
                     at,
-                    stream: chunk.stream,
                     len: chunk.data.len(),
                 });
-                records.push((at, chunk));
+                let mut record = empty_record(Some(&chunk));
+                push(&mut record, &chunk);
+                records.push((at, record));
             }
         }
     }
@@ -538,6 +575,10 @@ mod tests {
         }
     }
 
+    fn spans(record: &LogRecord) -> Vec<(u8, u32)> {
+        record.spans.iter().map(|s| (s.stream, s.len)).collect()
+    }
+
     #[test]
     fn single_bytes_share_records_and_streams_stay_apart() {
         let batch = vec![
@@ -548,38 +589,62 @@ mod tests {
         ];
         let (append, records, tail) = merge_into_records(None, batch);
         assert!(append.is_none());
-        let shown: Vec<(u64, u8, &[u8])> = records
-            .iter()
-            .map(|(at, c)| (*at, c.stream, &c.data[..]))
-            .collect();
-        assert_eq!(
-            shown,
-            vec![(0, 0, &b"ab"[..]), (2, 1, &b"E"[..]), (3, 0, &b"c"[..])]
-        );
-        assert_eq!(
-            tail,
-            Some(Tail {
-                at: 3,
-                stream: 0,
-                len: 1
-            })
-        );
+        assert_eq!(records.len(), 1, "one record, whatever the streams");
+        let (at, record) = &records[0];
+        assert_eq!((*at, &record.data[..]), (0, &b"abEc"[..]));
+        assert_eq!(spans(record), vec![(0, 2), (1, 1), (0, 1)]);
+        assert_eq!(tail, Some(Tail { at: 0, len: 4 }));
         // The next batch appends to the stored tail.
         let (append, records, tail) =
-            merge_into_records(tail, vec![(4, chunk(0, b"d")), (5, chunk(0, b"e"))]);
+            merge_into_records(tail, vec![(4, chunk(0, b"d")), (5, chunk(1, b"e"))]);
         let append = append.unwrap();
-        assert_eq!(
-            (append.tail_at, append.at, &append.chunk.data[..]),
-            (3, 4, &b"de"[..])
-        );
+        assert_eq!((append.tail_at, append.at, append.chunks.len()), (0, 4, 2));
         assert!(records.is_empty());
+        assert_eq!(tail, Some(Tail { at: 0, len: 6 }));
+        // Read back, each span is a chunk of its stream.
+        let mut stored = record.clone();
+        for c in &append.chunks {
+            push(&mut stored, c);
+        }
+        let read: Vec<(u64, u8, Vec<u8>)> = stored
+            .into_chunks(0, 1)
+            .into_iter()
+            .map(|(at, c)| (at, c.stream, c.data))
+            .collect();
         assert_eq!(
-            tail,
-            Some(Tail {
-                at: 3,
-                stream: 0,
-                len: 3
-            })
+            read,
+            vec![
+                (1, 0, b"b".to_vec()),
+                (2, 1, b"E".to_vec()),
+                (3, 0, b"cd".to_vec()),
+                (5, 1, b"e".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn alternating_streams_cost_a_few_percent_at_most() {
+        let mut record = empty_record(None);
+        for i in 0..MAX_LOG_CHUNK {
+            push(&mut record, &chunk((i % 2) as u8, b"x"));
+        }
+        let spans = record.spans.len();
+        assert!(
+            spans <= FREE_SPANS + MAX_LOG_CHUNK / BYTES_PER_SPAN,
+            "{spans} spans"
+        );
+        let total: u32 = record.spans.iter().map(|s| s.len).sum();
+        assert_eq!(total as usize, record.data.len());
+        // A span is stored as its stream byte and a length varint (one byte under 128).
+        let span_bytes: usize = record
+            .spans
+            .iter()
+            .map(|s| if s.len < 128 { 2 } else { 4 })
+            .sum();
+        assert!(
+            span_bytes * 100 <= record.data.len() * 4,
+            "{span_bytes} bytes of spans for {} of log",
+            record.data.len()
         );
     }
 

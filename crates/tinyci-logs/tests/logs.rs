@@ -7,10 +7,12 @@ use std::rc::Rc;
 
 use tinyci_core::RunStatus;
 use tinyci_logs::{FollowSource, Follower, LogChunk, LogError, Logs, MAX_LOG_CHUNK, Stream};
+use tinyci_store::tables::{LOG_CHUNKS, LogCodec};
 use tinyci_store::{GroupCommitter, Store, StoreOptions};
 
 struct Fixture {
     _dir: tempfile::TempDir,
+    store: Store,
     logs: Rc<Logs>,
 }
 
@@ -20,6 +22,7 @@ fn fixture(max_run_bytes: u64) -> Fixture {
     let (committer, _writer) = GroupCommitter::start(store.clone()).unwrap();
     Fixture {
         _dir: dir,
+        store: store.clone(),
         logs: Rc::new(Logs::new(store, committer, max_run_bytes)),
     }
 }
@@ -272,4 +275,92 @@ fn a_byte_at_a_time_costs_records_by_the_chunk_limit_not_by_the_write() {
         assert_eq!(f.logs.stored_length(7).await.unwrap(), 40_000);
         assert_eq!(text(&f.logs, 7).await, written);
     });
+}
+
+/// Keys and values stored for a run's log, in bytes.
+fn stored_record_bytes(store: &Store, run: u64) -> usize {
+    store
+        .read(|txn| {
+            let mut bytes = 0;
+            for entry in txn.iter_prefix(LOG_CHUNKS, &run.to_be_bytes()[..])? {
+                let (key, record) = entry?;
+                bytes += key.len() + LogCodec::encode(&record).unwrap().len();
+            }
+            Ok(bytes)
+        })
+        .unwrap()
+}
+
+/// Stored size stays within 1.1x of the log plus a small fixed overhead, however the output
+/// arrives: one byte per write on one stream, alternating streams a byte at a time, or
+/// alternating in bursts, committed in small batches (a runner or a job at its slowest).
+/// Before records held several streams, alternation cost a record (about 40 bytes) per
+/// write.
+#[test]
+fn stored_bytes_stay_near_the_log_whatever_the_write_pattern() {
+    const LOG: usize = 1024 * 1024;
+    const FIXED: u64 = 1024 * 1024;
+    let patterns: [(&str, fn(usize) -> (u8, usize)); 3] = [
+        ("single bytes on stdout", |_| (0, 1)),
+        ("single bytes alternating stdout and stderr", |i| {
+            ((i % 2) as u8, 1)
+        }),
+        ("bursts of 1-40 bytes alternating", |i| {
+            ((i % 2) as u8, 1 + i % 40)
+        }),
+    ];
+    for (run, (name, pattern)) in (1u64..).zip(patterns) {
+        run_local(async {
+            let f = fixture(u64::MAX);
+            let before = f.store.used_bytes();
+            let writer = f.logs.writer(run, 1).await.unwrap();
+            let (mut offset, mut i) = (0usize, 0usize);
+            while offset < LOG {
+                let (stream, len) = pattern(i);
+                let data = vec![b'a' + (i % 26) as u8; len.min(LOG - offset)];
+                let next = offset + data.len();
+                writer
+                    .write(
+                        offset as u64,
+                        LogChunk {
+                            stream,
+                            timestamp_micros: i as i64,
+                            data,
+                        },
+                    )
+                    .await
+                    .unwrap();
+                if i % 1024 == 0 {
+                    // Every so often wait for the commit, so appends to a stored record are
+                    // exercised as well as merging within a batch.
+                    writer.close().await.unwrap();
+                }
+                offset = next;
+                i += 1;
+            }
+            writer.close().await.unwrap();
+            let stored = stored_record_bytes(&f.store, run);
+            assert!(
+                stored <= LOG * 11 / 10 + 1024,
+                "{name}: a {LOG}-byte log is stored as {stored} bytes of records"
+            );
+            // The file holds more: B-tree pages, and the pages a rewritten record left, which
+            // LMDB reuses once no snapshot needs them. That much does not grow with the log.
+            let grown = f.store.used_bytes() - before;
+            eprintln!("{name}: {LOG} log bytes, {stored} bytes of records, file grew {grown}");
+            assert!(
+                grown <= LOG as u64 * 11 / 10 + FIXED,
+                "{name}: a {LOG}-byte log grew the store by {grown} bytes"
+            );
+            // And it reads back whole, in order, each byte with its stream where recorded.
+            let chunks = f.logs.read(run, 0, usize::MAX).await.unwrap();
+            let total: usize = chunks.iter().map(|(_, c)| c.data.len()).sum();
+            assert_eq!(total, LOG, "{name}");
+            let mut at = 0;
+            for (offset, c) in &chunks {
+                assert_eq!(*offset, at, "{name}: chunks are contiguous");
+                at += c.data.len() as u64;
+            }
+        });
+    }
 }

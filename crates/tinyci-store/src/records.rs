@@ -34,8 +34,9 @@ pub struct Revocation {
     pub revoked_by: String,
 }
 
-/// A piece of a run's log. Keyed by run id and byte offset (both big-endian), so a range
-/// scan reads a run's log in order.
+/// A piece of a run's log from one stream: what a runner sends and a reader gets. Stored as
+/// such (record tag 1) by tinyci before log records could hold several streams; see
+/// [`LogRecord`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogChunk {
     /// 0 stdout, 1 stderr, 2 system.
@@ -44,6 +45,72 @@ pub struct LogChunk {
     pub timestamp_micros: i64,
     /// The bytes (at most 64 KiB).
     pub data: Vec<u8>,
+}
+
+/// A stored piece of a run's log: consecutive output of any streams, each stretch of one
+/// stream a [`LogSpan`]. Keyed by run id and byte offset (both big-endian), so a range scan
+/// reads a run's log in order. One record holds many writes: a job alternating stdout and
+/// stderr a byte at a time costs a span (two bytes) per switch, not a record per write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// When the runner read its first bytes (Unix microseconds).
+    pub timestamp_micros: i64,
+    /// The streams of `data`, in order; their lengths add up to `data.len()`.
+    pub spans: Vec<LogSpan>,
+    /// The bytes (at most 64 KiB).
+    pub data: Vec<u8>,
+}
+
+/// A stretch of one stream in a [`LogRecord`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogSpan {
+    /// 0 stdout, 1 stderr, 2 system.
+    pub stream: u8,
+    /// Bytes.
+    pub len: u32,
+}
+
+impl From<LogChunk> for LogRecord {
+    fn from(chunk: LogChunk) -> Self {
+        Self {
+            timestamp_micros: chunk.timestamp_micros,
+            spans: vec![LogSpan {
+                stream: chunk.stream,
+                len: u32::try_from(chunk.data.len()).unwrap_or(u32::MAX),
+            }],
+            data: chunk.data,
+        }
+    }
+}
+
+impl LogRecord {
+    /// The record as one chunk per span, each with the offset it starts at (the record's at
+    /// `offset`), leaving out what lies before `from`.
+    pub fn into_chunks(self, offset: u64, from: u64) -> Vec<(u64, LogChunk)> {
+        let mut chunks = Vec::with_capacity(self.spans.len());
+        let mut at = offset;
+        let mut start = 0usize;
+        for span in self.spans {
+            let len = span.len as usize;
+            let end = (start + len).min(self.data.len());
+            let span_end = at + (end - start) as u64;
+            if span_end > from && end > start {
+                let skip = usize::try_from(from.saturating_sub(at)).unwrap_or(usize::MAX);
+                let first = (start + skip).min(end);
+                chunks.push((
+                    at.max(from),
+                    LogChunk {
+                        stream: span.stream,
+                        timestamp_micros: self.timestamp_micros,
+                        data: self.data[first..end].to_vec(),
+                    },
+                ));
+            }
+            at = span_end;
+            start = end;
+        }
+        chunks
+    }
 }
 
 /// The run a log chunk's or an artifact's key belongs to (both start with the run id,

@@ -238,6 +238,13 @@ impl Store {
         outcome
     }
 
+    /// Bytes of the map in use: up to the last page written, free pages within included (LMDB
+    /// reuses them before growing). What the store's file needs, for bounds and metrics.
+    pub fn used_bytes(&self) -> u64 {
+        let page = u64::from(self.inner.env.unnamed_database_stat().page_size);
+        (self.inner.env.info().last_page_number as u64 + 1).saturating_mul(page)
+    }
+
     /// The map's current size and its ceiling, in bytes.
     pub fn map_size(&self) -> (usize, usize) {
         (

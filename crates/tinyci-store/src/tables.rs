@@ -164,6 +164,69 @@ impl<'a, T: DeserializeOwned + 'a> BytesDecode<'a> for Record<T> {
     }
 }
 
+/// Value codec of [`LOG_CHUNKS`]: writes [`LogRecord`](crate::records::LogRecord)s under
+/// tag 2 and reads them, and reads the single-stream
+/// [`LogChunk`](crate::records::LogChunk)s stored under tag 1 as one-span records, so logs
+/// written before records held several streams read on without a migration.
+pub enum LogCodec {}
+
+impl fmt::Debug for LogCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LogCodec")
+    }
+}
+
+/// The tag [`LogCodec`] writes.
+pub const LOG_RECORD_VERSION: u8 = 2;
+
+impl LogCodec {
+    /// Decodes a stored log record of either tag.
+    pub fn decode(bytes: &[u8]) -> Result<crate::records::LogRecord, RecordError> {
+        match bytes.first() {
+            Some(&RECORD_VERSION) => {
+                Record::<crate::records::LogChunk>::decode(bytes).map(Into::into)
+            }
+            Some(&LOG_RECORD_VERSION) => {
+                let (value, rest) = postcard::take_from_bytes(&bytes[1..])
+                    .map_err(|source| RecordError::Malformed { source })?;
+                if !rest.is_empty() {
+                    return Err(RecordError::TrailingBytes { len: rest.len() });
+                }
+                Ok(value)
+            }
+            Some(&found) => Err(RecordError::UnknownVersion {
+                found,
+                supported: LOG_RECORD_VERSION,
+            }),
+            None => Err(RecordError::Empty),
+        }
+    }
+}
+
+impl LogCodec {
+    /// Encodes a log record as it is stored (tag 2).
+    pub fn encode(record: &crate::records::LogRecord) -> Result<Vec<u8>, RecordError> {
+        postcard::to_extend(record, vec![LOG_RECORD_VERSION])
+            .map_err(|source| RecordError::Malformed { source })
+    }
+}
+
+impl<'a> BytesEncode<'a> for LogCodec {
+    type EItem = crate::records::LogRecord;
+
+    fn bytes_encode(item: &'a Self::EItem) -> Result<Cow<'a, [u8]>, BoxedError> {
+        Ok(Cow::Owned(Self::encode(item)?))
+    }
+}
+
+impl BytesDecode<'_> for LogCodec {
+    type DItem = crate::records::LogRecord;
+
+    fn bytes_decode(bytes: &[u8]) -> Result<Self::DItem, BoxedError> {
+        Ok(Self::decode(bytes)?)
+    }
+}
+
 /// Why a [`Record`] could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -220,8 +283,8 @@ tables! {
     /// whose blocks is listed here is refused.
     pub const REVOKED: Table<Str, Record<crate::records::Revocation>> = "revoked";
 
-    /// Log chunks, keyed by [`crate::records::log_key`] (run id, byte offset).
-    pub const LOG_CHUNKS: Table<Bytes, Record<crate::records::LogChunk>> = "log_chunks";
+    /// Log records, keyed by [`crate::records::log_key`] (run id, byte offset).
+    pub const LOG_CHUNKS: Table<Bytes, LogCodec> = "log_chunks";
 
     /// Runs by id (big-endian). The value is a `Record` of `tinyci_queue::StoredRun`, encoded
     /// by tinyci-queue: its state machine is `tinyci_core::Run`, a type this crate cannot

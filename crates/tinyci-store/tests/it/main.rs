@@ -456,3 +456,51 @@ mod group_commit {
             .unwrap();
     }
 }
+
+/// Log records written before records held several streams (tag 1, one `LogChunk`) read as
+/// one-span records; new ones are written under tag 2 and read back as written.
+#[test]
+fn log_records_of_both_tags_read() {
+    use tinyci_store::records::{LogChunk, LogRecord, LogSpan};
+    use tinyci_store::tables::{LOG_CHUNKS, LogCodec, Record};
+
+    let old = LogChunk {
+        stream: 1,
+        timestamp_micros: 42,
+        data: b"err".to_vec(),
+    };
+    let legacy = Record::<LogChunk>::encode(&old).unwrap();
+    assert_eq!(legacy[0], 1);
+    let read = LogCodec::decode(&legacy).unwrap();
+    assert_eq!(
+        read,
+        LogRecord {
+            timestamp_micros: 42,
+            spans: vec![LogSpan { stream: 1, len: 3 }],
+            data: b"err".to_vec(),
+        }
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).unwrap();
+    let mixed = LogRecord {
+        timestamp_micros: 7,
+        spans: vec![LogSpan { stream: 0, len: 2 }, LogSpan { stream: 1, len: 1 }],
+        data: b"okE".to_vec(),
+    };
+    store
+        .write(|txn| txn.put(LOG_CHUNKS, &[0u8; 16][..], &mixed))
+        .unwrap();
+    let back = store
+        .read(|txn| txn.get(LOG_CHUNKS, &[0u8; 16][..]))
+        .unwrap();
+    assert_eq!(back, Some(mixed.clone()));
+    let chunks: Vec<(u64, u8, Vec<u8>)> = mixed
+        .into_chunks(10, 11)
+        .into_iter()
+        .map(|(at, c)| (at, c.stream, c.data))
+        .collect();
+    assert_eq!(chunks, vec![(11, 0, b"k".to_vec()), (12, 1, b"E".to_vec())]);
+    // A tag from the future is refused, not misread.
+    assert!(LogCodec::decode(&[3, 0]).is_err());
+}
