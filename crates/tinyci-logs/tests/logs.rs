@@ -300,7 +300,9 @@ fn stored_record_bytes(store: &Store, run: u64) -> usize {
 fn stored_bytes_stay_near_the_log_whatever_the_write_pattern() {
     const LOG: usize = 1024 * 1024;
     const FIXED: u64 = 1024 * 1024;
-    let patterns: [(&str, fn(usize) -> (u8, usize)); 3] = [
+    /// The stream and length of the `i`th write.
+    type Pattern = fn(usize) -> (u8, usize);
+    let patterns: [(&str, Pattern); 3] = [
         ("single bytes on stdout", |_| (0, 1)),
         ("single bytes alternating stdout and stderr", |i| {
             ((i % 2) as u8, 1)
