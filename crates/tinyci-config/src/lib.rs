@@ -30,6 +30,9 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
 pub const DEFAULT_MAX_OUTSTANDING_CALLS: usize = 256;
 /// Default LMDB map size: virtual address space, not disk; the file grows as data does.
 pub const DEFAULT_MAP_SIZE_MIB: u64 = 4096;
+/// Default `retention.max_repo_bytes`: what one repository's runs may store (logs and
+/// artifacts) before its new submissions and artifacts are refused.
+pub const DEFAULT_MAX_REPO_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 /// Default `store.max_map_size_mib`: the ceiling the map grows to as the store fills.
 pub const DEFAULT_MAX_MAP_SIZE_MIB: u64 = 32768;
 
@@ -507,6 +510,9 @@ struct RawRetention {
     /// 0: no cap.
     #[serde(default)]
     max_total_bytes: i64,
+    /// 0: no quota.
+    #[serde(default = "default_max_repo_bytes")]
+    max_repo_bytes: i64,
     #[serde(default = "default_sweep_every")]
     sweep_every: String,
 }
@@ -517,9 +523,14 @@ impl Default for RawRetention {
             logs_max_age: default_max_age(),
             artifacts_max_age: default_max_age(),
             max_total_bytes: 0,
+            max_repo_bytes: default_max_repo_bytes(),
             sweep_every: default_sweep_every(),
         }
     }
+}
+
+fn default_max_repo_bytes() -> i64 {
+    DEFAULT_MAX_REPO_BYTES as i64
 }
 
 fn default_max_age() -> String {
@@ -842,6 +853,15 @@ impl SiteConfig {
                 ),
             )
         })?;
+        let max_repo_bytes = u64::try_from(raw.retention.max_repo_bytes).map_err(|_| {
+            value(
+                "retention.max_repo_bytes",
+                format!(
+                    "{} is negative (0 means no quota)",
+                    raw.retention.max_repo_bytes
+                ),
+            )
+        })?;
         let every = parse_age(&raw.retention.sweep_every)
             .map_err(|why| value("retention.sweep_every", why.to_string()))?
             .filter(|d| !d.is_zero())
@@ -858,6 +878,7 @@ impl SiteConfig {
             logs_max_age,
             artifacts_max_age,
             max_total_bytes: (max_total_bytes > 0).then_some(max_total_bytes),
+            max_repo_bytes: (max_repo_bytes > 0).then_some(max_repo_bytes),
             every,
         };
         let max_run = tinyci_assets::MAX_RUN_ARTIFACT_BYTES;
@@ -1135,18 +1156,22 @@ pub struct RetentionPolicy {
     /// While logs and artifacts together exceed this, delete the output of the runs that
     /// finished longest ago (`max_total_bytes`).
     pub max_total_bytes: Option<u64>,
+    /// What one repository's runs may store (logs and artifacts) before its new submissions
+    /// and artifacts are refused (`max_repo_bytes`).
+    pub max_repo_bytes: Option<u64>,
     /// How often the sweeper runs (`sweep_every`); it also runs once at start.
     pub every: Duration,
 }
 
 impl Default for RetentionPolicy {
-    /// 30 days of logs and artifacts, no total cap, hourly sweeps.
+    /// 30 days of logs and artifacts, no total cap, 8 GiB per repository, hourly sweeps.
     fn default() -> Self {
         let days = Duration::from_secs(30 * 24 * 3600);
         Self {
             logs_max_age: Some(days),
             artifacts_max_age: Some(days),
             max_total_bytes: None,
+            max_repo_bytes: Some(DEFAULT_MAX_REPO_BYTES),
             every: Duration::from_secs(3600),
         }
     }

@@ -23,6 +23,7 @@ mod paths;
 mod plan;
 mod run;
 mod secret;
+mod storage;
 mod trust;
 
 pub use clock::{Clock, system_time};
@@ -39,6 +40,7 @@ pub use run::{
     LeasePolicy, Outcome, Run, RunEvent, RunStatus, Transition, TransitionError,
 };
 pub use secret::constant_time_eq;
+pub use storage::{OverQuota, RepoStorage};
 pub use trust::{
     DispatchPolicy, Isolation, IsolationError, Needs, Offer, QueuePolicy, Refusal, TierError,
     TierPattern, TrustTier, waiting_reason,

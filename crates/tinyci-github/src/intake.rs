@@ -385,6 +385,10 @@ async fn submit_build(
         report_invalid(&client, &build, NotBuilt::Refused, &refusal.to_string()).await?;
         return drop_entry(github, seq).await.map_err(Into::into);
     }
+    if let Err(over) = github.queue.storage().admit(&repo.to_string()) {
+        report_invalid(&client, &build, NotBuilt::OverQuota, &over.to_string()).await?;
+        return drop_entry(github, seq).await.map_err(Into::into);
+    }
     let origin = GitHubOrigin {
         repo: repo.to_string(),
         sha: build.sha.clone(),
@@ -427,6 +431,8 @@ enum NotBuilt {
     /// The site's dispatch policy refuses it (a queue that does not take its tier, or
     /// privilege the site does not grant).
     Refused,
+    /// The repository stores more than its quota.
+    OverQuota,
 }
 
 impl NotBuilt {
@@ -434,6 +440,7 @@ impl NotBuilt {
         match self {
             NotBuilt::Invalid => "task files do not parse",
             NotBuilt::Refused => "the site's policy refuses it",
+            NotBuilt::OverQuota => "the repository is over its storage quota",
         }
     }
 }

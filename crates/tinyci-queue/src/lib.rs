@@ -54,6 +54,9 @@ pub enum QueueError {
     /// The store failed; nothing was changed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The repository is over its storage quota; nothing was queued.
+    #[error(transparent)]
+    OverQuota(#[from] tinyci_core::OverQuota),
     /// A stored record could not be read.
     #[error("corrupt {what} record {id}: {reason}")]
     Corrupt {
@@ -197,6 +200,9 @@ pub struct Queue {
     state: RefCell<State>,
     /// Wakes the expiry loop when leases change.
     leases_changed: Notify,
+    /// What each repository stores, against its quota: a submission of a repository over it
+    /// is refused.
+    storage: tinyci_core::RepoStorage,
 }
 
 impl std::fmt::Debug for Queue {
@@ -286,6 +292,7 @@ impl Queue {
             clock,
             state: RefCell::new(State::default()),
             leases_changed: Notify::new(),
+            storage: tinyci_core::RepoStorage::default(),
         });
         let now = (queue.clock)();
         let mut recovered = Vec::new();
@@ -370,6 +377,12 @@ impl Queue {
             .tier)
     }
 
+    /// What each repository stores, and its quota (set by the site, counted by its log
+    /// writers, artifact uploads and retention sweeps).
+    pub fn storage(&self) -> &tinyci_core::RepoStorage {
+        &self.storage
+    }
+
     /// The site's dispatch policy.
     pub fn dispatch_policy(&self) -> &DispatchPolicy {
         &self.dispatch
@@ -407,6 +420,7 @@ impl Queue {
         new: NewSubmission,
         also: SubmitHook,
     ) -> Result<(StoredSubmission, Vec<StoredRun>), QueueError> {
+        self.storage.admit(&new.repo)?;
         let now = self.now();
         let policy = self.policy;
         let count = new.runs.len() as u64;

@@ -161,12 +161,12 @@ enum LeaseRefusal {
     Lost { run: RunId, lease: LeaseId },
 }
 
-/// `Ok` while `lease` is the current lease of an unfinished `run`.
+/// `Ok` with the run's repository while `lease` is the current lease of an unfinished `run`.
 fn check_lease(
     queue: &tinyci_queue::Queue,
     run: RunId,
     lease: LeaseId,
-) -> Result<(), LeaseRefusal> {
+) -> Result<String, LeaseRefusal> {
     let stored = queue
         .run(run)
         .map_err(|source| LeaseRefusal::Queue { run, source })?
@@ -176,7 +176,7 @@ fn check_lease(
         return Err(LeaseRefusal::Ended { run, status });
     }
     match stored.state.lease() {
-        Some(current) if current.id == lease => Ok(()),
+        Some(current) if current.id == lease => Ok(stored.repo.clone()),
         _ => Err(LeaseRefusal::Lost { run, lease }),
     }
 }
@@ -193,7 +193,10 @@ impl asset_sink::Server for AssetSinkCap {
         let size = params.get_size();
         let artifacts = &self.handles.artifacts;
         artifacts.admit(&name, size).map_err(|e| failed(&e))?;
-        check_lease(&self.handles.queue, self.run, self.lease).map_err(|e| failed(&e))?;
+        let repo =
+            check_lease(&self.handles.queue, self.run, self.lease).map_err(|e| failed(&e))?;
+        let storage = self.handles.queue.storage();
+        storage.admit(&repo).map_err(|e| failed(&e))?;
         let (count, bytes) = artifacts
             .usage_besides(self.run.get(), &name)
             .map_err(|e| failed(&e))?;
@@ -222,6 +225,8 @@ impl asset_sink::Server for AssetSinkCap {
             }
         };
         let sink = artifacts.upload(&name, size).map_err(|e| failed(&e))?;
+        // Counted when admitted: a second upload right behind this one sees it.
+        storage.add(&repo, size);
         let upload = ArtifactUpload {
             handles: self.handles.clone(),
             run: self.run,

@@ -436,7 +436,8 @@ impl job::Server for JobCap {
         (self.logs_write)(&self.leased.run.repo).map_err(|denied| denied.to_rpc())?;
         let sink = crate::logs::LogSinkCap::open(
             &self.handles.logs,
-            self.run.get(),
+            self.handles.queue.clone(),
+            (self.run.get(), &self.leased.run.repo),
             self.lease.0,
             self.liveness.clone(),
         )

@@ -301,6 +301,7 @@ impl Site {
             tinyci_queue::Queue::open(store.clone(), committer.clone(), setup, clock.clone())
                 .await
                 .map_err(SiteError::Queue)?;
+        queue.storage().set_quota(config.retention.max_repo_bytes);
         // The embedded runner died with the last process: its leases need not wait.
         let released = queue.release_runner(bundle::EMBEDDED_RUNNER).await;
         if released > 0 {

@@ -16,18 +16,28 @@ use crate::rpc::failed;
 pub(crate) struct LogSinkCap {
     writer: LogWriter,
     liveness: Rc<Liveness>,
+    /// Counts what the log takes against its repository's storage quota.
+    queue: Rc<tinyci_queue::Queue>,
+    repo: String,
 }
 
 impl LogSinkCap {
-    /// A sink for `run` writing as attempt `lease`; takes the log over from any older attempt.
+    /// A sink for `run` of `repo` writing as attempt `lease`; takes the log over from any
+    /// older attempt.
     pub(crate) async fn open(
         logs: &tinyci_logs::Logs,
-        run: u64,
+        queue: Rc<tinyci_queue::Queue>,
+        (run, repo): (u64, &str),
         lease: u32,
         liveness: Rc<Liveness>,
     ) -> Result<Self, capnp::Error> {
         let writer = logs.writer(run, lease).await.map_err(|e| failed(&e))?;
-        Ok(Self { writer, liveness })
+        Ok(Self {
+            writer,
+            liveness,
+            queue,
+            repo: repo.to_owned(),
+        })
     }
 }
 
@@ -45,10 +55,15 @@ impl log_sink::Server for LogSinkCap {
             timestamp_micros: chunk.get_timestamp_micros(),
             data: chunk.get_data()?.to_vec(),
         };
+        let len = record.data.len() as u64;
         self.writer
             .write(chunk.get_offset(), record)
             .await
-            .map_err(|e| failed(&e))
+            .map_err(|e| failed(&e))?;
+        // Resends and output past the log's limit are counted too: the count errs towards
+        // refusing, and the next retention sweep sets it right.
+        self.queue.storage().add(&self.repo, len);
+        Ok(())
     }
 
     async fn acknowledged(

@@ -5,7 +5,7 @@
 //! Unfinished runs are never touched. A blob is deleted only when no artifact row names it and
 //! no upload is putting it in place (`tinyci_assets::ArtifactStore::collect_blobs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use tinyci_core::RunId;
@@ -146,6 +146,34 @@ pub(crate) fn plan(
     plan
 }
 
+/// What each repository stores once the plan's logs and artifacts are gone: the exact count
+/// a sweep hands to the storage quota (what is written meanwhile is counted from the next
+/// write on, so a sweep may forget a few writes, never invent any).
+fn per_repo(
+    outputs: &BTreeMap<u64, RunOutput>,
+    repo_of: &HashMap<u64, String>,
+    removed_logs: &[u64],
+    removed_artifacts: &[u64],
+) -> HashMap<String, u64> {
+    let removed_logs: HashSet<&u64> = removed_logs.iter().collect();
+    let removed_artifacts: HashSet<&u64> = removed_artifacts.iter().collect();
+    let mut used: HashMap<String, u64> = HashMap::new();
+    for (run, output) in outputs {
+        let Some(repo) = repo_of.get(run) else {
+            continue;
+        };
+        let mut bytes = 0;
+        if !removed_logs.contains(run) {
+            bytes += output.log.1;
+        }
+        if !removed_artifacts.contains(run) {
+            bytes += output.artifacts.1;
+        }
+        *used.entry(repo.clone()).or_default() += bytes;
+    }
+    used
+}
+
 /// One sweep at time `now_ms`: run output from `runs`' stores, and GitHub's old delivery ids.
 pub(crate) async fn sweep(
     runs: &RunHandles,
@@ -160,12 +188,16 @@ pub(crate) async fn sweep(
     for (run, usage) in runs.artifacts.usage().await? {
         outputs.entry(run).or_default().artifacts = usage;
     }
-    // Finished runs with output, oldest first.
+    // Finished runs with output, oldest first; and whose each run is.
     let mut finished: Vec<(u64, u64)> = Vec::new();
+    let mut repo_of: HashMap<u64, String> = HashMap::new();
     for run in outputs.keys() {
         let stored = runs.queue.run(RunId(*run)).ok().flatten();
         if let Some(outcome) = stored.as_ref().and_then(|r| r.state.outcome()) {
             finished.push((outcome.finished_at, *run));
+        }
+        if let Some(stored) = stored {
+            repo_of.insert(*run, stored.repo);
         }
     }
     finished.sort_unstable();
@@ -174,6 +206,9 @@ pub(crate) async fn sweep(
         artifacts,
         mut report,
     } = plan(&outputs, &finished, policy, now_ms);
+    runs.queue
+        .storage()
+        .replace(per_repo(&outputs, &repo_of, &logs, &artifacts));
     runs.logs.remove(logs).await?;
     runs.artifacts.remove_runs(artifacts).await?;
     report.blobs_removed = runs.artifacts.collect_blobs()?;
@@ -195,6 +230,7 @@ mod tests {
             logs_max_age: Some(Duration::from_millis(2 * DAY)),
             artifacts_max_age: Some(Duration::from_millis(10 * DAY)),
             max_total_bytes,
+            max_repo_bytes: None,
             every: Duration::from_secs(3600),
         }
     }

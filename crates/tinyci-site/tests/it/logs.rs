@@ -42,8 +42,16 @@ pub(crate) fn source_tar() -> Vec<u8> {
 
 /// Submits one run of `org/x` and returns its id (`r-N`).
 pub(crate) async fn submit_one(session: &session::Client) -> String {
+    submit_to(session, "org/x").await.unwrap()
+}
+
+/// Submits one run of `repo` and returns its id (`r-N`), or why the site refused it.
+pub(crate) async fn submit_to(
+    session: &session::Client,
+    repo: &str,
+) -> Result<String, capnp::Error> {
     let mut request = session.submitter_request();
-    request.get().set_repo("org/x");
+    request.get().set_repo(repo);
     let submitter = request.send().pipeline.get_submitter();
     let sink = submitter.upload_request().send().pipeline.get_sink();
     let tar = source_tar();
@@ -65,10 +73,10 @@ pub(crate) async fn submit_one(session: &session::Client) -> String {
         r.set_source_sha256(&sha);
     }
     let ticket = submit.send().pipeline.get_ticket();
-    let runs = ticket.runs_request().send().promise.await.unwrap();
-    let runs = runs.get().unwrap().get_runs().unwrap();
+    let runs = ticket.runs_request().send().promise.await?;
+    let runs = runs.get()?.get_runs()?;
     assert_eq!(runs.len(), 1);
-    runs.get(0).get_id().unwrap().to_string().unwrap()
+    Ok(runs.get(0).get_id()?.to_string().unwrap())
 }
 
 pub(crate) struct NoControl;
@@ -428,6 +436,57 @@ fn retention_deletes_the_oldest_output_over_the_cap_then_everything_past_its_age
         let (session, _connection) = runner_session(&site).await;
         let reader = reader_for(&session, "org/x");
         assert!(stored_log(&reader, &runs[1]).await.is_empty());
+    });
+}
+
+/// A repository whose runs store more than `[retention] max_repo_bytes` has its new
+/// submissions refused, saying so with the numbers, while other repositories submit as
+/// before; the count survives a restart (the sweep recounts from the store), and once
+/// retention frees the space the repository submits again.
+#[test]
+fn a_repository_over_its_storage_quota_is_refused_and_others_are_not() {
+    local(async {
+        let mut site = TestSite::start().await;
+        site.restart_with("[retention]\nlogs_max_age = \"never\"\nmax_repo_bytes = 50000")
+            .await;
+        site.sweeps_done(1).await;
+        let refusal = {
+            let (session, _connection) = runner_session(&site).await;
+            submit_one(&session).await;
+            let job = lease(&session).await;
+            job.started_request().send().promise.await.unwrap();
+            let sink = job.log_request().send().pipeline.get_sink();
+            write(&sink, 0, LogStream::Stdout, &[b'q'; 60_000]).await;
+            sink.close_request().send().promise.await.unwrap();
+            complete(&job).await;
+            let refusal = submit_to(&session, "org/x").await.unwrap_err().to_string();
+            assert!(
+                refusal.contains("repository org/x stores 60000 bytes")
+                    && refusal.contains("quota of 50000 bytes")
+                    && refusal.contains("max_repo_bytes"),
+                "{refusal}"
+            );
+            // Another repository is not affected.
+            let (gateway, _other) = site.connect(Role::Admin, "other").await;
+            let token = site.mint("admin:other", &["queue:submit"], &["org/y"], &[], hours(1));
+            submit_to(&redeem(&gateway, &token), "org/y").await.unwrap();
+            refusal
+        };
+        // Restarted, the count comes from the store.
+        site.restart_with("[retention]\nlogs_max_age = \"never\"\nmax_repo_bytes = 50000")
+            .await;
+        site.sweeps_done(1).await;
+        {
+            let (session, _connection) = runner_session(&site).await;
+            let again = submit_to(&session, "org/x").await.unwrap_err().to_string();
+            assert_eq!(again, refusal);
+        }
+        // Retention removes the finished run's log: under quota again.
+        site.restart_with("[retention]\nlogs_max_age = \"0s\"\nmax_repo_bytes = 50000")
+            .await;
+        site.sweeps_done(1).await;
+        let (session, _connection) = runner_session(&site).await;
+        submit_to(&session, "org/x").await.unwrap();
     });
 }
 
