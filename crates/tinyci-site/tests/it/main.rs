@@ -7,6 +7,7 @@ mod conformance;
 mod fuzz;
 mod grants;
 mod logs;
+mod restart;
 mod sources;
 mod support;
 mod web;

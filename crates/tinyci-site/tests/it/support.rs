@@ -60,6 +60,8 @@ impl ManualClock {
 
 struct Running {
     addr: SocketAddr,
+    /// The capnp listener's counters.
+    stats: std::sync::Arc<tinyci_net::ServerStats>,
     /// The HTTP listener's address, when `[http]` is configured.
     http: Option<SocketAddr>,
     follow_stats: std::rc::Rc<tinyci_site::FollowStats>,
@@ -109,6 +111,11 @@ impl TestSite {
 
     /// Opens the store and serves (again, after [`TestSite::down`]).
     pub(crate) async fn up(&mut self) {
+        self.up_at("127.0.0.1:0".parse().unwrap()).await;
+    }
+
+    /// Opens the store and serves on `addr` (a restart on the same port: runners come back).
+    pub(crate) async fn up_at(&mut self, addr: SocketAddr) {
         let site = match &self.clock {
             Some(clock) => Site::open_with_clock(self.config.clone(), clock.clone()).await,
             None => Site::open(self.config.clone()).await,
@@ -122,11 +129,9 @@ impl TestSite {
         } else {
             None
         };
-        let listener = site
-            .bind(Some("127.0.0.1:0".parse().unwrap()))
-            .await
-            .unwrap();
+        let listener = site.bind(Some(addr)).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let stats = listener.stats();
         let follow_stats = site.follow_stats();
         let sweeps = site.retention_sweeps();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -138,6 +143,7 @@ impl TestSite {
         });
         self.running = Some(Running {
             addr,
+            stats,
             http,
             follow_stats,
             sweeps,
@@ -151,6 +157,23 @@ impl TestSite {
         let running = self.running.take().unwrap();
         running.stop.send(()).unwrap();
         running.done.await.unwrap();
+    }
+
+    /// The running site's capnp listener counters.
+    pub(crate) fn server_stats(&self) -> std::sync::Arc<tinyci_net::ServerStats> {
+        self.running.as_ref().unwrap().stats.clone()
+    }
+
+    /// Sets `line` (`key = value`) in site.toml's `[site]` table, for the next start.
+    pub(crate) fn set_site_option(&mut self, line: &str) {
+        let toml = self.path("site.toml");
+        let text = std::fs::read_to_string(&toml).unwrap();
+        std::fs::write(
+            &toml,
+            text.replacen("[site]\n", &format!("[site]\n{line}\n"), 1),
+        )
+        .unwrap();
+        self.config = tinyci_site::SiteConfig::load(&toml).unwrap();
     }
 
     /// The running site's follower counters.
