@@ -61,13 +61,30 @@ pub struct LogRecord {
     pub data: Vec<u8>,
 }
 
-/// A stretch of one stream in a [`LogRecord`].
+/// A stretch of one stream in a [`LogRecord`]. Stored as one varint, `len << 2 | stream`,
+/// so a span shorter than 32 bytes costs one byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "u32", from = "u32")]
 pub struct LogSpan {
     /// 0 stdout, 1 stderr, 2 system.
     pub stream: u8,
-    /// Bytes.
+    /// Bytes (less than 2^30: a record holds at most 64 KiB).
     pub len: u32,
+}
+
+impl From<LogSpan> for u32 {
+    fn from(span: LogSpan) -> u32 {
+        (span.len.min(u32::MAX >> 2) << 2) | u32::from(span.stream & 3)
+    }
+}
+
+impl From<u32> for LogSpan {
+    fn from(packed: u32) -> LogSpan {
+        LogSpan {
+            stream: (packed & 3) as u8,
+            len: packed >> 2,
+        }
+    }
 }
 
 impl From<LogChunk> for LogRecord {
