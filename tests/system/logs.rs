@@ -9,7 +9,7 @@ use crate::jobs::{start_runner, start_submit_wait, wait_for_run};
 use crate::support::{SiteProcess, git_repo, init_site, run_in, start_site, wait_for_file};
 
 /// A site (no embedded runner) and a shell runner `r1`; returns (site, runner, address).
-fn site_with_runner(dir: &Path) -> (SiteProcess, SiteProcess, String) {
+pub(crate) fn site_with_runner(dir: &Path) -> (SiteProcess, SiteProcess, String) {
     let (site, addr) = start_site(dir, "");
     let added = run_in(
         dir,
@@ -20,12 +20,12 @@ fn site_with_runner(dir: &Path) -> (SiteProcess, SiteProcess, String) {
     (site, runner, addr)
 }
 
-fn task(command: &str) -> String {
+pub(crate) fn task(command: &str) -> String {
     format!("mountpoint: /src\nruns:\n  main:\n    command: [\"sh\", \"-c\", \"{command}\"]\n")
 }
 
 /// `tinyci logs args… --addr addr`.
-fn logs(dir: &Path, addr: &str, args: &[&str]) -> std::process::Output {
+pub(crate) fn logs(dir: &Path, addr: &str, args: &[&str]) -> std::process::Output {
     let mut full = vec!["logs", "--addr", addr];
     full.extend_from_slice(args);
     run_in(dir, &full)

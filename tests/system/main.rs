@@ -5,6 +5,7 @@
 
 mod support;
 
+mod abuse;
 mod admin_json;
 mod artifacts;
 mod browser;

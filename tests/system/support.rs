@@ -123,6 +123,11 @@ impl SiteProcess {
     ///
     /// Through `kill(2)`, never the `kill` command: procps-ng 4.0.2's `kill -9 -<pgid>`
     /// misparses the group and can signal `-1` (every process the user owns).
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn signal(&self, signal: Signal) {
         let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap());
         nix::sys::signal::kill(pid, signal).unwrap();
