@@ -1,6 +1,7 @@
 //! The wire fuzzer: mutations of valid Cap'n Proto RPC messages (bootstrap, `Gateway.info`,
-//! `Gateway.redeem`, a pipelined `Session` call) sent over real mTLS connections to a real
-//! site, a bounded number of cases from fixed seeds. It fails on a panic on the site's thread,
+//! `Gateway.redeem`, a pipelined `Session` call, and, behind a valid redemption of a real
+//! token, `Session`, `Submitter`, `Worker` and `LogReader` calls) sent over real mTLS
+//! connections to a real site, a bounded number of cases from fixed seeds. It fails on a panic on the site's thread,
 //! on a connection the site neither answers nor closes within a deadline, and on a site that
 //! stops answering a well-behaved client. Inputs under `tests/fuzz-corpus/` (hostile shapes
 //! written by hand, and any input that ever found a bug) are replayed first.
@@ -48,7 +49,9 @@ fn bootstrap(question: u32) -> Vec<u8> {
     frame(|m| m.init_bootstrap().set_question_id(question))
 }
 
-/// A call of `method` on the answer to `target`'s question, with `params` filled in.
+/// A call of `method` on the answer to `target`'s question, with `params` filled in. The
+/// bootstrap's answer (question 0) is the capability itself; any other answer's capability
+/// is the first pointer of its results (`session`, `submitter`, `worker`, `reader`).
 fn call(
     question: u32,
     target: u32,
@@ -59,34 +62,114 @@ fn call(
     frame(|m| {
         let mut call = m.init_call();
         call.set_question_id(question);
-        call.reborrow()
-            .init_target()
-            .init_promised_answer()
-            .set_question_id(target);
+        let mut promised = call.reborrow().init_target().init_promised_answer();
+        promised.set_question_id(target);
+        if target != 0 {
+            promised.init_transform(1).get(0).set_get_pointer_field(0);
+        }
         call.set_interface_id(interface);
         call.set_method_id(method);
         params(call.init_params().init_content());
     })
 }
 
-/// The valid messages mutations start from.
-fn seeds() -> Vec<Vec<u8>> {
+/// The valid messages mutations start from: each a valid prefix, sent as is, and the message
+/// that is mutated after it. `token` is a real grant of the fuzzer's, so calls behind the
+/// redemption reach the capabilities it hands out.
+fn seeds(token: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
     let gateway = <gateway::Client as capnp::traits::HasTypeId>::TYPE_ID;
     let session = <tinyci_schema::session::Client as capnp::traits::HasTypeId>::TYPE_ID;
+    let submitter = <tinyci_schema::submitter::Client as capnp::traits::HasTypeId>::TYPE_ID;
+    let worker = <tinyci_schema::worker::Client as capnp::traits::HasTypeId>::TYPE_ID;
+    let log_reader = <tinyci_schema::log_reader::Client as capnp::traits::HasTypeId>::TYPE_ID;
+    let alone = |message: Vec<u8>| (Vec::new(), message);
+    // Bootstrap (question 0), a valid redemption (question 1), then what each seed needs.
+    let redeemed = |then: &[Vec<u8>]| {
+        let mut prefix = bootstrap(0);
+        prefix.extend(call(1, 0, gateway, 1, |p| {
+            p.init_as::<gateway::redeem_params::Builder<'_>>()
+                .set_token(token);
+        }));
+        for message in then {
+            prefix.extend_from_slice(message);
+        }
+        prefix
+    };
+    let submitter_of = call(2, 1, session, 1, |p| {
+        p.init_as::<tinyci_schema::session::submitter_params::Builder<'_>>()
+            .set_repo("org/x");
+    });
+    let worker_of = call(2, 1, session, 2, |p| {
+        let mut params = p.init_as::<tinyci_schema::session::worker_params::Builder<'_>>();
+        params.set_queue("default");
+        params.init_runner().set_name("fuzzer");
+    });
+    let reader_of = call(2, 1, session, 3, |p| {
+        p.init_as::<tinyci_schema::session::logs_params::Builder<'_>>()
+            .init_scope()
+            .set_repo("org/x");
+    });
     vec![
-        bootstrap(0),
-        call(1, 0, gateway, 0, |p| {
+        alone(bootstrap(0)),
+        alone(call(1, 0, gateway, 0, |p| {
             p.init_as::<gateway::info_params::Builder<'_>>();
-        }),
-        call(2, 0, gateway, 1, |p| {
+        })),
+        alone(call(2, 0, gateway, 1, |p| {
             p.init_as::<gateway::redeem_params::Builder<'_>>()
                 .set_token("EoUCCpoBCgdzaXRlOmFscGhhGAMiCgoICIAIEgMYgQg");
-        }),
+        })),
         // Pipelined on the redeem's answer: whatever session it would have held.
-        call(3, 2, session, 0, |p| {
+        alone(call(3, 2, session, 0, |p| {
             p.init_as::<gateway::info_params::Builder<'_>>();
-        }),
-        frame(|m| m.init_finish().set_question_id(1)),
+        })),
+        alone(frame(|m| m.init_finish().set_question_id(1))),
+        // Behind a valid redemption: the session's own methods...
+        (redeemed(&[]), submitter_of.clone()),
+        (redeemed(&[]), worker_of.clone()),
+        (redeemed(&[]), reader_of.clone()),
+        // ...and the capabilities they hand out.
+        (
+            redeemed(std::slice::from_ref(&submitter_of)),
+            call(3, 2, submitter, 1, |p| {
+                let mut request = p
+                    .init_as::<tinyci_schema::submitter::submit_params::Builder<'_>>()
+                    .init_request();
+                request.set_ref("refs/heads/main");
+                request.set_sha("0123456789abcdef0123456789abcdef01234567");
+                request.set_all(true);
+                request.set_source_sha256(&[7; 32]);
+            }),
+        ),
+        (
+            redeemed(std::slice::from_ref(&submitter_of)),
+            call(3, 2, submitter, 0, |p| {
+                p.init_as::<tinyci_schema::submitter::upload_params::Builder<'_>>();
+            }),
+        ),
+        (
+            redeemed(std::slice::from_ref(&worker_of)),
+            call(3, 2, worker, 1, |p| {
+                let mut params = p.init_as::<tinyci_schema::worker::resume_params::Builder<'_>>();
+                params.set_run("r-1");
+                params.set_attempt(1);
+            }),
+        ),
+        (
+            redeemed(std::slice::from_ref(&reader_of)),
+            call(3, 2, log_reader, 0, |p| {
+                let mut params = p.init_as::<tinyci_schema::log_reader::read_params::Builder<'_>>();
+                params.set_run("r-1");
+                params.set_from(0);
+                params.set_max(1 << 20);
+            }),
+        ),
+        (
+            redeemed(std::slice::from_ref(&reader_of)),
+            call(3, 2, log_reader, 4, |p| {
+                p.init_as::<tinyci_schema::log_reader::run_params::Builder<'_>>()
+                    .set_id("r-1");
+            }),
+        ),
     ]
 }
 
@@ -206,15 +289,23 @@ fn mutated_rpc_messages_neither_crash_hang_nor_stop_the_site() {
                 .await
                 .unwrap_or_else(|e| panic!("corpus input {name}: {e}"));
         }
-        let seeds = seeds();
+        let token = site.mint(
+            "admin:fuzzer",
+            &["queue:submit", "queue:take", "logs:read", "logs:write"],
+            &["org/x"],
+            &["default"],
+            Some(std::time::SystemTime::now() + Duration::from_secs(3600)),
+        );
+        let seeds = seeds(&token);
         let mut rng = Rng(0x5eed_f00d_cafe_d00d);
         for case in 0..CASES {
-            // A valid bootstrap first, so mutated calls reach past it about half the time.
-            let mut input = Vec::new();
-            if rng.below(2) == 0 {
+            let (prefix, seed) = seeds[rng.below(seeds.len())].clone();
+            // A valid bootstrap first, so mutated calls reach past it about half the time;
+            // seeds behind a redemption carry their own valid prefix.
+            let mut input = prefix;
+            if input.is_empty() && rng.below(2) == 0 {
                 input.extend(bootstrap(0));
             }
-            let seed = seeds[rng.below(seeds.len())].clone();
             input.extend(mutate(&mut rng, seed));
             if let Err(e) = send(&site, &credentials, &input).await {
                 panic!("case {case}: {e}; input (hex) {}", hex::encode(&input));
