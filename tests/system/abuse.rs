@@ -1,7 +1,8 @@
 //! The abuse suite, at reduced scale: attackers from the issue's findings all held against
 //! one real site process at once (sockets that never start TLS, a client pipelining calls
-//! without reading the answers, request bodies sent a byte at a time, a job alternating
-//! stdout and stderr a byte at a time), while `site status`, a runner finishing a job, a
+//! without reading the answers, request bodies sent a byte at a time, anonymous downloads of
+//! a large public raw log left unread, a job alternating stdout and stderr a byte at a time),
+//! while `site status`, a runner finishing a job, a
 //! follower of its progress and `/healthz` keep working. The site's resident memory and its
 //! store grow within stated bounds, asserted on sizes read from the kernel and the file
 //! system, never on time.
@@ -27,17 +28,24 @@ const PIPELINED_CALLS: u32 = 100_000;
 const SLOW_BODIES: usize = 200;
 /// Bytes the job prints, one at a time, alternating streams.
 const JOB_BYTES: usize = 40_000;
+/// Anonymous requests for a public run's raw log that never read the answer, and the log's
+/// size: held whole, they would cost the site 640 MiB.
+const UNREAD_DOWNLOADS: usize = 40;
+const BIG_LOG_BYTES: usize = 16 * 1024 * 1024;
 
 /// What the site may grow by, in resident memory, with every attacker held: the pipelining
 /// client holds at most `max_outstanding_calls` (256) calls and their small replies, a slow
-/// body at most its one byte and a connection's buffers, an idle socket its accept.
-const RSS_BOUND_KIB: u64 = 64 * 1024;
+/// body at most its one byte and a connection's buffers, an idle socket its accept, an unread
+/// raw log about two 64 KiB pages.
+const RSS_BOUND_KIB: u64 = 32 * 1024;
 
+/// The site's anonymous resident memory (heap and stacks): what it holds for clients. File
+/// pages of the store's memory map, which the kernel may drop at will, are left out.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix("RssAnon:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
@@ -69,7 +77,13 @@ fn rpc_frame(call: u32) -> Vec<u8> {
 
 /// Starts every attacker from a thread of its own and returns once all are in place; they
 /// hold until `release` is dropped.
-fn hold_attackers(dir: &Path, capnp_addr: &str, http_addr: &str) -> mpsc::Sender<()> {
+fn hold_attackers(
+    dir: &Path,
+    capnp_addr: &str,
+    http_addr: &str,
+    big_run: &str,
+) -> mpsc::Sender<()> {
+    let log_request = format!("GET /runs/{big_run}/log HTTP/1.1\r\nHost: ci\r\n\r\n");
     let config = tinyci_site::SiteConfig::load(&dir.join("site.toml")).unwrap();
     let credentials = tinyci_pki::Credentials::from_pem(
         &std::fs::read_to_string(&config.admin_cert).unwrap(),
@@ -137,6 +151,12 @@ fn hold_attackers(dir: &Path, capnp_addr: &str, http_addr: &str) -> mpsc::Sender
                 .unwrap();
                 held.push(slow);
             }
+            for i in 0..UNREAD_DOWNLOADS {
+                let last = 7 + u8::try_from(i % 2).unwrap();
+                let mut unread = connect_from(last, http_addr).await;
+                unread.write_all(log_request.as_bytes()).await.unwrap();
+                held.push(unread);
+            }
             in_place_tx.send(()).unwrap();
             // Hold everything until the test lets go.
             let _ = tokio::task::spawn_blocking(move || released.recv()).await;
@@ -146,6 +166,29 @@ fn hold_attackers(dir: &Path, capnp_addr: &str, http_addr: &str) -> mpsc::Sender
     });
     in_place.recv().unwrap();
     release
+}
+
+/// Submits `repo` as repository `name` without waiting; returns its one run's id.
+fn submit_as(site_dir: &Path, repo: &Path, name: &str, addr: &str) -> String {
+    let out = run_in(
+        site_dir,
+        &[
+            "submit",
+            repo.to_str().unwrap(),
+            "--all",
+            "--addr",
+            addr,
+            "--repo",
+            name,
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("r-"))
+        .unwrap_or_else(|| panic!("no run id in {stdout}"))
+        .to_owned()
 }
 
 /// `GET /healthz` from 127.0.0.1: whether it answered 200.
@@ -162,7 +205,11 @@ fn healthz(http_addr: &str) -> bool {
 #[test]
 fn attackers_held_together_cost_bounded_memory_and_store_while_others_are_served() {
     let dir = tempfile::tempdir().unwrap();
-    init_site(dir.path(), "\n[http]\nlisten = \"127.0.0.1:0\"\n");
+    init_site(
+        dir.path(),
+        "\n[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\n\
+         public_repos = [\"org/public\"]\n",
+    );
     let mut site = SiteProcess::start(
         dir.path(),
         &[
@@ -192,11 +239,27 @@ fn attackers_held_together_cost_bounded_memory_and_store_while_others_are_served
     );
     let (code, lines) = start_submit_wait(dir.path(), warm.path(), &addr).wait();
     assert_eq!(code, Some(0), "{lines:#?}");
+    // A public run with a large log, for anonymous downloads.
+    let big = tempfile::tempdir().unwrap();
+    let print_big = format!("head -c {BIG_LOG_BYTES} /dev/zero | tr '\\\\0' x");
+    git_repo(
+        big.path(),
+        &[("tinyci.yml", ""), ("task.yml", &task(&print_big))],
+    );
+    let big_run = submit_as(dir.path(), big.path(), "org/public", &addr);
+    // Following it returns once the run has ended.
+    let stored = logs(dir.path(), &addr, &[&big_run, "-f", "--raw"]);
+    assert_eq!(
+        stored.stdout.len(),
+        BIG_LOG_BYTES,
+        "the big log is stored whole"
+    );
+
     let rss_before = rss_kib(site.pid());
     let data = dir.path().join("data/data.mdb");
     let store_before = std::fs::metadata(&data).unwrap().len();
 
-    let release = hold_attackers(dir.path(), &addr, &http_addr);
+    let release = hold_attackers(dir.path(), &addr, &http_addr, &big_run);
 
     // Everyone else is served meanwhile: the status, the pages' health check...
     let status = run_in(dir.path(), &["site", "status", "--addr", &addr]);

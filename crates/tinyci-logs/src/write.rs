@@ -69,6 +69,10 @@ struct WriteState {
     /// The last record this process stored for the log, while it can take more bytes: the
     /// next commit appends to it rather than adding a record (see [`merge_into_records`]).
     tail: Option<Tail>,
+    /// The stream of the last chunk accepted, and what the switches of stream so far cost
+    /// stored (counted against the limit with the bytes).
+    last_stream: Option<u8>,
+    span_bytes: u64,
 }
 
 /// A stored record that later output may be appended to.
@@ -186,6 +190,8 @@ impl Logs {
                         queued_end: length,
                         committing: false,
                         tail: None,
+                        last_stream: None,
+                        span_bytes: 0,
                     }),
                     durable: watch::channel(length).0,
                 })
@@ -292,7 +298,13 @@ impl LogWriter {
         }
         state.next_input = offset + len;
         let at = state.next_stored;
-        let room = self.max_bytes.saturating_sub(at);
+        // A switch of stream costs a span stored: the limit counts it, so a log alternating
+        // streams a byte at a time is cut sooner rather than stored at twice its size.
+        if state.last_stream.is_some_and(|last| last != chunk.stream) {
+            state.span_bytes += SPAN_COST;
+        }
+        state.last_stream = Some(chunk.stream);
+        let room = self.max_bytes.saturating_sub(at + state.span_bytes);
         if len <= room {
             state.next_stored = at + len;
             return Ok(Accepted::Store(vec![(at, chunk)], at + len));
@@ -473,12 +485,9 @@ struct Append {
     chunks: Vec<LogChunk>,
 }
 
-/// Spans a record may hold whatever its size, and the bytes that buy it one more. A span is
-/// stored as one byte when shorter than 32 bytes and two up to 8 KiB, so spans cost at most
-/// about 8% of a record however the streams alternate, while output that switches streams
-/// every line (a `set -x` trace, say) keeps every switch.
-const FREE_SPANS: usize = 8;
-const BYTES_PER_SPAN: usize = 12;
+/// What a switch of stream costs stored, at most, counted against the log's size limit: a
+/// span is one varint (`len << 2 | stream`), one byte under 32 bytes and two up to 8 KiB.
+const SPAN_COST: u64 = 2;
 
 /// A record with no bytes yet, stamped with the time of the chunk that will start it.
 fn empty_record(first: Option<&LogChunk>) -> LogRecord {
@@ -489,22 +498,17 @@ fn empty_record(first: Option<&LogChunk>) -> LogRecord {
     }
 }
 
-/// Appends `chunk` to `record`: as a span of its own when it continues another stream and
-/// the record can afford a span, else onto the last span. So output that switches streams
-/// more often than every [`BYTES_PER_SPAN`] bytes on average keeps its bytes and their
-/// order but, past a record's allowance, not which stream each stretch came from: stored
-/// size stays within a few percent of the log's, whatever the pattern of writes.
+/// Appends `chunk` to `record`: onto the last span when it continues that stream, else as a
+/// span of its own. Every byte keeps its stream; a switch costs one or two bytes, which the
+/// log's size limit counts (see [`LogWriter::accept`]).
 fn push(record: &mut LogRecord, chunk: &LogChunk) {
     if chunk.data.is_empty() {
         return;
     }
     record.data.extend_from_slice(&chunk.data);
     let len = u32::try_from(chunk.data.len()).unwrap_or(u32::MAX);
-    let affords_span = record.spans.len() < FREE_SPANS + record.data.len() / BYTES_PER_SPAN;
     match record.spans.last_mut() {
-        Some(last) if last.stream == chunk.stream || !affords_span => {
-            last.len = last.len.saturating_add(len);
-        }
+        Some(last) if last.stream == chunk.stream => last.len = last.len.saturating_add(len),
         _ => record.spans.push(LogSpan {
             stream: chunk.stream,
             len,
@@ -637,29 +641,17 @@ mod tests {
     }
 
     #[test]
-    fn alternating_streams_cost_a_few_percent_at_most() {
+    fn every_byte_keeps_its_stream_and_a_switch_costs_a_span() {
         let mut record = empty_record(None);
-        for i in 0..MAX_LOG_CHUNK {
+        for i in 0..1000 {
             push(&mut record, &chunk((i % 2) as u8, b"x"));
         }
-        let spans = record.spans.len();
-        assert!(
-            spans <= FREE_SPANS + MAX_LOG_CHUNK / BYTES_PER_SPAN,
-            "{spans} spans"
-        );
-        let total: u32 = record.spans.iter().map(|s| s.len).sum();
-        assert_eq!(total as usize, record.data.len());
-        // A span is stored as one varint of `len << 2 | stream`.
-        let span_bytes: usize = record
-            .spans
-            .iter()
-            .map(|s| if s.len < 32 { 1 } else { 3 })
-            .sum();
-        assert!(
-            span_bytes * 100 <= record.data.len() * 9,
-            "{span_bytes} bytes of spans for {} of log",
-            record.data.len()
-        );
+        assert_eq!(record.spans.len(), 1000);
+        assert!(record.spans.iter().all(|s| s.len == 1));
+        let stored = tinyci_store::tables::LogCodec::encode(&record)
+            .unwrap()
+            .len();
+        assert!(stored <= 2 * 1000 + 16, "{stored} bytes stored");
     }
 
     #[test]

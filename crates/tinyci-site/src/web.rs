@@ -27,9 +27,10 @@ use tracing::{debug, warn};
 
 use crate::Services;
 
-/// How much of a log one read of a raw log download takes from the store: what a client that
-/// stops reading makes the site hold, besides the socket's buffers.
-const RAW_LOG_PAGE_BYTES: usize = 256 * 1024;
+/// How much of a log one read of a raw log download takes from the store: about what a client
+/// that stops reading makes the site hold (hyper may hold the page being written and the next),
+/// besides the socket's buffers. One stored record, as artifact downloads read 64 KiB.
+const RAW_LOG_PAGE_BYTES: usize = 64 * 1024;
 
 /// The site behind its HTTP listener.
 pub(crate) struct SiteWeb {
