@@ -532,3 +532,57 @@ fn retention_by_age_follows_the_site_clock() {
         assert!(stored_log(&reader, &run).await.is_empty());
     });
 }
+
+/// A store that reaches its ceiling refuses the write that does not fit, saying what to
+/// raise, and nothing else breaks: the site answers, a run still completes, what was stored
+/// reads back, and the store opens again after a restart.
+#[test]
+fn a_full_store_refuses_the_write_clearly_and_the_site_goes_on() {
+    local(async {
+        let mut site = TestSite::start().await;
+        site.restart_with("[store]\nmap_size_mib = 16\nmax_map_size_mib = 16")
+            .await;
+        let (session, _connection) = runner_session(&site).await;
+        let run = submit_one(&session).await;
+        let job = lease(&session).await;
+        job.started_request().send().promise.await.unwrap();
+        let sink = job.log_request().send().pipeline.get_sink();
+        // 64 KiB at a time until the store refuses (16 MiB cannot take 32).
+        let piece = vec![b'f'; 64 * 1024];
+        let mut offset = 0u64;
+        let refusal = loop {
+            let mut request = sink.write_request();
+            let mut chunk = request.get().init_chunk();
+            chunk.set_offset(offset);
+            chunk.set_stream(LogStream::Stdout);
+            chunk.set_data(&piece);
+            // A stream call's failure surfaces on a later call: close reports it at the end.
+            if let Err(e) = request.send().await {
+                break e.to_string();
+            }
+            offset += piece.len() as u64;
+            if offset >= 32 * 1024 * 1024 {
+                match sink.close_request().send().promise.await {
+                    Ok(_) => panic!("a 16 MiB store took 32 MiB of log"),
+                    Err(e) => break e.to_string(),
+                }
+            }
+        };
+        assert!(
+            refusal.contains("is full") && refusal.contains("max_map_size_mib"),
+            "{refusal}"
+        );
+        // The site goes on: the run completes, and its stored log reads back.
+        complete(&job).await;
+        let reader = reader_for(&session, "org/x");
+        let stored = stored_log(&reader, &run).await;
+        assert!(stored.len() > 1024 * 1024 && stored.iter().all(|b| *b == b'f'));
+        // And the store opens again, whole.
+        drop((sink, job, reader, session));
+        site.restart_with("[store]\nmap_size_mib = 16\nmax_map_size_mib = 16")
+            .await;
+        let (session, _connection) = runner_session(&site).await;
+        let reader = reader_for(&session, "org/x");
+        assert_eq!(stored_log(&reader, &run).await, stored);
+    });
+}
