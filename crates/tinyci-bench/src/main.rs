@@ -5,6 +5,7 @@
 //! Owns only measurement. It drives the real product (sites, sessions, queues, runners) through
 //! the same crates `tinyci` uses; no product crate may depend on it.
 
+mod abuse;
 mod dispatch;
 mod fixture;
 mod grants;
@@ -47,6 +48,9 @@ enum Command {
     Grants,
     /// 1,000 and 5,000 idle runners: site memory per connection, submission-to-lease latency.
     Scale,
+    /// A client pipelining calls it never reads the replies of, and 1,000 slow HTTP clients:
+    /// what the site holds for them, and whether it still answers others.
+    Abuse,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
                 figures.extend(logs::run(&options).await?);
                 figures.extend(grants::run(&options).await?);
                 figures.extend(scale::run(&options).await?);
+                figures.extend(abuse::run(&options).await?);
             }
             Command::Rpc => figures.extend(rpc::run(&options).await?),
             Command::Dispatch(postgres) => {
@@ -72,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             Command::Logs => figures.extend(logs::run(&options).await?),
             Command::Grants => figures.extend(grants::run(&options).await?),
             Command::Scale => figures.extend(scale::run(&options).await?),
+            Command::Abuse => figures.extend(abuse::run(&options).await?),
         }
         println!();
         println!("== summary");

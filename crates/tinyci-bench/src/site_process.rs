@@ -10,10 +10,13 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use tinyci_net::ClientConfig;
+use tinyci_pki::Credentials;
 use tinyci_site::SiteConfig;
 use tinyci_site::bundle::{NewRunner, RunnerBundle};
 
@@ -121,21 +124,48 @@ impl SiteDir {
             .collect()
     }
 
+    /// The site's `[admin]` certificate as a client TLS config pinned to the site's CA: what
+    /// the `tinyci` CLI dials the site with.
+    pub(crate) fn admin_client_tls(&self) -> Result<Arc<ClientConfig>> {
+        let config = self.config()?;
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let credentials =
+            Credentials::from_pem(&read(&config.admin_cert)?, &read(&config.admin_key)?)
+                .context("the site's admin credentials")?;
+        tinyci_pki::tls::client_config(&credentials, &read(&config.ca_cert)?, config.name)
+            .context("building the admin client TLS config")
+    }
+
     /// `tinyci site up` on a free loopback port, without its embedded runner.
     pub(crate) fn start(&self) -> Result<SiteProcess> {
+        self.launch(false)
+    }
+
+    /// As [`SiteDir::start`], and its HTTP listener (`--http-listen`) on a free loopback port
+    /// too, with the listener's built-in limits (`[http]` needs no other key for that).
+    pub(crate) fn start_with_http(&self) -> Result<SiteProcess> {
+        self.launch(true)
+    }
+
+    fn launch(&self, http: bool) -> Result<SiteProcess> {
         let log = std::fs::File::create(self.dir.path().join("site.log"))
             .context("failed to create the site log")?;
-        let mut child = Command::new(&self.bin)
-            .current_dir(self.dir.path())
-            .args([
-                "site",
-                "up",
-                "--config",
-                "site.toml",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-local-runner",
-            ])
+        let mut command = Command::new(&self.bin);
+        command.current_dir(self.dir.path()).args([
+            "site",
+            "up",
+            "--config",
+            "site.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-local-runner",
+        ]);
+        if http {
+            command.args(["--http-listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -156,12 +186,19 @@ impl SiteDir {
             child,
             lines,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: None,
         };
         let addr = site.wait_for("listening on ")?;
         site.addr = addr
             .trim()
             .parse()
             .with_context(|| format!("the site printed an unparsable address {addr:?}"))?;
+        if http {
+            let http_addr = site.wait_for("http listening on ")?;
+            site.http_addr = Some(http_addr.trim().parse().with_context(|| {
+                format!("the site printed an unparsable HTTP address {http_addr:?}")
+            })?);
+        }
         Ok(site)
     }
 }
@@ -172,6 +209,8 @@ pub(crate) struct SiteProcess {
     child: Child,
     lines: Receiver<String>,
     pub(crate) addr: SocketAddr,
+    /// The HTTP listener's address, when started with [`SiteDir::start_with_http`].
+    pub(crate) http_addr: Option<SocketAddr>,
 }
 
 impl SiteProcess {
