@@ -455,21 +455,51 @@ async fn bodies_being_received_share_one_bounded_budget() {
     let site = FakeSite::default();
     let reading = site.hook_reading.clone();
     with_limits(site, limits, |addr, _| async move {
-        // The first body claims 900 bytes and sends few: the budget holds them for it.
-        let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
-        first
-            .write_all(b"POST /hooks/github HTTP/1.1\r\nHost: ci\r\nContent-Length: 900\r\nConnection: close\r\n\r\n{")
-            .await
-            .unwrap();
-        reading.notified().await;
-        let refused = ask(
+        // Bodies that declare much and send a byte hold a byte each, not what they declare:
+        // a crowd of them cannot shut out the rest.
+        let mut crowd = Vec::new();
+        for _ in 0..20 {
+            let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+            slow.write_all(b"POST /hooks/github HTTP/1.1\r\nHost: ci\r\nContent-Length: 900\r\nConnection: close\r\n\r\n{")
+                .await
+                .unwrap();
+            reading.notified().await;
+            crowd.push(slow);
+        }
+        let whole = ask(
             addr,
-            "POST /hooks/github HTTP/1.1\r\nHost: ci\r\nContent-Length: 200\r\nConnection: close\r\n\r\n",
+            &format!(
+                "POST /hooks/github HTTP/1.1\r\nHost: ci\r\nContent-Length: 900\r\nConnection: close\r\n\r\n{}",
+                " ".repeat(900)
+            ),
         )
         .await;
+        assert_eq!(whole.status, 202, "{}", whole.text);
+        // Bytes being received do share the budget: 900 of 1000 held by one body...
+        let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        first
+            .write_all(b"POST /hooks/github HTTP/1.1\r\nHost: ci\r\nContent-Length: 950\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        first.write_all(&[b' '; 900]).await.unwrap();
+        // ...leave 80 (the crowd holds 20): a 200-byte body is refused as its bytes arrive
+        // (until the first body's 900 bytes are all in, it may still fit)...
+        let refused = loop {
+            let answer = ask(
+                addr,
+                &format!(
+                    "POST /hooks/github HTTP/1.1\r\nHost: ci\r\nContent-Length: 200\r\nConnection: close\r\n\r\n{}",
+                    " ".repeat(200)
+                ),
+            )
+            .await;
+            if answer.status != 202 {
+                break answer;
+            }
+        };
         assert_eq!(refused.status, 503, "{}", refused.text);
         assert!(refused.text.contains("receiving too much"), "{}", refused.text);
-        // A body that fits is received.
+        // ...while a body that fits is received.
         let small = ask(
             addr,
             "POST /hooks/github HTTP/1.1\r\nHost: ci\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
@@ -477,10 +507,11 @@ async fn bodies_being_received_share_one_bounded_budget() {
         .await;
         assert_eq!(small.status, 202, "{}", small.text);
         // The first body, once whole, is received, and its bytes go back to the budget.
-        first.write_all(&[b' '; 899]).await.unwrap();
+        first.write_all(&[b' '; 50]).await.unwrap();
         let mut answer = String::new();
         first.read_to_string(&mut answer).await.unwrap_or_default();
-        assert!(answer.contains("900 bytes"), "{answer}");
+        assert!(answer.contains("950 bytes"), "{answer}");
+        drop(crowd);
     })
     .await;
 }
