@@ -18,6 +18,7 @@ use tokio::io::AsyncWriteExt as _;
 use crate::jobs::{start_runner, start_submit_wait};
 use crate::logs::{logs, task};
 use crate::support::{SiteProcess, git_repo, init_site, run_in};
+use crate::web::submit;
 
 /// Sockets that connect to the capnp port and never start TLS.
 const IDLE_SOCKETS: usize = 200;
@@ -168,29 +169,6 @@ fn hold_attackers(
     release
 }
 
-/// Submits `repo` as repository `name` without waiting; returns its one run's id.
-fn submit_as(site_dir: &Path, repo: &Path, name: &str, addr: &str) -> String {
-    let out = run_in(
-        site_dir,
-        &[
-            "submit",
-            repo.to_str().unwrap(),
-            "--all",
-            "--addr",
-            addr,
-            "--repo",
-            name,
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{stdout}");
-    stdout
-        .split_whitespace()
-        .find(|w| w.starts_with("r-"))
-        .unwrap_or_else(|| panic!("no run id in {stdout}"))
-        .to_owned()
-}
-
 /// `GET /healthz` from 127.0.0.1: whether it answered 200.
 fn healthz(http_addr: &str) -> bool {
     let mut stream = std::net::TcpStream::connect(http_addr).unwrap();
@@ -246,7 +224,7 @@ fn attackers_held_together_cost_bounded_memory_and_store_while_others_are_served
         big.path(),
         &[("tinyci.yml", ""), ("task.yml", &task(&print_big))],
     );
-    let big_run = submit_as(dir.path(), big.path(), "org/public", &addr);
+    let big_run = submit(dir.path(), big.path(), "org/public", &addr);
     // Following it returns once the run has ended.
     let stored = logs(dir.path(), &addr, &[&big_run, "-f", "--raw"]);
     assert_eq!(

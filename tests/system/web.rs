@@ -30,7 +30,7 @@ fn gated_repo(dir: &Path, first: &str, gate: &Path, second: &str) {
 }
 
 /// Submits `repo` as `name`; returns its one run's id.
-fn submit(site_dir: &Path, repo: &Path, name: &str, addr: &str) -> String {
+pub(crate) fn submit(site_dir: &Path, repo: &Path, name: &str, addr: &str) -> String {
     let out = run_in(
         site_dir,
         &[
