@@ -45,6 +45,25 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// `git -C dir args…`'s whole output, unaltered (for `-z` output, where a path may hold any
+/// byte but NUL).
+fn git_raw(dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .context("failed to run git (is it installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
 fn git_ok(dir: &Path, args: &[&str]) -> Option<String> {
     git(dir, args).ok().filter(|s| !s.is_empty())
 }
@@ -169,12 +188,15 @@ fn changed_paths(top: &Path, sha: &str, prefix: &str) -> Result<Option<Vec<Strin
         return Ok(None);
     }
     let scope = if prefix.is_empty() { "." } else { prefix };
-    let diff = git(
+    // `-z`: paths NUL-separated and unquoted. Without it git quotes a path with non-ASCII
+    // bytes ("t\303\244sk/x"), which then matched no task directory.
+    let diff = git_raw(
         top,
         &[
             "diff",
             "--name-only",
             "--no-renames",
+            "-z",
             &base,
             sha,
             "--",
@@ -187,15 +209,45 @@ fn changed_paths(top: &Path, sha: &str, prefix: &str) -> Result<Option<Vec<Strin
         format!("{prefix}/")
     };
     Ok(Some(
-        diff.lines()
-            .map(|line| line.strip_prefix(&strip).unwrap_or(line).to_owned())
+        diff.split(|b| *b == 0)
+            .filter(|path| !path.is_empty())
+            .map(|path| {
+                let path = String::from_utf8_lossy(path);
+                path.strip_prefix(&strip).unwrap_or(&path).to_owned()
+            })
             .collect(),
     ))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::owner_and_name;
+    use super::{changed_paths, git, owner_and_name};
+
+    /// A path with non-ASCII bytes and one with a space are named as they are, not quoted.
+    #[test]
+    fn changed_paths_come_back_unquoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path();
+        let run = |args: &[&str]| git(top, args).unwrap();
+        run(&["init", "-q", "-b", "main"]);
+        run(&["config", "user.email", "t@example.org"]);
+        run(&["config", "user.name", "t"]);
+        for task in ["t\u{e4}sk", "with space", "plain"] {
+            std::fs::create_dir_all(top.join(task)).unwrap();
+            std::fs::write(top.join(task).join("task.yml"), "x").unwrap();
+        }
+        run(&["add", "-A"]);
+        run(&["commit", "-q", "-m", "base"]);
+        run(&["checkout", "-q", "-b", "feature"]);
+        std::fs::write(top.join("t\u{e4}sk/x"), "changed").unwrap();
+        std::fs::write(top.join("with space/y"), "changed").unwrap();
+        run(&["add", "-A"]);
+        run(&["commit", "-q", "-m", "change"]);
+        let sha = run(&["rev-parse", "HEAD"]);
+        let mut changed = changed_paths(top, &sha, "").unwrap().unwrap();
+        changed.sort();
+        assert_eq!(changed, ["t\u{e4}sk/x", "with space/y"]);
+    }
 
     #[test]
     fn remote_urls_name_the_repository() {
