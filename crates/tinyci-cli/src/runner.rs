@@ -361,7 +361,7 @@ fn serve(args: RunArgs) -> Result<()> {
     let mut hidden = joining.hidden.clone();
     hidden.push(absolute(&work_root));
     local_runtime()?.block_on(async move {
-        let executors = match args.executor {
+        let mut executors = match args.executor {
             ExecutorChoice::Shell => {
                 let contained = match Containment::detect().await {
                     Ok(containment) => Some(containment),
@@ -396,6 +396,15 @@ fn serve(args: RunArgs) -> Result<()> {
                     .into(),
             )
             .into());
+        }
+        // Containers a previous run of this runner left (it crashed or was killed) hold
+        // resources and may still run a job: remove them before taking work.
+        let removed = executors.claim_for(&joining.name).await?;
+        if removed > 0 {
+            say!(
+                "removed {removed} container(s) a previous run of runner {} left behind",
+                joining.name
+            );
         }
         say!(
             "runner {} of site {}: {} slot(s) on {}, executors: {} (isolation up to {})",

@@ -146,6 +146,20 @@ impl Executors {
             .unwrap_or_default()
     }
 
+    /// Marks the containers its Docker executor creates as runner `name`'s, and removes what
+    /// a previous run of that runner left behind (a crash, a kill -9, a lost host power).
+    /// Returns how many containers were removed.
+    pub async fn claim_for(&mut self, name: &str) -> Result<usize, crate::DockerError> {
+        let mut removed = 0;
+        for executor in &mut self.list {
+            if let Executor::Docker(docker) = executor {
+                *docker = docker.clone().owned_by(name);
+                removed += docker.remove_leftovers().await?.len();
+            }
+        }
+        Ok(removed)
+    }
+
     /// Whether privileged containers may run (a Docker executor set up to allow them).
     pub fn allow_privileged(&self) -> bool {
         self.list

@@ -31,6 +31,10 @@ use crate::exec::{
 /// leftovers of a crashed runner can be found and removed.
 pub const CONTAINER_LABEL: &str = "org.tinyci.run";
 
+/// Label naming the runner whose executor created a container: a restarted runner removes
+/// its own leftovers and never another runner's on the same Docker host.
+pub const RUNNER_LABEL: &str = "org.tinyci.runner";
+
 /// Why the Docker executor is unavailable or an operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -80,6 +84,8 @@ const DROPPED_CAPABILITIES: [&str; 3] = ["NET_RAW", "MKNOD", "AUDIT_WRITE"];
 pub struct DockerExecutor {
     docker: Docker,
     limits: ContainerLimits,
+    /// The runner whose containers these are ([`RUNNER_LABEL`]), once known.
+    owner: Option<String>,
 }
 
 impl DockerExecutor {
@@ -100,6 +106,7 @@ impl DockerExecutor {
         Ok(Self {
             docker,
             limits: ContainerLimits::default(),
+            owner: None,
         })
     }
 
@@ -108,6 +115,59 @@ impl DockerExecutor {
     pub fn with_limits(mut self, limits: ContainerLimits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Labels the containers it creates as `runner`'s ([`RUNNER_LABEL`]).
+    #[must_use]
+    pub fn owned_by(mut self, runner: &str) -> Self {
+        self.owner = Some(runner.to_owned());
+        self
+    }
+
+    /// Removes (forcibly: killing what still runs) every container labelled as this
+    /// executor's runner's: what a runner that crashed or was killed left behind. Call it when
+    /// the runner starts, before it takes work. Returns their ids. Without an owner, removes
+    /// nothing: the containers on this host may be another runner's.
+    pub async fn remove_leftovers(&self) -> Result<Vec<String>, DockerError> {
+        let Some(owner) = &self.owner else {
+            return Ok(Vec::new());
+        };
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&HashMap::from([(
+                "label",
+                vec![format!("{RUNNER_LABEL}={owner}")],
+            )]))
+            .build();
+        let leftovers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|source| DockerError::Api {
+                what: "list containers",
+                source,
+            })?;
+        let mut removed = Vec::new();
+        for id in leftovers.into_iter().filter_map(|c| c.id) {
+            let options = RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .v(true)
+                .build();
+            match self.docker.remove_container(&id, Some(options)).await {
+                Ok(()) => removed.push(id),
+                // Gone meanwhile (its own `--rm`, or another cleanup): nothing left to do.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(source) => {
+                    return Err(DockerError::Api {
+                        what: "remove a leftover container",
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// The limits containers get.
@@ -208,10 +268,15 @@ impl DockerExecutor {
             cmd: Some(cmd),
             env: Some(env),
             working_dir: Some(workdir),
-            labels: Some(HashMap::from([(
-                CONTAINER_LABEL.to_owned(),
-                spec.label.clone(),
-            )])),
+            labels: Some(
+                std::iter::once((CONTAINER_LABEL.to_owned(), spec.label.clone()))
+                    .chain(
+                        self.owner
+                            .iter()
+                            .map(|owner| (RUNNER_LABEL.to_owned(), owner.clone())),
+                    )
+                    .collect(),
+            ),
             host_config: Some(HostConfig {
                 // The run's own tree is the only host path it sees. A structured mount, not a
                 // `-v`-style string: a mountpoint from a task file cannot add options.

@@ -29,7 +29,8 @@ pub use artifacts::{
     upload_artifacts, upload_run_artifacts,
 };
 pub use docker::{
-    CONTAINER_LABEL, ContainerLimits, DockerError, DockerExecutor, parse_cpus, parse_memory,
+    CONTAINER_LABEL, ContainerLimits, DockerError, DockerExecutor, RUNNER_LABEL, parse_cpus,
+    parse_memory,
 };
 pub use exec::{
     ExecOutcome, ExecSpec, MAX_CHUNK, OutputChunk, OutputSink, StopHandle, StopSignal, Stream,

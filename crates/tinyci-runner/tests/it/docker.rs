@@ -173,6 +173,32 @@ async fn containers_run_report_exit_status_obey_cancel_and_timeout_and_leave_not
     let outcome = docker.run(&job, &tx, signal).await;
     assert_eq!(outcome.verdict, Verdict::Errored, "{outcome:?}");
 
+    // A runner that dies mid-run leaves its container; the same runner, started again,
+    // removes it, and a different runner on the same host leaves it alone.
+    let crashed = docker.clone().owned_by("crashed-runner");
+    let (tx, mut rx) = mpsc::channel(64);
+    let (_stop, signal) = stop_pair();
+    let job = {
+        let mut job = spec(source.path(), &["echo started; sleep 600"]);
+        job.image = IMAGE.into();
+        job
+    };
+    let running = tokio::spawn(async move { crashed.run(&job, &tx, signal).await });
+    wait_for_stdout(&mut rx, "started").await;
+    // The runner process dies: nothing of it runs any more, its container does.
+    running.abort();
+    let _ = running.await;
+    let left = docker.labelled_containers().await.unwrap();
+    assert_eq!(
+        left.len(),
+        before.len() + 1,
+        "the dead runner's container is there"
+    );
+    let other = docker.clone().owned_by("another-runner");
+    assert!(other.remove_leftovers().await.unwrap().is_empty());
+    let restarted = docker.clone().owned_by("crashed-runner");
+    assert_eq!(restarted.remove_leftovers().await.unwrap().len(), 1);
+
     assert_eq!(
         docker.labelled_containers().await.unwrap(),
         before,
