@@ -1152,6 +1152,21 @@ async fn complete(link: &JobLink, outcome: &ExecOutcome) {
     }
 }
 
+/// The environment variable a metadata key is given as: `TINYCI_META_` and the key in upper
+/// case, each character other than an ASCII letter or digit made `_` (`release-channel` is
+/// `TINYCI_META_RELEASE_CHANNEL`).
+pub fn metadata_variable(key: &str) -> String {
+    let mut name = String::from("TINYCI_META_");
+    name.extend(key.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_uppercase()
+        } else {
+            '_'
+        }
+    }));
+    name
+}
+
 /// Converts the wire spec to an executor spec with a fresh directory for the source.
 fn exec_spec(
     spec: &tinyci_schema::job_spec::Reader<'_>,
@@ -1183,6 +1198,12 @@ fn exec_spec(
     let mut env = BTreeMap::new();
     for kv in spec.get_env().map_err(|e| e.to_string())?.iter() {
         env.insert(text(kv.get_key())?, text(kv.get_value())?);
+    }
+    // The task files' metadata reaches the job as `TINYCI_META_<KEY>`; a variable the task
+    // sets itself wins.
+    for kv in spec.get_metadata().map_err(|e| e.to_string())?.iter() {
+        env.entry(metadata_variable(&text(kv.get_key())?))
+            .or_insert(text(kv.get_value())?);
     }
     if !label
         .bytes()
@@ -1303,6 +1324,38 @@ mod tests {
         let held = gather(&mut first, &mut rx).await;
         assert_eq!(first.data.len(), crate::exec::MAX_CHUNK - 1);
         assert_eq!(held.map(|c| c.data), Some(b"xy".to_vec()));
+    }
+
+    #[test]
+    fn metadata_reaches_the_job_as_variables_and_the_tasks_own_win() {
+        assert_eq!(
+            metadata_variable("release-channel"),
+            "TINYCI_META_RELEASE_CHANNEL"
+        );
+        assert_eq!(metadata_variable("ä b"), "TINYCI_META___B");
+        let mut message = capnp::message::Builder::new_default();
+        {
+            let mut spec = message.init_root::<tinyci_schema::job_spec::Builder<'_>>();
+            spec.reborrow().init_run().set_id("r-7");
+            spec.reborrow().init_command(1).set(0, "true");
+            {
+                let mut env = spec.reborrow().init_env(1);
+                env.reborrow().get(0).set_key("TINYCI_META_OWNER");
+                env.reborrow().get(0).set_value("the task");
+            }
+            let mut metadata = spec.init_metadata(2);
+            metadata.reborrow().get(0).set_key("owner");
+            metadata.reborrow().get(0).set_value("the metadata");
+            metadata.reborrow().get(1).set_key("release-channel");
+            metadata.reborrow().get(1).set_value("beta");
+        }
+        let root = tempfile::tempdir().unwrap();
+        let reader = message
+            .get_root_as_reader::<tinyci_schema::job_spec::Reader<'_>>()
+            .unwrap();
+        let (_, exec, _) = exec_spec(&reader, root.path()).unwrap();
+        assert_eq!(exec.env["TINYCI_META_RELEASE_CHANNEL"], "beta");
+        assert_eq!(exec.env["TINYCI_META_OWNER"], "the task");
     }
 
     fn job(image: &str, privileged: bool) -> ExecSpec {

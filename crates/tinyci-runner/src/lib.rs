@@ -22,7 +22,7 @@ mod source;
 
 pub use agent::{
     AgentConfig, AgentControl, AgentError, AgentStats, AgentStopper, DetectOptions, Executor,
-    Executors, MAX_UNACKED_LOG_BYTES, agent_control, run_agent,
+    Executors, MAX_UNACKED_LOG_BYTES, agent_control, metadata_variable, run_agent,
 };
 pub use artifacts::{
     ArtifactReport, MAX_ARTIFACTS, RefusedArtifact, UploadedArtifact, host_workdir,
