@@ -1214,12 +1214,30 @@ fn exec_spec(
     // Unique per process and run: two runners may share a work root (same name on one host,
     // or runners of two sites whose run ids coincide), and must never share a directory.
     static NEXT_DIR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let serial = NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = work_root.join(format!("{label}-{attempt}-{}-{serial}", std::process::id()));
     std::fs::create_dir_all(work_root)
         .map_err(|e| format!("cannot create {}: {e}", work_root.display()))?;
-    // `create_dir`, not `create_dir_all`: an existing directory is someone else's.
-    std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // `create_dir`, not `create_dir_all`: an existing directory is someone else's (a runner
+    // killed before it cleaned up, whose process id this one now has), so take the next name.
+    let mut dir = None;
+    for _ in 0..1000 {
+        let serial = NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let candidate =
+            work_root.join(format!("{label}-{attempt}-{}-{serial}", std::process::id()));
+        match std::fs::create_dir(&candidate) {
+            Ok(()) => {
+                dir = Some(candidate);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot create {}: {e}", candidate.display())),
+        }
+    }
+    let dir = dir.ok_or_else(|| {
+        format!(
+            "cannot create a work directory for {label} in {}: 1000 names were taken",
+            work_root.display()
+        )
+    })?;
     let source_dir = dir.join("src");
     std::fs::create_dir(&source_dir)
         .map_err(|e| format!("cannot create {}: {e}", source_dir.display()))?;
@@ -1324,6 +1342,33 @@ mod tests {
         let held = gather(&mut first, &mut rx).await;
         assert_eq!(first.data.len(), crate::exec::MAX_CHUNK - 1);
         assert_eq!(held.map(|c| c.data), Some(b"xy".to_vec()));
+    }
+
+    /// A directory left by a killed runner whose process id this one now has is skipped,
+    /// not reused and not an error.
+    #[test]
+    fn a_work_directory_left_behind_is_skipped() {
+        let mut message = capnp::message::Builder::new_default();
+        {
+            let mut spec = message.init_root::<tinyci_schema::job_spec::Builder<'_>>();
+            spec.reborrow().init_run().set_id("r-9");
+            spec.init_command(1).set(0, "true");
+        }
+        let root = tempfile::tempdir().unwrap();
+        let reader = message
+            .get_root_as_reader::<tinyci_schema::job_spec::Reader<'_>>()
+            .unwrap();
+        // Every name this process could pick next, taken.
+        for serial in 0..64 {
+            let taken = root
+                .path()
+                .join(format!("r-9-0-{}-{serial}", std::process::id()));
+            std::fs::create_dir_all(&taken).unwrap();
+            std::fs::write(taken.join("theirs"), "x").unwrap();
+        }
+        let (_, exec, _) = exec_spec(&reader, root.path()).unwrap();
+        assert!(!exec.source_dir.parent().unwrap().join("theirs").exists());
+        assert!(exec.source_dir.is_dir());
     }
 
     #[test]
