@@ -29,20 +29,8 @@ pub(crate) struct LocalSource {
 }
 
 fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .context("failed to run git (is it installed?)")?;
-    if !out.status.success() {
-        bail!(
-            "git {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    let out = git_raw(dir, args)?;
+    Ok(String::from_utf8_lossy(&out).trim().to_owned())
 }
 
 /// `git -C dir args…`'s whole output, unaltered (for `-z` output, where a path may hold any

@@ -132,23 +132,11 @@ impl DockerExecutor {
         let Some(owner) = &self.owner else {
             return Ok(Vec::new());
         };
-        let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&HashMap::from([(
-                "label",
-                vec![format!("{RUNNER_LABEL}={owner}")],
-            )]))
-            .build();
         let leftovers = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|source| DockerError::Api {
-                what: "list containers",
-                source,
-            })?;
+            .containers_labelled(format!("{RUNNER_LABEL}={owner}"))
+            .await?;
         let mut removed = Vec::new();
-        for id in leftovers.into_iter().filter_map(|c| c.id) {
+        for id in leftovers {
             let options = RemoveContainerOptionsBuilder::default()
                 .force(true)
                 .v(true)
@@ -202,11 +190,17 @@ impl DockerExecutor {
         Ok(())
     }
 
-    /// Names of containers that carry [`CONTAINER_LABEL`] (running or not).
+    /// Ids of containers that carry [`CONTAINER_LABEL`] (running or not).
     pub async fn labelled_containers(&self) -> Result<Vec<String>, DockerError> {
+        self.containers_labelled(CONTAINER_LABEL.to_owned()).await
+    }
+
+    /// Ids of the containers (running or not) matching a Docker `label` filter (`key` or
+    /// `key=value`).
+    async fn containers_labelled(&self, filter: String) -> Result<Vec<String>, DockerError> {
         let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
             .all(true)
-            .filters(&HashMap::from([("label", vec![CONTAINER_LABEL])]))
+            .filters(&HashMap::from([("label", vec![filter])]))
             .build();
         let containers = self
             .docker
