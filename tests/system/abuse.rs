@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::jobs::{start_runner, start_submit_wait};
 use crate::logs::{logs, task};
-use crate::support::{SiteProcess, git_repo, init_site, run_in};
+use crate::support::{git_repo, init_site, run_in, serve_site_with_http};
 use crate::web::submit;
 
 /// Sockets that connect to the capnp port and never start TLS.
@@ -188,20 +188,7 @@ fn attackers_held_together_cost_bounded_memory_and_store_while_others_are_served
         "\n[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\n\
          public_repos = [\"org/public\"]\n",
     );
-    let mut site = SiteProcess::start(
-        dir.path(),
-        &[
-            "--config",
-            "site.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--no-local-runner",
-        ],
-    );
-    let addr = site.wait_for("listening on ").trim().to_owned();
-    let http_addr = site.wait_for("http listening on ").trim().to_owned();
+    let (site, addr, http_addr) = serve_site_with_http(dir.path());
     let added = run_in(
         dir.path(),
         &["runner", "add", "r1", "--queue", "default", "--addr", &addr],

@@ -14,7 +14,9 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 use crate::jobs::start_runner_with;
-use crate::support::{SiteProcess, git_repo, init_site, run_in, serve_site, tinyci, wait_until};
+use crate::support::{
+    SiteProcess, git_repo, init_site, run_in, serve_site, serve_site_with_http, tinyci, wait_until,
+};
 
 /// The busybox image jobs that need a container run in.
 const IMAGE: &str = "tinyci-test/isolation:1";
@@ -381,18 +383,7 @@ fn a_run_no_connected_runner_may_take_stays_queued_and_says_why() {
         "\n[queues.default]\nisolation = { local = \"sandbox\" }\n\n\
          [http]\nlisten = \"127.0.0.1:0\"\npublic_repos = [\"org/careful\"]\n",
     );
-    let mut site = SiteProcess::start(
-        dir.path(),
-        &[
-            "--config",
-            "site.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-local-runner",
-        ],
-    );
-    let addr = site.wait_for("listening on ").trim().to_owned();
-    let http = site.wait_for("http listening on ").trim().to_owned();
+    let (_site, addr, http) = serve_site_with_http(dir.path());
     for name in ["host", "boxed"] {
         let added = run_in(
             dir.path(),

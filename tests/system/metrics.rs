@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::github::http;
-use crate::support::{SiteProcess, git_repo, init_site, run_in};
+use crate::support::{SiteProcess, git_repo, init_site, run_in, serve_site_with_http};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -96,20 +96,7 @@ fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
 fn metrics_parse_and_move_with_calls_runs_and_denials() {
     let dir = tempfile::tempdir().unwrap();
     init_site(dir.path(), "\n[http]\nlisten = \"127.0.0.1:0\"\n");
-    let mut site = SiteProcess::start(
-        dir.path(),
-        &[
-            "--config",
-            "site.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--no-local-runner",
-        ],
-    );
-    let addr = site.wait_for("listening on ").trim().to_owned();
-    let http_addr = site.wait_for("http listening on ").trim().to_owned();
+    let (_site, addr, http_addr) = serve_site_with_http(dir.path());
     for (path, answer) in [("/healthz", "ok"), ("/readyz", "ready")] {
         let (status, _, body) = http(&http_addr, "GET", path, &[], b"");
         assert_eq!((status, body.trim()), (200, answer));

@@ -216,6 +216,27 @@ pub(crate) fn serve_site(dir: &Path) -> (SiteProcess, String) {
     (site, addr)
 }
 
+/// Starts the site initialized in `dir` (whose config has an `[http]` section) with both
+/// listeners on ephemeral ports and no local runner; returns it, its capnp address and its
+/// HTTP address.
+pub(crate) fn serve_site_with_http(dir: &Path) -> (SiteProcess, String, String) {
+    let mut site = SiteProcess::start(
+        dir,
+        &[
+            "--config",
+            "site.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--no-local-runner",
+        ],
+    );
+    let addr = site.wait_for("listening on ").trim().to_owned();
+    let http = site.wait_for("http listening on ").trim().to_owned();
+    (site, addr, http)
+}
+
 /// Waits until a job's command creates `path` (a marker it writes when it reaches a point
 /// the test must wait for); panics naming `what` after [`PATIENCE`].
 pub(crate) fn wait_for_file(path: &Path, what: &str) {
