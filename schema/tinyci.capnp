@@ -100,6 +100,10 @@ struct RunnerInfo {
   allowPrivileged @5 :Bool;
   # Started with `--allow-privileged`: it runs privileged containers when the site's policy
   # grants one. Without it, it is never leased a privileged run.
+
+  labels @6 :List(Text);
+  # Operator-given labels (`tinyci runner --label gpu`): a run whose task files list
+  # `labels:` is leased only to a runner that has every one of them.
 }
 
 struct LogScope {
@@ -453,6 +457,10 @@ struct JobSpec {
   memory @16 :Text;
   # The task's `resources.memory` (`512m`, `2g`, `1Gi`); empty for the runner's default.
   # Containers are limited to it.
+
+  pull @17 :Text;
+  # When to pull the image (`always`, `missing`, `never`) as the queue's site policy says;
+  # empty leaves it to the runner's own policy.
 }
 
 struct Outcome {
@@ -621,6 +629,7 @@ struct RunnerStatus {
   connectedAt @4 :Int64;     # when it connected
   draining @5 :Bool;         # finishing current runs, taking no new ones
   paused @6 :Bool;           # taking no new runs until resumed
+  isolation @7 :Text;        # what the site credits it with, from its executors
 }
 
 struct RunFilter {

@@ -117,17 +117,37 @@ fn admin_json_shapes_are_stable() {
               }
             ]"#]],
     );
+    let mut runners = json_of(dir.path(), &["admin", "runners", "--json", "--addr", &addr]);
+    // What varies by host and time: set, then fixed for the snapshot.
+    for runner in runners.as_array_mut().unwrap() {
+        assert!(runner["connected_at"].as_i64().unwrap() > 0, "{runner}");
+        assert_eq!(runner["version"], env!("CARGO_PKG_VERSION"));
+        runner["connected_at"] = 0.into();
+        runner["hostname"] = "host".into();
+        runner["version"] = "version".into();
+    }
     check(
-        json_of(dir.path(), &["admin", "runners", "--json", "--addr", &addr]),
+        runners,
         expect![[r#"
             [
               {
+                "connected_at": 0,
+                "draining": false,
+                "executors": [
+                  "shell"
+                ],
+                "hostname": "host",
+                "identity": "tinyci://alpha/runner/r1",
+                "isolation": "host",
+                "labels": [],
                 "name": "r1",
                 "paused": false,
                 "queues": [
                   "default"
                 ],
-                "runs": []
+                "runs": [],
+                "slots": 1,
+                "version": "version"
               }
             ]"#]],
     );

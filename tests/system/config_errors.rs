@@ -199,4 +199,10 @@ fn bad_queue_policies_are_named() {
             error: invalid config site.toml: queues: [queues.default] privileged_repos: invalid repository name "not a repo": expected owner/name
         "#]],
     );
+    check(
+        |t| t + "\n[queues.default]\npull = \"sometimes\"\n",
+        expect![[r#"
+            error: invalid config site.toml: queues: [queues.default] pull: invalid pull policy "sometimes": expected always, missing or never
+        "#]],
+    );
 }

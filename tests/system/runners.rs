@@ -101,3 +101,150 @@ fn a_bundle_is_all_a_runner_needs_and_only_reaches_its_queues() {
     let (clean, _) = site.terminate();
     assert!(clean);
 }
+
+fn json(dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = run_in(dir, args);
+    assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Runs route by what runners advertise: an image needs a container executor (a shell runner
+/// would run the command on its host, ignoring the image), and a task's `labels:` need a
+/// runner with every one of them. A run no connected runner may take waits and says why.
+#[test]
+fn an_image_never_lands_on_a_shell_runner_and_labels_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let (site, addr) = crate::support::start_site(dir.path(), "");
+    for name in ["plain", "gpu"] {
+        let added = run_in(
+            dir.path(),
+            &["runner", "add", name, "--queue", "default", "--addr", &addr],
+        );
+        assert!(added.status.success(), "{}", text(&added.stderr));
+    }
+    let plain = crate::jobs::start_runner(dir.path(), "plain");
+    let mut gpu = SiteProcess::spawn(
+        dir.path(),
+        &[
+            "runner",
+            "--bundle",
+            "gpu.bundle",
+            "--executor",
+            "shell",
+            "--label",
+            "gpu",
+            "--label",
+            "arch=amd64",
+        ],
+    );
+    assert!(
+        gpu.wait_for("runner gpu of site alpha")
+            .contains("labels: arch=amd64 gpu"),
+        "the runner says its labels"
+    );
+    let repo = tempfile::tempdir().unwrap();
+    let run = |command: &str| format!("    command: [\"sh\", \"-c\", \"{command}\"]\n");
+    crate::support::git_repo(
+        repo.path(),
+        &[
+            ("tinyci.yml", "queue: default\n"),
+            (
+                "boxed/task.yml",
+                &format!(
+                    "mountpoint: /src\nruns:\n  in-image:\n{}    image: tinyci-test/busybox:1\n",
+                    run("touch ran-on-a-host")
+                ),
+            ),
+            (
+                "train/task.yml",
+                &format!(
+                    "mountpoint: /src\nlabels: [gpu]\nruns:\n  fit:\n{}  cpu-only:\n{}    labels: []\n",
+                    run("echo trained"),
+                    run("echo anywhere")
+                ),
+            ),
+            (
+                "arm/task.yml",
+                &format!(
+                    "mountpoint: /src\nruns:\n  build:\n{}    labels: [gpu, arch=arm64]\n",
+                    run("echo arm")
+                ),
+            ),
+        ],
+    );
+    let submitted = run_in(
+        dir.path(),
+        &[
+            "submit",
+            repo.path().to_str().unwrap(),
+            "--all",
+            "--addr",
+            &addr,
+        ],
+    );
+    assert!(submitted.status.success(), "{}", text(&submitted.stderr));
+    let runs = || json(dir.path(), &["admin", "runs", "--json", "--addr", &addr]);
+    let by_name = |runs: &serde_json::Value, name: &str| {
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no run {name}: {runs}"))
+            .clone()
+    };
+    crate::support::wait_until("the runs a runner may take finish", || {
+        let runs = runs();
+        ["fit", "cpu-only"]
+            .iter()
+            .all(|n| by_name(&runs, n)["status"] == "passed")
+    });
+    let runs = runs();
+    assert_eq!(by_name(&runs, "fit")["runner"], "gpu", "{runs}");
+    for (name, waits_for) in [
+        (
+            "in-image",
+            "waiting for a runner with a container executor (the run names an image) on queue default",
+        ),
+        (
+            "build",
+            "waiting for any runner labelled arch=arm64, gpu on queue default",
+        ),
+    ] {
+        let run = by_name(&runs, name);
+        assert_eq!(run["status"], "queued", "{run}");
+        let waiting = run["waiting"].as_str().unwrap();
+        assert!(waiting.contains(waits_for), "{waiting}");
+        assert!(
+            waiting.contains("connected: gpu (host, labels: arch=amd64 gpu), plain (host)"),
+            "{waiting}"
+        );
+    }
+    assert!(!repo.path().join("ran-on-a-host").exists());
+
+    // The pool as operators see it.
+    let runners = json(dir.path(), &["admin", "runners", "--json", "--addr", &addr]);
+    let gpu_row = runners
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "gpu")
+        .unwrap();
+    assert_eq!(gpu_row["labels"], serde_json::json!(["arch=amd64", "gpu"]));
+    assert_eq!(gpu_row["executors"], serde_json::json!(["shell"]));
+    assert_eq!(gpu_row["isolation"], "host, labels: arch=amd64 gpu");
+    assert_eq!(gpu_row["identity"], "tinyci://alpha/runner/gpu");
+    assert_eq!(gpu_row["slots"], 1);
+    assert!(gpu_row["connected_at"].as_i64().unwrap() > 0, "{gpu_row}");
+    assert!(
+        !gpu_row["hostname"].as_str().unwrap().is_empty(),
+        "{gpu_row}"
+    );
+    assert_eq!(gpu_row["version"], env!("CARGO_PKG_VERSION"));
+
+    let canceled = run_in(dir.path(), &["cancel", "s-1", "--addr", &addr]);
+    assert!(canceled.status.success(), "{}", text(&canceled.stderr));
+    for process in [plain, gpu, site] {
+        let (clean, _) = process.terminate();
+        assert!(clean);
+    }
+}

@@ -210,6 +210,7 @@ fn planned_run() -> Result<PlannedRun> {
         metadata: BTreeMap::new(),
         resources: Default::default(),
         artifacts: Vec::new(),
+        labels: Vec::new(),
     })
 }
 
@@ -262,6 +263,13 @@ async fn tinyci_cycles_local(workers: usize, timing: Timing) -> Result<f64> {
         let done = done.clone();
         let stop = stop.clone();
         let runner = format!("bench-{worker}");
+        // The run names an image, so only a runner with containers may take it.
+        let container_runner = Offer {
+            isolation: tinyci_core::Isolation::Container,
+            processes: None,
+            privileged: false,
+            labels: Vec::new(),
+        };
         tasks.spawn_local(async move {
             while !stop.get() {
                 let new = NewSubmission {
@@ -282,7 +290,7 @@ async fn tinyci_cycles_local(workers: usize, timing: Timing) -> Result<f64> {
                     .next(
                         QUEUE,
                         &runner,
-                        Offer::default(),
+                        &container_runner,
                         Rc::new(|_reason: String| {}),
                     )
                     .await

@@ -832,16 +832,35 @@ fn runners(args: RunnersArgs) -> Result<()> {
             .get()
             .and_then(|r| r.get_runners())
             .map_err(|e| rpc_error(&client, e))?;
+        let items = |l: capnp::Result<capnp::text_list::Reader<'_>>| -> Vec<String> {
+            l.map(|l| l.iter().map(text).collect()).unwrap_or_default()
+        };
+        let connected_since = |at: i64| {
+            (at > 0).then(|| {
+                let at = u64::try_from(at).unwrap_or_default();
+                crate::util::utc_millis(at)
+            })
+        };
         if args.json {
-            let items = |l: capnp::Result<capnp::text_list::Reader<'_>>| -> Vec<String> {
-                l.map(|l| l.iter().map(text).collect()).unwrap_or_default()
-            };
             let out: Vec<serde_json::Value> = runners
                 .iter()
                 .map(|r| {
+                    let info = r.get_info().ok();
+                    let field = |f: fn(&tinyci_schema::runner_info::Reader<'_>) -> String| {
+                        info.as_ref().map(f).unwrap_or_default()
+                    };
                     serde_json::json!({
-                        "name": r.get_info().map(|i| text(i.get_name())).unwrap_or_default(),
+                        "name": field(|i| text(i.get_name())),
+                        "identity": text(r.get_identity()),
+                        "connected_at": r.get_connected_at(),
+                        "hostname": field(|i| text(i.get_hostname())),
+                        "version": field(|i| text(i.get_version())),
+                        "executors": info.as_ref().map(|i| items(i.get_executors())).unwrap_or_default(),
+                        "isolation": text(r.get_isolation()),
+                        "labels": info.as_ref().map(|i| items(i.get_labels())).unwrap_or_default(),
+                        "slots": info.as_ref().map(|i| i.get_slots()).unwrap_or_default(),
                         "paused": r.get_paused(),
+                        "draining": r.get_draining(),
                         "queues": items(r.get_queues()),
                         "runs": items(r.get_active_runs()),
                     })
@@ -850,23 +869,52 @@ fn runners(args: RunnersArgs) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&out)?);
             return Ok(());
         }
-        println!("{:<20} {:<24} RUNS", "RUNNER", "WAITING ON");
+        let joined = |list: Vec<String>| {
+            if list.is_empty() {
+                "-".to_owned()
+            } else {
+                list.join(",")
+            }
+        };
+        println!(
+            "{:<16} {:<9} {:<20} {:<16} {:<9} {:<16} {:<14} {:>5} {:<12} {:<16} RUNS",
+            "RUNNER",
+            "STATE",
+            "CONNECTED SINCE",
+            "HOST",
+            "VERSION",
+            "EXECUTORS",
+            "LABELS",
+            "SLOTS",
+            "QUEUES",
+            "ISOLATION",
+        );
         for r in runners.iter() {
-            let list = |l: capnp::Result<capnp::text_list::Reader<'_>>| -> String {
-                let items: Vec<String> =
-                    l.map(|l| l.iter().map(text).collect()).unwrap_or_default();
-                if items.is_empty() {
-                    "-".into()
-                } else {
-                    items.join(",")
-                }
+            let info = r.get_info().ok();
+            let name = info.as_ref().map(|i| text(i.get_name())).unwrap_or_default();
+            let state = match (r.get_draining(), r.get_paused()) {
+                (true, _) => "draining",
+                (_, true) => "paused",
+                _ => "active",
             };
-            let name = r.get_info().map(|i| text(i.get_name())).unwrap_or_default();
+            let dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
             println!(
-                "{:<20} {:<24} {}",
-                name,
-                list(r.get_queues()),
-                list(r.get_active_runs())
+                "{:<16} {:<9} {:<20} {:<16} {:<9} {:<16} {:<14} {:>5} {:<12} {:<16} {}",
+                crate::termsafe::line(&name),
+                state,
+                connected_since(r.get_connected_at()).unwrap_or_else(|| "-".into()),
+                crate::termsafe::line(&dash(
+                    info.as_ref().map(|i| text(i.get_hostname())).unwrap_or_default()
+                )),
+                crate::termsafe::line(&dash(
+                    info.as_ref().map(|i| text(i.get_version())).unwrap_or_default()
+                )),
+                joined(info.as_ref().map(|i| items(i.get_executors())).unwrap_or_default()),
+                joined(info.as_ref().map(|i| items(i.get_labels())).unwrap_or_default()),
+                info.as_ref().map(|i| i.get_slots()).unwrap_or_default(),
+                joined(items(r.get_queues())),
+                dash(text(r.get_isolation())),
+                joined(items(r.get_active_runs())),
             );
         }
         Ok(())

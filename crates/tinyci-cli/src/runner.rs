@@ -62,6 +62,10 @@ pub(crate) struct RunArgs {
     /// Runs executed at once.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: u16,
+    /// A label for this runner (repeatable): a run whose task files list `labels:` is leased
+    /// only to a runner with every one of them (gpu, arch=arm64, zone/eu-1).
+    #[arg(long = "label", value_name = "LABEL", value_parser = parse_label)]
+    labels: Vec<String>,
     /// How to execute jobs.
     #[arg(long, value_enum, default_value_t = ExecutorChoice::Auto)]
     executor: ExecutorChoice,
@@ -78,6 +82,12 @@ pub(crate) struct RunArgs {
     /// Most processes and threads in one container.
     #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(i64).range(16..=1_000_000))]
     pids_limit: i64,
+    /// When to pull a container's image from its registry: always (before every run), missing
+    /// (only when it is not on this host) or never (it must be here already). A queue's
+    /// `pull` in the site's site.toml overrides it. Registry credentials are this host's,
+    /// from $DOCKER_CONFIG/config.json or ~/.docker/config.json (`auths` entries).
+    #[arg(long, value_name = "POLICY", default_value = "missing", value_parser = parse_pull)]
+    pull: tinyci_runner::PullPolicy,
     /// Serve this runner's Prometheus metrics at http://ADDR/metrics (port 0 picks one).
     #[arg(long, value_name = "HOST:PORT", value_parser = tinyci_site::config::parse_listen)]
     metrics: Option<std::net::SocketAddr>,
@@ -357,6 +367,14 @@ fn serve(args: RunArgs) -> Result<()> {
         nano_cpus: args.cpus,
         allow_privileged: args.allow_privileged,
     };
+    let registry_auth = if matches!(args.executor, ExecutorChoice::Auto | ExecutorChoice::Docker) {
+        tinyci_runner::RegistryAuth::from_docker_config()?
+    } else {
+        tinyci_runner::RegistryAuth::default()
+    };
+    let mut labels = args.labels.clone();
+    labels.sort();
+    labels.dedup();
     // The work root holds every run's tree; the sandbox shows a job only its own.
     let mut hidden = joining.hidden.clone();
     hidden.push(absolute(&work_root));
@@ -379,10 +397,19 @@ fn serve(args: RunArgs) -> Result<()> {
                 ShellExecutor::sandboxed(Bubblewrap::detect().await?.hiding(hidden)),
             )]),
             ExecutorChoice::Docker => Executors::new(vec![Executor::Docker(
-                DockerExecutor::connect().await?.with_limits(limits),
+                DockerExecutor::connect()
+                    .await?
+                    .with_limits(limits)
+                    .with_pulls(args.pull, registry_auth),
             )]),
             ExecutorChoice::Auto => {
-                let (executors, notes) = Executors::detect(DetectOptions { hidden, limits }).await;
+                let (executors, notes) = Executors::detect(DetectOptions {
+                    hidden,
+                    limits,
+                    pull: args.pull,
+                    registry_auth,
+                })
+                .await;
                 for note in notes {
                     say!("not available: {note}");
                 }
@@ -407,13 +434,18 @@ fn serve(args: RunArgs) -> Result<()> {
             );
         }
         say!(
-            "runner {} of site {}: {} slot(s) on {}, executors: {} (isolation up to {})",
+            "runner {} of site {}: {} slot(s) on {}, executors: {} (isolation up to {}){}",
             joining.name,
             joining.site,
             args.jobs,
             joining.queues.join(", "),
             executors.describe(),
-            executors.isolation()
+            executors.isolation(),
+            if labels.is_empty() {
+                String::new()
+            } else {
+                format!(", labels: {}", labels.join(" "))
+            }
         );
         let stats = std::rc::Rc::new(tinyci_runner::AgentStats::default());
         if let Some(addr) = args.metrics {
@@ -429,6 +461,7 @@ fn serve(args: RunArgs) -> Result<()> {
             name: joining.name,
             queues: joining.queues,
             slots: usize::from(args.jobs),
+            labels,
             executors,
             work_root,
             limits: tinyci_net::NetLimits::default(),
@@ -441,6 +474,15 @@ fn serve(args: RunArgs) -> Result<()> {
         say!("runner stopped");
         Ok(stopped?)
     })
+}
+
+fn parse_label(text: &str) -> Result<String, String> {
+    tinyci_runner::check_label(text).map(|()| text.to_owned())
+}
+
+fn parse_pull(text: &str) -> Result<tinyci_runner::PullPolicy, String> {
+    text.parse::<tinyci_runner::PullPolicy>()
+        .map_err(|e| e.to_string())
 }
 
 /// SIGTERM drains, SIGINT cancels.

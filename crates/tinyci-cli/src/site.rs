@@ -338,6 +338,8 @@ async fn local_runner(site: &Site, addr: SocketAddr) -> Result<tinyci_runner::Ag
     let (executors, _) = tinyci_runner::Executors::detect(tinyci_runner::DetectOptions {
         hidden,
         limits: tinyci_runner::ContainerLimits::default(),
+        pull: tinyci_runner::PullPolicy::default(),
+        registry_auth: tinyci_runner::RegistryAuth::from_docker_config()?,
     })
     .await;
     Ok(tinyci_runner::AgentConfig {
@@ -348,6 +350,7 @@ async fn local_runner(site: &Site, addr: SocketAddr) -> Result<tinyci_runner::Ag
         name: bundle.runner.clone(),
         queues: bundle.queues.clone(),
         slots: 2,
+        labels: Vec::new(),
         executors,
         work_root,
         limits: tinyci_net::NetLimits::default(),

@@ -118,6 +118,14 @@ fn show(b: u8, out: &mut Vec<u8>) {
     }
 }
 
+/// A peer-given word (a runner's hostname or version) for one table cell: every control
+/// character, escapes and line ends included, shown as `?`.
+pub(crate) fn line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,6 +114,23 @@ pub(crate) fn emit_token(token: &str, out: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// A Unix time in milliseconds as `2026-12-04 19:30:00Z`, for tables people read.
+pub(crate) fn utc_millis(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(at) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}Z",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second()
+        ),
+        Err(_) => format!("{ms}ms"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

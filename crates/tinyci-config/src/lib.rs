@@ -274,6 +274,7 @@ struct RawQueuePolicy {
     network: Option<Vec<String>>,
     #[serde(default)]
     privileged_repos: Vec<String>,
+    pull: Option<String>,
 }
 
 /// A `[queues.NAME]` value that is not acceptable. The message names the section and key
@@ -338,6 +339,11 @@ fn parse_dispatch(
             repo.parse::<tinyci_core::RepoName>()
                 .map_err(|e| refused(&queue, " privileged_repos".into(), "")(e.into()))?;
             rule.privileged_repos.insert(repo);
+        }
+        if let Some(pull) = raw.pull {
+            rule.pull = Some(pull.parse().map_err(|e: tinyci_core::PullPolicyError| {
+                refused(&queue, " pull".into(), "")(e.into())
+            })?);
         }
         policy.queues.insert(queue, rule);
     }

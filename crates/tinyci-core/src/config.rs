@@ -232,6 +232,9 @@ pub struct TaskFile {
     pub artifacts: Vec<String>,
     /// `runs`: run name → run.
     pub runs: BTreeMap<String, RunSpec>,
+    /// `labels` (tinyci extension): runner labels every run of the task needs, unless a run
+    /// lists its own.
+    pub labels: Option<Vec<String>>,
 }
 
 /// One entry of `runs` in a `task.yml`.
@@ -255,6 +258,8 @@ pub struct RunSpec {
     pub resources: Resources,
     /// `artifacts` (tinyci extension): added to the task's.
     pub artifacts: Vec<String>,
+    /// `labels` (tinyci extension): runner labels this run needs; replaces the task's list.
+    pub labels: Option<Vec<String>>,
 }
 
 impl RepoConfig {
@@ -349,6 +354,7 @@ impl TaskFile {
                 metadata: run.metadata.unwrap_or_default(),
                 resources: run.resources.unwrap_or_default(),
                 artifacts: dedup(run.artifacts.unwrap_or_default().into_iter().map(|a| a.0)),
+                labels: run.labels.map(labels),
             };
             runs.insert(name, spec);
         }
@@ -365,6 +371,7 @@ impl TaskFile {
             metadata: raw.metadata.unwrap_or_default(),
             artifacts: dedup(raw.artifacts.unwrap_or_default().into_iter().map(|a| a.0)),
             runs,
+            labels: raw.labels.map(labels),
         })
     }
 }
@@ -515,6 +522,7 @@ struct RawTask {
     default_resources: Option<Resources>,
     metadata: Option<BTreeMap<String, String>>,
     artifacts: Option<Vec<ArtifactPath>>,
+    labels: Option<LabelList>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -529,6 +537,32 @@ struct RawRun {
     metadata: Option<BTreeMap<String, String>>,
     resources: Option<Resources>,
     artifacts: Option<Vec<ArtifactPath>>,
+    labels: Option<LabelList>,
+}
+
+/// Runner labels, sorted and each once.
+fn labels(list: LabelList) -> Vec<String> {
+    let mut labels: Vec<String> = list.0.into_iter().map(|l| l.0).collect();
+    labels.sort();
+    labels.dedup();
+    labels
+}
+
+/// A `labels` list: at most [`crate::MAX_LABELS`] entries.
+#[derive(Debug)]
+struct LabelList(Vec<Label>);
+
+impl<'de> Deserialize<'de> for LabelList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let list = Vec::<Label>::deserialize(d)?;
+        if list.len() > crate::MAX_LABELS {
+            return Err(de::Error::custom(format!(
+                "at most {} labels",
+                crate::MAX_LABELS
+            )));
+        }
+        Ok(LabelList(list))
+    }
 }
 
 /// Deserializes a string and checks it with `check`, which returns the value to keep or
@@ -582,6 +616,12 @@ checked_string!(
     /// An artifact path or glob, relative to the working directory, normalized.
     ArtifactPath,
     |s| paths::normalize(&s).map_err(|why| format!("invalid artifact path {s:?}: {why}"))
+);
+
+checked_string!(
+    /// A runner label a run needs (`gpu`, `arch=arm64`).
+    Label,
+    |s| crate::check_label(&s).map(|()| s)
 );
 
 checked_string!(

@@ -42,6 +42,7 @@ pub use run::{
 pub use secret::constant_time_eq;
 pub use storage::{OverQuota, RepoStorage};
 pub use trust::{
-    DispatchPolicy, Isolation, IsolationError, Needs, Offer, QueuePolicy, Refusal, TierError,
-    TierPattern, TrustTier, waiting_reason,
+    DispatchPolicy, Isolation, IsolationError, MAX_LABELS, Needs, Offer, PullPolicy,
+    PullPolicyError, QueuePolicy, Refusal, TierError, TierPattern, TrustTier, check_label,
+    waiting_reason,
 };

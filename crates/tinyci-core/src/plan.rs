@@ -135,6 +135,9 @@ pub struct PlannedRun {
     pub resources: Resources,
     /// Artifact paths or globs relative to `workdir`: the task's, then the run's.
     pub artifacts: Vec<String>,
+    /// Runner labels it needs (a runner must have every one): the run's, else the task's;
+    /// sorted, each once.
+    pub labels: Vec<String>,
 }
 
 impl PlannedRun {
@@ -339,6 +342,7 @@ pub fn plan<P: AsRef<str>>(
 /// - **resources**: run `resources` > task `default_resources` > repository
 ///   `default_resources`, each taken whole;
 /// - **artifacts**: the task's then the run's, each once;
+/// - **labels** (tinyci's): run `labels` > task `labels`, each taken whole;
 /// - **privileged**: only when the repository sets `allow_privileged`, else an error.
 pub fn resolve_run(
     repo: &RepoConfig,
@@ -437,5 +441,10 @@ pub fn resolve_run(
         metadata,
         resources,
         artifacts,
+        labels: run
+            .labels
+            .clone()
+            .or_else(|| task.labels.clone())
+            .unwrap_or_default(),
     })
 }

@@ -145,6 +145,56 @@ impl FromStr for Isolation {
     }
 }
 
+/// When a container executor fetches a run's image from its registry. A runner has one
+/// (`tinyci runner --pull`); a queue's `pull` in `site.toml` overrides it for that queue's
+/// runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum PullPolicy {
+    /// Pull before every run, so a moved tag (`rust:1`) is followed.
+    Always,
+    /// Pull only when the image is not on the runner host.
+    #[default]
+    Missing,
+    /// Never pull: the image must be on the host already (air-gapped or pre-loaded hosts).
+    Never,
+}
+
+impl PullPolicy {
+    /// Every policy.
+    pub const ALL: [PullPolicy; 3] = [PullPolicy::Always, PullPolicy::Missing, PullPolicy::Never];
+
+    /// The name used in `site.toml`, on the command line, on the wire and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "always",
+            PullPolicy::Missing => "missing",
+            PullPolicy::Never => "never",
+        }
+    }
+}
+
+impl fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A pull policy that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid pull policy {0:?}: expected always, missing or never")]
+pub struct PullPolicyError(pub String);
+
+impl FromStr for PullPolicy {
+    type Err = PullPolicyError;
+
+    fn from_str(s: &str) -> Result<Self, PullPolicyError> {
+        PullPolicy::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| PullPolicyError(s.to_owned()))
+    }
+}
+
 /// Names tiers in a queue's policy: one tier, or every partner at once (`partner`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TierPattern {
@@ -208,6 +258,8 @@ pub struct QueuePolicy {
     /// Repositories (`owner/name`) whose `local` or `repo` runs on this queue may be
     /// privileged containers, when their `tinyci.yml` asks too. Nothing else can be.
     pub privileged_repos: BTreeSet<String>,
+    /// When runners fetch this queue's images; `None` leaves it to each runner's own policy.
+    pub pull: Option<PullPolicy>,
 }
 
 impl Default for QueuePolicy {
@@ -226,6 +278,7 @@ impl Default for QueuePolicy {
             isolation: [(TierPattern::Tier(TrustTier::Local), Isolation::Host)].into(),
             network: [TierPattern::Tier(TrustTier::Local)].into(),
             privileged_repos: BTreeSet::new(),
+            pull: None,
         }
     }
 }
@@ -263,8 +316,28 @@ impl QueuePolicy {
     }
 }
 
+/// The most labels a runner or a run may carry.
+pub const MAX_LABELS: usize = 32;
+
+/// Whether `label` may name a runner label: 1-63 bytes of ASCII letters, digits, `.`, `_`,
+/// `-`, `=` or `/` (`gpu`, `arch=arm64`, `zone/eu-1`). Returns why not.
+pub fn check_label(label: &str) -> Result<(), String> {
+    if label.is_empty() || label.len() > 63 {
+        return Err(format!("invalid label {label:?}: 1-63 bytes"));
+    }
+    if !label
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b".-_=/".contains(&b))
+    {
+        return Err(format!(
+            "invalid label {label:?}: only ASCII letters, digits and . _ - = /"
+        ));
+    }
+    Ok(())
+}
+
 /// What a run needs of the runner that takes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Needs {
     /// The least isolation.
     pub isolation: Isolation,
@@ -272,9 +345,12 @@ pub struct Needs {
     pub network: bool,
     /// Whether it runs as a privileged container (implies [`Isolation::Container`]).
     pub privileged: bool,
-    /// Whether it names a container image. A run without one can only run as processes
-    /// (on a host or in the sandbox), so a container executor does not count for it.
+    /// Whether it names a container image: then only a container executor runs it (a shell
+    /// would ignore the image and run the command on its host). A run without one can only
+    /// run as processes (on a host or in the sandbox).
     pub image: bool,
+    /// Labels the runner must have, every one (the task files' `labels:`), sorted.
+    pub labels: Vec<String>,
 }
 
 impl fmt::Display for Needs {
@@ -283,23 +359,26 @@ impl fmt::Display for Needs {
             (true, _, _) => {
                 f.write_str("a runner started with --allow-privileged and a container executor")
             }
-            (false, _, Isolation::Host) => f.write_str("any runner"),
-            (false, true, Isolation::Sandbox) => {
-                f.write_str("a runner with sandbox or container isolation")
+            (false, true, _) => {
+                f.write_str("a runner with a container executor (the run names an image)")
             }
+            (false, false, Isolation::Host) => f.write_str("any runner"),
             (false, false, Isolation::Sandbox) => f.write_str("a runner with the sandbox"),
-            (false, true, Isolation::Container) => f.write_str("a runner with container isolation"),
             (false, false, Isolation::Container) => f.write_str(
                 "a runner with container isolation (and an image to run in: this run names none)",
             ),
+        }?;
+        if !self.labels.is_empty() {
+            write!(f, " labelled {}", self.labels.join(", "))?;
         }
+        Ok(())
     }
 }
 
 /// What a runner provides: the strongest isolation among its executors, the strongest among
-/// those that run processes (host shell, sandbox), and whether it was started with
-/// `--allow-privileged`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// those that run processes (host shell, sandbox), whether it was started with
+/// `--allow-privileged`, and its operator-given labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Offer {
     /// The strongest isolation it can run a job in.
     pub isolation: Isolation,
@@ -308,6 +387,8 @@ pub struct Offer {
     pub processes: Option<Isolation>,
     /// Whether it runs privileged containers at all.
     pub privileged: bool,
+    /// Its labels (`tinyci runner --label`), sorted.
+    pub labels: Vec<String>,
 }
 
 impl Default for Offer {
@@ -324,23 +405,38 @@ impl Offer {
             isolation,
             processes: Some(isolation),
             privileged: false,
+            labels: Vec::new(),
         }
+    }
+
+    /// Whether it has a container executor (only containers provide that isolation).
+    pub fn containers(&self) -> bool {
+        self.isolation == Isolation::Container
     }
 
     /// Whether a run with `needs` may be leased to this runner.
     pub fn satisfies(&self, needs: &Needs) -> bool {
+        // A run with an image goes to a container executor or nowhere: a shell would ignore
+        // the image (and `privileged`) and run the command on its host.
         let have = if needs.image {
-            Some(self.isolation)
+            self.containers().then_some(Isolation::Container)
         } else {
             self.processes
         };
-        have.is_some_and(|have| have >= needs.isolation) && (!needs.privileged || self.privileged)
+        have.is_some_and(|have| have >= needs.isolation)
+            && (!needs.privileged || self.privileged)
+            && needs.labels.iter().all(|l| self.labels.contains(l))
     }
 
     /// An order on offers, weakest first: a run goes to the weakest runner that can take it,
-    /// keeping stronger ones free for what only they can run.
-    pub fn strength(&self) -> (Isolation, Option<Isolation>, bool) {
-        (self.isolation, self.processes, self.privileged)
+    /// keeping stronger (and more labelled) ones free for what only they can run.
+    pub fn strength(&self) -> (Isolation, Option<Isolation>, bool, usize) {
+        (
+            self.isolation,
+            self.processes,
+            self.privileged,
+            self.labels.len(),
+        )
     }
 }
 
@@ -354,6 +450,9 @@ impl fmt::Display for Offer {
         }
         if self.privileged {
             f.write_str(", privileged")?;
+        }
+        if !self.labels.is_empty() {
+            write!(f, ", labels: {}", self.labels.join(" "))?;
         }
         Ok(())
     }
@@ -454,6 +553,7 @@ impl DispatchPolicy {
             network: policy.network_for(tier),
             privileged: run.privileged,
             image: run.image.is_some(),
+            labels: run.labels.clone(),
         }
     }
 }
@@ -508,6 +608,7 @@ mod tests {
             metadata: BTreeMap::new(),
             resources: Default::default(),
             artifacts: Vec::new(),
+            labels: Vec::new(),
         }
     }
 
@@ -516,6 +617,7 @@ mod tests {
         isolation: Isolation::Container,
         processes: None,
         privileged: false,
+        labels: Vec::new(),
     };
 
     #[test]

@@ -156,6 +156,7 @@ struct ConnectedWorker {
     queue: String,
     runner: String,
     offer: Offer,
+    profile: RunnerProfile,
 }
 
 /// Names a worker registered with [`Queue::connect_worker`].
@@ -214,7 +215,7 @@ impl std::fmt::Debug for Queue {
 }
 
 fn decode_run(id: u64, bytes: &[u8]) -> Result<StoredRun, QueueError> {
-    Record::<StoredRun>::decode(bytes).map_err(|e| QueueError::Corrupt {
+    StoredRun::decode(bytes).map_err(|e| QueueError::Corrupt {
         what: "run",
         id,
         reason: e.to_string(),
@@ -549,7 +550,14 @@ impl Queue {
 
     /// Records that `runner` has a worker on `queue` offering `offer`, until
     /// [`Queue::disconnect_worker`]: runs no connected runner can take say so.
-    pub fn connect_worker(&self, queue: &str, runner: &str, offer: Offer) -> WorkerId {
+    pub fn connect_worker(
+        &self,
+        queue: &str,
+        runner: &str,
+        offer: Offer,
+        mut profile: RunnerProfile,
+    ) -> WorkerId {
+        profile.connected_at = self.now();
         let mut state = self.state.borrow_mut();
         state.next_worker += 1;
         let id = WorkerId(state.next_worker);
@@ -559,6 +567,7 @@ impl Queue {
                 queue: queue.to_owned(),
                 runner: runner.to_owned(),
                 offer,
+                profile,
             },
         );
         id
@@ -602,7 +611,7 @@ impl Queue {
             .connected
             .values()
             .filter(|w| w.queue == queue)
-            .map(|w| (w.runner.clone(), w.offer))
+            .map(|w| (w.runner.clone(), w.offer.clone()))
             .collect();
         tinyci_core::waiting_reason(queue, tier, needs, &connected)
     }
@@ -637,7 +646,7 @@ impl Queue {
         &self,
         queue: &str,
         runner: &str,
-        offer: Offer,
+        offer: &Offer,
         on_cancel: CancelHook,
     ) -> Result<Leased, QueueError> {
         loop {
@@ -661,7 +670,7 @@ impl Queue {
 
     /// Takes the oldest queued run of `queue` that `offer` satisfies, or registers `runner`
     /// as waiting for one.
-    fn take_or_wait(&self, queue: &str, runner: &str, offer: Offer) -> Take {
+    fn take_or_wait(&self, queue: &str, runner: &str, offer: &Offer) -> Take {
         let mut state = self.state.borrow_mut();
         if !state.paused.contains(queue) && !state.paused_runners.contains(runner) {
             let State {
@@ -690,7 +699,7 @@ impl Queue {
             .or_default()
             .push_back(Waiter {
                 runner: runner.to_owned(),
-                offer,
+                offer: offer.clone(),
                 tx,
             });
         Take::Wait(rx)
@@ -1326,6 +1335,20 @@ impl Queue {
                 }
             }
         }
+        for worker in state.connected.values() {
+            let entry = out.entry(worker.runner.clone()).or_default();
+            let earlier = entry
+                .profile
+                .as_ref()
+                .is_some_and(|p| p.connected_at <= worker.profile.connected_at);
+            if !earlier {
+                entry.profile = Some(worker.profile.clone());
+                entry.offer = Some(worker.offer.clone());
+            }
+            if !entry.waiting_on.contains(&worker.queue) {
+                entry.waiting_on.push(worker.queue.clone());
+            }
+        }
         for run in state.live.values() {
             if let (Some(runner), true) = (
                 &run.runner,
@@ -1418,10 +1441,33 @@ impl Drop for Handed<'_> {
 /// What one runner is doing, as far as the queue can see.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunnerActivity {
-    /// Queues it has a worker waiting on.
+    /// Queues it has a worker connected to (waiting for a run or busy).
     pub waiting_on: Vec<String>,
     /// Runs it holds leases on.
     pub holding: Vec<RunId>,
+    /// What it said about itself when its first connected worker registered (none: it
+    /// holds runs from before a restart and has not reconnected).
+    pub profile: Option<RunnerProfile>,
+    /// What the site credits it with.
+    pub offer: Option<Offer>,
+}
+
+/// What a runner says about itself when it connects, for operators (routing uses its
+/// [`Offer`] only). `connected_at` is the queue's clock when it registered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunnerProfile {
+    /// Its verified identity (the certificate's URI).
+    pub identity: String,
+    /// The host it runs on.
+    pub hostname: String,
+    /// Its tinyci version.
+    pub version: String,
+    /// Its executors (`docker`, `sandbox`, `shell`).
+    pub executors: Vec<String>,
+    /// Runs it executes at once.
+    pub slots: u32,
+    /// When it connected (Unix ms); set by the queue.
+    pub connected_at: u64,
 }
 
 /// Per-queue numbers for status pages and metrics.

@@ -32,6 +32,79 @@ impl StoredRun {
     pub fn id(&self) -> RunId {
         self.state.id()
     }
+
+    /// Decodes a stored run, including ones written before runs carried runner labels (they
+    /// need none).
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, tinyci_store::RecordError> {
+        use tinyci_store::Record;
+        match Record::<StoredRun>::decode(bytes) {
+            Ok(run) => Ok(run),
+            Err(current) => {
+                let Ok(old) = Record::<RunBeforeLabels>::decode(bytes) else {
+                    return Err(current);
+                };
+                let spec = old.spec;
+                Ok(StoredRun {
+                    state: old.state,
+                    submission: old.submission,
+                    repo: old.repo,
+                    git_ref: old.git_ref,
+                    sha: old.sha,
+                    spec: PlannedRun {
+                        task_dir: spec.task_dir,
+                        name: spec.name,
+                        command: spec.command,
+                        image: spec.image,
+                        queue: spec.queue,
+                        timeout_secs: spec.timeout_secs,
+                        env: spec.env,
+                        mountpoint: spec.mountpoint,
+                        workdir: spec.workdir,
+                        privileged: spec.privileged,
+                        metadata: spec.metadata,
+                        resources: spec.resources,
+                        artifacts: spec.artifacts,
+                        labels: Vec::new(),
+                    },
+                    runner: old.runner,
+                    started_at: old.started_at,
+                    message: old.message,
+                })
+            }
+        }
+    }
+}
+
+/// A run as stores written before runner labels hold it (postcard is positional, and the
+/// spec sits in the middle of the record).
+#[derive(Serialize, Deserialize)]
+struct RunBeforeLabels {
+    state: Run,
+    submission: SubmissionId,
+    repo: String,
+    git_ref: String,
+    sha: String,
+    spec: PlannedRunBeforeLabels,
+    runner: Option<String>,
+    started_at: Option<u64>,
+    message: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PlannedRunBeforeLabels {
+    task_dir: String,
+    name: String,
+    command: Vec<String>,
+    image: Option<String>,
+    queue: tinyci_core::QueueName,
+    timeout_secs: u64,
+    env: std::collections::BTreeMap<String, String>,
+    mountpoint: String,
+    workdir: String,
+    privileged: bool,
+    metadata: std::collections::BTreeMap<String, String>,
+    resources: tinyci_core::Resources,
+    artifacts: Vec<String>,
 }
 
 /// A submission as stored.
@@ -131,7 +204,51 @@ fn legacy_tier(submitted_by: &str, own_site: &str) -> TrustTier {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+
+    #[test]
+    fn runs_stored_before_labels_read_with_none() {
+        let run = Run::new(RunId(7), &tinyci_core::LeasePolicy::default(), 1_000);
+        let old = RunBeforeLabels {
+            state: run.clone(),
+            submission: SubmissionId(3),
+            repo: "org/x".into(),
+            git_ref: "refs/heads/main".into(),
+            sha: "a".repeat(40),
+            spec: PlannedRunBeforeLabels {
+                task_dir: "ci".into(),
+                name: "test".into(),
+                command: vec!["make".into()],
+                image: Some("rust:1".into()),
+                queue: "default".parse().unwrap(),
+                timeout_secs: 60,
+                env: Default::default(),
+                mountpoint: "/src".into(),
+                workdir: "/src".into(),
+                privileged: false,
+                metadata: [("k".to_owned(), "v".to_owned())].into(),
+                resources: Default::default(),
+                artifacts: vec!["out/*".into()],
+            },
+            runner: Some("r1".into()),
+            started_at: Some(5),
+            message: Some("kept".into()),
+        };
+        let bytes = tinyci_store::Record::<RunBeforeLabels>::encode(&old).unwrap();
+        let read = StoredRun::decode(&bytes).unwrap();
+        assert_eq!(read.state, run);
+        assert_eq!(read.spec.image.as_deref(), Some("rust:1"));
+        assert_eq!(read.spec.artifacts, ["out/*"]);
+        assert!(read.spec.labels.is_empty());
+        assert_eq!(read.message.as_deref(), Some("kept"));
+        // And today's records read as themselves.
+        let mut now = read.clone();
+        now.spec.labels = vec!["gpu".into()];
+        let bytes = tinyci_store::Record::<StoredRun>::encode(&now).unwrap();
+        assert_eq!(StoredRun::decode(&bytes).unwrap(), now);
+    }
 
     #[test]
     fn legacy_submissions_get_the_tier_their_submitter_implies() {

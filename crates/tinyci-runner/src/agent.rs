@@ -81,6 +81,10 @@ pub struct DetectOptions {
     pub hidden: Vec<std::path::PathBuf>,
     /// Limits for containers (and whether privileged ones may run).
     pub limits: ContainerLimits,
+    /// When containers' images are pulled, unless a run's queue says otherwise.
+    pub pull: tinyci_core::PullPolicy,
+    /// Registry credentials for pulls (the host's Docker configuration).
+    pub registry_auth: crate::RegistryAuth,
 }
 
 impl Executors {
@@ -96,7 +100,11 @@ impl Executors {
         let mut list = Vec::new();
         let mut notes = Vec::new();
         match DockerExecutor::connect().await {
-            Ok(docker) => list.push(Executor::Docker(docker.with_limits(options.limits))),
+            Ok(docker) => list.push(Executor::Docker(
+                docker
+                    .with_limits(options.limits)
+                    .with_pulls(options.pull, options.registry_auth),
+            )),
             Err(e) => notes.push(e.to_string()),
         }
         match Bubblewrap::detect().await {
@@ -168,9 +176,9 @@ impl Executors {
     }
 
     /// The executor for a run that needs `needs` isolation: a container when it names an
-    /// image or is privileged (else a process executor that isolates enough), a process
-    /// executor that isolates enough when it names no image (a container needs one). Never
-    /// one that isolates less than the site requires.
+    /// image or is privileged (never a process executor instead), a process executor that
+    /// isolates enough when it names no image (a container needs one). Never one that
+    /// isolates less than the site requires.
     fn choose(&self, spec: &ExecSpec, needs: Isolation) -> Result<&Executor, String> {
         let fits = |e: &&Executor| e.isolation() >= needs;
         let docker = self
@@ -183,12 +191,19 @@ impl Executors {
             .iter()
             .filter(fits)
             .find(|e| matches!(e, Executor::Shell(_)));
-        let chosen = if spec.privileged || !spec.image.is_empty() {
-            docker.or(shell)
-        } else {
-            shell
-        };
-        chosen.ok_or_else(|| {
+        if spec.privileged || !spec.image.is_empty() {
+            // A shell would ignore the image (and `privileged`) and run the command on this
+            // host: an image runs in a container or not at all.
+            return docker.ok_or_else(|| {
+                format!(
+                    "this run names image {:?} and this runner has no container executor \
+                     ({}); it will not run it on the host instead",
+                    spec.image,
+                    self.describe()
+                )
+            });
+        }
+        shell.ok_or_else(|| {
             format!(
                 "the site requires {needs} isolation for this run and this runner offers only \
                  {} ({}); it will not run it with less",
@@ -216,6 +231,9 @@ pub struct AgentConfig {
     pub queues: Vec<String>,
     /// Runs executed at once.
     pub slots: usize,
+    /// Operator-given labels (`--label`): runs that list labels go only to runners with
+    /// every one of them.
+    pub labels: Vec<String>,
     /// How jobs are executed.
     pub executors: Executors,
     /// Where job sources are unpacked (one directory per run, removed afterwards).
@@ -249,6 +267,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("name", &self.name)
             .field("queues", &self.queues)
             .field("slots", &self.slots)
+            .field("labels", &self.labels)
             .field("executors", &self.executors.describe())
             .finish_non_exhaustive()
     }
@@ -491,6 +510,12 @@ async fn connect(
             names.set(u32::try_from(i).unwrap_or(u32::MAX), executor.name());
         }
         info.set_allow_privileged(config.executors.allow_privileged());
+        let mut labels = info
+            .reborrow()
+            .init_labels(u32::try_from(config.labels.len()).unwrap_or(u32::MAX));
+        for (i, label) in config.labels.iter().enumerate() {
+            labels.set(u32::try_from(i).unwrap_or(u32::MAX), label);
+        }
         // Await each worker now, so a refused grant is reported clearly and once.
         let worker = match request.send().promise.await {
             Ok(response) => response.get().and_then(|r| r.get_worker()).map_err(|e| {
@@ -1195,6 +1220,12 @@ fn exec_spec(
             .map_err(|e| format!("malformed job spec: {e}"))?
     };
     let hint = |t: String| Some(t).filter(|t| !t.is_empty());
+    // Empty: the queue leaves pulls to this runner's own policy.
+    let pull_policy = |t: &str| -> Result<Option<tinyci_core::PullPolicy>, String> {
+        hint(t.to_owned())
+            .map(|t| t.parse().map_err(|e| format!("malformed job spec: {e}")))
+            .transpose()
+    };
     let mut env = BTreeMap::new();
     for kv in spec.get_env().map_err(|e| e.to_string())?.iter() {
         env.insert(text(kv.get_key())?, text(kv.get_value())?);
@@ -1248,6 +1279,7 @@ fn exec_spec(
         workdir: text(spec.get_workdir())?,
         mountpoint: text(spec.get_mountpoint())?,
         image: text(spec.get_image())?,
+        pull: pull_policy(&text(spec.get_pull())?)?,
         env,
         timeout: Duration::from_secs(u64::from(spec.get_timeout_seconds().max(1))),
         privileged: spec.get_privileged(),
@@ -1411,6 +1443,7 @@ mod tests {
             workdir: ".".into(),
             mountpoint: "/src".into(),
             image: image.into(),
+            pull: None,
             env: BTreeMap::new(),
             timeout: Duration::from_secs(1),
             privileged,
@@ -1436,5 +1469,13 @@ mod tests {
         assert_eq!(host.isolation(), Isolation::Host);
         assert!(!host.allow_privileged());
         assert_eq!(host.describe(), "shell");
+        // An image never runs on the host instead of in a container.
+        let refused = host
+            .choose(&job("busybox:1", false), Isolation::Host)
+            .unwrap_err();
+        assert!(
+            refused.contains("no container executor") && refused.contains("busybox:1"),
+            "{refused}"
+        );
     }
 }

@@ -918,6 +918,7 @@ mod tests {
             workdir: workdir.into(),
             mountpoint: mountpoint.into(),
             image: String::new(),
+            pull: None,
             env: BTreeMap::new(),
             timeout: std::time::Duration::from_secs(1),
             privileged: false,

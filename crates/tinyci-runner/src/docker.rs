@@ -22,6 +22,9 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 use tracing::{debug, warn};
 
+use crate::registry::{ImageRef, RegistryAuth};
+use tinyci_core::PullPolicy;
+
 use crate::exec::{
     ExecOutcome, ExecSpec, Interruption, MAX_CHUNK, OutputChunk, OutputSink, StopSignal, Stream,
     base_env, system_line,
@@ -86,6 +89,10 @@ pub struct DockerExecutor {
     limits: ContainerLimits,
     /// The runner whose containers these are ([`RUNNER_LABEL`]), once known.
     owner: Option<String>,
+    /// When to pull a run's image, unless its queue says otherwise.
+    pull: PullPolicy,
+    /// Registry credentials from the runner host's Docker configuration.
+    auth: RegistryAuth,
 }
 
 impl DockerExecutor {
@@ -107,7 +114,23 @@ impl DockerExecutor {
             docker,
             limits: ContainerLimits::default(),
             owner: None,
+            pull: PullPolicy::default(),
+            auth: RegistryAuth::default(),
         })
+    }
+
+    /// Pulls images by `policy` unless a run's queue says otherwise, with `auth`'s
+    /// credentials.
+    #[must_use]
+    pub fn with_pulls(mut self, policy: PullPolicy, auth: RegistryAuth) -> Self {
+        self.pull = policy;
+        self.auth = auth;
+        self
+    }
+
+    /// The policy for runs whose queue sets none.
+    pub fn pull_policy(&self) -> PullPolicy {
+        self.pull
     }
 
     /// Uses `limits` for every container from now on.
@@ -226,6 +249,9 @@ impl DockerExecutor {
                  --allow-privileged; it runs none",
             );
         }
+        if let Err(outcome) = self.ensure_image(spec, out, stop.clone()).await {
+            return outcome;
+        }
         let id = match self.create(spec).await {
             Ok(id) => id,
             Err(e) => return ExecOutcome::errored(e),
@@ -233,6 +259,124 @@ impl DockerExecutor {
         let outcome = self.run_created(&id, spec, out, stop).await;
         self.remove(&id).await;
         outcome
+    }
+
+    /// Makes sure the run's image is on this host, pulling it as the policy says (the queue's,
+    /// else the runner's), with progress in the run's `system` stream. A pull is bounded by
+    /// the run's timeout and stops on cancel.
+    async fn ensure_image(
+        &self,
+        spec: &ExecSpec,
+        out: &OutputSink,
+        mut stop: StopSignal,
+    ) -> Result<(), ExecOutcome> {
+        let (policy, whose) = match spec.pull {
+            Some(policy) => (policy, "the queue's"),
+            None => (self.pull, "this runner's"),
+        };
+        let present = match self.docker.inspect_image(&spec.image).await {
+            Ok(_) => true,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => false,
+            Err(source) => {
+                return Err(ExecOutcome::errored(
+                    DockerError::Api {
+                        what: "inspect image",
+                        source,
+                    }
+                    .to_string(),
+                ));
+            }
+        };
+        let why = match (policy, present) {
+            (PullPolicy::Never, false) => {
+                return Err(ExecOutcome::errored(format!(
+                    "image {} is not on this runner host and {whose} pull policy is never: load \
+                     it on the host first (docker pull or docker load), or use a queue or \
+                     runner whose policy pulls",
+                    spec.image
+                )));
+            }
+            (PullPolicy::Never, true) | (PullPolicy::Missing, true) => return Ok(()),
+            (PullPolicy::Missing, false) => "it is not on this host",
+            (PullPolicy::Always, _) => "the pull policy is always",
+        };
+        system_line(
+            out,
+            format!(
+                "pulling image {} ({why}; {whose} policy: {policy})",
+                spec.image
+            ),
+        )
+        .await;
+        let pull = self.pull(spec, out);
+        let failure = tokio::select! {
+            pulled = tokio::time::timeout(spec.timeout, pull) => match pulled {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => ExecOutcome::errored(e),
+                Err(_) => ExecOutcome {
+                    verdict: crate::exec::Verdict::TimedOut,
+                    exit_code: None,
+                    message: format!(
+                        "timed out after {}s pulling image {}",
+                        spec.timeout.as_secs(),
+                        spec.image
+                    ),
+                },
+            },
+            reason = stop.requested() => ExecOutcome {
+                verdict: crate::exec::Verdict::Canceled,
+                exit_code: None,
+                message: format!("canceled: {reason}"),
+            },
+        };
+        Err(failure)
+    }
+
+    /// Pulls the run's image, writing one `system` line each time a layer's state changes
+    /// (not every progress tick).
+    async fn pull(&self, spec: &ExecSpec, out: &OutputSink) -> Result<(), String> {
+        let image = ImageRef::parse(&spec.image);
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(&image.name)
+            .tag(&image.reference)
+            .build();
+        let credentials = self.auth.for_registry(&image.registry);
+        let had_credentials = credentials.is_some();
+        let mut progress = self.docker.create_image(Some(options), None, credentials);
+        let mut last: HashMap<String, String> = HashMap::new();
+        while let Some(step) = progress.next().await {
+            let step = step.map_err(|source| {
+                let hint = if had_credentials {
+                    String::new()
+                } else if self.auth.helper_for(&image.registry) {
+                    format!(
+                        " (the Docker configuration sends {} to a credential helper, which \
+                         tinyci does not run: put its credentials under `auths`)",
+                        image.registry
+                    )
+                } else {
+                    format!(
+                        " (no credentials for {} in this host's Docker configuration)",
+                        image.registry
+                    )
+                };
+                format!("cannot pull image {}: {source}{hint}", spec.image)
+            })?;
+            let Some(status) = step.status else { continue };
+            let key = step.id.clone().unwrap_or_default();
+            if last.get(&key) == Some(&status) {
+                continue;
+            }
+            let line = match &step.id {
+                Some(id) => format!("{id}: {status}"),
+                None => status.clone(),
+            };
+            last.insert(key, status);
+            system_line(out, line).await;
+        }
+        Ok(())
     }
 
     async fn create(&self, spec: &ExecSpec) -> Result<String, String> {

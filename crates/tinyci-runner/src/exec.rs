@@ -24,6 +24,9 @@ pub struct ExecSpec {
     pub mountpoint: String,
     /// Container image (docker executor only).
     pub image: String,
+    /// When to pull the image, as the run's queue says; `None` leaves it to the executor's
+    /// own policy.
+    pub pull: Option<tinyci_core::PullPolicy>,
     /// Environment variables, on top of a minimal base (the runner's own environment is
     /// never passed through: it may hold the runner's credentials).
     pub env: BTreeMap<String, String>,

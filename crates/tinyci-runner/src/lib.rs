@@ -16,6 +16,7 @@ mod agent;
 mod artifacts;
 mod docker;
 mod exec;
+mod registry;
 mod sandbox;
 mod shell;
 mod source;
@@ -36,7 +37,8 @@ pub use exec::{
     ExecOutcome, ExecSpec, MAX_CHUNK, OutputChunk, OutputSink, StopHandle, StopSignal, Stream,
     Verdict, stop_pair,
 };
+pub use registry::{DOCKER_HUB, ImageRef, RegistryAuth, RegistryAuthError};
 pub use sandbox::{Bubblewrap, Confinement, Containment, SandboxError, Unshare};
 pub use shell::ShellExecutor;
 pub use source::{MAX_SOURCE_BYTES, private_work_root};
-pub use tinyci_core::Isolation;
+pub use tinyci_core::{Isolation, PullPolicy, check_label};

@@ -516,7 +516,28 @@ impl admin::Server for AdminCap {
         let mut list = results.get().init_runners(len(runners.len()));
         for (i, (name, activity)) in runners.iter().enumerate() {
             let mut r = list.reborrow().get(len(i));
-            r.reborrow().init_info().set_name(name);
+            let mut info = r.reborrow().init_info();
+            info.set_name(name);
+            if let Some(profile) = &activity.profile {
+                info.set_hostname(&profile.hostname);
+                info.set_version(&profile.version);
+                info.set_slots(profile.slots);
+                let mut executors = info.reborrow().init_executors(len(profile.executors.len()));
+                for (j, e) in profile.executors.iter().enumerate() {
+                    executors.set(len(j), e.as_str());
+                }
+                r.set_connected_at(i64::try_from(profile.connected_at).unwrap_or(i64::MAX));
+                r.set_identity(&profile.identity);
+            }
+            if let Some(offer) = &activity.offer {
+                let mut info = r.reborrow().get_info()?;
+                info.set_allow_privileged(offer.privileged);
+                let mut labels = info.reborrow().init_labels(len(offer.labels.len()));
+                for (j, l) in offer.labels.iter().enumerate() {
+                    labels.set(len(j), l.as_str());
+                }
+                r.set_isolation(offer.to_string());
+            }
             r.set_paused(self.services.queue.runner_paused(name));
             let mut queues = r.reborrow().init_queues(len(activity.waiting_on.len()));
             for (j, q) in activity.waiting_on.iter().enumerate() {

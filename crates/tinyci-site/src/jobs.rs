@@ -148,10 +148,13 @@ impl WorkerCap {
         queue: String,
         runner: String,
         offer: Offer,
+        profile: tinyci_queue::RunnerProfile,
         logs_write: crate::session::RightCheck,
         liveness: Rc<Liveness>,
     ) -> Self {
-        let registered = handles.queue.connect_worker(&queue, &runner, offer);
+        let registered = handles
+            .queue
+            .connect_worker(&queue, &runner, offer.clone(), profile);
         info!(%queue, %runner, %offer, "worker connected");
         Self {
             handles,
@@ -180,7 +183,7 @@ impl worker::Server for WorkerCap {
         self.liveness.check()?;
         let control: job_control::Client = params.get()?.get_control()?;
         let leased = tokio::select! {
-            leased = self.handles.queue.next(&self.queue, &self.runner, self.offer, cancel_hook(control)) => leased.map_err(queue_error)?,
+            leased = self.handles.queue.next(&self.queue, &self.runner, &self.offer, cancel_hook(control)) => leased.map_err(queue_error)?,
             dead = self.liveness.dead() => return Err(dead),
         };
         info!(run = %leased.run.id(), runner = %self.runner, attempt = leased.run.state.attempt(), "job leased");
@@ -382,6 +385,15 @@ impl job::Server for JobCap {
             command.set(len(i), arg.as_str());
         }
         out.set_image(spec.image.as_deref().unwrap_or_default());
+        if let Some(pull) = self
+            .handles
+            .queue
+            .dispatch_policy()
+            .queue(spec.queue.as_ref())
+            .pull
+        {
+            out.set_pull(pull.as_str());
+        }
         out.set_mountpoint(&spec.mountpoint);
         // The shell executor wants a path inside the source; send the workdir relative to
         // the mountpoint when it lies under it (the Docker executor accepts either).

@@ -10,6 +10,22 @@ pub(crate) fn read_text(
         .map_err(|e| capnp::Error::failed(format!("malformed {name}: not UTF-8 ({e})")))
 }
 
+/// Reads a text field a peer describes itself with (a hostname, a version), refusing more
+/// than 255 bytes: the site keeps it for as long as the peer is connected.
+pub(crate) fn read_short_text(
+    field: capnp::Result<capnp::text::Reader<'_>>,
+    name: &str,
+) -> Result<String, capnp::Error> {
+    let text = read_text(field, name)?;
+    if text.len() > 255 {
+        return Err(capnp::Error::failed(format!(
+            "{name} is {} bytes; at most 255",
+            text.len()
+        )));
+    }
+    Ok(text)
+}
+
 /// The client of a capability this site serves, with its calls traced and counted (see
 /// `tinyci_net::observe`). Every capability the site hands out is made here.
 pub(crate) fn observed<C, S>(metrics: &std::rc::Rc<crate::metrics::Metrics>, server: S) -> C

@@ -206,18 +206,35 @@ impl session::Server for Session {
         let runner =
             crate::tiers::runner_name(&self.peer.identity, self.services.grants.site(), &claimed)
                 .map_err(|e| crate::rpc::failed(&e))?;
-        let executors = info
-            .get_executors()?
+        let executors = info.get_executors()?;
+        if executors.len() > 8 {
+            return Err(capnp::Error::failed(format!(
+                "runner.executors: {} executors named; at most 8",
+                executors.len()
+            )));
+        }
+        let executors = executors
             .iter()
             .map(|e| Ok(e?.to_string()?))
             .collect::<Result<Vec<String>, capnp::Error>>()?;
-        let offer = crate::tiers::offer_of(&executors, info.get_allow_privileged());
+        let labels = crate::tiers::runner_labels(info.get_labels()?)?;
+        let offer = crate::tiers::offer_of(&executors, info.get_allow_privileged(), labels);
         self.authorize(Right::QueueTake, &queue)?;
+        // For operators only: nothing here decides what the runner is leased.
+        let profile = tinyci_queue::RunnerProfile {
+            identity: self.peer.identity.to_string(),
+            hostname: crate::rpc::read_short_text(info.get_hostname(), "runner.hostname")?,
+            version: crate::rpc::read_short_text(info.get_version(), "runner.version")?,
+            executors: executors.into_iter().take(8).collect(),
+            slots: info.get_slots(),
+            connected_at: 0,
+        };
         let cap = WorkerCap::new(
             self.services.run_handles(),
             queue,
             runner,
             offer,
+            profile,
             self.check_of(Right::LogsWrite),
             self.redeemed.liveness.clone(),
         );

@@ -98,7 +98,7 @@ pub(crate) fn runner_name(
 /// containers. Unknown executor names add nothing: a runner is never credited with more
 /// isolation than a name this site knows provides. A runner that names none is taken for a
 /// plain shell runner (older runners named nothing).
-pub(crate) fn offer_of(executors: &[String], allow_privileged: bool) -> Offer {
+pub(crate) fn offer_of(executors: &[String], allow_privileged: bool, labels: Vec<String>) -> Offer {
     let processes = executors
         .iter()
         .filter_map(|e| match e.as_str() {
@@ -121,7 +121,33 @@ pub(crate) fn offer_of(executors: &[String], allow_privileged: bool) -> Offer {
         processes,
         // Only a container executor can run a privileged container.
         privileged: allow_privileged && containers,
+        labels,
     }
+}
+
+/// A runner's labels as it lists them: each valid, at most [`tinyci_core::MAX_LABELS`],
+/// sorted and each once. Labels only narrow what a runner is leased (a run lists the labels
+/// it needs), so a runner claiming one gains nothing a site's policy withholds.
+pub(crate) fn runner_labels(
+    list: capnp::text_list::Reader<'_>,
+) -> Result<Vec<String>, capnp::Error> {
+    if list.len() as usize > tinyci_core::MAX_LABELS {
+        return Err(capnp::Error::failed(format!(
+            "runner.labels: {} labels; at most {}",
+            list.len(),
+            tinyci_core::MAX_LABELS
+        )));
+    }
+    let mut labels = Vec::new();
+    for label in list.iter() {
+        let label = crate::rpc::read_text(label, "runner.labels")?;
+        tinyci_core::check_label(&label)
+            .map_err(|e| capnp::Error::failed(format!("runner.labels: {e}")))?;
+        labels.push(label);
+    }
+    labels.sort();
+    labels.dedup();
+    Ok(labels)
 }
 
 #[cfg(test)]
@@ -212,21 +238,24 @@ mod tests {
     fn offers_come_only_from_known_executors() {
         let names = |list: &[&str]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
         assert_eq!(
-            offer_of(&names(&["shell"]), true).isolation,
+            offer_of(&names(&["shell"]), true, Vec::new()).isolation,
             Isolation::Host
         );
-        assert!(!offer_of(&names(&["shell"]), true).privileged);
+        assert!(!offer_of(&names(&["shell"]), true, Vec::new()).privileged);
         assert_eq!(
-            offer_of(&names(&["sandbox", "shell"]), false).isolation,
+            offer_of(&names(&["sandbox", "shell"]), false, Vec::new()).isolation,
             Isolation::Sandbox
         );
-        let docker = offer_of(&names(&["docker"]), true);
+        let docker = offer_of(&names(&["docker"]), true, Vec::new());
         assert_eq!(docker.isolation, Isolation::Container);
         assert_eq!(docker.processes, None);
         assert!(docker.privileged);
-        let both = offer_of(&names(&["docker", "sandbox"]), false);
+        let both = offer_of(&names(&["docker", "sandbox"]), false, Vec::new());
         assert_eq!(both.processes, Some(Isolation::Sandbox));
-        assert_eq!(offer_of(&names(&["vm", "chroot"]), false), Offer::default());
-        assert_eq!(offer_of(&[], false), Offer::default());
+        assert_eq!(
+            offer_of(&names(&["vm", "chroot"]), false, Vec::new()),
+            Offer::default()
+        );
+        assert_eq!(offer_of(&[], false, Vec::new()), Offer::default());
     }
 }

@@ -80,6 +80,23 @@ runs:
 }
 
 #[test]
+fn labels_are_tinycis_extension_and_a_runs_list_replaces_its_tasks() {
+    let task_yml = "mountpoint: /src\nlabels: [gpu, arch=amd64, gpu]\nruns:\n  a: {command: [x]}\n";
+    assert_eq!(resolved("", task_yml).labels, ["arch=amd64", "gpu"]);
+    let task_yml = "mountpoint: /src\nlabels: [gpu]\nruns:\n  a: {command: [x], labels: []}\n";
+    assert!(resolved("", task_yml).labels.is_empty());
+    let task_yml = "mountpoint: /src\nruns:\n  a: {command: [x], labels: [zone/eu-1]}\n";
+    assert_eq!(resolved("", task_yml).labels, ["zone/eu-1"]);
+    task_error(
+        "t.yml",
+        "mountpoint: /src\nlabels: [\"has space\"]\nruns:\n  a: {command: [x]}\n",
+        expect![[
+            r#"t.yml:2:10: labels[0]: invalid label "has space": only ASCII letters, digits and . _ - = /"#
+        ]],
+    );
+}
+
+#[test]
 fn tinyci_run_names_may_be_numbers() {
     // ci-agents' api/testdata/standard_task.yml names its runs 1..5.
     let t = task(
@@ -470,17 +487,17 @@ fn unknown_field_names_file_field_and_line() {
     task_error(
         "build/task.yml",
         "mountpoint: /src\nruns:\n  test:\n    command: [make, test]\n    imgae: debian\n",
-        expect![[
-            r#"build/task.yml:5:5: runs.test.imgae: unknown field `imgae`, expected one of command, image, queue, timeout, env, privileged, metadata, resources, artifacts"#
-        ]],
+        expect![
+            "build/task.yml:5:5: runs.test.imgae: unknown field `imgae`, expected one of command, image, queue, timeout, env, privileged, metadata, resources, artifacts, labels"
+        ],
     );
     // tinyCI's api/testdata/bad_task.yml: dependencies belong to the task, not a run.
     task_error(
         "api/task.yml",
         "---\nmountpoint: \"/tmp\"\nruns:\n  1: \n    command: [\"1\"]\n    image: \"foo\"\n    dependencies:\n      - foo\n",
-        expect![[
-            r#"api/task.yml:7:5: runs.1.dependencies: unknown field `dependencies`, expected one of command, image, queue, timeout, env, privileged, metadata, resources, artifacts"#
-        ]],
+        expect![
+            "api/task.yml:7:5: runs.1.dependencies: unknown field `dependencies`, expected one of command, image, queue, timeout, env, privileged, metadata, resources, artifacts, labels"
+        ],
     );
     repo_error(
         "queue: a\ndefault_timeout: 60\n",
@@ -663,7 +680,7 @@ fn other_errors() {
         "t.yml",
         "mountpoint: /src\nruns:\n  value: {command: [x], value: 1}\n",
         expect![
-            "t.yml:3:25: runs.value.value: unknown field `value`, expected one of command, image, queue, timeout, env, privileged, metadata, resources, artifacts"
+            "t.yml:3:25: runs.value.value: unknown field `value`, expected one of command, image, queue, timeout, env, privileged, metadata, resources, artifacts, labels"
         ],
     );
     let err =

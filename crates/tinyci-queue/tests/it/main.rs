@@ -88,6 +88,7 @@ fn planned(queue: &str, name: &str) -> PlannedRun {
         metadata: Default::default(),
         resources: Default::default(),
         artifacts: Vec::new(),
+        labels: Vec::new(),
     }
 }
 
@@ -132,8 +133,14 @@ fn runs_are_leased_fifo_and_completed_exactly_once() {
             .await
             .unwrap();
         assert_eq!(runs.len(), 3);
-        let first = queue.next("a", "runner:r1", HOST, no_hook()).await.unwrap();
-        let second = queue.next("a", "runner:r2", HOST, no_hook()).await.unwrap();
+        let first = queue
+            .next("a", "runner:r1", &HOST, no_hook())
+            .await
+            .unwrap();
+        let second = queue
+            .next("a", "runner:r2", &HOST, no_hook())
+            .await
+            .unwrap();
         assert_eq!(first.run.spec.name, "one");
         assert_eq!(second.run.spec.name, "two");
         assert_eq!(first.run.state.attempt(), 1);
@@ -176,7 +183,7 @@ fn a_waiting_worker_is_handed_a_run_as_soon_as_one_is_queued() {
         let waiting = {
             let queue = queue.clone();
             tokio::task::spawn_local(async move {
-                queue.next("gpu", "runner:r1", HOST, no_hook()).await
+                queue.next("gpu", "runner:r1", &HOST, no_hook()).await
             })
         };
         // Let the worker park, then queue a run on another queue and on its own.
@@ -207,7 +214,10 @@ fn lost_leases_requeue_with_attempts_until_the_run_gives_up() {
             .unwrap();
         let policy = LeasePolicy::default();
         for attempt in 1..=policy.max_attempts {
-            let leased = queue.next("a", "runner:r1", HOST, no_hook()).await.unwrap();
+            let leased = queue
+                .next("a", "runner:r1", &HOST, no_hook())
+                .await
+                .unwrap();
             assert_eq!(leased.run.state.attempt(), attempt);
             // A heartbeat extends the lease; then the runner goes silent.
             f.clock.advance(policy.lease_duration / 2);
@@ -263,7 +273,10 @@ fn a_restart_keeps_leases_for_their_runners_to_resume_and_loses_nothing() {
                 .unwrap();
             let mut held = Vec::new();
             for _ in 0..5 {
-                let leased = queue.next("a", "runner:r1", HOST, no_hook()).await.unwrap();
+                let leased = queue
+                    .next("a", "runner:r1", &HOST, no_hook())
+                    .await
+                    .unwrap();
                 held.push((leased.run.id(), leased.lease));
             }
             drop((queue, committer));
@@ -292,7 +305,10 @@ fn a_restart_keeps_leases_for_their_runners_to_resume_and_loses_nothing() {
         assert_eq!(queue.queues()["a"].depth, 200);
         let mut completed = 0;
         for _ in 0..200 {
-            let leased = queue.next("a", "runner:r2", HOST, no_hook()).await.unwrap();
+            let leased = queue
+                .next("a", "runner:r2", &HOST, no_hook())
+                .await
+                .unwrap();
             queue
                 .complete(
                     leased.run.id(),
@@ -330,7 +346,7 @@ fn cancel_ends_queued_runs_and_tells_holders_of_leased_ones() {
             let told = told.clone();
             Rc::new(move |reason: String| told.borrow_mut().push(reason))
         };
-        let leased = queue.next("a", "runner:r1", HOST, hook).await.unwrap();
+        let leased = queue.next("a", "runner:r1", &HOST, hook).await.unwrap();
         assert_eq!(
             queue.cancel_submission(sub.id, "user asked").await.unwrap(),
             2
@@ -396,7 +412,7 @@ fn a_returned_lease_requeues_at_once_and_an_abandoned_wait_leases_nothing() {
         let abandoned = {
             let queue = queue.clone();
             tokio::task::spawn_local(async move {
-                queue.next("a", "runner:gone", HOST, no_hook()).await
+                queue.next("a", "runner:gone", &HOST, no_hook()).await
             })
         };
         tokio::task::yield_now().await;
@@ -407,9 +423,15 @@ fn a_returned_lease_requeues_at_once_and_an_abandoned_wait_leases_nothing() {
             .await
             .unwrap();
         assert_eq!(queue.queues()["a"].depth, 1);
-        let leased = queue.next("a", "runner:r1", HOST, no_hook()).await.unwrap();
+        let leased = queue
+            .next("a", "runner:r1", &HOST, no_hook())
+            .await
+            .unwrap();
         queue.release(leased.run.id(), leased.lease).await;
-        let again = queue.next("a", "runner:r2", HOST, no_hook()).await.unwrap();
+        let again = queue
+            .next("a", "runner:r2", &HOST, no_hook())
+            .await
+            .unwrap();
         assert_eq!(again.run.id(), leased.run.id());
         assert_eq!(again.run.state.attempt(), 2);
     });
@@ -420,7 +442,7 @@ fn untrusted_work_waits_for_an_isolating_runner_and_says_why() {
     local(async {
         let f = Fixture::new();
         let (queue, _c, _w) = f.open().await;
-        let host_worker = queue.connect_worker("a", "runner:local", HOST);
+        let host_worker = queue.connect_worker("a", "runner:local", HOST, Default::default());
         let fork = NewSubmission {
             tier: TrustTier::Fork,
             ..submission("refs/pull/1/head", vec![planned("a", "fork")])
@@ -432,7 +454,7 @@ fn untrusted_work_waits_for_an_isolating_runner_and_says_why() {
             .unwrap();
         // The host runner is handed the later local run, never the fork's.
         let leased = queue
-            .next("a", "runner:local", HOST, no_hook())
+            .next("a", "runner:local", &HOST, no_hook())
             .await
             .unwrap();
         assert_eq!(leased.run.id(), local_runs[0].id());
@@ -446,16 +468,16 @@ fn untrusted_work_waits_for_an_isolating_runner_and_says_why() {
         let parked = {
             let queue = queue.clone();
             tokio::task::spawn_local(async move {
-                queue.next("a", "runner:local", HOST, no_hook()).await
+                queue.next("a", "runner:local", &HOST, no_hook()).await
             })
         };
         tokio::task::yield_now().await;
         assert!(!parked.is_finished());
         // A sandboxed runner takes it, and the reason goes away.
-        let sandbox_worker = queue.connect_worker("a", "runner:box", SANDBOX);
+        let sandbox_worker = queue.connect_worker("a", "runner:box", SANDBOX, Default::default());
         assert_eq!(queue.waiting_reason(fork_id), None);
         let leased = queue
-            .next("a", "runner:box", SANDBOX, no_hook())
+            .next("a", "runner:box", &SANDBOX, no_hook())
             .await
             .unwrap();
         assert_eq!(leased.run.id(), fork_id);
@@ -473,7 +495,9 @@ fn a_parked_sandbox_worker_is_woken_past_host_workers() {
         let (queue, _c, _w) = f.open().await;
         let spawn = |runner: &'static str, offer: Offer| {
             let queue = queue.clone();
-            tokio::task::spawn_local(async move { queue.next("a", runner, offer, no_hook()).await })
+            tokio::task::spawn_local(
+                async move { queue.next("a", runner, &offer, no_hook()).await },
+            )
         };
         let host = spawn("runner:host", HOST);
         let sandbox = spawn("runner:box", SANDBOX);
@@ -505,10 +529,11 @@ fn each_run_goes_to_the_weakest_waiting_runner_that_may_take_it() {
             isolation: Isolation::Container,
             processes: Some(Isolation::Sandbox),
             privileged: false,
+            labels: Vec::new(),
         };
         let docker_only = Offer {
             processes: None,
-            ..docker_and_sandbox
+            ..docker_and_sandbox.clone()
         };
         // Parked in this order: host, docker+sandbox, sandbox, docker only.
         let mut parked = Vec::new();
@@ -522,7 +547,7 @@ fn each_run_goes_to_the_weakest_waiting_runner_that_may_take_it() {
             parked.push((
                 runner,
                 tokio::task::spawn_local(
-                    async move { q.next("a", runner, offer, no_hook()).await },
+                    async move { q.next("a", runner, &offer, no_hook()).await },
                 ),
             ));
         }
@@ -599,10 +624,16 @@ fn a_stale_completion_does_not_reword_the_live_run() {
             .await
             .unwrap();
         let policy = LeasePolicy::default();
-        let first = queue.next("a", "runner:r1", HOST, no_hook()).await.unwrap();
+        let first = queue
+            .next("a", "runner:r1", &HOST, no_hook())
+            .await
+            .unwrap();
         f.clock.advance(policy.lease_duration * 2);
         assert_eq!(queue.expire_leases().await, 1);
-        let second = queue.next("a", "runner:r2", HOST, no_hook()).await.unwrap();
+        let second = queue
+            .next("a", "runner:r2", &HOST, no_hook())
+            .await
+            .unwrap();
         assert_eq!(second.run.id(), first.run.id());
         let before = queue.run(first.run.id()).unwrap().unwrap().message;
 

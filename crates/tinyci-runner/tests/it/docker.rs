@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use crate::support::{collect, spec, wait_for_stdout};
 
-const IMAGE: &str = "tinyci-test/busybox:1";
+pub(crate) const IMAGE: &str = "tinyci-test/busybox:1";
 
 /// A root filesystem holding Debian's static busybox and the applets the tests use.
 fn busybox_rootfs() -> Option<Vec<u8>> {
@@ -38,7 +38,7 @@ fn busybox_rootfs() -> Option<Vec<u8>> {
     tar.into_inner().ok()
 }
 
-async fn executor() -> Option<DockerExecutor> {
+pub(crate) async fn executor() -> Option<DockerExecutor> {
     let docker = match DockerExecutor::connect().await {
         Ok(docker) => docker,
         Err(e) if std::env::var_os("TINYCI_REQUIRE_DOCKER").is_some() => {
@@ -170,6 +170,7 @@ async fn containers_run_report_exit_status_obey_cancel_and_timeout_and_leave_not
     let (_stop, signal) = stop_pair();
     let mut job = spec(source.path(), &["true"]);
     job.image = "tinyci-test/no-such-image:0".into();
+    job.pull = Some(tinyci_runner::PullPolicy::Never);
     let outcome = docker.run(&job, &tx, signal).await;
     assert_eq!(outcome.verdict, Verdict::Errored, "{outcome:?}");
 

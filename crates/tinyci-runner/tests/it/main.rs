@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod docker;
+mod pull;
 mod sandbox;
 mod shell;
 mod support;

@@ -15,6 +15,7 @@ pub(crate) fn spec(source: &Path, command: &[&str]) -> ExecSpec {
         workdir: ".".into(),
         mountpoint: "/src".into(),
         image: String::new(),
+        pull: None,
         env: BTreeMap::new(),
         timeout: Duration::from_secs(300),
         privileged: false,

@@ -479,3 +479,55 @@ fn a_partner_runner_cannot_claim_another_runners_name_or_lease() {
         drop(job);
     });
 }
+
+/// The queue's `pull` policy travels in the job spec (the runner obeys it over its own), and
+/// a runner's labels are checked before it gets a worker.
+#[test]
+fn a_queues_pull_policy_reaches_the_job_and_runner_labels_are_checked() {
+    local(async {
+        let mut site = TestSite::start().await;
+        site.restart_with("[queues.default]\npull = \"always\"\n")
+            .await;
+        let (all, _c) = session_with(&site, &["queue:submit", "logs:read"]).await;
+        submit_one(&all).await;
+        let (r1_gateway, _c1) = site.connect(Role::Runner, "r1").await;
+        let r1_token = site.mint("runner:r1", &["queue:take"], &[], &["default"], hour());
+        let r1 = redeem(&r1_gateway, &r1_token);
+        let ask = |labels: &[&str]| {
+            let mut worker = r1.worker_request();
+            worker.get().set_queue("default");
+            let mut info = worker.get().init_runner();
+            info.set_name("r1");
+            let mut list = info.init_labels(labels.len() as u32);
+            for (i, label) in labels.iter().enumerate() {
+                list.set(i as u32, *label);
+            }
+            worker.send().promise
+        };
+        let refused = ask(&["gpu", "no spaces"])
+            .await
+            .err()
+            .map(error_text)
+            .unwrap();
+        assert!(
+            refused.contains("runner.labels: invalid label \"no spaces\""),
+            "{refused}"
+        );
+        let too_many: Vec<String> = (0..=tinyci_core::MAX_LABELS)
+            .map(|i| format!("l{i}"))
+            .collect();
+        let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
+        let refused = ask(&too_many).await.err().map(error_text).unwrap();
+        assert!(refused.contains("at most 32"), "{refused}");
+        let worker = ask(&["gpu"]).await.unwrap();
+        let worker = worker.get().unwrap().get_worker().unwrap();
+        let mut next = worker.next_request();
+        next.get()
+            .set_control(capnp_rpc::new_client(crate::logs::NoControl));
+        let leased = next.send().promise.await.unwrap();
+        let job = leased.get().unwrap().get_job().unwrap();
+        let spec = job.spec_request().send().promise.await.unwrap();
+        let spec = spec.get().unwrap().get_spec().unwrap();
+        assert_eq!(spec.get_pull().unwrap().to_str().unwrap(), "always");
+    });
+}
