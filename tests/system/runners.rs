@@ -248,3 +248,226 @@ fn an_image_never_lands_on_a_shell_runner_and_labels_route() {
         assert!(clean);
     }
 }
+
+/// `runner --once` takes one job, finishes it, and exits; the rest stays queued.
+#[test]
+fn a_once_runner_exits_after_one_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let (site, addr) = crate::support::start_site(dir.path(), "");
+    let added = run_in(
+        dir.path(),
+        &[
+            "runner", "add", "one", "--queue", "default", "--addr", &addr,
+        ],
+    );
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    let repo = tempfile::tempdir().unwrap();
+    let task =
+        "mountpoint: /src\nruns:\n  a:\n    command: [\"true\"]\n  b:\n    command: [\"true\"]\n";
+    crate::support::git_repo(
+        repo.path(),
+        &[("tinyci.yml", "queue: default\n"), ("t/task.yml", task)],
+    );
+    let submitted = run_in(
+        dir.path(),
+        &[
+            "submit",
+            repo.path().to_str().unwrap(),
+            "--all",
+            "--addr",
+            &addr,
+        ],
+    );
+    assert!(submitted.status.success(), "{}", text(&submitted.stderr));
+    let mut once = SiteProcess::spawn(
+        dir.path(),
+        &[
+            "runner",
+            "--bundle",
+            "one.bundle",
+            "--executor",
+            "shell",
+            "--once",
+        ],
+    );
+    assert!(
+        once.wait_for("runner one of site alpha")
+            .contains("one job, then exit")
+    );
+    let (code, _) = once.wait();
+    assert_eq!(code, Some(0), "a once runner exits cleanly after its job");
+    let runs = json(dir.path(), &["admin", "runs", "--json", "--addr", &addr]);
+    let mut statuses: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, ["passed", "queued"], "{runs}");
+    let (clean, _) = site.terminate();
+    assert!(clean);
+}
+
+/// Pause keeps a runner connected and leases it nothing; drain lets it finish what it holds,
+/// leases it nothing, then tells it to go. Both survive a site restart, and resume undoes
+/// them.
+#[test]
+fn drain_and_pause_are_distinct_and_survive_a_site_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::init_site(dir.path(), "");
+    let addr = format!("127.0.0.1:{}", crate::jobs::free_port());
+    let listen = [
+        "--config",
+        "site.toml",
+        "--listen",
+        addr.as_str(),
+        "--no-local-runner",
+    ];
+    let mut site = SiteProcess::start(dir.path(), &listen);
+    site.wait_for("listening on ");
+    for name in ["held", "drained"] {
+        let added = run_in(
+            dir.path(),
+            &["runner", "add", name, "--queue", "default", "--addr", &addr],
+        );
+        assert!(added.status.success(), "{}", text(&added.stderr));
+    }
+    let admin = |args: &[&str]| {
+        let mut full = vec!["admin", "runners"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--addr", &addr]);
+        let out = run_in(dir.path(), &full);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    };
+    let row = |name: &str| {
+        let runners = json(dir.path(), &["admin", "runners", "--json", "--addr", &addr]);
+        runners
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no runner {name}: {runners}"))
+    };
+    // "drained" takes a run that holds until we let it go; then it is drained.
+    let marks = tempfile::tempdir().unwrap();
+    let (started, gate) = (marks.path().join("started"), marks.path().join("gate"));
+    let repo = tempfile::tempdir().unwrap();
+    crate::support::git_repo(
+        repo.path(),
+        &[
+            ("tinyci.yml", "queue: default\n"),
+            (
+                "hold/task.yml",
+                &format!(
+                    "mountpoint: /src\nruns:\n  held:\n    command: [\"sh\", \"-c\", \"touch {s}; while [ ! -e {g} ]; do sleep 0.05; done\"]\n",
+                    s = started.display(),
+                    g = gate.display()
+                ),
+            ),
+        ],
+    );
+    let drained = crate::jobs::start_runner(dir.path(), "drained");
+    let submitted = run_in(
+        dir.path(),
+        &[
+            "submit",
+            repo.path().to_str().unwrap(),
+            "--all",
+            "--addr",
+            &addr,
+        ],
+    );
+    assert!(submitted.status.success(), "{}", text(&submitted.stderr));
+    crate::support::wait_for_file(&started, "the held run starts on runner drained");
+    admin(&["drain", "drained"]);
+    let held_runner = crate::jobs::start_runner(dir.path(), "held");
+    admin(&["pause", "held"]);
+    assert_eq!(row("drained")["draining"], true);
+    assert_eq!(row("drained")["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(row("held")["paused"], true);
+
+    // The site restarts: both settings hold, and the draining runner resumes its run.
+    let (clean, _) = site.terminate();
+    assert!(clean);
+    let mut site = SiteProcess::start(dir.path(), &listen);
+    site.wait_for("listening on ");
+    crate::support::wait_until("both runners are back", || {
+        let runners = json(dir.path(), &["admin", "runners", "--json", "--addr", &addr]);
+        runners
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["connected_at"].as_i64().unwrap_or(0) > 0)
+            .count()
+            == 2
+    });
+    assert_eq!(row("drained")["draining"], true);
+    assert_eq!(row("held")["paused"], true);
+    // New work goes to neither.
+    let more = tempfile::tempdir().unwrap();
+    crate::support::git_repo(
+        more.path(),
+        &[
+            ("tinyci.yml", "queue: default\n"),
+            (
+                "t/task.yml",
+                "mountpoint: /src\nruns:\n  later:\n    command: [\"true\"]\n",
+            ),
+        ],
+    );
+    let submitted = run_in(
+        dir.path(),
+        &[
+            "submit",
+            more.path().to_str().unwrap(),
+            "--all",
+            "--addr",
+            &addr,
+        ],
+    );
+    assert!(submitted.status.success(), "{}", text(&submitted.stderr));
+    let queues = json(dir.path(), &["admin", "queues", "--json", "--addr", &addr]);
+    assert_eq!(queues[0]["depth"], 1, "{queues}");
+
+    // The held run finishes; the drained runner is then told to go and exits.
+    std::fs::write(&gate, "go").unwrap();
+    let (code, lines) = drained.wait();
+    assert_ne!(code, Some(0), "a drained runner stops: {lines:#?}");
+    let runs = json(dir.path(), &["admin", "runs", "--json", "--addr", &addr]);
+    let held_run = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "held")
+        .unwrap();
+    assert_eq!(held_run["status"], "passed", "{runs}");
+    // Started again, it is refused until resumed.
+    let again = SiteProcess::spawn(
+        dir.path(),
+        &[
+            "runner",
+            "--bundle",
+            "drained.bundle",
+            "--executor",
+            "shell",
+        ],
+    );
+    let (code, _) = again.wait();
+    assert_ne!(code, Some(0));
+
+    // Resumed, the paused runner takes the waiting run.
+    admin(&["resume", "held"]);
+    crate::support::wait_until("the resumed runner takes the waiting run", || {
+        let runs = json(dir.path(), &["admin", "runs", "--json", "--addr", &addr]);
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "later" && r["status"] == "passed")
+    });
+    for process in [held_runner, site] {
+        let (clean, _) = process.terminate();
+        assert!(clean);
+    }
+}

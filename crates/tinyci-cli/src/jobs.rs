@@ -181,11 +181,13 @@ pub(crate) struct Target {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RunnerAction {
-    /// Lease nothing new to this runner until resumed; what it runs goes on.
+    /// Lease nothing new to this runner until resumed; it stays connected and what it runs
+    /// goes on. Survives a site restart.
     Pause(Target),
-    /// Let this runner finish what it runs and take nothing new (as pause, for the site).
+    /// Let this runner finish what it runs, lease it nothing new, then tell it to disconnect;
+    /// it is refused until resumed. Survives a site restart.
     Drain(Target),
-    /// Lease to this runner again.
+    /// Undo pause or drain: lease to this runner again.
     Resume(Target),
 }
 
@@ -815,8 +817,14 @@ fn runners(args: RunnersArgs) -> Result<()> {
                 .await
                 .map_err(|e| rpc_error(&client, e))?;
             let what = match (drain, paused) {
-                (true, _) => "draining: it takes no new runs",
-                (_, true) => "paused",
+                (true, _) => {
+                    "draining: it finishes what it holds, takes nothing new, then is told to \
+                     disconnect (until resumed; this holds across site restarts)"
+                }
+                (_, true) => {
+                    "paused: it stays connected and takes nothing new until resumed (this \
+                     holds across site restarts)"
+                }
                 _ => "resumed",
             };
             println!("runner {name} {what}");

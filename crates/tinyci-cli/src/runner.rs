@@ -62,6 +62,11 @@ pub(crate) struct RunArgs {
     /// Runs executed at once.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: u16,
+    /// Take one job, run it to its end, report it, and exit (0 whatever the job's verdict):
+    /// for a fresh machine per job, as autoscalers start them. With a bundle from
+    /// `runner add --ephemeral`, the site also revokes the grant when that job ends.
+    #[arg(long, conflicts_with = "jobs")]
+    once: bool,
     /// A label for this runner (repeatable): a run whose task files list `labels:` is leased
     /// only to a runner with every one of them (gpu, arch=arm64, zone/eu-1).
     #[arg(long = "label", value_name = "LABEL", value_parser = parse_label)]
@@ -434,10 +439,14 @@ fn serve(args: RunArgs) -> Result<()> {
             );
         }
         say!(
-            "runner {} of site {}: {} slot(s) on {}, executors: {} (isolation up to {}){}",
+            "runner {} of site {}: {} on {}, executors: {} (isolation up to {}){}",
             joining.name,
             joining.site,
-            args.jobs,
+            if args.once {
+                "one job, then exit,".to_owned()
+            } else {
+                format!("{} slot(s)", args.jobs)
+            },
             joining.queues.join(", "),
             executors.describe(),
             executors.isolation(),
@@ -462,6 +471,7 @@ fn serve(args: RunArgs) -> Result<()> {
             queues: joining.queues,
             slots: usize::from(args.jobs),
             labels,
+            once: args.once,
             executors,
             work_root,
             limits: tinyci_net::NetLimits::default(),

@@ -351,6 +351,7 @@ async fn local_runner(site: &Site, addr: SocketAddr) -> Result<tinyci_runner::Ag
         queues: bundle.queues.clone(),
         slots: 2,
         labels: Vec::new(),
+        once: false,
         executors,
         work_root,
         limits: tinyci_net::NetLimits::default(),

@@ -27,7 +27,7 @@ use tinyci_core::{
     DispatchPolicy, LeaseId, LeasePolicy, Needs, Offer, Outcome, PlannedRun, Run, RunEvent, RunId,
     RunStatus, SubmissionId, Transition, TransitionError, TrustTier,
 };
-use tinyci_store::tables::{BRANCH_HEADS, META, QUEUED, RUNS, SUBMISSIONS};
+use tinyci_store::tables::{BRANCH_HEADS, META, POOL, QUEUED, RUNS, SUBMISSIONS};
 use tinyci_store::{GroupCommitter, Record, Store, StoreError, WriteTxn};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -185,8 +185,11 @@ struct State {
     paused: BTreeSet<String>,
     /// Told of every run change (metrics).
     observers: Vec<RunObserverFn>,
-    /// Runners an operator paused (or is draining): they are leased nothing.
-    paused_runners: BTreeSet<String>,
+    /// Runners an operator paused or is draining: they are leased nothing.
+    held_runners: BTreeMap<String, RunnerMode>,
+    /// Bumped when the pool changes in a way a waiting worker must look at again: a
+    /// runner's mode, or a run of a draining runner ending.
+    pool_changed: Option<tokio::sync::watch::Sender<u64>>,
 }
 
 /// The queue. Create with [`Queue::open`]; drive lease expiry with [`Queue::run_expiry`].
@@ -245,6 +248,36 @@ fn branch_key(repo: &str, git_ref: &str) -> Vec<u8> {
     key
 }
 
+/// Key of an operator setting in [`POOL`]: `kind 0x00 name`.
+fn pool_key(kind: &str, name: &str) -> Vec<u8> {
+    let mut key = kind.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// What an operator wants of a runner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunnerMode {
+    /// Leased work as usual.
+    Active,
+    /// Stays connected and is leased nothing until resumed.
+    Paused,
+    /// Finishes what it holds, is leased nothing, then is told it is drained (its runner
+    /// disconnects and stays refused until resumed).
+    Draining,
+}
+
+impl RunnerMode {
+    fn stored(self) -> Option<&'static str> {
+        match self {
+            RunnerMode::Active => None,
+            RunnerMode::Paused => Some("paused"),
+            RunnerMode::Draining => Some("draining"),
+        }
+    }
+}
+
 fn store_error(e: impl std::fmt::Display) -> StoreError {
     StoreError::Aborted {
         reason: e.to_string().into(),
@@ -284,6 +317,31 @@ impl Queue {
                 .map(|entry| entry.map(|(id, bytes)| (id, bytes.to_vec())))
                 .collect::<Result<Vec<_>, _>>()
         })?;
+        let pool: Vec<(Vec<u8>, Vec<u8>)> = store.read(|txn| {
+            txn.iter_range(POOL, &..)?
+                .map(|entry| entry.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let mut state = State::default();
+        for (key, value) in pool {
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            let Some(split) = key.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let (kind, name) = (text(&key[..split]), text(&key[split + 1..]));
+            match (kind.as_str(), value.as_slice()) {
+                ("queue", b"paused") => {
+                    state.paused.insert(name);
+                }
+                ("runner", b"paused") => {
+                    state.held_runners.insert(name, RunnerMode::Paused);
+                }
+                ("runner", b"draining") => {
+                    state.held_runners.insert(name, RunnerMode::Draining);
+                }
+                _ => warn!(kind, name, "unknown pool setting in the store; ignored"),
+            }
+        }
         let queue = Rc::new(Self {
             store,
             committer,
@@ -291,7 +349,7 @@ impl Queue {
             dispatch,
             site,
             clock,
-            state: RefCell::new(State::default()),
+            state: RefCell::new(state),
             leases_changed: Notify::new(),
             storage: tinyci_core::RepoStorage::default(),
         });
@@ -512,7 +570,7 @@ impl Queue {
             waiters,
             queued,
             placement,
-            paused_runners,
+            held_runners,
             ..
         } = &mut *state;
         let (Some(waiters), Some(ids)) = (waiters.get_mut(queue), queued.get_mut(queue)) else {
@@ -531,7 +589,7 @@ impl Queue {
             let Some(pick) = waiters
                 .iter()
                 .enumerate()
-                .filter(|(_, w)| !paused_runners.contains(&w.runner) && w.offer.satisfies(needs))
+                .filter(|(_, w)| !held_runners.contains_key(&w.runner) && w.offer.satisfies(needs))
                 .min_by_key(|(_, w)| w.offer.strength())
                 .map(|(i, _)| i)
             else {
@@ -616,27 +674,73 @@ impl Queue {
         tinyci_core::waiting_reason(queue, tier, needs, &connected)
     }
 
-    /// Pauses (or drains) `runner`: it is leased nothing until resumed; what it holds goes on.
-    pub fn set_runner_paused(&self, runner: &str, paused: bool) {
+    /// Sets what an operator wants of `runner`, durably (it survives a restart): `Paused`
+    /// (stays connected, is leased nothing), `Draining` (is leased nothing, and once it holds
+    /// no run its workers are told it is drained) or `Active`.
+    pub async fn set_runner_mode(&self, runner: &str, mode: RunnerMode) -> Result<(), QueueError> {
+        let key = pool_key("runner", runner);
+        self.committer
+            .write(move |txn| match mode.stored() {
+                Some(value) => txn.put(POOL, &key[..], value.as_bytes()),
+                None => txn.delete(POOL, &key[..]).map(|_| ()),
+            })
+            .await?;
         let queues: Vec<String> = {
             let mut state = self.state.borrow_mut();
-            if paused {
-                state.paused_runners.insert(runner.to_owned());
-            } else {
-                state.paused_runners.remove(runner);
-            }
+            match mode {
+                RunnerMode::Active => state.held_runners.remove(runner),
+                held => state.held_runners.insert(runner.to_owned(), held),
+            };
             state.waiters.keys().cloned().collect()
         };
-        if !paused {
+        self.bump_pool();
+        if mode == RunnerMode::Active {
             for queue in queues {
                 self.wake(&queue);
             }
         }
+        Ok(())
     }
 
-    /// Whether `runner` is paused.
-    pub fn runner_paused(&self, runner: &str) -> bool {
-        self.state.borrow().paused_runners.contains(runner)
+    /// What an operator set on `runner`.
+    pub fn runner_mode(&self, runner: &str) -> RunnerMode {
+        self.state
+            .borrow()
+            .held_runners
+            .get(runner)
+            .copied()
+            .unwrap_or(RunnerMode::Active)
+    }
+
+    /// Runners an operator paused or is draining, connected or not.
+    pub fn held_runners(&self) -> BTreeMap<String, RunnerMode> {
+        self.state.borrow().held_runners.clone()
+    }
+
+    /// Whether `runner` is being drained and holds no run any more: it is done, and its
+    /// workers are told so.
+    pub fn drained(&self, runner: &str) -> bool {
+        let state = self.state.borrow();
+        state.held_runners.get(runner) == Some(&RunnerMode::Draining)
+            && !state.live.values().any(|r| {
+                r.runner.as_deref() == Some(runner)
+                    && matches!(r.state.status(), RunStatus::Leased | RunStatus::Running)
+            })
+    }
+
+    /// Resolves after the next change of the pool (see [`Queue::drained`]).
+    pub fn pool_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        let mut state = self.state.borrow_mut();
+        state
+            .pool_changed
+            .get_or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe()
+    }
+
+    fn bump_pool(&self) {
+        if let Some(tx) = &self.state.borrow().pool_changed {
+            tx.send_modify(|n| *n += 1);
+        }
     }
 
     /// Waits until a run of `queue` can be leased to `runner`, then leases it (durably) and
@@ -672,7 +776,7 @@ impl Queue {
     /// as waiting for one.
     fn take_or_wait(&self, queue: &str, runner: &str, offer: &Offer) -> Take {
         let mut state = self.state.borrow_mut();
-        if !state.paused.contains(queue) && !state.paused_runners.contains(runner) {
+        if !state.paused.contains(queue) && !state.held_runners.contains_key(runner) {
             let State {
                 queued, placement, ..
             } = &mut *state;
@@ -1130,8 +1234,18 @@ impl Queue {
         }
     }
 
-    /// Pauses or resumes a queue.
-    pub fn set_paused(&self, queue: &str, paused: bool) {
+    /// Pauses or resumes a queue, durably (it survives a restart).
+    pub async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), QueueError> {
+        let key = pool_key("queue", queue);
+        self.committer
+            .write(move |txn| {
+                if paused {
+                    txn.put(POOL, &key[..], b"paused".as_slice())
+                } else {
+                    txn.delete(POOL, &key[..]).map(|_| ())
+                }
+            })
+            .await?;
         let mut state = self.state.borrow_mut();
         if paused {
             state.paused.insert(queue.to_owned());
@@ -1142,6 +1256,7 @@ impl Queue {
         if !paused {
             self.wake(queue);
         }
+        Ok(())
     }
 
     /// Watches a submission's runs: every change is sent until the receiver is dropped.
@@ -1157,13 +1272,21 @@ impl Queue {
     }
 
     fn notify(&self, run: &StoredRun) {
-        let observers = {
+        let (observers, draining) = {
             let mut state = self.state.borrow_mut();
             if let Some(watchers) = state.watchers.get_mut(&run.submission) {
                 watchers.retain(|w| w.send(run.clone()).is_ok());
             }
-            state.observers.clone()
+            let draining = state
+                .held_runners
+                .values()
+                .any(|m| *m == RunnerMode::Draining);
+            (state.observers.clone(), draining)
         };
+        // A draining runner may just have finished its last run.
+        if draining {
+            self.bump_pool();
+        }
         for observer in observers {
             observer(run);
         }

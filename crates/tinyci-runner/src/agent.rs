@@ -234,6 +234,9 @@ pub struct AgentConfig {
     /// Operator-given labels (`--label`): runs that list labels go only to runners with
     /// every one of them.
     pub labels: Vec<String>,
+    /// Take one job, finish it, and stop (`--once`, for single-use machines): the agent then
+    /// runs one slot whatever `slots` says.
+    pub once: bool,
     /// How jobs are executed.
     pub executors: Executors,
     /// Where job sources are unpacked (one directory per run, removed afterwards).
@@ -268,6 +271,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("queues", &self.queues)
             .field("slots", &self.slots)
             .field("labels", &self.labels)
+            .field("once", &self.once)
             .field("executors", &self.executors.describe())
             .finish_non_exhaustive()
     }
@@ -384,7 +388,8 @@ pub async fn run_agent(config: AgentConfig, mut control: AgentControl) -> Result
     let config = Rc::new(config);
     let link: Rc<SiteLink> = Rc::new(watch::channel(None).0);
     let mut slots = tokio::task::JoinSet::new();
-    for slot in 0..config.slots.max(1) {
+    let slot_count = if config.once { 1 } else { config.slots.max(1) };
+    for slot in 0..slot_count {
         let span = info_span!("slot", slot);
         slots.spawn_local(run_slot(config.clone(), link.clone(), control.clone()).instrument(span));
     }
@@ -624,7 +629,7 @@ async fn run_slot(config: Rc<AgentConfig>, link: Rc<SiteLink>, mut control: Agen
         if let Some(outcome) = outcome {
             complete(&job, &outcome).await;
         }
-        if control.is_draining() {
+        if control.is_draining() || config.once {
             return;
         }
     }

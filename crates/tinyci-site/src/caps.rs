@@ -512,7 +512,13 @@ impl admin::Server for AdminCap {
         mut results: admin::RunnersResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
-        let runners = self.services.queue.runners();
+        let mut runners = self.services.queue.runners();
+        let held = self.services.queue.held_runners();
+        // Runners an operator paused or drained show while away too: that is how to find one
+        // to resume.
+        for name in held.keys() {
+            runners.entry(name.clone()).or_default();
+        }
         let mut list = results.get().init_runners(len(runners.len()));
         for (i, (name, activity)) in runners.iter().enumerate() {
             let mut r = list.reborrow().get(len(i));
@@ -538,7 +544,9 @@ impl admin::Server for AdminCap {
                 }
                 r.set_isolation(offer.to_string());
             }
-            r.set_paused(self.services.queue.runner_paused(name));
+            let mode = held.get(name);
+            r.set_paused(mode == Some(&tinyci_queue::RunnerMode::Paused));
+            r.set_draining(mode == Some(&tinyci_queue::RunnerMode::Draining));
             let mut queues = r.reborrow().init_queues(len(activity.waiting_on.len()));
             for (j, q) in activity.waiting_on.iter().enumerate() {
                 queues.set(len(j), q.as_str());
@@ -637,11 +645,19 @@ impl admin::Server for AdminCap {
         self.liveness.check()?;
         let params = params.get()?;
         let name = read_text(params.get_name(), "name")?;
-        // The site cannot make a runner stop early; draining and pausing both mean it is
-        // leased nothing new while what it holds finishes.
-        let paused = params.get_drain() || params.get_paused();
-        self.services.queue.set_runner_paused(&name, paused);
-        info!(runner = %name, paused, by = %self.peer, "runner paused or resumed");
+        // Both survive a restart. A paused runner stays connected; a draining one finishes
+        // what it holds, then its workers are told it is drained and it disconnects.
+        let mode = match (params.get_drain(), params.get_paused()) {
+            (true, _) => tinyci_queue::RunnerMode::Draining,
+            (false, true) => tinyci_queue::RunnerMode::Paused,
+            (false, false) => tinyci_queue::RunnerMode::Active,
+        };
+        self.services
+            .queue
+            .set_runner_mode(&name, mode)
+            .await
+            .map_err(|e| crate::rpc::failed(&e))?;
+        info!(runner = %name, ?mode, by = %self.peer, "runner mode set");
         Ok(())
     }
 
@@ -653,7 +669,11 @@ impl admin::Server for AdminCap {
         self.liveness.check()?;
         let params = params.get()?;
         let name = read_text(params.get_name(), "name")?;
-        self.services.queue.set_paused(&name, params.get_paused());
+        self.services
+            .queue
+            .set_paused(&name, params.get_paused())
+            .await
+            .map_err(|e| crate::rpc::failed(&e))?;
         Ok(())
     }
 

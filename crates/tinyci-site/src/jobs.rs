@@ -174,6 +174,14 @@ impl Drop for WorkerCap {
     }
 }
 
+/// What a drained runner is told, when its workers wait and when it asks for new ones.
+pub(crate) fn drained_refusal(runner: &str) -> capnp::Error {
+    capnp::Error::failed(format!(
+        "runner {runner} was drained by an operator: it takes no work until resumed \
+         (tinyci admin runners resume {runner})"
+    ))
+}
+
 impl worker::Server for WorkerCap {
     async fn next(
         self: Rc<Self>,
@@ -182,9 +190,23 @@ impl worker::Server for WorkerCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let control: job_control::Client = params.get()?.get_control()?;
+        let queue = &self.handles.queue;
+        let mut pool = queue.pool_changes();
+        let drained = async {
+            // A draining runner is leased nothing; once it holds no run it is told to go.
+            loop {
+                if queue.drained(&self.runner) {
+                    return;
+                }
+                if pool.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
         let leased = tokio::select! {
-            leased = self.handles.queue.next(&self.queue, &self.runner, &self.offer, cancel_hook(control)) => leased.map_err(queue_error)?,
+            leased = queue.next(&self.queue, &self.runner, &self.offer, cancel_hook(control)) => leased.map_err(queue_error)?,
             dead = self.liveness.dead() => return Err(dead),
+            () = drained => return Err(drained_refusal(&self.runner)),
         };
         info!(run = %leased.run.id(), runner = %self.runner, attempt = leased.run.state.attempt(), "job leased");
         let job = JobCap::new(

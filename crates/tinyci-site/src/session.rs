@@ -220,6 +220,9 @@ impl session::Server for Session {
         let labels = crate::tiers::runner_labels(info.get_labels()?)?;
         let offer = crate::tiers::offer_of(&executors, info.get_allow_privileged(), labels);
         self.authorize(Right::QueueTake, &queue)?;
+        if self.services.queue.drained(&runner) {
+            return Err(crate::jobs::drained_refusal(&runner));
+        }
         // For operators only: nothing here decides what the runner is leased.
         let profile = tinyci_queue::RunnerProfile {
             identity: self.peer.identity.to_string(),

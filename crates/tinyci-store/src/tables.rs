@@ -335,6 +335,11 @@ tables! {
     /// neither repeats nor skips one.
     pub const GITHUB_STATUSES: Table<U64Be, Record<crate::records::PostedStatus>> =
         "github_statuses";
+
+    /// What operators set on the pool, so it survives a restart: key `runner 0x00 <name>`
+    /// (value `paused` or `draining`) or `queue 0x00 <name>` (value `paused`); owned by
+    /// tinyci-queue. Absent means active.
+    pub const POOL: Table<Bytes, Bytes> = "pool";
 }
 
 #[cfg(test)]
