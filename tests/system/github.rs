@@ -1252,3 +1252,150 @@ fn a_planted_session_cookie_does_not_carry_a_login_through() {
     assert!(page.contains("another browser session"), "{page}");
     drop(attacker);
 }
+
+/// tinyCI's core idea on GitHub: a push runs the tasks its diff `before...after` touches (a
+/// new branch: its diff from the default branch), a pull request the tasks of `base...head`,
+/// on GitHub's test merge commit unless `merge_options` say not to merge; statuses go to the
+/// pushed commit either way. A task directory with a non-ASCII name is selected by its diff.
+#[test]
+fn pushes_and_pull_requests_run_what_their_diff_touches_on_the_merge_commit() {
+    let fake = fake_github();
+    let site = start_github_site(&fake);
+    let secret = site.enable(&fake);
+    let _runner = site.start_runner();
+    let task = |command: &str| {
+        format!("mountpoint: /src\nruns:\n  check:\n    command: [\"sh\", \"-c\", \"{command}\"]\n")
+    };
+    let tree = |which: &str| {
+        vec![
+            ("tinyci.yml", "queue: default\n".to_owned()),
+            ("api/task.yml", task("echo api")),
+            ("web/task.yml", task("cat web/which")),
+            ("web/which", format!("{which}\n")),
+            ("dokumentë/task.yml", task("echo docs")),
+        ]
+    };
+    let head = publish_owned(&fake, &tree("head"));
+    let merge = publish_owned(&fake, &tree("merged"));
+    let mut delivery = 0;
+    let mut send = |event: &str, body: serde_json::Value| {
+        delivery += 1;
+        let body = serde_json::to_vec(&body).unwrap();
+        let (status, answer) = deliver(
+            &site,
+            event,
+            &format!("diff-{delivery}"),
+            Some(&sign(&secret, &body)),
+            &body,
+        );
+        assert_eq!(status, 202, "{answer}");
+    };
+    let push = |git_ref: &str, before: &str| {
+        serde_json::json!({
+            "ref": git_ref,
+            "before": before,
+            "after": head,
+            "deleted": false,
+            "repository": {"full_name": REPO, "default_branch": "main"},
+            "pusher": {"name": "octocat"},
+            "head_commit": {"message": "A change"},
+        })
+    };
+    let finished = |context: &str, count: usize| {
+        wait_for_statuses(
+            &fake,
+            &head,
+            &format!("{context} should finish {count}x"),
+            |s| {
+                s.iter()
+                    .filter(|s| s.context == context && is_final(s))
+                    .count()
+                    == count
+            },
+        )
+    };
+    let contexts = |statuses: &[Status]| {
+        let mut seen: Vec<String> = statuses.iter().map(|s| s.context.clone()).collect();
+        seen.sort();
+        seen.dedup();
+        seen
+    };
+
+    // A push to main touching api/ runs api's task only.
+    let before = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+    fake.set_comparison(REPO, before, &head, &["api/src/lib.rs"]);
+    send("push", push("refs/heads/main", before));
+    let statuses = finished("api:check", 1);
+    assert_eq!(contexts(&statuses), ["api:check"]);
+
+    // A new branch is compared with the default branch: a non-ASCII task directory.
+    fake.set_comparison(REPO, "main", &head, &["dokumentë/guide.md"]);
+    send(
+        "push",
+        push(
+            "refs/heads/docs",
+            "0000000000000000000000000000000000000000",
+        ),
+    );
+    let statuses = finished("dokumentë:check", 1);
+    assert_eq!(contexts(&statuses), ["api:check", "dokumentë:check"]);
+
+    // A pull request runs what base...head touches, on GitHub's merge commit; its status is
+    // on the head.
+    let pull_request = |number: u64, merge_commit: Option<&str>| {
+        serde_json::json!({
+            "action": "opened",
+            "number": number,
+            "pull_request": {
+                "title": "Web change",
+                "head": {"ref": "feature", "sha": head, "repo": {"full_name": REPO}},
+                "base": {"ref": "main", "sha": before},
+                "merge_commit_sha": merge_commit,
+            },
+            "repository": {"full_name": REPO, "default_branch": "main"},
+        })
+    };
+    fake.set_comparison(REPO, before, &head, &["web/index.html"]);
+    send("pull_request", pull_request(7, Some(&merge)));
+    finished("web:check", 1);
+    let web_log = |nth: usize| {
+        let line = site
+            .runs()
+            .into_iter()
+            .filter(|l| l.contains("web:check"))
+            .nth(nth)
+            .unwrap_or_else(|| panic!("{:?}", site.runs()));
+        let run = line.split_whitespace().nth(2).unwrap().to_owned();
+        text(&site.tinyci(&["logs", &run]).stdout)
+    };
+    // Newest first: the only web run so far.
+    assert_eq!(web_log(0), "merged\n");
+
+    // With merge_options.do_not_merge the head itself runs; a payload without a merge
+    // commit asks GitHub's API for one.
+    fake.set_file(
+        REPO,
+        "main",
+        "tinyci.yml",
+        b"queue: default\nmerge_options:\n  do_not_merge: true\n",
+    );
+    fake.set_pull_merge(REPO, 8, Some(&merge));
+    send("pull_request", pull_request(8, None));
+    finished("web:check", 2);
+    assert_eq!(web_log(0), "head\n");
+    assert_eq!(site.runs().len(), 4, "{:?}", site.runs());
+    let tarballs_of = |sha: &str| {
+        fake.calls()
+            .iter()
+            .filter(|c| c.path.contains("/tarball/") && c.path.contains(sha))
+            .count()
+    };
+    assert_eq!(tarballs_of(&merge), 1);
+
+    // Merging again (the default), with no merge commit in the payload: GitHub's API gives it.
+    fake.set_file(REPO, "main", "tinyci.yml", b"queue: default\n");
+    send("pull_request", pull_request(8, None));
+    finished("web:check", 3);
+    assert_eq!(web_log(0), "merged\n");
+    assert_eq!(tarballs_of(&merge), 2);
+}

@@ -112,6 +112,10 @@ struct State {
     files: HashMap<(String, String, String), Vec<u8>>,
     /// (repo, ref) → bytes.
     tarballs: HashMap<(String, String), Vec<u8>>,
+    /// (repo, base, head) → changed files of `compare/{base}...{head}`.
+    comparisons: HashMap<(String, String, String), Vec<String>>,
+    /// (repo, number) → the test merge commit of a pull request (`None`: a conflict).
+    pulls: HashMap<(String, u64), Option<String>>,
     hooks: BTreeMap<String, Vec<Hook>>,
     /// (repo, sha) → statuses in arrival order.
     statuses: HashMap<(String, String), Vec<Status>>,
@@ -227,6 +231,24 @@ impl FakeGitHub {
 
     /// Serves tarballs in 16 KiB chunks without `Content-Length` (as codeload streams them),
     /// so a client cannot learn the size up front.
+    /// Makes `GET /repos/{repo}/compare/{base}...{head}` list `files` as changed (each
+    /// `modified`); any other comparison is a 404, as for an unknown commit.
+    pub fn set_comparison(&self, repo: &str, base: &str, head: &str, files: &[&str]) {
+        lock(&self.state).comparisons.insert(
+            (repo.to_owned(), base.to_owned(), head.to_owned()),
+            files.iter().map(|f| (*f).to_owned()).collect(),
+        );
+    }
+
+    /// Makes `GET /repos/{repo}/pulls/{number}` name `merge_commit_sha` as its test merge
+    /// (`mergeable: true`), or none (`mergeable: false`, a conflict).
+    pub fn set_pull_merge(&self, repo: &str, number: u64, merge_commit_sha: Option<&str>) {
+        lock(&self.state).pulls.insert(
+            (repo.to_owned(), number),
+            merge_commit_sha.map(str::to_owned),
+        );
+    }
+
     pub fn set_chunked_tarballs(&self, chunked: bool) {
         lock(&self.state).chunked_tarballs = chunked;
     }
@@ -567,6 +589,64 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Reply {
             response
         }
         (&Method::POST, ["statuses", sha]) => create_status(&mut st, &repo, sha, &user, &body),
+        (&Method::GET, ["compare", range]) => {
+            let range = percent_decode(range);
+            let Some((base_ref, head_ref)) = range.split_once("...") else {
+                return not_found();
+            };
+            let key = (repo.clone(), base_ref.to_owned(), head_ref.to_owned());
+            let Some(files) = st.comparisons.get(&key) else {
+                return error(StatusCode::NOT_FOUND, "Not Found");
+            };
+            let files: Vec<Value> = files
+                .iter()
+                .map(|f| {
+                    json!({
+                        "sha": "bbcd538c8e72b8c175046e27cc8f907076331401",
+                        "filename": f,
+                        "status": "modified",
+                        "additions": 1,
+                        "deletions": 0,
+                        "changes": 1,
+                        "blob_url": format!("https://github.com/{repo}/blob/{head_ref}/{f}"),
+                        "raw_url": format!("https://github.com/{repo}/raw/{head_ref}/{f}"),
+                        "contents_url": format!("{base}/contents/{f}?ref={head_ref}"),
+                        "patch": "@@ -1 +1,2 @@",
+                    })
+                })
+                .collect();
+            reply(
+                StatusCode::OK,
+                &json!({
+                    "url": format!("{base}/compare/{range}"),
+                    "html_url": format!("https://github.com/{repo}/compare/{range}"),
+                    "status": "ahead",
+                    "ahead_by": 1,
+                    "behind_by": 0,
+                    "total_commits": 1,
+                    "commits": [],
+                    "files": files,
+                }),
+            )
+        }
+        (&Method::GET, ["pulls", number]) => {
+            let Ok(number) = number.parse::<u64>() else {
+                return not_found();
+            };
+            let Some(merge) = st.pulls.get(&(repo.clone(), number)) else {
+                return not_found();
+            };
+            reply(
+                StatusCode::OK,
+                &json!({
+                    "url": format!("{base}/pulls/{number}"),
+                    "number": number,
+                    "state": "open",
+                    "merge_commit_sha": merge,
+                    "mergeable": merge.is_some(),
+                }),
+            )
+        }
         (&Method::POST, ["issues", number, "comments"]) => {
             let Ok(number) = number.parse::<u64>() else {
                 return not_found();

@@ -203,6 +203,13 @@ struct Build {
     submitted_by: String,
     default_branch: String,
     pull_request: Option<u64>,
+    /// What the diff that selects tasks starts from (`base...sha`): the commit before a
+    /// push, the default branch for a new branch, a pull request's base; `None`: every task.
+    diff_base: Option<String>,
+    /// For a pull request: its head branch (as `merge_options.ignore_refs` names it,
+    /// `heads/<branch>`) and GitHub's test merge commit if the payload names one. The run
+    /// builds that merge unless `merge_options` say not to.
+    merge: Option<(String, Option<String>)>,
     /// Decided from the (signature-checked) payload: a push or a branch pull request is the
     /// repository's writers' code, a fork's pull request anyone's.
     tier: tinyci_core::TrustTier,
@@ -220,6 +227,7 @@ async fn process(
         WebhookEvent::Push {
             repo,
             git_ref,
+            before,
             after,
             deleted,
             default_branch,
@@ -234,10 +242,20 @@ async fn process(
             let Some((repo, record)) = enabled(github, &repo)? else {
                 return drop_entry(github, seq).await.map_err(Into::into);
             };
+            // tinyCI's idea: run what the change touches. A new branch is compared with the
+            // default branch; the first push of the default branch itself runs everything.
+            let created = before.bytes().all(|b| b == b'0');
+            let diff_base = match created {
+                false => Some(before),
+                true if git_ref == format!("refs/heads/{default_branch}") => None,
+                true => Some(default_branch.clone()),
+            };
             Build {
                 repo,
                 record,
                 git_ref,
+                diff_base,
+                merge: None,
                 sha: after,
                 title: head_commit_message
                     .and_then(|m| m.lines().next().map(str::to_owned))
@@ -253,7 +271,10 @@ async fn process(
             number,
             repo,
             head_sha,
+            head_ref,
             head_repo,
+            base_sha,
+            merge_commit_sha,
             title,
             default_branch,
             ..
@@ -277,6 +298,8 @@ async fn process(
                 repo: repo_name,
                 record,
                 git_ref,
+                diff_base: Some(base_sha),
+                merge: Some((format!("heads/{head_ref}"), merge_commit_sha)),
                 sha: head_sha,
                 title,
                 submitted_by: format!("github:pull-request-{number}"),
@@ -348,8 +371,9 @@ async fn submit_build(
         info!(%repo, branch = %build.default_branch, "no tinyci.yml on the default branch: nothing to build");
         return drop_entry(github, seq).await.map_err(Into::into);
     };
+    let run_sha = commit_to_run(&client, &build, &config_text).await?;
     let tarball = client
-        .download_tarball(repo, &build.sha, tinyci_assets::MAX_SOURCE_BYTES)
+        .download_tarball(repo, &run_sha, tinyci_assets::MAX_SOURCE_BYTES)
         .await?;
     let sources = github.sources.clone();
     let source_sha256 =
@@ -364,7 +388,20 @@ async fn submit_build(
     let config_text = String::from_utf8(config_text).map_err(|_| {
         GitHubError::Refused(format!("{} is not UTF-8", tinyci_core::REPO_CONFIG_FILE))
     })?;
-    let planned = tinyci_assets::plan_archive(archive, Some(config_text), Vec::new(), true).await;
+    let changed = match &build.diff_base {
+        Some(base) => client.changed_paths(repo, base, &build.sha).await?,
+        None => None,
+    };
+    match &changed {
+        Some(paths) => {
+            info!(%repo, sha = %build.sha, files = paths.len(), "tasks selected by the diff");
+        }
+        None => info!(%repo, sha = %build.sha, "no usable diff: every task runs"),
+    }
+    let all = changed.is_none();
+    let planned =
+        tinyci_assets::plan_archive(archive, Some(config_text), changed.unwrap_or_default(), all)
+            .await;
     let runs = match planned {
         Ok(runs) => runs,
         Err(PlanError::Invalid(message)) => {
@@ -406,7 +443,7 @@ async fn submit_build(
             NewSubmission {
                 repo: repo.to_string(),
                 git_ref: build.git_ref.clone(),
-                sha: build.sha.clone(),
+                sha: run_sha.clone(),
                 title: build.title.clone(),
                 submitted_by: build.submitted_by.clone(),
                 source_sha256: source_sha256.to_vec(),
@@ -421,6 +458,44 @@ async fn submit_build(
     info!(%repo, submission = %submission.id, git_ref = %build.git_ref, "webhook became a submission");
     crate::statuses::start_reporting(github, submission.id, origin, queued);
     Ok(())
+}
+
+/// The commit a build runs: a pull request's test merge (its head merged into its base, as
+/// GitHub keeps it) unless the repository's `merge_options` say not to merge this head, or
+/// there is none (a conflict, or GitHub has not computed it); otherwise the pushed commit.
+/// Statuses always go to the pushed commit.
+async fn commit_to_run(
+    client: &tinyci_repos::GitHub,
+    build: &Build,
+    config_text: &[u8],
+) -> Result<String, GitHubError> {
+    let (Some((head_ref, payload_merge)), Some(number)) = (&build.merge, build.pull_request) else {
+        return Ok(build.sha.clone());
+    };
+    // An unreadable tinyci.yml is reported by planning; here it just means no merge.
+    let merge_wanted = tinyci_core::RepoConfig::parse(tinyci_core::REPO_CONFIG_FILE, config_text)
+        .is_ok_and(|config| config.merge_options.should_merge(head_ref));
+    if !merge_wanted {
+        return Ok(build.sha.clone());
+    }
+    let merge = match payload_merge {
+        Some(sha) => Some(sha.clone()),
+        None => {
+            client
+                .pull_request_merge_commit(&build.repo, number)
+                .await?
+        }
+    };
+    match merge {
+        Some(sha) => {
+            info!(repo = %build.repo, number, head = %build.sha, merge = %sha, "building the pull request's merge commit");
+            Ok(sha)
+        }
+        None => {
+            info!(repo = %build.repo, number, head = %build.sha, "no merge commit (a conflict, or not computed yet): building the head");
+            Ok(build.sha.clone())
+        }
+    }
 }
 
 /// Why a build was not queued at all.

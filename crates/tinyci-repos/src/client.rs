@@ -224,6 +224,34 @@ struct Content {
     content: Option<String>,
 }
 
+/// `GET /repos/{o}/{r}/compare/{base}...{head}`, the parts read.
+#[derive(Deserialize)]
+struct Comparison {
+    #[serde(default)]
+    files: Vec<ComparedFile>,
+}
+
+#[derive(Deserialize)]
+struct ComparedFile {
+    filename: String,
+    #[serde(default)]
+    previous_filename: Option<String>,
+}
+
+/// `GET /repos/{o}/{r}/pulls/{n}`, the parts read.
+#[derive(Deserialize)]
+struct PullBody {
+    #[serde(default)]
+    merge_commit_sha: Option<String>,
+    /// `null` while GitHub is still computing it.
+    #[serde(default)]
+    mergeable: Option<bool>,
+}
+
+/// The most files GitHub's compare API lists; a longer diff is cut there, so it cannot say
+/// which tasks changed.
+pub(crate) const MAX_COMPARED_FILES: usize = 300;
+
 #[derive(Deserialize)]
 struct RepoBody {
     /// Present when the request was authenticated.
@@ -342,6 +370,14 @@ fn check_segment(what: &'static str, value: &str) -> Result<(), InvalidName> {
             reason: "must be 1 to 100 letters, digits, '-', '_' or '.'",
         })
     }
+}
+
+/// A commit sha, or a branch name (a new branch is compared with the default branch).
+fn check_sha_or_ref(text: &str) -> Result<(), InvalidName> {
+    if check_sha(text).is_ok() {
+        return Ok(());
+    }
+    check_ref(text)
 }
 
 fn check_ref(git_ref: &str) -> Result<(), InvalidName> {
@@ -671,6 +707,70 @@ impl GitHub {
             .decode(text)
             .map(Some)
             .map_err(|e| bad(format!("content is not base64: {e}")))
+    }
+
+    /// The paths that differ between `base` and `head` (`base...head`: from their merge base,
+    /// as a pull request's diff), both sides of a rename. `None` when GitHub cannot say all
+    /// of them: an unknown commit (a force push dropped `base`) or more files than the compare
+    /// API lists; the caller then runs every task.
+    pub async fn changed_paths(
+        &self,
+        repo: &RepoName,
+        base: &str,
+        head: &str,
+    ) -> Result<Option<Vec<String>>, ApiError> {
+        check_sha_or_ref(base)?;
+        check_sha(head)?;
+        let ep = endpoint(
+            format!("compare {base}...{head} in {repo}"),
+            Method::GET,
+            format!(
+                "/repos/{repo}/compare/{}...{}",
+                encode(base, false),
+                encode(head, false)
+            ),
+        );
+        let comparison: Comparison = match self.json(&self.api, &ep, None::<&()>, GITHUB_JSON).await
+        {
+            Ok(c) => c,
+            Err(ApiError::Status {
+                status: 404 | 422, ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if comparison.files.len() >= MAX_COMPARED_FILES {
+            return Ok(None);
+        }
+        let mut paths = Vec::new();
+        for file in comparison.files {
+            paths.extend(file.previous_filename);
+            paths.push(file.filename);
+        }
+        Ok(Some(paths))
+    }
+
+    /// The test merge commit GitHub keeps for pull request `number` (its head merged into its
+    /// base), or `None` when there is none: not mergeable (a conflict) or not computed yet.
+    pub async fn pull_request_merge_commit(
+        &self,
+        repo: &RepoName,
+        number: u64,
+    ) -> Result<Option<String>, ApiError> {
+        let ep = endpoint(
+            format!("read pull request #{number} of {repo}"),
+            Method::GET,
+            format!("/repos/{repo}/pulls/{number}"),
+        );
+        let pull: PullBody = match self.json(&self.api, &ep, None::<&()>, GITHUB_JSON).await {
+            Ok(pull) => pull,
+            // Gone (deleted, or the token cannot see it): no merge to build.
+            Err(ApiError::Status { status: 404, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(match (pull.mergeable, pull.merge_commit_sha) {
+            (Some(true), Some(sha)) if check_sha(&sha).is_ok() => Some(sha),
+            _ => None,
+        })
     }
 
     /// Downloads the source tarball (gzip) of `repo` at commit `sha`, refusing anything over

@@ -150,6 +150,9 @@ pub enum WebhookEvent {
         base_ref: String,
         /// The base branch's commit.
         base_sha: String,
+        /// GitHub's test merge of the head into the base, when it has computed one (`null`
+        /// while it is computing, and when they conflict).
+        merge_commit_sha: Option<String>,
         /// The pull request's title.
         title: String,
         /// The base repository's default branch, where `tinyci.yml` is read.
@@ -213,6 +216,8 @@ struct PullRequestBody {
     title: String,
     head: Branch,
     base: Branch,
+    #[serde(default)]
+    merge_commit_sha: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -284,6 +289,7 @@ pub fn parse_event(event: &str, body: &[u8]) -> Result<WebhookEvent, WebhookErro
                 head_repo: p.pull_request.head.repo.map(|r| r.full_name),
                 base_ref: p.pull_request.base.git_ref,
                 base_sha: p.pull_request.base.sha,
+                merge_commit_sha: p.pull_request.merge_commit_sha,
                 title: p.pull_request.title,
                 default_branch: p.repository.default_branch.unwrap_or_default(),
             }

@@ -405,3 +405,42 @@ fn bad_base_urls_are_refused_by_name() {
         "invalid GitHub web base URL \"https://github.com/?x=1\""
     );
 }
+
+#[tokio::test]
+async fn comparisons_list_changed_paths_and_unknown_ones_mean_run_everything() {
+    let (fake, github) = setup().await;
+    let (base, head) = ("a".repeat(40), "b".repeat(40));
+    fake.set_comparison(REPO, &base, &head, &["dokumentë/x.md", "api/lib.rs"]);
+    let paths = github.changed_paths(&repo(), &base, &head).await.unwrap();
+    assert_eq!(
+        paths,
+        Some(vec!["dokumentë/x.md".to_owned(), "api/lib.rs".to_owned()])
+    );
+    // A branch name as the base (a new branch against the default branch) is allowed.
+    assert_eq!(
+        github.changed_paths(&repo(), "main", &head).await.unwrap(),
+        None
+    );
+    let calls = fake.calls();
+    assert_eq!(
+        calls.last().map(|c| c.path.as_str()),
+        Some(format!("/repos/{REPO}/compare/main...{head}").as_str())
+    );
+    // A head that is not a commit id is refused before any request.
+    assert!(github.changed_paths(&repo(), &base, "main").await.is_err());
+
+    fake.set_pull_merge(REPO, 3, Some(&head));
+    fake.set_pull_merge(REPO, 4, None);
+    assert_eq!(
+        github.pull_request_merge_commit(&repo(), 3).await.unwrap(),
+        Some(head.clone())
+    );
+    assert_eq!(
+        github.pull_request_merge_commit(&repo(), 4).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        github.pull_request_merge_commit(&repo(), 5).await.unwrap(),
+        None
+    );
+}

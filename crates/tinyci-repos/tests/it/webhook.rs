@@ -137,6 +137,7 @@ fn pull_request_opened_and_closed_parse() {
         head_repo: Some("octo-org/hello-world".to_owned()),
         base_ref: "main".to_owned(),
         base_sha: "6113728f27ae82c7b1a177c8d03f9e96e0adf246".to_owned(),
+        merge_commit_sha: None,
         title: "Add a login page".to_owned(),
         default_branch: "main".to_owned(),
     };
@@ -150,6 +151,18 @@ fn pull_request_opened_and_closed_parse() {
     labeled["action"] = "labeled".into();
     let labeled = parse_event("pull_request", &serde_json::to_vec(&labeled).unwrap()).unwrap();
     assert_eq!(labeled, expect(PrAction::Other("labeled".to_owned())));
+
+    // Once GitHub has computed the test merge, the payload names it.
+    let mut merged: serde_json::Value =
+        serde_json::from_slice(&fixture("pull_request_opened.json")).unwrap();
+    let merge = "e5bd3914e2e596debea16f433f57875b5b90bcd6";
+    merged["pull_request"]["merge_commit_sha"] = merge.into();
+    match parse_event("pull_request", &serde_json::to_vec(&merged).unwrap()).unwrap() {
+        WebhookEvent::PullRequest {
+            merge_commit_sha, ..
+        } => assert_eq!(merge_commit_sha.as_deref(), Some(merge)),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
