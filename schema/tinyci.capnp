@@ -690,7 +690,8 @@ interface Admin {
   # Cancels a run or every unfinished run of a submission; returns how many.
 
   retry @7 (runId :Text) -> (run :RunInfo);
-  # Queues a finished run again as a new attempt.
+  # Queues a finished run again as its next attempt: the same run id, attempt one more, its
+  # log and artifacts taken over by the new attempt. Today's queue policy must admit it.
 
   grants @8 () -> (grants :List(IssuedGrant));
   # Issued grants.
@@ -739,4 +740,8 @@ interface Admin {
 
   run @20 (id :Text) -> (run :RunInfo);
   # One run, by id (`r-N`), as it is now.
+
+  retryFailed @21 (submissionId :Text) -> (runs :List(RunInfo));
+  # Retries (as `retry`) every run of a submission that failed, timed out or errored;
+  # returns them as queued. Fails, retrying nothing, if there is none.
 }

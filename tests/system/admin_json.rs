@@ -234,7 +234,7 @@ fn admin_json_shapes_are_stable() {
         "the resumed runner should run it: {waited}"
     );
 
-    // Retrying a finished run makes a new run of a new submission; the old one stays.
+    // Retrying a finished run makes its next attempt: the same run, in the same submission.
     let retried = run_in(
         dir.path(),
         &["admin", "runs", "retry", "r-2", "--addr", &addr],
@@ -246,9 +246,28 @@ fn admin_json_shapes_are_stable() {
     );
     assert_eq!(
         String::from_utf8_lossy(&retried.stdout).trim(),
-        "retrying r-2 as r-6 (submission s-5)"
+        "retrying r-2: attempt 2 queued (submission s-1)"
     );
-    let waited = run_in(dir.path(), &["wait", "s-5", "--addr", &addr]);
+    let waited = run_in(dir.path(), &["wait", "s-1", "--addr", &addr]);
+    assert!(String::from_utf8_lossy(&waited.stdout).contains("failed"));
+    let again = json_of(
+        dir.path(),
+        &["admin", "runs", "show", "r-2", "--json", "--addr", &addr],
+    );
+    assert_eq!(again["attempt"], 2, "{again}");
+    assert_eq!(again["status"], "failed", "{again}");
+    // --failed retries every failed run of a submission; one with none says so.
+    let failed = run_in(
+        dir.path(),
+        &["admin", "runs", "retry", "--failed", "s-1", "--addr", &addr],
+    );
+    assert!(
+        String::from_utf8_lossy(&failed.stdout).contains("r-2 .:check: attempt 3 queued"),
+        "{}{}",
+        String::from_utf8_lossy(&failed.stdout),
+        String::from_utf8_lossy(&failed.stderr)
+    );
+    let waited = run_in(dir.path(), &["wait", "s-1", "--addr", &addr]);
     assert!(String::from_utf8_lossy(&waited.stdout).contains("failed"));
     let shown = json_of(
         dir.path(),

@@ -425,6 +425,33 @@ fn webhooks_are_verified_deduplicated_and_become_runs_that_report_statuses() {
             .count(),
         1
     );
+
+    // Retrying the failed run makes its next attempt, which reports on the same commit; the
+    // passed run's statuses are not repeated.
+    let retried = site.tinyci(&["admin", "runs", "retry", "--failed", "s-1"]);
+    assert!(retried.status.success(), "{}", text(&retried.stderr));
+    assert!(
+        text(&retried.stdout).contains(".:fails: attempt 2 queued"),
+        "{}",
+        text(&retried.stdout)
+    );
+    let statuses = wait_for_statuses(&fake, &sha, "the retried run should end again", |s| {
+        s.iter().filter(|s| is_final(s)).count() == 3
+    });
+    let fails = sequence(&statuses, ".:fails");
+    assert_eq!(fails.len(), 6, "{fails:?}");
+    assert_eq!(fails[3..5], ["pending: queued", "pending: started on r1"]);
+    assert!(
+        fails[5].starts_with("failure: failed with exit code 4"),
+        "{fails:?}"
+    );
+    assert_eq!(sequence(&statuses, ".:passes").len(), 3);
+    assert_eq!(
+        site.runs().len(),
+        2,
+        "a retry is the same run: {:?}",
+        site.runs()
+    );
     site.assert_no_secrets_logged(&[SITE_TOKEN, CLIENT_SECRET, &secret, &signature[7..]]);
 }
 

@@ -350,7 +350,7 @@ fn a_private_run_page_needs_a_github_login_and_cancel_needs_the_anti_forgery_tok
     );
     browser.screenshot(&artifact_path("private-run-page-canceled.png"));
 
-    // A finished run offers Retry: a new run on the same source, shown live.
+    // A finished run offers Retry: its next attempt, on the same page, shown live.
     browser.navigate(&page);
     browser.wait_for(
         "the retry button",
@@ -358,15 +358,20 @@ fn a_private_run_page_needs_a_github_login_and_cancel_needs_the_anti_forgery_tok
     );
     browser.click("#retry button");
     let retried = browser.wait_for(
-        "the retried run's page and log",
-        &format!(
-            "location.pathname !== '/runs/{run}' && document.getElementById('log') && \
-             document.getElementById('log').textContent.includes('private line one') && location.pathname"
-        ),
+        "the run's page, live again with its second attempt's output",
+        "document.querySelector('#cancel button') && document.getElementById('log') && \
+         (document.getElementById('log').textContent.match(/private line one/g) || []).length >= 2 \
+         && location.pathname",
     );
-    assert!(
-        retried.as_str().unwrap().starts_with("/runs/r-"),
+    assert_eq!(
+        retried.as_str().unwrap(),
+        format!("/runs/{run}"),
         "{retried}"
+    );
+    browser.navigate(&page);
+    browser.wait_for(
+        "the second attempt on the run's page",
+        "document.getElementById('log') && /Attempt\\s*2 of \\d/.test(document.body.innerText)",
     );
 
     // Signing out forgets the session: the same cookie no longer opens the page.

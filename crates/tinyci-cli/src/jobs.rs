@@ -247,11 +247,17 @@ pub(crate) enum RunAction {
         #[command(flatten)]
         site: SiteArgs,
     },
-    /// Run a finished run again, as a new run of a new submission on the same source (it
-    /// supersedes nothing).
+    /// Run a finished run again as its next attempt: the same run (r-N), attempt one more,
+    /// on the same source, if the queue's policy still admits it. A GitHub run reports the
+    /// new attempt's statuses on its commit. With --failed s-N: every run of submission s-N
+    /// that failed, timed out or errored.
     Retry {
         /// The run (r-N).
-        id: String,
+        #[arg(required_unless_present = "failed", conflicts_with = "failed")]
+        id: Option<String>,
+        /// Retry every failed, timed-out or errored run of this submission (s-N).
+        #[arg(long, value_name = "SUBMISSION")]
+        failed: Option<String>,
         #[command(flatten)]
         site: SiteArgs,
     },
@@ -601,7 +607,17 @@ pub(crate) fn admin(command: AdminCommand) -> Result<()> {
 
 fn runs(args: RunsArgs) -> Result<()> {
     match args.action {
-        Some(RunAction::Retry { id, site }) => return retry(&id, site),
+        Some(RunAction::Retry {
+            id: Some(id), site, ..
+        }) => return retry(&id, site),
+        Some(RunAction::Retry {
+            failed: Some(submission),
+            site,
+            ..
+        }) => return retry_failed(&submission, site),
+        Some(RunAction::Retry { .. }) => {
+            return Err(crate::util::InputError("give a run (r-N) or --failed s-N".into()).into());
+        }
         Some(RunAction::Show { id, json, site }) => return show_run(&id, json, site),
         None => {}
     }
@@ -703,10 +719,30 @@ fn retry(id: &str, site: SiteArgs) -> Result<()> {
         let response = request.send().promise.await?;
         let run = response.get()?.get_run()?;
         println!(
-            "retrying {id} as {} (submission {})",
-            text(run.get_id()),
+            "retrying {id}: attempt {} queued (submission {})",
+            run.get_attempt() + 1,
             text(run.get_submission_id())
         );
+        Ok(())
+    })
+}
+
+fn retry_failed(submission: &str, site: SiteArgs) -> Result<()> {
+    with_admin(site, async move |admin| {
+        let mut request = admin.retry_failed_request();
+        request.get().set_submission_id(submission);
+        let response = request.send().promise.await?;
+        let runs = response.get()?.get_runs()?;
+        for run in runs.iter() {
+            println!(
+                "retrying {} {}:{}: attempt {} queued",
+                text(run.get_id()),
+                text(run.get_task()),
+                text(run.get_name()),
+                run.get_attempt() + 1
+            );
+        }
+        println!("submission {submission}: {} run(s) retried", runs.len());
         Ok(())
     })
 }

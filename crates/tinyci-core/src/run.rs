@@ -236,6 +236,12 @@ pub enum RunEvent {
     LeaseExpired,
     /// Someone asked to cancel the run.
     Cancel,
+    /// An operator asked for the finished run again: a new attempt of the same run, with
+    /// `more_attempts` leases on top of those it used.
+    Retry {
+        /// Leases the new attempt may take (the queue's `max_attempts`).
+        more_attempts: u32,
+    },
 }
 
 /// What an accepted event did; the caller acts on it (persist, notify the runner, requeue).
@@ -268,6 +274,11 @@ pub enum Transition {
     CancelRequested,
     /// Nothing to do (a repeated start or cancel request).
     Unchanged,
+    /// The finished run is queued again; its next lease is attempt `attempt + 1`.
+    Retried {
+        /// Leases so far.
+        attempt: u32,
+    },
 }
 
 /// Why an event was refused; the run is unchanged.
@@ -279,6 +290,14 @@ pub enum TransitionError {
         /// The run.
         run: RunId,
         /// Its final status.
+        status: RunStatus,
+    },
+    /// Only a finished run can be retried.
+    #[error("run {run} is {status}: only a finished run can be retried")]
+    NotFinal {
+        /// The run.
+        run: RunId,
+        /// Its status.
         status: RunStatus,
     },
     /// Only a queued run can be leased.
@@ -482,6 +501,22 @@ impl Run {
             }
             RunEvent::LeaseExpired => self.expire(now_ms)?,
             RunEvent::Cancel => self.cancel(now_ms)?,
+            RunEvent::Retry { more_attempts } => {
+                if !self.status.is_final() {
+                    return Err(TransitionError::NotFinal {
+                        run: self.id,
+                        status: self.status,
+                    });
+                }
+                self.status = RunStatus::Queued;
+                self.lease = None;
+                self.cancel_requested = false;
+                self.outcome = None;
+                self.max_attempts = self.attempt.saturating_add(more_attempts.max(1));
+                Transition::Retried {
+                    attempt: self.attempt,
+                }
+            }
         };
         self.updated_at = now_ms;
         Ok(transition)

@@ -148,6 +148,7 @@ pub(crate) async fn intake(
 /// submissions a previous process was still reporting on.
 pub(crate) async fn run_processor(github: Rc<GitHubService>) {
     crate::statuses::resume_reporting(&github);
+    crate::statuses::report_retries(&github);
     loop {
         let next = github
             .store

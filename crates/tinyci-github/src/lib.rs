@@ -122,6 +122,8 @@ pub struct GitHubService {
     inbox: Notify,
     /// Status reporters and other GitHub tasks, aborted at shutdown (they hold the store).
     tasks: RefCell<tokio::task::JoinSet<()>>,
+    /// Submissions a status reporter follows now.
+    reporting: RefCell<std::collections::BTreeSet<tinyci_core::SubmissionId>>,
     store: Store,
     committer: GroupCommitter,
     queue: Rc<Queue>,
@@ -195,6 +197,7 @@ impl GitHubService {
             oauth_app,
             inbox: Notify::new(),
             tasks: RefCell::default(),
+            reporting: RefCell::default(),
             store,
             committer,
             queue,

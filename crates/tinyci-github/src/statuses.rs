@@ -16,7 +16,7 @@ use tinyci_core::{RunStatus, SubmissionId};
 use tinyci_queue::StoredRun;
 use tinyci_repos::{CommitStatus, GitHub, RepoName, StatusState};
 use tinyci_store::records::{GitHubOrigin, PostedStatus};
-use tinyci_store::tables::{GITHUB_STATUSES, GITHUB_SUBMISSIONS};
+use tinyci_store::tables::{GITHUB_REPORTED, GITHUB_STATUSES, GITHUB_SUBMISSIONS};
 use tracing::{debug, warn};
 
 use crate::{GitHubService, client_for, repo_record};
@@ -91,14 +91,42 @@ pub(crate) fn start_reporting(
     origin: GitHubOrigin,
     queued: Vec<StoredRun>,
 ) {
+    start(github, submission, origin, queued, Posted::Unknown);
+}
+
+/// What a new reporter may take as already on GitHub.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Posted {
+    /// Nothing known beyond the stored last status per run: post every run's current state
+    /// unless it is the one recorded.
+    Unknown,
+    /// Every finished run's final status (a reporter finished before a run was retried):
+    /// post only what is unfinished.
+    Finals,
+}
+
+fn start(
+    github: &Rc<GitHubService>,
+    submission: SubmissionId,
+    origin: GitHubOrigin,
+    queued: Vec<StoredRun>,
+    posted: Posted,
+) {
+    if !github.reporting.borrow_mut().insert(submission) {
+        return;
+    }
     let feed = github.queue.watch(submission);
-    let current = match github.queue.submission_runs(submission) {
+    let mut current = match github.queue.submission_runs(submission) {
         Ok(runs) => runs,
         Err(e) => {
+            github.reporting.borrow_mut().remove(&submission);
             warn!(%submission, error = %e, "cannot read the submission's runs; statuses not reported");
             return;
         }
     };
+    if posted == Posted::Finals {
+        current.retain(|r| !r.state.status().is_final());
+    }
     github.spawn(report(
         github.clone(),
         submission,
@@ -107,6 +135,51 @@ pub(crate) fn start_reporting(
         current,
         feed,
     ));
+}
+
+/// Reports retried runs: when a run of a submission whose reporting had finished is queued
+/// again (`admin runs retry`), a reporter starts on it again, so GitHub sees the new
+/// attempt's statuses on the same commit.
+pub(crate) fn report_retries(github: &Rc<GitHubService>) {
+    let weak = Rc::downgrade(github);
+    github.queue.observe(move |run| {
+        let Some(github) = weak.upgrade() else {
+            return;
+        };
+        let submission = run.submission;
+        if run.state.status() != RunStatus::Queued
+            || github.reporting.borrow().contains(&submission)
+        {
+            return;
+        }
+        let origin = match github
+            .store
+            .read(|txn| txn.get(GITHUB_REPORTED, &submission.get()))
+        {
+            Ok(Some(origin)) => origin,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(%submission, error = %e, "cannot read where a retried run reports");
+                return;
+            }
+        };
+        // Mark it before anything awaits, so a second retried run joins this reporter.
+        start(&github, submission, origin.clone(), Vec::new(), Posted::Finals);
+        let id = submission.get();
+        let committer = github.committer.clone();
+        github.spawn(async move {
+            // Reporting again: a restart resumes it like any unfinished report.
+            let moved = committer
+                .write(move |txn| {
+                    txn.put(GITHUB_SUBMISSIONS, &id, &origin)?;
+                    txn.delete(GITHUB_REPORTED, &id).map(drop)
+                })
+                .await;
+            if let Err(e) = moved {
+                warn!(%submission, error = %e, "cannot record that a retried run reports to GitHub");
+            }
+        });
+    });
 }
 
 /// Resumes reporting for every submission a previous process had not finished reporting on.
@@ -129,6 +202,7 @@ async fn report(
     current: Vec<StoredRun>,
     mut feed: tokio::sync::mpsc::UnboundedReceiver<StoredRun>,
 ) {
+    let following = Following(github.clone(), submission);
     let Some(client) = reporter_client(&github, &origin) else {
         return;
     };
@@ -150,15 +224,24 @@ async fn report(
         post(&github, &client, &repo, &origin, &run).await;
         if run.state.status().is_final() {
             open.remove(&run.id());
+        } else {
+            // A run retried while others still went on: follow it too.
+            open.insert(run.id());
         }
     }
     drop(feed);
+    // From here a retried run needs a new reporter: this one follows nothing any more.
+    drop(following);
     let id = submission.get();
-    let runs = current.iter().map(|r| r.id().get()).collect::<Vec<_>>();
+    let runs = match github.queue.submission_runs(submission) {
+        Ok(runs) => runs.iter().map(|r| r.id().get()).collect::<Vec<_>>(),
+        Err(_) => current.iter().map(|r| r.id().get()).collect(),
+    };
     let done = github
         .committer
         .write(move |txn| {
             txn.delete(GITHUB_SUBMISSIONS, &id)?;
+            txn.put(GITHUB_REPORTED, &id, &origin)?;
             for run in runs {
                 txn.delete(GITHUB_STATUSES, &run)?;
             }
@@ -169,6 +252,15 @@ async fn report(
         warn!(%submission, error = %e, "cannot record that GitHub reporting finished");
     }
     debug!(%submission, "every run's final status is on GitHub");
+}
+
+/// Marks a submission as followed by a reporter for as long as it lives.
+struct Following(Rc<GitHubService>, SubmissionId);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.reporting.borrow_mut().remove(&self.1);
+    }
 }
 
 fn reporter_client(github: &GitHubService, origin: &GitHubOrigin) -> Option<GitHub> {

@@ -1297,6 +1297,45 @@ impl Queue {
         self.state.borrow_mut().observers.push(Rc::new(observer));
     }
 
+    /// Queues finished run `id` again as its next attempt (same run id, its log and
+    /// artifacts taken over by the new attempt as after a lost lease), with a fresh budget of
+    /// leases. The caller checks today's policy first. Returns the run as queued, once durable.
+    pub async fn retry(&self, id: RunId) -> Result<StoredRun, QueueError> {
+        let mut run = self.run(id)?.ok_or(QueueError::NoRun(id))?;
+        if self.state.borrow().live.contains_key(&id) {
+            // Unfinished: the state machine says why it cannot be retried.
+            run.state.apply(
+                RunEvent::Retry {
+                    more_attempts: self.policy.max_attempts,
+                },
+                self.now(),
+            )?;
+        }
+        let tier = self.tier_of(run.submission)?;
+        run.state.apply(
+            RunEvent::Retry {
+                more_attempts: self.policy.max_attempts,
+            },
+            self.now(),
+        )?;
+        run.runner = None;
+        run.started_at = None;
+        run.message = None;
+        let to_write = run.clone();
+        self.committer
+            .write(move |txn| put_run(txn, &to_write))
+            .await?;
+        // Two retries racing: the first to get here queues it, the other finds it live.
+        if let Some(live) = self.state.borrow().live.get(&id) {
+            return Ok(live.clone());
+        }
+        let queue = run.spec.queue.to_string();
+        self.track(run.clone(), tier);
+        self.notify(&run);
+        self.wake(&queue);
+        Ok(run)
+    }
+
     /// A run as it is now (live state if unfinished, else stored).
     pub fn run(&self, id: RunId) -> Result<Option<StoredRun>, QueueError> {
         if let Some(run) = self.state.borrow().live.get(&id) {

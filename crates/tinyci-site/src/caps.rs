@@ -594,6 +594,27 @@ impl admin::Server for AdminCap {
         Ok(())
     }
 
+    async fn retry_failed(
+        self: Rc<Self>,
+        params: admin::RetryFailedParams,
+        mut results: admin::RetryFailedResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let id = read_text(params.get()?.get_submission_id(), "submissionId")?;
+        let submission: tinyci_core::SubmissionId = id
+            .parse()
+            .map_err(|_| capnp::Error::failed(format!("{id:?} is not a submission id (s-N)")))?;
+        let retried =
+            crate::jobs::retry_failed(&self.services.queue, submission, &self.peer.to_string())
+                .await
+                .map_err(|e| crate::rpc::failed(&e))?;
+        let mut list = results.get().init_runs(len(retried.len()));
+        for (i, run) in retried.iter().enumerate() {
+            fill_run_info(list.reborrow().get(len(i)), run, &self.services.queue);
+        }
+        Ok(())
+    }
+
     async fn status(
         self: Rc<Self>,
         _: admin::StatusParams,

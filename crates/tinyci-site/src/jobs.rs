@@ -911,12 +911,20 @@ pub(crate) enum RetryError {
         #[source]
         source: tinyci_core::Refusal,
     },
-    #[error("the retry of run {0} made no run")]
-    Empty(RunId),
+    #[error("submission {0} has no failed, timed out or errored run to retry")]
+    NothingFailed(SubmissionId),
+    #[error("no submission {0}")]
+    NoSuchSubmission(SubmissionId),
+    #[error("cannot read the runs of submission {submission}")]
+    Submission {
+        submission: SubmissionId,
+        #[source]
+        source: tinyci_queue::QueueError,
+    },
 }
 
-/// Queues a finished run again: a new submission holding just that run, on the same source,
-/// superseding nothing. `by` is recorded as its submitter.
+/// Queues a finished run again as its next attempt (same run id), if today's policy for its
+/// submission's tier still admits it. `by` is who asked, for the log.
 pub(crate) async fn retry_run(
     queue: &tinyci_queue::Queue,
     id: RunId,
@@ -935,7 +943,8 @@ pub(crate) async fn retry_run(
         .submission(stored.submission)
         .map_err(failed)?
         .ok_or(RetryError::NoSubmission(id))?;
-    // Today's policy decides, not the one the run was first admitted under.
+    // Today's policy decides, not the one the run was first admitted under. A retry is the
+    // same work: it keeps the tier it had, whoever asks.
     admit(
         queue,
         &stored.repo,
@@ -943,23 +952,40 @@ pub(crate) async fn retry_run(
         std::slice::from_ref(&stored.spec),
     )
     .map_err(|source| RetryError::Refused { run: id, source })?;
-    let (_, runs) = queue
-        .submit(tinyci_queue::NewSubmission {
-            repo: stored.repo.clone(),
-            git_ref: stored.git_ref.clone(),
-            sha: stored.sha.clone(),
-            title: format!("retry of {id}"),
-            submitted_by: by.to_owned(),
-            source_sha256: submission.source_sha256,
-            runs: vec![stored.spec.clone()],
-            branch: OnBranch::Aside,
-            // A retry is the same work: it keeps the tier it had, whoever asks.
-            tier: submission.tier.clone(),
+    let retried = queue.retry(id).await.map_err(failed)?;
+    tracing::info!(run = %id, attempt = retried.state.attempt() + 1, %by, "run retried");
+    Ok(retried)
+}
+
+/// Retries every run of `submission` that failed, timed out or errored.
+pub(crate) async fn retry_failed(
+    queue: &tinyci_queue::Queue,
+    submission: SubmissionId,
+    by: &str,
+) -> Result<Vec<tinyci_queue::StoredRun>, RetryError> {
+    let runs = queue
+        .submission_runs(submission)
+        .map_err(|source| RetryError::Submission { submission, source })?;
+    if runs.is_empty() {
+        return Err(RetryError::NoSuchSubmission(submission));
+    }
+    let failed: Vec<RunId> = runs
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.state.status(),
+                CoreStatus::Failed | CoreStatus::TimedOut | CoreStatus::Errored
+            )
         })
-        .await
-        .map_err(failed)?;
-    let retried = runs.into_iter().next().ok_or(RetryError::Empty(id))?;
-    tracing::info!(run = %id, retry = %retried.id(), %by, "run retried");
+        .map(tinyci_queue::StoredRun::id)
+        .collect();
+    if failed.is_empty() {
+        return Err(RetryError::NothingFailed(submission));
+    }
+    let mut retried = Vec::new();
+    for id in failed {
+        retried.push(retry_run(queue, id, by).await?);
+    }
     Ok(retried)
 }
 

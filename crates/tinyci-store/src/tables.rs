@@ -331,6 +331,11 @@ tables! {
     pub const GITHUB_SUBMISSIONS: Table<U64Be, Record<crate::records::GitHubOrigin>> =
         "github_submissions";
 
+    /// Submissions that came from GitHub whose every run's final status was posted, by
+    /// submission id: kept so that a retried run reports its new attempt on the same commit.
+    pub const GITHUB_REPORTED: Table<U64Be, Record<crate::records::GitHubOrigin>> =
+        "github_reported";
+
     /// Per run id, the last commit status posted to GitHub for it, so a restarted site
     /// neither repeats nor skips one.
     pub const GITHUB_STATUSES: Table<U64Be, Record<crate::records::PostedStatus>> =

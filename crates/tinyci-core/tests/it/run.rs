@@ -452,3 +452,39 @@ fn leases_and_renewals_must_end_in_the_future() {
         .unwrap_err();
     expect![[r#"run r-7: expiry 1000000 is not after now (1000000)"#]].assert_eq(&err.to_string());
 }
+
+#[test]
+fn a_finished_run_is_retried_as_its_next_attempt_and_an_unfinished_one_is_not() {
+    let mut run = running();
+    apply_ok(&mut run, complete(1, RunStatus::Failed, Some(3)), T0 + 3);
+    let retry = RunEvent::Retry { more_attempts: 3 };
+    assert_eq!(
+        apply_ok(&mut run, retry.clone(), T0 + 4),
+        Transition::Retried { attempt: 1 }
+    );
+    assert_eq!(run.status(), RunStatus::Queued);
+    assert_eq!(run.outcome(), None);
+    assert_eq!(run.max_attempts(), 4, "the used lease plus a full budget");
+    match apply_ok(&mut run, lease_event(T0 + 5), T0 + 5) {
+        Transition::Leased(lease) => assert_eq!(lease.id, LeaseId(2)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(run.attempt(), 2);
+    // A stale completion from attempt 1 changes nothing.
+    assert!(
+        run.apply(complete(1, RunStatus::Passed, Some(0)), T0 + 6)
+            .is_err()
+    );
+    assert_eq!(
+        run.apply(retry.clone(), T0 + 6),
+        Err(TransitionError::NotFinal {
+            run: RunId(7),
+            status: RunStatus::Leased
+        })
+    );
+    let mut canceled = canceled();
+    assert_eq!(
+        apply_ok(&mut canceled, retry, T0 + 7),
+        Transition::Retried { attempt: 0 }
+    );
+}

@@ -86,6 +86,7 @@ const AUTHORITY: &[(&str, &str, Guard)] = &[
     ("Admin", "runs", Held),
     ("Admin", "cancel", Held),
     ("Admin", "retry", Held),
+    ("Admin", "retryFailed", Held),
     ("Admin", "grants", Held),
     ("Admin", "revoke", Held),
     ("Admin", "users", Held),
