@@ -618,6 +618,17 @@ struct QueueInfo {
   depth @1 :UInt32;      # runs waiting
   leased @2 :UInt32;     # runs leased or running
   paused @3 :Bool;       # paused queues lease nothing
+  groups @4 :List(GroupShare);
+  # Submitter groups with runs here: leases go out in proportion to their weights.
+}
+
+struct GroupShare {
+  # One submitter group (a trust tier: local, repo, fork, partner:NAME) on one queue.
+  group @0 :Text;        # the group
+  weight @1 :UInt32;     # its weight (`[queues.NAME] shares`; 1 unless named)
+  queued @2 :UInt32;     # its runs waiting
+  active @3 :UInt32;     # its runs leased or running
+  leased @4 :UInt64;     # leases it got here since the site started
 }
 
 struct RunnerStatus {

@@ -112,6 +112,15 @@ fn admin_json_shapes_are_stable() {
               {
                 "active": 0,
                 "depth": 0,
+                "groups": [
+                  {
+                    "active": 0,
+                    "group": "local",
+                    "leased": 1,
+                    "queued": 0,
+                    "weight": 1
+                  }
+                ],
                 "name": "default",
                 "paused": false
               }

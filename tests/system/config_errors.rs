@@ -205,4 +205,10 @@ fn bad_queue_policies_are_named() {
             error: invalid config site.toml: queues: [queues.default] pull: invalid pull policy "sometimes": expected always, missing or never
         "#]],
     );
+    check(
+        |t| t + "\n[queues.default]\nshares = { \"partner:beta\" = 0 }\n",
+        expect![[r#"
+            error: invalid config site.toml: queues: [queues.default] shares.partner:beta: weight 0 is not 1-1000
+        "#]],
+    );
 }

@@ -806,11 +806,29 @@ fn queues(args: QueuesArgs) -> Result<()> {
             let out: Vec<serde_json::Value> = queues
                 .iter()
                 .map(|q| {
+                    let groups: Vec<serde_json::Value> = q
+                        .get_groups()
+                        .map(|groups| {
+                            groups
+                                .iter()
+                                .map(|g| {
+                                    serde_json::json!({
+                                        "group": text(g.get_group()),
+                                        "weight": g.get_weight(),
+                                        "queued": g.get_queued(),
+                                        "active": g.get_active(),
+                                        "leased": g.get_leased(),
+                                    })
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     serde_json::json!({
                         "name": text(q.get_name()),
                         "depth": q.get_depth(),
                         "active": q.get_leased(),
                         "paused": q.get_paused(),
+                        "groups": groups,
                     })
                 })
                 .collect();
@@ -826,6 +844,17 @@ fn queues(args: QueuesArgs) -> Result<()> {
                 q.get_leased(),
                 if q.get_paused() { "yes" } else { "no" }
             );
+            // Each submitter group's share: its weight, what it has here, and its leases.
+            for g in q.get_groups().iter().flat_map(|groups| groups.iter()) {
+                println!(
+                    "  {:<18} {:>7} {:>7}  weight {}, {} lease(s) since start",
+                    text(g.get_group()),
+                    g.get_queued(),
+                    g.get_active(),
+                    g.get_weight(),
+                    g.get_leased()
+                );
+            }
         }
         Ok(())
     })

@@ -275,6 +275,8 @@ struct RawQueuePolicy {
     #[serde(default)]
     privileged_repos: Vec<String>,
     pull: Option<String>,
+    #[serde(default)]
+    shares: std::collections::BTreeMap<String, u32>,
 }
 
 /// A `[queues.NAME]` value that is not acceptable. The message names the section and key
@@ -339,6 +341,17 @@ fn parse_dispatch(
             repo.parse::<tinyci_core::RepoName>()
                 .map_err(|e| refused(&queue, " privileged_repos".into(), "")(e.into()))?;
             rule.privileged_repos.insert(repo);
+        }
+        for (tier, weight) in raw.shares {
+            let tier: TierPattern = tier.parse().map_err(|e: tinyci_core::TierError| {
+                refused(&queue, " shares".into(), " (or partner)")(e.into())
+            })?;
+            if !(1..=QueuePolicy::MAX_SHARE).contains(&weight) {
+                return Err(refused(&queue, format!(" shares.{tier}"), "")(
+                    format!("weight {weight} is not 1-{}", QueuePolicy::MAX_SHARE).into(),
+                ));
+            }
+            rule.shares.insert(tier, weight);
         }
         if let Some(pull) = raw.pull {
             rule.pull = Some(pull.parse().map_err(|e: tinyci_core::PullPolicyError| {

@@ -260,6 +260,9 @@ pub struct QueuePolicy {
     pub privileged_repos: BTreeSet<String>,
     /// When runners fetch this queue's images; `None` leaves it to each runner's own policy.
     pub pull: Option<PullPolicy>,
+    /// Each submitter group's weight when several have runs waiting here (the closest
+    /// pattern wins; a group none names weighs 1): leases go out in these proportions.
+    pub shares: BTreeMap<TierPattern, u32>,
 }
 
 impl Default for QueuePolicy {
@@ -279,6 +282,7 @@ impl Default for QueuePolicy {
             network: [TierPattern::Tier(TrustTier::Local)].into(),
             privileged_repos: BTreeSet::new(),
             pull: None,
+            shares: BTreeMap::new(),
         }
     }
 }
@@ -308,6 +312,14 @@ impl QueuePolicy {
             TrustTier::Local => Isolation::Host,
             _ => Self::DEFAULT_UNTRUSTED_ISOLATION,
         })
+    }
+
+    /// The most a share weight may be.
+    pub const MAX_SHARE: u32 = 1000;
+
+    /// `tier`'s weight among the groups waiting on this queue.
+    pub fn share_of(&self, tier: &TrustTier) -> u32 {
+        Self::closest(self.shares.iter().map(|(p, w)| (p, *w)), tier).unwrap_or(1)
     }
 
     /// Whether `tier`'s runs may reach the network here.

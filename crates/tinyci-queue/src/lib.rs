@@ -17,6 +17,7 @@
 //! the site wraps it in capabilities. Must not depend on capnp, rustls or biscuit-auth.
 
 mod records;
+mod share;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -190,6 +191,38 @@ struct State {
     /// Bumped when the pool changes in a way a waiting worker must look at again: a
     /// runner's mode, or a run of a draining runner ending.
     pool_changed: Option<tokio::sync::watch::Sender<u64>>,
+    /// Which submitter group each queue serves next.
+    shares: share::FairShare,
+}
+
+/// The oldest queued run of each submitter group on `queue` that `can_take` accepts, minus
+/// `skip`, and the one fair share serves next.
+fn next_fair(
+    dispatch: &DispatchPolicy,
+    shares: &share::FairShare,
+    queue: &str,
+    ids: &BTreeSet<RunId>,
+    placement: &HashMap<RunId, (TrustTier, Needs)>,
+    can_take: impl Fn(&Needs) -> bool,
+) -> Option<share::Candidate> {
+    let policy = dispatch.queue(queue);
+    let mut candidates: Vec<share::Candidate> = Vec::new();
+    for id in ids {
+        let Some((tier, needs)) = placement.get(id) else {
+            continue;
+        };
+        let group = tier.to_string();
+        if candidates.iter().any(|c| c.group == group) || !can_take(needs) {
+            continue;
+        }
+        candidates.push(share::Candidate {
+            group,
+            weight: policy.share_of(tier),
+            run: *id,
+        });
+    }
+    let pick = shares.pick(queue, &candidates)?;
+    Some(candidates.swap_remove(pick))
 }
 
 /// The queue. Create with [`Queue::open`]; drive lease expiry with [`Queue::run_expiry`].
@@ -571,38 +604,44 @@ impl Queue {
             queued,
             placement,
             held_runners,
+            shares,
             ..
         } = &mut *state;
         let (Some(waiters), Some(ids)) = (waiters.get_mut(queue), queued.get_mut(queue)) else {
             return;
         };
         waiters.retain(|w| !w.tx.is_closed());
-        let mut handed = Vec::new();
-        for &id in ids.iter() {
-            if waiters.is_empty() {
+        let may_take = |w: &Waiter, needs: &Needs| {
+            !held_runners.contains_key(&w.runner) && w.offer.satisfies(needs)
+        };
+        // Runs in fair-share order, each to a waiter that may take it, until no waiter may
+        // take any queued run.
+        while !waiters.is_empty() {
+            let Some(next) = next_fair(&self.dispatch, shares, queue, ids, placement, |needs| {
+                waiters.iter().any(|w| may_take(w, needs))
+            }) else {
                 break;
-            }
-            let Some((_, needs)) = placement.get(&id) else {
-                continue;
+            };
+            let Some((_, needs)) = placement.get(&next.run) else {
+                break;
             };
             // The weakest eligible waiter; `min_by_key` keeps the first (oldest) of equals.
             let Some(pick) = waiters
                 .iter()
                 .enumerate()
-                .filter(|(_, w)| !held_runners.contains_key(&w.runner) && w.offer.satisfies(needs))
+                .filter(|(_, w)| may_take(w, needs))
                 .min_by_key(|(_, w)| w.offer.strength())
                 .map(|(i, _)| i)
             else {
-                continue;
+                break;
             };
+            // A waiter that went away is dropped; the run stays for the next.
             if let Some(waiter) = waiters.remove(pick)
-                && waiter.tx.send(id).is_ok()
+                && waiter.tx.send(next.run).is_ok()
             {
-                handed.push(id);
+                ids.remove(&next.run);
+                shares.charge(queue, &next.group, next.weight);
             }
-        }
-        for id in handed {
-            ids.remove(&id);
         }
     }
 
@@ -778,22 +817,22 @@ impl Queue {
         let mut state = self.state.borrow_mut();
         if !state.paused.contains(queue) && !state.held_runners.contains_key(runner) {
             let State {
-                queued, placement, ..
+                queued,
+                placement,
+                shares,
+                ..
             } = &mut *state;
             let found = queued.get(queue).and_then(|ids| {
-                ids.iter()
-                    .find(|id| {
-                        placement
-                            .get(id)
-                            .is_some_and(|(_, needs)| offer.satisfies(needs))
-                    })
-                    .copied()
+                next_fair(&self.dispatch, shares, queue, ids, placement, |needs| {
+                    offer.satisfies(needs)
+                })
             });
-            if let Some(id) = found {
+            if let Some(found) = found {
                 if let Some(ids) = queued.get_mut(queue) {
-                    ids.remove(&id);
+                    ids.remove(&found.run);
                 }
-                return Take::Run(id);
+                shares.charge(queue, &found.group, found.weight);
+                return Take::Run(found.run);
             }
         }
         let (tx, rx) = oneshot::channel();
@@ -1481,6 +1520,26 @@ impl Queue {
         for queue in &state.paused {
             out.entry(queue.clone()).or_default().paused = true;
         }
+        // Each submitter group's weight, what it has waiting and running, and its leases.
+        for (queue, ids) in &state.queued {
+            for id in ids {
+                if let Some((tier, _)) = state.placement.get(id) {
+                    group_of(&mut out, &self.dispatch, queue, tier).queued += 1;
+                }
+            }
+        }
+        for run in state.live.values() {
+            if matches!(run.state.status(), RunStatus::Leased | RunStatus::Running)
+                && let Some((tier, _)) = state.placement.get(&run.id())
+            {
+                group_of(&mut out, &self.dispatch, run.spec.queue.as_ref(), tier).active += 1;
+            }
+        }
+        for (queue, group, leased) in state.shares.all_leased() {
+            if let Ok(tier) = group.parse::<TrustTier>() {
+                group_of(&mut out, &self.dispatch, queue, &tier).leased = leased;
+            }
+        }
         out
     }
 
@@ -1632,6 +1691,36 @@ pub struct RunnerProfile {
     pub connected_at: u64,
 }
 
+/// The stats of `tier`'s group on `queue`, created with its weight.
+fn group_of<'a>(
+    out: &'a mut BTreeMap<String, QueueStats>,
+    dispatch: &DispatchPolicy,
+    queue: &str,
+    tier: &TrustTier,
+) -> &'a mut GroupStats {
+    out.entry(queue.to_owned())
+        .or_default()
+        .groups
+        .entry(tier.to_string())
+        .or_insert_with(|| GroupStats {
+            weight: dispatch.queue(queue).share_of(tier),
+            ..GroupStats::default()
+        })
+}
+
+/// One submitter group on one queue, for `admin queues`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Its share weight on the queue.
+    pub weight: u32,
+    /// Its runs waiting.
+    pub queued: usize,
+    /// Its runs leased or running.
+    pub active: usize,
+    /// Leases it got on this queue since the site started (while it had runs waiting).
+    pub leased: u64,
+}
+
 /// Per-queue numbers for status pages and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueueStats {
@@ -1645,6 +1734,8 @@ pub struct QueueStats {
     pub paused: bool,
     /// When the longest-running current attempt started (Unix ms), if any runs.
     pub oldest_started_at: Option<u64>,
+    /// Submitter groups (trust tiers) with runs waiting or running here.
+    pub groups: BTreeMap<String, GroupStats>,
 }
 
 /// Puts a run back on its queue if a lease in progress is abandoned.

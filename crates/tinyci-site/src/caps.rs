@@ -573,6 +573,15 @@ impl admin::Server for AdminCap {
             q.set_depth(len(stats.depth));
             q.set_leased(len(stats.active));
             q.set_paused(stats.paused);
+            let mut groups = q.init_groups(len(stats.groups.len()));
+            for (j, (group, g)) in stats.groups.iter().enumerate() {
+                let mut out = groups.reborrow().get(len(j));
+                out.set_group(group);
+                out.set_weight(g.weight);
+                out.set_queued(len(g.queued));
+                out.set_active(len(g.active));
+                out.set_leased(g.leased);
+            }
         }
         Ok(())
     }

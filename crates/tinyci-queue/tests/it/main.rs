@@ -666,3 +666,65 @@ fn a_stale_completion_does_not_reword_the_live_run() {
         assert_eq!(done.message.as_deref(), Some("all good"));
     });
 }
+
+/// Two partners bursting on one queue get leases in their configured shares, FIFO within
+/// each, although the first partner's whole burst was queued before the second's.
+#[test]
+fn partners_bursting_on_one_queue_get_leases_in_their_configured_shares() {
+    local(async {
+        let f = Fixture::new();
+        let mut dispatch = DispatchPolicy::default();
+        dispatch.default.shares = [
+            ("partner:beta".parse::<TierPattern>().unwrap(), 3),
+            (TierPattern::AnyPartner, 1),
+        ]
+        .into();
+        // Partners may run on a host runner here, to keep the test about shares.
+        dispatch
+            .default
+            .isolation
+            .insert(TierPattern::AnyPartner, Isolation::Host);
+        let (queue, _c, _w) = f.open_with(dispatch).await;
+        for partner in ["beta", "gamma"] {
+            for n in 0..20 {
+                let mut new = submission(
+                    &format!("refs/heads/{partner}-{n}"),
+                    vec![planned("shared", &format!("{partner}-{n}"))],
+                );
+                new.tier = TrustTier::partner(partner).unwrap();
+                new.branch = OnBranch::Aside;
+                queue.submit(new).await.unwrap();
+            }
+        }
+        let mut order = Vec::new();
+        for _ in 0..16 {
+            let leased = queue
+                .next("shared", "runner:r1", &HOST, no_hook())
+                .await
+                .unwrap();
+            order.push(leased.run.spec.name.clone());
+            queue
+                .complete(
+                    leased.run.id(),
+                    leased.lease,
+                    RunStatus::Passed,
+                    Some(0),
+                    String::new(),
+                )
+                .await
+                .unwrap();
+        }
+        let of = |p: &str| order.iter().filter(|n| n.starts_with(p)).count();
+        assert_eq!((of("beta"), of("gamma")), (12, 4), "{order:?}");
+        // FIFO within each group.
+        let betas: Vec<&String> = order.iter().filter(|n| n.starts_with("beta")).collect();
+        let expected: Vec<String> = (0..12).map(|n| format!("beta-{n}")).collect();
+        assert_eq!(betas, expected.iter().collect::<Vec<_>>());
+        // `admin queues` material: each group's weight, backlog and leases.
+        let stats = &queue.queues()["shared"];
+        let beta = &stats.groups["partner:beta"];
+        let gamma = &stats.groups["partner:gamma"];
+        assert_eq!((beta.weight, beta.queued, beta.leased), (3, 8, 12));
+        assert_eq!((gamma.weight, gamma.queued, gamma.leased), (1, 16, 4));
+    });
+}
