@@ -471,3 +471,126 @@ fn drain_and_pause_are_distinct_and_survive_a_site_restart() {
         assert!(clean);
     }
 }
+
+/// An ephemeral bundle's grant takes one job, even when its runner asks with two slots at
+/// once, and is revoked when that job ends; `runner --once` with another one takes the next
+/// job and exits cleanly.
+#[test]
+fn an_ephemeral_bundle_takes_one_job_and_its_grant_dies_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (site, addr) = crate::support::start_site(dir.path(), "");
+    for name in ["eph1", "eph2"] {
+        let added = run_in(
+            dir.path(),
+            &[
+                "runner",
+                "add",
+                name,
+                "--queue",
+                "default",
+                "--ephemeral",
+                "--addr",
+                &addr,
+            ],
+        );
+        assert!(added.status.success(), "{}", text(&added.stderr));
+        assert!(
+            text(&added.stdout).contains("one job (single-use"),
+            "{}",
+            text(&added.stdout)
+        );
+    }
+    let repo = tempfile::tempdir().unwrap();
+    let task =
+        "mountpoint: /src\nruns:\n  a:\n    command: [\"true\"]\n  b:\n    command: [\"true\"]\n";
+    crate::support::git_repo(
+        repo.path(),
+        &[("tinyci.yml", "queue: default\n"), ("t/task.yml", task)],
+    );
+    let submitted = run_in(
+        dir.path(),
+        &[
+            "submit",
+            repo.path().to_str().unwrap(),
+            "--all",
+            "--addr",
+            &addr,
+        ],
+    );
+    assert!(submitted.status.success(), "{}", text(&submitted.stderr));
+    let statuses = || {
+        let runs = json(dir.path(), &["admin", "runs", "--json", "--addr", &addr]);
+        let mut statuses: Vec<String> = runs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["status"].as_str().unwrap().to_owned())
+            .collect();
+        statuses.sort();
+        statuses
+    };
+    let grant_status = |holder: &str| {
+        let grants = json(dir.path(), &["token", "list", "--json", "--addr", &addr]);
+        grants
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["holder"] == holder)
+            .map(|g| g["status"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("no grant of {holder}: {grants}"))
+    };
+
+    // Two slots asking at once get one job between them; when it ends, the grant is revoked
+    // and the runner, refused, stops.
+    let greedy = SiteProcess::spawn(
+        dir.path(),
+        &[
+            "runner",
+            "--bundle",
+            "eph1.bundle",
+            "--executor",
+            "shell",
+            "--jobs",
+            "2",
+        ],
+    );
+    let (code, lines) = greedy.wait();
+    assert_ne!(code, Some(0), "a runner whose grant was revoked stops");
+    assert_eq!(statuses(), ["passed", "queued"], "{lines:#?}");
+    assert_eq!(grant_status("runner:eph1"), "revoked");
+    let again = SiteProcess::spawn(
+        dir.path(),
+        &[
+            "runner",
+            "--bundle",
+            "eph1.bundle",
+            "--executor",
+            "shell",
+            "--once",
+        ],
+    );
+    let (code, _) = again.wait();
+    assert_ne!(code, Some(0), "a spent single-use bundle is refused");
+    assert_eq!(statuses(), ["passed", "queued"]);
+
+    // The usual way: --once with a fresh ephemeral bundle takes the next job and exits 0.
+    let once = SiteProcess::spawn(
+        dir.path(),
+        &[
+            "runner",
+            "--bundle",
+            "eph2.bundle",
+            "--executor",
+            "shell",
+            "--once",
+        ],
+    );
+    let (code, _) = once.wait();
+    assert_eq!(code, Some(0));
+    assert_eq!(statuses(), ["passed", "passed"]);
+    crate::support::wait_until("the second grant is revoked once its job ended", || {
+        grant_status("runner:eph2") == "revoked"
+    });
+    let (clean, _) = site.terminate();
+    assert!(clean);
+}

@@ -228,6 +228,7 @@ impl SiteFixture {
             repos: repos.iter().map(|s| (*s).to_owned()).collect(),
             queues: queues.iter().map(|s| (*s).to_owned()).collect(),
             expires_at: Some(SystemTime::now() + Duration::from_secs(24 * 3600)),
+            single_use: false,
         };
         Ok(tinyci_grant::mint(&self.root, &spec)?)
     }

@@ -117,6 +117,7 @@ impl SiteDir {
                     queues: vec![queue.to_owned()],
                     addresses: Vec::new(),
                     expires_at: None,
+                    single_use: false,
                 };
                 RunnerBundle::issue_recording_in(&config, &runner, &store)
                     .with_context(|| format!("issuing runner-{i}"))

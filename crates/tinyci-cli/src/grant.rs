@@ -137,6 +137,7 @@ pub(crate) fn grant(args: GrantArgs) -> Result<()> {
         repos: args.repos.into_iter().collect(),
         queues: args.queues.into_iter().collect(),
         expires_at: args.ttl.map(|ttl| SystemTime::now() + ttl),
+        single_use: false,
     };
     let root = load_root_key(&config)?;
     let (token, grant) = input(mint(&root, &spec))?;

@@ -145,6 +145,12 @@ pub(crate) struct AddArgs {
     /// Where to write the bundle [default: NAME.bundle].
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// A single-use bundle, for a machine started for one job (an autoscaler's): the site
+    /// leases its runner one run and revokes its grant when that run's lease ends (passed,
+    /// failed, canceled or lost). Start it with `tinyci runner --once`. Without --ttl it
+    /// expires after a day.
+    #[arg(long)]
+    ephemeral: bool,
     /// The site configuration [default: ./site.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -560,7 +566,14 @@ fn add(args: AddArgs) -> Result<()> {
             name: args.name.clone(),
             queues: args.queues,
             addresses: args.addresses,
-            expires_at: args.ttl.map(|ttl| SystemTime::now() + ttl),
+            expires_at: match (args.ttl, args.ephemeral) {
+                (Some(ttl), _) => Some(SystemTime::now() + ttl),
+                // A machine started for one job that never got one must not hold a live
+                // grant for ever.
+                (None, true) => Some(SystemTime::now() + Duration::from_secs(86_400)),
+                (None, false) => None,
+            },
+            single_use: args.ephemeral,
         },
     )
     .map_err(|e| -> anyhow::Error {
@@ -574,8 +587,13 @@ fn add(args: AddArgs) -> Result<()> {
     })?;
     bundle.write(&out)?;
     say!(
-        "runner {} may take jobs from {} at site {}",
+        "runner {} may take {} from {} at site {}",
         bundle.runner,
+        if args.ephemeral {
+            "one job (single-use: its grant is revoked when that job ends)"
+        } else {
+            "jobs"
+        },
         bundle.queues.join(", "),
         bundle.site
     );

@@ -316,6 +316,7 @@ async fn local_runner(site: &Site, addr: SocketAddr) -> Result<tinyci_runner::Ag
                 queues: vec!["default".into()],
                 addresses: vec![addr.to_string()],
                 expires_at: None,
+                single_use: false,
             },
             site.store(),
         )?;

@@ -43,6 +43,9 @@ pub struct GrantSpec {
     pub queues: BTreeSet<String>,
     /// When it stops working; `None` only when asked for explicitly.
     pub expires_at: Option<SystemTime>,
+    /// Good for one job: the site leases its holder one run, then revokes it when that run's
+    /// lease ends (ephemeral runners).
+    pub single_use: bool,
 }
 
 /// What a token allows, read back from it. `expires_at` is the earliest expiry of any block, so
@@ -67,6 +70,8 @@ pub struct Grant {
     pub revocation_ids: Vec<String>,
     /// How many attenuation blocks follow the authority block.
     pub attenuations: usize,
+    /// Good for one job (the authority block says `single_use(true)`).
+    pub single_use: bool,
 }
 
 impl Grant {
@@ -166,6 +171,11 @@ pub fn mint(root: &RootKey, spec: &GrantSpec) -> Result<(String, Grant), GrantEr
     }
     for queue in &spec.queues {
         b = add(b, "queue", queue)?;
+    }
+    if spec.single_use {
+        b = b
+            .fact(builder::fact("single_use", &[builder::boolean(true)]))
+            .map_err(datalog_error)?;
     }
     if let Some(at) = spec.expires_at {
         b = b
@@ -646,6 +656,10 @@ fn grant_of(blocks: &Blocks) -> Result<Grant, GrantError> {
         expires_at,
         revocation_ids: blocks.revocation_ids.clone(),
         attenuations: blocks.parsed.len().saturating_sub(1),
+        single_use: authority
+            .facts
+            .iter()
+            .any(|f| f.predicate.name == "single_use"),
     })
 }
 

@@ -23,6 +23,7 @@ fn spec(holder: &str, rights: &[&str], repos: &[&str], queues: &[&str]) -> Grant
         repos: repos.iter().map(|s| s.to_string()).collect(),
         queues: queues.iter().map(|s| s.to_string()).collect(),
         expires_at: Some(now() + Duration::from_secs(7 * 86_400)),
+        single_use: false,
     }
 }
 
@@ -262,4 +263,29 @@ fn authorization_matrix() {
         CASES.len(),
         failures.join("\n")
     );
+}
+
+/// A single-use grant says so in its signed authority block, so attenuation cannot drop it;
+/// an ordinary grant is not single-use.
+#[test]
+fn single_use_is_part_of_the_signed_grant() {
+    let root = RootKey::generate();
+    let mut once = spec("runner:eph", &["queue:take"], &[], &["default"]);
+    once.single_use = true;
+    let (token, grant) = mint(&root, &once).unwrap();
+    assert!(grant.single_use);
+    let narrowed = UnverifiedToken::parse(&token)
+        .unwrap()
+        .attenuate(&Attenuation {
+            queues: vec!["default".into()],
+            ..Attenuation::default()
+        })
+        .unwrap();
+    assert!(verify(&narrowed, &root).unwrap().grant().single_use);
+    let (plain, _) = mint(
+        &root,
+        &spec("runner:r1", &["queue:take"], &[], &["default"]),
+    )
+    .unwrap();
+    assert!(!verify(&plain, &root).unwrap().grant().single_use);
 }

@@ -53,6 +53,7 @@ prop_compose! {
             repos,
             queues,
             expires_at: expiry.map(|s| if s < 0 { now() - Duration::from_secs(s.unsigned_abs()) } else { now() + Duration::from_secs(s as u64) }),
+            single_use: false,
         }
     }
 }
@@ -179,6 +180,7 @@ fn some_narrowed_tokens_still_allow_something() {
         repos: Default::default(),
         queues: ["*".to_string()].into(),
         expires_at: None,
+        single_use: false,
     };
     let (text, _) = mint(&root, &spec).unwrap();
     let hostile = append(

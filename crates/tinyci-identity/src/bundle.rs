@@ -96,6 +96,9 @@ pub struct NewRunner {
     pub addresses: Vec<String>,
     /// When its grant expires; `None` for no expiry (revocable).
     pub expires_at: Option<SystemTime>,
+    /// Good for one job (`runner add --ephemeral`): the site leases it one run and revokes
+    /// the grant when that run's lease ends.
+    pub single_use: bool,
 }
 
 impl RunnerBundle {
@@ -127,6 +130,7 @@ impl RunnerBundle {
             repos: ["*".to_owned()].into(),
             queues: runner.queues.iter().cloned().collect(),
             expires_at: runner.expires_at,
+            single_use: runner.single_use,
         };
         let leaf = ca.issue_member_cert(Role::Runner, &runner.name)?;
         let root = load_root_key(config)?;

@@ -158,6 +158,7 @@ pub fn init_site(options: &InitOptions) -> Result<InitReport, InitError> {
         queues: Default::default(),
         // Bound to the admin certificate, so a copied token alone is useless; revocable.
         expires_at: None,
+        single_use: false,
     };
     let (admin_token, admin_grant) = mint(&root, &admin_grant)?;
 

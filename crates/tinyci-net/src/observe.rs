@@ -226,6 +226,7 @@ observed! {
         "status", "runners", "setRunner", "queues", "setQueue", "runs", "cancel", "retry",
         "grants", "revoke", "users", "repos", "logs", "submitter", "ticket", "addUser",
         "setUserCapability", "enableRepo", "disableRepo", "reloadFederation", "run",
+        "retryFailed",
     ];
     user_directory: "UserDirectory" ["list", "add", "setCapability"];
     repo_settings: "RepoSettings" ["list", "enable", "disable"];

@@ -2,14 +2,14 @@
 //! checked), revoking them durably, and recording what was minted.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::SystemTime;
 
 use tinyci_grant::{GrantError, RootKey, VerifiedToken};
 use tinyci_pki::{PeerIdentity, Role, SiteName};
 use tinyci_store::records::{IssuedGrant, Revocation};
-use tinyci_store::tables::{GRANTS, REVOKED};
+use tinyci_store::tables::{GRANTS, REVOKED, SPENT_GRANTS};
 use tinyci_store::{Store, StoreError};
 
 use crate::membrane::{LiveSessions, Liveness};
@@ -56,6 +56,8 @@ pub(crate) struct GrantAuthority {
     store: Store,
     /// Revoked ids, loaded from the store at start and kept in step with it.
     revoked: RefCell<HashSet<String>>,
+    /// Single-use grants that took their job (authority revocation id → run), loaded at start.
+    spent: RefCell<HashMap<String, tinyci_core::RunId>>,
     live: LiveSessions,
     clock: tinyci_core::Clock,
 }
@@ -66,6 +68,14 @@ impl std::fmt::Debug for GrantAuthority {
             .field("site", &self.site)
             .finish_non_exhaustive()
     }
+}
+
+/// What a single-use grant is told when it asks for a second job.
+pub(crate) fn single_use_refusal(taken: tinyci_core::RunId) -> String {
+    format!(
+        "this single-use grant already took its job ({taken}); it takes no other and is \
+         revoked when that job ends"
+    )
 }
 
 impl GrantAuthority {
@@ -81,11 +91,17 @@ impl GrantAuthority {
                 .map(|entry| entry.map(|(id, _)| id.to_owned()))
                 .collect::<Result<HashSet<String>, _>>()
         })?;
+        let spent = store.read(|txn| {
+            txn.iter_range(SPENT_GRANTS, &..)?
+                .map(|entry| entry.map(|(id, run)| (id.to_owned(), tinyci_core::RunId(run))))
+                .collect::<Result<HashMap<_, _>, _>>()
+        })?;
         Ok(Self {
             site,
             root,
             store,
             revoked: RefCell::new(revoked),
+            spent: RefCell::new(spent),
             live: LiveSessions::default(),
             clock,
         })
@@ -170,9 +186,14 @@ impl GrantAuthority {
                 .cloned()
                 .ok_or(RevokeError::NotFound)?
         };
+        self.revoke_id(id, by.to_string()).await
+    }
+
+    /// Revokes revocation id `id`, durably, then cuts its live sessions.
+    async fn revoke_id(&self, id: String, by: String) -> Result<(Vec<String>, usize), RevokeError> {
         let record = Revocation {
             revoked_at: (self.clock)() / 1000,
-            revoked_by: by.to_string(),
+            revoked_by: by,
         };
         let store = self.store.clone();
         let key = id.clone();
@@ -211,6 +232,67 @@ impl GrantAuthority {
             revoked += 1;
         }
         Ok(revoked)
+    }
+
+    /// The run a single-use grant (by its authority revocation id) already took, if any.
+    pub(crate) fn spent_on(&self, grant: &str) -> Option<tinyci_core::RunId> {
+        self.spent.borrow().get(grant).copied()
+    }
+
+    /// Records, durably, that single-use grant `grant` took `run`; refuses if it took one
+    /// already (two workers of one grant racing: the first to get here wins).
+    pub(crate) async fn spend(&self, grant: &str, run: tinyci_core::RunId) -> Result<(), String> {
+        if let Some(taken) = self.spent_on(grant) {
+            return Err(single_use_refusal(taken));
+        }
+        self.spent.borrow_mut().insert(grant.to_owned(), run);
+        let store = self.store.clone();
+        let key = grant.to_owned();
+        tokio::task::spawn_blocking(move || {
+            store.write(|txn| txn.put(SPENT_GRANTS, key.as_str(), &run.get()))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+
+    /// Revokes the single-use grants that took `run`, now that its lease ended (finished,
+    /// canceled, or lost): their holders get nothing more.
+    pub(crate) async fn retire_spent(&self, run: tinyci_core::RunId) {
+        let grants: Vec<String> = self
+            .spent
+            .borrow()
+            .iter()
+            .filter(|(id, taken)| **taken == run && !self.revoked.borrow().contains(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in grants {
+            let by = format!("site {}: single-use grant, its job {run} ended", self.site);
+            match self.revoke_id(id.clone(), by).await {
+                Ok((_, sessions)) => {
+                    tracing::info!(%run, grant = %crate::membrane::short_id(&id), sessions, "single-use grant revoked: its job ended")
+                }
+                Err(e) => {
+                    tracing::warn!(%run, error = %e, "cannot revoke a single-use grant whose job ended")
+                }
+            }
+        }
+    }
+
+    /// The runs single-use grants took whose grants are not revoked yet.
+    pub(crate) fn spent_runs(&self) -> Vec<tinyci_core::RunId> {
+        let revoked = self.revoked.borrow();
+        self.spent
+            .borrow()
+            .iter()
+            .filter(|(id, _)| !revoked.contains(*id))
+            .map(|(_, run)| *run)
+            .collect()
+    }
+
+    /// Whether some single-use grant took `run`.
+    pub(crate) fn spent_run(&self, run: tinyci_core::RunId) -> bool {
+        self.spent.borrow().values().any(|taken| *taken == run)
     }
 
     /// Every recorded grant, with whether any of its ids was revoked.

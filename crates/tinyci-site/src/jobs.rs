@@ -140,18 +140,39 @@ pub(crate) struct WorkerCap {
     /// `logs:write` of its grant, on a run's repository: a job's log sink needs it.
     logs_write: crate::session::RightCheck,
     liveness: Rc<Liveness>,
+    /// Set when its grant is single-use: it is leased one run in all.
+    single_use: Option<SingleUse>,
+}
+
+/// A single-use grant behind a worker: its authority revocation id, and who counts its jobs.
+pub(crate) struct SingleUse {
+    pub(crate) grant: String,
+    pub(crate) authority: Rc<crate::grants::GrantAuthority>,
+}
+
+/// The runner a worker serves, as the site established it: its name (from its certificate),
+/// what it is credited with, what it said about itself, and its grant's single use.
+pub(crate) struct WorkerRunner {
+    pub(crate) name: String,
+    pub(crate) offer: Offer,
+    pub(crate) profile: tinyci_queue::RunnerProfile,
+    pub(crate) single_use: Option<SingleUse>,
 }
 
 impl WorkerCap {
     pub(crate) fn new(
         handles: RunHandles,
         queue: String,
-        runner: String,
-        offer: Offer,
-        profile: tinyci_queue::RunnerProfile,
+        runner: WorkerRunner,
         logs_write: crate::session::RightCheck,
         liveness: Rc<Liveness>,
     ) -> Self {
+        let WorkerRunner {
+            name: runner,
+            offer,
+            profile,
+            single_use,
+        } = runner;
         let registered = handles
             .queue
             .connect_worker(&queue, &runner, offer.clone(), profile);
@@ -164,6 +185,7 @@ impl WorkerCap {
             registered,
             logs_write,
             liveness,
+            single_use,
         }
     }
 }
@@ -189,6 +211,13 @@ impl worker::Server for WorkerCap {
         mut results: worker::NextResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
+        if let Some(once) = &self.single_use
+            && once.authority.spent_on(&once.grant).is_some()
+        {
+            // Its one job is taken: this worker gets nothing, and waits (a runner's other
+            // slots stay calm) until the grant dies with that job.
+            return Err(self.liveness.dead().await);
+        }
         let control: job_control::Client = params.get()?.get_control()?;
         let queue = &self.handles.queue;
         let mut pool = queue.pool_changes();
@@ -208,6 +237,14 @@ impl worker::Server for WorkerCap {
             dead = self.liveness.dead() => return Err(dead),
             () = drained => return Err(drained_refusal(&self.runner)),
         };
+        if let Some(once) = &self.single_use
+            && let Err(refused) = once.authority.spend(&once.grant, leased.run.id()).await
+        {
+            // Another worker of the same grant won the race: this run goes to someone else.
+            queue.release(leased.run.id(), leased.lease).await;
+            info!(run = %leased.run.id(), runner = %self.runner, %refused, "single-use grant asked twice");
+            return Err(self.liveness.dead().await);
+        }
         info!(run = %leased.run.id(), runner = %self.runner, attempt = leased.run.state.attempt(), "job leased");
         let job = JobCap::new(
             self.handles.clone(),

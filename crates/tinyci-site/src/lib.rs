@@ -480,6 +480,37 @@ impl Site {
             stop.clone()
                 .run_until_cancelled_owned(self.services.queue.clone().run_expiry()),
         );
+        // Single-use grants whose job ended while the site was down are retired now; the
+        // queue tells of every later end.
+        let grants = self.services.grants.clone();
+        let queue = self.services.queue.clone();
+        queue.observe({
+            let grants = grants.clone();
+            move |run| {
+                let holding = matches!(
+                    run.state.status(),
+                    tinyci_core::RunStatus::Leased | tinyci_core::RunStatus::Running
+                );
+                if !holding && grants.spent_run(run.id()) {
+                    let grants = grants.clone();
+                    let id = run.id();
+                    tokio::task::spawn_local(async move { grants.retire_spent(id).await });
+                }
+            }
+        });
+        tasks.spawn_local(async move {
+            for run in grants.spent_runs() {
+                let holding = queue.run(run).ok().flatten().is_some_and(|r| {
+                    matches!(
+                        r.state.status(),
+                        tinyci_core::RunStatus::Leased | tinyci_core::RunStatus::Running
+                    )
+                });
+                if !holding {
+                    grants.retire_spent(run).await;
+                }
+            }
+        });
         tasks.spawn_local(retention::run_sweeper(
             self.services.run_handles(),
             self.services.github.clone(),

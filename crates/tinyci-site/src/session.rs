@@ -232,12 +232,28 @@ impl session::Server for Session {
             slots: info.get_slots(),
             connected_at: 0,
         };
+        // A single-use grant (an ephemeral runner's) takes one job; the site keeps count by
+        // its authority block, whatever connection or worker asks.
+        let single_use = self
+            .redeemed
+            .token
+            .grant()
+            .single_use
+            .then(|| self.redeemed.token.grant().revocation_ids.first().cloned())
+            .flatten()
+            .map(|grant| crate::jobs::SingleUse {
+                grant,
+                authority: self.services.grants.clone(),
+            });
         let cap = WorkerCap::new(
             self.services.run_handles(),
             queue,
-            runner,
-            offer,
-            profile,
+            crate::jobs::WorkerRunner {
+                name: runner,
+                offer,
+                profile,
+                single_use,
+            },
             self.check_of(Right::LogsWrite),
             self.redeemed.liveness.clone(),
         );

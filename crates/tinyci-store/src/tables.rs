@@ -283,6 +283,11 @@ tables! {
     /// whose blocks is listed here is refused.
     pub const REVOKED: Table<Str, Record<crate::records::Revocation>> = "revoked";
 
+    /// Single-use grants that took their job, keyed by the authority block's revocation id
+    /// (hex); the value is the run (id). The grant takes no other, and is revoked when that
+    /// run's lease ends.
+    pub const SPENT_GRANTS: Table<Str, U64Be> = "spent_grants";
+
     /// Log records, keyed by [`crate::records::log_key`] (run id, byte offset).
     pub const LOG_CHUNKS: Table<Bytes, LogCodec> = "log_chunks";
 

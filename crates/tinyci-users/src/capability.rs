@@ -121,6 +121,7 @@ pub fn grant_spec(
         repos,
         queues: BTreeSet::new(),
         expires_at,
+        single_use: false,
     })
 }
 

@@ -292,6 +292,7 @@ fn foreign_garbage_truncated_and_huge_tokens_are_refused_clearly() {
                 repos: ["org/x".to_string()].into(),
                 queues: Default::default(),
                 expires_at: hours(1),
+                single_use: false,
             };
             tinyci_grant::mint(&other, &spec).unwrap().0
         };

@@ -255,6 +255,7 @@ impl TestSite {
             repos: repos.iter().map(|s| s.to_string()).collect(),
             queues: queues.iter().map(|s| s.to_string()).collect(),
             expires_at,
+            single_use: false,
         };
         tinyci_grant::mint(&self.root, &spec).unwrap().0
     }
