@@ -1215,6 +1215,7 @@ fn exec_spec(
         .iter()
         .map(&text)
         .collect::<Result<Vec<_>, _>>()?;
+    let tier = text(spec.get_tier())?;
     // A site that names no isolation predates trust tiers and asked for none.
     let isolation = text(spec.get_isolation())?;
     let needs = if isolation.is_empty() {
@@ -1285,6 +1286,7 @@ fn exec_spec(
         mountpoint: text(spec.get_mountpoint())?,
         image: text(spec.get_image())?,
         pull: pull_policy(&text(spec.get_pull())?)?,
+        registry_credentials: matches!(tier.as_str(), "local" | "repo"),
         env,
         timeout: Duration::from_secs(u64::from(spec.get_timeout_seconds().max(1))),
         privileged: spec.get_privileged(),
@@ -1449,6 +1451,7 @@ mod tests {
             mountpoint: "/src".into(),
             image: image.into(),
             pull: None,
+            registry_credentials: false,
             env: BTreeMap::new(),
             timeout: Duration::from_secs(1),
             privileged,

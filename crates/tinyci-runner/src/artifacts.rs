@@ -919,6 +919,7 @@ mod tests {
             mountpoint: mountpoint.into(),
             image: String::new(),
             pull: None,
+            registry_credentials: false,
             env: BTreeMap::new(),
             timeout: std::time::Duration::from_secs(1),
             privileged: false,

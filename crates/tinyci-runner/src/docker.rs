@@ -342,7 +342,10 @@ impl DockerExecutor {
             .from_image(&image.name)
             .tag(&image.reference)
             .build();
-        let credentials = self.auth.for_registry(&image.registry);
+        let credentials = spec
+            .registry_credentials
+            .then(|| self.auth.for_registry(&image.registry))
+            .flatten();
         let had_credentials = credentials.is_some();
         let mut progress = self.docker.create_image(Some(options), None, credentials);
         let mut last: HashMap<String, String> = HashMap::new();
@@ -350,6 +353,10 @@ impl DockerExecutor {
             let step = step.map_err(|source| {
                 let hint = if had_credentials {
                     String::new()
+                } else if !spec.registry_credentials {
+                    " (this run's trust tier pulls anonymously: the runner host's registry \
+                     credentials serve only local and repo work)"
+                        .to_owned()
                 } else if self.auth.helper_for(&image.registry) {
                     format!(
                         " (the Docker configuration sends {} to a credential helper, which \

@@ -27,6 +27,10 @@ pub struct ExecSpec {
     /// When to pull the image, as the run's queue says; `None` leaves it to the executor's
     /// own policy.
     pub pull: Option<tinyci_core::PullPolicy>,
+    /// Whether a pull may use the runner host's registry credentials: only for the site's
+    /// own and its repositories' writers' work. A fork's or a partner's run pulls
+    /// anonymously, so it cannot name a private image and print what is in it.
+    pub registry_credentials: bool,
     /// Environment variables, on top of a minimal base (the runner's own environment is
     /// never passed through: it may hold the runner's credentials).
     pub env: BTreeMap<String, String>,

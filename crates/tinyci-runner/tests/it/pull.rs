@@ -182,6 +182,8 @@ async fn images_are_pulled_from_a_registry_as_the_policy_says_with_the_hosts_cre
     let source = tempfile::tempdir().unwrap();
     let mut job = spec(source.path(), &["echo pulled and ran"]);
     job.image = image.clone();
+    // Local or repo work: the host's credentials may serve it.
+    job.registry_credentials = true;
 
     // `never`: the image is not here, so the run errors and says why; nothing is pulled.
     let never = base
@@ -211,6 +213,18 @@ async fn images_are_pulled_from_a_registry_as_the_policy_says_with_the_hosts_cre
         )),
         "{outcome:?}"
     );
+
+    // A fork's or a partner's run pulls anonymously even where the host has credentials:
+    // it cannot name a private image and print what is in it.
+    let mut untrusted = job.clone();
+    untrusted.registry_credentials = false;
+    let missing = base
+        .clone()
+        .with_pulls(PullPolicy::Missing, host_auth.clone());
+    let (outcome, _) = run(&missing, &untrusted).await;
+    assert_eq!(outcome.verdict, Verdict::Errored, "{outcome:?}");
+    assert!(outcome.message.contains("pulls anonymously"), "{outcome:?}");
+    assert!(!present(&docker, &image).await);
 
     // `missing`, with credentials: pulled, with progress in the system stream, then run.
     let missing = base

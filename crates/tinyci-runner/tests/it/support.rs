@@ -16,6 +16,7 @@ pub(crate) fn spec(source: &Path, command: &[&str]) -> ExecSpec {
         mountpoint: "/src".into(),
         image: String::new(),
         pull: None,
+        registry_credentials: false,
         env: BTreeMap::new(),
         timeout: Duration::from_secs(300),
         privileged: false,
