@@ -19,6 +19,7 @@ mod config;
 mod counts;
 mod error;
 mod ids;
+mod mask;
 mod paths;
 mod plan;
 mod run;
@@ -34,6 +35,7 @@ pub use config::{
 pub use counts::{Counts, Held};
 pub use error::error_chain;
 pub use ids::{IdError, QueueName, RepoName, RunId, SubmissionId};
+pub use mask::{MASK, MIN_SECRET_LEN, Masker, TooShort, masked_forms};
 pub use plan::{Plan, PlanError, PlannedRun, plan, resolve_run, select_tasks};
 pub use run::{
     DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LEASE_DURATION, DEFAULT_MAX_ATTEMPTS, Lease, LeaseId,

@@ -5,6 +5,7 @@
 
 mod config;
 mod ids;
+mod mask;
 mod plan;
 mod run;
 
