@@ -175,7 +175,7 @@ struct State {
     /// The next [`WorkerId`].
     next_worker: u64,
     /// Queued run ids per queue; ids grow, so the set's order is FIFO.
-    queued: HashMap<String, BTreeSet<RunId>>,
+    queued: HashMap<String, share::Backlog>,
     /// Workers waiting per queue, oldest first.
     waiters: HashMap<String, VecDeque<Waiter>>,
     /// Who to tell when a leased run must stop.
@@ -201,28 +201,39 @@ fn next_fair(
     dispatch: &DispatchPolicy,
     shares: &share::FairShare,
     queue: &str,
-    ids: &BTreeSet<RunId>,
+    backlog: &share::Backlog,
     placement: &HashMap<RunId, (TrustTier, Needs)>,
     can_take: impl Fn(&Needs) -> bool,
 ) -> Option<share::Candidate> {
     let policy = dispatch.queue(queue);
     let mut candidates: Vec<share::Candidate> = Vec::new();
-    for id in ids {
-        let Some((tier, needs)) = placement.get(id) else {
-            continue;
-        };
-        let group = tier.to_string();
-        if candidates.iter().any(|c| c.group == group) || !can_take(needs) {
-            continue;
-        }
-        candidates.push(share::Candidate {
-            group,
-            weight: policy.share_of(tier),
-            run: *id,
+    for (group, ids) in backlog.groups() {
+        let first = ids.iter().find_map(|id| {
+            let (tier, needs) = placement.get(id)?;
+            can_take(needs).then(|| share::Candidate {
+                group: group.to_owned(),
+                weight: policy.share_of(tier),
+                run: *id,
+            })
         });
+        candidates.extend(first);
     }
     let pick = shares.pick(queue, &candidates)?;
     Some(candidates.swap_remove(pick))
+}
+
+/// Queues run `id` (tracked already) on its queue's backlog, in its submitter group.
+fn enqueue(state: &mut State, queue: &str, id: RunId) {
+    let group = state
+        .placement
+        .get(&id)
+        .map(|(tier, _)| tier.to_string())
+        .unwrap_or_default();
+    state
+        .queued
+        .entry(queue.to_owned())
+        .or_default()
+        .insert(id, group);
 }
 
 /// The queue. Create with [`Queue::open`]; drive lease expiry with [`Queue::run_expiry`].
@@ -486,11 +497,7 @@ impl Queue {
         let mut state = self.state.borrow_mut();
         state.placement.insert(run.id(), (tier, needs));
         if run.state.status() == RunStatus::Queued {
-            state
-                .queued
-                .entry(run.spec.queue.to_string())
-                .or_default()
-                .insert(run.id());
+            enqueue(&mut state, run.spec.queue.as_ref(), run.id());
         }
         state.live.insert(run.id(), run);
     }
@@ -639,7 +646,7 @@ impl Queue {
             if let Some(waiter) = waiters.remove(pick)
                 && waiter.tx.send(next.run).is_ok()
             {
-                ids.remove(&next.run);
+                ids.remove(next.run);
                 shares.charge(queue, &next.group, next.weight);
             }
         }
@@ -829,7 +836,7 @@ impl Queue {
             });
             if let Some(found) = found {
                 if let Some(ids) = queued.get_mut(queue) {
-                    ids.remove(&found.run);
+                    ids.remove(found.run);
                 }
                 shares.charge(queue, &found.group, found.weight);
                 return Take::Run(found.run);
@@ -917,7 +924,7 @@ impl Queue {
                 return;
             };
             let queue = run.spec.queue.to_string();
-            state.queued.entry(queue.clone()).or_default().insert(id);
+            enqueue(&mut state, &queue, id);
             queue
         };
         self.wake(&queue);
@@ -979,11 +986,11 @@ impl Queue {
                 state.placement.remove(&id);
                 state.cancel_hooks.remove(&id);
                 if let Some(q) = state.queued.get_mut(&queue) {
-                    q.remove(&id);
+                    q.remove(id);
                 }
             } else {
                 if status == RunStatus::Queued {
-                    state.queued.entry(queue.clone()).or_default().insert(id);
+                    enqueue(&mut state, &queue, id);
                     state.cancel_hooks.remove(&id);
                 }
                 state.live.insert(id, run.clone());
@@ -1522,8 +1529,8 @@ impl Queue {
         }
         // Each submitter group's weight, what it has waiting and running, and its leases.
         for (queue, ids) in &state.queued {
-            for id in ids {
-                if let Some((tier, _)) = state.placement.get(id) {
+            for id in ids.runs() {
+                if let Some((tier, _)) = state.placement.get(&id) {
                     group_of(&mut out, &self.dispatch, queue, tier).queued += 1;
                 }
             }

@@ -8,7 +8,7 @@
 //! queue's current pass, so it banks no credit while away. In memory only: after a restart
 //! every group starts level, which is fair.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tinyci_core::RunId;
 
@@ -32,6 +32,62 @@ struct QueueShares {
 struct GroupPass {
     pass: u64,
     leased: u64,
+}
+
+/// One queue's waiting runs, FIFO within each submitter group. Looking for the next run costs
+/// a scan of each group to its first run the runner may take, not of the whole backlog, so a
+/// flood from one group does not slow leasing for the others.
+#[derive(Debug, Default)]
+pub(crate) struct Backlog {
+    groups: BTreeMap<String, BTreeSet<RunId>>,
+    group_of: HashMap<RunId, String>,
+}
+
+impl Backlog {
+    /// Queues `run` in `group` (ids grow, so each group's order is FIFO).
+    pub(crate) fn insert(&mut self, run: RunId, group: String) {
+        if let Some(old) = self.group_of.insert(run, group.clone())
+            && old != group
+        {
+            self.remove_from(&old, run);
+        }
+        self.groups.entry(group).or_default().insert(run);
+    }
+
+    /// Takes `run` off the backlog; whether it was on it.
+    pub(crate) fn remove(&mut self, run: RunId) -> bool {
+        match self.group_of.remove(&run) {
+            Some(group) => {
+                self.remove_from(&group, run);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove_from(&mut self, group: &str, run: RunId) {
+        if let Some(ids) = self.groups.get_mut(group) {
+            ids.remove(&run);
+            if ids.is_empty() {
+                self.groups.remove(group);
+            }
+        }
+    }
+
+    /// Runs waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.group_of.len()
+    }
+
+    /// Each group's waiting runs, oldest first.
+    pub(crate) fn groups(&self) -> impl Iterator<Item = (&str, &BTreeSet<RunId>)> {
+        self.groups.iter().map(|(g, ids)| (g.as_str(), ids))
+    }
+
+    /// Every waiting run, in no particular order.
+    pub(crate) fn runs(&self) -> impl Iterator<Item = RunId> + '_ {
+        self.group_of.keys().copied()
+    }
 }
 
 /// A group's oldest run a runner could take now.
@@ -124,6 +180,24 @@ mod tests {
         let got = serve(&mut share, &[("partner:beta", 3), ("partner:gamma", 1)], 40);
         assert_eq!(got["partner:beta"], 30);
         assert_eq!(got["partner:gamma"], 10);
+    }
+
+    #[test]
+    fn a_backlog_keeps_each_group_fifo_and_forgets_what_leaves() {
+        let mut backlog = Backlog::default();
+        for (id, group) in [(3, "fork"), (1, "local"), (2, "fork"), (4, "local")] {
+            backlog.insert(RunId(id), group.to_owned());
+        }
+        let order: Vec<(&str, Vec<u64>)> = backlog
+            .groups()
+            .map(|(g, ids)| (g, ids.iter().map(|r| r.get()).collect()))
+            .collect();
+        assert_eq!(order, [("fork", vec![2, 3]), ("local", vec![1, 4])]);
+        assert!(backlog.remove(RunId(2)));
+        assert!(!backlog.remove(RunId(2)));
+        assert!(backlog.remove(RunId(3)));
+        assert_eq!(backlog.len(), 2);
+        assert_eq!(backlog.groups().count(), 1, "an emptied group is gone");
     }
 
     #[test]
