@@ -150,12 +150,8 @@ impl Masker {
         let mut i = 0;
         while i < input.len() {
             let rest = &input[i..];
-            if let Some(form) = self.forms.iter().find(|f| rest.starts_with(f)) {
-                out.extend_from_slice(MASK);
-                i += form.len();
-                continue;
-            }
-            // A longer form may still match here once more input arrives: wait for it.
+            // A form longer than what is here may still match once more input arrives (one
+            // secret may begin another): wait for it rather than take a shorter match.
             if !last
                 && self
                     .forms
@@ -163,6 +159,11 @@ impl Masker {
                     .any(|f| f.len() > rest.len() && f.starts_with(rest))
             {
                 break;
+            }
+            if let Some(form) = self.forms.iter().find(|f| rest.starts_with(f)) {
+                out.extend_from_slice(MASK);
+                i += form.len();
+                continue;
             }
             out.push(input[i]);
             i += 1;
@@ -233,6 +234,13 @@ mod tests {
         let mut none = Masker::new(Vec::new());
         assert_eq!(none.push(b"abc"), b"abc");
         assert!(none.finish().is_empty());
+    }
+
+    #[test]
+    fn a_secret_that_begins_another_is_masked_whole_across_chunks() {
+        let mut m = masker(&["tok-123456", "tok-123456-xyz"]);
+        let out = mask_in_pieces(&mut m, b"a tok-123456-xyz b tok-123456 c", &[12, 3]);
+        assert_eq!(out, b"a *** b *** c");
     }
 
     #[test]

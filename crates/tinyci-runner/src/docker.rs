@@ -298,7 +298,13 @@ impl DockerExecutor {
                     spec.image
                 )));
             }
-            (PullPolicy::Never, true) | (PullPolicy::Missing, true) => return Ok(()),
+            (PullPolicy::Never, true) => return Ok(()),
+            // A local copy may have been pulled with this host's credentials for trusted
+            // work; a fork or a partner gets it only if it may pull it anonymously.
+            (PullPolicy::Missing, true) if !spec.registry_credentials => {
+                "untrusted work uses a local image only if it may pull it anonymously"
+            }
+            (PullPolicy::Missing, true) => return Ok(()),
             (PullPolicy::Missing, false) => "it is not on this host",
             (PullPolicy::Always, _) => "the pull policy is always",
         };

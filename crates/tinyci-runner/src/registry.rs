@@ -26,8 +26,8 @@ pub struct ImageRef {
 }
 
 impl ImageRef {
-    /// Splits `image`. The first path component is a registry when it has a `.` or `:` or is
-    /// `localhost`, as in Docker's reference grammar; a tag follows the last `:` after the
+    /// Splits `image`. The first path component is a registry when it has a `.`, `:` or an
+    /// upper-case letter, or is `localhost`, as in Docker's reference grammar; a tag follows the last `:` after the
     /// last `/`; a digest follows `@`.
     pub fn parse(image: &str) -> Self {
         let (name, reference) = if let Some((name, digest)) = image.split_once('@') {
@@ -43,8 +43,12 @@ impl ImageRef {
             }
         };
         let registry = match name.split_once('/') {
+            // Docker's rule: a first component with `.`, `:` or an upper-case letter, or
+            // `localhost`, names a registry host.
             Some((first, _))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
+                if first.contains(['.', ':'])
+                    || first == "localhost"
+                    || first.chars().any(|c| c.is_ascii_uppercase()) =>
             {
                 first.to_owned()
             }
@@ -261,6 +265,7 @@ mod tests {
                 "latest",
             ),
             ("localhost/x", "localhost", "localhost/x", "latest"),
+            ("MyHost/x:2", "MyHost", "MyHost/x", "2"),
             (
                 "ghcr.io/o/t@sha256:abc",
                 "ghcr.io",

@@ -215,7 +215,7 @@ impl session::Server for Session {
         }
         let executors = executors
             .iter()
-            .map(|e| Ok(e?.to_string()?))
+            .map(|e| crate::rpc::read_short_text(e, "runner.executors"))
             .collect::<Result<Vec<String>, capnp::Error>>()?;
         let labels = crate::tiers::runner_labels(info.get_labels()?)?;
         let offer = crate::tiers::offer_of(&executors, info.get_allow_privileged(), labels);

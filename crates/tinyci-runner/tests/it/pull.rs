@@ -249,6 +249,12 @@ async fn images_are_pulled_from_a_registry_as_the_policy_says_with_the_hosts_cre
     assert!(!log.contains(PASSWORD), "{log}");
     assert!(present(&docker, &image).await);
 
+    // Now on the host, pulled with credentials: untrusted work still may not use it, since
+    // it could not pull it anonymously.
+    let (outcome, _) = run(&missing, &untrusted).await;
+    assert_eq!(outcome.verdict, Verdict::Errored, "{outcome:?}");
+    assert!(outcome.message.contains("pulls anonymously"), "{outcome:?}");
+
     // `missing` again: the image is here now, so no pull.
     let (outcome, output) = run(&missing, &job).await;
     assert_eq!(outcome.verdict, Verdict::Passed, "{outcome:?}");
