@@ -488,6 +488,15 @@ fn an_ephemeral_bundle_takes_one_job_and_its_grant_dies_with_it() {
     assert_ne!(code, Some(0), "a runner whose grant was revoked stops");
     assert_eq!(statuses(), ["passed", "queued"], "{lines:#?}");
     assert_eq!(grant_status("runner:eph1"), "revoked");
+    // The other slot never held the other run even for a moment: no attempt was spent on it.
+    let runs = json(dir.path(), &["admin", "runs", "--json", "--addr", &addr]);
+    let waiting = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["status"] == "queued")
+        .unwrap();
+    assert_eq!(waiting["attempt"], 0, "{waiting}");
     let again = SiteProcess::spawn(
         dir.path(),
         &[

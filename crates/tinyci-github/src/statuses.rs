@@ -146,39 +146,50 @@ pub(crate) fn report_retries(github: &Rc<GitHubService>) {
         let Some(github) = weak.upgrade() else {
             return;
         };
-        let submission = run.submission;
-        if run.state.status() != RunStatus::Queued
-            || github.reporting.borrow().contains(&submission)
-        {
+        if run.state.status() == RunStatus::Queued {
+            report_again(&github, run.submission);
+        }
+    });
+}
+
+/// Starts a reporter again on a submission whose reporting had finished (a run of it was
+/// retried), unless one follows it now.
+fn report_again(github: &Rc<GitHubService>, submission: SubmissionId) {
+    if github.reporting.borrow().contains(&submission) {
+        return;
+    }
+    let origin = match github
+        .store
+        .read(|txn| txn.get(GITHUB_REPORTED, &submission.get()))
+    {
+        Ok(Some(origin)) => origin,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(%submission, error = %e, "cannot read where a retried run reports");
             return;
         }
-        let origin = match github
-            .store
-            .read(|txn| txn.get(GITHUB_REPORTED, &submission.get()))
-        {
-            Ok(Some(origin)) => origin,
-            Ok(None) => return,
-            Err(e) => {
-                warn!(%submission, error = %e, "cannot read where a retried run reports");
-                return;
-            }
-        };
-        // Mark it before anything awaits, so a second retried run joins this reporter.
-        start(&github, submission, origin.clone(), Vec::new(), Posted::Finals);
-        let id = submission.get();
-        let committer = github.committer.clone();
-        github.spawn(async move {
-            // Reporting again: a restart resumes it like any unfinished report.
-            let moved = committer
-                .write(move |txn| {
-                    txn.put(GITHUB_SUBMISSIONS, &id, &origin)?;
-                    txn.delete(GITHUB_REPORTED, &id).map(drop)
-                })
-                .await;
-            if let Err(e) = moved {
-                warn!(%submission, error = %e, "cannot record that a retried run reports to GitHub");
-            }
-        });
+    };
+    // Marked before anything awaits, so a second retried run joins this reporter.
+    start(
+        github,
+        submission,
+        origin.clone(),
+        Vec::new(),
+        Posted::Finals,
+    );
+    let id = submission.get();
+    let committer = github.committer.clone();
+    github.spawn(async move {
+        // Reporting again: a restart resumes it like any unfinished report.
+        let moved = committer
+            .write(move |txn| {
+                txn.put(GITHUB_SUBMISSIONS, &id, &origin)?;
+                txn.delete(GITHUB_REPORTED, &id).map(drop)
+            })
+            .await;
+        if let Err(e) = moved {
+            warn!(%submission, error = %e, "cannot record that a retried run reports to GitHub");
+        }
     });
 }
 
@@ -230,8 +241,6 @@ async fn report(
         }
     }
     drop(feed);
-    // From here a retried run needs a new reporter: this one follows nothing any more.
-    drop(following);
     let id = submission.get();
     let runs = match github.queue.submission_runs(submission) {
         Ok(runs) => runs.iter().map(|r| r.id().get()).collect::<Vec<_>>(),
@@ -250,6 +259,16 @@ async fn report(
         .await;
     if let Err(e) = done {
         warn!(%submission, error = %e, "cannot record that GitHub reporting finished");
+    }
+    // A run retried while this reporter was finishing found it still marked: look again now
+    // that the record says reporting finished.
+    drop(following);
+    let retried = github
+        .queue
+        .submission_runs(submission)
+        .is_ok_and(|runs| runs.iter().any(|r| !r.state.status().is_final()));
+    if retried {
+        report_again(&github, submission);
     }
     debug!(%submission, "every run's final status is on GitHub");
 }

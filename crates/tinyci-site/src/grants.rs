@@ -58,6 +58,10 @@ pub(crate) struct GrantAuthority {
     revoked: RefCell<HashSet<String>>,
     /// Single-use grants that took their job (authority revocation id → run), loaded at start.
     spent: RefCell<HashMap<String, tinyci_core::RunId>>,
+    /// The same, by run: what a run's end retires.
+    spent_by_run: RefCell<HashMap<tinyci_core::RunId, Vec<String>>>,
+    /// Single-use grants one of whose workers is asking for its job now.
+    asking: RefCell<HashSet<String>>,
     live: LiveSessions,
     clock: tinyci_core::Clock,
 }
@@ -67,6 +71,18 @@ impl std::fmt::Debug for GrantAuthority {
         f.debug_struct("GrantAuthority")
             .field("site", &self.site)
             .finish_non_exhaustive()
+    }
+}
+
+/// One worker of a single-use grant asking for its job; dropping it lets another ask.
+pub(crate) struct Asking {
+    authority: Rc<GrantAuthority>,
+    grant: String,
+}
+
+impl Drop for Asking {
+    fn drop(&mut self) {
+        self.authority.asking.borrow_mut().remove(&self.grant);
     }
 }
 
@@ -96,12 +112,18 @@ impl GrantAuthority {
                 .map(|entry| entry.map(|(id, run)| (id.to_owned(), tinyci_core::RunId(run))))
                 .collect::<Result<HashMap<_, _>, _>>()
         })?;
+        let mut spent_by_run: HashMap<tinyci_core::RunId, Vec<String>> = HashMap::new();
+        for (grant, run) in &spent {
+            spent_by_run.entry(*run).or_default().push(grant.clone());
+        }
         Ok(Self {
             site,
             root,
             store,
             revoked: RefCell::new(revoked),
             spent: RefCell::new(spent),
+            spent_by_run: RefCell::new(spent_by_run),
+            asking: RefCell::default(),
             live: LiveSessions::default(),
             clock,
         })
@@ -246,6 +268,11 @@ impl GrantAuthority {
             return Err(single_use_refusal(taken));
         }
         self.spent.borrow_mut().insert(grant.to_owned(), run);
+        self.spent_by_run
+            .borrow_mut()
+            .entry(run)
+            .or_default()
+            .push(grant.to_owned());
         let store = self.store.clone();
         let key = grant.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -260,17 +287,28 @@ impl GrantAuthority {
     /// canceled, or lost): their holders get nothing more.
     pub(crate) async fn retire_spent(&self, run: tinyci_core::RunId) {
         let grants: Vec<String> = self
-            .spent
-            .borrow()
-            .iter()
-            .filter(|(id, taken)| **taken == run && !self.revoked.borrow().contains(*id))
-            .map(|(id, _)| id.clone())
+            .spent_by_run
+            .borrow_mut()
+            .remove(&run)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| !self.revoked.borrow().contains(id))
             .collect();
         for id in grants {
             let by = format!("site {}: single-use grant, its job {run} ended", self.site);
             match self.revoke_id(id.clone(), by).await {
                 Ok((_, sessions)) => {
-                    tracing::info!(%run, grant = %crate::membrane::short_id(&id), sessions, "single-use grant revoked: its job ended")
+                    tracing::info!(%run, grant = %crate::membrane::short_id(&id), sessions, "single-use grant revoked: its job ended");
+                    // Revoked, it is refused everywhere: its spent record is no longer needed.
+                    self.spent.borrow_mut().remove(&id);
+                    let store = self.store.clone();
+                    let forgotten = tokio::task::spawn_blocking(move || {
+                        store.write(|txn| txn.delete(SPENT_GRANTS, id.as_str()).map(drop))
+                    })
+                    .await;
+                    if !matches!(forgotten, Ok(Ok(()))) {
+                        tracing::warn!(%run, "cannot forget a retired single-use grant; it stays refused");
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(%run, error = %e, "cannot revoke a single-use grant whose job ended")
@@ -279,20 +317,32 @@ impl GrantAuthority {
         }
     }
 
-    /// The runs single-use grants took whose grants are not revoked yet.
+    /// The runs single-use grants took whose grants are not retired yet.
     pub(crate) fn spent_runs(&self) -> Vec<tinyci_core::RunId> {
         let revoked = self.revoked.borrow();
-        self.spent
+        self.spent_by_run
             .borrow()
             .iter()
-            .filter(|(id, _)| !revoked.contains(*id))
-            .map(|(_, run)| *run)
+            .filter(|(_, grants)| grants.iter().any(|g| !revoked.contains(g)))
+            .map(|(run, _)| *run)
             .collect()
     }
 
-    /// Whether some single-use grant took `run`.
+    /// Whether some single-use grant took `run` and is not retired yet.
     pub(crate) fn spent_run(&self, run: tinyci_core::RunId) -> bool {
-        self.spent.borrow().values().any(|taken| *taken == run)
+        self.spent_by_run.borrow().contains_key(&run)
+    }
+
+    /// Lets one worker of single-use `grant` ask for its job: `None` when the job is taken or
+    /// another worker of the grant is asking. The claim lasts as long as the returned value.
+    pub(crate) fn claim(self: &Rc<Self>, grant: &str) -> Option<Asking> {
+        if self.spent_on(grant).is_some() || !self.asking.borrow_mut().insert(grant.to_owned()) {
+            return None;
+        }
+        Some(Asking {
+            authority: self.clone(),
+            grant: grant.to_owned(),
+        })
     }
 
     /// Every recorded grant, with whether any of its ids was revoked.

@@ -211,13 +211,16 @@ impl worker::Server for WorkerCap {
         mut results: worker::NextResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
-        if let Some(once) = &self.single_use
-            && once.authority.spent_on(&once.grant).is_some()
-        {
-            // Its one job is taken: this worker gets nothing, and waits (a runner's other
-            // slots stay calm) until the grant dies with that job.
-            return Err(self.liveness.dead().await);
-        }
+        // A single-use grant has one worker asking at a time: the others (more slots, more
+        // connections) wait, as does every worker once its one job is taken, until the grant
+        // dies with that job. So no run is leased to it only to be handed back.
+        let _asking = match &self.single_use {
+            Some(once) => match once.authority.claim(&once.grant) {
+                Some(claim) => Some(claim),
+                None => return Err(self.liveness.dead().await),
+            },
+            None => None,
+        };
         let control: job_control::Client = params.get()?.get_control()?;
         let queue = &self.handles.queue;
         let mut pool = queue.pool_changes();
