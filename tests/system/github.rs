@@ -1383,6 +1383,7 @@ fn pushes_and_pull_requests_run_what_their_diff_touches_on_the_merge_commit() {
         })
     };
     fake.set_comparison(REPO, before, &head, &["web/index.html"]);
+    fake.set_commit_parents(REPO, &merge, &[before, &head]);
     send("pull_request", pull_request(7, Some(&merge)));
     finished("web:check", 1);
     let web_log = |nth: usize| {
@@ -1425,4 +1426,17 @@ fn pushes_and_pull_requests_run_what_their_diff_touches_on_the_merge_commit() {
     finished("web:check", 3);
     assert_eq!(web_log(0), "merged\n");
     assert_eq!(tarballs_of(&merge), 2);
+
+    // A merge commit of an older head (GitHub had not recomputed it yet) is not built: the
+    // status goes to this head, so this head is what runs.
+    let stale = publish_owned(&fake, &tree("stale merge"));
+    fake.set_commit_parents(
+        REPO,
+        &stale,
+        &[before, "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c"],
+    );
+    send("pull_request", pull_request(9, Some(&stale)));
+    finished("web:check", 4);
+    assert_eq!(web_log(0), "head\n");
+    assert_eq!(tarballs_of(&stale), 0);
 }

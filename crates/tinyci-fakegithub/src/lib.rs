@@ -116,6 +116,8 @@ struct State {
     comparisons: HashMap<(String, String, String), Vec<String>>,
     /// (repo, number) → the test merge commit of a pull request (`None`: a conflict).
     pulls: HashMap<(String, u64), Option<String>>,
+    /// (repo, sha) → the commit's parents.
+    parents: HashMap<(String, String), Vec<String>>,
     hooks: BTreeMap<String, Vec<Hook>>,
     /// (repo, sha) → statuses in arrival order.
     statuses: HashMap<(String, String), Vec<Status>>,
@@ -246,6 +248,14 @@ impl FakeGitHub {
         lock(&self.state).pulls.insert(
             (repo.to_owned(), number),
             merge_commit_sha.map(str::to_owned),
+        );
+    }
+
+    /// Makes `GET /repos/{repo}/commits/{sha}` name `parents` (other commits are a 404).
+    pub fn set_commit_parents(&self, repo: &str, sha: &str, parents: &[&str]) {
+        lock(&self.state).parents.insert(
+            (repo.to_owned(), sha.to_owned()),
+            parents.iter().map(|p| (*p).to_owned()).collect(),
         );
     }
 
@@ -626,6 +636,25 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Reply {
                     "total_commits": 1,
                     "commits": [],
                     "files": files,
+                }),
+            )
+        }
+        (&Method::GET, ["commits", sha]) => {
+            let Some(parents) = st.parents.get(&(repo.clone(), (*sha).to_owned())) else {
+                return error(StatusCode::NOT_FOUND, "No commit found for SHA");
+            };
+            let parents: Vec<Value> = parents
+                .iter()
+                .map(|p| json!({"sha": p, "url": format!("{base}/commits/{p}")}))
+                .collect();
+            reply(
+                StatusCode::OK,
+                &json!({
+                    "sha": sha,
+                    "url": format!("{base}/commits/{sha}"),
+                    "commit": {"message": "Merge into base", "tree": {"sha": sha}},
+                    "parents": parents,
+                    "files": [],
                 }),
             )
         }

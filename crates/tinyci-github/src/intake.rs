@@ -487,13 +487,24 @@ async fn commit_to_run(
                 .await?
         }
     };
-    match merge {
+    let Some(merge) = merge else {
+        info!(repo = %build.repo, number, head = %build.sha, "no merge commit (a conflict, or not computed yet): building the head");
+        return Ok(build.sha.clone());
+    };
+    // GitHub recomputes the test merge after each push, and a delivery may name the one of
+    // an older head: build it only if it merges this head, or a pass would be reported for
+    // code that was never run.
+    let parents = client.commit_parents(&build.repo, &merge).await?;
+    let merges_head = parents
+        .as_ref()
+        .is_some_and(|parents| parents.iter().any(|p| p == &build.sha));
+    match merges_head.then_some(merge) {
         Some(sha) => {
             info!(repo = %build.repo, number, head = %build.sha, merge = %sha, "building the pull request's merge commit");
             Ok(sha)
         }
         None => {
-            info!(repo = %build.repo, number, head = %build.sha, "no merge commit (a conflict, or not computed yet): building the head");
+            info!(repo = %build.repo, number, head = %build.sha, "the merge commit GitHub names does not merge this head (an older one's): building the head");
             Ok(build.sha.clone())
         }
     }

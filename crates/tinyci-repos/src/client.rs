@@ -238,6 +238,18 @@ struct ComparedFile {
     previous_filename: Option<String>,
 }
 
+/// `GET /repos/{o}/{r}/commits/{sha}`, the parts read.
+#[derive(Deserialize)]
+struct CommitBody {
+    #[serde(default)]
+    parents: Vec<ParentRef>,
+}
+
+#[derive(Deserialize)]
+struct ParentRef {
+    sha: String,
+}
+
 /// `GET /repos/{o}/{r}/pulls/{n}`, the parts read.
 #[derive(Deserialize)]
 struct PullBody {
@@ -771,6 +783,30 @@ impl GitHub {
             (Some(true), Some(sha)) if check_sha(&sha).is_ok() => Some(sha),
             _ => None,
         })
+    }
+
+    /// The parents of commit `sha` (`None` when GitHub does not know it).
+    pub async fn commit_parents(
+        &self,
+        repo: &RepoName,
+        sha: &str,
+    ) -> Result<Option<Vec<String>>, ApiError> {
+        check_sha(sha)?;
+        let ep = endpoint(
+            format!("read commit {sha} of {repo}"),
+            Method::GET,
+            format!("/repos/{repo}/commits/{sha}"),
+        );
+        match self
+            .json::<(), CommitBody>(&self.api, &ep, None, GITHUB_JSON)
+            .await
+        {
+            Ok(commit) => Ok(Some(commit.parents.into_iter().map(|p| p.sha).collect())),
+            Err(ApiError::Status {
+                status: 404 | 422, ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Downloads the source tarball (gzip) of `repo` at commit `sha`, refusing anything over
