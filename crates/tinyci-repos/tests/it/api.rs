@@ -443,4 +443,11 @@ async fn comparisons_list_changed_paths_and_unknown_ones_mean_run_everything() {
         github.pull_request_merge_commit(&repo(), 5).await.unwrap(),
         None
     );
+
+    fake.set_commit_parents(REPO, &head, &[&base]);
+    assert_eq!(
+        github.commit_parents(&repo(), &head).await.unwrap(),
+        Some(vec![base.clone()])
+    );
+    assert_eq!(github.commit_parents(&repo(), &base).await.unwrap(), None);
 }
