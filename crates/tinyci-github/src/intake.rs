@@ -449,7 +449,14 @@ async fn submit_build(
                 submitted_by: build.submitted_by.clone(),
                 source_sha256: source_sha256.to_vec(),
                 runs,
-                branch: tinyci_queue::OnBranch::Supersede,
+                // A push selected by its own diff (before...after) re-runs only what it
+                // touched: the older push's other tasks go on. A pull request's diff
+                // (base...head) is whole, so it replaces its older runs outright.
+                branch: if build.pull_request.is_none() && build.diff_base.is_some() {
+                    tinyci_queue::OnBranch::SupersedeOverlap
+                } else {
+                    tinyci_queue::OnBranch::Supersede
+                },
                 tier: build.tier.clone(),
             },
             also,

@@ -567,7 +567,7 @@ impl Queue {
                 }
                 let previous = match branch_role {
                     OnBranch::Aside | OnBranch::Join => None,
-                    OnBranch::Supersede => {
+                    OnBranch::Supersede | OnBranch::SupersedeOverlap => {
                         let previous = txn.get(BRANCH_HEADS, &branch[..])?;
                         txn.put(BRANCH_HEADS, &branch[..], &submission_id.get())?;
                         previous
@@ -586,7 +586,19 @@ impl Queue {
         }
         if let Some(previous) = previous.map(SubmissionId) {
             let reason = format!("superseded by submission {}", submission.id);
-            if let Err(e) = self.cancel_submission(previous, &reason).await {
+            let canceled = if branch_role == OnBranch::SupersedeOverlap {
+                let again: BTreeSet<(&str, &str)> = runs
+                    .iter()
+                    .map(|r| (r.spec.task_dir.as_str(), r.spec.name.as_str()))
+                    .collect();
+                self.cancel_runs_where(previous, &reason, |run| {
+                    again.contains(&(run.spec.task_dir.as_str(), run.spec.name.as_str()))
+                })
+                .await
+            } else {
+                self.cancel_submission(previous, &reason).await
+            };
+            if let Err(e) = canceled {
                 warn!(error = %e, %previous, "failed to cancel superseded runs");
             }
         }
@@ -1220,10 +1232,21 @@ impl Queue {
         id: SubmissionId,
         reason: &str,
     ) -> Result<u32, QueueError> {
+        self.cancel_runs_where(id, reason, |_| true).await
+    }
+
+    /// Cancels the runs of submission `id` that `which` picks; returns how many.
+    async fn cancel_runs_where(
+        &self,
+        id: SubmissionId,
+        reason: &str,
+        which: impl Fn(&StoredRun) -> bool,
+    ) -> Result<u32, QueueError> {
         let submission = self.submission(id)?.ok_or(QueueError::NoSubmission(id))?;
         let mut count = 0;
         for run in submission.runs {
-            if self.cancel_run(run, reason).await? {
+            let picked = self.run(run)?.is_some_and(|r| which(&r));
+            if picked && self.cancel_run(run, reason).await? {
                 count += 1;
             }
         }
@@ -1617,6 +1640,10 @@ pub enum OnBranch {
     /// replaces: for submitters allowed to cancel (`runs:cancel`), and the site's own GitHub
     /// builds.
     Supersede,
+    /// As `Supersede`, but cancels only the replaced submission's runs that this one runs
+    /// again (same task and run): a push whose tasks were selected by its own diff leaves the
+    /// older push's other tasks to finish, since nothing newer tests them.
+    SupersedeOverlap,
     /// Runs beside the branch's history without moving it: a submitter who may not cancel
     /// others' work neither cancels the latest submission nor hides it from the next one
     /// that supersedes (or a closed pull request's cancel).

@@ -728,3 +728,30 @@ fn partners_bursting_on_one_queue_get_leases_in_their_configured_shares() {
         assert_eq!((gamma.weight, gamma.queued, gamma.leased), (1, 16, 4));
     });
 }
+
+/// A push whose tasks its own diff selected supersedes only the older push's runs it runs
+/// again: the others still test what nothing newer tests.
+#[test]
+fn a_diff_selected_push_supersedes_only_what_it_runs_again() {
+    local(async {
+        let f = Fixture::new();
+        let (queue, _c, _w) = f.open().await;
+        let (_, first) = queue
+            .submit(submission(
+                "refs/heads/main",
+                vec![planned("a", "api"), planned("a", "web")],
+            ))
+            .await
+            .unwrap();
+        let mut second = submission("refs/heads/main", vec![planned("a", "web")]);
+        second.branch = OnBranch::SupersedeOverlap;
+        queue.submit(second).await.unwrap();
+        let status = |i: usize| queue.run(first[i].id()).unwrap().unwrap().state.status();
+        assert_eq!(
+            status(0),
+            RunStatus::Queued,
+            "api is tested by nothing newer"
+        );
+        assert_eq!(status(1), RunStatus::Canceled, "web runs again");
+    });
+}
