@@ -75,6 +75,8 @@ async fn containers_run_report_exit_status_obey_cancel_and_timeout_and_leave_not
     let (_stop, signal) = stop_pair();
     let mut job = spec(source.path(), &["cat hello.txt; echo oops >&2; exit 7"]);
     job.image = IMAGE.into();
+    // Imported, not pulled: the host has no registry.
+    job.pull = Some(tinyci_runner::PullPolicy::Never);
     let outcome = docker.run(&job, &tx, signal).await;
     drop(tx);
     let output = collect(rx).await;
@@ -88,6 +90,8 @@ async fn containers_run_report_exit_status_obey_cancel_and_timeout_and_leave_not
     let (_stop, signal) = stop_pair();
     let mut job = spec(source.path(), &["true"]);
     job.image = IMAGE.into();
+    // Imported, not pulled: the host has no registry.
+    job.pull = Some(tinyci_runner::PullPolicy::Never);
     let outcome = docker.run(&job, &tx, signal).await;
     drop(tx);
     collect(rx).await;
@@ -98,6 +102,8 @@ async fn containers_run_report_exit_status_obey_cancel_and_timeout_and_leave_not
     let (stop, signal) = stop_pair();
     let mut job = spec(source.path(), &["echo ready; sleep 1000"]);
     job.image = IMAGE.into();
+    // Imported, not pulled: the host has no registry.
+    job.pull = Some(tinyci_runner::PullPolicy::Never);
     job.grace = Duration::from_secs(1);
     let runner = docker.clone();
     let run = tokio::spawn(async move { runner.run(&job, &tx, signal).await });
@@ -114,6 +120,8 @@ async fn containers_run_report_exit_status_obey_cancel_and_timeout_and_leave_not
     let (_stop, signal) = stop_pair();
     let mut job = spec(source.path(), &["sleep 1000"]);
     job.image = IMAGE.into();
+    // Imported, not pulled: the host has no registry.
+    job.pull = Some(tinyci_runner::PullPolicy::Never);
     job.timeout = Duration::from_millis(500);
     job.grace = Duration::from_secs(1);
     let outcome = docker.run(&job, &tx, signal).await;
@@ -132,6 +140,8 @@ async fn containers_run_report_exit_status_obey_cancel_and_timeout_and_leave_not
            echo memory: $(cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null)"],
     );
     job.image = IMAGE.into();
+    // Imported, not pulled: the host has no registry.
+    job.pull = Some(tinyci_runner::PullPolicy::Never);
     job.network = false;
     job.memory = Some("64m".into());
     let outcome = docker.run(&job, &tx, signal).await;
@@ -157,6 +167,8 @@ async fn containers_run_report_exit_status_obey_cancel_and_timeout_and_leave_not
     let (_stop, signal) = stop_pair();
     let mut job = spec(source.path(), &["true"]);
     job.image = IMAGE.into();
+    // Imported, not pulled: the host has no registry.
+    job.pull = Some(tinyci_runner::PullPolicy::Never);
     job.privileged = true;
     let outcome = docker.run(&job, &tx, signal).await;
     assert_eq!(outcome.verdict, Verdict::Errored, "{outcome:?}");
@@ -182,6 +194,8 @@ async fn containers_run_report_exit_status_obey_cancel_and_timeout_and_leave_not
     let job = {
         let mut job = spec(source.path(), &["echo started; sleep 600"]);
         job.image = IMAGE.into();
+        // Imported, not pulled: the host has no registry.
+        job.pull = Some(tinyci_runner::PullPolicy::Never);
         job
     };
     let running = tokio::spawn(async move { crashed.run(&job, &tx, signal).await });
