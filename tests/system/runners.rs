@@ -157,6 +157,13 @@ fn run_statuses(dir: &std::path::Path, addr: &str) -> Vec<String> {
     statuses
 }
 
+/// Starts `tinyci runner --bundle BUNDLE --executor shell` plus `extra`.
+fn spawn_runner(dir: &std::path::Path, bundle: &str, extra: &[&str]) -> SiteProcess {
+    let mut args = vec!["runner", "--bundle", bundle, "--executor", "shell"];
+    args.extend_from_slice(extra);
+    SiteProcess::spawn(dir, &args)
+}
+
 /// Runs route by what runners advertise: an image needs a container executor (a shell runner
 /// would run the command on its host, ignoring the image), and a task's `labels:` need a
 /// runner with every one of them. A run no connected runner may take waits and says why.
@@ -168,19 +175,10 @@ fn an_image_never_lands_on_a_shell_runner_and_labels_route() {
         add_runner(dir.path(), &addr, name, &[]);
     }
     let plain = crate::jobs::start_runner(dir.path(), "plain");
-    let mut gpu = SiteProcess::spawn(
+    let mut gpu = spawn_runner(
         dir.path(),
-        &[
-            "runner",
-            "--bundle",
-            "gpu.bundle",
-            "--executor",
-            "shell",
-            "--label",
-            "gpu",
-            "--label",
-            "arch=amd64",
-        ],
+        "gpu.bundle",
+        &["--label", "gpu", "--label", "arch=amd64"],
     );
     assert!(
         gpu.wait_for("runner gpu of site alpha")
@@ -289,17 +287,7 @@ fn a_once_runner_exits_after_one_job() {
     let (site, addr) = crate::support::start_site(dir.path(), "");
     add_runner(dir.path(), &addr, "one", &[]);
     let _repo = submit_all(dir.path(), &addr, TWO_RUNS);
-    let mut once = SiteProcess::spawn(
-        dir.path(),
-        &[
-            "runner",
-            "--bundle",
-            "one.bundle",
-            "--executor",
-            "shell",
-            "--once",
-        ],
-    );
+    let mut once = spawn_runner(dir.path(), "one.bundle", &["--once"]);
     assert!(
         once.wait_for("runner one of site alpha")
             .contains("one job, then exit")
@@ -418,16 +406,7 @@ fn drain_and_pause_are_distinct_and_survive_a_site_restart() {
         .unwrap();
     assert_eq!(held_run["status"], "passed", "{runs}");
     // Started again, it is refused until resumed.
-    let again = SiteProcess::spawn(
-        dir.path(),
-        &[
-            "runner",
-            "--bundle",
-            "drained.bundle",
-            "--executor",
-            "shell",
-        ],
-    );
+    let again = spawn_runner(dir.path(), "drained.bundle", &[]);
     let (code, _) = again.wait();
     assert_ne!(code, Some(0));
 
@@ -472,18 +451,7 @@ fn an_ephemeral_bundle_takes_one_job_and_its_grant_dies_with_it() {
 
     // Two slots asking at once get one job between them; when it ends, the grant is revoked
     // and the runner, refused, stops.
-    let greedy = SiteProcess::spawn(
-        dir.path(),
-        &[
-            "runner",
-            "--bundle",
-            "eph1.bundle",
-            "--executor",
-            "shell",
-            "--jobs",
-            "2",
-        ],
-    );
+    let greedy = spawn_runner(dir.path(), "eph1.bundle", &["--jobs", "2"]);
     let (code, lines) = greedy.wait();
     assert_ne!(code, Some(0), "a runner whose grant was revoked stops");
     assert_eq!(statuses(), ["passed", "queued"], "{lines:#?}");
@@ -497,33 +465,13 @@ fn an_ephemeral_bundle_takes_one_job_and_its_grant_dies_with_it() {
         .find(|r| r["status"] == "queued")
         .unwrap();
     assert_eq!(waiting["attempt"], 0, "{waiting}");
-    let again = SiteProcess::spawn(
-        dir.path(),
-        &[
-            "runner",
-            "--bundle",
-            "eph1.bundle",
-            "--executor",
-            "shell",
-            "--once",
-        ],
-    );
+    let again = spawn_runner(dir.path(), "eph1.bundle", &["--once"]);
     let (code, _) = again.wait();
     assert_ne!(code, Some(0), "a spent single-use bundle is refused");
     assert_eq!(statuses(), ["passed", "queued"]);
 
     // The usual way: --once with a fresh ephemeral bundle takes the next job and exits 0.
-    let once = SiteProcess::spawn(
-        dir.path(),
-        &[
-            "runner",
-            "--bundle",
-            "eph2.bundle",
-            "--executor",
-            "shell",
-            "--once",
-        ],
-    );
+    let once = spawn_runner(dir.path(), "eph2.bundle", &["--once"]);
     let (code, _) = once.wait();
     assert_eq!(code, Some(0));
     assert_eq!(statuses(), ["passed", "passed"]);
