@@ -1371,15 +1371,6 @@ impl Queue {
     /// leases. The caller checks today's policy first. Returns the run as queued, once durable.
     pub async fn retry(&self, id: RunId) -> Result<StoredRun, QueueError> {
         let mut run = self.run(id)?.ok_or(QueueError::NoRun(id))?;
-        if self.state.borrow().live.contains_key(&id) {
-            // Unfinished: the state machine says why it cannot be retried.
-            run.state.apply(
-                RunEvent::Retry {
-                    more_attempts: self.policy.max_attempts,
-                },
-                self.now(),
-            )?;
-        }
         let tier = self.tier_of(run.submission)?;
         run.state.apply(
             RunEvent::Retry {

@@ -532,17 +532,18 @@ impl admin::Server for AdminCap {
                 for (j, e) in profile.executors.iter().enumerate() {
                     executors.set(len(j), e.as_str());
                 }
-                r.set_connected_at(i64::try_from(profile.connected_at).unwrap_or(i64::MAX));
-                r.set_identity(&profile.identity);
             }
             if let Some(offer) = &activity.offer {
-                let mut info = r.reborrow().get_info()?;
                 info.set_allow_privileged(offer.privileged);
-                let mut labels = info.reborrow().init_labels(len(offer.labels.len()));
+                let mut labels = info.init_labels(len(offer.labels.len()));
                 for (j, l) in offer.labels.iter().enumerate() {
                     labels.set(len(j), l.as_str());
                 }
                 r.set_isolation(offer.to_string());
+            }
+            if let Some(profile) = &activity.profile {
+                r.set_connected_at(i64::try_from(profile.connected_at).unwrap_or(i64::MAX));
+                r.set_identity(&profile.identity);
             }
             let mode = held.get(name);
             r.set_paused(mode == Some(&tinyci_queue::RunnerMode::Paused));

@@ -243,7 +243,8 @@ impl worker::Server for WorkerCap {
         if let Some(once) = &self.single_use
             && let Err(refused) = once.authority.spend(&once.grant, leased.run.id()).await
         {
-            // Another worker of the same grant won the race: this run goes to someone else.
+            // The grant's job could not be recorded (the store failed): fail closed, and this
+            // run goes to someone else.
             queue.release(leased.run.id(), leased.lease).await;
             info!(run = %leased.run.id(), runner = %self.runner, %refused, "single-use grant asked twice");
             return Err(self.liveness.dead().await);
