@@ -23,8 +23,8 @@ use tinyci_web::{
 use tracing::{info, warn};
 
 use crate::oauth::{self, LoginOutcome, LoginResult, Purpose};
-use crate::secrets::random_secret_hex;
 use crate::{GitHubService, Intake, IntakeError};
+use tinyci_pki::secrets::random_secret_hex;
 
 /// What only the site can do for a login: mint the grant a signed-in user holds.
 #[allow(async_fn_in_trait)]
@@ -722,7 +722,7 @@ async fn cli_start(state: &Endpoints, request: Request<Incoming>) -> Reply {
     let id = random_secret_hex(16);
     let poll = random_secret_hex(32);
     let mut random = [0u8; 8];
-    crate::secrets::fill_random(&mut random);
+    tinyci_pki::secrets::fill_random(&mut random);
     let user_code = oauth::new_user_code(&random);
     state.logins.borrow_mut().start(
         id.clone(),

@@ -15,7 +15,6 @@ mod endpoints;
 mod intake;
 pub mod oauth;
 mod repos;
-pub mod secrets;
 mod statuses;
 
 use std::cell::RefCell;
@@ -34,8 +33,9 @@ use tokio::sync::Notify;
 pub use endpoints::{Endpoints, LoginGrants, MintError};
 pub use intake::{Intake, IntakeError};
 pub use repos::list as known_repos;
-pub use secrets::SecretsKey;
 pub use tinyci_config::{GitHubAllow, GitHubSettings, NotAnAllowEntry};
+/// The secrets box, which `tinyci-pki` owns; re-exported for the site's GitHub wiring.
+pub use tinyci_pki::{SecretsError, SecretsKey};
 
 /// The status context used for problems that belong to no run (an unreadable `tinyci.yml`).
 pub const SITE_CONTEXT: &str = "tinyci";

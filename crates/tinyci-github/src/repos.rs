@@ -7,8 +7,8 @@ use tinyci_store::records::RepoRecord;
 use tinyci_store::tables::REPOS;
 use tracing::info;
 
-use crate::secrets::random_secret_hex;
 use crate::{GitHubError, GitHubService, client_for, hook_secret_context, repo_record};
+use tinyci_pki::secrets::random_secret_hex;
 
 /// Every repository the site knows, by name.
 /// Known without GitHub configured (a site that had it once keeps the records).

@@ -2,6 +2,9 @@
 //! `tinyci://<site>/<role>[/<name>]` URI, SHA-256 fingerprints, and the rustls client and
 //! server configurations that enforce mutual TLS between sites, runners and admins.
 //!
+//! It also holds the secrets box (`secrets`: AES-256-GCM sealing of values at rest under the
+//! site's secrets key, bound to a context), which GitHub tokens and job secrets share.
+//!
 //! This is the only crate that knows `rcgen` and `x509-parser`; it builds every rustls config
 //! with one crypto provider (aws-lc-rs). It must not depend on tokio, capnp or any other tinyci
 //! crate: it is pure policy over bytes, and the network lives in `tinyci-net`.
@@ -10,12 +13,14 @@ mod ca;
 mod csr;
 mod files;
 mod identity;
+pub mod secrets;
 pub mod tls;
 
 pub use ca::{CertifiedKey, SiteCa};
 pub use csr::{MAX_CSR_PEM_BYTES, generate_csr};
 pub use files::{read_text_file, write_public_file, write_secret_file};
 pub use identity::{PeerIdentity, Role, SiteName};
+pub use secrets::{SecretsError, SecretsKey};
 pub use tls::{Credentials, Fingerprint, TrustAnchors};
 
 /// Everything that can go wrong making, loading or checking certificates.

@@ -1,5 +1,5 @@
-//! The secrets box: seals GitHub access tokens and webhook secrets before they are written to
-//! the store, so a copy of the LMDB files alone reveals none of them.
+//! The secrets box: seals GitHub access tokens, webhook secrets and job secrets before they are
+//! written to the store, so a copy of the LMDB files alone reveals none of them.
 //!
 //! One 32-byte AES-256-GCM key lives in a 0600 text file beside the other site keys
 //! ([`SecretsKey::load_or_create`]). A sealed record is
@@ -11,8 +11,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::PkiError;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use tinyci_pki::PkiError;
 
 /// Bytes in a secrets key.
 const KEY_LEN: usize = 32;
@@ -21,7 +21,7 @@ const SEALED_VERSION: u8 = 1;
 /// AES-GCM tag length.
 const TAG_LEN: usize = 16;
 /// The first line of a secrets key file, saying what it is and what losing it costs.
-const KEY_FILE_HEADER: &str = "# tinyci secrets key: seals GitHub tokens and webhook secrets at rest. Keep it 0600; losing it means re-linking GitHub logins and re-enabling repositories.";
+const KEY_FILE_HEADER: &str = "# tinyci secrets key: seals GitHub tokens, webhook secrets and job secrets at rest. Keep it 0600; losing it means re-linking GitHub logins, re-enabling repositories and setting job secrets again.";
 
 /// What can go wrong loading the secrets key or sealing and opening records. Messages name
 /// files and contexts, never key material or plaintext.
@@ -119,7 +119,7 @@ impl SecretsKey {
     }
 
     fn load(path: &Path) -> Result<Self, SecretsError> {
-        let text = tinyci_pki::read_text_file(path, true).map_err(|source| SecretsError::Read {
+        let text = crate::read_text_file(path, true).map_err(|source| SecretsError::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -134,7 +134,7 @@ impl SecretsKey {
         fill_random(&mut bytes);
         let key = Self::from_bytes(bytes)
             .map_err(|_| SecretsError::Crypto("accept a fresh AES-256-GCM key"))?;
-        tinyci_pki::write_secret_file(path, key.to_file_text().as_bytes()).map_err(|source| {
+        crate::write_secret_file(path, key.to_file_text().as_bytes()).map_err(|source| {
             SecretsError::Create {
                 path: path.to_owned(),
                 source,
