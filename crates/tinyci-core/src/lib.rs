@@ -24,6 +24,7 @@ mod paths;
 mod plan;
 mod run;
 mod secret;
+mod secret_scope;
 mod storage;
 mod trust;
 
@@ -35,13 +36,17 @@ pub use config::{
 pub use counts::{Counts, Held};
 pub use error::error_chain;
 pub use ids::{IdError, QueueName, RepoName, RunId, SubmissionId};
-pub use mask::{MASK, MIN_SECRET_LEN, Masker, TooShort, masked_forms};
+pub use mask::{MASK, MIN_SECRET_LEN, Masker, TooShort, masked_forms, scrub};
 pub use plan::{Plan, PlanError, PlannedRun, plan, resolve_run, select_tasks};
 pub use run::{
     DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LEASE_DURATION, DEFAULT_MAX_ATTEMPTS, Lease, LeaseId,
     LeasePolicy, Outcome, Run, RunEvent, RunStatus, Transition, TransitionError,
 };
 pub use secret::constant_time_eq;
+pub use secret_scope::{
+    MAX_REF_PATTERN, MAX_SECRET_NAME, MAX_SECRET_VALUE, MAX_SECRETS_PER_REPO, ScopeError,
+    SecretScope, check_secret_name, ref_matches,
+};
 pub use storage::{OverQuota, RepoStorage};
 pub use trust::{
     DispatchPolicy, Isolation, IsolationError, MAX_LABELS, Needs, Offer, PullPolicy,

@@ -172,6 +172,36 @@ impl Masker {
     }
 }
 
+/// Masks, in place and keeping its length, every form in `chunk`, including one that began in
+/// `before` (the end of what preceded it, already passed on): each masked byte becomes `*`.
+/// Returns how many forms were found. For the site's second line, which must not change a
+/// log chunk's length (runners resend by offset) nor hold any of it back.
+pub fn scrub(forms: &[Vec<u8>], before: &[u8], chunk: &mut [u8]) -> usize {
+    let longest = forms.iter().map(Vec::len).max().unwrap_or(0);
+    if longest == 0 {
+        return 0;
+    }
+    let keep = before.len().min(longest - 1);
+    let mut text = before[before.len() - keep..].to_vec();
+    text.extend_from_slice(chunk);
+    let mut found = 0;
+    let mut masked = vec![false; text.len()];
+    for form in forms.iter().filter(|f| !f.is_empty()) {
+        for start in 0..text.len().saturating_sub(form.len() - 1) {
+            if text[start..].starts_with(form) && start + form.len() > keep {
+                found += 1;
+                masked[start..start + form.len()].fill(true);
+            }
+        }
+    }
+    for (i, byte) in chunk.iter_mut().enumerate() {
+        if masked[keep + i] {
+            *byte = b'*';
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -249,5 +279,19 @@ mod tests {
             masked_forms([b"abc".as_slice()]).unwrap_err(),
             TooShort { len: 3 }
         );
+    }
+
+    #[test]
+    fn scrubbing_keeps_the_length_and_catches_a_form_begun_in_the_last_chunk() {
+        let forms = masked_forms([b"s3cret-value".as_slice()]).unwrap();
+        let mut chunk = b"say s3cret-value twice: s3cret-value".to_vec();
+        assert_eq!(scrub(&forms, b"", &mut chunk), 2);
+        assert_eq!(chunk, b"say ************ twice: ************".to_vec());
+        let mut rest = b"-value!".to_vec();
+        assert_eq!(scrub(&forms, b"...s3cret", &mut rest), 1);
+        assert_eq!(rest, b"******!".to_vec());
+        let mut clean = b"nothing here".to_vec();
+        assert_eq!(scrub(&forms, b"s3cret-value", &mut clean), 0);
+        assert_eq!(clean, b"nothing here".to_vec());
     }
 }

@@ -205,7 +205,8 @@ pub enum TierPattern {
 }
 
 impl TierPattern {
-    fn matches(&self, tier: &TrustTier) -> bool {
+    /// Whether it names `tier`.
+    pub fn matches(&self, tier: &TrustTier) -> bool {
         match self {
             TierPattern::Tier(t) => t == tier,
             TierPattern::AnyPartner => matches!(tier, TrustTier::Partner(_)),
