@@ -138,6 +138,63 @@ interface Session {
   repos @6 () -> (repos :RepoSettings);
   # Needs `repos:modify` (a site user: the `modify:ci` capability, held now; they enable
   # repositories with their own GitHub account only).
+
+  secrets @7 (repo :Text) -> (secrets :SecretStore);
+  # Needs `secrets:manage` on `repo` (a site user: the `secrets` capability, and GitHub's
+  # admin permission on the repository). `*` scopes it to every repository the grant covers.
+}
+
+interface SecretStore {
+  # Job secrets of one repository (or every one, for `*`). Values go in and never come out:
+  # only `Job.secrets` of a matching lease returns them.
+
+  set @0 (repo :Text, name :Text, refPattern :Text, tiers :List(Text), asFile :Bool, value :Data) -> (secret :SecretInfo);
+  # Creates or replaces a secret. Refused: a value under 6 or over 65536 bytes, a name that
+  # is not `[A-Z_][A-Z0-9_]*` (or is tinyci's own), an unknown tier, a repository outside
+  # the scope, or a 101st secret of one repository.
+
+  list @1 () -> (secrets :List(SecretInfo));
+  # Every secret in scope; never a value.
+
+  remove @2 (repo :Text, name :Text) -> (secret :SecretInfo);
+  # Deletes a secret: no lease gets it from now on, and running jobs that had it are told
+  # to delete its file (`JobControl.withdrawSecrets`).
+}
+
+struct SecretInfo {
+  # A secret's description, never its value.
+
+  repo @0 :Text;
+  name @1 :Text;
+  refPattern @2 :Text;
+  # Refs it is for (`*`, `main`, `release/*`, `refs/heads/main`).
+  tiers @3 :List(Text);
+  # Trust tiers it is for (`local`, `repo`, `fork`, `partner`, `partner:NAME`).
+  asFile @4 :Bool;
+  # Delivered as a file in `$TINYCI_SECRETS_DIR` rather than a variable.
+  setBy @5 :Text;
+  # The verified identity that set it.
+  setAt @6 :Int64;
+  # Unix milliseconds.
+}
+
+struct JobSecret {
+  # A secret as delivered to a lease.
+
+  name @0 :Text;
+  value @1 :Data;
+  asFile @2 :Bool;
+}
+
+struct SecretDeliveryInfo {
+  # One delivery of a secret to a lease.
+
+  name @0 :Text;
+  attempt @1 :UInt32;
+  runner @2 :Text;
+  # The runner's verified identity.
+  at @3 :Int64;
+  # Unix milliseconds.
 }
 
 interface UserDirectory {
@@ -390,6 +447,9 @@ interface JobControl {
   cancel @0 (reason :Text) -> ();
   # Stop the run now: shell gets SIGTERM to the process group then SIGKILL after a grace
   # period; docker gets stop then kill.
+
+  withdrawSecrets @1 (names :List(Text)) -> ();
+  # These secrets were removed: delete their files from the run's secrets directory now.
 }
 
 struct KeyValue {
@@ -504,6 +564,10 @@ interface Job {
   # Gives the lease back now (the runner is shutting down): the run is requeued at once. A
   # `Job` dropped before `started` is released too; one dropped after it (a lost connection)
   # keeps its lease until it expires, so its runner can `Worker.resume` it.
+
+  secrets @8 () -> (secrets :List(JobSecret));
+  # The secrets whose scope matches this run's repository, ref and trust tier, now; each
+  # delivery is recorded. Needs the lease: a revoked grant or a lost lease gets nothing.
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -755,4 +819,10 @@ interface Admin {
   retryFailed @21 (submissionId :Text) -> (runs :List(RunInfo));
   # Retries (as `retry`) every run of a submission that failed, timed out or errored;
   # returns them as queued. Fails, retrying nothing, if there is none.
+
+  secrets @22 (repo :Text) -> (secrets :SecretStore);
+  # The job secrets of `repo` (`*`: every repository).
+
+  secretDeliveries @23 (runId :Text) -> (deliveries :List(SecretDeliveryInfo));
+  # Which secrets each attempt of a run was given, to which runner, when.
 }

@@ -127,7 +127,7 @@ fn unknown_user_capability_bad_public_url_and_public_repos_are_named() {
     check(
         |t| t + "\n[github]\ndefault_capabilities = [\"submit\", \"deploy\"]\n",
         expect![[r#"
-            error: invalid config site.toml: github.default_capabilities: unknown capability "deploy": expected one of submit, cancel, modify:ci, modify:user, logs
+            error: invalid config site.toml: github.default_capabilities: unknown capability "deploy": expected one of submit, cancel, modify:ci, modify:user, logs, secrets
         "#]],
     );
     check(

@@ -572,3 +572,108 @@ fn a_partner_runner_comes_back_by_itself_after_the_far_site_restarts() {
     assert!(after.contains("passed"), "{after}");
     assert!(after.contains("beta-runner"), "{after}");
 }
+
+/// Sets secret `name` of `repo` at `site` to `value` (`args`: its scope).
+fn set_secret(site: &Site, name: &str, value: &str, args: &[&str]) {
+    let file = site.path().join(format!("{name}.value"));
+    std::fs::write(&file, value).unwrap();
+    let mut full = vec![
+        "secret",
+        "set",
+        name,
+        "--file",
+        file.to_str().unwrap(),
+        "--addr",
+        &site.addr,
+    ];
+    full.extend_from_slice(args);
+    site.ok(&full);
+    std::fs::remove_file(file).unwrap();
+}
+
+#[test]
+fn a_partners_run_gets_only_the_secrets_that_name_partners() {
+    let (alpha, beta) = two_sites();
+    alpha.ok(&[
+        "runner",
+        "add",
+        "r1",
+        "--queue",
+        "default",
+        "--addr",
+        &alpha.addr,
+    ]);
+    let _runner = start_runner_with(alpha.path(), "r1", "sandbox");
+    // org/x's own secret (local and repo work by default), and one named for beta.
+    set_secret(
+        &alpha,
+        "OWN_TOKEN",
+        "own-token-value-1",
+        &["--repo", "org/x"],
+    );
+    set_secret(
+        &alpha,
+        "BETA_TOKEN",
+        "beta-token-value-2",
+        &["--repo", "org/x", "--tier", "partner:beta", "--as-file"],
+    );
+    let token = alpha.grant(
+        &beta,
+        "alpha.token",
+        &[
+            "--to",
+            "site:beta",
+            "--right",
+            "queue:submit",
+            "--right",
+            "logs:read",
+            "--repo",
+            "org/x",
+            "--ttl",
+            "1h",
+        ],
+    );
+    let token = token.to_str().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    repo_with(
+        repo.path(),
+        "default",
+        "echo OWN_LEN=${#OWN_TOKEN}; cat $TINYCI_SECRETS_DIR/BETA_TOKEN; echo; test -z \"$OWN_TOKEN\"",
+    );
+    let submitted = beta.ok(&[
+        "submit",
+        repo.path().to_str().unwrap(),
+        "--all",
+        "--repo",
+        "org/x",
+        "--site",
+        "alpha",
+        "--token",
+        token,
+    ]);
+    let run = first_run(&submitted);
+    let log = beta.ok(&["logs", &run, "-f", "--site", "alpha", "--token", token]);
+    assert!(log.contains("OWN_LEN=0"), "{log}");
+    assert!(
+        log.contains("***"),
+        "the partner's file secret was delivered: {log}"
+    );
+    assert!(!log.contains("beta-token-value-2"), "{log}");
+    let shown = alpha.ok(&[
+        "admin",
+        "runs",
+        "show",
+        &run,
+        "--json",
+        "--addr",
+        &alpha.addr,
+    ]);
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let names: Vec<&str> = shown["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    assert_eq!(names, ["BETA_TOKEN"], "{shown}");
+}

@@ -1440,3 +1440,71 @@ fn pushes_and_pull_requests_run_what_their_diff_touches_on_the_merge_commit() {
     assert_eq!(web_log(0), "head\n");
     assert_eq!(tarballs_of(&stale), 0);
 }
+
+#[test]
+fn a_push_gets_the_repositorys_secrets_and_a_fork_only_those_named_for_forks() {
+    let fake = fake_github();
+    let site = start_github_site(&fake);
+    let secret = site.enable(&fake);
+    let added = site.tinyci(&["runner", "add", "r1", "--queue", "default"]);
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    // Fork work needs a sandbox.
+    let _runner = crate::jobs::start_runner_with(site.dir.path(), "r1", "sandbox");
+    for (name, value, tiers) in [
+        ("REPO_TOKEN", "repo-token-value-1", "local,repo"),
+        ("FORK_TOKEN", "fork-token-value-2", "fork"),
+    ] {
+        let file = site.dir.path().join("value");
+        std::fs::write(&file, value).unwrap();
+        let out = site.tinyci(&[
+            "secret",
+            "set",
+            name,
+            "--repo",
+            REPO,
+            "--tier",
+            tiers,
+            "--file",
+            file.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let sha = publish(
+        &fake,
+        &[
+            ("tinyci.yml", "queue: default\n"),
+            (
+                "task.yml",
+                "mountpoint: /src\nruns:\n  main:\n    command: [\"sh\", \"-c\", \"echo REPO_LEN=${#REPO_TOKEN} FORK_LEN=${#FORK_TOKEN} $REPO_TOKEN $FORK_TOKEN\"]\n",
+            ),
+        ],
+    );
+    let log_of = |run: &str| {
+        let out = site.tinyci(&["logs", run, "-f"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+
+    let push = push_body(&sha);
+    let (status, _) = deliver(&site, "push", "push-1", Some(&sign(&secret, &push)), &push);
+    assert_eq!(status, 202);
+    crate::support::wait_until("the push should be queued", || !site.runs().is_empty());
+    let log = log_of("r-2");
+    assert!(log.contains("REPO_LEN=18 FORK_LEN=0 ***"), "{log}");
+
+    let forked = pull_request_from("mallory/hello", "opened", 9, &sha);
+    let (status, _) = deliver(
+        &site,
+        "pull_request",
+        "fork-1",
+        Some(&sign(&secret, &forked)),
+        &forked,
+    );
+    assert_eq!(status, 202);
+    crate::support::wait_until("the fork's run should be queued", || site.runs().len() == 2);
+    let log = log_of("r-4");
+    assert!(log.contains("REPO_LEN=0 FORK_LEN=18 ***"), "{log}");
+    for value in ["repo-token-value-1", "fork-token-value-2"] {
+        assert!(!log.contains(value), "{log}");
+    }
+}

@@ -20,5 +20,6 @@ mod logs;
 mod metrics;
 mod partition;
 mod runners;
+mod secrets;
 mod site_lifecycle;
 mod web;

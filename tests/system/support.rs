@@ -57,12 +57,16 @@ impl SiteProcess {
     /// Starts `tinyci site up args…` in `dir` with diagnostics at every level
     /// (`RUST_LOG=trace`) written to `log`.
     pub(crate) fn start_logging(dir: &Path, args: &[&str], log: &Path) -> Self {
+        let mut full = vec!["site", "up"];
+        full.extend_from_slice(args);
+        Self::spawn_logging(dir, &full, log)
+    }
+
+    /// Starts `tinyci args…` in `dir` with diagnostics at every level (`RUST_LOG=trace`)
+    /// written to `log`.
+    pub(crate) fn spawn_logging(dir: &Path, args: &[&str], log: &Path) -> Self {
         let mut command = tinyci();
-        command
-            .current_dir(dir)
-            .args(["site", "up"])
-            .args(args)
-            .env("RUST_LOG", "trace");
+        command.current_dir(dir).args(args).env("RUST_LOG", "trace");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

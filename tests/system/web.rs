@@ -104,7 +104,7 @@ fn parse_events(body: &str) -> Vec<(Option<u64>, String, String)> {
 }
 
 /// The body of a chunked HTTP/1.1 response.
-fn dechunk(body: &str) -> String {
+pub(crate) fn dechunk(body: &str) -> String {
     let mut rest = body;
     let mut whole = String::new();
     while let Some((size, after)) = rest.split_once("\r\n") {

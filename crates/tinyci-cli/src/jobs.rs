@@ -237,7 +237,9 @@ pub(crate) struct RunsArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RunAction {
-    /// One run, in full (--json: the same shape as one element of `admin runs --json`).
+    /// One run, in full, and which secrets each attempt was given, to which runner, when
+    /// (--json: the shape of one element of `admin runs --json`, plus `"secrets": [{"name",
+    /// "attempt", "runner", "at"}]`).
     Show {
         /// The run (r-N).
         id: String,
@@ -685,10 +687,54 @@ fn show_run(id: &str, json: bool, site: SiteArgs) -> Result<()> {
     with_admin(site, async move |admin| {
         let mut request = admin.run_request();
         request.get().set_id(id);
-        let response = request.send().promise.await?;
-        print_value(&run_json(response.get()?.get_run()?), json, 12);
+        let mut audit = admin.secret_deliveries_request();
+        audit.get().set_run_id(id);
+        // Both in flight at once.
+        let (response, audit) = (request.send().promise, audit.send().promise);
+        let (response, audit) = (response.await?, audit.await?);
+        let mut value = run_json(response.get()?.get_run()?);
+        let deliveries: Vec<serde_json::Value> = audit
+            .get()?
+            .get_deliveries()?
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "name": text(d.get_name()),
+                    "attempt": d.get_attempt(),
+                    "runner": text(d.get_runner()),
+                    "at": d.get_at(),
+                })
+            })
+            .collect();
+        if json {
+            if let Some(fields) = value.as_object_mut() {
+                fields.insert("secrets".into(), deliveries.into());
+            }
+            print_value(&value, true, 12);
+        } else {
+            print_value(&value, false, 12);
+            for d in &deliveries {
+                let at = d["at"]
+                    .as_i64()
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .unwrap_or(0);
+                println!(
+                    "{:<12} {} (attempt {}) given to {} at {}",
+                    "secret",
+                    d["name"].as_str().unwrap_or_default(),
+                    d["attempt"],
+                    d["runner"].as_str().unwrap_or_default(),
+                    tinyci_grant::format_time(tinyci_core_time(at)),
+                );
+            }
+        }
         Ok(())
     })
+}
+
+/// Unix milliseconds as a time.
+fn tinyci_core_time(ms: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)
 }
 
 fn status(args: ListArgs) -> Result<()> {

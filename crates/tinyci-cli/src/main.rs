@@ -10,6 +10,7 @@ mod jobs;
 mod remote;
 mod runner;
 mod runner_metrics;
+mod secret;
 mod site;
 mod termsafe;
 mod util;
@@ -77,6 +78,10 @@ enum Command {
     Admin(jobs::AdminCommand),
     /// Sign in to a site with GitHub; writes a certificate and token for this machine.
     Login(github::LoginArgs),
+    /// Set, list and remove job secrets (sealed at the site; delivered only to matching runs'
+    /// leases, masked in their logs).
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// Pin, list and unpin partner sites.
     #[command(subcommand)]
     Federation(federation::FederationCommand),
@@ -99,6 +104,7 @@ fn main() -> ExitCode {
         Command::Artifacts(args) => artifacts::artifacts(args),
         Command::Admin(command) => jobs::admin(command),
         Command::Login(args) => github::login(args),
+        Command::Secret(command) => secret::secret(command),
         Command::Federation(command) => federation::federation(command),
         Command::Peers(args) => federation::peers(args),
     };

@@ -88,6 +88,8 @@ pub struct SiteConfig {
     pub github: Option<GitHubSettings>,
     /// Where partner pins live (`[federation] dir`).
     pub federation_dir: PathBuf,
+    /// The key that seals job secrets at rest (`[secrets] key`; created at first start).
+    pub secrets_key: PathBuf,
     /// `[discovery]`.
     pub discovery: Discovery,
     /// `[queues.NAME]`: which trust tiers each queue takes and how isolated their runs must
@@ -259,6 +261,8 @@ struct RawConfig {
     #[serde(default)]
     federation: RawFederation,
     #[serde(default)]
+    secrets: RawSecrets,
+    #[serde(default)]
     discovery: RawDiscovery,
     #[serde(default)]
     queues: std::collections::BTreeMap<String, RawQueuePolicy>,
@@ -389,6 +393,21 @@ impl Default for RawFederation {
 
 fn default_federation_dir() -> PathBuf {
     PathBuf::from("federation")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    #[serde(default = "default_secrets_key")]
+    key: PathBuf,
+}
+
+impl Default for RawSecrets {
+    fn default() -> Self {
+        Self {
+            key: default_secrets_key(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -1023,6 +1042,7 @@ impl SiteConfig {
                 static_peers,
             },
             federation_dir: base.join(raw.federation.dir),
+            secrets_key: base.join(raw.secrets.key),
             http,
             github,
             source: Some(path.to_owned()),
@@ -1061,6 +1081,7 @@ impl SiteConfig {
             self.admin_key.clone(),
             self.admin_token.clone(),
             self.data_dir.clone(),
+            self.secrets_key.clone(),
         ];
         paths.extend(self.ca_key.clone());
         if let Some(github) = &self.github {

@@ -44,6 +44,7 @@
 //! | `runs:cancel`  | repo   | cancel runs (`Ticket.cancel`), supersede     |
 //! | `repos:modify` | site   | enable and disable repositories              |
 //! | `users:modify` | site   | add users and change their capabilities      |
+//! | `secrets:manage` | repo | set, list and remove job secrets (`Session.secrets`) |
 //!
 //! A site-scoped right is exercised on `resource("site", <this site>)` and covered by the
 //! authority block's `site(...)` fact; it takes no `repo` or `queue` scope. The spellings are
@@ -81,6 +82,8 @@ pub enum Right {
     ReposModify,
     /// Add site users and change their capabilities.
     UsersModify,
+    /// Set, list and remove a repository's job secrets (`Session.secrets`).
+    SecretsManage,
 }
 
 /// What kind of resource a right's scope names.
@@ -108,7 +111,7 @@ impl ScopeKind {
 impl Right {
     /// Every right, in display order. New rights are appended, so the order (which is also
     /// `Ord`, and so the order of rights in summaries and denials) of the old ones never moves.
-    pub const ALL: [Right; 9] = [
+    pub const ALL: [Right; 10] = [
         Right::QueueSubmit,
         Right::QueueTake,
         Right::LogsRead,
@@ -118,6 +121,7 @@ impl Right {
         Right::RunsCancel,
         Right::ReposModify,
         Right::UsersModify,
+        Right::SecretsManage,
     ];
 
     /// The right as spelled on the command line and in tokens.
@@ -132,6 +136,7 @@ impl Right {
             Right::RunsCancel => "runs:cancel",
             Right::ReposModify => "repos:modify",
             Right::UsersModify => "users:modify",
+            Right::SecretsManage => "secrets:manage",
         }
     }
 
@@ -142,7 +147,8 @@ impl Right {
             | Right::LogsRead
             | Right::LogsWrite
             | Right::AssetsRead
-            | Right::RunsCancel => ScopeKind::Repo,
+            | Right::RunsCancel
+            | Right::SecretsManage => ScopeKind::Repo,
             Right::QueueTake => ScopeKind::Queue,
             Right::Admin | Right::ReposModify | Right::UsersModify => ScopeKind::Site,
         }
@@ -160,6 +166,7 @@ impl Right {
             Right::RunsCancel => "cancel and retry runs",
             Right::ReposModify => "enable and disable repositories",
             Right::UsersModify => "add users and change their capabilities",
+            Right::SecretsManage => "manage job secrets",
         }
     }
 }
@@ -180,7 +187,7 @@ impl FromStr for Right {
                 what: "right",
                 value: s.to_owned(),
                 expected: "one of queue:submit, queue:take, logs:read, logs:write, assets:read, \
-                           admin, runs:cancel, repos:modify, users:modify",
+                           admin, runs:cancel, repos:modify, users:modify, secrets:manage",
             })
     }
 }
@@ -389,6 +396,7 @@ mod tests {
                 "runs:cancel repo",
                 "repos:modify site",
                 "users:modify site",
+                "secrets:manage repo",
             ]
         );
     }
@@ -402,7 +410,8 @@ mod tests {
         assert_eq!(
             error,
             "invalid right \"runs:delete\": expected one of queue:submit, queue:take, logs:read, \
-             logs:write, assets:read, admin, runs:cancel, repos:modify, users:modify"
+             logs:write, assets:read, admin, runs:cancel, repos:modify, users:modify, \
+             secrets:manage"
         );
     }
 }

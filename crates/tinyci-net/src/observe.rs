@@ -212,13 +212,14 @@ macro_rules! observed {
 
 observed! {
     gateway: "Gateway" ["info", "redeem"];
-    session: "Session" ["grant", "submitter", "worker", "logs", "admin", "users", "repos"];
+    session: "Session" ["grant", "submitter", "worker", "logs", "admin", "users", "repos", "secrets"];
     handle: "Handle" [];
     byte_sink: "ByteSink" ["write", "finish"];
     submitter: "Submitter" ["upload", "submit", "ticket"];
     ticket: "Ticket" ["submission", "runs", "cancel", "watch", "cancelRun", "retryRun"];
     worker: "Worker" ["next", "resume"];
-    job: "Job" ["spec", "source", "log", "artifacts", "heartbeat", "started", "complete", "release"];
+    job: "Job" ["spec", "source", "log", "artifacts", "heartbeat", "started", "complete", "release",
+        "secrets"];
     log_sink: "LogSink" ["write", "acknowledged", "close"];
     log_reader: "LogReader" ["read", "follow", "artifacts", "download", "run", "ticket"];
     asset_sink: "AssetSink" ["put"];
@@ -226,10 +227,11 @@ observed! {
         "status", "runners", "setRunner", "queues", "setQueue", "runs", "cancel", "retry",
         "grants", "revoke", "users", "repos", "logs", "submitter", "ticket", "addUser",
         "setUserCapability", "enableRepo", "disableRepo", "reloadFederation", "run",
-        "retryFailed",
+        "retryFailed", "secrets", "secretDeliveries",
     ];
     user_directory: "UserDirectory" ["list", "add", "setCapability"];
     repo_settings: "RepoSettings" ["list", "enable", "disable"];
+    secret_store: "SecretStore" ["set", "list", "remove"];
 }
 
 #[cfg(test)]

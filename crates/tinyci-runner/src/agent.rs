@@ -550,8 +550,10 @@ fn disconnected(e: &capnp::Error) -> bool {
 /// One slot: wait for a job on any queue, run it, repeat; stop when drained.
 async fn run_slot(config: Rc<AgentConfig>, link: Rc<SiteLink>, mut control: AgentControl) {
     let current: Rc<RefCell<Option<StopHandle>>> = Rc::default();
+    let secrets_dir: Rc<RefCell<Option<PathBuf>>> = Rc::default();
     let job_control: job_control::Client = capnp_rpc::new_client(Control {
         current: current.clone(),
+        secrets_dir: secrets_dir.clone(),
     });
     let mut connection = link.subscribe();
     loop {
@@ -610,6 +612,7 @@ async fn run_slot(config: Rc<AgentConfig>, link: Rc<SiteLink>, mut control: Agen
             serial: std::cell::Cell::new(serial),
             link: link.clone(),
             reattaching: tokio::sync::Mutex::new(()),
+            secrets_dir: secrets_dir.clone(),
         });
         let mut cancel_all = control.clone();
         let run = run_job(&config, &job, signal);
@@ -649,6 +652,9 @@ struct JobLink {
     serial: std::cell::Cell<u64>,
     link: Rc<SiteLink>,
     reattaching: tokio::sync::Mutex<()>,
+    /// The running job's secrets directory, shared with the slot's `JobControl`, which
+    /// deletes a withdrawn secret's file from it.
+    secrets_dir: Rc<RefCell<Option<PathBuf>>>,
 }
 
 impl JobLink {
@@ -746,10 +752,28 @@ async fn run_job(
         Ok(spec) => spec,
         Err(e) => return Some(ExecOutcome::errored(format!("malformed job spec: {e}"))),
     };
-    let (label, exec, needs) = match exec_spec(&spec, &config.work_root) {
+    let (label, mut exec, needs) = match exec_spec(&spec, &config.work_root) {
         Ok(parts) => parts,
         Err(e) => return Some(ExecOutcome::errored(e)),
     };
+    // Secrets come through the lease, straight into the run's own directory; an error
+    // leaves nothing behind (the directory goes with the run).
+    let forms = match crate::secrets::fetch(&job).await {
+        Ok(secrets) => crate::secrets::install(&mut exec, secrets),
+        Err(e) => Err(e),
+    };
+    let forms = match forms {
+        Ok(forms) => forms,
+        Err(e) => {
+            if let Err(e) =
+                crate::source::remove_run_dir(exec.source_dir.parent().unwrap_or(&exec.source_dir))
+            {
+                warn!(error = %e, "failed to remove the run's directory");
+            }
+            return Some(ExecOutcome::errored(e));
+        }
+    };
+    *link.secrets_dir.borrow_mut() = exec.secrets_dir.clone();
     *link.run.borrow_mut() = label.clone();
     link.attempt
         .set(spec.get_run().map(|r| r.get_attempt()).unwrap_or_default());
@@ -773,10 +797,20 @@ async fn run_job(
         let outcome = match config.executors.choose(&exec, needs) {
             Ok(executor) => {
                 info!(executor = executor.name(), required = %needs, "running");
-                run_leased(link, exec, lease_expires, signal, executor, &artifacts).await
+                run_leased(
+                    link,
+                    exec,
+                    (lease_expires, &forms),
+                    signal,
+                    executor,
+                    &artifacts,
+                )
+                .await
             }
             Err(why) => ExecOutcome::errored(why),
         };
+        // The run's directory holds its secrets directory: both go now.
+        *link.secrets_dir.borrow_mut() = None;
         if let Err(e) = crate::source::remove_run_dir(workdir.parent().unwrap_or(&workdir)) {
             warn!(error = %e, "failed to remove the run's directory");
         }
@@ -796,7 +830,7 @@ async fn run_job(
 async fn run_leased(
     link: &Rc<JobLink>,
     exec: ExecSpec,
-    lease_expires: i64,
+    (lease_expires, forms): (i64, &[Vec<u8>]),
     signal: crate::StopSignal,
     executor: &Executor,
     artifacts: &[String],
@@ -829,7 +863,8 @@ async fn run_leased(
     let (out_tx, out_rx) = mpsc::channel::<OutputChunk>(16);
     // Output is forwarded while the command runs (the channel is small: a command writing
     // more than it holds would otherwise block on its own output).
-    let forward = forward_output(link, out_rx);
+    // Secret values are masked here, before any output leaves the runner.
+    let forward = forward_output(link, crate::secrets::MaskedOutput::new(out_rx, forms));
     let heartbeat = keep_lease(link, lease_expires);
     tokio::pin!(heartbeat);
     let (lost_tx, lost_rx) = stop_pair();
@@ -920,7 +955,7 @@ async fn keep_lease(link: &JobLink, mut expires_at_ms: i64) -> String {
 /// [`MAX_CHUNK`]. Returns a chunk of the other stream that arrived meanwhile, to send next.
 async fn gather(
     chunk: &mut OutputChunk,
-    rx: &mut mpsc::Receiver<OutputChunk>,
+    rx: &mut crate::secrets::MaskedOutput,
 ) -> Option<OutputChunk> {
     let deadline = tokio::time::Instant::now() + LOG_FLUSH_AFTER;
     while chunk.data.len() < crate::exec::MAX_CHUNK {
@@ -1049,7 +1084,7 @@ async fn resync(link: &JobLink, unacked: &mut Unacked) -> Result<(SinkState, u64
 /// up to [`MAX_UNACKED_LOG_BYTES`], and after an outage resumes at the site's acknowledged
 /// offset: no gap, no duplicate. Starts where the stored log ends, so a retried run's log
 /// continues after the earlier attempt's. Closes the log (all of it durable) at the end.
-async fn forward_output(link: &JobLink, mut rx: mpsc::Receiver<OutputChunk>) {
+async fn forward_output(link: &JobLink, mut rx: crate::secrets::MaskedOutput) {
     let mut unacked = Unacked::default();
     let mut next = 0;
     let mut sink = reopen(link, &mut unacked, &mut next).await;
@@ -1294,6 +1329,8 @@ fn exec_spec(
         cpu: hint(text(spec.get_cpu())?),
         memory: hint(text(spec.get_memory())?),
         grace: Duration::from_secs(10),
+        secret_env: Default::default(),
+        secrets_dir: None,
     };
     Ok((label, exec, needs))
 }
@@ -1301,6 +1338,8 @@ fn exec_spec(
 /// `JobControl`: the site calls it to cancel the slot's current run.
 struct Control {
     current: Rc<RefCell<Option<StopHandle>>>,
+    /// The current run's secrets directory, if it was given secret files.
+    secrets_dir: Rc<RefCell<Option<PathBuf>>>,
 }
 
 impl job_control::Server for Control {
@@ -1317,6 +1356,24 @@ impl job_control::Server for Control {
         if let Some(stop) = self.current.borrow().as_ref() {
             info!(%reason, "cancel requested by the site");
             stop.stop(&reason);
+        }
+        Ok(())
+    }
+
+    async fn withdraw_secrets(
+        self: Rc<Self>,
+        params: job_control::WithdrawSecretsParams,
+        _: job_control::WithdrawSecretsResults,
+    ) -> Result<(), capnp::Error> {
+        let names = params
+            .get()?
+            .get_names()?
+            .iter()
+            .take(crate::secrets::MAX_WITHDRAWN)
+            .map(|n| Ok(n?.to_string()?))
+            .collect::<Result<Vec<String>, capnp::Error>>()?;
+        if let Some(dir) = self.secrets_dir.borrow().as_deref() {
+            crate::secrets::withdraw(dir, &names);
         }
         Ok(())
     }
@@ -1353,13 +1410,14 @@ mod tests {
 
     #[tokio::test]
     async fn output_is_gathered_per_stream_before_it_is_sent() {
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(16);
         for byte in [b"a", b"b", b"c"] {
             tx.send(output(Stream::Stdout, byte)).await.unwrap();
         }
         tx.send(output(Stream::Stderr, b"E")).await.unwrap();
         tx.send(output(Stream::Stdout, b"d")).await.unwrap();
         drop(tx);
+        let mut rx = crate::secrets::MaskedOutput::new(rx, &[]);
         let mut first = rx.recv().await.unwrap();
         let held = gather(&mut first, &mut rx).await;
         assert_eq!(first.data, b"abc");
@@ -1373,10 +1431,11 @@ mod tests {
 
     #[tokio::test]
     async fn gathering_stops_at_the_chunk_limit() {
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(16);
         let big = vec![0u8; crate::exec::MAX_CHUNK - 1];
         tx.send(output(Stream::Stdout, b"xy")).await.unwrap();
         drop(tx);
+        let mut rx = crate::secrets::MaskedOutput::new(rx, &[]);
         let mut first = output(Stream::Stdout, &big);
         let held = gather(&mut first, &mut rx).await;
         assert_eq!(first.data.len(), crate::exec::MAX_CHUNK - 1);
@@ -1459,6 +1518,8 @@ mod tests {
             cpu: None,
             memory: None,
             grace: Duration::from_secs(1),
+            secret_env: Default::default(),
+            secrets_dir: None,
         }
     }
 

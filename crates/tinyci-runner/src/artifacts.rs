@@ -927,6 +927,8 @@ mod tests {
             cpu: None,
             memory: None,
             grace: std::time::Duration::from_secs(1),
+            secret_env: Default::default(),
+            secrets_dir: None,
         };
         let at = |w: &str, m: &str| host_workdir(&exec(w, m));
         assert_eq!(at(".", "/src"), Ok(PathBuf::from("/w/r-1-1/src")));

@@ -410,10 +410,22 @@ impl DockerExecutor {
         } else {
             format!("{}/{}", spec.mountpoint.trim_end_matches('/'), spec.workdir)
         };
-        let env = base_env(spec)
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let mut env = base_env(spec);
+        if spec.secrets_dir.is_some() {
+            env.insert(
+                crate::secrets::SECRETS_DIR_VARIABLE.into(),
+                crate::secrets::CONTAINER_SECRETS_DIR.into(),
+            );
+        }
+        let env = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // The run's secret files, read-only, outside its source tree.
+        let secrets_mount = spec.secrets_dir.as_ref().map(|dir| Mount {
+            target: Some(crate::secrets::CONTAINER_SECRETS_DIR.to_owned()),
+            source: Some(dir.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(true),
+            ..Mount::default()
+        });
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: Some(cmd),
@@ -431,13 +443,17 @@ impl DockerExecutor {
             host_config: Some(HostConfig {
                 // The run's own tree is the only host path it sees. A structured mount, not a
                 // `-v`-style string: a mountpoint from a task file cannot add options.
-                mounts: Some(vec![Mount {
-                    target: Some(spec.mountpoint.clone()),
-                    source: Some(spec.source_dir.display().to_string()),
-                    typ: Some(MountType::BIND),
-                    read_only: Some(false),
-                    ..Mount::default()
-                }]),
+                mounts: Some(
+                    std::iter::once(Mount {
+                        target: Some(spec.mountpoint.clone()),
+                        source: Some(spec.source_dir.display().to_string()),
+                        typ: Some(MountType::BIND),
+                        read_only: Some(false),
+                        ..Mount::default()
+                    })
+                    .chain(secrets_mount)
+                    .collect(),
+                ),
                 privileged: Some(spec.privileged),
                 security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
                 cap_drop: (!spec.privileged).then(|| {

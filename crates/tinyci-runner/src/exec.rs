@@ -50,6 +50,34 @@ pub struct ExecSpec {
     pub memory: Option<String>,
     /// After asking a run to stop (cancel, timeout), how long before it is killed.
     pub grace: Duration,
+    /// Secrets given as variables (they win over `env`); `Debug` shows names only.
+    pub secret_env: SecretEnv,
+    /// The run's secrets directory on the runner host, when it was given secret files:
+    /// shown to the job (read-only in a sandbox or container) and named in
+    /// `TINYCI_SECRETS_DIR`.
+    pub secrets_dir: Option<PathBuf>,
+}
+
+/// Secret variables of a run. Its `Debug` lists their names, never their values.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretEnv(BTreeMap<String, String>);
+
+impl SecretEnv {
+    /// Adds (or replaces) a variable.
+    pub fn insert(&mut self, name: String, value: String) {
+        self.0.insert(name, value);
+    }
+
+    /// Each variable and its value.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter()
+    }
+}
+
+impl std::fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 /// Which stream a chunk came from.
@@ -250,5 +278,12 @@ pub(crate) fn base_env(spec: &ExecSpec) -> BTreeMap<String, String> {
     env.insert("TINYCI".into(), "true".into());
     env.insert("TINYCI_RUN".into(), spec.label.clone());
     env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(spec.secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if let Some(dir) = &spec.secrets_dir {
+        env.insert(
+            crate::secrets::SECRETS_DIR_VARIABLE.into(),
+            dir.display().to_string(),
+        );
+    }
     env
 }

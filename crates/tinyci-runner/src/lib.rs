@@ -18,6 +18,7 @@ mod docker;
 mod exec;
 mod registry;
 mod sandbox;
+mod secrets;
 mod shell;
 mod source;
 
@@ -34,8 +35,8 @@ pub use docker::{
     parse_memory,
 };
 pub use exec::{
-    ExecOutcome, ExecSpec, MAX_CHUNK, OutputChunk, OutputSink, StopHandle, StopSignal, Stream,
-    Verdict, stop_pair,
+    ExecOutcome, ExecSpec, MAX_CHUNK, OutputChunk, OutputSink, SecretEnv, StopHandle, StopSignal,
+    Stream, Verdict, stop_pair,
 };
 pub use registry::{DOCKER_HUB, ImageRef, RegistryAuth, RegistryAuthError};
 pub use sandbox::{Bubblewrap, Confinement, Containment, SandboxError, Unshare};

@@ -98,7 +98,7 @@ impl Bubblewrap {
         let probe_dir = std::env::temp_dir();
         let argv = found.argv(
             confinement,
-            &probe_dir,
+            (&probe_dir, None),
             &probe_dir,
             false,
             &Default::default(),
@@ -126,7 +126,7 @@ impl Bubblewrap {
     }
 
     /// `bwrap`'s arguments to run `command` with `source` (the run's tree, the only writable
-    /// host directory) mounted at the same path, starting in `workdir`, with exactly `env`.
+    /// host directory) and `secrets` (its secret files, read-only) mounted at the same paths, starting in `workdir`, with exactly `env`.
     ///
     /// bwrap itself must be started with an empty environment and `/` as its directory: it
     /// runs on the host before any namespace exists, so a job's variables (`LD_PRELOAD` of a
@@ -135,7 +135,7 @@ impl Bubblewrap {
     pub fn argv(
         &self,
         confinement: Confinement,
-        source: &Path,
+        (source, secrets): (&Path, Option<&Path>),
         workdir: &Path,
         network: bool,
         env: &std::collections::BTreeMap<String, String>,
@@ -195,6 +195,14 @@ impl Bubblewrap {
                 ]);
                 push(&["--tmpfs".as_ref(), "/tmp".as_ref()]);
                 push(&["--bind".as_ref(), source.as_os_str(), source.as_os_str()]);
+                // The run's secret files, read-only, at the path TINYCI_SECRETS_DIR names.
+                if let Some(secrets) = secrets {
+                    push(&[
+                        "--ro-bind".as_ref(),
+                        secrets.as_os_str(),
+                        secrets.as_os_str(),
+                    ]);
+                }
                 // Masks last: they cover whatever an earlier bind showed.
                 for hidden in &self.hidden {
                     if !is_shown(hidden, source) {
@@ -382,7 +390,7 @@ mod tests {
         let env = [("LD_PRELOAD".to_owned(), "./evil.so".to_owned())].into();
         let args = strings(&bwrap.argv(
             Confinement::Sandbox,
-            source.path(),
+            (source.path(), None),
             &source.path().join("build"),
             false,
             &env,
@@ -418,7 +426,7 @@ mod tests {
         let run = |network| {
             strings(&bwrap.argv(
                 Confinement::Contained,
-                Path::new("/w"),
+                (Path::new("/w"), None),
                 Path::new("/w"),
                 network,
                 &Default::default(),

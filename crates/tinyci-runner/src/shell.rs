@@ -104,7 +104,7 @@ impl ShellExecutor {
                 b.program(),
                 b.argv(
                     Confinement::Contained,
-                    &spec.source_dir,
+                    (&spec.source_dir, spec.secrets_dir.as_deref()),
                     &workdir,
                     spec.network,
                     &env,
@@ -119,7 +119,7 @@ impl ShellExecutor {
                 b.program(),
                 b.argv(
                     Confinement::Sandbox,
-                    &spec.source_dir,
+                    (&spec.source_dir, spec.secrets_dir.as_deref()),
                     &workdir,
                     spec.network,
                     &env,

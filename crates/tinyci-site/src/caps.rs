@@ -648,6 +648,50 @@ impl admin::Server for AdminCap {
         Ok(())
     }
 
+    async fn secrets(
+        self: Rc<Self>,
+        params: admin::SecretsParams,
+        mut results: admin::SecretsResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let repo = read_text(params.get()?.get_repo(), "repo")?;
+        tinyci_grant::vocab::validate_repo(&repo)
+            .map_err(|e| capnp::Error::failed(e.to_string()))?;
+        let cap = crate::secrets::SecretStoreCap::new(
+            self.services.secrets.clone(),
+            repo,
+            self.peer.to_string(),
+            self.services.clock.clone(),
+            self.liveness.clone(),
+        );
+        results
+            .get()
+            .set_secrets(crate::rpc::observed(&self.services.metrics, cap));
+        Ok(())
+    }
+
+    async fn secret_deliveries(
+        self: Rc<Self>,
+        params: admin::SecretDeliveriesParams,
+        mut results: admin::SecretDeliveriesResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        let id = read_text(params.get()?.get_run_id(), "runId")?;
+        let run: RunId = id
+            .parse()
+            .map_err(|_| capnp::Error::failed(format!("{id:?} is not a run id (r-N)")))?;
+        let deliveries = self
+            .services
+            .secrets
+            .deliveries(run)
+            .map_err(|e| crate::rpc::failed(&e))?;
+        crate::secrets::fill_deliveries(
+            results.get().init_deliveries(len(deliveries.len())),
+            &deliveries,
+        );
+        Ok(())
+    }
+
     async fn run(
         self: Rc<Self>,
         params: admin::RunParams,

@@ -142,6 +142,8 @@ pub(crate) struct WorkerCap {
     liveness: Rc<Liveness>,
     /// Set when its grant is single-use: it is leased one run in all.
     single_use: Option<SingleUse>,
+    /// The runner's verified identity, recorded with each secret its jobs are given.
+    identity: String,
 }
 
 /// A single-use grant behind a worker: its authority revocation id, and who counts its jobs.
@@ -173,6 +175,7 @@ impl WorkerCap {
             profile,
             single_use,
         } = runner;
+        let identity = profile.identity.clone();
         let registered = handles
             .queue
             .connect_worker(&queue, &runner, offer.clone(), profile);
@@ -186,6 +189,7 @@ impl WorkerCap {
             logs_write,
             liveness,
             single_use,
+            identity,
         }
     }
 }
@@ -236,7 +240,7 @@ impl worker::Server for WorkerCap {
             }
         };
         let leased = tokio::select! {
-            leased = queue.next(&self.queue, &self.runner, &self.offer, cancel_hook(control)) => leased.map_err(queue_error)?,
+            leased = queue.next(&self.queue, &self.runner, &self.offer, cancel_hook(control.clone())) => leased.map_err(queue_error)?,
             dead = self.liveness.dead() => return Err(dead),
             () = drained => return Err(drained_refusal(&self.runner)),
         };
@@ -255,7 +259,11 @@ impl worker::Server for WorkerCap {
             leased,
             self.logs_write.clone(),
             self.liveness.clone(),
-            false,
+            LeaseHolder {
+                control,
+                runner: self.identity.clone(),
+                started: false,
+            },
         );
         results
             .get()
@@ -301,16 +309,23 @@ impl worker::Server for WorkerCap {
                 run,
                 LeaseId(params.get_attempt()),
                 &self.runner,
-                cancel_hook(control),
+                cancel_hook(control.clone()),
             )
             .await
             .map_err(queue_error)?;
+        self.handles
+            .secrets
+            .rebind(run, leased.lease.0, control.clone());
         let job = JobCap::new(
             self.handles.clone(),
             leased,
             self.logs_write.clone(),
             self.liveness.clone(),
-            true,
+            LeaseHolder {
+                control,
+                runner: self.identity.clone(),
+                started: true,
+            },
         );
         results
             .get()
@@ -350,6 +365,18 @@ pub(crate) struct JobCap {
     started: Cell<bool>,
     /// Requeues the run if the holder's grant dies while it holds the lease.
     on_revoke: tokio::task::AbortHandle,
+    /// The runner's `JobControl` for this lease: a removed secret is withdrawn through it.
+    control: job_control::Client,
+    /// The runner's verified identity, for the secrets audit.
+    runner: String,
+}
+
+/// Who holds a lease: the runner's control for it, its identity, and whether the run had
+/// started (a resumed lease).
+pub(crate) struct LeaseHolder {
+    pub(crate) control: job_control::Client,
+    pub(crate) runner: String,
+    pub(crate) started: bool,
 }
 
 impl JobCap {
@@ -358,20 +385,29 @@ impl JobCap {
         leased: Leased,
         logs_write: crate::session::RightCheck,
         liveness: Rc<Liveness>,
-        started: bool,
+        holder: LeaseHolder,
     ) -> Self {
+        let LeaseHolder {
+            control,
+            runner,
+            started,
+        } = holder;
         let settled = Rc::new(Cell::new(false));
         // A revoked (or expired) grant takes the lease with it: the runner is told to stop
         // and the run goes back to the queue now, not when the lease would have lapsed.
         let on_revoke = tokio::task::spawn_local({
-            let (queue, liveness, settled) = (
+            let (queue, liveness, settled, secrets) = (
                 handles.queue.clone(),
                 liveness.clone(),
                 settled.clone(),
+                handles.secrets.clone(),
             );
             let (run, lease) = (leased.run.id(), leased.lease);
             async move {
                 let why = liveness.dead().await;
+                // No secret goes to a lease whose grant died; its runner is told to stop,
+                // and stopping deletes the run's secrets directory.
+                secrets.release(run, lease.0);
                 if !settled.replace(true) {
                     info!(%run, %lease, reason = %why, "the holder's grant died; requeuing its run");
                     queue
@@ -391,6 +427,8 @@ impl JobCap {
             settled,
             started: Cell::new(started),
             on_revoke,
+            control,
+            runner,
         }
     }
 
@@ -408,6 +446,7 @@ impl Drop for JobCap {
     fn drop(&mut self) {
         self.on_revoke.abort();
         if self.settled.get() {
+            self.handles.secrets.release(self.run, self.lease.0);
             return;
         }
         if self.started.get() {
@@ -515,6 +554,7 @@ impl job::Server for JobCap {
             (self.run.get(), &self.leased.run.repo),
             self.lease.0,
             self.liveness.clone(),
+            self.handles.secrets.clone(),
         )
         .await?;
         results
@@ -605,6 +645,66 @@ impl job::Server for JobCap {
             .map_err(queue_error)?;
         self.settled.set(true);
         info!(run = %self.run, status = %recorded.status, exit_code = ?recorded.exit_code, "run completed");
+        Ok(())
+    }
+    async fn secrets(
+        self: Rc<Self>,
+        _: job::SecretsParams,
+        mut results: job::SecretsResults,
+    ) -> Result<(), capnp::Error> {
+        self.liveness.check()?;
+        if self.settled.get() {
+            return Err(capnp::Error::failed(format!(
+                "no secrets for run {}: its lease {} has ended",
+                self.run, self.lease
+            )));
+        }
+        // Only a live lease gets secrets: this fails once the lease was lost or handed on.
+        self.handles
+            .queue
+            .heartbeat(self.run, self.lease)
+            .await
+            .map_err(queue_error)?;
+        let (tier, _) =
+            self.handles.queue.placement(self.run).ok_or_else(|| {
+                capnp::Error::failed(format!("run {} is no longer live", self.run))
+            })?;
+        let submission = self
+            .handles
+            .queue
+            .submission(self.leased.run.submission)
+            .map_err(queue_error)?
+            .ok_or_else(|| {
+                capnp::Error::failed(format!("run {}'s submission is gone", self.run))
+            })?;
+        let facts = crate::secrets::LeaseFacts {
+            run: self.run,
+            attempt: self.lease.0,
+            repo: &self.leased.run.repo,
+            git_ref: &submission.git_ref,
+            tier: &tier,
+            runner: &self.runner,
+        };
+        let delivered = self
+            .handles
+            .secrets
+            .deliver(&facts, self.handles.now_ms())
+            .await
+            .map_err(|e| crate::rpc::failed_as(&format!("secrets of run {}", self.run), &e))?;
+        self.handles.secrets.hold(
+            self.run,
+            self.lease.0,
+            &self.leased.run.repo,
+            delivered.iter().map(|d| d.name.clone()).collect(),
+            self.control.clone(),
+        );
+        let mut out = results.get().init_secrets(len(delivered.len()));
+        for (i, secret) in delivered.iter().enumerate() {
+            let mut row = out.reborrow().get(len(i));
+            row.set_name(&secret.name);
+            row.set_value(&secret.value);
+            row.set_as_file(secret.as_file);
+        }
         Ok(())
     }
 }
@@ -1069,11 +1169,15 @@ mod tests {
                 1024,
             )),
             artifacts: Rc::new(
-                tinyci_assets::ArtifactStore::open(dir, 1024, store, committer).unwrap(),
+                tinyci_assets::ArtifactStore::open(dir, 1024, store.clone(), committer).unwrap(),
             ),
             metrics: Rc::new(crate::metrics::Metrics::new()),
             clock: crate::SiteClock(clock),
             uploads: Rc::default(),
+            secrets: Rc::new(crate::secrets::SecretBook::new(
+                store,
+                tinyci_pki::SecretsKey::load_or_create(&dir.join("secrets.key")).unwrap(),
+            )),
         }
     }
 

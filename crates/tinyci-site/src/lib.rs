@@ -24,6 +24,7 @@ mod membrane;
 mod metrics;
 mod retention;
 mod rpc;
+mod secrets;
 mod session;
 mod settings;
 mod sources;
@@ -155,6 +156,8 @@ pub(crate) struct Services {
     pub(crate) facts: Rc<SiteFacts>,
     /// The one clock (the queue's too): nothing in the site reads the OS clock for logic.
     pub(crate) clock: SiteClock,
+    /// Job secrets: sealed rows, deliveries, the jobs that hold them.
+    pub(crate) secrets: Rc<secrets::SecretBook>,
 }
 
 /// What capabilities over runs reach (a runner's `Worker`, `Job` and sinks; submitters,
@@ -170,6 +173,8 @@ pub(crate) struct RunHandles {
     pub(crate) clock: SiteClock,
     /// Uploaded archives not yet submitted, per holder.
     pub(crate) uploads: Rc<tinyci_assets::UploadLedger>,
+    /// Job secrets, which a `Job` hands its lease and a log sink masks.
+    pub(crate) secrets: Rc<secrets::SecretBook>,
 }
 
 impl RunHandles {
@@ -228,6 +233,7 @@ impl Services {
             metrics: self.metrics.clone(),
             clock: self.clock.clone(),
             uploads: self.uploads.clone(),
+            secrets: self.secrets.clone(),
         }
     }
 
@@ -366,7 +372,26 @@ impl Site {
             github.clone(),
             SiteClock(clock.clone()),
         ));
+        let secrets_key =
+            tinyci_pki::SecretsKey::load_or_create(&config.secrets_key).map_err(|e| {
+                SiteError::Config(ConfigError::Value {
+                    path: config.secrets_key.clone(),
+                    key: "secrets.key",
+                    reason: e.to_string(),
+                })
+            })?;
+        let secret_book = Rc::new(secrets::SecretBook::new(store.clone(), secrets_key));
+        queue.observe({
+            let book = secret_book.clone();
+            move |run| {
+                let status = run.state.status();
+                if status.is_final() || status == tinyci_core::RunStatus::Queued {
+                    book.run_released(run.id());
+                }
+            }
+        });
         let services = Rc::new(Services {
+            secrets: secret_book,
             facts: Rc::new(SiteFacts {
                 name: config.name.clone(),
                 ca_fingerprint: tinyci_pki::Fingerprint::of_der(&ca_der),
@@ -611,6 +636,18 @@ impl Site {
 pub fn check(config: &SiteConfig) -> Result<CheckReport, SiteError> {
     let mut report = tinyci_identity::check(config)?;
     let checked = &mut report.checked;
+    if config.secrets_key.exists() {
+        tinyci_pki::SecretsKey::load_or_create(&config.secrets_key).map_err(|e| {
+            SiteError::Config(ConfigError::Value {
+                path: config.secrets_key.clone(),
+                key: "secrets.key",
+                reason: e.to_string(),
+            })
+        })?;
+        checked.push("secrets.key".into());
+    } else {
+        checked.push("secrets.key (created at first start)".into());
+    }
     if let Some(github) = &config.github {
         for (key, file) in [
             ("github.token_file", &github.token_file),

@@ -19,6 +19,13 @@ pub(crate) struct LogSinkCap {
     /// Counts what the log takes against its repository's storage quota.
     queue: Rc<tinyci_queue::Queue>,
     repo: String,
+    /// The second line of masking: the secrets this attempt was given.
+    secrets: Rc<crate::secrets::SecretBook>,
+    run: tinyci_core::RunId,
+    lease: u32,
+    /// Per stream (stdout, stderr, system), the end of its last chunk: a value split across
+    /// chunks is found too.
+    tails: std::cell::RefCell<[Vec<u8>; 3]>,
 }
 
 impl LogSinkCap {
@@ -30,6 +37,7 @@ impl LogSinkCap {
         (run, repo): (u64, &str),
         lease: u32,
         liveness: Rc<Liveness>,
+        secrets: Rc<crate::secrets::SecretBook>,
     ) -> Result<Self, capnp::Error> {
         let writer = logs.writer(run, lease).await.map_err(|e| failed(&e))?;
         Ok(Self {
@@ -37,7 +45,36 @@ impl LogSinkCap {
             liveness,
             queue,
             repo: repo.to_owned(),
+            secrets,
+            run: tinyci_core::RunId(run),
+            lease,
+            tails: std::cell::RefCell::default(),
         })
+    }
+
+    /// Masks, keeping its length, any secret this attempt was given that the runner let
+    /// through (a runner that does not mask, or a bug): runners resend by offset, so the site
+    /// may neither change a chunk's length nor hold any of it back.
+    fn scrub(&self, stream: Stream, data: &mut [u8]) {
+        let forms = self.secrets.forms_for(self.run, self.lease, &self.repo);
+        if forms.is_empty() {
+            return;
+        }
+        let index = match stream {
+            Stream::Stdout => 0,
+            Stream::Stderr => 1,
+            Stream::System => 2,
+        };
+        let mut tails = self.tails.borrow_mut();
+        let tail = &mut tails[index];
+        let found = tinyci_core::scrub(&forms, tail, data);
+        if found > 0 {
+            tracing::warn!(run = %self.run, found, "the site masked secret values the runner sent unmasked");
+        }
+        let longest = forms.iter().map(Vec::len).max().unwrap_or(0);
+        tail.extend_from_slice(data);
+        let excess = tail.len().saturating_sub(longest);
+        tail.drain(..excess);
     }
 }
 
@@ -50,10 +87,12 @@ impl log_sink::Server for LogSinkCap {
             Ok(tinyci_schema::LogStream::Stderr) => Stream::Stderr,
             _ => Stream::System,
         };
+        let mut data = chunk.get_data()?.to_vec();
+        self.scrub(stream, &mut data);
         let record = LogChunk {
             stream: stream.tag(),
             timestamp_micros: chunk.get_timestamp_micros(),
-            data: chunk.get_data()?.to_vec(),
+            data,
         };
         let len = record.data.len() as u64;
         self.writer

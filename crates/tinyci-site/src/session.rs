@@ -330,6 +330,38 @@ impl session::Server for Session {
         Ok(())
     }
 
+    async fn secrets(
+        self: Rc<Self>,
+        params: session::SecretsParams,
+        mut results: session::SecretsResults,
+    ) -> Result<(), capnp::Error> {
+        let repo = read_text(params.get()?.get_repo(), "repo")?;
+        validate_repo(&repo).map_err(|e| capnp::Error::failed(e.to_string()))?;
+        self.authorize(Right::SecretsManage, &repo)?;
+        if self.site_user().is_some() {
+            if repo == "*" {
+                return Err(capnp::Error::failed(
+                    "denied secrets:manage on repo *: a site user manages one repository at a time"
+                        .into(),
+                ));
+            }
+            self.user_may(Capability::Secrets, &repo, Want::Admin)
+                .await
+                .map_err(|why| failed_as(&format!("denied secrets:manage on repo {repo}"), &why))?;
+        }
+        let cap = crate::secrets::SecretStoreCap::new(
+            self.services.secrets.clone(),
+            repo,
+            self.peer.identity.to_string(),
+            self.services.clock.clone(),
+            self.redeemed.liveness.clone(),
+        );
+        results
+            .get()
+            .set_secrets(crate::rpc::observed(&self.services.metrics, cap));
+        Ok(())
+    }
+
     async fn admin(
         self: Rc<Self>,
         _: session::AdminParams,

@@ -333,3 +333,50 @@ pub struct PostedStatus {
     /// The attempt it described.
     pub attempt: u32,
 }
+
+/// A job secret as stored: its scope, who set it and when, and its value sealed (AES-256-GCM
+/// under the site's secrets key, with the repository, name and scope as associated data, so
+/// neither the value nor a widened scope can be moved onto this row).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSecret {
+    /// `owner/name`.
+    pub repo: String,
+    /// The secret's name (its variable and file name).
+    pub name: String,
+    /// The refs it is for.
+    pub ref_pattern: String,
+    /// The trust tiers it is for, spelled.
+    pub tiers: Vec<String>,
+    /// Delivered as a file in the run's secrets directory rather than a variable.
+    pub as_file: bool,
+    /// Who set it (a verified identity).
+    pub set_by: String,
+    /// When (ms since the epoch).
+    pub set_at: u64,
+    /// The sealed value.
+    pub sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for StoredSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Even sealed, the value stays out of debug output.
+        f.debug_struct("StoredSecret")
+            .field("repo", &self.repo)
+            .field("name", &self.name)
+            .field("ref_pattern", &self.ref_pattern)
+            .field("tiers", &self.tiers)
+            .field("as_file", &self.as_file)
+            .field("set_by", &self.set_by)
+            .field("set_at", &self.set_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One delivery of a secret to a run's lease (the key says which run, attempt and secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretDelivery {
+    /// The runner's verified identity (`tinyci://site/runner/name`).
+    pub runner: String,
+    /// When (ms since the epoch).
+    pub at: u64,
+}

@@ -350,6 +350,15 @@ tables! {
     /// (value `paused` or `draining`) or `queue 0x00 <name>` (value `paused`); owned by
     /// tinyci-queue. Absent means active.
     pub const POOL: Table<Bytes, Bytes> = "pool";
+
+    /// Job secrets, key `<repo> 0x00 <name>`: scope, who set it, and the value sealed under
+    /// the site's secrets key (never the plaintext).
+    pub const SECRETS: Table<Bytes, Record<crate::records::StoredSecret>> = "secrets";
+
+    /// Every delivery of a secret to a lease, key `<run id, big-endian> <attempt, 4 bytes
+    /// big-endian> <secret name>`: the audit trail `admin runs show` prints. Names only.
+    pub const SECRET_DELIVERIES: Table<Bytes, Record<crate::records::SecretDelivery>> =
+        "secret_deliveries";
 }
 
 #[cfg(test)]

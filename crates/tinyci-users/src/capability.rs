@@ -23,19 +23,24 @@ pub enum Capability {
     ModifyUser,
     /// `logs`: read logs and artifacts of any repository.
     Logs,
+    /// `secrets`: set, list and remove job secrets of repositories GitHub lets them
+    /// administer.
+    Secrets,
 }
 
 impl Capability {
     /// Every capability, in `Ord` order.
-    pub const ALL: [Capability; 5] = [
+    pub const ALL: [Capability; 6] = [
         Capability::Submit,
         Capability::Cancel,
         Capability::ModifyCi,
         Capability::ModifyUser,
         Capability::Logs,
+        Capability::Secrets,
     ];
 
-    /// tinyCI's spelling: `submit`, `cancel`, `modify:ci`, `modify:user`, `logs`.
+    /// tinyCI's spelling: `submit`, `cancel`, `modify:ci`, `modify:user`, `logs`, and
+    /// tinyci's own `secrets`.
     pub fn as_str(self) -> &'static str {
         match self {
             Capability::Submit => "submit",
@@ -43,6 +48,7 @@ impl Capability {
             Capability::ModifyCi => "modify:ci",
             Capability::ModifyUser => "modify:user",
             Capability::Logs => "logs",
+            Capability::Secrets => "secrets",
         }
     }
 
@@ -54,6 +60,7 @@ impl Capability {
             Capability::ModifyCi => &[Right::ReposModify],
             Capability::ModifyUser => &[Right::UsersModify],
             Capability::Logs => &[Right::LogsRead, Right::AssetsRead],
+            Capability::Secrets => &[Right::SecretsManage],
         }
     }
 }
@@ -148,7 +155,7 @@ mod tests {
         assert_eq!(
             error,
             "unknown capability \"modify-ci\": expected one of submit, cancel, modify:ci, \
-             modify:user, logs"
+             modify:user, logs, secrets"
         );
         for cap in Capability::ALL {
             assert!(error.contains(cap.as_str()), "{error} misses {cap}");
@@ -174,6 +181,7 @@ mod tests {
                 "modify:ci: repos:modify on []",
                 "modify:user: users:modify on []",
                 "logs: logs:read assets:read on [*]",
+                "secrets: secrets:manage on [*]",
             ]
         );
     }

@@ -1,5 +1,5 @@
 //! Site users: who they are ([`UserName`], valid as a certificate member name), tinyCI's five
-//! user capabilities ([`Capability`]), the GitHub account each may be linked to, and how
+//! user capabilities and tinyci's `secrets` ([`Capability`]), the GitHub account each may be linked to, and how
 //! capabilities map onto grants ([`grant_spec`]). [`Users`] reads users from the store's
 //! `users` and `users_by_github` tables and changes them through the group committer, each
 //! change checked and written in one transaction.
@@ -13,6 +13,7 @@
 //! | `cancel`      | `runs:cancel`              | every repository (`*`) |
 //! | `modify:ci`   | `repos:modify`             | the site               |
 //! | `modify:user` | `users:modify`             | the site               |
+//! | `secrets`     | `secrets:manage`           | every repository (`*`) |
 //!
 //! A user with no capability gets no grant ([`UsersError::NoCapabilities`]): a grant needs at
 //! least one right.
@@ -74,7 +75,7 @@ pub enum UsersError {
     },
     /// Not one of tinyCI's capabilities.
     #[error(
-        "unknown capability {name:?}: expected one of submit, cancel, modify:ci, modify:user, logs"
+        "unknown capability {name:?}: expected one of submit, cancel, modify:ci, modify:user, logs, secrets"
     )]
     UnknownCapability {
         /// The offending name.

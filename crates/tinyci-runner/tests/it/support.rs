@@ -24,6 +24,8 @@ pub(crate) fn spec(source: &Path, command: &[&str]) -> ExecSpec {
         cpu: None,
         memory: None,
         grace: Duration::from_secs(2),
+        secret_env: Default::default(),
+        secrets_dir: None,
     }
 }
 

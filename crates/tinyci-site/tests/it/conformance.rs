@@ -42,6 +42,7 @@ const AUTHORITY: &[(&str, &str, Guard)] = &[
     ("Session", "admin", Guard::Right(Right::Admin)),
     ("Session", "users", Guard::Right(Right::UsersModify)),
     ("Session", "repos", Guard::Right(Right::ReposModify)),
+    ("Session", "secrets", Guard::Right(Right::SecretsManage)),
     ("ByteSink", "write", Held),
     ("ByteSink", "finish", Held),
     ("Submitter", "upload", Held),
@@ -58,6 +59,7 @@ const AUTHORITY: &[(&str, &str, Guard)] = &[
     ("Worker", "next", Held),
     ("Worker", "resume", Held),
     ("JobControl", "cancel", Held),
+    ("JobControl", "withdrawSecrets", Held),
     ("Job", "spec", Held),
     ("Job", "source", Held),
     ("Job", "log", Guard::Right(Right::LogsWrite)),
@@ -66,6 +68,7 @@ const AUTHORITY: &[(&str, &str, Guard)] = &[
     ("Job", "started", Held),
     ("Job", "complete", Held),
     ("Job", "release", Held),
+    ("Job", "secrets", Held),
     ("LogSink", "write", Held),
     ("LogSink", "acknowledged", Held),
     ("LogSink", "close", Held),
@@ -100,12 +103,17 @@ const AUTHORITY: &[(&str, &str, Guard)] = &[
     ("Admin", "disableRepo", Held),
     ("Admin", "reloadFederation", Held),
     ("Admin", "run", Held),
+    ("Admin", "secrets", Held),
+    ("Admin", "secretDeliveries", Held),
     ("UserDirectory", "list", Held),
     ("UserDirectory", "add", Held),
     ("UserDirectory", "setCapability", Held),
     ("RepoSettings", "list", Held),
     ("RepoSettings", "enable", Held),
     ("RepoSettings", "disable", Held),
+    ("SecretStore", "set", Held),
+    ("SecretStore", "list", Held),
+    ("SecretStore", "remove", Held),
 ];
 
 /// Every `(interface, method)` the schema declares.
@@ -231,7 +239,7 @@ fn each_right_allows_exactly_what_its_rows_say_and_its_absence_denies_it() {
                 Right::QueueSubmit | Right::QueueTake | Right::LogsRead | Right::Admin => {
                     (&[], right)
                 }
-                Right::UsersModify | Right::ReposModify => (&[], right),
+                Right::UsersModify | Right::ReposModify | Right::SecretsManage => (&[], right),
                 Right::RunsCancel => (&["queue:submit"], right),
                 Right::AssetsRead => (&["logs:read"], right),
                 Right::LogsWrite => (&["queue:take"], right),
@@ -299,6 +307,12 @@ async fn exercise(session: &session::Client, right: Right, run: &str) -> Result<
         Right::ReposModify => {
             let repos = session.repos_request().send().pipeline.get_repos();
             repos.list_request().send().promise.await.map(drop)
+        }
+        Right::SecretsManage => {
+            let mut request = session.secrets_request();
+            request.get().set_repo("org/x");
+            let secrets = request.send().pipeline.get_secrets();
+            secrets.list_request().send().promise.await.map(drop)
         }
         Right::RunsCancel => {
             let mut request = session.submitter_request();

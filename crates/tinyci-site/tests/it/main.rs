@@ -8,6 +8,7 @@ mod fuzz;
 mod grants;
 mod logs;
 mod restart;
+mod secrets;
 mod sources;
 mod support;
 mod web;

@@ -301,7 +301,8 @@ fn a_minted_grant_carries_the_mapped_rights() {
             "assets:read",
             "runs:cancel",
             "repos:modify",
-            "users:modify"
+            "users:modify",
+            "secrets:manage"
         ]
     );
     assert_eq!(grant.repos, BTreeSet::from(["*".to_owned()]));
@@ -309,8 +310,8 @@ fn a_minted_grant_carries_the_mapped_rights() {
     assert_eq!(grant.expires_at, Some(expires));
     assert_eq!(
         grant.summary(),
-        "user:ana may queue:submit, logs:read, assets:read, runs:cancel on every repo; \
-         repos:modify, users:modify at site alpha, until 2030-01-01T01:00:00Z"
+        "user:ana may queue:submit, logs:read, assets:read, runs:cancel, secrets:manage on every \
+         repo; repos:modify, users:modify at site alpha, until 2030-01-01T01:00:00Z"
     );
 
     // And the site authorizes with it as the table says.

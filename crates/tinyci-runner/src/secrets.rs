@@ -1,0 +1,259 @@
+//! A job's secrets on the runner: fetched from the lease, given to the job as variables or
+//! as files in the run's own secrets directory (deleted with the run's directory, or at once
+//! when the site withdraws one), and masked out of everything the job prints before it
+//! leaves the runner.
+
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::Path;
+use std::time::SystemTime;
+
+use tinyci_core::{MIN_SECRET_LEN, Masker, masked_forms};
+use tinyci_schema::job;
+use tokio::sync::mpsc;
+
+use crate::exec::{ExecSpec, OutputChunk, Stream};
+
+/// Where a container sees the run's secrets directory.
+pub(crate) const CONTAINER_SECRETS_DIR: &str = "/run/tinyci/secrets";
+
+/// The most names one withdrawal is read for (a site holds at most 100 per repository).
+pub(crate) const MAX_WITHDRAWN: usize = 128;
+
+/// The variable naming the secrets directory inside the job.
+pub(crate) const SECRETS_DIR_VARIABLE: &str = "TINYCI_SECRETS_DIR";
+
+/// One secret as delivered. `Debug` never shows the value.
+pub(crate) struct Secret {
+    name: String,
+    value: Vec<u8>,
+    as_file: bool,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("name", &self.name)
+            .field("as_file", &self.as_file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Asks the lease for the run's secrets. A site that predates secrets has none to give.
+pub(crate) async fn fetch(job: &job::Client) -> Result<Vec<Secret>, String> {
+    let response = match job.secrets_request().send().promise.await {
+        Ok(response) => response,
+        Err(e) if e.kind == capnp::ErrorKind::Unimplemented => return Ok(Vec::new()),
+        Err(e) => return Err(format!("the site did not deliver the run's secrets: {e}")),
+    };
+    let list = response
+        .get()
+        .and_then(|r| r.get_secrets())
+        .map_err(|e| format!("malformed secrets from the site: {e}"))?;
+    let mut secrets = Vec::with_capacity(list.len() as usize);
+    for secret in list.iter() {
+        let name = secret
+            .get_name()
+            .and_then(|n| n.to_string().map_err(Into::into))
+            .map_err(|e| format!("malformed secret name from the site: {e}"))?;
+        // The name becomes a file name and a variable: never trust it to be either.
+        tinyci_core::check_secret_name(&name).map_err(|e| format!("from the site: {e}"))?;
+        secrets.push(Secret {
+            name,
+            value: secret
+                .get_value()
+                .map_err(|e| format!("malformed secret value from the site: {e}"))?
+                .to_vec(),
+            as_file: secret.get_as_file(),
+        });
+    }
+    Ok(secrets)
+}
+
+/// Gives `secrets` to the run `exec` describes: variables into its environment, files into
+/// `<run dir>/secrets` (0700, files 0600), named in `TINYCI_SECRETS_DIR`. Returns the masking
+/// forms of every value.
+pub(crate) fn install(exec: &mut ExecSpec, secrets: Vec<Secret>) -> Result<Vec<Vec<u8>>, String> {
+    let forms = masked_forms(
+        secrets
+            .iter()
+            .filter(|s| s.value.len() >= MIN_SECRET_LEN)
+            .map(|s| s.value.as_slice()),
+    )
+    .unwrap_or_default();
+    for secret in secrets {
+        if secret.as_file {
+            let dir = match &exec.secrets_dir {
+                Some(dir) => dir.clone(),
+                None => {
+                    let dir = exec
+                        .source_dir
+                        .parent()
+                        .unwrap_or(&exec.source_dir)
+                        .join("secrets");
+                    std::fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&dir)
+                        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                    exec.secrets_dir = Some(dir.clone());
+                    dir
+                }
+            };
+            let path = dir.join(&secret.name);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("cannot write secret file {}: {e}", path.display()))?;
+            file.write_all(&secret.value)
+                .map_err(|e| format!("cannot write secret file {}: {e}", path.display()))?;
+        } else {
+            let value = String::from_utf8(secret.value).map_err(|_| {
+                format!(
+                    "secret {} is not UTF-8 text and cannot be a variable",
+                    secret.name
+                )
+            })?;
+            exec.secret_env.insert(secret.name, value);
+        }
+    }
+    Ok(forms)
+}
+
+/// Deletes the named secrets' files from `dir` (the site withdrew them). A variable already
+/// in a running process cannot be taken back; its value stays masked.
+pub(crate) fn withdraw(dir: &Path, names: &[String]) {
+    for name in names {
+        if tinyci_core::check_secret_name(name).is_err() {
+            continue;
+        }
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => tracing::info!(secret = %name, "withdrawn secret file deleted"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(secret = %name, error = %e, "cannot delete a withdrawn secret file")
+            }
+        }
+    }
+}
+
+/// A job's output with every secret value masked, per stream, before it is sent. Holds
+/// back at most a value's longest form less a byte: what may begin one the next write ends.
+#[derive(Debug)]
+pub(crate) struct MaskedOutput {
+    rx: mpsc::Receiver<OutputChunk>,
+    maskers: [Masker; 3],
+    /// What the maskers held when the output ended, to send last.
+    flushed: VecDeque<OutputChunk>,
+    ended: bool,
+}
+
+const STREAMS: [Stream; 3] = [Stream::Stdout, Stream::Stderr, Stream::System];
+
+fn index(stream: Stream) -> usize {
+    match stream {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+        Stream::System => 2,
+    }
+}
+
+impl MaskedOutput {
+    pub(crate) fn new(rx: mpsc::Receiver<OutputChunk>, forms: &[Vec<u8>]) -> Self {
+        let masker = Masker::new(forms.to_vec());
+        Self {
+            rx,
+            maskers: [masker.clone(), masker.clone(), masker],
+            flushed: VecDeque::new(),
+            ended: false,
+        }
+    }
+
+    /// The next masked chunk; `None` once the output ended and all of it was given.
+    /// Cancel-safe: a chunk taken from the channel is masked and returned, or kept.
+    pub(crate) async fn recv(&mut self) -> Option<OutputChunk> {
+        loop {
+            if let Some(chunk) = self.flushed.pop_front() {
+                return Some(chunk);
+            }
+            if self.ended {
+                return None;
+            }
+            match self.rx.recv().await {
+                Some(mut chunk) => {
+                    let masker = &mut self.maskers[index(chunk.stream)];
+                    if masker.is_empty() {
+                        return Some(chunk);
+                    }
+                    chunk.data = masker.push(&chunk.data);
+                    if !chunk.data.is_empty() {
+                        return Some(chunk);
+                    }
+                }
+                None => {
+                    self.ended = true;
+                    for stream in STREAMS {
+                        let data = self.maskers[index(stream)].finish();
+                        if !data.is_empty() {
+                            self.flushed.push_back(OutputChunk {
+                                stream,
+                                at: SystemTime::now(),
+                                data,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn chunk(stream: Stream, data: &[u8]) -> OutputChunk {
+        OutputChunk {
+            stream,
+            at: SystemTime::UNIX_EPOCH,
+            data: data.to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_value_split_across_writes_is_masked_and_streams_are_masked_apart() {
+        let (tx, rx) = mpsc::channel(16);
+        let forms = masked_forms([b"hunter2-token".as_slice()]).unwrap();
+        let mut out = MaskedOutput::new(rx, &forms);
+        tx.send(chunk(Stream::Stdout, b"key=hunter2"))
+            .await
+            .unwrap();
+        tx.send(chunk(Stream::Stderr, b"hunter2-token!"))
+            .await
+            .unwrap();
+        tx.send(chunk(Stream::Stdout, b"-token done"))
+            .await
+            .unwrap();
+        drop(tx);
+        let mut per_stream: [Vec<u8>; 3] = Default::default();
+        while let Some(c) = out.recv().await {
+            per_stream[index(c.stream)].extend_from_slice(&c.data);
+        }
+        assert_eq!(per_stream[0], b"key=*** done".to_vec());
+        assert_eq!(per_stream[1], b"***!".to_vec());
+    }
+
+    #[tokio::test]
+    async fn without_secrets_output_passes_untouched() {
+        let (tx, rx) = mpsc::channel(16);
+        let mut out = MaskedOutput::new(rx, &[]);
+        tx.send(chunk(Stream::Stdout, b"plain")).await.unwrap();
+        drop(tx);
+        assert_eq!(out.recv().await.unwrap().data, b"plain".to_vec());
+        assert!(out.recv().await.is_none());
+    }
+}
