@@ -212,3 +212,24 @@ fn bad_queue_policies_are_named() {
         "#]],
     );
 }
+
+#[test]
+fn a_malformed_secrets_key_is_named_and_never_quoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = run_in(dir.path(), &["site", "init", "--name", "alpha"]);
+    assert!(init.status.success());
+    tinyci_pki::write_secret_file(&dir.path().join("certs/jobs.key"), b"not-a-key-at-all\n")
+        .unwrap();
+    let config = dir.path().join("site.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text + "\n[secrets]\nkey = \"certs/jobs.key\"\n").unwrap();
+    let out = run_in(dir.path(), &["site", "up", "--config", "site.toml"]);
+    assert_eq!(out.status.code(), Some(3), "expected exit code 3");
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).replace(&dir.path().display().to_string(), "$DIR");
+    assert!(!stderr.contains("not-a-key-at-all"), "{stderr}");
+    expect![[r#"
+        error: failed to start the site
+          caused by: invalid config certs/jobs.key: secrets.key: secrets key certs/jobs.key is malformed: the key line has 16 characters, expected 64 hex characters
+    "#]].assert_eq(&stderr);
+}

@@ -411,6 +411,9 @@ impl DockerExecutor {
             format!("{}/{}", spec.mountpoint.trim_end_matches('/'), spec.workdir)
         };
         let mut env = base_env(spec);
+        // Secret variables go in the container's configuration, which the Docker daemon keeps
+        // (root-only) until the container is removed at the end of the run.
+        env.extend(spec.secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         if spec.secrets_dir.is_some() {
             env.insert(
                 crate::secrets::SECRETS_DIR_VARIABLE.into(),

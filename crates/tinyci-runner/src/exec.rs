@@ -68,6 +68,11 @@ impl SecretEnv {
         self.0.insert(name, value);
     }
 
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Each variable and its value.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
         self.0.iter()
@@ -267,7 +272,9 @@ pub(crate) async fn system_line(out: &OutputSink, line: String) {
         .await;
 }
 
-/// Base environment for every run: enough to find programs and behave like a CI.
+/// Base environment for every run: enough to find programs and behave like a CI. Secret
+/// variables are not in it: each executor hands them over its own way, never on a command
+/// line (which every user of the host may read).
 pub(crate) fn base_env(spec: &ExecSpec) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert(
@@ -278,7 +285,6 @@ pub(crate) fn base_env(spec: &ExecSpec) -> BTreeMap<String, String> {
     env.insert("TINYCI".into(), "true".into());
     env.insert("TINYCI_RUN".into(), spec.label.clone());
     env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env.extend(spec.secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
     if let Some(dir) = &spec.secrets_dir {
         env.insert(
             crate::secrets::SECRETS_DIR_VARIABLE.into(),

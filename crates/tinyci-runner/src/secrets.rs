@@ -71,9 +71,9 @@ pub(crate) async fn fetch(job: &job::Client) -> Result<Vec<Secret>, String> {
     Ok(secrets)
 }
 
-/// Gives `secrets` to the run `exec` describes: variables into its environment, files into
-/// `<run dir>/secrets` (0700, files 0600), named in `TINYCI_SECRETS_DIR`. Returns the masking
-/// forms of every value.
+/// Gives `secrets` to the run `exec` describes: variables into its environment (and, for
+/// executors that wrap the job, its variables file), files into `<run dir>/secrets` (0700,
+/// files 0600), named in `TINYCI_SECRETS_DIR`. Returns the masking forms of every value.
 pub(crate) fn install(exec: &mut ExecSpec, secrets: Vec<Secret>) -> Result<Vec<Vec<u8>>, String> {
     let forms = masked_forms(
         secrets
@@ -82,33 +82,22 @@ pub(crate) fn install(exec: &mut ExecSpec, secrets: Vec<Secret>) -> Result<Vec<V
             .map(|s| s.value.as_slice()),
     )
     .unwrap_or_default();
+    if secrets.is_empty() {
+        return Ok(forms);
+    }
+    let dir = exec
+        .source_dir
+        .parent()
+        .unwrap_or(&exec.source_dir)
+        .join("secrets");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    exec.secrets_dir = Some(dir.clone());
     for secret in secrets {
         if secret.as_file {
-            let dir = match &exec.secrets_dir {
-                Some(dir) => dir.clone(),
-                None => {
-                    let dir = exec
-                        .source_dir
-                        .parent()
-                        .unwrap_or(&exec.source_dir)
-                        .join("secrets");
-                    std::fs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(&dir)
-                        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-                    exec.secrets_dir = Some(dir.clone());
-                    dir
-                }
-            };
-            let path = dir.join(&secret.name);
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| format!("cannot write secret file {}: {e}", path.display()))?;
-            file.write_all(&secret.value)
-                .map_err(|e| format!("cannot write secret file {}: {e}", path.display()))?;
+            write_private(&dir.join(&secret.name), &secret.value)?;
         } else {
             let value = String::from_utf8(secret.value).map_err(|_| {
                 format!(
@@ -119,7 +108,64 @@ pub(crate) fn install(exec: &mut ExecSpec, secrets: Vec<Secret>) -> Result<Vec<V
             exec.secret_env.insert(secret.name, value);
         }
     }
+    if !exec.secret_env.is_empty() {
+        write_private(
+            &dir.join(VARIABLES_FILE),
+            shell_assignments(&exec.secret_env).as_bytes(),
+        )?;
+    }
     Ok(forms)
+}
+
+/// Writes a new file only the runner's user may read.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot write secret file {}: {e}", path.display()))?;
+    file.write_all(bytes)
+        .map_err(|e| format!("cannot write secret file {}: {e}", path.display()))
+}
+
+/// The file in the secrets directory that holds the run's secret variables, for executors
+/// that must not put them on a command line (sh syntax, sourced by [`sourcing`]). Its name
+/// starts with a dot, which no secret's name can.
+pub(crate) const VARIABLES_FILE: &str = ".variables";
+
+/// The run's variables file, when it has secret variables.
+pub(crate) fn variables_file(spec: &ExecSpec) -> Option<std::path::PathBuf> {
+    if spec.secret_env.is_empty() {
+        return None;
+    }
+    spec.secrets_dir
+        .as_ref()
+        .map(|dir| dir.join(VARIABLES_FILE))
+}
+
+/// `command`, run by a shell that first exports the variables in `file`.
+pub(crate) fn sourcing(file: &Path, command: Vec<String>) -> Vec<String> {
+    let mut wrapped = vec![
+        "/bin/sh".to_owned(),
+        "-c".to_owned(),
+        "set -a; . \"$0\"; set +a; exec \"$@\"".to_owned(),
+        file.display().to_string(),
+    ];
+    wrapped.extend(command);
+    wrapped
+}
+
+/// `NAME='value'` lines a POSIX shell reads back exactly (a `'` inside is `'\''`).
+fn shell_assignments(variables: &crate::exec::SecretEnv) -> String {
+    let mut text = String::new();
+    for (name, value) in variables.iter() {
+        text.push_str(name);
+        text.push_str("='");
+        text.push_str(&value.replace('\'', "'\\''"));
+        text.push_str("'\n");
+    }
+    text
 }
 
 /// Deletes the named secrets' files from `dir` (the site withdrew them). A variable already
@@ -245,6 +291,28 @@ mod tests {
         }
         assert_eq!(per_stream[0], b"key=*** done".to_vec());
         assert_eq!(per_stream[1], b"***!".to_vec());
+    }
+
+    #[test]
+    fn the_variables_file_reads_back_exactly_in_a_shell() {
+        let mut variables = crate::exec::SecretEnv::default();
+        variables.insert("A".into(), "it's $HOME `x` \\ \"q\"\nline two".into());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(VARIABLES_FILE);
+        std::fs::write(&file, shell_assignments(&variables)).unwrap();
+        let argv = sourcing(
+            &file,
+            vec!["sh".into(), "-c".into(), "printf %s \"$A\"".into()],
+        );
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env_clear()
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "it's $HOME `x` \\ \"q\"\nline two"
+        );
     }
 
     #[tokio::test]

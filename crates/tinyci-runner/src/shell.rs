@@ -81,6 +81,11 @@ impl ShellExecutor {
         };
         let mut inner = vec![program.to_owned()];
         inner.extend(args.iter().map(|a| (*a).to_owned()));
+        // A wrapper's command line is readable by every user of the host: secret variables
+        // reach a wrapped job through a shell sourcing the run's variables file instead.
+        if let Some(file) = crate::secrets::variables_file(spec) {
+            inner = crate::secrets::sourcing(&file, inner);
+        }
         let mut env = base_env(spec);
         env.insert("HOME".into(), workdir.display().to_string());
         // A wrapper (bwrap, unshare) runs on the host before any namespace exists: it starts
@@ -97,7 +102,8 @@ impl ShellExecutor {
                     .args(args)
                     .current_dir(&workdir)
                     .env_clear()
-                    .envs(&env);
+                    .envs(&env)
+                    .envs(spec.secret_env.iter());
                 command
             }
             Mode::Contained(Containment::Bubblewrap(b)) => wrapped(

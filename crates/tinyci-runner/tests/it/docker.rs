@@ -220,3 +220,43 @@ async fn containers_run_report_exit_status_obey_cancel_and_timeout_and_leave_not
         "a container was left behind"
     );
 }
+
+#[tokio::test]
+async fn a_container_gets_its_secret_variables_and_its_secret_files_read_only() {
+    let Some(docker) = executor().await else {
+        return;
+    };
+    let run_dir = tempfile::tempdir().unwrap();
+    let source = run_dir.path().join("src");
+    let secrets = run_dir.path().join("secrets");
+    std::fs::create_dir(&source).unwrap();
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(secrets.join("DEPLOY"), "file-secret-value-88").unwrap();
+    let (tx, rx) = mpsc::channel(64);
+    let (_stop, signal) = stop_pair();
+    let mut job = spec(
+        &source,
+        &[
+            "echo \"v=$TOKEN dir=$TINYCI_SECRETS_DIR\"; cat \"$TINYCI_SECRETS_DIR/DEPLOY\"; echo; \
+           (echo x > \"$TINYCI_SECRETS_DIR/DEPLOY\") 2>/dev/null && echo WROTE || echo READ_ONLY",
+        ],
+    );
+    job.image = IMAGE.into();
+    // Imported, not pulled: the host has no registry.
+    job.pull = Some(tinyci_runner::PullPolicy::Never);
+    job.secret_env
+        .insert("TOKEN".into(), "variable-secret-value-77".into());
+    job.secrets_dir = Some(secrets.clone());
+    let outcome = docker.run(&job, &tx, signal).await;
+    drop(tx);
+    let output = collect(rx).await;
+    let out = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert_eq!(outcome.verdict, Verdict::Passed, "{out}");
+    assert!(
+        out.contains("v=variable-secret-value-77 dir=/run/tinyci/secrets"),
+        "{out}"
+    );
+    assert!(out.contains("file-secret-value-88"), "{out}");
+    assert!(out.contains("READ_ONLY"), "{out}");
+}

@@ -245,3 +245,67 @@ async fn work_roots_are_private_and_a_planted_one_is_refused() {
         "{refused}"
     );
 }
+
+/// Every process's command line on this host that contains `needle`.
+fn command_lines_holding(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " "))
+        .filter(|line| line.contains(needle))
+        .collect()
+}
+
+#[tokio::test]
+async fn secrets_reach_a_sandboxed_job_read_only_and_never_on_a_command_line() {
+    let Some(bwrap) = bubblewrap().await else {
+        return;
+    };
+    const VALUE: &str = "variable-secret-value-77";
+    let run_dir = tempfile::tempdir().unwrap();
+    let source = run_dir.path().join("src");
+    let secrets = run_dir.path().join("secrets");
+    std::fs::create_dir(&source).unwrap();
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(secrets.join("DEPLOY"), "file-secret-value-88").unwrap();
+    // As the agent writes it for executors that wrap the job.
+    std::fs::write(secrets.join(".variables"), format!("TOKEN='{VALUE}'\n")).unwrap();
+    let executor = ShellExecutor::sandboxed(bwrap);
+    let mut job = spec(
+        &source,
+        &[
+            "touch ready; while [ ! -f go ]; do sleep 0.05; done; echo \"v=$TOKEN\"; \
+           cat \"$TINYCI_SECRETS_DIR/DEPLOY\"; echo; \
+           (echo x > \"$TINYCI_SECRETS_DIR/DEPLOY\") 2>/dev/null && echo WROTE || echo READ_ONLY",
+        ],
+    );
+    job.secret_env.insert("TOKEN".into(), VALUE.into());
+    job.secrets_dir = Some(secrets.clone());
+    let (tx, rx) = mpsc::channel(16);
+    let (_stop, signal) = stop_pair();
+    let reader = tokio::spawn(collect(rx));
+    let running = {
+        let (executor, job, tx) = (executor.clone(), job.clone(), tx.clone());
+        tokio::spawn(async move { executor.run(&job, &tx, signal).await })
+    };
+    drop(tx);
+    while !source.join("ready").exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // While it runs, no process on the host shows the value in its command line.
+    assert_eq!(command_lines_holding(VALUE), Vec::<String>::new());
+    std::fs::write(source.join("go"), "").unwrap();
+    let outcome = running.await.unwrap();
+    let output = reader.await.unwrap();
+    let out = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert_eq!(outcome.verdict, Verdict::Passed, "{out}");
+    assert!(out.contains(&format!("v={VALUE}")), "{out}");
+    assert!(out.contains("file-secret-value-88"), "{out}");
+    assert!(out.contains("READ_ONLY"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(secrets.join("DEPLOY")).unwrap(),
+        "file-secret-value-88"
+    );
+}
