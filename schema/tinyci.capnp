@@ -448,8 +448,9 @@ interface JobControl {
   # Stop the run now: shell gets SIGTERM to the process group then SIGKILL after a grace
   # period; docker gets stop then kill.
 
-  withdrawSecrets @1 (names :List(Text)) -> ();
-  # These secrets were removed: delete their files from the run's secrets directory now.
+  withdrawSecrets @1 (run :Text, attempt :UInt32, names :List(Text)) -> ();
+  # These secrets were removed: delete their files from that run's (`r-N`, this attempt)
+  # secrets directory now. A withdrawal for another run or attempt is ignored.
 }
 
 struct KeyValue {

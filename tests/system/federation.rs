@@ -464,6 +464,44 @@ fn a_partner_runner_takes_only_its_queue_and_stops_when_the_grant_is_revoked() {
     ]);
     assert!(denied.contains("logs:read"), "{denied}");
 
+    // This site's secrets never go to a partner's runner: a run that has some errors, saying
+    // why, and its secret is not delivered.
+    set_secret(
+        &alpha,
+        "GPU_TOKEN",
+        "gpu-token-value-3",
+        &["--repo", "org/y"],
+    );
+    let out = alpha.run(&[
+        "submit",
+        repo.path().to_str().unwrap(),
+        "--all",
+        "--repo",
+        "org/y",
+        "--wait",
+        "--addr",
+        &alpha.addr,
+    ]);
+    assert!(!out.status.success());
+    let secret_run = first_run(&text(&out.stdout));
+    let shown = alpha.ok(&[
+        "admin",
+        "runs",
+        "show",
+        &secret_run,
+        "--json",
+        "--addr",
+        &alpha.addr,
+    ]);
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["status"], "errored", "{shown}");
+    let message = shown["message"].as_str().unwrap();
+    assert!(
+        message.contains("GPU_TOKEN") && message.contains("belongs to another site"),
+        "{message}"
+    );
+    assert!(!message.contains("gpu-token-value-3"), "{message}");
+
     // A long run, then alpha revokes the grant beta's token was narrowed from.
     let slow = tempfile::tempdir().unwrap();
     repo_with(
@@ -617,6 +655,13 @@ fn a_partners_run_gets_only_the_secrets_that_name_partners() {
         "beta-token-value-2",
         &["--repo", "org/x", "--tier", "partner:beta", "--as-file"],
     );
+    // For main only: beta's upload says it is main, which the site cannot know.
+    set_secret(
+        &alpha,
+        "MAIN_ONLY",
+        "main-only-value-4",
+        &["--repo", "org/x", "--tier", "partner", "--ref", "main"],
+    );
     let token = alpha.grant(
         &beta,
         "alpha.token",
@@ -638,7 +683,7 @@ fn a_partners_run_gets_only_the_secrets_that_name_partners() {
     repo_with(
         repo.path(),
         "default",
-        "echo OWN_LEN=${#OWN_TOKEN}; cat $TINYCI_SECRETS_DIR/BETA_TOKEN; echo; test -z \"$OWN_TOKEN\"",
+        "echo OWN_LEN=${#OWN_TOKEN} MAIN_LEN=${#MAIN_ONLY}; cat $TINYCI_SECRETS_DIR/BETA_TOKEN; echo; test -z \"$OWN_TOKEN\"",
     );
     let submitted = beta.ok(&[
         "submit",
@@ -653,7 +698,7 @@ fn a_partners_run_gets_only_the_secrets_that_name_partners() {
     ]);
     let run = first_run(&submitted);
     let log = beta.ok(&["logs", &run, "-f", "--site", "alpha", "--token", token]);
-    assert!(log.contains("OWN_LEN=0"), "{log}");
+    assert!(log.contains("OWN_LEN=0 MAIN_LEN=0"), "{log}");
     assert!(
         log.contains("***"),
         "the partner's file secret was delivered: {log}"

@@ -44,8 +44,8 @@ pub use run::{
 };
 pub use secret::constant_time_eq;
 pub use secret_scope::{
-    MAX_REF_PATTERN, MAX_SECRET_NAME, MAX_SECRET_VALUE, MAX_SECRETS_PER_REPO, ScopeError,
-    SecretScope, check_secret_name, ref_matches,
+    MAX_REF_PATTERN, MAX_SECRET_BYTES_PER_REPO, MAX_SECRET_NAME, MAX_SECRET_VALUE,
+    MAX_SECRETS_PER_REPO, ScopeError, SecretScope, check_secret_name, ref_matches,
 };
 pub use storage::{OverQuota, RepoStorage};
 pub use trust::{

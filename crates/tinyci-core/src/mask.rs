@@ -37,7 +37,11 @@ pub fn masked_forms<'a>(
             return Err(TooShort { len: value.len() });
         }
         forms.insert(value.to_vec());
-        forms.insert(url_encode(value));
+        let encoded = url_encode(value);
+        // Percent-escapes in lower case, and HTML forms' `+` for a space, mean the same.
+        forms.insert(lowercase_escapes(&encoded));
+        forms.insert(replace_all(&encoded, b"%20", b"+"));
+        forms.insert(encoded);
         for alphabet in [STANDARD, URL_SAFE] {
             for offset in 0..3 {
                 let core = base64_core(value, offset, alphabet);
@@ -87,6 +91,39 @@ fn base64(bytes: &[u8], alphabet: &[u8; 64]) -> Vec<u8> {
     out
 }
 
+/// `encoded` with each `%XX` escape's hex digits in lower case.
+fn lowercase_escapes(encoded: &[u8]) -> Vec<u8> {
+    let mut out = encoded.to_vec();
+    let mut i = 0;
+    while i < out.len() {
+        if out[i] == b'%' {
+            for digit in out.iter_mut().skip(i + 1).take(2) {
+                digit.make_ascii_lowercase();
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// `bytes` with every `from` replaced by `to`.
+fn replace_all(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 fn url_encode(value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(value.len() * 3);
     for &b in value {
@@ -104,8 +141,38 @@ fn url_encode(value: &[u8]) -> Vec<u8> {
 pub struct Masker {
     /// Forms to mask, longest first (so the longest match at a position wins).
     forms: Vec<Vec<u8>>,
+    /// The bytes some form starts with: most output bytes start none, and skip the forms.
+    starts: FirstBytes,
+    /// The longest form's length: a rest at least this long cannot be a form's prefix.
+    longest: usize,
     /// Input not passed on yet: it may begin a form the next chunk completes.
     held: Vec<u8>,
+}
+
+/// Which bytes begin some form.
+#[derive(Debug, Clone)]
+struct FirstBytes([bool; 256]);
+
+impl Default for FirstBytes {
+    fn default() -> Self {
+        Self([false; 256])
+    }
+}
+
+impl FirstBytes {
+    fn of(forms: &[Vec<u8>]) -> Self {
+        let mut starts = Self::default();
+        for form in forms {
+            if let Some(&first) = form.first() {
+                starts.0[usize::from(first)] = true;
+            }
+        }
+        starts
+    }
+
+    fn begins(&self, byte: u8) -> bool {
+        self.0[usize::from(byte)]
+    }
 }
 
 impl Masker {
@@ -114,6 +181,8 @@ impl Masker {
         forms.retain(|f| !f.is_empty());
         forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
         Self {
+            starts: FirstBytes::of(&forms),
+            longest: forms.first().map_or(0, Vec::len),
             forms,
             held: Vec::new(),
         }
@@ -153,6 +222,7 @@ impl Masker {
             // A form longer than what is here may still match once more input arrives (one
             // secret may begin another): wait for it rather than take a shorter match.
             if !last
+                && rest.len() < self.longest
                 && self
                     .forms
                     .iter()
@@ -160,7 +230,9 @@ impl Masker {
             {
                 break;
             }
-            if let Some(form) = self.forms.iter().find(|f| rest.starts_with(f)) {
+            if self.starts.begins(input[i])
+                && let Some(form) = self.forms.iter().find(|f| rest.starts_with(f))
+            {
                 out.extend_from_slice(MASK);
                 i += form.len();
                 continue;
@@ -184,10 +256,14 @@ pub fn scrub(forms: &[Vec<u8>], before: &[u8], chunk: &mut [u8]) -> usize {
     let keep = before.len().min(longest - 1);
     let mut text = before[before.len() - keep..].to_vec();
     text.extend_from_slice(chunk);
+    let starts = FirstBytes::of(forms);
     let mut found = 0;
     let mut masked = vec![false; text.len()];
-    for form in forms.iter().filter(|f| !f.is_empty()) {
-        for start in 0..text.len().saturating_sub(form.len() - 1) {
+    for start in 0..text.len() {
+        if !starts.begins(text[start]) {
+            continue;
+        }
+        for form in forms.iter().filter(|f| !f.is_empty()) {
             if text[start..].starts_with(form) && start + form.len() > keep {
                 found += 1;
                 masked[start..start + form.len()].fill(true);
@@ -235,18 +311,22 @@ mod tests {
             base64(&v, URL_SAFE)
         };
         let text = format!(
-            "token={secret}\nbasic {}\nurl=https://x/?t={}\nembedded {}\n",
+            "token={secret}\nbasic {}\nurl=https://x/?t={}\nembedded {}\nlower={}\nform={}\n",
             String::from_utf8(b64).unwrap(),
             String::from_utf8(url_encode(secret.as_bytes())).unwrap(),
             String::from_utf8(urlsafe_in_middle).unwrap(),
+            "hunter2%2fregistry%20token",
+            "hunter2%2Fregistry+token",
         );
         for sizes in [&[1][..], &[2, 3], &[7], &[64], &[5, 1, 9]] {
-            let mut m = masker(&[secret]);
+            let mut m = masker(&[secret, "hunter2/registry token"]);
             let out = String::from_utf8(mask_in_pieces(&mut m, text.as_bytes(), sizes)).unwrap();
             assert!(!out.contains(secret), "{sizes:?}: {out}");
             assert!(!out.contains("aHVudGVy"), "{sizes:?}: base64 left in {out}");
             assert!(out.starts_with("token=***\nbasic "), "{sizes:?}: {out}");
             assert!(out.contains("url=https://x/?t=***\n"), "{sizes:?}: {out}");
+            assert!(out.contains("lower=***\n"), "{sizes:?}: {out}");
+            assert!(out.contains("form=***\n"), "{sizes:?}: {out}");
             let core = String::from_utf8(base64_core(secret.as_bytes(), 2, URL_SAFE)).unwrap();
             assert!(
                 !out.contains(&core),

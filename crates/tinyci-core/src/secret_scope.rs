@@ -17,6 +17,9 @@ pub const MAX_SECRET_VALUE: usize = 64 * 1024;
 pub const MAX_SECRETS_PER_REPO: usize = 100;
 /// The longest ref pattern.
 pub const MAX_REF_PATTERN: usize = 255;
+/// The most value bytes one repository's secrets may hold together: the site keeps each
+/// live run's masking forms (several per byte) in memory.
+pub const MAX_SECRET_BYTES_PER_REPO: usize = 256 * 1024;
 
 /// Why a secret's name or scope was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,11 +31,12 @@ pub enum ScopeError {
     Name(String),
     /// The name is one tinyci sets itself.
     #[error(
-        "invalid secret name {0:?}: names starting with TINYCI or CI, and PATH and HOME, are tinyci's own"
+        "invalid secret name {0:?}: names starting with TINYCI, and CI, PATH and HOME, are tinyci's own"
     )]
     Reserved(String),
-    /// The ref pattern is empty, too long or holds a control character.
-    #[error("invalid ref pattern {0:?}: 1-{MAX_REF_PATTERN} printable characters")]
+    /// The ref pattern is empty, too long, or holds a control character or `:` (which no git
+    /// ref may).
+    #[error("invalid ref pattern {0:?}: 1-{MAX_REF_PATTERN} printable characters, no ':'")]
     RefPattern(String),
     /// A tier could not be read.
     #[error("{0}")]
@@ -84,7 +88,7 @@ impl SecretScope {
     pub fn parse(ref_pattern: &str, tiers: &[String]) -> Result<Self, ScopeError> {
         if ref_pattern.is_empty()
             || ref_pattern.len() > MAX_REF_PATTERN
-            || ref_pattern.chars().any(char::is_control)
+            || ref_pattern.chars().any(|c| c.is_control() || c == ':')
         {
             return Err(ScopeError::RefPattern(ref_pattern.to_owned()));
         }
@@ -106,8 +110,14 @@ impl SecretScope {
     }
 
     /// Whether a run on `git_ref` of a submission of `tier` may have the secret.
-    pub fn admits(&self, git_ref: &str, tier: &TrustTier) -> bool {
-        self.tiers.iter().any(|t| t.matches(tier)) && ref_matches(&self.ref_pattern, git_ref)
+    /// `ref_verified` says whether the site established the ref itself (a signed GitHub
+    /// delivery, or the site's own admins) rather than taking a submitter's word for it: a
+    /// secret for some refs only (any pattern but `*`) never goes to a claimed ref, or anyone
+    /// allowed to upload could name `main` and get `main`'s deploy key.
+    pub fn admits(&self, git_ref: &str, ref_verified: bool, tier: &TrustTier) -> bool {
+        self.tiers.iter().any(|t| t.matches(tier))
+            && (self.ref_pattern == "*"
+                || (ref_verified && ref_matches(&self.ref_pattern, git_ref)))
     }
 
     /// The tiers, spelled, comma-separated.
@@ -199,15 +209,30 @@ mod tests {
             tiers: SecretScope::default_tiers(),
         };
         let beta = TrustTier::partner("beta").unwrap();
-        assert!(default.admits("refs/heads/main", &TrustTier::Local));
-        assert!(default.admits("refs/heads/main", &TrustTier::Repo));
-        assert!(!default.admits("refs/heads/main", &TrustTier::Fork));
-        assert!(!default.admits("refs/heads/main", &beta));
-        assert!(scope("*", &["fork"]).admits("x", &TrustTier::Fork));
-        assert!(scope("*", &["partner"]).admits("x", &beta));
-        assert!(scope("*", &["partner:beta"]).admits("x", &beta));
-        assert!(!scope("*", &["partner:gamma"]).admits("x", &beta));
-        assert!(!scope("main", &["repo"]).admits("refs/heads/dev", &TrustTier::Repo));
+        assert!(default.admits("refs/heads/main", true, &TrustTier::Local));
+        assert!(default.admits("refs/heads/main", true, &TrustTier::Repo));
+        assert!(!default.admits("refs/heads/main", true, &TrustTier::Fork));
+        assert!(!default.admits("refs/heads/main", true, &beta));
+        assert!(scope("*", &["fork"]).admits("x", false, &TrustTier::Fork));
+        assert!(scope("*", &["partner"]).admits("x", false, &beta));
+        assert!(scope("*", &["partner:beta"]).admits("x", false, &beta));
+        assert!(!scope("*", &["partner:gamma"]).admits("x", false, &beta));
+        assert!(!scope("main", &["repo"]).admits("refs/heads/dev", true, &TrustTier::Repo));
+    }
+
+    #[test]
+    fn a_claimed_ref_never_gets_a_secret_for_some_refs_only() {
+        let main = scope("main", &["repo", "partner"]);
+        assert!(main.admits("refs/heads/main", true, &TrustTier::Repo));
+        // An upload that says it is main: only secrets for every ref.
+        assert!(!main.admits("refs/heads/main", false, &TrustTier::Repo));
+        assert!(!main.admits(
+            "refs/heads/main",
+            false,
+            &TrustTier::partner("beta").unwrap()
+        ));
+        assert!(scope("*", &["repo"]).admits("refs/heads/main", false, &TrustTier::Repo));
+        assert!(SecretScope::parse("a:b", &["repo".into()]).is_err());
     }
 
     #[test]

@@ -550,10 +550,10 @@ fn disconnected(e: &capnp::Error) -> bool {
 /// One slot: wait for a job on any queue, run it, repeat; stop when drained.
 async fn run_slot(config: Rc<AgentConfig>, link: Rc<SiteLink>, mut control: AgentControl) {
     let current: Rc<RefCell<Option<StopHandle>>> = Rc::default();
-    let secrets_dir: Rc<RefCell<Option<PathBuf>>> = Rc::default();
+    let secrets: Rc<RefCell<crate::secrets::SlotSecrets>> = Rc::default();
     let job_control: job_control::Client = capnp_rpc::new_client(Control {
         current: current.clone(),
-        secrets_dir: secrets_dir.clone(),
+        secrets: secrets.clone(),
     });
     let mut connection = link.subscribe();
     loop {
@@ -612,7 +612,7 @@ async fn run_slot(config: Rc<AgentConfig>, link: Rc<SiteLink>, mut control: Agen
             serial: std::cell::Cell::new(serial),
             link: link.clone(),
             reattaching: tokio::sync::Mutex::new(()),
-            secrets_dir: secrets_dir.clone(),
+            secrets: secrets.clone(),
         });
         let mut cancel_all = control.clone();
         let run = run_job(&config, &job, signal);
@@ -652,9 +652,9 @@ struct JobLink {
     serial: std::cell::Cell<u64>,
     link: Rc<SiteLink>,
     reattaching: tokio::sync::Mutex<()>,
-    /// The running job's secrets directory, shared with the slot's `JobControl`, which
-    /// deletes a withdrawn secret's file from it.
-    secrets_dir: Rc<RefCell<Option<PathBuf>>>,
+    /// The running job's secrets, shared with the slot's `JobControl`, which deletes a
+    /// withdrawn secret's file.
+    secrets: Rc<RefCell<crate::secrets::SlotSecrets>>,
 }
 
 impl JobLink {
@@ -758,8 +758,12 @@ async fn run_job(
     };
     // Secrets come through the lease, straight into the run's own directory; an error
     // leaves nothing behind (the directory goes with the run).
+    let attempt = spec.get_run().map(|r| r.get_attempt()).unwrap_or_default();
+    link.secrets.borrow_mut().begin(&label, attempt);
     let forms = match crate::secrets::fetch(&job).await {
-        Ok(secrets) => crate::secrets::install(&mut exec, secrets),
+        Ok(secrets) => {
+            crate::secrets::install(&mut exec, secrets, link.secrets.borrow().withdrawn())
+        }
         Err(e) => Err(e),
     };
     let forms = match forms {
@@ -773,7 +777,7 @@ async fn run_job(
             return Some(ExecOutcome::errored(e));
         }
     };
-    *link.secrets_dir.borrow_mut() = exec.secrets_dir.clone();
+    link.secrets.borrow_mut().placed(&exec);
     *link.run.borrow_mut() = label.clone();
     link.attempt
         .set(spec.get_run().map(|r| r.get_attempt()).unwrap_or_default());
@@ -810,7 +814,7 @@ async fn run_job(
             Err(why) => ExecOutcome::errored(why),
         };
         // The run's directory holds its secrets directory: both go now.
-        *link.secrets_dir.borrow_mut() = None;
+        link.secrets.borrow_mut().end();
         if let Err(e) = crate::source::remove_run_dir(workdir.parent().unwrap_or(&workdir)) {
             warn!(error = %e, "failed to remove the run's directory");
         }
@@ -1338,8 +1342,8 @@ fn exec_spec(
 /// `JobControl`: the site calls it to cancel the slot's current run.
 struct Control {
     current: Rc<RefCell<Option<StopHandle>>>,
-    /// The current run's secrets directory, if it was given secret files.
-    secrets_dir: Rc<RefCell<Option<PathBuf>>>,
+    /// The current run's secrets.
+    secrets: Rc<RefCell<crate::secrets::SlotSecrets>>,
 }
 
 impl job_control::Server for Control {
@@ -1365,16 +1369,17 @@ impl job_control::Server for Control {
         params: job_control::WithdrawSecretsParams,
         _: job_control::WithdrawSecretsResults,
     ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let run = params.get_run()?.to_string()?;
         let names = params
-            .get()?
             .get_names()?
             .iter()
             .take(crate::secrets::MAX_WITHDRAWN)
             .map(|n| Ok(n?.to_string()?))
             .collect::<Result<Vec<String>, capnp::Error>>()?;
-        if let Some(dir) = self.secrets_dir.borrow().as_deref() {
-            crate::secrets::withdraw(dir, &names);
-        }
+        self.secrets
+            .borrow_mut()
+            .withdraw(&run, params.get_attempt(), &names);
         Ok(())
     }
 }

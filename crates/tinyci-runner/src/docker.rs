@@ -410,10 +410,18 @@ impl DockerExecutor {
         } else {
             format!("{}/{}", spec.mountpoint.trim_end_matches('/'), spec.workdir)
         };
+        // Secret variables stay out of the container's configuration (the Docker daemon
+        // writes that to its own disk): the image's /bin/sh reads them from the run's
+        // read-only secrets mount instead.
+        let cmd = match crate::secrets::variables_file(spec) {
+            Some(_) => crate::secrets::sourcing(
+                &std::path::Path::new(crate::secrets::CONTAINER_SECRETS_DIR)
+                    .join(crate::secrets::VARIABLES_FILE),
+                cmd,
+            ),
+            None => cmd,
+        };
         let mut env = base_env(spec);
-        // Secret variables go in the container's configuration, which the Docker daemon keeps
-        // (root-only) until the container is removed at the end of the run.
-        env.extend(spec.secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         if spec.secrets_dir.is_some() {
             env.insert(
                 crate::secrets::SECRETS_DIR_VARIABLE.into(),

@@ -73,6 +73,11 @@ impl SecretEnv {
         self.0.is_empty()
     }
 
+    /// Removes a variable; whether it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.0.remove(name).is_some()
+    }
+
     /// Each variable and its value.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
         self.0.iter()

@@ -3,10 +3,10 @@
 //! when the site withdraws one), and masked out of everything the job prints before it
 //! leaves the runner.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use tinyci_core::{MIN_SECRET_LEN, Masker, masked_forms};
@@ -74,7 +74,13 @@ pub(crate) async fn fetch(job: &job::Client) -> Result<Vec<Secret>, String> {
 /// Gives `secrets` to the run `exec` describes: variables into its environment (and, for
 /// executors that wrap the job, its variables file), files into `<run dir>/secrets` (0700,
 /// files 0600), named in `TINYCI_SECRETS_DIR`. Returns the masking forms of every value.
-pub(crate) fn install(exec: &mut ExecSpec, secrets: Vec<Secret>) -> Result<Vec<Vec<u8>>, String> {
+pub(crate) fn install(
+    exec: &mut ExecSpec,
+    mut secrets: Vec<Secret>,
+    withdrawn: &BTreeSet<String>,
+) -> Result<Vec<Vec<u8>>, String> {
+    // Withdrawn while the delivery was on its way: never placed.
+    secrets.retain(|s| !withdrawn.contains(&s.name));
     let forms = masked_forms(
         secrets
             .iter()
@@ -166,6 +172,88 @@ fn shell_assignments(variables: &crate::exec::SecretEnv) -> String {
         text.push_str("'\n");
     }
     text
+}
+
+/// A slot's view of its current run's secrets, shared by the run and the slot's
+/// `JobControl`: a withdrawal that arrives before the secrets are in place is remembered and
+/// honoured when they are placed.
+#[derive(Debug, Default)]
+pub(crate) struct SlotSecrets {
+    /// The current run and attempt: a withdrawal names them.
+    run: Option<(String, u32)>,
+    /// The current run's secrets directory, once its secrets are in place.
+    dir: Option<PathBuf>,
+    /// Its secret variables, to rewrite its variables file without a withdrawn one.
+    variables: crate::exec::SecretEnv,
+    /// Names the site withdrew during the current run.
+    withdrawn: BTreeSet<String>,
+}
+
+impl SlotSecrets {
+    /// Run `run`'s attempt `attempt` starts: nothing placed, nothing withdrawn.
+    pub(crate) fn begin(&mut self, run: &str, attempt: u32) {
+        self.end();
+        self.run = Some((run.to_owned(), attempt));
+    }
+
+    /// What was withdrawn so far in this run.
+    pub(crate) fn withdrawn(&self) -> &BTreeSet<String> {
+        &self.withdrawn
+    }
+
+    /// The run's secrets are in place as `exec` says.
+    pub(crate) fn placed(&mut self, exec: &ExecSpec) {
+        self.dir = exec.secrets_dir.clone();
+        self.variables = exec.secret_env.clone();
+    }
+
+    /// The site withdrew `names` from attempt `attempt` of `run`: delete their files (and
+    /// their lines in the variables file) now, or never place them. A withdrawal meant for
+    /// another run of this slot is ignored.
+    pub(crate) fn withdraw(&mut self, run: &str, attempt: u32, names: &[String]) {
+        if self
+            .run
+            .as_ref()
+            .is_none_or(|(current, at)| current != run || *at != attempt)
+        {
+            return;
+        }
+        for name in names {
+            if self.withdrawn.len() < MAX_WITHDRAWN {
+                self.withdrawn.insert(name.clone());
+            }
+        }
+        let Some(dir) = &self.dir else { return };
+        withdraw(dir, names);
+        if names.iter().any(|n| self.variables.remove(n)) {
+            // A running process keeps what it read; what starts later does not get it.
+            let file = dir.join(VARIABLES_FILE);
+            let fresh = dir.join(".variables.new");
+            let rewritten = std::fs::remove_file(&fresh)
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(|e| e.to_string())
+                .and_then(|()| write_private(&fresh, shell_assignments(&self.variables).as_bytes()))
+                .and_then(|()| std::fs::rename(&fresh, &file).map_err(|e| e.to_string()));
+            if let Err(e) = rewritten {
+                tracing::warn!(error = %e, "cannot rewrite the run's variables file; removing it");
+                let _ = std::fs::remove_file(&file);
+            }
+        }
+    }
+
+    /// The run ended (its directory is being removed).
+    pub(crate) fn end(&mut self) {
+        self.run = None;
+        self.dir = None;
+        self.variables = crate::exec::SecretEnv::default();
+        self.withdrawn.clear();
+    }
 }
 
 /// Deletes the named secrets' files from `dir` (the site withdrew them). A variable already

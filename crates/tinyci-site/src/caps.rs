@@ -660,7 +660,7 @@ impl admin::Server for AdminCap {
         let cap = crate::secrets::SecretStoreCap::new(
             self.services.secrets.clone(),
             repo,
-            self.peer.to_string(),
+            (self.peer.to_string(), None),
             self.services.clock.clone(),
             self.liveness.clone(),
         );

@@ -144,6 +144,8 @@ pub(crate) struct WorkerCap {
     single_use: Option<SingleUse>,
     /// The runner's verified identity, recorded with each secret its jobs are given.
     identity: String,
+    /// Its certificate is this site's own.
+    own_runner: bool,
 }
 
 /// A single-use grant behind a worker: its authority revocation id, and who counts its jobs.
@@ -159,6 +161,8 @@ pub(crate) struct WorkerRunner {
     pub(crate) offer: Offer,
     pub(crate) profile: tinyci_queue::RunnerProfile,
     pub(crate) single_use: Option<SingleUse>,
+    /// Its certificate is this site's own (not a partner's).
+    pub(crate) own_site: bool,
 }
 
 impl WorkerCap {
@@ -174,6 +178,7 @@ impl WorkerCap {
             offer,
             profile,
             single_use,
+            own_site,
         } = runner;
         let identity = profile.identity.clone();
         let registered = handles
@@ -190,6 +195,7 @@ impl WorkerCap {
             liveness,
             single_use,
             identity,
+            own_runner: own_site,
         }
     }
 }
@@ -262,6 +268,7 @@ impl worker::Server for WorkerCap {
             LeaseHolder {
                 control,
                 runner: self.identity.clone(),
+                own_runner: self.own_runner,
                 started: false,
             },
         );
@@ -324,6 +331,7 @@ impl worker::Server for WorkerCap {
             LeaseHolder {
                 control,
                 runner: self.identity.clone(),
+                own_runner: self.own_runner,
                 started: true,
             },
         );
@@ -369,6 +377,10 @@ pub(crate) struct JobCap {
     control: job_control::Client,
     /// The runner's verified identity, for the secrets audit.
     runner: String,
+    /// The runner's certificate is this site's (a partner's runner gets no secret).
+    own_runner: bool,
+    /// `Job.secrets` was called: a lease gets its secrets once.
+    secrets_asked: Cell<bool>,
 }
 
 /// Who holds a lease: the runner's control for it, its identity, and whether the run had
@@ -376,6 +388,7 @@ pub(crate) struct JobCap {
 pub(crate) struct LeaseHolder {
     pub(crate) control: job_control::Client,
     pub(crate) runner: String,
+    pub(crate) own_runner: bool,
     pub(crate) started: bool,
 }
 
@@ -390,6 +403,7 @@ impl JobCap {
         let LeaseHolder {
             control,
             runner,
+            own_runner,
             started,
         } = holder;
         let settled = Rc::new(Cell::new(false));
@@ -429,6 +443,8 @@ impl JobCap {
             on_revoke,
             control,
             runner,
+            own_runner,
+            secrets_asked: Cell::new(false),
         }
     }
 
@@ -659,6 +675,12 @@ impl job::Server for JobCap {
                 self.run, self.lease
             )));
         }
+        if self.secrets_asked.replace(true) {
+            return Err(capnp::Error::failed(format!(
+                "the secrets of run {} were already delivered to lease {}",
+                self.run, self.lease
+            )));
+        }
         // Only a live lease gets secrets: this fails once the lease was lost or handed on.
         self.handles
             .queue
@@ -677,11 +699,16 @@ impl job::Server for JobCap {
             .ok_or_else(|| {
                 capnp::Error::failed(format!("run {}'s submission is gone", self.run))
             })?;
+        // The site says which ref it ran only for its own admins' work and GitHub's signed
+        // deliveries; anyone else's ref is their claim.
+        let ref_verified =
+            tier == tinyci_core::TrustTier::Local || submission.submitted_by.starts_with("github:");
         let facts = crate::secrets::LeaseFacts {
             run: self.run,
             attempt: self.lease.0,
             repo: &self.leased.run.repo,
             git_ref: &submission.git_ref,
+            ref_verified,
             tier: &tier,
             runner: &self.runner,
         };
@@ -691,6 +718,17 @@ impl job::Server for JobCap {
             .deliver(&facts, self.handles.now_ms())
             .await
             .map_err(|e| crate::rpc::failed_as(&format!("secrets of run {}", self.run), &e))?;
+        // A partner's runner may run this site's work; it never holds this site's secrets.
+        if !self.own_runner && !delivered.is_empty() {
+            let names: Vec<&str> = delivered.iter().map(|d| d.name.as_str()).collect();
+            return Err(capnp::Error::failed(format!(
+                "denied secrets of run {} ({}): runner {} belongs to another site, and this \
+                 site's secrets go only to its own runners",
+                self.run,
+                names.join(", "),
+                self.runner
+            )));
+        }
         self.handles.secrets.hold(
             self.run,
             self.lease.0,
@@ -698,6 +736,11 @@ impl job::Server for JobCap {
             delivered.iter().map(|d| d.name.clone()).collect(),
             self.control.clone(),
         );
+        let delivered = self
+            .handles
+            .secrets
+            .still_set(&self.leased.run.repo, delivered)
+            .map_err(|e| crate::rpc::failed_as(&format!("secrets of run {}", self.run), &e))?;
         let mut out = results.get().init_secrets(len(delivered.len()));
         for (i, secret) in delivered.iter().enumerate() {
             let mut row = out.reborrow().get(len(i));
@@ -739,7 +782,7 @@ pub(crate) async fn submit(
         .queue
         .submit(NewSubmission {
             repo: repo.to_owned(),
-            git_ref: read_text(request.get_ref(), "ref")?,
+            git_ref: crate::rpc::read_short_text(request.get_ref(), "ref")?,
             sha: read_text(request.get_sha(), "sha")?,
             title: read_text(request.get_title(), "title")?,
             submitted_by: submitted_by.to_owned(),

@@ -28,6 +28,9 @@ pub(crate) struct LogSinkCap {
     tails: std::cell::RefCell<[Vec<u8>; 3]>,
 }
 
+/// The most bytes of a stream's last chunks the site's second mask looks back over.
+const MAX_SCRUB_TAIL: usize = 4096;
+
 impl LogSinkCap {
     /// A sink for `run` of `repo` writing as attempt `lease`; takes the log over from any
     /// older attempt.
@@ -56,7 +59,10 @@ impl LogSinkCap {
     /// through (a runner that does not mask, or a bug): runners resend by offset, so the site
     /// may neither change a chunk's length nor hold any of it back.
     fn scrub(&self, stream: Stream, data: &mut [u8]) {
-        let forms = self.secrets.forms_for(self.run, self.lease, &self.repo);
+        let live = self.queue.placement(self.run).is_some();
+        let forms = self
+            .secrets
+            .forms_for(self.run, self.lease, &self.repo, live);
         if forms.is_empty() {
             return;
         }
@@ -71,9 +77,17 @@ impl LogSinkCap {
         if found > 0 {
             tracing::warn!(run = %self.run, found, "the site masked secret values the runner sent unmasked");
         }
-        let longest = forms.iter().map(Vec::len).max().unwrap_or(0);
+        // What a form split across chunks may have left in the last ones; bounded, so a
+        // runner sending one byte at a time cannot make each write rescan much (a value
+        // longer than this split across chunks is the runner's masking alone).
+        let keep = forms
+            .iter()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0)
+            .min(MAX_SCRUB_TAIL);
         tail.extend_from_slice(data);
-        let excess = tail.len().saturating_sub(longest);
+        let excess = tail.len().saturating_sub(keep);
         tail.drain(..excess);
     }
 }

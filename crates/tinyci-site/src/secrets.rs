@@ -13,8 +13,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
 use tinyci_core::{
-    MAX_SECRET_VALUE, MAX_SECRETS_PER_REPO, RunId, ScopeError, SecretScope, TooShort, TrustTier,
-    check_secret_name, masked_forms,
+    MAX_SECRET_BYTES_PER_REPO, MAX_SECRET_VALUE, MAX_SECRETS_PER_REPO, RunId, ScopeError,
+    SecretScope, TooShort, TrustTier, check_secret_name, masked_forms,
 };
 use tinyci_pki::{SecretsError, SecretsKey};
 use tinyci_schema::{job_control, secret_delivery_info, secret_info, secret_store};
@@ -49,6 +49,11 @@ pub(crate) enum SecretError {
         "repository {0} already holds {MAX_SECRETS_PER_REPO} secrets; remove one first (tinyci secret rm)"
     )]
     TooMany(String),
+    /// The repository's secrets would hold too many bytes together.
+    #[error(
+        "repository {0}'s secrets would hold more than {MAX_SECRET_BYTES_PER_REPO} bytes together; remove one first (tinyci secret rm)"
+    )]
+    TooLarge(String),
     /// The capability does not cover the repository.
     #[error("denied secrets:manage on repo {repo}: this capability covers {scope} only")]
     OutOfScope {
@@ -76,11 +81,14 @@ pub(crate) enum SecretError {
     Task(String),
 }
 
-/// One secret as a lease receives it. `Debug` never prints the value.
+/// One secret as a lease receives it (no `Debug`: it holds the value).
 pub(crate) struct Delivered {
     pub(crate) name: String,
     pub(crate) value: Vec<u8>,
     pub(crate) as_file: bool,
+    /// The row's sealed bytes when it was read: the same row is still set only while these
+    /// are (every `set` seals afresh).
+    sealed: Vec<u8>,
 }
 
 /// A running job that was given secrets: where to send a withdrawal.
@@ -131,16 +139,25 @@ fn delivery_key(run: RunId, attempt: u32, name: &str) -> Vec<u8> {
     key
 }
 
-/// What a sealed value is bound to: its row and its whole scope.
+/// What sealing adds to a value: version, nonce and tag.
+const SEAL_OVERHEAD: usize = 1 + 12 + 16;
+
+/// What a sealed value is bound to: its row and its whole scope, each field prefixed with
+/// its length so no two rows' contexts can read alike.
 fn seal_context(secret: &StoredSecret) -> String {
-    format!(
-        "job-secret:{}:{}:{}:{}:{}",
-        secret.repo,
-        secret.name,
-        secret.ref_pattern,
-        secret.tiers.join(","),
-        secret.as_file
-    )
+    let mut context = String::from("job-secret");
+    let fields = [
+        secret.repo.as_str(),
+        secret.name.as_str(),
+        secret.ref_pattern.as_str(),
+        if secret.as_file { "file" } else { "variable" },
+    ]
+    .into_iter()
+    .chain(secret.tiers.iter().map(String::as_str));
+    for field in fields {
+        context.push_str(&format!(":{}:{field}", field.len()));
+    }
+    context
 }
 
 fn scope_of(secret: &StoredSecret) -> Result<SecretScope, ScopeError> {
@@ -162,6 +179,8 @@ pub(crate) struct LeaseFacts<'a> {
     pub(crate) attempt: u32,
     pub(crate) repo: &'a str,
     pub(crate) git_ref: &'a str,
+    /// The site established the ref itself (see [`SecretScope::admits`]).
+    pub(crate) ref_verified: bool,
     pub(crate) tier: &'a TrustTier,
     pub(crate) runner: &'a str,
 }
@@ -208,19 +227,31 @@ impl SecretBook {
         let prefix = secret_key(&secret.repo, "");
         let row = secret.clone();
         let repo = secret.repo.clone();
-        let stored = self
+        // The sealed size stands for the value's (a fixed overhead each).
+        let adding = row.sealed.len();
+        let refused = self
             .write(move |txn| {
-                let exists = txn.get(SECRETS, key.as_slice())?.is_some();
-                let held = txn.iter_prefix(SECRETS, prefix.as_slice())?.count();
-                if !exists && held >= MAX_SECRETS_PER_REPO {
-                    return Ok(false);
+                let mut count = 0;
+                let mut bytes = adding;
+                for entry in txn.iter_prefix(SECRETS, prefix.as_slice())? {
+                    let (other, held) = entry?;
+                    if other != key.as_slice() {
+                        count += 1;
+                        bytes += held.sealed.len();
+                    }
+                }
+                if count >= MAX_SECRETS_PER_REPO {
+                    return Ok(Some(SecretError::TooMany(repo)));
+                }
+                if bytes > MAX_SECRET_BYTES_PER_REPO + (count + 1) * SEAL_OVERHEAD {
+                    return Ok(Some(SecretError::TooLarge(repo)));
                 }
                 txn.put(SECRETS, key.as_slice(), &row)?;
-                Ok(true)
+                Ok(None)
             })
             .await?;
-        if !stored {
-            return Err(SecretError::TooMany(repo));
+        if let Some(refusal) = refused {
+            return Err(refusal);
         }
         info!(repo = %secret.repo, name = %secret.name, scope = %scope, by = %secret.set_by, "secret set");
         Ok(secret)
@@ -239,6 +270,15 @@ impl SecretBook {
             rows.map(|entry| entry.map(|(_, secret)| secret))
                 .collect::<Result<Vec<_>, _>>()
         })?)
+    }
+
+    /// The secrets of exactly `repo`: a run's repository is never a pattern, so a run
+    /// recorded under `*` gets nothing rather than everything.
+    fn of_repo(&self, repo: &str) -> Result<Vec<StoredSecret>, SecretError> {
+        if repo == "*" {
+            return Ok(Vec::new());
+        }
+        self.list(repo)
     }
 
     /// Deletes a secret and tells every running job that holds it to delete its file.
@@ -263,6 +303,8 @@ impl SecretBook {
                 continue;
             }
             let mut request = holder.control.withdraw_secrets_request();
+            request.get().set_run(run.to_string());
+            request.get().set_attempt(holder.lease);
             request.get().init_names(1).set(0, name);
             let (run, lease) = (*run, holder.lease);
             let call = request.send().promise;
@@ -283,7 +325,7 @@ impl SecretBook {
         at: u64,
     ) -> Result<Vec<Delivered>, SecretError> {
         let mut delivered = Vec::new();
-        for secret in self.list(lease.repo)? {
+        for secret in self.of_repo(lease.repo)? {
             let scope = match scope_of(&secret) {
                 Ok(scope) => scope,
                 Err(e) => {
@@ -291,7 +333,7 @@ impl SecretBook {
                     continue;
                 }
             };
-            if !scope.admits(lease.git_ref, lease.tier) {
+            if !scope.admits(lease.git_ref, lease.ref_verified, lease.tier) {
                 continue;
             }
             let value = self.key.open(&secret.sealed, &seal_context(&secret))?;
@@ -299,6 +341,7 @@ impl SecretBook {
                 name: secret.name,
                 value,
                 as_file: secret.as_file,
+                sealed: secret.sealed,
             });
         }
         if !delivered.is_empty() {
@@ -316,7 +359,10 @@ impl SecretBook {
                 .collect();
             self.write(move |txn| {
                 for (key, row) in &rows {
-                    txn.put(SECRET_DELIVERIES, key.as_slice(), row)?;
+                    // The first delivery to a lease is the one on record.
+                    if txn.get(SECRET_DELIVERIES, key.as_slice())?.is_none() {
+                        txn.put(SECRET_DELIVERIES, key.as_slice(), row)?;
+                    }
                 }
                 Ok(())
             })
@@ -330,6 +376,28 @@ impl SecretBook {
             .borrow_mut()
             .insert(lease.run, (lease.attempt, Rc::new(forms)));
         Ok(delivered)
+    }
+
+    /// Of `delivered`, those still set now. Called right after [`SecretBook::hold`]: a
+    /// removal that raced the delivery is either seen here or finds the holder, so no removed
+    /// secret is handed out without its job being told to withdraw it.
+    pub(crate) fn still_set(
+        &self,
+        repo: &str,
+        delivered: Vec<Delivered>,
+    ) -> Result<Vec<Delivered>, SecretError> {
+        if delivered.is_empty() {
+            return Ok(delivered);
+        }
+        let present: HashMap<String, Vec<u8>> = self
+            .of_repo(repo)?
+            .into_iter()
+            .map(|s| (s.name, s.sealed))
+            .collect();
+        Ok(delivered
+            .into_iter()
+            .filter(|d| present.get(&d.name) == Some(&d.sealed))
+            .collect())
     }
 
     /// Remembers that the lease `(run, lease)` holds `names` and answers to `control`.
@@ -389,7 +457,9 @@ impl SecretBook {
 
     /// The forms to mask in the log of `(run, attempt)`: of the secrets it was given (after a
     /// restart, read back from the audit trail and the sealed rows).
-    pub(crate) fn forms_for(&self, run: RunId, attempt: u32, repo: &str) -> Forms {
+    /// Only a live run's forms are remembered (`live`): a sink used after its run ended
+    /// must not leave an entry nothing removes.
+    pub(crate) fn forms_for(&self, run: RunId, attempt: u32, repo: &str, live: bool) -> Forms {
         if let Some((_, forms)) = self
             .forms
             .borrow()
@@ -406,16 +476,18 @@ impl SecretBook {
             .map(|d| d.name)
             .collect();
         let values: Vec<Vec<u8>> = self
-            .list(repo)
+            .of_repo(repo)
             .unwrap_or_default()
             .into_iter()
             .filter(|s| names.contains(&s.name))
             .filter_map(|s| self.key.open(&s.sealed, &seal_context(&s)).ok())
             .collect();
         let forms = Rc::new(masked_forms(values.iter().map(Vec::as_slice)).unwrap_or_default());
-        self.forms
-            .borrow_mut()
-            .insert(run, (attempt, forms.clone()));
+        if live {
+            self.forms
+                .borrow_mut()
+                .insert(run, (attempt, forms.clone()));
+        }
         forms
     }
 
@@ -450,6 +522,8 @@ pub(crate) struct SecretStoreCap {
     scope: String,
     /// The verified identity acting, recorded as `set_by`.
     actor: String,
+    /// A site user acting: asked on every call whether they still may.
+    user: Option<crate::access::ActingUser>,
     clock: crate::SiteClock,
     liveness: Rc<Liveness>,
 }
@@ -458,7 +532,7 @@ impl SecretStoreCap {
     pub(crate) fn new(
         book: Rc<SecretBook>,
         scope: String,
-        actor: String,
+        (actor, user): (String, Option<crate::access::ActingUser>),
         clock: crate::SiteClock,
         liveness: Rc<Liveness>,
     ) -> Self {
@@ -466,9 +540,27 @@ impl SecretStoreCap {
             book,
             scope,
             actor,
+            user,
             clock,
             liveness,
         }
+    }
+
+    /// For a site user: whether they still hold the `secrets` capability and GitHub's admin
+    /// permission on `repo`, now (either may have been taken away since).
+    async fn user_may(&self, repo: &str) -> Result<(), capnp::Error> {
+        let Some(user) = &self.user else {
+            return Ok(());
+        };
+        user.may(
+            tinyci_users::Capability::Secrets,
+            repo,
+            crate::access::Want::Admin,
+        )
+        .await
+        .map_err(|why| {
+            crate::rpc::failed_as(&format!("denied secrets:manage on repo {repo}"), &why)
+        })
     }
 
     fn covers(&self, repo: &str) -> Result<(), capnp::Error> {
@@ -521,6 +613,7 @@ impl secret_store::Server for SecretStoreCap {
         let params = params.get()?;
         let repo = read_text(params.get_repo(), "repo")?;
         self.covers(&repo)?;
+        self.user_may(&repo).await?;
         let tiers = params
             .get_tiers()?
             .iter()
@@ -565,6 +658,7 @@ impl secret_store::Server for SecretStoreCap {
         mut results: secret_store::ListResults,
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
+        self.user_may(&self.scope).await?;
         let secrets = self
             .book
             .list(&self.scope)
@@ -585,6 +679,7 @@ impl secret_store::Server for SecretStoreCap {
         let params = params.get()?;
         let repo = read_text(params.get_repo(), "repo")?;
         self.covers(&repo)?;
+        self.user_may(&repo).await?;
         let name = crate::rpc::read_short_text(params.get_name(), "name")?;
         let removed = self
             .book

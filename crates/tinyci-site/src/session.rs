@@ -253,6 +253,7 @@ impl session::Server for Session {
                 offer,
                 profile,
                 single_use,
+                own_site: self.peer.identity.site_name() == self.services.grants.site(),
             },
             self.check_of(Right::LogsWrite),
             self.redeemed.liveness.clone(),
@@ -352,7 +353,7 @@ impl session::Server for Session {
         let cap = crate::secrets::SecretStoreCap::new(
             self.services.secrets.clone(),
             repo,
-            self.peer.identity.to_string(),
+            (self.peer.identity.to_string(), self.acting_user()),
             self.services.clock.clone(),
             self.redeemed.liveness.clone(),
         );

@@ -232,6 +232,13 @@ async fn a_container_gets_its_secret_variables_and_its_secret_files_read_only() 
     std::fs::create_dir(&source).unwrap();
     std::fs::create_dir(&secrets).unwrap();
     std::fs::write(secrets.join("DEPLOY"), "file-secret-value-88").unwrap();
+    // As the agent writes it: variables reach the container through its /bin/sh, never its
+    // configuration.
+    std::fs::write(
+        secrets.join(".variables"),
+        "TOKEN='variable-secret-value-77'\n",
+    )
+    .unwrap();
     let (tx, rx) = mpsc::channel(64);
     let (_stop, signal) = stop_pair();
     let mut job = spec(
