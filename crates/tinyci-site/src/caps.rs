@@ -594,9 +594,7 @@ impl admin::Server for AdminCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let id = read_text(params.get()?.get_run_id(), "runId")?;
-        let run: RunId = id
-            .parse()
-            .map_err(|_| capnp::Error::failed(format!("{id:?} is not a run id (r-N)")))?;
+        let run = parse_run_id(&id)?;
         let retried = crate::jobs::retry_run(&self.services.queue, run, &self.peer.to_string())
             .await
             .map_err(|e| crate::rpc::failed(&e))?;
@@ -677,9 +675,7 @@ impl admin::Server for AdminCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let id = read_text(params.get()?.get_run_id(), "runId")?;
-        let run: RunId = id
-            .parse()
-            .map_err(|_| capnp::Error::failed(format!("{id:?} is not a run id (r-N)")))?;
+        let run = parse_run_id(&id)?;
         let deliveries = self
             .services
             .secrets
@@ -699,9 +695,7 @@ impl admin::Server for AdminCap {
     ) -> Result<(), capnp::Error> {
         self.liveness.check()?;
         let id = read_text(params.get()?.get_id(), "id")?;
-        let run: RunId = id
-            .parse()
-            .map_err(|_| capnp::Error::failed(format!("{id:?} is not a run id (r-N)")))?;
+        let run = parse_run_id(&id)?;
         let stored = self
             .services
             .queue
@@ -1081,4 +1075,10 @@ fn set_list(mut list: capnp::text_list::Builder<'_>, items: &[String]) {
 
 fn secs_to_millis(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// A run id (`r-N`) an admin typed; the error says what was expected.
+fn parse_run_id(id: &str) -> Result<RunId, capnp::Error> {
+    id.parse()
+        .map_err(|_| capnp::Error::failed(format!("{id:?} is not a run id (r-N)")))
 }

@@ -372,14 +372,7 @@ impl Site {
             github.clone(),
             SiteClock(clock.clone()),
         ));
-        let secrets_key =
-            tinyci_pki::SecretsKey::load_or_create(&config.secrets_key).map_err(|e| {
-                SiteError::Config(ConfigError::Value {
-                    path: config.secrets_key.clone(),
-                    key: "secrets.key",
-                    reason: e.to_string(),
-                })
-            })?;
+        let secrets_key = load_secrets_key(&config.secrets_key, "secrets.key")?;
         let secret_book = Rc::new(secrets::SecretBook::new(store.clone(), secrets_key));
         queue.observe({
             let book = secret_book.clone();
@@ -631,23 +624,13 @@ impl Site {
 }
 
 /// Checks `config` and every file it names as `site up` would read them: the identity
-/// ([`tinyci_identity::check`]) and the GitHub secret files (readable, not empty), without
+/// ([`tinyci_identity::check`]), the secrets keys and the GitHub secret files (readable, not
+/// empty), without
 /// opening the store, binding anything or creating any file.
 pub fn check(config: &SiteConfig) -> Result<CheckReport, SiteError> {
     let mut report = tinyci_identity::check(config)?;
     let checked = &mut report.checked;
-    if config.secrets_key.exists() {
-        tinyci_pki::SecretsKey::load_or_create(&config.secrets_key).map_err(|e| {
-            SiteError::Config(ConfigError::Value {
-                path: config.secrets_key.clone(),
-                key: "secrets.key",
-                reason: e.to_string(),
-            })
-        })?;
-        checked.push("secrets.key".into());
-    } else {
-        checked.push("secrets.key (created at first start)".into());
-    }
+    check_secrets_key(&config.secrets_key, "secrets.key", checked)?;
     if let Some(github) = &config.github {
         for (key, file) in [
             ("github.token_file", &github.token_file),
@@ -665,20 +648,39 @@ pub fn check(config: &SiteConfig) -> Result<CheckReport, SiteError> {
                 checked.push(key.to_owned());
             }
         }
-        if github.secrets_key.exists() {
-            tinyci_github::SecretsKey::load_or_create(&github.secrets_key).map_err(|e| {
-                SiteError::Config(ConfigError::Value {
-                    path: github.secrets_key.clone(),
-                    key: "github.secrets_key",
-                    reason: e.to_string(),
-                })
-            })?;
-            checked.push("github.secrets_key".into());
-        } else {
-            checked.push("github.secrets_key (created at first start)".into());
-        }
+        check_secrets_key(&github.secrets_key, "github.secrets_key", checked)?;
     }
     Ok(report)
+}
+
+/// Loads the secrets key at `path` (created on first use); errors name the config `key`.
+fn load_secrets_key(
+    path: &std::path::Path,
+    key: &'static str,
+) -> Result<tinyci_pki::SecretsKey, SiteError> {
+    tinyci_pki::SecretsKey::load_or_create(path).map_err(|e| {
+        SiteError::Config(ConfigError::Value {
+            path: path.to_owned(),
+            key,
+            reason: e.to_string(),
+        })
+    })
+}
+
+/// For `check`: a secrets key file that exists must load; a missing one is made at the
+/// first start, which `check` leaves to it.
+fn check_secrets_key(
+    path: &std::path::Path,
+    key: &'static str,
+    checked: &mut Vec<String>,
+) -> Result<(), SiteError> {
+    if path.exists() {
+        load_secrets_key(path, key)?;
+        checked.push(key.into());
+    } else {
+        checked.push(format!("{key} (created at first start)"));
+    }
+    Ok(())
 }
 
 /// The GitHub side of `[github]`: the secrets key (created on first use), the site token
@@ -695,8 +697,7 @@ fn load_github(
             reason,
         })
     };
-    let secrets = tinyci_github::SecretsKey::load_or_create(&settings.secrets_key)
-        .map_err(|e| invalid(&settings.secrets_key, "github.secrets_key", e.to_string()))?;
+    let secrets = load_secrets_key(&settings.secrets_key, "github.secrets_key")?;
     let credentials = tinyci_github::Credentials {
         site_token: settings
             .token_file
