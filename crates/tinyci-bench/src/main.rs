@@ -11,6 +11,7 @@ mod fixture;
 mod grants;
 mod logs;
 mod measure;
+mod overhead;
 mod pg;
 mod report;
 mod rpc;
@@ -44,6 +45,9 @@ enum Command {
     Dispatch(dispatch::PostgresArgs),
     /// Log streaming runner → site with a live follower, against a raw rustls stream copy.
     Logs,
+    /// Submit → finished for a one-command job through a site and a runner, against the
+    /// bare executor; and submit → first log byte at a follower.
+    Overhead,
     /// Grant redemption latency and the per-call cost of a session-obtained capability.
     Grants,
     /// 1,000 and 5,000 idle runners: site memory per connection, submission-to-lease latency.
@@ -66,6 +70,7 @@ fn main() -> anyhow::Result<()> {
                 figures.extend(rpc::run(&options).await?);
                 figures.extend(dispatch::run(&options, &postgres).await?);
                 figures.extend(logs::run(&options).await?);
+                figures.extend(overhead::run(&options).await?);
                 figures.extend(grants::run(&options).await?);
                 figures.extend(scale::run(&options).await?);
                 figures.extend(abuse::run(&options).await?);
@@ -75,6 +80,7 @@ fn main() -> anyhow::Result<()> {
                 figures.extend(dispatch::run(&options, &postgres).await?)
             }
             Command::Logs => figures.extend(logs::run(&options).await?),
+            Command::Overhead => figures.extend(overhead::run(&options).await?),
             Command::Grants => figures.extend(grants::run(&options).await?),
             Command::Scale => figures.extend(scale::run(&options).await?),
             Command::Abuse => figures.extend(abuse::run(&options).await?),
