@@ -141,7 +141,7 @@ fn url_encode(value: &[u8]) -> Vec<u8> {
 pub struct Masker {
     /// Forms to mask, longest first (so the longest match at a position wins).
     forms: Vec<Vec<u8>>,
-    /// The bytes some form starts with: most output bytes start none, and skip the forms.
+    /// The forms each byte begins.
     starts: FirstBytes,
     /// The longest form's length: a rest at least this long cannot be a form's prefix.
     longest: usize,
@@ -149,29 +149,31 @@ pub struct Masker {
     held: Vec<u8>,
 }
 
-/// Which bytes begin some form.
+/// The forms each byte begins, as indices in the forms' order: at a position, only the forms
+/// starting with its byte are tried (most output bytes begin none).
 #[derive(Debug, Clone)]
-struct FirstBytes([bool; 256]);
+struct FirstBytes(Vec<Vec<usize>>);
 
 impl Default for FirstBytes {
     fn default() -> Self {
-        Self([false; 256])
+        Self(vec![Vec::new(); 256])
     }
 }
 
 impl FirstBytes {
     fn of(forms: &[Vec<u8>]) -> Self {
         let mut starts = Self::default();
-        for form in forms {
+        for (i, form) in forms.iter().enumerate() {
             if let Some(&first) = form.first() {
-                starts.0[usize::from(first)] = true;
+                starts.0[usize::from(first)].push(i);
             }
         }
         starts
     }
 
-    fn begins(&self, byte: u8) -> bool {
-        self.0[usize::from(byte)]
+    /// The indices of the forms `byte` begins.
+    fn begun_by(&self, byte: u8) -> &[usize] {
+        &self.0[usize::from(byte)]
     }
 }
 
@@ -218,6 +220,17 @@ impl Masker {
         let mut out = Vec::with_capacity(input.len());
         let mut i = 0;
         while i < input.len() {
+            // A byte that begins no form can neither start a match nor a prefix worth
+            // holding back: pass the whole run of them at once.
+            let run = input[i..]
+                .iter()
+                .position(|&b| !self.starts.begun_by(b).is_empty())
+                .unwrap_or(input.len() - i);
+            if run > 0 {
+                out.extend_from_slice(&input[i..i + run]);
+                i += run;
+                continue;
+            }
             let rest = &input[i..];
             // A form longer than what is here may still match once more input arrives (one
             // secret may begin another): wait for it rather than take a shorter match.
@@ -230,8 +243,12 @@ impl Masker {
             {
                 break;
             }
-            if self.starts.begins(input[i])
-                && let Some(form) = self.forms.iter().find(|f| rest.starts_with(f))
+            if let Some(form) = self
+                .starts
+                .begun_by(input[i])
+                .iter()
+                .map(|&f| &self.forms[f])
+                .find(|f| rest.starts_with(f))
             {
                 out.extend_from_slice(MASK);
                 i += form.len();
@@ -260,10 +277,7 @@ pub fn scrub(forms: &[Vec<u8>], before: &[u8], chunk: &mut [u8]) -> usize {
     let mut found = 0;
     let mut masked = vec![false; text.len()];
     for start in 0..text.len() {
-        if !starts.begins(text[start]) {
-            continue;
-        }
-        for form in forms.iter().filter(|f| !f.is_empty()) {
+        for form in starts.begun_by(text[start]).iter().map(|&f| &forms[f]) {
             if text[start..].starts_with(form) && start + form.len() > keep {
                 found += 1;
                 masked[start..start + form.len()].fill(true);
