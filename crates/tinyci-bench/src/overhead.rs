@@ -11,8 +11,12 @@
 //! time, so the runner is always idle and waiting when a run is queued.
 //!
 //! Baseline: `sh -c true` spawned and waited for by this process, the work the shell executor
-//! cannot avoid. (Docker's figure, `docker run --rm` against tinyci's Docker executor, is not
-//! measured yet.)
+//! cannot avoid.
+//!
+//! Docker: the same, with a runner started `--executor docker --pull never` and the run naming
+//! a busybox image imported locally (`docker import`; no registry), against
+//! `docker run --rm --network none IMAGE sh -c true` through the Docker CLI. Skipped, saying
+//! why, where no Docker Engine or `/bin/busybox` is available.
 
 use std::cell::RefCell;
 use std::process::{Command, Stdio};
@@ -37,78 +41,42 @@ pub(crate) async fn run(options: &Options) -> Result<Vec<Figure>> {
     let samples = if options.quick { 10 } else { 200 };
     let site_dir = SiteDir::init(tinyci_binary()?)?;
     let site = site_dir.start()?;
-    let mut bundle = site_dir
-        .issue_runners(1, "default")?
-        .pop()
-        .context("no runner bundle issued")?;
-    bundle.addresses = vec![site.addr.to_string()];
-    let bundle_path = site_dir.dir.path().join("runner.bundle");
-    bundle.write(&bundle_path)?;
-    let _runner = RunnerProcess::start(&site_dir, &bundle_path, &bundle.runner)?;
-    let tls = site_dir.admin_client_tls()?;
-    let token = std::fs::read_to_string(site_dir.config()?.admin_token)
-        .context("reading the admin token")?
-        .trim()
-        .to_owned();
-    let addr = site.addr;
+    let mut bundles = site_dir.issue_runners(2, "default")?.into_iter();
+    let (Some(shell_bundle), Some(docker_bundle)) = (bundles.next(), bundles.next()) else {
+        bail!("expected two runner bundles");
+    };
+    let client = Client {
+        addr: site.addr,
+        tls: site_dir.admin_client_tls()?,
+        token: std::fs::read_to_string(site_dir.config()?.admin_token)
+            .context("reading the admin token")?
+            .trim()
+            .to_owned(),
+    };
 
-    let (finished, first_byte) = fixture::on_thread("overhead client", move || async move {
-        let (gateway, _connection) = tinyci_net::dial::<tinyci_schema::gateway::Client>(
-            &addr.to_string(),
-            tls,
-            &tinyci_pki::SiteName::new(SITE)?,
-            &tinyci_net::NetLimits::default(),
-        )
-        .await
-        .context("dialing the site")?;
-        let session = fixture::redeem(&gateway, &token).await?;
-        let admin = session.admin_request().send().pipeline.get_admin();
-        let mut request = admin.logs_request();
-        request.get().set_repo("*");
-        let reader = request.send().pipeline.get_reader();
-        let true_source = source("true")?;
-        let echo_source = source("echo x")?;
-        // Warm up: the first runs pay for connections, caches and page faults.
-        for _ in 0..3 {
-            one_job(&admin, &reader, &true_source).await?;
-        }
-        let mut finished = Vec::with_capacity(samples);
-        for _ in 0..samples {
-            finished.push(one_job(&admin, &reader, &true_source).await?.finished);
-        }
-        let mut first_byte = Vec::with_capacity(samples);
-        for _ in 0..samples {
-            let timing = one_job(&admin, &reader, &echo_source).await?;
-            first_byte.push(timing.first_byte.context("the job printed nothing")?);
-        }
-        anyhow::Ok((finished, first_byte))
-    })
-    .await?;
+    let shell = RunnerProcess::start(&site_dir, site.addr, shell_bundle, &["--executor", "shell"])?;
+    let mut finished: Vec<Duration> = client
+        .jobs(&source("true", None)?, samples)
+        .await?
+        .into_iter()
+        .map(|t| t.finished)
+        .collect();
+    let mut first_byte = client
+        .jobs(&source("echo x", None)?, samples)
+        .await?
+        .into_iter()
+        .map(|t| t.first_byte.context("the job printed nothing"))
+        .collect::<Result<Vec<_>>>()?;
+    drop(shell);
+    let mut bare = timed(samples, || run_ok(Command::new("sh").args(["-c", "true"])))?;
 
-    let mut bare = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let started = Instant::now();
-        let status = Command::new("sh")
-            .args(["-c", "true"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .context("running sh -c true")?;
-        if !status.success() {
-            bail!("sh -c true failed: {status}");
-        }
-        bare.push(started.elapsed());
-    }
-
-    let mut finished = finished;
-    let mut first_byte = first_byte;
     let ours_p50 = report::millis(report::percentile(&mut finished, 0.5));
     let ours_p99 = report::millis(report::percentile(&mut finished, 0.99));
     let bare_p50 = report::millis(report::percentile(&mut bare, 0.5));
     let bare_p99 = report::millis(report::percentile(&mut bare, 0.99));
     let added = ours_p50 - bare_p50;
     println!(
-        "  {samples} jobs: submit → finished p50 {ours_p50:.2} ms, p99 {ours_p99:.2} ms; \
+        "  {samples} shell jobs: submit → finished p50 {ours_p50:.2} ms, p99 {ours_p99:.2} ms; \
          bare sh -c true p50 {bare_p50:.2} ms, p99 {bare_p99:.2} ms; tinyci adds {added:.2} ms at p50"
     );
     let first_p50 = report::millis(report::percentile(&mut first_byte, 0.5));
@@ -116,7 +84,7 @@ pub(crate) async fn run(options: &Options) -> Result<Vec<Figure>> {
     println!(
         "  submit → first log byte at a follower: p50 {first_p50:.2} ms, p99 {first_p99:.2} ms"
     );
-    Ok(vec![
+    let mut figures = vec![
         Figure::new(
             "overhead, shell: submit → finished p50",
             "ms",
@@ -146,13 +114,194 @@ pub(crate) async fn run(options: &Options) -> Result<Vec<Figure>> {
             first_p99,
             None,
         ),
-    ])
+    ];
+
+    match import_busybox() {
+        Err(why) => println!("  SKIP the Docker figures: {why}"),
+        Ok(()) => {
+            let docker_samples = if options.quick { 5 } else { 40 };
+            let docker = RunnerProcess::start(
+                &site_dir,
+                site.addr,
+                docker_bundle,
+                &["--executor", "docker", "--pull", "never"],
+            )?;
+            let mut ours: Vec<Duration> = client
+                .jobs(&source("true", Some(IMAGE))?, docker_samples)
+                .await?
+                .into_iter()
+                .map(|t| t.finished)
+                .collect();
+            drop(docker);
+            let mut bare = timed(docker_samples, || {
+                run_ok(Command::new("docker").args([
+                    "run",
+                    "--rm",
+                    "--network",
+                    "none",
+                    IMAGE,
+                    "sh",
+                    "-c",
+                    "true",
+                ]))
+            })?;
+            let ours_p50 = report::millis(report::percentile(&mut ours, 0.5));
+            let bare_p50 = report::millis(report::percentile(&mut bare, 0.5));
+            let added = ours_p50 / bare_p50 - 1.0;
+            println!(
+                "  {docker_samples} docker jobs: submit → finished p50 {ours_p50:.1} ms; \
+                 docker run --rm p50 {bare_p50:.1} ms; tinyci adds {:.1}%",
+                100.0 * added
+            );
+            figures.push(
+                Figure::new(
+                    "overhead, docker: submit → finished p50",
+                    "ms",
+                    Better::Lower,
+                    ours_p50,
+                    Some((bare_p50, "docker run --rm")),
+                )
+                .with_goal("adds ≤ 10%", Some(added <= 0.10)),
+            );
+        }
+    }
+    Ok(figures)
 }
 
-/// A source archive whose one run's command is `sh -c line`.
-fn source(line: &str) -> Result<Vec<u8>> {
-    let task =
-        format!("mountpoint: /src\nruns:\n  job:\n    command: [\"sh\", \"-c\", {line:?}]\n");
+/// The image the Docker figures run: busybox, imported locally.
+const IMAGE: &str = "tinyci-bench/busybox:1";
+
+/// `docker import`s a root filesystem of Debian's static busybox as [`IMAGE`].
+fn import_busybox() -> Result<(), String> {
+    let busybox = std::fs::read("/bin/busybox")
+        .map_err(|e| format!("/bin/busybox: {e} (Debian: apt-get install busybox-static)"))?;
+    let rootfs = (|| -> std::io::Result<Vec<u8>> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(busybox.len() as u64);
+        header.set_mode(0o755);
+        header.set_cksum();
+        tar.append_data(&mut header, "bin/busybox", busybox.as_slice())?;
+        for applet in ["sh", "true", "echo"] {
+            let mut link = tar::Header::new_gnu();
+            link.set_entry_type(tar::EntryType::Symlink);
+            link.set_size(0);
+            link.set_mode(0o777);
+            tar.append_link(&mut link, format!("bin/{applet}"), "busybox")?;
+        }
+        for dir in ["tmp", "src"] {
+            let mut d = tar::Header::new_gnu();
+            d.set_entry_type(tar::EntryType::Directory);
+            d.set_size(0);
+            d.set_mode(0o1777);
+            tar.append_data(&mut d, dir, std::io::empty())?;
+        }
+        tar.into_inner()
+    })()
+    .map_err(|e| format!("building the busybox image: {e}"))?;
+    use std::io::Write as _;
+    let mut import = Command::new("docker")
+        .args(["import", "-", IMAGE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running docker import: {e}"))?;
+    if let Some(mut stdin) = import.stdin.take() {
+        stdin
+            .write_all(&rootfs)
+            .map_err(|e| format!("feeding docker import: {e}"))?;
+    }
+    let out = import
+        .wait_with_output()
+        .map_err(|e| format!("running docker import: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "docker import failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `command` to success, quietly.
+fn run_ok(command: &mut Command) -> Result<()> {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// How long each of `samples` calls of `f` took.
+fn timed(samples: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<Duration>> {
+    (0..samples)
+        .map(|_| {
+            let started = Instant::now();
+            f()?;
+            Ok(started.elapsed())
+        })
+        .collect()
+}
+
+/// The admin client the jobs are submitted with.
+struct Client {
+    addr: std::net::SocketAddr,
+    tls: std::sync::Arc<tinyci_net::ClientConfig>,
+    token: String,
+}
+
+impl Client {
+    /// Runs `samples` jobs of `source` one at a time, after 3 untimed ones; their timings.
+    async fn jobs(&self, source: &[u8], samples: usize) -> Result<Vec<Timing>> {
+        let (addr, tls, token, source) = (
+            self.addr,
+            self.tls.clone(),
+            self.token.clone(),
+            source.to_vec(),
+        );
+        fixture::on_thread("overhead client", move || async move {
+            let (gateway, _connection) = tinyci_net::dial::<tinyci_schema::gateway::Client>(
+                &addr.to_string(),
+                tls,
+                &tinyci_pki::SiteName::new(SITE)?,
+                &tinyci_net::NetLimits::default(),
+            )
+            .await
+            .context("dialing the site")?;
+            let session = fixture::redeem(&gateway, &token).await?;
+            let admin = session.admin_request().send().pipeline.get_admin();
+            let mut request = admin.logs_request();
+            request.get().set_repo("*");
+            let reader = request.send().pipeline.get_reader();
+            // Warm up: the first runs pay for connections, caches and page faults.
+            for _ in 0..3 {
+                one_job(&admin, &reader, &source).await?;
+            }
+            let mut timings = Vec::with_capacity(samples);
+            for _ in 0..samples {
+                timings.push(one_job(&admin, &reader, &source).await?);
+            }
+            anyhow::Ok(timings)
+        })
+        .await
+    }
+}
+
+/// A source archive whose one run's command is `sh -c line`, in `image` if given.
+fn source(line: &str, image: Option<&str>) -> Result<Vec<u8>> {
+    let image = image
+        .map(|i| format!("default_image: {i}\n"))
+        .unwrap_or_default();
+    let task = format!(
+        "mountpoint: /src\n{image}runs:\n  job:\n    command: [\"sh\", \"-c\", {line:?}]\n"
+    );
     let mut builder = tar::Builder::new(Vec::new());
     for (path, text) in [("tinyci.yml", ""), ("task.yml", task.as_str())] {
         let mut header = tar::Header::new_gnu();
@@ -261,22 +410,33 @@ impl log_observer::Server for Watch {
     }
 }
 
-/// `tinyci runner --bundle FILE --executor shell`, killed on drop.
+/// A `tinyci runner` process, killed on drop.
 struct RunnerProcess {
     child: std::process::Child,
 }
 
 impl RunnerProcess {
-    fn start(site: &SiteDir, bundle: &std::path::Path, name: &str) -> Result<Self> {
+    /// `tinyci runner --bundle FILE args…` for `bundle`, told to dial `addr`; waits until
+    /// it is connected.
+    fn start(
+        site: &SiteDir,
+        addr: std::net::SocketAddr,
+        mut bundle: tinyci_site::bundle::RunnerBundle,
+        args: &[&str],
+    ) -> Result<Self> {
         use std::io::BufRead as _;
+        bundle.addresses = vec![addr.to_string()];
+        let path = site.dir.path().join(format!("{}.bundle", bundle.runner));
+        bundle.write(&path)?;
+        let name = bundle.runner.clone();
         let mut child = Command::new(&site.bin)
             .current_dir(site.dir.path())
             .arg("runner")
             .arg("--bundle")
-            .arg(bundle)
-            .args(["--executor", "shell"])
+            .arg(&path)
+            .args(args)
             .arg("--work-dir")
-            .arg(site.dir.path().join("work"))
+            .arg(site.dir.path().join(format!("work-{name}")))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
