@@ -798,6 +798,7 @@ impl admin::Server for AdminCap {
         let repo = read_text(params.get()?.get_repo(), "repo")?;
         tinyci_grant::vocab::validate_repo(&repo)
             .map_err(|e| capnp::Error::failed(e.to_string()))?;
+        crate::jobs::one_repository(&repo)?;
         // Even an admin capability does not choose the tier: the certificate does.
         let tier = crate::tiers::tier_of_peer(&self.peer, self.services.grants.site())
             .map_err(|e| crate::rpc::failed(&e))?;

@@ -207,6 +207,17 @@ impl Drop for WorkerCap {
 }
 
 /// What a drained runner is told, when its workers wait and when it asks for new ones.
+/// A submission is work of one repository: `*` (every repository, as a grant's scope may
+/// say) names none, and a run recorded under it would match every repository's scope.
+pub(crate) fn one_repository(repo: &str) -> Result<(), capnp::Error> {
+    if repo == "*" {
+        return Err(capnp::Error::failed(
+            "a submission names one repository (OWNER/NAME), not '*'".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn drained_refusal(runner: &str) -> capnp::Error {
     capnp::Error::failed(format!(
         "runner {runner} was drained by an operator: it takes no work until resumed \

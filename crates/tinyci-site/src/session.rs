@@ -158,6 +158,7 @@ impl session::Server for Session {
     ) -> Result<(), capnp::Error> {
         let repo = read_text(params.get()?.get_repo(), "repo")?;
         validate_repo(&repo).map_err(|e| capnp::Error::failed(e.to_string()))?;
+        crate::jobs::one_repository(&repo)?;
         self.authorize(Right::QueueSubmit, &repo)?;
         // A site user submits only where GitHub lets their account push.
         self.user_may(Capability::Submit, &repo, Want::Write)

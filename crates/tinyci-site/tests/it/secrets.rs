@@ -116,6 +116,20 @@ fn the_site_masks_what_a_runner_let_through_and_a_revoked_lease_gets_nothing() {
             .send()
             .pipeline
             .get_admin();
+        // No submission names every repository (its runs would match every scope).
+        let mut everywhere = admin.submitter_request();
+        everywhere.get().set_repo("*");
+        let submitter = everywhere.send().pipeline.get_submitter();
+        let refused = error_text(
+            submitter
+                .upload_request()
+                .send()
+                .promise
+                .await
+                .err()
+                .unwrap(),
+        );
+        assert!(refused.contains("not '*'"), "{refused}");
         let mut revoke = admin.revoke_request();
         revoke.get().set_token_or_id(&token);
         revoke.send().promise.await.unwrap();
