@@ -317,19 +317,19 @@ fn a_secret_reaches_only_its_scope_is_masked_everywhere_audited_and_withdrawn() 
         ],
     );
     wait_for_file(&ready, "the job to start with its secret file");
-    let removed = run_in(
-        site_dir,
-        &[
-            "secret",
-            "rm",
-            "FILESECRET",
-            "--repo",
-            "org/app",
-            "--addr",
-            &addr,
-        ],
-    );
+    // Without --repo: the one repository holding a secret of that name.
+    let removed = run_in(site_dir, &["secret", "rm", "FILESECRET", "--addr", &addr]);
     assert!(removed.status.success(), "{}", text(&removed.stderr));
+    assert_eq!(
+        text(&removed.stdout).trim(),
+        "secret FILESECRET of org/app removed"
+    );
+    let again = run_in(site_dir, &["secret", "rm", "FILESECRET", "--addr", &addr]);
+    assert!(
+        text(&again.stderr).contains("no repository holds a secret named FILESECRET"),
+        "{}",
+        text(&again.stderr)
+    );
     let (code, lines) = submit.wait();
     assert_eq!(code, Some(0), "{lines:#?}");
     let after = submit_wait(site_dir, repo.path(), "org/app", &addr, &[]);

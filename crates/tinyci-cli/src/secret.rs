@@ -36,8 +36,8 @@ pub(crate) enum SecretCommand {
     /// --json prints `[{"repo", "name", "ref", "tiers": [..], "as_file", "set_by",
     /// "set_at"}]` (Unix ms).
     List(ListArgs),
-    /// Remove a secret: no run gets it from now on, and running jobs that had it as a file
-    /// have the file deleted now.
+    /// Remove a secret: no run gets it from now on, and running jobs that had it have its
+    /// file deleted (and its variable dropped for what they start later) now.
     Rm(RmArgs),
 }
 
@@ -100,9 +100,9 @@ pub(crate) struct ListArgs {
 pub(crate) struct RmArgs {
     /// The secret's name.
     name: String,
-    /// Its repository.
+    /// Its repository [default: the one repository holding a secret of this name].
     #[arg(long, value_name = "OWNER/NAME")]
-    repo: String,
+    repo: Option<String>,
     #[command(flatten)]
     acting: Acting,
 }
@@ -116,11 +116,11 @@ pub(crate) fn secret(command: SecretCommand) -> Result<()> {
 }
 
 /// Runs `f` with the secret store of `repo` as whoever `acting` says.
-fn with_store(
-    acting: Acting,
+fn with_store<T>(
+    acting: &Acting,
     repo: &str,
-    f: impl AsyncFnOnce(secret_store::Client) -> Result<(), capnp::Error>,
-) -> Result<()> {
+    f: impl AsyncFnOnce(secret_store::Client) -> Result<T, capnp::Error>,
+) -> Result<T> {
     let profile = acting
         .profile
         .as_deref()
@@ -155,8 +155,8 @@ fn with_store(
                 }
                 (None, None, _) => bail!("no site configuration to act with"),
             };
-        f(store).await.map_err(|e| rpc_error(&client, e))?;
-        Ok(())
+        let value = f(store).await.map_err(|e| rpc_error(&client, e))?;
+        Ok(value)
     })
 }
 
@@ -200,7 +200,7 @@ fn read_value(file: Option<&PathBuf>) -> Result<Vec<u8>> {
 fn set(args: SetArgs) -> Result<()> {
     let value = read_value(args.file.as_ref())?;
     let (name, repo) = (args.name.clone(), args.repo.clone());
-    with_store(args.acting, &args.repo, async move |store| {
+    with_store(&args.acting, &args.repo, async move |store| {
         let mut request = store.set_request();
         {
             let mut p = request.get();
@@ -224,7 +224,7 @@ fn set(args: SetArgs) -> Result<()> {
 fn list(args: ListArgs) -> Result<()> {
     let repo = args.repo.clone().unwrap_or_else(|| "*".to_owned());
     let json = args.json;
-    with_store(args.acting, &repo, async move |store| {
+    with_store(&args.acting, &repo, async move |store| {
         let response = store.list_request().send().promise.await?;
         let secrets = response.get()?.get_secrets()?;
         if json {
@@ -264,8 +264,12 @@ fn list(args: ListArgs) -> Result<()> {
 }
 
 fn rm(args: RmArgs) -> Result<()> {
-    let (name, repo) = (args.name.clone(), args.repo.clone());
-    with_store(args.acting, &args.repo, async move |store| {
+    let name = args.name.clone();
+    let repo = match args.repo.clone() {
+        Some(repo) => repo,
+        None => only_repo_holding(&args.acting, &name)?,
+    };
+    with_store(&args.acting, &repo.clone(), async move |store| {
         let mut request = store.remove_request();
         request.get().set_repo(&repo);
         request.get().set_name(&name);
@@ -273,6 +277,30 @@ fn rm(args: RmArgs) -> Result<()> {
         println!("secret {name} of {repo} removed");
         Ok(())
     })
+}
+
+/// The one repository holding a secret named `name`, among those the caller may list.
+fn only_repo_holding(acting: &Acting, name: &str) -> Result<String> {
+    let wanted = name.to_owned();
+    let repos = with_store(acting, "*", async move |store| {
+        let response = store.list_request().send().promise.await?;
+        let secrets = response.get()?.get_secrets()?;
+        Ok(secrets
+            .iter()
+            .filter(|s| text(s.get_name()) == wanted)
+            .map(|s| text(s.get_repo()))
+            .collect::<Vec<String>>())
+    })
+    .context("finding the secret's repository (give --repo to name it)")?;
+    match repos.as_slice() {
+        [repo] => Ok(repo.clone()),
+        [] => bail!("no repository holds a secret named {name}"),
+        several => bail!(
+            "{} repositories hold a secret named {name} ({}): say which with --repo",
+            several.len(),
+            several.join(", ")
+        ),
+    }
 }
 
 fn tiers(s: secret_info::Reader<'_>) -> Vec<String> {
