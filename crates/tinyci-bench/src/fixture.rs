@@ -309,15 +309,14 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
 
 /// A source archive with one task of one run (`true`), for benchmarks that submit work.
 pub(crate) fn one_run_source() -> anyhow::Result<Vec<u8>> {
+    source_with_task("mountpoint: /src\nruns:\n  build:\n    command: [\"true\"]\n")
+}
+
+/// A source archive of an empty `tinyci.yml` and this `task.yml`.
+pub(crate) fn source_with_task(task_yml: &str) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context as _;
     let mut builder = tar::Builder::new(Vec::new());
-    for (path, text) in [
-        ("tinyci.yml", ""),
-        (
-            "task.yml",
-            "mountpoint: /src\nruns:\n  build:\n    command: [\"true\"]\n",
-        ),
-    ] {
+    for (path, text) in [("tinyci.yml", ""), ("task.yml", task_yml)] {
         let mut header = tar::Header::new_gnu();
         header.set_size(text.len() as u64);
         header.set_mode(0o644);

@@ -299,20 +299,9 @@ fn source(line: &str, image: Option<&str>) -> Result<Vec<u8>> {
     let image = image
         .map(|i| format!("default_image: {i}\n"))
         .unwrap_or_default();
-    let task = format!(
+    fixture::source_with_task(&format!(
         "mountpoint: /src\n{image}runs:\n  job:\n    command: [\"sh\", \"-c\", {line:?}]\n"
-    );
-    let mut builder = tar::Builder::new(Vec::new());
-    for (path, text) in [("tinyci.yml", ""), ("task.yml", task.as_str())] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(text.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder
-            .append_data(&mut header, path, text.as_bytes())
-            .context("building the source archive")?;
-    }
-    builder.into_inner().context("building the source archive")
+    ))
 }
 
 /// When a job's milestones were reached, from the moment its submission started.
