@@ -779,8 +779,7 @@ async fn run_job(
     };
     link.secrets.borrow_mut().placed(&exec);
     *link.run.borrow_mut() = label.clone();
-    link.attempt
-        .set(spec.get_run().map(|r| r.get_attempt()).unwrap_or_default());
+    link.attempt.set(attempt);
     let lease_expires = spec.get_lease_expires_at();
     let artifacts: Vec<String> = spec
         .get_artifacts()

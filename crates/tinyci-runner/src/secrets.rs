@@ -225,20 +225,18 @@ impl SlotSecrets {
         }
         let Some(dir) = &self.dir else { return };
         withdraw(dir, names);
-        if names.iter().any(|n| self.variables.remove(n)) {
+        let mut dropped = false;
+        for name in names {
+            // Every name, not just up to the first one found.
+            dropped |= self.variables.remove(name);
+        }
+        if dropped {
             // A running process keeps what it read; what starts later does not get it.
             let file = dir.join(VARIABLES_FILE);
             let fresh = dir.join(".variables.new");
-            let rewritten = std::fs::remove_file(&fresh)
-                .or_else(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .map_err(|e| e.to_string())
-                .and_then(|()| write_private(&fresh, shell_assignments(&self.variables).as_bytes()))
+            // A leftover from an earlier rewrite that failed half way.
+            let _ = std::fs::remove_file(&fresh);
+            let rewritten = write_private(&fresh, shell_assignments(&self.variables).as_bytes())
                 .and_then(|()| std::fs::rename(&fresh, &file).map_err(|e| e.to_string()));
             if let Err(e) = rewritten {
                 tracing::warn!(error = %e, "cannot rewrite the run's variables file; removing it");
@@ -401,6 +399,57 @@ mod tests {
             String::from_utf8(out.stdout).unwrap(),
             "it's $HOME `x` \\ \"q\"\nline two"
         );
+    }
+
+    #[test]
+    fn a_withdrawal_drops_every_named_variable_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut exec = ExecSpec {
+            label: "r-1".into(),
+            command: vec!["true".into()],
+            source_dir: dir.path().join("src"),
+            workdir: ".".into(),
+            mountpoint: "/src".into(),
+            image: String::new(),
+            pull: None,
+            registry_credentials: false,
+            env: Default::default(),
+            timeout: std::time::Duration::from_secs(1),
+            privileged: false,
+            network: false,
+            cpu: None,
+            memory: None,
+            grace: std::time::Duration::from_secs(1),
+            secret_env: Default::default(),
+            secrets_dir: None,
+        };
+        let secret = |name: &str, as_file| Secret {
+            name: name.into(),
+            value: format!("{name}-value-123").into_bytes(),
+            as_file,
+        };
+        install(
+            &mut exec,
+            vec![
+                secret("A", false),
+                secret("B", false),
+                secret("C", false),
+                secret("F", true),
+            ],
+            &BTreeSet::new(),
+        )
+        .unwrap();
+        let mut slot = SlotSecrets::default();
+        slot.begin("r-1", 1);
+        slot.placed(&exec);
+        // Another run's withdrawal changes nothing.
+        slot.withdraw("r-2", 1, &["A".into()]);
+        let dir = exec.secrets_dir.clone().unwrap();
+        let variables = || std::fs::read_to_string(dir.join(VARIABLES_FILE)).unwrap();
+        assert!(variables().contains("A='A-value-123'"));
+        slot.withdraw("r-1", 1, &["A".into(), "B".into(), "F".into()]);
+        assert_eq!(variables(), "C='C-value-123'\n");
+        assert!(!dir.join("F").exists());
     }
 
     #[tokio::test]
