@@ -327,3 +327,43 @@ pub(crate) fn source_with_task(task_yml: &str) -> anyhow::Result<Vec<u8>> {
     }
     builder.into_inner().context("building the source archive")
 }
+
+/// Uploads `source` through `submitter` in 64 KiB pieces and submits it as `refs/heads/main`;
+/// returns the id (`r-N`) of its one run, as `tinyci submit` would see it acknowledged.
+pub(crate) async fn submit_source(
+    submitter: &tinyci_schema::submitter::Client,
+    source: &[u8],
+) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use sha2::Digest as _;
+    let sink = submitter.upload_request().send().pipeline.get_sink();
+    for piece in source.chunks(64 * 1024) {
+        let mut write = sink.write_request();
+        write.get().set_chunk(piece);
+        write.send().await.context("uploading the source")?;
+    }
+    let sha = sha2::Sha256::digest(source);
+    let mut finish = sink.finish_request();
+    finish.get().set_sha256(&sha);
+    finish.send().promise.await.context("ByteSink.finish")?;
+    let mut submit = submitter.submit_request();
+    {
+        let mut r = submit.get().init_request();
+        r.set_ref("refs/heads/main");
+        r.set_sha("0123456789abcdef0123456789abcdef01234567");
+        r.set_all(true);
+        r.set_source_sha256(&sha);
+    }
+    let ticket = submit.send().pipeline.get_ticket();
+    let runs = ticket
+        .runs_request()
+        .send()
+        .promise
+        .await
+        .context("Ticket.runs")?;
+    let runs = runs.get()?.get_runs()?;
+    if runs.len() != 1 {
+        anyhow::bail!("expected one run, got {}", runs.len());
+    }
+    Ok(runs.get(0).get_id()?.to_string()?)
+}

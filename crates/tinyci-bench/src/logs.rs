@@ -21,8 +21,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, anyhow, bail};
-use sha2::{Digest, Sha256};
+use anyhow::{Context as _, anyhow};
 use tinyci_net::{ClientConfig, ServerConfig};
 use tinyci_pki::Role;
 use tinyci_schema::{LogStream, RunStatus, job, job_control, log_observer, log_sink, session};
@@ -44,37 +43,7 @@ async fn submit_one(session: &session::Client) -> anyhow::Result<String> {
     let mut request = session.submitter_request();
     request.get().set_repo("org/x");
     let submitter = request.send().pipeline.get_submitter();
-    let sink = submitter.upload_request().send().pipeline.get_sink();
-    let tar = crate::fixture::one_run_source()?;
-    for piece in tar.chunks(CHUNK) {
-        let mut write = sink.write_request();
-        write.get().set_chunk(piece);
-        write.send().await?;
-    }
-    let sha = Sha256::digest(&tar);
-    let mut finish = sink.finish_request();
-    finish.get().set_sha256(&sha);
-    finish.send().promise.await.context("ByteSink.finish")?;
-    let mut submit = submitter.submit_request();
-    {
-        let mut r = submit.get().init_request();
-        r.set_ref("refs/heads/main");
-        r.set_sha("0123456789abcdef0123456789abcdef01234567");
-        r.set_all(true);
-        r.set_source_sha256(&sha);
-    }
-    let ticket = submit.send().pipeline.get_ticket();
-    let runs = ticket
-        .runs_request()
-        .send()
-        .promise
-        .await
-        .context("Ticket.runs")?;
-    let runs = runs.get()?.get_runs()?;
-    if runs.len() != 1 {
-        bail!("expected one run, got {}", runs.len());
-    }
-    Ok(runs.get(0).get_id()?.to_string()?)
+    fixture::submit_source(&submitter, &fixture::one_run_source()?).await
 }
 
 struct NoControl;
@@ -193,7 +162,7 @@ async fn write_log(sink: &log_sink::Client, total: u64, data: &[u8]) -> anyhow::
     Ok(())
 }
 
-/// One measured run through the product: MB/s runner → site → follower.
+/// One measured run through the product: MB/s runner → site → follower. `session` submits.
 async fn product_round(
     session: &session::Client,
     worker: &tinyci_schema::worker::Client,
@@ -325,16 +294,21 @@ pub(crate) async fn run(options: &Options) -> anyhow::Result<Vec<Figure>> {
     let site = SiteFixture::start(&extra).await?;
     let (runner_token, _) = site.mint(
         "runner:r1",
-        &["queue:submit", "queue:take", "logs:read"],
+        &["queue:take", "logs:write"],
         &["org/x"],
         &["default"],
     )?;
-    let (reader_token, _) = site.mint("user:ana", &["logs:read"], &["org/x"], &[])?;
+    // Runner certificates take work, they do not submit it: an operator submits.
+    let (submit_token, _) = site.mint("admin:ops", &["queue:submit"], &["org/x"], &[])?;
+    let submit_tls = site.client_tls(Role::Admin, "ops")?;
+    // A follower as `tinyci logs -f` with a grant: not a site user, whom GitHub would answer
+    // for.
+    let (reader_token, _) = site.mint("admin:reader", &["logs:read"], &["org/x"], &[])?;
     let site_addr = site.addr();
 
     // The follower: its own thread and connection.
     let (follow_tx, follow_rx) = mpsc::unbounded_channel();
-    let follower_tls = site.client_tls(Role::User, "ana")?;
+    let follower_tls = site.client_tls(Role::Admin, "reader")?;
     let follower_thread = fixture::on_thread("log-follower", move || {
         follower(site_addr, follower_tls, reader_token, follow_rx)
     });
@@ -353,6 +327,8 @@ pub(crate) async fn run(options: &Options) -> anyhow::Result<Vec<Figure>> {
     let (mut ours, mut raw) = fixture::on_thread("log-runner", move || async move {
         let (gateway, _connection) = fixture::connect(site_addr, runner_tls.clone()).await?;
         let session = fixture::redeem(&gateway, &runner_token).await?;
+        let (submit_gateway, _submit_connection) = fixture::connect(site_addr, submit_tls).await?;
+        let submitter = fixture::redeem(&submit_gateway, &submit_token).await?;
         let mut request = session.worker_request();
         request.get().set_queue("default");
         request.get().init_runner().set_name("r1");
@@ -363,7 +339,7 @@ pub(crate) async fn run(options: &Options) -> anyhow::Result<Vec<Figure>> {
         for round in 0..=rounds {
             // Round 0 is a shorter warm-up and is not kept.
             let bytes = if round == 0 { total / 8 } else { total };
-            let o = product_round(&session, &worker, &follow_tx, bytes, &data).await?;
+            let o = product_round(&submitter, &worker, &follow_tx, bytes, &data).await?;
             let r = raw_round(raw_addr, runner_tls.clone(), &raw_tx, bytes, &data).await?;
             if round > 0 {
                 ours.push(o);

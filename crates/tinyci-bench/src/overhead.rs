@@ -24,7 +24,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use sha2::{Digest, Sha256};
 use tinyci_schema::{RunStatus, admin, log_observer};
 use tokio::sync::oneshot;
 
@@ -321,33 +320,7 @@ async fn one_job(
     let mut request = admin.submitter_request();
     request.get().set_repo("org/x");
     let submitter = request.send().pipeline.get_submitter();
-    let sink = submitter.upload_request().send().pipeline.get_sink();
-    let mut write = sink.write_request();
-    write.get().set_chunk(source);
-    write.send().await.context("uploading the source")?;
-    let mut finish = sink.finish_request();
-    finish.get().set_sha256(&Sha256::digest(source));
-    finish.send().promise.await.context("ByteSink.finish")?;
-    let mut submit = submitter.submit_request();
-    {
-        let mut r = submit.get().init_request();
-        r.set_ref("refs/heads/main");
-        r.set_sha("0123456789abcdef0123456789abcdef01234567");
-        r.set_all(true);
-        r.set_source_sha256(&Sha256::digest(source));
-    }
-    let ticket = submit.send().pipeline.get_ticket();
-    let runs = ticket
-        .runs_request()
-        .send()
-        .promise
-        .await
-        .context("Ticket.runs")?;
-    let runs = runs.get()?.get_runs()?;
-    if runs.len() != 1 {
-        bail!("expected one run, got {}", runs.len());
-    }
-    let run = runs.get(0).get_id()?.to_string()?;
+    let run = fixture::submit_source(&submitter, source).await?;
     drop(submitter);
     let (done_tx, done) = oneshot::channel();
     let first = Rc::new(RefCell::new(None));
