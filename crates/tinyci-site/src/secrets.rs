@@ -139,6 +139,9 @@ fn delivery_key(run: RunId, attempt: u32, name: &str) -> Vec<u8> {
     key
 }
 
+/// The most tiers one secret may name (there are four kinds; partners are named one by one).
+const MAX_TIERS: u32 = 16;
+
 /// What sealing adds to a value: version, nonce and tag.
 const SEAL_OVERHEAD: usize = 1 + 12 + 16;
 
@@ -158,6 +161,12 @@ fn seal_context(secret: &StoredSecret) -> String {
         context.push_str(&format!(":{}:{field}", field.len()));
     }
     context
+}
+
+/// The masking forms of `values`. Every stored value was refused under `MIN_SECRET_LEN` at
+/// `set`; one that is not (an edited store) is left out rather than emptying the whole list.
+fn forms_of<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<Vec<u8>> {
+    masked_forms(values.filter(|v| v.len() >= tinyci_core::MIN_SECRET_LEN)).unwrap_or_default()
 }
 
 fn scope_of(secret: &StoredSecret) -> Result<SecretScope, ScopeError> {
@@ -371,7 +380,7 @@ impl SecretBook {
                 names = %delivered.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(","),
                 "secrets delivered");
         }
-        let forms = masked_forms(delivered.iter().map(|d| d.value.as_slice())).unwrap_or_default();
+        let forms = forms_of(delivered.iter().map(|d| d.value.as_slice()));
         self.forms
             .borrow_mut()
             .insert(lease.run, (lease.attempt, Rc::new(forms)));
@@ -482,7 +491,7 @@ impl SecretBook {
             .filter(|s| names.contains(&s.name))
             .filter_map(|s| self.key.open(&s.sealed, &seal_context(&s)).ok())
             .collect();
-        let forms = Rc::new(masked_forms(values.iter().map(Vec::as_slice)).unwrap_or_default());
+        let forms = Rc::new(forms_of(values.iter().map(Vec::as_slice)));
         if live {
             self.forms
                 .borrow_mut()
@@ -614,10 +623,15 @@ impl secret_store::Server for SecretStoreCap {
         let repo = read_text(params.get_repo(), "repo")?;
         self.covers(&repo)?;
         self.user_may(&repo).await?;
-        let tiers = params
-            .get_tiers()?
+        let tiers = params.get_tiers()?;
+        if tiers.len() > MAX_TIERS {
+            return Err(capnp::Error::failed(format!(
+                "tiers: {} named; at most {MAX_TIERS}",
+                tiers.len()
+            )));
+        }
+        let tiers = tiers
             .iter()
-            .take(16)
             .map(|t| crate::rpc::read_short_text(t, "tiers"))
             .collect::<Result<Vec<_>, _>>()?;
         let tiers = if tiers.is_empty() {
