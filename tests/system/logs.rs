@@ -123,7 +123,8 @@ fn followers_during_and_after_a_run_print_the_same_complete_log_and_its_status()
 }
 
 #[test]
-fn a_site_killed_and_restarted_mid_stream_keeps_the_log_whole_and_the_run_on_its_runner() {
+fn a_site_killed_and_restarted_mid_stream_with_a_torn_log_keeps_it_whole_and_the_run_on_its_runner()
+{
     let dir = tempfile::tempdir().unwrap();
     init_site(dir.path(), "");
     // The runner's bundle names this address, so the restarted site must listen there again.
@@ -176,6 +177,15 @@ fn a_site_killed_and_restarted_mid_stream_keeps_the_log_whole_and_the_run_on_its
     early.wait_for("1");
 
     site.kill9();
+    // A crash mid-write leaves a torn frame where the log's file ends: the restarted site
+    // must serve none of it and take the runner's resend from the last whole frame.
+    let log_file = dir.path().join("data/logs/0000/2.log");
+    let mut torn = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log_file)
+        .unwrap();
+    std::io::Write::write_all(&mut torn, &[0x2a, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 7]).unwrap();
+    drop(torn);
     std::fs::write(&go, "").unwrap();
     let mut site = SiteProcess::start(dir.path(), &listen);
     site.wait_for("listening on ");

@@ -8,6 +8,7 @@ use tinyci_core::RunStatus;
 use tinyci_store::records::LogChunk;
 use tokio::sync::{mpsc, watch};
 
+use crate::read::ReadRange;
 use crate::{FOLLOW_BATCH, LogError, Logs};
 
 /// Where a follower's chunks go: a Cap'n Proto observer, a browser's event stream, a test.
@@ -109,12 +110,21 @@ impl Logs {
         let mut durable = log.durable.subscribe();
         stats.active.send_modify(|n| *n += 1);
         let _active = ActiveGuard(stats.clone());
+        // Where the last batch stopped in the file, so the next read starts there.
+        let mut hint = None;
         loop {
             // Mark the current length seen *before* reading, so a write landing after the
-            // read wakes the wait below.
-            let _ = durable.borrow_and_update();
+            // read wakes the wait below; nothing past it is read, so only durable bytes go out.
+            let length = *durable.borrow_and_update();
             let finished = status();
-            let batch = self.read(run, from, FOLLOW_BATCH).await?;
+            let range = ReadRange {
+                from,
+                max: FOLLOW_BATCH,
+                durable: Some(length),
+                hint,
+            };
+            let (batch, next) = self.read_range(run, range).await?;
+            hint = Some(next);
             if batch.is_empty() {
                 if let Some(status) = finished.filter(|s| s.is_final()) {
                     // The status was read before the store: a final status means the runner

@@ -1,11 +1,12 @@
 //! Run logs of a site: where a runner's output is stored, how it is cut at its size limit,
 //! how writes are batched into few commits, how followers are fed, and how old logs go.
 //!
-//! Chunks are stored in LMDB through the store's group committer, keyed by run and byte
-//! offset, so a log reads back in order and a chunk that is acknowledged is on disk. The
-//! store is the one source of truth: followers read what they send from it, never from a copy
-//! in memory, so a follower that falls behind costs a cursor, not a buffer, and every follower
-//! sees the same bytes in the same order whatever moment it attached.
+//! Each run's log is one append-only file of checksummed frames (`segment.rs`); a batch of
+//! writes costs one `fdatasync`, and a chunk is acknowledged only once it is on disk. LMDB
+//! holds a sparse index into the files, never ahead of them. The files are the one source of
+//! truth: followers read what they send from them, up to what is durable, never from a copy
+//! in memory, so a follower that falls behind costs a file position, not a buffer, and every
+//! follower sees the same bytes in the same order whatever moment it attached.
 //!
 //! [`Logs`] holds the live state of the logs being written or followed; a [`LogWriter`] is
 //! one lease's right to append; [`Logs::follow`] feeds any [`Follower`]. Single-threaded
@@ -13,8 +14,10 @@
 //! transport: the site wraps these in capabilities and says what a run's status is.
 
 mod follow;
+mod migrate;
 mod read;
 mod retention;
+mod segment;
 mod write;
 
 use std::sync::Arc;
@@ -26,6 +29,10 @@ pub use write::{LogWriter, Logs};
 
 /// Largest chunk accepted (the wire contract's limit).
 pub const MAX_LOG_CHUNK: usize = 64 * 1024;
+
+/// The most one write of a chunk costs on disk beyond its bytes (a frame of its own), for
+/// counting a repository's storage before the next retention sweep measures it.
+pub const MAX_WRITE_OVERHEAD: u64 = segment::FRAME_COST;
 
 /// Default of `[logs] max_run_bytes`: a run's log is cut at 64 MiB.
 pub const DEFAULT_MAX_RUN_LOG_BYTES: u64 = 64 * 1024 * 1024;
@@ -40,7 +47,7 @@ pub const FOLLOW_BATCH: usize = 256 * 1024;
 pub const FOLLOWER_BUFFER_BOUND: u64 = FOLLOW_BATCH as u64;
 
 /// Most bytes of one run's log accepted from its runner but not yet durable. A write returns
-/// once its chunk is queued for the group committer and at most this much is waiting, so
+/// once its chunk is queued for the log's committing task and at most this much is waiting, so
 /// commits carry many chunks each (one fsync for up to this much) instead of one chunk per
 /// fsync, which capped a log at about one chunk per commit latency (~8 MB/s on a disk whose
 /// commit takes 8 ms). Durability is still what `acknowledged` and `close` report: the runner
@@ -107,17 +114,26 @@ pub enum LogError {
         /// Where the log continues.
         expected: u64,
     },
-    /// Storing the log failed; it refuses everything after.
+    /// Writing the log's file failed; the log refuses everything after.
     #[error("failed to store the log of run r-{run}")]
-    Store {
+    Write {
         /// The run.
         run: u64,
-        /// What the store said.
+        /// What the file system said.
         #[source]
-        source: Arc<tinyci_store::StoreError>,
+        source: Arc<std::io::Error>,
     },
-    /// Reading the log failed.
+    /// Reading the log's file failed.
     #[error("cannot read the log of run r-{run}")]
+    ReadFile {
+        /// The run.
+        run: u64,
+        /// What the file system said.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// Reading the log's index failed.
+    #[error("cannot read the index of the log of run r-{run}")]
     Read {
         /// The run.
         run: u64,
@@ -125,7 +141,7 @@ pub enum LogError {
         #[source]
         source: Arc<tinyci_store::StoreError>,
     },
-    /// Removing logs (for retention) failed; none of them was removed.
+    /// Removing logs' index entries (for retention) failed; none of the logs was removed.
     #[error("cannot remove the logs of {runs} runs")]
     Remove {
         /// How many runs' logs were to go.
@@ -134,12 +150,42 @@ pub enum LogError {
         #[source]
         source: Arc<tinyci_store::StoreError>,
     },
-    /// Scanning all stored logs (for retention) failed.
-    #[error("cannot scan the stored logs")]
-    Scan {
-        /// What the store said.
+    /// Removing a log's file (for retention) failed.
+    #[error("cannot remove the log file of run r-{run}")]
+    RemoveFile {
+        /// The run.
+        run: u64,
+        /// What the file system said.
         #[source]
-        source: Arc<tinyci_store::StoreError>,
+        source: Arc<std::io::Error>,
+    },
+    /// Listing the stored logs (for retention) failed.
+    #[error("cannot list the stored logs in {}", dir.display())]
+    Scan {
+        /// The logs' directory.
+        dir: std::path::PathBuf,
+        /// What the file system said.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The logs' directory could not be opened or prepared.
+    #[error("cannot open the logs directory {}", dir.display())]
+    Open {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// What the file system said.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// Moving a log stored the old way (LMDB records) into its file failed; the records stay
+    /// where they were and the move is tried again at the next start.
+    #[error("cannot move the stored log of run r-{run} into its file")]
+    Migrate {
+        /// The run.
+        run: u64,
+        /// What went wrong.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
     },
     /// The log's state went away before the write was durable (the site is stopping).
     #[error("the log of run r-{run} closed unfinished")]

@@ -1,81 +1,124 @@
-//! Reading a stored log: its length and its chunks from an offset.
+//! Reading a stored log: where it ends, and its chunks from an offset, through the sparse
+//! index in LMDB and the run's file.
 
 use std::ops::Bound;
 use std::sync::Arc;
 
 use tinyci_store::records::{LogChunk, log_key, log_key_offset};
-use tinyci_store::tables::LOG_CHUNKS;
+use tinyci_store::tables::LOG_INDEX;
 use tinyci_store::{Store, StoreError};
 
-use crate::{LogError, MAX_LOG_CHUNK};
+use crate::LogError;
+use crate::segment::{FrameReader, LogFiles, Position, Scanned, scan};
 
-/// The length of a run's stored log: where the next chunk goes.
-pub(crate) fn stored_length(store: &Store, run: u64) -> Result<u64, LogError> {
-    // The log ends where its last record does: one lookup from the end of the run's keys,
-    // not a scan of every record (a page view and every follower ask this).
+/// The last indexed frame boundary of `run`'s log at or before log offset `at`, or the
+/// file's start.
+pub(crate) fn indexed_before(store: &Store, run: u64, at: u64) -> Result<Position, LogError> {
     let start = log_key(run, 0);
-    let end = run.checked_add(1).map(|next| log_key(next, 0));
-    let bounds = (
-        Bound::Included(&start[..]),
-        end.as_ref()
-            .map_or(Bound::Unbounded, |end| Bound::Excluded(&end[..])),
-    );
+    let end = log_key(run, at);
+    let bounds = (Bound::Included(&start[..]), Bound::Included(&end[..]));
     store
-        .read(
-            |txn| match txn.iter_range_rev(LOG_CHUNKS, &bounds)?.next() {
-                Some(entry) => {
-                    let (key, record) = entry?;
-                    Ok(log_key_offset(key) + record.data.len() as u64)
-                }
-                None => Ok(0),
-            },
-        )
+        .read(|txn| match txn.iter_range_rev(LOG_INDEX, &bounds)?.next() {
+            Some(entry) => {
+                let (key, pos) = entry?;
+                Ok(Position {
+                    offset: log_key_offset(key),
+                    pos,
+                })
+            }
+            None => Ok(Position::default()),
+        })
         .map_err(|e| read_error(run, e))
 }
 
-/// Up to `max` bytes of a run's log from byte `from`, as `(offset, chunk)` in order (the
-/// first chunk trimmed to start at `from`). At least one chunk when any lies past `from`,
-/// even if it is longer than `max`.
+/// Where `run`'s stored log ends: scanned from its last indexed frame, or from the start
+/// when that entry does not lead to a valid frame.
+pub(crate) fn stored_end(files: &LogFiles, store: &Store, run: u64) -> Result<Scanned, LogError> {
+    let path = files.path(run);
+    let file_error = |e| file_error(run, e);
+    let from = indexed_before(store, run, u64::MAX)?;
+    let scanned = scan(&path, from).map_err(file_error)?;
+    if scanned.torn && scanned.end == from && from != Position::default() {
+        return scan(&path, Position::default()).map_err(file_error);
+    }
+    Ok(scanned)
+}
+
+/// Up to `max` bytes of a run's log from byte `from`, and no byte at or past `durable` (when
+/// given), as `(offset, chunk)` in order (the first chunk trimmed to start at `from`). At
+/// least one chunk when any lies past `from`, even if it is longer than `max`. Reading starts
+/// at `hint` when it is a frame boundary at or before `from` (where the last read stopped),
+/// else at the index's nearest entry. Returns where the next read from the end of these
+/// chunks may start.
 pub(crate) fn read_chunks(
+    files: &LogFiles,
     store: &Store,
     run: u64,
-    from: u64,
-    max: usize,
-) -> Result<Vec<(u64, LogChunk)>, LogError> {
-    // Start at the chunk holding `from`, not at the log's beginning: a follower reads a long
-    // log in many batches, and scanning (and decoding) from offset 0 each time made following
-    // quadratic in the log's length. No chunk is longer than MAX_LOG_CHUNK, so the chunk
-    // holding `from` starts at most that far before it.
-    let start = log_key(run, from.saturating_sub(MAX_LOG_CHUNK as u64));
-    let end = log_key(run, u64::MAX);
-    let range = (
-        std::ops::Bound::Included(&start[..]),
-        std::ops::Bound::Included(&end[..]),
-    );
-    store
-        .read(|txn| {
-            let mut out = Vec::new();
-            let mut taken = 0usize;
-            for entry in txn.iter_range(LOG_CHUNKS, &range)? {
-                let (key, record) = entry?;
-                let offset = log_key_offset(key);
-                if offset + record.data.len() as u64 <= from {
-                    continue;
-                }
-                for (start, chunk) in record.into_chunks(offset, from) {
-                    if taken > 0 && taken + chunk.data.len() > max {
-                        return Ok(out);
-                    }
-                    taken += chunk.data.len();
-                    out.push((start, chunk));
-                    if taken >= max {
-                        return Ok(out);
-                    }
-                }
+    range: ReadRange,
+) -> Result<(Vec<(u64, LogChunk)>, Position), LogError> {
+    let ReadRange {
+        from,
+        max,
+        durable,
+        hint,
+    } = range;
+    let start = match hint {
+        Some(hint) if hint.offset <= from => hint,
+        _ => indexed_before(store, run, from)?,
+    };
+    let file_error = |e| file_error(run, e);
+    let path = files.path(run);
+    let Some(mut reader) = FrameReader::open(&path, start).map_err(file_error)? else {
+        return Ok((Vec::new(), start));
+    };
+    let mut first = reader.next_frame().map_err(file_error)?;
+    if first.is_none() && reader.torn() && start != Position::default() {
+        // The index or hint led to no valid frame (the file lost what it pointed at): the
+        // file's start always leads to its valid frames.
+        let Some(again) = FrameReader::open(&path, Position::default()).map_err(file_error)? else {
+            return Ok((Vec::new(), Position::default()));
+        };
+        reader = again;
+        first = reader.next_frame().map_err(file_error)?;
+    }
+    let mut out = Vec::new();
+    let mut taken = 0usize;
+    let mut resume = first.as_ref().map_or(reader.position(), |frame| frame.at);
+    let mut next = first;
+    while let Some(frame) = next.take() {
+        if durable.is_some_and(|durable| frame.end.offset > durable) {
+            break;
+        }
+        if frame.end.offset <= from {
+            resume = frame.end;
+            next = reader.next_frame().map_err(file_error)?;
+            continue;
+        }
+        resume = frame.at;
+        for (offset, chunk) in frame.record.into_chunks(frame.at.offset, from) {
+            if taken > 0 && taken + chunk.data.len() > max {
+                return Ok((out, resume));
             }
-            Ok(out)
-        })
-        .map_err(|e| read_error(run, e))
+            taken += chunk.data.len();
+            out.push((offset, chunk));
+        }
+        resume = frame.end;
+        if taken >= max {
+            break;
+        }
+        next = reader.next_frame().map_err(file_error)?;
+    }
+    Ok((out, resume))
+}
+
+/// What [`read_chunks`] reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadRange {
+    pub(crate) from: u64,
+    pub(crate) max: usize,
+    /// The durable length, for a log being written: nothing past it is read.
+    pub(crate) durable: Option<u64>,
+    pub(crate) hint: Option<Position>,
 }
 
 pub(crate) fn read_error(run: u64, source: StoreError) -> LogError {
@@ -85,15 +128,21 @@ pub(crate) fn read_error(run: u64, source: StoreError) -> LogError {
     }
 }
 
-/// Runs a blocking store read off the site's thread; `lost` names the failure if that
-/// thread dies.
+pub(crate) fn file_error(run: u64, source: std::io::Error) -> LogError {
+    LogError::ReadFile {
+        run,
+        source: Arc::new(source),
+    }
+}
+
+/// Runs blocking reads off the site's thread; `lost` names the failure if that thread dies.
 pub(crate) async fn off_thread<T: Send + 'static>(
     read: impl FnOnce() -> Result<T, LogError> + Send + 'static,
-    lost: impl FnOnce(StoreError) -> LogError,
+    lost: impl FnOnce(std::io::Error) -> LogError,
 ) -> Result<T, LogError> {
     tokio::task::spawn_blocking(read).await.map_err(|e| {
-        lost(StoreError::Aborted {
-            reason: format!("the log reader thread failed: {e}").into(),
-        })
+        lost(std::io::Error::other(format!(
+            "the log reader thread failed: {e}"
+        )))
     })?
 }

@@ -1,18 +1,26 @@
 //! The live state of logs and the writers that append to them.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use tinyci_store::records::{LogChunk, LogRecord, LogSpan, log_key};
-use tinyci_store::tables::LOG_CHUNKS;
+use tinyci_store::tables::LOG_INDEX;
 use tinyci_store::{GroupCommitter, Store};
 use tokio::sync::watch;
 
 use crate::follow::FollowStats;
-use crate::read::{off_thread, read_chunks, read_error, stored_length};
+use crate::read::{ReadRange, file_error, off_thread, read_chunks, stored_end};
+use crate::segment::{FRAME_COST, LogFiles, Position, append_durably, encode_frame};
 use crate::{LOG_COMMIT_WINDOW, LogError, MAX_LOG_CHUNK, Stream};
+
+/// A frame is indexed in LMDB when it starts at least this far into the file past the last
+/// indexed one: a reader from any offset scans at most this much of the file, and a log
+/// streaming at disk speed costs LMDB a commit only this often.
+const INDEX_EVERY: u64 = 4 * 1024 * 1024;
 
 /// Called with the byte count of each commit of log chunks (for metrics).
 type StoredHook = Rc<dyn Fn(usize)>;
@@ -22,6 +30,7 @@ type StoredHook = Rc<dyn Fn(usize)>;
 pub struct Logs {
     store: Store,
     committer: GroupCommitter,
+    files: LogFiles,
     /// `[logs] max_run_bytes`.
     max_run_bytes: u64,
     runs: RefCell<HashMap<u64, Rc<RunLog>>>,
@@ -43,8 +52,14 @@ impl std::fmt::Debug for Logs {
 pub(crate) struct RunLog {
     pub(crate) run: u64,
     state: RefCell<WriteState>,
-    /// Bytes durably stored; followers wait on it.
+    /// Bytes durably stored; followers wait on it, and read nothing past it.
     pub(crate) durable: watch::Sender<u64>,
+    /// Where the durable frames end in the file: the next commit writes there.
+    end: Cell<Position>,
+    /// The file, once a commit opened it.
+    file: RefCell<Option<Arc<File>>>,
+    /// The file position of the last frame indexed in LMDB.
+    indexed: Cell<u64>,
 }
 
 #[derive(Debug)]
@@ -59,41 +74,48 @@ struct WriteState {
     /// Set once the log reached its size limit.
     truncated: bool,
     /// Set when a commit failed: the log refuses everything after it.
-    failed: Option<Arc<tinyci_store::StoreError>>,
-    /// Chunks accepted but not yet handed to the committer, in log order.
+    failed: Option<LogError>,
+    /// Chunks accepted but not yet handed to the committing task, in log order.
     queued: Vec<(u64, LogChunk)>,
     /// The stored log's end once `queued` is durable.
     queued_end: u64,
+    /// `queued` ends with the line saying the log was cut.
+    queued_cut: bool,
     /// Whether a task is committing this log's queue (one at a time keeps commits in order).
     committing: bool,
-    /// The last record this process stored for the log, while it can take more bytes: the
-    /// next commit appends to it rather than adding a record (see [`merge_into_records`]).
-    tail: Option<Tail>,
-    /// The stream of the last chunk accepted, and what the switches of stream so far cost
-    /// stored (counted against the limit with the bytes).
+    /// What the frames of the log cost beyond its bytes so far, counted against the limit.
+    overhead: u64,
+    /// Log bytes in the last frame `queued` makes, and its last chunk's stream: whether the
+    /// next chunk joins that frame (see [`merge_into_records`]) decides what it costs.
+    frame_len: usize,
     last_stream: Option<u8>,
-    span_bytes: u64,
-}
-
-/// A stored record that later output may be appended to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Tail {
-    /// Its key's offset.
-    at: u64,
-    len: usize,
 }
 
 impl Logs {
-    /// The logs kept in `store`, written through `committer`, each cut at `max_run_bytes`.
-    pub fn new(store: Store, committer: GroupCommitter, max_run_bytes: u64) -> Self {
-        Self {
+    /// The logs of the site whose data directory is `data_dir` (files under `logs/`, index in
+    /// `store`, written through `committer`), each cut at `max_run_bytes`. Moves any log
+    /// stored the old way (LMDB records) into its file first.
+    pub fn open(
+        data_dir: &Path,
+        store: Store,
+        committer: GroupCommitter,
+        max_run_bytes: u64,
+    ) -> Result<Self, LogError> {
+        let dir = data_dir.join("logs");
+        let files = LogFiles::open(data_dir).map_err(|source| LogError::Open {
+            dir,
+            source: Arc::new(source),
+        })?;
+        crate::migrate::migrate_records(&store, &files)?;
+        Ok(Self {
             store,
             committer,
+            files,
             max_run_bytes,
             runs: RefCell::default(),
             stats: Rc::default(),
             on_stored: Rc::new(|_| {}),
-        }
+        })
     }
 
     /// Calls `hook` with the byte count of every commit of log chunks.
@@ -108,18 +130,36 @@ impl Logs {
         self.stats.clone()
     }
 
-    pub(crate) fn store(&self) -> &Store {
-        &self.store
+    pub(crate) fn files(&self) -> &LogFiles {
+        &self.files
     }
 
     pub(crate) fn committer(&self) -> &GroupCommitter {
         &self.committer
     }
 
+    /// The durable length of `run`'s log while a writer or follower holds its live state:
+    /// frames past it may not be synced yet. Otherwise whatever its file holds is durable
+    /// (each commit syncs before it returns, and opening the logs flushed what a crash left).
+    fn durable_now(&self, run: u64) -> Option<u64> {
+        self.runs
+            .borrow()
+            .get(&run)
+            .filter(|log| Rc::strong_count(log) > 1)
+            .map(|log| *log.durable.borrow())
+    }
+
     /// The length of `run`'s stored log.
     pub async fn stored_length(&self, run: u64) -> Result<u64, LogError> {
-        let store = self.store.clone();
-        off_thread(move || stored_length(&store, run), |e| read_error(run, e)).await
+        if let Some(durable) = self.durable_now(run) {
+            return Ok(durable);
+        }
+        let (files, store) = (self.files.clone(), self.store.clone());
+        off_thread(
+            move || Ok(stored_end(&files, &store, run)?.end.offset),
+            |e| file_error(run, e),
+        )
+        .await
     }
 
     /// Up to `max` bytes of `run`'s log from byte `from`, as `(offset, chunk)` in order (the
@@ -130,10 +170,25 @@ impl Logs {
         from: u64,
         max: usize,
     ) -> Result<Vec<(u64, LogChunk)>, LogError> {
-        let store = self.store.clone();
+        let range = ReadRange {
+            from,
+            max,
+            durable: self.durable_now(run),
+            hint: None,
+        };
+        Ok(self.read_range(run, range).await?.0)
+    }
+
+    /// [`read_chunks`] off the site's thread.
+    pub(crate) async fn read_range(
+        &self,
+        run: u64,
+        range: ReadRange,
+    ) -> Result<(Vec<(u64, LogChunk)>, Position), LogError> {
+        let (files, store) = (self.files.clone(), self.store.clone());
         off_thread(
-            move || read_chunks(&store, run, from, max),
-            |e| read_error(run, e),
+            move || read_chunks(&files, &store, run, range),
+            |e| file_error(run, e),
         )
         .await
     }
@@ -141,39 +196,45 @@ impl Logs {
     /// The last `max` bytes of `run`'s log (or all of it, when shorter) and the offset they
     /// start at.
     pub async fn tail(&self, run: u64, max: u64) -> Result<(u64, Vec<u8>), LogError> {
-        let store = self.store.clone();
-        off_thread(
-            move || {
-                let length = stored_length(&store, run)?;
-                let from = length.saturating_sub(max);
-                let chunks = read_chunks(
-                    &store,
-                    run,
-                    from,
-                    usize::try_from(max).unwrap_or(usize::MAX),
-                )?;
-                let mut bytes = Vec::new();
-                for (_, chunk) in chunks {
-                    bytes.extend_from_slice(&chunk.data);
-                }
-                Ok((from, bytes))
-            },
-            |e| read_error(run, e),
-        )
-        .await
+        let length = self.stored_length(run).await?;
+        let from = length.saturating_sub(max);
+        let range = ReadRange {
+            from,
+            max: usize::try_from(max).unwrap_or(usize::MAX),
+            durable: Some(length),
+            hint: None,
+        };
+        let (chunks, _) = self.read_range(run, range).await?;
+        let mut bytes = Vec::new();
+        for (_, chunk) in chunks {
+            bytes.extend_from_slice(&chunk.data);
+        }
+        Ok((from, bytes))
     }
 
-    /// The live state of `run`'s log, loaded from the store when nobody holds it.
+    /// Forgets the live state of `runs`' logs (being removed): whoever holds it keeps it,
+    /// and the next use loads it afresh.
+    pub(crate) fn forget(&self, runs: &[u64]) {
+        self.runs.borrow_mut().retain(|run, _| !runs.contains(run));
+    }
+
+    /// The live state of `run`'s log, loaded from its file when nobody holds it.
     pub(crate) async fn live(&self, run: u64) -> Result<Rc<RunLog>, LogError> {
         if let Some(log) = self.runs.borrow().get(&run) {
             return Ok(log.clone());
         }
-        let length = self.stored_length(run).await?;
+        let (files, store) = (self.files.clone(), self.store.clone());
+        let stored = off_thread(
+            move || stored_end(&files, &store, run),
+            |e| file_error(run, e),
+        )
+        .await?;
+        let length = stored.end.offset;
         let max_bytes = self.max_run_bytes;
         let mut runs = self.runs.borrow_mut();
         // Forget logs nobody holds any more (the map's reference is the only one).
         runs.retain(|_, log| Rc::strong_count(log) > 1);
-        // Another caller may have loaded it while we read the store.
+        // Another caller may have loaded it while we read the file.
         Ok(runs
             .entry(run)
             .or_insert_with(|| {
@@ -184,16 +245,20 @@ impl Logs {
                         next_stored: length,
                         writer: 0,
                         // A log at or past the limit was cut (or written under a higher one).
-                        truncated: length >= max_bytes,
+                        truncated: stored.cut || length >= max_bytes,
                         failed: None,
                         queued: Vec::new(),
                         queued_end: length,
+                        queued_cut: false,
                         committing: false,
-                        tail: None,
+                        overhead: 0,
+                        frame_len: 0,
                         last_stream: None,
-                        span_bytes: 0,
                     }),
                     durable: watch::channel(length).0,
+                    end: Cell::new(stored.end),
+                    file: RefCell::new(None),
+                    indexed: Cell::new(0),
                 })
             })
             .clone())
@@ -219,6 +284,7 @@ impl Logs {
             lease,
             max_bytes: self.max_run_bytes,
             committer: self.committer.clone(),
+            files: self.files.clone(),
             on_stored: self.on_stored.clone(),
         })
     }
@@ -230,6 +296,7 @@ pub struct LogWriter {
     lease: u32,
     max_bytes: u64,
     committer: GroupCommitter,
+    files: LogFiles,
     on_stored: StoredHook,
 }
 
@@ -261,14 +328,13 @@ fn truncation_marker(limit: u64) -> Vec<u8> {
 
 impl LogWriter {
     fn failure(&self, state: &WriteState) -> Option<LogError> {
-        state.failed.as_ref().map(|source| LogError::Store {
-            run: self.log.run,
-            source: source.clone(),
-        })
+        state.failed.clone()
     }
 
     /// Checks a chunk against the log's state and reserves its place, so writes in flight
-    /// stay in order. Cuts the log at the size limit.
+    /// stay in order. Cuts the log at the size limit, which counts what the log's frames
+    /// cost on disk beyond its bytes: a run writing a byte at a time is cut sooner, never
+    /// stored at many times its limit.
     fn accept(&self, offset: u64, chunk: LogChunk) -> Result<Accepted, LogError> {
         let mut state = self.log.state.borrow_mut();
         if let Some(failed) = self.failure(&state) {
@@ -298,13 +364,23 @@ impl LogWriter {
         }
         state.next_input = offset + len;
         let at = state.next_stored;
-        // A switch of stream costs a span stored: the limit counts it, so a log alternating
-        // streams a byte at a time is cut sooner rather than stored at twice its size.
-        if state.last_stream.is_some_and(|last| last != chunk.stream) {
-            state.span_bytes += SPAN_COST;
-        }
+        // What storing this chunk costs beyond its bytes: a frame when it starts one (the
+        // queue is taken whole by the next commit, and a frame holds at most MAX_LOG_CHUNK),
+        // a span when it switches stream within one, else nothing.
+        let starts_frame =
+            state.queued.is_empty() || state.frame_len + chunk.data.len() > MAX_LOG_CHUNK;
+        let cost = if starts_frame {
+            state.frame_len = 0;
+            FRAME_COST
+        } else if state.last_stream != Some(chunk.stream) {
+            SPAN_COST
+        } else {
+            0
+        };
+        state.frame_len += chunk.data.len();
         state.last_stream = Some(chunk.stream);
-        let room = self.max_bytes.saturating_sub(at + state.span_bytes);
+        state.overhead += cost;
+        let room = self.max_bytes.saturating_sub(at + state.overhead);
         if len <= room {
             state.next_stored = at + len;
             return Ok(Accepted::Store(vec![(at, chunk)], at + len));
@@ -329,6 +405,7 @@ impl LogWriter {
         chunks.push((marker_at, marker));
         state.next_stored = end;
         state.truncated = true;
+        state.queued_cut = true;
         Ok(Accepted::Store(chunks, end))
     }
 
@@ -354,6 +431,7 @@ impl LogWriter {
                 state.committing = true;
                 tokio::task::spawn_local(commit_queued(
                     self.log.clone(),
+                    self.files.clone(),
                     self.committer.clone(),
                     self.on_stored.clone(),
                 ));
@@ -393,6 +471,8 @@ impl LogWriter {
         // What this writer wrote is durable even if a later commit failed: that failure is
         // the next write's to report.
         if reached {
+            // Where the log ends now is where a page view or a later attempt looks first.
+            index_frame(&self.log, &self.committer, self.log.end.get());
             return Ok(());
         }
         match self.failure(&self.log.state.borrow()) {
@@ -402,56 +482,93 @@ impl LogWriter {
     }
 }
 
+/// Records in LMDB that a frame of `log` starts at `at` (durable already), unless it was the
+/// last indexed. Not awaited: the index only spares readers a scan, and an entry lost in a
+/// crash costs the next reader a longer one.
+fn index_frame(log: &RunLog, committer: &GroupCommitter, at: Position) {
+    if at.pos == 0 || at.pos == log.indexed.get() {
+        return;
+    }
+    log.indexed.set(at.pos);
+    let committer = committer.clone();
+    let run = log.run;
+    tokio::task::spawn_local(async move {
+        let _ = committer
+            .write(move |txn| txn.put(LOG_INDEX, &log_key(run, at.offset)[..], &at.pos))
+            .await;
+    });
+}
+
 /// Commits a log's queued chunks, everything queued at once, until the queue is empty; then
 /// the next write starts it again. One per log at a time, so the durable length only grows
-/// and never passes a chunk that is not stored.
-async fn commit_queued(log: Rc<RunLog>, committer: GroupCommitter, on_stored: StoredHook) {
+/// and never passes a chunk that is not stored: frames are appended where the durable ones
+/// end and synced before the length moves.
+async fn commit_queued(
+    log: Rc<RunLog>,
+    files: LogFiles,
+    committer: GroupCommitter,
+    on_stored: StoredHook,
+) {
     loop {
-        let (chunks, end, tail) = {
+        let (chunks, end, cut) = {
             let mut state = log.state.borrow_mut();
             if state.queued.is_empty() || state.failed.is_some() {
                 state.committing = false;
                 state.queued.clear();
                 return;
             }
-            (
-                std::mem::take(&mut state.queued),
-                state.queued_end,
-                state.tail,
-            )
+            let cut = std::mem::take(&mut state.queued_cut);
+            (std::mem::take(&mut state.queued), state.queued_end, cut)
         };
         let run = log.run;
         let bytes: usize = chunks.iter().map(|(_, c)| c.data.len()).sum();
-        let (append, records, new_tail) = merge_into_records(tail, chunks);
-        let result = committer
-            .write(move |txn| {
-                if let Some(Append {
-                    tail_at,
-                    at,
-                    chunks,
-                }) = append
-                {
-                    let key = log_key(run, tail_at);
-                    // The tail record is this process's own last write: present unless the
-                    // log was removed meanwhile, in which case the bytes start a record.
-                    let (key, mut record) = match txn.get(LOG_CHUNKS, &key[..])? {
-                        Some(record) => (key, record),
-                        None => (log_key(run, at), empty_record(chunks.first())),
-                    };
-                    for chunk in &chunks {
-                        push(&mut record, chunk);
+        let records = merge_into_records(chunks);
+        let start = log.end.get();
+        let file = log.file.borrow().clone();
+        let files = files.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let file = match file {
+                Some(file) => file,
+                None => {
+                    let file = files.open_for_append(run)?;
+                    // Bytes past the durable frames are a torn tail a crash left: cut them.
+                    if file.metadata()?.len() > start.pos {
+                        file.set_len(start.pos)?;
                     }
-                    txn.put(LOG_CHUNKS, &key[..], &record)?;
+                    Arc::new(file)
                 }
-                for (at, record) in &records {
-                    txn.put(LOG_CHUNKS, &log_key(run, *at)[..], record)?;
+            };
+            let mut frames = Vec::with_capacity(bytes + records.len() * FRAME_COST as usize);
+            let mut at = start;
+            let last = records.len().saturating_sub(1);
+            for (i, (offset, record)) in records.iter().enumerate() {
+                let len = encode_frame(*offset, cut && i == last, record, &mut frames)
+                    .map_err(std::io::Error::other)?;
+                at = Position {
+                    offset: offset + record.data.len() as u64,
+                    pos: at.pos + len,
+                };
+            }
+            if let Err(e) = append_durably(&file, start.pos, &frames) {
+                // Leave no frame that was not synced for a reader to take as durable.
+                let _ = file.set_len(start.pos);
+                return Err(e);
+            }
+            Ok((file, at))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(std::io::Error::other(format!(
+                "the log writer thread failed: {e}"
+            )))
+        });
+        match written {
+            Ok((file, at)) => {
+                *log.file.borrow_mut() = Some(file);
+                log.end.set(at);
+                if start.pos.saturating_sub(log.indexed.get()) >= INDEX_EVERY {
+                    index_frame(&log, &committer, start);
                 }
-                Ok(())
-            })
-            .await;
-        match result {
-            Ok(()) => {
-                log.state.borrow_mut().tail = new_tail;
                 on_stored(bytes);
                 log.durable.send_if_modified(|durable| {
                     let grew = end > *durable;
@@ -462,8 +579,10 @@ async fn commit_queued(log: Rc<RunLog>, committer: GroupCommitter, on_stored: St
             Err(e) => {
                 {
                     let mut state = log.state.borrow_mut();
-                    state.tail = None;
-                    state.failed = Some(Arc::new(e));
+                    state.failed = Some(LogError::Write {
+                        run,
+                        source: Arc::new(e),
+                    });
                     state.committing = false;
                     state.queued.clear();
                 }
@@ -475,19 +594,10 @@ async fn commit_queued(log: Rc<RunLog>, committer: GroupCommitter, on_stored: St
     }
 }
 
-/// Chunks a commit appends to the log's last stored record.
-#[derive(Debug)]
-struct Append {
-    /// The record's key offset.
-    tail_at: u64,
-    /// Where these bytes start in the log.
-    at: u64,
-    chunks: Vec<LogChunk>,
-}
-
-/// What a switch of stream costs stored, at most, counted against the log's size limit: a
-/// span is one varint (`len << 2 | stream`), one byte under 32 bytes and two up to 8 KiB.
-const SPAN_COST: u64 = 2;
+/// What a switch of stream within a frame costs stored, at most, counted against the log's
+/// size limit: a span is one varint (`len << 2 | stream`), one byte under 32 bytes and
+/// three up to 64 KiB.
+const SPAN_COST: u64 = 3;
 
 /// A record with no bytes yet, stamped with the time of the chunk that will start it.
 fn empty_record(first: Option<&LogChunk>) -> LogRecord {
@@ -499,8 +609,8 @@ fn empty_record(first: Option<&LogChunk>) -> LogRecord {
 }
 
 /// Appends `chunk` to `record`: onto the last span when it continues that stream, else as a
-/// span of its own. Every byte keeps its stream; a switch costs one or two bytes, which the
-/// log's size limit counts (see [`LogWriter::accept`]).
+/// span of its own. Every byte keeps its stream; a switch costs a span, which the log's size
+/// limit counts (see [`LogWriter::accept`]).
 fn push(record: &mut LogRecord, chunk: &LogChunk) {
     if chunk.data.is_empty() {
         return;
@@ -516,57 +626,26 @@ fn push(record: &mut LogRecord, chunk: &LogChunk) {
     }
 }
 
-/// Turns a batch of chunks (in log order, contiguous) into what is stored: chunks to append
-/// to the log's last record (`tail`), the records to add, and the new last record while it
-/// can take more. Consecutive chunks share a record up to [`MAX_LOG_CHUNK`] bytes, so a job
-/// that prints a byte at a time, on one stream or alternating, costs about what its bytes
-/// do, not a record (a key, a timestamp and the B-tree's overhead) per write. A merged
-/// record keeps its first chunk's timestamp.
-fn merge_into_records(
-    tail: Option<Tail>,
-    chunks: Vec<(u64, LogChunk)>,
-) -> (Option<Append>, Vec<(u64, LogRecord)>, Option<Tail>) {
-    let mut append: Option<Append> = None;
+/// Turns a batch of chunks (in log order, contiguous) into the records its frames hold:
+/// consecutive chunks share a record up to [`MAX_LOG_CHUNK`] bytes, so a job that prints a
+/// byte at a time, on one stream or alternating, costs about what its bytes do, not a frame
+/// per write. A record keeps its first chunk's timestamp. [`LogWriter::accept`] predicts
+/// these frames to count their cost: the two must cut records at the same places.
+fn merge_into_records(chunks: Vec<(u64, LogChunk)>) -> Vec<(u64, LogRecord)> {
     let mut records: Vec<(u64, LogRecord)> = Vec::new();
-    let mut last = tail;
     for (at, chunk) in chunks {
-        let fits =
-            |t: &Tail| t.at + t.len as u64 == at && t.len + chunk.data.len() <= MAX_LOG_CHUNK;
-        match last {
-            Some(t) if fits(&t) => {
-                last = Some(Tail {
-                    len: t.len + chunk.data.len(),
-                    ..t
-                });
-                match records.last_mut() {
-                    // The tail is a record of this batch: grow it.
-                    Some((record_at, record)) if *record_at == t.at => push(record, &chunk),
-                    // The tail is stored already: append to it in the same transaction.
-                    _ => match &mut append {
-                        Some(pending) => pending.chunks.push(chunk),
-                        None => {
-                            append = Some(Append {
-                                tail_at: t.at,
-                                at,
-                                chunks: vec![chunk],
-                            });
-                        }
-                    },
-                }
+        match records.last_mut() {
+            Some((_, record)) if record.data.len() + chunk.data.len() <= MAX_LOG_CHUNK => {
+                push(record, &chunk);
             }
             _ => {
-                last = Some(Tail {
-                    at,
-                    len: chunk.data.len(),
-                });
                 let mut record = empty_record(Some(&chunk));
                 push(&mut record, &chunk);
                 records.push((at, record));
             }
         }
     }
-    let last = last.filter(|t| t.len < MAX_LOG_CHUNK);
-    (append, records, last)
+    records
 }
 
 #[cfg(test)]
@@ -593,26 +672,14 @@ mod tests {
             (2, chunk(1, b"E")),
             (3, chunk(0, b"c")),
         ];
-        let (append, records, tail) = merge_into_records(None, batch);
-        assert!(append.is_none());
+        let records = merge_into_records(batch);
         assert_eq!(records.len(), 1, "one record, whatever the streams");
         let (at, record) = &records[0];
         assert_eq!((*at, &record.data[..]), (0, &b"abEc"[..]));
         assert_eq!(spans(record), vec![(0, 2), (1, 1), (0, 1)]);
-        assert_eq!(tail, Some(Tail { at: 0, len: 4 }));
-        // The next batch appends to the stored tail.
-        let (append, records, tail) =
-            merge_into_records(tail, vec![(4, chunk(0, b"d")), (5, chunk(1, b"e"))]);
-        let append = append.unwrap();
-        assert_eq!((append.tail_at, append.at, append.chunks.len()), (0, 4, 2));
-        assert!(records.is_empty());
-        assert_eq!(tail, Some(Tail { at: 0, len: 6 }));
         // Read back, each span is a chunk of its stream.
-        let mut stored = record.clone();
-        for c in &append.chunks {
-            push(&mut stored, c);
-        }
-        let read: Vec<(u64, u8, Vec<u8>)> = stored
+        let read: Vec<(u64, u8, Vec<u8>)> = record
+            .clone()
             .into_chunks(0, 1)
             .into_iter()
             .map(|(at, c)| (at, c.stream, c.data))
@@ -622,8 +689,7 @@ mod tests {
             vec![
                 (1, 0, b"b".to_vec()),
                 (2, 1, b"E".to_vec()),
-                (3, 0, b"cd".to_vec()),
-                (5, 1, b"e".to_vec())
+                (3, 0, b"c".to_vec())
             ]
         );
     }
@@ -657,17 +723,15 @@ mod tests {
     #[test]
     fn a_record_stops_growing_at_the_chunk_limit() {
         let full = vec![0u8; MAX_LOG_CHUNK - 1];
-        let (_, records, tail) = merge_into_records(
-            None,
-            vec![(0, chunk(0, &full)), (full.len() as u64, chunk(0, b"xy"))],
-        );
+        let records = merge_into_records(vec![
+            (0, chunk(0, &full)),
+            (full.len() as u64, chunk(0, b"xy")),
+        ]);
         assert_eq!(records.len(), 2, "the second chunk would pass the limit");
-        assert_eq!(tail.map(|t| t.len), Some(2));
-        let (_, records, tail) = merge_into_records(
-            None,
-            vec![(0, chunk(0, &full)), (full.len() as u64, chunk(0, b"x"))],
-        );
+        let records = merge_into_records(vec![
+            (0, chunk(0, &full)),
+            (full.len() as u64, chunk(0, b"x")),
+        ]);
         assert_eq!(records.len(), 1);
-        assert_eq!(tail, None, "a full record takes no more");
     }
 }

@@ -1217,11 +1217,9 @@ mod tests {
         RunHandles {
             queue,
             sources: tinyci_assets::SourceStore::open(dir).unwrap(),
-            logs: Rc::new(tinyci_logs::Logs::new(
-                store.clone(),
-                committer.clone(),
-                1024,
-            )),
+            logs: Rc::new(
+                tinyci_logs::Logs::open(dir, store.clone(), committer.clone(), 1024).unwrap(),
+            ),
             artifacts: Rc::new(
                 tinyci_assets::ArtifactStore::open(dir, 1024, store.clone(), committer).unwrap(),
             ),

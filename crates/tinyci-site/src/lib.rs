@@ -74,6 +74,9 @@ pub enum SiteError {
     /// The queue could not be loaded.
     #[error("cannot load the run queue")]
     Queue(#[source] tinyci_queue::QueueError),
+    /// The run logs could not be opened (or those stored the old way moved into files).
+    #[error(transparent)]
+    Logs(#[from] tinyci_logs::LogError),
     /// A directory under the data dir could not be created.
     #[error("cannot create {path}: {source}")]
     DataDir {
@@ -361,11 +364,16 @@ impl Site {
             }
         });
         let logs = Rc::new(
-            tinyci_logs::Logs::new(store.clone(), committer.clone(), config.log_max_run_bytes)
-                .on_stored({
-                    let metrics = metrics.clone();
-                    move |bytes| metrics.log_stored(bytes)
-                }),
+            tinyci_logs::Logs::open(
+                &config.data_dir,
+                store.clone(),
+                committer.clone(),
+                config.log_max_run_bytes,
+            )?
+            .on_stored({
+                let metrics = metrics.clone();
+                move |bytes| metrics.log_stored(bytes)
+            }),
         );
         let access = Rc::new(access::RepoAccess::new(
             users.clone(),

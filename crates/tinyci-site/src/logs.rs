@@ -113,9 +113,12 @@ impl log_sink::Server for LogSinkCap {
             .write(chunk.get_offset(), record)
             .await
             .map_err(|e| failed(&e))?;
-        // Resends and output past the log's limit are counted too: the count errs towards
-        // refusing, and the next retention sweep sets it right.
-        self.queue.storage().add(&self.repo, len);
+        // Resends, output past the log's limit and a frame per write are counted too: the
+        // count errs towards refusing, and the next retention sweep sets it right from what
+        // the log's file takes.
+        self.queue
+            .storage()
+            .add(&self.repo, len + tinyci_logs::MAX_WRITE_OVERHEAD);
         Ok(())
     }
 

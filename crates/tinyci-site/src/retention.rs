@@ -183,7 +183,8 @@ pub(crate) async fn sweep(
 ) -> Result<SweepReport, SweepError> {
     let mut outputs: BTreeMap<u64, RunOutput> = BTreeMap::new();
     for (run, usage) in runs.logs.usage().await? {
-        outputs.entry(run).or_default().log = (usage.chunks, usage.bytes);
+        // A log is one stored item: its file.
+        outputs.entry(run).or_default().log = (1, usage.bytes);
     }
     for (run, usage) in runs.artifacts.usage().await? {
         outputs.entry(run).or_default().artifacts = usage;

@@ -288,8 +288,16 @@ tables! {
     /// run's lease ends.
     pub const SPENT_GRANTS: Table<Str, U64Be> = "spent_grants";
 
-    /// Log records, keyed by [`crate::records::log_key`] (run id, byte offset).
+    /// Log records as sites before segment files stored them, keyed by
+    /// [`crate::records::log_key`] (run id, byte offset). Read once, to move them into
+    /// `tinyci-logs`' files, then emptied; nothing writes here any more.
     pub const LOG_CHUNKS: Table<Bytes, LogCodec> = "log_chunks";
+
+    /// Where frames of a run's log file start, keyed by [`crate::records::log_key`] (run id,
+    /// log offset); the value is the frame's byte position in the file. Sparse, and never
+    /// ahead of the file: an entry is written only once its frame is durable, so it only
+    /// saves a reader from scanning the file from its start.
+    pub const LOG_INDEX: Table<Bytes, U64Be> = "log_index";
 
     /// Runs by id (big-endian). The value is a `Record` of `tinyci_queue::StoredRun`, encoded
     /// by tinyci-queue: its state machine is `tinyci_core::Run`, a type this crate cannot

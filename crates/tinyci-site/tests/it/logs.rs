@@ -335,8 +335,14 @@ fn a_log_is_cut_at_its_limit_with_a_marker_and_the_run_still_completes() {
 
         let reader = reader_for(&session, "org/x");
         let text = stored_log(&reader, &run).await;
-        assert_eq!(&text[..100_000], &[b'x'; 100_000][..]);
-        let marker = String::from_utf8_lossy(&text[100_000..]);
+        // The limit counts what the log takes on disk: its bytes and a frame (at most
+        // MAX_WRITE_OVERHEAD) for each of the four writes.
+        let kept = text.iter().take_while(|b| **b == b'x').count() as u64;
+        assert!(
+            (100_000 - 4 * tinyci_logs::MAX_WRITE_OVERHEAD..=100_000).contains(&kept),
+            "{kept} bytes kept"
+        );
+        let marker = String::from_utf8_lossy(&text[kept as usize..]);
         assert!(
             marker.contains("log truncated") && marker.contains("100000 bytes"),
             "{marker}"
@@ -461,9 +467,15 @@ fn a_repository_over_its_storage_quota_is_refused_and_others_are_not() {
             complete(&job).await;
             let refusal = submit_to(&session, "org/x").await.unwrap_err().to_string();
             assert!(
-                refusal.contains("repository org/x stores 60000 bytes")
+                refusal.contains("repository org/x stores ")
                     && refusal.contains("quota of 50000 bytes")
                     && refusal.contains("max_repo_bytes"),
+                "{refusal}"
+            );
+            // The log's bytes and what its file's one write costs beyond them.
+            let counted = stored_bytes_in(&refusal);
+            assert!(
+                (60_000..=60_000 + tinyci_logs::MAX_WRITE_OVERHEAD).contains(&counted),
                 "{refusal}"
             );
             // Another repository is not affected.
@@ -479,7 +491,13 @@ fn a_repository_over_its_storage_quota_is_refused_and_others_are_not() {
         {
             let (session, _connection) = runner_session(&site).await;
             let again = submit_to(&session, "org/x").await.unwrap_err().to_string();
-            assert_eq!(again, refusal);
+            // Recounted from the log's file: what it takes on disk, which the count before
+            // the restart did not understate.
+            let recounted = stored_bytes_in(&again);
+            assert!(
+                (60_000..=stored_bytes_in(&refusal)).contains(&recounted),
+                "{again}"
+            );
         }
         // Retention removes the finished run's log: under quota again.
         site.restart_with("[retention]\nlogs_max_age = \"0s\"\nmax_repo_bytes = 50000")
@@ -533,21 +551,26 @@ fn retention_by_age_follows_the_site_clock() {
     });
 }
 
-/// A store that reaches its ceiling refuses the write that does not fit, saying what to
-/// raise, and nothing else breaks: the site answers, a run still completes, what was stored
-/// reads back, and the store opens again after a restart.
+/// A disk that fills under a log refuses the write that does not fit, saying why, and
+/// nothing else breaks: the site answers, the run still completes, and the site starts again
+/// over the same data. (The log's file is `/dev/full`, where every write fails with ENOSPC.)
 #[test]
-fn a_full_store_refuses_the_write_clearly_and_the_site_goes_on() {
+fn a_full_disk_refuses_the_log_write_clearly_and_the_site_goes_on() {
     local(async {
         let mut site = TestSite::start().await;
-        site.restart_with("[store]\nmap_size_mib = 16\nmax_map_size_mib = 16")
-            .await;
         let (session, _connection) = runner_session(&site).await;
         let run = submit_one(&session).await;
+        let number: u64 = run.trim_start_matches("r-").parse().unwrap();
+        let shard = site
+            .config
+            .data_dir
+            .join("logs")
+            .join(format!("{:04x}", number >> 12));
+        std::fs::create_dir_all(&shard).unwrap();
+        std::os::unix::fs::symlink("/dev/full", shard.join(format!("{number}.log"))).unwrap();
         let job = lease(&session).await;
         job.started_request().send().promise.await.unwrap();
         let sink = job.log_request().send().pipeline.get_sink();
-        // 64 KiB at a time until the store refuses (16 MiB cannot take 32).
         let piece = vec![b'f'; 64 * 1024];
         let mut offset = 0u64;
         let refusal = loop {
@@ -561,28 +584,46 @@ fn a_full_store_refuses_the_write_clearly_and_the_site_goes_on() {
                 break e.to_string();
             }
             offset += piece.len() as u64;
-            if offset >= 32 * 1024 * 1024 {
+            if offset >= 1024 * 1024 {
                 match sink.close_request().send().promise.await {
-                    Ok(_) => panic!("a 16 MiB store took 32 MiB of log"),
+                    Ok(_) => panic!("a full disk took a MiB of log"),
                     Err(e) => break e.to_string(),
                 }
             }
         };
         assert!(
-            refusal.contains("is full") && refusal.contains("max_map_size_mib"),
+            refusal.contains(&format!("failed to store the log of run {run}"))
+                && refusal.contains("No space left on device"),
             "{refusal}"
         );
-        // The site goes on: the run completes, and its stored log reads back.
+        // The site goes on: the run completes, and its log reads as empty, not as garbage.
         complete(&job).await;
         let reader = reader_for(&session, "org/x");
-        let stored = stored_log(&reader, &run).await;
-        assert!(stored.len() > 1024 * 1024 && stored.iter().all(|b| *b == b'f'));
-        // And the store opens again, whole.
+        assert!(stored_log(&reader, &run).await.is_empty());
+        // Another run's log is stored as ever.
+        let other = submit_one(&session).await;
+        let job = lease(&session).await;
+        job.started_request().send().promise.await.unwrap();
+        let sink = job.log_request().send().pipeline.get_sink();
+        write(&sink, 0, LogStream::Stdout, b"stored").await;
+        sink.close_request().send().promise.await.unwrap();
+        complete(&job).await;
+        assert_eq!(stored_log(&reader, &other).await, b"stored");
+        // And the site starts again over the same data.
         drop((sink, job, reader, session));
-        site.restart_with("[store]\nmap_size_mib = 16\nmax_map_size_mib = 16")
-            .await;
+        site.restart_with("").await;
         let (session, _connection) = runner_session(&site).await;
         let reader = reader_for(&session, "org/x");
-        assert_eq!(stored_log(&reader, &run).await, stored);
+        assert_eq!(stored_log(&reader, &other).await, b"stored");
     });
+}
+
+/// The byte count a storage quota's refusal names (`… stores N bytes …`).
+fn stored_bytes_in(refusal: &str) -> u64 {
+    refusal
+        .split("stores ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {refusal}"))
 }

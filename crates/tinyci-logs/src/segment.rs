@@ -1,0 +1,401 @@
+//! A run's log on disk: one append-only file of checksummed frames per run.
+//!
+//! Why files and not LMDB records: an LMDB commit copies every page it touches and flushes
+//! twice, which held a streaming log to a fraction of what the disk takes. A frame is written
+//! once, where the file ends, and a batch of frames costs one `fdatasync`. LMDB keeps only a
+//! sparse index (run and log offset to file position, `LOG_INDEX`) that spares a reader a
+//! scan from the file's start; the file alone is the truth and the index is never ahead of it.
+//!
+//! A frame is `len: u32 | crc32: u32 | offset: u64 | flags: u32 | payload`, little-endian:
+//! the payload is a [`LogRecord`] as [`LogCodec`] encodes it, `offset` is where its first byte
+//! lies in the log, and the checksum covers everything after itself. A reader stops at the
+//! first frame that is short, fails its checksum or does not continue the log where the one
+//! before ended. After a crash that is the torn tail: nothing past it is served, and the next
+//! writer cuts the file back to it before appending.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use tinyci_store::records::LogRecord;
+use tinyci_store::tables::{LogCodec, RecordError};
+
+use crate::MAX_LOG_CHUNK;
+
+/// Bytes of a frame's header.
+pub(crate) const HEADER_LEN: usize = 20;
+
+/// The most a frame stores beyond its log bytes: the header, then the record's tag, time
+/// stamp, lengths and first span (varints at their longest). The size limit counts it for
+/// every frame a log's writes start (see `LogWriter::accept`).
+pub(crate) const FRAME_COST: u64 = HEADER_LEN as u64 + 1 + 10 + 3 + 3 + 3;
+
+/// Flag of a frame after which the log takes nothing more: it ends with the line saying it
+/// was cut at its size limit.
+const FLAG_CUT: u32 = 1;
+
+/// The longest payload a valid frame has: a full record whose every byte is a span of its
+/// own. A header claiming more is not a frame.
+const MAX_PAYLOAD: usize = 3 * MAX_LOG_CHUNK + 64;
+
+/// A frame boundary: where in the log and where in the file the next frame starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Position {
+    /// Offset in the log.
+    pub(crate) offset: u64,
+    /// Byte position in the file.
+    pub(crate) pos: u64,
+}
+
+/// One frame read back.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    /// Where it starts.
+    pub(crate) at: Position,
+    /// Where the frame after it starts.
+    pub(crate) end: Position,
+    /// The log was cut with this frame.
+    pub(crate) cut: bool,
+    pub(crate) record: LogRecord,
+}
+
+/// Appends the frame of `record`, starting at log offset `offset`, to `out`; returns the
+/// frame's length.
+pub(crate) fn encode_frame(
+    offset: u64,
+    cut: bool,
+    record: &LogRecord,
+    out: &mut Vec<u8>,
+) -> Result<u64, RecordError> {
+    let payload = LogCodec::encode(record)?;
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let flags = if cut { FLAG_CUT } else { 0 };
+    let mut covered = [0u8; 12];
+    covered[..8].copy_from_slice(&offset.to_le_bytes());
+    covered[8..].copy_from_slice(&flags.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&covered);
+    crc.update(&payload);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&covered);
+    out.extend_from_slice(&payload);
+    Ok((HEADER_LEN + payload.len()) as u64)
+}
+
+/// Reads a log file's frames in order from a frame boundary, stopping at the first that is
+/// not valid.
+#[derive(Debug)]
+pub(crate) struct FrameReader {
+    file: BufReader<File>,
+    next: Position,
+    /// Set when reading stopped at bytes that are not a valid frame (a torn tail).
+    torn: bool,
+}
+
+impl FrameReader {
+    /// Reads `path` from `from`; `None` when there is no such file (an empty log).
+    pub(crate) fn open(path: &Path, from: Position) -> io::Result<Option<Self>> {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // A position past the file's end (an index entry for bytes the file no longer
+        // holds) leads to no frame: a torn start, which the caller reads again from 0.
+        let past_end = file.metadata()?.len() < from.pos;
+        let mut file = BufReader::with_capacity(256 * 1024, file);
+        file.seek(SeekFrom::Start(from.pos))?;
+        Ok(Some(Self {
+            file,
+            next: from,
+            torn: past_end,
+        }))
+    }
+
+    /// Where the frame after the last one read starts (the end of the valid log, once
+    /// [`FrameReader::next_frame`] said `None`).
+    pub(crate) fn position(&self) -> Position {
+        self.next
+    }
+
+    /// Whether reading stopped at bytes that are not a valid frame.
+    pub(crate) fn torn(&self) -> bool {
+        self.torn
+    }
+
+    /// The next frame, or `None` at the end of the file or at the first invalid frame.
+    pub(crate) fn next_frame(&mut self) -> io::Result<Option<Frame>> {
+        if self.torn {
+            return Ok(None);
+        }
+        let mut header = [0u8; HEADER_LEN];
+        match read_full(&mut self.file, &mut header)? {
+            0 => return Ok(None),
+            n if n < HEADER_LEN => return Ok(self.stop()),
+            _ => {}
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let mut offset = [0u8; 8];
+        offset.copy_from_slice(&header[8..16]);
+        let offset = u64::from_le_bytes(offset);
+        let flags = u32::from_le_bytes([header[16], header[17], header[18], header[19]]);
+        if len > MAX_PAYLOAD || offset != self.next.offset {
+            return Ok(self.stop());
+        }
+        let mut payload = vec![0u8; len];
+        if read_full(&mut self.file, &mut payload)? < len {
+            return Ok(self.stop());
+        }
+        let mut check = crc32fast::Hasher::new();
+        check.update(&header[8..]);
+        check.update(&payload);
+        if check.finalize() != crc {
+            return Ok(self.stop());
+        }
+        let Ok(record) = LogCodec::decode(&payload) else {
+            return Ok(self.stop());
+        };
+        let spanned: u64 = record.spans.iter().map(|s| u64::from(s.len)).sum();
+        if spanned != record.data.len() as u64 {
+            return Ok(self.stop());
+        }
+        let at = self.next;
+        let end = Position {
+            offset: at.offset + record.data.len() as u64,
+            pos: at.pos + (HEADER_LEN + len) as u64,
+        };
+        self.next = end;
+        Ok(Some(Frame {
+            at,
+            end,
+            cut: flags & FLAG_CUT != 0,
+            record,
+        }))
+    }
+
+    fn stop(&mut self) -> Option<Frame> {
+        self.torn = true;
+        None
+    }
+}
+
+/// Reads until `buf` is full or the file ends; returns how much was read.
+fn read_full(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Where a log file's valid frames end, read from a frame boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scanned {
+    pub(crate) end: Position,
+    /// The last frame says the log was cut.
+    pub(crate) cut: bool,
+    /// Bytes follow the last valid frame (a torn tail).
+    pub(crate) torn: bool,
+}
+
+/// Scans `path` from `from` to the end of its valid frames.
+pub(crate) fn scan(path: &Path, from: Position) -> io::Result<Scanned> {
+    let Some(mut reader) = FrameReader::open(path, from)? else {
+        return Ok(Scanned {
+            end: Position::default(),
+            cut: false,
+            torn: false,
+        });
+    };
+    let mut cut = false;
+    while let Some(frame) = reader.next_frame()? {
+        cut = frame.cut;
+    }
+    Ok(Scanned {
+        end: reader.position(),
+        cut,
+        torn: reader.torn(),
+    })
+}
+
+/// The directory of a site's log files: `<data dir>/logs/<run / 4096, hex>/<run>.log`, so no
+/// directory holds more than 4,096 logs however long the history.
+#[derive(Debug, Clone)]
+pub(crate) struct LogFiles {
+    dir: PathBuf,
+}
+
+impl LogFiles {
+    /// The log files under `data_dir`, created if missing. Flushes the file system first:
+    /// bytes a crashed site wrote but never synced may sit in the page cache, and from here
+    /// on whatever a file holds is served as durable.
+    pub(crate) fn open(data_dir: &Path) -> io::Result<Self> {
+        let dir = data_dir.join("logs");
+        std::fs::create_dir_all(&dir)?;
+        let handle = File::open(&dir)?;
+        nix::unistd::syncfs(&handle).map_err(io::Error::from)?;
+        Ok(Self { dir })
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file of `run`'s log.
+    pub(crate) fn path(&self, run: u64) -> PathBuf {
+        self.dir
+            .join(format!("{:04x}", run >> 12))
+            .join(format!("{run}.log"))
+    }
+
+    /// Opens `run`'s log for appending, creating it (durably: its directory entries are
+    /// synced) when it does not exist yet.
+    pub(crate) fn open_for_append(&self, run: u64) -> io::Result<File> {
+        let path = self.path(run);
+        let shard = path.parent().unwrap_or(&self.dir);
+        match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => return Ok(file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        match std::fs::create_dir(shard) {
+            Ok(()) => File::open(&self.dir)?.sync_all()?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        File::open(shard)?.sync_all()?;
+        Ok(file)
+    }
+
+    /// Removes `run`'s log file; a log that has none is already gone.
+    pub(crate) fn remove(&self, run: u64) -> io::Result<()> {
+        match std::fs::remove_file(self.path(run)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every run with a log file, and the file's size.
+    pub(crate) fn list(&self) -> io::Result<Vec<(u64, u64)>> {
+        let mut found = Vec::new();
+        for shard in std::fs::read_dir(&self.dir)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(shard.path())? {
+                let file = file?;
+                let name = file.file_name();
+                let Some(run) = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".log"))
+                    .and_then(|n| n.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                found.push((run, file.metadata()?.len()));
+            }
+        }
+        found.sort_unstable();
+        Ok(found)
+    }
+}
+
+/// Writes `bytes` at `pos` of `file` and makes them durable.
+pub(crate) fn append_durably(file: &File, pos: u64, bytes: &[u8]) -> io::Result<()> {
+    file.write_all_at(bytes, pos)?;
+    file.sync_data()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use tinyci_store::records::LogSpan;
+
+    use super::*;
+
+    fn record(data: &[u8]) -> LogRecord {
+        LogRecord {
+            timestamp_micros: i64::MIN,
+            spans: vec![LogSpan {
+                stream: 1,
+                len: u32::try_from(data.len()).unwrap(),
+            }],
+            data: data.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_frame_costs_at_most_frame_cost_beyond_its_bytes() {
+        let mut out = Vec::new();
+        let len = encode_frame(u64::MAX, true, &record(&[7; MAX_LOG_CHUNK]), &mut out).unwrap();
+        assert_eq!(len, out.len() as u64);
+        assert!(len <= MAX_LOG_CHUNK as u64 + FRAME_COST, "{len}");
+    }
+
+    #[test]
+    fn a_reader_stops_at_a_torn_or_corrupt_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.log");
+        let mut bytes = Vec::new();
+        let first = encode_frame(0, false, &record(b"hello "), &mut bytes).unwrap();
+        encode_frame(6, true, &record(b"world"), &mut bytes).unwrap();
+        let whole = bytes.len();
+        std::fs::write(&path, &bytes).unwrap();
+        let scanned = scan(&path, Position::default()).unwrap();
+        assert_eq!(
+            scanned,
+            Scanned {
+                end: Position {
+                    offset: 11,
+                    pos: whole as u64
+                },
+                cut: true,
+                torn: false
+            }
+        );
+        // Every cut through the second frame leaves the first, and says the tail is torn.
+        for keep in first as usize + 1..whole {
+            std::fs::write(&path, &bytes[..keep]).unwrap();
+            let scanned = scan(&path, Position::default()).unwrap();
+            assert_eq!(
+                scanned.end,
+                Position {
+                    offset: 6,
+                    pos: first
+                },
+                "{keep}"
+            );
+            assert!(scanned.torn && !scanned.cut);
+        }
+        // A flipped bit anywhere in the second frame does the same.
+        for at in first as usize..whole {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x10;
+            std::fs::write(&path, &flipped).unwrap();
+            let scanned = scan(&path, Position::default()).unwrap();
+            assert_eq!(scanned.end.offset, 6, "bit flipped at {at}");
+        }
+        // A frame that does not continue the log is not read as part of it.
+        let mut misplaced = bytes[..first as usize].to_vec();
+        encode_frame(7, false, &record(b"x"), &mut misplaced).unwrap();
+        let mut file = File::create(&path).unwrap();
+        file.write_all(&misplaced).unwrap();
+        assert_eq!(scan(&path, Position::default()).unwrap().end.offset, 6);
+    }
+}
