@@ -179,6 +179,11 @@ impl SiteFixture {
         self.addr
     }
 
+    /// The site's directory (its data lives under it).
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// A client TLS config for a fresh certificate of `role`/`name` at this site, pinned to
     /// its CA: what `tinyci` and runners build.
     pub(crate) fn client_tls(&self, role: Role, name: &str) -> anyhow::Result<Arc<ClientConfig>> {

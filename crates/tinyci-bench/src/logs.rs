@@ -1,19 +1,23 @@
-//! Figure 3: log streaming, MB/s from a runner to the site with one live follower, against a
-//! raw rustls stream copy of the same bytes on the same loopback (the transport's limit).
+//! Figure 3: log streaming, MB/s from runners to the site with a live follower per run, with
+//! one run and with 16 runs streaming at once, against the slower of two ceilings measured in
+//! the same run: a raw rustls stream copy of the same bytes on the same loopback (the
+//! transport's limit) and a durable disk write of the same bytes in the same chunk sizes (the
+//! disk's limit).
 //!
-//! tinyci: a real site (LMDB on disk, group commit with fsync), a run submitted and leased by
-//! runner `r1` over its own mTLS connection, its `Job.log()` sink written the way the runner's
+//! tinyci: a real site (log files on disk, fsynced), runs submitted and leased by runner `r1`
+//! over its own mTLS connection, each run's `Job.log()` sink written the way the runner's
 //! `forward_output` writes it (streaming `LogSink.write` calls of at most `MAX_CHUNK` (64 KiB)
 //! chunks, `LogSink.acknowledged` every MiB, `close` at the end, which resolves once all is
-//! durable), and one follower on its own thread and connection (`LogReader.follow` from offset
-//! 0, attached before the first byte is written). The clock runs from the first write until
-//! the follower has received every byte, so the figure is end to end: runner → site → disk →
-//! follower.
+//! durable), and a follower per run on its own thread and connection (`LogReader.follow` from
+//! offset 0, attached before the first byte is written). The clock runs from the first write
+//! until every follower has received every byte, so the figure is end to end: runner → site →
+//! disk → follower.
 //!
-//! Baseline: the same number of bytes written in the same 64 KiB pieces over tokio-rustls with
-//! the same TLS configs, sender and receiver each on their own thread, timed from the first
-//! write until the receiver has read everything. It stores nothing and forwards nothing: it is
-//! the ceiling one TLS hop on this machine allows.
+//! Baselines: the same number of bytes written in the same 64 KiB pieces over tokio-rustls
+//! with the same TLS configs (sender and receiver each on their own thread), timed until the
+//! receiver has read everything; and the same bytes written in the same pieces to as many
+//! files as there are runs, one thread each, on the disk the site uses, `fdatasync`ed every
+//! MiB (where the runner asks for an acknowledgement) and at the end.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -162,14 +166,21 @@ async fn write_log(sink: &log_sink::Client, total: u64, data: &[u8]) -> anyhow::
     Ok(())
 }
 
-/// One measured run through the product: MB/s runner → site → follower. `session` submits.
-async fn product_round(
+/// A leased run with its log sink and a follower attached: what a round writes into.
+struct Streaming {
+    job: job::Client,
+    sink: log_sink::Client,
+    finished: oneshot::Receiver<anyhow::Result<Instant>>,
+}
+
+/// Submits a run (`session` submits), leases it on `worker` and attaches a follower that
+/// expects `bytes`.
+async fn lease_and_follow(
     session: &session::Client,
     worker: &tinyci_schema::worker::Client,
     followers: &mpsc::UnboundedSender<FollowOrder>,
-    total: u64,
-    data: &[u8],
-) -> anyhow::Result<f64> {
+    bytes: u64,
+) -> anyhow::Result<Streaming> {
     let run = submit_one(session).await?;
     let mut next = worker.next_request();
     next.get().set_control(capnp_rpc::new_client(NoControl));
@@ -191,25 +202,94 @@ async fn product_round(
     followers
         .send(FollowOrder {
             run,
-            bytes: total,
+            bytes,
             attached: attached_tx,
             finished: finished_tx,
         })
         .map_err(|_| anyhow!("the follower thread is gone"))?;
     attached.await.context("the follower did not attach")?;
+    Ok(Streaming {
+        job,
+        sink,
+        finished,
+    })
+}
+
+/// One measured round through the product: `runs` runs streaming `total` bytes between them
+/// at once; MB/s from the first write until every follower has every byte.
+async fn product_round(
+    session: &session::Client,
+    worker: &tinyci_schema::worker::Client,
+    followers: &mpsc::UnboundedSender<FollowOrder>,
+    runs: usize,
+    total: u64,
+    data: &[u8],
+) -> anyhow::Result<f64> {
+    let each = total / runs as u64;
+    let mut streaming = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        streaming.push(lease_and_follow(session, worker, followers, each).await?);
+    }
     let started = Instant::now();
-    write_log(&sink, total, data).await?;
+    futures::future::try_join_all(streaming.iter().map(|s| write_log(&s.sink, each, data))).await?;
     if std::env::var_os("TINYCI_BENCH_DEBUG").is_some() {
         eprintln!(
-            "  runner wrote and closed (all durable) after {:?}",
+            "  runners wrote and closed (all durable) after {:?}",
             started.elapsed()
         );
     }
-    let ended = finished.await.context("the follower stopped")??;
-    let mut complete = job.complete_request();
-    complete.get().init_outcome().set_status(RunStatus::Passed);
-    complete.send().promise.await.context("Job.complete")?;
-    Ok(mb_per_sec(total, ended.saturating_duration_since(started)))
+    let mut ended = started;
+    for s in streaming {
+        ended = ended.max(s.finished.await.context("a follower stopped")??);
+        let mut complete = s.job.complete_request();
+        complete.get().init_outcome().set_status(RunStatus::Passed);
+        complete.send().promise.await.context("Job.complete")?;
+    }
+    Ok(mb_per_sec(
+        runs as u64 * each,
+        ended.saturating_duration_since(started),
+    ))
+}
+
+/// The disk's ceiling: `total` bytes in `data`-sized writes to `files` files at once (a
+/// thread each) under `dir`, each `fdatasync`ed every [`ACK_EVERY`] and at its end; MB/s.
+fn disk_round(dir: &std::path::Path, files: usize, total: u64, data: &[u8]) -> anyhow::Result<f64> {
+    use std::io::Write as _;
+    let each = total / files as u64;
+    let paths: Vec<_> = (0..files).map(|i| dir.join(format!("disk-{i}"))).collect();
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = paths
+            .iter()
+            .map(|path| {
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let mut file = std::fs::File::create(path)?;
+                    let (mut written, mut since_sync) = (0u64, 0u64);
+                    while written < each {
+                        let len = usize::try_from((each - written).min(data.len() as u64))?;
+                        file.write_all(&data[..len])?;
+                        written += len as u64;
+                        since_sync += len as u64;
+                        if since_sync >= ACK_EVERY {
+                            file.sync_data()?;
+                            since_sync = 0;
+                        }
+                    }
+                    file.sync_data()?;
+                    Ok(())
+                })
+            })
+            .collect();
+        writers.into_iter().try_for_each(|w| {
+            w.join()
+                .map_err(|_| anyhow!("a disk writer thread panicked"))?
+        })
+    })?;
+    let elapsed = started.elapsed();
+    for path in &paths {
+        std::fs::remove_file(path).ok();
+    }
+    Ok(mb_per_sec(files as u64 * each, elapsed))
 }
 
 fn mb_per_sec(bytes: u64, elapsed: std::time::Duration) -> f64 {
@@ -280,10 +360,20 @@ async fn raw_round(
     Ok(mb_per_sec(total, ended.saturating_duration_since(started)))
 }
 
+/// Medians of one scenario's rounds: tinyci, raw TLS, durable disk.
+struct Scenario {
+    runs: usize,
+    ours: Vec<f64>,
+    raw: Vec<f64>,
+    disk: Vec<f64>,
+}
+
 pub(crate) async fn run(options: &Options) -> anyhow::Result<Vec<Figure>> {
-    println!("== logs: runner → site → live follower vs a raw rustls stream copy");
+    println!(
+        "== logs: runners → site → live followers vs a raw rustls copy and a durable disk write"
+    );
     let (rounds, total): (usize, u64) = if options.quick {
-        (1, 8 << 20)
+        (1, 16 << 20)
     } else {
         (5, 128 << 20)
     };
@@ -305,8 +395,10 @@ pub(crate) async fn run(options: &Options) -> anyhow::Result<Vec<Figure>> {
     // for.
     let (reader_token, _) = site.mint("admin:reader", &["logs:read"], &["org/x"], &[])?;
     let site_addr = site.addr();
+    // The disk baseline writes beside the site's data, on the same file system.
+    let disk_dir = site.dir().to_path_buf();
 
-    // The follower: its own thread and connection.
+    // The followers: their own thread and connection.
     let (follow_tx, follow_rx) = mpsc::unbounded_channel();
     let follower_tls = site.client_tls(Role::Admin, "reader")?;
     let follower_thread = fixture::on_thread("log-follower", move || {
@@ -324,47 +416,75 @@ pub(crate) async fn run(options: &Options) -> anyhow::Result<Vec<Figure>> {
     let raw_addr = raw_ready.await.context("the raw receiver did not start")?;
 
     let runner_tls = site.client_tls(Role::Runner, "r1")?;
-    let (mut ours, mut raw) = fixture::on_thread("log-runner", move || async move {
+    let scenarios = fixture::on_thread("log-runner", move || async move {
         let (gateway, _connection) = fixture::connect(site_addr, runner_tls.clone()).await?;
         let session = fixture::redeem(&gateway, &runner_token).await?;
         let (submit_gateway, _submit_connection) = fixture::connect(site_addr, submit_tls).await?;
         let submitter = fixture::redeem(&submit_gateway, &submit_token).await?;
         let mut request = session.worker_request();
         request.get().set_queue("default");
-        request.get().init_runner().set_name("r1");
+        let mut runner = request.get().init_runner();
+        runner.set_name("r1");
+        runner.set_slots(16);
         let worker = request.send().pipeline.get_worker();
         // Log-like bytes: printable, not all one value.
         let data: Vec<u8> = (0..CHUNK).map(|i| b' ' + (i % 94) as u8).collect();
-        let (mut ours, mut raw) = (Vec::new(), Vec::new());
-        for round in 0..=rounds {
-            // Round 0 is a shorter warm-up and is not kept.
-            let bytes = if round == 0 { total / 8 } else { total };
-            let o = product_round(&submitter, &worker, &follow_tx, bytes, &data).await?;
-            let r = raw_round(raw_addr, runner_tls.clone(), &raw_tx, bytes, &data).await?;
-            if round > 0 {
-                ours.push(o);
-                raw.push(r);
+        let mut scenarios = Vec::new();
+        for runs in [1usize, 16] {
+            let mut scenario = Scenario {
+                runs,
+                ours: Vec::new(),
+                raw: Vec::new(),
+                disk: Vec::new(),
+            };
+            for round in 0..=rounds {
+                // Round 0 is a shorter warm-up and is not kept.
+                let bytes = if round == 0 { total / 8 } else { total };
+                let o = product_round(&submitter, &worker, &follow_tx, runs, bytes, &data).await?;
+                let r = raw_round(raw_addr, runner_tls.clone(), &raw_tx, bytes, &data).await?;
+                let d = disk_round(&disk_dir, runs, bytes, &data)?;
+                if round > 0 {
+                    scenario.ours.push(o);
+                    scenario.raw.push(r);
+                    scenario.disk.push(d);
+                }
             }
+            scenarios.push(scenario);
         }
         drop((follow_tx, raw_tx));
-        anyhow::Ok((ours, raw))
+        anyhow::Ok(scenarios)
     })
     .await?;
     follower_thread.await.context("follower thread")??;
     raw_thread.await.context("raw receiver thread")??;
     site.stop().await?;
 
-    let (ours, raw) = (median(&mut ours), median(&mut raw));
-    let figures = vec![Figure {
-        name: format!("logs: runner → site → follower, {} MiB", total >> 20),
-        unit: "MB/s",
-        ours,
-        baseline: Some(raw),
-        baseline_name: "raw rustls copy",
-        better: Better::Higher,
-        goal: "≥ 70% of raw TLS".into(),
-        goal_met: Some(ours >= 0.7 * raw),
-    }];
+    let mut figures = Vec::new();
+    for mut scenario in scenarios {
+        let ours = median(&mut scenario.ours);
+        let raw = median(&mut scenario.raw);
+        let disk = median(&mut scenario.disk);
+        let ceiling = raw.min(disk);
+        let runs = match scenario.runs {
+            1 => "1 run".to_owned(),
+            n => format!("{n} runs at once"),
+        };
+        println!(
+            "  {runs}: raw rustls copy {raw:.1} MB/s, durable disk write {disk:.1} MB/s \
+             ({} files, fdatasync every MiB)",
+            scenario.runs
+        );
+        figures.push(
+            Figure::new(
+                format!("logs: {runs} → site → followers, {} MiB", total >> 20),
+                "MB/s",
+                Better::Higher,
+                ours,
+                Some((ceiling, "min(raw TLS, disk)")),
+            )
+            .with_goal("≥ 70% of min(raw TLS, disk)", Some(ours >= 0.7 * ceiling)),
+        );
+    }
     report::print(&figures);
     Ok(figures)
 }

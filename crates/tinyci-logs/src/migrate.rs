@@ -30,11 +30,7 @@ pub(crate) fn migrate_records(store: &Store, files: &LogFiles) -> Result<usize, 
                 for entry in txn.iter_prefix(LOG_CHUNKS, &run.to_be_bytes()[..])? {
                     let (key, record) = entry?;
                     frame.clear();
-                    encode_frame(log_key_offset(key), false, &record, &mut frame).map_err(|e| {
-                        StoreError::Aborted {
-                            reason: e.to_string().into(),
-                        }
-                    })?;
+                    encode_frame(log_key_offset(key), false, &record, &mut frame);
                     out.write_all(&frame).map_err(|e| StoreError::Aborted {
                         reason: e.to_string().into(),
                     })?;

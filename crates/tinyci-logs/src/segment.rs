@@ -7,7 +7,7 @@
 //! scan from the file's start; the file alone is the truth and the index is never ahead of it.
 //!
 //! A frame is `len: u32 | crc32: u32 | offset: u64 | flags: u32 | payload`, little-endian:
-//! the payload is a [`LogRecord`] as [`LogCodec`] encodes it, `offset` is where its first byte
+//! the payload is a [`LogRecord`] (see `encode_payload`), `offset` is where its first byte
 //! lies in the log, and the checksum covers everything after itself. A reader stops at the
 //! first frame that is short, fails its checksum or does not continue the log where the one
 //! before ended. After a crash that is the torn tail: nothing past it is served, and the next
@@ -18,18 +18,17 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use tinyci_store::records::LogRecord;
-use tinyci_store::tables::{LogCodec, RecordError};
+use tinyci_store::records::{LogRecord, LogSpan};
 
 use crate::MAX_LOG_CHUNK;
 
 /// Bytes of a frame's header.
 pub(crate) const HEADER_LEN: usize = 20;
 
-/// The most a frame stores beyond its log bytes: the header, then the record's tag, time
-/// stamp, lengths and first span (varints at their longest). The size limit counts it for
+/// The most a frame stores beyond its log bytes: the header, then the record's time stamp,
+/// span count and first span (varints at their longest). The size limit counts it for
 /// every frame a log's writes start (see `LogWriter::accept`).
-pub(crate) const FRAME_COST: u64 = HEADER_LEN as u64 + 1 + 10 + 3 + 3 + 3;
+pub(crate) const FRAME_COST: u64 = HEADER_LEN as u64 + 8 + 3 + 3;
 
 /// Flag of a frame after which the log takes nothing more: it ends with the line saying it
 /// was cut at its size limit.
@@ -62,26 +61,68 @@ pub(crate) struct Frame {
 
 /// Appends the frame of `record`, starting at log offset `offset`, to `out`; returns the
 /// frame's length.
-pub(crate) fn encode_frame(
-    offset: u64,
-    cut: bool,
-    record: &LogRecord,
-    out: &mut Vec<u8>,
-) -> Result<u64, RecordError> {
-    let payload = LogCodec::encode(record)?;
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+pub(crate) fn encode_frame(offset: u64, cut: bool, record: &LogRecord, out: &mut Vec<u8>) -> u64 {
+    let start = out.len();
     let flags = if cut { FLAG_CUT } else { 0 };
-    let mut covered = [0u8; 12];
-    covered[..8].copy_from_slice(&offset.to_le_bytes());
-    covered[8..].copy_from_slice(&flags.to_le_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&covered);
-    crc.update(&payload);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(&covered);
-    out.extend_from_slice(&payload);
-    Ok((HEADER_LEN + payload.len()) as u64)
+    // Length and checksum are filled in once the payload is written.
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
+    encode_payload(record, out);
+    let len = u32::try_from(out.len() - start - HEADER_LEN).unwrap_or(u32::MAX);
+    let crc = crc32fast::hash(&out[start + 8..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    (out.len() - start) as u64
+}
+
+/// A record as a frame holds it: `timestamp: i64 LE | spans: varint count, then each span
+/// as a varint (len << 2 | stream) | the bytes`. Written by hand, not by serde: the bytes are
+/// copied whole, where a serde sequence of `u8` costs a call per byte.
+fn encode_payload(record: &LogRecord, out: &mut Vec<u8>) {
+    out.extend_from_slice(&record.timestamp_micros.to_le_bytes());
+    push_varint(out, record.spans.len() as u64);
+    for span in &record.spans {
+        push_varint(out, u64::from(u32::from(*span)));
+    }
+    out.extend_from_slice(&record.data);
+}
+
+/// The record a frame's payload holds, or `None` when it is not one.
+fn decode_payload(payload: &[u8]) -> Option<LogRecord> {
+    let (timestamp, mut rest) = payload.split_first_chunk::<8>()?;
+    let count = take_varint(&mut rest)?;
+    let mut spans = Vec::with_capacity(usize::try_from(count).ok()?.min(rest.len()));
+    for _ in 0..count {
+        let packed = u32::try_from(take_varint(&mut rest)?).ok()?;
+        spans.push(LogSpan::from(packed));
+    }
+    Some(LogRecord {
+        timestamp_micros: i64::from_le_bytes(*timestamp),
+        spans,
+        data: rest.to_vec(),
+    })
+}
+
+fn push_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn take_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// Reads a log file's frames in order from a frame boundary, stopping at the first that is
@@ -105,7 +146,7 @@ impl FrameReader {
         // A position past the file's end (an index entry for bytes the file no longer
         // holds) leads to no frame: a torn start, which the caller reads again from 0.
         let past_end = file.metadata()?.len() < from.pos;
-        let mut file = BufReader::with_capacity(256 * 1024, file);
+        let mut file = BufReader::with_capacity(64 * 1024, file);
         file.seek(SeekFrom::Start(from.pos))?;
         Ok(Some(Self {
             file,
@@ -155,7 +196,7 @@ impl FrameReader {
         if check.finalize() != crc {
             return Ok(self.stop());
         }
-        let Ok(record) = LogCodec::decode(&payload) else {
+        let Some(record) = decode_payload(&payload) else {
             return Ok(self.stop());
         };
         let spanned: u64 = record.spans.iter().map(|s| u64::from(s.len)).sum();
@@ -325,8 +366,6 @@ pub(crate) fn append_durably(file: &File, pos: u64, bytes: &[u8]) -> io::Result<
 mod tests {
     use std::io::Write as _;
 
-    use tinyci_store::records::LogSpan;
-
     use super::*;
 
     fn record(data: &[u8]) -> LogRecord {
@@ -343,7 +382,7 @@ mod tests {
     #[test]
     fn a_frame_costs_at_most_frame_cost_beyond_its_bytes() {
         let mut out = Vec::new();
-        let len = encode_frame(u64::MAX, true, &record(&[7; MAX_LOG_CHUNK]), &mut out).unwrap();
+        let len = encode_frame(u64::MAX, true, &record(&[7; MAX_LOG_CHUNK]), &mut out);
         assert_eq!(len, out.len() as u64);
         assert!(len <= MAX_LOG_CHUNK as u64 + FRAME_COST, "{len}");
     }
@@ -353,8 +392,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("1.log");
         let mut bytes = Vec::new();
-        let first = encode_frame(0, false, &record(b"hello "), &mut bytes).unwrap();
-        encode_frame(6, true, &record(b"world"), &mut bytes).unwrap();
+        let first = encode_frame(0, false, &record(b"hello "), &mut bytes);
+        encode_frame(6, true, &record(b"world"), &mut bytes);
         let whole = bytes.len();
         std::fs::write(&path, &bytes).unwrap();
         let scanned = scan(&path, Position::default()).unwrap();
@@ -393,7 +432,7 @@ mod tests {
         }
         // A frame that does not continue the log is not read as part of it.
         let mut misplaced = bytes[..first as usize].to_vec();
-        encode_frame(7, false, &record(b"x"), &mut misplaced).unwrap();
+        encode_frame(7, false, &record(b"x"), &mut misplaced);
         let mut file = File::create(&path).unwrap();
         file.write_all(&misplaced).unwrap();
         assert_eq!(scan(&path, Position::default()).unwrap().end.offset, 6);

@@ -542,8 +542,7 @@ async fn commit_queued(
             let mut at = start;
             let last = records.len().saturating_sub(1);
             for (i, (offset, record)) in records.iter().enumerate() {
-                let len = encode_frame(*offset, cut && i == last, record, &mut frames)
-                    .map_err(std::io::Error::other)?;
+                let len = encode_frame(*offset, cut && i == last, record, &mut frames);
                 at = Position {
                     offset: offset + record.data.len() as u64,
                     pos: at.pos + len,
