@@ -127,15 +127,28 @@ pub(crate) async fn run(options: &Options, postgres: &PostgresArgs) -> Result<Ve
     let mut figures = Vec::new();
     for workers in WORKERS {
         let mut ours = Vec::new();
+        let mut commits = Vec::new();
         let mut theirs = Vec::new();
         // Alternate, so both see the same machine conditions.
         for _ in 0..timing.rounds {
-            ours.push(tinyci_cycles(workers, timing).await?);
+            let (rate, commits_per_cycle) = tinyci_cycles(workers, timing).await?;
+            ours.push(rate);
+            commits.push(commits_per_cycle);
             if let Some(baseline) = &baseline {
                 theirs.push(baseline.cycles(workers, timing).await?);
             }
         }
         let ours = median(&mut ours);
+        // What the disk allows a worker that waits on each of its commits in turn.
+        let commits_per_cycle = median(&mut commits);
+        let flush = flush_probe()?.as_secs_f64();
+        println!(
+            "  {workers} worker(s): {commits_per_cycle:.2} durable commits waited on per cycle \
+             (3 less the runs leased in their submission's commit); flush-bound limit \
+             {workers} / ({commits_per_cycle:.2} × {:.3} ms) = {:.0} cycles/s",
+            flush * 1e3,
+            workers as f64 / (commits_per_cycle * flush).max(1e-9)
+        );
         let baseline_rate = (!theirs.is_empty()).then(|| median(&mut theirs));
         let goal_ratio = goal(workers);
         let figure = Figure {
@@ -219,7 +232,9 @@ const SPEC_JSON: &str = r#"{"task_dir":"build","name":"test","command":["sh","-c
 
 /// tinyci's queue: a fresh store in a temp dir, `workers` tasks on one LocalSet thread (as
 /// in the site), each looping submit → next → complete. Returns cycles per second.
-async fn tinyci_cycles(workers: usize, timing: Timing) -> Result<f64> {
+/// Cycles per second, and the durable commits a cycle waited on (submit, lease, complete:
+/// three, less the leases made in their submission's commit).
+async fn tinyci_cycles(workers: usize, timing: Timing) -> Result<(f64, f64)> {
     // The queue is `!Send` (Rc, RefCell): it gets a thread of its own, like the site's.
     tokio::task::spawn_blocking(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -232,7 +247,7 @@ async fn tinyci_cycles(workers: usize, timing: Timing) -> Result<f64> {
     .context("the tinyci queue thread failed")?
 }
 
-async fn tinyci_cycles_local(workers: usize, timing: Timing) -> Result<f64> {
+async fn tinyci_cycles_local(workers: usize, timing: Timing) -> Result<(f64, f64)> {
     let dir = tempfile::Builder::new()
         .prefix("tinyci-bench-queue-")
         .tempdir()
@@ -312,6 +327,8 @@ async fn tinyci_cycles_local(workers: usize, timing: Timing) -> Result<f64> {
     }
     let rate = measure(timing, || done.get(), &mut tasks).await?;
     stop.set(true);
+    let cycles = done.get().max(1) as f64;
+    let commits_per_cycle = 3.0 - queue.leased_at_submit() as f64 / cycles;
     // Workers parked in `next` wait for a run that will never come: stop them.
     tasks.abort_all();
     while let Some(joined) = tasks.join_next().await {
@@ -324,7 +341,7 @@ async fn tinyci_cycles_local(workers: usize, timing: Timing) -> Result<f64> {
     tokio::task::spawn_blocking(move || writer.join())
         .await
         .context("joining the writer")?;
-    Ok(rate)
+    Ok((rate, commits_per_cycle))
 }
 
 /// Waits out the warm-up, then counts cycles over the measured interval; fails early if a

@@ -10,7 +10,7 @@ use tinyci_store::tables::LOG_CHUNKS;
 use tinyci_store::{Store, StoreError};
 
 use crate::LogError;
-use crate::segment::{LogFiles, encode_frame};
+use crate::segment::{LogFiles, encode_record};
 
 /// Moves every log in `LOG_CHUNKS` into its file; returns how many runs' logs moved.
 pub(crate) fn migrate_records(store: &Store, files: &LogFiles) -> Result<usize, LogError> {
@@ -30,7 +30,7 @@ pub(crate) fn migrate_records(store: &Store, files: &LogFiles) -> Result<usize, 
                 for entry in txn.iter_prefix(LOG_CHUNKS, &run.to_be_bytes()[..])? {
                     let (key, record) = entry?;
                     frame.clear();
-                    encode_frame(log_key_offset(key), false, &record, &mut frame);
+                    encode_record(log_key_offset(key), &record, &mut frame);
                     out.write_all(&frame).map_err(|e| StoreError::Aborted {
                         reason: e.to_string().into(),
                     })?;

@@ -6,8 +6,10 @@
 //! sparse index (run and log offset to file position, `LOG_INDEX`) that spares a reader a
 //! scan from the file's start; the file alone is the truth and the index is never ahead of it.
 //!
-//! A frame is `len: u32 | crc32: u32 | offset: u64 | flags: u32 | payload`, little-endian:
-//! the payload is a [`LogRecord`] (see `encode_payload`), `offset` is where its first byte
+//! A frame is `len: u32 | crc32: u32 | offset: u64 | flags: u32 | data_len: u32 | payload`,
+//! little-endian. The payload is the log bytes, then what says whose they are: the time stamp
+//! (`i64`) and the spans (a varint count, then each `len << 2 | stream` as a varint). Bytes
+//! first, so a reader takes them as read, without copying; `offset` is where the first byte
 //! lies in the log, and the checksum covers everything after itself. A reader stops at the
 //! first frame that is short, fails its checksum or does not continue the log where the one
 //! before ended. After a crash that is the torn tail: nothing past it is served, and the next
@@ -23,12 +25,16 @@ use tinyci_store::records::{LogRecord, LogSpan};
 use crate::MAX_LOG_CHUNK;
 
 /// Bytes of a frame's header.
-pub(crate) const HEADER_LEN: usize = 20;
+pub(crate) const HEADER_LEN: usize = 24;
 
 /// The most a frame stores beyond its log bytes: the header, then the record's time stamp,
 /// span count and first span (varints at their longest). The size limit counts it for
 /// every frame a log's writes start (see `LogWriter::accept`).
 pub(crate) const FRAME_COST: u64 = HEADER_LEN as u64 + 8 + 3 + 3;
+
+/// What a switch of stream within a frame costs, at most: a span, one varint
+/// (`len << 2 | stream`), one byte under 32 bytes and three up to 64 KiB.
+pub(crate) const SPAN_COST: u64 = 3;
 
 /// Flag of a frame after which the log takes nothing more: it ends with the line saying it
 /// was cut at its size limit.
@@ -59,48 +65,81 @@ pub(crate) struct Frame {
     pub(crate) record: LogRecord,
 }
 
-/// Appends the frame of `record`, starting at log offset `offset`, to `out`; returns the
-/// frame's length.
-pub(crate) fn encode_frame(offset: u64, cut: bool, record: &LogRecord, out: &mut Vec<u8>) -> u64 {
+/// Appends a frame holding `pieces` (each a stream's bytes, in order), starting at log
+/// offset `offset` and stamped `timestamp_micros`, to `out`; returns the frame's length.
+/// Consecutive pieces of one stream share a span.
+pub(crate) fn encode_frame<'a>(
+    offset: u64,
+    cut: bool,
+    timestamp_micros: i64,
+    pieces: impl IntoIterator<Item = (u8, &'a [u8])>,
+    out: &mut Vec<u8>,
+) -> u64 {
     let start = out.len();
     let flags = if cut { FLAG_CUT } else { 0 };
-    // Length and checksum are filled in once the payload is written.
+    // Lengths and checksum are filled in once the payload is written.
     out.extend_from_slice(&[0; 8]);
     out.extend_from_slice(&offset.to_le_bytes());
     out.extend_from_slice(&flags.to_le_bytes());
-    encode_payload(record, out);
+    out.extend_from_slice(&[0; 4]);
+    let mut spans: Vec<LogSpan> = Vec::new();
+    for (stream, bytes) in pieces {
+        if bytes.is_empty() {
+            continue;
+        }
+        out.extend_from_slice(bytes);
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        match spans.last_mut() {
+            Some(last) if last.stream == stream => last.len = last.len.saturating_add(len),
+            _ => spans.push(LogSpan { stream, len }),
+        }
+    }
+    let data_len = u32::try_from(out.len() - start - HEADER_LEN).unwrap_or(u32::MAX);
+    out.extend_from_slice(&timestamp_micros.to_le_bytes());
+    push_varint(out, spans.len() as u64);
+    for span in spans {
+        push_varint(out, u64::from(u32::from(span)));
+    }
     let len = u32::try_from(out.len() - start - HEADER_LEN).unwrap_or(u32::MAX);
+    out[start + 20..start + 24].copy_from_slice(&data_len.to_le_bytes());
     let crc = crc32fast::hash(&out[start + 8..]);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     (out.len() - start) as u64
 }
 
-/// A record as a frame holds it: `timestamp: i64 LE | spans: varint count, then each span
-/// as a varint (len << 2 | stream) | the bytes`. Written by hand, not by serde: the bytes are
-/// copied whole, where a serde sequence of `u8` costs a call per byte.
-fn encode_payload(record: &LogRecord, out: &mut Vec<u8>) {
-    out.extend_from_slice(&record.timestamp_micros.to_le_bytes());
-    push_varint(out, record.spans.len() as u64);
-    for span in &record.spans {
-        push_varint(out, u64::from(u32::from(*span)));
-    }
-    out.extend_from_slice(&record.data);
+/// The frame of a stored record (one piece per span).
+pub(crate) fn encode_record(offset: u64, record: &LogRecord, out: &mut Vec<u8>) -> u64 {
+    let mut at = 0usize;
+    let pieces = record.spans.iter().map(|span| {
+        let end = (at + span.len as usize).min(record.data.len());
+        let piece = (span.stream, &record.data[at.min(end)..end]);
+        at = end;
+        piece
+    });
+    encode_frame(offset, false, record.timestamp_micros, pieces, out)
 }
 
-/// The record a frame's payload holds, or `None` when it is not one.
-fn decode_payload(payload: &[u8]) -> Option<LogRecord> {
-    let (timestamp, mut rest) = payload.split_first_chunk::<8>()?;
+/// The record a frame's payload holds, its bytes being the payload's first `data_len`; `None`
+/// when it is not one.
+fn decode_payload(mut payload: Vec<u8>, data_len: usize) -> Option<LogRecord> {
+    let meta = payload.get(data_len..)?;
+    let (timestamp, mut rest) = meta.split_first_chunk::<8>()?;
+    let timestamp_micros = i64::from_le_bytes(*timestamp);
     let count = take_varint(&mut rest)?;
     let mut spans = Vec::with_capacity(usize::try_from(count).ok()?.min(rest.len()));
     for _ in 0..count {
         let packed = u32::try_from(take_varint(&mut rest)?).ok()?;
         spans.push(LogSpan::from(packed));
     }
+    if !rest.is_empty() {
+        return None;
+    }
+    payload.truncate(data_len);
     Some(LogRecord {
-        timestamp_micros: i64::from_le_bytes(*timestamp),
+        timestamp_micros,
         spans,
-        data: rest.to_vec(),
+        data: payload,
     })
 }
 
@@ -183,6 +222,7 @@ impl FrameReader {
         offset.copy_from_slice(&header[8..16]);
         let offset = u64::from_le_bytes(offset);
         let flags = u32::from_le_bytes([header[16], header[17], header[18], header[19]]);
+        let data_len = u32::from_le_bytes([header[20], header[21], header[22], header[23]]);
         if len > MAX_PAYLOAD || offset != self.next.offset {
             return Ok(self.stop());
         }
@@ -196,7 +236,7 @@ impl FrameReader {
         if check.finalize() != crc {
             return Ok(self.stop());
         }
-        let Some(record) = decode_payload(&payload) else {
+        let Some(record) = decode_payload(payload, data_len as usize) else {
             return Ok(self.stop());
         };
         let spanned: u64 = record.spans.iter().map(|s| u64::from(s.len)).sum();
@@ -379,12 +419,50 @@ mod tests {
         }
     }
 
+    fn encode(offset: u64, cut: bool, data: &[u8], out: &mut Vec<u8>) -> u64 {
+        encode_frame(offset, cut, i64::MIN, [(1, data)], out)
+    }
+
     #[test]
     fn a_frame_costs_at_most_frame_cost_beyond_its_bytes() {
         let mut out = Vec::new();
-        let len = encode_frame(u64::MAX, true, &record(&[7; MAX_LOG_CHUNK]), &mut out);
+        let len = encode(u64::MAX, true, &[7; MAX_LOG_CHUNK], &mut out);
         assert_eq!(len, out.len() as u64);
         assert!(len <= MAX_LOG_CHUNK as u64 + FRAME_COST, "{len}");
+    }
+
+    #[test]
+    fn every_byte_keeps_its_stream_and_a_switch_costs_a_span() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.log");
+        let pieces: Vec<(u8, &[u8])> = (0..1000).map(|i| ((i % 2) as u8, &b"x"[..])).collect();
+        let mut out = Vec::new();
+        let len = encode_frame(5, false, 42, pieces, &mut out);
+        assert!(len <= 1000 + 1000 * SPAN_COST + FRAME_COST, "{len}");
+        std::fs::write(&path, &out).unwrap();
+        let mut reader = FrameReader::open(&path, Position { offset: 5, pos: 0 })
+            .unwrap()
+            .unwrap();
+        let frame = reader.next_frame().unwrap().unwrap();
+        assert_eq!(frame.record.timestamp_micros, 42);
+        assert_eq!(frame.record.spans.len(), 1000);
+        assert!(
+            frame
+                .record
+                .spans
+                .iter()
+                .enumerate()
+                .all(|(i, s)| s.len == 1 && s.stream == (i % 2) as u8)
+        );
+        // A stored record reads back as it was.
+        let stored = record(b"a record");
+        out.clear();
+        encode_record(9, &stored, &mut out);
+        std::fs::write(&path, &out).unwrap();
+        let mut reader = FrameReader::open(&path, Position { offset: 9, pos: 0 })
+            .unwrap()
+            .unwrap();
+        assert_eq!(reader.next_frame().unwrap().unwrap().record, stored);
     }
 
     #[test]
@@ -392,8 +470,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("1.log");
         let mut bytes = Vec::new();
-        let first = encode_frame(0, false, &record(b"hello "), &mut bytes);
-        encode_frame(6, true, &record(b"world"), &mut bytes);
+        let first = encode(0, false, b"hello ", &mut bytes);
+        encode(6, true, b"world", &mut bytes);
         let whole = bytes.len();
         std::fs::write(&path, &bytes).unwrap();
         let scanned = scan(&path, Position::default()).unwrap();
@@ -432,7 +510,7 @@ mod tests {
         }
         // A frame that does not continue the log is not read as part of it.
         let mut misplaced = bytes[..first as usize].to_vec();
-        encode_frame(7, false, &record(b"x"), &mut misplaced);
+        encode(7, false, b"x", &mut misplaced);
         let mut file = File::create(&path).unwrap();
         file.write_all(&misplaced).unwrap();
         assert_eq!(scan(&path, Position::default()).unwrap().end.offset, 6);

@@ -7,14 +7,14 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use tinyci_store::records::{LogChunk, LogRecord, LogSpan, log_key};
+use tinyci_store::records::{LogChunk, log_key};
 use tinyci_store::tables::LOG_INDEX;
 use tinyci_store::{GroupCommitter, Store};
 use tokio::sync::watch;
 
 use crate::follow::FollowStats;
 use crate::read::{ReadRange, file_error, off_thread, read_chunks, stored_end};
-use crate::segment::{FRAME_COST, LogFiles, Position, append_durably, encode_frame};
+use crate::segment::{FRAME_COST, LogFiles, Position, SPAN_COST, append_durably, encode_frame};
 use crate::{LOG_COMMIT_WINDOW, LogError, MAX_LOG_CHUNK, Stream};
 
 /// A frame is indexed in LMDB when it starts at least this far into the file past the last
@@ -522,7 +522,6 @@ async fn commit_queued(
         };
         let run = log.run;
         let bytes: usize = chunks.iter().map(|(_, c)| c.data.len()).sum();
-        let records = merge_into_records(chunks);
         let start = log.end.get();
         let file = log.file.borrow().clone();
         let files = files.clone();
@@ -538,13 +537,26 @@ async fn commit_queued(
                     Arc::new(file)
                 }
             };
-            let mut frames = Vec::with_capacity(bytes + records.len() * FRAME_COST as usize);
+            let groups = frame_groups(&chunks);
+            let mut frames = Vec::with_capacity(bytes + groups.len() * FRAME_COST as usize);
             let mut at = start;
-            let last = records.len().saturating_sub(1);
-            for (i, (offset, record)) in records.iter().enumerate() {
-                let len = encode_frame(*offset, cut && i == last, record, &mut frames);
+            let last = groups.len().saturating_sub(1);
+            for (i, group) in groups.into_iter().enumerate() {
+                let group = &chunks[group];
+                let Some((offset, first)) = group.first() else {
+                    continue;
+                };
+                let pieces = group.iter().map(|(_, c)| (c.stream, &c.data[..]));
+                let len = encode_frame(
+                    *offset,
+                    cut && i == last,
+                    first.timestamp_micros,
+                    pieces,
+                    &mut frames,
+                );
+                let data: usize = group.iter().map(|(_, c)| c.data.len()).sum();
                 at = Position {
-                    offset: offset + record.data.len() as u64,
+                    offset: offset + data as u64,
                     pos: at.pos + len,
                 };
             }
@@ -593,144 +605,65 @@ async fn commit_queued(
     }
 }
 
-/// What a switch of stream within a frame costs stored, at most, counted against the log's
-/// size limit: a span is one varint (`len << 2 | stream`), one byte under 32 bytes and
-/// three up to 64 KiB.
-const SPAN_COST: u64 = 3;
-
-/// A record with no bytes yet, stamped with the time of the chunk that will start it.
-fn empty_record(first: Option<&LogChunk>) -> LogRecord {
-    LogRecord {
-        timestamp_micros: first.map_or(0, |c| c.timestamp_micros),
-        spans: Vec::new(),
-        data: Vec::new(),
-    }
-}
-
-/// Appends `chunk` to `record`: onto the last span when it continues that stream, else as a
-/// span of its own. Every byte keeps its stream; a switch costs a span, which the log's size
-/// limit counts (see [`LogWriter::accept`]).
-fn push(record: &mut LogRecord, chunk: &LogChunk) {
-    if chunk.data.is_empty() {
-        return;
-    }
-    record.data.extend_from_slice(&chunk.data);
-    let len = u32::try_from(chunk.data.len()).unwrap_or(u32::MAX);
-    match record.spans.last_mut() {
-        Some(last) if last.stream == chunk.stream => last.len = last.len.saturating_add(len),
-        _ => record.spans.push(LogSpan {
-            stream: chunk.stream,
-            len,
-        }),
-    }
-}
-
-/// Turns a batch of chunks (in log order, contiguous) into the records its frames hold:
-/// consecutive chunks share a record up to [`MAX_LOG_CHUNK`] bytes, so a job that prints a
+/// Splits a batch of chunks (in log order, contiguous) into the frames it is stored as:
+/// consecutive chunks share a frame up to [`MAX_LOG_CHUNK`] bytes, so a job that prints a
 /// byte at a time, on one stream or alternating, costs about what its bytes do, not a frame
-/// per write. A record keeps its first chunk's timestamp. [`LogWriter::accept`] predicts
-/// these frames to count their cost: the two must cut records at the same places.
-fn merge_into_records(chunks: Vec<(u64, LogChunk)>) -> Vec<(u64, LogRecord)> {
-    let mut records: Vec<(u64, LogRecord)> = Vec::new();
-    for (at, chunk) in chunks {
-        match records.last_mut() {
-            Some((_, record)) if record.data.len() + chunk.data.len() <= MAX_LOG_CHUNK => {
-                push(record, &chunk);
+/// per write. A frame keeps its first chunk's timestamp. [`LogWriter::accept`] predicts these
+/// frames to count their cost: the two must cut at the same places.
+fn frame_groups(chunks: &[(u64, LogChunk)]) -> Vec<std::ops::Range<usize>> {
+    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut len = 0usize;
+    for (i, (_, chunk)) in chunks.iter().enumerate() {
+        match groups.last_mut() {
+            Some(group) if len + chunk.data.len() <= MAX_LOG_CHUNK => {
+                group.end = i + 1;
+                len += chunk.data.len();
             }
             _ => {
-                let mut record = empty_record(Some(&chunk));
-                push(&mut record, &chunk);
-                records.push((at, record));
+                groups.push(i..i + 1);
+                len = chunk.data.len();
             }
         }
     }
-    records
+    groups
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn chunk(stream: u8, data: &[u8]) -> LogChunk {
-        LogChunk {
-            stream,
-            timestamp_micros: 0,
-            data: data.to_vec(),
-        }
-    }
-
-    fn spans(record: &LogRecord) -> Vec<(u8, u32)> {
-        record.spans.iter().map(|s| (s.stream, s.len)).collect()
+    fn chunk(stream: u8, data: &[u8]) -> (u64, LogChunk) {
+        (
+            0,
+            LogChunk {
+                stream,
+                timestamp_micros: 0,
+                data: data.to_vec(),
+            },
+        )
     }
 
     #[test]
-    fn single_bytes_share_records_and_streams_stay_apart() {
+    fn single_bytes_share_a_frame_whatever_the_streams() {
         let batch = vec![
-            (0, chunk(0, b"a")),
-            (1, chunk(0, b"b")),
-            (2, chunk(1, b"E")),
-            (3, chunk(0, b"c")),
+            chunk(0, b"a"),
+            chunk(0, b"b"),
+            chunk(1, b"E"),
+            chunk(0, b"c"),
         ];
-        let records = merge_into_records(batch);
-        assert_eq!(records.len(), 1, "one record, whatever the streams");
-        let (at, record) = &records[0];
-        assert_eq!((*at, &record.data[..]), (0, &b"abEc"[..]));
-        assert_eq!(spans(record), vec![(0, 2), (1, 1), (0, 1)]);
-        // Read back, each span is a chunk of its stream.
-        let read: Vec<(u64, u8, Vec<u8>)> = record
-            .clone()
-            .into_chunks(0, 1)
-            .into_iter()
-            .map(|(at, c)| (at, c.stream, c.data))
-            .collect();
-        assert_eq!(
-            read,
-            vec![
-                (1, 0, b"b".to_vec()),
-                (2, 1, b"E".to_vec()),
-                (3, 0, b"c".to_vec())
-            ]
-        );
+        assert_eq!(frame_groups(&batch), vec![0..4]);
     }
 
     #[test]
-    fn lines_alternating_streams_keep_every_switch() {
-        let mut record = empty_record(None);
-        let mut expected = Vec::new();
-        while record.data.len() + 20 <= MAX_LOG_CHUNK {
-            let stream = (expected.len() % 2) as u8;
-            push(&mut record, &chunk(stream, b"+ make test -j 2 \n"));
-            expected.push((stream, 18));
-        }
-        assert_eq!(spans(&record), expected);
-    }
-
-    #[test]
-    fn every_byte_keeps_its_stream_and_a_switch_costs_a_span() {
-        let mut record = empty_record(None);
-        for i in 0..1000 {
-            push(&mut record, &chunk((i % 2) as u8, b"x"));
-        }
-        assert_eq!(record.spans.len(), 1000);
-        assert!(record.spans.iter().all(|s| s.len == 1));
-        let stored = tinyci_store::tables::LogCodec::encode(&record)
-            .unwrap()
-            .len();
-        assert!(stored <= 2 * 1000 + 16, "{stored} bytes stored");
-    }
-
-    #[test]
-    fn a_record_stops_growing_at_the_chunk_limit() {
+    fn a_frame_stops_growing_at_the_chunk_limit() {
         let full = vec![0u8; MAX_LOG_CHUNK - 1];
-        let records = merge_into_records(vec![
-            (0, chunk(0, &full)),
-            (full.len() as u64, chunk(0, b"xy")),
-        ]);
-        assert_eq!(records.len(), 2, "the second chunk would pass the limit");
-        let records = merge_into_records(vec![
-            (0, chunk(0, &full)),
-            (full.len() as u64, chunk(0, b"x")),
-        ]);
-        assert_eq!(records.len(), 1);
+        let groups = frame_groups(&[chunk(0, &full), chunk(0, b"xy")]);
+        assert_eq!(
+            groups,
+            vec![0..1, 1..2],
+            "the second chunk would pass the limit"
+        );
+        let groups = frame_groups(&[chunk(0, &full), chunk(0, b"x"), chunk(1, b"y")]);
+        assert_eq!(groups, vec![0..2, 2..3]);
     }
 }

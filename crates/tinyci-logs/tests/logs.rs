@@ -456,8 +456,8 @@ fn a_torn_tail_after_a_crash_is_cut_and_the_runner_resends_from_what_is_durable(
     });
     let path = log_file(dir.path(), 5);
     let bytes = std::fs::read(&path).unwrap();
-    // The first batch is the file's first frame: a 20-byte header, then its length.
-    let first_frame_end = 20 + u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+    // The first batch is the file's first frame: a 24-byte header, then its length.
+    let first_frame_end = 24 + u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
     let tails: Vec<(&str, Vec<u8>)> = vec![
         ("half a header", bytes[..first_frame_end + 7].to_vec()),
         (

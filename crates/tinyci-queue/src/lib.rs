@@ -25,8 +25,8 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tinyci_core::{
-    DispatchPolicy, LeaseId, LeasePolicy, Needs, Offer, Outcome, PlannedRun, Run, RunEvent, RunId,
-    RunStatus, SubmissionId, Transition, TransitionError, TrustTier,
+    DispatchPolicy, Lease, LeaseId, LeasePolicy, Needs, Offer, Outcome, PlannedRun, Run, RunEvent,
+    RunId, RunStatus, SubmissionId, Transition, TransitionError, TrustTier,
 };
 use tinyci_store::tables::{BRANCH_HEADS, META, POOL, QUEUED, RUNS, SUBMISSIONS};
 use tinyci_store::{GroupCommitter, Record, Store, StoreError, WriteTxn};
@@ -146,8 +146,19 @@ struct Waiter {
     runner: String,
     /// What the runner can run; it is handed only runs this satisfies.
     offer: Offer,
+    /// Who to tell if a run leased to it in a submission's commit must stop.
+    on_cancel: CancelHook,
     /// Where it is handed its run.
-    tx: oneshot::Sender<RunId>,
+    tx: oneshot::Sender<Handoff>,
+}
+
+/// What a waiting worker is handed.
+enum Handoff {
+    /// A queued run, which the worker leases itself.
+    Run(RunId),
+    /// A run leased to it in the commit that stored the run's submission: one durable commit
+    /// instead of two, and nothing more to write before the worker has it.
+    Leased(Box<Leased>),
 }
 
 /// A worker connected to a queue, whether waiting or busy: what "no connected runner can take
@@ -193,6 +204,11 @@ struct State {
     pool_changed: Option<tokio::sync::watch::Sender<u64>>,
     /// Which submitter group each queue serves next.
     shares: share::FairShare,
+    /// Runs leased to a waiting worker in their submission's commit whose worker went away
+    /// before taking them: the expiry loop hands the leases back.
+    abandoned: Vec<(RunId, LeaseId)>,
+    /// Runs leased in their submission's commit since the queue opened.
+    leased_at_submit: u64,
 }
 
 /// The oldest queued run of each submitter group on `queue` that `can_take` accepts, minus
@@ -486,6 +502,12 @@ impl Queue {
         &self.storage
     }
 
+    /// How many runs were leased in the commit that stored their submission (to a worker
+    /// already waiting) since the queue opened: each saved a durable commit.
+    pub fn leased_at_submit(&self) -> u64 {
+        self.state.borrow().leased_at_submit
+    }
+
     /// The site's dispatch policy.
     pub fn dispatch_policy(&self) -> &DispatchPolicy {
         &self.dispatch
@@ -525,7 +547,14 @@ impl Queue {
         let count = new.runs.len() as u64;
         let branch = branch_key(&new.repo, &new.git_ref);
         let branch_role = new.branch;
-        let (submission, runs, previous) = self
+        // Workers waiting now that may take a new run get it leased in this very commit.
+        let mut handoffs = self.reserve_waiters(&new.tier, &new.runs);
+        let takers: Vec<Option<String>> = handoffs
+            .iter()
+            .map(|w| w.as_ref().map(|(_, w)| w.runner.clone()))
+            .collect();
+        let expires_at = self.policy.expiry(now);
+        let written = self
             .committer
             .write(move |txn| {
                 let next = txn
@@ -534,19 +563,32 @@ impl Queue {
                     .map_or(1, u64::from_be_bytes);
                 let submission_id = SubmissionId(next);
                 let mut runs = Vec::new();
-                for (i, spec) in new.runs.into_iter().enumerate() {
+                let mut leases = Vec::new();
+                for (i, (spec, taker)) in new.runs.into_iter().zip(takers).enumerate() {
                     let id = RunId(next + 1 + i as u64);
+                    let mut state = Run::new(id, &policy, now);
+                    let lease = match taker.clone() {
+                        Some(runner) => match state
+                            .apply(RunEvent::Lease { runner, expires_at }, now)
+                            .map_err(store_error)?
+                        {
+                            Transition::Leased(lease) => Some(lease),
+                            _ => None,
+                        },
+                        None => None,
+                    };
                     runs.push(StoredRun {
-                        state: Run::new(id, &policy, now),
+                        state,
                         submission: submission_id,
                         repo: new.repo.clone(),
                         git_ref: new.git_ref.clone(),
                         sha: new.sha.clone(),
                         spec,
-                        runner: None,
+                        runner: lease.as_ref().and(taker),
                         started_at: None,
                         message: None,
                     });
+                    leases.push(lease);
                 }
                 let submission = StoredSubmission {
                     id: submission_id,
@@ -575,15 +617,27 @@ impl Queue {
                 };
                 txn.put(META, NEXT_ID_KEY, &(next + 1 + count).to_be_bytes()[..])?;
                 also(txn, &submission)?;
-                Ok((submission, runs, previous))
+                Ok((submission, runs, leases, previous))
             })
-            .await?;
+            .await;
+        let (submission, runs, leases, previous) = match written {
+            Ok(written) => written,
+            Err(e) => {
+                self.unreserve_waiters(handoffs);
+                return Err(e.into());
+            }
+        };
         info!(submission = %submission.id, runs = runs.len(), repo = %submission.repo, git_ref = %submission.git_ref, "submission queued");
         let mut queues = BTreeSet::new();
-        for run in &runs {
+        for ((run, lease), handoff) in runs.iter().zip(leases).zip(handoffs.iter_mut()) {
             queues.insert(run.spec.queue.to_string());
             self.track(run.clone(), submission.tier.clone());
+            if let (Some(lease), Some((_, waiter))) = (lease, handoff.take()) {
+                self.hand_leased(run, &lease, waiter, &submission.tier)
+                    .await;
+            }
         }
+        self.unreserve_waiters(handoffs);
         if let Some(previous) = previous.map(SubmissionId) {
             let reason = format!("superseded by submission {}", submission.id);
             let canceled = if branch_role == OnBranch::SupersedeOverlap {
@@ -606,6 +660,78 @@ impl Queue {
             self.wake(&queue);
         }
         Ok((submission, runs))
+    }
+
+    /// Picks, for each of a new submission's runs in order, a waiting worker that may take it
+    /// (the weakest eligible, as [`Queue::wake`] picks), and takes it off the waiters. Any
+    /// worker still waiting could take none of the queued runs (it would have been handed
+    /// one), so handing it a new run passes nobody in its queue.
+    fn reserve_waiters(
+        &self,
+        tier: &TrustTier,
+        runs: &[PlannedRun],
+    ) -> Vec<Option<(String, Waiter)>> {
+        let mut state = self.state.borrow_mut();
+        let State {
+            waiters,
+            paused,
+            held_runners,
+            ..
+        } = &mut *state;
+        runs.iter()
+            .map(|spec| {
+                let queue = spec.queue.as_ref();
+                if paused.contains(queue) {
+                    return None;
+                }
+                let waiting = waiters.get_mut(queue)?;
+                waiting.retain(|w| !w.tx.is_closed());
+                let needs = self.dispatch.needs(tier, spec);
+                let pick = waiting
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| {
+                        !held_runners.contains_key(&w.runner) && w.offer.satisfies(&needs)
+                    })
+                    .min_by_key(|(_, w)| w.offer.strength())
+                    .map(|(i, _)| i)?;
+                waiting.remove(pick).map(|w| (queue.to_owned(), w))
+            })
+            .collect()
+    }
+
+    /// Puts reserved waiters that were not handed a run back where they waited, first in
+    /// line (they were waiting longest).
+    fn unreserve_waiters(&self, reserved: Vec<Option<(String, Waiter)>>) {
+        let mut state = self.state.borrow_mut();
+        for (queue, waiter) in reserved.into_iter().flatten().rev() {
+            state.waiters.entry(queue).or_default().push_front(waiter);
+        }
+    }
+
+    /// Hands `run`, leased to `waiter` in its submission's commit, to that worker.
+    async fn hand_leased(&self, run: &StoredRun, lease: &Lease, waiter: Waiter, tier: &TrustTier) {
+        let id = run.id();
+        {
+            let mut state = self.state.borrow_mut();
+            state.leased_at_submit += 1;
+            state.cancel_hooks.insert(id, waiter.on_cancel.clone());
+            let queue = run.spec.queue.as_ref();
+            let weight = self.dispatch.queue(queue).share_of(tier);
+            state.shares.charge(queue, &tier.to_string(), weight);
+        }
+        self.leases_changed.notify_one();
+        self.notify(run);
+        debug!(run = %id, runner = %lease.runner, lease = %lease.id, "leased in its submission's commit");
+        let handed = Handoff::Leased(Box::new(Leased {
+            run: run.clone(),
+            lease: lease.id,
+            expires_at: lease.expires_at,
+        }));
+        if waiter.tx.send(handed).is_err() {
+            // The worker stopped waiting while the submission committed: hand the lease back.
+            self.release(id, lease.id).await;
+        }
     }
 
     /// Hands queued runs of `queue`, oldest first, to waiting workers: each run to the
@@ -656,7 +782,7 @@ impl Queue {
             };
             // A waiter that went away is dropped; the run stays for the next.
             if let Some(waiter) = waiters.remove(pick)
-                && waiter.tx.send(next.run).is_ok()
+                && waiter.tx.send(Handoff::Run(next.run)).is_ok()
             {
                 ids.remove(next.run);
                 shares.charge(queue, &next.group, next.weight);
@@ -812,15 +938,19 @@ impl Queue {
         on_cancel: CancelHook,
     ) -> Result<Leased, QueueError> {
         loop {
-            let id = match self.take_or_wait(queue, runner, offer) {
+            let id = match self.take_or_wait(queue, runner, offer, &on_cancel) {
                 Take::Run(id) => id,
-                // Handed a run when one it may take is queued here (or the queue resumes).
+                // Handed a run when one it may take is queued here (or the queue resumes), or
+                // a new run leased to it in its submission's commit.
                 Take::Wait(rx) => {
                     let mut handed = Handed {
                         queue: self,
                         rx: Some(rx),
                     };
-                    handed.run().await?
+                    match handed.run().await? {
+                        Handoff::Run(id) => id,
+                        Handoff::Leased(leased) => return Ok(*leased),
+                    }
                 }
             };
             match self.lease(id, runner, on_cancel.clone()).await {
@@ -832,7 +962,13 @@ impl Queue {
 
     /// Takes the oldest queued run of `queue` that `offer` satisfies, or registers `runner`
     /// as waiting for one.
-    fn take_or_wait(&self, queue: &str, runner: &str, offer: &Offer) -> Take {
+    fn take_or_wait(
+        &self,
+        queue: &str,
+        runner: &str,
+        offer: &Offer,
+        on_cancel: &CancelHook,
+    ) -> Take {
         let mut state = self.state.borrow_mut();
         if !state.paused.contains(queue) && !state.held_runners.contains_key(runner) {
             let State {
@@ -862,6 +998,7 @@ impl Queue {
             .push_back(Waiter {
                 runner: runner.to_owned(),
                 offer: offer.clone(),
+                on_cancel: on_cancel.clone(),
                 tx,
             });
         Take::Wait(rx)
@@ -1300,6 +1437,10 @@ impl Queue {
                 }
                 () = self.leases_changed.notified() => {}
             }
+            let abandoned = std::mem::take(&mut self.state.borrow_mut().abandoned);
+            for (id, lease) in abandoned {
+                self.release(id, lease).await;
+            }
         }
     }
 
@@ -1657,29 +1798,41 @@ pub struct QueueSetup {
 /// What [`Queue::take_or_wait`] found.
 enum Take {
     Run(RunId),
-    Wait(oneshot::Receiver<RunId>),
+    Wait(oneshot::Receiver<Handoff>),
 }
 
 /// A waiting worker's claim on the run it will be handed. Dropped with a run handed to it
-/// but not yet taken (the worker's call was abandoned), it puts the run back on its queue.
+/// but not yet taken (the worker's call was abandoned), it puts the run back on its queue,
+/// or has the lease it was handed given back.
 struct Handed<'q> {
     queue: &'q Queue,
-    rx: Option<oneshot::Receiver<RunId>>,
+    rx: Option<oneshot::Receiver<Handoff>>,
 }
 
 impl Handed<'_> {
-    async fn run(&mut self) -> Result<RunId, QueueError> {
+    async fn run(&mut self) -> Result<Handoff, QueueError> {
         let rx = self.rx.as_mut().ok_or(QueueError::Closed)?;
-        let id = rx.await.map_err(|_| QueueError::Closed)?;
+        let handed = rx.await.map_err(|_| QueueError::Closed)?;
         self.rx = None;
-        Ok(id)
+        Ok(handed)
     }
 }
 
 impl Drop for Handed<'_> {
     fn drop(&mut self) {
-        if let Some(id) = self.rx.take().and_then(|mut rx| rx.try_recv().ok()) {
-            self.queue.requeue_in_memory(id);
+        match self.rx.take().and_then(|mut rx| rx.try_recv().ok()) {
+            Some(Handoff::Run(id)) => self.queue.requeue_in_memory(id),
+            Some(Handoff::Leased(leased)) => {
+                // Releasing is a durable write, which a drop cannot wait for: the expiry loop
+                // does it.
+                self.queue
+                    .state
+                    .borrow_mut()
+                    .abandoned
+                    .push((leased.run.id(), leased.lease));
+                self.queue.leases_changed.notify_one();
+            }
+            None => {}
         }
     }
 }

@@ -104,6 +104,20 @@ impl LogRecord {
     /// The record as one chunk per span, each with the offset it starts at (the record's at
     /// `offset`), leaving out what lies before `from`.
     pub fn into_chunks(self, offset: u64, from: u64) -> Vec<(u64, LogChunk)> {
+        // One stream read whole: its bytes move, not copied (the follow path's common case).
+        if let [span] = self.spans[..]
+            && span.len as usize == self.data.len()
+            && from <= offset
+        {
+            return vec![(
+                offset,
+                LogChunk {
+                    stream: span.stream,
+                    timestamp_micros: self.timestamp_micros,
+                    data: self.data,
+                },
+            )];
+        }
         let mut chunks = Vec::with_capacity(self.spans.len());
         let mut at = offset;
         let mut start = 0usize;

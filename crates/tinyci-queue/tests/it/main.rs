@@ -755,3 +755,78 @@ fn a_diff_selected_push_supersedes_only_what_it_runs_again() {
         assert_eq!(status(1), RunStatus::Canceled, "web runs again");
     });
 }
+
+/// A worker already waiting is leased a new run in the very commit that stores the run's
+/// submission: by the time `submit` returns, the stored run is leased to it (before, the
+/// lease was a second durable commit after the submission's), and the worker has it.
+#[test]
+fn a_waiting_worker_is_leased_a_new_run_in_its_submissions_commit() {
+    local(async {
+        let f = Fixture::new();
+        let (queue, _c, _w) = f.open().await;
+        let q = queue.clone();
+        let waiting =
+            tokio::task::spawn_local(
+                async move { q.next("a", "runner:host", &HOST, no_hook()).await },
+            );
+        tokio::task::yield_now().await;
+        let (_, runs) = queue
+            .submit(submission("refs/heads/x", vec![planned("a", "p")]))
+            .await
+            .unwrap();
+        let stored = queue.run(runs[0].id()).unwrap().unwrap();
+        assert_eq!(stored.state.status(), RunStatus::Leased);
+        assert_eq!(stored.runner.as_deref(), Some("runner:host"));
+        let leased = waiting.await.unwrap().unwrap();
+        assert_eq!(leased.run.id(), runs[0].id());
+        assert_eq!(Some(leased.lease), stored.state.lease().map(|l| l.id));
+        // The lease works like any other: the run starts and completes on it.
+        queue.started(leased.run.id(), leased.lease).await.unwrap();
+        queue
+            .complete(
+                leased.run.id(),
+                leased.lease,
+                RunStatus::Passed,
+                Some(0),
+                String::new(),
+            )
+            .await
+            .unwrap();
+        let done = queue.run(runs[0].id()).unwrap().unwrap();
+        assert_eq!(done.state.status(), RunStatus::Passed);
+    });
+}
+
+/// A worker handed a run leased in its submission's commit that goes away before taking it
+/// does not strand the run: the lease is handed back and another worker gets the run.
+#[test]
+fn a_run_leased_to_a_worker_that_went_away_is_handed_back() {
+    local(async {
+        let f = Fixture::new();
+        let (queue, _c, _w) = f.open().await;
+        tokio::task::spawn_local(queue.clone().run_expiry());
+        let q = queue.clone();
+        let gone =
+            tokio::task::spawn_local(
+                async move { q.next("a", "runner:gone", &HOST, no_hook()).await },
+            );
+        tokio::task::yield_now().await;
+        let (_, runs) = queue
+            .submit(submission("refs/heads/x", vec![planned("a", "p")]))
+            .await
+            .unwrap();
+        // Its call is dropped with the leased run handed to it but not taken.
+        gone.abort();
+        assert!(gone.await.unwrap_err().is_cancelled());
+        let q = queue.clone();
+        let leased =
+            tokio::task::spawn_local(
+                async move { q.next("a", "runner:next", &HOST, no_hook()).await },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(leased.run.id(), runs[0].id());
+        assert_eq!(leased.run.runner.as_deref(), Some("runner:next"));
+    });
+}
