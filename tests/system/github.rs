@@ -348,13 +348,23 @@ fn wait_for_statuses(
     }
 }
 
-/// The statuses of one context, as `state: description`.
+/// The statuses of one context, as `state: description`. A run leased in its submission's
+/// commit (its runner was already waiting) never waited, so its first status is "started on";
+/// the "pending: queued" a run that did wait gets first is put in front of such a sequence,
+/// so sequences compare the same whichever way the run was leased.
 fn sequence(statuses: &[Status], context: &str) -> Vec<String> {
-    statuses
+    let mut sequence: Vec<String> = statuses
         .iter()
         .filter(|s| s.context == context)
         .map(|s| format!("{}: {}", s.state, s.description))
-        .collect()
+        .collect();
+    if sequence
+        .first()
+        .is_some_and(|first| first.starts_with("pending: started on"))
+    {
+        sequence.insert(0, "pending: queued".to_owned());
+    }
+    sequence
 }
 
 fn is_final(status: &Status) -> bool {

@@ -108,6 +108,35 @@ impl RunStatus {
         )
     }
 
+    /// Every status, in the order a run can pass through them.
+    pub const ALL: [RunStatus; 8] = [
+        RunStatus::Queued,
+        RunStatus::Leased,
+        RunStatus::Running,
+        RunStatus::Passed,
+        RunStatus::Failed,
+        RunStatus::Canceled,
+        RunStatus::TimedOut,
+        RunStatus::Errored,
+    ];
+
+    /// Every status's word ([`RunStatus::as_str`]), in [`RunStatus::ALL`]'s order.
+    pub const WORDS: [&'static str; 8] = [
+        "queued",
+        "leased",
+        "running",
+        "passed",
+        "failed",
+        "canceled",
+        "timed_out",
+        "errored",
+    ];
+
+    /// The status `word` names ([`RunStatus::as_str`]'s spelling), if any.
+    pub fn from_word(word: &str) -> Option<RunStatus> {
+        Self::ALL.into_iter().find(|status| status.as_str() == word)
+    }
+
     /// The status as a lowercase word, as it is serialized.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -712,6 +741,15 @@ impl Run {
 #[cfg(test)]
 mod submission_status_tests {
     use super::RunStatus::{self, *};
+
+    #[test]
+    fn every_status_has_its_word_and_back() {
+        for (status, word) in RunStatus::ALL.into_iter().zip(RunStatus::WORDS) {
+            assert_eq!(status.as_str(), word);
+            assert_eq!(RunStatus::from_word(word), Some(status));
+        }
+        assert_eq!(RunStatus::from_word("timed out"), None);
+    }
 
     #[test]
     fn one_status_for_a_submission() {

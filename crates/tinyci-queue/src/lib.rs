@@ -16,8 +16,11 @@
 //! Single-threaded (`Rc`/`RefCell`), living on the site's LocalSet. Knows nothing of capnp:
 //! the site wraps it in capabilities. Must not depend on capnp, rustls or biscuit-auth.
 
+mod history;
 mod records;
 mod share;
+
+pub use history::RunFilter;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -146,9 +149,8 @@ struct Waiter {
     runner: String,
     /// What the runner can run; it is handed only runs this satisfies.
     offer: Offer,
-    /// Who to tell if a run leased to it in a submission's commit must stop.
-    on_cancel: CancelHook,
-    /// Where it is handed its run.
+    /// Where it is handed its run. (Not its cancel hook: that holds its connection's
+    /// objects, which hold the queue, and a waiter the queue kept would keep them all.)
     tx: oneshot::Sender<Handoff>,
 }
 
@@ -346,6 +348,11 @@ fn store_error(e: impl std::fmt::Display) -> StoreError {
 
 /// Writes a run and keeps the FIFO index in step with its status.
 fn put_run(txn: &mut WriteTxn<'_>, run: &StoredRun) -> Result<(), StoreError> {
+    // What was stored before says which index keys move; one unreadable is indexed afresh.
+    let old = txn
+        .get(RUNS, &run.id().get())?
+        .and_then(|bytes| decode_run(run.id().get(), bytes).ok());
+    history::index_run(txn, old.as_ref(), run)?;
     let bytes = Record::<StoredRun>::encode(run).map_err(store_error)?;
     txn.put(RUNS, &run.id().get(), &bytes[..])?;
     let key = queued_key(run.spec.queue.as_ref(), run.id());
@@ -372,11 +379,12 @@ impl Queue {
             dispatch,
             site,
         } = setup;
-        let stored: Vec<(u64, Vec<u8>)> = store.read(|txn| {
-            txn.iter_range(RUNS, &..)?
-                .map(|entry| entry.map(|(id, bytes)| (id, bytes.to_vec())))
-                .collect::<Result<Vec<_>, _>>()
-        })?;
+        // Only unfinished runs are loaded: opening costs the work in progress, not the history.
+        history::index_history(&store)?;
+        let stored: Vec<StoredRun> = store.read(|txn| {
+            let ids = history::unfinished(txn)?;
+            Ok(history::load(txn, &ids))
+        })??;
         let pool: Vec<(Vec<u8>, Vec<u8>)> = store.read(|txn| {
             txn.iter_range(POOL, &..)?
                 .map(|entry| entry.map(|(k, v)| (k.to_vec(), v.to_vec())))
@@ -417,8 +425,7 @@ impl Queue {
         let mut recovered = Vec::new();
         let mut refused = Vec::new();
         let mut kept = 0usize;
-        for (id, bytes) in stored {
-            let mut run = decode_run(id, &bytes)?;
+        for mut run in stored {
             if run.state.status().is_final() {
                 continue;
             }
@@ -709,13 +716,36 @@ impl Queue {
         }
     }
 
+    /// Registers the cancel hook of the worker that took `leased`, a run leased to it in its
+    /// submission's commit; a cancel asked before then is passed on now.
+    fn hook_leased(&self, leased: &Leased, on_cancel: CancelHook) {
+        let id = leased.run.id();
+        let canceled = {
+            let mut state = self.state.borrow_mut();
+            let current = state.live.get(&id).and_then(|run| {
+                run.state
+                    .lease()
+                    .map(|l| (l.id, run.state.cancel_requested()))
+            });
+            match current {
+                Some((lease, canceled)) if lease == leased.lease => {
+                    state.cancel_hooks.insert(id, on_cancel.clone());
+                    canceled.then(|| state.live.get(&id).and_then(|r| r.message.clone()))
+                }
+                _ => None,
+            }
+        };
+        if let Some(reason) = canceled {
+            on_cancel(reason.unwrap_or_else(|| "canceled".to_owned()));
+        }
+    }
+
     /// Hands `run`, leased to `waiter` in its submission's commit, to that worker.
     async fn hand_leased(&self, run: &StoredRun, lease: &Lease, waiter: Waiter, tier: &TrustTier) {
         let id = run.id();
         {
             let mut state = self.state.borrow_mut();
             state.leased_at_submit += 1;
-            state.cancel_hooks.insert(id, waiter.on_cancel.clone());
             let queue = run.spec.queue.as_ref();
             let weight = self.dispatch.queue(queue).share_of(tier);
             state.shares.charge(queue, &tier.to_string(), weight);
@@ -938,7 +968,7 @@ impl Queue {
         on_cancel: CancelHook,
     ) -> Result<Leased, QueueError> {
         loop {
-            let id = match self.take_or_wait(queue, runner, offer, &on_cancel) {
+            let id = match self.take_or_wait(queue, runner, offer) {
                 Take::Run(id) => id,
                 // Handed a run when one it may take is queued here (or the queue resumes), or
                 // a new run leased to it in its submission's commit.
@@ -949,7 +979,10 @@ impl Queue {
                     };
                     match handed.run().await? {
                         Handoff::Run(id) => id,
-                        Handoff::Leased(leased) => return Ok(*leased),
+                        Handoff::Leased(leased) => {
+                            self.hook_leased(&leased, on_cancel);
+                            return Ok(*leased);
+                        }
                     }
                 }
             };
@@ -962,13 +995,7 @@ impl Queue {
 
     /// Takes the oldest queued run of `queue` that `offer` satisfies, or registers `runner`
     /// as waiting for one.
-    fn take_or_wait(
-        &self,
-        queue: &str,
-        runner: &str,
-        offer: &Offer,
-        on_cancel: &CancelHook,
-    ) -> Take {
+    fn take_or_wait(&self, queue: &str, runner: &str, offer: &Offer) -> Take {
         let mut state = self.state.borrow_mut();
         if !state.paused.contains(queue) && !state.held_runners.contains_key(runner) {
             let State {
@@ -998,7 +1025,6 @@ impl Queue {
             .push_back(Waiter {
                 runner: runner.to_owned(),
                 offer: offer.clone(),
-                on_cancel: on_cancel.clone(),
                 tx,
             });
         Take::Wait(rx)
@@ -1611,51 +1637,35 @@ impl Queue {
 
     /// Every run, newest first, up to `limit`.
     pub fn runs(&self, limit: usize) -> Result<Vec<StoredRun>, QueueError> {
-        self.runs_where(limit, |_| true)
+        self.runs_matching(&RunFilter::default(), limit)
     }
 
-    /// The newest `limit` runs that `keep` accepts, newest first.
+    /// The newest `limit` runs that `filter` matches, newest first.
     ///
-    /// Reads the run table from the newest end and stops at the limit, so a listing costs what
-    /// it returns (plus the runs it skips), not the length of the history.
-    pub fn runs_where(
+    /// Unfinished runs come from memory (their state there is newer than what is stored);
+    /// the rest from the store's indexes (see `history.rs`), so a listing costs what it
+    /// returns, not the length of the history, however rare the match.
+    pub fn runs_matching(
         &self,
+        filter: &RunFilter,
         limit: usize,
-        keep: impl Fn(&StoredRun) -> bool,
     ) -> Result<Vec<StoredRun>, QueueError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
         let state = self.state.borrow();
-        let mut selected = Vec::new();
-        let mut failure = None;
-        self.store.read(|txn| {
-            for entry in txn.iter_range_rev(RUNS, &..)? {
-                let (id, bytes) = entry?;
-                // A live run's in-memory state is newer than its stored record.
-                let run = match state.live.get(&RunId(id)) {
-                    Some(live) => live.clone(),
-                    None => match decode_run(id, bytes) {
-                        Ok(run) => run,
-                        Err(e) => {
-                            failure = Some(e);
-                            break;
-                        }
-                    },
-                };
-                if keep(&run) {
-                    selected.push(run);
-                    if selected.len() == limit {
-                        break;
-                    }
-                }
-            }
-            Ok(())
-        })?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(selected),
-        }
+        let mut runs: Vec<StoredRun> = state
+            .live
+            .values()
+            .filter(|run| filter.matches(run))
+            .cloned()
+            .collect();
+        let stored = self.store.read(|txn| {
+            Ok(history::newest_matching(txn, filter, limit, |id| {
+                state.live.contains_key(&RunId(id))
+            }))
+        })??;
+        runs.extend(stored);
+        runs.sort_unstable_by_key(|run| std::cmp::Reverse(run.id()));
+        runs.truncate(limit);
+        Ok(runs)
     }
 
     /// Depth (queued runs) and leased/running runs per queue, plus waiting workers.

@@ -5,7 +5,7 @@
 
 use std::rc::Rc;
 
-use tinyci_core::{RunId, SubmissionId};
+use tinyci_core::{RunId, RunStatus, SubmissionId};
 use tinyci_pki::PeerIdentity;
 use tinyci_schema::{admin, log_reader, submitter};
 use tracing::info;
@@ -488,16 +488,26 @@ impl admin::Server for AdminCap {
             0 => 100,
             n => n.min(10_000) as usize,
         };
-        // Newest first, filtered while scanning, stopping at the limit: older matches are
-        // found however many runs came after them.
+        let status = match status.as_str() {
+            "" => None,
+            word => Some(RunStatus::from_word(word).ok_or_else(|| {
+                capnp::Error::failed(format!(
+                    "unknown run status {word:?} in the filter: one of {}",
+                    RunStatus::WORDS.join(", ")
+                ))
+            })?),
+        };
+        let filter = tinyci_queue::RunFilter {
+            repo: (!repo.is_empty()).then_some(repo),
+            git_ref: (!git_ref.is_empty()).then_some(git_ref),
+            status,
+        };
+        // Newest first through the store's indexes: older matches are found however many
+        // runs came after them, at the cost of what is returned.
         let selected = self
             .services
             .queue
-            .runs_where(limit, |r| {
-                (repo.is_empty() || r.repo == repo)
-                    && (git_ref.is_empty() || r.git_ref == git_ref)
-                    && (status.is_empty() || r.state.status().as_str() == status)
-            })
+            .runs_matching(&filter, limit)
             .map_err(|e| capnp::Error::failed(e.to_string()))?;
         let mut list = results.get().init_runs(len(selected.len()));
         for (i, run) in selected.iter().enumerate() {

@@ -304,6 +304,21 @@ tables! {
     /// name, so the table is declared with raw bytes and the queue owns the codec.
     pub const RUNS: Table<U64Be, Bytes> = "runs";
 
+    /// Runs not yet final, by id (empty values): what the queue loads at start, so opening a
+    /// site costs its unfinished work, not its history. Kept by `tinyci-queue` with `RUNS`.
+    pub const RUNS_UNFINISHED: Table<U64Be, Bytes> = "runs_unfinished";
+
+    /// Runs by repository: key `<repo> 0x00 <run id, big-endian>`, empty value, so one
+    /// repository's runs list newest first without reading anyone else's. Kept with `RUNS`.
+    pub const RUNS_BY_REPO: Table<Bytes, Bytes> = "runs_by_repo";
+
+    /// Runs by git ref: key `<ref> 0x00 <run id, big-endian>`, empty value. Kept with `RUNS`.
+    pub const RUNS_BY_REF: Table<Bytes, Bytes> = "runs_by_ref";
+
+    /// Runs by stored status: key `<status word> 0x00 <run id, big-endian>`, empty value; a
+    /// run's key moves when its stored status does. Kept with `RUNS`.
+    pub const RUNS_BY_STATUS: Table<Bytes, Bytes> = "runs_by_status";
+
     /// Submissions by id (big-endian); value a `Record` of `tinyci_queue::StoredSubmission`,
     /// encoded by tinyci-queue like [`RUNS`].
     pub const SUBMISSIONS: Table<U64Be, Bytes> = "submissions";

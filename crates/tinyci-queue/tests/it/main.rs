@@ -7,7 +7,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tinyci_core::{
-    DispatchPolicy, Isolation, LeasePolicy, Offer, PlannedRun, RunStatus, TierPattern, TrustTier,
+    DispatchPolicy, Isolation, LeasePolicy, Offer, PlannedRun, RunId, RunStatus, TierPattern,
+    TrustTier,
 };
 use tinyci_queue::{Clock, NewSubmission, OnBranch, Queue, QueueSetup};
 use tinyci_store::{GroupCommitter, GroupWriterThread, Store, StoreOptions};
@@ -603,7 +604,11 @@ fn a_filtered_listing_finds_matches_older_than_any_window() {
             newer.branch = OnBranch::Aside;
             queue.submit(newer).await.unwrap();
         }
-        let found = queue.runs_where(100, |r| r.repo == "org/old").unwrap();
+        let only_old = tinyci_queue::RunFilter {
+            repo: Some("org/old".into()),
+            ..Default::default()
+        };
+        let found = queue.runs_matching(&only_old, 100).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].spec.name, "old");
 
@@ -828,5 +833,154 @@ fn a_run_leased_to_a_worker_that_went_away_is_handed_back() {
             .unwrap();
         assert_eq!(leased.run.id(), runs[0].id());
         assert_eq!(leased.run.runner.as_deref(), Some("runner:next"));
+    });
+}
+
+/// Listings filtered on repository, ref and status, alone or together, return exactly what a
+/// scan of every run would, newest first, whether the runs are finished (from the store's
+/// indexes) or not (from memory); and a store written before the indexes is indexed when the
+/// queue opens, with the same answers.
+#[test]
+fn filtered_listings_match_a_full_scan_through_the_indexes_and_after_reindexing() {
+    use tinyci_queue::RunFilter;
+    let f = Fixture::new();
+    let filters = || {
+        let mut filters = Vec::new();
+        for repo in [None, Some("org/a"), Some("org/b")] {
+            for git_ref in [None, Some("refs/heads/main"), Some("refs/heads/dev")] {
+                for status in [
+                    None,
+                    Some(RunStatus::Passed),
+                    Some(RunStatus::Failed),
+                    Some(RunStatus::Queued),
+                ] {
+                    filters.push(RunFilter {
+                        repo: repo.map(str::to_owned),
+                        git_ref: git_ref.map(str::to_owned),
+                        status,
+                    });
+                }
+            }
+        }
+        filters
+    };
+    let check = |queue: &Queue| {
+        let all = queue.runs(100_000).unwrap();
+        assert_eq!(all.len(), 60);
+        for filter in filters() {
+            let expected: Vec<RunId> = all
+                .iter()
+                .filter(|r| filter.matches(r))
+                .map(|r| r.id())
+                .collect();
+            let got: Vec<RunId> = queue
+                .runs_matching(&filter, 100)
+                .unwrap()
+                .iter()
+                .map(|r| r.id())
+                .collect();
+            assert_eq!(got, expected, "{filter:?}");
+            let limited: Vec<RunId> = queue
+                .runs_matching(&filter, 2)
+                .unwrap()
+                .iter()
+                .map(|r| r.id())
+                .collect();
+            assert_eq!(
+                limited,
+                expected.iter().take(2).copied().collect::<Vec<_>>(),
+                "{filter:?}"
+            );
+        }
+    };
+    local(async {
+        let (queue, _c, writer) = f.open().await;
+        for i in 0..60u32 {
+            let mut new = submission(
+                if i % 3 == 0 {
+                    "refs/heads/dev"
+                } else {
+                    "refs/heads/main"
+                },
+                vec![planned("a", &format!("t{i}"))],
+            );
+            new.repo = if i % 2 == 0 {
+                "org/a".into()
+            } else {
+                "org/b".into()
+            };
+            new.branch = OnBranch::Aside;
+            queue.submit(new).await.unwrap();
+            // Most finish, passing or failing; every fifth stays queued.
+            if i % 5 != 4 {
+                let leased = queue
+                    .next("a", "runner:one", &HOST, no_hook())
+                    .await
+                    .unwrap();
+                let status = if i % 4 == 0 {
+                    RunStatus::Failed
+                } else {
+                    RunStatus::Passed
+                };
+                queue
+                    .complete(
+                        leased.run.id(),
+                        leased.lease,
+                        status,
+                        Some(0),
+                        String::new(),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        check(&queue);
+        drop(queue);
+        drop(_c);
+        writer.join();
+    });
+    // As a store written before the indexes: drop them all.
+    {
+        use tinyci_store::tables::{
+            META, RUNS_BY_REF, RUNS_BY_REPO, RUNS_BY_STATUS, RUNS_UNFINISHED,
+        };
+        let store = Store::open(f.dir.path(), StoreOptions::default()).unwrap();
+        store
+            .write(|txn| {
+                for table in [RUNS_BY_REF, RUNS_BY_REPO, RUNS_BY_STATUS] {
+                    let keys: Vec<Vec<u8>> = txn
+                        .iter_range(table, &..)?
+                        .map(|e| e.map(|(k, _)| k.to_vec()))
+                        .collect::<Result<_, _>>()?;
+                    for key in keys {
+                        txn.delete(table, &key[..])?;
+                    }
+                }
+                let ids: Vec<u64> = txn
+                    .iter_range(RUNS_UNFINISHED, &..)?
+                    .map(|e| e.map(|(id, _)| id))
+                    .collect::<Result<_, _>>()?;
+                for id in ids {
+                    txn.delete(RUNS_UNFINISHED, &id)?;
+                }
+                txn.delete(META, "queue.run_indexes")?;
+                Ok(())
+            })
+            .unwrap();
+    }
+    local(async {
+        let (queue, _c, _w) = f.open().await;
+        check(&queue);
+        // The queued runs were found again: the oldest is leased first, as before.
+        let queued = RunFilter {
+            status: Some(RunStatus::Queued),
+            ..Default::default()
+        };
+        let oldest = queue.runs_matching(&queued, 100).unwrap().last().unwrap().id();
+        let leased = queue
+            .next("a", "runner:one", &HOST, no_hook())
+            .await
+            .unwrap();
+        assert_eq!(leased.run.id(), oldest);
     });
 }
