@@ -701,7 +701,7 @@ fn contains(answer: &[u8], text: &str) -> bool {
 }
 
 /// The status code of an HTTP/1.1 response's first line.
-fn status_code(response: &[u8]) -> Option<u16> {
+pub(crate) fn status_code(response: &[u8]) -> Option<u16> {
     let line = response.split(|&b| b == b'\r').next()?;
     let line = std::str::from_utf8(line).ok()?;
     line.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
@@ -709,7 +709,7 @@ fn status_code(response: &[u8]) -> Option<u16> {
 
 /// Sends `request` from 127.0.0.1 on a fresh connection and reads the whole answer (the
 /// request asks the site to close after it).
-async fn http_exchange(http: SocketAddr, request: &[u8]) -> Result<Vec<u8>> {
+pub(crate) async fn http_exchange(http: SocketAddr, request: &[u8]) -> Result<Vec<u8>> {
     tokio::time::timeout(ANSWER_PATIENCE, async {
         let mut stream = TcpStream::connect(http)
             .await

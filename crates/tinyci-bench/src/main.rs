@@ -9,6 +9,7 @@ mod abuse;
 mod dispatch;
 mod fixture;
 mod grants;
+mod history;
 mod logs;
 mod measure;
 mod overhead;
@@ -55,6 +56,9 @@ enum Command {
     /// A client pipelining calls it never reads the replies of, and 1,000 slow HTTP clients:
     /// what the site holds for them, and whether it still answers others.
     Abuse,
+    /// The front page, a run page and `admin runs` (filtered and not) at 1,000, 100,000 and
+    /// 1,000,000 stored runs.
+    History,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,6 +78,7 @@ fn main() -> anyhow::Result<()> {
                 figures.extend(grants::run(&options).await?);
                 figures.extend(scale::run(&options).await?);
                 figures.extend(abuse::run(&options).await?);
+                figures.extend(history::run(&options).await?);
             }
             Command::Rpc => figures.extend(rpc::run(&options).await?),
             Command::Dispatch(postgres) => {
@@ -84,6 +89,7 @@ fn main() -> anyhow::Result<()> {
             Command::Grants => figures.extend(grants::run(&options).await?),
             Command::Scale => figures.extend(scale::run(&options).await?),
             Command::Abuse => figures.extend(abuse::run(&options).await?),
+            Command::History => figures.extend(history::run(&options).await?),
         }
         println!();
         println!("== summary");

@@ -17,7 +17,9 @@ use tinyci_store::tables::{
 use tinyci_store::{Bytes, ReadTxn, Store, StoreError, WriteTxn};
 use tracing::info;
 
-use crate::{QueueError, StoredRun, decode_run, store_error};
+use crate::{
+    NEXT_ID_KEY, QueueError, StoredRun, StoredSubmission, decode_run, put_run, store_error,
+};
 
 /// Set in `META` once every stored run is in the indexes (stores written before them are
 /// indexed when the queue opens).
@@ -271,4 +273,38 @@ pub(crate) fn load(txn: &ReadTxn<'_>, ids: &[u64]) -> Result<Vec<StoredRun>, Que
         }
     }
     Ok(runs)
+}
+
+/// Writes submissions and their runs straight into `store`, in one transaction, indexed as
+/// the queue indexes what it stores: a long history for benchmarks and tools without a
+/// commit per run. Ids must be new; the queue's next id moves past them. Runs must be
+/// finished (the queue is not told of them; open it afterwards).
+pub fn import_history(
+    store: &Store,
+    submissions: &[(StoredSubmission, Vec<StoredRun>)],
+) -> Result<(), QueueError> {
+    index_history(store)?;
+    store.write(|txn| {
+        let mut next = txn
+            .get(META, NEXT_ID_KEY)?
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(1, u64::from_be_bytes);
+        for (submission, runs) in submissions {
+            let bytes = tinyci_store::Record::<StoredSubmission>::encode(submission)
+                .map_err(store_error)?;
+            txn.put(
+                tinyci_store::tables::SUBMISSIONS,
+                &submission.id.get(),
+                &bytes[..],
+            )?;
+            next = next.max(submission.id.get() + 1);
+            for run in runs {
+                put_run(txn, run)?;
+                next = next.max(run.id().get() + 1);
+            }
+        }
+        txn.put(META, NEXT_ID_KEY, &next.to_be_bytes()[..])?;
+        Ok(())
+    })?;
+    Ok(())
 }

@@ -20,7 +20,7 @@ mod history;
 mod records;
 mod share;
 
-pub use history::RunFilter;
+pub use history::{RunFilter, import_history};
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -1595,6 +1595,29 @@ impl Queue {
         bytes
             .map(|b| decode_submission(id.get(), &b, &self.site))
             .transpose()
+    }
+
+    /// Up to `limit` submissions older than `before` (all, when `None`), newest first: one
+    /// page of history, read from the newest end, never the whole table.
+    pub fn submissions_before(
+        &self,
+        before: Option<SubmissionId>,
+        limit: usize,
+    ) -> Result<Vec<StoredSubmission>, QueueError> {
+        let upper = match before {
+            Some(id) => std::ops::Bound::Excluded(id.get()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let stored: Vec<(u64, Vec<u8>)> = self.store.read(|txn| {
+            txn.iter_range_rev(SUBMISSIONS, &(std::ops::Bound::Unbounded, upper))?
+                .take(limit)
+                .map(|entry| entry.map(|(id, bytes)| (id, bytes.to_vec())))
+                .collect()
+        })?;
+        stored
+            .into_iter()
+            .map(|(id, bytes)| decode_submission(id, &bytes, &self.site))
+            .collect()
     }
 
     /// The SHA-256 of every source archive a submission names: what a sweep of uploaded

@@ -201,9 +201,17 @@ impl Backend for SiteWeb {
         self.endpoints.sign_out(cookie);
     }
 
-    fn recent_runs(&self, limit: usize) -> Result<Vec<RunView>, ViewError> {
-        let runs = self.services.queue.runs(limit).map_err(ViewError::new)?;
-        Ok(runs.into_iter().map(run_view).collect())
+    fn recent_submissions(
+        &self,
+        before: Option<SubmissionId>,
+        limit: usize,
+    ) -> Result<Vec<SubmissionView>, ViewError> {
+        let submissions = self
+            .services
+            .queue
+            .submissions_before(before, limit)
+            .map_err(ViewError::new)?;
+        Ok(submissions.into_iter().map(submission_view).collect())
     }
 
     fn run(&self, id: RunId) -> Result<Option<RunView>, ViewError> {

@@ -19,7 +19,7 @@
 //! where it left off.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::Duration;
@@ -45,8 +45,9 @@ use crate::view::{Backend, GrantEnd, RunView, SignedIn, SubmissionView, Viewer, 
 const PAGE_LOG_BYTES: u64 = 1024 * 1024;
 /// Submissions on the front page.
 const FRONT_PAGE_SUBMISSIONS: usize = 50;
-/// Runs the front page reads to find them.
-const FRONT_PAGE_RUNS: usize = 2000;
+/// Submissions the front page looks through to find them: a viewer who may read few
+/// repositories sees fewer rows rather than making the site read the whole history.
+const FRONT_PAGE_SCAN: usize = 500;
 /// Largest form a page posts.
 const MAX_FORM_BYTES: usize = 4096;
 /// Events a slow browser may lag behind by before the follow waits for it.
@@ -273,61 +274,61 @@ async fn readable_run<B: Backend>(cx: &Cx<'_, B>, viewer: &Viewer, id: &str) -> 
 
 async fn front_page<B: Backend>(cx: &Cx<'_, B>, request: &Request<Incoming>) -> WebReply {
     let viewer = viewer(cx, request);
-    let runs = match cx.backend.recent_runs(FRONT_PAGE_RUNS) {
-        Ok(runs) => runs,
-        Err(e) => return unavailable(&viewer, &e.to_string()),
-    };
-    // Newest first, grouped by submission.
-    let mut order: Vec<SubmissionId> = Vec::new();
-    let mut by_submission: HashMap<SubmissionId, Vec<RunView>> = HashMap::new();
-    for run in runs {
-        if !by_submission.contains_key(&run.submission) {
-            order.push(run.submission);
-        }
-        by_submission.entry(run.submission).or_default().push(run);
-    }
+    // Newest submissions first, a page of them at a time, skipping those the viewer may not
+    // read: what is read is what is shown (and at most FRONT_PAGE_SCAN skipped), however long
+    // the history.
     let mut readable: BTreeMap<String, bool> = BTreeMap::new();
     let mut rows = String::new();
-    let mut shown = 0;
-    for id in order {
-        if shown == FRONT_PAGE_SUBMISSIONS {
+    let (mut shown, mut scanned, mut before) = (0, 0, None);
+    'pages: while shown < FRONT_PAGE_SUBMISSIONS && scanned < FRONT_PAGE_SCAN {
+        let submissions = match cx
+            .backend
+            .recent_submissions(before, FRONT_PAGE_SUBMISSIONS)
+        {
+            Ok(submissions) => submissions,
+            Err(e) => return unavailable(&viewer, &e.to_string()),
+        };
+        if submissions.is_empty() {
             break;
         }
-        let Some(runs) = by_submission.get(&id) else {
-            continue;
-        };
-        let Some(first) = runs.first() else {
-            continue;
-        };
-        let may = match readable.get(&first.repo) {
-            Some(&may) => may,
-            None => {
-                let may = may_read(cx, &viewer, &first.repo).await;
-                readable.insert(first.repo.clone(), may);
-                may
+        for submission in submissions {
+            before = Some(submission.id);
+            scanned += 1;
+            let may = match readable.get(&submission.repo) {
+                Some(&may) => may,
+                None => {
+                    let may = may_read(cx, &viewer, &submission.repo).await;
+                    readable.insert(submission.repo.clone(), may);
+                    may
+                }
+            };
+            if !may {
+                continue;
             }
-        };
-        if !may {
-            continue;
+            let runs = match cx.backend.submission_runs(submission.id) {
+                Ok(runs) => runs,
+                Err(e) => return unavailable(&viewer, &e.to_string()),
+            };
+            shown += 1;
+            let id = submission.id;
+            let statuses: Vec<RunStatus> = runs.iter().map(|r| r.status).collect();
+            let _ = writeln!(
+                rows,
+                "<tr><td><a href=\"/submissions/{id}\">{id}</a></td><td>{status}</td>\
+                 <td>{repo}</td><td class=\"ref\">{git_ref} <code>{sha}</code></td>\
+                 <td>{title}</td><td>{counts}</td><td><time>{when}</time></td></tr>",
+                status = badge(RunStatus::of_submission(statuses.iter().copied())),
+                repo = html_escape(&submission.repo),
+                git_ref = html_escape(short_ref(&submission.git_ref)),
+                sha = html_escape(short_sha(&submission.sha)),
+                title = html_escape(&submission.title),
+                counts = html_escape(&counts(&statuses)),
+                when = format_time(submission.created_at),
+            );
+            if shown == FRONT_PAGE_SUBMISSIONS || scanned == FRONT_PAGE_SCAN {
+                break 'pages;
+            }
         }
-        let Ok(Some(submission)) = cx.backend.submission(id) else {
-            continue;
-        };
-        shown += 1;
-        let statuses: Vec<RunStatus> = runs.iter().map(|r| r.status).collect();
-        let _ = writeln!(
-            rows,
-            "<tr><td><a href=\"/submissions/{id}\">{id}</a></td><td>{status}</td>\
-             <td>{repo}</td><td class=\"ref\">{git_ref} <code>{sha}</code></td>\
-             <td>{title}</td><td>{counts}</td><td><time>{when}</time></td></tr>",
-            status = badge(RunStatus::of_submission(statuses.iter().copied())),
-            repo = html_escape(&submission.repo),
-            git_ref = html_escape(short_ref(&submission.git_ref)),
-            sha = html_escape(short_sha(&submission.sha)),
-            title = html_escape(&submission.title),
-            counts = html_escape(&counts(&statuses)),
-            when = format_time(submission.created_at),
-        );
     }
     let body = if rows.is_empty() {
         let hint = if viewer.signed_in.is_none() {

@@ -152,8 +152,13 @@ pub trait Backend: 'static {
     /// Forgets the browser session holding `cookie`.
     fn sign_out(&self, cookie: &str);
 
-    /// The newest runs, newest first, at most `limit`.
-    fn recent_runs(&self, limit: usize) -> Result<Vec<RunView>, ViewError>;
+    /// Up to `limit` submissions older than `before` (from the newest, when `None`), newest
+    /// first.
+    fn recent_submissions(
+        &self,
+        before: Option<SubmissionId>,
+        limit: usize,
+    ) -> Result<Vec<SubmissionView>, ViewError>;
     fn run(&self, id: RunId) -> Result<Option<RunView>, ViewError>;
     fn submission(&self, id: SubmissionId) -> Result<Option<SubmissionView>, ViewError>;
     /// A submission's runs, in plan order.

@@ -103,8 +103,17 @@ impl Backend for FakeSite {
     fn sign_out(&self, cookie: &str) {
         self.signed_out.borrow_mut().push(cookie.to_owned());
     }
-    fn recent_runs(&self, _limit: usize) -> Result<Vec<RunView>, ViewError> {
-        Ok(vec![run(2, PRIVATE), run(1, PUBLIC)])
+    fn recent_submissions(
+        &self,
+        before: Option<SubmissionId>,
+        limit: usize,
+    ) -> Result<Vec<SubmissionView>, ViewError> {
+        let below = before.map_or(u64::MAX, |b| b.get());
+        let mut views = Vec::new();
+        for id in [2, 1].into_iter().filter(|id| *id < below).take(limit) {
+            views.extend(self.submission(SubmissionId(id))?);
+        }
+        Ok(views)
     }
     fn run(&self, id: RunId) -> Result<Option<RunView>, ViewError> {
         Ok(match id.get() {

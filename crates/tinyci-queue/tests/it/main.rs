@@ -976,7 +976,12 @@ fn filtered_listings_match_a_full_scan_through_the_indexes_and_after_reindexing(
             status: Some(RunStatus::Queued),
             ..Default::default()
         };
-        let oldest = queue.runs_matching(&queued, 100).unwrap().last().unwrap().id();
+        let oldest = queue
+            .runs_matching(&queued, 100)
+            .unwrap()
+            .last()
+            .unwrap()
+            .id();
         let leased = queue
             .next("a", "runner:one", &HOST, no_hook())
             .await
