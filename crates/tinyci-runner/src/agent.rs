@@ -384,25 +384,7 @@ enum ConnectError {
 /// Runs the agent until drained or canceled, or until the site refuses its grant for good.
 /// Connection failures are retried with backoff. Jobs keep running while the site is away
 /// and resume their leases when it is back.
-pub async fn run_agent(config: AgentConfig, control: AgentControl) -> Result<(), AgentError> {
-    let dockers: Vec<DockerExecutor> = config
-        .executors
-        .list
-        .iter()
-        .filter_map(|executor| match executor {
-            Executor::Docker(docker) => Some(docker.clone()),
-            Executor::Shell(_) => None,
-        })
-        .collect();
-    let result = serve(config, control).await;
-    // Finished jobs' containers go in the background: a runner stopping sees them gone.
-    for docker in dockers {
-        docker.removals_done().await;
-    }
-    result
-}
-
-async fn serve(config: AgentConfig, mut control: AgentControl) -> Result<(), AgentError> {
+pub async fn run_agent(config: AgentConfig, mut control: AgentControl) -> Result<(), AgentError> {
     let config = Rc::new(config);
     let link: Rc<SiteLink> = Rc::new(watch::channel(None).0);
     let mut slots = tokio::task::JoinSet::new();

@@ -9,7 +9,6 @@
 //! removed on every path.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bollard::Docker;
@@ -21,7 +20,6 @@ use bollard::query_parameters::{
     WaitContainerOptionsBuilder,
 };
 use futures::StreamExt;
-use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::registry::{ImageRef, RegistryAuth};
@@ -95,21 +93,6 @@ pub struct DockerExecutor {
     pull: PullPolicy,
     /// Registry credentials from the runner host's Docker configuration.
     auth: RegistryAuth,
-    /// Containers being removed in the background (see [`DockerExecutor::run`]).
-    removals: Removals,
-}
-
-/// How many container removals are under way. A run's outcome is reported without waiting for
-/// its container to go (the daemon takes tens of milliseconds to remove one, which every job
-/// paid before its result); whoever must see them gone (a runner stopping, anyone counting
-/// this runner's containers) waits here.
-#[derive(Clone, Debug)]
-struct Removals(Arc<watch::Sender<usize>>);
-
-impl Default for Removals {
-    fn default() -> Self {
-        Self(Arc::new(watch::channel(0).0))
-    }
 }
 
 impl DockerExecutor {
@@ -133,18 +116,7 @@ impl DockerExecutor {
             owner: None,
             pull: PullPolicy::default(),
             auth: RegistryAuth::default(),
-            removals: Removals::default(),
         })
-    }
-
-    /// Resolves once every container removal started so far is done.
-    pub async fn removals_done(&self) {
-        let _ = self
-            .removals
-            .0
-            .subscribe()
-            .wait_for(|pending| *pending == 0)
-            .await;
     }
 
     /// Pulls images by `policy` unless a run's queue says otherwise, with `auth`'s
@@ -241,10 +213,8 @@ impl DockerExecutor {
         Ok(())
     }
 
-    /// Ids of containers that carry [`CONTAINER_LABEL`] (running or not), once the removals
-    /// this executor has under way are done.
+    /// Ids of containers that carry [`CONTAINER_LABEL`] (running or not).
     pub async fn labelled_containers(&self) -> Result<Vec<String>, DockerError> {
-        self.removals_done().await;
         self.containers_labelled(CONTAINER_LABEL.to_owned()).await
     }
 
@@ -287,13 +257,7 @@ impl DockerExecutor {
             Err(e) => return ExecOutcome::errored(e),
         };
         let outcome = self.run_created(&id, spec, out, stop).await;
-        // The outcome does not wait for the removal; see `Removals`.
-        self.removals.0.send_modify(|pending| *pending += 1);
-        let (docker, removals) = (self.docker.clone(), self.removals.clone());
-        tokio::spawn(async move {
-            remove(&docker, &id).await;
-            removals.0.send_modify(|pending| *pending -= 1);
-        });
+        self.remove(&id).await;
         outcome
     }
 
@@ -635,26 +599,29 @@ impl DockerExecutor {
             }
         })
     }
-}
 
-/// Removes a container (forcibly, with its volumes), retrying briefly.
-async fn remove(docker: &Docker, id: &str) {
-    let options = RemoveContainerOptionsBuilder::default()
-        .force(true)
-        .v(true)
-        .build();
-    // Retry briefly: removal can race the daemon's own cleanup of a just-killed container.
-    for attempt in 0..5u64 {
-        match docker.remove_container(id, Some(options.clone())).await {
-            Ok(()) => return,
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
-                return;
-            }
-            Err(e) => {
-                warn!(container = id, attempt, error = %e, "failed to remove container");
-                tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+    async fn remove(&self, id: &str) {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        // Retry briefly: removal can race the daemon's own cleanup of a just-killed container.
+        for attempt in 0..5u64 {
+            match self
+                .docker
+                .remove_container(id, Some(options.clone()))
+                .await
+            {
+                Ok(()) => return,
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {
+                    return;
+                }
+                Err(e) => {
+                    warn!(container = id, attempt, error = %e, "failed to remove container");
+                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+                }
             }
         }
     }

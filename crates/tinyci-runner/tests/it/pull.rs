@@ -128,8 +128,6 @@ async fn run(executor: &DockerExecutor, job: &ExecSpec) -> (ExecOutcome, Collect
     let (_stop, signal) = stop_pair();
     let outcome = executor.run(job, &tx, signal).await;
     drop(tx);
-    // The container goes in the background; the test removes images next.
-    executor.removals_done().await;
     (outcome, collect(rx).await)
 }
 
