@@ -80,17 +80,17 @@ fn index_key(value: &[u8], id: u64) -> Vec<u8> {
     key
 }
 
-/// Keeps the indexes in step with a run being stored; `old` is what was stored before (none
-/// for a new run).
-pub(crate) fn index_run(
-    txn: &mut WriteTxn<'_>,
-    old: Option<&StoredRun>,
-    run: &StoredRun,
-) -> Result<(), StoreError> {
+/// Keeps the indexes in step with `run` being stored: repository and ref when it is new,
+/// the unfinished set as it starts and ends, and the status index for final statuses only
+/// (unfinished runs are listed from memory). A lease or a start touches no index, and only a
+/// retry (final back to queued) reads what was stored, to move its status key.
+pub(crate) fn index_run(txn: &mut WriteTxn<'_>, run: &StoredRun) -> Result<(), StoreError> {
     let id = run.id().get();
+    let existed = txn.get(RUNS, &id)?.is_some();
+    let was_unfinished = existed && txn.get(RUNS_UNFINISHED, &id)?.is_some();
     let status = run.state.status();
     // A run's repository and ref never change.
-    if old.is_none() {
+    if !existed {
         txn.put(
             RUNS_BY_REPO,
             &index_key(run.repo.as_bytes(), id)[..],
@@ -102,21 +102,30 @@ pub(crate) fn index_run(
             &[][..],
         )?;
     }
-    let was = old.map(|o| o.state.status());
-    if was == Some(status) {
-        return Ok(());
+    let was_final = existed && !was_unfinished;
+    if was_final {
+        // Stored final: its status key goes unless it stays, as it was.
+        let old = txn
+            .get(RUNS, &id)?
+            .and_then(|bytes| decode_run(id, bytes).ok())
+            .map(|old| old.state.status());
+        if old == Some(status) {
+            return Ok(());
+        }
+        if let Some(old) = old {
+            txn.delete(RUNS_BY_STATUS, &index_key(old.as_str().as_bytes(), id)[..])?;
+        }
     }
-    if let Some(was) = was {
-        txn.delete(RUNS_BY_STATUS, &index_key(was.as_str().as_bytes(), id)[..])?;
-    }
-    txn.put(
-        RUNS_BY_STATUS,
-        &index_key(status.as_str().as_bytes(), id)[..],
-        &[][..],
-    )?;
     if status.is_final() {
-        txn.delete(RUNS_UNFINISHED, &id)?;
-    } else if was.is_none_or(RunStatus::is_final) {
+        txn.put(
+            RUNS_BY_STATUS,
+            &index_key(status.as_str().as_bytes(), id)[..],
+            &[][..],
+        )?;
+        if was_unfinished {
+            txn.delete(RUNS_UNFINISHED, &id)?;
+        }
+    } else if !was_unfinished {
         txn.put(RUNS_UNFINISHED, &id, &[][..])?;
     }
     Ok(())
@@ -142,7 +151,7 @@ pub(crate) fn index_history(store: &Store) -> Result<(), QueueError> {
                 .collect::<Result<_, _>>()?;
             for (id, bytes) in &batch {
                 let run = decode_run(*id, bytes).map_err(store_error)?;
-                index_run(txn, None, &run)?;
+                index_new(txn, &run)?;
             }
             if batch.len() < INDEX_BATCH {
                 txn.put(META, INDEXED_KEY, &[1u8][..])?;
@@ -157,6 +166,31 @@ pub(crate) fn index_history(store: &Store) -> Result<(), QueueError> {
             (n, Some(id)) if n == INDEX_BATCH => after = Some(id),
             _ => return Ok(()),
         }
+    }
+}
+
+/// Indexes a stored run as if it were new (for a store written before the indexes).
+fn index_new(txn: &mut WriteTxn<'_>, run: &StoredRun) -> Result<(), StoreError> {
+    let id = run.id().get();
+    let status = run.state.status();
+    txn.put(
+        RUNS_BY_REPO,
+        &index_key(run.repo.as_bytes(), id)[..],
+        &[][..],
+    )?;
+    txn.put(
+        RUNS_BY_REF,
+        &index_key(run.git_ref.as_bytes(), id)[..],
+        &[][..],
+    )?;
+    if status.is_final() {
+        txn.put(
+            RUNS_BY_STATUS,
+            &index_key(status.as_str().as_bytes(), id)[..],
+            &[][..],
+        )
+    } else {
+        txn.put(RUNS_UNFINISHED, &id, &[][..])
     }
 }
 
@@ -177,6 +211,10 @@ pub(crate) fn newest_matching(
 ) -> Result<Vec<StoredRun>, QueueError> {
     let mut found = Vec::new();
     if limit == 0 {
+        return Ok(found);
+    }
+    if filter.status.is_some_and(|status| !status.is_final()) {
+        // Unfinished runs are all in memory; the caller lists them from there.
         return Ok(found);
     }
     let prefixes = filter.prefixes();

@@ -348,11 +348,7 @@ fn store_error(e: impl std::fmt::Display) -> StoreError {
 
 /// Writes a run and keeps the FIFO index in step with its status.
 fn put_run(txn: &mut WriteTxn<'_>, run: &StoredRun) -> Result<(), StoreError> {
-    // What was stored before says which index keys move; one unreadable is indexed afresh.
-    let old = txn
-        .get(RUNS, &run.id().get())?
-        .and_then(|bytes| decode_run(run.id().get(), bytes).ok());
-    history::index_run(txn, old.as_ref(), run)?;
+    history::index_run(txn, run)?;
     let bytes = Record::<StoredRun>::encode(run).map_err(store_error)?;
     txn.put(RUNS, &run.id().get(), &bytes[..])?;
     let key = queued_key(run.spec.queue.as_ref(), run.id());

@@ -315,8 +315,8 @@ tables! {
     /// Runs by git ref: key `<ref> 0x00 <run id, big-endian>`, empty value. Kept with `RUNS`.
     pub const RUNS_BY_REF: Table<Bytes, Bytes> = "runs_by_ref";
 
-    /// Runs by stored status: key `<status word> 0x00 <run id, big-endian>`, empty value; a
-    /// run's key moves when its stored status does. Kept with `RUNS`.
+    /// Finished runs by status: key `<status word> 0x00 <run id, big-endian>`, empty value
+    /// (unfinished runs are listed from the queue's memory). Kept with `RUNS`.
     pub const RUNS_BY_STATUS: Table<Bytes, Bytes> = "runs_by_status";
 
     /// Submissions by id (big-endian); value a `Record` of `tinyci_queue::StoredSubmission`,

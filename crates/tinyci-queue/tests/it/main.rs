@@ -934,6 +934,20 @@ fn filtered_listings_match_a_full_scan_through_the_indexes_and_after_reindexing(
                     .unwrap();
             }
         }
+        // A retried run leaves the failed ones: its stored status key moves.
+        let failed = RunFilter {
+            status: Some(RunStatus::Failed),
+            ..Default::default()
+        };
+        let newest_failed = queue.runs_matching(&failed, 1).unwrap()[0].id();
+        queue.retry(newest_failed).await.unwrap();
+        assert!(
+            queue
+                .runs_matching(&failed, 100)
+                .unwrap()
+                .iter()
+                .all(|r| r.id() != newest_failed)
+        );
         check(&queue);
         drop(queue);
         drop(_c);
