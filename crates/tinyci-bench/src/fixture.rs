@@ -372,3 +372,24 @@ pub(crate) async fn submit_source(
     }
     Ok(runs.get(0).get_id()?.to_string()?)
 }
+
+/// Dials a `tinyci site up` process at `addr` with the site's admin certificate (`tls`) and
+/// redeems its admin token: the site's `Admin` capability, as `tinyci admin` gets it. Keep the
+/// connection for as long as the capability is used.
+pub(crate) async fn admin_session(
+    addr: SocketAddr,
+    tls: Arc<ClientConfig>,
+    token: &str,
+) -> anyhow::Result<(tinyci_schema::admin::Client, tinyci_net::ClientConnection)> {
+    let (gateway, connection) = tinyci_net::dial::<tinyci_schema::gateway::Client>(
+        &addr.to_string(),
+        tls,
+        &tinyci_pki::SiteName::new(crate::site_process::SITE)?,
+        &tinyci_net::NetLimits::default(),
+    )
+    .await
+    .context("dialing the site")?;
+    let session = redeem(&gateway, token).await?;
+    let admin = session.admin_request().send().pipeline.get_admin();
+    Ok((admin, connection))
+}

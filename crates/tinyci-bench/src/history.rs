@@ -25,7 +25,7 @@ use crate::Options;
 use crate::abuse::{http_exchange, status_code};
 use crate::fixture;
 use crate::report::{self, Better, Figure};
-use crate::site_process::{SITE, SiteDir, tinyci_binary};
+use crate::site_process::{SiteDir, tinyci_binary};
 
 /// Runs per submission.
 const RUNS_PER_SUBMISSION: u64 = 10;
@@ -264,16 +264,7 @@ async fn listings(
     token: String,
 ) -> Result<Vec<Duration>> {
     fixture::on_thread("history admin", move || async move {
-        let (gateway, _connection) = tinyci_net::dial::<tinyci_schema::gateway::Client>(
-            &addr.to_string(),
-            tls,
-            &tinyci_pki::SiteName::new(SITE)?,
-            &tinyci_net::NetLimits::default(),
-        )
-        .await
-        .context("dialing the site")?;
-        let session = fixture::redeem(&gateway, &token).await?;
-        let admin = session.admin_request().send().pipeline.get_admin();
+        let (admin, _connection) = fixture::admin_session(addr, tls, &token).await?;
         let mut p50s = Vec::new();
         for (repo, status) in [("", ""), ("org/rare", ""), ("org/x", "failed")] {
             let mut samples = Vec::with_capacity(SAMPLES);

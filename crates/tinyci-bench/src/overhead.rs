@@ -266,16 +266,7 @@ impl Client {
             source.to_vec(),
         );
         fixture::on_thread("overhead client", move || async move {
-            let (gateway, _connection) = tinyci_net::dial::<tinyci_schema::gateway::Client>(
-                &addr.to_string(),
-                tls,
-                &tinyci_pki::SiteName::new(SITE)?,
-                &tinyci_net::NetLimits::default(),
-            )
-            .await
-            .context("dialing the site")?;
-            let session = fixture::redeem(&gateway, &token).await?;
-            let admin = session.admin_request().send().pipeline.get_admin();
+            let (admin, _connection) = fixture::admin_session(addr, tls, &token).await?;
             let mut request = admin.logs_request();
             request.get().set_repo("*");
             let reader = request.send().pipeline.get_reader();

@@ -91,16 +91,7 @@ pub(crate) fn index_run(txn: &mut WriteTxn<'_>, run: &StoredRun) -> Result<(), S
     let status = run.state.status();
     // A run's repository and ref never change.
     if !existed {
-        txn.put(
-            RUNS_BY_REPO,
-            &index_key(run.repo.as_bytes(), id)[..],
-            &[][..],
-        )?;
-        txn.put(
-            RUNS_BY_REF,
-            &index_key(run.git_ref.as_bytes(), id)[..],
-            &[][..],
-        )?;
+        index_origin(txn, run)?;
     }
     let was_final = existed && !was_unfinished;
     if was_final {
@@ -117,11 +108,7 @@ pub(crate) fn index_run(txn: &mut WriteTxn<'_>, run: &StoredRun) -> Result<(), S
         }
     }
     if status.is_final() {
-        txn.put(
-            RUNS_BY_STATUS,
-            &index_key(status.as_str().as_bytes(), id)[..],
-            &[][..],
-        )?;
+        index_status(txn, status, id)?;
         if was_unfinished {
             txn.delete(RUNS_UNFINISHED, &id)?;
         }
@@ -171,8 +158,18 @@ pub(crate) fn index_history(store: &Store) -> Result<(), QueueError> {
 
 /// Indexes a stored run as if it were new (for a store written before the indexes).
 fn index_new(txn: &mut WriteTxn<'_>, run: &StoredRun) -> Result<(), StoreError> {
-    let id = run.id().get();
+    index_origin(txn, run)?;
     let status = run.state.status();
+    if status.is_final() {
+        index_status(txn, status, run.id().get())
+    } else {
+        txn.put(RUNS_UNFINISHED, &run.id().get(), &[][..])
+    }
+}
+
+/// A run's repository and ref keys.
+fn index_origin(txn: &mut WriteTxn<'_>, run: &StoredRun) -> Result<(), StoreError> {
+    let id = run.id().get();
     txn.put(
         RUNS_BY_REPO,
         &index_key(run.repo.as_bytes(), id)[..],
@@ -182,16 +179,16 @@ fn index_new(txn: &mut WriteTxn<'_>, run: &StoredRun) -> Result<(), StoreError> 
         RUNS_BY_REF,
         &index_key(run.git_ref.as_bytes(), id)[..],
         &[][..],
-    )?;
-    if status.is_final() {
-        txn.put(
-            RUNS_BY_STATUS,
-            &index_key(status.as_str().as_bytes(), id)[..],
-            &[][..],
-        )
-    } else {
-        txn.put(RUNS_UNFINISHED, &id, &[][..])
-    }
+    )
+}
+
+/// A finished run's status key.
+fn index_status(txn: &mut WriteTxn<'_>, status: RunStatus, id: u64) -> Result<(), StoreError> {
+    txn.put(
+        RUNS_BY_STATUS,
+        &index_key(status.as_str().as_bytes(), id)[..],
+        &[][..],
+    )
 }
 
 /// The ids of the runs not yet final.
