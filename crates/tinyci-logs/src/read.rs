@@ -62,9 +62,9 @@ pub(crate) fn read_chunks(
         durable,
         hint,
     } = range;
-    let start = match hint {
-        Some(hint) if hint.offset <= from => hint,
-        _ => indexed_before(store, run, from)?,
+    let (start, hinted) = match hint {
+        Some(hint) if hint.offset <= from => (hint, true),
+        _ => (indexed_before(store, run, from)?, false),
     };
     let file_error = |e| file_error(run, e);
     let path = files.path(run);
@@ -72,9 +72,10 @@ pub(crate) fn read_chunks(
         return Ok((Vec::new(), start));
     };
     let mut first = reader.next_frame().map_err(file_error)?;
-    if first.is_none() && reader.torn() && start != Position::default() {
-        // The index or hint led to no valid frame (the file lost what it pointed at): the
-        // file's start always leads to its valid frames.
+    // An index entry that leads to no valid frame (the file lost what it pointed at): the
+    // file's start always leads to its valid frames. Not so a hint, where a frame being
+    // appended right now reads as torn until it is whole: that is the end, for now.
+    if first.is_none() && reader.torn() && !hinted && start != Position::default() {
         let Some(again) = FrameReader::open(&path, Position::default()).map_err(file_error)? else {
             return Ok((Vec::new(), Position::default()));
         };

@@ -281,10 +281,14 @@ fn read_full(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Scanned {
     pub(crate) end: Position,
+    /// Where the last valid frame read starts, if the scan read any.
+    pub(crate) last: Option<Position>,
     /// The last frame says the log was cut.
     pub(crate) cut: bool,
     /// Bytes follow the last valid frame (a torn tail).
     pub(crate) torn: bool,
+    /// The file's length when scanned.
+    pub(crate) file_len: u64,
 }
 
 /// Scans `path` from `from` to the end of its valid frames.
@@ -292,18 +296,24 @@ pub(crate) fn scan(path: &Path, from: Position) -> io::Result<Scanned> {
     let Some(mut reader) = FrameReader::open(path, from)? else {
         return Ok(Scanned {
             end: Position::default(),
+            last: None,
             cut: false,
             torn: false,
+            file_len: 0,
         });
     };
-    let mut cut = false;
+    let file_len = reader.file.get_ref().metadata()?.len();
+    let (mut cut, mut last) = (false, None);
     while let Some(frame) = reader.next_frame()? {
         cut = frame.cut;
+        last = Some(frame.at);
     }
     Ok(Scanned {
         end: reader.position(),
+        last,
         cut,
         torn: reader.torn(),
+        file_len,
     })
 }
 
@@ -482,8 +492,13 @@ mod tests {
                     offset: 11,
                     pos: whole as u64
                 },
+                last: Some(Position {
+                    offset: 6,
+                    pos: first
+                }),
                 cut: true,
-                torn: false
+                torn: false,
+                file_len: whole as u64,
             }
         );
         // Every cut through the second frame leaves the first, and says the tail is torn.

@@ -60,6 +60,9 @@ pub(crate) struct RunLog {
     file: RefCell<Option<Arc<File>>>,
     /// The file position of the last frame indexed in LMDB.
     indexed: Cell<u64>,
+    /// Where the last durable frame starts: what `close` indexes, so a reload reads that
+    /// frame (and whether it cut the log) rather than nothing.
+    last_frame: Cell<Option<Position>>,
 }
 
 #[derive(Debug)]
@@ -220,15 +223,26 @@ impl Logs {
 
     /// The live state of `run`'s log, loaded from its file when nobody holds it.
     pub(crate) async fn live(&self, run: u64) -> Result<Rc<RunLog>, LogError> {
-        if let Some(log) = self.runs.borrow().get(&run) {
-            return Ok(log.clone());
-        }
-        let (files, store) = (self.files.clone(), self.store.clone());
-        let stored = off_thread(
-            move || stored_end(&files, &store, run),
-            |e| file_error(run, e),
-        )
-        .await?;
+        let mut attempts = 0;
+        let stored = loop {
+            if let Some(log) = self.runs.borrow().get(&run) {
+                return Ok(log.clone());
+            }
+            let (files, store) = (self.files.clone(), self.store.clone());
+            let stored = off_thread(
+                move || stored_end(&files, &store, run),
+                |e| file_error(run, e),
+            )
+            .await?;
+            // While this scan ran, another caller may have loaded the log, let a writer
+            // append, and let it go: a scan from before that must not become the log's state
+            // (its first commit would cut durable frames). The file's length says so.
+            let now = std::fs::metadata(self.files.path(run)).map_or(0, |m| m.len());
+            attempts += 1;
+            if now == stored.file_len || attempts == 3 {
+                break stored;
+            }
+        };
         let length = stored.end.offset;
         let max_bytes = self.max_run_bytes;
         let mut runs = self.runs.borrow_mut();
@@ -244,14 +258,16 @@ impl Logs {
                         next_input: length,
                         next_stored: length,
                         writer: 0,
-                        // A log at or past the limit was cut (or written under a higher one).
-                        truncated: stored.cut || length >= max_bytes,
+                        // A log whose last frame cut it, or whose file reached the limit (the
+                        // limit counts what the file takes), takes nothing more.
+                        truncated: stored.cut || stored.end.pos >= max_bytes || length >= max_bytes,
                         failed: None,
                         queued: Vec::new(),
                         queued_end: length,
                         queued_cut: false,
                         committing: false,
-                        overhead: 0,
+                        // What the frames already stored cost beyond their bytes.
+                        overhead: stored.end.pos.saturating_sub(length),
                         frame_len: 0,
                         last_stream: None,
                     }),
@@ -259,6 +275,7 @@ impl Logs {
                     end: Cell::new(stored.end),
                     file: RefCell::new(None),
                     indexed: Cell::new(0),
+                    last_frame: Cell::new(stored.last),
                 })
             })
             .clone())
@@ -313,8 +330,9 @@ impl std::fmt::Debug for LogWriter {
 enum Accepted {
     /// Already stored (a runner resending after a reconnect), or discarded past the limit.
     Nothing,
-    /// Store these chunks, ending the stored log at the given offset.
-    Store(Vec<(u64, LogChunk)>, u64),
+    /// Store these chunks, ending the stored log at the given offset; the last is what they
+    /// will take on disk, at most.
+    Store(Vec<(u64, LogChunk)>, u64, u64),
 }
 
 /// The system line that ends a log cut at its size limit.
@@ -348,11 +366,23 @@ impl LogWriter {
             });
         }
         let len = chunk.data.len() as u64;
-        if state.truncated {
-            state.next_input = state.next_input.max(offset + len);
+        let Some(input_end) = offset.checked_add(len) else {
+            return Err(LogError::Gap {
+                run: self.log.run,
+                offset,
+                expected: state.next_input,
+            });
+        };
+        // An empty chunk stores nothing: it must not cost a frame either (a runner sending
+        // them in a loop would grow the file without ever reaching the limit).
+        if len == 0 {
             return Ok(Accepted::Nothing);
         }
-        if offset + len <= state.next_input && offset < state.next_input {
+        if state.truncated {
+            state.next_input = state.next_input.max(input_end);
+            return Ok(Accepted::Nothing);
+        }
+        if input_end <= state.next_input && offset < state.next_input {
             return Ok(Accepted::Nothing);
         }
         if offset != state.next_input {
@@ -362,7 +392,7 @@ impl LogWriter {
                 expected: state.next_input,
             });
         }
-        state.next_input = offset + len;
+        state.next_input = input_end;
         let at = state.next_stored;
         // What storing this chunk costs beyond its bytes: a frame when it starts one (the
         // queue is taken whole by the next commit, and a frame holds at most MAX_LOG_CHUNK),
@@ -383,7 +413,7 @@ impl LogWriter {
         let room = self.max_bytes.saturating_sub(at + state.overhead);
         if len <= room {
             state.next_stored = at + len;
-            return Ok(Accepted::Store(vec![(at, chunk)], at + len));
+            return Ok(Accepted::Store(vec![(at, chunk)], at + len, len + cost));
         }
         // This chunk crosses the limit: keep what fits, then the marker, then nothing more.
         let mut kept = chunk.clone();
@@ -403,25 +433,27 @@ impl LogWriter {
         let marker_at = end;
         end += marker.data.len() as u64;
         chunks.push((marker_at, marker));
+        let stored = end - at + cost + FRAME_COST;
         state.next_stored = end;
         state.truncated = true;
         state.queued_cut = true;
-        Ok(Accepted::Store(chunks, end))
+        Ok(Accepted::Store(chunks, end, stored))
     }
 
     /// Appends `chunk` at input offset `offset`. A chunk already stored (a runner resending
     /// after a reconnect) is accepted and ignored; one that would leave a gap is refused.
     /// Returns once the chunk is queued for commit and at most [`LOG_COMMIT_WINDOW`] of this
     /// log awaits its commit: durability is what [`LogWriter::acknowledged`] and
-    /// [`LogWriter::close`] report.
-    pub async fn write(&self, offset: u64, chunk: LogChunk) -> Result<(), LogError> {
+    /// [`LogWriter::close`] report. Says how many bytes of disk the write will take at most
+    /// (none for a resend or output past the limit).
+    pub async fn write(&self, offset: u64, chunk: LogChunk) -> Result<u64, LogError> {
         if chunk.data.len() > MAX_LOG_CHUNK {
             return Err(LogError::ChunkTooLarge {
                 len: chunk.data.len(),
             });
         }
-        let Accepted::Store(chunks, end) = self.accept(offset, chunk)? else {
-            return Ok(());
+        let Accepted::Store(chunks, end, stored) = self.accept(offset, chunk)? else {
+            return Ok(0);
         };
         {
             let mut state = self.log.state.borrow_mut();
@@ -444,7 +476,7 @@ impl LogWriter {
             .wait_for(|d| end.saturating_sub(*d) <= LOG_COMMIT_WINDOW || failed())
             .await;
         match self.failure(&self.log.state.borrow()) {
-            None => Ok(()),
+            None => Ok(stored),
             Some(failed) => Err(failed),
         }
     }
@@ -471,8 +503,11 @@ impl LogWriter {
         // What this writer wrote is durable even if a later commit failed: that failure is
         // the next write's to report.
         if reached {
-            // Where the log ends now is where a page view or a later attempt looks first.
-            index_frame(&self.log, &self.committer, self.log.end.get());
+            // Where the log's last frame starts is where a page view or a later attempt looks
+            // first: reading it says where the log ends and whether it was cut.
+            if let Some(last) = self.log.last_frame.get() {
+                index_frame(&self.log, &self.committer, last);
+            }
             return Ok(());
         }
         match self.failure(&self.log.state.borrow()) {
@@ -530,8 +565,23 @@ async fn commit_queued(
                 Some(file) => file,
                 None => {
                     let file = files.open_for_append(run)?;
-                    // Bytes past the durable frames are a torn tail a crash left: cut them.
-                    if file.metadata()?.len() > start.pos {
+                    let len = file.metadata()?.len();
+                    if len < start.pos {
+                        return Err(std::io::Error::other(format!(
+                            "the log file holds {len} bytes, fewer than the {} this log's \
+                             durable frames take",
+                            start.pos
+                        )));
+                    }
+                    if len > start.pos {
+                        // Past the durable frames lies a torn tail a crash left, to cut; but
+                        // whole frames there mean this state is older than the file: never cut
+                        // those.
+                        if crate::segment::scan(&files.path(run), start)?.end != start {
+                            return Err(std::io::Error::other(
+                                "the log file holds frames past where this writer resumes",
+                            ));
+                        }
                         file.set_len(start.pos)?;
                     }
                     Arc::new(file)
@@ -540,7 +590,8 @@ async fn commit_queued(
             let groups = frame_groups(&chunks);
             let mut frames = Vec::with_capacity(bytes + groups.len() * FRAME_COST as usize);
             let mut at = start;
-            let last = groups.len().saturating_sub(1);
+            let mut last_frame = None;
+            let final_group = groups.len().saturating_sub(1);
             for (i, group) in groups.into_iter().enumerate() {
                 let group = &chunks[group];
                 let Some((offset, first)) = group.first() else {
@@ -549,11 +600,12 @@ async fn commit_queued(
                 let pieces = group.iter().map(|(_, c)| (c.stream, &c.data[..]));
                 let len = encode_frame(
                     *offset,
-                    cut && i == last,
+                    cut && i == final_group,
                     first.timestamp_micros,
                     pieces,
                     &mut frames,
                 );
+                last_frame = Some(at);
                 let data: usize = group.iter().map(|(_, c)| c.data.len()).sum();
                 at = Position {
                     offset: offset + data as u64,
@@ -565,7 +617,7 @@ async fn commit_queued(
                 let _ = file.set_len(start.pos);
                 return Err(e);
             }
-            Ok((file, at))
+            Ok((file, at, last_frame))
         })
         .await
         .unwrap_or_else(|e| {
@@ -574,9 +626,12 @@ async fn commit_queued(
             )))
         });
         match written {
-            Ok((file, at)) => {
+            Ok((file, at, last_frame)) => {
                 *log.file.borrow_mut() = Some(file);
                 log.end.set(at);
+                if last_frame.is_some() {
+                    log.last_frame.set(last_frame);
+                }
                 if start.pos.saturating_sub(log.indexed.get()) >= INDEX_EVERY {
                     index_frame(&log, &committer, start);
                 }

@@ -287,16 +287,18 @@ fn newest_at_or_below(
     let mut high = prefix.to_vec();
     high.extend_from_slice(&at.to_be_bytes());
     let range = (Bound::Included(&low[..]), Bound::Included(&high[..]));
-    match txn.iter_range_rev(table, &range)?.next() {
-        Some(entry) => {
-            let (key, _) = entry?;
-            Ok(key
-                .get(prefix.len()..)
-                .and_then(|id| <[u8; 8]>::try_from(id).ok())
-                .map(u64::from_be_bytes))
+    // Keys of this value are the prefix and 8 bytes of id; a longer one belongs to a value
+    // that merely starts with this one and a NUL (refused at intake, skipped here).
+    for entry in txn.iter_range_rev(table, &range)? {
+        let (key, _) = entry?;
+        if let Some(id) = key
+            .get(prefix.len()..)
+            .and_then(|id| <[u8; 8]>::try_from(id).ok())
+        {
+            return Ok(Some(u64::from_be_bytes(id)));
         }
-        None => Ok(None),
     }
+    Ok(None)
 }
 
 /// The runs with these ids, as stored.

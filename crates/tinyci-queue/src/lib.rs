@@ -632,12 +632,15 @@ impl Queue {
         };
         info!(submission = %submission.id, runs = runs.len(), repo = %submission.repo, git_ref = %submission.git_ref, "submission queued");
         let mut queues = BTreeSet::new();
-        for ((run, lease), handoff) in runs.iter().zip(leases).zip(handoffs.iter_mut()) {
+        // Every run is tracked before any is handed out, and nothing here awaits: a cancel
+        // arriving meanwhile finds all of them.
+        for run in &runs {
             queues.insert(run.spec.queue.to_string());
             self.track(run.clone(), submission.tier.clone());
+        }
+        for ((run, lease), handoff) in runs.iter().zip(leases).zip(handoffs.iter_mut()) {
             if let (Some(lease), Some((_, waiter))) = (lease, handoff.take()) {
-                self.hand_leased(run, &lease, waiter, &submission.tier)
-                    .await;
+                self.hand_leased(run, &lease, waiter, &submission.tier);
             }
         }
         self.unreserve_waiters(handoffs);
@@ -714,7 +717,7 @@ impl Queue {
 
     /// Registers the cancel hook of the worker that took `leased`, a run leased to it in its
     /// submission's commit; a cancel asked before then is passed on now.
-    fn hook_leased(&self, leased: &Leased, on_cancel: CancelHook) {
+    fn hook_leased(&self, leased: &Leased, on_cancel: CancelHook) -> bool {
         let id = leased.run.id();
         let canceled = {
             let mut state = self.state.borrow_mut();
@@ -728,21 +731,34 @@ impl Queue {
                     state.cancel_hooks.insert(id, on_cancel.clone());
                     canceled.then(|| state.live.get(&id).and_then(|r| r.message.clone()))
                 }
-                _ => None,
+                _ => return false,
             }
         };
         if let Some(reason) = canceled {
             on_cancel(reason.unwrap_or_else(|| "canceled".to_owned()));
         }
+        true
     }
 
     /// Hands `run`, leased to `waiter` in its submission's commit, to that worker.
-    async fn hand_leased(&self, run: &StoredRun, lease: &Lease, waiter: Waiter, tier: &TrustTier) {
+    fn hand_leased(&self, run: &StoredRun, lease: &Lease, waiter: Waiter, tier: &TrustTier) {
         let id = run.id();
+        let queue = run.spec.queue.as_ref();
+        // An operator may have paused the runner or the queue while the submission committed:
+        // then the lease goes back (through the expiry loop) instead of to the worker, which
+        // waits on.
+        let held = {
+            let state = self.state.borrow();
+            state.held_runners.contains_key(&lease.runner) || state.paused.contains(queue)
+        };
+        if held {
+            self.abandon(id, lease.id);
+            self.unreserve_waiters(vec![Some((queue.to_owned(), waiter))]);
+            return;
+        }
         {
             let mut state = self.state.borrow_mut();
             state.leased_at_submit += 1;
-            let queue = run.spec.queue.as_ref();
             let weight = self.dispatch.queue(queue).share_of(tier);
             state.shares.charge(queue, &tier.to_string(), weight);
         }
@@ -756,8 +772,14 @@ impl Queue {
         }));
         if waiter.tx.send(handed).is_err() {
             // The worker stopped waiting while the submission committed: hand the lease back.
-            self.release(id, lease.id).await;
+            self.abandon(id, lease.id);
         }
+    }
+
+    /// Has the expiry loop hand back a lease no worker took.
+    fn abandon(&self, id: RunId, lease: LeaseId) {
+        self.state.borrow_mut().abandoned.push((id, lease));
+        self.leases_changed.notify_one();
     }
 
     /// Hands queued runs of `queue`, oldest first, to waiting workers: each run to the
@@ -976,8 +998,11 @@ impl Queue {
                     match handed.run().await? {
                         Handoff::Run(id) => id,
                         Handoff::Leased(leased) => {
-                            self.hook_leased(&leased, on_cancel);
-                            return Ok(*leased);
+                            if self.hook_leased(&leased, on_cancel.clone()) {
+                                return Ok(*leased);
+                            }
+                            // Revoked or returned before this worker took it: wait on.
+                            continue;
                         }
                     }
                 }
@@ -1854,12 +1879,7 @@ impl Drop for Handed<'_> {
             Some(Handoff::Leased(leased)) => {
                 // Releasing is a durable write, which a drop cannot wait for: the expiry loop
                 // does it.
-                self.queue
-                    .state
-                    .borrow_mut()
-                    .abandoned
-                    .push((leased.run.id(), leased.lease));
-                self.queue.leases_changed.notify_one();
+                self.queue.abandon(leased.run.id(), leased.lease);
             }
             None => {}
         }

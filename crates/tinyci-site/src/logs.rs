@@ -108,17 +108,15 @@ impl log_sink::Server for LogSinkCap {
             timestamp_micros: chunk.get_timestamp_micros(),
             data,
         };
-        let len = record.data.len() as u64;
-        self.writer
+        let stored = self
+            .writer
             .write(chunk.get_offset(), record)
             .await
             .map_err(|e| failed(&e))?;
-        // Resends, output past the log's limit and a frame per write are counted too: the
-        // count errs towards refusing, and the next retention sweep sets it right from what
-        // the log's file takes.
-        self.queue
-            .storage()
-            .add(&self.repo, len + tinyci_logs::MAX_WRITE_OVERHEAD);
+        // What the write will take on disk, at most (a resend or output past the limit takes
+        // nothing): the count errs towards refusing, and the next retention sweep sets it
+        // right from what the log's file takes.
+        self.queue.storage().add(&self.repo, stored);
         Ok(())
     }
 

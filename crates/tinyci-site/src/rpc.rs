@@ -23,6 +23,14 @@ pub(crate) fn read_short_text(
             text.len()
         )));
     }
+    // A short field names something (a ref, a runner, a queue): no control character, NUL
+    // least of all, belongs in one, and NUL would end its key in the store's indexes early.
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return Err(capnp::Error::failed(format!(
+            "{name} holds a control character ({:?}); refused",
+            c
+        )));
+    }
     Ok(text)
 }
 

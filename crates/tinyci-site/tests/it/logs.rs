@@ -50,6 +50,15 @@ pub(crate) async fn submit_to(
     session: &session::Client,
     repo: &str,
 ) -> Result<String, capnp::Error> {
+    submit_on(session, repo, "refs/heads/main").await
+}
+
+/// [`submit_to`] on `git_ref`.
+pub(crate) async fn submit_on(
+    session: &session::Client,
+    repo: &str,
+    git_ref: &str,
+) -> Result<String, capnp::Error> {
     let mut request = session.submitter_request();
     request.get().set_repo(repo);
     let submitter = request.send().pipeline.get_submitter();
@@ -67,7 +76,7 @@ pub(crate) async fn submit_to(
     let mut submit = submitter.submit_request();
     {
         let mut r = submit.get().init_request();
-        r.set_ref("refs/heads/main");
+        r.set_ref(git_ref);
         r.set_sha("0123456789abcdef0123456789abcdef01234567");
         r.set_all(true);
         r.set_source_sha256(&sha);
@@ -626,4 +635,26 @@ fn stored_bytes_in(refusal: &str) -> u64 {
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no byte count in {refusal}"))
+}
+
+/// A ref is a name: one holding a control character is refused at submission, NUL above all,
+/// which would end its key in the run indexes early and hide other refs' runs from listings.
+#[test]
+fn a_ref_with_a_control_character_is_refused() {
+    local(async {
+        let site = TestSite::start().await;
+        let (session, _connection) = runner_session(&site).await;
+        for git_ref in ["refs/heads/main\0x", "refs/heads/\u{1b}[2Jmain"] {
+            let refused = submit_on(&session, "org/x", git_ref).await.unwrap_err();
+            assert!(
+                refused
+                    .to_string()
+                    .contains("ref holds a control character"),
+                "{refused}"
+            );
+        }
+        submit_on(&session, "org/x", "refs/heads/main")
+            .await
+            .unwrap();
+    });
 }
