@@ -271,6 +271,13 @@ pub enum RunEvent {
         /// Leases the new attempt may take (the queue's `max_attempts`).
         more_attempts: u32,
     },
+    /// `lease` was made for a worker that never received it (it went away first, or its
+    /// runner was paused meanwhile): the run is queued again with the attempt given back, as
+    /// if it had never been leased. A cancel asked meanwhile ends it.
+    Undelivered {
+        /// The lease nobody received.
+        lease: LeaseId,
+    },
 }
 
 /// What an accepted event did; the caller acts on it (persist, notify the runner, requeue).
@@ -529,6 +536,7 @@ impl Run {
                 self.complete(lease, status, exit_code, now_ms)?
             }
             RunEvent::LeaseExpired => self.expire(now_ms)?,
+            RunEvent::Undelivered { lease } => self.undeliver(lease, now_ms)?,
             RunEvent::Cancel => self.cancel(now_ms)?,
             RunEvent::Retry { more_attempts } => {
                 if !self.status.is_final() {
@@ -549,6 +557,34 @@ impl Run {
         };
         self.updated_at = now_ms;
         Ok(transition)
+    }
+
+    /// [`RunEvent::Undelivered`]: a lease nobody received is undone.
+    fn undeliver(&mut self, lease: LeaseId, now_ms: u64) -> Result<Transition, TransitionError> {
+        self.not_final()?;
+        let undelivered =
+            self.status == RunStatus::Leased && self.lease.as_ref().is_some_and(|l| l.id == lease);
+        if !undelivered {
+            return Ok(Transition::Unchanged);
+        }
+        if self.cancel_requested {
+            let outcome = Outcome {
+                status: RunStatus::Canceled,
+                exit_code: None,
+                lease: None,
+                message: Some("canceled before its runner took it".to_owned()),
+                finished_at: now_ms,
+            };
+            self.finish(outcome.clone());
+            return Ok(Transition::Canceled(outcome));
+        }
+        self.lease = None;
+        self.status = RunStatus::Queued;
+        // The lease's id was never shown to anyone, so the next lease may take it again.
+        self.attempt = self.attempt.saturating_sub(1);
+        Ok(Transition::Requeued {
+            attempt: self.attempt,
+        })
     }
 
     fn not_final(&self) -> Result<(), TransitionError> {
@@ -741,6 +777,48 @@ impl Run {
 #[cfg(test)]
 mod submission_status_tests {
     use super::RunStatus::{self, *};
+
+    #[test]
+    fn an_undelivered_lease_gives_its_attempt_back() {
+        let policy = crate::LeasePolicy {
+            max_attempts: 1,
+            ..crate::LeasePolicy::default()
+        };
+        let mut run = crate::Run::new(crate::RunId(1), &policy, 0);
+        let lease = |run: &mut crate::Run| match run
+            .apply(
+                crate::RunEvent::Lease {
+                    runner: "r".into(),
+                    expires_at: 10_000,
+                },
+                1,
+            )
+            .unwrap()
+        {
+            crate::Transition::Leased(lease) => lease.id,
+            other => panic!("{other:?}"),
+        };
+        let first = lease(&mut run);
+        let undone = run
+            .apply(crate::RunEvent::Undelivered { lease: first }, 2)
+            .unwrap();
+        assert!(matches!(undone, crate::Transition::Requeued { attempt: 0 }));
+        assert_eq!(run.status(), Queued);
+        // With one attempt allowed, the run still gets it, under the same lease id.
+        assert_eq!(lease(&mut run), first);
+        // A stale undo changes nothing; one after a cancel ends the run.
+        let stale = crate::LeaseId(first.0 + 7);
+        assert_eq!(
+            run.apply(crate::RunEvent::Undelivered { lease: stale }, 3)
+                .unwrap(),
+            crate::Transition::Unchanged
+        );
+        run.apply(crate::RunEvent::Cancel, 4).unwrap();
+        let canceled = run
+            .apply(crate::RunEvent::Undelivered { lease: first }, 5)
+            .unwrap();
+        assert!(matches!(canceled, crate::Transition::Canceled(_)));
+    }
 
     #[test]
     fn every_status_has_its_word_and_back() {

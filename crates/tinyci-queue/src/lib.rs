@@ -1486,7 +1486,10 @@ impl Queue {
             }
             let abandoned = std::mem::take(&mut self.state.borrow_mut().abandoned);
             for (id, lease) in abandoned {
-                self.release(id, lease).await;
+                // Nobody received the lease: undone, not lost (it costs the run no attempt).
+                if let Err(e) = self.change(id, RunEvent::Undelivered { lease }, true).await {
+                    warn!(run = %id, error = %e, "failed to requeue a lease nobody took");
+                }
             }
         }
     }

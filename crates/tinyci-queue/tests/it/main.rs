@@ -833,6 +833,8 @@ fn a_run_leased_to_a_worker_that_went_away_is_handed_back() {
             .unwrap();
         assert_eq!(leased.run.id(), runs[0].id());
         assert_eq!(leased.run.runner.as_deref(), Some("runner:next"));
+        // The lease nobody took cost the run no attempt.
+        assert_eq!(leased.run.state.attempt(), 1);
     });
 }
 
