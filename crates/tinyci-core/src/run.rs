@@ -559,6 +559,19 @@ impl Run {
         Ok(transition)
     }
 
+    /// Ends the run as canceled without a runner's word, saying why.
+    fn end_canceled(&mut self, message: String, now_ms: u64) -> Transition {
+        let outcome = Outcome {
+            status: RunStatus::Canceled,
+            exit_code: None,
+            lease: None,
+            message: Some(message),
+            finished_at: now_ms,
+        };
+        self.finish(outcome.clone());
+        Transition::Canceled(outcome)
+    }
+
     /// [`RunEvent::Undelivered`]: a lease nobody received is undone.
     fn undeliver(&mut self, lease: LeaseId, now_ms: u64) -> Result<Transition, TransitionError> {
         self.not_final()?;
@@ -568,15 +581,7 @@ impl Run {
             return Ok(Transition::Unchanged);
         }
         if self.cancel_requested {
-            let outcome = Outcome {
-                status: RunStatus::Canceled,
-                exit_code: None,
-                lease: None,
-                message: Some("canceled before its runner took it".to_owned()),
-                finished_at: now_ms,
-            };
-            self.finish(outcome.clone());
-            return Ok(Transition::Canceled(outcome));
+            return Ok(self.end_canceled("canceled before its runner took it".to_owned(), now_ms));
         }
         self.lease = None;
         self.status = RunStatus::Queued;
@@ -711,18 +716,11 @@ impl Run {
             });
         }
         if self.cancel_requested {
-            let outcome = Outcome {
-                status: RunStatus::Canceled,
-                exit_code: None,
-                lease: None,
-                message: Some(format!(
-                    "canceled; runner {} let lease {} lapse before confirming",
-                    lease.runner, lease.id
-                )),
-                finished_at: now_ms,
-            };
-            self.finish(outcome.clone());
-            return Ok(Transition::Canceled(outcome));
+            let message = format!(
+                "canceled; runner {} let lease {} lapse before confirming",
+                lease.runner, lease.id
+            );
+            return Ok(self.end_canceled(message, now_ms));
         }
         if self.attempt >= self.max_attempts {
             let outcome = Outcome {
@@ -748,17 +746,7 @@ impl Run {
     fn cancel(&mut self, now_ms: u64) -> Result<Transition, TransitionError> {
         self.not_final()?;
         match self.status {
-            RunStatus::Queued => {
-                let outcome = Outcome {
-                    status: RunStatus::Canceled,
-                    exit_code: None,
-                    lease: None,
-                    message: Some("canceled while queued".to_owned()),
-                    finished_at: now_ms,
-                };
-                self.finish(outcome.clone());
-                Ok(Transition::Canceled(outcome))
-            }
+            RunStatus::Queued => Ok(self.end_canceled("canceled while queued".to_owned(), now_ms)),
             _ if self.cancel_requested => Ok(Transition::Unchanged),
             _ => {
                 self.cancel_requested = true;
