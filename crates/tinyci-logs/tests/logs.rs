@@ -343,17 +343,19 @@ fn stored_bytes_stay_near_the_log_whatever_the_write_pattern() {
                 let (stream, len) = pattern(i);
                 let data = vec![b'a' + (i % 26) as u8; len.min(LOG - offset)];
                 let next = offset + data.len();
-                writer
-                    .write(
-                        offset as u64,
-                        LogChunk {
-                            stream,
-                            timestamp_micros: i as i64,
-                            data,
-                        },
-                    )
-                    .await
-                    .unwrap();
+                // Unconstrained: tokio's cooperative budget would otherwise make this task
+                // yield every so many writes, letting a commit (and its frame header) in at a
+                // point that depends on the disk's speed; the commits here are the closes.
+                tokio::task::unconstrained(writer.write(
+                    offset as u64,
+                    LogChunk {
+                        stream,
+                        timestamp_micros: i as i64,
+                        data,
+                    },
+                ))
+                .await
+                .unwrap();
                 if i % 1024 == 0 {
                     // Every so often wait for the commit, so appends to a stored record are
                     // exercised as well as merging within a batch.
