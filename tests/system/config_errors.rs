@@ -233,3 +233,79 @@ fn a_malformed_secrets_key_is_named_and_never_quoted() {
           caused by: invalid config certs/jobs.key: secrets.key: secrets key certs/jobs.key is malformed: the key line has 16 characters, expected 64 hex characters
     "#]].assert_eq(&stderr);
 }
+
+/// One duration grammar: what `--ttl` takes, site.toml's retention ages take (`2w` was once
+/// refused there while the flag took it), and both refuse the same nonsense the same way.
+#[test]
+fn flags_and_site_toml_share_one_duration_grammar() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = run_in(dir.path(), &["site", "init", "--name", "alpha"]);
+    assert!(init.status.success());
+    let config = dir.path().join("site.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[retention]\nlogs_max_age = \"2w\"\nsweep_every = \"90s\"\n"),
+    )
+    .unwrap();
+    let ok = run_in(dir.path(), &["site", "check"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let minted = run_in(
+        dir.path(),
+        &[
+            "grant",
+            "--to",
+            "user:ana",
+            "--right",
+            "logs:read",
+            "--repo",
+            "org/x",
+            "--ttl",
+            "2w",
+        ],
+    );
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+
+    std::fs::write(
+        &config,
+        format!("{text}\n[retention]\nlogs_max_age = \"3y\"\n"),
+    )
+    .unwrap();
+    let bad = run_in(dir.path(), &["site", "check"]);
+    assert_eq!(bad.status.code(), Some(3));
+    expect![[r#"
+        error: invalid config site.toml: retention.logs_max_age: "3y" is not a duration: expected a whole number and a unit (s, m, h, d, w), e.g. 90s, 30m, 12h, 7d or 2w
+    "#]]
+    .assert_eq(&String::from_utf8_lossy(&bad.stderr));
+    let bad_flag = run_in(
+        dir.path(),
+        &[
+            "grant",
+            "--to",
+            "user:ana",
+            "--right",
+            "logs:read",
+            "--repo",
+            "org/x",
+            "--ttl",
+            "3y",
+        ],
+    );
+    assert_eq!(bad_flag.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad_flag.stderr);
+    assert!(
+        stderr.contains(
+            "\"3y\" is not a duration: expected a whole number and a unit (s, m, h, d, w), e.g. \
+             90s, 30m, 12h, 7d or 2w"
+        ),
+        "{stderr}"
+    );
+}

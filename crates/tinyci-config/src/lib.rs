@@ -8,6 +8,10 @@
 //! names the settings types and defaults of the crates it configures). The site turns a
 //! [`SiteConfig`] into running parts.
 
+mod duration;
+
+pub use duration::{DurationError, parse_duration};
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -579,38 +583,12 @@ fn default_sweep_every() -> String {
     "1h".into()
 }
 
-/// A retention age that is not one.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-enum AgeError {
-    #[error("{0:?} is not a duration (like 30d, 12h, 90m, 45s or never)")]
-    NotADuration(String),
-    #[error("{0:?} is not a duration (like 30d, 12h, 90m, 45s or never) of at most 100 years")]
-    TooLong(String),
-}
-
-/// Parses `30d`, `12h`, `90m`, `45s`; `never` is `None`.
-fn parse_age(text: &str) -> Result<Option<Duration>, AgeError> {
-    let text = text.trim();
-    if text == "never" {
-        return Ok(None);
+/// A retention age: `never`, or a duration in the grammar every flag uses too.
+fn parse_age(text: &str) -> Result<Option<Duration>, DurationError> {
+    match text {
+        "never" => Ok(None),
+        text => parse_duration(text).map(Some),
     }
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| AgeError::NotADuration(text.to_owned()))?;
-    let seconds = match unit {
-        "d" => number.checked_mul(86_400),
-        "h" => number.checked_mul(3_600),
-        "m" => number.checked_mul(60),
-        "s" => Some(number),
-        _ => None,
-    }
-    .filter(|s| *s <= 100 * 365 * 86_400)
-    .ok_or_else(|| AgeError::TooLong(text.to_owned()))?;
-    Ok(Some(Duration::from_secs(seconds)))
 }
 
 #[derive(Deserialize)]
@@ -900,18 +878,17 @@ impl SiteConfig {
                 ),
             )
         })?;
-        let every = parse_age(&raw.retention.sweep_every)
-            .map_err(|why| value("retention.sweep_every", why.to_string()))?
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                value(
-                    "retention.sweep_every",
-                    format!(
-                        "{:?}: the sweeper needs an interval of at least 1s",
-                        raw.retention.sweep_every
-                    ),
-                )
-            })?;
+        let every = parse_duration(&raw.retention.sweep_every)
+            .map_err(|why| value("retention.sweep_every", why.to_string()))?;
+        if every.is_zero() {
+            return Err(value(
+                "retention.sweep_every",
+                format!(
+                    "{:?}: the sweeper needs an interval of at least 1s",
+                    raw.retention.sweep_every
+                ),
+            ));
+        }
         let retention = RetentionPolicy {
             logs_max_age,
             artifacts_max_age,
