@@ -30,6 +30,17 @@ fn without_times(mut value: serde_json::Value) -> serde_json::Value {
     value
 }
 
+/// A submission as `submit --json` and `wait --json` print it, with what varies (times, the
+/// commit) fixed.
+fn submission_without_variance(mut value: serde_json::Value) -> serde_json::Value {
+    assert!(value["created_at"].as_i64().unwrap() > 0, "{value}");
+    value["created_at"] = 0.into();
+    assert_eq!(value["sha"].as_str().unwrap().len(), 40, "{value}");
+    value["sha"] = "sha".into();
+    value["runs"] = without_times(value["runs"].take());
+    value
+}
+
 fn check(value: serde_json::Value, expected: Expect) {
     expected.assert_eq(&serde_json::to_string_pretty(&value).unwrap());
 }
@@ -76,6 +87,113 @@ fn admin_json_shapes_are_stable() {
         ],
     );
     assert!(user.status.success());
+
+    // `wait --json`: the submission once every run ended; exit 4, as its run failed.
+    let waited = run_in(dir.path(), &["wait", "s-1", "--json", "--addr", &addr]);
+    assert_eq!(
+        waited.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    check(
+        submission_without_variance(serde_json::from_slice(&waited.stdout).unwrap()),
+        expect![[r#"
+            {
+              "created_at": 0,
+              "ref": "refs/heads/main",
+              "repo": "org/x",
+              "runs": [
+                {
+                  "attempt": 1,
+                  "created_at": 0,
+                  "exit_code": 2,
+                  "finished_at": 0,
+                  "id": "r-2",
+                  "message": "exit code 2",
+                  "name": "check",
+                  "queue": "default",
+                  "ref": "refs/heads/main",
+                  "repo": "org/x",
+                  "runner": "r1",
+                  "started_at": 0,
+                  "status": "failed",
+                  "submission": "s-1",
+                  "task": ".",
+                  "tier": "local",
+                  "waiting": ""
+                }
+              ],
+              "sha": "sha",
+              "status": "failed",
+              "submission": "s-1"
+            }"#]],
+    );
+    check(
+        json_of(dir.path(), &["artifacts", "r-2", "--json", "--addr", &addr]),
+        expect!["[]"],
+    );
+    let mut status = json_of(dir.path(), &["site", "status", "--json", "--addr", &addr]);
+    assert_eq!(status["address"], addr.as_str());
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    // SHA-256 as 32 colon-separated hex pairs, as `site up` prints it.
+    assert_eq!(
+        status["ca_fingerprint"].as_str().unwrap().len(),
+        95,
+        "{status}"
+    );
+    for (key, fixed) in [
+        ("address", "127.0.0.1:port"),
+        ("version", "version"),
+        ("ca_fingerprint", "fingerprint"),
+    ] {
+        status[key] = fixed.into();
+    }
+    status["uptime_millis"] = 0.into();
+    check(
+        status,
+        expect![[r#"
+        {
+          "address": "127.0.0.1:port",
+          "ca_fingerprint": "fingerprint",
+          "site": "alpha",
+          "uptime_millis": 0,
+          "version": "version",
+          "you_are": "tinyci://alpha/admin/admin"
+        }"#]],
+    );
+    // `--status` takes exactly the words `--json` prints, and the site knows each of them.
+    for word in [
+        "queued",
+        "leased",
+        "running",
+        "passed",
+        "failed",
+        "canceled",
+        "timed_out",
+        "errored",
+    ] {
+        let listed = json_of(
+            dir.path(),
+            &["admin", "runs", "--status", word, "--json", "--addr", &addr],
+        );
+        let listed = listed.as_array().unwrap();
+        assert!(
+            listed.iter().all(|run| run["status"] == word),
+            "{word}: {listed:?}"
+        );
+        assert_eq!(listed.len(), usize::from(word == "failed"), "{word}");
+    }
+    let mistyped = run_in(
+        dir.path(),
+        &["admin", "runs", "--status", "timed out", "--addr", &addr],
+    );
+    assert_eq!(mistyped.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&mistyped.stderr).contains("timed_out"),
+        "the refusal lists the words: {}",
+        String::from_utf8_lossy(&mistyped.stderr)
+    );
 
     check(
         without_times(json_of(
@@ -221,11 +339,45 @@ fn admin_json_shapes_are_stable() {
             "--all",
             "--repo",
             "org/y",
+            "--json",
             "--addr",
             &addr,
         ],
     );
     assert!(queued.status.success());
+    check(
+        submission_without_variance(serde_json::from_slice(&queued.stdout).unwrap()),
+        expect![[r#"
+            {
+              "created_at": 0,
+              "ref": "refs/heads/main",
+              "repo": "org/y",
+              "runs": [
+                {
+                  "attempt": 0,
+                  "created_at": 0,
+                  "exit_code": -1,
+                  "finished_at": 0,
+                  "id": "r-4",
+                  "message": "",
+                  "name": "check",
+                  "queue": "default",
+                  "ref": "refs/heads/main",
+                  "repo": "org/y",
+                  "runner": "",
+                  "started_at": 0,
+                  "status": "queued",
+                  "submission": "s-3",
+                  "task": ".",
+                  "tier": "local",
+                  "waiting": ""
+                }
+              ],
+              "sha": "sha",
+              "status": "queued",
+              "submission": "s-3"
+            }"#]],
+    );
     let queues = json_of(dir.path(), &["admin", "queues", "--json", "--addr", &addr]);
     assert_eq!(
         queues[0]["depth"], 1,

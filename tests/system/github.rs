@@ -1199,7 +1199,7 @@ fn site_users_reach_only_what_github_lets_their_account_and_lose_it_at_once() {
         site.dir.path(),
         &["wait", &hello_submission, "--profile", profile],
     );
-    assert_eq!(waited.status.code(), Some(1), "{}", text(&waited.stderr));
+    assert_eq!(waited.status.code(), Some(4), "{}", text(&waited.stderr));
     assert!(
         text(&waited.stdout).contains("canceled"),
         "{}",
@@ -1221,6 +1221,7 @@ fn site_users_reach_only_what_github_lets_their_account_and_lose_it_at_once() {
         "{}",
         text(&hidden.stderr)
     );
+    acting_from_the_environment(&site, profile, &hello_run, &secret_run);
 
     // A login [github] allow does not name signs in holding nothing, and is told so; members
     // of an organization or a team it names are let in.
@@ -1517,4 +1518,143 @@ fn a_push_gets_the_repositorys_secrets_and_a_fork_only_those_named_for_forks() {
     for value in ["repo-token-value-1", "fork-token-value-2"] {
         assert!(!log.contains(value), "{log}");
     }
+}
+
+/// Who acts, from the environment: `TINYCI_PROFILE`, `TINYCI_TOKEN` (kept out of `ps`),
+/// `TINYCI_CONFIG`, and the one profile `tinyci login` wrote, found where it writes them.
+/// Each is shown acting as itself: the user reads `hello_run` but not `secret_run`, which the
+/// admin could.
+fn acting_from_the_environment(
+    site: &GitHubSite,
+    profile: &str,
+    hello_run: &str,
+    secret_run: &str,
+) {
+    let elsewhere = tempfile::tempdir().unwrap();
+    // Grants and the admin dial the site's address; a profile carries its own.
+    let logs = |dir: &std::path::Path, run: &str, env: &[(&str, &std::ffi::OsStr)]| {
+        let mut command = crate::support::tinyci();
+        command.current_dir(dir).args(["logs", run]);
+        if env
+            .iter()
+            .any(|(name, _)| *name != "TINYCI_PROFILE" && *name != "XDG_CONFIG_HOME")
+        {
+            command.args(["--addr", &site.addr]);
+        }
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        command.output().unwrap()
+    };
+    let as_user = |out: std::process::Output, run: &str, readable: bool, how: &str| {
+        if readable {
+            // Printed: exit 0, or 4 as the run was canceled; never unreachable or refused.
+            assert!(
+                matches!(out.status.code(), Some(0 | 4)),
+                "{how}: {}",
+                text(&out.stderr)
+            );
+        } else {
+            assert!(
+                text(&out.stderr).contains(&format!("no run \"{run}\"")),
+                "{how}: {}",
+                text(&out.stderr)
+            );
+        }
+    };
+
+    // TINYCI_PROFILE beats the site.toml in the current directory.
+    let env = [("TINYCI_PROFILE", std::ffi::OsStr::new(profile))];
+    as_user(
+        logs(site.dir.path(), hello_run, &env),
+        hello_run,
+        true,
+        "TINYCI_PROFILE",
+    );
+    as_user(
+        logs(site.dir.path(), secret_run, &env),
+        secret_run,
+        false,
+        "TINYCI_PROFILE",
+    );
+
+    // With no site configuration here, the one login profile under XDG_CONFIG_HOME.
+    let config_home = tempfile::tempdir().unwrap();
+    let profiles = config_home.path().join("tinyci");
+    std::fs::create_dir_all(&profiles).unwrap();
+    std::os::unix::fs::symlink(profile, profiles.join("alpha")).unwrap();
+    let env = [("XDG_CONFIG_HOME", config_home.path().as_os_str())];
+    as_user(
+        logs(elsewhere.path(), hello_run, &env),
+        hello_run,
+        true,
+        "login profile",
+    );
+    as_user(
+        logs(elsewhere.path(), secret_run, &env),
+        secret_run,
+        false,
+        "login profile",
+    );
+    // Two are not guessed between.
+    std::os::unix::fs::symlink(profile, profiles.join("beta")).unwrap();
+    let two = logs(elsewhere.path(), hello_run, &env);
+    assert_eq!(two.status.code(), Some(3), "{}", text(&two.stderr));
+    assert!(
+        text(&two.stderr).contains("2 login profiles") && text(&two.stderr).contains("alpha, beta"),
+        "{}",
+        text(&two.stderr)
+    );
+
+    // TINYCI_TOKEN: a grant for hello's repository only, never on the command line (bound to
+    // the admin certificate this host connects with, and narrower than the admin token).
+    let grant = run_in(
+        site.dir.path(),
+        &[
+            "grant",
+            "--to",
+            "admin:admin",
+            "--right",
+            "logs:read",
+            "--repo",
+            REPO,
+            "--ttl",
+            "1h",
+        ],
+    );
+    assert!(grant.status.success(), "{}", text(&grant.stderr));
+    let token = text(&grant.stdout).trim().to_owned();
+    let env = [("TINYCI_TOKEN", std::ffi::OsStr::new(&token))];
+    as_user(
+        logs(site.dir.path(), hello_run, &env),
+        hello_run,
+        true,
+        "TINYCI_TOKEN",
+    );
+    let other = logs(site.dir.path(), secret_run, &env);
+    assert!(
+        !other.status.success(),
+        "a grant for {REPO} read {secret_run}"
+    );
+    // Both set is refused rather than one picked.
+    let both = {
+        let mut command = crate::support::tinyci();
+        command
+            .current_dir(site.dir.path())
+            .args(["logs", hello_run, "--addr", &site.addr])
+            .env("TINYCI_TOKEN", &token)
+            .env("TINYCI_PROFILE", profile);
+        command.output().unwrap()
+    };
+    assert_eq!(both.status.code(), Some(3), "{}", text(&both.stderr));
+
+    // TINYCI_CONFIG: the admin, from anywhere.
+    let config = site.dir.path().join("site.toml");
+    let env = [("TINYCI_CONFIG", config.as_os_str())];
+    let admin = logs(elsewhere.path(), secret_run, &env);
+    assert!(
+        matches!(admin.status.code(), Some(0 | 4)),
+        "{}",
+        text(&admin.stderr)
+    );
 }

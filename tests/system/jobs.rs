@@ -124,7 +124,7 @@ fn two_runners_run_three_tasks_and_a_failure_fails_the_submission() {
         ],
     );
     let out = text(&submit.stdout);
-    assert_eq!(submit.status.code(), Some(1), "{out}");
+    assert_eq!(submit.status.code(), Some(4), "{out}");
     assert!(out.contains("submission s-1: 6 runs"), "{out}");
     assert!(
         text(&submit.stderr).contains("error: submission s-1 failed"),
@@ -152,7 +152,7 @@ fn two_runners_run_three_tasks_and_a_failure_fails_the_submission() {
     let run_id = failed.split_whitespace().nth(2).unwrap();
     let log = run_in(dir.path(), &["logs", run_id, "--addr", &addr]);
     assert_eq!(text(&log.stdout), "failing\n");
-    assert_eq!(log.status.code(), Some(1));
+    assert_eq!(log.status.code(), Some(4));
     assert!(text(&log.stderr).contains(&format!("run {run_id} failed")));
     let passed = listed.lines().find(|l| l.contains("b:second")).unwrap();
     let log = run_in(
@@ -238,7 +238,7 @@ fn cancel_reaches_a_running_job() {
     assert!(canceled.status.success(), "{}", text(&canceled.stderr));
     assert_eq!(text(&canceled.stdout), "canceled 1 run\n");
     let (code, lines) = submit.wait();
-    assert_eq!(code, Some(1), "{lines:#?}");
+    assert_eq!(code, Some(4), "{lines:#?}");
     let last_run = lines.iter().rev().find(|l| l.contains("r-2 ")).unwrap();
     assert!(last_run.contains("canceled"), "{lines:#?}");
     // The job's processes are gone (the run is final, so nothing is left to wait for but
@@ -456,7 +456,7 @@ fn runners_reconnect_after_a_site_restart_drain_on_sigterm_and_cancel_on_sigint(
     let canceled = run_in(dir.path(), &["cancel", "s-3", "--addr", &addr]);
     assert!(canceled.status.success(), "{}", text(&canceled.stderr));
     let (code, lines) = submit.wait();
-    assert_eq!(code, Some(1), "{lines:#?}");
+    assert_eq!(code, Some(4), "{lines:#?}");
     let (clean, _) = site.terminate();
     assert!(clean);
 }

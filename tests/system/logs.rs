@@ -97,7 +97,7 @@ fn followers_during_and_after_a_run_print_the_same_complete_log_and_its_status()
     during_late.wait_for("first");
     std::fs::write(&go, "").unwrap();
     let (code, lines) = submit.wait();
-    assert_eq!(code, Some(1), "{lines:#?}");
+    assert_eq!(code, Some(4), "{lines:#?}");
 
     let after = logs(dir.path(), &addr, &["r-2", "-f"]);
     let stored = logs(dir.path(), &addr, &["r-2"]);
@@ -109,11 +109,11 @@ fn followers_during_and_after_a_run_print_the_same_complete_log_and_its_status()
         ("during (early)", during_early.wait()),
         ("during (late)", during_late.wait()),
     ] {
-        assert_eq!(code, Some(1), "{name}: a failed run exits non-zero");
+        assert_eq!(code, Some(4), "{name}: a failed run exits non-zero");
         assert_eq!(lines, expected, "{name}");
     }
     for (name, output) in [("after", &after), ("stored", &stored)] {
-        assert_eq!(output.status.code(), Some(1), "{name}");
+        assert_eq!(output.status.code(), Some(4), "{name}");
         let text = String::from_utf8_lossy(&output.stdout);
         assert_eq!(text.lines().collect::<Vec<_>>(), expected, "{name}");
         let err = String::from_utf8_lossy(&output.stderr);

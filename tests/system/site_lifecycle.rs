@@ -88,6 +88,32 @@ fn status_against_no_site_fails_clearly() {
         err.contains(&format!("failed to connect to {addr}")),
         "{err}"
     );
+    // The commands that follow runs exit 4 when runs did not pass; an unreachable site is
+    // exit 1, never confused with it.
+    let repo = tempfile::tempdir().unwrap();
+    crate::support::git_repo(repo.path(), &[("tinyci.yml", "queue: default\n")]);
+    let repo_arg = repo.path().to_str().unwrap();
+    for args in [
+        &["wait", "s-1", "--addr", &addr][..],
+        &["logs", "r-1", "--addr", &addr],
+        &["logs", "r-1", "-f", "--addr", &addr],
+        &[
+            "submit", repo_arg, "--all", "--wait", "--repo", "org/x", "--addr", &addr,
+        ],
+    ] {
+        let out = run_in(dir.path(), args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("failed to connect"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
 }
 
 fn snapshot_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {

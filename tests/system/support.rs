@@ -16,8 +16,19 @@ const PATIENCE: Duration = Duration::from_secs(120);
 /// The `tinyci` binary cargo built for these tests.
 pub(crate) fn tinyci() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tinyci"));
-    // Keep diagnostics quiet and predictable whatever the caller's environment says.
-    command.env_remove("RUST_LOG");
+    // Keep diagnostics quiet and predictable whatever the caller's environment says, and act
+    // as the tests say: never as a profile or grant the caller's environment names, nor a
+    // login profile under their home.
+    for name in [
+        "RUST_LOG",
+        "TINYCI_CONFIG",
+        "TINYCI_PROFILE",
+        "TINYCI_TOKEN",
+        "NO_COLOR",
+    ] {
+        command.env_remove(name);
+    }
+    command.env("XDG_CONFIG_HOME", "/nonexistent/tinyci-tests");
     command
 }
 

@@ -32,6 +32,10 @@ pub(crate) struct ArtifactsArgs {
     /// name, in the current directory].
     #[arg(short = 'o', long = "output", value_name = "FILE", requires = "get")]
     output: Option<PathBuf>,
+    /// Print the list as JSON: `[{"name", "size", "sha256"}]` (size in bytes, sha256 in
+    /// hex; `[]` when the run has none).
+    #[arg(long, conflicts_with = "get")]
+    json: bool,
     /// The run's repository [default: every repository with the admin token; the grant's
     /// only repository with --token].
     #[arg(long, value_name = "OWNER/NAME")]
@@ -49,7 +53,8 @@ struct Listed {
     sha256: Vec<u8>,
 }
 
-pub(crate) fn artifacts(args: ArtifactsArgs) -> Result<()> {
+pub(crate) fn artifacts(mut args: ArtifactsArgs) -> Result<()> {
+    args.grant = args.grant.resolved()?;
     let config = SiteConfig::load(&config_path(args.site.config.clone()))?;
     local_runtime()?.block_on(async move {
         let (client, reader) = log_reader(&config, &args).await?;
@@ -73,6 +78,18 @@ pub(crate) fn artifacts(args: ArtifactsArgs) -> Result<()> {
             });
         }
         match &args.get {
+            None if args.json => crate::jobs::print_json(&serde_json::Value::Array(
+                listed
+                    .iter()
+                    .map(|a| {
+                        serde_json::json!({
+                            "name": a.name,
+                            "size": a.size,
+                            "sha256": hex(&a.sha256),
+                        })
+                    })
+                    .collect(),
+            )),
             None => {
                 print_list(&args.run, &listed)?;
                 Ok(())

@@ -57,7 +57,7 @@ pub(crate) struct AddArgs {
 /// The site whose pins these are.
 #[derive(Debug, Args)]
 pub(crate) struct ConfigArgs {
-    /// The site configuration [default: ./site.toml].
+    /// The site configuration [default: $TINYCI_CONFIG, else ./site.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The running site's address, to tell it about the change [default: site.listen].
@@ -205,7 +205,7 @@ pub(crate) struct PeersArgs {
     /// Print JSON: `[{"site", "standing", "addrs", "ca_fingerprint", "source"}]`.
     #[arg(long)]
     json: bool,
-    /// The site configuration [default: ./site.toml].
+    /// The site configuration [default: $TINYCI_CONFIG, else ./site.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }

@@ -26,9 +26,20 @@ const LOGIN_PATIENCE: Duration = Duration::from_secs(600);
 pub(crate) struct ManageArgs {
     #[command(flatten)]
     site: SiteArgs,
-    /// Act as the user of a `tinyci login` profile directory instead of as the site's admin.
+    /// Act as the user of a `tinyci login` profile directory instead of as the site's admin
+    /// [env: TINYCI_PROFILE].
     #[arg(long, value_name = "DIR")]
     profile: Option<PathBuf>,
+}
+
+impl ManageArgs {
+    /// The profile to act through: `--profile`, else `$TINYCI_PROFILE`, else with no site
+    /// configuration here the sole login profile. Grants do not manage users or repositories.
+    fn profile(&self) -> Result<Option<PathBuf>> {
+        let (profile, _) =
+            crate::util::resolve_actor(self.profile.clone(), None, self.site.config.as_deref())?;
+        Ok(profile)
+    }
 }
 
 /// Runs `f` with the user directory: the admin's, or a profile's user's (`Session.users`).
@@ -36,7 +47,7 @@ fn with_users(
     manage: ManageArgs,
     f: impl AsyncFnOnce(UserOps) -> Result<(), capnp::Error>,
 ) -> Result<()> {
-    match manage.profile {
+    match manage.profile()? {
         None => with_admin(manage.site, async move |admin| {
             f(UserOps::Admin(admin)).await
         }),
@@ -52,7 +63,7 @@ fn with_repos(
     manage: ManageArgs,
     f: impl AsyncFnOnce(RepoOps) -> Result<(), capnp::Error>,
 ) -> Result<()> {
-    match manage.profile {
+    match manage.profile()? {
         None => with_admin(manage.site, async move |admin| {
             f(RepoOps::Admin(admin)).await
         }),
@@ -666,11 +677,51 @@ fn default_profile_dir(site: &str) -> Result<PathBuf> {
             "the site answered with an invalid site name ({e}); refusing to write a profile for it"
         ))
     })?;
-    let base = std::env::var_os("XDG_CONFIG_HOME")
+    let base = login_profiles_dir()
+        .ok_or_else(|| anyhow!("neither XDG_CONFIG_HOME nor HOME is set; give --out DIR"))?;
+    Ok(base.join(site.as_str()))
+}
+
+/// The one profile `tinyci login` wrote under its default place, if there is exactly one;
+/// several are refused, naming them, rather than one picked by chance.
+pub(crate) fn sole_login_profile() -> Result<Option<PathBuf>> {
+    let Some(base) = login_profiles_dir() else {
+        return Ok(None);
+    };
+    let Ok(entries) = std::fs::read_dir(&base) else {
+        return Ok(None);
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|dir| dir.join(PROFILE_FILE).is_file())
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(InputError(format!(
+            "no site configuration here and {} login profiles in {} ({}): say which with \
+             --profile DIR or TINYCI_PROFILE",
+            found.len(),
+            base.display(),
+            found
+                .iter()
+                .filter_map(|dir| dir.file_name())
+                .map(|name| name.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .into()),
+    }
+}
+
+/// Where `tinyci login` writes profiles: `$XDG_CONFIG_HOME/tinyci`, else `~/.config/tinyci`.
+fn login_profiles_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|dir| !dir.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .ok_or_else(|| anyhow!("neither XDG_CONFIG_HOME nor HOME is set; give --out DIR"))?;
-    Ok(base.join("tinyci").join(site.as_str()))
+        .map(|base| base.join("tinyci"))
 }
 
 fn write_profile(dir: &Path, key_pem: &str, answer: &LoginAnswer) -> Result<()> {

@@ -42,7 +42,7 @@ pub(crate) struct GrantArgs {
     /// Write the token to FILE (mode 0600) instead of standard output.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
-    /// The site configuration [default: ./site.toml].
+    /// The site configuration [default: $TINYCI_CONFIG, else ./site.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -97,7 +97,7 @@ pub(crate) struct InspectArgs {
 pub(crate) struct RevokeArgs {
     /// The token (text or file) or a revocation id.
     target: String,
-    /// The site configuration [default: ./site.toml].
+    /// The site configuration [default: $TINYCI_CONFIG, else ./site.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Dial this address instead of site.listen.
@@ -111,7 +111,7 @@ pub(crate) struct ListArgs {
     /// "issued_by"}]` (the table's columns, as text).
     #[arg(long)]
     json: bool,
-    /// The site configuration [default: ./site.toml].
+    /// The site configuration [default: $TINYCI_CONFIG, else ./site.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Dial this address instead of site.listen.

@@ -2,11 +2,11 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
 use sha2::{Digest, Sha256};
 use tinyci_schema::{RunStatus, log_observer, log_reader, run_info, run_observer, submission_info};
 use tinyci_site::{SiteConfig, admin_capability, rpc_error};
@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::github::with_admin;
 use crate::gitsource;
-use crate::util::{config_path, local_runtime};
+use crate::util::{RunsDidNotPass, config_path, local_runtime};
 
 /// Chunk size for uploads (the wire contract's limit).
 const CHUNK: usize = 64 * 1024;
@@ -36,20 +36,25 @@ pub(crate) struct SubmitArgs {
     /// Run every task, not just those the diff selects.
     #[arg(long)]
     all: bool,
-    /// Show each run's progress until all end; exit non-zero unless every run passed.
+    /// Show each run's progress until all end; exit 4 unless every run passed.
     #[arg(long)]
     wait: bool,
+    /// Print JSON instead of lines: `{"submission", "repo", "ref", "sha", "status",
+    /// "created_at", "runs": [..]}`, each run as `admin runs --json` prints it. With
+    /// --wait, printed once, when every run has ended.
+    #[arg(long)]
+    json: bool,
     /// The repository name [default: from the origin remote, else local/<directory>].
     #[arg(long, value_name = "OWNER/NAME")]
     repo: Option<String>,
-    /// The site configuration [default: ./site.toml].
+    /// The site configuration [default: $TINYCI_CONFIG, else ./site.toml].
     #[arg(long, value_name = "FILE", conflicts_with = "profile")]
     config: Option<PathBuf>,
     /// Dial this address instead of site.listen.
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "profile")]
     addr: Option<SocketAddr>,
     /// Submit as the user of a `tinyci login` profile directory instead of as the site's
-    /// admin.
+    /// admin [env: TINYCI_PROFILE].
     #[arg(long, value_name = "DIR", conflicts_with_all = ["token", "site"])]
     profile: Option<PathBuf>,
     #[command(flatten)]
@@ -67,7 +72,7 @@ pub(crate) struct CancelArgs {
     /// Why, recorded on the run.
     #[arg(long)]
     reason: Option<String>,
-    /// The site configuration [default: ./site.toml].
+    /// The site configuration [default: $TINYCI_CONFIG, else ./site.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Dial this address instead of site.listen.
@@ -81,7 +86,7 @@ pub(crate) struct CancelArgs {
 /// user: they reach only what their capabilities and GitHub allow), or a grant.
 #[derive(Debug, Args)]
 pub(crate) struct ActingArgs {
-    /// Act as the user of a `tinyci login` profile directory.
+    /// Act as the user of a `tinyci login` profile directory [env: TINYCI_PROFILE].
     #[arg(long, value_name = "DIR", conflicts_with_all = ["token", "site"])]
     profile: Option<PathBuf>,
     /// The run's repository [default: a grant's only repository; every repository the
@@ -93,6 +98,15 @@ pub(crate) struct ActingArgs {
 }
 
 impl ActingArgs {
+    /// Fills in who acts from the environment (or the sole login profile) where the flags
+    /// name no one; `config` is the `--config` given, if any.
+    fn resolved(mut self, config: Option<&Path>) -> Result<Self> {
+        (self.profile, self.grant.token) =
+            crate::util::resolve_actor(self.profile, self.grant.token, config)?;
+        self.grant.check_site()?;
+        Ok(self)
+    }
+
     /// Whether the command acts as someone other than the site's admin.
     fn acting(&self) -> bool {
         self.profile.is_some() || self.grant.token.is_some()
@@ -143,7 +157,7 @@ pub(crate) enum AdminCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct SiteArgs {
-    /// The site configuration [default: ./site.toml].
+    /// The site configuration [default: $TINYCI_CONFIG, else ./site.toml].
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Dial this address instead of site.listen.
@@ -208,6 +222,36 @@ pub(crate) enum QueueAction {
     Resume(Target),
 }
 
+/// A run status as `--status` takes it: the words `--json` prints and the pages use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StatusArg {
+    Queued,
+    Leased,
+    Running,
+    Passed,
+    Failed,
+    Canceled,
+    #[value(name = "timed_out")]
+    TimedOut,
+    Errored,
+}
+
+impl StatusArg {
+    /// The word, as the site's filter and `--json` spell it.
+    fn word(self) -> &'static str {
+        status_word(Ok(match self {
+            Self::Queued => RunStatus::Queued,
+            Self::Leased => RunStatus::Leased,
+            Self::Running => RunStatus::Running,
+            Self::Passed => RunStatus::Passed,
+            Self::Failed => RunStatus::Failed,
+            Self::Canceled => RunStatus::Canceled,
+            Self::TimedOut => RunStatus::TimedOut,
+            Self::Errored => RunStatus::Errored,
+        }))
+    }
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct RunsArgs {
     /// Only this repository.
@@ -216,9 +260,9 @@ pub(crate) struct RunsArgs {
     /// Only this ref.
     #[arg(long = "ref", value_name = "REF")]
     git_ref: Option<String>,
-    /// Only this status (queued, leased, running, passed, failed, canceled, timed_out, errored).
-    #[arg(long)]
-    status: Option<String>,
+    /// Only runs with this status, spelled as `--json` prints it.
+    #[arg(long, value_enum)]
+    status: Option<StatusArg>,
     /// At most this many.
     #[arg(long, default_value_t = 50)]
     limit: u32,
@@ -273,7 +317,7 @@ pub(crate) fn status_word(status: Result<RunStatus, capnp::NotInSchema>) -> &'st
         Ok(RunStatus::Passed) => "passed",
         Ok(RunStatus::Failed) => "failed",
         Ok(RunStatus::Canceled) => "canceled",
-        Ok(RunStatus::TimedOut) => "timed out",
+        Ok(RunStatus::TimedOut) => "timed_out",
         Ok(RunStatus::Errored) => "errored",
         Err(_) => "unknown",
     }
@@ -316,7 +360,10 @@ fn run_line(run: run_info::Reader<'_>) -> String {
     line
 }
 
-pub(crate) fn submit(args: SubmitArgs) -> Result<()> {
+pub(crate) fn submit(mut args: SubmitArgs) -> Result<()> {
+    (args.profile, args.grant.token) =
+        crate::util::resolve_actor(args.profile, args.grant.token, args.config.as_deref())?;
+    args.grant.check_site()?;
     let identity = match (&args.profile, &args.grant.token) {
         (Some(dir), _) => Identity::Profile(Box::new(crate::github::load_profile(dir)?)),
         (None, Some(token)) => Identity::Grant {
@@ -412,14 +459,21 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<()> {
             .map_err(rpc)?;
         let info = info.get().and_then(|r| r.get_submission()).map_err(rpc)?;
         let id = text(info.get_id());
-        println!("submission {id}: {} runs", runs.len());
         if !args.wait || runs.is_empty() {
-            for run in runs.iter() {
-                println!("  {}", run_line(run));
+            if args.json {
+                print_json(&submission_json(info, runs))?;
+            } else {
+                println!("submission {id}: {}", plural(runs.len(), "run", "runs"));
+                for run in runs.iter() {
+                    println!("  {}", run_line(run));
+                }
             }
             return Ok(());
         }
-        follow(&ticket, &id)
+        if !args.json {
+            println!("submission {id}: {}", plural(runs.len(), "run", "runs"));
+        }
+        follow(&ticket, &id, args.json)
             .await
             .map_err(|e| match e.downcast::<capnp::Error>() {
                 Ok(e) => rpc(e).into(),
@@ -442,11 +496,13 @@ enum Identity {
     },
 }
 
-/// Prints every run change of a submission until it ends; fails unless it passed.
-async fn follow(ticket: &tinyci_schema::ticket::Client, id: &str) -> Result<()> {
+/// Prints every run change of a submission until it ends (or, as `json`, the submission
+/// once it ended); fails unless it passed.
+async fn follow(ticket: &tinyci_schema::ticket::Client, id: &str, json: bool) -> Result<()> {
     let (ended_tx, ended_rx) = oneshot::channel();
     let observer = Observer {
         ended: RefCell::new(Some(ended_tx)),
+        quiet: json,
     };
     let mut watch = ticket.watch_request();
     watch.get().set_observer(capnp_rpc::new_client(observer));
@@ -455,26 +511,41 @@ async fn follow(ticket: &tinyci_schema::ticket::Client, id: &str) -> Result<()> 
         .await
         .context("the site stopped reporting progress")?;
     drop(handle);
+    if json {
+        let info = ticket.submission_request().send().promise.await?;
+        let runs = ticket.runs_request().send().promise.await?;
+        print_json(&submission_json(
+            info.get()?.get_submission()?,
+            runs.get()?.get_runs()?,
+        ))?;
+    }
     if status == "passed" {
-        println!("submission {id} passed");
+        if !json {
+            println!("submission {id} passed");
+        }
         Ok(())
     } else {
-        bail!("submission {id} {status}")
+        Err(RunsDidNotPass(format!("submission {id} {status}")).into())
     }
 }
 
-/// Follow a submission until every run ends; exit non-zero unless all passed.
+/// Follow a submission until every run ends; exit 4 unless all passed.
 #[derive(Debug, Args)]
 pub(crate) struct WaitArgs {
     /// The submission (s-N).
     id: String,
+    /// Print the submission as JSON once every run has ended, instead of lines as they
+    /// change: the shape `submit --json` prints.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     site: SiteArgs,
     #[command(flatten)]
     acting: ActingArgs,
 }
 
-pub(crate) fn wait(args: WaitArgs) -> Result<()> {
+pub(crate) fn wait(mut args: WaitArgs) -> Result<()> {
+    args.acting = args.acting.resolved(args.site.config.as_deref())?;
     if args.acting.acting() {
         let source = args.acting.source(args.site.config, args.site.addr)?;
         return local_runtime()?.block_on(async move {
@@ -482,12 +553,12 @@ pub(crate) fn wait(args: WaitArgs) -> Result<()> {
             let mut request = reader.ticket_request();
             request.get().set_submission_id(&args.id);
             let ticket = request.send().pipeline.get_ticket();
-            follow(&ticket, &args.id)
-                .await
-                .map_err(|e| match e.downcast::<capnp::Error>() {
+            follow(&ticket, &args.id, args.json).await.map_err(|e| {
+                match e.downcast::<capnp::Error>() {
                     Ok(e) => rpc_error(&client, e).into(),
                     Err(e) => e,
-                })
+                }
+            })
         });
     }
     let config = SiteConfig::load(&config_path(args.site.config))?;
@@ -496,7 +567,7 @@ pub(crate) fn wait(args: WaitArgs) -> Result<()> {
         let mut request = admin.ticket_request();
         request.get().set_submission_id(&args.id);
         let ticket = request.send().pipeline.get_ticket();
-        follow(&ticket, &args.id)
+        follow(&ticket, &args.id, args.json)
             .await
             .map_err(|e| match e.downcast::<capnp::Error>() {
                 Ok(e) => rpc_error(&client, e).into(),
@@ -505,9 +576,10 @@ pub(crate) fn wait(args: WaitArgs) -> Result<()> {
     })
 }
 
-/// Prints run changes as the site pushes them.
+/// Prints run changes as the site pushes them (unless `quiet`) and says when all ended.
 struct Observer {
     ended: RefCell<Option<oneshot::Sender<String>>>,
+    quiet: bool,
 }
 
 impl run_observer::Server for Observer {
@@ -515,7 +587,9 @@ impl run_observer::Server for Observer {
         self: Rc<Self>,
         params: run_observer::ChangedParams,
     ) -> Result<(), capnp::Error> {
-        println!("  {}", run_line(params.get()?.get_run()?));
+        if !self.quiet {
+            println!("  {}", run_line(params.get()?.get_run()?));
+        }
         Ok(())
     }
 
@@ -533,7 +607,8 @@ impl run_observer::Server for Observer {
     }
 }
 
-pub(crate) fn cancel(args: CancelArgs) -> Result<()> {
+pub(crate) fn cancel(mut args: CancelArgs) -> Result<()> {
+    args.acting = args.acting.resolved(args.config.as_deref())?;
     if args.acting.acting() {
         let source = args.acting.source(args.config, args.addr)?;
         return local_runtime()?.block_on(async move {
@@ -631,7 +706,7 @@ fn runs(args: RunsArgs) -> Result<()> {
             let mut filter = request.get().init_filter();
             filter.set_repo(args.repo.as_deref().unwrap_or_default());
             filter.set_ref(args.git_ref.as_deref().unwrap_or_default());
-            filter.set_status(args.status.as_deref().unwrap_or_default());
+            filter.set_status(args.status.map(StatusArg::word).unwrap_or_default());
             filter.set_limit(args.limit);
         }
         let response = request
@@ -788,9 +863,44 @@ fn retry_failed(submission: &str, site: SiteArgs) -> Result<()> {
                 run.get_attempt() + 1
             );
         }
-        println!("submission {submission}: {} run(s) retried", runs.len());
+        println!(
+            "submission {submission}: {} retried",
+            plural(runs.len(), "run", "runs")
+        );
         Ok(())
     })
+}
+
+/// A submission and its runs as `submit --json` and `wait --json` print them.
+fn submission_json(
+    info: submission_info::Reader<'_>,
+    runs: capnp::struct_list::Reader<'_, run_info::Owned>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "submission": text(info.get_id()),
+        "repo": text(info.get_repo()),
+        "ref": text(info.get_ref()),
+        "sha": text(info.get_sha()),
+        "status": status_word(info.get_status()),
+        "created_at": info.get_created_at(),
+        "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
+    })
+}
+
+/// Prints `value` as pretty JSON on standard output.
+pub(crate) fn print_json(value: &serde_json::Value) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `1 run`, `2 runs`.
+pub(crate) fn plural(count: impl Into<u64>, one: &str, many: &str) -> String {
+    let count = count.into();
+    format!("{count} {}", if count == 1 { one } else { many })
 }
 
 /// A run as `--json` prints it.
@@ -1045,7 +1155,7 @@ fn runners(args: RunnersArgs) -> Result<()> {
 /// Without `-f`, prints what is stored now. With `-f`, keeps printing output as the runner
 /// streams it and returns when the run ends; if the site goes away meanwhile it reconnects
 /// (for up to 5 minutes) and goes on from the last byte printed. Exits 0 if the run passed (or, without `-f`, is
-/// still going), 1 if it ended otherwise. Uses the admin certificate and token from
+/// still going), 4 if it ended otherwise. Uses the admin certificate and token from
 /// site.toml.
 #[derive(Debug, Args)]
 pub(crate) struct LogsArgs {
@@ -1108,7 +1218,13 @@ impl StreamFilter {
 
     /// A filter for terminal controls, unless `--raw`.
     fn terminal_safe(self) -> Option<crate::termsafe::TerminalSafe> {
-        (!self.raw).then(crate::termsafe::TerminalSafe::default)
+        (!self.raw).then(|| {
+            if crate::util::colour_wanted() {
+                crate::termsafe::TerminalSafe::default()
+            } else {
+                crate::termsafe::TerminalSafe::without_colour()
+            }
+        })
     }
 }
 
@@ -1128,7 +1244,8 @@ fn write_log(
     }
 }
 
-pub(crate) fn logs(args: LogsArgs) -> Result<()> {
+pub(crate) fn logs(mut args: LogsArgs) -> Result<()> {
+    args.acting = args.acting.resolved(args.site.config.as_deref())?;
     // A profile carries its own site, certificate and token: no site.toml needed.
     let source = args
         .acting
@@ -1148,7 +1265,7 @@ pub(crate) fn logs(args: LogsArgs) -> Result<()> {
         if status == RunStatus::Passed {
             Ok(())
         } else {
-            bail!("run {} {word}", args.run)
+            Err(RunsDidNotPass(format!("run {} {word}", args.run)).into())
         }
     })
 }

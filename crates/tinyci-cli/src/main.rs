@@ -18,14 +18,16 @@ mod util;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+/// Shown on `--help` of every command: scripts tell "the code failed" from "tinyci failed".
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  the operation failed (site unreachable, refused, I/O error)
+  1  could not reach the site, or it refused (or another operation failed: I/O error)
   2  bad command line
-  3  bad configuration or input (site.toml, key files, existing identity)";
+  3  bad configuration or input (site.toml, key files, existing identity)
+  4  runs did not pass (failed, canceled, timed out or errored)";
 
 /// tinyci: a capability-secured CI mesh.
 ///
@@ -33,7 +35,7 @@ Exit codes:
 /// (certificates in ./certs, store in ./data) and serves it on 127.0.0.1:7433; then
 /// `tinyci site status` talks to it with the admin certificate.
 #[derive(Debug, Parser)]
-#[command(name = "tinyci", version, after_help = EXIT_CODES, max_term_width = 100)]
+#[command(name = "tinyci", version, max_term_width = 100)]
 struct Cli {
     /// Log format for diagnostics on stderr (level from RUST_LOG, e.g. RUST_LOG=debug).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
@@ -90,7 +92,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = with_exit_codes(Cli::command())
+        .after_help(format!("{EXIT_CODES}\n\n{}", util::ENVIRONMENT))
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_tracing(cli.log_format, cli.command.default_log_level());
     let result = match cli.command {
         Command::Site(command) => site::run(command),
@@ -130,10 +135,29 @@ impl Command {
     }
 }
 
+/// Puts the exit codes on every command's and subcommand's `--help`.
+fn with_exit_codes(command: clap::Command) -> clap::Command {
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_owned())
+        .collect();
+    names
+        .iter()
+        .fold(command.after_help(EXIT_CODES), |command, name| {
+            command.mut_subcommand(name, with_exit_codes)
+        })
+}
+
 /// Maps an error to the documented exit codes by what kind of error is at its root.
 fn exit_code(error: &anyhow::Error) -> u8 {
     use tinyci_site::init::InitError;
     use tinyci_site::{IdentityError, SiteError};
+    if error
+        .chain()
+        .any(|cause| cause.downcast_ref::<util::RunsDidNotPass>().is_some())
+    {
+        return 4;
+    }
     for cause in error.chain() {
         if cause.downcast_ref::<tinyci_site::ConfigError>().is_some()
             || matches!(
@@ -160,7 +184,7 @@ fn init_tracing(format: LogFormat, default_level: &str) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && util::colour_wanted())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Pretty => builder.compact().init(),
@@ -176,5 +200,25 @@ mod tests {
     fn the_command_line_is_consistent() {
         // Catches clashing flags and bad defaults in every subcommand without running them.
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_lists_the_exit_codes_on_its_help() {
+        fn check(command: &mut clap::Command, path: &str) {
+            let help = command.render_long_help().to_string();
+            assert!(
+                help.contains("4  runs did not pass"),
+                "{path} --help:\n{help}"
+            );
+            // `help` is clap's own, added as it parses.
+            for sub in command
+                .get_subcommands_mut()
+                .filter(|sub| sub.get_name() != "help")
+            {
+                let path = format!("{path} {}", sub.get_name());
+                check(sub, &path);
+            }
+        }
+        check(&mut super::with_exit_codes(super::Cli::command()), "tinyci");
     }
 }

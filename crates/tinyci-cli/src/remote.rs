@@ -15,12 +15,36 @@ use crate::util::{InputError, read_token_arg};
 #[derive(Debug, Args, Clone)]
 pub(crate) struct GrantArgs {
     /// Act at this partner site (pinned under federation/; its address from the pin unless
-    /// --addr) instead of at this one. Needs --token.
-    #[arg(long, value_name = "SITE", requires = "token")]
+    /// --addr) instead of at this one. Needs a grant: --token or TINYCI_TOKEN.
+    #[arg(long, value_name = "SITE")]
     pub(crate) site: Option<String>,
-    /// Act with this grant (text, file, or - for standard input) instead of the admin token.
+    /// Act with this grant (text, file, or - for standard input) instead of the admin token
+    /// [env: TINYCI_TOKEN, which `ps` does not show].
     #[arg(long, value_name = "TOKEN")]
     pub(crate) token: Option<String>,
+}
+
+impl GrantArgs {
+    /// Takes the grant from `$TINYCI_TOKEN` when `--token` is not given; a partner `--site`
+    /// without any grant is refused here, saying what it needs.
+    pub(crate) fn resolved(mut self) -> Result<Self> {
+        if self.token.is_none() {
+            self.token = crate::util::env_token()?;
+        }
+        self.check_site()?;
+        Ok(self)
+    }
+
+    /// A partner `--site` needs a grant to present there.
+    pub(crate) fn check_site(&self) -> Result<()> {
+        match (&self.site, &self.token) {
+            (Some(site), None) => Err(InputError(format!(
+                "--site {site} needs a grant to present there: --token or TINYCI_TOKEN"
+            ))
+            .into()),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Connects (to this site, or to partner `site`) and redeems `token`: returns the session.

@@ -151,7 +151,7 @@ pub(crate) struct AddArgs {
     /// expires after a day.
     #[arg(long)]
     ephemeral: bool,
-    /// The site configuration [default: ./site.toml].
+    /// The site configuration [default: $TINYCI_CONFIG, else ./site.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }

@@ -44,10 +44,11 @@ pub(crate) enum SecretCommand {
 /// Who acts: the site's admin (default), a profile's user, or a grant's holder.
 #[derive(Debug, Args)]
 pub(crate) struct Acting {
-    /// Act as the user of a `tinyci login` profile directory.
+    /// Act as the user of a `tinyci login` profile directory [env: TINYCI_PROFILE].
     #[arg(long, value_name = "DIR", conflicts_with = "token")]
     profile: Option<PathBuf>,
-    /// Act with this grant (text, file, or - for standard input) instead of the admin token.
+    /// Act with this grant (text, file, or - for standard input) instead of the admin token
+    /// [env: TINYCI_TOKEN, which `ps` does not show].
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
     #[command(flatten)]
@@ -121,8 +122,12 @@ fn with_store<T>(
     repo: &str,
     f: impl AsyncFnOnce(secret_store::Client) -> Result<T, capnp::Error>,
 ) -> Result<T> {
-    let profile = acting
-        .profile
+    let (profile, token) = crate::util::resolve_actor(
+        acting.profile.clone(),
+        acting.token.clone(),
+        acting.site.config.as_deref(),
+    )?;
+    let profile = profile
         .as_deref()
         .map(crate::github::load_profile)
         .transpose()?;
@@ -132,29 +137,29 @@ fn with_store<T>(
     };
     let repo = repo.to_owned();
     local_runtime()?.block_on(async move {
-        let (client, store): (SiteClient, secret_store::Client) =
-            match (&profile, &config, &acting.token) {
-                (Some(profile), _, _) => {
-                    let (client, session) = crate::github::profile_session(profile).await?;
-                    let mut request = session.secrets_request();
-                    request.get().set_repo(&repo);
-                    (client, request.send().pipeline.get_secrets())
-                }
-                (None, Some(config), Some(token)) => {
-                    let (client, session) =
-                        crate::remote::session_with(config, acting.site.addr, None, token).await?;
-                    let mut request = session.secrets_request();
-                    request.get().set_repo(&repo);
-                    (client, request.send().pipeline.get_secrets())
-                }
-                (None, Some(config), None) => {
-                    let (client, admin) = admin_capability(config, acting.site.addr).await?;
-                    let mut request = admin.secrets_request();
-                    request.get().set_repo(&repo);
-                    (client, request.send().pipeline.get_secrets())
-                }
-                (None, None, _) => bail!("no site configuration to act with"),
-            };
+        let (client, store): (SiteClient, secret_store::Client) = match (&profile, &config, &token)
+        {
+            (Some(profile), _, _) => {
+                let (client, session) = crate::github::profile_session(profile).await?;
+                let mut request = session.secrets_request();
+                request.get().set_repo(&repo);
+                (client, request.send().pipeline.get_secrets())
+            }
+            (None, Some(config), Some(token)) => {
+                let (client, session) =
+                    crate::remote::session_with(config, acting.site.addr, None, token).await?;
+                let mut request = session.secrets_request();
+                request.get().set_repo(&repo);
+                (client, request.send().pipeline.get_secrets())
+            }
+            (None, Some(config), None) => {
+                let (client, admin) = admin_capability(config, acting.site.addr).await?;
+                let mut request = admin.secrets_request();
+                request.get().set_repo(&repo);
+                (client, request.send().pipeline.get_secrets())
+            }
+            (None, None, _) => bail!("no site configuration to act with"),
+        };
         let value = f(store).await.map_err(|e| rpc_error(&client, e))?;
         Ok(value)
     })

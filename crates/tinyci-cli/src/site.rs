@@ -41,7 +41,7 @@ pub(crate) enum SiteCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct CheckArgs {
-    /// The site configuration [default: ./site.toml].
+    /// The site configuration [default: $TINYCI_CONFIG, else ./site.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -81,12 +81,16 @@ pub(crate) struct UpArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
-    /// The site configuration [default: ./site.toml].
+    /// The site configuration [default: $TINYCI_CONFIG, else ./site.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Dial this address instead of site.listen.
     #[arg(long, value_name = "HOST:PORT")]
     addr: Option<SocketAddr>,
+    /// Print JSON: `{"site", "version", "uptime_millis", "ca_fingerprint", "address",
+    /// "you_are"}` (the fingerprint: the CA certificate's SHA-256, colon-separated hex).
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) fn run(command: SiteCommand) -> Result<()> {
@@ -246,6 +250,16 @@ fn status(args: StatusArgs) -> Result<()> {
     let config = SiteConfig::load(&path)?;
     local_runtime()?.block_on(async move {
         let (client, info) = connect_admin(&config, args.addr).await?;
+        if args.json {
+            return crate::jobs::print_json(&serde_json::json!({
+                "site": info.site_id,
+                "version": info.version,
+                "uptime_millis": info.uptime_millis,
+                "ca_fingerprint": info.ca_fingerprint,
+                "address": client.addr.to_string(),
+                "you_are": info.peer,
+            }));
+        }
         say!("site         {}", info.site_id);
         say!("version      {}", info.version);
         say!(

@@ -4,7 +4,8 @@
 //! and newlines pass; a carriage return not ending a line becomes a newline (progress bars
 //! print line by line rather than overwrite); every other control character and escape is
 //! shown as text (`^[`, `^G`, `<9B>`), so nothing is hidden and nothing is obeyed.
-//! `tinyci logs --raw` prints the bytes as stored.
+//! With `NO_COLOR` set, colours are dropped too. `tinyci logs --raw` prints the bytes as
+//! stored.
 
 /// Longest escape sequence held back while waiting for its end across chunks; a longer one
 /// is shown as text.
@@ -14,9 +15,19 @@ const MAX_PENDING: usize = 64;
 #[derive(Debug, Default)]
 pub(crate) struct TerminalSafe {
     pending: Vec<u8>,
+    /// Drop colours rather than pass them (`NO_COLOR`).
+    without_colour: bool,
 }
 
 impl TerminalSafe {
+    /// A filter that drops colours as well.
+    pub(crate) fn without_colour() -> Self {
+        Self {
+            without_colour: true,
+            ..Self::default()
+        }
+    }
+
     /// Filters `data`, appending what may be printed to `out`.
     pub(crate) fn push(&mut self, data: &[u8], out: &mut Vec<u8>) {
         let mut input = std::mem::take(&mut self.pending);
@@ -35,6 +46,12 @@ impl TerminalSafe {
                 }
                 Piece::Pass(n) => {
                     out.extend_from_slice(&input[i..i + n]);
+                    i += n;
+                }
+                Piece::Colour(n) => {
+                    if !self.without_colour {
+                        out.extend_from_slice(&input[i..i + n]);
+                    }
                     i += n;
                 }
                 Piece::Newline(n) => {
@@ -68,6 +85,8 @@ impl TerminalSafe {
 enum Piece {
     /// Printable as they are, this many bytes.
     Pass(usize),
+    /// A colour sequence of this many bytes.
+    Colour(usize),
     /// A line end of this many bytes (`\r\n`, or a lone `\r`).
     Newline(usize),
     /// To be shown as text, this many bytes.
@@ -100,7 +119,7 @@ fn sgr(params: &[u8]) -> Piece {
     for (i, &b) in params.iter().enumerate() {
         match b {
             b'0'..=b'9' | b';' => continue,
-            b'm' => return Piece::Pass(i + 3),
+            b'm' => return Piece::Colour(i + 3),
             _ => return Piece::Show(1),
         }
     }
@@ -151,6 +170,17 @@ mod tests {
             filter(&[b"\x1b", b"[3", b"2m", b"green\r", b"\n"]),
             "\x1b[32mgreen\n"
         );
+    }
+
+    #[test]
+    fn without_colour_colours_are_dropped_and_the_rest_is_as_before() {
+        let mut safe = TerminalSafe::without_colour();
+        let mut out = Vec::new();
+        for chunk in [&b"\x1b[1;31mred\x1b"[..], b"[0m\tok \x1b]0;t\x07\n"] {
+            safe.push(chunk, &mut out);
+        }
+        safe.finish(&mut out);
+        assert_eq!(String::from_utf8_lossy(&out), "red\tok ^[]0;t^G\n");
     }
 
     #[test]

@@ -21,9 +21,93 @@ pub(crate) use say;
 #[error("{0}")]
 pub(crate) struct InputError(pub(crate) String);
 
-/// The config a command uses: the one given, else ./site.toml.
+/// Runs that ended other than passed (exit code 4): tinyci did its part, the code did not
+/// pass. Kept apart from "could not reach the site" (exit code 1) so scripts can retry one
+/// and report the other.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct RunsDidNotPass(pub(crate) String);
+
+/// The site configuration where `--config` is not given.
+pub(crate) const CONFIG_ENV: &str = "TINYCI_CONFIG";
+/// A `tinyci login` profile directory to act as where neither `--profile` nor `--token` is.
+pub(crate) const PROFILE_ENV: &str = "TINYCI_PROFILE";
+/// A grant to act with where neither `--token` nor `--profile` is: unlike `--token TEXT`, it
+/// does not show in `ps`.
+pub(crate) const TOKEN_ENV: &str = "TINYCI_TOKEN";
+
+/// What `tinyci --help` says about the environment.
+pub(crate) const ENVIRONMENT: &str = "\
+Environment:
+  TINYCI_CONFIG   the site configuration where --config is not given [default: ./site.toml]
+  TINYCI_TOKEN    a grant to act with where neither --token nor --profile is given (not seen
+                  in `ps`, unlike --token TEXT)
+  TINYCI_PROFILE  a `tinyci login` profile directory to act as where neither --profile nor
+                  --token is given. Without either, and with no site configuration here, the
+                  one profile `tinyci login` wrote is used.
+  NO_COLOR        when set and not empty, no colour: not in diagnostics, nor from job logs
+  RUST_LOG        how much the diagnostics on stderr say, e.g. RUST_LOG=debug";
+
+/// Whether output may carry colour: not when `NO_COLOR` is set and not empty (no-color.org).
+pub(crate) fn colour_wanted() -> bool {
+    env_value("NO_COLOR").is_none()
+}
+
+/// An environment variable's value, unless unset or empty.
+pub(crate) fn env_value(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name).filter(|value| !value.is_empty())
+}
+
+/// The config a command uses: the one given, else `$TINYCI_CONFIG`, else ./site.toml.
 pub(crate) fn config_path(given: Option<PathBuf>) -> PathBuf {
-    given.unwrap_or_else(|| PathBuf::from("site.toml"))
+    given
+        .or_else(|| env_value(CONFIG_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("site.toml"))
+}
+
+/// The grant in `$TINYCI_TOKEN`, if set.
+pub(crate) fn env_token() -> Result<Option<String>> {
+    env_value(TOKEN_ENV)
+        .map(|token| {
+            token
+                .into_string()
+                .map(|token| token.trim().to_owned())
+                .map_err(|_| InputError(format!("{TOKEN_ENV} is not UTF-8: not a token")).into())
+        })
+        .transpose()
+}
+
+/// Who acts when the command line names no one: a grant from `$TINYCI_TOKEN`, a profile
+/// from `$TINYCI_PROFILE`, else (with no site configuration to act as its admin) the one
+/// profile `tinyci login` wrote. Flags always win over the environment.
+pub(crate) fn resolve_actor(
+    profile: Option<PathBuf>,
+    token: Option<String>,
+    config: Option<&Path>,
+) -> Result<(Option<PathBuf>, Option<String>)> {
+    if profile.is_some() || token.is_some() {
+        return Ok((profile, token));
+    }
+    let token = env_token()?;
+    let profile = env_value(PROFILE_ENV).map(PathBuf::from);
+    match (profile, token) {
+        (Some(_), Some(_)) => Err(InputError(format!(
+            "{TOKEN_ENV} and {PROFILE_ENV} are both set: unset one, or say who acts with \
+             --token or --profile"
+        ))
+        .into()),
+        (profile @ Some(_), None) => Ok((profile, None)),
+        (None, token @ Some(_)) => Ok((None, token)),
+        (None, None) => {
+            let configured = config.is_some()
+                || env_value(CONFIG_ENV).is_some()
+                || Path::new("site.toml").exists();
+            if configured {
+                return Ok((None, None));
+            }
+            Ok((crate::github::sole_login_profile()?, None))
+        }
+    }
 }
 
 /// A current-thread runtime driving a LocalSet: capnp-rpc objects are `!Send`.
@@ -72,34 +156,16 @@ pub(crate) fn read_token_arg(arg: &str) -> Result<String> {
     Ok(arg.trim().to_owned())
 }
 
-/// `90s`, `30m`, `12h`, `7d`, `2w`.
+/// A flag's duration, in the grammar site.toml uses too (`90s`, `30m`, `12h`, `7d`, `2w`),
+/// more than zero: no flag has a use for zero.
 pub(crate) fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let invalid = || {
-        format!(
-            "invalid duration {text:?}: expected a number and a unit (s, m, h, d, w), e.g. 7d or 12h"
-        )
-    };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(invalid)?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| invalid())?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(invalid()),
-    };
-    if number == 0 {
-        return Err(format!("invalid duration {text:?}: must be more than zero"));
+    match tinyci_site::config::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err(format!(
+            "{text:?} is not a duration here: it must be more than zero"
+        )),
+        Ok(duration) => Ok(duration),
+        Err(why) => Err(why.to_string()),
     }
-    number
-        .checked_mul(unit_secs)
-        .filter(|secs| *secs <= 100 * 365 * 86_400)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("invalid duration {text:?}: more than 100 years"))
 }
 
 /// Writes a token to `out` with mode 0600, or prints it on stdout.
