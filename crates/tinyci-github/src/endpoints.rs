@@ -321,7 +321,7 @@ async fn confirm_login(state: &Endpoints, request: Request<Incoming>) -> Reply {
         .headers()
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
-        && origin != tinyci_web::render::origin_of(public_url)
+        && !tinyci_web::render::same_origin(origin, public_url)
     {
         return page(
             StatusCode::FORBIDDEN,

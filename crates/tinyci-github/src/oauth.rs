@@ -130,7 +130,8 @@ impl States {
         if age(now, issued.issued) >= STATE_TTL {
             return Err(StateError::Expired);
         }
-        if session != Some(issued.session.as_str()) {
+        // The session cookie is a secret: compared in constant time, as every secret is.
+        if !session.is_some_and(|s| constant_time_eq(s.as_bytes(), issued.session.as_bytes())) {
             return Err(StateError::WrongSession);
         }
         Ok(Taken {

@@ -70,8 +70,12 @@ pub fn verify_signature(
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
         .map_err(|_| WebhookError::SignatureMismatch)?;
     mac.update(body);
-    mac.verify_slice(&expected)
-        .map_err(|_| WebhookError::SignatureMismatch)
+    // Through the one constant-time primitive every secret comparison uses.
+    if tinyci_core::constant_time_eq(&mac.finalize().into_bytes(), &expected) {
+        Ok(())
+    } else {
+        Err(WebhookError::SignatureMismatch)
+    }
 }
 
 /// What a `pull_request` delivery reports.

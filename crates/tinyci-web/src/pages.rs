@@ -35,8 +35,8 @@ use tracing::{debug, info, warn};
 
 use crate::AnsiHtml;
 use crate::render::{
-    RUN_JS, SITE_CSS, badge, counts, format_time, html_escape, human_size, origin_of,
-    percent_decode, percent_encode_path, short_ref, short_sha, sse_event,
+    RUN_JS, SITE_CSS, badge, counts, html_escape, human_size, percent_decode, percent_encode_path,
+    same_origin, short_ref, short_sha, sse_event, time_element,
 };
 use crate::server::{Body, LocalStream, SESSION_COOKIE, read_body, session_cookie, whole};
 use crate::view::{Backend, GrantEnd, RunView, SignedIn, SubmissionView, Viewer, WebSettings};
@@ -169,27 +169,6 @@ fn asset(content_type: &'static str, text: &'static str) -> WebReply {
     whole(response)
 }
 
-/// The headers every page carries: no caching (pages show live state and are per user), no
-/// framing, no script or style from anywhere but this site, no inline script.
-fn secure_headers(headers: &mut http::HeaderMap) {
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-             connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
-        ),
-    );
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
-}
-
 /// A whole page: `body` is trusted HTML (every value in it escaped by its maker).
 fn page(
     status: StatusCode,
@@ -222,7 +201,6 @@ fn page(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
-    secure_headers(response.headers_mut());
     response
 }
 
@@ -316,14 +294,14 @@ async fn front_page<B: Backend>(cx: &Cx<'_, B>, request: &Request<Incoming>) -> 
                 rows,
                 "<tr><td><a href=\"/submissions/{id}\">{id}</a></td><td>{status}</td>\
                  <td>{repo}</td><td class=\"ref\">{git_ref} <code>{sha}</code></td>\
-                 <td>{title}</td><td>{counts}</td><td><time>{when}</time></td></tr>",
+                 <td>{title}</td><td>{counts}</td><td>{when}</td></tr>",
                 status = badge(RunStatus::of_submission(statuses.iter().copied())),
                 repo = html_escape(&submission.repo),
                 git_ref = html_escape(short_ref(&submission.git_ref)),
                 sha = html_escape(short_sha(&submission.sha)),
                 title = html_escape(&submission.title),
                 counts = html_escape(&counts(&statuses)),
-                when = format_time(submission.created_at),
+                when = time_element(submission.created_at),
             );
             if shown == FRONT_PAGE_SUBMISSIONS || scanned == FRONT_PAGE_SCAN {
                 break 'pages;
@@ -380,7 +358,7 @@ async fn submission_page<B: Backend>(
             status = badge(run.status),
             queue = html_escape(&run.queue),
             runner = html_escape(run.runner.as_deref().unwrap_or("—")),
-            started = run.started_at.map_or("—".to_owned(), format_time),
+            started = run.started_at.map_or("—".to_owned(), time_element),
             took = duration_of(run, now),
         );
     }
@@ -421,7 +399,7 @@ fn submission_facts(submission: &SubmissionView) -> String {
         ),
         ("Title", html_escape(&submission.title)),
         ("Submitted by", html_escape(&submission.submitted_by)),
-        ("Created", format_time(submission.created_at)),
+        ("Created", time_element(submission.created_at)),
     ] {
         let _ = write!(facts, "<dt>{term}</dt><dd>{value}</dd>");
     }
@@ -476,10 +454,10 @@ async fn run_page<B: Backend>(cx: &Cx<'_, B>, request: &Request<Incoming>, id: &
             "Attempt",
             format!("{} of {}", run.attempt, run.max_attempts),
         ),
-        ("Created", format_time(run.created_at)),
+        ("Created", time_element(run.created_at)),
         (
             "Started",
-            run.started_at.map_or("—".to_owned(), format_time),
+            run.started_at.map_or("—".to_owned(), time_element),
         ),
         ("Took", duration_of(&run, now)),
     ] {
@@ -526,11 +504,11 @@ async fn run_page<B: Backend>(cx: &Cx<'_, B>, request: &Request<Incoming>, id: &
         String::new()
     };
     let body = format!(
-        "<p class=\"status-line\">Status: <strong id=\"status\" data-status=\"{status_word}\">{status_badge}</strong></p>\n\
+        "<p class=\"status-line\" role=\"status\" aria-live=\"polite\">Status: <strong id=\"status\" data-status=\"{status_word}\">{status_badge}</strong></p>\n\
          <dl>{facts}</dl>\n<div class=\"actions\">{actions}</div>\n\
          <h2>Log <a class=\"small\" href=\"/runs/{run_id}/log\">raw</a></h2>\n{earlier}\
-         <pre id=\"log\" data-offset=\"{end}\" data-live=\"{live}\" data-events=\"/runs/{run_id}/events\">{rendered}</pre>\n\
-         <p id=\"follow\" class=\"note\">{follow_note}</p>\n\
+         <pre id=\"log\" role=\"log\" tabindex=\"0\" aria-label=\"Log of run {run_id}\" data-offset=\"{end}\" data-live=\"{live}\" data-events=\"/runs/{run_id}/events\">{rendered}</pre>\n\
+         <p id=\"follow\" class=\"note\" role=\"status\" aria-live=\"polite\">{follow_note}</p>\n\
          <h2>Artifacts</h2>\n<div id=\"artifacts\">{artifacts}</div>\n\
          <script src=\"/static/run.js\" defer></script>",
         status_word = status.as_str(),
@@ -789,7 +767,6 @@ async fn raw_log<B: Backend>(cx: &Cx<'_, B>, request: &Request<Incoming>, id: &s
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    secure_headers(headers);
     response
 }
 
@@ -864,7 +841,6 @@ async fn artifact<B: Backend>(
     if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\"")) {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
-    secure_headers(headers);
     response
 }
 
@@ -897,7 +873,7 @@ async fn act<B: Backend>(
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok()),
         &cx.settings.public_url,
-    ) && origin != origin_of(public_url)
+    ) && !same_origin(origin, public_url)
     {
         return forbidden(&format!(
             "{action} refused: the form was posted from {origin}, not from this site"

@@ -61,6 +61,19 @@ pub fn short_ref(git_ref: &str) -> &str {
 
 /// Epoch milliseconds as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn format_time(ms: u64) -> String {
+    let (date, time) = civil(ms);
+    format!("{date} {time} UTC")
+}
+
+/// Epoch milliseconds as a `<time>` element: read as [`format_time`] says it, machine-read
+/// (and by assistive technology) from its `datetime`, `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn time_element(ms: u64) -> String {
+    let (date, time) = civil(ms);
+    format!("<time datetime=\"{date}T{time}Z\">{date} {time} UTC</time>")
+}
+
+/// Epoch milliseconds as a UTC civil date `YYYY-MM-DD` and time `HH:MM:SS`.
+fn civil(ms: u64) -> (String, String) {
     let secs = ms / 1000;
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let rem = secs % 86_400;
@@ -74,11 +87,9 @@ pub fn format_time(ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
+    (
+        format!("{year:04}-{month:02}-{day:02}"),
+        format!("{:02}:{:02}:{:02}", rem / 3600, (rem % 3600) / 60, rem % 60),
     )
 }
 
@@ -130,12 +141,16 @@ pub fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The origin (`scheme://host[:port]`) of a base URL, as browsers send it in `Origin`.
-pub fn origin_of(url: &str) -> &str {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    match url[after_scheme..].find('/') {
-        Some(slash) => &url[..after_scheme + slash],
-        None => url,
+/// Whether an `Origin` header names the origin of `public_url`, compared as origins (scheme,
+/// host, port) after URL parsing: `https://CI.example.com` is `https://ci.example.com:443/`.
+/// An opaque origin (`null`, a `file:` page) or anything unparsable is never this site.
+pub fn same_origin(origin: &str, public_url: &str) -> bool {
+    match (url::Url::parse(origin), url::Url::parse(public_url)) {
+        (Ok(origin), Ok(site)) => {
+            let (origin, site) = (origin.origin(), site.origin());
+            origin.is_tuple() && origin == site
+        }
+        _ => false,
     }
 }
 
@@ -182,6 +197,10 @@ mod tests {
         assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(format_time(1_795_833_296_000), "2026-11-28 02:34:56 UTC");
         assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(
+            time_element(1_795_833_296_000),
+            "<time datetime=\"2026-11-28T02:34:56Z\">2026-11-28 02:34:56 UTC</time>"
+        );
     }
 
     #[test]
@@ -200,20 +219,34 @@ mod tests {
     }
 
     #[test]
-    fn origins_are_compared_whole() {
-        assert_eq!(
-            origin_of("https://ci.example.com"),
-            "https://ci.example.com"
-        );
-        assert_eq!(
-            origin_of("https://ci.example.com/tinyci"),
-            "https://ci.example.com"
-        );
-        assert_eq!(
-            origin_of("http://127.0.0.1:12345"),
-            "http://127.0.0.1:12345"
-        );
-        assert_ne!(origin_of("http://127.0.0.1:12345"), "http://127.0.0.1:1");
+    fn origins_are_compared_after_normalization() {
+        for (origin, public_url) in [
+            ("https://ci.example.com", "https://ci.example.com"),
+            ("https://ci.example.com", "https://ci.example.com/tinyci"),
+            ("https://ci.example.com", "https://ci.example.com:443"),
+            ("https://ci.example.com", "https://CI.Example.COM/"),
+            ("https://CI.example.com", "https://ci.example.com"),
+            ("HTTPS://ci.example.com:443", "https://ci.example.com"),
+            ("http://127.0.0.1:12345", "http://127.0.0.1:12345/"),
+            ("http://[::1]:8080", "http://[0:0:0:0:0:0:0:1]:8080"),
+        ] {
+            assert!(same_origin(origin, public_url), "{origin} vs {public_url}");
+        }
+        for (origin, public_url) in [
+            ("http://127.0.0.1:1", "http://127.0.0.1:12345"),
+            ("http://ci.example.com", "https://ci.example.com"),
+            ("https://ci.example.com:8443", "https://ci.example.com"),
+            (
+                "https://ci.example.com.evil.example",
+                "https://ci.example.com",
+            ),
+            ("https://evil.example", "https://ci.example.com"),
+            ("null", "https://ci.example.com"),
+            ("", "https://ci.example.com"),
+            ("file:///etc/passwd", "file:///etc/passwd"),
+        ] {
+            assert!(!same_origin(origin, public_url), "{origin} vs {public_url}");
+        }
     }
 
     #[test]

@@ -24,6 +24,10 @@ const PRIVATE: &str = "closed/source";
 #[error("the store is closed")]
 struct Closed;
 
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ObserverFailed(String);
+
 /// A site with one public run (`r-1`) and one private run (`r-2`), and one signed-in browser
 /// (cookie `c1`, anti-forgery token `t1`).
 #[derive(Default)]
@@ -36,6 +40,35 @@ struct FakeSite {
     log_len: usize,
     /// Woken when the hook endpoint starts reading its body.
     hook_reading: Rc<tokio::sync::Notify>,
+    /// Every name and text it answers with is markup meant to run in the browser.
+    hostile: bool,
+    /// Woken once a follower's stream has taken the hostile status change: the log follow
+    /// waits for it, so the stream carries both, in that order, every time.
+    status_taken: Rc<tokio::sync::Notify>,
+}
+
+/// Markup in a name or a log: shown as text on every page, never obeyed.
+const HOSTILE: &str =
+    "<img src=x onerror=alert(1)>\"'><svg onload=alert(2)></textarea><script>alert(3)</script>";
+/// What must never reach a page unescaped.
+const HOSTILE_MARKUP: [&str; 4] = ["<img src=x", "<svg onload", "<script>alert", "</textarea>"];
+/// The repository a hostile site's runs are in: a public one, so every page shows them.
+const HOSTILE_REPO: &str = "evil/<img src=x onerror=alert(1)>";
+
+/// `run` with every text field hostile.
+fn hostile_run(id: u64) -> RunView {
+    RunView {
+        repo: HOSTILE_REPO.to_owned(),
+        git_ref: format!("refs/heads/{HOSTILE}"),
+        sha: HOSTILE.to_owned(),
+        task_dir: HOSTILE.to_owned(),
+        name: HOSTILE.to_owned(),
+        queue: HOSTILE.to_owned(),
+        runner: Some(HOSTILE.to_owned()),
+        message: Some(HOSTILE.to_owned()),
+        status: RunStatus::Running,
+        ..run(id, HOSTILE_REPO)
+    }
 }
 
 const LOG_PAGE: usize = 64 * 1024;
@@ -116,6 +149,9 @@ impl Backend for FakeSite {
         Ok(views)
     }
     fn run(&self, id: RunId) -> Result<Option<RunView>, ViewError> {
+        if self.hostile {
+            return Ok((id.get() == 1).then(|| hostile_run(1)));
+        }
         Ok(match id.get() {
             1 => Some(run(1, PUBLIC)),
             2 => Some(run(2, PRIVATE)),
@@ -128,8 +164,12 @@ impl Backend for FakeSite {
             repo: r.repo,
             git_ref: r.git_ref,
             sha: r.sha,
-            title: format!("change {id}"),
-            submitted_by: "ada".to_owned(),
+            title: if self.hostile {
+                HOSTILE.to_owned()
+            } else {
+                format!("change {id}")
+            },
+            submitted_by: if self.hostile { HOSTILE } else { "ada" }.to_owned(),
             created_at: 0,
         }))
     }
@@ -137,18 +177,35 @@ impl Backend for FakeSite {
         Ok(self.run(RunId(id.get()))?.into_iter().collect())
     }
     fn tier(&self, _run: &RunView) -> Option<String> {
-        Some("repo".to_owned())
+        Some(if self.hostile { HOSTILE } else { "repo" }.to_owned())
     }
     fn waiting_reason(&self, _id: RunId) -> Option<String> {
-        None
+        self.hostile.then(|| HOSTILE.to_owned())
     }
     fn watch(&self, _submission: SubmissionId) -> RunChanges {
+        if self.hostile {
+            // A status change naming a hostile runner, then nothing.
+            let mut update = hostile_run(1);
+            update.runner = Some(format!("{HOSTILE} 2"));
+            let taken = self.status_taken.clone();
+            let then_nothing = futures::stream::once(async move {
+                taken.notify_one();
+                std::future::pending::<RunView>().await
+            });
+            return Box::pin(futures::stream::iter([update]).chain(then_nothing));
+        }
         Box::pin(futures::stream::pending())
     }
     async fn log_tail(&self, _run: RunId, _max: u64) -> Result<(u64, Vec<u8>), ViewError> {
+        if self.hostile {
+            return Ok((0, format!("\x1b[31m{HOSTILE}\x1b[0m\n").into_bytes()));
+        }
         Ok((0, b"plain \x1b[31mred <b>\x1b[0m\n".to_vec()))
     }
     fn log(&self, _run: RunId) -> LogPages {
+        if self.hostile {
+            return Box::pin(futures::stream::iter([Ok(HOSTILE.as_bytes().to_vec())]));
+        }
         if self.log_len == 0 {
             return Box::pin(futures::stream::once(async { Err(ViewError::new(Closed)) }));
         }
@@ -158,14 +215,35 @@ impl Backend for FakeSite {
             Ok(vec![b'x'; LOG_PAGE])
         }))
     }
-    fn follow(&self, _run: RunId, _from: u64, _observer: log_observer::Client) -> Follow {
-        Box::pin(std::future::pending())
+    fn follow(&self, _run: RunId, from: u64, observer: log_observer::Client) -> Follow {
+        if !self.hostile {
+            return Box::pin(std::future::pending());
+        }
+        // A hostile chunk, then the end (which sends the artifact list).
+        let status_taken = self.status_taken.clone();
+        Box::pin(async move {
+            status_taken.notified().await;
+            let fail = |e: capnp::Error| ViewError::new(ObserverFailed(e.to_string()));
+            let mut chunk = observer.chunk_request();
+            {
+                let mut c = chunk.get().init_chunk();
+                c.set_offset(from);
+                c.set_data(format!("\x1b[1m{HOSTILE}\n").as_bytes());
+            }
+            chunk.send().await.map_err(fail)?;
+            let mut done = observer.done_request();
+            done.get().set_status(tinyci_schema::RunStatus::Passed);
+            done.send().promise.await.map_err(fail)?;
+            Ok(())
+        })
     }
     fn artifacts(&self, _run: RunId) -> Result<Vec<ArtifactView>, ViewError> {
-        Ok(vec![ArtifactView {
-            name: "out/report.txt".to_owned(),
-            size: 2048,
-        }])
+        let name = if self.hostile {
+            format!("out/{HOSTILE}")
+        } else {
+            "out/report.txt".to_owned()
+        };
+        Ok(vec![ArtifactView { name, size: 2048 }])
     }
     fn artifact(&self, _run: RunId, _name: &str) -> Result<Option<ArtifactFile>, ViewError> {
         Ok(None)
@@ -229,17 +307,26 @@ where
     F: FnOnce(std::net::SocketAddr, Rc<FakeSite>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    let settings = WebSettings {
+        public_repos: BTreeSet::from([PUBLIC.to_owned()]),
+        public_url: None,
+        limits,
+    };
+    with_settings(site, settings, test).await;
+}
+
+/// As [`with_site`], with all the web settings given.
+async fn with_settings<F, Fut>(site: FakeSite, settings: WebSettings, test: F)
+where
+    F: FnOnce(std::net::SocketAddr, Rc<FakeSite>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let site = Rc::new(site);
-            let settings = WebSettings {
-                public_repos: BTreeSet::from([PUBLIC.to_owned()]),
-                public_url: None,
-                limits,
-            };
             let stop = shutdown_signal();
             let server = tokio::task::spawn_local(tinyci_web::serve(
                 listener,
@@ -521,6 +608,226 @@ async fn bodies_being_received_share_one_bounded_budget() {
         first.read_to_string(&mut answer).await.unwrap_or_default();
         assert!(answer.contains("950 bytes"), "{answer}");
         drop(crowd);
+    })
+    .await;
+}
+
+/// The headers every answer carries, whatever made it: a page, an error, a 404 with no page,
+/// an endpoint the site answers (the login steps, the hooks), a health check.
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() {
+    with_site(FakeSite::default(), |addr, _| async move {
+        let answers = [
+            ("front page", get(addr, "/", None).await),
+            ("run page", get(addr, "/runs/r-1", None).await),
+            ("missing run", get(addr, "/runs/r-999", None).await),
+            ("no such page", get(addr, "/nope", None).await),
+            ("no such endpoint", get(addr, "/oauth/nope", None).await),
+            ("site endpoint", get(addr, "/hooks/github", None).await),
+            ("health", get(addr, "/healthz", None).await),
+            (
+                "refused post",
+                post(addr, "/runs/r-1/cancel", "c1", "csrf=t1").await,
+            ),
+            (
+                "not allowed",
+                ask(
+                    addr,
+                    "PUT / HTTP/1.1\r\nHost: ci\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+                .await,
+            ),
+        ];
+        for (what, answer) in answers {
+            let head = answer.text.split("\r\n\r\n").next().unwrap().to_lowercase();
+            for header in [
+                "content-security-policy: default-src 'none'; script-src 'self'",
+                "frame-ancestors 'none'",
+                "x-content-type-options: nosniff",
+                "referrer-policy: same-origin",
+                "cache-control: no-store",
+            ] {
+                assert!(head.contains(header), "{what} lacks {header}:\n{head}");
+            }
+        }
+        // Static files keep their own caching, and the rest.
+        let css = get(addr, "/static/site.css", None).await;
+        let head = css.text.split("\r\n\r\n").next().unwrap().to_lowercase();
+        assert!(head.contains("cache-control: public"), "{head}");
+        assert!(head.contains("content-security-policy"), "{head}");
+    })
+    .await;
+}
+
+/// A form posted from this site is recognized however `public_url` spells its origin (case,
+/// default port, a path); one from anywhere else is refused.
+#[tokio::test]
+async fn the_origin_of_a_form_is_compared_as_an_origin() {
+    let settings = WebSettings {
+        public_repos: BTreeSet::from([PUBLIC.to_owned()]),
+        public_url: Some("https://CI.Example.com:443/tinyci".to_owned()),
+        limits: WebLimits::default(),
+    };
+    with_settings(FakeSite::default(), settings, |addr, _| async move {
+        let posted_from = |origin: &'static str| async move {
+            ask(
+                addr,
+                &format!(
+                    "POST /runs/r-1/cancel HTTP/1.1\r\nHost: ci\r\nOrigin: {origin}\r\n\
+                     Cookie: tinyci_session=c1\r\n\
+                     Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\
+                     Connection: close\r\n\r\ncsrf=t1"
+                ),
+            )
+            .await
+        };
+        for same in ["https://ci.example.com", "https://CI.EXAMPLE.COM:443"] {
+            let answer = posted_from(same).await;
+            assert!(
+                !answer.text.contains("was posted from"),
+                "{same}: {}",
+                answer.text
+            );
+        }
+        for other in [
+            "https://ci.example.com:8443",
+            "http://ci.example.com",
+            "https://ci.example.com.evil.example",
+            "null",
+        ] {
+            let answer = posted_from(other).await;
+            assert_eq!(answer.status, 403, "{other}");
+            assert!(
+                answer.text.contains("was posted from"),
+                "{other}: {}",
+                answer.text
+            );
+        }
+    })
+    .await;
+}
+
+/// The run page says its status and the follow line to screen readers as they change, its log
+/// is a keyboard-focusable log region, and its times carry machine-readable `datetime`s.
+#[tokio::test]
+async fn the_run_page_is_announced_and_navigable() {
+    with_site(FakeSite::default(), |addr, _| async move {
+        let page = get(addr, "/runs/r-1", None).await.text;
+        assert!(
+            page.contains("<p class=\"status-line\" role=\"status\" aria-live=\"polite\">"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<p id=\"follow\" class=\"note\" role=\"status\" aria-live=\"polite\">"),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "<pre id=\"log\" role=\"log\" tabindex=\"0\" aria-label=\"Log of run r-1\""
+            ),
+            "{page}"
+        );
+        assert!(
+            page.contains("<time datetime=\"1970-01-01T00:00:00Z\">1970-01-01 00:00:00 UTC</time>"),
+            "{page}"
+        );
+        let front = get(addr, "/", None).await.text;
+        assert!(front.contains("<time datetime=\""), "{front}");
+    })
+    .await;
+}
+
+/// Hostile repository, ref, task, run, runner, queue, message, title, submitter, tier and
+/// artifact names and log text, through every page and the live stream: shown as text,
+/// never obeyed.
+#[tokio::test]
+async fn hostile_names_and_logs_are_text_on_every_page_and_in_the_stream() {
+    let site = FakeSite {
+        hostile: true,
+        ..FakeSite::default()
+    };
+    let settings = WebSettings {
+        public_repos: BTreeSet::from([HOSTILE_REPO.to_owned()]),
+        public_url: None,
+        limits: WebLimits::default(),
+    };
+    with_settings(site, settings, |addr, _| async move {
+        let unobeyed = |what: &str, html: &str| {
+            for markup in HOSTILE_MARKUP {
+                assert!(
+                    !html.contains(markup),
+                    "{what} carries {markup} unescaped:\n{html}"
+                );
+            }
+        };
+        let pages = [
+            ("front page", "/"),
+            ("submission page", "/submissions/s-1"),
+            ("run page", "/runs/r-1"),
+            (
+                "a missing page named with markup",
+                "/runs/%3Cscript%3Ealert(3)%3C/script%3E",
+            ),
+            ("a path with markup", "/<script>alert(3)</script>"),
+        ];
+        for (what, path) in pages {
+            let answer = get(addr, path, None).await;
+            unobeyed(what, &answer.text);
+        }
+        // The payload is there, as text: a page that dropped it would pass the check above.
+        let run_page = get(addr, "/runs/r-1", None).await.text;
+        assert!(
+            run_page.contains("&lt;img src=x onerror=alert(1)&gt;&quot;&#39;&gt;&lt;svg"),
+            "{run_page}"
+        );
+        let front = get(addr, "/", None).await.text;
+        assert!(
+            front.contains("evil/&lt;img src=x onerror=alert(1)&gt;"),
+            "{front}"
+        );
+
+        // The raw log is the job's bytes, as plain text a browser must not sniff as HTML.
+        let raw = get(addr, "/runs/r-1/log", None).await.text;
+        let head = raw.split("\r\n\r\n").next().unwrap().to_lowercase();
+        assert!(head.contains("content-type: text/plain"), "{head}");
+        assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+
+        // The stream: chunks and the artifact list are HTML the page inserts, so escaped; the
+        // status is text the page sets with textContent.
+        let stream = get(addr, "/runs/r-1/events", None).await.text;
+        let mut kinds = Vec::new();
+        for event in stream.split("\n\n") {
+            let kind = event
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or_default();
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
+            match kind {
+                "chunk" | "artifacts" => {
+                    unobeyed(kind, &data.join("\n"));
+                    assert!(data.join("\n").contains("&lt;img src=x"), "{kind}: {event}");
+                }
+                "status" | "done" => {}
+                _ => continue,
+            }
+            kinds.push(kind.to_owned());
+        }
+        for kind in ["status", "chunk", "artifacts", "done"] {
+            assert!(
+                kinds.iter().any(|k| k == kind),
+                "no {kind} event in {stream}"
+            );
+        }
+        let script = tinyci_web::render::RUN_JS;
+        assert!(script.contains("status.textContent = text;"));
+        assert_eq!(
+            script.matches("innerHTML").count() + script.matches("insertAdjacentHTML").count(),
+            2,
+            "only the chunk and the artifact list (both escaped by the site) are inserted as HTML"
+        );
     })
     .await;
 }
