@@ -18,6 +18,7 @@ mod isolation;
 mod jobs;
 mod logs;
 mod metrics;
+mod packaging;
 mod partition;
 mod runners;
 mod secrets;

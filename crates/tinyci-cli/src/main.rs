@@ -2,6 +2,7 @@
 //! errors into one readable message and a documented exit code. `anyhow` lives here only.
 
 mod artifacts;
+mod docs;
 mod federation;
 mod github;
 mod gitsource;
@@ -89,12 +90,14 @@ enum Command {
     Federation(federation::FederationCommand),
     /// List sites found over mDNS and static peers: own, pinned partner, or untrusted.
     Peers(federation::PeersArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Write the manual pages (tinyci.1 and one per subcommand).
+    Man(docs::ManArgs),
 }
 
 fn main() -> ExitCode {
-    let matches = with_exit_codes(Cli::command())
-        .after_help(format!("{EXIT_CODES}\n\n{}", util::ENVIRONMENT))
-        .get_matches();
+    let matches = cli_command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_tracing(cli.log_format, cli.command.default_log_level());
     let result = match cli.command {
@@ -112,6 +115,8 @@ fn main() -> ExitCode {
         Command::Secret(command) => secret::secret(command),
         Command::Federation(command) => federation::federation(command),
         Command::Peers(args) => federation::peers(args),
+        Command::Completions(args) => docs::completions(args, cli_command()),
+        Command::Man(args) => docs::man(args, cli_command()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,6 +138,12 @@ impl Command {
             _ => "warn",
         }
     }
+}
+
+/// The whole command line as parsed, helped and documented: exit codes on every command,
+/// the environment on the top one.
+fn cli_command() -> clap::Command {
+    with_exit_codes(Cli::command()).after_help(format!("{EXIT_CODES}\n\n{}", util::ENVIRONMENT))
 }
 
 /// Puts the exit codes on every command's and subcommand's `--help`.
