@@ -169,7 +169,7 @@ fn grant_input_errors_are_named() {
                 "7y",
             ],
             2,
-            "invalid duration \"7y\"",
+            "\"7y\" is not a duration",
         ),
         (
             &["token", "attenuate", "not-a-token", "--queue", "a"],
