@@ -303,6 +303,16 @@ fn login(state: &Endpoints, request: &Request<Incoming>) -> Reply {
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
+    // The form posts here, and the answer redirects to GitHub: Chromium holds a post's
+    // redirects to form-action too, so the policy names GitHub's origin, and only it.
+    let github_origin = tinyci_web::render::origin_of(&github.settings.web_url);
+    let targets: Vec<&str> = github_origin.iter().map(String::as_str).collect();
+    let policy = tinyci_web::render::content_security_policy(&targets);
+    if let Ok(value) = header::HeaderValue::from_str(&policy) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, value);
+    }
     with_session(response, &session, new_session, public_url)
 }
 

@@ -507,7 +507,7 @@ async fn run_page<B: Backend>(cx: &Cx<'_, B>, request: &Request<Incoming>, id: &
         "<p class=\"status-line\" role=\"status\" aria-live=\"polite\">Status: <strong id=\"status\" data-status=\"{status_word}\">{status_badge}</strong></p>\n\
          <dl>{facts}</dl>\n<div class=\"actions\">{actions}</div>\n\
          <h2>Log <a class=\"small\" href=\"/runs/{run_id}/log\">raw</a></h2>\n{earlier}\
-         <pre id=\"log\" role=\"log\" tabindex=\"0\" aria-label=\"Log of run {run_id}\" data-offset=\"{end}\" data-live=\"{live}\" data-events=\"/runs/{run_id}/events\">{rendered}</pre>\n\
+         <pre id=\"log\" role=\"log\" aria-live=\"off\" tabindex=\"0\" aria-label=\"Log of run {run_id}\" data-offset=\"{end}\" data-live=\"{live}\" data-events=\"/runs/{run_id}/events\">{rendered}</pre>\n\
          <p id=\"follow\" class=\"note\" role=\"status\" aria-live=\"polite\">{follow_note}</p>\n\
          <h2>Artifacts</h2>\n<div id=\"artifacts\">{artifacts}</div>\n\
          <script src=\"/static/run.js\" defer></script>",

@@ -141,6 +141,28 @@ pub fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The `Content-Security-Policy` every answer carries: nothing from anywhere but this site,
+/// no inline script, no framing; forms post to this site and to `form_targets` (origins), and
+/// only there, redirects after a post included (Chromium applies `form-action` to those).
+pub fn content_security_policy(form_targets: &[&str]) -> String {
+    let mut form_action = String::from("'self'");
+    for target in form_targets {
+        form_action.push(' ');
+        form_action.push_str(target);
+    }
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+         connect-src 'self'; form-action {form_action}; base-uri 'none'; frame-ancestors 'none'"
+    )
+}
+
+/// The origin of `url` as a header or a policy writes it (`https://github.com`), if it has
+/// one (an opaque origin has none).
+pub fn origin_of(url: &str) -> Option<String> {
+    let origin = url::Url::parse(url).ok()?.origin();
+    origin.is_tuple().then(|| origin.ascii_serialization())
+}
+
 /// Whether an `Origin` header names the origin of `public_url`, compared as origins (scheme,
 /// host, port) after URL parsing: `https://CI.example.com` is `https://ci.example.com:443/`.
 /// An opaque origin (`null`, a `file:` page) or anything unparsable is never this site.

@@ -723,7 +723,7 @@ async fn the_run_page_is_announced_and_navigable() {
         );
         assert!(
             page.contains(
-                "<pre id=\"log\" role=\"log\" tabindex=\"0\" aria-label=\"Log of run r-1\""
+                "<pre id=\"log\" role=\"log\" aria-live=\"off\" tabindex=\"0\" aria-label=\"Log of run r-1\""
             ),
             "{page}"
         );
@@ -760,18 +760,26 @@ async fn hostile_names_and_logs_are_text_on_every_page_and_in_the_stream() {
                 );
             }
         };
+        // Each with the status it must get: a page that was not served proves nothing.
         let pages = [
-            ("front page", "/"),
-            ("submission page", "/submissions/s-1"),
-            ("run page", "/runs/r-1"),
+            ("front page", "/", 200),
+            ("submission page", "/submissions/s-1", 200),
+            ("run page", "/runs/r-1", 200),
             (
-                "a missing page named with markup",
-                "/runs/%3Cscript%3Ealert(3)%3C/script%3E",
+                "a missing run named with markup",
+                "/runs/%3Cscript%3Ealert(3)%3C%2Fscript%3E",
+                // Anonymous: the sign-in page, the same for a missing run as a private one.
+                401,
             ),
-            ("a path with markup", "/<script>alert(3)</script>"),
+            (
+                "a path with markup",
+                "/x/%3Cscript%3Ealert(3)%3C/script%3E",
+                404,
+            ),
         ];
-        for (what, path) in pages {
+        for (what, path, status) in pages {
             let answer = get(addr, path, None).await;
+            assert_eq!(answer.status, status, "{what}: {}", answer.text);
             unobeyed(what, &answer.text);
         }
         // The payload is there, as text: a page that dropped it would pass the check above.
