@@ -88,8 +88,18 @@ impl Namespaces {
                 env!("CARGO_BIN_EXE_tinyci"),
             ])
             .args(args)
-            .current_dir(dir)
-            .env_remove("RUST_LOG");
+            .current_dir(dir);
+        // As support::tinyci(): the caller's environment decides nothing here.
+        for name in [
+            "RUST_LOG",
+            "TINYCI_CONFIG",
+            "TINYCI_PROFILE",
+            "TINYCI_TOKEN",
+            "NO_COLOR",
+        ] {
+            command.env_remove(name);
+        }
+        command.env("XDG_CONFIG_HOME", "/nonexistent/tinyci-tests");
         command
     }
 }

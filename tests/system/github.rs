@@ -750,7 +750,7 @@ fn cli_login_in_browser_with(
     session: &str,
 ) -> (String, Result<String, (u16, String)>) {
     let cookie = format!("tinyci_session={session}");
-    let (status, _, page) = http(&site.http, "GET", target, &[("cookie", &cookie)], b"");
+    let (status, page_head, page) = http(&site.http, "GET", target, &[("cookie", &cookie)], b"");
     assert_eq!(status, 200, "{page}");
     let session = session.to_owned();
     let field = |name: &str| {
@@ -774,6 +774,15 @@ fn cli_login_in_browser_with(
         return (session, Err((status, page)));
     }
     let location = header(&answer, "location").unwrap();
+    // The form's page lets it post here and be redirected on to GitHub, and nowhere else: a
+    // browser holds a post's redirects to form-action too.
+    let after_scheme = location.find("://").unwrap() + 3;
+    let github = &location[..after_scheme + location[after_scheme..].find('/').unwrap()];
+    let policy = header(&page_head, "content-security-policy").unwrap();
+    assert!(
+        policy.contains(&format!("form-action 'self' {github};")),
+        "{policy}"
+    );
     let state = location
         .split(['?', '&'])
         .find_map(|p| p.strip_prefix("state="))
@@ -1578,6 +1587,21 @@ fn acting_from_the_environment(
         "TINYCI_PROFILE",
     );
 
+    // A site the command line names beats TINYCI_PROFILE: its admin acts.
+    let named = {
+        let mut command = crate::support::tinyci();
+        command
+            .current_dir(site.dir.path())
+            .args(["logs", secret_run, "--addr", &site.addr])
+            .env("TINYCI_PROFILE", profile);
+        command.output().unwrap()
+    };
+    assert!(
+        matches!(named.status.code(), Some(0 | 4)),
+        "{}",
+        text(&named.stderr)
+    );
+
     // With no site configuration here, the one login profile under XDG_CONFIG_HOME.
     let config_home = tempfile::tempdir().unwrap();
     let profiles = config_home.path().join("tinyci");
@@ -1632,16 +1656,19 @@ fn acting_from_the_environment(
         "TINYCI_TOKEN",
     );
     let other = logs(site.dir.path(), secret_run, &env);
+    assert_eq!(other.status.code(), Some(1), "{}", text(&other.stderr));
     assert!(
-        !other.status.success(),
-        "a grant for {REPO} read {secret_run}"
+        text(&other.stderr).contains(&format!("no run \"{secret_run}\"")),
+        "a grant for {REPO} read {secret_run}: {}",
+        text(&other.stderr)
     );
-    // Both set is refused rather than one picked.
+    // Both set, and no site named (which would rule the profile out), is refused rather than
+    // one picked.
     let both = {
         let mut command = crate::support::tinyci();
         command
             .current_dir(site.dir.path())
-            .args(["logs", hello_run, "--addr", &site.addr])
+            .args(["logs", hello_run])
             .env("TINYCI_TOKEN", &token)
             .env("TINYCI_PROFILE", profile);
         command.output().unwrap()

@@ -88,6 +88,11 @@ fn the_systemd_units_verify_with_this_binary() {
         .arg(env!("CARGO_BIN_EXE_tinyci"))
         .output()
         .unwrap();
+    // Exit 2: the tools are too old (verify --root needs systemd 250) or missing.
+    if out.status.code() == Some(2) && std::env::var_os("TINYCI_REQUIRE_SYSTEMD").is_none() {
+        eprintln!("SKIP: {}", text(&out.stderr));
+        return;
+    }
     assert!(
         out.status.success(),
         "{}\n{}",

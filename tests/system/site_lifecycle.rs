@@ -278,3 +278,32 @@ fn sigterm_during_a_burst_of_submissions_loses_no_acknowledged_one() {
         acknowledged.len()
     );
 }
+
+/// Only ./site.toml is made on demand: a configuration TINYCI_CONFIG names that is missing is
+/// an error, not a fresh site (a new CA and keys) in the current directory.
+#[test]
+fn a_missing_config_named_by_the_environment_is_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::support::tinyci()
+        .current_dir(dir.path())
+        .args(["site", "up"])
+        .env("TINYCI_CONFIG", dir.path().join("typo.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("typo.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "site up left {left:?}");
+    // A partner --site with no grant at all is a bad command line.
+    let partner = run_in(dir.path(), &["logs", "r-1", "--site", "beta"]);
+    assert_eq!(partner.status.code(), Some(2), "{}", text(&partner.stderr));
+    assert!(
+        text(&partner.stderr).contains("--site beta needs a grant"),
+        "{}",
+        text(&partner.stderr)
+    );
+}

@@ -43,15 +43,19 @@ pub(crate) fn completions(args: CompletionsArgs, mut command: clap::Command) -> 
 pub(crate) fn man(args: ManArgs, command: clap::Command) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let pages = 1 + subcommands(&command);
     clap_mangen::generate_to(command, &args.out)
         .with_context(|| format!("cannot write the manual pages to {}", args.out.display()))?;
-    let written = std::fs::read_dir(&args.out)
-        .map(|dir| {
-            dir.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".1"))
-                .count()
-        })
-        .unwrap_or(0);
-    eprintln!("wrote {written} manual pages to {}", args.out.display());
+    eprintln!("wrote {pages} manual pages to {}", args.out.display());
     Ok(())
+}
+
+/// How many pages `command`'s subcommands get: every one clap_mangen writes (not hidden, not
+/// clap's own `help`).
+fn subcommands(command: &clap::Command) -> usize {
+    command
+        .get_subcommands()
+        .filter(|sub| !sub.is_hide_set() && sub.get_name() != "help")
+        .map(|sub| 1 + subcommands(sub))
+        .sum()
 }

@@ -36,9 +36,10 @@ impl ManageArgs {
     /// The profile to act through: `--profile`, else `$TINYCI_PROFILE`, else with no site
     /// configuration here the sole login profile. Grants do not manage users or repositories.
     fn profile(&self) -> Result<Option<PathBuf>> {
-        let (profile, _) =
-            crate::util::resolve_actor(self.profile.clone(), None, self.site.config.as_deref())?;
-        Ok(profile)
+        crate::util::resolve_profile(
+            self.profile.clone(),
+            self.site.config.is_some() || self.site.addr.is_some(),
+        )
     }
 }
 
@@ -195,7 +196,8 @@ pub(crate) struct LoginArgs {
     /// The site's HTTP base URL [default: [http] public_url of --config].
     #[arg(long, value_name = "URL")]
     url: Option<String>,
-    /// The site configuration to take the URL from [default: ./site.toml].
+    /// The site configuration to take the URL from [default: $TINYCI_CONFIG, else
+    /// ./site.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Where to write the profile [default: ~/.config/tinyci/<site>].

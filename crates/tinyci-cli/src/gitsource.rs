@@ -37,6 +37,8 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
 /// byte but NUL).
 fn git_raw(dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
     let out = Command::new("git")
+        // git runs hooks and helpers of the checkout's choosing: no grant goes with it.
+        .env_remove(crate::util::TOKEN_ENV)
         .arg("-C")
         .arg(dir)
         .args(args)
@@ -87,6 +89,7 @@ pub(crate) fn read(path: &Path, rev: &str, repo: Option<&str>) -> Result<LocalSo
         format!("{sha}:{prefix}")
     };
     let out = Command::new("git")
+        .env_remove(crate::util::TOKEN_ENV)
         .arg("-C")
         .arg(&top)
         .args(["archive", "--format=tar", &tree])

@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use anyhow::{Context, Result};
@@ -24,7 +24,9 @@ const PROGRESS_FROM_BYTES: usize = 8 * 1024 * 1024;
 /// Submit a local git checkout: upload its source and run the tasks its changes select.
 ///
 /// Tasks are selected by diffing against the default branch (origin/HEAD, else main or
-/// master); `--all` runs every task. Uses the admin certificate and token from site.toml.
+/// master); `--all` runs every task. Acts as --profile or --token says, else as
+/// TINYCI_TOKEN or TINYCI_PROFILE say, else as the admin of site.toml (or, with none here, as
+/// the one `tinyci login` profile).
 #[derive(Debug, Args)]
 pub(crate) struct SubmitArgs {
     /// The checkout to submit [default: the current directory].
@@ -99,10 +101,10 @@ pub(crate) struct ActingArgs {
 
 impl ActingArgs {
     /// Fills in who acts from the environment (or the sole login profile) where the flags
-    /// name no one; `config` is the `--config` given, if any.
-    fn resolved(mut self, config: Option<&Path>) -> Result<Self> {
+    /// name no one; `named_site`: the command line gave `--config` or `--addr`.
+    fn resolved(mut self, named_site: bool) -> Result<Self> {
         (self.profile, self.grant.token) =
-            crate::util::resolve_actor(self.profile, self.grant.token, config)?;
+            crate::util::resolve_actor(self.profile, self.grant.token, named_site)?;
         self.grant.check_site()?;
         Ok(self)
     }
@@ -361,8 +363,11 @@ fn run_line(run: run_info::Reader<'_>) -> String {
 }
 
 pub(crate) fn submit(mut args: SubmitArgs) -> Result<()> {
-    (args.profile, args.grant.token) =
-        crate::util::resolve_actor(args.profile, args.grant.token, args.config.as_deref())?;
+    (args.profile, args.grant.token) = crate::util::resolve_actor(
+        args.profile,
+        args.grant.token,
+        args.config.is_some() || args.addr.is_some(),
+    )?;
     args.grant.check_site()?;
     let identity = match (&args.profile, &args.grant.token) {
         (Some(dir), _) => Identity::Profile(Box::new(crate::github::load_profile(dir)?)),
@@ -545,7 +550,9 @@ pub(crate) struct WaitArgs {
 }
 
 pub(crate) fn wait(mut args: WaitArgs) -> Result<()> {
-    args.acting = args.acting.resolved(args.site.config.as_deref())?;
+    args.acting = args
+        .acting
+        .resolved(args.site.config.is_some() || args.site.addr.is_some())?;
     if args.acting.acting() {
         let source = args.acting.source(args.site.config, args.site.addr)?;
         return local_runtime()?.block_on(async move {
@@ -608,7 +615,9 @@ impl run_observer::Server for Observer {
 }
 
 pub(crate) fn cancel(mut args: CancelArgs) -> Result<()> {
-    args.acting = args.acting.resolved(args.config.as_deref())?;
+    args.acting = args
+        .acting
+        .resolved(args.config.is_some() || args.addr.is_some())?;
     if args.acting.acting() {
         let source = args.acting.source(args.config, args.addr)?;
         return local_runtime()?.block_on(async move {
@@ -1154,9 +1163,8 @@ fn runners(args: RunnersArgs) -> Result<()> {
 ///
 /// Without `-f`, prints what is stored now. With `-f`, keeps printing output as the runner
 /// streams it and returns when the run ends; if the site goes away meanwhile it reconnects
-/// (for up to 5 minutes) and goes on from the last byte printed. Exits 0 if the run passed (or, without `-f`, is
-/// still going), 4 if it ended otherwise. Uses the admin certificate and token from
-/// site.toml.
+/// (for up to 5 minutes) and goes on from the last byte printed. Exits 0 if the run passed
+/// (or, without `-f`, is still going), 4 if it ended otherwise. Acts as `submit` does.
 #[derive(Debug, Args)]
 pub(crate) struct LogsArgs {
     /// The run (r-N).
@@ -1245,7 +1253,9 @@ fn write_log(
 }
 
 pub(crate) fn logs(mut args: LogsArgs) -> Result<()> {
-    args.acting = args.acting.resolved(args.site.config.as_deref())?;
+    args.acting = args
+        .acting
+        .resolved(args.site.config.is_some() || args.site.addr.is_some())?;
     // A profile carries its own site, certificate and token: no site.toml needed.
     let source = args
         .acting

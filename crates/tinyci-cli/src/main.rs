@@ -169,6 +169,12 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     {
         return 4;
     }
+    if error
+        .chain()
+        .any(|cause| cause.downcast_ref::<util::UsageError>().is_some())
+    {
+        return 2;
+    }
     for cause in error.chain() {
         if cause.downcast_ref::<tinyci_site::ConfigError>().is_some()
             || matches!(

@@ -38,7 +38,7 @@ impl GrantArgs {
     /// A partner `--site` needs a grant to present there.
     pub(crate) fn check_site(&self) -> Result<()> {
         match (&self.site, &self.token) {
-            (Some(site), None) => Err(InputError(format!(
+            (Some(site), None) => Err(crate::util::UsageError(format!(
                 "--site {site} needs a grant to present there: --token or TINYCI_TOKEN"
             ))
             .into()),

@@ -56,7 +56,8 @@ pub(crate) struct RunArgs {
     /// With --site auto: how long to listen for the site's announcement.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_ttl, requires = "site")]
     discovery_timeout: Duration,
-    /// This host's site configuration, with --site [default: ./site.toml].
+    /// This host's site configuration, with --site [default: $TINYCI_CONFIG, else
+    /// ./site.toml].
     #[arg(long, value_name = "FILE", requires = "site")]
     config: Option<PathBuf>,
     /// Runs executed at once.

@@ -125,7 +125,7 @@ fn with_store<T>(
     let (profile, token) = crate::util::resolve_actor(
         acting.profile.clone(),
         acting.token.clone(),
-        acting.site.config.as_deref(),
+        acting.site.config.is_some() || acting.site.addr.is_some(),
     )?;
     let profile = profile
         .as_deref()

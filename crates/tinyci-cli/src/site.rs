@@ -64,8 +64,8 @@ pub(crate) struct InitArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
-    /// The site configuration [default: ./site.toml, created with the embedded defaults if
-    /// missing].
+    /// The site configuration [default: $TINYCI_CONFIG, else ./site.toml, which alone is
+    /// created with the embedded defaults if missing].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Listen on this address instead of site.listen (port 0 picks a free port).
@@ -166,7 +166,10 @@ fn ensure_default_site(path: &Path) -> Result<()> {
 }
 
 fn up(args: UpArgs) -> Result<()> {
-    let embedded = args.config.is_none();
+    // Only ./site.toml is created on demand: a configuration named (by flag or by
+    // TINYCI_CONFIG) that is missing is an error, never a fresh site somewhere else.
+    let embedded =
+        args.config.is_none() && crate::util::env_value(crate::util::CONFIG_ENV).is_none();
     let path = config_path(args.config);
     if embedded {
         ensure_default_site(&path)?;

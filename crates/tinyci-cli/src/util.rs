@@ -16,6 +16,11 @@ macro_rules! say {
 }
 pub(crate) use say;
 
+/// A command line that cannot work as given, found after parsing (exit code 2, as clap's).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(pub(crate) String);
+
 /// Input the user gave that cannot be used (exit code 3).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -41,10 +46,11 @@ pub(crate) const ENVIRONMENT: &str = "\
 Environment:
   TINYCI_CONFIG   the site configuration where --config is not given [default: ./site.toml]
   TINYCI_TOKEN    a grant to act with where neither --token nor --profile is given (not seen
-                  in `ps`, unlike --token TEXT)
-  TINYCI_PROFILE  a `tinyci login` profile directory to act as where neither --profile nor
-                  --token is given. Without either, and with no site configuration here, the
-                  one profile `tinyci login` wrote is used.
+                  in `ps`, unlike --token TEXT): submit, wait, cancel, logs, artifacts, secret
+  TINYCI_PROFILE  a `tinyci login` profile directory to act as where neither --profile,
+                  --token nor a site (--config, --addr) is given: submit, wait, cancel, logs,
+                  secret, admin user, admin repo. Without it, and with no site configuration
+                  here, the one profile `tinyci login` wrote is used (and said so).
   NO_COLOR        when set and not empty, no colour: not in diagnostics, nor from job logs
   RUST_LOG        how much the diagnostics on stderr say, e.g. RUST_LOG=debug";
 
@@ -77,37 +83,54 @@ pub(crate) fn env_token() -> Result<Option<String>> {
         .transpose()
 }
 
-/// Who acts when the command line names no one: a grant from `$TINYCI_TOKEN`, a profile
-/// from `$TINYCI_PROFILE`, else (with no site configuration to act as its admin) the one
-/// profile `tinyci login` wrote. Flags always win over the environment.
+/// Who acts when the command line names no one: a grant from `$TINYCI_TOKEN`, else a
+/// profile as [`resolve_profile`] finds one. Flags always win over the environment, and
+/// `named_site` (the command line gave `--config` or `--addr`) over any profile.
 pub(crate) fn resolve_actor(
     profile: Option<PathBuf>,
     token: Option<String>,
-    config: Option<&Path>,
+    named_site: bool,
 ) -> Result<(Option<PathBuf>, Option<String>)> {
     if profile.is_some() || token.is_some() {
         return Ok((profile, token));
     }
-    let token = env_token()?;
-    let profile = env_value(PROFILE_ENV).map(PathBuf::from);
-    match (profile, token) {
-        (Some(_), Some(_)) => Err(InputError(format!(
+    match env_token()? {
+        Some(_) if env_value(PROFILE_ENV).is_some() && !named_site => Err(InputError(format!(
             "{TOKEN_ENV} and {PROFILE_ENV} are both set: unset one, or say who acts with \
              --token or --profile"
         ))
         .into()),
-        (profile @ Some(_), None) => Ok((profile, None)),
-        (None, token @ Some(_)) => Ok((None, token)),
-        (None, None) => {
-            let configured = config.is_some()
-                || env_value(CONFIG_ENV).is_some()
-                || Path::new("site.toml").exists();
-            if configured {
-                return Ok((None, None));
-            }
-            Ok((crate::github::sole_login_profile()?, None))
-        }
+        Some(token) => Ok((None, Some(token))),
+        None => Ok((resolve_profile(None, named_site)?, None)),
     }
+}
+
+/// The profile to act through: `--profile`, else `$TINYCI_PROFILE`, else (with no site
+/// configuration at hand) the one profile `tinyci login` wrote, said on stderr. None when the
+/// command line names a site (`named_site`): its configuration's admin acts.
+pub(crate) fn resolve_profile(
+    profile: Option<PathBuf>,
+    named_site: bool,
+) -> Result<Option<PathBuf>> {
+    if profile.is_some() || named_site {
+        return Ok(profile);
+    }
+    if let Some(dir) = env_value(PROFILE_ENV) {
+        return Ok(Some(PathBuf::from(dir)));
+    }
+    if env_value(CONFIG_ENV).is_some() || Path::new("site.toml").exists() {
+        return Ok(None);
+    }
+    let found = crate::github::sole_login_profile()?;
+    if let Some(dir) = &found {
+        // Which site this acts at depends on where it runs: say so.
+        eprintln!(
+            "no site.toml here: acting through the login profile {} (--profile or --config \
+             to choose)",
+            dir.display()
+        );
+    }
+    Ok(found)
 }
 
 /// A current-thread runtime driving a LocalSet: capnp-rpc objects are `!Send`.
