@@ -228,7 +228,8 @@ fn a_site_killed_and_restarted_mid_stream_with_a_torn_log_keeps_it_whole_and_the
 }
 
 /// A job's output is untrusted: `tinyci logs` shows the terminal controls it printed (a window
-/// title, the clipboard, a cursor moved up to hide a line) as text, and keeps colours.
+/// title, the clipboard, a cursor moved up to hide a line) as text, and keeps colours (unless
+/// NO_COLOR).
 #[test]
 fn tinyci_logs_shows_a_jobs_terminal_controls_instead_of_obeying_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -247,6 +248,17 @@ fn tinyci_logs_shows_a_jobs_terminal_controls_instead_of_obeying_them() {
     assert_eq!(
         shown,
         "FAILED^[[1A^[[2Kpassed ^[]0;pwned^G^[]52;c;ZXZpbA==^G\u{1b}[32mgreen\u{1b}[0m\n"
+    );
+    // NO_COLOR: the colours go too, the rest is shown as before.
+    let plain = crate::support::tinyci()
+        .current_dir(dir.path())
+        .args(["logs", "r-2", "--stream", "stdout", "--addr", &addr])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(plain.stdout).unwrap(),
+        "FAILED^[[1A^[[2Kpassed ^[]0;pwned^G^[]52;c;ZXZpbA==^Ggreen\n"
     );
     let raw = logs(dir.path(), &addr, &["r-2", "--stream", "stdout", "--raw"]);
     assert!(
