@@ -24,7 +24,9 @@ pub use history::{RunFilter, import_history};
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::rc::Rc;
+use std::future::Future;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tinyci_core::{
@@ -269,6 +271,33 @@ pub struct Queue {
     /// What each repository stores, against its quota: a submission of a repository over it
     /// is refused.
     storage: tinyci_core::RepoStorage,
+    /// This queue, for the tasks that carry a commit through to the memory it changes.
+    me: Weak<Queue>,
+    /// One change of a run at a time: a change reads the run, applies an event and writes
+    /// it, and two interleaved across the write would both start from the same state (a
+    /// completion and a cancel, or a resent completion, each recording an outcome). Entries
+    /// live while someone holds or waits for them.
+    run_locks: RefCell<HashMap<RunId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds a run's change lock; the lock's entry goes when nobody holds or waits for it.
+struct RunLock<'q> {
+    queue: &'q Queue,
+    id: RunId,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for RunLock<'_> {
+    fn drop(&mut self) {
+        drop(self.held.take());
+        let mut locks = self.queue.run_locks.borrow_mut();
+        if locks
+            .get(&self.id)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            locks.remove(&self.id);
+        }
+    }
 }
 
 impl std::fmt::Debug for Queue {
@@ -406,7 +435,7 @@ impl Queue {
                 _ => warn!(kind, name, "unknown pool setting in the store; ignored"),
             }
         }
-        let queue = Rc::new(Self {
+        let queue = Rc::new_cyclic(|me| Self {
             store,
             committer,
             policy,
@@ -416,6 +445,8 @@ impl Queue {
             state: RefCell::new(state),
             leases_changed: Notify::new(),
             storage: tinyci_core::RepoStorage::default(),
+            me: me.clone(),
+            run_locks: RefCell::default(),
         });
         let now = (queue.clock)();
         let mut recovered = Vec::new();
@@ -540,6 +571,35 @@ impl Queue {
     /// written, so a caller's own record of it (and, say, the removal of the event that
     /// caused it) commits together with it or not at all.
     pub async fn submit_with(
+        &self,
+        new: NewSubmission,
+        also: SubmitHook,
+    ) -> Result<(StoredSubmission, Vec<StoredRun>), QueueError> {
+        self.to_the_end(|queue| async move { queue.submit_now(new, also).await })
+            .await
+    }
+
+    /// Runs `work` (a commit and the memory it changes) on a task of its own and waits for
+    /// it. A caller that stops waiting (an RPC dropped when its client hangs up) stops only
+    /// its wait: a durable commit whose runs the queue did not then track, or whose change it
+    /// did not apply, would leave memory and store disagreeing until a restart.
+    async fn to_the_end<T, Fut>(&self, work: impl FnOnce(Rc<Queue>) -> Fut) -> Result<T, QueueError>
+    where
+        T: 'static,
+        Fut: Future<Output = Result<T, QueueError>> + 'static,
+    {
+        let queue = self.me.upgrade().ok_or(QueueError::Closed)?;
+        tokio::task::spawn_local(work(queue))
+            .await
+            .unwrap_or_else(|e| {
+                Err(QueueError::Store(store_error(format!(
+                    "the queue's task ended before answering: {e}"
+                ))))
+            })
+    }
+
+    /// [`Queue::submit_with`], on the task that carries it to the end.
+    async fn submit_now(
         &self,
         new: NewSubmission,
         also: SubmitHook,
@@ -1058,6 +1118,21 @@ impl Queue {
         runner: &str,
         on_cancel: CancelHook,
     ) -> Result<Leased, QueueError> {
+        let runner = runner.to_owned();
+        self.to_the_end(move |queue| async move { queue.lease_now(id, &runner, on_cancel).await })
+            .await
+    }
+
+    /// [`Queue::lease`], on the task that carries it to the end.
+    async fn lease_now(
+        &self,
+        id: RunId,
+        runner: &str,
+        on_cancel: CancelHook,
+    ) -> Result<Leased, QueueError> {
+        // Nothing that may go back on the queue waits on this lock: the run left the queue when
+        // it was taken, and only a change (a cancel) can reach it meanwhile.
+        let _changing = self.lock_run(id).await;
         let now = self.now();
         let expires_at = self.policy.expiry(now);
         let mut run = self
@@ -1145,6 +1220,29 @@ impl Queue {
         durable: bool,
         now: u64,
     ) -> Result<Transition, QueueError> {
+        self.to_the_end(move |queue| async move { queue.change_now(id, event, durable, now).await })
+            .await
+    }
+
+    /// Waits for, then holds, the right to change run `id`.
+    async fn lock_run(&self, id: RunId) -> RunLock<'_> {
+        let lock = self.run_locks.borrow_mut().entry(id).or_default().clone();
+        RunLock {
+            queue: self,
+            id,
+            held: Some(lock.lock_owned().await),
+        }
+    }
+
+    /// [`Queue::change_at`], on the task that carries it to the end.
+    async fn change_now(
+        &self,
+        id: RunId,
+        event: RunEvent,
+        durable: bool,
+        now: u64,
+    ) -> Result<Transition, QueueError> {
+        let _changing = self.lock_run(id).await;
         let mut run = self
             .state
             .borrow()
@@ -1232,15 +1330,7 @@ impl Queue {
     ) -> Result<Outcome, QueueError> {
         let live = self.state.borrow().live.contains_key(&id);
         if !live {
-            // Already final: answer from the store (exactly one outcome is ever recorded).
-            let run = self.run(id)?.ok_or(QueueError::NoRun(id))?;
-            return match run.state.outcome() {
-                Some(outcome) if outcome.lease == Some(lease) => Ok(outcome.clone()),
-                _ => Err(QueueError::Transition(TransitionError::Final {
-                    run: id,
-                    status: run.state.status(),
-                })),
-            };
+            return self.recorded_outcome(id, lease);
         }
         // Only the lease's holder may word the run's outcome: a stale completion is refused
         // below, and must not have rewritten the live run's message first.
@@ -1267,11 +1357,30 @@ impl Queue {
         {
             run.message = previous;
         }
-        match changed? {
-            Transition::Completed(outcome) | Transition::AlreadyCompleted(outcome) => Ok(outcome),
-            other => Err(QueueError::Store(store_error(format!(
+        match changed {
+            Ok(Transition::Completed(outcome) | Transition::AlreadyCompleted(outcome)) => {
+                Ok(outcome)
+            }
+            // Final by the time this completion's turn came (the same completion resent, or
+            // a cancel): the one outcome recorded answers it.
+            Err(QueueError::NoRun(_)) => self.recorded_outcome(id, lease),
+            Err(e) => Err(e),
+            Ok(other) => Err(QueueError::Store(store_error(format!(
                 "unexpected transition {other:?}"
             )))),
+        }
+    }
+
+    /// A final run's outcome, from the store (exactly one is ever recorded), if `lease`'s
+    /// holder recorded it; else why this completion comes too late.
+    fn recorded_outcome(&self, id: RunId, lease: LeaseId) -> Result<Outcome, QueueError> {
+        let run = self.run(id)?.ok_or(QueueError::NoRun(id))?;
+        match run.state.outcome() {
+            Some(outcome) if outcome.lease == Some(lease) => Ok(outcome.clone()),
+            _ => Err(QueueError::Transition(TransitionError::Final {
+                run: id,
+                status: run.state.status(),
+            })),
         }
     }
 

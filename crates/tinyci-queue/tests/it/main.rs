@@ -810,19 +810,18 @@ fn a_run_leased_to_a_worker_that_went_away_is_handed_back() {
         let f = Fixture::new();
         let (queue, _c, _w) = f.open().await;
         tokio::task::spawn_local(queue.clone().run_expiry());
-        let q = queue.clone();
-        let gone =
-            tokio::task::spawn_local(
-                async move { q.next("a", "runner:gone", &HOST, no_hook()).await },
-            );
-        tokio::task::yield_now().await;
+        // A worker waiting (its call polled once: it registers and waits), never polled
+        // again: what a call dropped by a vanished client looks like from here.
+        let host = HOST;
+        let mut gone = Box::pin(queue.next("a", "runner:gone", &host, no_hook()));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(gone.as_mut().poll(&mut cx).is_pending());
         let (_, runs) = queue
             .submit(submission("refs/heads/x", vec![planned("a", "p")]))
             .await
             .unwrap();
         // Its call is dropped with the leased run handed to it but not taken.
-        gone.abort();
-        assert!(gone.await.unwrap_err().is_cancelled());
+        drop(gone);
         let q = queue.clone();
         let leased =
             tokio::task::spawn_local(
@@ -1003,5 +1002,74 @@ fn filtered_listings_match_a_full_scan_through_the_indexes_and_after_reindexing(
             .await
             .unwrap();
         assert_eq!(leased.run.id(), oldest);
+    });
+}
+
+/// A caller that stops waiting for its submission (an RPC dropped when its client hangs up)
+/// leaves a submission the queue tracks: the commit and what it changes in memory run to
+/// their end. Before, the commit landed and its runs sat untracked until a restart.
+#[test]
+fn a_submission_whose_caller_stopped_waiting_is_still_handed_out() {
+    let f = Fixture::new();
+    local(async {
+        let (queue, _committer, _writer) = f.open().await;
+        {
+            let submit = queue.submit(submission("refs/heads/main", vec![planned("a", "x")]));
+            let mut submit = std::pin::pin!(submit);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            // Started (its commit on its way to the writer), then dropped unanswered.
+            assert!(submit.as_mut().poll(&mut cx).is_pending());
+        }
+        // The bound only turns a hang into a failure; the run comes as soon as it is tracked.
+        let leased = tokio::time::timeout(
+            Duration::from_secs(60),
+            queue.next("a", "runner:r1", &HOST, no_hook()),
+        )
+        .await
+        .expect("the dropped submission's run was never handed out")
+        .unwrap();
+        assert_eq!(leased.run.spec.name, "x");
+        assert_eq!(
+            queue.submission_runs(leased.run.submission).unwrap().len(),
+            1
+        );
+    });
+}
+
+/// The same for a change: a completion whose caller stopped waiting is applied in memory as
+/// in the store, so the run is final in both.
+#[test]
+fn a_completion_whose_caller_stopped_waiting_is_applied() {
+    let f = Fixture::new();
+    local(async {
+        let (queue, _committer, _writer) = f.open().await;
+        queue
+            .submit(submission("refs/heads/main", vec![planned("a", "x")]))
+            .await
+            .unwrap();
+        let leased = queue
+            .next("a", "runner:r1", &HOST, no_hook())
+            .await
+            .unwrap();
+        let id = leased.run.id();
+        {
+            let complete =
+                queue.complete(id, leased.lease, RunStatus::Passed, Some(0), String::new());
+            let mut complete = std::pin::pin!(complete);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(complete.as_mut().poll(&mut cx).is_pending());
+        }
+        // Completing again with the same lease answers the one recorded outcome, from memory
+        // or the store: never a second one, never "unknown lease".
+        let again = queue
+            .complete(id, leased.lease, RunStatus::Failed, Some(1), String::new())
+            .await
+            .unwrap();
+        assert_eq!(again.status, RunStatus::Passed);
+        assert_eq!(
+            queue.run(id).unwrap().unwrap().state.status(),
+            RunStatus::Passed
+        );
+        assert!(!queue.queues().values().any(|q| q.active > 0));
     });
 }
