@@ -254,20 +254,23 @@ fn flags_and_site_toml_share_one_duration_grammar() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    let minted = run_in(
-        dir.path(),
-        &[
-            "grant",
-            "--to",
-            "user:ana",
-            "--right",
-            "logs:read",
-            "--repo",
-            "org/x",
-            "--ttl",
-            "2w",
-        ],
-    );
+    let grant_for = |ttl: &str| {
+        run_in(
+            dir.path(),
+            &[
+                "grant",
+                "--to",
+                "user:ana",
+                "--right",
+                "logs:read",
+                "--repo",
+                "org/x",
+                "--ttl",
+                ttl,
+            ],
+        )
+    };
+    let minted = grant_for("2w");
     assert!(
         minted.status.success(),
         "{}",
@@ -285,20 +288,7 @@ fn flags_and_site_toml_share_one_duration_grammar() {
         error: invalid config site.toml: retention.logs_max_age: "3y" is not a duration: expected a whole number and a unit (s, m, h, d, w), e.g. 90s, 30m, 12h, 7d or 2w
     "#]]
     .assert_eq(&String::from_utf8_lossy(&bad.stderr));
-    let bad_flag = run_in(
-        dir.path(),
-        &[
-            "grant",
-            "--to",
-            "user:ana",
-            "--right",
-            "logs:read",
-            "--repo",
-            "org/x",
-            "--ttl",
-            "3y",
-        ],
-    );
+    let bad_flag = grant_for("3y");
     assert_eq!(bad_flag.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&bad_flag.stderr);
     assert!(

@@ -89,17 +89,7 @@ impl Namespaces {
             ])
             .args(args)
             .current_dir(dir);
-        // As support::tinyci(): the caller's environment decides nothing here.
-        for name in [
-            "RUST_LOG",
-            "TINYCI_CONFIG",
-            "TINYCI_PROFILE",
-            "TINYCI_TOKEN",
-            "NO_COLOR",
-        ] {
-            command.env_remove(name);
-        }
-        command.env("XDG_CONFIG_HOME", "/nonexistent/tinyci-tests");
+        crate::support::without_callers_environment(&mut command);
         command
     }
 }

@@ -16,9 +16,14 @@ const PATIENCE: Duration = Duration::from_secs(120);
 /// The `tinyci` binary cargo built for these tests.
 pub(crate) fn tinyci() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tinyci"));
-    // Keep diagnostics quiet and predictable whatever the caller's environment says, and act
-    // as the tests say: never as a profile or grant the caller's environment names, nor a
-    // login profile under their home.
+    without_callers_environment(&mut command);
+    command
+}
+
+/// Keeps diagnostics quiet and predictable whatever the caller's environment says, and acts
+/// as the tests say: never as a profile or grant the caller's environment names, nor a login
+/// profile under their home.
+pub(crate) fn without_callers_environment(command: &mut Command) {
     for name in [
         "RUST_LOG",
         "TINYCI_CONFIG",
@@ -29,7 +34,6 @@ pub(crate) fn tinyci() -> Command {
         command.env_remove(name);
     }
     command.env("XDG_CONFIG_HOME", "/nonexistent/tinyci-tests");
-    command
 }
 
 /// Runs `tinyci args…` in `dir` to completion.
