@@ -389,8 +389,11 @@ fn a_secret_reaches_only_its_scope_is_masked_everywhere_audited_and_withdrawn() 
         .to_owned();
     let revoked = run_in(site_dir, &["token", "revoke", &id, "--addr", &addr]);
     assert!(revoked.status.success(), "{}", text(&revoked.stderr));
-    crate::support::wait_until("the revoked runner's secret file should be deleted", || {
+    // The whole secrets directory goes, the file and the variables alike: waiting on the file
+    // alone raced the rest of the clean-up against the runner's kill below.
+    crate::support::wait_until("the revoked runner's secret files should be deleted", || {
         files_holding(work.path(), held.as_bytes()).is_empty()
+            && files_holding(work.path(), TOKEN.as_bytes()).is_empty()
     });
 
     // Nothing on disk: neither the site's data directory (the LMDB file, blobs, sources) nor
