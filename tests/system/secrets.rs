@@ -391,10 +391,13 @@ fn a_secret_reaches_only_its_scope_is_masked_everywhere_audited_and_withdrawn() 
     assert!(revoked.status.success(), "{}", text(&revoked.stderr));
     // The whole secrets directory goes, the file and the variables alike: waiting on the file
     // alone raced the rest of the clean-up against the runner's kill below.
-    crate::support::wait_until("the revoked runner's secret files should be deleted", || {
-        files_holding(work.path(), held.as_bytes()).is_empty()
-            && files_holding(work.path(), TOKEN.as_bytes()).is_empty()
-    });
+    crate::support::wait_until(
+        "the revoked runner's secret files should be deleted",
+        || {
+            files_holding(work.path(), held.as_bytes()).is_empty()
+                && files_holding(work.path(), TOKEN.as_bytes()).is_empty()
+        },
+    );
 
     // Nothing on disk: neither the site's data directory (the LMDB file, blobs, sources) nor
     // the runner's work tree holds a value.

@@ -13,7 +13,9 @@
 //! is recorded. Heartbeats are not persisted: a restarted site gives every lease one full
 //! period to be resumed by its runner (which may have outlived the site), then requeues it.
 //!
-//! Single-threaded (`Rc`/`RefCell`), living on the site's LocalSet. Knows nothing of capnp:
+//! Single-threaded (`Rc`/`RefCell`), living on the site's LocalSet, which its methods need:
+//! each commit and the memory it changes run on a local task of their own, one change of a
+//! run at a time, so a caller that stops waiting cannot split them. Knows nothing of capnp:
 //! the site wraps it in capabilities. Must not depend on capnp, rustls or biscuit-auth.
 
 mod history;
@@ -22,7 +24,7 @@ mod share;
 
 pub use history::{RunFilter, import_history};
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::rc::{Rc, Weak};
@@ -278,6 +280,29 @@ pub struct Queue {
     /// completion and a cancel, or a resent completion, each recording an outcome). Entries
     /// live while someone holds or waits for them.
     run_locks: RefCell<HashMap<RunId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Set when a lease's caller stops waiting before it is answered.
+struct CallerGone {
+    flag: Rc<Cell<bool>>,
+    waiting: bool,
+}
+
+impl Default for CallerGone {
+    fn default() -> Self {
+        Self {
+            flag: Rc::default(),
+            waiting: true,
+        }
+    }
+}
+
+impl Drop for CallerGone {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.flag.set(true);
+        }
+    }
 }
 
 /// Holds a run's change lock; the lock's entry goes when nobody holds or waits for it.
@@ -589,13 +614,13 @@ impl Queue {
         Fut: Future<Output = Result<T, QueueError>> + 'static,
     {
         let queue = self.me.upgrade().ok_or(QueueError::Closed)?;
-        tokio::task::spawn_local(work(queue))
-            .await
-            .unwrap_or_else(|e| {
-                Err(QueueError::Store(store_error(format!(
-                    "the queue's task ended before answering: {e}"
-                ))))
-            })
+        match tokio::task::spawn_local(work(queue)).await {
+            Ok(answer) => answer,
+            // A panic is the caller's, as if the work had run inline.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: the LocalSet is going away with the site.
+            Err(_) => Err(QueueError::Closed),
+        }
     }
 
     /// [`Queue::submit_with`], on the task that carries it to the end.
@@ -1119,8 +1144,15 @@ impl Queue {
         on_cancel: CancelHook,
     ) -> Result<Leased, QueueError> {
         let runner = runner.to_owned();
-        self.to_the_end(move |queue| async move { queue.lease_now(id, &runner, on_cancel).await })
-            .await
+        let mut caller = CallerGone::default();
+        let gone = caller.flag.clone();
+        let leased = self
+            .to_the_end(
+                move |queue| async move { queue.lease_now(id, &runner, on_cancel, &gone).await },
+            )
+            .await;
+        caller.waiting = false;
+        leased
     }
 
     /// [`Queue::lease`], on the task that carries it to the end.
@@ -1129,6 +1161,7 @@ impl Queue {
         id: RunId,
         runner: &str,
         on_cancel: CancelHook,
+        caller_gone: &Cell<bool>,
     ) -> Result<Leased, QueueError> {
         // Nothing that may go back on the queue waits on this lock: the run left the queue when
         // it was taken, and only a change (a cancel) can reach it meanwhile.
@@ -1180,6 +1213,15 @@ impl Queue {
         }
         self.leases_changed.notify_one();
         self.notify(&run);
+        if caller_gone.get() {
+            // Leased durably for a worker that stopped waiting (its connection died, its
+            // runner drained): undone as undelivered, at no attempt's cost, rather than left
+            // to lapse.
+            self.state.borrow_mut().cancel_hooks.remove(&id);
+            self.abandon(id, lease.id);
+            debug!(run = %id, %runner, lease = %lease.id, "leased to a worker gone meanwhile");
+            return Err(QueueError::Closed);
+        }
         debug!(run = %id, %runner, lease = %lease.id, "leased");
         Ok(Leased {
             run,
@@ -1220,8 +1262,10 @@ impl Queue {
         durable: bool,
         now: u64,
     ) -> Result<Transition, QueueError> {
-        self.to_the_end(move |queue| async move { queue.change_now(id, event, durable, now).await })
-            .await
+        self.to_the_end(move |queue| async move {
+            queue.change_now(id, event, None, durable, now).await
+        })
+        .await
     }
 
     /// Waits for, then holds, the right to change run `id`.
@@ -1234,11 +1278,14 @@ impl Queue {
         }
     }
 
-    /// [`Queue::change_at`], on the task that carries it to the end.
+    /// [`Queue::change_at`], on the task that carries it to the end. `message`, if given,
+    /// becomes the run's message when the event changes it (a completion's words, a cancel's
+    /// reason): set here, under the run's lock, from the state the event applied to.
     async fn change_now(
         &self,
         id: RunId,
         event: RunEvent,
+        message: Option<String>,
         durable: bool,
         now: u64,
     ) -> Result<Transition, QueueError> {
@@ -1251,6 +1298,14 @@ impl Queue {
             .cloned()
             .ok_or(QueueError::NoRun(id))?;
         let transition = run.state.apply(event, now)?;
+        if let Some(message) = message
+            && !matches!(
+                transition,
+                Transition::Unchanged | Transition::AlreadyCompleted(_)
+            )
+        {
+            run.message = Some(message);
+        }
         match &transition {
             Transition::Started => run.started_at = Some(now),
             Transition::Requeued { .. } => run.runner = None,
@@ -1332,31 +1387,19 @@ impl Queue {
         if !live {
             return self.recorded_outcome(id, lease);
         }
-        // Only the lease's holder may word the run's outcome: a stale completion is refused
-        // below, and must not have rewritten the live run's message first.
-        let previous = match self.state.borrow_mut().live.get_mut(&id) {
-            Some(run) if run.state.lease().is_some_and(|l| l.id == lease) => {
-                Some(run.message.replace(message))
-            }
-            _ => None,
+        // Only the lease's holder words the run's outcome: the message is set under the run's
+        // lock, and only if the completion is taken (a stale one is refused and words nothing).
+        let now = self.now();
+        let event = RunEvent::Complete {
+            lease,
+            status,
+            exit_code,
         };
         let changed = self
-            .change(
-                id,
-                RunEvent::Complete {
-                    lease,
-                    status,
-                    exit_code,
-                },
-                true,
-            )
+            .to_the_end(move |queue| async move {
+                queue.change_now(id, event, Some(message), true, now).await
+            })
             .await;
-        if changed.is_err()
-            && let Some(previous) = previous
-            && let Some(run) = self.state.borrow_mut().live.get_mut(&id)
-        {
-            run.message = previous;
-        }
         match changed {
             Ok(Transition::Completed(outcome) | Transition::AlreadyCompleted(outcome)) => {
                 Ok(outcome)
@@ -1502,21 +1545,32 @@ impl Queue {
         if !self.state.borrow().live.contains_key(&id) {
             return Ok(false);
         }
-        if let Some(run) = self.state.borrow_mut().live.get_mut(&id) {
-            run.message = Some(reason.to_owned());
-        }
-        let transition = self.change(id, RunEvent::Cancel, true).await?;
-        match transition {
-            Transition::CancelRequested => {
-                let hook = self.state.borrow().cancel_hooks.get(&id).cloned();
-                if let Some(hook) = hook {
-                    hook(reason.to_owned());
+        let reason = reason.to_owned();
+        let now = self.now();
+        // The holder is told inside the task too: a cancel stored must reach the runner even
+        // if whoever asked stops waiting.
+        self.to_the_end(move |queue| async move {
+            let transition = match queue
+                .change_now(id, RunEvent::Cancel, Some(reason.clone()), true, now)
+                .await
+            {
+                // It ended before this cancel's turn: nothing left to cancel.
+                Err(QueueError::NoRun(_)) => return Ok(false),
+                other => other?,
+            };
+            match transition {
+                Transition::CancelRequested => {
+                    let hook = queue.state.borrow().cancel_hooks.get(&id).cloned();
+                    if let Some(hook) = hook {
+                        hook(reason);
+                    }
+                    Ok(true)
                 }
-                Ok(true)
+                Transition::Canceled(_) => Ok(true),
+                _ => Ok(false),
             }
-            Transition::Canceled(_) => Ok(true),
-            _ => Ok(false),
-        }
+        })
+        .await
     }
 
     /// Cancels every unfinished run of a submission; returns how many.
@@ -1670,6 +1724,13 @@ impl Queue {
     /// artifacts taken over by the new attempt as after a lost lease), with a fresh budget of
     /// leases. The caller checks today's policy first. Returns the run as queued, once durable.
     pub async fn retry(&self, id: RunId) -> Result<StoredRun, QueueError> {
+        self.to_the_end(move |queue| async move { queue.retry_now(id).await })
+            .await
+    }
+
+    /// [`Queue::retry`], on the task that carries it to the end, holding the run's lock.
+    async fn retry_now(&self, id: RunId) -> Result<StoredRun, QueueError> {
+        let _changing = self.lock_run(id).await;
         let mut run = self.run(id)?.ok_or(QueueError::NoRun(id))?;
         let tier = self.tier_of(run.submission)?;
         run.state.apply(

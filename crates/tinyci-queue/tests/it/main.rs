@@ -1073,3 +1073,73 @@ fn a_completion_whose_caller_stopped_waiting_is_applied() {
         assert!(!queue.queues().values().any(|q| q.active > 0));
     });
 }
+
+/// A worker that stops waiting while its lease is being committed (its connection died, its
+/// runner began draining) does not keep the run: the lease is undone as undelivered, at no
+/// attempt's cost, and the next worker gets the run at once rather than after the lease
+/// period.
+#[test]
+fn a_lease_whose_caller_stopped_waiting_is_undone_at_no_cost() {
+    local(async {
+        let f = Fixture::new();
+        let (queue, _c, _w) = f.open().await;
+        tokio::task::spawn_local(queue.clone().run_expiry());
+        queue
+            .submit(submission("refs/heads/x", vec![planned("a", "x")]))
+            .await
+            .unwrap();
+        {
+            let host = HOST;
+            let mut gone = Box::pin(queue.next("a", "runner:gone", &host, no_hook()));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            // It took the run and began committing the lease; then its caller went away.
+            assert!(gone.as_mut().poll(&mut cx).is_pending());
+        }
+        // The bound only turns a hang (a lease left to lapse: the clock here never moves)
+        // into a failure.
+        let leased = tokio::time::timeout(
+            Duration::from_secs(60),
+            queue.next("a", "runner:next", &HOST, no_hook()),
+        )
+        .await
+        .expect("the run stayed with the worker that went away")
+        .unwrap();
+        assert_eq!(leased.run.runner.as_deref(), Some("runner:next"));
+        assert_eq!(leased.run.state.attempt(), 1);
+    });
+}
+
+/// A cancel that comes while a completion is being committed waits its turn, finds the run
+/// ended and changes nothing: not the outcome, not the runner's words.
+#[test]
+fn a_cancel_that_loses_the_race_to_a_completion_changes_nothing() {
+    local(async {
+        let f = Fixture::new();
+        let (queue, _c, _w) = f.open().await;
+        queue
+            .submit(submission("refs/heads/x", vec![planned("a", "x")]))
+            .await
+            .unwrap();
+        let leased = queue
+            .next("a", "runner:r1", &HOST, no_hook())
+            .await
+            .unwrap();
+        let id = leased.run.id();
+        let complete = queue.complete(
+            id,
+            leased.lease,
+            RunStatus::Passed,
+            Some(0),
+            "all good".into(),
+        );
+        let mut complete = std::pin::pin!(complete);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(complete.as_mut().poll(&mut cx).is_pending());
+        let canceled = queue.cancel_run(id, "superseded").await.unwrap();
+        assert!(!canceled, "the run had ended by the cancel's turn");
+        assert_eq!(complete.await.unwrap().status, RunStatus::Passed);
+        let run = queue.run(id).unwrap().unwrap();
+        assert_eq!(run.state.status(), RunStatus::Passed);
+        assert_eq!(run.message.as_deref(), Some("all good"));
+    });
+}
