@@ -995,6 +995,13 @@ impl Queue {
     /// (stays connected, is leased nothing), `Draining` (is leased nothing, and once it holds
     /// no run its workers are told it is drained) or `Active`.
     pub async fn set_runner_mode(&self, runner: &str, mode: RunnerMode) -> Result<(), QueueError> {
+        let runner = runner.to_owned();
+        self.to_the_end(move |queue| async move { queue.set_runner_mode_now(&runner, mode).await })
+            .await
+    }
+
+    /// [`Queue::set_runner_mode`], on the task that carries it to the end.
+    async fn set_runner_mode_now(&self, runner: &str, mode: RunnerMode) -> Result<(), QueueError> {
         let key = pool_key("runner", runner);
         self.committer
             .write(move |txn| match mode.stored() {
@@ -1290,6 +1297,18 @@ impl Queue {
         now: u64,
     ) -> Result<Transition, QueueError> {
         let _changing = self.lock_run(id).await;
+        self.change_locked(id, event, message, durable, now).await
+    }
+
+    /// [`Queue::change_now`], the run's lock already held by the caller.
+    async fn change_locked(
+        &self,
+        id: RunId,
+        event: RunEvent,
+        message: Option<String>,
+        durable: bool,
+        now: u64,
+    ) -> Result<Transition, QueueError> {
         let mut run = self
             .state
             .borrow()
@@ -1447,6 +1466,23 @@ impl Queue {
         runner: &str,
         on_cancel: CancelHook,
     ) -> Result<Leased, QueueError> {
+        let runner = runner.to_owned();
+        self.to_the_end(move |queue| async move {
+            queue.resume_now(id, lease, &runner, on_cancel).await
+        })
+        .await
+    }
+
+    /// [`Queue::resume`], on the task that carries it to the end: the lease is checked,
+    /// renewed and given its new hook under the run's lock, so no requeue slips in between.
+    async fn resume_now(
+        &self,
+        id: RunId,
+        lease: LeaseId,
+        runner: &str,
+        on_cancel: CancelHook,
+    ) -> Result<Leased, QueueError> {
+        let _changing = self.lock_run(id).await;
         let current = self.current_lease(id);
         match current {
             Some(current) if current.id == lease && current.runner == runner => {}
@@ -1458,7 +1494,23 @@ impl Queue {
                 });
             }
         }
-        let expires_at = self.heartbeat(id, lease).await?;
+        let now = self.now();
+        let expires_at = match self
+            .change_locked(
+                id,
+                RunEvent::Heartbeat {
+                    lease,
+                    expires_at: self.policy.expiry(now),
+                },
+                None,
+                false,
+                now,
+            )
+            .await?
+        {
+            Transition::Extended { expires_at } => expires_at,
+            _ => self.policy.expiry(now),
+        };
         let run = self
             .state
             .borrow()
@@ -1659,6 +1711,13 @@ impl Queue {
 
     /// Pauses or resumes a queue, durably (it survives a restart).
     pub async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), QueueError> {
+        let name = queue.to_owned();
+        self.to_the_end(move |queue| async move { queue.set_paused_now(&name, paused).await })
+            .await
+    }
+
+    /// [`Queue::set_paused`], on the task that carries it to the end.
+    async fn set_paused_now(&self, queue: &str, paused: bool) -> Result<(), QueueError> {
         let key = pool_key("queue", queue);
         self.committer
             .write(move |txn| {
