@@ -117,6 +117,13 @@ fn no_hook() -> tinyci_queue::CancelHook {
     Rc::new(|_| {})
 }
 
+/// Polls a call once, which must then be waiting: how a call looks from here when its caller
+/// (an RPC whose client hung up) stops waiting after that.
+fn poll_once<F: std::future::Future>(call: std::pin::Pin<&mut F>) {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(call.poll(&mut cx).is_pending(), "the call answered at once");
+}
+
 #[test]
 fn runs_are_leased_fifo_and_completed_exactly_once() {
     local(async {
@@ -814,8 +821,7 @@ fn a_run_leased_to_a_worker_that_went_away_is_handed_back() {
         // again: what a call dropped by a vanished client looks like from here.
         let host = HOST;
         let mut gone = Box::pin(queue.next("a", "runner:gone", &host, no_hook()));
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        assert!(gone.as_mut().poll(&mut cx).is_pending());
+        poll_once(gone.as_mut());
         let (_, runs) = queue
             .submit(submission("refs/heads/x", vec![planned("a", "p")]))
             .await
@@ -1015,10 +1021,8 @@ fn a_submission_whose_caller_stopped_waiting_is_still_handed_out() {
         let (queue, _committer, _writer) = f.open().await;
         {
             let submit = queue.submit(submission("refs/heads/main", vec![planned("a", "x")]));
-            let mut submit = std::pin::pin!(submit);
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             // Started (its commit on its way to the writer), then dropped unanswered.
-            assert!(submit.as_mut().poll(&mut cx).is_pending());
+            poll_once(std::pin::pin!(submit));
         }
         // The bound only turns a hang into a failure; the run comes as soon as it is tracked.
         let leased = tokio::time::timeout(
@@ -1055,9 +1059,7 @@ fn a_completion_whose_caller_stopped_waiting_is_applied() {
         {
             let complete =
                 queue.complete(id, leased.lease, RunStatus::Passed, Some(0), String::new());
-            let mut complete = std::pin::pin!(complete);
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            assert!(complete.as_mut().poll(&mut cx).is_pending());
+            poll_once(std::pin::pin!(complete));
         }
         // Completing again with the same lease answers the one recorded outcome, from memory
         // or the store: never a second one, never "unknown lease".
@@ -1090,10 +1092,13 @@ fn a_lease_whose_caller_stopped_waiting_is_undone_at_no_cost() {
             .unwrap();
         {
             let host = HOST;
-            let mut gone = Box::pin(queue.next("a", "runner:gone", &host, no_hook()));
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             // It took the run and began committing the lease; then its caller went away.
-            assert!(gone.as_mut().poll(&mut cx).is_pending());
+            poll_once(std::pin::pin!(queue.next(
+                "a",
+                "runner:gone",
+                &host,
+                no_hook()
+            )));
         }
         // The bound only turns a hang (a lease left to lapse: the clock here never moves)
         // into a failure.
@@ -1133,8 +1138,7 @@ fn a_cancel_that_loses_the_race_to_a_completion_changes_nothing() {
             "all good".into(),
         );
         let mut complete = std::pin::pin!(complete);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        assert!(complete.as_mut().poll(&mut cx).is_pending());
+        poll_once(complete.as_mut());
         let canceled = queue.cancel_run(id, "superseded").await.unwrap();
         assert!(!canceled, "the run had ended by the cancel's turn");
         assert_eq!(complete.await.unwrap().status, RunStatus::Passed);
