@@ -1383,11 +1383,19 @@ impl Queue {
 
     /// Renews a lease; returns the new expiry. Not persisted (see the crate docs).
     pub async fn heartbeat(&self, id: RunId, lease: LeaseId) -> Result<u64, QueueError> {
-        let expires_at = self.policy.expiry(self.now());
-        match self
-            .change(id, RunEvent::Heartbeat { lease, expires_at }, false)
-            .await?
-        {
+        self.to_the_end(move |queue| async move {
+            let _changing = queue.lock_run(id).await;
+            queue.heartbeat_locked(id, lease).await
+        })
+        .await
+    }
+
+    /// Extends `lease` from now, the run's lock already held; returns the new expiry.
+    async fn heartbeat_locked(&self, id: RunId, lease: LeaseId) -> Result<u64, QueueError> {
+        let now = self.now();
+        let expires_at = self.policy.expiry(now);
+        let event = RunEvent::Heartbeat { lease, expires_at };
+        match self.change_locked(id, event, None, false, now).await? {
             Transition::Extended { expires_at } => Ok(expires_at),
             _ => Ok(expires_at),
         }
@@ -1494,23 +1502,7 @@ impl Queue {
                 });
             }
         }
-        let now = self.now();
-        let expires_at = match self
-            .change_locked(
-                id,
-                RunEvent::Heartbeat {
-                    lease,
-                    expires_at: self.policy.expiry(now),
-                },
-                None,
-                false,
-                now,
-            )
-            .await?
-        {
-            Transition::Extended { expires_at } => expires_at,
-            _ => self.policy.expiry(now),
-        };
+        let expires_at = self.heartbeat_locked(id, lease).await?;
         let run = self
             .state
             .borrow()
