@@ -548,13 +548,24 @@ fn disconnected(e: &capnp::Error) -> bool {
 }
 
 /// One slot: wait for a job on any queue, run it, repeat; stop when drained.
-async fn run_slot(config: Rc<AgentConfig>, link: Rc<SiteLink>, mut control: AgentControl) {
-    let current: Rc<RefCell<Option<StopHandle>>> = Rc::default();
+async fn run_slot(config: Rc<AgentConfig>, link: Rc<SiteLink>, control: AgentControl) {
+    let mut reporting = None;
+    take_jobs(config, link, control, &mut reporting).await;
+    // Whatever ended the slot, the last run's outcome is still reported.
+    if let Some(report) = reporting {
+        let _ = report.await;
+    }
+}
+
+/// The slot's loop: asks for a run, runs it, and reports its outcome while asking for the
+/// next one. The report of the last run is left in `reporting`.
+async fn take_jobs(
+    config: Rc<AgentConfig>,
+    link: Rc<SiteLink>,
+    mut control: AgentControl,
+    reporting: &mut Option<tokio::task::JoinHandle<()>>,
+) {
     let secrets: Rc<RefCell<crate::secrets::SlotSecrets>> = Rc::default();
-    let job_control: job_control::Client = capnp_rpc::new_client(Control {
-        current: current.clone(),
-        secrets: secrets.clone(),
-    });
     let mut connection = link.subscribe();
     loop {
         if control.is_draining() {
@@ -568,6 +579,13 @@ async fn run_slot(config: Rc<AgentConfig>, link: Rc<SiteLink>, mut control: Agen
             () = control.drained() => return,
         };
         let Some(connected) = connected else { continue };
+        // Each lease gets a control of its own: a cancel meant for the run whose outcome is
+        // still being reported must not stop the run this slot takes next.
+        let current: Rc<RefCell<Option<StopHandle>>> = Rc::default();
+        let job_control: job_control::Client = capnp_rpc::new_client(Control {
+            current: current.clone(),
+            secrets: secrets.clone(),
+        });
         let waits = connected.workers.iter().map(|(queue, w)| {
             let mut next = w.next_request();
             next.get().set_control(job_control.clone());
@@ -629,8 +647,17 @@ async fn run_slot(config: Rc<AgentConfig>, link: Rc<SiteLink>, mut control: Agen
             }
         };
         *current.borrow_mut() = None;
+        // One report outstanding per slot: the previous one is done before this one starts.
+        if let Some(previous) = reporting.take() {
+            let _ = previous.await;
+        }
         if let Some(outcome) = outcome {
-            complete(&job, &outcome).await;
+            // Reported while the slot asks for its next run: the site can commit the outcome
+            // and the next lease together, and the slot does not wait out a commit between.
+            let job = job.clone();
+            *reporting = Some(tokio::task::spawn_local(async move {
+                complete(&job, &outcome).await;
+            }));
         }
         if control.is_draining() || config.once {
             return;
