@@ -117,9 +117,10 @@ impl Postgres {
         }
         let port = free_port()?;
         // Durability settings are left at their defaults (fsync, synchronous_commit on);
-        // only where to listen is set. 64 workers need 64 connections; the default is 100.
+        // only where to listen and how many may connect are set: 64 workers overlapping their
+        // steps on two connections each need 129 with the harness's own, over the default 100.
         let options = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {}",
+            "-p {port} -c listen_addresses=127.0.0.1 -c max_connections=160 -k {}",
             dir.path().display()
         );
         println!("  starting it on 127.0.0.1:{port}");

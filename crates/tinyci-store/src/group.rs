@@ -7,6 +7,8 @@
 //! is on disk. Each change runs in its own nested transaction, so one that fails is rolled
 //! back alone and reported to its caller; the rest of the batch commits.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -62,6 +64,8 @@ where
 #[derive(Clone, Debug)]
 pub struct GroupCommitter {
     tx: mpsc::Sender<Box<dyn Pending>>,
+    /// Transactions the writer has committed (or tried to), however many changes each held.
+    commits: Arc<AtomicU64>,
 }
 
 /// The writer thread; join it to be sure everything submitted was committed.
@@ -95,16 +99,24 @@ impl GroupCommitter {
     pub fn start(store: Store) -> Result<(Self, GroupWriterThread), StoreError> {
         let (tx, rx) = mpsc::channel::<Box<dyn Pending>>();
         let (ending, ended) = futures_channel::oneshot::channel::<()>();
+        let commits = Arc::new(AtomicU64::new(0));
+        let counted = commits.clone();
         let thread = std::thread::Builder::new()
             .name("tinyci-store-writer".into())
             .spawn(move || {
                 let _ending = ending;
-                writer(store, rx);
+                writer(store, rx, &counted);
             })
             .map_err(|e| StoreError::Aborted {
                 reason: format!("failed to start the store writer thread: {e}").into(),
             })?;
-        Ok((Self { tx }, GroupWriterThread { thread, ended }))
+        Ok((Self { tx, commits }, GroupWriterThread { thread, ended }))
+    }
+
+    /// How many transactions the writer has committed so far: with [`GroupCommitter::write`]
+    /// counts, it says how many changes shared each durable commit.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     /// Applies `op` in the next batch; resolves once that batch is durable (or with the
@@ -131,7 +143,7 @@ impl GroupCommitter {
     }
 }
 
-fn writer(store: Store, rx: mpsc::Receiver<Box<dyn Pending>>) {
+fn writer(store: Store, rx: mpsc::Receiver<Box<dyn Pending>>, commits: &AtomicU64) {
     // Blocks for the first change of a batch, then takes whatever else is already waiting.
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -147,6 +159,7 @@ fn writer(store: Store, rx: mpsc::Receiver<Box<dyn Pending>>) {
             }
             Ok(())
         });
+        commits.fetch_add(1, Ordering::Relaxed);
         let error = committed.err();
         for change in batch {
             change.finish(error.as_ref());
