@@ -341,7 +341,17 @@ pub(crate) async fn submit_source(
 ) -> anyhow::Result<String> {
     use anyhow::Context as _;
     use sha2::Digest as _;
-    let sink = submitter.upload_request().send().pipeline.get_sink();
+    // As `tinyci submit` does: the sink comes from the answer, so the chunks arrive in order.
+    let upload = submitter
+        .upload_request()
+        .send()
+        .promise
+        .await
+        .context("starting the upload")?;
+    let sink = upload
+        .get()
+        .and_then(|r| r.get_sink())
+        .context("starting the upload")?;
     for piece in source.chunks(64 * 1024) {
         let mut write = sink.write_request();
         write.get().set_chunk(piece);

@@ -196,7 +196,17 @@ async fn lease_and_follow(
         .promise
         .await
         .context("Job.started")?;
-    let sink = job.log_request().send().pipeline.get_sink();
+    // As the runner does: the sink comes from an answer, so the writes arrive in order.
+    let log = job
+        .log_request()
+        .send()
+        .promise
+        .await
+        .context("opening the log")?;
+    let sink = log
+        .get()
+        .and_then(|r| r.get_sink())
+        .context("opening the log")?;
     let (attached_tx, attached) = oneshot::channel();
     let (finished_tx, finished) = oneshot::channel();
     followers

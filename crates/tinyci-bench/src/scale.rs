@@ -413,7 +413,18 @@ async fn submit_one_at_a_time(
     let submitter = get.send().pipeline.get_submitter();
     let archive = crate::fixture::one_run_source()?;
     let digest = Sha256::digest(&archive);
-    let sink = submitter.upload_request().send().pipeline.get_sink();
+    // As `tinyci submit` does: the sink comes from the answer, so `finish` cannot overtake
+    // the chunk.
+    let upload = submitter
+        .upload_request()
+        .send()
+        .promise
+        .await
+        .context("starting the upload")?;
+    let sink = upload
+        .get()
+        .and_then(|r| r.get_sink())
+        .context("starting the upload")?;
     let mut write = sink.write_request();
     write.get().set_chunk(&archive);
     write.send().await.context("uploading the source")?;

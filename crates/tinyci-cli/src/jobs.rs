@@ -419,7 +419,16 @@ pub(crate) fn submit(mut args: SubmitArgs) -> Result<()> {
         let rpc = |e| rpc_error(&client, e);
 
         // Upload with flow control, then submit what was uploaded.
-        let sink = submitter.upload_request().send().pipeline.get_sink();
+        // The sink is taken from the answer, not pipelined: capnp-rpc can deliver a call
+        // queued on a pipelined capability after a later one sent straight to it once it
+        // resolved (capnproto-rust#575), and an archive's chunks must arrive in order.
+        let upload = submitter
+            .upload_request()
+            .send()
+            .promise
+            .await
+            .map_err(rpc)?;
+        let sink = upload.get().and_then(|r| r.get_sink()).map_err(rpc)?;
         let digest = Sha256::digest(&source.archive);
         // Big uploads report progress every tenth, on stderr.
         let total = source.archive.len();

@@ -62,7 +62,8 @@ pub(crate) async fn submit_on(
     let mut request = session.submitter_request();
     request.get().set_repo(repo);
     let submitter = request.send().pipeline.get_submitter();
-    let sink = submitter.upload_request().send().pipeline.get_sink();
+    let sink = submitter.upload_request().send().promise.await.unwrap();
+    let sink = sink.get().unwrap().get_sink().unwrap();
     let tar = source_tar();
     for piece in tar.chunks(64 * 1024) {
         let mut write = sink.write_request();
@@ -251,7 +252,8 @@ fn followers_before_during_and_after_get_the_same_log_and_a_stalled_one_costs_a_
 
         let job = lease(&session).await;
         job.started_request().send().promise.await.unwrap();
-        let sink = job.log_request().send().pipeline.get_sink();
+        let sink = job.log_request().send().promise.await.unwrap();
+        let sink = sink.get().unwrap().get_sink().unwrap();
         // 10 MiB in 64 KiB chunks, stdout and stderr interleaved.
         let chunk_len = 64 * 1024;
         let total_chunks = 160u64;
@@ -329,7 +331,8 @@ fn a_log_is_cut_at_its_limit_with_a_marker_and_the_run_still_completes() {
         let run = submit_one(&session).await;
         let job = lease(&session).await;
         job.started_request().send().promise.await.unwrap();
-        let sink = job.log_request().send().pipeline.get_sink();
+        let sink = job.log_request().send().promise.await.unwrap();
+        let sink = sink.get().unwrap().get_sink().unwrap();
         for i in 0..4u64 {
             write(&sink, i * 40_000, LogStream::Stdout, &[b'x'; 40_000]).await;
         }
@@ -426,7 +429,8 @@ fn retention_deletes_the_oldest_output_over_the_cap_then_everything_past_its_age
                 let run = submit_one(&session).await;
                 let job = lease(&session).await;
                 job.started_request().send().promise.await.unwrap();
-                let sink = job.log_request().send().pipeline.get_sink();
+                let sink = job.log_request().send().promise.await.unwrap();
+                let sink = sink.get().unwrap().get_sink().unwrap();
                 write(&sink, 0, LogStream::Stdout, &[b'y'; 60_000]).await;
                 sink.close_request().send().promise.await.unwrap();
                 complete(&job).await;
@@ -470,7 +474,8 @@ fn a_repository_over_its_storage_quota_is_refused_and_others_are_not() {
             submit_one(&session).await;
             let job = lease(&session).await;
             job.started_request().send().promise.await.unwrap();
-            let sink = job.log_request().send().pipeline.get_sink();
+            let sink = job.log_request().send().promise.await.unwrap();
+            let sink = sink.get().unwrap().get_sink().unwrap();
             write(&sink, 0, LogStream::Stdout, &[b'q'; 60_000]).await;
             sink.close_request().send().promise.await.unwrap();
             complete(&job).await;
@@ -527,7 +532,8 @@ fn retention_by_age_follows_the_site_clock() {
             let run = submit_one(&session).await;
             let job = lease(&session).await;
             job.started_request().send().promise.await.unwrap();
-            let sink = job.log_request().send().pipeline.get_sink();
+            let sink = job.log_request().send().promise.await.unwrap();
+            let sink = sink.get().unwrap().get_sink().unwrap();
             write(&sink, 0, LogStream::Stdout, b"kept a day").await;
             sink.close_request().send().promise.await.unwrap();
             complete(&job).await;
@@ -579,7 +585,8 @@ fn a_full_disk_refuses_the_log_write_clearly_and_the_site_goes_on() {
         std::os::unix::fs::symlink("/dev/full", shard.join(format!("{number}.log"))).unwrap();
         let job = lease(&session).await;
         job.started_request().send().promise.await.unwrap();
-        let sink = job.log_request().send().pipeline.get_sink();
+        let sink = job.log_request().send().promise.await.unwrap();
+        let sink = sink.get().unwrap().get_sink().unwrap();
         let piece = vec![b'f'; 64 * 1024];
         let mut offset = 0u64;
         let refusal = loop {
@@ -613,7 +620,8 @@ fn a_full_disk_refuses_the_log_write_clearly_and_the_site_goes_on() {
         let other = submit_one(&session).await;
         let job = lease(&session).await;
         job.started_request().send().promise.await.unwrap();
-        let sink = job.log_request().send().pipeline.get_sink();
+        let sink = job.log_request().send().promise.await.unwrap();
+        let sink = sink.get().unwrap().get_sink().unwrap();
         write(&sink, 0, LogStream::Stdout, b"stored").await;
         sink.close_request().send().promise.await.unwrap();
         complete(&job).await;

@@ -78,7 +78,8 @@ fn the_site_masks_what_a_runner_let_through_and_a_revoked_lease_gets_nothing() {
         assert_eq!(secrets.get(0).get_value().unwrap(), VALUE.as_bytes());
 
         // A runner that does not mask: whole, and split across two chunks.
-        let sink = job.log_request().send().pipeline.get_sink();
+        let sink = job.log_request().send().promise.await.unwrap();
+        let sink = sink.get().unwrap().get_sink().unwrap();
         let first = format!("whole {VALUE} then unmasked-by");
         let second = "-a-bad-runner end\n";
         write(&sink, 0, first.as_bytes()).await;
