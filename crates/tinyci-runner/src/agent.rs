@@ -553,7 +553,24 @@ async fn run_slot(config: Rc<AgentConfig>, link: Rc<SiteLink>, control: AgentCon
     take_jobs(config, link, control, &mut reporting).await;
     // Whatever ended the slot, the last run's outcome is still reported.
     if let Some(report) = reporting {
-        let _ = report.await;
+        report.finished().await;
+    }
+}
+
+/// A run's outcome being reported beside the slot's next request. Aborted if the slot is
+/// dropped (the agent stopping or its grant refused), as an inline report would be: a report
+/// whose connection is gone would otherwise wait for a reconnection that never comes.
+struct Report(tokio::task::JoinHandle<()>);
+
+impl Report {
+    async fn finished(mut self) {
+        let _ = (&mut self.0).await;
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -563,7 +580,7 @@ async fn take_jobs(
     config: Rc<AgentConfig>,
     link: Rc<SiteLink>,
     mut control: AgentControl,
-    reporting: &mut Option<tokio::task::JoinHandle<()>>,
+    reporting: &mut Option<Report>,
 ) {
     let secrets: Rc<RefCell<crate::secrets::SlotSecrets>> = Rc::default();
     let mut connection = link.subscribe();
@@ -603,6 +620,11 @@ async fn take_jobs(
                 Ok(job) => (queue, job),
                 Err(e) => {
                     if !disconnected(&e) {
+                        // The refusal may follow from the last run's end (a drained runner, a
+                        // spent single-use grant): its report lands before the reconnection.
+                        if let Some(report) = reporting.take() {
+                            report.finished().await;
+                        }
                         warn!(error = %e, "the site stopped giving jobs; reconnecting");
                         connected.renew.notify_one();
                     }
@@ -649,15 +671,15 @@ async fn take_jobs(
         *current.borrow_mut() = None;
         // One report outstanding per slot: the previous one is done before this one starts.
         if let Some(previous) = reporting.take() {
-            let _ = previous.await;
+            previous.finished().await;
         }
         if let Some(outcome) = outcome {
             // Reported while the slot asks for its next run: the site can commit the outcome
             // and the next lease together, and the slot does not wait out a commit between.
             let job = job.clone();
-            *reporting = Some(tokio::task::spawn_local(async move {
+            *reporting = Some(Report(tokio::task::spawn_local(async move {
                 complete(&job, &outcome).await;
-            }));
+            })));
         }
         if control.is_draining() || config.once {
             return;
