@@ -333,15 +333,16 @@ pub(crate) fn source_with_task(task_yml: &str) -> anyhow::Result<Vec<u8>> {
     builder.into_inner().context("building the source archive")
 }
 
-/// Uploads `source` through `submitter` in 64 KiB pieces and submits it as `refs/heads/main`;
-/// returns the id (`r-N`) of its one run, as `tinyci submit` would see it acknowledged.
-pub(crate) async fn submit_source(
+/// Uploads `source` through `submitter` in 64 KiB pieces, as `tinyci submit` does; returns
+/// its SHA-256, which names it in a submission.
+pub(crate) async fn upload(
     submitter: &tinyci_schema::submitter::Client,
     source: &[u8],
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context as _;
     use sha2::Digest as _;
-    // As `tinyci submit` does: the sink comes from the answer, so the chunks arrive in order.
+    // The sink comes from the answer, not a pipeline, so the chunks and `finish` arrive in
+    // order (see `tinyci submit`).
     let upload = submitter
         .upload_request()
         .send()
@@ -357,10 +358,21 @@ pub(crate) async fn submit_source(
         write.get().set_chunk(piece);
         write.send().await.context("uploading the source")?;
     }
-    let sha = sha2::Sha256::digest(source);
+    let sha = sha2::Sha256::digest(source).to_vec();
     let mut finish = sink.finish_request();
     finish.get().set_sha256(&sha);
     finish.send().promise.await.context("ByteSink.finish")?;
+    Ok(sha)
+}
+
+/// Uploads `source` through `submitter` and submits it as `refs/heads/main`; returns the id
+/// (`r-N`) of its one run, as `tinyci submit` would see it acknowledged.
+pub(crate) async fn submit_source(
+    submitter: &tinyci_schema::submitter::Client,
+    source: &[u8],
+) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let sha = upload(submitter, source).await?;
     let mut submit = submitter.submit_request();
     {
         let mut r = submit.get().init_request();

@@ -266,34 +266,14 @@ struct Client {
 impl Client {
     /// Runs `samples` jobs of `source` one at a time, after 3 untimed ones; their timings.
     async fn jobs(&self, source: &[u8], samples: usize) -> Result<Vec<Timing>> {
-        let (addr, tls, token, source) = (
-            self.addr,
-            self.tls.clone(),
-            self.token.clone(),
-            source.to_vec(),
-        );
-        fixture::on_thread("overhead client", move || async move {
-            let (admin, _connection) = fixture::admin_session(addr, tls, &token).await?;
-            let mut request = admin.logs_request();
-            request.get().set_repo("*");
-            let reader = request.send().pipeline.get_reader();
-            // Warm up: the first runs pay for connections, caches and page faults.
-            for _ in 0..3 {
-                one_job(&admin, &reader, &source).await?;
-            }
-            let mut timings = Vec::with_capacity(samples);
-            for _ in 0..samples {
-                timings.push(one_job(&admin, &reader, &source).await?);
-            }
-            anyhow::Ok(timings)
-        })
-        .await
+        let (timings, _) = self
+            .jobs_alternating(source, samples, || Ok(Duration::ZERO))
+            .await?;
+        Ok(timings)
     }
-}
 
-impl Client {
-    /// As [`Client::jobs`], with `baseline` run after each job (warm-ups included); the
-    /// jobs' timings and the baseline's.
+    /// Runs `samples` jobs of `source` one at a time, after 3 untimed ones, with `baseline`
+    /// run after each (warm-ups included); the jobs' timings and the baseline's.
     async fn jobs_alternating(
         &self,
         source: &[u8],

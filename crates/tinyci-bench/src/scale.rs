@@ -23,7 +23,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
 use tinyci_net::NetLimits;
 use tinyci_pki::SiteName;
 use tinyci_schema::{RunStatus, gateway, job_control};
@@ -412,29 +411,7 @@ async fn submit_one_at_a_time(
     get.get().set_repo("bench/scale");
     let submitter = get.send().pipeline.get_submitter();
     let archive = crate::fixture::one_run_source()?;
-    let digest = Sha256::digest(&archive);
-    // As `tinyci submit` does: the sink comes from the answer, so `finish` cannot overtake
-    // the chunk.
-    let upload = submitter
-        .upload_request()
-        .send()
-        .promise
-        .await
-        .context("starting the upload")?;
-    let sink = upload
-        .get()
-        .and_then(|r| r.get_sink())
-        .context("starting the upload")?;
-    let mut write = sink.write_request();
-    write.get().set_chunk(&archive);
-    write.send().await.context("uploading the source")?;
-    let mut finish = sink.finish_request();
-    finish.get().set_sha256(digest.as_slice());
-    finish
-        .send()
-        .promise
-        .await
-        .context("finishing the upload")?;
+    let digest = crate::fixture::upload(&submitter, &archive).await?;
 
     let mut latencies = Vec::with_capacity(count);
     for i in 0..count {
