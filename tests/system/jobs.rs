@@ -461,6 +461,54 @@ fn runners_reconnect_after_a_site_restart_drain_on_sigterm_and_cancel_on_sigint(
     assert!(clean);
 }
 
+/// A run that ends while its site is down cannot be reported until the site is back; SIGINT
+/// must still stop the runner rather than leave it waiting for a site that may never return.
+#[test]
+fn sigint_stops_a_runner_whose_run_ended_while_its_site_was_down() {
+    let dir = tempfile::tempdir().unwrap();
+    init_site(dir.path(), "");
+    let (site, addr) = serve_site(dir.path());
+    assert!(
+        run_in(
+            dir.path(),
+            &["runner", "add", "r1", "--queue", "default", "--addr", &addr]
+        )
+        .status
+        .success()
+    );
+    let runner = start_runner(dir.path(), "r1");
+    let repo = tempfile::tempdir().unwrap();
+    let (gate, ended) = (repo.path().join("gate"), repo.path().join("ended"));
+    git_repo(
+        repo.path(),
+        &[
+            ("tinyci.yml", ""),
+            (
+                "task.yml",
+                &format!(
+                    "mountpoint: /src\nruns:\n  gated:\n    command: [\"sh\", \"-c\", \"echo waiting; while [ ! -e {g} ]; do sleep 0.05; done; echo released; touch {e}\"]\n",
+                    g = gate.display(),
+                    e = ended.display()
+                ),
+            ),
+        ],
+    );
+    let mut submit = start_submit_wait(dir.path(), repo.path(), &addr);
+    wait_for_run(&mut submit, "r-2", "running on r1");
+
+    // The site goes away for good; the run ends meanwhile, so its last output and outcome
+    // wait for a reconnection.
+    let (clean, _) = site.terminate();
+    assert!(clean);
+    drop(submit);
+    std::fs::write(&gate, "go").unwrap();
+    wait_for_file(&ended, "the gated job to end");
+
+    runner.signal(Signal::SIGINT);
+    let (code, lines) = runner.wait_patiently();
+    assert_eq!(code, Some(0), "{lines:#?}");
+}
+
 #[test]
 fn a_runner_can_join_with_a_site_address_and_a_token() {
     let dir = tempfile::tempdir().unwrap();

@@ -166,6 +166,26 @@ impl SiteProcess {
         (status.code(), rest)
     }
 
+    /// Waits for the process to exit like [`SiteProcess::wait`], but panics if it is still
+    /// running after [`PATIENCE`]: for a test whose failure would be a process that hangs.
+    pub(crate) fn wait_patiently(mut self) -> (Option<i32>, Vec<String>) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut rest = std::mem::take(&mut self.stdout);
+                rest.extend(self.lines.iter());
+                return (status.code(), rest);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the process did not exit within {PATIENCE:?}; its output: {:#?}",
+                self.stdout
+            );
+            // Polling: a child's exit has no other portable event to wait on here.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGTERM and waits for the process to exit, returning whether it exited 0 and the
     /// rest of its stdout.
     pub(crate) fn terminate(mut self) -> (bool, Vec<String>) {

@@ -653,6 +653,7 @@ async fn take_jobs(
             link: link.clone(),
             reattaching: tokio::sync::Mutex::new(()),
             secrets: secrets.clone(),
+            stopping: control.clone(),
         });
         let mut cancel_all = control.clone();
         let run = run_job(&config, &job, signal);
@@ -704,6 +705,8 @@ struct JobLink {
     /// The running job's secrets, shared with the slot's `JobControl`, which deletes a
     /// withdrawn secret's file.
     secrets: Rc<RefCell<crate::secrets::SlotSecrets>>,
+    /// The agent's control: a cancel (SIGINT) ends a wait for the site to come back.
+    stopping: AgentControl,
 }
 
 impl JobLink {
@@ -730,20 +733,26 @@ impl JobLink {
     }
 
     /// After a call on generation `failed` was cut by a lost connection: waits for a newer
-    /// connection and resumes the lease there. `Err` if the site refuses (the lease is lost).
+    /// connection and resumes the lease there. `Err` if the site refuses (the lease is lost)
+    /// or the runner is canceled first: a drain waits for the site, so nothing is lost, but
+    /// a cancel must not hang on a site that may never come back.
     async fn reattach(&self, failed: u64) -> Result<job::Client, String> {
         let _one_at_a_time = self.reattaching.lock().await;
         if self.generation.get() != failed {
             return Ok(self.job.borrow().clone());
         }
         let mut link = self.link.subscribe();
+        let mut stopping = self.stopping.clone();
         loop {
             let serial = self.serial.get();
-            let connected = link
-                .wait_for(|c| c.as_ref().is_some_and(|c| c.serial != serial))
-                .await
-                .map_err(|_| "the runner is stopping".to_owned())?
-                .clone();
+            let connected = tokio::select! {
+                connected = link.wait_for(|c| c.as_ref().is_some_and(|c| c.serial != serial)) => {
+                    connected.map_err(|_| "the runner is stopping".to_owned())?.clone()
+                }
+                () = stopping.canceled() => {
+                    return Err("the runner was canceled while the site was unreachable".to_owned());
+                }
+            };
             let Some(connected) = connected else { continue };
             let Some(worker) = connected.workers.get(&self.queue) else {
                 return Err(format!(
