@@ -17,7 +17,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use tinyci_store::records::{LogRecord, LogSpan};
@@ -65,58 +64,99 @@ pub(crate) struct Frame {
     pub(crate) record: LogRecord,
 }
 
-/// Appends a frame holding `pieces` (each a stream's bytes, in order), starting at log
-/// offset `offset` and stamped `timestamp_micros`, to `out`; returns the frame's length.
-/// Consecutive pieces of one stream share a span.
-pub(crate) fn encode_frame<'a>(
+/// What a frame holds besides its log bytes: what goes before them and after them. The log
+/// bytes themselves are written from where they lie (see [`append_durably`]), not copied
+/// into a frame buffer first.
+#[derive(Debug)]
+pub(crate) struct FrameShell {
+    /// `len | crc32 | offset | flags | data_len`.
+    pub(crate) head: [u8; HEADER_LEN],
+    /// The time stamp and the spans.
+    pub(crate) tail: Vec<u8>,
+    /// The whole frame's length: head, log bytes and tail.
+    pub(crate) len: u64,
+}
+
+/// The head and tail of a frame holding `pieces` (each a stream's bytes, in order), starting
+/// at log offset `offset` and stamped `timestamp_micros`. Consecutive pieces of one stream
+/// share a span.
+pub(crate) fn frame_shell<'a>(
     offset: u64,
     cut: bool,
     timestamp_micros: i64,
-    pieces: impl IntoIterator<Item = (u8, &'a [u8])>,
-    out: &mut Vec<u8>,
-) -> u64 {
-    let start = out.len();
+    pieces: impl IntoIterator<Item = (u8, &'a [u8])> + Clone,
+) -> FrameShell {
     let flags = if cut { FLAG_CUT } else { 0 };
-    // Lengths and checksum are filled in once the payload is written.
-    out.extend_from_slice(&[0; 8]);
-    out.extend_from_slice(&offset.to_le_bytes());
-    out.extend_from_slice(&flags.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
     let mut spans: Vec<LogSpan> = Vec::new();
-    for (stream, bytes) in pieces {
+    let mut data_len = 0usize;
+    for (stream, bytes) in pieces.clone() {
         if bytes.is_empty() {
             continue;
         }
-        out.extend_from_slice(bytes);
+        data_len += bytes.len();
         let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         match spans.last_mut() {
             Some(last) if last.stream == stream => last.len = last.len.saturating_add(len),
             _ => spans.push(LogSpan { stream, len }),
         }
     }
-    let data_len = u32::try_from(out.len() - start - HEADER_LEN).unwrap_or(u32::MAX);
-    out.extend_from_slice(&timestamp_micros.to_le_bytes());
-    push_varint(out, spans.len() as u64);
+    let mut tail = Vec::with_capacity(8 + 3 * (spans.len() + 1));
+    tail.extend_from_slice(&timestamp_micros.to_le_bytes());
+    push_varint(&mut tail, spans.len() as u64);
     for span in spans {
-        push_varint(out, u64::from(u32::from(span)));
+        push_varint(&mut tail, u64::from(u32::from(span)));
     }
-    let len = u32::try_from(out.len() - start - HEADER_LEN).unwrap_or(u32::MAX);
-    out[start + 20..start + 24].copy_from_slice(&data_len.to_le_bytes());
-    let crc = crc32fast::hash(&out[start + 8..]);
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    (out.len() - start) as u64
+    let payload = data_len + tail.len();
+    let mut head = [0u8; HEADER_LEN];
+    head[0..4].copy_from_slice(&u32::try_from(payload).unwrap_or(u32::MAX).to_le_bytes());
+    head[8..16].copy_from_slice(&offset.to_le_bytes());
+    head[16..20].copy_from_slice(&flags.to_le_bytes());
+    head[20..24].copy_from_slice(&u32::try_from(data_len).unwrap_or(u32::MAX).to_le_bytes());
+    // The checksum covers everything after itself, in the order the bytes lie in the file.
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head[8..]);
+    for (_, bytes) in pieces {
+        crc.update(bytes);
+    }
+    crc.update(&tail);
+    head[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+    FrameShell {
+        head,
+        tail,
+        len: (HEADER_LEN + payload) as u64,
+    }
+}
+
+/// Appends a frame holding `pieces` (see [`frame_shell`]) to `out`; returns its length.
+pub(crate) fn encode_frame<'a>(
+    offset: u64,
+    cut: bool,
+    timestamp_micros: i64,
+    pieces: impl IntoIterator<Item = (u8, &'a [u8])> + Clone,
+    out: &mut Vec<u8>,
+) -> u64 {
+    let frame = frame_shell(offset, cut, timestamp_micros, pieces.clone());
+    out.extend_from_slice(&frame.head);
+    for (_, bytes) in pieces {
+        out.extend_from_slice(bytes);
+    }
+    out.extend_from_slice(&frame.tail);
+    frame.len
 }
 
 /// The frame of a stored record (one piece per span).
 pub(crate) fn encode_record(offset: u64, record: &LogRecord, out: &mut Vec<u8>) -> u64 {
     let mut at = 0usize;
-    let pieces = record.spans.iter().map(|span| {
-        let end = (at + span.len as usize).min(record.data.len());
-        let piece = (span.stream, &record.data[at.min(end)..end]);
-        at = end;
-        piece
-    });
+    let pieces: Vec<(u8, &[u8])> = record
+        .spans
+        .iter()
+        .map(|span| {
+            let end = (at + span.len as usize).min(record.data.len());
+            let piece = (span.stream, &record.data[at.min(end)..end]);
+            at = end;
+            piece
+        })
+        .collect();
     encode_frame(offset, false, record.timestamp_micros, pieces, out)
 }
 
@@ -226,8 +266,12 @@ impl FrameReader {
         if len > MAX_PAYLOAD || offset != self.next.offset {
             return Ok(self.stop());
         }
-        let mut payload = vec![0u8; len];
-        if read_full(&mut self.file, &mut payload)? < len {
+        // Read into spare capacity: a zeroed buffer would be written twice.
+        let mut payload = Vec::with_capacity(len);
+        (&mut self.file)
+            .take(len as u64)
+            .read_to_end(&mut payload)?;
+        if payload.len() < len {
             return Ok(self.stop());
         }
         let mut check = crc32fast::Hasher::new();
@@ -406,9 +450,26 @@ impl LogFiles {
     }
 }
 
-/// Writes `bytes` at `pos` of `file` and makes them durable.
-pub(crate) fn append_durably(file: &File, pos: u64, bytes: &[u8]) -> io::Result<()> {
-    file.write_all_at(bytes, pos)?;
+/// Writes `parts`, one after another, at `pos` of `file` and makes them durable.
+pub(crate) fn append_durably(
+    file: &File,
+    pos: u64,
+    mut parts: &mut [io::IoSlice<'_>],
+) -> io::Result<()> {
+    use std::io::Write as _;
+    // One `writev` takes the frames' heads, tails and log bytes from where they lie. The
+    // position is the file's own: only the log's one committing task writes to it, and
+    // readers read at explicit offsets.
+    let mut file = file;
+    file.seek(SeekFrom::Start(pos))?;
+    while !parts.is_empty() {
+        match file.write_vectored(parts) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut parts, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     file.sync_data()
 }
 
@@ -439,6 +500,23 @@ mod tests {
         let len = encode(u64::MAX, true, &[7; MAX_LOG_CHUNK], &mut out);
         assert_eq!(len, out.len() as u64);
         assert!(len <= MAX_LOG_CHUNK as u64 + FRAME_COST, "{len}");
+    }
+
+    #[test]
+    fn a_frame_written_from_its_parts_is_the_frame_encoded_whole_past_the_iovec_limit() {
+        // More parts than one `writev` takes (IOV_MAX is 1024 on Linux): the rest follow.
+        let dir = tempfile::tempdir().unwrap();
+        let pieces: Vec<(u8, &[u8])> = (0..3000).map(|i| ((i % 3) as u8, &b"yz"[..])).collect();
+        let shell = frame_shell(11, true, 7, pieces.iter().copied());
+        let mut parts = vec![io::IoSlice::new(&shell.head)];
+        parts.extend(pieces.iter().map(|(_, bytes)| io::IoSlice::new(bytes)));
+        parts.push(io::IoSlice::new(&shell.tail));
+        let file = File::create(dir.path().join("1.log")).unwrap();
+        append_durably(&file, 0, &mut parts).unwrap();
+        let mut whole = Vec::new();
+        let len = encode_frame(11, true, 7, pieces, &mut whole);
+        assert_eq!(len, shell.len);
+        assert_eq!(std::fs::read(dir.path().join("1.log")).unwrap(), whole);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::follow::FollowStats;
 use crate::read::{ReadRange, file_error, off_thread, read_chunks, stored_end};
-use crate::segment::{FRAME_COST, LogFiles, Position, SPAN_COST, append_durably, encode_frame};
+use crate::segment::{FRAME_COST, LogFiles, Position, SPAN_COST, append_durably, frame_shell};
 use crate::{LOG_COMMIT_WINDOW, LogError, MAX_LOG_CHUNK, Stream};
 
 /// A frame is indexed in LMDB when it starts at least this far into the file past the last
@@ -588,31 +588,47 @@ async fn commit_queued(
                 }
             };
             let groups = frame_groups(&chunks);
-            let mut frames = Vec::with_capacity(bytes + groups.len() * FRAME_COST as usize);
+            let mut shells = Vec::with_capacity(groups.len());
             let mut at = start;
             let mut last_frame = None;
             let final_group = groups.len().saturating_sub(1);
             for (i, group) in groups.into_iter().enumerate() {
-                let group = &chunks[group];
-                let Some((offset, first)) = group.first() else {
+                let Some((offset, first)) = chunks[group.clone()].first() else {
                     continue;
                 };
-                let pieces = group.iter().map(|(_, c)| (c.stream, &c.data[..]));
-                let len = encode_frame(
+                let pieces = chunks[group.clone()]
+                    .iter()
+                    .map(|(_, c)| (c.stream, &c.data[..]));
+                let shell = frame_shell(
                     *offset,
                     cut && i == final_group,
                     first.timestamp_micros,
                     pieces,
-                    &mut frames,
                 );
                 last_frame = Some(at);
-                let data: usize = group.iter().map(|(_, c)| c.data.len()).sum();
+                let data: usize = chunks[group.clone()]
+                    .iter()
+                    .map(|(_, c)| c.data.len())
+                    .sum();
                 at = Position {
                     offset: offset + data as u64,
-                    pos: at.pos + len,
+                    pos: at.pos + shell.len,
                 };
+                shells.push((group, shell));
             }
-            if let Err(e) = append_durably(&file, start.pos, &frames) {
+            // The chunks' bytes go to the file from where they lie: each frame is its head,
+            // its chunks and its tail.
+            let mut parts = Vec::with_capacity(chunks.len() + 2 * shells.len());
+            for (group, shell) in &shells {
+                parts.push(std::io::IoSlice::new(&shell.head));
+                parts.extend(
+                    chunks[group.clone()]
+                        .iter()
+                        .map(|(_, c)| std::io::IoSlice::new(&c.data)),
+                );
+                parts.push(std::io::IoSlice::new(&shell.tail));
+            }
+            if let Err(e) = append_durably(&file, start.pos, &mut parts) {
                 // Leave no frame that was not synced for a reader to take as durable.
                 let _ = file.set_len(start.pos);
                 return Err(e);
