@@ -18,6 +18,11 @@
 //! receiver has read everything; and the same bytes written in the same pieces to as many
 //! files as there are runs, one thread each, on the disk the site uses, `fdatasync`ed every
 //! MiB (where the runner asks for an acknowledgement) and at the end.
+//!
+//! Beside the rates it prints what each MB cost this process in CPU time (the kernel's count,
+//! every thread), for the product and for the raw copy: the product moves each byte over two
+//! TLS legs, so twice the raw copy's CPU per MB is its floor, and on a machine with few cores
+//! that floor, not the disk, bounds the figure.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -35,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Options;
 use crate::fixture::{self, SiteFixture, median};
+use crate::measure;
 use crate::report::{self, Better, Figure};
 
 /// The runner's chunk size (`tinyci_runner::MAX_CHUNK`).
@@ -370,12 +376,28 @@ async fn raw_round(
     Ok(mb_per_sec(total, ended.saturating_duration_since(started)))
 }
 
-/// Medians of one scenario's rounds: tinyci, raw TLS, durable disk.
+/// Medians of one scenario's rounds: tinyci, raw TLS, durable disk; and what the first two
+/// cost this process in CPU time per MB.
 struct Scenario {
     runs: usize,
     ours: Vec<f64>,
     raw: Vec<f64>,
     disk: Vec<f64>,
+    ours_cpu: Vec<f64>,
+    raw_cpu: Vec<f64>,
+}
+
+/// Runs `round`, which moves `bytes`; returns its MB/s and the process's CPU milliseconds per
+/// MB meanwhile (every thread: the runner, the site and the follower, or the raw sender and
+/// receiver).
+async fn with_cpu(
+    bytes: u64,
+    round: impl std::future::Future<Output = anyhow::Result<f64>>,
+) -> anyhow::Result<(f64, f64)> {
+    let before = measure::process_cpu()?;
+    let rate = round.await?;
+    let used = measure::process_cpu()?.saturating_sub(before);
+    Ok((rate, used.as_secs_f64() * 1e3 / (bytes as f64 / 1e6)))
 }
 
 pub(crate) async fn run(options: &Options) -> anyhow::Result<Vec<Figure>> {
@@ -446,17 +468,23 @@ pub(crate) async fn run(options: &Options) -> anyhow::Result<Vec<Figure>> {
                 ours: Vec::new(),
                 raw: Vec::new(),
                 disk: Vec::new(),
+                ours_cpu: Vec::new(),
+                raw_cpu: Vec::new(),
             };
             for round in 0..=rounds {
                 // Round 0 is a shorter warm-up and is not kept.
                 let bytes = if round == 0 { total / 8 } else { total };
-                let o = product_round(&submitter, &worker, &follow_tx, runs, bytes, &data).await?;
-                let r = raw_round(raw_addr, runner_tls.clone(), &raw_tx, bytes, &data).await?;
+                let product = product_round(&submitter, &worker, &follow_tx, runs, bytes, &data);
+                let (o, o_cpu) = with_cpu(bytes, product).await?;
+                let raw = raw_round(raw_addr, runner_tls.clone(), &raw_tx, bytes, &data);
+                let (r, r_cpu) = with_cpu(bytes, raw).await?;
                 let d = disk_round(&disk_dir, runs, bytes, &data)?;
                 if round > 0 {
                     scenario.ours.push(o);
                     scenario.raw.push(r);
                     scenario.disk.push(d);
+                    scenario.ours_cpu.push(o_cpu);
+                    scenario.raw_cpu.push(r_cpu);
                 }
             }
             scenarios.push(scenario);
@@ -474,6 +502,8 @@ pub(crate) async fn run(options: &Options) -> anyhow::Result<Vec<Figure>> {
         let ours = median(&mut scenario.ours);
         let raw = median(&mut scenario.raw);
         let disk = median(&mut scenario.disk);
+        let ours_cpu = median(&mut scenario.ours_cpu);
+        let raw_cpu = median(&mut scenario.raw_cpu);
         let ceiling = raw.min(disk);
         let runs = match scenario.runs {
             1 => "1 run".to_owned(),
@@ -483,6 +513,18 @@ pub(crate) async fn run(options: &Options) -> anyhow::Result<Vec<Figure>> {
             "  {runs}: raw rustls copy {raw:.1} MB/s, durable disk write {disk:.1} MB/s \
              ({} files, fdatasync every MiB)",
             scenario.runs
+        );
+        // What the CPU allows: the product moves each byte over two TLS legs (runner → site,
+        // site → follower), so it costs at least twice the raw copy's CPU per MB, and all
+        // the parties share this machine's cores.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        println!(
+            "  {runs}: CPU per MB (every thread of this process): tinyci {ours_cpu:.2} ms, raw \
+             rustls copy {raw_cpu:.2} ms; two TLS legs cost at least {:.2} ms, so {cores} \
+             cores move at most {:.0} MB/s through the product, {:.0}% of the ceiling",
+            2.0 * raw_cpu,
+            cores * 1e3 / (2.0 * raw_cpu).max(1e-9),
+            100.0 * cores * 1e3 / (2.0 * raw_cpu).max(1e-9) / ceiling.max(1e-9),
         );
         figures.push(
             Figure::new(
