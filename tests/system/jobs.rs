@@ -461,6 +461,69 @@ fn runners_reconnect_after_a_site_restart_drain_on_sigterm_and_cancel_on_sigint(
     assert!(clean);
 }
 
+/// A run that ends during an outage long enough for its heartbeat to fail is reported once the
+/// site is back. The failed heartbeat waited for the site holding the lease's reattach lock,
+/// and the run's last output needed that lock to be flushed: the slot hung for good.
+#[test]
+fn a_run_that_ends_during_an_outage_is_reported_when_the_site_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    // A heartbeat every second.
+    init_site(dir.path(), "\n[queue]\nlease_seconds = 3\n");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let listen = [
+        "--config",
+        "site.toml",
+        "--listen",
+        addr.as_str(),
+        "--no-local-runner",
+    ];
+    let mut site = SiteProcess::start(dir.path(), &listen);
+    site.wait_for("listening on ");
+    assert!(
+        run_in(
+            dir.path(),
+            &["runner", "add", "r1", "--queue", "default", "--addr", &addr]
+        )
+        .status
+        .success()
+    );
+    let _runner = start_runner(dir.path(), "r1");
+    let repo = tempfile::tempdir().unwrap();
+    let (gate, ended) = (repo.path().join("gate"), repo.path().join("ended"));
+    // After the gate opens the job outlives a heartbeat or two (so one fails and waits for
+    // the site), then prints its last line: output that can only be flushed once the site
+    // is back.
+    git_repo(
+        repo.path(),
+        &[
+            ("tinyci.yml", ""),
+            (
+                "task.yml",
+                &format!(
+                    "mountpoint: /src\nruns:\n  gated:\n    command: [\"sh\", \"-c\", \"echo waiting; while [ ! -e {g} ]; do sleep 0.05; done; sleep 2; echo released; touch {e}\"]\n",
+                    g = gate.display(),
+                    e = ended.display()
+                ),
+            ),
+        ],
+    );
+    let mut submit = start_submit_wait(dir.path(), repo.path(), &addr);
+    wait_for_run(&mut submit, "r-2", "running on r1");
+    let (clean, _) = site.terminate();
+    assert!(clean);
+    drop(submit);
+    std::fs::write(&gate, "go").unwrap();
+    wait_for_file(&ended, "the gated job to end");
+
+    let mut site = SiteProcess::start(dir.path(), &listen);
+    site.wait_for("listening on ");
+    let wait = SiteProcess::spawn(dir.path(), &["wait", "s-1", "--addr", &addr]);
+    let (code, lines) = wait.wait_patiently();
+    assert_eq!(code, Some(0), "{lines:#?}");
+    let (clean, _) = site.terminate();
+    assert!(clean);
+}
+
 /// A run that ends while its site is down cannot be reported until the site is back; SIGINT
 /// must still stop the runner rather than leave it waiting for a site that may never return.
 #[test]

@@ -737,21 +737,26 @@ impl JobLink {
     /// or the runner is canceled first: a drain waits for the site, so nothing is lost, but
     /// a cancel must not hang on a site that may never come back.
     async fn reattach(&self, failed: u64) -> Result<job::Client, String> {
-        let _one_at_a_time = self.reattaching.lock().await;
+        const CANCELED: &str = "the runner was canceled while the site was unreachable";
+        let mut stopping = self.stopping.clone();
+        let _one_at_a_time = tokio::select! {
+            guard = self.reattaching.lock() => guard,
+            () = stopping.canceled() => return Err(CANCELED.to_owned()),
+        };
         if self.generation.get() != failed {
             return Ok(self.job.borrow().clone());
         }
         let mut link = self.link.subscribe();
-        let mut stopping = self.stopping.clone();
         loop {
             let serial = self.serial.get();
             let connected = tokio::select! {
+                // A connection that is already back wins over a cancel: the lease is resumed,
+                // so the slot can hand it back at once rather than leave it to expire.
+                biased;
                 connected = link.wait_for(|c| c.as_ref().is_some_and(|c| c.serial != serial)) => {
                     connected.map_err(|_| "the runner is stopping".to_owned())?.clone()
                 }
-                () = stopping.canceled() => {
-                    return Err("the runner was canceled while the site was unreachable".to_owned());
-                }
+                () = stopping.canceled() => return Err(CANCELED.to_owned()),
             };
             let Some(connected) = connected else { continue };
             let Some(worker) = connected.workers.get(&self.queue) else {
@@ -926,10 +931,13 @@ async fn run_leased(
     // more than it holds would otherwise block on its own output).
     // Secret values are masked here, before any output leaves the runner.
     let forward = forward_output(link, crate::secrets::MaskedOutput::new(out_rx, forms));
-    let heartbeat = keep_lease(link, lease_expires);
-    tokio::pin!(heartbeat);
     let (lost_tx, lost_rx) = stop_pair();
     let work = async {
+        // Owned by `work`, so it is dropped when the work ends: a heartbeat left waiting in
+        // `reattach` through an outage would otherwise hold the lease's reattach lock while
+        // `forward` needs it to flush the last output, and neither would ever finish.
+        let heartbeat = keep_lease(link, lease_expires);
+        tokio::pin!(heartbeat);
         let mut lost = false;
         let outcome = {
             let run = async {
