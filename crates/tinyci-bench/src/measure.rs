@@ -58,26 +58,10 @@ pub(crate) fn micros(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e6
 }
 
-/// CPU time this process has used so far, user and system, all threads: the kernel's count
-/// (`utime` and `stime` in `/proc/self/stat`, in clock ticks of 1/100 s, which Linux fixes
-/// at 100 per second for that file whatever the kernel's own tick).
+/// CPU time this process has used so far, user and system, all threads: the kernel's
+/// process CPU clock (`CLOCK_PROCESS_CPUTIME_ID`), to the nanosecond.
 pub(crate) fn process_cpu() -> anyhow::Result<Duration> {
-    const TICKS_PER_SEC: u64 = 100;
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
-    let after_name = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| anyhow::anyhow!("/proc/self/stat has no command name"))?;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // Fields 14 and 15 of the file; the first after the name is field 3.
-    let tick = |field: usize| -> anyhow::Result<u64> {
-        fields
-            .get(field - 3)
-            .ok_or_else(|| anyhow::anyhow!("/proc/self/stat has no field {field}"))?
-            .parse::<u64>()
-            .map_err(|e| anyhow::anyhow!("/proc/self/stat field {field}: {e}"))
-    };
-    let ticks = tick(14)? + tick(15)?;
-    Ok(Duration::from_millis(ticks * 1000 / TICKS_PER_SEC))
+    let spent = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .map_err(|e| anyhow::anyhow!("reading the process CPU clock: {e}"))?;
+    Ok(Duration::from(spent))
 }

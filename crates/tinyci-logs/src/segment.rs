@@ -457,9 +457,9 @@ pub(crate) fn append_durably(
     mut parts: &mut [io::IoSlice<'_>],
 ) -> io::Result<()> {
     use std::io::Write as _;
-    // One `writev` takes the frames' heads, tails and log bytes from where they lie. The
-    // position is the file's own: only the log's one committing task writes to it, and
-    // readers read at explicit offsets.
+    // `writev` takes the frames' heads, tails and log bytes from where they lie (as many
+    // calls as the slices need). The position is this handle's own: only the log's one
+    // committing task writes through it, and readers open handles of their own.
     let mut file = file;
     file.seek(SeekFrom::Start(pos))?;
     while !parts.is_empty() {
