@@ -389,7 +389,9 @@ struct Scenario {
 
 /// Runs `round`, which moves `bytes`; returns its MB/s and the process's CPU milliseconds per
 /// MB meanwhile (every thread: the runner, the site and the follower, or the raw sender and
-/// receiver).
+/// receiver). The product's window also holds its round's setup (a submission, a lease, the
+/// followers attaching) and the runs' completion: a few milliseconds of CPU beside the
+/// hundreds the bytes take, so the figure errs a little high.
 async fn with_cpu(
     bytes: u64,
     round: impl std::future::Future<Output = anyhow::Result<f64>>,
