@@ -461,6 +461,65 @@ fn runners_reconnect_after_a_site_restart_drain_on_sigterm_and_cancel_on_sigint(
     assert!(clean);
 }
 
+/// A job waiting for its gate file, running on runner `r1` of the site at `addr`. Holds the
+/// repository the gate lives in: a retry of the job needs the gate too.
+struct GatedRun {
+    runner: SiteProcess,
+    gate: std::path::PathBuf,
+    /// Created by the job as its last step.
+    ended: std::path::PathBuf,
+    _repo: tempfile::TempDir,
+}
+
+/// Provisions runner `r1` at `addr`, starts it and submits a job that waits for its gate
+/// file, then runs `after_gate`, prints its last line and touches its `ended` file; returns
+/// once the run (`r-2`) is running, with the `submit --wait` following it.
+fn start_gated_run(dir: &Path, addr: &str, after_gate: &str) -> (GatedRun, SiteProcess) {
+    assert!(
+        run_in(
+            dir,
+            &["runner", "add", "r1", "--queue", "default", "--addr", addr]
+        )
+        .status
+        .success()
+    );
+    let runner = start_runner(dir, "r1");
+    let repo = tempfile::tempdir().unwrap();
+    let (gate, ended) = (repo.path().join("gate"), repo.path().join("ended"));
+    git_repo(
+        repo.path(),
+        &[
+            ("tinyci.yml", ""),
+            (
+                "task.yml",
+                &format!(
+                    "mountpoint: /src\nruns:\n  gated:\n    command: [\"sh\", \"-c\", \"echo waiting; while [ ! -e {g} ]; do sleep 0.05; done; {after_gate} echo released; touch {e}\"]\n",
+                    g = gate.display(),
+                    e = ended.display()
+                ),
+            ),
+        ],
+    );
+    let mut submit = start_submit_wait(dir, repo.path(), addr);
+    wait_for_run(&mut submit, "r-2", "running on r1");
+    let run = GatedRun {
+        runner,
+        gate,
+        ended,
+        _repo: repo,
+    };
+    (run, submit)
+}
+
+/// Stops `site` for good while `run` runs, then lets the run end during the outage.
+fn end_run_while_site_is_down(site: SiteProcess, submit: SiteProcess, run: &GatedRun) {
+    let (clean, _) = site.terminate();
+    assert!(clean);
+    drop(submit);
+    std::fs::write(&run.gate, "go").unwrap();
+    wait_for_file(&run.ended, "the gated job to end");
+}
+
 /// A run that ends during an outage long enough for its heartbeat to fail is reported once the
 /// site is back. The failed heartbeat waited for the site holding the lease's reattach lock,
 /// and the run's last output needed that lock to be flushed: the slot hung for good.
@@ -479,41 +538,11 @@ fn a_run_that_ends_during_an_outage_is_reported_when_the_site_returns() {
     ];
     let mut site = SiteProcess::start(dir.path(), &listen);
     site.wait_for("listening on ");
-    assert!(
-        run_in(
-            dir.path(),
-            &["runner", "add", "r1", "--queue", "default", "--addr", &addr]
-        )
-        .status
-        .success()
-    );
-    let _runner = start_runner(dir.path(), "r1");
-    let repo = tempfile::tempdir().unwrap();
-    let (gate, ended) = (repo.path().join("gate"), repo.path().join("ended"));
     // After the gate opens the job outlives a heartbeat or two (so one fails and waits for
     // the site), then prints its last line: output that can only be flushed once the site
     // is back.
-    git_repo(
-        repo.path(),
-        &[
-            ("tinyci.yml", ""),
-            (
-                "task.yml",
-                &format!(
-                    "mountpoint: /src\nruns:\n  gated:\n    command: [\"sh\", \"-c\", \"echo waiting; while [ ! -e {g} ]; do sleep 0.05; done; sleep 2; echo released; touch {e}\"]\n",
-                    g = gate.display(),
-                    e = ended.display()
-                ),
-            ),
-        ],
-    );
-    let mut submit = start_submit_wait(dir.path(), repo.path(), &addr);
-    wait_for_run(&mut submit, "r-2", "running on r1");
-    let (clean, _) = site.terminate();
-    assert!(clean);
-    drop(submit);
-    std::fs::write(&gate, "go").unwrap();
-    wait_for_file(&ended, "the gated job to end");
+    let (run, submit) = start_gated_run(dir.path(), &addr, "sleep 2;");
+    end_run_while_site_is_down(site, submit, &run);
 
     let mut site = SiteProcess::start(dir.path(), &listen);
     site.wait_for("listening on ");
@@ -531,44 +560,10 @@ fn sigint_stops_a_runner_whose_run_ended_while_its_site_was_down() {
     let dir = tempfile::tempdir().unwrap();
     init_site(dir.path(), "");
     let (site, addr) = serve_site(dir.path());
-    assert!(
-        run_in(
-            dir.path(),
-            &["runner", "add", "r1", "--queue", "default", "--addr", &addr]
-        )
-        .status
-        .success()
-    );
-    let runner = start_runner(dir.path(), "r1");
-    let repo = tempfile::tempdir().unwrap();
-    let (gate, ended) = (repo.path().join("gate"), repo.path().join("ended"));
-    git_repo(
-        repo.path(),
-        &[
-            ("tinyci.yml", ""),
-            (
-                "task.yml",
-                &format!(
-                    "mountpoint: /src\nruns:\n  gated:\n    command: [\"sh\", \"-c\", \"echo waiting; while [ ! -e {g} ]; do sleep 0.05; done; echo released; touch {e}\"]\n",
-                    g = gate.display(),
-                    e = ended.display()
-                ),
-            ),
-        ],
-    );
-    let mut submit = start_submit_wait(dir.path(), repo.path(), &addr);
-    wait_for_run(&mut submit, "r-2", "running on r1");
-
-    // The site goes away for good; the run ends meanwhile, so its last output and outcome
-    // wait for a reconnection.
-    let (clean, _) = site.terminate();
-    assert!(clean);
-    drop(submit);
-    std::fs::write(&gate, "go").unwrap();
-    wait_for_file(&ended, "the gated job to end");
-
-    runner.signal(Signal::SIGINT);
-    let (code, lines) = runner.wait_patiently();
+    let (run, submit) = start_gated_run(dir.path(), &addr, "");
+    end_run_while_site_is_down(site, submit, &run);
+    run.runner.signal(Signal::SIGINT);
+    let (code, lines) = run.runner.wait_patiently();
     assert_eq!(code, Some(0), "{lines:#?}");
 }
 
