@@ -5,7 +5,9 @@ use std::path::Path;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::support::{SiteProcess, git_repo, init_site, run_in, serve_site, wait_for_file};
+use crate::support::{
+    SiteProcess, git_repo, init_site, run_in, serve_site, serve_site_at, wait_for_file,
+};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -385,15 +387,7 @@ fn runners_reconnect_after_a_site_restart_drain_on_sigterm_and_cancel_on_sigint(
     let dir = tempfile::tempdir().unwrap();
     init_site(dir.path(), "");
     let addr = format!("127.0.0.1:{}", free_port());
-    let listen = [
-        "--config",
-        "site.toml",
-        "--listen",
-        addr.as_str(),
-        "--no-local-runner",
-    ];
-    let mut site = SiteProcess::start(dir.path(), &listen);
-    site.wait_for("listening on ");
+    let site = serve_site_at(dir.path(), &addr);
     assert!(
         run_in(
             dir.path(),
@@ -407,8 +401,7 @@ fn runners_reconnect_after_a_site_restart_drain_on_sigterm_and_cancel_on_sigint(
     // The site goes away and comes back: the runner reconnects by itself.
     let (clean, _) = site.terminate();
     assert!(clean);
-    let mut site = SiteProcess::start(dir.path(), &listen);
-    site.wait_for("listening on ");
+    let site = serve_site_at(dir.path(), &addr);
     let repo = tempfile::tempdir().unwrap();
     let gate = repo.path().join("gate");
     git_repo(
@@ -529,23 +522,14 @@ fn a_run_that_ends_during_an_outage_is_reported_when_the_site_returns() {
     // A heartbeat every second.
     init_site(dir.path(), "\n[queue]\nlease_seconds = 3\n");
     let addr = format!("127.0.0.1:{}", free_port());
-    let listen = [
-        "--config",
-        "site.toml",
-        "--listen",
-        addr.as_str(),
-        "--no-local-runner",
-    ];
-    let mut site = SiteProcess::start(dir.path(), &listen);
-    site.wait_for("listening on ");
+    let site = serve_site_at(dir.path(), &addr);
     // After the gate opens the job outlives a heartbeat or two (so one fails and waits for
     // the site), then prints its last line: output that can only be flushed once the site
     // is back.
     let (run, submit) = start_gated_run(dir.path(), &addr, "sleep 2;");
     end_run_while_site_is_down(site, submit, &run);
 
-    let mut site = SiteProcess::start(dir.path(), &listen);
-    site.wait_for("listening on ");
+    let site = serve_site_at(dir.path(), &addr);
     let wait = SiteProcess::spawn(dir.path(), &["wait", "s-1", "--addr", &addr]);
     let (code, lines) = wait.wait_patiently();
     assert_eq!(code, Some(0), "{lines:#?}");

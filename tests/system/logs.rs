@@ -6,7 +6,9 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::jobs::{start_runner, start_submit_wait, wait_for_run};
-use crate::support::{SiteProcess, git_repo, init_site, run_in, start_site, wait_for_file};
+use crate::support::{
+    SiteProcess, git_repo, init_site, run_in, serve_site_at, start_site, wait_for_file,
+};
 
 /// A site (no embedded runner) and a shell runner `r1`; returns (site, runner, address).
 pub(crate) fn site_with_runner(dir: &Path) -> (SiteProcess, SiteProcess, String) {
@@ -129,15 +131,7 @@ fn a_site_killed_and_restarted_mid_stream_with_a_torn_log_keeps_it_whole_and_the
     init_site(dir.path(), "");
     // The runner's bundle names this address, so the restarted site must listen there again.
     let addr = format!("127.0.0.1:{}", crate::jobs::free_port());
-    let listen = [
-        "--config",
-        "site.toml",
-        "--listen",
-        addr.as_str(),
-        "--no-local-runner",
-    ];
-    let mut site = SiteProcess::start(dir.path(), &listen);
-    site.wait_for("listening on ");
+    let site = serve_site_at(dir.path(), &addr);
     let added = run_in(
         dir.path(),
         &["runner", "add", "r1", "--queue", "default", "--addr", &addr],
@@ -187,8 +181,7 @@ fn a_site_killed_and_restarted_mid_stream_with_a_torn_log_keeps_it_whole_and_the
     std::io::Write::write_all(&mut torn, &[0x2a, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 7]).unwrap();
     drop(torn);
     std::fs::write(&go, "").unwrap();
-    let mut site = SiteProcess::start(dir.path(), &listen);
-    site.wait_for("listening on ");
+    let site = serve_site_at(dir.path(), &addr);
 
     // Follow to the end: the runner resumes its lease and resends what was not stored.
     let followed = logs(dir.path(), &addr, &["r-2", "-f", "--stream", "stdout"]);

@@ -7,7 +7,7 @@ use tinyci_pki::{Credentials, SiteName};
 use tinyci_schema::{gateway, session};
 use tinyci_site::bundle::RunnerBundle;
 
-use crate::support::{SiteProcess, run_in};
+use crate::support::{SiteProcess, run_in, serve_site_at};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -307,15 +307,7 @@ fn drain_and_pause_are_distinct_and_survive_a_site_restart() {
     let dir = tempfile::tempdir().unwrap();
     crate::support::init_site(dir.path(), "");
     let addr = format!("127.0.0.1:{}", crate::jobs::free_port());
-    let listen = [
-        "--config",
-        "site.toml",
-        "--listen",
-        addr.as_str(),
-        "--no-local-runner",
-    ];
-    let mut site = SiteProcess::start(dir.path(), &listen);
-    site.wait_for("listening on ");
+    let site = serve_site_at(dir.path(), &addr);
     for name in ["held", "drained"] {
         add_runner(dir.path(), &addr, name, &[]);
     }
@@ -364,8 +356,7 @@ fn drain_and_pause_are_distinct_and_survive_a_site_restart() {
     // The site restarts: both settings hold, and the draining runner resumes its run.
     let (clean, _) = site.terminate();
     assert!(clean);
-    let mut site = SiteProcess::start(dir.path(), &listen);
-    site.wait_for("listening on ");
+    let site = serve_site_at(dir.path(), &addr);
     crate::support::wait_until("both runners are back", || {
         let runners = json(dir.path(), &["admin", "runners", "--json", "--addr", &addr]);
         runners

@@ -257,6 +257,23 @@ pub(crate) fn serve_site(dir: &Path) -> (SiteProcess, String) {
     (site, addr)
 }
 
+/// Serves the site initialized in `dir` on `addr` (no local runner) and waits until it
+/// listens: for a test that restarts the site where its runners' bundles point.
+pub(crate) fn serve_site_at(dir: &Path, addr: &str) -> SiteProcess {
+    let mut site = SiteProcess::start(
+        dir,
+        &[
+            "--config",
+            "site.toml",
+            "--listen",
+            addr,
+            "--no-local-runner",
+        ],
+    );
+    site.wait_for("listening on ");
+    site
+}
+
 /// Starts the site initialized in `dir` (whose config has an `[http]` section) with both
 /// listeners on ephemeral ports and no local runner; returns it, its capnp address and its
 /// HTTP address.
