@@ -3,10 +3,9 @@
 use std::path::Path;
 
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 
 use crate::support::{
-    SiteProcess, git_repo, init_site, run_in, serve_site, serve_site_at, wait_for_file,
+    SiteProcess, git_repo, init_site, run_in, serve_site, serve_site_at, wait_for_file, wait_until,
 };
 
 fn text(bytes: &[u8]) -> String {
@@ -252,6 +251,14 @@ fn cancel_reaches_a_running_job() {
     assert!(clean);
 }
 
+/// Whether any live process's command line holds `needle`.
+fn a_process_mentions(needle: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|line| String::from_utf8_lossy(&line).contains(needle))
+    })
+}
+
 #[test]
 fn a_run_whose_runner_is_killed_is_retried_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
@@ -304,13 +311,13 @@ fn a_run_whose_runner_is_killed_is_retried_elsewhere() {
         last.contains("passed (exit code 0) on r2, attempt 2"),
         "{lines:#?}"
     );
-    // The first attempt's orphaned shell is ours to clean up (its runner died with -9).
-    if let Ok(pid) = std::fs::read_to_string(&pidfile)
-        && let Ok(pid) = pid.trim().parse::<i32>()
-        && pid > 1
-    {
-        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
-    }
+    // The first attempt died with its runner: nothing runs its command line any more (the
+    // second attempt, with the same line, has ended).
+    let marker = marker.display().to_string();
+    wait_until(
+        "the first attempt outlived its runner, killed with SIGKILL",
+        || !a_process_mentions(&marker),
+    );
     let (clean, _) = r2.terminate();
     assert!(clean);
     let (clean, _) = site.terminate();

@@ -298,11 +298,7 @@ pub(crate) fn serve_site_with_http(dir: &Path) -> (SiteProcess, String, String) 
 /// Waits until a job's command creates `path` (a marker it writes when it reaches a point
 /// the test must wait for); panics naming `what` after [`PATIENCE`].
 pub(crate) fn wait_for_file(path: &Path, what: &str) {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while !path.exists() {
-        assert!(std::time::Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(what, || path.exists());
 }
 
 /// Initializes site `alpha` in `dir`, optionally appending to its site.toml.

@@ -141,7 +141,7 @@ impl ShellExecutor {
             .process_group(0)
             // If this future is dropped (runner shutting down), don't leave the leader behind.
             .kill_on_drop(true);
-        close_inherited_descriptors(&mut command);
+        harden_child(&mut command);
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => return ExecOutcome::errored(format!("failed to start {program:?}: {e}")),
@@ -183,20 +183,28 @@ impl ShellExecutor {
     }
 }
 
-/// Makes every descriptor above stderr close when the child execs the job: whatever the
-/// runner's process holds without close-on-exec (a jobserver pipe from its parent, a library's
-/// file) must not reach a job, sandboxed or not. Rust and tokio open everything
-/// close-on-exec, but not everything in a process is theirs.
+/// Prepares the job's child before it execs:
+/// - Every descriptor above stderr closes at exec: whatever the runner's process holds without
+///   close-on-exec (a jobserver pipe from its parent, a library's file) must not reach a job,
+///   sandboxed or not. Rust and tokio open everything close-on-exec, but not everything in a
+///   process is theirs.
+/// - The child is killed when the runner dies (`PR_SET_PDEATHSIG`): a runner killed with
+///   SIGKILL cannot stop its jobs, which would run on unwatched. A contained job's child is
+///   `unshare --kill-child` (whose death kills the job's PID namespace) or bubblewrap with
+///   `--die-with-parent`, so the whole job goes with it. The signal follows the thread that
+///   spawned the child: the agent spawns jobs from its own thread, which lives as long as it.
 #[allow(unsafe_code)]
-fn close_inherited_descriptors(command: &mut Command) {
+fn harden_child(command: &mut Command) {
+    let runner = std::process::id();
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // calls are allowed: it makes raw `close_range`/`close` system calls and allocates
-    // nothing. Closing descriptors the child does not use cannot break the parent, whose
-    // descriptor table is separate after fork; std sets up stdin/stdout/stderr (0-2) before
-    // this runs and its own exec-error pipe is close-on-exec (it reports spawn failures only
-    // and is unaffected: `close_range` with CLOSE_RANGE_CLOEXEC only marks it).
+    // calls are allowed: it makes raw `close_range`/`close`, `prctl` and `getppid` system
+    // calls and allocates nothing (its errors are OS codes). Closing descriptors the child
+    // does not use cannot break the parent, whose descriptor table is separate after fork;
+    // std sets up stdin/stdout/stderr (0-2) before this runs and its own exec-error pipe is
+    // close-on-exec (it reports spawn failures only and is unaffected: `close_range` with
+    // CLOSE_RANGE_CLOEXEC only marks it).
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             let marked = libc::syscall(
                 libc::SYS_close_range,
                 3u32,
@@ -208,6 +216,14 @@ fn close_inherited_descriptors(command: &mut Command) {
                 for fd in 3..4096 {
                     libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                 }
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The runner may have died before the line above took effect: then nothing
+            // would ever send the signal.
+            if u32::try_from(libc::getppid()).ok() != Some(runner) {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
