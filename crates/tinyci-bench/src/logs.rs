@@ -520,13 +520,14 @@ pub(crate) async fn run(options: &Options) -> anyhow::Result<Vec<Figure>> {
         // site → follower), so it costs at least twice the raw copy's CPU per MB, and all
         // the parties share this machine's cores.
         let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        let two_legs = 2.0 * raw_cpu;
+        let cpu_bound = cores * 1e3 / two_legs.max(1e-9);
         println!(
             "  {runs}: CPU per MB (every thread of this process): tinyci {ours_cpu:.2} ms, raw \
-             rustls copy {raw_cpu:.2} ms; two TLS legs cost at least {:.2} ms, so {cores} \
-             cores move at most {:.0} MB/s through the product, {:.0}% of the ceiling",
-            2.0 * raw_cpu,
-            cores * 1e3 / (2.0 * raw_cpu).max(1e-9),
-            100.0 * cores * 1e3 / (2.0 * raw_cpu).max(1e-9) / ceiling.max(1e-9),
+             rustls copy {raw_cpu:.2} ms; two TLS legs cost at least {two_legs:.2} ms, so \
+             {cores} cores move at most {cpu_bound:.0} MB/s through the product, {:.0}% of the \
+             ceiling",
+            100.0 * cpu_bound / ceiling.max(1e-9),
         );
         figures.push(
             Figure::new(

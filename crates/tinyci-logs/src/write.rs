@@ -593,12 +593,11 @@ async fn commit_queued(
             let mut last_frame = None;
             let final_group = groups.len().saturating_sub(1);
             for (i, group) in groups.into_iter().enumerate() {
-                let Some((offset, first)) = chunks[group.clone()].first() else {
+                let members = &chunks[group.clone()];
+                let Some((offset, first)) = members.first() else {
                     continue;
                 };
-                let pieces = chunks[group.clone()]
-                    .iter()
-                    .map(|(_, c)| (c.stream, &c.data[..]));
+                let pieces = members.iter().map(|(_, c)| (c.stream, &c.data[..]));
                 let shell = frame_shell(
                     *offset,
                     cut && i == final_group,
@@ -606,10 +605,7 @@ async fn commit_queued(
                     pieces,
                 );
                 last_frame = Some(at);
-                let data: usize = chunks[group.clone()]
-                    .iter()
-                    .map(|(_, c)| c.data.len())
-                    .sum();
+                let data: usize = members.iter().map(|(_, c)| c.data.len()).sum();
                 at = Position {
                     offset: offset + data as u64,
                     pos: at.pos + shell.len,
