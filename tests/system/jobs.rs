@@ -26,11 +26,15 @@ pub(crate) fn start_runner(dir: &Path, name: &str) -> SiteProcess {
 /// Starts `tinyci runner --bundle <name>.bundle --executor <executor>` and waits until it
 /// runs.
 pub(crate) fn start_runner_with(dir: &Path, name: &str, executor: &str) -> SiteProcess {
+    start_runner_args(dir, name, &["--executor", executor])
+}
+
+/// Starts `tinyci runner --bundle <name>.bundle <extra…>` and waits until it runs.
+fn start_runner_args(dir: &Path, name: &str, extra: &[&str]) -> SiteProcess {
     let bundle = format!("{name}.bundle");
-    let mut runner = SiteProcess::spawn(
-        dir,
-        &["runner", "--bundle", &bundle, "--executor", executor],
-    );
+    let mut args = vec!["runner", "--bundle", &bundle];
+    args.extend_from_slice(extra);
+    let mut runner = SiteProcess::spawn(dir, &args);
     runner.wait_for(&format!("runner {name} of site alpha"));
     runner
 }
@@ -296,14 +300,39 @@ fn a_run_whose_runner_is_killed_is_retried_elsewhere() {
             .success()
         );
     }
-    let r1 = start_runner(dir.path(), "r1");
+    // The two runners share a work root, as two runners on one host may.
+    let work = dir.path().join("work");
+    let work_arg = work.to_str().unwrap();
+    let shared = ["--executor", "shell", "--work-dir", work_arg];
+    let r1 = start_runner_args(dir.path(), "r1", &shared);
     let mut submit = start_submit_wait(dir.path(), repo.path(), &addr);
     wait_for_run(&mut submit, "r-2", "running on r1");
     // "running" is reported when the runner starts the command; kill it only once the
     // command has really begun (it writes the marker first thing).
     wait_for_file(&pidfile, "the first attempt never started");
+    let first_attempt_dirs = || {
+        std::fs::read_dir(&work)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| name.starts_with("r-2-1-"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        first_attempt_dirs().len(),
+        1,
+        "the first attempt's work directory"
+    );
     r1.kill9();
-    let r2 = start_runner(dir.path(), "r2");
+    let r2 = start_runner_args(dir.path(), "r2", &shared);
+    // r1 could not clean up after itself; r2, starting in the same root, does, and says so.
+    assert_eq!(first_attempt_dirs(), Vec::<String>::new());
+    assert!(
+        r2.stdout
+            .iter()
+            .any(|l| l.starts_with("removed 1 work directory left in")),
+        "{:#?}",
+        r2.stdout
+    );
     let (code, lines) = submit.wait();
     assert_eq!(code, Some(0), "{lines:#?}");
     let last = lines.iter().rev().find(|l| l.contains("r-2 ")).unwrap();

@@ -1,6 +1,6 @@
 //! `tinyci runner add`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
@@ -371,8 +371,7 @@ fn serve(args: RunArgs) -> Result<()> {
         .work_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("tinyci-runner-{}", joining.name)));
-    tinyci_runner::private_work_root(&work_root)
-        .with_context(|| format!("cannot use {} as the work directory", work_root.display()))?;
+    let claimed = claim_work_root(&work_root)?;
     let limits = ContainerLimits {
         pids: args.pids_limit,
         memory_bytes: Some(args.memory),
@@ -480,7 +479,7 @@ fn serve(args: RunArgs) -> Result<()> {
             labels,
             once: args.once,
             executors,
-            work_root,
+            work_root: claimed,
             limits: tinyci_net::NetLimits::default(),
             max_backoff: Duration::from_secs(30),
             stats,
@@ -603,4 +602,33 @@ fn add(args: AddArgs) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// Claims `path` as this process's work root and removes what runners that died there left
+/// (a runner killed with SIGKILL cannot clean up after itself), saying how much.
+pub(crate) fn claim_work_root(path: &Path) -> Result<std::sync::Arc<tinyci_runner::WorkRoot>> {
+    // The process's start time makes its claim unique even where its process id was a dead
+    // runner's.
+    let started_ns = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let (root, swept) = tinyci_runner::WorkRoot::claim(path, started_ns)
+        .with_context(|| format!("cannot use {} as the work directory", path.display()))?;
+    if swept.removed > 0 {
+        say!(
+            "removed {} work director{} left in {} by runners that died",
+            swept.removed,
+            if swept.removed == 1 { "y" } else { "ies" },
+            path.display()
+        );
+    }
+    if swept.failed > 0 {
+        say!(
+            "warning: {} work director{} left in {} by runners that died could not be removed (see the log)",
+            swept.failed,
+            if swept.failed == 1 { "y" } else { "ies" },
+            path.display()
+        );
+    }
+    Ok(std::sync::Arc::new(root))
 }

@@ -217,7 +217,7 @@ fn up(args: UpArgs) -> Result<()> {
                         say!(
                             "local runner attached (queue default; executors: {}; work in {})",
                             executors.describe(),
-                            config.work_root.display()
+                            config.work_root.path().display()
                         );
                     }
                     Some(tokio::task::spawn_local(tinyci_runner::run_agent(
@@ -353,6 +353,7 @@ async fn local_runner(site: &Site, addr: SocketAddr) -> Result<tinyci_runner::Ag
         .map(|p| std::path::absolute(&p).unwrap_or(p))
         .collect();
     hidden.push(work_root.clone());
+    let work_root = crate::runner::claim_work_root(&work_root)?;
     let (executors, _) = tinyci_runner::Executors::detect(tinyci_runner::DetectOptions {
         hidden,
         limits: tinyci_runner::ContainerLimits::default(),
@@ -391,7 +392,6 @@ fn local_work_root(config: &tinyci_site::SiteConfig) -> Result<std::path::PathBu
         config.name,
         hasher.finish()
     ));
-    tinyci_runner::private_work_root(&root)?;
     Ok(root)
 }
 

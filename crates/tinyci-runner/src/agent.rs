@@ -8,7 +8,6 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,7 +22,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::exec::{ExecOutcome, ExecSpec, OutputChunk, StopHandle, Stream, Verdict, stop_pair};
 use crate::source::{SourceSink, unpack};
-use crate::{Bubblewrap, ContainerLimits, DockerExecutor, ShellExecutor};
+use crate::{Bubblewrap, ContainerLimits, DockerExecutor, ShellExecutor, WorkRoot};
 use tinyci_core::Isolation;
 
 /// One way a runner executes jobs.
@@ -239,8 +238,9 @@ pub struct AgentConfig {
     pub once: bool,
     /// How jobs are executed.
     pub executors: Executors,
-    /// Where job sources are unpacked (one directory per run, removed afterwards).
-    pub work_root: PathBuf,
+    /// Where job sources are unpacked (one directory per run, removed afterwards), claimed
+    /// by this process.
+    pub work_root: Arc<WorkRoot>,
     /// Transport limits.
     pub limits: NetLimits,
     /// Longest wait between reconnection attempts.
@@ -1304,7 +1304,7 @@ pub fn metadata_variable(key: &str) -> String {
 /// Converts the wire spec to an executor spec with a fresh directory for the source.
 fn exec_spec(
     spec: &tinyci_schema::job_spec::Reader<'_>,
-    work_root: &Path,
+    work_root: &WorkRoot,
 ) -> Result<(String, ExecSpec, Isolation), String> {
     let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, String> {
         t.and_then(|t| t.to_string().map_err(Into::into))
@@ -1352,33 +1352,7 @@ fn exec_spec(
     {
         return Err(format!("malformed run id {label:?}"));
     }
-    // Unique per process and run: two runners may share a work root (same name on one host,
-    // or runners of two sites whose run ids coincide), and must never share a directory.
-    static NEXT_DIR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    std::fs::create_dir_all(work_root)
-        .map_err(|e| format!("cannot create {}: {e}", work_root.display()))?;
-    // `create_dir`, not `create_dir_all`: an existing directory is someone else's (a runner
-    // killed before it cleaned up, whose process id this one now has), so take the next name.
-    let mut dir = None;
-    for _ in 0..1000 {
-        let serial = NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let candidate =
-            work_root.join(format!("{label}-{attempt}-{}-{serial}", std::process::id()));
-        match std::fs::create_dir(&candidate) {
-            Ok(()) => {
-                dir = Some(candidate);
-                break;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("cannot create {}: {e}", candidate.display())),
-        }
-    }
-    let dir = dir.ok_or_else(|| {
-        format!(
-            "cannot create a work directory for {label} in {}: 1000 names were taken",
-            work_root.display()
-        )
-    })?;
+    let dir = work_root.new_run_dir(&label, attempt)?;
     let source_dir = dir.join("src");
     std::fs::create_dir(&source_dir)
         .map_err(|e| format!("cannot create {}: {e}", source_dir.display()))?;
@@ -1512,7 +1486,7 @@ mod tests {
         assert_eq!(held.map(|c| c.data), Some(b"xy".to_vec()));
     }
 
-    /// A directory left by a killed runner whose process id this one now has is skipped,
+    /// A directory that already has the name a run's would get (someone else's) is skipped,
     /// not reused and not an error.
     #[test]
     fn a_work_directory_left_behind_is_skipped() {
@@ -1522,19 +1496,18 @@ mod tests {
             spec.reborrow().init_run().set_id("r-9");
             spec.init_command(1).set(0, "true");
         }
-        let root = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, _) = WorkRoot::claim(&tmp.path().join("work"), 0).unwrap();
         let reader = message
             .get_root_as_reader::<tinyci_schema::job_spec::Reader<'_>>()
             .unwrap();
-        // Every name this process could pick next, taken.
+        // Every name this claim could pick next, taken.
         for serial in 0..64 {
-            let taken = root
-                .path()
-                .join(format!("r-9-0-{}-{serial}", std::process::id()));
+            let taken = root.path().join(format!("r-9-0-{}-{serial}", root.owner()));
             std::fs::create_dir_all(&taken).unwrap();
             std::fs::write(taken.join("theirs"), "x").unwrap();
         }
-        let (_, exec, _) = exec_spec(&reader, root.path()).unwrap();
+        let (_, exec, _) = exec_spec(&reader, &root).unwrap();
         assert!(!exec.source_dir.parent().unwrap().join("theirs").exists());
         assert!(exec.source_dir.is_dir());
     }
@@ -1562,11 +1535,12 @@ mod tests {
             metadata.reborrow().get(1).set_key("release-channel");
             metadata.reborrow().get(1).set_value("beta");
         }
-        let root = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, _) = WorkRoot::claim(&tmp.path().join("work"), 0).unwrap();
         let reader = message
             .get_root_as_reader::<tinyci_schema::job_spec::Reader<'_>>()
             .unwrap();
-        let (_, exec, _) = exec_spec(&reader, root.path()).unwrap();
+        let (_, exec, _) = exec_spec(&reader, &root).unwrap();
         assert_eq!(exec.env["TINYCI_META_RELEASE_CHANNEL"], "beta");
         assert_eq!(exec.env["TINYCI_META_OWNER"], "the task");
     }
@@ -1575,7 +1549,7 @@ mod tests {
         ExecSpec {
             label: "r-1".into(),
             command: vec!["true".into()],
-            source_dir: PathBuf::from("/w/src"),
+            source_dir: std::path::PathBuf::from("/w/src"),
             workdir: ".".into(),
             mountpoint: "/src".into(),
             image: image.into(),

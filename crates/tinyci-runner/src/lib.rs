@@ -21,6 +21,7 @@ mod sandbox;
 mod secrets;
 mod shell;
 mod source;
+mod workroot;
 
 pub use agent::{
     AgentConfig, AgentControl, AgentError, AgentStats, AgentStopper, DetectOptions, Executor,
@@ -43,3 +44,4 @@ pub use sandbox::{Bubblewrap, Confinement, Containment, SandboxError, Unshare};
 pub use shell::ShellExecutor;
 pub use source::{MAX_SOURCE_BYTES, private_work_root};
 pub use tinyci_core::{Isolation, PullPolicy, check_label};
+pub use workroot::{Swept, WorkRoot};
