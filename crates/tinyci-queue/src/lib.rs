@@ -1808,6 +1808,33 @@ impl Queue {
         Ok(run)
     }
 
+    /// Holds those of `ids` that are final now (finished, and not retried since), each under
+    /// its run's lock, taken in id order: none of them can be retried until the hold is
+    /// dropped. Retention takes this before it removes a run's output, so what it removes is
+    /// always a finished attempt's, never the output of a retry that began meanwhile (a retry
+    /// keeps the run's id).
+    pub async fn hold_final(
+        &self,
+        ids: impl IntoIterator<Item = RunId>,
+    ) -> Result<FinalRuns<'_>, QueueError> {
+        let ids: std::collections::BTreeSet<RunId> = ids.into_iter().collect();
+        let mut held = FinalRuns {
+            ids: std::collections::BTreeSet::new(),
+            _locks: Vec::new(),
+        };
+        for id in ids {
+            let lock = self.lock_run(id).await;
+            if self
+                .run(id)?
+                .is_some_and(|run| run.state.status().is_final())
+            {
+                held.ids.insert(id);
+                held._locks.push(lock);
+            }
+        }
+        Ok(held)
+    }
+
     /// A run as it is now (live state if unfinished, else stored).
     pub fn run(&self, id: RunId) -> Result<Option<StoredRun>, QueueError> {
         if let Some(run) = self.state.borrow().live.get(&id) {
@@ -2187,6 +2214,36 @@ pub struct QueueStats {
     pub oldest_started_at: Option<u64>,
     /// Submitter groups (trust tiers) with runs waiting or running here.
     pub groups: BTreeMap<String, GroupStats>,
+}
+
+/// Runs that stay final while this lives ([`Queue::hold_final`]).
+pub struct FinalRuns<'q> {
+    ids: std::collections::BTreeSet<RunId>,
+    /// Held, never read: a retry waits for its run's lock.
+    _locks: Vec<RunLock<'q>>,
+}
+
+impl FinalRuns<'_> {
+    /// Whether run `id` is held final.
+    pub fn contains(&self, id: RunId) -> bool {
+        self.ids.contains(&id)
+    }
+
+    /// How many runs are held.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether no run is held.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+impl std::fmt::Debug for FinalRuns<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FinalRuns").field("ids", &self.ids).finish()
+    }
 }
 
 /// Puts a run back on its queue if a lease in progress is abandoned.

@@ -33,7 +33,7 @@ pub(crate) enum SweepError {
     Logs(#[from] tinyci_logs::LogError),
     #[error("cannot sweep artifacts or deliveries")]
     Store(#[from] StoreError),
-    #[error("cannot list the submissions' source archives")]
+    #[error("cannot read runs or source archives from the queue")]
     Queue(#[from] tinyci_queue::QueueError),
     #[error("cannot sweep unsubmitted source archives")]
     Sources(#[source] std::io::Error),
@@ -68,6 +68,28 @@ pub(crate) struct SweepPlan {
     pub(crate) logs: Vec<u64>,
     pub(crate) artifacts: Vec<u64>,
     pub(crate) report: SweepReport,
+}
+
+impl SweepPlan {
+    /// The plan cut down to the runs `keep` picks, its report counted again.
+    fn only(self, outputs: &BTreeMap<u64, RunOutput>, keep: impl Fn(u64) -> bool) -> SweepPlan {
+        let logs: Vec<u64> = self.logs.into_iter().filter(|r| keep(*r)).collect();
+        let artifacts: Vec<u64> = self.artifacts.into_iter().filter(|r| keep(*r)).collect();
+        let mut report = SweepReport::default();
+        for output in logs.iter().filter_map(|r| outputs.get(r)) {
+            report.logs_removed += 1;
+            report.bytes_freed += output.log.1;
+        }
+        for output in artifacts.iter().filter_map(|r| outputs.get(r)) {
+            report.artifacts_removed += usize::try_from(output.artifacts.0).unwrap_or(usize::MAX);
+            report.bytes_freed += output.artifacts.1;
+        }
+        SweepPlan {
+            logs,
+            artifacts,
+            report,
+        }
+    }
 }
 
 /// Runs [`sweep`] now and then every `policy.every` until `stop` is cancelled. A sweep in
@@ -202,16 +224,31 @@ pub(crate) async fn sweep(
         }
     }
     finished.sort_unstable();
+    let planned = plan(&outputs, &finished, policy, now_ms);
+    // Held final until their output is gone: a retry keeps the run's id, so one that began
+    // since the listing would otherwise lose its new attempt's log and artifacts, and one
+    // asked for now waits. A run retried meanwhile keeps its output until a later sweep.
+    let held = runs
+        .queue
+        .hold_final(
+            planned
+                .logs
+                .iter()
+                .chain(&planned.artifacts)
+                .map(|r| RunId(*r)),
+        )
+        .await?;
     let SweepPlan {
         logs,
         artifacts,
         mut report,
-    } = plan(&outputs, &finished, policy, now_ms);
+    } = planned.only(&outputs, |run| held.contains(RunId(run)));
     runs.queue
         .storage()
         .replace(per_repo(&outputs, &repo_of, &logs, &artifacts));
     runs.logs.remove(logs).await?;
     runs.artifacts.remove_runs(artifacts).await?;
+    drop(held);
     report.blobs_removed = runs.artifacts.collect_blobs()?;
     report.sources_removed = remove_unsubmitted_sources(runs, now_ms).await?;
     if let Some(github) = github {
@@ -289,5 +326,28 @@ mod tests {
         // A cap already met removes nothing.
         let plan = super::plan(&outputs(), &finished, &policy(Some(10_000)), now);
         assert_eq!(plan, SweepPlan::default());
+    }
+
+    #[test]
+    fn a_plan_cut_to_the_runs_still_final_counts_only_what_goes() {
+        let now = DAY;
+        let finished = [(0, 1), (1, 2)];
+        let whole = plan(&outputs(), &finished, &policy(Some(50)), now);
+        // Run 1 was retried meanwhile: only run 2's log goes.
+        let cut = whole.only(&outputs(), |run| run != 1);
+        assert_eq!(cut.logs, vec![2]);
+        assert!(cut.artifacts.is_empty());
+        assert_eq!(
+            cut.report,
+            SweepReport {
+                logs_removed: 1,
+                bytes_freed: 50,
+                ..SweepReport::default()
+            }
+        );
+        // Nothing cut: the same report as the plan's own.
+        let again = plan(&outputs(), &finished, &policy(Some(50)), now);
+        let report = again.report.clone();
+        assert_eq!(again.only(&outputs(), |_| true).report, report);
     }
 }

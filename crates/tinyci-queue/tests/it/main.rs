@@ -1147,3 +1147,87 @@ fn a_cancel_that_loses_the_race_to_a_completion_changes_nothing() {
         assert_eq!(run.message.as_deref(), Some("all good"));
     });
 }
+
+/// Retention holds a finished run final while it removes the run's output: a retry asked for
+/// meanwhile waits for the hold (it keeps the run's id, so its new attempt's output would go
+/// too), and a run retried before the hold is not held at all.
+#[test]
+fn a_run_held_final_is_retried_only_after_the_hold() {
+    local(async {
+        let f = Fixture::new();
+        let (queue, _c, _w) = f.open().await;
+        queue
+            .submit(submission("refs/heads/x", vec![planned("a", "x")]))
+            .await
+            .unwrap();
+        let leased = queue
+            .next("a", "runner:r1", &HOST, no_hook())
+            .await
+            .unwrap();
+        let id = leased.run.id();
+        queue
+            .complete(id, leased.lease, RunStatus::Failed, Some(1), String::new())
+            .await
+            .unwrap();
+
+        let held = queue
+            .hold_final([id, RunId(id.get() + 1000)])
+            .await
+            .unwrap();
+        assert!(held.contains(id));
+        assert_eq!(held.len(), 1, "an unknown run is not final");
+        let retried = Rc::new(Cell::new(false));
+        let retry = tokio::task::spawn_local({
+            let (queue, retried) = (queue.clone(), retried.clone());
+            async move {
+                queue.retry(id).await.unwrap();
+                retried.set(true);
+            }
+        });
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !retried.get(),
+            "a retry went ahead while its run was held final"
+        );
+        assert_eq!(
+            queue.run(id).unwrap().unwrap().state.status(),
+            RunStatus::Failed
+        );
+        drop(held);
+        retry.await.unwrap();
+        assert_eq!(
+            queue.run(id).unwrap().unwrap().state.status(),
+            RunStatus::Queued
+        );
+
+        // Live again: a hold taken now does not hold it.
+        let held = queue.hold_final([id]).await.unwrap();
+        assert!(held.is_empty());
+        drop(held);
+
+        // A retry under way when the hold is asked for finishes first; the hold then finds
+        // the run live and leaves it out.
+        let leased = queue
+            .next("a", "runner:r1", &HOST, no_hook())
+            .await
+            .unwrap();
+        queue
+            .complete(id, leased.lease, RunStatus::Failed, Some(1), String::new())
+            .await
+            .unwrap();
+        let retry = tokio::task::spawn_local({
+            let queue = queue.clone();
+            async move { queue.retry(id).await.unwrap() }
+        });
+        // The retry takes the run's lock and starts its commit (or has finished it).
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+        let held = queue.hold_final([id]).await.unwrap();
+        assert!(held.is_empty(), "a run being retried was held final");
+        drop(held);
+        assert_eq!(retry.await.unwrap().state.status(), RunStatus::Queued);
+    });
+}
