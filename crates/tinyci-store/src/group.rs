@@ -4,8 +4,8 @@
 //! Why: a durable LMDB commit costs an fsync (~7k commits/s here), so one commit per change
 //! caps throughput no matter how many callers there are. Batching turns N concurrent changes
 //! into one fsync while keeping the promise that matters: nothing is acknowledged before it
-//! is on disk. Each change runs in its own nested transaction, so one that fails is rolled
-//! back alone and reported to its caller; the rest of the batch commits.
+//! is on disk. Each change runs as a nested change ([`WriteTxn::nested`]), so one that fails
+//! is taken back alone and reported to its caller; the rest of the batch commits.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +21,7 @@ const MAX_BATCH: usize = 1024;
 
 /// One pending change, type-erased so changes returning different types share a queue.
 trait Pending: Send {
-    /// Runs the change in a nested transaction of `txn`.
+    /// Runs the change nested in `txn`.
     fn apply(&mut self, txn: &mut WriteTxn<'_>);
     /// Reports the change's result, or `commit_error` if the batch failed to commit.
     fn finish(self: Box<Self>, commit_error: Option<&StoreError>);

@@ -219,14 +219,20 @@ impl Store {
                 .map_err(|source| self.begin_error(source))?;
             let mut txn = WriteTxn::new(txn, &self.inner);
             match f(&mut txn) {
-                Ok(value) => txn.into_inner().commit().map(|()| value).map_err(|source| {
-                    self.inner.map_full_or(source, |source| StoreError::Commit {
-                        path: self.inner.path.clone(),
-                        source,
-                    })
-                }),
+                Ok(value) => match txn.into_inner() {
+                    Ok(txn) => txn.commit().map(|()| value).map_err(|source| {
+                        self.inner.map_full_or(source, |source| StoreError::Commit {
+                            path: self.inner.path.clone(),
+                            source,
+                        })
+                    }),
+                    Err((txn, why)) => {
+                        txn.abort();
+                        Err(why)
+                    }
+                },
                 Err(error) => {
-                    txn.into_inner().abort();
+                    drop(txn);
                     Err(error)
                 }
             }

@@ -422,6 +422,44 @@ mod group_commit {
         writer.join();
     }
 
+    /// A change too big for the map fails as "full", and the store grows for the next: LMDB
+    /// gives up on a transaction that ran out of map, so the batch fails as a whole and the
+    /// map grows, and the same change sent again commits.
+    #[test]
+    fn a_change_that_fills_the_map_grows_it_for_the_next() {
+        const MIB: usize = 1024 * 1024;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            tmp.path(),
+            StoreOptions {
+                map_size: MIB,
+                max_map_size: 16 * MIB,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        let (committer, writer) = GroupCommitter::start(store.clone()).unwrap();
+        let big = || {
+            committer.write(|txn| {
+                // 1.5 MiB: more than the first map, less than the doubled one.
+                for i in 0..6u32 {
+                    txn.put(META, &format!("big/{i}"), &[1u8; 256 * 1024][..])?;
+                }
+                Ok(())
+            })
+        };
+        let first = futures::executor::block_on(big()).unwrap_err();
+        assert!(matches!(first, StoreError::MapFull { .. }), "{first}");
+        assert!(store.map_size().0 > MIB, "the map did not grow");
+        futures::executor::block_on(big()).unwrap();
+        drop(committer);
+        writer.join();
+        let count = store
+            .read(|txn| Ok(txn.iter_prefix(META, "big/")?.count()))
+            .unwrap();
+        assert_eq!(count, 6);
+    }
+
     #[test]
     fn a_failing_change_is_rolled_back_alone() {
         let tmp = tempfile::tempdir().unwrap();
@@ -455,6 +493,68 @@ mod group_commit {
             })
             .unwrap();
     }
+}
+
+/// A failed nested change takes back exactly its own writes, whatever they were (a new key, an
+/// overwrite, a delete, the same key twice), in the same transaction as changes that stand,
+/// before and after it; a failure inside an inner scope takes back only that scope's writes.
+#[test]
+fn a_failed_nested_change_takes_back_exactly_its_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).unwrap();
+    store
+        .write(|txn| {
+            txn.put(META, "kept", b"old".as_slice())?;
+            txn.put(META, "doomed", b"here".as_slice())?;
+            Ok(())
+        })
+        .unwrap();
+    let refused = || StoreError::Aborted {
+        reason: "refused".into(),
+    };
+    store
+        .write(|txn| {
+            txn.nested(|txn| txn.put(META, "before", b"1".as_slice()))?;
+            let failed = txn.nested(|txn| {
+                txn.put(META, "kept", b"new".as_slice())?;
+                txn.put(META, "kept", b"newer".as_slice())?;
+                txn.delete(META, "doomed")?;
+                txn.put(META, "fresh", b"1".as_slice())?;
+                // Its own writes are visible to it until it fails.
+                assert_eq!(txn.get(META, "kept")?, Some(b"newer".as_slice()));
+                Err::<(), _>(refused())
+            });
+            assert!(failed.is_err());
+            txn.nested(|txn| {
+                txn.put(META, "outer", b"1".as_slice())?;
+                let inner = txn.nested(|txn| {
+                    txn.put(META, "outer", b"2".as_slice())?;
+                    txn.put(META, "inner", b"1".as_slice())?;
+                    Err::<(), _>(refused())
+                });
+                assert!(inner.is_err());
+                txn.put(META, "after-inner", b"1".as_slice())
+            })?;
+            Ok(())
+        })
+        .unwrap();
+    store
+        .read(|txn| {
+            let get = |key: &str| txn.get(META, key).map(|v| v.map(<[u8]>::to_vec));
+            assert_eq!(get("kept")?, Some(b"old".to_vec()), "an overwrite stayed");
+            assert_eq!(get("doomed")?, Some(b"here".to_vec()), "a delete stayed");
+            assert_eq!(get("fresh")?, None, "a new key stayed");
+            assert_eq!(get("before")?, Some(b"1".to_vec()));
+            assert_eq!(
+                get("outer")?,
+                Some(b"1".to_vec()),
+                "the inner scope's write stayed"
+            );
+            assert_eq!(get("inner")?, None);
+            assert_eq!(get("after-inner")?, Some(b"1".to_vec()));
+            Ok(())
+        })
+        .unwrap();
 }
 
 /// Log records written before records held several streams (tag 1, one `LogChunk`) read as
