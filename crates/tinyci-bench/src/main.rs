@@ -5,6 +5,11 @@
 //! Owns only measurement. It drives the real product (sites, sessions, queues, runners) through
 //! the same crates `tinyci` uses; no product crate may depend on it.
 
+/// The same allocator as the `tinyci` binary, so what the bench runs in-process (the queue,
+/// the baselines) is measured as the product runs it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod abuse;
 mod dispatch;
 mod fixture;
