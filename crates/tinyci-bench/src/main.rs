@@ -67,6 +67,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the `tinyci` binary does (see its `small_pages`), so baselines in this process are
+    // measured with the same pages.
+    let _ = nix::sys::prctl::set_thp_disable(true);
     let cli = Cli::parse();
     let options = Options { quick: cli.quick };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -197,7 +197,7 @@ impl ShellExecutor {
 fn harden_child(command: &mut Command) {
     let runner = std::process::id();
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // calls are allowed: it makes raw `close_range`/`close`, `prctl` and `getppid` system
+    // calls are allowed: it makes raw `close_range`/`fcntl`, `prctl` and `getppid` system
     // calls and allocates nothing (its errors are OS codes). Closing descriptors the child
     // does not use cannot break the parent, whose descriptor table is separate after fork;
     // std sets up stdin/stdout/stderr (0-2) before this runs and its own exec-error pipe is
@@ -220,6 +220,10 @@ fn harden_child(command: &mut Command) {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // The `tinyci` binary turns transparent huge pages off for itself (see its
+            // `main`), and children inherit that: the job gets the machine's policy back.
+            // A kernel without the setting has nothing to give back.
+            let _ = libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0);
             // The runner may have died before the line above took effect: then nothing
             // would ever send the signal.
             if u32::try_from(libc::getppid()).ok() != Some(runner) {

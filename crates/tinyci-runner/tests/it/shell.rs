@@ -185,3 +185,20 @@ async fn a_workdir_outside_the_source_is_refused() {
         outcome.message
     );
 }
+
+/// The `tinyci` binary turns transparent huge pages off for itself (its `main`); a job gets the
+/// machine's policy back instead of inheriting that.
+#[tokio::test]
+async fn a_job_does_not_inherit_the_runners_huge_page_setting() {
+    // As the binary does. Process-wide, which the other tests here do not notice.
+    nix::sys::prctl::set_thp_disable(true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let (_stop, signal) = stop_pair();
+    let job = spec(dir.path(), &["grep '^THP_enabled' /proc/self/status"]);
+    let outcome = ShellExecutor::default().run(&job, &tx, signal).await;
+    drop(tx);
+    let output = collect(rx).await;
+    assert_eq!(outcome.verdict, Verdict::Passed, "{outcome:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "THP_enabled:\t1\n");
+}
