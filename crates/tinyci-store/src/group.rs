@@ -5,7 +5,10 @@
 //! caps throughput no matter how many callers there are. Batching turns N concurrent changes
 //! into one fsync while keeping the promise that matters: nothing is acknowledged before it
 //! is on disk. Each change runs as a nested change ([`WriteTxn::nested`]), so one that fails
-//! is taken back alone and reported to its caller; the rest of the batch commits.
+//! is taken back alone and reported to its caller; the rest of the batch commits. The
+//! exception is a write LMDB itself refuses (the map is full, an I/O error): LMDB gives up on
+//! the whole transaction, so every change in the batch fails with that cause, and a full map
+//! grows before the next batch.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

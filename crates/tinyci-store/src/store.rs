@@ -199,7 +199,8 @@ impl Store {
     }
 
     /// Runs `f` in a write transaction: committed (durably) if `f` returns `Ok`, aborted if it
-    /// returns `Err` or panics.
+    /// returns `Err` or panics, or if a write LMDB refused left the transaction unusable (then
+    /// the error is that write's cause, `MapFull` included, even if `f` returned `Ok`).
     ///
     /// Writers are serialized: this blocks while another thread's write is open. Calling it
     /// from inside `f` on the same thread would deadlock, so it fails with

@@ -156,7 +156,8 @@ impl<'t> ReadTxn<'t> {
 }
 
 /// A write transaction, handed to [`Store::write`](crate::Store::write): committed when the
-/// closure returns `Ok`, aborted when it returns `Err` (or panics).
+/// closure returns `Ok`, aborted when it returns `Err` (or panics), or when a write LMDB
+/// refused spoiled it (see [`WriteTxn::nested`]).
 ///
 /// It reads its own uncommitted writes.
 pub struct WriteTxn<'t> {
@@ -221,12 +222,22 @@ impl<'t> WriteTxn<'t> {
     /// Not an LMDB nested transaction: a child transaction copies every page its parent has
     /// already dirtied the first time it touches one, and merges its dirty list back on
     /// commit, which cost the group writer about a third of its time. Instead each write
-    /// inside remembers what it replaced (one more lookup), and a failure puts that back. If
-    /// putting it back fails too, the whole transaction refuses to commit.
+    /// inside remembers what it replaced (one more lookup), and a failure puts that back.
+    ///
+    /// One failure spoils the whole transaction: a write LMDB refused for any reason but the
+    /// value's size (the map is full, the transaction has too many dirty pages, an I/O error)
+    /// leaves LMDB's transaction unusable, and a failed change whose writes cannot all be put
+    /// back leaves writes nobody asked for. Then `f` is not run, and the transaction does not
+    /// commit: every change in it fails with that cause.
     pub fn nested<R>(
         &mut self,
         f: impl FnOnce(&mut WriteTxn<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
+        if let Some(cause) = &self.spoiled {
+            return Err(StoreError::Aborted {
+                reason: format!("the transaction this change was in failed: {cause}").into(),
+            });
+        }
         let mark = self.undo.len();
         self.scopes += 1;
         let result = f(self);
@@ -239,19 +250,10 @@ impl<'t> WriteTxn<'t> {
                 Ok(value)
             }
             Err(e) => {
-                if let StoreError::MapFull {
-                    path,
-                    map_size_mib,
-                    ceiling_mib,
-                } = &e
-                {
-                    // Nothing can be taken back in a transaction LMDB has given up on.
+                if self.spoiled.is_some() {
+                    // Nothing can be taken back in a transaction LMDB has given up on, and
+                    // nothing need be: it will not commit.
                     self.undo.truncate(mark);
-                    self.spoiled.get_or_insert_with(|| StoreError::MapFull {
-                        path: path.clone(),
-                        map_size_mib: *map_size_mib,
-                        ceiling_mib: *ceiling_mib,
-                    });
                 } else {
                     self.take_back(mark);
                 }
@@ -284,6 +286,41 @@ impl<'t> WriteTxn<'t> {
                 return;
             }
         }
+    }
+
+    /// The error for a write LMDB refused. Anything but an oversized key or value leaves
+    /// LMDB's transaction unusable, so the transaction is spoiled with the cause.
+    fn refused(
+        &mut self,
+        op: &'static str,
+        table: &'static str,
+        key: &[u8],
+        source: heed::Error,
+    ) -> StoreError {
+        let unusable = !matches!(source, heed::Error::Mdb(heed::MdbError::BadValSize));
+        let error = self.inner.map_full_or(source, |source| StoreError::Write {
+            op,
+            table,
+            key: show_key(key),
+            source,
+        });
+        if unusable && self.spoiled.is_none() {
+            self.spoiled = Some(match &error {
+                StoreError::MapFull {
+                    path,
+                    map_size_mib,
+                    ceiling_mib,
+                } => StoreError::MapFull {
+                    path: path.clone(),
+                    map_size_mib: *map_size_mib,
+                    ceiling_mib: *ceiling_mib,
+                },
+                other => StoreError::Aborted {
+                    reason: format!("the store gave up on the transaction: {other}").into(),
+                },
+            });
+        }
+        error
     }
 
     /// Inside a [`WriteTxn::nested`] scope, remembers what `key` holds before a write to it.
@@ -330,14 +367,8 @@ impl<'t> WriteTxn<'t> {
         let key = encode::<K>(table.name(), "key", key)?;
         let value = encode::<V>(table.name(), "value", value)?;
         self.remember(db, table.name(), &key)?;
-        db.put(&mut self.txn, &key, &value).map_err(|source| {
-            self.inner.map_full_or(source, |source| StoreError::Write {
-                op: "put",
-                table: table.name(),
-                key: show_key(&key),
-                source,
-            })
-        })
+        let written = db.put(&mut self.txn, &key, &value);
+        written.map_err(|source| self.refused("put", table.name(), &key, source))
     }
 
     /// Removes `key`; `true` if it was present.
@@ -352,14 +383,8 @@ impl<'t> WriteTxn<'t> {
         let db = self.inner.db(table.name())?;
         let key = encode::<K>(table.name(), "key", key)?;
         self.remember(db, table.name(), &key)?;
-        db.delete(&mut self.txn, &key).map_err(|source| {
-            self.inner.map_full_or(source, |source| StoreError::Write {
-                op: "delete",
-                table: table.name(),
-                key: show_key(&key),
-                source,
-            })
-        })
+        let deleted = db.delete(&mut self.txn, &key);
+        deleted.map_err(|source| self.refused("delete", table.name(), &key, source))
     }
 
     /// As [`ReadTxn::get`].

@@ -535,6 +535,16 @@ fn a_failed_nested_change_takes_back_exactly_its_writes() {
                 assert!(inner.is_err());
                 txn.put(META, "after-inner", b"1".as_slice())
             })?;
+            // An inner scope that succeeded is taken back with the outer one that failed.
+            let outer = txn.nested(|txn| {
+                txn.put(META, "kept", b"outer".as_slice())?;
+                txn.nested(|txn| {
+                    txn.delete(META, "before")?;
+                    txn.put(META, "inner-ok", b"1".as_slice())
+                })?;
+                Err::<(), _>(refused())
+            });
+            assert!(outer.is_err());
             Ok(())
         })
         .unwrap();
@@ -552,6 +562,11 @@ fn a_failed_nested_change_takes_back_exactly_its_writes() {
             );
             assert_eq!(get("inner")?, None);
             assert_eq!(get("after-inner")?, Some(b"1".to_vec()));
+            assert_eq!(
+                get("inner-ok")?,
+                None,
+                "a succeeded inner scope outlived its outer"
+            );
             Ok(())
         })
         .unwrap();
