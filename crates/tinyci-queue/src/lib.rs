@@ -1808,26 +1808,29 @@ impl Queue {
         Ok(run)
     }
 
-    /// Holds those of `ids` that are final now (finished, and not retried since), each under
-    /// its run's lock, taken in id order: none of them can be retried until the hold is
-    /// dropped. Retention takes this before it removes a run's output, so what it removes is
-    /// always a finished attempt's, never the output of a retry that began meanwhile (a retry
-    /// keeps the run's id).
+    /// Holds those of `runs` (each a run and when the caller saw it finish) that are still
+    /// that same finished attempt, each under its run's lock, taken in id order: none of them
+    /// can be retried until the hold is dropped. Retention takes this before it removes a
+    /// run's output, so what it removes is always the finished attempt's it judged, never the
+    /// output of a retry that began meanwhile (a retry keeps the run's id), even one that has
+    /// finished again since.
     pub async fn hold_final(
         &self,
-        ids: impl IntoIterator<Item = RunId>,
+        runs: impl IntoIterator<Item = (RunId, u64)>,
     ) -> Result<FinalRuns<'_>, QueueError> {
-        let ids: std::collections::BTreeSet<RunId> = ids.into_iter().collect();
+        let runs: BTreeMap<RunId, u64> = runs.into_iter().collect();
         let mut held = FinalRuns {
-            ids: std::collections::BTreeSet::new(),
+            ids: BTreeSet::new(),
             _locks: Vec::new(),
         };
-        for id in ids {
+        for (id, seen_finished_at) in runs {
             let lock = self.lock_run(id).await;
-            if self
-                .run(id)?
-                .is_some_and(|run| run.state.status().is_final())
-            {
+            let same = self.run(id)?.is_some_and(|run| {
+                run.state
+                    .outcome()
+                    .is_some_and(|outcome| outcome.finished_at == seen_finished_at)
+            });
+            if same {
                 held.ids.insert(id);
                 held._locks.push(lock);
             }
@@ -2218,7 +2221,7 @@ pub struct QueueStats {
 
 /// Runs that stay final while this lives ([`Queue::hold_final`]).
 pub struct FinalRuns<'q> {
-    ids: std::collections::BTreeSet<RunId>,
+    ids: BTreeSet<RunId>,
     /// Held, never read: a retry waits for its run's lock.
     _locks: Vec<RunLock<'q>>,
 }

@@ -227,16 +227,13 @@ pub(crate) async fn sweep(
     let planned = plan(&outputs, &finished, policy, now_ms);
     // Held final until their output is gone: a retry keeps the run's id, so one that began
     // since the listing would otherwise lose its new attempt's log and artifacts, and one
-    // asked for now waits. A run retried meanwhile keeps its output until a later sweep.
+    // asked for now waits. A run retried meanwhile (finished again or not) keeps its output
+    // until a later sweep judges it.
+    let finished_at: HashMap<u64, u64> = finished.iter().map(|&(at, run)| (run, at)).collect();
+    let planned_runs = planned.logs.iter().chain(&planned.artifacts);
     let held = runs
         .queue
-        .hold_final(
-            planned
-                .logs
-                .iter()
-                .chain(&planned.artifacts)
-                .map(|r| RunId(*r)),
-        )
+        .hold_final(planned_runs.filter_map(|r| Some((RunId(*r), *finished_at.get(r)?))))
         .await?;
     let SweepPlan {
         logs,

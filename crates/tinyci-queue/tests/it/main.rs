@@ -1170,8 +1170,18 @@ fn a_run_held_final_is_retried_only_after_the_hold() {
             .await
             .unwrap();
 
+        let finished_at = |queue: &Queue| {
+            queue
+                .run(id)
+                .unwrap()
+                .unwrap()
+                .state
+                .outcome()
+                .map(|o| o.finished_at)
+        };
+        let first_finish = finished_at(&queue).unwrap();
         let held = queue
-            .hold_final([id, RunId(id.get() + 1000)])
+            .hold_final([(id, first_finish), (RunId(id.get() + 1000), first_finish)])
             .await
             .unwrap();
         assert!(held.contains(id));
@@ -1184,7 +1194,13 @@ fn a_run_held_final_is_retried_only_after_the_hold() {
                 retried.set(true);
             }
         });
-        for _ in 0..20 {
+        // Give a retry that did not wait every chance to finish: its turn on this thread,
+        // then a commit after any it sent (the writer commits in order).
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+        _c.write(|_| Ok(())).await.unwrap();
+        for _ in 0..5 {
             tokio::task::yield_now().await;
         }
         assert!(
@@ -1203,12 +1219,13 @@ fn a_run_held_final_is_retried_only_after_the_hold() {
         );
 
         // Live again: a hold taken now does not hold it.
-        let held = queue.hold_final([id]).await.unwrap();
+        let held = queue.hold_final([(id, first_finish)]).await.unwrap();
         assert!(held.is_empty());
         drop(held);
 
-        // A retry under way when the hold is asked for finishes first; the hold then finds
-        // the run live and leaves it out.
+        // Retried and finished again: the hold judged the first attempt, so it leaves the
+        // second out.
+        f.clock.advance(Duration::from_secs(1));
         let leased = queue
             .next("a", "runner:r1", &HOST, no_hook())
             .await
@@ -1217,6 +1234,17 @@ fn a_run_held_final_is_retried_only_after_the_hold() {
             .complete(id, leased.lease, RunStatus::Failed, Some(1), String::new())
             .await
             .unwrap();
+        let second_finish = finished_at(&queue).unwrap();
+        assert_ne!(second_finish, first_finish);
+        let held = queue.hold_final([(id, first_finish)]).await.unwrap();
+        assert!(
+            held.is_empty(),
+            "a later attempt was held for an earlier one's"
+        );
+        drop(held);
+
+        // A retry under way when the hold is asked for finishes first; the hold then finds
+        // the run live and leaves it out.
         let retry = tokio::task::spawn_local({
             let queue = queue.clone();
             async move { queue.retry(id).await.unwrap() }
@@ -1225,7 +1253,7 @@ fn a_run_held_final_is_retried_only_after_the_hold() {
         for _ in 0..5 {
             tokio::task::yield_now().await;
         }
-        let held = queue.hold_final([id]).await.unwrap();
+        let held = queue.hold_final([(id, second_finish)]).await.unwrap();
         assert!(held.is_empty(), "a run being retried was held final");
         drop(held);
         assert_eq!(retry.await.unwrap().state.status(), RunStatus::Queued);
