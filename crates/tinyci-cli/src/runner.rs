@@ -98,6 +98,9 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "HOST:PORT", value_parser = tinyci_site::config::parse_listen)]
     metrics: Option<std::net::SocketAddr>,
     /// Where job sources are unpacked [default: a directory under the system temp dir].
+    /// Runners may share one. When a runner starts, it removes the run directories
+    /// (`r-<n>-<attempt>-<owner>-<serial>`) that runners which died left there; nothing else
+    /// in it is touched.
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
 }
@@ -160,7 +163,10 @@ pub(crate) struct AddArgs {
 pub(crate) fn run(args: RunnerArgs) -> Result<()> {
     match args.command {
         Some(RunnerCommand::Add(add_args)) => add(add_args),
-        None => serve(args.run),
+        None => {
+            tinyci_runner::small_pages();
+            serve(args.run)
+        }
     }
 }
 

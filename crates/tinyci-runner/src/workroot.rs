@@ -21,9 +21,12 @@ use tracing::warn;
 
 use crate::source::{private_work_root, remove_run_dir};
 
-/// Owner files are `.owner-<owner>.lock`; run directories end in `-<owner>-<serial>`.
+/// Owner files are `.owner-<owner>.lock`; run directories are
+/// `r-<n>-<attempt>-<owner>-<serial>`.
 const OWNER_PREFIX: &str = ".owner-";
 const OWNER_SUFFIX: &str = ".lock";
+/// Where an owner file is locked before it is renamed into place.
+const STAGING_PREFIX: &str = ".staging-";
 
 /// This process's claim on a work root: while it lives, no other runner's sweep removes the
 /// directories it makes there.
@@ -35,6 +38,10 @@ pub struct WorkRoot {
     owner: String,
     /// Held, never read: the lock is the claim.
     _claim: Flock<File>,
+    /// A shared lock on the root directory itself, held for the same reason: cleaners of
+    /// temporary directories (systemd-tmpfiles) skip a directory they cannot lock, so a root
+    /// under `/tmp` keeps its owner file however long the runner lives.
+    _root: Flock<File>,
     /// Directories made so far, to name the next.
     made: AtomicU64,
 }
@@ -54,11 +61,13 @@ impl WorkRoot {
     /// start time, which makes its owner name unique even where process ids are reused.
     pub fn claim(path: &Path, started_ns: u128) -> io::Result<(Self, Swept)> {
         private_work_root(path)?;
+        let root_lock = Flock::lock(File::open(path)?, FlockArg::LockShared)
+            .map_err(|(_, errno)| io::Error::from(errno))?;
         let owner = format!("{}x{started_ns:x}", std::process::id());
         // Locked under a temporary name, then renamed into place: an owner file that other
         // runners can see is locked from its first moment, so no sweep can take it for a
         // dead runner's.
-        let staging = path.join(format!(".staging-{owner}"));
+        let staging = path.join(format!("{STAGING_PREFIX}{owner}"));
         let file = File::create(&staging)?;
         let claim = Flock::lock(file, FlockArg::LockExclusiveNonblock)
             .map_err(|(_, errno)| io::Error::from(errno))?;
@@ -67,6 +76,7 @@ impl WorkRoot {
             path: path.to_path_buf(),
             owner,
             _claim: claim,
+            _root: root_lock,
             made: AtomicU64::new(0),
         };
         let swept = root.sweep()?;
@@ -110,8 +120,10 @@ impl WorkRoot {
     /// is gone (as are runners older than owner files, whose directories name a process id).
     fn sweep(&self) -> io::Result<Swept> {
         let mut runs: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-        for entry in std::fs::read_dir(&self.path)? {
-            let entry = entry?;
+        let mut staged = Vec::new();
+        // An entry that vanishes or cannot be read meanwhile (another runner sweeping) is
+        // skipped, never a reason not to start.
+        for entry in std::fs::read_dir(&self.path)?.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(owner) = name
@@ -119,7 +131,9 @@ impl WorkRoot {
                 .and_then(|n| n.strip_suffix(OWNER_SUFFIX))
             {
                 runs.entry(owner.to_owned()).or_default();
-            } else if entry.file_type()?.is_dir()
+            } else if name.starts_with(STAGING_PREFIX) {
+                staged.push(entry.path());
+            } else if entry.file_type().is_ok_and(|t| t.is_dir())
                 && let Some(owner) = run_dir_owner(name)
             {
                 runs.entry(owner.to_owned()).or_default().push(entry.path());
@@ -130,14 +144,8 @@ impl WorkRoot {
         for (owner, dirs) in runs {
             let file = owner_file(&self.path, &owner);
             // Held until the owner's directories and file are gone.
-            let _gone = match File::open(&file) {
-                Ok(opened) => match Flock::lock(opened, FlockArg::LockExclusiveNonblock) {
-                    Ok(lock) => Some(lock),
-                    Err((_, Errno::EWOULDBLOCK)) => continue,
-                    Err((_, errno)) => return Err(errno.into()),
-                },
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(e),
+            let Some(_gone) = owner_gone(&file, &owner) else {
+                continue;
             };
             for dir in dirs {
                 match remove_run_dir(&dir) {
@@ -154,7 +162,43 @@ impl WorkRoot {
                 Err(e) => warn!(owner, error = %e, "cannot remove a dead runner's owner file"),
             }
         }
+        // A runner that died between making its owner file and renaming it into place.
+        for path in staged {
+            if let Ok(Ok(_unlocked)) =
+                File::open(&path).map(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock))
+            {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
         Ok(swept)
+    }
+}
+
+/// Whether `owner`'s runner is gone: `Some` (with its owner file's lock, if there is one) if
+/// so, `None` if it lives or cannot be told, which leaves its directories alone.
+fn owner_gone(file: &Path, owner: &str) -> Option<Option<Flock<File>>> {
+    match File::open(file) {
+        Ok(opened) => match Flock::lock(opened, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Some(Some(lock)),
+            Err((_, Errno::EWOULDBLOCK)) => None,
+            Err((_, errno)) => {
+                warn!(owner, error = %errno, "cannot tell whether a runner sharing the work directory lives; leaving its directories");
+                None
+            }
+        },
+        // A live runner's owner file exists before its first directory. A runner from before
+        // owner files named its directories with its process id: gone if no such process is.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match owner.parse::<i32>() {
+            Ok(pid) if pid > 0 => {
+                let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None);
+                matches!(alive, Err(Errno::ESRCH)).then_some(None)
+            }
+            _ => Some(None),
+        },
+        Err(e) => {
+            warn!(owner, error = %e, "cannot tell whether a runner sharing the work directory lives; leaving its directories");
+            None
+        }
     }
 }
 
@@ -162,16 +206,22 @@ fn owner_file(root: &Path, owner: &str) -> PathBuf {
     root.join(format!("{OWNER_PREFIX}{owner}{OWNER_SUFFIX}"))
 }
 
-/// The owner a run directory's name (`<label>-<attempt>-<owner>-<serial>`) gives, if it is
-/// one.
+/// The owner a run directory's name (`r-<n>-<attempt>-<owner>-<serial>`) gives, if it is
+/// exactly that: an owner is `<pid>x<hex start time>`, or a process id alone for runners from
+/// before owner files. Nothing else in the root is ever taken for a run's directory.
 fn run_dir_owner(name: &str) -> Option<&str> {
-    let mut parts = name.rsplitn(4, '-');
-    let serial = parts.next()?;
-    let owner = parts.next()?;
-    let attempt = parts.next()?;
-    let label = parts.next()?;
     let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    (numeric(serial) && numeric(attempt) && !label.is_empty() && !owner.is_empty()).then_some(owner)
+    let mut parts = name.strip_prefix("r-")?.split('-');
+    let (run, attempt, owner, serial) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let owner_ok = match owner.split_once('x') {
+        Some((pid, started)) => {
+            numeric(pid) && !started.is_empty() && started.bytes().all(|b| b.is_ascii_hexdigit())
+        }
+        None => numeric(owner),
+    };
+    (parts.next().is_none() && numeric(run) && numeric(attempt) && numeric(serial) && owner_ok)
+        .then_some(owner)
 }
 
 #[cfg(test)]
@@ -185,6 +235,10 @@ mod tests {
         assert_eq!(run_dir_owner("r-12-3-4242-7"), Some("4242"));
         assert_eq!(run_dir_owner("notes"), None);
         assert_eq!(run_dir_owner("a-b-c-d"), None);
+        // An operator's directory that merely looks like one is never taken for a run's.
+        assert_eq!(run_dir_owner("backup-2024-06-15"), None);
+        assert_eq!(run_dir_owner("r-2-1-06-15-extra"), None);
+        assert_eq!(run_dir_owner("r-2-1-4242xzz-0"), None);
     }
 
     #[test]
@@ -208,9 +262,16 @@ mod tests {
         .unwrap();
         let dead_owner = owner_file(&root, &dead.owner);
         drop(dead);
-        // One from before owner files, and something that is no run directory.
-        let old = root.join("r-3-1-99999-0");
+        // One from before owner files whose process is gone, one whose process lives (this
+        // test's), and things that are no run directory.
+        let old = root.join(format!("r-3-1-{}-0", i32::MAX));
         std::fs::create_dir(&old).unwrap();
+        let old_live = root.join(format!("r-4-1-{}-0", std::process::id()));
+        std::fs::create_dir(&old_live).unwrap();
+        let lookalike = root.join("backup-2024-06-15");
+        std::fs::create_dir(&lookalike).unwrap();
+        let staged = root.join(".staging-1x5");
+        std::fs::write(&staged, "").unwrap();
         let stranger = root.join("keep-me");
         std::fs::create_dir(&stranger).unwrap();
 
@@ -227,7 +288,12 @@ mod tests {
             live_run.exists(),
             "a live runner's run directory was removed"
         );
-        assert!(stranger.exists());
+        assert!(stranger.exists() && lookalike.exists());
+        assert!(
+            old_live.exists(),
+            "a live old runner's run directory was removed"
+        );
+        assert!(!staged.exists(), "a dead runner's staging file was left");
         drop(again);
         drop(live);
     }
