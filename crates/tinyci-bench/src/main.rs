@@ -67,9 +67,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    // As the `tinyci` binary does (see its `small_pages`), so baselines in this process are
+    // As `tinyci site up` and `tinyci runner` do, so the baselines in this process are
     // measured with the same pages.
-    let _ = nix::sys::prctl::set_thp_disable(true);
+    tinyci_runner::small_pages();
     let cli = Cli::parse();
     let options = Options { quick: cli.quick };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -8,15 +8,6 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Turns transparent huge pages off for this process. Where the kernel backs every aligned
-/// region with 2 MiB pages (`enabled = always`, as here), mimalloc's arenas made each idle
-/// runner connection cost the site about 50% more memory (the scale bench: 48 KiB against
-/// 35 KiB per connection at 5,000). Jobs get the machine's policy back (the runner's
-/// `harden_child`). Best effort: a kernel without the setting keeps its pages.
-fn small_pages() {
-    let _ = nix::sys::prctl::set_thp_disable(true);
-}
-
 mod artifacts;
 mod docs;
 mod federation;
@@ -113,7 +104,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    small_pages();
     let matches = cli_command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_tracing(cli.log_format, cli.command.default_log_level());
