@@ -620,20 +620,20 @@ pub(crate) fn claim_work_root(path: &Path) -> Result<std::sync::Arc<tinyci_runne
         .map_or(0, |d| d.as_nanos());
     let (root, swept) = tinyci_runner::WorkRoot::claim(path, started_ns)
         .with_context(|| format!("cannot use {} as the work directory", path.display()))?;
-    if swept.removed > 0 {
-        say!(
-            "removed {} work director{} left in {} by runners that died",
-            swept.removed,
-            if swept.removed == 1 { "y" } else { "ies" },
+    let left = |n: usize| {
+        let noun = if n == 1 { "directory" } else { "directories" };
+        format!(
+            "{n} work {noun} left in {} by runners that died",
             path.display()
-        );
+        )
+    };
+    if swept.removed > 0 {
+        say!("removed {}", left(swept.removed));
     }
     if swept.failed > 0 {
         say!(
-            "warning: {} work director{} left in {} by runners that died could not be removed (see the log)",
-            swept.failed,
-            if swept.failed == 1 { "y" } else { "ies" },
-            path.display()
+            "warning: {} could not be removed (see the log)",
+            left(swept.failed)
         );
     }
     Ok(std::sync::Arc::new(root))

@@ -117,6 +117,18 @@ fn no_hook() -> tinyci_queue::CancelHook {
     Rc::new(|_| {})
 }
 
+/// Submits one run on queue `a` (ref `refs/heads/x`) and leases it to `runner:r1`.
+async fn one_leased_run(queue: &Queue) -> tinyci_queue::Leased {
+    queue
+        .submit(submission("refs/heads/x", vec![planned("a", "x")]))
+        .await
+        .unwrap();
+    queue
+        .next("a", "runner:r1", &HOST, no_hook())
+        .await
+        .unwrap()
+}
+
 /// Polls a call once, which must then be waiting: how a call looks from here when its caller
 /// (an RPC whose client hung up) stops waiting after that.
 fn poll_once<F: std::future::Future>(call: std::pin::Pin<&mut F>) {
@@ -1121,14 +1133,7 @@ fn a_cancel_that_loses_the_race_to_a_completion_changes_nothing() {
     local(async {
         let f = Fixture::new();
         let (queue, _c, _w) = f.open().await;
-        queue
-            .submit(submission("refs/heads/x", vec![planned("a", "x")]))
-            .await
-            .unwrap();
-        let leased = queue
-            .next("a", "runner:r1", &HOST, no_hook())
-            .await
-            .unwrap();
+        let leased = one_leased_run(&queue).await;
         let id = leased.run.id();
         let complete = queue.complete(
             id,
@@ -1156,14 +1161,7 @@ fn a_run_held_final_is_retried_only_after_the_hold() {
     local(async {
         let f = Fixture::new();
         let (queue, _c, _w) = f.open().await;
-        queue
-            .submit(submission("refs/heads/x", vec![planned("a", "x")]))
-            .await
-            .unwrap();
-        let leased = queue
-            .next("a", "runner:r1", &HOST, no_hook())
-            .await
-            .unwrap();
+        let leased = one_leased_run(&queue).await;
         let id = leased.run.id();
         queue
             .complete(id, leased.lease, RunStatus::Failed, Some(1), String::new())
