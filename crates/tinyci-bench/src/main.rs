@@ -5,11 +5,6 @@
 //! Owns only measurement. It drives the real product (sites, sessions, queues, runners) through
 //! the same crates `tinyci` uses; no product crate may depend on it.
 
-/// The same allocator as the `tinyci` binary, so what the bench runs in-process (the queue,
-/// the baselines) is measured as the product runs it.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod abuse;
 mod dispatch;
 mod fixture;
@@ -67,9 +62,6 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    // As `tinyci site up` and `tinyci runner` do, so the baselines in this process are
-    // measured with the same pages.
-    tinyci_runner::small_pages();
     let cli = Cli::parse();
     let options = Options { quick: cli.quick };
     let runtime = tokio::runtime::Builder::new_multi_thread()

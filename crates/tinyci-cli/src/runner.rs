@@ -163,10 +163,7 @@ pub(crate) struct AddArgs {
 pub(crate) fn run(args: RunnerArgs) -> Result<()> {
     match args.command {
         Some(RunnerCommand::Add(add_args)) => add(add_args),
-        None => {
-            tinyci_runner::small_pages();
-            serve(args.run)
-        }
+        None => serve(args.run),
     }
 }
 

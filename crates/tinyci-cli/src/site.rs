@@ -166,7 +166,6 @@ fn ensure_default_site(path: &Path) -> Result<()> {
 }
 
 fn up(args: UpArgs) -> Result<()> {
-    tinyci_runner::small_pages();
     // Only ./site.toml is created on demand: a configuration named (by flag or by
     // TINYCI_CONFIG) that is missing is an error, never a fresh site somewhere else.
     let embedded =

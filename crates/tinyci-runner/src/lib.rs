@@ -41,7 +41,7 @@ pub use exec::{
 };
 pub use registry::{DOCKER_HUB, ImageRef, RegistryAuth, RegistryAuthError};
 pub use sandbox::{Bubblewrap, Confinement, Containment, SandboxError, Unshare};
-pub use shell::{ShellExecutor, small_pages};
+pub use shell::ShellExecutor;
 pub use source::{MAX_SOURCE_BYTES, private_work_root};
 pub use tinyci_core::{Isolation, PullPolicy, check_label};
 pub use workroot::{Swept, WorkRoot};

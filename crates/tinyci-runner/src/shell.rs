@@ -183,25 +183,6 @@ impl ShellExecutor {
     }
 }
 
-/// Whether [`small_pages`] turned transparent huge pages off for this process, so that job
-/// processes must get the machine's policy back (the setting is inherited across exec).
-static GIVE_BACK_HUGE_PAGES: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
-/// Turns transparent huge pages off for this process, best effort, and has the shell
-/// executor give its jobs the machine's policy back. For the `tinyci` site and runner: where
-/// the kernel backs every aligned region with 2 MiB pages, mimalloc's arenas held an idle
-/// connection's memory in such pages (the scale bench: 48 KiB against 35 KiB per runner
-/// connection at 5,000). A process that already had them off is left as it was, its jobs
-/// included.
-pub fn small_pages() {
-    if matches!(nix::sys::prctl::get_thp_disable(), Ok(false))
-        && nix::sys::prctl::set_thp_disable(true).is_ok()
-    {
-        GIVE_BACK_HUGE_PAGES.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// Prepares the job's child before it execs:
 /// - Every descriptor above stderr closes at exec: whatever the runner's process holds without
 ///   close-on-exec (a jobserver pipe from its parent, a library's file) must not reach a job,
@@ -215,7 +196,6 @@ pub fn small_pages() {
 #[allow(unsafe_code)]
 fn harden_child(command: &mut Command) {
     let runner = std::process::id();
-    let give_back_huge_pages = GIVE_BACK_HUGE_PAGES.load(std::sync::atomic::Ordering::Relaxed);
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
     // calls are allowed: it makes raw `close_range`/`fcntl`, `prctl` and `getppid` system
     // calls and allocates nothing (its errors are OS codes). Closing descriptors the child
@@ -239,11 +219,6 @@ fn harden_child(command: &mut Command) {
             }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
-            }
-            // `small_pages` turned transparent huge pages off for the runner, and children
-            // inherit that: the job gets the machine's policy back.
-            if give_back_huge_pages {
-                let _ = libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0);
             }
             // The runner may have died before the line above took effect: then nothing
             // would ever send the signal.

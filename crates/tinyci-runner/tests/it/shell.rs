@@ -185,26 +185,3 @@ async fn a_workdir_outside_the_source_is_refused() {
         outcome.message
     );
 }
-
-/// The `tinyci` binary turns transparent huge pages off for itself (its `main`); a job gets the
-/// machine's policy back instead of inheriting that.
-#[tokio::test]
-async fn a_job_does_not_inherit_the_runners_huge_page_setting() {
-    // A kernel without transparent huge pages has no policy to give back.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    if !status.contains("THP_enabled:\t1") {
-        eprintln!("skipped: this kernel reports no transparent huge pages to give back");
-        return;
-    }
-    // As the binary does. Process-wide, which the other tests here do not notice.
-    tinyci_runner::small_pages();
-    let dir = tempfile::tempdir().unwrap();
-    let (tx, rx) = mpsc::channel(16);
-    let (_stop, signal) = stop_pair();
-    let job = spec(dir.path(), &["grep '^THP_enabled' /proc/self/status"]);
-    let outcome = ShellExecutor::default().run(&job, &tx, signal).await;
-    drop(tx);
-    let output = collect(rx).await;
-    assert_eq!(outcome.verdict, Verdict::Passed, "{outcome:?}");
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "THP_enabled:\t1\n");
-}
