@@ -71,10 +71,8 @@ pub(crate) struct SweepPlan {
 }
 
 impl SweepPlan {
-    /// The plan cut down to the runs `keep` picks, its report counted again.
-    fn only(self, outputs: &BTreeMap<u64, RunOutput>, keep: impl Fn(u64) -> bool) -> SweepPlan {
-        let logs: Vec<u64> = self.logs.into_iter().filter(|r| keep(*r)).collect();
-        let artifacts: Vec<u64> = self.artifacts.into_iter().filter(|r| keep(*r)).collect();
+    /// A plan to remove `logs` and `artifacts`, with what that frees counted from `outputs`.
+    fn new(outputs: &BTreeMap<u64, RunOutput>, logs: Vec<u64>, artifacts: Vec<u64>) -> Self {
         let mut report = SweepReport::default();
         for output in logs.iter().filter_map(|r| outputs.get(r)) {
             report.logs_removed += 1;
@@ -89,6 +87,13 @@ impl SweepPlan {
             artifacts,
             report,
         }
+    }
+
+    /// The plan cut down to the runs `keep` picks, its report counted again.
+    fn only(self, outputs: &BTreeMap<u64, RunOutput>, keep: impl Fn(u64) -> bool) -> SweepPlan {
+        let logs = self.logs.into_iter().filter(|r| keep(*r)).collect();
+        let artifacts = self.artifacts.into_iter().filter(|r| keep(*r)).collect();
+        SweepPlan::new(outputs, logs, artifacts)
     }
 }
 
@@ -143,29 +148,24 @@ pub(crate) fn plan(
         })
     };
     let mut total: u64 = outputs.values().map(|o| o.log.1 + o.artifacts.1).sum();
-    let mut plan = SweepPlan::default();
+    let (mut logs, mut artifacts) = (Vec::new(), Vec::new());
     for &(finished_at, run) in finished {
         let Some(output) = outputs.get(&run) else {
             continue;
         };
         let over_cap = policy.max_total_bytes.is_some_and(|cap| total > cap);
         if output.log.0 > 0 && (over_cap || older_than(policy.logs_max_age, finished_at)) {
-            plan.logs.push(run);
+            logs.push(run);
             total -= output.log.1;
-            plan.report.bytes_freed += output.log.1;
-            plan.report.logs_removed += 1;
         }
         let over_cap = policy.max_total_bytes.is_some_and(|cap| total > cap);
         if output.artifacts.0 > 0 && (over_cap || older_than(policy.artifacts_max_age, finished_at))
         {
-            plan.artifacts.push(run);
-            plan.report.artifacts_removed +=
-                usize::try_from(output.artifacts.0).unwrap_or(usize::MAX);
+            artifacts.push(run);
             total -= output.artifacts.1;
-            plan.report.bytes_freed += output.artifacts.1;
         }
     }
-    plan
+    SweepPlan::new(outputs, logs, artifacts)
 }
 
 /// What each repository stores once the plan's logs and artifacts are gone: the exact count
