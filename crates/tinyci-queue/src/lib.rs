@@ -305,6 +305,15 @@ impl Drop for CallerGone {
     }
 }
 
+/// The time a change to a run is dated by.
+#[derive(Debug, Clone, Copy)]
+enum When {
+    /// The clock's, read once the run's lock is held.
+    LockTaken,
+    /// This one (a lease handed back is dated by its expiry, to count as lapsed).
+    At(u64),
+}
+
 /// Holds a run's change lock; the lock's entry goes when nobody holds or waits for it.
 struct RunLock<'q> {
     queue: &'q Queue,
@@ -1258,24 +1267,38 @@ impl Queue {
         event: RunEvent,
         durable: bool,
     ) -> Result<Transition, QueueError> {
-        self.change_at(id, event, durable, self.now()).await
+        self.change_dated(id, event, durable, When::LockTaken).await
     }
 
-    /// [`Queue::change`] with the event's time given.
+    /// [`Queue::change`] dated `at`.
     async fn change_at(
         &self,
         id: RunId,
         event: RunEvent,
         durable: bool,
-        now: u64,
+        at: u64,
+    ) -> Result<Transition, QueueError> {
+        self.change_dated(id, event, durable, When::At(at)).await
+    }
+
+    async fn change_dated(
+        &self,
+        id: RunId,
+        event: RunEvent,
+        durable: bool,
+        when: When,
     ) -> Result<Transition, QueueError> {
         self.to_the_end(move |queue| async move {
-            queue.change_now(id, event, None, durable, now).await
+            queue.change_now(id, event, None, durable, when).await
         })
         .await
     }
 
     /// Waits for, then holds, the right to change run `id`.
+    ///
+    /// A change is dated once it holds the lock ([`When::LockTaken`]): the wait can be long (a
+    /// commit in flight, retention holding the run final), and a time read before it would date
+    /// an outcome, or judge a lease, by a moment the change did not happen at.
     async fn lock_run(&self, id: RunId) -> RunLock<'_> {
         let lock = self.run_locks.borrow_mut().entry(id).or_default().clone();
         RunLock {
@@ -1294,9 +1317,13 @@ impl Queue {
         event: RunEvent,
         message: Option<String>,
         durable: bool,
-        now: u64,
+        when: When,
     ) -> Result<Transition, QueueError> {
         let _changing = self.lock_run(id).await;
+        let now = match when {
+            When::LockTaken => self.now(),
+            When::At(at) => at,
+        };
         self.change_locked(id, event, message, durable, now).await
     }
 
@@ -1416,7 +1443,6 @@ impl Queue {
         }
         // Only the lease's holder words the run's outcome: the message is set under the run's
         // lock, and only if the completion is taken (a stale one is refused and words nothing).
-        let now = self.now();
         let event = RunEvent::Complete {
             lease,
             status,
@@ -1424,7 +1450,9 @@ impl Queue {
         };
         let changed = self
             .to_the_end(move |queue| async move {
-                queue.change_now(id, event, Some(message), true, now).await
+                queue
+                    .change_now(id, event, Some(message), true, When::LockTaken)
+                    .await
             })
             .await;
         match changed {
@@ -1590,12 +1618,17 @@ impl Queue {
             return Ok(false);
         }
         let reason = reason.to_owned();
-        let now = self.now();
         // The holder is told inside the task too: a cancel stored must reach the runner even
         // if whoever asked stops waiting.
         self.to_the_end(move |queue| async move {
             let transition = match queue
-                .change_now(id, RunEvent::Cancel, Some(reason.clone()), true, now)
+                .change_now(
+                    id,
+                    RunEvent::Cancel,
+                    Some(reason.clone()),
+                    true,
+                    When::LockTaken,
+                )
                 .await
             {
                 // It ended before this cancel's turn: nothing left to cancel.

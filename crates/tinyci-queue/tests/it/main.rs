@@ -1153,6 +1153,71 @@ fn a_cancel_that_loses_the_race_to_a_completion_changes_nothing() {
     });
 }
 
+/// A completion is dated when it holds its run, not when it was asked for: it can wait behind
+/// a change in flight (here a cancel, whose commit the test holds up in the writer), and the
+/// outcome must say when the run ended.
+#[test]
+fn a_completion_that_waits_for_its_run_is_dated_when_it_takes_it() {
+    local(async {
+        let f = Fixture::new();
+        let (queue, committer, _w) = f.open().await;
+        let leased = one_leased_run(&queue).await;
+        let id = leased.run.id();
+
+        // A batch that stays in the writer until `go` is sent.
+        let (entered, writer_in) = std::sync::mpsc::channel::<()>();
+        let (go, wait_for_go) = std::sync::mpsc::channel::<()>();
+        let blocker = tokio::task::spawn_local({
+            let committer = committer.clone();
+            async move {
+                committer
+                    .write(move |_| {
+                        entered.send(()).unwrap();
+                        wait_for_go.recv().unwrap();
+                        Ok(())
+                    })
+                    .await
+                    .unwrap();
+            }
+        });
+        while writer_in.try_recv().is_err() {
+            tokio::task::yield_now().await;
+        }
+        // The cancel takes the run's lock and waits, holding it, for its commit.
+        let cancel = tokio::task::spawn_local({
+            let queue = queue.clone();
+            async move { queue.cancel_run(id, "stop").await.unwrap() }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let complete = tokio::task::spawn_local({
+            let queue = queue.clone();
+            async move {
+                queue
+                    .complete(id, leased.lease, RunStatus::Canceled, None, String::new())
+                    .await
+                    .unwrap()
+            }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!complete.is_finished(), "the completion did not wait");
+        f.clock.advance(Duration::from_secs(5));
+        let ended_at = (f.clock.clock())();
+        go.send(()).unwrap();
+        blocker.await.unwrap();
+        assert!(cancel.await.unwrap(), "the cancel changed nothing");
+        let outcome = complete.await.unwrap();
+        assert_eq!(outcome.status, RunStatus::Canceled);
+        assert_eq!(
+            outcome.finished_at, ended_at,
+            "the outcome is dated from before the completion waited"
+        );
+    });
+}
+
 /// Retention holds a finished run final while it removes the run's output: a retry asked for
 /// meanwhile waits for the hold (it keeps the run's id, so its new attempt's output would go
 /// too), and a run retried before the hold is not held at all.
