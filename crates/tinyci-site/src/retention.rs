@@ -5,7 +5,7 @@
 //! Unfinished runs are never touched. A blob is deleted only when no artifact row names it and
 //! no upload is putting it in place (`tinyci_assets::ArtifactStore::collect_blobs`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use tinyci_core::RunId;
@@ -14,6 +14,10 @@ use tracing::{info, warn};
 
 use crate::RunHandles;
 pub use tinyci_config::RetentionPolicy;
+
+/// Runs a sweep holds final at once while their output goes: a retry asked for one of them
+/// waits for its share of the sweep, not for all of it.
+const RUNS_HELD_AT_ONCE: usize = 256;
 
 /// What one sweep removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -71,8 +75,15 @@ pub(crate) struct SweepPlan {
 }
 
 impl SweepPlan {
-    /// A plan to remove `logs` and `artifacts`, with what that frees counted from `outputs`.
-    fn new(outputs: &BTreeMap<u64, RunOutput>, logs: Vec<u64>, artifacts: Vec<u64>) -> Self {
+    /// A plan to remove `logs` and `artifacts` (kept in run order), with what that frees
+    /// counted from `outputs`.
+    fn new(
+        outputs: &BTreeMap<u64, RunOutput>,
+        mut logs: Vec<u64>,
+        mut artifacts: Vec<u64>,
+    ) -> Self {
+        logs.sort_unstable();
+        artifacts.sort_unstable();
         let mut report = SweepReport::default();
         for output in logs.iter().filter_map(|r| outputs.get(r)) {
             report.logs_removed += 1;
@@ -89,11 +100,36 @@ impl SweepPlan {
         }
     }
 
-    /// The plan cut down to the runs `keep` picks, its report counted again.
-    fn only(self, outputs: &BTreeMap<u64, RunOutput>, keep: impl Fn(u64) -> bool) -> SweepPlan {
-        let logs = self.logs.into_iter().filter(|r| keep(*r)).collect();
-        let artifacts = self.artifacts.into_iter().filter(|r| keep(*r)).collect();
-        SweepPlan::new(outputs, logs, artifacts)
+    /// Every run the plan touches, in order, `size` at a time.
+    fn shares(&self, size: usize) -> Vec<Vec<u64>> {
+        let runs: BTreeSet<u64> = self.logs.iter().chain(&self.artifacts).copied().collect();
+        let runs: Vec<u64> = runs.into_iter().collect();
+        runs.chunks(size.max(1)).map(<[u64]>::to_vec).collect()
+    }
+
+    /// The part of the plan for the runs of `share` (one of [`SweepPlan::shares`]) that
+    /// `keep` picks, its report counted again.
+    fn only(
+        &self,
+        outputs: &BTreeMap<u64, RunOutput>,
+        share: &[u64],
+        keep: impl Fn(u64) -> bool,
+    ) -> SweepPlan {
+        // A share is a stretch of the plan's runs in order, so it is the plan's runs between
+        // its first and last.
+        let within = |runs: &[u64]| -> Vec<u64> {
+            let (Some(&first), Some(&last)) = (share.first(), share.last()) else {
+                return Vec::new();
+            };
+            let from = runs.partition_point(|&r| r < first);
+            let to = runs.partition_point(|&r| r <= last);
+            runs[from..to]
+                .iter()
+                .copied()
+                .filter(|&r| keep(r))
+                .collect()
+        };
+        SweepPlan::new(outputs, within(&self.logs), within(&self.artifacts))
     }
 }
 
@@ -225,27 +261,48 @@ pub(crate) async fn sweep(
     }
     finished.sort_unstable();
     let planned = plan(&outputs, &finished, policy, now_ms);
-    // Held final until their output is gone: a retry keeps the run's id, so one that began
-    // since the listing would otherwise lose its new attempt's log and artifacts, and one
-    // asked for now waits. A run retried meanwhile (finished again or not) keeps its output
-    // until a later sweep judges it.
+    // Held final until their output is gone, a share at a time: a retry keeps the run's id,
+    // so one that began since the listing would otherwise lose its new attempt's log and
+    // artifacts, and one asked for now waits for its share. A run retried meanwhile (finished
+    // again or not) keeps its output until a later sweep judges it.
     let finished_at: HashMap<u64, u64> = finished.iter().map(|&(at, run)| (run, at)).collect();
-    let planned_runs = planned.logs.iter().chain(&planned.artifacts);
-    let held = runs
-        .queue
-        .hold_final(planned_runs.filter_map(|r| Some((RunId(*r), *finished_at.get(r)?))))
-        .await?;
-    let SweepPlan {
-        logs,
-        artifacts,
-        mut report,
-    } = planned.only(&outputs, |run| held.contains(RunId(run)));
-    runs.queue
-        .storage()
-        .replace(per_repo(&outputs, &repo_of, &logs, &artifacts));
-    runs.logs.remove(logs).await?;
-    runs.artifacts.remove_runs(artifacts).await?;
-    drop(held);
+    let mut report = SweepReport::default();
+    let (mut removed_logs, mut removed_artifacts) = (Vec::new(), Vec::new());
+    let removing = async {
+        for share in planned.shares(RUNS_HELD_AT_ONCE) {
+            let held = runs
+                .queue
+                .hold_final(
+                    share
+                        .iter()
+                        .filter_map(|r| Some((RunId(*r), *finished_at.get(r)?))),
+                )
+                .await?;
+            let SweepPlan {
+                logs,
+                artifacts,
+                report: removed,
+            } = planned.only(&outputs, &share, |run| held.contains(RunId(run)));
+            runs.logs.remove(logs.clone()).await?;
+            runs.artifacts.remove_runs(artifacts.clone()).await?;
+            drop(held);
+            report.logs_removed += removed.logs_removed;
+            report.artifacts_removed += removed.artifacts_removed;
+            report.bytes_freed += removed.bytes_freed;
+            removed_logs.extend(logs);
+            removed_artifacts.extend(artifacts);
+        }
+        Ok::<(), SweepError>(())
+    }
+    .await;
+    // What did go is counted even if a later share failed.
+    runs.queue.storage().replace(per_repo(
+        &outputs,
+        &repo_of,
+        &removed_logs,
+        &removed_artifacts,
+    ));
+    removing?;
     report.blobs_removed = runs.artifacts.collect_blobs()?;
     report.sources_removed = remove_unsubmitted_sources(runs, now_ms).await?;
     if let Some(github) = github {
@@ -331,7 +388,10 @@ mod tests {
         let finished = [(0, 1), (1, 2)];
         let whole = plan(&outputs(), &finished, &policy(Some(50)), now);
         // Run 1 was retried meanwhile: only run 2's log goes.
-        let cut = whole.only(&outputs(), |run| run != 1);
+        let shares = whole.shares(1);
+        assert_eq!(shares, [[1], [2]]);
+        let cut = whole.only(&outputs(), &[1, 2], |run| run != 1);
+        assert_eq!(whole.only(&outputs(), &shares[1], |_| true), cut);
         assert_eq!(cut.logs, vec![2]);
         assert!(cut.artifacts.is_empty());
         assert_eq!(
@@ -345,6 +405,6 @@ mod tests {
         // Nothing cut: the same report as the plan's own.
         let again = plan(&outputs(), &finished, &policy(Some(50)), now);
         let report = again.report.clone();
-        assert_eq!(again.only(&outputs(), |_| true).report, report);
+        assert_eq!(again.only(&outputs(), &[1, 2, 3], |_| true).report, report);
     }
 }
