@@ -13,6 +13,7 @@
 mod backoff;
 mod backpressure;
 mod client;
+mod coalesce;
 pub mod discovery;
 pub mod observe;
 mod server;
@@ -109,13 +110,9 @@ pub(crate) fn watch_for_dead_peer(stream: &tokio::net::TcpStream) {
     }
 }
 
-/// The write half capnp-rpc writes to. capnp writes each message as several `write_all`s
-/// (segment table, then each segment) and flushes after each message; straight into a TLS
-/// stream every one of those becomes its own TLS record and its own `send` syscall. Buffering
-/// them makes a small message one record and one syscall; a write larger than the buffer (a
-/// log chunk) still goes straight through.
-pub(crate) fn coalesce<W: futures::AsyncWrite>(write: W) -> futures::io::BufWriter<W> {
-    futures::io::BufWriter::with_capacity(16 * 1024, write)
+/// The write half capnp-rpc writes to: see [`coalesce::Coalesce`].
+pub(crate) fn coalesce<W: futures::AsyncWrite + Unpin>(write: W) -> coalesce::Coalesce<W> {
+    coalesce::Coalesce::new(write)
 }
 
 impl NetLimits {
