@@ -167,24 +167,32 @@ impl TrustAnchors {
 }
 
 /// Server config for a site: TLS 1.3, presents `credentials`, requires a client certificate
-/// accepted by `trust`.
+/// accepted by `trust`, and resumes no session.
+///
+/// Why no resumption: a resumed session does not show its certificate again, and the server
+/// would take the peer's identity from a session stored earlier, unverified since, after the
+/// certificate expired. Every connection proves its identity afresh; keeping no sessions and
+/// sending no tickets also saves each connection their memory and the handshake their work.
 pub fn server_config(
     credentials: &Credentials,
     trust: &TrustAnchors,
 ) -> Result<Arc<ServerConfig>, PkiError> {
     let provider = crypto_provider();
     let verifier = AnchoredClientVerifier::new(trust, provider.clone())?;
-    let config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| PkiError::Tls(e.to_string()))?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(credentials.chain.clone(), credentials.key.clone_key())
         .map_err(|e| PkiError::Tls(e.to_string()))?;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
 /// Client config for dialing site `expected_site`, whose CA (PEM) is pinned as `site_ca_pem`,
-/// authenticating with `credentials`.
+/// authenticating with `credentials`. It keeps no sessions to resume: servers resume none
+/// ([`server_config`] says why).
 pub fn client_config(
     credentials: &Credentials,
     site_ca_pem: &str,
@@ -200,13 +208,14 @@ pub fn client_config(
         expected: PeerIdentity::site(expected_site),
         algorithms: provider.signature_verification_algorithms,
     };
-    let config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| PkiError::Tls(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(credentials.chain.clone(), credentials.key.clone_key())
         .map_err(|e| PkiError::Tls(e.to_string()))?;
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 

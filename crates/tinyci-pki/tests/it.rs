@@ -82,3 +82,55 @@ fn readable_secret_files_are_refused() {
     let err = read_text_file(&path, true).unwrap_err();
     assert!(err.to_string().contains("chmod 600"), "{err}");
 }
+
+/// Runs a TLS handshake between `client` and `server` in memory; returns how it went.
+fn handshake(
+    client: &std::sync::Arc<rustls::ClientConfig>,
+    server: &std::sync::Arc<rustls::ServerConfig>,
+) -> rustls::HandshakeKind {
+    let name = tinyci_pki::tls::server_name(&alpha()).unwrap();
+    let mut c = rustls::ClientConnection::new(client.clone(), name).unwrap();
+    let mut s = rustls::ServerConnection::new(server.clone()).unwrap();
+    // Until both are done and nothing is left to send: tickets come after the handshake.
+    for _ in 0..20 {
+        let mut wire = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut wire).unwrap();
+        }
+        s.read_tls(&mut &wire[..]).unwrap();
+        s.process_new_packets().unwrap();
+        let mut wire = Vec::new();
+        while s.wants_write() {
+            s.write_tls(&mut wire).unwrap();
+        }
+        c.read_tls(&mut &wire[..]).unwrap();
+        c.process_new_packets().unwrap();
+        if !c.is_handshaking() && !s.is_handshaking() && !c.wants_write() && !s.wants_write() {
+            break;
+        }
+    }
+    assert!(!c.is_handshaking(), "the handshake did not finish");
+    c.handshake_kind().unwrap()
+}
+
+/// A resumed TLS session skips the client certificate's verification: the server would take
+/// the identity from a session stored earlier, after the certificate expired or its CA stopped
+/// being trusted. So every connection is a full handshake, and no session is kept for it.
+#[test]
+fn no_connection_resumes_an_earlier_session() {
+    let ca = SiteCa::generate(alpha()).unwrap();
+    let site = ca.issue_site_cert(&["localhost".into()]).unwrap();
+    let site = Credentials::from_pem(&site.cert_pem, &site.key_pem).unwrap();
+    let runner = ca.issue_member_cert(Role::Runner, "r1").unwrap();
+    let runner = Credentials::from_pem(&runner.cert_pem, &runner.key_pem).unwrap();
+    let trust = tinyci_pki::TrustAnchors::new(alpha(), ca.cert_pem()).unwrap();
+    let server = tinyci_pki::tls::server_config(&site, &trust).unwrap();
+    let client = tinyci_pki::tls::client_config(&runner, ca.cert_pem(), alpha()).unwrap();
+    for attempt in 0..3 {
+        assert_eq!(
+            handshake(&client, &server),
+            rustls::HandshakeKind::Full,
+            "connection {attempt}"
+        );
+    }
+}
