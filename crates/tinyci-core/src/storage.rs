@@ -6,8 +6,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 /// Bytes each repository's runs store now, and the quota they are held to. Single-threaded,
-/// like the site. Exact after each retention sweep (which counts everything); between sweeps
-/// it grows by what is written and never shrinks, so it errs towards refusing.
+/// like the site. Exact after each retention sweep (which counts everything, then takes off
+/// what it removes); between sweeps it grows by what is written and never shrinks, so it errs
+/// towards refusing.
 #[derive(Debug, Default)]
 pub struct RepoStorage {
     quota: Cell<Option<u64>>,
@@ -44,6 +45,13 @@ impl RepoStorage {
             None => {
                 used.insert(repo.to_owned(), bytes);
             }
+        }
+    }
+
+    /// Counts `bytes` fewer stored for `repo`: what a sweep removed.
+    pub fn remove(&self, repo: &str, bytes: u64) {
+        if let Some(n) = self.used.borrow_mut().get_mut(repo) {
+            *n = n.saturating_sub(bytes);
         }
     }
 
@@ -89,7 +97,13 @@ mod tests {
         assert!(refusal.to_string().contains("max_repo_bytes"), "{refusal}");
         assert!(storage.admit("org/b").is_ok());
         // A sweep that found less frees it.
-        storage.replace(HashMap::from([("org/a".to_owned(), 40)]));
+        storage.replace(HashMap::from([("org/a".to_owned(), 140)]));
+        assert!(storage.admit("org/a").is_err());
+        // ...and what it then removes frees it.
+        storage.remove("org/a", 100);
+        assert_eq!(storage.used("org/a"), 40);
         assert!(storage.admit("org/a").is_ok());
+        storage.remove("org/a", 100);
+        assert_eq!(storage.used("org/a"), 0, "counts never go below nothing");
     }
 }

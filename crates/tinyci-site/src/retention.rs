@@ -5,7 +5,7 @@
 //! Unfinished runs are never touched. A blob is deleted only when no artifact row names it and
 //! no upload is putting it in place (`tinyci_assets::ArtifactStore::collect_blobs`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use tinyci_core::RunId;
@@ -75,15 +75,8 @@ pub(crate) struct SweepPlan {
 }
 
 impl SweepPlan {
-    /// A plan to remove `logs` and `artifacts` (kept in run order), with what that frees
-    /// counted from `outputs`.
-    fn new(
-        outputs: &BTreeMap<u64, RunOutput>,
-        mut logs: Vec<u64>,
-        mut artifacts: Vec<u64>,
-    ) -> Self {
-        logs.sort_unstable();
-        artifacts.sort_unstable();
+    /// A plan to remove `logs` and `artifacts`, with what that frees counted from `outputs`.
+    fn new(outputs: &BTreeMap<u64, RunOutput>, logs: Vec<u64>, artifacts: Vec<u64>) -> Self {
         let mut report = SweepReport::default();
         for output in logs.iter().filter_map(|r| outputs.get(r)) {
             report.logs_removed += 1;
@@ -100,37 +93,62 @@ impl SweepPlan {
         }
     }
 
-    /// Every run the plan touches, in order, `size` at a time.
-    fn shares(&self, size: usize) -> Vec<Vec<u64>> {
-        let runs: BTreeSet<u64> = self.logs.iter().chain(&self.artifacts).copied().collect();
-        let runs: Vec<u64> = runs.into_iter().collect();
-        runs.chunks(size.max(1)).map(<[u64]>::to_vec).collect()
+    /// The plan cut down to the runs `keep` picks, its report counted again.
+    fn only(self, outputs: &BTreeMap<u64, RunOutput>, keep: impl Fn(u64) -> bool) -> SweepPlan {
+        let logs = self.logs.into_iter().filter(|r| keep(*r)).collect();
+        let artifacts = self.artifacts.into_iter().filter(|r| keep(*r)).collect();
+        SweepPlan::new(outputs, logs, artifacts)
     }
 
-    /// The part of the plan for the runs of `share` (one of [`SweepPlan::shares`]) that
-    /// `keep` picks, its report counted again.
-    fn only(
-        &self,
+    /// The plan in shares of at most `size` runs, taken in the order `order` keys them
+    /// (oldest output first): each share's runs and its part of the plan.
+    fn shares(
+        self,
         outputs: &BTreeMap<u64, RunOutput>,
-        share: &[u64],
-        keep: impl Fn(u64) -> bool,
-    ) -> SweepPlan {
-        // A share is a stretch of the plan's runs in order, so it is the plan's runs between
-        // its first and last.
-        let within = |runs: &[u64]| -> Vec<u64> {
-            let (Some(&first), Some(&last)) = (share.first(), share.last()) else {
-                return Vec::new();
-            };
-            let from = runs.partition_point(|&r| r < first);
-            let to = runs.partition_point(|&r| r <= last);
-            runs[from..to]
-                .iter()
-                .copied()
-                .filter(|&r| keep(r))
-                .collect()
-        };
-        SweepPlan::new(outputs, within(&self.logs), within(&self.artifacts))
+        size: usize,
+        order: impl Fn(u64) -> u64,
+    ) -> Vec<Share> {
+        let size = size.max(1);
+        let mut runs: Vec<u64> = self
+            .logs
+            .iter()
+            .chain(&self.artifacts)
+            .copied()
+            .collect::<HashSet<u64>>()
+            .into_iter()
+            .collect();
+        runs.sort_unstable_by_key(|&run| (order(run), run));
+        let share_of: HashMap<u64, usize> = runs
+            .iter()
+            .enumerate()
+            .map(|(i, &run)| (run, i / size))
+            .collect();
+        let mut parts = vec![(Vec::new(), Vec::new()); runs.len().div_ceil(size)];
+        for run in self.logs {
+            if let Some(part) = share_of.get(&run).and_then(|&i| parts.get_mut(i)) {
+                part.0.push(run);
+            }
+        }
+        for run in self.artifacts {
+            if let Some(part) = share_of.get(&run).and_then(|&i| parts.get_mut(i)) {
+                part.1.push(run);
+            }
+        }
+        runs.chunks(size)
+            .zip(parts)
+            .map(|(runs, (logs, artifacts))| Share {
+                runs: runs.to_vec(),
+                plan: SweepPlan::new(outputs, logs, artifacts),
+            })
+            .collect()
     }
+}
+
+/// Runs a sweep holds final together, and their part of its plan.
+#[derive(Debug, PartialEq, Eq)]
+struct Share {
+    runs: Vec<u64>,
+    plan: SweepPlan,
 }
 
 /// Runs [`sweep`] now and then every `policy.every` until `stop` is cancelled. A sweep in
@@ -204,32 +222,35 @@ pub(crate) fn plan(
     SweepPlan::new(outputs, logs, artifacts)
 }
 
-/// What each repository stores once the plan's logs and artifacts are gone: the exact count
-/// a sweep hands to the storage quota (what is written meanwhile is counted from the next
-/// write on, so a sweep may forget a few writes, never invent any).
+/// What each repository's runs store, as the sweep listed it: the exact count the storage
+/// quota restarts from (what is written meanwhile is counted from the next write on, so a
+/// sweep may forget a few writes, never invent any).
 fn per_repo(
     outputs: &BTreeMap<u64, RunOutput>,
     repo_of: &HashMap<u64, String>,
-    removed_logs: &[u64],
-    removed_artifacts: &[u64],
 ) -> HashMap<String, u64> {
-    let removed_logs: HashSet<&u64> = removed_logs.iter().collect();
-    let removed_artifacts: HashSet<&u64> = removed_artifacts.iter().collect();
     let mut used: HashMap<String, u64> = HashMap::new();
     for (run, output) in outputs {
-        let Some(repo) = repo_of.get(run) else {
-            continue;
-        };
-        let mut bytes = 0;
-        if !removed_logs.contains(run) {
-            bytes += output.log.1;
+        if let Some(repo) = repo_of.get(run) {
+            *used.entry(repo.clone()).or_default() += output.log.1 + output.artifacts.1;
         }
-        if !removed_artifacts.contains(run) {
-            bytes += output.artifacts.1;
-        }
-        *used.entry(repo.clone()).or_default() += bytes;
     }
     used
+}
+
+/// Takes what `removed` runs stored (`bytes` of each's output) off their repositories' counts.
+fn forget(
+    storage: &tinyci_core::RepoStorage,
+    outputs: &BTreeMap<u64, RunOutput>,
+    repo_of: &HashMap<u64, String>,
+    removed: &[u64],
+    bytes: impl Fn(&RunOutput) -> u64,
+) {
+    for run in removed {
+        if let (Some(repo), Some(output)) = (repo_of.get(run), outputs.get(run)) {
+            storage.remove(repo, bytes(output));
+        }
+    }
 }
 
 /// One sweep at time `now_ms`: run output from `runs`' stores, and GitHub's old delivery ids.
@@ -261,48 +282,34 @@ pub(crate) async fn sweep(
     }
     finished.sort_unstable();
     let planned = plan(&outputs, &finished, policy, now_ms);
-    // Held final until their output is gone, a share at a time: a retry keeps the run's id,
-    // so one that began since the listing would otherwise lose its new attempt's log and
-    // artifacts, and one asked for now waits for its share. A run retried meanwhile (finished
-    // again or not) keeps its output until a later sweep judges it.
+    let storage = runs.queue.storage();
+    // Exact now, before anything goes; what each share removes is taken off as it goes, so
+    // a share that fails leaves the count true.
+    storage.replace(per_repo(&outputs, &repo_of));
+    // Held final until their output is gone, a share at a time (oldest first): a retry keeps
+    // the run's id, so one that began since the listing would otherwise lose its new
+    // attempt's log and artifacts, and one asked for now waits for its share only. A run
+    // retried meanwhile (finished again or not) keeps its output until a later sweep judges it.
     let finished_at: HashMap<u64, u64> = finished.iter().map(|&(at, run)| (run, at)).collect();
+    let when = |run| finished_at.get(&run).copied().unwrap_or(u64::MAX);
     let mut report = SweepReport::default();
-    let (mut removed_logs, mut removed_artifacts) = (Vec::new(), Vec::new());
-    let removing = async {
-        for share in planned.shares(RUNS_HELD_AT_ONCE) {
-            let held = runs
-                .queue
-                .hold_final(
-                    share
-                        .iter()
-                        .filter_map(|r| Some((RunId(*r), *finished_at.get(r)?))),
-                )
-                .await?;
-            let SweepPlan {
-                logs,
-                artifacts,
-                report: removed,
-            } = planned.only(&outputs, &share, |run| held.contains(RunId(run)));
-            runs.logs.remove(logs.clone()).await?;
-            runs.artifacts.remove_runs(artifacts.clone()).await?;
-            drop(held);
-            report.logs_removed += removed.logs_removed;
-            report.artifacts_removed += removed.artifacts_removed;
-            report.bytes_freed += removed.bytes_freed;
-            removed_logs.extend(logs);
-            removed_artifacts.extend(artifacts);
-        }
-        Ok::<(), SweepError>(())
+    for share in planned.shares(&outputs, RUNS_HELD_AT_ONCE, when) {
+        let held = runs
+            .queue
+            .hold_final(share.runs.iter().map(|&run| (RunId(run), when(run))))
+            .await?;
+        let part = share.plan.only(&outputs, |run| held.contains(RunId(run)));
+        runs.logs.remove(part.logs.clone()).await?;
+        forget(storage, &outputs, &repo_of, &part.logs, |o| o.log.1);
+        runs.artifacts.remove_runs(part.artifacts.clone()).await?;
+        forget(storage, &outputs, &repo_of, &part.artifacts, |o| {
+            o.artifacts.1
+        });
+        drop(held);
+        report.logs_removed += part.report.logs_removed;
+        report.artifacts_removed += part.report.artifacts_removed;
+        report.bytes_freed += part.report.bytes_freed;
     }
-    .await;
-    // What did go is counted even if a later share failed.
-    runs.queue.storage().replace(per_repo(
-        &outputs,
-        &repo_of,
-        &removed_logs,
-        &removed_artifacts,
-    ));
-    removing?;
     report.blobs_removed = runs.artifacts.collect_blobs()?;
     report.sources_removed = remove_unsubmitted_sources(runs, now_ms).await?;
     if let Some(github) = github {
@@ -388,10 +395,7 @@ mod tests {
         let finished = [(0, 1), (1, 2)];
         let whole = plan(&outputs(), &finished, &policy(Some(50)), now);
         // Run 1 was retried meanwhile: only run 2's log goes.
-        let shares = whole.shares(1);
-        assert_eq!(shares, [[1], [2]]);
-        let cut = whole.only(&outputs(), &[1, 2], |run| run != 1);
-        assert_eq!(whole.only(&outputs(), &shares[1], |_| true), cut);
+        let cut = whole.only(&outputs(), |run| run != 1);
         assert_eq!(cut.logs, vec![2]);
         assert!(cut.artifacts.is_empty());
         assert_eq!(
@@ -405,6 +409,29 @@ mod tests {
         // Nothing cut: the same report as the plan's own.
         let again = plan(&outputs(), &finished, &policy(Some(50)), now);
         let report = again.report.clone();
-        assert_eq!(again.only(&outputs(), &[1, 2, 3], |_| true).report, report);
+        assert_eq!(again.only(&outputs(), |_| true).report, report);
+    }
+
+    #[test]
+    fn a_plan_goes_in_shares_oldest_output_first_and_they_add_up_to_it() {
+        let whole = plan(&outputs(), &[(0, 1), (1, 2)], &policy(Some(50)), DAY);
+        let report = whole.report.clone();
+        // Run 2's output is older here: its share comes first.
+        let shares = whole.shares(&outputs(), 1, |run| if run == 2 { 0 } else { 1 });
+        let runs: Vec<&[u64]> = shares.iter().map(|s| &s.runs[..]).collect();
+        assert_eq!(runs, [&[2][..], &[1][..]]);
+        assert_eq!(
+            (&shares[0].plan.logs, &shares[0].plan.artifacts),
+            (&vec![2], &vec![])
+        );
+        assert_eq!(
+            (&shares[1].plan.logs, &shares[1].plan.artifacts),
+            (&vec![1], &vec![1])
+        );
+        let bytes: u64 = shares.iter().map(|s| s.plan.report.bytes_freed).sum();
+        assert_eq!(bytes, report.bytes_freed);
+        // One share when it holds them all.
+        let whole = plan(&outputs(), &[(0, 1), (1, 2)], &policy(Some(50)), DAY);
+        assert_eq!(whole.shares(&outputs(), 256, |run| run).len(), 1);
     }
 }
