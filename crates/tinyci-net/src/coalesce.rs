@@ -39,8 +39,9 @@ impl<W: AsyncWrite + Unpin> Coalesce<W> {
         }
     }
 
-    /// Writes out what is gathered, then gives the buffer back.
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Writes out what is gathered; then gives the buffer back if `release` (a message is
+    /// done), or keeps it empty for the rest of a message larger than the buffer.
+    fn poll_drain(&mut self, cx: &mut Context<'_>, release: bool) -> Poll<io::Result<()>> {
         while self.written < self.buf.len() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..]))?;
             if n == 0 {
@@ -48,7 +49,11 @@ impl<W: AsyncWrite + Unpin> Coalesce<W> {
             }
             self.written += n;
         }
-        self.buf = Vec::new();
+        if release {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
         self.written = 0;
         Poll::Ready(Ok(()))
     }
@@ -62,7 +67,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Coalesce<W> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.buf.len() + data.len() > CAPACITY {
-            ready!(this.poll_drain(cx))?;
+            ready!(this.poll_drain(cx, false))?;
         }
         if data.len() >= CAPACITY {
             return Pin::new(&mut this.inner).poll_write(cx, data);
@@ -76,13 +81,13 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Coalesce<W> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_drain(cx))?;
+        ready!(this.poll_drain(cx, true))?;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_drain(cx))?;
+        ready!(this.poll_drain(cx, true))?;
         Pin::new(&mut this.inner).poll_close(cx)
     }
 }

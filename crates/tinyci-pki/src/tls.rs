@@ -170,9 +170,9 @@ impl TrustAnchors {
 /// accepted by `trust`, and resumes no session.
 ///
 /// Why no resumption: a resumed session does not show its certificate again, and the server
-/// would take the peer's identity from a session stored earlier, unverified since, after the
-/// certificate expired. Every connection proves its identity afresh; keeping no sessions and
-/// sending no tickets also saves each connection their memory and the handshake their work.
+/// would take the peer's identity from a session stored earlier and not verified since, even
+/// after the certificate expired. Every connection proves its identity afresh, at the cost of
+/// a full handshake (connections are long-lived: a runner holds one).
 pub fn server_config(
     credentials: &Credentials,
     trust: &TrustAnchors,

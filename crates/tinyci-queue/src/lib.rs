@@ -310,8 +310,9 @@ impl Drop for CallerGone {
 enum When {
     /// The clock's, read once the run's lock is held.
     LockTaken,
-    /// This one (a lease handed back is dated by its expiry, to count as lapsed).
-    At(u64),
+    /// The clock's, read once the run's lock is held, or this time if later: a lease handed
+    /// back is dated no earlier than its expiry, so it counts as lapsed.
+    NotBefore(u64),
 }
 
 /// Holds a run's change lock; the lock's entry goes when nobody holds or waits for it.
@@ -1270,15 +1271,16 @@ impl Queue {
         self.change_dated(id, event, durable, When::LockTaken).await
     }
 
-    /// [`Queue::change`] dated `at`.
-    async fn change_at(
+    /// [`Queue::change`] dated no earlier than `at`.
+    async fn change_not_before(
         &self,
         id: RunId,
         event: RunEvent,
         durable: bool,
         at: u64,
     ) -> Result<Transition, QueueError> {
-        self.change_dated(id, event, durable, When::At(at)).await
+        self.change_dated(id, event, durable, When::NotBefore(at))
+            .await
     }
 
     async fn change_dated(
@@ -1322,7 +1324,7 @@ impl Queue {
         let _changing = self.lock_run(id).await;
         let now = match when {
             When::LockTaken => self.now(),
-            When::At(at) => at,
+            When::NotBefore(at) => self.now().max(at),
         };
         self.change_locked(id, event, message, durable, now).await
     }
@@ -1592,8 +1594,11 @@ impl Queue {
             return;
         };
         // A returned lease is a lost lease that need not wait for its expiry.
-        let at = self.now().max(current.expires_at);
-        if let Err(e) = self.change_at(id, RunEvent::LeaseExpired, true, at).await {
+        let at = current.expires_at;
+        if let Err(e) = self
+            .change_not_before(id, RunEvent::LeaseExpired, true, at)
+            .await
+        {
             warn!(run = %id, error = %e, "failed to requeue a returned lease");
         }
     }
