@@ -16,8 +16,8 @@ pub mod vocab;
 
 pub use root_key::RootKey;
 pub use token::{
-    Attenuation, Context, Grant, GrantSpec, Inspection, MAX_TOKEN_BYTES, UnverifiedToken,
-    VerifiedToken, format_time, mint, verify,
+    Attenuation, Context, Grant, GrantSpec, Inspection, MAX_BLOCKS, MAX_TOKEN_BYTES,
+    UnverifiedToken, VerifiedToken, format_time, mint, verify,
 };
 pub use vocab::{Holder, HolderKind, Operation, Right, ScopeKind};
 

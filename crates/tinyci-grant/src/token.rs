@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use biscuit_auth::builder::{self, Binary, Op, Term};
+use biscuit_auth::builder::{self, Binary, CheckKind, Op, Term};
 use biscuit_auth::error::{Logic, Token as TokenError};
 use biscuit_auth::{
     AuthorizerBuilder, AuthorizerLimits, Biscuit, BiscuitBuilder, BlockBuilder, UnverifiedBiscuit,
@@ -16,6 +16,16 @@ use crate::{GrantError, RootKey};
 /// Largest token accepted, in bytes of its base64url text. Checked before any decoding, so an
 /// oversized token costs nothing but its length. Real tokens are well under 2 KiB.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Most blocks a token may carry: its authority block and up to 15 attenuations.
+pub const MAX_BLOCKS: usize = 16;
+
+/// Most checks in one attenuation block, and alternatives (queries) in one check.
+const MAX_CHECKS_PER_BLOCK: usize = 8;
+const MAX_QUERIES_PER_CHECK: usize = 64;
+
+/// What an attenuation check may ask about: the request's ambient facts, one of each.
+const REQUEST_PREDICATES: [&str; 3] = ["resource", "operation", "time"];
 
 /// Explicit Datalog run limits. Biscuit's default 1 ms budget fails intermittently on a loaded
 /// machine; our tokens are tiny, so facts and iterations are the real bound and time is a
@@ -410,8 +420,96 @@ pub fn verify(text: &str, root: &RootKey) -> Result<VerifiedToken, GrantError> {
         }
         other => GrantError::Malformed(describe_format_error(&other)),
     })?;
-    let grant = grant_of(&Blocks::of_biscuit(&biscuit)?)?;
+    if biscuit.block_count() > MAX_BLOCKS {
+        return Err(GrantError::Malformed(format!(
+            "the token has {} blocks; at most {MAX_BLOCKS} are accepted",
+            biscuit.block_count()
+        )));
+    }
+    if biscuit
+        .external_public_keys()
+        .iter()
+        .any(std::option::Option::is_some)
+    {
+        return Err(GrantError::Malformed(
+            "the token has a third-party block; none are accepted".into(),
+        ));
+    }
+    let blocks = Blocks::of_biscuit(&biscuit)?;
+    for (index, block) in blocks.parsed.iter().enumerate().skip(1) {
+        check_attenuation_shape(index, block)?;
+    }
+    let grant = grant_of(&blocks)?;
     Ok(VerifiedToken { biscuit, grant })
+}
+
+/// Refuses an attenuation block that is not of the shape [`attenuation_block`] writes: `check
+/// if` queries over the request's own facts (at most two, and two expressions), nothing else.
+///
+/// Why: anyone holding a token can append any Datalog to it without a key, and biscuit looks
+/// at its time limit only between rule iterations and at its fact limit only after one: a
+/// check joining a few hundred appended facts in five variables runs for hours, and a rule
+/// derives facts by the billion first, on the thread that serves every connection. Checks over
+/// the request's facts (one `resource`, one `operation`, one `time`) cost a bounded amount
+/// whatever the holder writes, and can still only narrow: checks never add facts.
+fn check_attenuation_shape(index: usize, block: &BlockBuilder) -> Result<(), GrantError> {
+    let refuse = |what: String| {
+        Err(GrantError::Malformed(format!(
+            "block {index} is not an attenuation this site accepts: {what}"
+        )))
+    };
+    if !block.facts.is_empty() || !block.rules.is_empty() {
+        return refuse(format!(
+            "it states {} fact(s) and {} rule(s); an attenuation only checks",
+            block.facts.len(),
+            block.rules.len()
+        ));
+    }
+    if !block.scopes.is_empty() {
+        return refuse("it trusts blocks beyond the authority block".into());
+    }
+    if block.checks.len() > MAX_CHECKS_PER_BLOCK {
+        return refuse(format!(
+            "it has {} checks; at most {MAX_CHECKS_PER_BLOCK} are accepted",
+            block.checks.len()
+        ));
+    }
+    for check in &block.checks {
+        if check.kind != CheckKind::One {
+            return refuse("only `check if` is accepted".into());
+        }
+        if check.queries.len() > MAX_QUERIES_PER_CHECK {
+            return refuse(format!(
+                "a check has {} alternatives; at most {MAX_QUERIES_PER_CHECK} are accepted",
+                check.queries.len()
+            ));
+        }
+        for query in &check.queries {
+            if !query.scopes.is_empty() {
+                return refuse("a check trusts blocks beyond the authority block".into());
+            }
+            if query.body.len() > 2 || query.expressions.len() > 2 {
+                return refuse(
+                    "a check joins more than two facts or tests more than two expressions".into(),
+                );
+            }
+            if let Some(other) = query
+                .body
+                .iter()
+                .find(|p| !REQUEST_PREDICATES.contains(&p.name.as_str()))
+            {
+                return refuse(format!(
+                    "a check asks about `{}`; attenuations ask only about {}",
+                    other.name,
+                    REQUEST_PREDICATES.join(", ")
+                ));
+            }
+            if query.expressions.iter().any(|e| e.ops.len() > 16) {
+                return refuse("a check's expression is too long".into());
+            }
+        }
+    }
+    Ok(())
 }
 
 impl VerifiedToken {

@@ -1,6 +1,8 @@
 //! Property: appending any blocks to any token never allows an operation the original token
 //! denies. The appended blocks are not only our own attenuations but arbitrary Datalog a
 //! hostile holder might write: facts claiming rights, scopes or holders, rules, and checks.
+//! A token whose blocks are not checks over the request is refused outright (the last tests
+//! say why), which cannot widen anything either.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use biscuit_auth::{BlockBuilder, UnverifiedBiscuit};
 use proptest::prelude::*;
 use tinyci_grant::{
-    Attenuation, Context, GrantSpec, Operation, Right, RootKey, UnverifiedToken, mint, verify,
+    Attenuation, Context, GrantError, GrantSpec, MAX_BLOCKS, Operation, Right, RootKey,
+    UnverifiedToken, mint, verify,
 };
 
 const HOLDERS: [&str; 4] = ["site:beta", "runner:r1", "admin:ana", "user:ana"];
@@ -155,7 +158,19 @@ proptest! {
             narrowed = append(&narrowed, block);
         }
         let original = verify(&original, &root).unwrap();
-        let narrowed = verify(&narrowed, &root).unwrap();
+        // Facts and rules are refused; checks over the request are not.
+        let hostile = blocks.iter().any(|b| {
+            matches!(b, Appended::Hostile(code) if code.lines().any(|l| !l.starts_with("check if")))
+        });
+        let narrowed = match verify(&narrowed, &root) {
+            Ok(narrowed) => narrowed,
+            // Refused: it allows nothing at all.
+            Err(GrantError::Malformed(why)) if hostile => {
+                prop_assert!(why.contains("not an attenuation"), "{why}");
+                return Ok(());
+            }
+            Err(e) => panic!("appending {blocks:?} made the token unreadable: {e}"),
+        };
         for (op, peer) in questions() {
             let ctx = Context { this_site: "alpha", peer: &peer, now: now() };
             if narrowed.authorize(&op, &ctx).is_ok() {
@@ -185,7 +200,7 @@ fn some_narrowed_tokens_still_allow_something() {
     let (text, _) = mint(&root, &spec).unwrap();
     let hostile = append(
         &text,
-        &Appended::Hostile("right(\"admin\"); check if true;".into()),
+        &Appended::Hostile("check if true; check if operation($op);".into()),
     );
     let token = verify(&hostile, &root).unwrap();
     let peer = vec!["site:beta".to_owned()];
@@ -201,4 +216,81 @@ fn some_narrowed_tokens_still_allow_something() {
         .authorize(&Operation::new(Right::Admin, "alpha"), &ctx)
         .unwrap_err();
     assert!(err.to_string().contains("no admin right"), "{err}");
+}
+
+fn mint_logs_reader(root: &RootKey) -> String {
+    let spec = GrantSpec {
+        site: "alpha".into(),
+        holder: "user:ana".parse().unwrap(),
+        rights: [Right::LogsRead].into(),
+        repos: ["org/x".to_string()].into(),
+        queues: Default::default(),
+        expires_at: None,
+        single_use: false,
+    };
+    mint(root, &spec).unwrap().0
+}
+
+/// A holder can append any Datalog to their own token without a key. Biscuit looks at its
+/// time limit only between rule iterations, so one check joining 200 facts in five variables
+/// (3·10¹¹ combinations, in a block of about 3 KB) would hold the site's thread for hours,
+/// and a rule deriving their cross product would exhaust its memory. Such a token is refused
+/// when it is read, before any Datalog runs.
+#[test]
+fn a_token_carrying_a_datalog_bomb_is_refused_before_it_runs() {
+    let root = RootKey::generate();
+    let text = mint_logs_reader(&root);
+    let facts: String = (0..200).map(|i| format!("a({i});")).collect();
+    for bomb in [
+        format!(
+            "{facts} check if a($a), a($b), a($c), a($d), a($e), $a + $b + $c + $d + $e == -1;"
+        ),
+        format!("{facts} b($a, $b, $c, $d) <- a($a), a($b), a($c), a($d);"),
+        // No facts of its own: joins the authorizer's, still more than a check needs.
+        "check if resource($k, $n), operation($o), time($t), $k == $k;".to_owned(),
+        "check if right($r);".to_owned(),
+        "check all operation($o);".to_owned(),
+    ] {
+        let bombed = append(&text, &Appended::Hostile(bomb.clone()));
+        assert!(
+            bombed.len() <= tinyci_grant::MAX_TOKEN_BYTES,
+            "{}",
+            bombed.len()
+        );
+        match verify(&bombed, &root) {
+            Err(GrantError::Malformed(why)) => {
+                assert!(why.contains("block 1 is not an attenuation"), "{why}");
+            }
+            other => panic!("accepted {bomb:.60}: {other:?}"),
+        }
+    }
+}
+
+/// Every redeemed token's revocation ids are remembered while it lives: blocks are capped, so
+/// a holder cannot make one token cost the site a hundred of them.
+#[test]
+fn a_token_with_too_many_blocks_is_refused() {
+    let root = RootKey::generate();
+    let mut text = mint_logs_reader(&root);
+    let narrowing = Attenuation {
+        queues: Vec::new(),
+        repos: vec!["org/x".to_string()],
+        rights: Vec::new(),
+        expires_at: None,
+    };
+    for _ in 1..MAX_BLOCKS {
+        text = UnverifiedToken::parse(&text)
+            .unwrap()
+            .attenuate(&narrowing)
+            .unwrap();
+    }
+    verify(&text, &root).unwrap();
+    let text = UnverifiedToken::parse(&text)
+        .unwrap()
+        .attenuate(&narrowing)
+        .unwrap();
+    match verify(&text, &root) {
+        Err(GrantError::Malformed(why)) => assert!(why.contains("at most 16"), "{why}"),
+        other => panic!("accepted {} blocks: {other:?}", MAX_BLOCKS + 1),
+    }
 }
