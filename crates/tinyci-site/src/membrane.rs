@@ -117,7 +117,14 @@ pub(crate) fn short_id(id: &str) -> &str {
 #[derive(Debug, Default)]
 pub(crate) struct LiveSessions {
     by_id: RefCell<HashMap<String, Vec<Weak<Liveness>>>>,
+    /// Ids the map may hold before sessions that are gone are swept out of all of it: twice
+    /// what the last sweep left. Without the sweep, every id ever redeemed stayed (a holder
+    /// mints fresh ids offline by attenuating), each pinning its session's allocation.
+    sweep_above: Cell<usize>,
 }
+
+/// Ids the map holds before its first sweep.
+const FIRST_SWEEP: usize = 64;
 
 impl LiveSessions {
     /// Registers a session under every revocation id of its token.
@@ -129,7 +136,15 @@ impl LiveSessions {
             sessions.retain(|s| s.strong_count() > 0);
             sessions.push(Rc::downgrade(liveness));
         }
-        by_id.retain(|_, sessions| !sessions.is_empty());
+        // Ids no new session names keep their dead entries until a sweep: one every time the
+        // map doubles, so sweeping costs a constant per registration.
+        if by_id.len() > self.sweep_above.get().max(FIRST_SWEEP) {
+            by_id.retain(|_, sessions| {
+                sessions.retain(|s| s.strong_count() > 0);
+                !sessions.is_empty()
+            });
+            self.sweep_above.set(2 * by_id.len());
+        }
     }
 
     /// Kills every live session whose token contains `id`; returns how many.
@@ -141,5 +156,35 @@ impl LiveSessions {
             killed += 1;
         }
         killed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn liveness() -> Rc<Liveness> {
+        Liveness::new(None, crate::SiteClock(Rc::new(|| 0)))
+    }
+
+    /// A holder can redeem tokens with ids never seen before, as many as they like, by
+    /// attenuating their own token offline: the ids of sessions that are gone must not stay.
+    #[test]
+    fn ids_of_sessions_that_are_gone_do_not_accumulate() {
+        let sessions = LiveSessions::default();
+        let kept = liveness();
+        sessions.register(&["kept".to_owned()], &kept);
+        for i in 0..1000 {
+            let gone = liveness();
+            sessions.register(&[format!("{i:0128x}")], &gone);
+        }
+        let held = sessions.by_id.borrow().len();
+        assert!(
+            held <= 2 * FIRST_SWEEP,
+            "{held} ids held for one live session"
+        );
+        // The live one is still reachable.
+        assert_eq!(sessions.revoke("kept"), 1);
+        assert!(kept.check().is_err());
     }
 }
