@@ -23,8 +23,9 @@ pub enum PlanError {
     Lost(String),
 }
 
-/// Reads the task files of the archive at `archive` and plans its runs (off the async
-/// thread). `repo_config`, when given, replaces the archive's own `tinyci.yml` (GitHub builds
+/// Reads the task files of the archive at `archive` and plans its runs, off the async thread:
+/// reading, parsing and planning are the submitter's input, and the site's thread serves
+/// everyone. `repo_config`, when given, replaces the archive's own `tinyci.yml` (GitHub builds
 /// read it from the default branch, so a pull request cannot rewrite the repository's policy
 /// for itself).
 pub async fn plan_archive(
@@ -33,13 +34,22 @@ pub async fn plan_archive(
     changed: Vec<String>,
     all: bool,
 ) -> Result<Vec<PlannedRun>, PlanError> {
-    let files = tokio::task::spawn_blocking(move || task_files(&archive))
+    tokio::task::spawn_blocking(move || plan_archive_now(&archive, repo_config, &changed, all))
         .await
         .map_err(|e| PlanError::Lost(e.to_string()))?
-        .map_err(|e| match e {
-            ArchiveError::Io(_) => PlanError::Failed(e),
-            _ => PlanError::Invalid(e.to_string()),
-        })?;
+}
+
+/// [`plan_archive`], on the calling thread.
+fn plan_archive_now(
+    archive: &std::path::Path,
+    repo_config: Option<String>,
+    changed: &[String],
+    all: bool,
+) -> Result<Vec<PlannedRun>, PlanError> {
+    let files = task_files(archive).map_err(|e| match e {
+        ArchiveError::Io(_) => PlanError::Failed(e),
+        _ => PlanError::Invalid(e.to_string()),
+    })?;
     let invalid = |e: &dyn std::fmt::Display| PlanError::Invalid(e.to_string());
     let config_text = repo_config
         .as_deref()
@@ -60,6 +70,6 @@ pub async fn plan_archive(
         let task = TaskFile::parse(file, text.as_bytes(), &repo_config).map_err(|e| invalid(&e))?;
         tasks.insert(dir, task);
     }
-    let plan = tinyci_core::plan(&repo_config, &tasks, &changed, all).map_err(|e| invalid(&e))?;
+    let plan = tinyci_core::plan(&repo_config, &tasks, changed, all).map_err(|e| invalid(&e))?;
     Ok(plan.runs)
 }

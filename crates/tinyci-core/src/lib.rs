@@ -37,7 +37,10 @@ pub use counts::{Counts, Held};
 pub use error::error_chain;
 pub use ids::{IdError, QueueName, RepoName, RunId, SubmissionId};
 pub use mask::{MASK, MIN_SECRET_LEN, Masker, TooShort, masked_forms, scrub};
-pub use plan::{Plan, PlanError, PlannedRun, plan, resolve_run, select_tasks};
+pub use plan::{
+    MAX_PLANNED_BYTES, MAX_PLANNED_RUNS, Plan, PlanError, PlannedRun, plan, resolve_run,
+    select_tasks,
+};
 pub use run::{
     DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LEASE_DURATION, DEFAULT_MAX_ATTEMPTS, Lease, LeaseId,
     LeasePolicy, Outcome, Run, RunEvent, RunStatus, Transition, TransitionError,

@@ -94,7 +94,26 @@ pub enum PlanError {
         /// The run's name.
         run: String,
     },
+    /// The submission plans more than one submission may.
+    #[error(
+        "the submission plans more than {max} {what}; a submission may plan at most {max} \
+         (split the work over several repositories or pushes)"
+    )]
+    TooLarge {
+        /// What was counted: `runs`, or `bytes of commands, env, metadata and artifacts`.
+        what: &'static str,
+        /// Its limit.
+        max: usize,
+    },
 }
+
+/// Most runs one submission may plan.
+pub const MAX_PLANNED_RUNS: usize = 500;
+
+/// Most bytes of commands, env, metadata, artifact patterns and labels one submission's runs
+/// may carry together. A task's env and metadata are copied into each of its runs, so without
+/// this a task file of a few hundred KiB could plan gigabytes.
+pub const MAX_PLANNED_BYTES: usize = 16 * 1024 * 1024;
 
 /// What a submission expands to: the selected task directories and their runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +169,19 @@ impl PlannedRun {
             &self.task_dir
         };
         format!("{dir}:{}", self.name)
+    }
+
+    /// Bytes of text the run carries: what [`MAX_PLANNED_BYTES`] counts.
+    fn carried_bytes(&self) -> usize {
+        let strings = |list: &[String]| list.iter().map(String::len).sum::<usize>();
+        let map = |map: &BTreeMap<String, String>| {
+            map.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        };
+        strings(&self.command)
+            + map(&self.env)
+            + map(&self.metadata)
+            + strings(&self.artifacts)
+            + strings(&self.labels)
     }
 }
 
@@ -311,12 +343,27 @@ pub fn plan<P: AsRef<str>>(
 ) -> Result<Plan, PlanError> {
     let selected = select_tasks(tasks, changed_paths, &repo.ignore_directories, all)?;
     let mut runs = Vec::new();
+    let mut bytes = 0usize;
     for dir in &selected {
         let Some(task) = tasks.get(dir) else {
             continue;
         };
         for (name, run) in &task.runs {
-            runs.push(resolve_run(repo, dir, task, name, run)?);
+            if runs.len() == MAX_PLANNED_RUNS {
+                return Err(PlanError::TooLarge {
+                    what: "runs",
+                    max: MAX_PLANNED_RUNS,
+                });
+            }
+            let run = resolve_run(repo, dir, task, name, run)?;
+            bytes = bytes.saturating_add(run.carried_bytes());
+            if bytes > MAX_PLANNED_BYTES {
+                return Err(PlanError::TooLarge {
+                    what: "bytes of commands, env, metadata and artifacts",
+                    max: MAX_PLANNED_BYTES,
+                });
+            }
+            runs.push(run);
         }
     }
     Ok(Plan {

@@ -215,3 +215,51 @@ fn plan_applies_ignore_directories_from_the_repo_config() {
     let p = plan(&RepoConfig::default(), &tasks, &["vendor/x/a.go"], false).unwrap();
     assert_eq!(p.tasks, ["vendor/x"]);
 }
+
+/// A hostile task file (a fork's pull request) planned gigabytes: its env is copied into
+/// every run, and nothing limited how many runs it declared. A submission now plans at most
+/// [`tinyci_core::MAX_PLANNED_RUNS`] runs carrying at most [`tinyci_core::MAX_PLANNED_BYTES`].
+#[test]
+fn a_submission_that_plans_too_much_is_refused() {
+    let many: String = (0..=tinyci_core::MAX_PLANNED_RUNS)
+        .map(|i| format!("  r{i}: {{command: [\"true\"]}}\n"))
+        .collect();
+    let tasks = tree(&[("many", &format!("mountpoint: /src\nruns:\n{many}"))]);
+    let refused = plan(&repo(""), &tasks, &[] as &[&str], true).unwrap_err();
+    assert!(
+        matches!(refused, PlanError::TooLarge { what: "runs", .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("at most 500"), "{refused}");
+
+    // 64 runs sharing one 300 KiB env: 19 MB planned from a 300 KiB file.
+    let env = "x".repeat(300 * 1024);
+    let runs: String = (0..64)
+        .map(|i| format!("  r{i}: {{command: [\"true\"]}}\n"))
+        .collect();
+    let tasks = tree(&[(
+        "wide",
+        &format!("mountpoint: /src\nenv: [\"BIG={env}\"]\nruns:\n{runs}"),
+    )]);
+    let refused = plan(&repo(""), &tasks, &[] as &[&str], true).unwrap_err();
+    assert!(
+        matches!(refused, PlanError::TooLarge { what, .. } if what.starts_with("bytes")),
+        "{refused}"
+    );
+
+    // Just under both: planned.
+    let tasks = tree(&[(
+        "many",
+        &format!(
+            "mountpoint: /src\nruns:\n{}",
+            &many[..many.rfind("  r").unwrap()]
+        ),
+    )]);
+    assert_eq!(
+        plan(&repo(""), &tasks, &[] as &[&str], true)
+            .unwrap()
+            .runs
+            .len(),
+        tinyci_core::MAX_PLANNED_RUNS
+    );
+}
