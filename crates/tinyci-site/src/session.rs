@@ -254,7 +254,10 @@ impl session::Server for Session {
                 offer,
                 profile,
                 single_use,
-                own_site: self.peer.identity.site_name() == self.services.grants.site(),
+                // A partner certificate this site issued speaks for the partner's machine
+                // (its runner name says so, `tiers::runner_name`), not for one of ours.
+                own_site: self.peer.identity.site_name() == self.services.grants.site()
+                    && self.peer.identity.role() != tinyci_pki::Role::Partner,
             },
             self.check_of(Right::LogsWrite),
             self.redeemed.liveness.clone(),

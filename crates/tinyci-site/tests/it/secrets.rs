@@ -149,3 +149,45 @@ fn the_site_masks_what_a_runner_let_through_and_a_revoked_lease_gets_nothing() {
         );
     });
 }
+
+/// A partner certificate this site issued itself (`tinyci://alpha/partner/beta`) speaks for
+/// partner beta's machine, as the runner name it takes work under says (`beta-runner@beta`):
+/// this site's job secrets stay with its own runners, whoever signed the certificate.
+#[test]
+fn a_partner_certificate_issued_here_gets_no_secrets() {
+    local(async {
+        let site = TestSite::start().await;
+        let (session, _token, _c) =
+            session_with(&site, &["queue:submit", "queue:take", "secrets:manage"]).await;
+        let mut request = session.secrets_request();
+        request.get().set_repo("org/x");
+        let store = request.send().pipeline.get_secrets();
+        let mut set = store.set_request();
+        set.get().set_repo("org/x");
+        set.get().set_name("TOKEN");
+        set.get().set_value(VALUE.as_bytes());
+        set.send().promise.await.unwrap();
+        submit_one(&session).await;
+
+        let (gateway, _p) = site.connect(Role::Partner, "beta").await;
+        let token = site.mint(
+            "site:beta",
+            &["queue:take", "logs:write"],
+            &["org/x"],
+            &["default"],
+            Some(SystemTime::now() + Duration::from_secs(3600)),
+        );
+        let partner = redeem(&gateway, &token);
+        let mut request = partner.worker_request();
+        request.get().set_queue("default");
+        request.get().init_runner().set_name("beta-runner");
+        let worker = request.send().pipeline.get_worker();
+        let mut next = worker.next_request();
+        next.get()
+            .set_control(capnp_rpc::new_client(crate::logs::NoControl));
+        let job = next.send().promise.await.unwrap();
+        let job = job.get().unwrap().get_job().unwrap();
+        let refused = error_text(job.secrets_request().send().promise.await.err().unwrap());
+        assert!(refused.contains("belongs to another site"), "{refused}");
+    });
+}
