@@ -79,10 +79,12 @@ pub(crate) struct RunArgs {
     /// for `local` or `repo` work). Without this flag the runner is never leased one.
     #[arg(long)]
     allow_privileged: bool,
-    /// Memory limit of a container whose task sets no `resources.memory` (512m, 4g, 1Gi).
+    /// Memory limit of a container (512m, 4g, 1Gi): a task's `resources.memory` may ask for
+    /// less, never more.
     #[arg(long, value_name = "SIZE", default_value = "4g", value_parser = tinyci_runner::parse_memory)]
     memory: i64,
-    /// CPU limit of a container whose task sets no `resources.cpu` (cores) [default: all].
+    /// CPU limit of a container, in cores: a task's `resources.cpu` may ask for less, never
+    /// more [default: all].
     #[arg(long, value_name = "CORES", value_parser = tinyci_runner::parse_cpus)]
     cpus: Option<i64>,
     /// Most processes and threads in one container.

@@ -393,14 +393,14 @@ impl DockerExecutor {
     }
 
     async fn create(&self, spec: &ExecSpec) -> Result<String, String> {
-        let memory = match &spec.memory {
-            Some(text) => Some(parse_memory(text)?),
-            None => self.limits.memory_bytes,
-        };
-        let nano_cpus = match &spec.cpu {
-            Some(text) => Some(parse_cpus(text)?),
-            None => self.limits.nano_cpus,
-        };
+        let memory = within(
+            spec.memory.as_deref().map(parse_memory).transpose()?,
+            self.limits.memory_bytes,
+        );
+        let nano_cpus = within(
+            spec.cpu.as_deref().map(parse_cpus).transpose()?,
+            self.limits.nano_cpus,
+        );
         let cmd = match spec.command.as_slice() {
             [line] => vec!["/bin/sh".to_owned(), "-c".to_owned(), line.clone()],
             argv => argv.to_vec(),
@@ -631,6 +631,16 @@ fn code_of(code: i64) -> i32 {
     i32::try_from(code).unwrap_or(-1)
 }
 
+/// A container's limit: what the task asks for (`resources`), but never more than the runner's
+/// operator allows. The task file is the submitter's input; a fork could otherwise ask for a
+/// terabyte of memory and every core, and take the host and its other jobs down with it.
+fn within(asked: Option<i64>, allowed: Option<i64>) -> Option<i64> {
+    match (asked, allowed) {
+        (Some(asked), Some(allowed)) => Some(asked.min(allowed)),
+        (asked, allowed) => asked.or(allowed),
+    }
+}
+
 /// `resources.memory` as bytes: a number with an optional `k`, `m`, `g`, `t` (powers of 1024,
 /// as Docker reads them) or `Ki`, `Mi`, `Gi`, `Ti` suffix, at least 6 MiB (Docker's floor).
 pub fn parse_memory(text: &str) -> Result<i64, String> {
@@ -694,5 +704,16 @@ mod tests {
         assert_eq!(parse_cpus("250m"), Ok(250_000_000));
         assert!(parse_cpus("-1").is_err());
         assert!(parse_cpus("NaN").is_err());
+    }
+
+    #[test]
+    fn a_task_asks_for_less_than_the_runner_allows_never_more() {
+        let limit = Some(512 << 20);
+        assert_eq!(within(Some(1 << 40), limit), limit, "a terabyte asked for");
+        assert_eq!(within(Some(256 << 20), limit), Some(256 << 20));
+        assert_eq!(within(None, limit), limit);
+        // No limit set (every core): the task's hint is all there is.
+        assert_eq!(within(Some(2_000_000_000), None), Some(2_000_000_000));
+        assert_eq!(within(None, None), None);
     }
 }
