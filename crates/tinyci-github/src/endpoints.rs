@@ -183,7 +183,6 @@ async fn webhook(state: &Endpoints, request: Request<Incoming>) -> Reply {
             let status = match e {
                 IntakeError::Malformed(_) => StatusCode::BAD_REQUEST,
                 IntakeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-                IntakeError::UnknownRepo(_) => StatusCode::NOT_FOUND,
                 IntakeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             };
             text(status, e.to_string())

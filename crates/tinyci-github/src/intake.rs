@@ -59,9 +59,6 @@ pub enum IntakeError {
     /// 401: the signature is missing or does not verify.
     #[error("{0}")]
     Unauthorized(String),
-    /// 404: the repository is not enabled here.
-    #[error("{0}")]
-    UnknownRepo(String),
     /// 503: the site cannot take it now.
     #[error("{0}")]
     Unavailable(String),
@@ -88,10 +85,20 @@ pub(crate) async fn intake(
     })?;
     let record = repo_record(github, &repo)
         .map_err(|e| IntakeError::Unavailable(e.to_string()))?
-        .filter(|r| r.enabled)
-        .ok_or_else(|| {
-            IntakeError::UnknownRepo(format!("repository {repo} is not enabled here"))
-        })?;
+        .filter(|r| r.enabled);
+    let Some(record) = record else {
+        // Refused as a bad signature on an enabled repository is, with the same status and
+        // words and after the same HMAC, so that an anonymous sender cannot learn which
+        // repositories (private ones included) this site builds.
+        let checked = tinyci_repos::verify_signature(b"not-enabled-here", &body, signature);
+        let e = checked
+            .err()
+            .unwrap_or(tinyci_repos::WebhookError::SignatureMismatch);
+        warn!(%repo, delivery, "webhook for a repository not enabled here refused");
+        return Err(IntakeError::Unauthorized(format!(
+            "signature check failed: {e}"
+        )));
+    };
     let secret = github
         .secrets
         .open(&record.secret_sealed, &hook_secret_context(&repo))
@@ -751,6 +758,36 @@ mod deliveries {
             .intake(Some("push"), Some(id), Some(&signature), body)
             .await
             .unwrap()
+    }
+
+    /// Which repositories a site builds is not the business of whoever can reach its webhook
+    /// URL: a delivery naming one that is not enabled is refused exactly as a delivery with
+    /// a bad signature naming one that is.
+    #[test]
+    fn a_delivery_for_a_repository_not_enabled_here_is_refused_as_a_bad_signature_is() {
+        local(async {
+            let dir = tempfile::tempdir().unwrap();
+            let github = service(dir.path(), Rc::new(Cell::new(DAY_MS))).await;
+            let refusal = |name: &str, signature: Option<String>| {
+                let body = format!(r#"{{"repository":{{"full_name":"{name}"}}}}"#).into_bytes();
+                let github = github.clone();
+                async move {
+                    let error = github
+                        .intake(Some("push"), Some("d-1"), signature.as_deref(), body)
+                        .await
+                        .unwrap_err();
+                    (std::mem::discriminant(&error), error.to_string())
+                }
+            };
+            let zeros = format!("sha256={}", "0".repeat(64));
+            for signature in [None, Some("sha256=00".to_owned()), Some(zeros)] {
+                assert_eq!(
+                    refusal("o/r", signature.clone()).await,
+                    refusal("o/secret", signature.clone()).await,
+                    "signature {signature:?}"
+                );
+            }
+        });
     }
 
     #[test]
