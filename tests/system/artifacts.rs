@@ -546,7 +546,7 @@ fn a_shell_runner_uploads_what_the_command_wrote() {
         "{log}"
     );
     assert!(
-        log.contains("artifact \"out/escape.bin\" refused: it is a symlink to /etc/passwd, outside the run's source tree"),
+        log.contains("artifact \"out/escape.bin\" refused: it is a symlink to a path outside the run's source tree"),
         "{log}"
     );
     let (clean, _) = runner.terminate();

@@ -37,8 +37,14 @@ use crate::exec::{ExecSpec, MAX_CHUNK, OutputChunk, Stream};
 
 /// Most artifacts one run uploads (the site keeps at most as many).
 pub const MAX_ARTIFACTS: usize = 1000;
-/// Most directory entries one pattern's walk may visit: a bound on `**` in a huge tree.
+/// Most directory entries one run's patterns may visit together: a bound on `**` in a huge
+/// tree, and on many patterns over one.
 const MAX_VISITED: usize = 100_000;
+/// Most refusals listed in the run log; past it they are counted in one line. A job decides
+/// how many matches it makes (dangling symlinks cost it nothing).
+const MAX_REFUSALS: usize = 200;
+/// Most patterns one run's artifacts may list; the rest are refused in one line.
+const MAX_PATTERNS: usize = 256;
 /// Longest artifact name the site accepts, in bytes.
 const MAX_NAME_BYTES: usize = 1024;
 /// Longest component of a name the site accepts, in bytes.
@@ -440,64 +446,102 @@ fn collect(root: &Path, workdir: &Path, patterns: &[String]) -> (Vec<Candidate>,
             return (Vec::new(), refuse_all(patterns, why));
         }
     };
-    let mut report = ArtifactReport::default();
+    let mut refused = Refusals::default();
     let mut found: BTreeMap<String, Candidate> = BTreeMap::new();
-    for pattern in patterns {
+    let mut visited = 0;
+    // Said first, so the refusals of the patterns looked at cannot crowd it out.
+    if let Some(first) = patterns.get(MAX_PATTERNS) {
+        refused.push(
+            first.clone(),
+            format!(
+                "this and {} more patterns were not looked at: a run lists at most \
+                 {MAX_PATTERNS}",
+                patterns.len() - MAX_PATTERNS - 1
+            ),
+        );
+    }
+    for pattern in patterns.iter().take(MAX_PATTERNS) {
         let parts = match parse_pattern(pattern) {
             Ok(parts) => parts,
             Err(reason) => {
-                report.refused.push(RefusedArtifact {
-                    name: pattern.clone(),
-                    reason,
-                });
+                refused.push(pattern.clone(), reason);
                 continue;
             }
         };
         let mut walk = Walk {
             root: &root,
-            visited: 0,
+            visited: &mut visited,
             found: &mut found,
-            refused: &mut report.refused,
+            refused: &mut refused,
             matched: 0,
         };
         let complete = walk.pattern(&workdir, &parts);
         let matched = walk.matched;
         if !complete {
-            report.refused.push(RefusedArtifact {
-                name: pattern.clone(),
-                reason: format!(
-                    "the pattern visits more than {MAX_VISITED} directory entries; narrow it"
+            refused.push(
+                pattern.clone(),
+                format!(
+                    "the run's patterns visit more than {MAX_VISITED} directory entries; \
+                     narrow them"
                 ),
-            });
+            );
         } else if matched == 0 {
-            report.refused.push(RefusedArtifact {
-                name: pattern.clone(),
-                reason: "nothing matches this pattern".into(),
-            });
+            refused.push(pattern.clone(), "nothing matches this pattern".into());
         }
     }
     let mut candidates: Vec<Candidate> = found.into_values().collect();
     if candidates.len() > MAX_ARTIFACTS {
         for extra in candidates.split_off(MAX_ARTIFACTS) {
-            report.refused.push(RefusedArtifact {
-                name: extra.name,
-                reason: format!("a run uploads at most {MAX_ARTIFACTS} artifacts"),
-            });
+            refused.push(
+                extra.name,
+                format!("a run uploads at most {MAX_ARTIFACTS} artifacts"),
+            );
         }
     }
+    let report = ArtifactReport {
+        uploaded: Vec::new(),
+        refused: refused.into_list(),
+    };
     (candidates, report)
+}
+
+/// Refusals of one run, at most [`MAX_REFUSALS`] listed.
+#[derive(Default)]
+struct Refusals {
+    list: Vec<RefusedArtifact>,
+    more: usize,
+}
+
+impl Refusals {
+    fn push(&mut self, name: String, reason: String) {
+        if self.list.len() < MAX_REFUSALS {
+            self.list.push(RefusedArtifact { name, reason });
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn into_list(mut self) -> Vec<RefusedArtifact> {
+        if self.more > 0 {
+            self.list.push(RefusedArtifact {
+                name: "…".into(),
+                reason: format!("{} more refused, not listed", self.more),
+            });
+        }
+        self.list
+    }
 }
 
 /// One pattern's walk.
 struct Walk<'a> {
     /// The canonical source tree: nothing outside it is taken.
     root: &'a Path,
-    /// Directory entries seen, against [`MAX_VISITED`].
-    visited: usize,
+    /// Directory entries every pattern so far has seen, against [`MAX_VISITED`].
+    visited: &'a mut usize,
     /// Files to upload, by name (shared by every pattern, so each name is taken once).
     found: &'a mut BTreeMap<String, Candidate>,
     /// Matches refused.
-    refused: &'a mut Vec<RefusedArtifact>,
+    refused: &'a mut Refusals,
     /// Matches of this pattern, taken or refused.
     matched: usize,
 }
@@ -510,11 +554,21 @@ impl Walk<'_> {
         for (i, part) in parts.iter().enumerate() {
             let last = i + 1 == parts.len();
             let mut next = Vec::new();
+            // A pattern walks through real directories only: through a symlink it would list
+            // whatever the job pointed it at, the runner's host included, in the run's log.
+            let leads_on = |path: &Path| {
+                let meta = std::fs::symlink_metadata(path);
+                if last {
+                    meta.is_ok()
+                } else {
+                    meta.is_ok_and(|m| m.is_dir())
+                }
+            };
             for (name, path) in frontier {
                 match part {
                     Part::Literal(literal) => {
                         let child = path.join(literal);
-                        if std::fs::symlink_metadata(&child).is_ok() {
+                        if leads_on(&child) {
                             next.push((extend(&name, literal), child));
                         }
                     }
@@ -523,7 +577,7 @@ impl Walk<'_> {
                             return false;
                         };
                         for (child_name, child) in entries {
-                            if glob.matches_with(&child_name, MATCH) {
+                            if glob.matches_with(&child_name, MATCH) && leads_on(&child) {
                                 next.push((extend(&name, &child_name), child));
                             }
                         }
@@ -567,8 +621,8 @@ impl Walk<'_> {
         };
         let mut out = Vec::new();
         for entry in entries.flatten() {
-            self.visited += 1;
-            if self.visited > MAX_VISITED {
+            *self.visited += 1;
+            if *self.visited > MAX_VISITED {
                 return None;
             }
             if let Ok(name) = entry.file_name().into_string() {
@@ -616,17 +670,17 @@ impl Walk<'_> {
                 }
             };
             if !canonical.starts_with(self.root) {
+                // Where it leads is not said: the runner's host is not the job's to map.
                 let how = if meta.file_type().is_symlink() {
-                    "it is a symlink to"
+                    "it is a symlink to a path"
                 } else {
-                    "it resolves to"
+                    "it resolves to a path"
                 };
                 self.refuse(
                     shown,
                     format!(
-                        "{how} {}, outside the run's source tree; only files inside it are \
-                         uploaded",
-                        canonical.display()
+                        "{how} outside the run's source tree; only files inside it are \
+                         uploaded"
                     ),
                 );
                 continue;
@@ -677,8 +731,8 @@ impl Walk<'_> {
         };
         let mut out = Vec::new();
         for entry in entries.flatten() {
-            self.visited += 1;
-            if self.visited > MAX_VISITED {
+            *self.visited += 1;
+            if *self.visited > MAX_VISITED {
                 return None;
             }
             match entry.file_name().into_string() {
@@ -694,7 +748,7 @@ impl Walk<'_> {
     }
 
     fn refuse(&mut self, name: String, reason: String) {
-        self.refused.push(RefusedArtifact { name, reason });
+        self.refused.push(name, reason);
     }
 }
 
@@ -859,14 +913,69 @@ mod tests {
             "{refused:?}"
         );
         assert!(reason("out/dangling.bin").contains("dangling symlink"));
-        assert!(reason("etc/passwd").contains("outside the run's source tree"));
-        assert!(reason("up/secret.txt").contains("outside the run's source tree"));
+        // Through a symlinked directory a pattern finds nothing: it walks real ones only.
+        assert_eq!(reason("etc/passwd"), "nothing matches this pattern");
+        assert_eq!(reason("up/secret.txt"), "nothing matches this pattern");
         assert!(reason("etc").contains("outside the run's source tree"));
+        // And no refusal says where a symlink leads on the runner's host.
+        for (_, why) in &refused {
+            assert!(!why.contains("/etc") && !why.contains("secret"), "{why}");
+        }
         // The alias is read through its canonical path, inside the tree.
         let (found, _) = collect(&t.root, &t.workdir, &["out/alias.bin".to_owned()]);
         assert_eq!(
             found[0].path,
             std::fs::canonicalize(t.workdir.join("inside.txt")).unwrap()
+        );
+    }
+
+    /// A job points a symlink at a directory outside its tree (its runner's home, the work
+    /// root holding other runs) and lists artifact patterns through it: the runner, outside
+    /// the sandbox, must not walk there and print what it finds into the run's log.
+    #[test]
+    fn a_pattern_through_a_symlinked_directory_lists_nothing_outside() {
+        let t = tree(&[("a.txt", "a")]);
+        symlink(t.root.parent().unwrap(), t.workdir.join("up")).unwrap();
+        let patterns = ["up/*", "up/**", "*/secret.txt", "**"];
+        let (names, refused) = run(&t, &patterns);
+        assert_eq!(names, ["a.txt"]);
+        for (name, why) in &refused {
+            // Patterns, and the job's own `up`; nothing found past it.
+            assert!(
+                (patterns.contains(&name.as_str()) || !name.starts_with("up/"))
+                    && !why.contains("secret"),
+                "{name}: {why}"
+            );
+        }
+    }
+
+    /// A job decides how many matches its patterns make (dangling symlinks cost it nothing)
+    /// and how many patterns it lists: the run log lists a bounded number of refusals, and
+    /// the walk visits a bounded number of entries for the whole run.
+    #[test]
+    fn refusals_and_patterns_are_bounded() {
+        let t = tree(&[]);
+        let dir = t.workdir.join("d");
+        std::fs::create_dir(&dir).unwrap();
+        for i in 0..300 {
+            symlink(format!("/nowhere/{i}"), dir.join(format!("l{i}"))).unwrap();
+        }
+        let patterns: Vec<String> = (0..50).map(|i| format!("d/[l]*{i}")).collect();
+        let (names, refused) = run(&t, &patterns.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(names.is_empty());
+        assert_eq!(refused.len(), MAX_REFUSALS + 1, "{}", refused.len());
+        let (last, why) = refused.last().unwrap();
+        assert_eq!(last, "…");
+        assert!(why.ends_with("more refused, not listed"), "{why}");
+
+        let many: Vec<String> = (0..MAX_PATTERNS + 10).map(|i| format!("p{i}")).collect();
+        let (_, refused) = run(&t, &many.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(
+            refused
+                .iter()
+                .any(|(name, why)| name == &format!("p{MAX_PATTERNS}")
+                    && why.contains("9 more patterns were not looked at")),
+            "{refused:?}"
         );
     }
 
