@@ -919,6 +919,47 @@ fn oauth_refuses_reused_and_foreign_states_and_a_good_login_yields_a_working_pro
     ]);
 }
 
+/// A login is a name anyone may hold. A user an admin added when GitHub had no account of
+/// that name (a user meant for certificates only, or a handle not yet registered) cannot be
+/// claimed by whoever registers the login later; a user whose account GitHub named at
+/// `user add` is pinned to that account, which signs in as it.
+#[test]
+fn a_github_login_claims_only_the_user_its_account_was_pinned_to() {
+    let fake = fake_github();
+    let site = start_github_site(&fake);
+    let added = site.tinyci(&["admin", "user", "add", "ops", "--cap", "modify:user"]);
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    fake.add_user("gho_alice_then", "alice", 500);
+    let added = site.tinyci(&["admin", "user", "add", "alice", "--cap", "submit"]);
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    let list = site.tinyci(&["admin", "user", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(
+        list,
+        serde_json::json!([
+            {"name": "alice", "github": "alice", "capabilities": ["submit"]},
+            {"name": "ops", "github": "", "capabilities": ["modify:user"]},
+        ])
+    );
+
+    // Someone registers "ops" on GitHub and signs in: refused, and ops stays unlinked.
+    let (exit, lines, _) = cli_login(&site, &fake, ("gho_mallory", "ops", 666, "code-ops"));
+    // (Its stderr, shown with the test's, says: "that user was added without a GitHub account".)
+    assert_ne!(exit, Some(0), "{lines:#?}");
+    // Alice's account signs in as alice, holding what the admin gave her.
+    let (exit, lines, _) = cli_login(&site, &fake, ("gho_alice", "alice", 500, "code-alice"));
+    assert_eq!(exit, Some(0), "{lines:#?}");
+    let list = site.tinyci(&["admin", "user", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(
+        list,
+        serde_json::json!([
+            {"name": "alice", "github": "alice", "capabilities": ["submit"]},
+            {"name": "ops", "github": "", "capabilities": ["modify:user"]},
+        ])
+    );
+}
+
 #[test]
 fn admins_add_users_and_change_their_capabilities() {
     let fake = fake_github();

@@ -7,7 +7,7 @@
 //! **For tests only:** it must never be a dependency of a production crate (only a
 //! dev-dependency). It checks little beyond what GitHub would refuse, and trusts its caller.
 //!
-//! Endpoints: `GET /user`; `POST|GET /repos/{o}/{r}/hooks`; `DELETE /repos/{o}/{r}/hooks/{id}`;
+//! Endpoints: `GET /user`; `GET /users/{login}` (any user added with [`FakeGitHub::add_user`]); `POST|GET /repos/{o}/{r}/hooks`; `DELETE /repos/{o}/{r}/hooks/{id}`;
 //! `POST /repos/{o}/{r}/statuses/{sha}`; `POST /repos/{o}/{r}/issues/{n}/comments`;
 //! `GET /repos/{o}/{r}/contents/{path}?ref=R`; `GET /repos/{o}/{r}/tarball/{ref}` (a 302 to
 //! `/_codeload/{o}/{r}/legacy.tar.gz/{ref}`, as GitHub redirects to codeload); and, under the
@@ -518,6 +518,21 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Reply {
                 );
                 response
             }
+            None => not_found(),
+        };
+    }
+
+    // Public: any account by its login (case-insensitive, as GitHub's).
+    if let ["users", login] = segments.as_slice()
+        && method == Method::GET
+    {
+        let found = st
+            .users
+            .values()
+            .find(|(name, _)| name.eq_ignore_ascii_case(login))
+            .cloned();
+        return match found {
+            Some((name, id)) => reply(StatusCode::OK, &user_json(&name, id)),
             None => not_found(),
         };
     }

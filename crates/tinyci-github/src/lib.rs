@@ -217,6 +217,16 @@ impl GitHubService {
         client(&self.settings, token)
     }
 
+    /// The GitHub account named `login` now, as `(login, id)`; `None` if GitHub names none.
+    /// Asked with the site's token when it has one (anonymous requests are rate-limited hard).
+    pub async fn account_named(&self, login: &str) -> Result<Option<(String, u64)>, ApiError> {
+        let client = match &self.site_client {
+            Some(client) => client.clone(),
+            None => self.client_with(None)?,
+        };
+        Ok(client.user_named(login).await?.map(|u| (u.login, u.id)))
+    }
+
     /// Spawns a GitHub task the site aborts at shutdown.
     pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + 'static) {
         let mut tasks = self.tasks.borrow_mut();

@@ -852,6 +852,34 @@ impl GitHub {
         })
     }
 
+    /// The account GitHub names `login` now (`GET /users/{login}`), or `None` if it names
+    /// none. Logins change hands; the id this returns does not.
+    pub async fn user_named(&self, login: &str) -> Result<Option<User>, ApiError> {
+        // A login is letters, digits and hyphens: nothing else is sent as a path segment.
+        if login.is_empty()
+            || !login
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Ok(None);
+        }
+        let ep = endpoint(
+            format!("look up the GitHub account {login}"),
+            Method::GET,
+            format!("/users/{login}"),
+        );
+        let found: Result<UserBody, ApiError> =
+            self.json(&self.api, &ep, None::<&()>, GITHUB_JSON).await;
+        match found {
+            Ok(user) => Ok(Some(User {
+                login: user.login,
+                id: user.id,
+            })),
+            Err(ApiError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The authenticated user of another token (e.g. one just obtained by OAuth), through the
     /// same API base.
     pub async fn user_of_token(&self, token: &str) -> Result<User, ApiError> {

@@ -57,12 +57,23 @@ pub(crate) async fn add_user(
     for cap in capabilities.iter() {
         caps.insert(parse_capability(cap?.to_str()?)?);
     }
+    // The GitHub account of that name now, pinned by its id: a login is a name anyone may
+    // hold later (after a rename, or for a user meant for certificates only), so only this
+    // account may ever sign in as the user.
+    let github = match &services.github {
+        Some(github) => github.account_named(name.as_str()).await.map_err(|e| {
+            capnp::Error::failed(format!(
+                "cannot ask GitHub which account is named {name}, to pin it to the user: {e}"
+            ))
+        })?,
+        None => None,
+    };
     let user = services
         .users
-        .add(&name, caps, &by.to_string(), services.now_ms())
+        .add(&name, caps, github, &by.to_string(), services.now_ms())
         .await
         .map_err(users_error)?;
-    info!(user = %user.name, %by, "user added");
+    info!(user = %user.name, %by, github = ?user.github, "user added");
     Ok(user)
 }
 

@@ -65,6 +65,21 @@ pub enum UsersError {
         /// The GitHub id the user is linked to.
         linked_id: u64,
     },
+    /// A GitHub login maps onto the name of a user an admin added without a GitHub account.
+    #[error(
+        "cannot link GitHub account {login} (id {github_id}) to user {name}: that user was \
+         added without a GitHub account, so no GitHub login may claim it; to let one, an \
+         admin removes the user and adds it again while the site has a [github] section, which \
+         pins the account GitHub names {name} at that moment"
+    )]
+    NotPinned {
+        /// The site user's name the login maps onto.
+        name: String,
+        /// The GitHub login asking.
+        login: String,
+        /// Its GitHub id.
+        github_id: u64,
+    },
     /// A user name (or a GitHub login turned into one) does not follow the rule.
     #[error("invalid user name {name:?}: {reason}")]
     InvalidName {

@@ -66,7 +66,8 @@ pub enum LinkOutcome {
     /// No user had this account or its login's name: one was created with the default
     /// capabilities.
     Created,
-    /// A user named after the login existed without a GitHub account and is now linked to it.
+    /// An admin added the user with this account pinned ([`Users::add`]); this was its first
+    /// login.
     Linked,
     /// The account was already linked; its login and sealed token were updated.
     Refreshed,
@@ -121,23 +122,38 @@ impl Users {
             None => Err(UsersError::NoSuchUser {
                 name: name.to_string(),
             }),
-            Some(record) => Ok(record.github.map(|g| g.token_sealed)),
+            // Pinned when added, never logged in: no token yet.
+            Some(record) => Ok(record
+                .github
+                .map(|g| g.token_sealed)
+                .filter(|t| !t.is_empty())),
         }
     }
 
     /// Creates the user `name` with `caps`, recording `created_by` (a peer identity) and
-    /// `now_ms`. Refuses a name already taken ([`UsersError::Exists`]). Returns once durable.
+    /// `now_ms`, and pinning the GitHub account `github` (`(login, id)`) to it: only that
+    /// account's login links to it later ([`Users::link_github`]), whatever login it has
+    /// then. Without one, no GitHub login ever links to the user. Refuses a name already taken
+    /// ([`UsersError::Exists`]) and an account already linked to a user
+    /// ([`UsersError::NameTaken`]). Returns once durable.
     pub async fn add(
         &self,
         name: &UserName,
         caps: BTreeSet<Capability>,
+        github: Option<(String, u64)>,
         created_by: &str,
         now_ms: u64,
     ) -> Result<User, UsersError> {
         let record = UserRecord {
             name: name.to_string(),
             capabilities: stored_capabilities(&caps),
-            github: None,
+            // Pinned, not logged in: no token until the account signs in.
+            github: github.map(|(login, id)| GitHubLink {
+                login,
+                id,
+                token_sealed: Vec::new(),
+                linked_at: now_ms,
+            }),
             created_at: now_ms,
             created_by: created_by.to_owned(),
         };
@@ -146,6 +162,17 @@ impl Users {
             .write(move |txn| {
                 if txn.get(USERS, record.name.as_str())?.is_some() {
                     return Ok(Err(UsersError::Exists { name: record.name }));
+                }
+                if let Some(link) = &record.github {
+                    if let Some(other) = txn.get(USERS_BY_GITHUB, &link.id)? {
+                        return Ok(Err(UsersError::NameTaken {
+                            name: other.to_owned(),
+                            login: link.login.clone(),
+                            github_id: link.id,
+                            linked_id: link.id,
+                        }));
+                    }
+                    txn.put(USERS_BY_GITHUB, &link.id, record.name.as_str())?;
                 }
                 put_user(txn, &record)?;
                 Ok(Ok(record))
@@ -193,9 +220,10 @@ impl Users {
     ///
     /// 1. the account is already linked to a user: update that user's login and token
     ///    ([`LinkOutcome::Refreshed`]; the user keeps its name even if the login changed);
-    /// 2. else a user named [`UserName::from_github_login`] exists without a GitHub account:
-    ///    link it ([`LinkOutcome::Linked`]); if it is linked to another account, refuse
-    ///    ([`UsersError::NameTaken`]);
+    /// 2. else a user named [`UserName::from_github_login`] exists: if an admin added it
+    ///    without a GitHub account, refuse ([`UsersError::NotPinned`]): a login is a name
+    ///    anyone may hold, and the account that holds it now need not be the one the admin
+    ///    meant; if it is linked to another account, refuse ([`UsersError::NameTaken`]);
     /// 3. else create that user with `default_caps`, created by `github`
     ///    ([`LinkOutcome::Created`]).
     pub async fn link_github(
@@ -250,9 +278,18 @@ fn link_in(
                 reason: format!("GitHub account {github_id} is linked to it, but it has {has}"),
             }));
         }
+        let first = record
+            .github
+            .as_ref()
+            .is_some_and(|g| g.token_sealed.is_empty());
         record.github = Some(link);
         put_user(txn, &record)?;
-        return Ok(Ok((record, LinkOutcome::Refreshed)));
+        let outcome = if first {
+            LinkOutcome::Linked
+        } else {
+            LinkOutcome::Refreshed
+        };
+        return Ok(Ok((record, outcome)));
     }
 
     let name = match UserName::from_github_login(&link.login) {
@@ -263,7 +300,13 @@ fn link_in(
     let (record, outcome) = match existing {
         Some(mut record) => {
             let outcome = match &record.github {
-                None => LinkOutcome::Linked,
+                None => {
+                    return Ok(Err(UsersError::NotPinned {
+                        name: name.to_string(),
+                        login: link.login,
+                        github_id,
+                    }));
+                }
                 // Linked in the record but missing from the index: restore the index.
                 Some(g) if g.id == github_id => LinkOutcome::Refreshed,
                 Some(g) => {

@@ -40,7 +40,13 @@ async fn added_users_are_listed_in_name_order_and_read_back() {
     let f = fixture();
     let bob = f
         .users
-        .add(&name("bob"), caps(&[Capability::Logs]), "admin:root", 1_000)
+        .add(
+            &name("bob"),
+            caps(&[Capability::Logs]),
+            None,
+            "admin:root",
+            1_000,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -57,13 +63,14 @@ async fn added_users_are_listed_in_name_order_and_read_back() {
         .add(
             &name("ana"),
             caps(&[Capability::Submit, Capability::ModifyUser]),
+            None,
             "admin:root",
             2_000,
         )
         .await
         .unwrap();
     f.users
-        .add(&name("carol"), BTreeSet::new(), "admin:root", 3_000)
+        .add(&name("carol"), BTreeSet::new(), None, "admin:root", 3_000)
         .await
         .unwrap();
 
@@ -89,7 +96,13 @@ async fn added_users_are_listed_in_name_order_and_read_back() {
 async fn a_taken_name_is_refused_and_the_first_user_kept() {
     let f = fixture();
     f.users
-        .add(&name("ana"), caps(&[Capability::Logs]), "admin:root", 1)
+        .add(
+            &name("ana"),
+            caps(&[Capability::Logs]),
+            None,
+            "admin:root",
+            1,
+        )
         .await
         .unwrap();
     let error = f
@@ -97,6 +110,7 @@ async fn a_taken_name_is_refused_and_the_first_user_kept() {
         .add(
             &name("ana"),
             caps(&[Capability::ModifyUser]),
+            None,
             "admin:eve",
             2,
         )
@@ -113,7 +127,13 @@ async fn a_taken_name_is_refused_and_the_first_user_kept() {
 async fn setting_and_unsetting_a_capability_is_idempotent() {
     let f = fixture();
     f.users
-        .add(&name("ana"), caps(&[Capability::Logs]), "admin:root", 1)
+        .add(
+            &name("ana"),
+            caps(&[Capability::Logs]),
+            None,
+            "admin:root",
+            1,
+        )
         .await
         .unwrap();
     for _ in 0..2 {
@@ -215,17 +235,63 @@ async fn github_logins_create_then_refresh_and_never_take_a_linked_name() {
     assert_eq!(f.users.list().unwrap().len(), 1);
 }
 
+/// A login is a name anyone may hold: the account holding an admin-made user's name when it
+/// first signs in need not be the one the admin meant (a guessed handle, a renamed one, a
+/// user meant for certificates only). Only the account pinned when the user was added links.
 #[tokio::test]
-async fn an_unlinked_user_is_linked_by_a_matching_login() {
+async fn only_the_account_pinned_when_a_user_was_added_links_to_it() {
     let f = fixture();
     f.users
-        .add(&name("ana"), caps(&[Capability::ModifyCi]), "admin:root", 5)
+        .add(
+            &name("ops"),
+            caps(&[Capability::ModifyUser]),
+            None,
+            "admin:root",
+            5,
+        )
         .await
         .unwrap();
+    let error = f
+        .users
+        .link_github("ops", 66, b"sealed".to_vec(), &BTreeSet::new(), 6)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, UsersError::NotPinned { name, .. } if name == "ops"),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("added without a GitHub account"),
+        "{error}"
+    );
+    assert_eq!(f.users.get(&name("ops")).unwrap().unwrap().github, None);
+
+    // Pinned to account 42 when added: that account links under any login it has since...
+    f.users
+        .add(
+            &name("ana"),
+            caps(&[Capability::ModifyCi]),
+            Some(("ana".into(), 42)),
+            "admin:root",
+            5,
+        )
+        .await
+        .unwrap();
+    assert_eq!(f.users.github_token_sealed(&name("ana")).unwrap(), None);
+    // ...and another account holding the name now does not.
+    let error = f
+        .users
+        .link_github("ana", 77, b"sealed".to_vec(), &BTreeSet::new(), 6)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, UsersError::NameTaken { linked_id: 42, .. }),
+        "{error}"
+    );
     let (user, outcome) = f
         .users
         .link_github(
-            "Ana",
+            "Ana-Renamed",
             42,
             b"sealed".to_vec(),
             &caps(&[Capability::Submit]),
@@ -239,19 +305,35 @@ async fn an_unlinked_user_is_linked_by_a_matching_login() {
         User {
             name: name("ana"),
             capabilities: caps(&[Capability::ModifyCi]),
-            github: Some(("Ana".into(), 42)),
+            github: Some(("Ana-Renamed".into(), 42)),
             created_at: 5,
             created_by: "admin:root".into(),
         },
         "linking keeps the user's own capabilities, not the defaults"
     );
-    // From now on the account is found by its id.
+    assert_eq!(
+        f.users.github_token_sealed(&name("ana")).unwrap(),
+        Some(b"sealed".to_vec())
+    );
     let (_, outcome) = f
         .users
         .link_github("ana", 42, b"sealed-2".to_vec(), &BTreeSet::new(), 8)
         .await
         .unwrap();
     assert_eq!(outcome, LinkOutcome::Refreshed);
+    // One account, one user.
+    let error = f
+        .users
+        .add(
+            &name("ana2"),
+            BTreeSet::new(),
+            Some(("ana".into(), 42)),
+            "admin:root",
+            9,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, UsersError::NameTaken { .. }), "{error}");
 }
 
 #[tokio::test]
