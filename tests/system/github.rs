@@ -1482,8 +1482,11 @@ fn pushes_and_pull_requests_run_what_their_diff_touches_on_the_merge_commit() {
     assert_eq!(tarballs_of(&merge), 1);
 
     // Merging again (the default), with no merge commit in the payload: GitHub's API gives it.
+    // (A new event for the pull request: the very same body again would be a replay.)
     fake.set_file(REPO, "main", "tinyci.yml", b"queue: default\n");
-    send("pull_request", pull_request(8, None));
+    let mut synchronized = pull_request(8, None);
+    synchronized["action"] = serde_json::json!("synchronize");
+    send("pull_request", synchronized);
     finished("web:check", 3);
     assert_eq!(web_log(0), "merged\n");
     assert_eq!(tarballs_of(&merge), 2);

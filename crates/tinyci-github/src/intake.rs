@@ -42,7 +42,7 @@ const INBOX_NEXT_KEY: &str = "github_inbox_next";
 pub enum Intake {
     /// Stored for processing (202).
     Accepted,
-    /// The delivery id was seen before (200).
+    /// The delivery was seen before, by its id or its signed body (200).
     Duplicate,
     /// `ping`: verified, nothing to do (200).
     Pong,
@@ -112,6 +112,14 @@ pub(crate) async fn intake(
         "push" | "pull_request" => {}
         other => return Ok(Intake::Ignored(format!("event {other} is not acted on"))),
     }
+    // The delivery id header is not signed: a signed body re-posted under a fresh id (by
+    // anyone who saw it, e.g. on the repository's webhook page) would build an old push again
+    // and supersede the current one. The body is remembered too, under a key no delivery id
+    // can take (ids hold no spaces).
+    let body_key = {
+        use sha2::Digest as _;
+        format!("body sha256:{}", hex::encode(sha2::Sha256::digest(&body)))
+    };
     let entry = InboxEntry {
         delivery: delivery.to_owned(),
         event: event.to_owned(),
@@ -121,17 +129,14 @@ pub(crate) async fn intake(
     let stored = github
         .committer
         .write(move |txn| {
-            if txn
-                .get(GITHUB_DELIVERIES, entry.delivery.as_str())?
-                .is_some()
-            {
-                return Ok(false);
+            for seen in [entry.delivery.as_str(), body_key.as_str()] {
+                if txn.get(GITHUB_DELIVERIES, seen)?.is_some() {
+                    return Ok(false);
+                }
             }
-            txn.put(
-                GITHUB_DELIVERIES,
-                entry.delivery.as_str(),
-                &entry.received_at,
-            )?;
+            for key in [entry.delivery.as_str(), body_key.as_str()] {
+                txn.put(GITHUB_DELIVERIES, key, &entry.received_at)?;
+            }
             let next = txn
                 .get(META, INBOX_NEXT_KEY)?
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
@@ -790,6 +795,18 @@ mod deliveries {
         });
     }
 
+    /// The delivery id is not signed: the same signed body under a fresh id is the same
+    /// delivery, not a new push to build.
+    #[test]
+    fn a_signed_body_replayed_under_a_fresh_delivery_id_is_a_duplicate() {
+        local(async {
+            let dir = tempfile::tempdir().unwrap();
+            let github = service(dir.path(), Rc::new(Cell::new(DAY_MS))).await;
+            assert_eq!(deliver(&github, "d-1").await, Intake::Accepted);
+            assert_eq!(deliver(&github, "d-2").await, Intake::Duplicate);
+        });
+    }
+
     #[test]
     fn a_delivery_id_is_remembered_for_a_week_of_site_time_then_forgotten() {
         local(async {
@@ -804,9 +821,10 @@ mod deliveries {
             assert_eq!(github.forget_old_deliveries(now.get()).await.unwrap(), 0);
             assert_eq!(deliver(&github, "d-1").await, Intake::Duplicate);
 
-            // A week on, only the site's clock moved: forgotten, and the table is empty.
+            // A week on, only the site's clock moved: forgotten (its id and its body), and the
+            // table is empty.
             now.set(now.get() + DAY_MS);
-            assert_eq!(github.forget_old_deliveries(now.get()).await.unwrap(), 1);
+            assert_eq!(github.forget_old_deliveries(now.get()).await.unwrap(), 2);
             assert_eq!(github.forget_old_deliveries(now.get()).await.unwrap(), 0);
         });
     }

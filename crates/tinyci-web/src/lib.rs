@@ -18,8 +18,8 @@ mod view;
 
 pub use ansi::AnsiHtml;
 pub use server::{
-    Body, LocalStream, Reply, SESSION_COOKIE, WebLimits, json, message_page, read_body, reply,
-    serve, session_cookie, text,
+    Body, LocalStream, MAX_HEAD_BYTES, Reply, SESSION_COOKIE, WebLimits, json, message_page,
+    read_body, reply, serve, session_cookie, text,
 };
 pub use view::{
     ArtifactFile, ArtifactView, Backend, Follow, GrantEnd, LogPages, RunChanges, RunView, SignedIn,

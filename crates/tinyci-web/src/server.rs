@@ -64,6 +64,11 @@ impl Default for WebLimits {
     }
 }
 
+/// Most bytes of a request's head (its line and headers) a connection buffers; a longer head
+/// is answered 431. hyper's own default is about 400 KB: held by every connection that sends
+/// its headers slowly, the listener's 1,024 connections could make the site hold 400 MB.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// When a request's body must have arrived, and the budget it is received from: put in each
 /// request's extensions by the listener, read by [`read_body`].
 #[derive(Clone, Debug)]
@@ -138,6 +143,7 @@ pub async fn serve<B: Backend>(
             let result = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
+                .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
             if let Err(e) = result {

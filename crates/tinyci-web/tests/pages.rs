@@ -519,6 +519,26 @@ async fn one_address_cannot_take_every_connection() {
     .await;
 }
 
+/// A client sending headers holds what it has sent in the site's buffer until the header
+/// timeout: that is bounded per connection (hyper checks it between reads, so a head a little
+/// over the bound may pass), and a request head well past it is refused.
+#[tokio::test]
+async fn a_request_head_longer_than_the_bound_is_refused() {
+    with_site(FakeSite::default(), |addr, _| async move {
+        let padding = "x".repeat(2 * tinyci_web::MAX_HEAD_BYTES);
+        let answer = ask(
+            addr,
+            &format!(
+                "GET /healthz HTTP/1.1\r\nHost: ci\r\nX-Pad: {padding}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert_eq!(answer.status, 431, "{}", answer.text);
+        assert_eq!(get(addr, "/healthz", None).await.status, 200);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_body_that_does_not_arrive_is_refused_and_others_are_served_meanwhile() {
     let limits = WebLimits {
