@@ -919,6 +919,19 @@ fn oauth_refuses_reused_and_foreign_states_and_a_good_login_yields_a_working_pro
     ]);
 }
 
+/// `alice` pinned to her GitHub account, `ops` to none.
+fn assert_pinned(site: &GitHubSite) {
+    let list = site.tinyci(&["admin", "user", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(
+        list,
+        serde_json::json!([
+            {"name": "alice", "github": "alice", "capabilities": ["submit"]},
+            {"name": "ops", "github": "", "capabilities": ["modify:user"]},
+        ])
+    );
+}
+
 /// A login is a name anyone may hold. A user an admin added when GitHub had no account of
 /// that name (a user meant for certificates only, or a handle not yet registered) cannot be
 /// claimed by whoever registers the login later; a user whose account GitHub named at
@@ -932,15 +945,7 @@ fn a_github_login_claims_only_the_user_its_account_was_pinned_to() {
     fake.add_user("gho_alice_then", "alice", 500);
     let added = site.tinyci(&["admin", "user", "add", "alice", "--cap", "submit"]);
     assert!(added.status.success(), "{}", text(&added.stderr));
-    let list = site.tinyci(&["admin", "user", "list", "--json"]);
-    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    assert_eq!(
-        list,
-        serde_json::json!([
-            {"name": "alice", "github": "alice", "capabilities": ["submit"]},
-            {"name": "ops", "github": "", "capabilities": ["modify:user"]},
-        ])
-    );
+    assert_pinned(&site);
 
     // Someone registers "ops" on GitHub and signs in: refused, and ops stays unlinked.
     let (exit, lines, _) = cli_login(&site, &fake, ("gho_mallory", "ops", 666, "code-ops"));
@@ -949,15 +954,7 @@ fn a_github_login_claims_only_the_user_its_account_was_pinned_to() {
     // Alice's account signs in as alice, holding what the admin gave her.
     let (exit, lines, _) = cli_login(&site, &fake, ("gho_alice", "alice", 500, "code-alice"));
     assert_eq!(exit, Some(0), "{lines:#?}");
-    let list = site.tinyci(&["admin", "user", "list", "--json"]);
-    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    assert_eq!(
-        list,
-        serde_json::json!([
-            {"name": "alice", "github": "alice", "capabilities": ["submit"]},
-            {"name": "ops", "github": "", "capabilities": ["modify:user"]},
-        ])
-    );
+    assert_pinned(&site);
 }
 
 #[test]

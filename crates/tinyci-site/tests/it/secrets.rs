@@ -24,6 +24,19 @@ async fn session_with(site: &TestSite, rights: &[&str]) -> (session::Client, Str
     (redeem(&gateway, &token), token, connection)
 }
 
+/// Sets org/x's secret `TOKEN` to [`VALUE`] through `session`; returns the secret store.
+async fn set_token(session: &session::Client) -> tinyci_schema::secret_store::Client {
+    let mut request = session.secrets_request();
+    request.get().set_repo("org/x");
+    let store = request.send().pipeline.get_secrets();
+    let mut set = store.set_request();
+    set.get().set_repo("org/x");
+    set.get().set_name("TOKEN");
+    set.get().set_value(VALUE.as_bytes());
+    set.send().promise.await.unwrap();
+    store
+}
+
 async fn write(sink: &tinyci_schema::log_sink::Client, offset: u64, data: &[u8]) {
     let mut request = sink.write_request();
     let mut chunk = request.get().init_chunk();
@@ -49,14 +62,7 @@ fn the_site_masks_what_a_runner_let_through_and_a_revoked_lease_gets_nothing() {
         )
         .await;
         // Set through Session.secrets (secrets:manage on org/x); refused for another repository.
-        let mut request = session.secrets_request();
-        request.get().set_repo("org/x");
-        let store = request.send().pipeline.get_secrets();
-        let mut set = store.set_request();
-        set.get().set_repo("org/x");
-        set.get().set_name("TOKEN");
-        set.get().set_value(VALUE.as_bytes());
-        set.send().promise.await.unwrap();
+        let store = set_token(&session).await;
         let mut elsewhere = store.set_request();
         elsewhere.get().set_repo("org/y");
         elsewhere.get().set_name("TOKEN");
@@ -159,14 +165,7 @@ fn a_partner_certificate_issued_here_gets_no_secrets() {
         let site = TestSite::start().await;
         let (session, _token, _c) =
             session_with(&site, &["queue:submit", "queue:take", "secrets:manage"]).await;
-        let mut request = session.secrets_request();
-        request.get().set_repo("org/x");
-        let store = request.send().pipeline.get_secrets();
-        let mut set = store.set_request();
-        set.get().set_repo("org/x");
-        set.get().set_name("TOKEN");
-        set.get().set_value(VALUE.as_bytes());
-        set.send().promise.await.unwrap();
+        set_token(&session).await;
         submit_one(&session).await;
 
         let (gateway, _p) = site.connect(Role::Partner, "beta").await;
