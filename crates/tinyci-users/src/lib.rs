@@ -65,6 +65,21 @@ pub enum UsersError {
         /// The GitHub id the user is linked to.
         linked_id: u64,
     },
+    /// The GitHub account to pin to a new user is already linked to another one.
+    #[error(
+        "cannot add user {name} for GitHub account {login} (id {github_id}): that account \
+         is already user {user}'s; one account signs in as one user"
+    )]
+    AccountTaken {
+        /// The user being added.
+        name: String,
+        /// The account's login.
+        login: String,
+        /// Its GitHub id.
+        github_id: u64,
+        /// The user it is linked to.
+        user: String,
+    },
     /// A GitHub login maps onto the name of a user an admin added without a GitHub account.
     #[error(
         "cannot link GitHub account {login} (id {github_id}) to user {name}: that user was \

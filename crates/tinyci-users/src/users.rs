@@ -135,7 +135,7 @@ impl Users {
     /// account's login links to it later ([`Users::link_github`]), whatever login it has
     /// then. Without one, no GitHub login ever links to the user. Refuses a name already taken
     /// ([`UsersError::Exists`]) and an account already linked to a user
-    /// ([`UsersError::NameTaken`]). Returns once durable.
+    /// ([`UsersError::AccountTaken`]). Returns once durable.
     pub async fn add(
         &self,
         name: &UserName,
@@ -165,11 +165,11 @@ impl Users {
                 }
                 if let Some(link) = &record.github {
                     if let Some(other) = txn.get(USERS_BY_GITHUB, &link.id)? {
-                        return Ok(Err(UsersError::NameTaken {
-                            name: other.to_owned(),
+                        return Ok(Err(UsersError::AccountTaken {
+                            name: record.name.clone(),
                             login: link.login.clone(),
                             github_id: link.id,
-                            linked_id: link.id,
+                            user: other.to_owned(),
                         }));
                     }
                     txn.put(USERS_BY_GITHUB, &link.id, record.name.as_str())?;

@@ -333,7 +333,10 @@ async fn only_the_account_pinned_when_a_user_was_added_links_to_it() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(error, UsersError::NameTaken { .. }), "{error}");
+    assert!(
+        matches!(&error, UsersError::AccountTaken { user, .. } if user == "ana"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
